@@ -1,0 +1,1 @@
+//! E2B cloud sandboxes: the control plane over REST, processes and files over envd.

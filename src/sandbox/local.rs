@@ -1,0 +1,1 @@
+//! Local sandboxes on bubblewrap.

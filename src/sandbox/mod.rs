@@ -1,0 +1,175 @@
+//! The sandbox seam: what a run needs from the place the agent runs in.
+//!
+//! A run asks a [`SandboxProvider`] for a fresh [`Sandbox`], hands it every
+//! file in one [`Sandbox::upload`], starts the runner with
+//! [`Sandbox::start`], relays what the process prints, and destroys the
+//! sandbox. Providers: [`e2b`] (cloud VMs over REST + envd) and [`local`]
+//! (bubblewrap on this machine). Adding another backend means one new file
+//! here that implements these two traits.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::secret::Secret;
+
+pub mod e2b;
+pub mod local;
+
+/// What a run asks of a new sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxSpec {
+    /// How long the sandbox may live before the provider kills it on its own.
+    /// A backstop for a lost destroy, not the run's deadline.
+    pub lifetime: Duration,
+    /// Labels the provider keeps with the sandbox (E2B metadata).
+    pub metadata: BTreeMap<String, String>,
+    /// A per-request provider key that overrides the provider's own (E2B).
+    pub api_key: Option<Secret>,
+}
+
+/// One file to place in the sandbox.
+#[derive(Clone)]
+pub struct SandboxFile {
+    /// Absolute path inside the sandbox, e.g. `/home/user/data.csv`.
+    pub path: String,
+    pub content: Bytes,
+}
+
+impl fmt::Debug for SandboxFile {
+    // File contents may hold credentials (the GCP key file): print sizes only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxFile")
+            .field("path", &self.path)
+            .field("bytes", &self.content.len())
+            .finish()
+    }
+}
+
+/// A process to start, as argv: no shell ever sees these strings.
+#[derive(Clone, Default)]
+pub struct ProcessSpec {
+    pub cmd: String,
+    pub args: Vec<String>,
+    pub envs: BTreeMap<String, String>,
+    pub cwd: String,
+    /// Hard limit on the process's life, enforced by the provider.
+    pub timeout: Option<Duration>,
+}
+
+impl fmt::Debug for ProcessSpec {
+    // The environment carries API keys: show only the variable names.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessSpec")
+            .field("cmd", &self.cmd)
+            .field("args", &self.args)
+            .field("envs", &self.envs.keys().collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// What a running process reports, in order. `Exited` is always last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessEvent {
+    /// A chunk of stdout; chunk borders are arbitrary, lines may be split.
+    Stdout(Bytes),
+    /// A chunk of stderr.
+    Stderr(Bytes),
+    Exited(ExitStatus),
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExitStatus {
+    /// The exit code, or `None` when a signal ended the process.
+    pub code: Option<i32>,
+    /// The provider's own description, e.g. `signal: killed`.
+    pub status: String,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// The output of a started process. Ends after [`ProcessEvent::Exited`], or
+/// with an error when the connection to the process is lost.
+pub type ProcessStream = BoxStream<'static, Result<ProcessEvent, SandboxError>>;
+
+/// Creates sandboxes. Lives in the app state for the life of the process.
+#[async_trait]
+pub trait SandboxProvider: Send + Sync + 'static {
+    /// A short name for logs and errors: `e2b` or `local`.
+    fn name(&self) -> &'static str;
+
+    async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError>;
+}
+
+/// One live sandbox. Every method may be called from any task.
+#[async_trait]
+pub trait Sandbox: Send + Sync + 'static {
+    fn id(&self) -> &str;
+
+    /// Writes all files in one round trip, creating parent folders.
+    async fn upload(&self, files: Vec<SandboxFile>) -> Result<(), SandboxError>;
+
+    /// Starts a process and streams its output.
+    async fn start(&self, process: ProcessSpec) -> Result<ProcessStream, SandboxError>;
+
+    /// Reads one file's bytes.
+    async fn read_file(&self, path: &str) -> Result<Bytes, SandboxError>;
+
+    /// Kills the sandbox and everything in it. Destroying a sandbox that is
+    /// already gone is not an error.
+    async fn destroy(&self) -> Result<(), SandboxError>;
+}
+
+/// What went wrong talking to a sandbox. Messages are safe to show a client:
+/// they never carry keys or tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{provider} rejected the API key (HTTP 401)")]
+    Unauthorized { provider: &'static str },
+    #[error("{op} was rate limited by {provider} (HTTP 429)")]
+    RateLimited {
+        provider: &'static str,
+        op: &'static str,
+    },
+    #[error("{op} failed: {provider} answered HTTP {status}: {message}")]
+    Status {
+        provider: &'static str,
+        op: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("{op} timed out after {after:?}")]
+    TimedOut { op: &'static str, after: Duration },
+    #[error("{op} failed: {message}")]
+    Transport { op: &'static str, message: String },
+    #[error("the sandbox process stream was cut before the process exited")]
+    StreamCut,
+    #[error("{op} failed: {message}")]
+    Other { op: &'static str, message: String },
+}
+
+impl SandboxError {
+    /// Whether trying the same call again may succeed (rate limits, 5xx,
+    /// timeouts and dropped connections).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SandboxError::RateLimited { .. }
+            | SandboxError::TimedOut { .. }
+            | SandboxError::Transport { .. } => true,
+            SandboxError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
