@@ -6,6 +6,9 @@
 //! sandbox when the run ends.
 
 pub mod connect;
+pub mod emulator;
+pub mod env;
 pub mod envd;
+pub mod lines;
 pub mod sandbox;
 pub mod secret;

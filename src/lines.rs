@@ -1,0 +1,110 @@
+//! Reassembles lines from output chunks whose borders fall anywhere.
+//!
+//! envd (and a pipe) hand us stdout in arbitrary slices: one JSON line can
+//! arrive in three frames, or three lines in one. The relay needs whole lines.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// The longest line we hold in memory. An agent message with a large tool
+/// result can be megabytes; anything past this is a runaway process.
+pub const MAX_LINE_LEN: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("an output line exceeded the {MAX_LINE_LEN}-byte limit")]
+pub struct LineTooLong;
+
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    buf: BytesMut,
+    /// How far `buf` is known to hold no newline, so a long line arriving in
+    /// many small chunks is scanned once, not once per chunk.
+    scanned: usize,
+}
+
+impl LineSplitter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a chunk and returns the lines it completed, without their `\n`
+    /// (and without a trailing `\r`).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, LineTooLong> {
+        self.buf.extend_from_slice(chunk);
+        let mut lines = Vec::new();
+        while let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            let end = self.scanned + pos;
+            let mut line = self.buf.split_to(end + 1);
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            self.scanned = 0;
+            lines.push(line.freeze());
+        }
+        self.scanned = self.buf.len();
+        if self.buf.len() > MAX_LINE_LEN {
+            return Err(LineTooLong);
+        }
+        Ok(lines)
+    }
+
+    /// The unterminated rest when the stream ends, if any.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        self.scanned = 0;
+        if self.buf.is_empty() {
+            None
+        } else {
+            let rest = self.buf.split().freeze();
+            Some(rest).filter(|r| r.has_remaining())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_all(input: &[u8], chunk: usize) -> Vec<Bytes> {
+        let mut s = LineSplitter::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk) {
+            out.extend(s.push(piece).expect("under limit"));
+        }
+        out.extend(s.finish());
+        out
+    }
+
+    #[test]
+    fn lines_split_across_chunks_are_reassembled_at_every_border() {
+        let input = b"{\"type\":\"system\"}\n{\"type\":\"assistant\"}\r\n{\"type\":\"result\"}\n";
+        for chunk in 1..=input.len() {
+            let lines = split_all(input, chunk);
+            assert_eq!(
+                lines,
+                vec![
+                    Bytes::from_static(b"{\"type\":\"system\"}"),
+                    Bytes::from_static(b"{\"type\":\"assistant\"}"),
+                    Bytes::from_static(b"{\"type\":\"result\"}"),
+                ],
+                "chunk size {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unterminated_last_line_is_kept() {
+        assert_eq!(split_all(b"a\nb", 1), vec![Bytes::from("a"), Bytes::from("b")]);
+    }
+
+    #[test]
+    fn empty_lines_are_reported_as_empty() {
+        assert_eq!(split_all(b"\n\n", 2), vec![Bytes::new(), Bytes::new()]);
+    }
+
+    #[test]
+    fn a_runaway_line_is_refused() {
+        let mut s = LineSplitter::new();
+        let big = vec![b'x'; MAX_LINE_LEN + 1];
+        assert_eq!(s.push(&big), Err(LineTooLong));
+    }
+}
