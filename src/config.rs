@@ -1,0 +1,234 @@
+//! `sandstorm.json`: the agent's standing configuration.
+//!
+//! Read once when a door starts. Unlike the Python original, which logged a
+//! warning and dropped a field it could not read, an invalid file is an
+//! error that names the field and the type it should have: a config that is
+//! silently half-applied (a missing system prompt, a dropped MCP server) is
+//! worse than one that refuses to load.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The file name looked up in the working directory.
+pub const FILE_NAME: &str = "sandstorm.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandstormConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<OutputFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<BTreeMap<String, AgentDefinition>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_servers: Option<BTreeMap<String, McpServer>>,
+}
+
+/// Structured output: the SDK validates the agent's answer against `schema`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputFormat {
+    #[serde(rename = "type")]
+    pub kind: OutputFormatKind,
+    pub schema: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum OutputFormatKind {
+    #[serde(rename = "json_schema")]
+    JsonSchema,
+}
+
+/// A subagent the main agent may delegate to.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDefinition {
+    pub description: String,
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// An MCP server, in the SDK's own shape: `stdio` (the default when `type`
+/// is absent) runs a command in the sandbox; `http` and `sse` reach a URL.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(remote = "Self")]
+pub enum McpServer {
+    Stdio {
+        command: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        args: Vec<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
+    Http {
+        url: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
+    },
+    Sse {
+        url: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
+    },
+}
+
+impl<'de> Deserialize<'de> for McpServer {
+    // The SDK (and the original's README) let stdio servers omit `type`;
+    // serde's internally tagged enums need it, so supply the default first.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut value = Value::deserialize(d)?;
+        if let Value::Object(map) = &mut value {
+            map.entry("type").or_insert_with(|| Value::from("stdio"));
+        }
+        McpServer::deserialize(value).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for McpServer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        McpServer::serialize(self, s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {message}")]
+    Unreadable { path: String, message: String },
+    #[error("{path} is not valid JSON: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: field `{field}`: {message}")]
+    Field {
+        path: String,
+        field: String,
+        message: String,
+    },
+}
+
+impl SandstormConfig {
+    /// Where to look: `explicit` (from `SANDSTORM_CONFIG`) or `sandstorm.json`
+    /// in `cwd`. An explicit path must exist; the default may be absent.
+    pub fn load(explicit: Option<&Path>, cwd: &Path) -> Result<Self, ConfigError> {
+        let (path, required) = match explicit {
+            Some(p) => (p.to_path_buf(), true),
+            None => (cwd.join(FILE_NAME), false),
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => Self::parse(&bytes, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(e) => Err(ConfigError::Unreadable {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        if !value.is_object() {
+            return Err(ConfigError::Syntax {
+                path: shown,
+                message: format!("expected a JSON object, found {}", kind_of(&value)),
+            });
+        }
+        let config: Self = serde_path_to_error::deserialize(&value).map_err(|e| {
+            let field = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let field = unknown_or_missing(&message)
+                .map(|name| {
+                    if field == "." || field.ends_with(name) {
+                        if field == "." { name.to_owned() } else { field.clone() }
+                    } else {
+                        format!("{field}.{name}")
+                    }
+                })
+                .unwrap_or(field);
+            ConfigError::Field {
+                path: shown.clone(),
+                field,
+                message: explain(&message),
+            }
+        })?;
+        config.check(&shown)?;
+        Ok(config)
+    }
+
+    /// Rules serde's types cannot say.
+    fn check(&self, path: &str) -> Result<(), ConfigError> {
+        let field_error = |field: String, message: &str| ConfigError::Field {
+            path: path.to_owned(),
+            field,
+            message: message.to_owned(),
+        };
+        if self.max_turns == Some(0) {
+            return Err(field_error("max_turns".into(), "must be at least 1"));
+        }
+        for (name, server) in self.mcp_servers.iter().flatten() {
+            match server {
+                McpServer::Stdio { command, .. } if command.trim().is_empty() => {
+                    return Err(field_error(
+                        format!("mcp_servers.{name}.command"),
+                        "must not be empty",
+                    ));
+                }
+                McpServer::Http { url, .. } | McpServer::Sse { url, .. }
+                    if !(url.starts_with("http://") || url.starts_with("https://")) =>
+                {
+                    return Err(field_error(
+                        format!("mcp_servers.{name}.url"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unknown_or_missing(message: &str) -> Option<&str> {
+    if message.starts_with("unknown field") || message.starts_with("missing field") {
+        message.split('`').nth(1)
+    } else {
+        None
+    }
+}
+
+/// serde's messages say "invalid type: integer `3`, expected a string";
+/// keep them, but untagged MCP servers need the list of valid types.
+fn explain(message: &str) -> String {
+    if message.starts_with("unknown variant") && message.contains("stdio") {
+        format!("{message} (mcp server `type` must be \"stdio\", \"http\" or \"sse\")")
+    } else {
+        message.to_owned()
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests;

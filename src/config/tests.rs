@@ -1,0 +1,134 @@
+//! What `sandstorm.json` accepts, and how it says what is wrong.
+
+use super::*;
+
+fn parse(json: &str) -> Result<SandstormConfig, ConfigError> {
+    SandstormConfig::parse(json.as_bytes(), Path::new("sandstorm.json"))
+}
+
+fn field_of(json: &str) -> (String, String) {
+    match parse(json) {
+        Err(ConfigError::Field { field, message, .. }) => (field, message),
+        other => panic!("expected a field error for {json}, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_originals_examples_parse() {
+    let config = parse(
+        r#"{
+        "system_prompt": "You are a due diligence analyst.",
+        "model": "sonnet",
+        "max_turns": 20,
+        "output_format": {"type": "json_schema", "schema": {"type": "object"}},
+        "agents": {
+            "scraper": {"description": "Crawls", "prompt": "Scrape", "tools": ["Bash"], "model": "sonnet"},
+            "report-writer": {"description": "Reads", "prompt": "Write"}
+        },
+        "mcp_servers": {
+            "sqlite": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-sqlite"]},
+            "remote-api": {"type": "sse", "url": "https://api.example.com/mcp/sse",
+                           "headers": {"Authorization": "Bearer t"}},
+            "web": {"type": "http", "url": "https://api.example.com/mcp"},
+            "local": {"type": "stdio", "command": "node", "env": {"A": "1"}}
+        }
+    }"#,
+    )
+    .expect("valid");
+    assert_eq!(config.max_turns, Some(20));
+    let servers = config.mcp_servers.expect("servers");
+    assert!(matches!(servers["sqlite"], McpServer::Stdio { .. }));
+    assert!(matches!(servers["remote-api"], McpServer::Sse { .. }));
+    assert!(matches!(servers["web"], McpServer::Http { .. }));
+}
+
+#[test]
+fn mcp_servers_serialize_in_the_sdk_shape() {
+    let config = parse(r#"{"mcp_servers":{"s":{"command":"npx","args":["x"]}}}"#).expect("valid");
+    let json = serde_json::to_value(&config).expect("serializes");
+    assert_eq!(
+        json,
+        serde_json::json!({"mcp_servers":{"s":{"type":"stdio","command":"npx","args":["x"]}}})
+    );
+}
+
+#[test]
+fn an_empty_object_is_the_default() {
+    assert_eq!(parse("{}").expect("valid"), SandstormConfig::default());
+}
+
+#[test]
+fn wrong_types_name_the_field_and_the_expected_type() {
+    let (field, message) = field_of(r#"{"max_turns": "20"}"#);
+    assert_eq!(field, "max_turns");
+    assert!(message.contains("expected u32"), "{message}");
+    let (field, message) = field_of(r#"{"system_prompt": 3}"#);
+    assert_eq!(field, "system_prompt");
+    assert!(message.contains("expected a string"), "{message}");
+    let (field, _) = field_of(r#"{"agents": {"a": {"description": "d", "prompt": 1}}}"#);
+    assert_eq!(field, "agents.a.prompt");
+}
+
+#[test]
+fn a_boolean_is_not_a_number() {
+    let (field, _) = field_of(r#"{"max_turns": true}"#);
+    assert_eq!(field, "max_turns");
+}
+
+#[test]
+fn unknown_fields_are_errors_not_silently_dropped() {
+    let (field, message) = field_of(r#"{"system_promt": "typo"}"#);
+    assert_eq!(field, "system_promt");
+    assert!(message.contains("unknown field"), "{message}");
+}
+
+#[test]
+fn agents_need_a_description_and_a_prompt() {
+    let (field, message) = field_of(r#"{"agents": {"a": {"prompt": "p"}}}"#);
+    assert_eq!(field, "agents.a.description");
+    assert!(message.contains("missing field"), "{message}");
+}
+
+#[test]
+fn mcp_servers_are_checked_by_type() {
+    let (field, message) = field_of(r#"{"mcp_servers": {"s": {"type": "sse"}}}"#);
+    assert_eq!(field, "mcp_servers.s.url", "{message}");
+    let (field, message) = field_of(r#"{"mcp_servers": {"s": {"type": "grpc", "url": "x"}}}"#);
+    assert_eq!(field, "mcp_servers.s");
+    assert!(message.contains("\"stdio\", \"http\" or \"sse\""), "{message}");
+    let (field, _) = field_of(r#"{"mcp_servers": {"s": {"type": "http", "url": "ftp://x"}}}"#);
+    assert_eq!(field, "mcp_servers.s.url");
+    let (field, _) = field_of(r#"{"mcp_servers": {"s": {"command": ""}}}"#);
+    assert_eq!(field, "mcp_servers.s.command");
+}
+
+#[test]
+fn output_format_must_be_a_json_schema() {
+    let (field, _) = field_of(r#"{"output_format": {"type": "xml", "schema": {}}}"#);
+    assert_eq!(field, "output_format.type");
+    let (field, _) = field_of(r#"{"output_format": {"type": "json_schema"}}"#);
+    assert_eq!(field, "output_format.schema");
+}
+
+#[test]
+fn not_an_object_or_not_json_is_a_syntax_error() {
+    assert!(matches!(parse("[1]"), Err(ConfigError::Syntax { .. })));
+    assert!(matches!(parse("{"), Err(ConfigError::Syntax { .. })));
+}
+
+#[test]
+fn a_missing_default_file_is_fine_a_missing_explicit_one_is_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert_eq!(
+        SandstormConfig::load(None, dir.path()).expect("absent is fine"),
+        SandstormConfig::default()
+    );
+    let missing = dir.path().join("custom.json");
+    assert!(matches!(
+        SandstormConfig::load(Some(&missing), dir.path()),
+        Err(ConfigError::Unreadable { .. })
+    ));
+    std::fs::write(dir.path().join(FILE_NAME), r#"{"model":"opus"}"#).expect("write");
+    let loaded = SandstormConfig::load(None, dir.path()).expect("reads");
+    assert_eq!(loaded.model.as_deref(), Some("opus"));
+}

@@ -1,0 +1,131 @@
+//! The one error type a request can fail with before its stream starts.
+//!
+//! Every rejection answers `{"error":{"type","message","field"}}` with a
+//! status that says whose fault it is. Client mistakes keep their precise
+//! message; server faults show a generic one and log the detail.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON, or a field has the wrong type or value.
+    #[error("{message}")]
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
+    /// The body is JSON but is not an object we can read at all.
+    #[error("{message}")]
+    BadRequest { message: String },
+    /// A key the run needs is set nowhere.
+    #[error("{message}")]
+    MissingKey { field: String, message: String },
+    /// A size limit was exceeded; the message names the limit.
+    #[error("{message}")]
+    TooLarge {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// The operator's setup is wrong (an invalid sandstorm.json, a sandbox
+    /// kind this door cannot run). The message names what to fix; it holds
+    /// no secrets, only file, field and variable names.
+    #[error("{message}")]
+    Config { message: String },
+    /// Anything else: the client sees a generic message, the log the detail.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadRequest { .. } | ApiError::MissingKey { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Config { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable `type` of the error body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Invalid { .. } => "invalid_request",
+            ApiError::BadRequest { .. } => "bad_request",
+            ApiError::MissingKey { .. } => "missing_key",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Config { .. } => "config_error",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::Invalid { field, .. } | ApiError::TooLarge { field, .. } => field.as_deref(),
+            ApiError::MissingKey { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// The body a client sees.
+    pub fn body(&self) -> ErrorBody {
+        let message = match self {
+            ApiError::Internal(_) => "internal error; see the server log".to_owned(),
+            other => other.to_string(),
+        };
+        ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind(),
+                message,
+                field: self.field().map(str::to_owned),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "request failed");
+        }
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
