@@ -158,6 +158,13 @@ pub enum SandboxError {
     StreamCut,
     #[error("{op} failed: {message}")]
     Other { op: &'static str, message: String },
+    /// A transient failure that persisted through every retry; `last` is
+    /// the cause the client should hear about.
+    #[error("{last}; gave up after {attempts} attempts")]
+    GaveUp {
+        attempts: u32,
+        last: Box<SandboxError>,
+    },
 }
 
 impl SandboxError {
@@ -170,6 +177,15 @@ impl SandboxError {
             | SandboxError::Transport { .. } => true,
             SandboxError::Status { status, .. } => *status >= 500,
             _ => false,
+        }
+    }
+
+    /// The underlying failure, looking through [`SandboxError::GaveUp`]:
+    /// what to classify an error by (rate limit, timeout, ...).
+    pub fn cause(&self) -> &SandboxError {
+        match self {
+            SandboxError::GaveUp { last, .. } => last.cause(),
+            other => other,
         }
     }
 }

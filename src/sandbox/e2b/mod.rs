@@ -1,1 +1,209 @@
-//! E2B cloud sandboxes: the control plane over REST, processes and files over envd.
+//! E2B cloud sandboxes: the control plane over REST, files and processes
+//! over envd, all on one pooled reqwest client.
+//!
+//! A run costs three round trips before the agent starts: create, one
+//! multipart upload carrying every file, and the process start whose answer
+//! is the output stream. Create and kill retry with bounded backoff; the
+//! rest do not, because a run that half-happened is better reported than
+//! repeated. The wire format is described in `spec/` of e2b-dev/E2B and
+//! summarized in the project's `e2b-wire` note.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), sandstorm::sandbox::SandboxError> {
+//! use sandstorm::env::EnvVars;
+//! use sandstorm::sandbox::{ProcessSpec, SandboxProvider, SandboxSpec};
+//! use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider};
+//!
+//! let env = EnvVars::from_pairs([("E2B_API_KEY", "e2b_...")]);
+//! let provider = E2bProvider::new(E2bOptions::from_env(&env))?;
+//! let sandbox = provider.create(SandboxSpec::default()).await?;
+//! let output = sandbox
+//!     .start(ProcessSpec { cmd: "node".into(), args: vec!["--version".into()], ..Default::default() })
+//!     .await?;
+//! # drop(output);
+//! sandbox.destroy().await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile, SandboxProvider, SandboxSpec,
+};
+use crate::secret::Secret;
+
+mod control;
+mod envd;
+mod http;
+mod options;
+mod process;
+mod retry;
+
+pub use options::{DEFAULT_DOMAIN, DEFAULT_TEMPLATE, E2bOptions, RetryPolicy};
+
+/// What every sandbox of one provider shares: the options and the
+/// connection pool.
+#[derive(Debug)]
+struct Shared {
+    options: E2bOptions,
+    http: reqwest::Client,
+}
+
+/// Creates E2B sandboxes. Cheap to clone; clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct E2bProvider {
+    shared: Arc<Shared>,
+}
+
+impl E2bProvider {
+    /// Fails only if the HTTP client cannot be built (no TLS backend).
+    pub fn new(options: E2bOptions) -> Result<Self, SandboxError> {
+        let http = http::client(&options)?;
+        Ok(E2bProvider {
+            shared: Arc::new(Shared { options, http }),
+        })
+    }
+
+    pub fn options(&self) -> &E2bOptions {
+        &self.shared.options
+    }
+}
+
+#[async_trait]
+impl SandboxProvider for E2bProvider {
+    fn name(&self) -> &'static str {
+        http::PROVIDER
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
+        let options = &self.shared.options;
+        let api_key = spec
+            .api_key
+            .or_else(|| options.api_key.clone())
+            .filter(|key| !key.is_empty())
+            .ok_or(SandboxError::Other {
+                op: "create",
+                message: "no E2B API key: set E2B_API_KEY or send e2b_api_key".into(),
+            })?;
+        let created = control::create(
+            &self.shared.http,
+            options,
+            &api_key,
+            spec.lifetime,
+            &spec.metadata,
+        )
+        .await?;
+        tracing::debug!(sandbox = %created.sandbox_id, envd = %created.envd_version, "e2b sandbox created");
+        Ok(Arc::new(E2bSandbox {
+            envd_url: options.envd_url(&created.sandbox_id, created.domain.as_deref()),
+            legacy_user: envd::needs_explicit_user(&created.envd_version),
+            id: created.sandbox_id,
+            access_token: created.envd_access_token,
+            api_key,
+            shared: self.shared.clone(),
+        }))
+    }
+}
+
+/// One live E2B sandbox.
+pub struct E2bSandbox {
+    id: String,
+    /// Where this sandbox's envd answers (see [`E2bOptions::envd_url`]).
+    envd_url: String,
+    /// envd older than 0.4.0 must be told the user explicitly.
+    legacy_user: bool,
+    /// `envdAccessToken` from create; envd refuses requests without it.
+    access_token: Option<Secret>,
+    /// The key that created the sandbox, which may be a request's own; the
+    /// same key must kill it.
+    api_key: Secret,
+    shared: Arc<Shared>,
+}
+
+impl E2bSandbox {
+    /// What an error message must never contain.
+    fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        std::iter::once(&self.api_key).chain(self.access_token.as_ref())
+    }
+}
+
+impl fmt::Debug for E2bSandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("E2bSandbox")
+            .field("id", &self.id)
+            .field("envd_url", &self.envd_url)
+            .field("legacy_user", &self.legacy_user)
+            .field("access_token", &self.access_token)
+            .field("api_key", &self.api_key)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Sandbox for E2bSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn upload(&self, files: Vec<SandboxFile>) -> Result<(), SandboxError> {
+        self.upload_files(files).await
+    }
+
+    async fn start(&self, process: ProcessSpec) -> Result<ProcessStream, SandboxError> {
+        self.start_process(process).await
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Bytes, SandboxError> {
+        self.download(path).await
+    }
+
+    async fn destroy(&self) -> Result<(), SandboxError> {
+        control::kill(
+            &self.shared.http,
+            &self.shared.options,
+            &self.api_key,
+            &self.id,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_provider_and_sandbox_redacts_keys_and_tokens() {
+        let provider =
+            E2bProvider::new(E2bOptions::local("http://127.0.0.1:1", "e2b_provider_key"))
+                .expect("client builds");
+        let sandbox = E2bSandbox {
+            id: "sbx1".into(),
+            envd_url: "http://127.0.0.1:1".into(),
+            legacy_user: false,
+            access_token: Some(Secret::new("envd_token_value")),
+            api_key: Secret::new("e2b_request_key"),
+            shared: provider.shared.clone(),
+        };
+        let shown = format!("{provider:?} {sandbox:?}");
+        for secret in ["e2b_provider_key", "envd_token_value", "e2b_request_key"] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+        assert!(shown.contains("sbx1"));
+    }
+
+    #[tokio::test]
+    async fn create_without_any_key_says_which_variable_to_set() {
+        let mut options = E2bOptions::local("http://127.0.0.1:1", "unused");
+        options.api_key = None;
+        let provider = E2bProvider::new(options).expect("client builds");
+        let Err(err) = provider.create(SandboxSpec::default()).await else {
+            panic!("created a sandbox without a key");
+        };
+        assert!(err.to_string().contains("E2B_API_KEY"), "{err}");
+    }
+}

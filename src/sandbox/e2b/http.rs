@@ -1,0 +1,238 @@
+//! The HTTP plumbing both planes share: one pooled client, one way to make a
+//! bounded call, and one way to turn a failed answer into a [`SandboxError`]
+//! that is safe to show (no key, no token, no unbounded body).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use reqwest::{RequestBuilder, Response, StatusCode};
+
+use super::options::E2bOptions;
+use crate::sandbox::SandboxError;
+use crate::secret::Secret;
+
+pub(crate) const PROVIDER: &str = "e2b";
+
+/// How much of an error body we read and quote. E2B's errors are one short
+/// JSON object; anything longer is a proxy page nobody needs in full.
+const ERROR_BODY_LIMIT: usize = 16 * 1024;
+const ERROR_MESSAGE_LIMIT: usize = 300;
+
+/// The one client every request goes through, so connections to the
+/// control plane and to envd are pooled across runs.
+pub(crate) fn client(options: &E2bOptions) -> Result<reqwest::Client, SandboxError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("sandstorm/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(options.connect_timeout)
+        .build()
+        .map_err(|e| SandboxError::Other {
+            op: "building the e2b http client",
+            message: error_chain(&e),
+        })
+}
+
+/// Sends a request and reads its whole answer, all within `limit`.
+pub(crate) async fn call(
+    request: RequestBuilder,
+    op: &'static str,
+    limit: Duration,
+) -> Result<(StatusCode, Bytes), SandboxError> {
+    let exchange = async {
+        let response = request.send().await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    };
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(transport(op, &e, limit)),
+        Err(_) => Err(SandboxError::TimedOut { op, after: limit }),
+    }
+}
+
+/// Sends a request and waits only for the response head; the body is the
+/// caller's to stream.
+pub(crate) async fn open(
+    request: RequestBuilder,
+    op: &'static str,
+    limit: Duration,
+) -> Result<Response, SandboxError> {
+    match tokio::time::timeout(limit, request.send()).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(transport(op, &e, limit)),
+        Err(_) => Err(SandboxError::TimedOut { op, after: limit }),
+    }
+}
+
+/// Reads at most [`ERROR_BODY_LIMIT`] bytes of a failed answer's body.
+pub(crate) async fn error_body(response: Response) -> Bytes {
+    let mut body = response.bytes_stream();
+    let mut out = BytesMut::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        out.extend_from_slice(&chunk);
+        if out.len() >= ERROR_BODY_LIMIT {
+            out.truncate(ERROR_BODY_LIMIT);
+            break;
+        }
+    }
+    out.freeze()
+}
+
+fn transport(op: &'static str, e: &reqwest::Error, limit: Duration) -> SandboxError {
+    if e.is_timeout() {
+        SandboxError::TimedOut { op, after: limit }
+    } else {
+        SandboxError::Transport {
+            op,
+            message: error_chain(e),
+        }
+    }
+}
+
+/// reqwest's top-level message is "error sending request for url (...)";
+/// the reason (refused, reset, DNS) is further down the source chain.
+/// URLs carry no credentials here: keys and tokens travel in headers.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = inner.source();
+    }
+    message
+}
+
+/// Turns a failed answer into an error. A 401 from the control plane means
+/// the API key; from envd it means the access token, so only the control
+/// plane maps it to [`SandboxError::Unauthorized`].
+pub(crate) fn status_error(
+    op: &'static str,
+    status: StatusCode,
+    body: &[u8],
+    control_plane: bool,
+    secrets: &[&Secret],
+) -> SandboxError {
+    match status {
+        StatusCode::UNAUTHORIZED if control_plane => {
+            SandboxError::Unauthorized { provider: PROVIDER }
+        }
+        StatusCode::TOO_MANY_REQUESTS => SandboxError::RateLimited {
+            provider: PROVIDER,
+            op,
+        },
+        _ => SandboxError::Status {
+            provider: PROVIDER,
+            op,
+            status: status.as_u16(),
+            message: error_message(status, body, secrets),
+        },
+    }
+}
+
+/// The human part of an error body: E2B's `{"code":404,"message":".."}`,
+/// Connect's `{"code":"not_found","message":".."}`, or the text itself.
+/// Any secret we sent is blotted out in case a server echoes it back.
+pub(crate) fn error_message(status: StatusCode, body: &[u8], secrets: &[&Secret]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let from_json = parsed.as_ref().and_then(|v| {
+        let message = v.get("message")?.as_str()?;
+        Some(match v.get("code").and_then(|c| c.as_str()) {
+            Some(code) => format!("{code}: {message}"),
+            None => message.to_owned(),
+        })
+    });
+    let mut message = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("no error message")
+            .to_owned();
+    }
+    for secret in secrets {
+        if !secret.is_empty() {
+            message = message.replace(secret.expose(), "***");
+        }
+    }
+    if message.chars().count() > ERROR_MESSAGE_LIMIT {
+        message = message
+            .chars()
+            .take(ERROR_MESSAGE_LIMIT)
+            .collect::<String>()
+            + "...";
+    }
+    message
+}
+
+/// HTTP status for a Connect error code, as the Connect protocol maps them.
+pub(crate) fn connect_code_status(code: &str) -> u16 {
+    match code {
+        "canceled" => 499,
+        "invalid_argument" | "failed_precondition" | "out_of_range" => 400,
+        "deadline_exceeded" => 504,
+        "not_found" => 404,
+        "already_exists" | "aborted" => 409,
+        "permission_denied" => 403,
+        "resource_exhausted" => 429,
+        "unimplemented" => 501,
+        "unavailable" => 503,
+        "unauthenticated" => 401,
+        _ => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e2b_and_connect_error_bodies_become_messages() {
+        let e2b = br#"{"code":404,"message":"sandbox not found"}"#;
+        assert_eq!(
+            error_message(StatusCode::NOT_FOUND, e2b, &[]),
+            "sandbox not found"
+        );
+        let connect = br#"{"code":"invalid_argument","message":"bad cwd"}"#;
+        assert_eq!(
+            error_message(StatusCode::BAD_REQUEST, connect, &[]),
+            "invalid_argument: bad cwd"
+        );
+        assert_eq!(
+            error_message(StatusCode::BAD_GATEWAY, b"  ", &[]),
+            "Bad Gateway"
+        );
+        assert_eq!(
+            error_message(StatusCode::BAD_GATEWAY, b"upstream died\n", &[]),
+            "upstream died"
+        );
+    }
+
+    #[test]
+    fn echoed_secrets_are_blotted_out_and_long_bodies_cut() {
+        let key = Secret::new("e2b_deadbeef");
+        let body = br#"{"message":"key e2b_deadbeef is invalid"}"#;
+        assert_eq!(
+            error_message(StatusCode::FORBIDDEN, body, &[&key]),
+            "key *** is invalid"
+        );
+        let long = "x".repeat(5000);
+        assert!(error_message(StatusCode::BAD_GATEWAY, long.as_bytes(), &[]).len() < 400);
+    }
+
+    #[test]
+    fn only_the_control_plane_401_blames_the_api_key() {
+        let control = status_error("create", StatusCode::UNAUTHORIZED, b"", true, &[]);
+        assert!(matches!(control, SandboxError::Unauthorized { .. }));
+        let envd = status_error("upload", StatusCode::UNAUTHORIZED, b"", false, &[]);
+        assert!(matches!(envd, SandboxError::Status { status: 401, .. }));
+        let limited = status_error("create", StatusCode::TOO_MANY_REQUESTS, b"", true, &[]);
+        assert_eq!(
+            limited.to_string(),
+            "create was rate limited by e2b (HTTP 429)"
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! Where E2B lives and how patiently we talk to it, decided once at the door.
+//!
+//! The URL rules mirror the official SDKs (`connection_config.py` and
+//! `connectionConfig.ts` in e2b-dev/E2B), so a deployment that already points
+//! the Python or JS SDK somewhere with `E2B_API_URL`, `E2B_SANDBOX_URL`,
+//! `E2B_DOMAIN` or `E2B_DEBUG` reaches the same place with Sandstorm.
+
+use std::time::Duration;
+
+use crate::env::EnvVars;
+use crate::envd::ENVD_PORT;
+use crate::secret::Secret;
+
+/// The template Sandstorm's own E2B template is published under.
+pub const DEFAULT_TEMPLATE: &str = "sandstorm";
+
+/// E2B's public domain.
+pub const DEFAULT_DOMAIN: &str = "e2b.app";
+
+/// Domains whose edge routes envd traffic by header through one host,
+/// `sandbox.{domain}`, instead of one host per sandbox (the SDKs' list).
+const HEADER_ROUTED_DOMAINS: [&str; 4] = ["e2b.app", "e2b.dev", "e2b.pro", "e2b-staging.dev"];
+
+/// Everything the E2B client needs to know. Plain fields, so tests can point
+/// it at a loopback server and shrink every wait.
+#[derive(Debug, Clone)]
+pub struct E2bOptions {
+    /// `E2B_API_KEY`; a request's own key overrides it.
+    pub api_key: Option<Secret>,
+    /// Control plane base URL, without a trailing slash.
+    pub api_url: String,
+    /// `E2B_SANDBOX_URL`: one envd base URL for every sandbox. When unset the
+    /// URL is derived per sandbox (see [`E2bOptions::envd_url`]).
+    pub sandbox_url: Option<String>,
+    /// `E2B_DOMAIN`, used when create does not name a domain for the sandbox.
+    pub domain: String,
+    /// `E2B_DEBUG`: talk to a locally run E2B stack on its default ports.
+    pub debug: bool,
+    /// The template every sandbox is created from (`SANDSTORM_TEMPLATE`).
+    pub template: String,
+    /// Sandbox lifetime when the caller asks for none (E2B's own default is
+    /// 15 s, far too short for an agent run).
+    pub default_lifetime: Duration,
+    /// Limit on opening a TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Limit on one attempt of a request/response call (create, upload,
+    /// kill, download), and on a process start getting its response headers.
+    pub request_timeout: Duration,
+    /// How often envd should send a keepalive on a quiet process stream.
+    pub keepalive_interval: Duration,
+    /// A process stream silent for this long is a dead connection. Must be
+    /// comfortably above `keepalive_interval`.
+    pub stream_idle_timeout: Duration,
+    /// Retries of create and kill.
+    pub retry: RetryPolicy,
+}
+
+/// Bounded exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts, the first one included. `1` means no retry.
+    pub attempts: u32,
+    /// Wait before the first retry; doubles for each one after.
+    pub base_backoff: Duration,
+    /// Ceiling on any single wait.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for E2bOptions {
+    /// E2B's public cloud with no key, as if the environment were empty.
+    fn default() -> Self {
+        Self::from_env(&EnvVars::default())
+    }
+}
+
+impl E2bOptions {
+    /// Reads `E2B_API_KEY`, `E2B_API_URL`, `E2B_SANDBOX_URL`, `E2B_DOMAIN`,
+    /// `E2B_DEBUG` and `SANDSTORM_TEMPLATE`. Empty values count as unset,
+    /// as in the SDKs.
+    pub fn from_env(env: &EnvVars) -> Self {
+        let domain = env.get("E2B_DOMAIN").unwrap_or(DEFAULT_DOMAIN).to_owned();
+        // The SDKs only accept the literal `true`, so `E2B_DEBUG=1` does
+        // nothing there; do the same rather than surprise someone.
+        let debug = env
+            .get("E2B_DEBUG")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let api_url = match env.get("E2B_API_URL") {
+            Some(url) => url.to_owned(),
+            None if debug => "http://localhost:3000".to_owned(),
+            None => format!("https://api.{domain}"),
+        };
+        E2bOptions {
+            api_key: env.get("E2B_API_KEY").map(Secret::from),
+            api_url: trim_slash(api_url),
+            sandbox_url: env.get("E2B_SANDBOX_URL").map(|u| trim_slash(u.to_owned())),
+            domain,
+            debug,
+            template: env
+                .get("SANDSTORM_TEMPLATE")
+                .unwrap_or(DEFAULT_TEMPLATE)
+                .to_owned(),
+            default_lifetime: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(50),
+            stream_idle_timeout: Duration::from_secs(120),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Points both planes at one server, e.g. an emulator on loopback.
+    pub fn local(base_url: &str, api_key: impl Into<Secret>) -> Self {
+        let base = trim_slash(base_url.to_owned());
+        E2bOptions {
+            api_key: Some(api_key.into()),
+            api_url: base.clone(),
+            sandbox_url: Some(base),
+            ..Self::default()
+        }
+    }
+
+    /// The envd base URL of one sandbox, as the SDKs build it:
+    /// `E2B_SANDBOX_URL` if set; `http://localhost:49983` in debug mode;
+    /// `https://sandbox.{domain}` on E2B's own domains (the edge routes by
+    /// the `E2b-Sandbox-Id` header); otherwise `https://49983-{id}.{domain}`.
+    /// `sandbox_domain` is the `domain` create answered, if any.
+    pub fn envd_url(&self, sandbox_id: &str, sandbox_domain: Option<&str>) -> String {
+        if let Some(url) = &self.sandbox_url {
+            return url.clone();
+        }
+        if self.debug {
+            return format!("http://localhost:{ENVD_PORT}");
+        }
+        let domain = sandbox_domain
+            .filter(|d| !d.is_empty())
+            .unwrap_or(&self.domain);
+        if HEADER_ROUTED_DOMAINS.contains(&domain) {
+            format!("https://sandbox.{domain}")
+        } else {
+            format!("https://{ENVD_PORT}-{sandbox_id}.{domain}")
+        }
+    }
+}
+
+fn trim_slash(mut url: String) -> String {
+    while url.ends_with('/') {
+        url.pop();
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(pairs: &[(&str, &str)]) -> E2bOptions {
+        E2bOptions::from_env(&EnvVars::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_to_e2b_cloud_and_the_sandstorm_template() {
+        let o = options(&[]);
+        assert_eq!(o.api_url, "https://api.e2b.app");
+        assert_eq!(o.template, "sandstorm");
+        assert!(o.api_key.is_none());
+        assert_eq!(o.envd_url("sbx1", None), "https://sandbox.e2b.app");
+    }
+
+    #[test]
+    fn e2b_domain_moves_both_planes() {
+        let o = options(&[("E2B_DOMAIN", "e2b.example.com")]);
+        assert_eq!(o.api_url, "https://api.e2b.example.com");
+        assert_eq!(
+            o.envd_url("sbx1", None),
+            "https://49983-sbx1.e2b.example.com"
+        );
+    }
+
+    #[test]
+    fn the_domain_create_answered_wins_over_e2b_domain() {
+        let o = options(&[("E2B_DOMAIN", "e2b.example.com")]);
+        assert_eq!(
+            o.envd_url("sbx1", Some("eu.example.net")),
+            "https://49983-sbx1.eu.example.net"
+        );
+        assert_eq!(
+            o.envd_url("sbx1", Some("e2b.dev")),
+            "https://sandbox.e2b.dev"
+        );
+        // A null or empty domain in the answer falls back to ours.
+        assert_eq!(
+            o.envd_url("sbx1", Some("")),
+            "https://49983-sbx1.e2b.example.com"
+        );
+    }
+
+    #[test]
+    fn explicit_urls_override_the_domain() {
+        let o = options(&[
+            ("E2B_DOMAIN", "e2b.example.com"),
+            ("E2B_API_URL", "http://127.0.0.1:3000/"),
+            ("E2B_SANDBOX_URL", "http://127.0.0.1:4000/"),
+        ]);
+        assert_eq!(o.api_url, "http://127.0.0.1:3000");
+        assert_eq!(o.envd_url("sbx1", Some("e2b.app")), "http://127.0.0.1:4000");
+    }
+
+    #[test]
+    fn api_url_alone_leaves_envd_on_the_domain() {
+        let o = options(&[("E2B_API_URL", "http://127.0.0.1:3000")]);
+        assert_eq!(o.api_url, "http://127.0.0.1:3000");
+        assert_eq!(o.envd_url("sbx1", None), "https://sandbox.e2b.app");
+    }
+
+    #[test]
+    fn debug_mode_uses_the_local_stack_ports_unless_urls_are_given() {
+        let o = options(&[("E2B_DEBUG", "TRUE")]);
+        assert_eq!(o.api_url, "http://localhost:3000");
+        assert_eq!(
+            o.envd_url("sbx1", Some("e2b.app")),
+            "http://localhost:49983"
+        );
+        let o = options(&[("E2B_DEBUG", "true"), ("E2B_API_URL", "http://h:1")]);
+        assert_eq!(o.api_url, "http://h:1");
+        // Like the SDKs, only the word `true` turns debug on.
+        assert!(!options(&[("E2B_DEBUG", "1")]).debug);
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let o = options(&[
+            ("E2B_DOMAIN", ""),
+            ("E2B_SANDBOX_URL", ""),
+            ("SANDSTORM_TEMPLATE", ""),
+        ]);
+        assert_eq!(o.api_url, "https://api.e2b.app");
+        assert_eq!(o.template, "sandstorm");
+        assert!(o.sandbox_url.is_none());
+    }
+
+    #[test]
+    fn template_and_key_come_from_the_environment() {
+        let o = options(&[("SANDSTORM_TEMPLATE", "mine"), ("E2B_API_KEY", "e2b_abc")]);
+        assert_eq!(o.template, "mine");
+        assert_eq!(o.api_key.as_ref().map(Secret::expose), Some("e2b_abc"));
+        assert!(!format!("{o:?}").contains("e2b_abc"));
+    }
+}
