@@ -1,0 +1,232 @@
+//! The one HTTP application every door serves: `POST /query`, `GET /health`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth;
+use crate::error::ApiError;
+use crate::events::RunEvent;
+use crate::request::Query;
+use crate::sandbox::SandboxProvider;
+use crate::settings::{SandboxKind, Settings};
+use crate::{keys, plan, run};
+
+/// How often an idle stream gets a comment line, so proxies and clients
+/// keep the connection open while the agent thinks.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The shared state of the application.
+#[derive(Clone)]
+pub struct AppState {
+    settings: Arc<Settings>,
+    provider: Arc<dyn SandboxProvider>,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, provider: Arc<dyn SandboxProvider>) -> Self {
+        AppState {
+            settings: Arc::new(settings),
+            provider,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn provider(&self) -> &Arc<dyn SandboxProvider> {
+        &self.provider
+    }
+}
+
+/// The point in time a hosting platform cuts the response. A door puts it in
+/// the request's extensions (Lambda's per-invocation deadline); otherwise
+/// the configured `max_duration` counts from the request's arrival.
+#[derive(Debug, Clone, Copy)]
+pub struct PlatformDeadline(pub Instant);
+
+/// Builds the router. Every door and every test goes through here.
+pub fn app(state: AppState) -> Router {
+    let settings = state.settings.clone();
+    let mut router = Router::new()
+        .route("/query", post(query))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .with_state(state);
+    if !settings.cors_origins.is_empty() {
+        router = router.layer(cors(&settings.cors_origins));
+    }
+    router
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([http::Method::GET, http::Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn not_found() -> Response {
+    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; use POST /query or GET /health"}});
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+async fn query(State(state): State<AppState>, request: Request) -> Response {
+    let request_id = request_id(request.headers());
+    match start_query(&state, request, &request_id).await {
+        Ok(events) => {
+            let mut response = sse(events).into_response();
+            set_request_id(&mut response, &request_id);
+            response
+        }
+        Err(error) => {
+            tracing::info!(%request_id, status = %error.status(), error = %error, "query rejected");
+            let mut response = error.into_response();
+            set_request_id(&mut response, &request_id);
+            response
+        }
+    }
+}
+
+/// Everything that can refuse a request happens here, before a sandbox
+/// exists; past this point failures are in-band events.
+async fn start_query(
+    state: &AppState,
+    request: Request,
+    request_id: &str,
+) -> Result<tokio::sync::mpsc::Receiver<RunEvent>, ApiError> {
+    let arrived = Instant::now();
+    let settings = &state.settings;
+    auth::check(
+        &settings.auth,
+        request.headers(),
+        settings.key_source.as_deref(),
+    )
+    .await?;
+    check_content_type(request.headers())?;
+    let platform_deadline = request
+        .extensions()
+        .get::<PlatformDeadline>()
+        .map(|d| d.0)
+        .or_else(|| settings.max_duration.map(|d| arrived + d));
+    let body = axum::body::to_bytes(request.into_body(), settings.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::TooLarge {
+            field: None,
+            message: format!(
+                "request body exceeds the {}-byte limit",
+                settings.max_body_bytes
+            ),
+        })?;
+    let query = Query::from_json(&body)?;
+    prepare_run(state, query, request_id.to_owned(), platform_deadline)
+        .await
+        .map(|plan| run::spawn(state.provider.clone(), plan))
+}
+
+/// Builds a run's plan from a validated query: the config, the keys, the
+/// deadline. Shared by the HTTP handler and the CLI.
+pub async fn prepare_run(
+    state: &AppState,
+    query: Query,
+    request_id: String,
+    platform_deadline: Option<Instant>,
+) -> Result<run::RunPlan, ApiError> {
+    let settings = &state.settings;
+    let config = settings.config.as_ref().map_err(|e| ApiError::Config {
+        message: format!("sandstorm.json is invalid: {e}"),
+    })?;
+    let keys = keys::resolve(
+        &query.keys,
+        &settings.env,
+        settings.key_source.as_deref(),
+        &settings.cwd,
+        settings.sandbox == SandboxKind::E2b,
+    )
+    .await?;
+    Ok(plan::build(
+        request_id,
+        &query,
+        config,
+        keys,
+        platform_deadline,
+    ))
+}
+
+/// JSON, or no content type at all: `curl -d` sends form encoding by
+/// default, and the original's README examples rely on it being accepted.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let accepted = mime == "application/json"
+        || (mime.starts_with("application/") && mime.ends_with("+json"))
+        || mime == "application/x-www-form-urlencoded";
+    if accepted {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+fn sse(events: tokio::sync::mpsc::Receiver<RunEvent>) -> impl IntoResponse {
+    let stream = ReceiverStream::new(events).map(|event| {
+        let json = event.to_json();
+        Ok::<_, Infallible>(Event::default().data(String::from_utf8_lossy(&json)))
+    });
+    let sse = Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(KEEPALIVE_INTERVAL)
+            .text("keepalive"),
+    );
+    // Reverse proxies (nginx) buffer responses unless told not to.
+    ([("x-accel-buffering", "no")], sse)
+}
+
+/// A client's `x-request-id` when it is short and printable, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
+}
+
+fn set_request_id(response: &mut Response, request_id: &str) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+}
+
+#[cfg(test)]
+mod tests;

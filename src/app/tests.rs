@@ -1,0 +1,551 @@
+//! The router without a socket: validation, auth, SSE framing and the run
+//! lifecycle against a scripted in-memory sandbox.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+use crate::env::EnvVars;
+use crate::sandbox::{
+    ExitStatus, ProcessEvent, ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile,
+    SandboxSpec,
+};
+use crate::settings::AuthSettings;
+
+/// What the scripted process does after printing its events.
+#[derive(Clone)]
+enum Then {
+    Exit(i32),
+    Hang,
+    Cut,
+}
+
+#[derive(Default)]
+struct Counters {
+    created: AtomicUsize,
+    destroyed: AtomicUsize,
+    uploads: Mutex<Vec<Vec<String>>>,
+    envs: Mutex<Vec<std::collections::BTreeMap<String, String>>>,
+}
+
+struct Scripted {
+    output: Vec<ProcessEvent>,
+    then: Then,
+    counters: Arc<Counters>,
+}
+
+struct ScriptedSandbox {
+    output: Vec<ProcessEvent>,
+    then: Then,
+    counters: Arc<Counters>,
+}
+
+#[async_trait]
+impl SandboxProvider for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    async fn create(&self, _spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
+        self.counters.created.fetch_add(1, Ordering::SeqCst);
+        Ok(Arc::new(ScriptedSandbox {
+            output: self.output.clone(),
+            then: self.then.clone(),
+            counters: self.counters.clone(),
+        }))
+    }
+}
+
+#[async_trait]
+impl Sandbox for ScriptedSandbox {
+    fn id(&self) -> &str {
+        "sbx-test"
+    }
+    async fn upload(&self, files: Vec<SandboxFile>) -> Result<(), SandboxError> {
+        let paths = files.into_iter().map(|f| f.path).collect();
+        self.counters.uploads.lock().expect("lock").push(paths);
+        Ok(())
+    }
+    async fn start(&self, process: ProcessSpec) -> Result<ProcessStream, SandboxError> {
+        self.counters.envs.lock().expect("lock").push(process.envs);
+        let events = futures::stream::iter(self.output.clone().into_iter().map(Ok));
+        let tail: ProcessStream = match self.then {
+            Then::Exit(code) => futures::stream::iter([Ok(ProcessEvent::Exited(ExitStatus {
+                code: Some(code),
+                status: format!("exit status {code}"),
+            }))])
+            .boxed(),
+            Then::Hang => futures::stream::pending().boxed(),
+            Then::Cut => futures::stream::empty().boxed(),
+        };
+        Ok(events.chain(tail).boxed())
+    }
+    async fn read_file(&self, _path: &str) -> Result<Bytes, SandboxError> {
+        Ok(Bytes::new())
+    }
+    async fn destroy(&self) -> Result<(), SandboxError> {
+        self.counters.destroyed.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn out(s: &str) -> ProcessEvent {
+    ProcessEvent::Stdout(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn err(s: &str) -> ProcessEvent {
+    ProcessEvent::Stderr(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+struct Harness {
+    router: Router,
+    counters: Arc<Counters>,
+}
+
+fn harness_with(
+    output: Vec<ProcessEvent>,
+    then: Then,
+    tweak: impl FnOnce(&mut Settings),
+) -> Harness {
+    let counters = Arc::new(Counters::default());
+    let provider = Arc::new(Scripted {
+        output,
+        then,
+        counters: counters.clone(),
+    });
+    let env = EnvVars::from_pairs([("ANTHROPIC_API_KEY", "sk-ant-test-key-123")]);
+    let mut settings = Settings::from_env(
+        env,
+        std::path::Path::new("/nonexistent"),
+        SandboxKind::Local,
+    )
+    .expect("settings");
+    tweak(&mut settings);
+    Harness {
+        router: app(AppState::new(settings, provider)),
+        counters,
+    }
+}
+
+fn harness(output: Vec<ProcessEvent>, then: Then) -> Harness {
+    harness_with(output, then, |_| {})
+}
+
+fn post(body: &str) -> Request {
+    Request::post("/query")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
+async fn body_text(response: Response) -> String {
+    let bytes = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("stream ends")
+        .expect("body")
+        .to_bytes();
+    String::from_utf8(bytes.to_vec()).expect("utf-8")
+}
+
+fn events(sse: &str) -> Vec<serde_json::Value> {
+    sse.split("\n\n")
+        .filter_map(|frame| frame.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).expect("each event is JSON"))
+        .collect()
+}
+
+async fn error_body(response: Response) -> (StatusCode, serde_json::Value) {
+    let status = response.status();
+    let text = body_text(response).await;
+    (status, serde_json::from_str(&text).expect("json error"))
+}
+
+const SYSTEM: &str = r#"{"type":"system","subtype":"init"}"#;
+const RESULT: &str = r#"{"type":"result","subtype":"success","num_turns":1}"#;
+
+#[tokio::test]
+async fn health_reports_ok_and_the_version_and_nothing_about_keys() {
+    let h = harness(vec![], Then::Exit(0));
+    let response = h
+        .router
+        .oneshot(
+            Request::get("/health")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = body_text(response).await;
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    assert!(!text.contains("KEY") && !text.contains("sk-ant"), "{text}");
+}
+
+#[tokio::test]
+async fn a_run_streams_each_line_as_one_sse_event_in_order_then_ends() {
+    let h = harness(
+        vec![
+            out(&format!("{SYSTEM}\n{{\"type\":\"assis")),
+            out("tant\",\"n\":1}\n"),
+            out(&format!("{RESULT}\n")),
+        ],
+        Then::Exit(0),
+    );
+    let response = h
+        .router
+        .oneshot(post(r#"{"prompt":"hi"}"#))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    assert!(response.headers().contains_key("x-request-id"));
+    let text = body_text(response).await;
+    assert_eq!(
+        text,
+        format!("data: {SYSTEM}\n\ndata: {{\"type\":\"assistant\",\"n\":1}}\n\ndata: {RESULT}\n\n")
+    );
+    assert_eq!(h.counters.created.load(Ordering::SeqCst), 1);
+    assert_eq!(h.counters.destroyed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn one_upload_carries_everything() {
+    let h = harness(vec![out(&format!("{RESULT}\n"))], Then::Exit(0));
+    let response = h
+        .router
+        .oneshot(post(
+            r#"{"prompt":"hi","files":{"a.csv":"1,2","src/b.py":"print()"}}"#,
+        ))
+        .await
+        .expect("response");
+    body_text(response).await;
+    let uploads = h.counters.uploads.lock().expect("lock").clone();
+    assert_eq!(uploads.len(), 1, "exactly one upload");
+    assert!(uploads[0].contains(&"/home/user/a.csv".to_owned()));
+    assert!(uploads[0].contains(&"/home/user/src/b.py".to_owned()));
+    assert!(uploads[0].contains(&"/opt/agent-runner/runner.mjs".to_owned()));
+}
+
+#[tokio::test]
+async fn stderr_lines_become_stderr_events() {
+    let h = harness(
+        vec![err("warn: slow\n"), out(&format!("{RESULT}\n"))],
+        Then::Exit(0),
+    );
+    let text = body_text(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi"}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    let events = events(&text);
+    assert_eq!(
+        events[0],
+        serde_json::json!({"type":"stderr","data":"warn: slow"})
+    );
+    assert_eq!(events[1]["type"], "result");
+}
+
+#[tokio::test]
+async fn a_failing_runner_ends_with_one_error_event_carrying_stderr_and_the_request_id() {
+    let h = harness(
+        vec![out(SYSTEM), out("\n"), err("boom: it broke\n")],
+        Then::Exit(3),
+    );
+    let request = Request::post("/query")
+        .header("x-request-id", "req-42")
+        .body(Body::from(r#"{"prompt":"hi"}"#))
+        .expect("request");
+    let text = body_text(h.router.oneshot(request).await.expect("response")).await;
+    let events = events(&text);
+    let last = events.last().expect("events");
+    assert_eq!(last["type"], "error");
+    assert_eq!(last["error_type"], "runner_failed");
+    assert_eq!(last["request_id"], "req-42");
+    let message = last["error"].as_str().expect("message");
+    assert!(
+        message.contains("code 3") && message.contains("boom: it broke"),
+        "{message}"
+    );
+    assert_eq!(events.iter().filter(|e| e["type"] == "error").count(), 1);
+    assert_eq!(h.counters.destroyed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_runners_own_error_line_becomes_the_single_error_event() {
+    let line = r#"{"type":"error","error":{"type":"runner_error","message":"SDK exploded"}}"#;
+    let h = harness(vec![out(&format!("{line}\n"))], Then::Exit(1));
+    let text = body_text(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi"}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    let events = events(&text);
+    assert_eq!(events.len(), 1, "{text}");
+    assert_eq!(events[0]["error_type"], "runner_error");
+    assert_eq!(events[0]["error"], "SDK exploded");
+    assert!(events[0]["request_id"].is_string());
+}
+
+#[tokio::test]
+async fn an_exit_without_a_result_is_an_error() {
+    let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Exit(0));
+    let text = body_text(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi"}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    let last = events(&text).pop().expect("events");
+    assert_eq!(last["error_type"], "runner_failed");
+}
+
+#[tokio::test]
+async fn a_cut_process_stream_is_an_error_event_and_the_sandbox_is_destroyed() {
+    let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Cut);
+    let text = body_text(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi"}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    let last = events(&text).pop().expect("events");
+    assert_eq!(last["error_type"], "stream_cut");
+    assert_eq!(h.counters.destroyed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_timeout_ends_the_run_with_a_timeout_event_and_destroys_the_sandbox() {
+    let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Hang);
+    let response = h
+        .router
+        .oneshot(post(r#"{"prompt":"hi","timeout":5}"#))
+        .await
+        .expect("response");
+    let text = body_text(response).await;
+    let last = events(&text).pop().expect("events");
+    assert_eq!(last["type"], "error");
+    assert_eq!(last["error_type"], "timeout");
+    assert!(last["error"].as_str().expect("text").contains("5 s"));
+    assert_eq!(h.counters.destroyed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_gets_its_sandbox_destroyed() {
+    let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Hang);
+    let response = h
+        .router
+        .oneshot(post(r#"{"prompt":"hi"}"#))
+        .await
+        .expect("response");
+    let mut body = response.into_body();
+    let first = body.frame().await.expect("a frame").expect("ok");
+    assert!(first.data_ref().is_some_and(|d| d.starts_with(b"data: ")));
+    drop(body);
+    for _ in 0..100 {
+        if h.counters.destroyed.load(Ordering::SeqCst) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("sandbox not destroyed within 1 s of the client leaving");
+}
+
+#[tokio::test]
+async fn keys_are_redacted_from_every_event() {
+    let h = harness(
+        vec![
+            out("{\"type\":\"user\",\"text\":\"ANTHROPIC_API_KEY=sk-ant-test-key-123\"}\n"),
+            err("leaked sk-ant-test-key-123\n"),
+            out(&format!("{RESULT}\n")),
+        ],
+        Then::Exit(0),
+    );
+    let text = body_text(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi"}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    assert!(!text.contains("sk-ant-test-key-123"), "{text}");
+    assert!(text.contains("[REDACTED]"), "{text}");
+}
+
+#[tokio::test]
+async fn validation_errors_are_json_and_create_no_sandbox() {
+    let h = harness(vec![], Then::Exit(0));
+    let response = h
+        .router
+        .clone()
+        .oneshot(post(r#"{"prompt":"hi","timeout":1}"#))
+        .await
+        .expect("response");
+    let (status, body) = error_body(response).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["field"], "timeout");
+    assert_eq!(body["error"]["type"], "invalid_request");
+    assert_eq!(h.counters.created.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_non_json_content_type_is_415() {
+    let h = harness(vec![], Then::Exit(0));
+    let request = Request::post("/query")
+        .header("content-type", "text/plain")
+        .body(Body::from(r#"{"prompt":"hi"}"#))
+        .expect("request");
+    let (status, body) = error_body(h.router.oneshot(request).await.expect("response")).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(body["error"]["type"], "unsupported_media_type");
+}
+
+#[tokio::test]
+async fn curl_d_without_a_content_type_is_accepted_like_the_original() {
+    let h = harness(vec![out(&format!("{RESULT}\n"))], Then::Exit(0));
+    let request = Request::post("/query")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(r#"{"prompt":"hi"}"#))
+        .expect("request");
+    let response = h.router.oneshot(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_naming_the_limit() {
+    let h = harness_with(vec![], Then::Exit(0), |s| s.max_body_bytes = 1000);
+    let big = format!(r#"{{"prompt":"{}"}}"#, "a".repeat(2000));
+    let (status, body) = error_body(h.router.oneshot(post(&big)).await.expect("response")).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("1000-byte limit")
+    );
+}
+
+#[tokio::test]
+async fn a_missing_key_is_400_naming_the_field() {
+    let h = harness_with(vec![], Then::Exit(0), |s| s.env = EnvVars::default());
+    let (status, body) = error_body(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi"}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["field"], "anthropic_api_key");
+    assert_eq!(h.counters.created.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_invalid_sandstorm_json_answers_a_config_error() {
+    let h = harness_with(vec![], Then::Exit(0), |s| {
+        s.config = Err(crate::config::ConfigError::Field {
+            path: "sandstorm.json".into(),
+            field: "max_turns".into(),
+            message: "invalid type: string \"x\", expected u32".into(),
+        });
+    });
+    let (status, body) = error_body(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi"}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body["error"]["type"], "config_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("max_turns")
+    );
+}
+
+#[tokio::test]
+async fn with_a_token_configured_queries_need_it() {
+    let h = harness_with(vec![out(&format!("{RESULT}\n"))], Then::Exit(0), |s| {
+        s.auth = AuthSettings {
+            tokens: vec!["tok-123".into()],
+            allow_anonymous: false,
+        };
+    });
+    let (status, body) = error_body(
+        h.router
+            .clone()
+            .oneshot(post(r#"{"prompt":"hi"}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["type"], "unauthorized");
+    assert_eq!(h.counters.created.load(Ordering::SeqCst), 0);
+
+    let mut request = post(r#"{"prompt":"hi"}"#);
+    request.headers_mut().insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer tok-123"),
+    );
+    let response = h.router.oneshot(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unknown_routes_are_json_404s() {
+    let h = harness(vec![], Then::Exit(0));
+    let response = h
+        .router
+        .oneshot(Request::get("/nope").body(Body::empty()).expect("request"))
+        .await
+        .expect("response");
+    let (status, body) = error_body(response).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["type"], "not_found");
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_configurable() {
+    let preflight = || {
+        Request::options("/query")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .expect("request")
+    };
+    let h = harness(vec![], Then::Exit(0));
+    let response = h.router.oneshot(preflight()).await.expect("response");
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+
+    let h = harness_with(vec![], Then::Exit(0), |s| {
+        s.cors_origins = vec!["https://app.example.com".into()];
+    });
+    let response = h.router.oneshot(preflight()).await.expect("response");
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+}

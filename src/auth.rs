@@ -1,0 +1,137 @@
+//! Bearer-token authentication of `/query`.
+//!
+//! A deployed endpoint spends its owner's API money and runs arbitrary
+//! agent code, so when a token is configured (`SANDSTORM_API_TOKEN`, from
+//! the environment or the AWS secret) every query must carry it. During a
+//! rotation `SANDSTORM_API_TOKEN_PREVIOUS` is accepted too.
+
+use axum::http::{HeaderMap, header};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::keys::KeySource;
+use crate::secret::Secret;
+use crate::settings::AuthSettings;
+
+const TOKEN_NAMES: [&str; 2] = ["SANDSTORM_API_TOKEN", "SANDSTORM_API_TOKEN_PREVIOUS"];
+
+/// Admits or refuses one request, before its body is read.
+pub async fn check(
+    settings: &AuthSettings,
+    headers: &HeaderMap,
+    source: Option<&dyn KeySource>,
+) -> Result<(), ApiError> {
+    let mut tokens = settings.tokens.clone();
+    if tokens.is_empty()
+        && let Some(source) = source
+    {
+        for name in TOKEN_NAMES {
+            if let Some(token) = source
+                .get(name)
+                .await
+                .map_err(|e| ApiError::Config { message: e.0 })?
+            {
+                tokens.push(token);
+            }
+        }
+    }
+    if tokens.is_empty() {
+        return if settings.allow_anonymous {
+            Ok(())
+        } else {
+            Err(ApiError::Config {
+                message: "this endpoint has no SANDSTORM_API_TOKEN configured and anonymous \
+                          access is off; set SANDSTORM_API_TOKEN (or SANDSTORM_ALLOW_ANONYMOUS=1)"
+                    .into(),
+            })
+        };
+    }
+    let presented = bearer(headers).ok_or(ApiError::Unauthorized)?;
+    if tokens.iter().any(|t| matches(t, presented)) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Constant time in the token's content, so response timing does not reveal
+/// how much of a guess was right. (A length mismatch returns early; the
+/// length of a token is not a secret worth protecting.)
+fn matches(expected: &Secret, presented: &str) -> bool {
+    bool::from(expected.expose().as_bytes().ct_eq(presented.as_bytes()))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(header::AUTHORIZATION, a.parse().expect("header"));
+        }
+        h
+    }
+
+    fn settings(tokens: &[&str], anonymous: bool) -> AuthSettings {
+        AuthSettings {
+            tokens: tokens.iter().map(|t| Secret::from(*t)).collect(),
+            allow_anonymous: anonymous,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_current_and_the_previous_token_are_accepted() {
+        let s = settings(&["new-token", "old-token"], false);
+        assert!(
+            check(&s, &headers(Some("Bearer new-token")), None)
+                .await
+                .is_ok()
+        );
+        assert!(
+            check(&s, &headers(Some("bearer old-token")), None)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_or_wrong_tokens_are_unauthorized() {
+        let s = settings(&["new-token"], true);
+        for h in [
+            None,
+            Some("Bearer wrong"),
+            Some("Basic new-token"),
+            Some("Bearer "),
+            Some("new-token"),
+        ] {
+            assert!(
+                matches!(
+                    check(&s, &headers(h), None).await,
+                    Err(ApiError::Unauthorized)
+                ),
+                "{h:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_token_anonymous_access_is_a_setting() {
+        assert!(
+            check(&settings(&[], true), &headers(None), None)
+                .await
+                .is_ok()
+        );
+        let refused = check(&settings(&[], false), &headers(None), None).await;
+        assert!(matches!(refused, Err(ApiError::Config { .. })));
+    }
+}

@@ -1,0 +1,206 @@
+//! What a run tells its client, one JSON object per event.
+//!
+//! Agent messages (`system`, `assistant`, `user`, `result`) are the runner's
+//! stdout lines passed through byte for byte. Sandstorm adds `stderr` lines
+//! and, when a run fails after its stream began, exactly one `error` event
+//! carrying the request id; then the stream ends.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// One event of a run, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEvent {
+    /// A line the runner printed on stdout: one SDK message as JSON.
+    Agent(Bytes),
+    /// A line the runner printed on stderr.
+    Stderr(String),
+    /// The run failed; always the last event.
+    Error(RunError),
+}
+
+/// Why a run failed after its stream began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request's `timeout` or the platform's deadline ended the run.
+    Timeout,
+    /// The sandbox provider failed (create, upload, start).
+    Sandbox,
+    /// The connection to the sandbox process was lost mid-run.
+    StreamCut,
+    /// The runner exited non-zero, or without a result.
+    RunnerFailed,
+    /// The runner reported an exception of its own.
+    RunnerError,
+    /// A line exceeded the size we relay.
+    OutputTooLarge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunError {
+    #[serde(rename = "error_type")]
+    pub kind: ErrorKind,
+    /// Human-readable cause. `error` as a string, like the original's events.
+    #[serde(rename = "error")]
+    pub message: String,
+    pub request_id: String,
+}
+
+#[derive(Serialize)]
+struct Tagged<'a, T> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+#[derive(Serialize)]
+struct StderrBody<'a> {
+    data: &'a str,
+}
+
+impl RunEvent {
+    /// The event as one line of JSON, the payload of an SSE `data:` field
+    /// and of a `--json-output` line.
+    pub fn to_json(&self) -> Bytes {
+        match self {
+            RunEvent::Agent(line) => line.clone(),
+            RunEvent::Stderr(data) => json_bytes(&Tagged {
+                kind: "stderr",
+                body: &StderrBody { data },
+            }),
+            RunEvent::Error(error) => json_bytes(&Tagged {
+                kind: "error",
+                body: error,
+            }),
+        }
+    }
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> Bytes {
+    // Serializing these plain structs to a Vec cannot fail.
+    serde_json::to_vec(value).map_or_else(|_| Bytes::from_static(b"{}"), Bytes::from)
+}
+
+/// The `type` of an agent message, read without building the whole value.
+pub fn message_type(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    serde_json::from_slice::<Peek>(line)
+        .ok()
+        .and_then(|p| p.kind)
+}
+
+/// Removes known secret values from text that leaves the server.
+///
+/// The agent can read its own environment (`env` in Bash), so a tool result
+/// may quote an API key. Every line the client sees passes through here.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    needles: Vec<memchr::memmem::Finder<'static>>,
+}
+
+/// Replacement text for a redacted secret.
+pub const REDACTED: &str = "[REDACTED]";
+
+impl Redactor {
+    /// Values shorter than 8 bytes are not treated as secrets: redacting
+    /// `1` or `us-east-1` everywhere would mangle ordinary output.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut values: Vec<&str> = secrets.into_iter().filter(|s| s.len() >= 8).collect();
+        // Longest first, so a key that contains another is removed whole.
+        values.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        values.dedup();
+        Redactor {
+            needles: values
+                .into_iter()
+                .map(|s| memchr::memmem::Finder::new(s.as_bytes()).into_owned())
+                .collect(),
+        }
+    }
+
+    /// The line with every secret replaced; no copy when there is none.
+    pub fn redact(&self, line: Bytes) -> Bytes {
+        if self.needles.iter().all(|n| n.find(&line).is_none()) {
+            return line;
+        }
+        let mut text = line.to_vec();
+        for needle in &self.needles {
+            let mut out = Vec::with_capacity(text.len());
+            let mut rest = &text[..];
+            while let Some(at) = needle.find(rest) {
+                out.extend_from_slice(&rest[..at]);
+                out.extend_from_slice(REDACTED.as_bytes());
+                rest = &rest[at + needle.needle().len()..];
+            }
+            out.extend_from_slice(rest);
+            text = out;
+        }
+        Bytes::from(text)
+    }
+
+    pub fn redact_str(&self, text: &str) -> String {
+        let bytes = self.redact(Bytes::copy_from_slice(text.as_bytes()));
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_lines_pass_through_unchanged() {
+        let line = Bytes::from_static(br#"{"type":"assistant","message":{"content":[]}}"#);
+        assert_eq!(RunEvent::Agent(line.clone()).to_json(), line);
+    }
+
+    #[test]
+    fn stderr_and_error_events_have_their_shape() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&RunEvent::Stderr("warn: x".into()).to_json()).expect("json");
+        assert_eq!(json, serde_json::json!({"type":"stderr","data":"warn: x"}));
+        let error = RunEvent::Error(RunError {
+            kind: ErrorKind::Timeout,
+            message: "the run exceeded its 5 s timeout".into(),
+            request_id: "req-1".into(),
+        });
+        let json: serde_json::Value = serde_json::from_slice(&error.to_json()).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"type":"error","error_type":"timeout",
+                "error":"the run exceeded its 5 s timeout","request_id":"req-1"})
+        );
+    }
+
+    #[test]
+    fn message_type_reads_the_type_field() {
+        assert_eq!(
+            message_type(br#"{"subtype":"success","type":"result"}"#).as_deref(),
+            Some("result")
+        );
+        assert_eq!(message_type(b"not json"), None);
+    }
+
+    #[test]
+    fn redactor_removes_every_occurrence_of_every_secret() {
+        let r = Redactor::new(["sk-ant-secret-1", "sk-ant-secret-1-longer", "short"]);
+        let line = Bytes::from_static(b"A=sk-ant-secret-1-longer B=sk-ant-secret-1 C=short");
+        assert_eq!(
+            &r.redact(line)[..],
+            b"A=[REDACTED] B=[REDACTED] C=short".as_slice()
+        );
+    }
+
+    #[test]
+    fn redactor_does_not_copy_clean_lines() {
+        let r = Redactor::new(["sk-ant-secret-1"]);
+        let line = Bytes::from(vec![b'x'; 100]);
+        let out = r.redact(line.clone());
+        assert_eq!(out.as_ptr(), line.as_ptr());
+    }
+}

@@ -1,0 +1,355 @@
+//! One run: create → upload → start → relay → destroy.
+//!
+//! [`spawn`] starts a run on its own task and returns the receiving end of a
+//! bounded channel of [`RunEvent`]s. The task ends every path out (success,
+//! runner failure, provider fault, deadline, client gone) by destroying the
+//! sandbox exactly once before it closes the channel, so on Lambda the
+//! sandbox is gone before the response ends. A [`SandboxGuard`] backs that up
+//! if the task itself is dropped.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{Instrument, info, warn};
+
+use crate::events::{ErrorKind, Redactor, RunError, RunEvent, message_type};
+use crate::lines::LineSplitter;
+use crate::sandbox::{
+    ProcessEvent, ProcessSpec, Sandbox, SandboxError, SandboxFile, SandboxProvider, SandboxSpec,
+};
+
+/// How many events may wait for a slow client before the relay pauses.
+/// Bounded: a slow client slows the sandbox's output, nothing is dropped.
+pub const EVENT_BUFFER: usize = 64;
+/// How many stderr lines an error event quotes.
+const STDERR_TAIL: usize = 20;
+/// How long a final error event may wait for a client that is not reading.
+const FINAL_EVENT_GRACE: Duration = Duration::from_secs(1);
+
+/// Everything one run needs, built from a validated request.
+#[derive(Debug)]
+pub struct RunPlan {
+    pub request_id: String,
+    pub sandbox: SandboxSpec,
+    /// The runner, its config, the SDK settings and the user's files: one upload.
+    pub files: Vec<SandboxFile>,
+    pub process: ProcessSpec,
+    /// When the run must be over. The timeout error is sent at this instant.
+    pub deadline: Instant,
+    /// What `timeout` means to the client, for the error message.
+    pub deadline_reason: String,
+    /// Secret values to scrub from everything the client sees.
+    pub redactor: Redactor,
+}
+
+/// Starts a run; its events arrive on the returned channel.
+pub fn spawn(provider: Arc<dyn SandboxProvider>, plan: RunPlan) -> mpsc::Receiver<RunEvent> {
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let span = tracing::info_span!("run", request_id = %plan.request_id);
+    tokio::spawn(execute(provider, plan, tx).instrument(span));
+    rx
+}
+
+/// How a run ended, for the log and the final event.
+enum Outcome {
+    Completed,
+    ClientGone,
+    Failed(RunError),
+}
+
+async fn execute(provider: Arc<dyn SandboxProvider>, plan: RunPlan, tx: mpsc::Sender<RunEvent>) {
+    let started = Instant::now();
+    let mut guard = SandboxGuard::new(plan.request_id.clone());
+    let fail = |kind, message: String| {
+        Outcome::Failed(RunError {
+            kind,
+            message: plan.redactor.redact_str(&message),
+            request_id: plan.request_id.clone(),
+        })
+    };
+
+    let outcome = tokio::select! {
+        biased;
+        () = tx.closed() => Outcome::ClientGone,
+        () = tokio::time::sleep_until(plan.deadline) => {
+            fail(ErrorKind::Timeout, plan.deadline_reason.clone())
+        }
+        result = drive(&provider, &plan, &tx, &mut guard) => match result {
+            Ok(()) => Outcome::Completed,
+            Err(Stop::ClientGone) => Outcome::ClientGone,
+            Err(Stop::Failed(kind, message)) => fail(kind, message),
+        },
+    };
+
+    match &outcome {
+        Outcome::Completed => info!(elapsed = ?started.elapsed(), "run completed"),
+        Outcome::ClientGone => info!(elapsed = ?started.elapsed(), "client went away"),
+        Outcome::Failed(e) => warn!(kind = ?e.kind, error = %e.message, "run failed"),
+    }
+    if let Outcome::Failed(error) = outcome {
+        // The client may have stopped reading; do not let it hold the
+        // sandbox alive.
+        let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(RunEvent::Error(error))).await;
+    }
+    guard.destroy().await;
+    // Dropping `tx` here ends the client's stream, after the destroy.
+}
+
+/// Why the relay stopped early.
+enum Stop {
+    ClientGone,
+    Failed(ErrorKind, String),
+}
+
+impl From<SandboxError> for Stop {
+    fn from(e: SandboxError) -> Self {
+        let kind = match e {
+            SandboxError::StreamCut => ErrorKind::StreamCut,
+            _ => ErrorKind::Sandbox,
+        };
+        Stop::Failed(kind, e.to_string())
+    }
+}
+
+async fn drive(
+    provider: &Arc<dyn SandboxProvider>,
+    plan: &RunPlan,
+    tx: &mpsc::Sender<RunEvent>,
+    guard: &mut SandboxGuard,
+) -> Result<(), Stop> {
+    let sandbox = create_detached(provider, plan.sandbox.clone(), &plan.request_id).await?;
+    // No await between receiving the sandbox and arming the guard: a
+    // cancellation cannot slip in and lose it.
+    guard.arm(sandbox.clone());
+    info!(
+        sandbox = sandbox.id(),
+        provider = provider.name(),
+        "sandbox created"
+    );
+
+    sandbox.upload(plan.files.clone()).await?;
+    let output = sandbox.start(plan.process.clone()).await?;
+    relay(output, plan, tx).await
+}
+
+/// Creates a sandbox on its own task. If the run is abandoned meanwhile
+/// (client gone, deadline), the task still learns the new sandbox's id and
+/// destroys it, so a create in flight can never leak a sandbox.
+async fn create_detached(
+    provider: &Arc<dyn SandboxProvider>,
+    spec: SandboxSpec,
+    request_id: &str,
+) -> Result<Arc<dyn Sandbox>, SandboxError> {
+    let (tx, rx) = oneshot::channel();
+    let provider = provider.clone();
+    let request_id = request_id.to_owned();
+    tokio::spawn(async move {
+        let result = provider.create(spec).await;
+        if let Err(Ok(sandbox)) = tx.send(result) {
+            info!(%request_id, sandbox = sandbox.id(), "run abandoned during create; destroying");
+            destroy_logged(sandbox.as_ref(), &request_id).await;
+        }
+    });
+    rx.await.unwrap_or_else(|_| {
+        Err(SandboxError::Other {
+            op: "create",
+            message: "the create task ended without an answer".into(),
+        })
+    })
+}
+
+/// Turns process output into events until the process exits.
+async fn relay(
+    mut output: crate::sandbox::ProcessStream,
+    plan: &RunPlan,
+    tx: &mpsc::Sender<RunEvent>,
+) -> Result<(), Stop> {
+    let send = |event| async move { tx.send(event).await.map_err(|_| Stop::ClientGone) };
+    let mut stdout = LineSplitter::new();
+    let mut stderr = LineSplitter::new();
+    let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
+    let mut agent = AgentState::default();
+
+    while let Some(event) = output.next().await {
+        match event? {
+            ProcessEvent::Stdout(chunk) => {
+                let lines = stdout.push(&chunk).map_err(too_long)?;
+                for line in lines {
+                    if let Some(event) = agent.accept(line, &plan.redactor) {
+                        send(event).await?;
+                    }
+                }
+            }
+            ProcessEvent::Stderr(chunk) => {
+                for line in stderr.push(&chunk).map_err(too_long)? {
+                    if let Some(event) = stderr_event(&line, &plan.redactor, &mut stderr_tail) {
+                        send(event).await?;
+                    }
+                }
+            }
+            ProcessEvent::Exited(status) => {
+                if let Some(line) = stdout.finish()
+                    && let Some(event) = agent.accept(line, &plan.redactor)
+                {
+                    send(event).await?;
+                }
+                if let Some(line) = stderr.finish()
+                    && let Some(event) = stderr_event(&line, &plan.redactor, &mut stderr_tail)
+                {
+                    send(event).await?;
+                }
+                return agent.verdict(&status, &stderr_tail);
+            }
+        }
+    }
+    Err(SandboxError::StreamCut.into())
+}
+
+fn too_long(e: crate::lines::LineTooLong) -> Stop {
+    Stop::Failed(ErrorKind::OutputTooLarge, e.to_string())
+}
+
+fn stderr_event(line: &[u8], redactor: &Redactor, tail: &mut VecDeque<String>) -> Option<RunEvent> {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end();
+    if text.trim().is_empty() {
+        return None;
+    }
+    let text = redactor.redact_str(text);
+    if tail.len() == STDERR_TAIL {
+        tail.pop_front();
+    }
+    tail.push_back(text.clone());
+    Some(RunEvent::Stderr(text))
+}
+
+/// What the relay has learned from the agent's messages.
+#[derive(Default)]
+struct AgentState {
+    saw_result: bool,
+    /// The runner's own `{"type":"error"}` line: held back and turned into
+    /// the run's single error event, which carries the request id.
+    runner_error: Option<String>,
+}
+
+impl AgentState {
+    fn accept(&mut self, line: bytes::Bytes, redactor: &Redactor) -> Option<RunEvent> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        match message_type(&line).as_deref() {
+            Some("result") => self.saw_result = true,
+            Some("error") => {
+                self.runner_error = Some(runner_error_message(&line));
+                return None;
+            }
+            Some(_) => {}
+            // Not an SDK message (a stray print): keep it, as a JSON event,
+            // so clients that parse every event as JSON do not break.
+            None => {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                return Some(RunEvent::Agent(
+                    serde_json::to_vec(
+                        &serde_json::json!({"type": "stdout", "data": redactor.redact_str(&text)}),
+                    )
+                    .map_or_else(|_| bytes::Bytes::new(), bytes::Bytes::from),
+                ));
+            }
+        }
+        Some(RunEvent::Agent(redactor.redact(line)))
+    }
+
+    fn verdict(
+        &self,
+        status: &crate::sandbox::ExitStatus,
+        stderr_tail: &VecDeque<String>,
+    ) -> Result<(), Stop> {
+        if let Some(message) = &self.runner_error {
+            return Err(Stop::Failed(ErrorKind::RunnerError, message.clone()));
+        }
+        if !status.success() {
+            let code = status
+                .code
+                .map_or_else(|| status.status.clone(), |c| format!("code {c}"));
+            let mut message = format!("the agent runner exited with {code}");
+            if !stderr_tail.is_empty() {
+                message.push_str("; last stderr lines:\n");
+                message.push_str(&Vec::from(stderr_tail.clone()).join("\n"));
+            }
+            return Err(Stop::Failed(ErrorKind::RunnerFailed, message));
+        }
+        if !self.saw_result {
+            return Err(Stop::Failed(
+                ErrorKind::RunnerFailed,
+                "the agent runner exited without a result".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The message of a runner error line: `error` as a string, or
+/// `error.message`.
+fn runner_error_message(line: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+    let error = &value["error"];
+    error
+        .as_str()
+        .or_else(|| error["message"].as_str())
+        .unwrap_or("the agent runner failed")
+        .to_owned()
+}
+
+/// Destroys its sandbox exactly once: explicitly through [`destroy`], or on
+/// drop (a panic, a cancelled task) from a spawned task.
+///
+/// [`destroy`]: SandboxGuard::destroy
+pub struct SandboxGuard {
+    sandbox: Option<Arc<dyn Sandbox>>,
+    request_id: String,
+}
+
+impl SandboxGuard {
+    pub fn new(request_id: String) -> Self {
+        SandboxGuard {
+            sandbox: None,
+            request_id,
+        }
+    }
+
+    pub fn arm(&mut self, sandbox: Arc<dyn Sandbox>) {
+        self.sandbox = Some(sandbox);
+    }
+
+    pub async fn destroy(mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            destroy_logged(sandbox.as_ref(), &self.request_id).await;
+        }
+    }
+}
+
+impl Drop for SandboxGuard {
+    fn drop(&mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            let request_id = std::mem::take(&mut self.request_id);
+            // Outside a runtime (process exit) there is nothing left to run
+            // the destroy on; the provider's own lifetime limit reaps it.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move { destroy_logged(sandbox.as_ref(), &request_id).await });
+            }
+        }
+    }
+}
+
+async fn destroy_logged(sandbox: &dyn Sandbox, request_id: &str) {
+    match sandbox.destroy().await {
+        Ok(()) => info!(%request_id, sandbox = sandbox.id(), "sandbox destroyed"),
+        Err(e) => {
+            warn!(%request_id, sandbox = sandbox.id(), error = %e, "destroying the sandbox failed")
+        }
+    }
+}
