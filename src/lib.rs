@@ -10,5 +10,6 @@ pub mod emulator;
 pub mod env;
 pub mod envd;
 pub mod lines;
+pub mod runner_install;
 pub mod sandbox;
 pub mod secret;

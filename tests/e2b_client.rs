@@ -1,0 +1,987 @@
+//! The E2B client against an E2B-protocol server on loopback.
+//!
+//! `fake` below speaks both planes on one port (as the SDKs allow with
+//! `E2B_API_URL` and `E2B_SANDBOX_URL`), records every request, and injects
+//! the faults a real E2B produces: 500/429/401 and hangs on create, kills
+//! that fail, process streams that stop early.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sandstorm::lines::LineSplitter;
+use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider, RetryPolicy};
+use sandstorm::sandbox::{
+    ExitStatus, ProcessEvent, ProcessSpec, Sandbox, SandboxError, SandboxFile, SandboxProvider,
+    SandboxSpec,
+};
+use sandstorm::secret::Secret;
+
+use fake::{CreateFault, Fake, StartAnswer};
+
+const KEY: &str = "e2b_0123456789abcdef";
+const TOKEN_PREFIX: &str = "envd-token-";
+
+/// Options for the fake, with waits shrunk so fault tests take milliseconds.
+fn options(fake: &Fake) -> E2bOptions {
+    let mut options = E2bOptions::local(&fake.url, KEY);
+    options.template = "sandstorm-test".into();
+    options.request_timeout = Duration::from_secs(5);
+    options.retry = RetryPolicy {
+        attempts: 3,
+        base_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+    };
+    options
+}
+
+fn provider(fake: &Fake) -> E2bProvider {
+    E2bProvider::new(options(fake)).expect("client builds")
+}
+
+async fn create(provider: &E2bProvider) -> Result<Arc<dyn Sandbox>, SandboxError> {
+    provider
+        .create(SandboxSpec {
+            lifetime: Duration::from_secs(600),
+            metadata: BTreeMap::from([("request_id".into(), "req-1".into())]),
+            api_key: None,
+        })
+        .await
+}
+
+fn runner() -> ProcessSpec {
+    ProcessSpec {
+        cmd: "node".into(),
+        args: vec!["/opt/agent-runner/runner.mjs".into()],
+        envs: BTreeMap::from([("ANTHROPIC_API_KEY".into(), "sk-ant-test".into())]),
+        cwd: "/home/user".into(),
+        timeout: Some(Duration::from_secs(30)),
+    }
+}
+
+/// Every event of a stream; bounded so a hung stream fails the test.
+async fn drain(
+    sandbox: &dyn Sandbox,
+    process: ProcessSpec,
+) -> Vec<Result<ProcessEvent, SandboxError>> {
+    let stream = sandbox.start(process).await.expect("process starts");
+    tokio::time::timeout(Duration::from_secs(10), stream.collect())
+        .await
+        .expect("stream ends")
+}
+
+/// stdout as whole lines, stderr as text, and the exit, from a stream.
+fn split(
+    events: &[Result<ProcessEvent, SandboxError>],
+) -> (Vec<String>, String, Option<ExitStatus>) {
+    let mut lines = LineSplitter::new();
+    let mut stdout = Vec::new();
+    let mut stderr = String::new();
+    let mut exit = None;
+    for event in events {
+        match event {
+            Ok(ProcessEvent::Stdout(chunk)) => {
+                stdout.extend(lines.push(chunk).expect("short lines"))
+            }
+            Ok(ProcessEvent::Stderr(chunk)) => stderr.push_str(&String::from_utf8_lossy(chunk)),
+            Ok(ProcessEvent::Exited(status)) => exit = Some(status.clone()),
+            Err(_) => {}
+        }
+    }
+    stdout.extend(lines.finish());
+    let stdout = stdout
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    (stdout, stderr, exit)
+}
+
+fn assert_no_secrets(text: &str) {
+    assert!(!text.contains(KEY), "API key leaked: {text}");
+    assert!(!text.contains(TOKEN_PREFIX), "access token leaked: {text}");
+}
+
+#[tokio::test]
+async fn a_run_is_create_one_upload_start_and_delete() {
+    let fake = Fake::start().await;
+    fake.script(StartAnswer::runner_lines(
+        &[
+            r#"{"type":"system","subtype":"init"}"#,
+            r#"{"type":"assistant","text":"hi"}"#,
+            r#"{"type":"result","is_error":false}"#,
+        ],
+        "node: warning\n",
+        3,
+    ));
+    let provider = provider(&fake);
+    let sandbox = create(&provider).await.expect("created");
+
+    let files = vec![
+        SandboxFile {
+            path: "/opt/agent-runner/agent_config.json".into(),
+            content: Bytes::from_static(b"{\"model\":\"m\"}"),
+        },
+        SandboxFile {
+            path: "/home/user/data/a.csv".into(),
+            content: Bytes::from_static(b"x,y\n1,2\n"),
+        },
+        SandboxFile {
+            path: "/home/user/.claude/settings.json".into(),
+            content: Bytes::from(vec![0u8, 255, 1]),
+        },
+    ];
+    sandbox.upload(files.clone()).await.expect("uploaded");
+    let events = drain(sandbox.as_ref(), runner()).await;
+    let (stdout, stderr, exit) = split(&events);
+    assert_eq!(
+        stdout,
+        [
+            r#"{"type":"system","subtype":"init"}"#,
+            r#"{"type":"assistant","text":"hi"}"#,
+            r#"{"type":"result","is_error":false}"#
+        ]
+    );
+    assert_eq!(stderr, "node: warning\n");
+    let exit = exit.expect("exit reported");
+    assert_eq!(exit.code, Some(3));
+    assert!(!exit.success());
+    assert!(
+        matches!(events.last(), Some(Ok(ProcessEvent::Exited(_)))),
+        "exit is last"
+    );
+
+    assert_eq!(
+        sandbox
+            .read_file("/home/user/data/a.csv")
+            .await
+            .expect("downloaded"),
+        Bytes::from_static(b"x,y\n1,2\n")
+    );
+    sandbox.destroy().await.expect("destroyed");
+
+    let seen = fake.requests();
+    let calls: Vec<String> = seen
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let id = sandbox.id();
+    assert_eq!(
+        calls,
+        [
+            "POST /sandboxes".to_owned(),
+            "POST /files".to_owned(),
+            "POST /process.Process/Start".to_owned(),
+            "GET /files".to_owned(),
+            format!("DELETE /sandboxes/{id}"),
+        ]
+    );
+    assert_eq!(fake.alive(), 0);
+
+    // Every request says who we are.
+    for request in &seen {
+        assert!(
+            request.header("user-agent").starts_with("sandstorm/"),
+            "{request:?}"
+        );
+    }
+
+    // Control plane: the key, the template, the lifetime in seconds.
+    let create = &seen[0];
+    assert_eq!(create.header("x-api-key"), KEY);
+    let body: serde_json::Value = serde_json::from_slice(&create.body).expect("json body");
+    assert_eq!(body["templateID"], "sandstorm-test");
+    assert_eq!(body["timeout"], 600);
+    assert_eq!(body["secure"], true);
+    assert_eq!(body["metadata"]["request_id"], "req-1");
+    assert_eq!(seen[4].header("x-api-key"), KEY);
+
+    // envd: routed by header and authorized by the token create returned;
+    // never the API key.
+    let token = format!("{TOKEN_PREFIX}{id}");
+    for envd in &seen[1..4] {
+        assert_eq!(envd.header("e2b-sandbox-id"), id);
+        assert_eq!(envd.header("e2b-sandbox-port"), "49983");
+        assert_eq!(envd.header("x-access-token"), token);
+        assert_eq!(envd.header("x-api-key"), "");
+    }
+
+    // One upload carried all three files, each named by its full path.
+    let upload = &seen[1];
+    assert_eq!(
+        upload.query, None,
+        "several files: no path or username query"
+    );
+    let parts = fake::multipart_files(upload);
+    let sent: Vec<(String, Bytes)> = files
+        .iter()
+        .map(|f| (f.path.clone(), f.content.clone()))
+        .collect();
+    assert_eq!(parts, sent);
+
+    // The process: Connect streaming headers, argv as given, no shell.
+    let start = &seen[2];
+    assert_eq!(start.header("content-type"), "application/connect+json");
+    assert_eq!(start.header("connect-protocol-version"), "1");
+    assert_eq!(start.header("connect-timeout-ms"), "30000");
+    assert!(
+        start
+            .header("keepalive-ping-interval")
+            .parse::<u64>()
+            .is_ok()
+    );
+    let request = fake::start_request(start);
+    assert_eq!(request.process.cmd, "node");
+    assert_eq!(request.process.args, ["/opt/agent-runner/runner.mjs"]);
+    assert_eq!(request.process.cwd.as_deref(), Some("/home/user"));
+    assert_eq!(request.process.envs["ANTHROPIC_API_KEY"], "sk-ant-test");
+}
+
+#[tokio::test]
+async fn a_request_key_overrides_the_configured_one_for_create_and_delete() {
+    let fake = Fake::start().await;
+    let provider = provider(&fake);
+    let sandbox = provider
+        .create(SandboxSpec {
+            api_key: Some(Secret::new("e2b_feedface")),
+            ..Default::default()
+        })
+        .await
+        .expect("created");
+    sandbox.destroy().await.expect("destroyed");
+    let seen = fake.requests();
+    assert_eq!(seen[0].header("x-api-key"), "e2b_feedface");
+    assert_eq!(seen[1].header("x-api-key"), "e2b_feedface");
+    // No lifetime asked for: the default, not E2B's 15 s.
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).expect("json body");
+    assert_eq!(body["timeout"], 300);
+}
+
+#[tokio::test]
+async fn create_answering_500_twice_is_retried_until_it_succeeds() {
+    let fake = Fake::start().await;
+    fake.fail_creates([CreateFault::Status(500), CreateFault::Status(503)]);
+    let sandbox = create(&provider(&fake))
+        .await
+        .expect("third create succeeds");
+    assert_eq!(fake.count("POST", "/sandboxes"), 3);
+    assert_eq!(fake.alive(), 1);
+    sandbox.destroy().await.expect("destroyed");
+    assert_eq!(fake.alive(), 0);
+}
+
+#[tokio::test]
+async fn create_rate_limited_every_time_gives_up_naming_429() {
+    let fake = Fake::start().await;
+    fake.fail_creates(std::iter::repeat_n(CreateFault::Status(429), 10));
+    let Err(err) = create(&provider(&fake)).await else {
+        panic!("created despite rate limiting");
+    };
+    assert_eq!(fake.count("POST", "/sandboxes"), 3, "attempts are bounded");
+    assert_eq!(
+        err.to_string(),
+        "create was rate limited by e2b (HTTP 429); gave up after 3 attempts"
+    );
+    assert!(matches!(err.cause(), SandboxError::RateLimited { .. }));
+    assert_no_secrets(&format!("{err} {err:?}"));
+}
+
+#[tokio::test]
+async fn create_that_hangs_times_out_per_attempt_then_fails() {
+    let fake = Fake::start().await;
+    fake.fail_creates(std::iter::repeat_n(CreateFault::Hang, 10));
+    let mut options = options(&fake);
+    options.request_timeout = Duration::from_millis(200);
+    options.retry.attempts = 2;
+    let provider = E2bProvider::new(options).expect("client builds");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), create(&provider)).await;
+    let Ok(Err(err)) = outcome else {
+        panic!("create should fail on its own, not hang or succeed");
+    };
+    assert!(
+        matches!(err.cause(), SandboxError::TimedOut { op: "create", .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert_eq!(fake.count("POST", "/sandboxes"), 2);
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_not_retried() {
+    let fake = Fake::start().await;
+    fake.fail_creates(std::iter::repeat_n(CreateFault::Status(401), 10));
+    let Err(err) = create(&provider(&fake)).await else {
+        panic!("created with a rejected key");
+    };
+    assert_eq!(fake.count("POST", "/sandboxes"), 1);
+    assert!(matches!(err, SandboxError::Unauthorized { .. }), "{err:?}");
+    assert_eq!(err.to_string(), "e2b rejected the API key (HTTP 401)");
+    assert_no_secrets(&format!("{err} {err:?}"));
+}
+
+#[tokio::test]
+async fn a_stream_that_stops_before_the_exit_ends_in_stream_cut() {
+    let fake = Fake::start().await;
+    let provider = provider(&fake);
+
+    for answer in [StartAnswer::ends_early(), StartAnswer::aborts_mid_frame()] {
+        fake.script(answer);
+        let sandbox = create(&provider).await.expect("created");
+        let events = drain(sandbox.as_ref(), runner()).await;
+        let (stdout, _, exit) = split(&events);
+        assert_eq!(
+            stdout,
+            [r#"{"type":"system"}"#],
+            "output before the cut arrives"
+        );
+        assert!(exit.is_none());
+        assert!(
+            matches!(events.last(), Some(Err(SandboxError::StreamCut))),
+            "{events:?}"
+        );
+        sandbox.destroy().await.expect("destroyed");
+    }
+    assert_eq!(fake.alive(), 0);
+}
+
+#[tokio::test]
+async fn an_envd_error_at_the_end_of_the_stream_is_reported() {
+    let fake = Fake::start().await;
+    fake.script(StartAnswer::end_of_stream_error(
+        "invalid_argument",
+        "cwd does not exist",
+    ));
+    let sandbox = create(&provider(&fake)).await.expect("created");
+    let events = drain(sandbox.as_ref(), runner()).await;
+    let [Err(err)] = events.as_slice() else {
+        panic!("expected one error, got {events:?}");
+    };
+    assert_eq!(
+        err.to_string(),
+        "start failed: e2b answered HTTP 400: invalid_argument: cwd does not exist"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_start_reports_status_and_connect_message() {
+    let fake = Fake::start().await;
+    fake.script(StartAnswer::Refused {
+        status: 401,
+        code: "unauthenticated",
+        message: "invalid access token",
+    });
+    let provider = provider(&fake);
+    let sandbox = create(&provider).await.expect("created");
+    let Err(err) = sandbox.start(runner()).await else {
+        panic!("start succeeded");
+    };
+    assert!(
+        matches!(err, SandboxError::Status { status: 401, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "start failed: e2b answered HTTP 401: unauthenticated: invalid access token"
+    );
+    assert_no_secrets(&format!("{err} {err:?} {provider:?}"));
+}
+
+#[tokio::test]
+async fn a_kill_that_fails_once_is_retried() {
+    let fake = Fake::start().await;
+    let sandbox = create(&provider(&fake)).await.expect("created");
+    fake.fail_kills(1);
+    sandbox.destroy().await.expect("second kill works");
+    assert_eq!(
+        fake.count("DELETE", &format!("/sandboxes/{}", sandbox.id())),
+        2
+    );
+    assert_eq!(fake.alive(), 0);
+}
+
+#[tokio::test]
+async fn a_kill_that_keeps_failing_is_an_error_after_the_bound() {
+    let fake = Fake::start().await;
+    let sandbox = create(&provider(&fake)).await.expect("created");
+    fake.fail_kills(10);
+    let err = sandbox.destroy().await.expect_err("kill keeps failing");
+    assert_eq!(
+        fake.count("DELETE", &format!("/sandboxes/{}", sandbox.id())),
+        3
+    );
+    assert!(err.to_string().contains("HTTP 500"), "{err}");
+    assert!(err.to_string().contains("3 attempts"), "{err}");
+    assert_no_secrets(&format!("{err} {err:?}"));
+}
+
+#[tokio::test]
+async fn killing_a_sandbox_that_is_already_gone_succeeds_at_once() {
+    let fake = Fake::start().await;
+    let sandbox = create(&provider(&fake)).await.expect("created");
+    sandbox.destroy().await.expect("destroyed");
+    sandbox.destroy().await.expect("a 404 means already gone");
+    assert_eq!(
+        fake.count("DELETE", &format!("/sandboxes/{}", sandbox.id())),
+        2
+    );
+}
+
+#[tokio::test]
+async fn one_file_is_uploaded_with_its_path_in_the_query_like_the_sdks() {
+    let fake = Fake::start().await;
+    let sandbox = create(&provider(&fake)).await.expect("created");
+    sandbox
+        .upload(vec![SandboxFile {
+            path: "/home/user/only.txt".into(),
+            content: Bytes::from_static(b"one"),
+        }])
+        .await
+        .expect("uploaded");
+    let upload = &fake.requests()[1];
+    assert_eq!(
+        upload.query.as_deref(),
+        Some("path=%2Fhome%2Fuser%2Fonly.txt")
+    );
+    assert_eq!(
+        sandbox
+            .read_file("/home/user/only.txt")
+            .await
+            .expect("downloaded"),
+        Bytes::from_static(b"one")
+    );
+}
+
+#[tokio::test]
+async fn an_old_envd_is_told_the_user_explicitly() {
+    let fake = Fake::start().await;
+    fake.set_envd_version("0.3.0");
+    fake.script(StartAnswer::runner_lines(&["ok"], "", 0));
+    let sandbox = create(&provider(&fake)).await.expect("created");
+    sandbox
+        .upload(vec![
+            SandboxFile {
+                path: "/home/user/a".into(),
+                content: Bytes::from_static(b"a"),
+            },
+            SandboxFile {
+                path: "/home/user/b".into(),
+                content: Bytes::from_static(b"b"),
+            },
+        ])
+        .await
+        .expect("uploaded");
+    let events = drain(sandbox.as_ref(), runner()).await;
+    assert_eq!(split(&events).2.and_then(|e| e.code), Some(0));
+    let seen = fake.requests();
+    assert_eq!(seen[1].query.as_deref(), Some("username=user"));
+    assert_eq!(seen[2].header("authorization"), "Basic dXNlcjo=");
+}
+
+#[tokio::test]
+async fn a_missing_file_is_an_error_naming_the_status() {
+    let fake = Fake::start().await;
+    let sandbox = create(&provider(&fake)).await.expect("created");
+    let err = sandbox.read_file("/nope").await.expect_err("no such file");
+    assert!(
+        matches!(
+            err,
+            SandboxError::Status {
+                status: 404,
+                op: "read_file",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_e2b_is_a_transport_error_after_retries() {
+    // Bind and drop a listener: nothing answers on that port.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let mut options = E2bOptions::local(&format!("http://127.0.0.1:{port}"), KEY);
+    options.retry = RetryPolicy {
+        attempts: 2,
+        base_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(2),
+    };
+    let provider = E2bProvider::new(options).expect("client builds");
+    let Err(err) = provider.create(SandboxSpec::default()).await else {
+        panic!("created against nothing");
+    };
+    assert!(
+        matches!(err.cause(), SandboxError::Transport { op: "create", .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("2 attempts"), "{err}");
+    assert_no_secrets(&format!("{err} {err:?}"));
+}
+
+/// A small E2B: both planes on one loopback port, every request recorded,
+/// faults on demand.
+mod fake {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::{Arc, Mutex, MutexGuard};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::{Body, to_bytes};
+    use axum::extract::{Path, Query, Request, State};
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::middleware::{self, Next};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{delete, post};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use bytes::Bytes;
+    use futures::StreamExt as _;
+    use sandstorm::connect::{FLAG_END_STREAM, FLAG_MESSAGE, FrameDecoder, encode};
+    use sandstorm::envd::StartRequest;
+    use serde_json::json;
+
+    use super::TOKEN_PREFIX;
+
+    #[derive(Debug, Clone)]
+    pub(crate) struct Seen {
+        pub method: String,
+        pub path: String,
+        pub query: Option<String>,
+        pub headers: HeaderMap,
+        pub body: Bytes,
+    }
+
+    impl Seen {
+        /// A header's value, or "" when absent.
+        pub(crate) fn header(&self, name: &str) -> &str {
+            self.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) enum CreateFault {
+        Status(u16),
+        Hang,
+    }
+
+    /// What `process.Process/Start` answers.
+    #[derive(Debug, Clone)]
+    pub(crate) enum StartAnswer {
+        /// HTTP 200 with these body chunks, then `abort` a transport error.
+        Stream { chunks: Vec<Bytes>, abort: bool },
+        /// A Connect error answer.
+        Refused {
+            status: u16,
+            code: &'static str,
+            message: &'static str,
+        },
+    }
+
+    impl StartAnswer {
+        /// start, the lines on stdout cut into frames that split lines, a
+        /// keepalive, stderr, the end with `code`, end of stream; the body
+        /// cut into chunks that split frames.
+        pub(crate) fn runner_lines(lines: &[&str], stderr: &str, code: i32) -> Self {
+            let stdout: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            let mut frames = vec![message(json!({"event": {"start": {"pid": 4242}}}))];
+            for piece in stdout.as_bytes().chunks(11) {
+                frames.push(data("stdout", piece));
+            }
+            frames.push(message(json!({"event": {"keepalive": {}}})));
+            if !stderr.is_empty() {
+                frames.push(data("stderr", stderr.as_bytes()));
+            }
+            frames.push(message(end(code)));
+            frames.push(encode(FLAG_END_STREAM, b"{}"));
+            StartAnswer::Stream {
+                chunks: rechunk(&frames, 13),
+                abort: false,
+            }
+        }
+
+        /// A line of output, then the body ends cleanly without an `end`.
+        pub(crate) fn ends_early() -> Self {
+            let frames = [
+                message(json!({"event": {"start": {"pid": 1}}})),
+                data("stdout", b"{\"type\":\"system\"}\n"),
+            ];
+            StartAnswer::Stream {
+                chunks: rechunk(&frames, 64),
+                abort: false,
+            }
+        }
+
+        /// A line of output, half a frame, then the connection breaks.
+        pub(crate) fn aborts_mid_frame() -> Self {
+            let frames = [
+                message(json!({"event": {"start": {"pid": 1}}})),
+                data("stdout", b"{\"type\":\"system\"}\n"),
+            ];
+            let mut chunks = rechunk(&frames, 1024);
+            let next = data("stdout", b"{\"type\":\"assistant\"}\n");
+            chunks.push(next.slice(..next.len() / 2));
+            StartAnswer::Stream {
+                chunks,
+                abort: true,
+            }
+        }
+
+        pub(crate) fn end_of_stream_error(code: &str, text: &str) -> Self {
+            let frames = [
+                message(json!({"event": {"start": {"pid": 1}}})),
+                encode(
+                    FLAG_END_STREAM,
+                    json!({"error": {"code": code, "message": text}})
+                        .to_string()
+                        .as_bytes(),
+                ),
+            ];
+            StartAnswer::Stream {
+                chunks: rechunk(&frames, 1024),
+                abort: false,
+            }
+        }
+    }
+
+    fn message(value: serde_json::Value) -> Bytes {
+        encode(FLAG_MESSAGE, value.to_string().as_bytes())
+    }
+
+    fn data(stream: &str, bytes: &[u8]) -> Bytes {
+        message(json!({"event": {"data": {stream: BASE64.encode(bytes)}}}))
+    }
+
+    /// An `end` event as envd writes it: proto JSON drops a zero exit code.
+    fn end(code: i32) -> serde_json::Value {
+        let status = format!("exit status {code}");
+        if code == 0 {
+            json!({"event": {"end": {"exited": true, "status": status}}})
+        } else {
+            json!({"event": {"end": {"exitCode": code, "exited": true, "status": status, "error": status}}})
+        }
+    }
+
+    fn rechunk(frames: &[Bytes], size: usize) -> Vec<Bytes> {
+        let wire: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        wire.chunks(size).map(Bytes::copy_from_slice).collect()
+    }
+
+    #[derive(Debug)]
+    struct World {
+        requests: Vec<Seen>,
+        create_faults: VecDeque<CreateFault>,
+        kill_failures: u32,
+        envd_version: String,
+        start: StartAnswer,
+        next_id: u32,
+        /// Live sandboxes and their files.
+        alive: BTreeMap<String, BTreeMap<String, Bytes>>,
+    }
+
+    #[derive(Clone)]
+    pub(crate) struct Fake {
+        pub(crate) url: String,
+        world: Arc<Mutex<World>>,
+    }
+
+    impl Fake {
+        pub(crate) async fn start() -> Fake {
+            let world = Arc::new(Mutex::new(World {
+                requests: Vec::new(),
+                create_faults: VecDeque::new(),
+                kill_failures: 0,
+                envd_version: "0.5.7".into(),
+                start: StartAnswer::runner_lines(&[], "", 0),
+                next_id: 0,
+                alive: BTreeMap::new(),
+            }));
+            let app = Router::new()
+                .route("/sandboxes", post(create))
+                .route("/sandboxes/{id}", delete(kill))
+                .route("/files", post(upload).get(download))
+                .route("/process.Process/Start", post(start))
+                .layer(middleware::from_fn_with_state(world.clone(), record))
+                .with_state(world.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            Fake { url, world }
+        }
+
+        fn world(&self) -> MutexGuard<'_, World> {
+            self.world.lock().expect("fake state")
+        }
+
+        pub(crate) fn requests(&self) -> Vec<Seen> {
+            self.world().requests.clone()
+        }
+
+        pub(crate) fn count(&self, method: &str, path: &str) -> usize {
+            self.world()
+                .requests
+                .iter()
+                .filter(|r| r.method == method && r.path == path)
+                .count()
+        }
+
+        pub(crate) fn alive(&self) -> usize {
+            self.world().alive.len()
+        }
+
+        pub(crate) fn fail_creates(&self, faults: impl IntoIterator<Item = CreateFault>) {
+            self.world().create_faults.extend(faults);
+        }
+
+        pub(crate) fn fail_kills(&self, times: u32) {
+            self.world().kill_failures = times;
+        }
+
+        pub(crate) fn set_envd_version(&self, version: &str) {
+            self.world().envd_version = version.into();
+        }
+
+        pub(crate) fn script(&self, answer: StartAnswer) {
+            self.world().start = answer;
+        }
+    }
+
+    type Shared = State<Arc<Mutex<World>>>;
+
+    fn lock(world: &Arc<Mutex<World>>) -> MutexGuard<'_, World> {
+        world.lock().expect("fake state")
+    }
+
+    /// Records the request (buffering its body), then hands it on.
+    async fn record(State(world): Shared, request: Request, next: Next) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = to_bytes(body, usize::MAX).await.expect("request body");
+        lock(&world).requests.push(Seen {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+        next.run(Request::from_parts(parts, Body::from(body))).await
+    }
+
+    fn e2b_error(status: u16, message: &str) -> Response {
+        let status = StatusCode::from_u16(status).expect("status");
+        (
+            status,
+            axum::Json(json!({"code": status.as_u16(), "message": message})),
+        )
+            .into_response()
+    }
+
+    async fn create(State(world): Shared) -> Response {
+        let fault = lock(&world).create_faults.pop_front();
+        match fault {
+            Some(CreateFault::Hang) => std::future::pending().await,
+            Some(CreateFault::Status(status)) => e2b_error(status, "injected fault"),
+            None => {
+                let mut w = lock(&world);
+                w.next_id += 1;
+                let id = format!("sbx{}", w.next_id);
+                w.alive.insert(id.clone(), BTreeMap::new());
+                let answer = json!({
+                    "templateID": "sandstorm-test", "sandboxID": id, "clientID": "fake",
+                    "envdVersion": w.envd_version, "envdAccessToken": format!("{TOKEN_PREFIX}{id}"),
+                    "domain": null, "alias": "sandstorm-test"
+                });
+                (StatusCode::CREATED, axum::Json(answer)).into_response()
+            }
+        }
+    }
+
+    async fn kill(State(world): Shared, Path(id): Path<String>) -> Response {
+        let mut w = lock(&world);
+        if w.kill_failures > 0 {
+            w.kill_failures -= 1;
+            return e2b_error(500, "injected kill failure");
+        }
+        match w.alive.remove(&id) {
+            Some(_) => StatusCode::NO_CONTENT.into_response(),
+            None => e2b_error(404, "sandbox not found"),
+        }
+    }
+
+    /// envd's auth: the sandbox named by the header must be alive and the
+    /// token must be the one create gave out.
+    fn envd_sandbox(world: &World, headers: &HeaderMap) -> Result<String, Box<Response>> {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let id = get("e2b-sandbox-id").to_owned();
+        if !world.alive.contains_key(&id) {
+            return Err(Box::new(e2b_error(502, "no such sandbox")));
+        }
+        if get("x-access-token") != format!("{TOKEN_PREFIX}{id}") {
+            return Err(Box::new(e2b_error(401, "bad access token")));
+        }
+        Ok(id)
+    }
+
+    async fn upload(
+        State(world): Shared,
+        Query(query): Query<BTreeMap<String, String>>,
+        request: Request,
+    ) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = to_bytes(body, usize::MAX).await.expect("body");
+        let seen = Seen {
+            method: "POST".into(),
+            path: "/files".into(),
+            query: None,
+            headers: parts.headers.clone(),
+            body,
+        };
+        let mut w = lock(&world);
+        let id = match envd_sandbox(&w, &parts.headers) {
+            Ok(id) => id,
+            Err(response) => return *response,
+        };
+        let mut files = multipart_files(&seen);
+        if let (Some(path), [only]) = (query.get("path"), files.as_mut_slice()) {
+            only.0 = path.clone();
+        }
+        let answer: Vec<_> = files
+            .iter()
+            .map(|(path, _)| json!({"path": path, "name": path.rsplit('/').next(), "type": "file"}))
+            .collect();
+        w.alive.entry(id).or_default().extend(files);
+        axum::Json(answer).into_response()
+    }
+
+    async fn download(
+        State(world): Shared,
+        Query(query): Query<BTreeMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        let w = lock(&world);
+        let id = match envd_sandbox(&w, &headers) {
+            Ok(id) => id,
+            Err(response) => return *response,
+        };
+        let path = query.get("path").cloned().unwrap_or_default();
+        match w.alive[&id].get(&path) {
+            Some(content) => content.clone().into_response(),
+            None => e2b_error(404, "file not found"),
+        }
+    }
+
+    async fn start(State(world): Shared, headers: HeaderMap) -> Response {
+        let answer = {
+            let w = lock(&world);
+            if let Err(response) = envd_sandbox(&w, &headers) {
+                return *response;
+            }
+            w.start.clone()
+        };
+        match answer {
+            StartAnswer::Refused {
+                status,
+                code,
+                message,
+            } => (
+                StatusCode::from_u16(status).expect("status"),
+                axum::Json(json!({"code": code, "message": message})),
+            )
+                .into_response(),
+            StartAnswer::Stream { chunks, abort } => {
+                // A pause between chunks so they reach the client as
+                // separate reads, as envd's output does.
+                let body = futures::stream::iter(chunks.into_iter().map(Ok))
+                    .then(|chunk| async move {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        chunk
+                    })
+                    .chain(futures::stream::iter(
+                        abort.then(|| Err(std::io::Error::other("injected cut"))),
+                    ));
+                (
+                    [(header::CONTENT_TYPE, "application/connect+json")],
+                    Body::from_stream(body),
+                )
+                    .into_response()
+            }
+        }
+    }
+
+    /// The files of a multipart upload as (filename, content), in order.
+    pub(crate) fn multipart_files(request: &Seen) -> Vec<(String, Bytes)> {
+        let content_type = request.header("content-type");
+        let boundary = content_type
+            .split("boundary=")
+            .nth(1)
+            .expect("multipart boundary")
+            .trim_matches('"');
+        let delimiter = format!("--{boundary}");
+        let body = &request.body[..];
+        let mut files = Vec::new();
+        let mut rest = body;
+        while let Some(at) = find(rest, delimiter.as_bytes()) {
+            rest = &rest[at + delimiter.len()..];
+            if rest.starts_with(b"--") {
+                break;
+            }
+            rest = rest.strip_prefix(b"\r\n").expect("CRLF after boundary");
+            let head_end = find(rest, b"\r\n\r\n").expect("part headers end");
+            let head = std::str::from_utf8(&rest[..head_end]).expect("utf-8 headers");
+            assert!(
+                head.contains("name=\"file\""),
+                "part must be named file: {head}"
+            );
+            let filename = head
+                .split("filename=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .expect("filename")
+                .to_owned();
+            let content_start = head_end + 4;
+            let end = find(
+                &rest[content_start..],
+                format!("\r\n{delimiter}").as_bytes(),
+            )
+            .expect("part end");
+            files.push((
+                filename,
+                Bytes::copy_from_slice(&rest[content_start..content_start + end]),
+            ));
+            rest = &rest[content_start + end + 2..];
+        }
+        files
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+        haystack.windows(needle.len()).position(|w| w == needle)
+    }
+
+    /// The one message a Start request carries.
+    pub(crate) fn start_request(request: &Seen) -> StartRequest {
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&request.body);
+        let frame = decoder
+            .next_frame()
+            .expect("valid frame")
+            .expect("one whole frame");
+        assert_eq!(frame.flags, FLAG_MESSAGE);
+        assert_eq!(
+            decoder.next_frame().expect("valid"),
+            None,
+            "exactly one frame"
+        );
+        serde_json::from_slice(&frame.payload).expect("StartRequest JSON")
+    }
+}
