@@ -1,0 +1,310 @@
+//! Files in a local sandbox, written and read from the host side.
+//!
+//! A sandbox sees three writable trees, each a folder of its host directory:
+//! `/home/user` (`home/`), `/opt/agent-runner` (`runner/`, read-only inside)
+//! and `/tmp` (`tmp/`). Uploads and reads map a sandbox path onto one of them.
+//!
+//! The agent inside may plant symlinks (`ln -s /root /home/user/x`), and we
+//! run as root on the host, so following one would let a later upload write,
+//! or a read leak, any host file. Every path is therefore walked one component
+//! at a time with `openat(O_NOFOLLOW)` from the tree's root: a symlink
+//! anywhere on the way is refused, and there is no window in which the agent
+//! can swap a checked folder for a link.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
+/// Names inside `/opt/agent-runner` that are bind-mounted from the shared
+/// runner install: a write there would be hidden by the mount, so refuse it.
+const RUNNER_SHARED: [&str; 2] = ["node_modules", "package.json"];
+
+/// The host folder (relative to the sandbox directory) that backs each
+/// writable sandbox tree.
+pub(crate) const HOME_DIR: &str = "home";
+pub(crate) const RUNNER_DIR: &str = "runner";
+pub(crate) const TMP_DIR: &str = "tmp";
+
+/// Where inside the sandbox each tree appears.
+pub(crate) const HOME_MOUNT: &str = "/home/user";
+pub(crate) const RUNNER_MOUNT: &str = "/opt/agent-runner";
+pub(crate) const TMP_MOUNT: &str = "/tmp";
+
+/// Why a sandbox file operation failed. Messages name the sandbox path only,
+/// never the host directory behind it.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error(
+        "{path} is outside the sandbox's writable folders (/home/user, /opt/agent-runner, /tmp)"
+    )]
+    OutsideSandbox { path: String },
+    #[error("{path} is not a valid sandbox path: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    #[error("refusing {path}: a component is a symlink or not a folder")]
+    Symlink { path: String },
+    #[error("no such file: {path}")]
+    NotFound { path: String },
+    #[error("the sandbox has been destroyed")]
+    SandboxGone,
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+/// A sandbox path resolved to a host tree and the components below it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Resolved<'a> {
+    /// The host folder name under the sandbox directory (`home`, ...).
+    pub(crate) tree: &'static str,
+    /// Path components below that folder; never empty, never `.` or `..`.
+    pub(crate) components: Vec<&'a str>,
+}
+
+/// Maps an absolute sandbox path onto its host tree, refusing `..`, relative
+/// paths and anything outside the three writable trees.
+pub(crate) fn resolve(path: &str) -> Result<Resolved<'_>, FsError> {
+    let invalid = |reason| FsError::InvalidPath {
+        path: path.to_owned(),
+        reason,
+    };
+    if !path.starts_with('/') {
+        return Err(invalid("it must be absolute"));
+    }
+    if path.contains('\0') {
+        return Err(invalid("it contains a NUL byte"));
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(invalid("it contains `..`")),
+            p => parts.push(p),
+        }
+    }
+    let (tree, rest) = match parts.as_slice() {
+        ["home", "user", rest @ ..] => (HOME_DIR, rest),
+        ["opt", "agent-runner", rest @ ..] => (RUNNER_DIR, rest),
+        ["tmp", rest @ ..] => (TMP_DIR, rest),
+        _ => {
+            return Err(FsError::OutsideSandbox {
+                path: path.to_owned(),
+            });
+        }
+    };
+    if rest.is_empty() {
+        return Err(invalid("it names a folder, not a file"));
+    }
+    if tree == RUNNER_DIR && RUNNER_SHARED.contains(&rest[0]) {
+        return Err(invalid(
+            "it is part of the shared, read-only runner install",
+        ));
+    }
+    Ok(Resolved {
+        tree,
+        components: rest.to_vec(),
+    })
+}
+
+/// Writes `content` to `path` below `sandbox_dir`, creating parent folders.
+pub(crate) fn write(sandbox_dir: &Path, path: &str, content: &[u8]) -> Result<(), FsError> {
+    let resolved = resolve(path)?;
+    let (name, parents) = split_last(&resolved);
+    let mut dir = open_tree(sandbox_dir, resolved.tree, path)?;
+    for component in parents {
+        match rustix::fs::mkdirat(&dir, *component, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(errno(path, e)),
+        }
+        dir = open_dir_at(&dir, component, path)?;
+    }
+    let fd = rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| errno(path, e))?;
+    File::from(fd)
+        .write_all(content)
+        .map_err(|source| FsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Reads the file at `path` below `sandbox_dir`.
+pub(crate) fn read(sandbox_dir: &Path, path: &str) -> Result<Vec<u8>, FsError> {
+    let resolved = resolve(path)?;
+    let (name, parents) = split_last(&resolved);
+    let mut dir = open_tree(sandbox_dir, resolved.tree, path)?;
+    for component in parents {
+        dir = open_dir_at(&dir, component, path)?;
+    }
+    let fd = rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| errno(path, e))?;
+    let mut file = File::from(fd);
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(FsError::InvalidPath {
+            path: path.to_owned(),
+            reason: "it names a folder, not a file",
+        });
+    }
+    let mut out = Vec::new();
+    file.read_to_end(&mut out).map_err(|source| FsError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(out)
+}
+
+fn split_last<'r, 'a>(resolved: &'r Resolved<'a>) -> (&'a str, &'r [&'a str]) {
+    match resolved.components.split_last() {
+        Some((name, parents)) => (name, parents),
+        // `resolve` never returns an empty list; an empty name makes openat
+        // fail with ENOENT rather than panic if that ever changes.
+        None => ("", &[]),
+    }
+}
+
+fn open_tree(sandbox_dir: &Path, tree: &str, path: &str) -> Result<OwnedFd, FsError> {
+    // The sandbox directory and its three trees are ours (the agent cannot
+    // replace them: they are mount points inside), so a plain open is safe.
+    rustix::fs::open(
+        sandbox_dir.join(tree),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| errno(path, e))
+}
+
+fn open_dir_at(dir: &OwnedFd, name: &str, path: &str) -> Result<OwnedFd, FsError> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| errno(path, e))
+}
+
+fn errno(path: &str, e: Errno) -> FsError {
+    let path = path.to_owned();
+    match e {
+        // O_NOFOLLOW on a symlink gives ELOOP; O_DIRECTORY on a file or on a
+        // symlink gives ENOTDIR.
+        Errno::LOOP | Errno::NOTDIR => FsError::Symlink { path },
+        Errno::NOENT => FsError::NotFound { path },
+        e => FsError::Io {
+            path,
+            source: e.into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_each_tree_and_refuses_everything_else() {
+        let r = resolve("/home/user/a/b.txt").expect("home path");
+        assert_eq!((r.tree, r.components), (HOME_DIR, vec!["a", "b.txt"]));
+        let r = resolve("/opt/agent-runner/runner.mjs").expect("runner path");
+        assert_eq!((r.tree, r.components), (RUNNER_DIR, vec!["runner.mjs"]));
+        let r = resolve("//tmp/./x").expect("tmp path");
+        assert_eq!((r.tree, r.components), (TMP_DIR, vec!["x"]));
+
+        for bad in [
+            "/etc/passwd",
+            "/home/other/x",
+            "/home/userx/a",
+            "/root/.ssh/id",
+        ] {
+            assert!(
+                matches!(resolve(bad), Err(FsError::OutsideSandbox { .. })),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "home/user/a",
+            "/home/user/../../etc/passwd",
+            "/home/user/",
+            "/tmp",
+            "/opt/agent-runner/node_modules/x.js",
+            "/opt/agent-runner/package.json",
+        ] {
+            assert!(
+                matches!(resolve(bad), Err(FsError::InvalidPath { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    fn sandbox_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for tree in [HOME_DIR, RUNNER_DIR, TMP_DIR] {
+            std::fs::create_dir(dir.path().join(tree)).expect("tree");
+        }
+        dir
+    }
+
+    #[test]
+    fn writes_create_parents_and_reads_round_trip() {
+        let dir = sandbox_dir();
+        write(dir.path(), "/home/user/a/b/c.txt", b"hi").expect("write");
+        write(dir.path(), "/home/user/a/b/c.txt", b"again").expect("overwrite");
+        assert_eq!(
+            read(dir.path(), "/home/user/a/b/c.txt").expect("read"),
+            b"again"
+        );
+        assert!(matches!(
+            read(dir.path(), "/home/user/missing"),
+            Err(FsError::NotFound { .. })
+        ));
+        assert!(matches!(
+            read(dir.path(), "/home/user/a"),
+            Err(FsError::InvalidPath { .. })
+        ));
+    }
+
+    #[test]
+    fn never_follows_a_planted_symlink() {
+        let dir = sandbox_dir();
+        let outside = tempfile::tempdir().expect("outside");
+        std::fs::write(outside.path().join("secret"), b"host secret").expect("secret");
+        let home = dir.path().join(HOME_DIR);
+        std::os::unix::fs::symlink(outside.path(), home.join("link")).expect("dir link");
+        std::os::unix::fs::symlink(outside.path().join("secret"), home.join("file"))
+            .expect("file link");
+
+        for path in ["/home/user/link/secret", "/home/user/file"] {
+            assert!(
+                matches!(read(dir.path(), path), Err(FsError::Symlink { .. })),
+                "{path}"
+            );
+        }
+        for path in [
+            "/home/user/link/new",
+            "/home/user/file",
+            "/home/user/link/sub/new",
+        ] {
+            assert!(
+                matches!(write(dir.path(), path, b"x"), Err(FsError::Symlink { .. })),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(outside.path().join("secret")).expect("still there"),
+            b"host secret"
+        );
+        assert!(!outside.path().join("new").exists());
+    }
+}

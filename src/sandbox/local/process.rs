@@ -1,0 +1,228 @@
+//! One bwrap process: its output pumps, its deadline, and how it is killed.
+//!
+//! A supervisor task owns the child. Output goes through a bounded channel,
+//! so a slow reader slows the process (the pipe fills) instead of anything
+//! being dropped. Signals reach the process only through the supervisor:
+//! it alone knows whether the child has been reaped, so it never signals a
+//! process id that the kernel may have handed to someone else.
+//!
+//! Killing the bwrap process group is enough to end everything inside:
+//! bwrap runs with `--die-with-parent`, and the sandbox's pid namespace dies
+//! with its init, taking every background process along.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
+
+use crate::sandbox::{ExitStatus, ProcessEvent, SandboxError};
+
+/// Output chunks in flight per process. With 32 KiB reads this bounds the
+/// buffered output to about 1 MiB before the process is slowed down.
+const CHANNEL_CAPACITY: usize = 32;
+/// The largest chunk read from a pipe at once.
+const READ_CHUNK: usize = 32 * 1024;
+
+pub(crate) type EventSender = mpsc::Sender<Result<ProcessEvent, SandboxError>>;
+pub(crate) type EventReceiver = mpsc::Receiver<Result<ProcessEvent, SandboxError>>;
+
+/// Sends signals to one process and tells whether it has ended.
+#[derive(Debug, Clone)]
+pub struct ProcessControl {
+    signals: mpsc::UnboundedSender<Signal>,
+    done: watch::Receiver<bool>,
+}
+
+impl ProcessControl {
+    /// Asks the supervisor to signal the process group. Returns false when
+    /// the process has already ended.
+    pub fn signal(&self, signal: Signal) -> bool {
+        !self.is_done() && self.signals.send(signal).is_ok()
+    }
+
+    pub fn kill(&self) -> bool {
+        self.signal(Signal::KILL)
+    }
+
+    pub fn is_done(&self) -> bool {
+        *self.done.borrow()
+    }
+
+    /// Resolves once the process has exited and its output is drained.
+    pub async fn wait(&self) {
+        let mut done = self.done.clone();
+        // An error means the supervisor is gone, which also means done.
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+/// Spawns `command` (a prepared bwrap invocation) under a supervisor.
+/// `keep_alive` is held until the process has ended: the sandbox directory
+/// guard, so the directory outlives every process that uses it.
+pub(crate) fn spawn(
+    mut command: Command,
+    timeout: Option<Duration>,
+    keep_alive: Arc<dyn Send + Sync>,
+) -> Result<(u32, EventReceiver, ProcessControl), std::io::Error> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so one killpg reaches bwrap and its init,
+        // and a Ctrl-C meant for us does not reach it.
+        .process_group(0)
+        // If the supervisor task is dropped (runtime shutdown), the child
+        // still dies; --die-with-parent takes the sandbox with it.
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (signal_tx, signal_rx) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = watch::channel(false);
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    tokio::spawn(async move {
+        let _keep_alive = keep_alive;
+        let pumps = (
+            tokio::spawn(pump(stdout, tx.clone(), ProcessEvent::Stdout)),
+            tokio::spawn(pump(stderr, tx.clone(), ProcessEvent::Stderr)),
+        );
+        let outcome = supervise(&mut child, signal_rx, timeout).await;
+        // The sandbox is dead, so the pipes close; wait for the last bytes
+        // before reporting the end, which must come last.
+        let _ = pumps.0.await;
+        let _ = pumps.1.await;
+        let _ = tx.send(outcome).await;
+        let _ = done_tx.send(true);
+    });
+    Ok((
+        pid,
+        rx,
+        ProcessControl {
+            signals: signal_tx,
+            done: done_rx,
+        },
+    ))
+}
+
+/// Waits for the child while serving signal requests and the deadline.
+async fn supervise(
+    child: &mut Child,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+    timeout: Option<Duration>,
+) -> Result<ProcessEvent, SandboxError> {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut sent: Option<Signal> = None;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map_err(|e| SandboxError::Other {
+                    op: "process",
+                    message: format!("waiting for the sandbox process failed: {e}"),
+                })?;
+                return Ok(ProcessEvent::Exited(exit_status(status, sent)));
+            }
+            Some(signal) = signals.recv() => {
+                signal_group(child, signal);
+                sent.get_or_insert(signal);
+            }
+            () = sleep_until(deadline) => {
+                signal_group(child, Signal::KILL);
+                // Reap it so nothing lingers, then report the deadline.
+                let _ = child.wait().await;
+                return Err(SandboxError::TimedOut {
+                    op: "process",
+                    after: timeout.unwrap_or_default(),
+                });
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Signals the child's process group, unless the child has been reaped
+/// (then `id()` is `None` and the number may belong to someone else).
+fn signal_group(child: &Child, signal: Signal) {
+    let pid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw);
+    if let Some(pid) = pid {
+        // ESRCH means it just died on its own: nothing left to do.
+        let _ = rustix::process::kill_process_group(pid, signal);
+    }
+}
+
+/// Describes how bwrap ended, in envd's words (`exit status 3`,
+/// `signal: killed`). bwrap passes the sandboxed command's exit code through.
+fn exit_status(status: std::process::ExitStatus, sent: Option<Signal>) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(signal) = sent {
+        return ExitStatus {
+            code: None,
+            status: format!("signal: {}", signal_name(signal)),
+        };
+    }
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitStatus {
+            code: Some(code),
+            status: format!("exit status {code}"),
+        },
+        (None, Some(raw)) => ExitStatus {
+            code: None,
+            status: match Signal::from_named_raw(raw) {
+                Some(signal) => format!("signal: {}", signal_name(signal)),
+                None => format!("signal: {raw}"),
+            },
+        },
+        (None, None) => ExitStatus {
+            code: None,
+            status: "unknown".to_owned(),
+        },
+    }
+}
+
+fn signal_name(signal: Signal) -> &'static str {
+    match signal {
+        Signal::KILL => "killed",
+        Signal::TERM => "terminated",
+        Signal::INT => "interrupt",
+        Signal::HUP => "hangup",
+        Signal::QUIT => "quit",
+        Signal::STOP => "stopped",
+        _ => "signal",
+    }
+}
+
+/// Copies one pipe into the event channel. When the reader has gone away
+/// the pipe is still drained, so the process never blocks on a full pipe.
+async fn pump<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    tx: EventSender,
+    wrap: fn(bytes::Bytes) -> ProcessEvent,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut reader_gone = false;
+    loop {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        match pipe.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if !reader_gone && tx.send(Ok(wrap(buf.freeze()))).await.is_err() {
+                    reader_gone = true;
+                }
+            }
+        }
+    }
+}
