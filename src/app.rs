@@ -143,7 +143,7 @@ async fn start_query(
     let query = Query::from_json(&body)?;
     prepare_run(state, query, request_id.to_owned(), platform_deadline)
         .await
-        .map(|plan| run::spawn(state.provider.clone(), plan))
+        .map(|plan| run::spawn(state.provider.clone(), plan).events)
 }
 
 /// Builds a run's plan from a validated query: the config, the keys, the

@@ -46,12 +46,21 @@ pub struct RunPlan {
     pub redactor: Redactor,
 }
 
-/// Starts a run; its events arrive on the returned channel.
-pub fn spawn(provider: Arc<dyn SandboxProvider>, plan: RunPlan) -> mpsc::Receiver<RunEvent> {
-    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+/// A started run.
+pub struct RunHandle {
+    /// The run's events; dropping this ends the run (the sandbox is destroyed).
+    pub events: mpsc::Receiver<RunEvent>,
+    /// Resolves once the sandbox is destroyed. Servers let it run on; the CLI
+    /// waits for it so that Ctrl-C never leaves a sandbox behind.
+    pub finished: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a run on its own task.
+pub fn spawn(provider: Arc<dyn SandboxProvider>, plan: RunPlan) -> RunHandle {
+    let (tx, events) = mpsc::channel(EVENT_BUFFER);
     let span = tracing::info_span!("run", request_id = %plan.request_id);
-    tokio::spawn(execute(provider, plan, tx).instrument(span));
-    rx
+    let finished = tokio::spawn(execute(provider, plan, tx).instrument(span));
+    RunHandle { events, finished }
 }
 
 /// How a run ended, for the log and the final event.

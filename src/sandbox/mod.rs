@@ -20,6 +20,9 @@ use crate::secret::Secret;
 
 pub mod e2b;
 pub mod local;
+mod select;
+
+pub use select::{provider_for, runner_dir};
 
 /// What a run asks of a new sandbox.
 #[derive(Debug, Clone, Default)]

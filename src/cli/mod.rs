@@ -1,0 +1,279 @@
+//! The `ds` command: `ds "prompt"` runs one agent, `ds serve` runs the server.
+//!
+//! Both build the same [`AppState`] as every other door. A query does not
+//! go through HTTP: it validates its request, plans the run and reads the
+//! run's events directly.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{self, AppState};
+use crate::env::EnvVars;
+use crate::request::QueryRequest;
+use crate::runner_install::Install;
+use crate::sandbox;
+use crate::secret::Secret;
+use crate::settings::{SandboxKind, Settings};
+
+mod render;
+mod serve;
+
+/// Exit codes, as documented in `ds --help` and the README.
+pub mod exit {
+    /// The run succeeded.
+    pub const OK: u8 = 0;
+    /// The agent run failed: an error event, or an error result.
+    pub const RUN_FAILED: u8 = 1;
+    /// Bad usage or input: flags, files, keys, sandstorm.json.
+    pub const USAGE: u8 = 2;
+    /// Interrupted by Ctrl-C (after the sandbox was destroyed).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+const AFTER_HELP: &str = "\
+Keys are taken from the flags, then the environment, then .env in the current directory.
+The sandbox is E2B when an E2B key is set, else a local bubblewrap sandbox
+(override with --sandbox or SANDSTORM_SANDBOX).
+
+Exit status: 0 success, 1 the agent run failed, 2 bad usage or input, 130 interrupted.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ds",
+    version,
+    about = "Run Claude agents in secure sandboxes",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an agent on a prompt (the default: `ds "prompt"` is `ds query "prompt"`).
+    Query(QueryArgs),
+    /// Serve the HTTP API (POST /query, GET /health).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    /// The task for the agent.
+    #[arg(required = true)]
+    prompt: Option<String>,
+    /// Model: sonnet, opus, haiku or a full model id (overrides sandstorm.json).
+    #[arg(short, long)]
+    model: Option<String>,
+    /// Maximum conversation turns (overrides sandstorm.json).
+    #[arg(long)]
+    max_turns: Option<u32>,
+    /// Sandbox lifetime in seconds (5-3600).
+    #[arg(short, long, default_value_t = crate::request::DEFAULT_TIMEOUT_SECS)]
+    timeout: u64,
+    /// Print every event as one JSON line instead of readable text.
+    #[arg(long)]
+    json_output: bool,
+    /// A text file to upload to /home/user/<name> (repeatable).
+    #[arg(short, long = "file", value_name = "PATH")]
+    files: Vec<PathBuf>,
+    /// Also show the runner's stderr lines.
+    #[arg(short, long)]
+    verbose: bool,
+    #[command(flatten)]
+    keys: KeyArgs,
+    #[command(flatten)]
+    sandbox: SandboxArg,
+}
+
+#[derive(Debug, Args)]
+struct KeyArgs {
+    /// Anthropic API key (else ANTHROPIC_API_KEY).
+    #[arg(long, value_name = "KEY")]
+    anthropic_api_key: Option<String>,
+    /// E2B API key (else E2B_API_KEY).
+    #[arg(long, value_name = "KEY")]
+    e2b_api_key: Option<String>,
+    /// OpenRouter API key (else OPENROUTER_API_KEY; needs ANTHROPIC_BASE_URL).
+    #[arg(long, value_name = "KEY")]
+    openrouter_api_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct SandboxArg {
+    /// Where the agent runs [default: e2b with an E2B key, else local].
+    #[arg(long, value_enum)]
+    sandbox: Option<SandboxKind>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to bind. Loopback by default: set 0.0.0.0 to listen on every
+    /// interface (and set SANDSTORM_API_TOKEN when you do).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    #[command(flatten)]
+    sandbox: SandboxArg,
+}
+
+/// An error that ends `ds` with a message and an exit code.
+#[derive(Debug)]
+pub struct Fatal {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Fatal {
+    fn usage(message: impl Into<String>) -> Self {
+        Fatal {
+            code: exit::USAGE,
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs `ds` with parsed arguments.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Some(Command::Serve(args)) => serve_command(args).await,
+        Some(Command::Query(args)) => query_command(args).await,
+        None => query_command(cli.query).await,
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(fatal) => {
+            eprintln!("error: {}", fatal.message);
+            ExitCode::from(fatal.code)
+        }
+    }
+}
+
+/// Reads the environment and `.env`, picks the sandbox, loads sandstorm.json.
+fn settings(flag: Option<SandboxKind>, quiet_notice: bool) -> Result<Settings, Fatal> {
+    let cwd =
+        std::env::current_dir().map_err(|e| Fatal::usage(format!("no working directory: {e}")))?;
+    let env = EnvVars::from_process_and_dotenv(&cwd).map_err(|e| Fatal::usage(e.to_string()))?;
+    let kind = SandboxKind::choose(flag, &env).map_err(Fatal::usage)?;
+    if flag.is_none()
+        && env.get("SANDSTORM_SANDBOX").is_none()
+        && kind == SandboxKind::Local
+        && !quiet_notice
+    {
+        eprintln!(
+            "note: no E2B key set; running in a local bubblewrap sandbox (--sandbox e2b to change)"
+        );
+    }
+    let settings = Settings::from_env(env, &cwd, kind).map_err(Fatal::usage)?;
+    if let Err(e) = &settings.config {
+        return Err(Fatal::usage(format!("sandstorm.json is invalid: {e}")));
+    }
+    Ok(settings)
+}
+
+fn state(settings: Settings) -> Result<AppState, Fatal> {
+    let provider = sandbox::provider_for(&settings, Install::IfMissing).map_err(Fatal::usage)?;
+    Ok(AppState::new(settings, provider))
+}
+
+async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
+    crate::telemetry::init(crate::telemetry::Format::Text, "info");
+    let settings = settings(args.sandbox.sandbox, false)?;
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
+        .map_err(|_| Fatal::usage(format!("--host {:?} is not an IP address", args.host)))?;
+    let state = state(settings)?;
+    serve::serve(addr, app::app(state))
+        .await
+        .map_err(|e| Fatal {
+            code: exit::RUN_FAILED,
+            message: e,
+        })?;
+    Ok(exit::OK)
+}
+
+async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
+    crate::telemetry::init(crate::telemetry::Format::Text, "warn");
+    let prompt = args.prompt.unwrap_or_default();
+    let files = read_files(&args.files)?;
+    let request = QueryRequest {
+        prompt,
+        anthropic_api_key: args.keys.anthropic_api_key.map(Secret::new),
+        openrouter_api_key: args.keys.openrouter_api_key.map(Secret::new),
+        e2b_api_key: args.keys.e2b_api_key.map(Secret::new),
+        model: args.model,
+        max_turns: args.max_turns,
+        timeout: Some(args.timeout),
+        files: (!files.is_empty()).then_some(files),
+    };
+    let query = request
+        .validate()
+        .map_err(|e| Fatal::usage(flag_message(&e)))?;
+    let settings = settings(args.sandbox.sandbox, args.json_output)?;
+    let state = state(settings)?;
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let plan = app::prepare_run(&state, query, request_id, None)
+        .await
+        .map_err(|e| Fatal::usage(flag_message(&e)))?;
+    let handle = crate::run::spawn(state.provider().clone(), plan);
+    let mode = if args.json_output {
+        render::Mode::Json
+    } else {
+        render::Mode::Human {
+            verbose: args.verbose,
+        }
+    };
+    Ok(render::follow(handle, mode).await)
+}
+
+/// Request errors speak of body fields; on the command line, name the flag.
+fn flag_message(error: &crate::error::ApiError) -> String {
+    let message = error.to_string();
+    match error.field() {
+        Some("timeout") => message.replace("timeout must", "--timeout must"),
+        Some("max_turns") => message.replace("max_turns must", "--max-turns must"),
+        _ => message,
+    }
+}
+
+/// Reads `-f` files as text, keyed by file name as the original does.
+fn read_files(paths: &[PathBuf]) -> Result<BTreeMap<String, String>, Fatal> {
+    let mut files = BTreeMap::new();
+    for path in paths {
+        let name = file_name(path)?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Fatal::usage(format!("cannot read {}: {e}", path.display())))?;
+        let text = String::from_utf8(bytes)
+            .ok()
+            .filter(|t| !t.contains('\0'))
+            .ok_or_else(|| {
+                Fatal::usage(format!(
+                    "{} is not a text file; -f uploads text files only",
+                    path.display()
+                ))
+            })?;
+        if files.insert(name.clone(), text).is_some() {
+            return Err(Fatal::usage(format!(
+                "two -f files are named {name}; each upload goes to /home/user/<name>"
+            )));
+        }
+    }
+    Ok(files)
+}
+
+fn file_name(path: &Path) -> Result<String, Fatal> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| Fatal::usage(format!("{} has no usable file name", path.display())))
+}

@@ -1,0 +1,24 @@
+//! Logging setup for the doors: tracing to stderr, as text or JSON lines.
+
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Format {
+    /// Human-readable lines, for `ds`.
+    Text,
+    /// One JSON object per line, for CloudWatch and Vercel logs.
+    Json,
+}
+
+/// Installs the global subscriber once. `RUST_LOG` overrides `default`.
+pub fn init(format: Format, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests, embedding) keeps the first subscriber.
+    let _ = match format {
+        Format::Text => builder.try_init(),
+        Format::Json => builder.json().with_current_span(true).try_init(),
+    };
+}
