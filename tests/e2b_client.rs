@@ -98,9 +98,54 @@ fn split(
     (stdout, stderr, exit)
 }
 
+/// Everything the client logs in this test binary. One global subscriber,
+/// because tracing caches per-callsite interest process-wide and a
+/// thread-local one misses events when tests run in parallel; tests pick
+/// their own lines out by sandbox id, which is unique per fake.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn global() -> &'static Logs {
+        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            let writer = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+            logs
+        })
+    }
+
+    /// The lines that mention `needle`.
+    fn lines_with(&self, needle: &str) -> String {
+        let all = String::from_utf8_lossy(&self.0.lock().expect("logs")).into_owned();
+        all.lines()
+            .filter(|line| line.contains(needle))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn assert_no_secrets(text: &str) {
     assert!(!text.contains(KEY), "API key leaked: {text}");
     assert!(!text.contains(TOKEN_PREFIX), "access token leaked: {text}");
+    assert!(!text.contains("sk-ant-test"), "process env leaked: {text}");
 }
 
 #[tokio::test]
@@ -388,11 +433,24 @@ async fn a_refused_start_reports_status_and_connect_message() {
 }
 
 #[tokio::test]
-async fn a_kill_that_fails_once_is_retried() {
+async fn a_kill_that_fails_once_is_retried_and_logged() {
     let fake = Fake::start().await;
+    let logs = Logs::global();
     let sandbox = create(&provider(&fake)).await.expect("created");
     fake.fail_kills(1);
     sandbox.destroy().await.expect("second kill works");
+    let logged = logs.lines_with(sandbox.id());
+    assert!(
+        logged.contains("WARN") && logged.contains("injected kill failure"),
+        "the failed kill is logged: {logged}"
+    );
+    assert!(
+        logged.contains(sandbox.id()),
+        "the log names the sandbox: {logged}"
+    );
+    assert_no_secrets(&logged);
+    // Nor anywhere in what this binary logged so far, whatever ran first.
+    assert_no_secrets(&logs.lines_with(""));
     assert_eq!(
         fake.count("DELETE", &format!("/sandboxes/{}", sandbox.id())),
         2
@@ -680,6 +738,7 @@ mod fake {
         envd_version: String,
         start: StartAnswer,
         next_id: u32,
+        port: u16,
         /// Live sandboxes and their files.
         alive: BTreeMap<String, BTreeMap<String, Bytes>>,
     }
@@ -692,6 +751,10 @@ mod fake {
 
     impl Fake {
         pub(crate) async fn start() -> Fake {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
             let world = Arc::new(Mutex::new(World {
                 requests: Vec::new(),
                 create_faults: VecDeque::new(),
@@ -699,6 +762,7 @@ mod fake {
                 envd_version: "0.5.7".into(),
                 start: StartAnswer::runner_lines(&[], "", 0),
                 next_id: 0,
+                port: addr.port(),
                 alive: BTreeMap::new(),
             }));
             let app = Router::new()
@@ -708,10 +772,7 @@ mod fake {
                 .route("/process.Process/Start", post(start))
                 .layer(middleware::from_fn_with_state(world.clone(), record))
                 .with_state(world.clone());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            let url = format!("http://{addr}");
             tokio::spawn(async move { axum::serve(listener, app).await });
             Fake { url, world }
         }
@@ -790,7 +851,8 @@ mod fake {
             None => {
                 let mut w = lock(&world);
                 w.next_id += 1;
-                let id = format!("sbx{}", w.next_id);
+                // Unique across fakes, so log lines can be told apart.
+                let id = format!("sbx-{}-{}", w.port, w.next_id);
                 w.alive.insert(id.clone(), BTreeMap::new());
                 let answer = json!({
                     "templateID": "sandstorm-test", "sandboxID": id, "clientID": "fake",

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 use super::http::{self, PROVIDER};
 use super::options::E2bOptions;
@@ -109,6 +110,9 @@ pub(crate) async fn kill(
     sandbox_id: &str,
 ) -> Result<(), SandboxError> {
     let url = &format!("{}/sandboxes/{sandbox_id}", options.api_url);
+    // The span puts the id on every retry warning: a kill that never
+    // succeeds leaves a sandbox someone may want to find.
+    let span = tracing::warn_span!("e2b_kill", sandbox = %sandbox_id);
     with_retries(
         &options.retry,
         "destroy",
@@ -129,6 +133,7 @@ pub(crate) async fn kill(
             }
         },
     )
+    .instrument(span)
     .await
 }
 
