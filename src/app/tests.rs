@@ -549,3 +549,117 @@ async fn cors_is_off_by_default_and_configurable() {
         "https://app.example.com"
     );
 }
+
+/// A `tracing` writer that keeps everything in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn no_key_value_appears_in_logs_errors_or_events() {
+    const ANTHROPIC: &str = "sk-ant-hygiene-AAAA1111";
+    const E2B: &str = "e2b_hygiene_BBBB2222";
+    const OPENROUTER: &str = "sk-or-hygiene-CCCC3333";
+    const TOKEN: &str = "tok-hygiene-DDDD4444";
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let leaky = vec![
+        out(&format!("{{\"type\":\"user\",\"content\":\"{ANTHROPIC} {OPENROUTER}\"}}\n")),
+        err(&format!("env: ANTHROPIC_API_KEY={ANTHROPIC} E2B={E2B}\n")),
+    ];
+    let body = format!(
+        r#"{{"prompt":"hi","anthropic_api_key":"{ANTHROPIC}","e2b_api_key":"{E2B}","openrouter_api_key":"{OPENROUTER}"}}"#
+    );
+    let mut seen = String::new();
+    for (output, then) in [
+        (vec![out(&format!("{RESULT}\n"))], Then::Exit(0)),
+        (leaky.clone(), Then::Exit(1)),
+        (leaky.clone(), Then::Cut),
+        (leaky, Then::Exit(0)),
+    ] {
+        let h = harness_with(output, then, |s| {
+            s.env.set("ANTHROPIC_BASE_URL", "https://openrouter.ai/api");
+            s.auth.tokens = vec![TOKEN.into()];
+        });
+        let mut request = post(&body);
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("header"));
+        seen.push_str(&body_text(h.router.clone().oneshot(request).await.expect("response")).await);
+        // Failures before the stream: a wrong token, a bad field.
+        let mut wrong = post(&body);
+        wrong
+            .headers_mut()
+            .insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tok-hygiene-wrong"));
+        seen.push_str(&body_text(h.router.clone().oneshot(wrong).await.expect("response")).await);
+        let mut invalid = post(&body.replace(r#""prompt":"hi""#, r#""prompt":"hi","timeout":1"#));
+        invalid
+            .headers_mut()
+            .insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("header"));
+        seen.push_str(&body_text(h.router.oneshot(invalid).await.expect("response")).await);
+    }
+    let logs = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
+    assert!(seen.contains("runner_failed") && seen.contains("stream_cut"), "{seen}");
+    assert!(logs.contains("run failed"), "the failures were logged: {logs}");
+    for secret in [ANTHROPIC, E2B, OPENROUTER, TOKEN] {
+        assert!(!seen.contains(secret), "{secret} leaked into a response: {seen}");
+        assert!(!logs.contains(secret), "{secret} leaked into the log: {logs}");
+    }
+}
+
+#[test]
+fn debug_of_everything_that_holds_a_key_redacts_it() {
+    const KEY: &str = "sk-ant-debug-EEEE5555";
+    let query = Query::from_json(
+        format!(r#"{{"prompt":"p","anthropic_api_key":"{KEY}","files":{{"a":"{KEY}"}}}}"#).as_bytes(),
+    )
+    .expect("valid");
+    let mut settings = Settings::from_env(
+        EnvVars::from_pairs([("ANTHROPIC_API_KEY", KEY), ("SANDSTORM_API_TOKEN", KEY)]),
+        std::path::Path::new("/"),
+        SandboxKind::E2b,
+    )
+    .expect("settings");
+    settings.cors_origins = vec![];
+    let plan = crate::plan::build(
+        "r".into(),
+        &query,
+        &crate::config::SandstormConfig::default(),
+        crate::keys::ResolvedKeys {
+            runner_env: [("ANTHROPIC_API_KEY".to_owned(), KEY.to_owned())].into(),
+            files: vec![],
+            e2b: Some(KEY.into()),
+        },
+        None,
+    );
+    let e2b = crate::sandbox::e2b::E2bOptions::from_env(&settings.env);
+    for shown in [
+        format!("{query:?}"),
+        format!("{settings:?}"),
+        format!("{plan:?}"),
+        format!("{e2b:?}"),
+    ] {
+        assert!(!shown.contains(KEY), "{shown}");
+    }
+}
