@@ -1,2 +1,122 @@
-//! `e2b-emulator`: placeholder while the emulator is being written.
-fn main() {}
+//! `e2b-emulator`: E2B's control plane and envd on one loopback port, backed
+//! by local bubblewrap sandboxes. Point an E2B SDK at it with
+//! `E2B_API_URL` and `E2B_SANDBOX_URL`; see docs/emulator.md.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use sandstorm::emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
+use sandstorm::emulator::{EmulatorOptions, Knobs, serve_with_shutdown};
+use sandstorm::secret::Secret;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "e2b-emulator",
+    version,
+    about = "An offline E2B emulator backed by bubblewrap sandboxes"
+)]
+struct Args {
+    /// Address to listen on (loopback unless you mean it).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free one (printed on start).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// The X-API-KEY clients must send. Default: any key starting with `e2b_`.
+    #[arg(long, env = "E2B_EMULATOR_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The runner install (a folder with node_modules) bound into sandboxes.
+    #[arg(long, default_value = "runner")]
+    runner_dir: PathBuf,
+    /// Where sandbox directories are created (default: the temp folder).
+    #[arg(long)]
+    work_root: Option<PathBuf>,
+    /// The bubblewrap binary.
+    #[arg(long, default_value = "/usr/bin/bwrap")]
+    bwrap: PathBuf,
+    /// Milliseconds added to every request.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Fail the next N creates with 500.
+    #[arg(long, value_name = "N", conflicts_with_all = ["create_429", "create_hang"])]
+    create_500: Option<u32>,
+    /// Answer the next N creates with 429.
+    #[arg(long, value_name = "N", conflicts_with = "create_hang")]
+    create_429: Option<u32>,
+    /// Never answer the next N creates.
+    #[arg(long, value_name = "N")]
+    create_hang: Option<u32>,
+    /// Cut process streams after K stdout frames (with --cut-stream-count).
+    #[arg(long, value_name = "K")]
+    cut_stream_after: Option<u32>,
+    /// How many streams to cut (default 1).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        requires = "cut_stream_after"
+    )]
+    cut_stream_count: u32,
+    /// Fail the next N kills with 500.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    kill_failures: u32,
+    /// Synthetic runner: answer starts of runner.mjs with N JSON lines.
+    #[arg(long, value_name = "N", requires = "synthetic_bytes")]
+    synthetic_lines: Option<u64>,
+    /// Synthetic runner: bytes per line.
+    #[arg(long, value_name = "S", requires = "synthetic_lines")]
+    synthetic_bytes: Option<usize>,
+}
+
+impl Args {
+    fn knobs(&self) -> Knobs {
+        let create_fault = [
+            (self.create_500, CreateFaultMode::Error),
+            (self.create_429, CreateFaultMode::RateLimit),
+            (self.create_hang, CreateFaultMode::Hang),
+        ]
+        .into_iter()
+        .find_map(|(count, mode)| count.map(|count| CreateFault { mode, count }));
+        Knobs {
+            latency_ms: self.latency_ms,
+            create_fault,
+            stream_cut: self.cut_stream_after.map(|after_frames| StreamCut {
+                after_frames,
+                count: self.cut_stream_count,
+            }),
+            kill_failures: self.kill_failures,
+            synthetic: self
+                .synthetic_lines
+                .zip(self.synthetic_bytes)
+                .map(|(lines, bytes)| Synthetic { lines, bytes }),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let options = EmulatorOptions {
+        api_key: args.api_key.clone().map(Secret::new),
+        runner_dir: args.runner_dir.clone(),
+        work_root: args.work_root.clone(),
+        bwrap: args.bwrap.clone(),
+        knobs: args.knobs(),
+    };
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    // Ctrl-C or SIGTERM (a test fixture stopping us) ends the emulator
+    // cleanly: every sandbox is killed and its directory removed.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    serve_with_shutdown(listener, options, shutdown).await
+}

@@ -1,1 +1,269 @@
-//! An E2B emulator: the control plane and the envd subset on one loopback port, backed by local sandboxes.
+//! An E2B emulator: the control plane and the envd subset on one loopback
+//! port, backed by local bubblewrap sandboxes.
+//!
+//! Point the official E2B SDKs (or our own client) at it with
+//! `E2B_API_URL=http://127.0.0.1:PORT E2B_SANDBOX_URL=http://127.0.0.1:PORT`.
+//! Control-plane paths (`/sandboxes`, `/v2/sandboxes`) and envd paths
+//! (`/files`, `/process.Process/*`, `/health`) do not overlap, so one router
+//! serves both; envd calls find their sandbox by the `E2b-Sandbox-Id`
+//! header the SDKs send. The wire format is described in
+//! `shared/notes/e2b-wire.md` and the E2B specs.
+//!
+//! Besides E2B's own API it serves `/_emulator/stats` (counters for tests)
+//! and `/_emulator/config` (latency, faults and the synthetic runner, see
+//! [`knobs`]).
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use sandstorm::emulator::{serve, EmulatorOptions};
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! println!("listening on http://{}", listener.local_addr()?);
+//! serve(listener, EmulatorOptions::new("runner".into())).await
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::sandbox::local::{LocalOptions, LocalProvider, LocalSandbox};
+use crate::secret::Secret;
+
+mod control;
+mod envd;
+pub mod knobs;
+mod stats;
+pub mod synthetic;
+
+pub use knobs::Knobs;
+pub use stats::{Snapshot, route};
+
+/// The envd version the emulator reports. The SDKs switch features on it;
+/// 0.5.7 is the first with octet-stream uploads.
+pub const ENVD_VERSION: &str = "0.5.7";
+
+/// The largest request body accepted (file uploads).
+const MAX_BODY: usize = 512 * 1024 * 1024;
+
+/// How to run the emulator.
+#[derive(Debug, Clone)]
+pub struct EmulatorOptions {
+    /// The expected `X-API-KEY`; `None` accepts any key that starts with
+    /// `e2b_`, as E2B's keys do.
+    pub api_key: Option<Secret>,
+    /// The runner install bound into every sandbox (see the local provider).
+    pub runner_dir: PathBuf,
+    /// Where sandbox directories go; the system temp folder when `None`.
+    pub work_root: Option<PathBuf>,
+    pub bwrap: PathBuf,
+    /// The knobs in force at start-up.
+    pub knobs: Knobs,
+}
+
+impl EmulatorOptions {
+    /// Defaults: any `e2b_*` key, `/usr/bin/bwrap`, no knobs turned.
+    pub fn new(runner_dir: PathBuf) -> Self {
+        EmulatorOptions {
+            api_key: None,
+            runner_dir,
+            work_root: None,
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
+            knobs: Knobs::default(),
+        }
+    }
+}
+
+/// The emulator's state: its sandboxes, knobs and counters. Cheap to clone.
+#[derive(Clone)]
+pub struct Emulator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: LocalProvider,
+    api_key: Option<Secret>,
+    sandboxes: Mutex<HashMap<String, Arc<Entry>>>,
+    knobs: Mutex<Knobs>,
+    stats: stats::Stats,
+}
+
+/// One emulated E2B sandbox.
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    pub(crate) template_id: String,
+    pub(crate) metadata: BTreeMap<String, String>,
+    /// Default environment of every process (E2B's `envVars`).
+    pub(crate) env_vars: BTreeMap<String, String>,
+    pub(crate) started_at: SystemTime,
+    pub(crate) end_at: Mutex<SystemTime>,
+    pub(crate) access_token: Secret,
+    pub(crate) sandbox: Arc<LocalSandbox>,
+}
+
+impl Emulator {
+    pub fn new(options: EmulatorOptions) -> Result<Self, crate::sandbox::SandboxError> {
+        let provider = LocalProvider::new(LocalOptions {
+            runner_dir: options.runner_dir,
+            work_root: options.work_root,
+            bwrap: options.bwrap,
+        })?;
+        Ok(Emulator {
+            inner: Arc::new(Inner {
+                provider,
+                api_key: options.api_key,
+                sandboxes: Mutex::new(HashMap::new()),
+                knobs: Mutex::new(options.knobs),
+                stats: stats::Stats::default(),
+            }),
+        })
+    }
+
+    /// Counters and the number of live sandboxes.
+    pub fn stats(&self) -> Snapshot {
+        let alive = lock(&self.inner.sandboxes).len();
+        self.inner.stats.snapshot(alive)
+    }
+
+    /// Replaces the knobs.
+    pub fn set_knobs(&self, knobs: Knobs) {
+        *lock(&self.inner.knobs) = knobs;
+    }
+
+    /// Kills every sandbox (on shutdown).
+    pub async fn shutdown(&self) {
+        let entries: Vec<Arc<Entry>> = lock(&self.inner.sandboxes)
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
+        for entry in entries {
+            entry
+                .sandbox
+                .stop(crate::sandbox::local::State::Destroyed)
+                .await;
+        }
+    }
+
+    fn knobs(&self) -> std::sync::MutexGuard<'_, Knobs> {
+        lock(&self.inner.knobs)
+    }
+
+    fn entry(&self, id: &str) -> Option<Arc<Entry>> {
+        lock(&self.inner.sandboxes).get(id).cloned()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map or struct update: a panic in
+    // one cannot leave the data half-changed.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The whole emulator as one router.
+pub fn app(emulator: Emulator) -> Router {
+    let control = control::routes().route_layer(middleware::from_fn_with_state(
+        emulator.clone(),
+        control::require_api_key,
+    ));
+    Router::new()
+        .merge(control)
+        .merge(envd::routes())
+        .route(
+            "/_emulator/stats",
+            get(stats_handler).delete(reset_stats_handler),
+        )
+        .route("/_emulator/config", get(get_config).post(set_config))
+        .layer(middleware::from_fn_with_state(
+            emulator.clone(),
+            add_latency,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(emulator)
+}
+
+/// Serves the emulator on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    options: EmulatorOptions,
+) -> std::io::Result<()> {
+    serve_with_shutdown(listener, options, std::future::pending()).await
+}
+
+/// Serves until `shutdown` resolves, then kills every sandbox.
+pub async fn serve_with_shutdown(
+    listener: tokio::net::TcpListener,
+    options: EmulatorOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let emulator = Emulator::new(options).map_err(std::io::Error::other)?;
+    let result = axum::serve(listener, app(emulator.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    emulator.shutdown().await;
+    result
+}
+
+async fn add_latency(State(emulator): State<Emulator>, request: Request, next: Next) -> Response {
+    if !request.uri().path().starts_with("/_emulator/") {
+        let latency = emulator.knobs().latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+    next.run(request).await
+}
+
+async fn stats_handler(State(emulator): State<Emulator>) -> axum::Json<Snapshot> {
+    axum::Json(emulator.stats())
+}
+
+async fn reset_stats_handler(State(emulator): State<Emulator>) -> StatusCode {
+    emulator.inner.stats.reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn get_config(State(emulator): State<Emulator>) -> axum::Json<Knobs> {
+    axum::Json(emulator.knobs().clone())
+}
+
+async fn set_config(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Response {
+    match serde_json::from_slice::<Knobs>(&body) {
+        Ok(knobs) => {
+            emulator.set_knobs(knobs.clone());
+            axum::Json(knobs).into_response()
+        }
+        Err(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("invalid config: {e}")).into_response()
+        }
+    }
+}
+
+/// An E2B REST error: `{"code":404,"message":"..."}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"code": self.status.as_u16(), "message": self.message});
+        (self.status, axum::Json(body)).into_response()
+    }
+}

@@ -20,7 +20,7 @@
 //! supervisor that enforces their timeout ([`process`]). Destroying a
 //! sandbox kills every process in it and removes its directory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -183,14 +183,14 @@ impl Drop for DirGuard {
     }
 }
 
-/// One started process, as the E2B emulator needs it.
+/// One started process, as the E2B emulator lists it. Its environment is
+/// left out on purpose: it holds keys.
 #[derive(Debug, Clone)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub cmd: String,
     pub args: Vec<String>,
     pub cwd: String,
-    pub envs: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -285,7 +285,6 @@ impl LocalSandbox {
             cmd: spec.cmd,
             args: spec.args,
             cwd,
-            envs: spec.envs,
         };
         processes.running.insert(pid, (info, control.clone()));
         Ok((pid, ReceiverStream::new(rx).boxed(), control))

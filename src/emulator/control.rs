@@ -1,0 +1,398 @@
+//! The control plane: create, get, list, kill, set-timeout and connect,
+//! authenticated by `X-API-KEY`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::knobs::CreateFaultMode;
+use super::stats::route;
+use super::{ApiError, ENVD_VERSION, Emulator, Entry, lock};
+use crate::sandbox::SandboxSpec;
+use crate::sandbox::local::State as SandboxState;
+use crate::secret::Secret;
+
+/// E2B's default sandbox lifetime when create names none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub(super) fn routes() -> Router<Emulator> {
+    Router::new()
+        .route("/sandboxes", post(create).get(list_v1))
+        .route("/v2/sandboxes", post(create).get(list_v2))
+        .route("/sandboxes/{id}", get(info).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
+}
+
+/// Checks `X-API-KEY`: the configured key, or any `e2b_*` key.
+pub(super) async fn require_api_key(
+    State(emulator): State<Emulator>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let ok = match &emulator.inner.api_key {
+        Some(expected) => bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())),
+        None => given.starts_with("e2b_"),
+    };
+    if ok {
+        next.run(request).await
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Invalid API key").into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewSandbox {
+    #[serde(rename = "templateID", default)]
+    template_id: Option<String>,
+    /// Seconds.
+    #[serde(default)]
+    timeout: Option<u64>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    env_vars: Option<BTreeMap<String, String>>,
+}
+
+async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Response {
+    emulator.inner.stats.request(route::CREATE);
+    let fault = emulator.knobs().take_create_fault();
+    match fault {
+        Some(CreateFaultMode::Error) => {
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "injected create failure")
+                .into_response();
+        }
+        Some(CreateFaultMode::RateLimit) => {
+            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "injected rate limit")
+                .into_response();
+        }
+        Some(CreateFaultMode::Hang) => std::future::pending::<()>().await,
+        None => {}
+    }
+    let new: NewSandbox = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, format!("invalid body: {e}"))
+                .into_response();
+        }
+    };
+    let timeout = new
+        .timeout
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let sandbox = match emulator
+        .inner
+        .provider
+        .create_local(SandboxSpec {
+            lifetime: timeout,
+            ..SandboxSpec::default()
+        })
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "creating a local sandbox failed");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not create the sandbox",
+            )
+            .into_response();
+        }
+    };
+    let started_at = SystemTime::now();
+    let entry = Arc::new(Entry {
+        id: new_id(),
+        template_id: new.template_id.unwrap_or_else(|| "base".to_owned()),
+        metadata: new.metadata.unwrap_or_default(),
+        env_vars: new.env_vars.unwrap_or_default(),
+        started_at,
+        end_at: std::sync::Mutex::new(started_at + timeout),
+        access_token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
+        sandbox,
+    });
+    lock(&emulator.inner.sandboxes).insert(entry.id.clone(), entry.clone());
+    emulator.inner.stats.created();
+    tokio::spawn(forget_when_expired(emulator, entry.clone()));
+    (StatusCode::CREATED, axum::Json(created_json(&entry))).into_response()
+}
+
+/// E2B sandbox ids are short lowercase alphanumerics.
+fn new_id() -> String {
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    id.truncate(20);
+    id
+}
+
+/// Drops the sandbox from the registry when its timeout kills it.
+async fn forget_when_expired(emulator: Emulator, entry: Arc<Entry>) {
+    if entry.sandbox.stopped().await == SandboxState::Expired {
+        let removed = {
+            let mut sandboxes = lock(&emulator.inner.sandboxes);
+            match sandboxes.get(&entry.id) {
+                Some(e) if Arc::ptr_eq(e, &entry) => sandboxes.remove(&entry.id).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            emulator.inner.stats.killed();
+        }
+    }
+}
+
+fn created_json(entry: &Entry) -> Value {
+    json!({
+        "templateID": entry.template_id,
+        "sandboxID": entry.id,
+        "clientID": "emulator",
+        "alias": entry.template_id,
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": entry.access_token.expose(),
+        "domain": null,
+    })
+}
+
+fn listed_json(entry: &Entry) -> Value {
+    json!({
+        "templateID": entry.template_id,
+        "sandboxID": entry.id,
+        "clientID": "emulator",
+        "alias": entry.template_id,
+        "startedAt": rfc3339(entry.started_at),
+        "endAt": rfc3339(*lock(&entry.end_at)),
+        "cpuCount": 2,
+        "memoryMB": 512,
+        "diskSizeMB": 1024,
+        "state": "running",
+        "envdVersion": ENVD_VERSION,
+        "metadata": entry.metadata,
+    })
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn not_found(id: &str) -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found")).into_response()
+}
+
+async fn info(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
+    emulator.inner.stats.request(route::GET);
+    match emulator.entry(&id) {
+        Some(entry) => {
+            let mut body = listed_json(&entry);
+            body["envdAccessToken"] = Value::String(entry.access_token.expose().to_owned());
+            body["domain"] = Value::Null;
+            axum::Json(body).into_response()
+        }
+        None => not_found(&id),
+    }
+}
+
+async fn kill(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
+    emulator.inner.stats.request(route::KILL);
+    if emulator.knobs().take_kill_failure() {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "injected kill failure")
+            .into_response();
+    }
+    let Some(entry) = lock(&emulator.inner.sandboxes).remove(&id) else {
+        return not_found(&id);
+    };
+    entry.sandbox.stop(SandboxState::Destroyed).await;
+    emulator.inner.stats.killed();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct TimeoutBody {
+    /// Seconds.
+    timeout: u64,
+}
+
+async fn set_timeout(
+    State(emulator): State<Emulator>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    emulator.inner.stats.request(route::TIMEOUT);
+    let Some(entry) = emulator.entry(&id) else {
+        return not_found(&id);
+    };
+    let body: TimeoutBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, format!("invalid body: {e}"))
+                .into_response();
+        }
+    };
+    extend(&entry, Duration::from_secs(body.timeout), false);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Sets the sandbox to end `timeout` from now; with `only_later`, never
+/// brings the end closer (connect), otherwise replaces it (set-timeout).
+fn extend(entry: &Entry, timeout: Duration, only_later: bool) {
+    let new_end = SystemTime::now() + timeout;
+    let mut end = lock(&entry.end_at);
+    if only_later && new_end <= *end {
+        return;
+    }
+    *end = new_end;
+    entry.sandbox.set_lifetime(timeout);
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ConnectBody {
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+async fn connect(
+    State(emulator): State<Emulator>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    emulator.inner.stats.request(route::CONNECT);
+    let Some(entry) = emulator.entry(&id) else {
+        return not_found(&id);
+    };
+    let body: ConnectBody = serde_json::from_slice(&body).unwrap_or_default();
+    if let Some(timeout) = body.timeout {
+        extend(&entry, Duration::from_secs(timeout), true);
+    }
+    // 200: it was running (201 would mean resumed from pause).
+    axum::Json(created_json(&entry)).into_response()
+}
+
+/// The list filters both list endpoints take.
+struct Filter {
+    metadata: Vec<(String, String)>,
+    /// `None` means any state.
+    states: Option<Vec<String>>,
+    limit: Option<usize>,
+    next_token: Option<usize>,
+}
+
+impl Filter {
+    fn from_query(query: &[(String, String)]) -> Result<Self, ApiError> {
+        let mut filter = Filter {
+            metadata: Vec::new(),
+            states: None,
+            limit: None,
+            next_token: None,
+        };
+        for (key, value) in query {
+            match key.as_str() {
+                // `metadata=k%3Dv%26k2%3Dv2`: a query string inside the
+                // query, whose keys and values the SDKs percent-encode again.
+                "metadata" => {
+                    for (k, v) in form_urlencoded::parse(value.as_bytes()) {
+                        filter.metadata.push((decode(&k), decode(&v)));
+                    }
+                }
+                "state" => filter
+                    .states
+                    .get_or_insert_with(Vec::new)
+                    .extend(value.split(',').map(str::to_owned)),
+                "limit" => filter.limit = Some(parse_number(key, value)?),
+                "nextToken" => filter.next_token = Some(parse_number(key, value)?),
+                _ => {}
+            }
+        }
+        Ok(filter)
+    }
+
+    fn matches(&self, entry: &Entry) -> bool {
+        let running_wanted = self
+            .states
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|s| s == "running"));
+        running_wanted
+            && self
+                .metadata
+                .iter()
+                .all(|(k, v)| entry.metadata.get(k) == Some(v))
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn parse_number(key: &str, value: &str) -> Result<usize, ApiError> {
+    value
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{key} must be a number")))
+}
+
+/// Matching sandboxes, oldest first (a stable order to page through).
+fn matching(emulator: &Emulator, filter: &Filter) -> Vec<Arc<Entry>> {
+    let mut entries: Vec<Arc<Entry>> = lock(&emulator.inner.sandboxes)
+        .values()
+        .filter(|e| filter.matches(e))
+        .cloned()
+        .collect();
+    entries.sort_by(|a, b| {
+        a.started_at
+            .cmp(&b.started_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    entries
+}
+
+async fn list_v2(
+    State(emulator): State<Emulator>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    emulator.inner.stats.request(route::LIST);
+    let filter = match Filter::from_query(&query) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let entries = matching(&emulator, &filter);
+    let start = filter.next_token.unwrap_or(0).min(entries.len());
+    let end = filter.limit.map_or(entries.len(), |l| {
+        start.saturating_add(l).min(entries.len())
+    });
+    let page: Vec<Value> = entries[start..end].iter().map(|e| listed_json(e)).collect();
+    let mut headers = HeaderMap::new();
+    if end < entries.len() {
+        headers.insert("x-next-token", HeaderValue::from(end));
+    }
+    (headers, axum::Json(page)).into_response()
+}
+
+async fn list_v1(
+    State(emulator): State<Emulator>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    emulator.inner.stats.request(route::LIST);
+    let filter = match Filter::from_query(&query) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let page: Vec<Value> = matching(&emulator, &filter)
+        .iter()
+        .map(|e| listed_json(e))
+        .collect();
+    axum::Json(page).into_response()
+}

@@ -1,0 +1,151 @@
+//! `POST /files` (multipart with one or many parts, or octet-stream) and
+//! `GET /files`.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::EnvdSandbox;
+use crate::emulator::stats::route;
+use crate::emulator::{ApiError, Emulator};
+use crate::sandbox::local::FsError;
+
+/// Relative paths are relative to the user's home, as in envd.
+const HOME: &str = "/home/user";
+
+#[derive(Debug, Deserialize)]
+pub(super) struct FileQuery {
+    path: Option<String>,
+}
+
+fn absolute(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("{HOME}/{path}")
+    }
+}
+
+fn entry_json(path: &str) -> serde_json::Value {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    json!({"path": path, "name": name, "type": "file"})
+}
+
+pub(super) async fn upload(
+    State(emulator): State<Emulator>,
+    EnvdSandbox(entry): EnvdSandbox,
+    Query(query): Query<FileQuery>,
+    request: Request,
+) -> Response {
+    emulator.inner.stats.request(route::UPLOAD);
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if request
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity")
+    {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "compressed uploads are not supported by the emulator",
+        )
+        .into_response();
+    }
+    let mut files: Vec<(String, Bytes)> = Vec::new();
+    if content_type.starts_with("multipart/form-data") {
+        let mut multipart = match Multipart::from_request(request, &emulator).await {
+            Ok(m) => m,
+            Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+        };
+        loop {
+            let field = match multipart.next_field().await {
+                Ok(Some(field)) => field,
+                Ok(None) => break,
+                Err(e) => {
+                    return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response();
+                }
+            };
+            // With a `path` query every part goes there; without one each
+            // part's filename is its full path (one request, many files).
+            let path = match (&query.path, field.file_name()) {
+                (Some(path), _) => absolute(path),
+                (None, Some(name)) => absolute(name),
+                (None, None) => {
+                    return ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "a part without a filename needs the path query",
+                    )
+                    .into_response();
+                }
+            };
+            match field.bytes().await {
+                Ok(content) => files.push((path, content)),
+                Err(e) => {
+                    return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response();
+                }
+            }
+        }
+    } else {
+        let Some(path) = &query.path else {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "an octet-stream upload needs the path query",
+            )
+            .into_response();
+        };
+        match Bytes::from_request(request, &emulator).await {
+            Ok(content) => files.push((absolute(path), content)),
+            Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+        }
+    }
+    let mut written = Vec::with_capacity(files.len());
+    for (path, content) in files {
+        if let Err(e) = entry.sandbox.write(path.clone(), content).await {
+            return fs_error(e);
+        }
+        written.push(entry_json(&path));
+    }
+    axum::Json(written).into_response()
+}
+
+pub(super) async fn download(
+    State(emulator): State<Emulator>,
+    EnvdSandbox(entry): EnvdSandbox,
+    Query(query): Query<FileQuery>,
+) -> Response {
+    emulator.inner.stats.request(route::DOWNLOAD);
+    let Some(path) = query.path else {
+        return ApiError::new(StatusCode::BAD_REQUEST, "the path query is required")
+            .into_response();
+    };
+    match entry.sandbox.read(absolute(&path)).await {
+        Ok(content) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )],
+            content,
+        )
+            .into_response(),
+        Err(e) => fs_error(e),
+    }
+}
+
+fn fs_error(e: FsError) -> Response {
+    let status = match &e {
+        FsError::NotFound { .. } => StatusCode::NOT_FOUND,
+        FsError::SandboxGone => StatusCode::BAD_GATEWAY,
+        FsError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        FsError::OutsideSandbox { .. } | FsError::InvalidPath { .. } | FsError::Symlink { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+    };
+    ApiError::new(status, e.to_string()).into_response()
+}

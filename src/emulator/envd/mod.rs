@@ -1,0 +1,97 @@
+//! envd, the daemon inside each E2B sandbox: files over plain HTTP,
+//! processes over Connect RPC. Every call but `/health` names its sandbox in
+//! `E2b-Sandbox-Id` and proves access with `X-Access-Token`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use subtle::ConstantTimeEq;
+
+use super::stats::route;
+use super::{ApiError, Emulator, Entry};
+use crate::envd::ENVD_PORT;
+
+mod files;
+mod process;
+
+pub(super) fn routes() -> Router<Emulator> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/files", get(files::download).post(files::upload))
+        .route("/process.Process/Start", post(process::start))
+        .route("/process.Process/Connect", post(process::connect))
+        .route("/process.Process/SendSignal", post(process::send_signal))
+        .route("/process.Process/List", post(process::list))
+}
+
+/// 204 without auth, like envd; for a sandbox that is gone, the 502 that
+/// E2B's proxy answers (the SDKs' `is_running` reads it as "not running").
+async fn health(State(emulator): State<Emulator>, request: Request) -> Response {
+    emulator.inner.stats.request(route::HEALTH);
+    let (parts, _) = request.into_parts();
+    match sandbox_id(&parts) {
+        Some(id) if emulator.entry(&id).is_none() => sandbox_not_found(&id),
+        _ => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+fn sandbox_not_found(id: &str) -> Response {
+    // The SDKs look for "was not found" to report the sandbox as not running.
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!("The sandbox {id} was not found"),
+    )
+    .into_response()
+}
+
+/// The sandbox an envd call is for, after its access token was checked.
+pub(crate) struct EnvdSandbox(pub(crate) Arc<Entry>);
+
+impl FromRequestParts<Emulator> for EnvdSandbox {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, emulator: &Emulator) -> Result<Self, Response> {
+        let id = sandbox_id(parts).unwrap_or_default();
+        // What E2B's edge proxy answers for a sandbox that is gone; the SDKs
+        // look for "was not found" to report it as not running.
+        let entry = emulator.entry(&id).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("The sandbox {id} was not found"),
+            )
+            .into_response()
+        })?;
+        let token = parts
+            .headers
+            .get("x-access-token")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !bool::from(token.ct_eq(entry.access_token.expose().as_bytes())) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid or missing X-Access-Token",
+            )
+            .into_response());
+        }
+        Ok(EnvdSandbox(entry))
+    }
+}
+
+/// The `E2b-Sandbox-Id` header, or the id in a `49983-{id}.{domain}` host.
+fn sandbox_id(parts: &Parts) -> Option<String> {
+    if let Some(id) = parts
+        .headers
+        .get("e2b-sandbox-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(id.to_owned());
+    }
+    let host = parts.headers.get("host").and_then(|v| v.to_str().ok())?;
+    let rest = host.strip_prefix(&format!("{ENVD_PORT}-"))?;
+    Some(rest.split('.').next()?.to_owned())
+}

@@ -1,0 +1,341 @@
+//! envd's process service over Connect (JSON codec): `Start` streams a
+//! process's life as frames; `SendSignal` and `List` are unary.
+//!
+//! A `Start` stream is, in order: one `start` frame with the pid, `data`
+//! frames (base64 output chunks) with `keepalive` frames in quiet spells,
+//! one `end` frame, and the end-of-stream frame (`{}`, or an error such as
+//! `deadline_exceeded` when `Connect-Timeout-Ms` ran out). A client that
+//! disconnects does not stop the process, as in envd.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::EnvdSandbox;
+use crate::connect::{FLAG_END_STREAM, FLAG_MESSAGE, FrameDecoder, encode};
+use crate::emulator::stats::route;
+use crate::emulator::{Emulator, synthetic};
+use crate::envd::{
+    ConnectError, DataEvent, EndEvent, EndOfStream, KeepAlive, ProcessEventJson, SendSignalRequest,
+    StartEvent, StartRequest, StartResponse,
+};
+use crate::sandbox::local::Signal;
+use crate::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, SandboxError};
+
+const CONNECT_JSON: &str = "application/connect+json";
+
+/// Frames in flight to a client; a slow client slows the process.
+const FRAME_BUFFER: usize = 16;
+
+/// Pids for synthetic runs, far above real ones so they never collide.
+static SYNTHETIC_PID: AtomicU32 = AtomicU32::new(4_000_000);
+
+type Events = BoxStream<'static, Result<ProcessEvent, SandboxError>>;
+
+pub(super) async fn start(
+    State(emulator): State<Emulator>,
+    EnvdSandbox(entry): EnvdSandbox,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    emulator.inner.stats.request(route::START);
+    let request: StartRequest = match decode_enveloped(&body) {
+        Ok(r) => r,
+        Err(message) => return stream_error("invalid_argument", message),
+    };
+    let timeout = header_number(&headers, "connect-timeout-ms").map(Duration::from_millis);
+    let keepalive = header_number(&headers, "keepalive-ping-interval")
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs);
+    let (synthetic, cut_after) = {
+        let mut knobs = emulator.knobs();
+        (knobs.synthetic, knobs.take_stream_cut())
+    };
+
+    let config = request.process;
+    let (pid, events): (u32, Events) = match synthetic {
+        Some(spec) if synthetic::is_runner(&config.cmd, &config.args) => {
+            let exited = ProcessEvent::Exited(ExitStatus {
+                code: Some(0),
+                status: "exit status 0".to_owned(),
+            });
+            let events = synthetic::output(spec)
+                .map(|chunk| Ok(ProcessEvent::Stdout(chunk)))
+                .chain(futures::stream::iter([Ok(exited)]))
+                .boxed();
+            (SYNTHETIC_PID.fetch_add(1, Ordering::Relaxed), events)
+        }
+        _ => {
+            // The sandbox's envVars are defaults; the request's own win.
+            let mut envs = entry.env_vars.clone();
+            envs.extend(config.envs);
+            let spec = ProcessSpec {
+                cmd: config.cmd,
+                args: config.args,
+                envs,
+                cwd: config.cwd.unwrap_or_default(),
+                timeout,
+            };
+            match entry.sandbox.spawn(spec) {
+                Ok((pid, events, _control)) => (pid, events),
+                Err(e) => return stream_error("internal", e.to_string()),
+            }
+        }
+    };
+
+    let (tx, rx) = mpsc::channel(FRAME_BUFFER);
+    tokio::spawn(relay(tx, pid, events, keepalive, cut_after));
+    connect_stream(Body::from_stream(ReceiverStream::new(rx)))
+}
+
+/// Turns process events into Connect frames until the end or the cut.
+async fn relay(
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    pid: u32,
+    mut events: Events,
+    keepalive: Option<Duration>,
+    cut_after: Option<u32>,
+) {
+    let send = |event: ProcessEventJson| tx.send(Ok(message_frame(event)));
+    let started = ProcessEventJson {
+        start: Some(StartEvent { pid }),
+        ..Default::default()
+    };
+    if send(started).await.is_err() {
+        return; // the client is gone; the process runs on
+    }
+    let mut stdout_frames = 0u32;
+    loop {
+        if cut_after.is_some_and(|k| stdout_frames >= k) {
+            // Fault injection: an error in the body makes hyper drop the
+            // connection without the end frames.
+            let _ = tx
+                .send(Err(std::io::Error::other("injected stream cut")))
+                .await;
+            return;
+        }
+        let next = match keepalive {
+            Some(interval) => tokio::time::timeout(interval, events.next()).await,
+            None => Ok(events.next().await),
+        };
+        let frame = match next {
+            Err(_quiet) => message_frame(ProcessEventJson {
+                keepalive: Some(KeepAlive {}),
+                ..Default::default()
+            }),
+            Ok(Some(Ok(ProcessEvent::Stdout(chunk)))) => {
+                stdout_frames += 1;
+                message_frame(data(Some(chunk), None))
+            }
+            Ok(Some(Ok(ProcessEvent::Stderr(chunk)))) => message_frame(data(None, Some(chunk))),
+            Ok(Some(Ok(ProcessEvent::Exited(status)))) => {
+                let end = ProcessEventJson {
+                    end: Some(end_event(&status)),
+                    ..Default::default()
+                };
+                if send(end).await.is_ok() {
+                    let _ = tx.send(Ok(end_of_stream(None))).await;
+                }
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                let _ = tx.send(Ok(end_of_stream(Some(sandbox_error(&e))))).await;
+                return;
+            }
+            Ok(None) => {
+                let error = ConnectError {
+                    code: "internal".to_owned(),
+                    message: "the process output ended without an exit".to_owned(),
+                };
+                let _ = tx.send(Ok(end_of_stream(Some(error)))).await;
+                return;
+            }
+        };
+        if tx.send(Ok(frame)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn data(stdout: Option<Bytes>, stderr: Option<Bytes>) -> ProcessEventJson {
+    let b64 = |b: Bytes| base64::engine::general_purpose::STANDARD.encode(b);
+    ProcessEventJson {
+        data: Some(DataEvent {
+            stdout: stdout.map(b64),
+            stderr: stderr.map(b64),
+            pty: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// envd's words: `exit status 3`, or exit code -1 and `signal: killed`.
+fn end_event(status: &ExitStatus) -> EndEvent {
+    match status.code {
+        Some(code) => EndEvent {
+            exit_code: code,
+            exited: true,
+            status: status.status.clone(),
+            error: (code != 0).then(|| status.status.clone()),
+        },
+        None => EndEvent {
+            exit_code: -1,
+            exited: false,
+            status: status.status.clone(),
+            error: Some(status.status.clone()),
+        },
+    }
+}
+
+fn sandbox_error(e: &SandboxError) -> ConnectError {
+    let code = match e {
+        SandboxError::TimedOut { .. } => "deadline_exceeded",
+        _ => "internal",
+    };
+    ConnectError {
+        code: code.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn message_frame(event: ProcessEventJson) -> Bytes {
+    json_frame(FLAG_MESSAGE, &StartResponse { event })
+}
+
+fn end_of_stream(error: Option<ConnectError>) -> Bytes {
+    json_frame(FLAG_END_STREAM, &EndOfStream { error })
+}
+
+fn json_frame(flags: u8, value: &impl Serialize) -> Bytes {
+    // Serializing these plain structs cannot fail.
+    let payload = serde_json::to_vec(value).unwrap_or_default();
+    encode(flags, &payload)
+}
+
+fn connect_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONNECT_JSON));
+    response
+}
+
+/// A streaming call that fails before it starts: HTTP 200 with only the
+/// end-of-stream frame, as Connect does.
+fn stream_error(code: &str, message: impl Into<String>) -> Response {
+    let error = ConnectError {
+        code: code.to_owned(),
+        message: message.into(),
+    };
+    connect_stream(Body::from(end_of_stream(Some(error))))
+}
+
+/// The first enveloped message of a streaming request body.
+fn decode_enveloped<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let mut decoder = FrameDecoder::new();
+    decoder.push(body);
+    let frame = decoder
+        .next_frame()
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the request holds no complete Connect frame".to_owned())?;
+    serde_json::from_slice(&frame.payload).map_err(|e| format!("invalid request message: {e}"))
+}
+
+fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `Connect` (attach to a running process) needs output fan-out, which the
+/// emulator does not have.
+pub(super) async fn connect(
+    State(emulator): State<Emulator>,
+    EnvdSandbox(_): EnvdSandbox,
+) -> Response {
+    emulator.inner.stats.request(route::PROCESS_CONNECT);
+    stream_error(
+        "unimplemented",
+        "the emulator cannot attach to a running process",
+    )
+}
+
+/// A unary Connect error: HTTP status plus `{"code","message"}`.
+fn unary_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({"code": code, "message": message.into()});
+    (status, axum::Json(body)).into_response()
+}
+
+pub(super) async fn send_signal(
+    State(emulator): State<Emulator>,
+    EnvdSandbox(entry): EnvdSandbox,
+    body: Bytes,
+) -> Response {
+    emulator.inner.stats.request(route::SIGNAL);
+    let request: SendSignalRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return unary_error(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string()),
+    };
+    let signal = match request.signal.as_str() {
+        "SIGNAL_SIGKILL" | "9" => Signal::KILL,
+        "SIGNAL_SIGTERM" | "15" => Signal::TERM,
+        other => {
+            return unary_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("unsupported signal {other}"),
+            );
+        }
+    };
+    let Some(pid) = request.process.pid else {
+        return unary_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "only pid selectors are supported",
+        );
+    };
+    let control = entry
+        .sandbox
+        .processes()
+        .into_iter()
+        .find(|(info, _)| info.pid == pid)
+        .map(|(_, control)| control);
+    match control {
+        Some(control) if control.signal(signal) => {
+            axum::Json(serde_json::json!({})).into_response()
+        }
+        _ => unary_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("process with pid {pid} not found"),
+        ),
+    }
+}
+
+pub(super) async fn list(
+    State(emulator): State<Emulator>,
+    EnvdSandbox(entry): EnvdSandbox,
+) -> Response {
+    emulator.inner.stats.request(route::PROCESS_LIST);
+    // Environments hold keys: the emulator does not hand them back.
+    let processes: Vec<serde_json::Value> = entry
+        .sandbox
+        .processes()
+        .into_iter()
+        .map(|(info, _)| {
+            serde_json::json!({
+                "pid": info.pid,
+                "config": {"cmd": info.cmd, "args": info.args, "envs": {}, "cwd": info.cwd},
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "processes": processes })).into_response()
+}

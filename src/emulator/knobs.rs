@@ -1,0 +1,133 @@
+//! Test knobs: added latency, injected faults and the synthetic runner.
+//!
+//! Set at start-up by flags and replaced at run time with
+//! `POST /_emulator/config` (the whole set: omitted fields go back to their
+//! defaults), so one emulator can serve many tests. Faults that take a
+//! `count` fire for that many calls and then switch themselves off, which is
+//! how a test says "fail twice, then succeed".
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a test can turn.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Knobs {
+    /// Added to every request before it is handled.
+    pub latency_ms: u64,
+    /// Make the next creates fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create_fault: Option<CreateFault>,
+    /// Cut the next process streams mid-way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_cut: Option<StreamCut>,
+    /// The next this-many kills answer 500.
+    pub kill_failures: u32,
+    /// Answer starts of the runner with generated output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<Synthetic>,
+}
+
+/// How the next `count` creates fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFault {
+    pub mode: CreateFaultMode,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreateFaultMode {
+    /// 500 Internal Server Error.
+    Error,
+    /// 429 Too Many Requests.
+    RateLimit,
+    /// Never answer (until the client gives up).
+    Hang,
+}
+
+/// Drop the connection of the next `count` process streams after
+/// `after_frames` stdout frames, without end frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamCut {
+    pub after_frames: u32,
+    pub count: u32,
+}
+
+/// The synthetic runner: `lines` JSON lines of `bytes` bytes each
+/// (newline included), the last one a `result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Synthetic {
+    pub lines: u64,
+    pub bytes: usize,
+}
+
+impl Knobs {
+    pub fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms)
+    }
+
+    /// Takes one create fault, if any is left.
+    pub(crate) fn take_create_fault(&mut self) -> Option<CreateFaultMode> {
+        take(&mut self.create_fault, |f| &mut f.count).map(|f| f.mode)
+    }
+
+    /// Takes one stream cut, if any is left: the frame count to cut after.
+    pub(crate) fn take_stream_cut(&mut self) -> Option<u32> {
+        take(&mut self.stream_cut, |c| &mut c.count).map(|c| c.after_frames)
+    }
+
+    /// Takes one kill failure, if any is left.
+    pub(crate) fn take_kill_failure(&mut self) -> bool {
+        if self.kill_failures > 0 {
+            self.kill_failures -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Uses up one count of a fault, clearing it when none is left.
+fn take<T: Copy>(slot: &mut Option<T>, count: impl Fn(&mut T) -> &mut u32) -> Option<T> {
+    let fault = slot.as_mut()?;
+    let left = count(fault);
+    if *left == 0 {
+        *slot = None;
+        return None;
+    }
+    *left -= 1;
+    let taken = *fault;
+    if *count(fault) == 0 {
+        *slot = None;
+    }
+    Some(taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_fire_count_times_then_stop() {
+        let mut knobs: Knobs = serde_json::from_str(
+            r#"{"create_fault":{"mode":"rate_limit","count":2},"kill_failures":1}"#,
+        )
+        .expect("valid config");
+        assert_eq!(knobs.take_create_fault(), Some(CreateFaultMode::RateLimit));
+        assert_eq!(knobs.take_create_fault(), Some(CreateFaultMode::RateLimit));
+        assert_eq!(knobs.take_create_fault(), None);
+        assert!(knobs.take_kill_failure());
+        assert!(!knobs.take_kill_failure());
+        assert_eq!(knobs, Knobs::default());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<Knobs>(r#"{"latency":5}"#).is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! Counters behind `GET /_emulator/stats`, so tests can assert how many
+//! round trips a client made ("exactly one create, one upload, one start,
+//! one kill") and that nothing leaked.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// Route names as they appear under `requests`.
+pub mod route {
+    pub const CREATE: &str = "create";
+    pub const GET: &str = "get";
+    pub const LIST: &str = "list";
+    pub const KILL: &str = "kill";
+    pub const TIMEOUT: &str = "timeout";
+    pub const CONNECT: &str = "connect";
+    pub const HEALTH: &str = "health";
+    pub const UPLOAD: &str = "upload";
+    pub const DOWNLOAD: &str = "download";
+    pub const START: &str = "start";
+    pub const SIGNAL: &str = "signal";
+    pub const PROCESS_LIST: &str = "process_list";
+    pub const PROCESS_CONNECT: &str = "process_connect";
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    inner: Mutex<Counts>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Counts {
+    created: u64,
+    killed: u64,
+    requests: BTreeMap<&'static str, u64>,
+}
+
+/// The JSON answer of `GET /_emulator/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub created: u64,
+    /// Explicit kills and timeouts.
+    pub killed: u64,
+    pub alive: u64,
+    pub requests: BTreeMap<&'static str, u64>,
+}
+
+impl Stats {
+    pub(crate) fn request(&self, route: &'static str) {
+        *self.lock().requests.entry(route).or_default() += 1;
+    }
+
+    pub(crate) fn created(&self) {
+        self.lock().created += 1;
+    }
+
+    pub(crate) fn killed(&self) {
+        self.lock().killed += 1;
+    }
+
+    pub(crate) fn snapshot(&self, alive: usize) -> Snapshot {
+        let counts = self.lock().clone();
+        Snapshot {
+            created: counts.created,
+            killed: counts.killed,
+            alive: alive as u64,
+            requests: counts.requests,
+        }
+    }
+
+    /// Zeroes the counters (the alive count is not a counter and stays).
+    pub(crate) fn reset(&self) {
+        *self.lock() = Counts::default();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,123 @@
+"""The official E2B Python SDK against the emulator: what a user's own E2B
+code does must work offline, unchanged."""
+
+import time
+import uuid
+
+import pytest
+from e2b import CommandExitException, Sandbox, SandboxQuery
+from e2b.exceptions import NotFoundException
+
+
+@pytest.fixture
+def sandbox(emulator):
+    sbx = Sandbox.create(timeout=120)
+    yield sbx
+    sbx.kill()
+
+
+def test_create_with_envs_and_metadata_then_get_info(emulator):
+    metadata = {"suite": "conformance", "case": str(uuid.uuid4())}
+    sbx = Sandbox.create(envs={"GREETING": "hello from envs"}, metadata=metadata, timeout=120)
+    try:
+        info = sbx.get_info()
+        assert info.sandbox_id == sbx.sandbox_id
+        assert info.metadata == metadata
+        assert info.state.value == "running"
+        assert info.end_at > info.started_at
+        # Create-time envs are the default environment of every command.
+        assert sbx.commands.run("echo $GREETING").stdout == "hello from envs\n"
+        assert sbx.commands.run("echo $GREETING", envs={"GREETING": "override"}).stdout == "override\n"
+    finally:
+        sbx.kill()
+
+
+def test_files_write_text_and_bytes_then_read(sandbox):
+    sandbox.files.write("/home/user/notes/hello.txt", "hello, sandbox\n")
+    payload = bytes(range(256)) * 64
+    sandbox.files.write("/home/user/data/blob.bin", payload)
+
+    assert sandbox.files.read("/home/user/notes/hello.txt") == "hello, sandbox\n"
+    assert bytes(sandbox.files.read("/home/user/data/blob.bin", format="bytes")) == payload
+    # Written files are visible to processes in the sandbox.
+    out = sandbox.commands.run("cat /home/user/notes/hello.txt && wc -c < /home/user/data/blob.bin")
+    assert out.stdout == f"hello, sandbox\n{len(payload)}\n"
+
+    with pytest.raises(NotFoundException):
+        sandbox.files.read("/home/user/missing.txt")
+
+
+def test_files_write_many_in_one_call(sandbox):
+    sandbox.files.write_files(
+        [
+            {"path": "/home/user/many/a.txt", "data": "A"},
+            {"path": "/tmp/many/b.txt", "data": b"B"},
+        ]
+    )
+    assert sandbox.commands.run("cat /home/user/many/a.txt /tmp/many/b.txt").stdout == "AB"
+
+
+def test_commands_run_stdout_stderr_and_exit_codes(sandbox):
+    result = sandbox.commands.run("echo out; echo err >&2")
+    assert (result.stdout, result.stderr, result.exit_code) == ("out\n", "err\n", 0)
+
+    with pytest.raises(CommandExitException) as failed:
+        sandbox.commands.run("echo partial; echo broken >&2; exit 3")
+    assert failed.value.exit_code == 3
+    assert failed.value.stdout == "partial\n"
+    assert failed.value.stderr == "broken\n"
+
+
+def test_kill_a_running_process(sandbox):
+    handle = sandbox.commands.run("sleep 600", background=True)
+    assert handle.pid > 0
+    assert handle.pid in [p.pid for p in sandbox.commands.list()]
+    assert handle.kill() is True
+    with pytest.raises(CommandExitException) as killed:
+        handle.wait()
+    assert killed.value.exit_code != 0
+    assert handle.pid not in [p.pid for p in sandbox.commands.list()]
+    # Killing it again finds nothing to kill.
+    assert sandbox.commands.kill(handle.pid) is False
+
+
+def test_set_timeout_extends_and_enforces_the_lifetime(emulator):
+    sbx = Sandbox.create(timeout=120)
+    try:
+        before = sbx.get_info().end_at
+        sbx.set_timeout(600)
+        assert sbx.get_info().end_at > before
+
+        sbx.set_timeout(1)
+        deadline = time.monotonic() + 30
+        while sbx.is_running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not sbx.is_running(), "the sandbox outlived its timeout"
+        assert Sandbox.kill(sbx.sandbox_id) is False
+    finally:
+        Sandbox.kill(sbx.sandbox_id)
+
+
+def test_list_filters_by_metadata(emulator):
+    run = str(uuid.uuid4())
+    mine = [Sandbox.create(metadata={"run": run, "n": str(i)}, timeout=120) for i in range(2)]
+    other = Sandbox.create(metadata={"run": "someone-else"}, timeout=120)
+    try:
+        listed = Sandbox.list(query=SandboxQuery(metadata={"run": run})).next_items()
+        assert sorted(s.sandbox_id for s in listed) == sorted(s.sandbox_id for s in mine)
+        assert all(s.metadata["run"] == run for s in listed)
+
+        one = Sandbox.list(query=SandboxQuery(metadata={"run": run, "n": "1"})).next_items()
+        assert [s.sandbox_id for s in one] == [mine[1].sandbox_id]
+    finally:
+        for sbx in [*mine, other]:
+            sbx.kill()
+
+
+def test_kill_sandbox_reports_whether_it_existed(emulator):
+    sbx = Sandbox.create(timeout=120)
+    assert sbx.is_running()
+    assert sbx.kill() is True
+    assert not sbx.is_running()
+    assert Sandbox.kill(sbx.sandbox_id) is False
+    assert Sandbox.kill("nosuchsandbox0000000") is False
