@@ -1,0 +1,139 @@
+/**
+ * Sandstorm agent runner: runs inside the sandbox as `node runner.mjs`.
+ *
+ * Reads the run's config (agent_config.json next to this file, or the path in
+ * argv[2]), calls the Claude Agent SDK's query(), and prints every SDK message
+ * as exactly one JSON line on stdout. The server relays those lines as SSE
+ * events, so stdout carries nothing else: diagnostics go to stderr.
+ *
+ * Exit codes: 0 once a `result` message was printed (even an error result such
+ * as error_max_turns: the line says so); 1 after printing a
+ * {"type":"error","error":{"type":"runner_error","message":...}} line when the
+ * config is bad, the SDK throws, or the agent ends without a result.
+ */
+import { query } from "@anthropic-ai/claude-agent-sdk";
+import { readFile } from "node:fs/promises";
+import { once } from "node:events";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const DEFAULT_CONFIG = join(dirname(fileURLToPath(import.meta.url)), "agent_config.json");
+const DEFAULT_CWD = "/home/user";
+
+/** Config fields, each with a check of its JSON type; null means absent. */
+const FIELDS = {
+  prompt: (v) => typeof v === "string" && v.length > 0 || "a non-empty string",
+  cwd: (v) => typeof v === "string" && v.startsWith("/") || "an absolute path",
+  model: (v) => typeof v === "string" && v.length > 0 || "a non-empty string",
+  max_turns: (v) => Number.isInteger(v) && v > 0 || "a positive integer",
+  system_prompt: (v) => typeof v === "string" || "a string",
+  output_format: (v) => isObject(v) && v.type === "json_schema" && isObject(v.schema)
+    || 'an object {"type":"json_schema","schema":{...}}',
+  agents: (v) => isObject(v) || "an object of agent definitions",
+  mcp_servers: (v) => isObject(v) || "an object of MCP server configs",
+};
+
+function isObject(v) {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+class ConfigError extends Error {}
+
+/** Reads and checks the config; every problem is a ConfigError naming the field. */
+async function loadConfig(path) {
+  let text;
+  try {
+    text = await readFile(path, "utf-8");
+  } catch (err) {
+    throw new ConfigError(`cannot read agent config ${path}: ${err.code ?? err.message}`);
+  }
+  let config;
+  try {
+    config = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`agent config ${path} is not valid JSON: ${err.message}`);
+  }
+  if (!isObject(config)) throw new ConfigError(`agent config ${path} must be a JSON object`);
+  for (const [key, value] of Object.entries(config)) {
+    const check = FIELDS[key];
+    if (!check) throw new ConfigError(`agent config has an unknown field "${key}"`);
+    if (value === null) continue;
+    const ok = check(value);
+    if (ok !== true) throw new ConfigError(`agent config field "${key}" must be ${ok}`);
+  }
+  if (config.prompt == null) throw new ConfigError('agent config field "prompt" is missing');
+  return config;
+}
+
+/** Maps the config onto SDK options. */
+function toOptions(config, abortController) {
+  const options = {
+    cwd: config.cwd ?? DEFAULT_CWD,
+    // The sandbox is the security boundary; nobody is there to approve tools.
+    permissionMode: "bypassPermissions",
+    allowDangerouslySkipPermissions: true,
+    // ~/.claude/settings.json, written by the server (permissions, env).
+    settingSources: ["user"],
+    abortController,
+    // The CLI's own stderr is for diagnosis only; keep it off stdout.
+    stderr: (data) => process.stderr.write(data),
+  };
+  if (config.model != null) options.model = config.model;
+  if (config.system_prompt != null) options.systemPrompt = config.system_prompt;
+  if (config.max_turns != null) options.maxTurns = config.max_turns;
+  if (config.output_format != null) options.outputFormat = config.output_format;
+  if (config.agents != null) options.agents = config.agents;
+  if (config.mcp_servers != null) options.mcpServers = config.mcp_servers;
+  return options;
+}
+
+/**
+ * Writes one JSON line and waits for the pipe to take it when it is full, so
+ * a reader slower than the agent slows the agent instead of losing lines.
+ */
+async function emit(message) {
+  if (!process.stdout.write(JSON.stringify(message) + "\n")) {
+    await once(process.stdout, "drain");
+  }
+}
+
+/** Resolves once everything written to stdout so far has been handed to the OS. */
+function flushStdout() {
+  return new Promise((resolve) => process.stdout.write("", () => resolve()));
+}
+
+async function exit(code) {
+  await flushStdout();
+  // The SDK's CLI process and MCP servers may linger; the run is over.
+  process.exit(code);
+}
+
+async function fail(message) {
+  await emit({ type: "error", error: { type: "runner_error", message } });
+  await exit(1);
+}
+
+async function main() {
+  const config = await loadConfig(process.argv[2] ?? DEFAULT_CONFIG);
+  const abortController = new AbortController();
+  for (const signal of ["SIGTERM", "SIGINT"]) {
+    process.once(signal, () => {
+      // Stop the CLI child too, then go: the run is being cancelled.
+      abortController.abort();
+      process.exit(128 + (signal === "SIGTERM" ? 15 : 2));
+    });
+  }
+  const options = toOptions(config, abortController);
+  for await (const message of query({ prompt: config.prompt, options })) {
+    await emit(message);
+    // The first result ends the run. Background subagents can produce a
+    // second one later; nobody is waiting for it.
+    if (message.type === "result") return exit(0);
+  }
+  return fail("the agent stopped without a result message");
+}
+
+// A reader that has gone away cannot be told anything more.
+process.stdout.on("error", () => process.exit(1));
+
+main().catch((err) => fail(err instanceof Error ? err.message : String(err)));
