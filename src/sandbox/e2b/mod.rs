@@ -81,11 +81,12 @@ impl SandboxProvider for E2bProvider {
 
     async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
         let options = &self.shared.options;
+        let usable = |key: &Secret| !key.is_empty();
         let api_key = spec
             .api_key
-            .or_else(|| options.api_key.clone())
-            .filter(|key| !key.is_empty())
-            .ok_or(SandboxError::Other {
+            .filter(usable)
+            .or_else(|| options.api_key.clone().filter(usable))
+            .ok_or_else(|| SandboxError::Other {
                 op: "create",
                 message: "no E2B API key: set E2B_API_KEY or send e2b_api_key".into(),
             })?;
