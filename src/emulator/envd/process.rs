@@ -117,11 +117,7 @@ async fn relay(
     let mut stdout_frames = 0u32;
     loop {
         if cut_after.is_some_and(|k| stdout_frames >= k) {
-            // Fault injection: an error in the body makes hyper drop the
-            // connection without the end frames.
-            let _ = tx
-                .send(Err(std::io::Error::other("injected stream cut")))
-                .await;
+            cut(&tx).await;
             return;
         }
         let next = match keepalive {
@@ -165,6 +161,23 @@ async fn relay(
             return;
         }
     }
+}
+
+/// Fault injection: drops the connection without the end frames. An error
+/// in the body makes hyper abort the connection, discarding whatever it has
+/// not written yet; so first let it take and flush the frames already sent,
+/// which a real cut connection would have delivered.
+async fn cut(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
+    while tx.capacity() < tx.max_capacity() {
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = tx
+        .send(Err(std::io::Error::other("injected stream cut")))
+        .await;
 }
 
 fn data(stdout: Option<Bytes>, stderr: Option<Bytes>) -> ProcessEventJson {

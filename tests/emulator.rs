@@ -1,0 +1,812 @@
+//! The E2B emulator: its wire behaviour (Connect stream shape, auth, files),
+//! its counters and test knobs, and the conformance suite that runs the
+//! official Python SDK against the `e2b-emulator` binary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sandstorm::connect::{Frame, FrameDecoder, encode};
+use sandstorm::emulator::{EmulatorOptions, serve};
+use serde_json::{Value, json};
+
+const KEY: &str = "e2b_0123456789abcdef";
+/// A liveness guard, not a timing assertion.
+const GUARD: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An emulator of its own per test, so counters and knobs do not mix.
+struct Emu {
+    base: String,
+    http: reqwest::Client,
+}
+
+struct Sbx {
+    id: String,
+    token: String,
+}
+
+/// A decoded `Process/Start` answer.
+#[derive(Debug)]
+struct Started {
+    content_type: String,
+    messages: Vec<Value>,
+    end_of_stream: Option<Value>,
+    /// The connection broke before the stream ended.
+    cut: bool,
+    /// Bytes after the end-of-stream frame (there must be none).
+    trailing_frames: usize,
+}
+
+impl Started {
+    fn events(&self, kind: &str) -> Vec<&Value> {
+        self.messages
+            .iter()
+            .filter_map(|m| m["event"].get(kind))
+            .collect()
+    }
+
+    fn output(&self, stream: &str) -> Vec<u8> {
+        use base64::Engine;
+        self.events("data")
+            .iter()
+            .filter_map(|d| d[stream].as_str())
+            .flat_map(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .expect("base64")
+            })
+            .collect()
+    }
+}
+
+impl Emu {
+    async fn start() -> Emu {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(serve(listener, EmulatorOptions::new(repo().join("runner"))));
+        Emu {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn control(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-KEY", KEY)
+    }
+
+    fn envd(&self, method: reqwest::Method, path: &str, sbx: &Sbx) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("E2b-Sandbox-Id", &sbx.id)
+            .header("E2b-Sandbox-Port", "49983")
+            .header("X-Access-Token", &sbx.token)
+    }
+
+    async fn create(&self, body: Value) -> Sbx {
+        let res = self
+            .control(reqwest::Method::POST, "/v2/sandboxes")
+            .json(&body)
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(res.status(), 201);
+        let v: Value = res.json().await.expect("json");
+        Sbx {
+            id: v["sandboxID"].as_str().expect("id").to_owned(),
+            token: v["envdAccessToken"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    async fn stats(&self) -> Value {
+        self.http
+            .get(format!("{}/_emulator/stats", self.base))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    async fn configure(&self, knobs: Value) {
+        let res = self
+            .http
+            .post(format!("{}/_emulator/config", self.base))
+            .json(&knobs)
+            .send()
+            .await
+            .expect("config");
+        assert_eq!(
+            res.status(),
+            200,
+            "{}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+
+    async fn start_process(&self, sbx: &Sbx, argv: &[&str], headers: &[(&str, &str)]) -> Started {
+        let message = json!({
+            "process": {"cmd": argv[0], "args": &argv[1..], "envs": {}, "cwd": "/home/user"},
+            "stdin": false,
+        });
+        let mut req = self
+            .envd(reqwest::Method::POST, "/process.Process/Start", sbx)
+            .header("Content-Type", "application/connect+json")
+            .header("Connect-Protocol-Version", "1")
+            .body(encode(0, message.to_string().as_bytes()));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let read = async {
+            let res = req.send().await.expect("start");
+            assert_eq!(res.status(), 200);
+            let content_type = res.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .to_owned();
+            let mut body = res.bytes_stream();
+            let mut decoder = FrameDecoder::new();
+            let mut frames: Vec<Frame> = Vec::new();
+            let mut cut = false;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(chunk) => decoder.push(&chunk),
+                    Err(_) => {
+                        cut = true;
+                        break;
+                    }
+                }
+                while let Some(frame) = decoder.next_frame().expect("valid frame") {
+                    frames.push(frame);
+                }
+            }
+            let mut started = Started {
+                content_type,
+                messages: Vec::new(),
+                end_of_stream: None,
+                cut,
+                trailing_frames: 0,
+            };
+            for frame in frames {
+                let v: Value = serde_json::from_slice(&frame.payload).expect("json frame");
+                if started.end_of_stream.is_some() {
+                    started.trailing_frames += 1;
+                } else if frame.is_end_stream() {
+                    started.end_of_stream = Some(v);
+                } else {
+                    started.messages.push(v);
+                }
+            }
+            started
+        };
+        tokio::time::timeout(GUARD, read)
+            .await
+            .expect("stream did not end")
+    }
+
+    async fn kill(&self, sbx: &Sbx) -> u16 {
+        self.control(reqwest::Method::DELETE, &format!("/sandboxes/{}", sbx.id))
+            .send()
+            .await
+            .expect("kill")
+            .status()
+            .as_u16()
+    }
+}
+
+fn sh(script: &str) -> [&str; 3] {
+    ["/bin/sh", "-c", script]
+}
+
+#[tokio::test]
+async fn a_run_costs_create_one_upload_one_start_and_a_kill() {
+    let emu = Emu::start().await;
+    let sbx = emu
+        .create(json!({"templateID": "base", "timeout": 60}))
+        .await;
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"a".to_vec()).file_name("/home/user/a.txt"),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"b".to_vec()).file_name("/opt/agent-runner/b.json"),
+        );
+    let res = emu
+        .envd(reqwest::Method::POST, "/files", &sbx)
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(res.status(), 200);
+    let started = emu
+        .start_process(
+            &sbx,
+            &sh("cat /home/user/a.txt /opt/agent-runner/b.json"),
+            &[],
+        )
+        .await;
+    assert_eq!(started.output("stdout"), b"ab");
+    assert_eq!(emu.kill(&sbx).await, 204);
+
+    let stats = emu.stats().await;
+    assert_eq!(
+        stats,
+        json!({"created": 1, "killed": 1, "alive": 0,
+               "requests": {"create": 1, "upload": 1, "start": 1, "kill": 1}})
+    );
+}
+
+#[tokio::test]
+async fn the_process_stream_has_envds_shape() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({"templateID": "base"})).await;
+    let s = emu
+        .start_process(&sbx, &sh("echo out; echo err >&2; exit 3"), &[])
+        .await;
+    assert_eq!(s.content_type, "application/connect+json");
+    assert!(!s.cut);
+    let first = &s.messages[0]["event"];
+    assert!(
+        first["start"]["pid"].as_u64().is_some_and(|p| p > 0),
+        "start first: {first}"
+    );
+    assert_eq!(s.output("stdout"), b"out\n");
+    assert_eq!(s.output("stderr"), b"err\n");
+    let last = s.messages.last().expect("messages");
+    assert_eq!(
+        last["event"]["end"],
+        json!({"exitCode": 3, "exited": true, "status": "exit status 3", "error": "exit status 3"})
+    );
+    assert_eq!(s.end_of_stream, Some(json!({})));
+    assert_eq!(s.trailing_frames, 0);
+
+    // Exit 0 omits the zero values, as proto JSON does.
+    let s = emu.start_process(&sbx, &["true"], &[]).await;
+    assert_eq!(
+        s.events("end"),
+        [&json!({"exited": true, "status": "exit status 0"})]
+    );
+    emu.kill(&sbx).await;
+}
+
+#[tokio::test]
+async fn quiet_processes_get_keepalive_frames() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let s = emu
+        .start_process(
+            &sbx,
+            &sh("sleep 2.5; echo done"),
+            &[("Keepalive-Ping-Interval", "1")],
+        )
+        .await;
+    let kinds: Vec<&str> = s
+        .messages
+        .iter()
+        .filter_map(|m| m["event"].as_object()?.keys().next().map(String::as_str))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"start"));
+    assert!(kinds.contains(&"keepalive"), "no keepalive in {kinds:?}");
+    assert_eq!(kinds.last(), Some(&"end"));
+    assert_eq!(s.output("stdout"), b"done\n");
+    emu.kill(&sbx).await;
+}
+
+#[tokio::test]
+async fn connect_timeout_ms_bounds_the_process_life() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let s = emu
+        .start_process(
+            &sbx,
+            &sh("echo started; sleep 600"),
+            &[("Connect-Timeout-Ms", "500")],
+        )
+        .await;
+    assert_eq!(s.output("stdout"), b"started\n");
+    assert!(s.events("end").is_empty());
+    assert_eq!(
+        s.end_of_stream
+            .as_ref()
+            .and_then(|e| e["error"]["code"].as_str()),
+        Some("deadline_exceeded")
+    );
+    emu.kill(&sbx).await;
+}
+
+#[tokio::test]
+async fn create_envvars_are_every_process_default_environment() {
+    let emu = Emu::start().await;
+    let sbx = emu
+        .create(json!({"envVars": {"FROM_CREATE": "yes"}, "metadata": {"k": "v"}}))
+        .await;
+    let s = emu.start_process(&sbx, &sh("echo $FROM_CREATE"), &[]).await;
+    assert_eq!(s.output("stdout"), b"yes\n");
+    emu.kill(&sbx).await;
+}
+
+#[tokio::test]
+async fn keys_and_tokens_are_checked() {
+    let emu = Emu::start().await;
+    let res = emu
+        .http
+        .post(format!("{}/v2/sandboxes", emu.base))
+        .header("X-API-KEY", "not-an-e2b-key")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.expect("json")["code"], 401);
+
+    let sbx = emu.create(json!({})).await;
+    let wrong = Sbx {
+        id: sbx.id.clone(),
+        token: "wrong".into(),
+    };
+    let res = emu
+        .envd(reqwest::Method::GET, "/files?path=/home/user/x", &wrong)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 401);
+    let gone = Sbx {
+        id: "nosuchsandbox".into(),
+        token: sbx.token.clone(),
+    };
+    let res = emu
+        .envd(reqwest::Method::GET, "/files?path=/home/user/x", &gone)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 502);
+    assert_eq!(emu.stats().await["created"], 1);
+    emu.kill(&sbx).await;
+}
+
+#[tokio::test]
+async fn files_upload_many_parts_octet_stream_and_download() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"one".to_vec()).file_name("/home/user/d/one.txt"),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"two".to_vec()).file_name("/tmp/two.txt"),
+        );
+    let res = emu
+        .envd(reqwest::Method::POST, "/files", &sbx)
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    let written: Value = res.json().await.expect("json");
+    assert_eq!(
+        written,
+        json!([{"path": "/home/user/d/one.txt", "name": "one.txt", "type": "file"},
+               {"path": "/tmp/two.txt", "name": "two.txt", "type": "file"}])
+    );
+    let res = emu
+        .envd(
+            reqwest::Method::POST,
+            "/files?path=/home/user/raw.bin",
+            &sbx,
+        )
+        .header("Content-Type", "application/octet-stream")
+        .body(vec![0u8, 1, 2, 255])
+        .send()
+        .await
+        .expect("octet upload");
+    assert_eq!(res.status(), 200);
+
+    for (path, content) in [
+        ("/home/user/d/one.txt", &b"one"[..]),
+        ("/tmp/two.txt", b"two"),
+        ("/home/user/raw.bin", &[0, 1, 2, 255]),
+    ] {
+        let res = emu
+            .envd(reqwest::Method::GET, &format!("/files?path={path}"), &sbx)
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(
+            res.bytes().await.expect("body"),
+            Bytes::copy_from_slice(content)
+        );
+    }
+    let missing = emu
+        .envd(reqwest::Method::GET, "/files?path=/home/user/nope", &sbx)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(missing.status(), 404);
+    let outside = emu
+        .envd(reqwest::Method::POST, "/files?path=/etc/passwd", &sbx)
+        .header("Content-Type", "application/octet-stream")
+        .body("x")
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(outside.status(), 400);
+    emu.kill(&sbx).await;
+}
+
+#[tokio::test]
+async fn send_signal_kills_a_running_process() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let message = json!({"process": {"cmd": "/bin/sh", "args": ["-c", "echo up; sleep 600"]}});
+    let res = emu
+        .envd(reqwest::Method::POST, "/process.Process/Start", &sbx)
+        .header("Content-Type", "application/connect+json")
+        .body(encode(0, message.to_string().as_bytes()))
+        .send()
+        .await
+        .expect("start");
+    let mut body = res.bytes_stream();
+    let mut decoder = FrameDecoder::new();
+    let mut frames = Vec::new();
+    while frames.is_empty() {
+        decoder.push(&body.next().await.expect("frame").expect("bytes"));
+        while let Some(f) = decoder.next_frame().expect("frame") {
+            frames.push(f);
+        }
+    }
+    let start: Value = serde_json::from_slice(&frames[0].payload).expect("json");
+    let pid = start["event"]["start"]["pid"].as_u64().expect("pid");
+
+    let signal = |pid: u64| {
+        emu.envd(reqwest::Method::POST, "/process.Process/SendSignal", &sbx)
+            .header("Content-Type", "application/json")
+            .json(&json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}))
+            .send()
+    };
+    let res = signal(pid).await.expect("signal");
+    assert_eq!(res.status(), 200);
+    let mut rest = Vec::new();
+    let drain = async {
+        while let Some(chunk) = body.next().await {
+            decoder.push(&chunk.expect("bytes"));
+            while let Some(f) = decoder.next_frame().expect("frame") {
+                rest.push(f);
+            }
+        }
+    };
+    tokio::time::timeout(GUARD, drain)
+        .await
+        .expect("stream ended");
+    let end = rest
+        .iter()
+        .filter(|f| !f.is_end_stream())
+        .map(|f| serde_json::from_slice::<Value>(&f.payload).expect("json"))
+        .find_map(|v| v["event"].get("end").cloned())
+        .expect("end frame");
+    assert_eq!(end["exitCode"], -1);
+    assert_eq!(end["status"], "signal: killed");
+
+    let res = signal(pid).await.expect("signal");
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        res.json::<Value>().await.expect("json")["code"],
+        "not_found"
+    );
+    emu.kill(&sbx).await;
+}
+
+#[tokio::test]
+async fn create_faults_fail_count_times_then_succeed() {
+    let emu = Emu::start().await;
+    emu.configure(json!({"create_fault": {"mode": "error", "count": 2}}))
+        .await;
+    for _ in 0..2 {
+        let res = emu
+            .control(reqwest::Method::POST, "/sandboxes")
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(res.status(), 500);
+        assert_eq!(res.json::<Value>().await.expect("json")["code"], 500);
+    }
+    let sbx = emu.create(json!({})).await;
+
+    emu.configure(json!({"create_fault": {"mode": "rate_limit", "count": 1}}))
+        .await;
+    let res = emu
+        .control(reqwest::Method::POST, "/sandboxes")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(res.status(), 429);
+
+    emu.configure(json!({"create_fault": {"mode": "hang", "count": 1}}))
+        .await;
+    let hung = emu
+        .control(reqwest::Method::POST, "/sandboxes")
+        .timeout(Duration::from_millis(300))
+        .json(&json!({}))
+        .send()
+        .await;
+    assert!(hung.is_err_and(|e| e.is_timeout()));
+
+    let stats = emu.stats().await;
+    // Two 500s, one success, one 429, one hang.
+    assert_eq!(stats["requests"]["create"], 5);
+    assert_eq!(stats["created"], 1);
+    emu.kill(&sbx).await;
+}
+
+#[tokio::test]
+async fn kill_faults_fail_then_the_kill_goes_through() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    emu.configure(json!({"kill_failures": 1})).await;
+    assert_eq!(emu.kill(&sbx).await, 500);
+    assert_eq!(emu.stats().await["alive"], 1);
+    assert_eq!(emu.kill(&sbx).await, 204);
+    assert_eq!(emu.kill(&sbx).await, 404);
+    let stats = emu.stats().await;
+    assert_eq!(
+        (stats["alive"].clone(), stats["killed"].clone()),
+        (json!(0), json!(1))
+    );
+}
+
+#[tokio::test]
+async fn a_cut_stream_ends_without_end_frames() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    emu.configure(json!({"stream_cut": {"after_frames": 1, "count": 1}}))
+        .await;
+    let s = emu
+        .start_process(
+            &sbx,
+            &sh("echo one; sleep 0.3; echo two; sleep 0.3; echo three"),
+            &[],
+        )
+        .await;
+    assert!(s.cut, "the connection should have broken");
+    assert_eq!(s.output("stdout"), b"one\n");
+    assert!(s.events("end").is_empty());
+    assert_eq!(s.end_of_stream, None);
+    // Only the next stream was cut.
+    let s = emu.start_process(&sbx, &sh("echo whole"), &[]).await;
+    assert!(!s.cut);
+    assert_eq!(s.end_of_stream, Some(json!({})));
+    emu.kill(&sbx).await;
+}
+
+#[tokio::test]
+async fn synthetic_mode_answers_the_runner_with_generated_lines() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    emu.configure(json!({"synthetic": {"lines": 2000, "bytes": 300}}))
+        .await;
+    let s = emu
+        .start_process(
+            &sbx,
+            &[
+                "/bin/bash",
+                "-l",
+                "-c",
+                "cd /opt/agent-runner && node runner.mjs",
+            ],
+            &[],
+        )
+        .await;
+    let frames: Vec<Vec<u8>> = s
+        .events("data")
+        .iter()
+        .map(|d| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(d["stdout"].as_str().expect("stdout"))
+                .expect("base64")
+        })
+        .collect();
+    assert!(frames.len() > 1, "output must span several frames");
+    assert!(
+        frames.iter().any(|f| f.last() != Some(&b'\n')),
+        "line borders must not line up with frames"
+    );
+    let all = s.output("stdout");
+    let lines: Vec<Value> = all
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            assert_eq!(l.len() + 1, 300);
+            serde_json::from_slice(l).expect("json line")
+        })
+        .collect();
+    assert_eq!(lines.len(), 2000);
+    assert_eq!(lines[0]["type"], "assistant");
+    assert_eq!(
+        (&lines[1999]["type"], &lines[1999]["subtype"]),
+        (&json!("result"), &json!("success"))
+    );
+    assert_eq!(
+        s.events("end"),
+        [&json!({"exited": true, "status": "exit status 0"})]
+    );
+
+    // Anything that is not the runner still really runs.
+    let s = emu.start_process(&sbx, &sh("echo real"), &[]).await;
+    assert_eq!(s.output("stdout"), b"real\n");
+    emu.kill(&sbx).await;
+}
+
+#[tokio::test]
+async fn the_sandbox_timeout_is_enforced() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({"timeout": 1})).await;
+    let gone = async {
+        loop {
+            let res = emu
+                .control(reqwest::Method::GET, &format!("/sandboxes/{}", sbx.id))
+                .send()
+                .await
+                .expect("get");
+            if res.status() == 404 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, gone)
+        .await
+        .expect("the sandbox never expired");
+    let stats = emu.stats().await;
+    assert_eq!(
+        (stats["alive"].clone(), stats["killed"].clone()),
+        (json!(0), json!(1))
+    );
+}
+
+#[tokio::test]
+async fn list_filters_by_metadata_and_pages() {
+    let emu = Emu::start().await;
+    let a = emu.create(json!({"metadata": {"team": "a b&c"}})).await;
+    let b = emu.create(json!({"metadata": {"team": "a b&c"}})).await;
+    let c = emu.create(json!({"metadata": {"team": "other"}})).await;
+    // The SDKs encode the filter twice: as a query string, inside the query.
+    let res = emu
+        .control(
+            reqwest::Method::GET,
+            "/v2/sandboxes?metadata=team%3Da%2520b%2526c&limit=1",
+        )
+        .send()
+        .await
+        .expect("list");
+    let next = res.headers().get("x-next-token").cloned();
+    let page: Vec<Value> = res.json().await.expect("json");
+    assert_eq!(page.len(), 1);
+    let next = next
+        .expect("a next token")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let res = emu
+        .control(
+            reqwest::Method::GET,
+            &format!("/v2/sandboxes?metadata=team%3Da%2520b%2526c&limit=1&nextToken={next}"),
+        )
+        .send()
+        .await
+        .expect("list");
+    assert!(res.headers().get("x-next-token").is_none());
+    let page2: Vec<Value> = res.json().await.expect("json");
+    let mut ids: Vec<&str> = page
+        .iter()
+        .chain(&page2)
+        .map(|s| s["sandboxID"].as_str().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    let mut expected = [a.id.as_str(), b.id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+
+    let paused: Vec<Value> = emu
+        .control(reqwest::Method::GET, "/v2/sandboxes?state=paused")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(paused.is_empty());
+    for s in [a, b, c] {
+        emu.kill(&s).await;
+    }
+}
+
+#[tokio::test]
+async fn knobs_round_trip_and_bad_configs_are_refused() {
+    let emu = Emu::start().await;
+    let knobs =
+        json!({"latency_ms": 5, "kill_failures": 2, "synthetic": {"lines": 3, "bytes": 100}});
+    emu.configure(knobs.clone()).await;
+    let current: Value = emu
+        .http
+        .get(format!("{}/_emulator/config", emu.base))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(current, knobs);
+    let res = emu
+        .http
+        .post(format!("{}/_emulator/config", emu.base))
+        .json(&json!({"latency": 5}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 400);
+}
+
+/// The "Done when" of the emulator: the official E2B Python SDK, pinned in
+/// tests/python/requirements.txt, passes its conformance suite against the
+/// `e2b-emulator` binary cargo built for this test.
+#[test]
+fn the_official_python_sdk_passes_the_conformance_suite() {
+    let python = repo().join(".venv/bin/python");
+    let install = "python3 -m venv .venv && .venv/bin/pip install -r tests/python/requirements.txt";
+    assert!(
+        python.is_file(),
+        "{} is missing: create it with `{install}`",
+        python.display()
+    );
+    let sdk = std::process::Command::new(&python)
+        .args(["-c", "import e2b, pytest"])
+        .output()
+        .expect("run python");
+    assert!(
+        sdk.status.success(),
+        "the e2b SDK or pytest is not installed in .venv: run `{install}`\n{}",
+        String::from_utf8_lossy(&sdk.stderr)
+    );
+    let out = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pytest",
+            "tests/python",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ])
+        .current_dir(repo())
+        .env("E2B_EMULATOR_BIN", env!("CARGO_BIN_EXE_e2b-emulator"))
+        .output()
+        .expect("run pytest");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the conformance suite failed:\n{report}"
+    );
+    assert!(report.contains(" passed"), "pytest ran no test:\n{report}");
+    assert!(
+        !report.contains("skipped"),
+        "no conformance test may be skipped:\n{report}"
+    );
+}
