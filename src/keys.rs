@@ -117,7 +117,7 @@ pub async fn resolve(
     if let Some(key) = &anthropic {
         runner_env.insert("ANTHROPIC_API_KEY".to_owned(), key.expose().to_owned());
     }
-    let forwarded = env
+    let forwarded: Vec<&str> = env
         .get(FORWARD_ENV_VAR)
         .map(|names| {
             names
@@ -126,7 +126,7 @@ pub async fn resolve(
                 .filter(|n| !n.is_empty())
                 .collect()
         })
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     for name in PROVIDER_ENV_KEYS.iter().copied().chain(forwarded) {
         if let Some(value) = env.get(name) {
             runner_env.insert(name.to_owned(), value.to_owned());
