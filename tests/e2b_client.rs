@@ -699,6 +699,32 @@ async fn a_refused_start_reports_status_and_connect_message() {
 }
 
 #[tokio::test]
+async fn an_upload_cut_off_is_tried_once_more() {
+    let fake = Fake::start().await;
+    let sandbox = create(&provider(&fake.url)).await.expect("created");
+    let files = || {
+        vec![
+            file("/home/user/a", &b"a"[..]),
+            file("/home/user/b", &b"b"[..]),
+        ]
+    };
+
+    fake.break_uploads(1);
+    sandbox.upload(files()).await.expect("the second try works");
+    assert_eq!(fake.count("POST", "/files"), 2);
+    assert_eq!(sandbox.read_file("/home/user/b").await.expect("read"), "b");
+
+    fake.break_uploads(2);
+    let err = sandbox.upload(files()).await.expect_err("broken twice");
+    assert!(
+        matches!(err, SandboxError::Transport { op: "upload", .. }),
+        "{err:?}"
+    );
+    assert_eq!(fake.count("POST", "/files"), 4, "only one retry");
+    assert_no_secrets(&format!("{err} {err:?}"));
+}
+
+#[tokio::test]
 async fn one_file_is_uploaded_with_its_path_in_the_query_like_the_sdks() {
     let fake = Fake::start().await;
     let sandbox = create(&provider(&fake.url)).await.expect("created");
@@ -925,6 +951,8 @@ mod fake {
         envd_version: String,
         /// Answer create with 401.
         reject_keys: bool,
+        /// Break the connection of this many next uploads.
+        broken_uploads: u32,
         start: StartAnswer,
         next_id: u32,
         /// Live sandboxes and their files.
@@ -947,6 +975,7 @@ mod fake {
                 requests: Vec::new(),
                 envd_version: "0.5.7".into(),
                 reject_keys: false,
+                broken_uploads: 0,
                 start: StartAnswer::runner_lines(&[], "", 0),
                 next_id: 0,
                 alive: BTreeMap::new(),
@@ -981,6 +1010,10 @@ mod fake {
 
         pub(crate) fn alive(&self) -> usize {
             self.world().alive.len()
+        }
+
+        pub(crate) fn break_uploads(&self, times: u32) {
+            self.world().broken_uploads = times;
         }
 
         pub(crate) fn reject_keys(&self) {
@@ -1087,6 +1120,12 @@ mod fake {
             Ok(id) => id,
             Err(response) => return *response,
         };
+        if w.broken_uploads > 0 {
+            // The connection breaks before the answer is complete.
+            w.broken_uploads -= 1;
+            let broken = futures::stream::iter([Err::<Bytes, _>(std::io::Error::other("cut"))]);
+            return Body::from_stream(broken).into_response();
+        }
         let mut files = multipart_files(&seen);
         if let (Some(path), [only]) = (query.get("path"), files.as_mut_slice()) {
             only.0 = path.clone();
