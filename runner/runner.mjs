@@ -108,7 +108,13 @@ async function exit(code) {
   process.exit(code);
 }
 
-async function fail(message) {
+let failed = false;
+
+/** Prints the one error line and exits 1; later failures add nothing. */
+async function fail(err) {
+  if (failed) return;
+  failed = true;
+  const message = err instanceof Error ? err.message : String(err);
   await emit({ type: "error", error: { type: "runner_error", message } });
   await exit(1);
 }
@@ -135,5 +141,9 @@ async function main() {
 
 // A reader that has gone away cannot be told anything more.
 process.stdout.on("error", () => process.exit(1));
+// Whatever escapes (a failing MCP transport, a bug here) still ends the run
+// with an error line instead of a bare stack trace.
+process.on("uncaughtException", fail);
+process.on("unhandledRejection", fail);
 
-main().catch((err) => fail(err instanceof Error ? err.message : String(err)));
+main().catch(fail);

@@ -486,6 +486,29 @@ async fn a_bad_config_is_a_runner_error_line_and_exit_1() {
 }
 
 #[tokio::test]
+async fn an_sdk_failure_is_a_runner_error_line_and_exit_1() {
+    // A cwd that does not exist makes the SDK throw when it starts the CLI.
+    let server = ModelServer::start(Script::bash_write_file()).await;
+    let dirs = RunDirs::new();
+    let missing = dirs.work().join("no-such-dir");
+    let config = config_in(&dirs, json!({ "cwd": missing }));
+
+    let out = RunnerCommand::new(config, &server.url()).run(&dirs).await;
+
+    assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    let last = out.lines.last().expect("an error line");
+    assert_eq!(last["type"], "error", "{}", out.dump());
+    assert_eq!(last["error"]["type"], "runner_error");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{last}"
+    );
+    assert!(out.of_type("result").is_empty());
+}
+
+#[tokio::test]
 async fn null_fields_mean_absent_as_the_server_writes_them() {
     let server = ModelServer::start(Script::bash_write_file()).await;
     let dirs = RunDirs::new();
