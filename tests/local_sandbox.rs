@@ -504,3 +504,23 @@ async fn the_runner_install_resolves_from_opt_agent_runner() {
     assert_eq!(out.stdout(), "");
     sb.destroy().await.expect("destroy");
 }
+
+#[tokio::test]
+async fn destroy_does_not_wait_for_a_reader_that_stopped_reading() {
+    let sb = sandbox().await;
+    let dir = sb.host_dir().to_owned();
+    // Far more output than the pipe and channel hold: the process blocks.
+    let mut stream = sb.start(sh("yes sandstorm")).await.expect("start");
+    let first = tokio::time::timeout(GUARD, stream.next())
+        .await
+        .expect("output");
+    assert!(matches!(first, Some(Ok(ProcessEvent::Stdout(_)))));
+    tokio::time::timeout(GUARD, sb.destroy())
+        .await
+        .expect("destroy hung on a stalled reader")
+        .expect("destroy");
+    assert!(!dir.exists());
+    assert!(host_processes_with("yes sandstorm").is_empty());
+    // Holding the stream did not keep anything alive; dropping it is fine.
+    drop(stream);
+}

@@ -336,8 +336,7 @@ impl LocalSandbox {
         for control in &controls {
             control.wait().await;
         }
-        let path = self.dir.path.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path)).await;
+        remove_dir(self.dir.path.clone()).await;
         self.state.send_if_modified(|state| {
             let first = *state == State::Alive;
             if first {
@@ -368,6 +367,21 @@ impl Drop for LocalSandbox {
             control.kill();
         }
     }
+}
+
+/// Removes a sandbox directory. bwrap is dead when this runs, but the
+/// processes inside die a moment later (its `--die-with-parent` kill is
+/// asynchronous), and one may still be creating a file: retry briefly.
+async fn remove_dir(path: PathBuf) {
+    for _ in 0..20 {
+        let attempt = path.clone();
+        match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(attempt)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    tracing::warn!(path = %path.display(), "could not remove a sandbox directory");
 }
 
 async fn blocking<T: Send + 'static>(

@@ -53,7 +53,8 @@ impl ProcessControl {
         *self.done.borrow()
     }
 
-    /// Resolves once the process has exited and its output is drained.
+    /// Resolves once the process has exited (its output may still be in
+    /// flight to the reader).
     pub async fn wait(&self) {
         let mut done = self.done.clone();
         // An error means the supervisor is gone, which also means done.
@@ -93,12 +94,14 @@ pub(crate) fn spawn(
             tokio::spawn(pump(stderr, tx.clone(), ProcessEvent::Stderr)),
         );
         let outcome = supervise(&mut child, signal_rx, timeout).await;
+        // Done means dead, not delivered: a destroy must not wait for a
+        // reader that stopped reading.
+        let _ = done_tx.send(true);
         // The sandbox is dead, so the pipes close; wait for the last bytes
         // before reporting the end, which must come last.
         let _ = pumps.0.await;
         let _ = pumps.1.await;
         let _ = tx.send(outcome).await;
-        let _ = done_tx.send(true);
     });
     Ok((
         pid,
