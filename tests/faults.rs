@@ -1,0 +1,305 @@
+//! E2B faults through the whole server: the app on a real socket, our E2B
+//! client, the emulator with injected faults. Each fault ends in exactly one
+//! `error` event that names the cause, and the emulator's counters show that
+//! every sandbox created was killed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sandstorm::app::{AppState, app};
+use sandstorm::emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
+use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs};
+use sandstorm::env::EnvVars;
+use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider, RetryPolicy};
+use sandstorm::settings::{SandboxKind, Settings};
+
+const E2B_KEY: &str = "e2b_0123456789abcdef";
+
+struct Stack {
+    emulator: Emulator,
+    url: String,
+}
+
+/// The emulator and our server, both on loopback; E2B timeouts shrunk so a
+/// hanging create costs a second, not minutes.
+async fn stack(knobs: Knobs, settings_env: &[(&str, &str)]) -> Stack {
+    stack_with_timeout(knobs, settings_env, Duration::from_millis(500)).await
+}
+
+async fn stack_with_timeout(
+    knobs: Knobs,
+    settings_env: &[(&str, &str)],
+    request_timeout: Duration,
+) -> Stack {
+    let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("runner");
+    let mut options = EmulatorOptions::new(runner);
+    options.knobs = knobs;
+    let emulator = Emulator::new(options).expect("emulator (is bubblewrap installed?)");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let e2b_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let emulator_app = sandstorm::emulator::app(emulator.clone());
+    tokio::spawn(async move { axum::serve(listener, emulator_app).await });
+
+    let mut e2b = E2bOptions::local(&e2b_url, E2B_KEY);
+    e2b.request_timeout = request_timeout;
+    e2b.retry = RetryPolicy {
+        attempts: 3,
+        base_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+    };
+    let provider = Arc::new(E2bProvider::new(e2b).expect("provider"));
+    let mut pairs = vec![
+        ("ANTHROPIC_API_KEY", "sk-ant-test-0000"),
+        ("E2B_API_KEY", E2B_KEY),
+    ];
+    pairs.extend_from_slice(settings_env);
+    let settings = Settings::from_env(
+        EnvVars::from_pairs(pairs),
+        Path::new("/nonexistent"),
+        SandboxKind::E2b,
+    )
+    .expect("settings");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = app(AppState::new(settings, provider));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Stack { emulator, url }
+}
+
+async fn query(stack: &Stack, body: serde_json::Value) -> Vec<serde_json::Value> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/query", stack.url))
+        .json(&body)
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(60), response.text())
+        .await
+        .expect("stream ends")
+        .expect("body");
+    text.split("\n\n")
+        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| serde_json::from_str(data).expect("JSON event"))
+        .collect()
+}
+
+fn the_error(events: &[serde_json::Value]) -> &serde_json::Value {
+    let errors: Vec<_> = events.iter().filter(|e| e["type"] == "error").collect();
+    assert_eq!(errors.len(), 1, "exactly one error event in {events:?}");
+    let last = events.last().expect("events");
+    assert_eq!(last["type"], "error", "the error event is the last");
+    assert!(last["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    last
+}
+
+/// Kills are awaited before the stream ends, except for a sandbox whose
+/// create was still in flight when the run ended: its own task kills it
+/// when the create returns. Give the counters time to settle.
+async fn assert_no_leak(emulator: &Emulator) {
+    for _ in 0..1000 {
+        let s = emulator.stats();
+        if s.alive == 0 && s.created == s.killed {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("leaked sandboxes: {:?}", emulator.stats());
+}
+
+fn synthetic(lines: u64) -> Option<Synthetic> {
+    Some(Synthetic { lines, bytes: 200 })
+}
+
+#[tokio::test]
+async fn a_create_that_fails_twice_is_retried_and_the_run_succeeds() {
+    let s = stack(
+        Knobs {
+            create_fault: Some(CreateFault {
+                mode: CreateFaultMode::Error,
+                count: 2,
+            }),
+            synthetic: synthetic(20),
+            ..Knobs::default()
+        },
+        &[],
+    )
+    .await;
+    let events = query(&s, serde_json::json!({"prompt": "go"})).await;
+    assert_eq!(events.len(), 20);
+    assert_eq!(events[19]["type"], "result");
+    assert_eq!(s.emulator.stats().requests.get("create").copied(), Some(3));
+    assert_no_leak(&s.emulator).await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_create_ends_in_one_error_event_naming_429() {
+    let s = stack(
+        Knobs {
+            create_fault: Some(CreateFault {
+                mode: CreateFaultMode::RateLimit,
+                count: 100,
+            }),
+            ..Knobs::default()
+        },
+        &[],
+    )
+    .await;
+    let events = query(&s, serde_json::json!({"prompt": "go"})).await;
+    let error = the_error(&events);
+    assert_eq!(error["error_type"], "sandbox");
+    assert!(
+        error["error"].as_str().expect("text").contains("429"),
+        "{error}"
+    );
+    assert_eq!(s.emulator.stats().requests.get("create").copied(), Some(3));
+    assert_no_leak(&s.emulator).await;
+}
+
+#[tokio::test]
+async fn a_failing_create_names_the_status() {
+    let s = stack(
+        Knobs {
+            create_fault: Some(CreateFault {
+                mode: CreateFaultMode::Error,
+                count: 100,
+            }),
+            ..Knobs::default()
+        },
+        &[],
+    )
+    .await;
+    let events = query(&s, serde_json::json!({"prompt": "go"})).await;
+    let error = the_error(&events);
+    assert!(
+        error["error"].as_str().expect("text").contains("500"),
+        "{error}"
+    );
+    assert_no_leak(&s.emulator).await;
+}
+
+#[tokio::test]
+async fn a_hanging_create_times_out_into_one_error_event() {
+    let s = stack(
+        Knobs {
+            create_fault: Some(CreateFault {
+                mode: CreateFaultMode::Hang,
+                count: 100,
+            }),
+            ..Knobs::default()
+        },
+        &[],
+    )
+    .await;
+    let events = query(&s, serde_json::json!({"prompt": "go"})).await;
+    let error = the_error(&events);
+    assert!(
+        error["error"].as_str().expect("text").contains("timed out"),
+        "{error}"
+    );
+    assert_no_leak(&s.emulator).await;
+}
+
+#[tokio::test]
+async fn a_cut_envd_stream_is_an_error_event() {
+    let s = stack(
+        Knobs {
+            stream_cut: Some(StreamCut {
+                after_frames: 2,
+                count: 1,
+            }),
+            synthetic: synthetic(100_000),
+            ..Knobs::default()
+        },
+        &[],
+    )
+    .await;
+    let events = query(&s, serde_json::json!({"prompt": "go"})).await;
+    assert!(events.len() > 1, "some lines arrived before the cut");
+    let error = the_error(&events);
+    assert_eq!(error["error_type"], "stream_cut");
+    assert_no_leak(&s.emulator).await;
+}
+
+#[tokio::test]
+async fn a_failing_kill_is_retried() {
+    let s = stack(
+        Knobs {
+            kill_failures: 1,
+            synthetic: synthetic(5),
+            ..Knobs::default()
+        },
+        &[],
+    )
+    .await;
+    let events = query(&s, serde_json::json!({"prompt": "go"})).await;
+    assert_eq!(events.last().expect("events")["type"], "result");
+    assert_no_leak(&s.emulator).await;
+    assert_eq!(s.emulator.stats().requests.get("kill").copied(), Some(2));
+}
+
+#[tokio::test]
+async fn a_runner_that_exits_non_zero_reports_its_last_stderr_lines() {
+    // Not synthetic: the real runner starts in bubblewrap, finds no model
+    // API at the dead address, and exits non-zero.
+    let s = stack(
+        Knobs::default(),
+        &[
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:9"),
+            ("SANDSTORM_FORWARD_ENV", "CLAUDE_CODE_MAX_RETRIES"),
+            ("CLAUDE_CODE_MAX_RETRIES", "0"),
+        ],
+    )
+    .await;
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("runner/node_modules/@anthropic-ai/claude-agent-sdk");
+    assert!(
+        sdk.is_dir(),
+        "the runner is not installed: run npm ci --prefix runner"
+    );
+    let events = query(&s, serde_json::json!({"prompt": "go", "timeout": 60})).await;
+    let last = events.last().expect("events");
+    // The SDK turns an unreachable API into an error result, or the runner
+    // into an error line: either way the run must say it failed.
+    let failed = last["type"] == "error" || (last["type"] == "result" && last["is_error"] == true);
+    assert!(failed, "{events:?}");
+    assert_no_leak(&s.emulator).await;
+}
+
+#[tokio::test]
+async fn the_platform_deadline_ends_the_run_with_a_timeout_event() {
+    // SANDSTORM_MAX_DURATION=11 leaves 1 s before the 10 s safety margin;
+    // every E2B call takes 3 s, so the deadline strikes while the sandbox is
+    // still being created, and that sandbox must still be killed.
+    let s = stack_with_timeout(
+        Knobs {
+            latency_ms: 3000,
+            ..Knobs::default()
+        },
+        &[("SANDSTORM_MAX_DURATION", "11")],
+        Duration::from_secs(10),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let events = query(&s, serde_json::json!({"prompt": "go"})).await;
+    let error = the_error(&events);
+    assert_eq!(error["error_type"], "timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(11),
+        "the timeout event came before the platform's limit"
+    );
+    // The create was still in flight; once it returns, its sandbox dies.
+    for _ in 0..1000 {
+        if s.emulator.stats().created == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.emulator.stats().created, 1, "the create did complete");
+    assert_no_leak(&s.emulator).await;
+}
