@@ -12,9 +12,9 @@
  * config is bad, the SDK throws, or the agent ends without a result.
  */
 import { query } from "@anthropic-ai/claude-agent-sdk";
-import { readFile } from "node:fs/promises";
+import { readFile, readdir, lstat } from "node:fs/promises";
 import { once } from "node:events";
-import { dirname, join } from "node:path";
+import { dirname, extname, join, relative, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const DEFAULT_CONFIG = join(dirname(fileURLToPath(import.meta.url)), "agent_config.json");
@@ -31,6 +31,9 @@ const FIELDS = {
     || 'an object {"type":"json_schema","schema":{...}}',
   agents: (v) => isObject(v) || "an object of agent definitions",
   mcp_servers: (v) => isObject(v) || "an object of MCP server configs",
+  outputs: (v) => isObject(v) && Array.isArray(v.patterns) && v.patterns.every((p) => typeof p === "string")
+    && [v.max_files, v.max_file_bytes, v.max_total_bytes].every((n) => Number.isInteger(n) && n >= 0)
+    || 'an object {"patterns":[...],"max_files":N,"max_file_bytes":N,"max_total_bytes":N}',
 };
 
 function isObject(v) {
@@ -108,6 +111,108 @@ async function exit(code) {
   process.exit(code);
 }
 
+/**
+ * Output files: after the result, every regular file under `root` whose path
+ * (relative to root) matches a pattern is sent as a `file` line, base64 and
+ * binary-safe. A file over a limit is never skipped silently: it gets a
+ * `warning` line that names it and the limit.
+ */
+async function emitOutputs(root, outputs) {
+  const matchers = outputs.patterns.map(globToRegExp);
+  let entries;
+  try {
+    // Not following symlinks: a link the agent planted must not pull in
+    // files from outside its home.
+    entries = await readdir(root, { recursive: true, withFileTypes: true });
+  } catch (err) {
+    await emit({ type: "warning", message: `cannot list ${root}: ${err.code ?? err.message}` });
+    return;
+  }
+  const paths = entries
+    .filter((e) => e.isFile())
+    .map((e) => relative(root, join(e.parentPath ?? e.path, e.name)).split(sep).join("/"))
+    // Hidden files and folders hold the SDK's state, transcripts and the
+    // Vertex credentials; no pattern reaches them.
+    .filter((p) => !p.split("/").some((name) => name.startsWith(".")))
+    .filter((p) => matchers.some((m) => m.test(p)))
+    .sort();
+  let sent = 0;
+  let total = 0;
+  for (const path of paths) {
+    const full = join(root, path);
+    const info = await lstat(full).catch(() => null);
+    if (info == null || !info.isFile()) continue;
+    if (sent >= outputs.max_files) {
+      await emit({ type: "warning", path, message: `${path} not sent: the limit is ${outputs.max_files} output files` });
+      continue;
+    }
+    if (info.size > outputs.max_file_bytes) {
+      await emit({ type: "warning", path, message: `${path} not sent: it is ${info.size} bytes and the per-file limit is ${outputs.max_file_bytes} bytes` });
+      continue;
+    }
+    if (total + info.size > outputs.max_total_bytes) {
+      await emit({ type: "warning", path, message: `${path} not sent: it would take the output past the ${outputs.max_total_bytes}-byte total limit` });
+      continue;
+    }
+    const content = await readFile(full).catch(() => null);
+    if (content == null) {
+      await emit({ type: "warning", path, message: `${path} could not be read` });
+      continue;
+    }
+    sent += 1;
+    total += content.length;
+    await emit({ type: "file", path, size: content.length, mime: mimeOf(path), content_base64: content.toString("base64") });
+  }
+}
+
+/** `**` spans folders, `*` and `?` stay inside one name, `[...]` is a class. */
+function globToRegExp(glob) {
+  let re = "";
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i];
+    if (c === "*" && glob[i + 1] === "*") {
+      i += 1;
+      if (glob[i + 1] === "/") {
+        i += 1;
+        re += "(?:.*/)?";
+      } else {
+        re += ".*";
+      }
+    } else if (c === "*") {
+      re += "[^/]*";
+    } else if (c === "?") {
+      re += "[^/]";
+    } else if (c === "[") {
+      const end = glob.indexOf("]", i + 1);
+      if (end === -1) {
+        re += "\\[";
+      } else {
+        const body = glob.slice(i + 1, end).replace(/^!/, "^").replace(/\\/g, "\\\\");
+        re += `[${body}]`;
+        i = end;
+      }
+    } else {
+      re += c.replace(/[.+^${}()|\\/]/g, "\\$&");
+    }
+  }
+  return new RegExp(`^${re}$`);
+}
+
+const MIME = {
+  ".txt": "text/plain", ".md": "text/markdown", ".csv": "text/csv", ".json": "application/json",
+  ".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".py": "text/x-python",
+  ".xml": "application/xml", ".yaml": "application/yaml", ".yml": "application/yaml",
+  ".pdf": "application/pdf", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+  ".gif": "image/gif", ".svg": "image/svg+xml", ".webp": "image/webp", ".zip": "application/zip",
+  ".gz": "application/gzip", ".tar": "application/x-tar", ".xlsx":
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+  ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+};
+
+function mimeOf(path) {
+  return MIME[extname(path).toLowerCase()] ?? "application/octet-stream";
+}
+
 let failed = false;
 
 /** Prints the one error line and exits 1; later failures add nothing. */
@@ -134,7 +239,10 @@ async function main() {
     await emit(message);
     // The first result ends the run. Background subagents can produce a
     // second one later; nobody is waiting for it.
-    if (message.type === "result") return exit(0);
+    if (message.type === "result") {
+      if (config.outputs != null) await emitOutputs(config.cwd ?? DEFAULT_CWD, config.outputs);
+      return exit(0);
+    }
   }
   return fail("the agent stopped without a result message");
 }

@@ -21,7 +21,7 @@ use crate::events::RunEvent;
 use crate::request::Query;
 use crate::sandbox::SandboxProvider;
 use crate::settings::{SandboxKind, Settings};
-use crate::{keys, plan, run};
+use crate::{keys, openapi, plan, run};
 
 /// How often an idle stream gets a comment line, so proxies and clients
 /// keep the connection open while the agent thinks.
@@ -63,6 +63,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/query", post(query))
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .with_state(state);
@@ -200,9 +201,19 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn sse(events: tokio::sync::mpsc::Receiver<RunEvent>) -> impl IntoResponse {
-    let stream = ReceiverStream::new(events).map(|event| {
-        let json = event.to_json();
-        Ok::<_, Infallible>(Event::default().data(String::from_utf8_lossy(&json)))
+    let stream = ReceiverStream::new(events).filter_map(|event| {
+        // Progress is for the CLI's spinner; the API's events are the
+        // agent's messages and the run's outcome.
+        let event = match event {
+            RunEvent::Progress(_) => None,
+            event => {
+                let json = event.to_json();
+                Some(Ok::<_, Infallible>(
+                    Event::default().data(String::from_utf8_lossy(&json)),
+                ))
+            }
+        };
+        std::future::ready(event)
     });
     let sse = Sse::new(stream).keep_alive(
         KeepAlive::new()

@@ -30,6 +30,9 @@ pub struct SandstormConfig {
     pub agents: Option<BTreeMap<String, AgentDefinition>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_servers: Option<BTreeMap<String, McpServer>>,
+    /// Default output globs for requests that give none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<String>>,
 }
 
 /// Structured output: the SDK validates the agent's answer against `schema`.
@@ -152,7 +155,11 @@ impl SandstormConfig {
             let field = unknown_or_missing(&message)
                 .map(|name| {
                     if field == "." || field.ends_with(name) {
-                        if field == "." { name.to_owned() } else { field.clone() }
+                        if field == "." {
+                            name.to_owned()
+                        } else {
+                            field.clone()
+                        }
                     } else {
                         format!("{field}.{name}")
                     }
@@ -177,6 +184,10 @@ impl SandstormConfig {
         };
         if self.max_turns == Some(0) {
             return Err(field_error("max_turns".into(), "must be at least 1"));
+        }
+        if let Some(outputs) = &self.outputs {
+            crate::outputs::validate_patterns(outputs)
+                .map_err(|why| field_error("outputs".into(), &why))?;
         }
         for (name, server) in self.mcp_servers.iter().flatten() {
             match server {

@@ -11,12 +11,33 @@ use serde::Serialize;
 /// One event of a run, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEvent {
+    /// The run reached a new phase before the agent started. For the CLI's
+    /// spinner; the HTTP API does not send it.
+    Progress(Phase),
     /// A line the runner printed on stdout: one SDK message as JSON.
     Agent(Bytes),
     /// A line the runner printed on stderr.
     Stderr(String),
     /// The run failed; always the last event.
     Error(RunError),
+}
+
+/// What a run is doing before the agent speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    CreatingSandbox,
+    Uploading,
+    StartingAgent,
+}
+
+impl Phase {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Phase::CreatingSandbox => "creating the sandbox",
+            Phase::Uploading => "uploading files",
+            Phase::StartingAgent => "starting the agent",
+        }
+    }
 }
 
 /// Why a run failed after its stream began.
@@ -65,6 +86,10 @@ impl RunEvent {
     /// and of a `--json-output` line.
     pub fn to_json(&self) -> Bytes {
         match self {
+            RunEvent::Progress(phase) => json_bytes(&serde_json::json!({
+                "type": "progress",
+                "phase": phase.describe(),
+            })),
             RunEvent::Agent(line) => line.clone(),
             RunEvent::Stderr(data) => json_bytes(&Tagged {
                 kind: "stderr",

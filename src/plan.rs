@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use crate::config::{AgentDefinition, McpServer, OutputFormat, SandstormConfig};
 use crate::events::Redactor;
 use crate::keys::ResolvedKeys;
+use crate::outputs::{DEFAULT_LIMITS, OutputRequest};
 use crate::request::Query;
 use crate::run::RunPlan;
 use crate::sandbox::{ProcessSpec, SandboxFile, SandboxSpec};
@@ -51,6 +52,8 @@ struct AgentConfig<'a> {
     agents: Option<&'a std::collections::BTreeMap<String, AgentDefinition>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mcp_servers: Option<&'a std::collections::BTreeMap<String, McpServer>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<OutputRequest<'a>>,
 }
 
 /// Builds the plan of one run. `platform_deadline` is when the hosting
@@ -84,6 +87,11 @@ pub fn build(
     let budget = deadline.saturating_duration_since(now);
 
     // Request values override sandstorm.json.
+    let outputs = query
+        .outputs
+        .as_deref()
+        .or(config.outputs.as_deref())
+        .filter(|patterns| !patterns.is_empty());
     let agent_config = AgentConfig {
         prompt: &query.prompt,
         cwd: HOME_DIR,
@@ -93,7 +101,12 @@ pub fn build(
         output_format: config.output_format.as_ref(),
         agents: config.agents.as_ref(),
         mcp_servers: config.mcp_servers.as_ref(),
+        outputs: outputs.map(|patterns| OutputRequest {
+            patterns,
+            limits: DEFAULT_LIMITS,
+        }),
     };
+    let output_limits = outputs.map(|_| DEFAULT_LIMITS);
     let agent_config = serde_json::to_vec(&agent_config).unwrap_or_default();
 
     let mut files = Vec::with_capacity(query.files.len() + 3 + keys.files.len());
@@ -147,6 +160,7 @@ pub fn build(
         deadline,
         deadline_reason,
         redactor,
+        output_limits,
         request_id,
     }
 }

@@ -44,6 +44,9 @@ pub struct QueryRequest {
     pub timeout: Option<u64>,
     #[serde(default)]
     pub files: Option<BTreeMap<String, String>>,
+    /// Globs (relative to /home/user) of files to send back after the run.
+    #[serde(default)]
+    pub outputs: Option<Vec<String>>,
 }
 
 /// Keys that came with the request (or, for the CLI, from its flags).
@@ -63,6 +66,8 @@ pub struct Query {
     pub max_turns: Option<u32>,
     pub timeout: Duration,
     pub files: Vec<UserFile>,
+    /// Output globs; `None` falls back to sandstorm.json's.
+    pub outputs: Option<Vec<String>>,
 }
 
 /// One uploaded file, its path normalized and relative to `/home/user`.
@@ -106,18 +111,22 @@ impl QueryRequest {
         if chars > MAX_PROMPT_CHARS {
             return Err(ApiError::TooLarge {
                 field: Some("prompt".into()),
-                message: format!(
-                    "prompt has {chars} characters; the limit is {MAX_PROMPT_CHARS}"
-                ),
+                message: format!("prompt has {chars} characters; the limit is {MAX_PROMPT_CHARS}"),
             });
         }
         if let Some(model) = &self.model
             && model.trim().is_empty()
         {
-            return Err(ApiError::invalid("model", "model must not be empty when given"));
+            return Err(ApiError::invalid(
+                "model",
+                "model must not be empty when given",
+            ));
         }
         if self.max_turns == Some(0) {
-            return Err(ApiError::invalid("max_turns", "max_turns must be at least 1"));
+            return Err(ApiError::invalid(
+                "max_turns",
+                "max_turns must be at least 1",
+            ));
         }
         let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
         if !TIMEOUT_RANGE.contains(&timeout) {
@@ -131,6 +140,10 @@ impl QueryRequest {
             ));
         }
         let files = validate_files(self.files.unwrap_or_default())?;
+        if let Some(outputs) = &self.outputs {
+            crate::outputs::validate_patterns(outputs)
+                .map_err(|why| ApiError::invalid("outputs", why))?;
+        }
         Ok(Query {
             prompt: self.prompt,
             keys: RequestKeys {
@@ -142,6 +155,7 @@ impl QueryRequest {
             max_turns: self.max_turns,
             timeout: Duration::from_secs(timeout),
             files,
+            outputs: self.outputs,
         })
     }
 }
@@ -155,19 +169,14 @@ fn validate_files(files: BTreeMap<String, String>) -> Result<Vec<UserFile>, ApiE
     if files.len() > MAX_FILES {
         return Err(ApiError::TooLarge {
             field: Some("files".into()),
-            message: format!(
-                "too many files: {} (the limit is {MAX_FILES})",
-                files.len()
-            ),
+            message: format!("too many files: {} (the limit is {MAX_FILES})", files.len()),
         });
     }
     let total: usize = files.values().map(String::len).sum();
     if total > MAX_FILES_BYTES {
         return Err(ApiError::TooLarge {
             field: Some("files".into()),
-            message: format!(
-                "files total {total} bytes; the limit is {MAX_FILES_BYTES} bytes"
-            ),
+            message: format!("files total {total} bytes; the limit is {MAX_FILES_BYTES} bytes"),
         });
     }
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -255,7 +264,10 @@ fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         }
         None => path,
     };
-    ApiError::invalid(field.clone(), format!("{field}: {}", strip_position(&message)))
+    ApiError::invalid(
+        field.clone(),
+        format!("{field}: {}", strip_position(&message)),
+    )
 }
 
 /// serde_json appends " at line L column C"; for a one-line body it only adds

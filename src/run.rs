@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, info, warn};
 
-use crate::events::{ErrorKind, Redactor, RunError, RunEvent, message_type};
+use crate::events::{ErrorKind, Phase, Redactor, RunError, RunEvent, message_type};
 use crate::lines::LineSplitter;
+use crate::outputs::OutputBudget;
 use crate::sandbox::{
     ProcessEvent, ProcessSpec, Sandbox, SandboxError, SandboxFile, SandboxProvider, SandboxSpec,
 };
@@ -44,6 +45,8 @@ pub struct RunPlan {
     pub deadline_reason: String,
     /// Secret values to scrub from everything the client sees.
     pub redactor: Redactor,
+    /// The limits on output files, when the run asked for any.
+    pub output_limits: Option<crate::outputs::OutputLimits>,
 }
 
 /// A started run.
@@ -130,6 +133,12 @@ async fn drive(
     tx: &mpsc::Sender<RunEvent>,
     guard: &mut SandboxGuard,
 ) -> Result<(), Stop> {
+    let progress = |phase| async move {
+        tx.send(RunEvent::Progress(phase))
+            .await
+            .map_err(|_| Stop::ClientGone)
+    };
+    progress(Phase::CreatingSandbox).await?;
     let sandbox = create_detached(provider, plan.sandbox.clone(), &plan.request_id).await?;
     // No await between receiving the sandbox and arming the guard: a
     // cancellation cannot slip in and lose it.
@@ -140,7 +149,9 @@ async fn drive(
         "sandbox created"
     );
 
+    progress(Phase::Uploading).await?;
     sandbox.upload(plan.files.clone()).await?;
+    progress(Phase::StartingAgent).await?;
     let output = sandbox.start(plan.process.clone()).await?;
     relay(output, plan, tx).await
 }
@@ -181,7 +192,10 @@ async fn relay(
     let mut stdout = LineSplitter::new();
     let mut stderr = LineSplitter::new();
     let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
-    let mut agent = AgentState::default();
+    let mut agent = AgentState {
+        outputs: plan.output_limits.map(OutputBudget::new),
+        ..AgentState::default()
+    };
 
     while let Some(event) = output.next().await {
         match event? {
@@ -243,6 +257,8 @@ struct AgentState {
     /// The runner's own `{"type":"error"}` line: held back and turned into
     /// the run's single error event, which carries the request id.
     runner_error: Option<String>,
+    /// What output files may still pass; `None` when the run asked for none.
+    outputs: Option<OutputBudget>,
 }
 
 impl AgentState {
@@ -255,6 +271,15 @@ impl AgentState {
             Some("error") => {
                 self.runner_error = Some(runner_error_message(&line));
                 return None;
+            }
+            Some("file") => {
+                let verdict = match &mut self.outputs {
+                    Some(budget) => budget.admit(line.len()),
+                    None => Err("the run asked for no output files".to_owned()),
+                };
+                if let Err(limit) = verdict {
+                    return Some(output_refused(&line, &limit));
+                }
             }
             Some(_) => {}
             // Not an SDK message (a stray print): keep it, as a JSON event,
@@ -299,6 +324,26 @@ impl AgentState {
         }
         Ok(())
     }
+}
+
+/// A `warning` in place of a `file` line that breaks a limit.
+fn output_refused(line: &[u8], limit: &str) -> RunEvent {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        path: Option<String>,
+    }
+    let path = serde_json::from_slice::<Named>(line)
+        .ok()
+        .and_then(|n| n.path)
+        .unwrap_or_default();
+    let warning = serde_json::json!({
+        "type": "warning",
+        "path": path,
+        "message": format!("{path} not sent: {limit}"),
+    });
+    RunEvent::Agent(
+        serde_json::to_vec(&warning).map_or_else(|_| bytes::Bytes::new(), bytes::Bytes::from),
+    )
 }
 
 /// The message of a runner error line: `error` as a string, or

@@ -585,7 +585,9 @@ async fn no_key_value_appears_in_logs_errors_or_events() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let leaky = vec![
-        out(&format!("{{\"type\":\"user\",\"content\":\"{ANTHROPIC} {OPENROUTER}\"}}\n")),
+        out(&format!(
+            "{{\"type\":\"user\",\"content\":\"{ANTHROPIC} {OPENROUTER}\"}}\n"
+        )),
         err(&format!("env: ANTHROPIC_API_KEY={ANTHROPIC} E2B={E2B}\n")),
     ];
     let body = format!(
@@ -603,28 +605,43 @@ async fn no_key_value_appears_in_logs_errors_or_events() {
             s.auth.tokens = vec![TOKEN.into()];
         });
         let mut request = post(&body);
-        request
-            .headers_mut()
-            .insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("header"));
+        request.headers_mut().insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("header"),
+        );
         seen.push_str(&body_text(h.router.clone().oneshot(request).await.expect("response")).await);
         // Failures before the stream: a wrong token, a bad field.
         let mut wrong = post(&body);
-        wrong
-            .headers_mut()
-            .insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tok-hygiene-wrong"));
+        wrong.headers_mut().insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer tok-hygiene-wrong"),
+        );
         seen.push_str(&body_text(h.router.clone().oneshot(wrong).await.expect("response")).await);
         let mut invalid = post(&body.replace(r#""prompt":"hi""#, r#""prompt":"hi","timeout":1"#));
-        invalid
-            .headers_mut()
-            .insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("header"));
+        invalid.headers_mut().insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("header"),
+        );
         seen.push_str(&body_text(h.router.oneshot(invalid).await.expect("response")).await);
     }
     let logs = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
-    assert!(seen.contains("runner_failed") && seen.contains("stream_cut"), "{seen}");
-    assert!(logs.contains("run failed"), "the failures were logged: {logs}");
+    assert!(
+        seen.contains("runner_failed") && seen.contains("stream_cut"),
+        "{seen}"
+    );
+    assert!(
+        logs.contains("run failed"),
+        "the failures were logged: {logs}"
+    );
     for secret in [ANTHROPIC, E2B, OPENROUTER, TOKEN] {
-        assert!(!seen.contains(secret), "{secret} leaked into a response: {seen}");
-        assert!(!logs.contains(secret), "{secret} leaked into the log: {logs}");
+        assert!(
+            !seen.contains(secret),
+            "{secret} leaked into a response: {seen}"
+        );
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked into the log: {logs}"
+        );
     }
 }
 
@@ -632,7 +649,8 @@ async fn no_key_value_appears_in_logs_errors_or_events() {
 fn debug_of_everything_that_holds_a_key_redacts_it() {
     const KEY: &str = "sk-ant-debug-EEEE5555";
     let query = Query::from_json(
-        format!(r#"{{"prompt":"p","anthropic_api_key":"{KEY}","files":{{"a":"{KEY}"}}}}"#).as_bytes(),
+        format!(r#"{{"prompt":"p","anthropic_api_key":"{KEY}","files":{{"a":"{KEY}"}}}}"#)
+            .as_bytes(),
     )
     .expect("valid");
     let mut settings = Settings::from_env(
@@ -662,4 +680,83 @@ fn debug_of_everything_that_holds_a_key_redacts_it() {
     ] {
         assert!(!shown.contains(KEY), "{shown}");
     }
+}
+
+#[tokio::test]
+async fn file_events_pass_only_when_outputs_were_asked_for() {
+    let file = r#"{"type":"file","path":"output/a.txt","size":2,"mime":"text/plain","content_base64":"aGk="}"#;
+    let script = || vec![out(&format!("{RESULT}\n{file}\n"))];
+
+    let h = harness(script(), Then::Exit(0));
+    let text = body_text(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi","outputs":["output/**"]}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    let sent = events(&text);
+    assert_eq!(sent[1]["type"], "file");
+    assert_eq!(sent[1]["content_base64"], "aGk=");
+
+    // Without `outputs`, a runner that sends files anyway is not believed.
+    let h = harness(script(), Then::Exit(0));
+    let text = body_text(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi"}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    let sent = events(&text);
+    assert_eq!(sent[1]["type"], "warning");
+    assert_eq!(sent[1]["path"], "output/a.txt");
+}
+
+#[tokio::test]
+async fn the_relay_holds_file_events_to_the_size_limit() {
+    let huge = "A".repeat(crate::outputs::DEFAULT_LIMITS.max_file_bytes / 3 * 4 + 4096);
+    let file = format!(r#"{{"type":"file","path":"output/big.bin","content_base64":"{huge}"}}"#);
+    let h = harness(vec![out(&format!("{RESULT}\n{file}\n"))], Then::Exit(0));
+    let text = body_text(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi","outputs":["output/**"]}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    let events = events(&text);
+    assert_eq!(events[1]["type"], "warning");
+    let message = events[1]["message"].as_str().expect("message");
+    assert!(
+        message.contains("output/big.bin") && message.contains("per-file limit"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn output_patterns_are_validated() {
+    let h = harness(vec![], Then::Exit(0));
+    let (status, body) = error_body(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi","outputs":["../../etc/*"]}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["field"], "outputs");
+}
+
+#[tokio::test]
+async fn progress_is_not_an_api_event() {
+    let h = harness(vec![out(&format!("{RESULT}\n"))], Then::Exit(0));
+    let text = body_text(
+        h.router
+            .oneshot(post(r#"{"prompt":"hi"}"#))
+            .await
+            .expect("response"),
+    )
+    .await;
+    assert!(!text.contains("progress"), "{text}");
 }

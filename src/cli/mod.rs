@@ -86,8 +86,18 @@ struct QueryArgs {
     #[arg(short, long = "file", value_name = "PATH")]
     files: Vec<PathBuf>,
     /// Also show the runner's stderr lines.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "quiet")]
     verbose: bool,
+    /// Only the agent's answer (and errors): no tool lines, spinner or summary.
+    #[arg(short, long)]
+    quiet: bool,
+    /// A glob, relative to /home/user, of files to bring back (repeatable;
+    /// default: `outputs` in sandstorm.json, or output/** with --output-dir).
+    #[arg(long = "outputs", value_name = "GLOB")]
+    outputs: Vec<String>,
+    /// Save the files the agent made (see --outputs) under DIR.
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
     #[command(flatten)]
     keys: KeyArgs,
     #[command(flatten)]
@@ -206,6 +216,16 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     crate::telemetry::init(crate::telemetry::Format::Text, "warn");
     let prompt = args.prompt.unwrap_or_default();
     let files = read_files(&args.files)?;
+    let settings = settings(args.sandbox.sandbox, args.json_output || args.quiet)?;
+    let outputs = match (&args.output_dir, args.outputs.is_empty()) {
+        (_, false) => Some(args.outputs),
+        // Saving with nothing configured: the convention of the original's
+        // examples, which tell the agent to write to /home/user/output/.
+        (Some(_), true) if config_outputs(&settings).is_none() => {
+            Some(vec!["output/**".to_owned()])
+        }
+        _ => None,
+    };
     let request = QueryRequest {
         prompt,
         anthropic_api_key: args.keys.anthropic_api_key.map(Secret::new),
@@ -215,11 +235,11 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         max_turns: args.max_turns,
         timeout: Some(args.timeout),
         files: (!files.is_empty()).then_some(files),
+        outputs,
     };
     let query = request
         .validate()
         .map_err(|e| Fatal::usage(flag_message(&e)))?;
-    let settings = settings(args.sandbox.sandbox, args.json_output)?;
     let state = state(settings)?;
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let plan = app::prepare_run(&state, query, request_id, None)
@@ -231,9 +251,22 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     } else {
         render::Mode::Human {
             verbose: args.verbose,
+            quiet: args.quiet,
         }
     };
-    Ok(render::follow(handle, mode).await)
+    let options = render::Options {
+        mode,
+        output_dir: args.output_dir,
+    };
+    Ok(render::follow(handle, options).await)
+}
+
+fn config_outputs(settings: &Settings) -> Option<&Vec<String>> {
+    settings
+        .config
+        .as_ref()
+        .ok()
+        .and_then(|c| c.outputs.as_ref())
 }
 
 /// Request errors speak of body fields; on the command line, name the flag.
@@ -242,6 +275,7 @@ fn flag_message(error: &crate::error::ApiError) -> String {
     match error.field() {
         Some("timeout") => message.replace("timeout must", "--timeout must"),
         Some("max_turns") => message.replace("max_turns must", "--max-turns must"),
+        Some("outputs") => format!("--outputs: {message}"),
         _ => message,
     }
 }

@@ -1,103 +1,197 @@
 //! Shows a run's events on the terminal: readable text, or JSON lines.
+//!
+//! Colours go to terminals only (anstream strips them from pipes and honours
+//! `NO_COLOR` / `CLICOLOR_FORCE`); the spinner shows only on a terminal.
 
-use std::io::Write;
-use std::time::Instant;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use anstyle::{AnsiColor, Style};
+use base64::Engine;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use super::exit;
 use crate::events::RunEvent;
 use crate::run::RunHandle;
 
+const DIM: Style = Style::new().dimmed();
+const TOOL: Style = AnsiColor::Cyan.on_default();
+const GOOD: Style = AnsiColor::Green.on_default().bold();
+const BAD: Style = AnsiColor::Red.on_default().bold();
+const WARN: Style = AnsiColor::Yellow.on_default();
+
 pub(super) enum Mode {
     /// One JSON object per line on stdout, exactly the API's events.
     Json,
-    /// The agent's text on stdout; tool calls, stderr and the summary on
+    /// The agent's text on stdout; tool calls, warnings and the summary on
     /// stderr, so `ds "..." > answer.md` captures only the answer.
-    Human { verbose: bool },
+    Human { verbose: bool, quiet: bool },
+}
+
+pub(super) struct Options {
+    pub(super) mode: Mode,
+    /// Where `file` events are saved, if anywhere.
+    pub(super) output_dir: Option<PathBuf>,
+}
+
+/// What the run produced, for the exit code and the summary.
+#[derive(Default)]
+struct Tally {
+    result: Option<Value>,
+    failed: bool,
+    saved: usize,
 }
 
 /// Prints events until the run ends; returns the exit code. Ctrl-C ends the
 /// run, waits for its sandbox to be destroyed, and returns 130.
-pub(super) async fn follow(handle: RunHandle, mode: Mode) -> u8 {
+pub(super) async fn follow(handle: RunHandle, options: Options) -> u8 {
     let RunHandle {
         mut events,
         finished,
     } = handle;
     let started = Instant::now();
-    let mut code = exit::RUN_FAILED;
-    let mut saw_result = false;
+    let mut tally = Tally::default();
+    let mut spinner = Spinner::new(&options.mode);
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
             _ = tokio::signal::ctrl_c() => {
-                eprintln!("\ninterrupted: destroying the sandbox…");
+                spinner.clear();
+                anstream::eprintln!("\n{DIM}interrupted: destroying the sandbox…{DIM:#}");
                 drop(events);
                 let _ = finished.await;
                 return exit::INTERRUPTED;
             }
         };
         let Some(event) = event else { break };
-        match &mode {
+        if let RunEvent::Progress(phase) = &event {
+            spinner.show(phase.describe());
+            continue;
+        }
+        spinner.clear();
+        let message = match &event {
+            RunEvent::Agent(line) => serde_json::from_slice::<Value>(line).ok(),
+            _ => None,
+        };
+        match &options.mode {
             Mode::Json => {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&event.to_json());
                 let _ = out.write_all(b"\n");
                 let _ = out.flush();
             }
-            Mode::Human { verbose } => human(&event, *verbose, started),
+            Mode::Human { verbose, quiet } => {
+                human(&event, message.as_ref(), *verbose, *quiet);
+            }
         }
-        match &event {
-            RunEvent::Agent(line) => {
-                if let Ok(value) = serde_json::from_slice::<Value>(line)
-                    && value["type"] == "result"
-                    && !saw_result
-                {
-                    saw_result = true;
-                    code = if result_failed(&value) {
-                        exit::RUN_FAILED
-                    } else {
-                        exit::OK
-                    };
+        match (&event, &message) {
+            (RunEvent::Error(_), _) => tally.failed = true,
+            (_, Some(m)) if m["type"] == "result" && tally.result.is_none() => {
+                tally.failed |= result_failed(m);
+                tally.result = Some(m.clone());
+            }
+            (_, Some(m)) if m["type"] == "file" => {
+                if let Some(dir) = &options.output_dir {
+                    match save(dir, m) {
+                        Ok(path) => {
+                            tally.saved += 1;
+                            if matches!(options.mode, Mode::Human { quiet: false, .. }) {
+                                anstream::eprintln!("{DIM}saved {}{DIM:#}", path.display());
+                            }
+                        }
+                        Err(why) => anstream::eprintln!("{WARN}warning: {why}{WARN:#}"),
+                    }
                 }
             }
-            RunEvent::Error(_) => code = exit::RUN_FAILED,
-            RunEvent::Stderr(_) => {}
+            _ => {}
         }
     }
+    spinner.clear();
     let _ = finished.await;
-    if !saw_result {
-        return exit::RUN_FAILED;
+    if let (Mode::Human { quiet: false, .. }, Some(result)) = (&options.mode, &tally.result) {
+        summary(result, started, tally.saved, options.output_dir.as_deref());
     }
-    code
+    if tally.result.is_none() || tally.failed {
+        exit::RUN_FAILED
+    } else {
+        exit::OK
+    }
+}
+
+/// A spinner with the run's phase, on a terminal, in readable mode.
+struct Spinner(Option<ProgressBar>);
+
+impl Spinner {
+    fn new(mode: &Mode) -> Self {
+        let wanted =
+            matches!(mode, Mode::Human { quiet: false, .. }) && std::io::stderr().is_terminal();
+        Spinner(wanted.then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        }))
+    }
+
+    fn show(&self, phase: &str) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(format!("{phase}…"));
+        }
+    }
+
+    fn clear(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn result_failed(result: &Value) -> bool {
     result["is_error"] == true || result["subtype"].as_str().is_some_and(|s| s != "success")
 }
 
-fn human(event: &RunEvent, verbose: bool, started: Instant) {
+fn human(event: &RunEvent, message: Option<&Value>, verbose: bool, quiet: bool) {
     match event {
-        RunEvent::Agent(line) => {
-            let Ok(message) = serde_json::from_slice::<Value>(line) else {
-                return;
-            };
+        RunEvent::Agent(_) => {
+            let Some(message) = message else { return };
             match message["type"].as_str() {
-                Some("assistant") => assistant(&message),
-                Some("result") => result(&message, started),
+                Some("assistant") => assistant(message, quiet),
+                Some("result") => {
+                    if let Some(structured) =
+                        message.get("structured_output").filter(|v| !v.is_null())
+                    {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(structured).unwrap_or_default()
+                        );
+                    }
+                }
+                Some("warning") => {
+                    let text = message["message"].as_str().unwrap_or_default();
+                    anstream::eprintln!("{WARN}warning: {text}{WARN:#}");
+                }
                 Some("stdout") => println!("{}", message["data"].as_str().unwrap_or_default()),
                 _ => {}
             }
         }
-        RunEvent::Stderr(line) if verbose => eprintln!("  {line}"),
-        RunEvent::Stderr(_) => {}
+        RunEvent::Stderr(line) if verbose => anstream::eprintln!("{DIM}  {line}{DIM:#}"),
+        RunEvent::Stderr(_) | RunEvent::Progress(_) => {}
         RunEvent::Error(error) => {
-            eprintln!("error: {} (request {})", error.message, error.request_id);
+            anstream::eprintln!(
+                "{BAD}error:{BAD:#} {} {DIM}(request {}){DIM:#}",
+                error.message,
+                error.request_id
+            );
         }
     }
 }
 
-fn assistant(message: &Value) {
+fn assistant(message: &Value, quiet: bool) {
     let Some(blocks) = message["message"]["content"].as_array() else {
         return;
     };
@@ -108,9 +202,12 @@ fn assistant(message: &Value) {
                     println!("{text}");
                 }
             }
-            Some("tool_use") => {
+            Some("tool_use") if !quiet => {
                 let name = block["name"].as_str().unwrap_or("tool");
-                eprintln!("→ {name}{}", key_argument(name, &block["input"]));
+                anstream::eprintln!(
+                    "{TOOL}→ {name}{TOOL:#}{DIM}{}{DIM:#}",
+                    key_argument(name, &block["input"])
+                );
             }
             _ => {}
         }
@@ -146,25 +243,42 @@ pub(super) fn key_argument(tool: &str, input: &Value) -> String {
     }
 }
 
-fn result(message: &Value, started: Instant) {
-    if let Some(structured) = message.get("structured_output").filter(|v| !v.is_null()) {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(structured).unwrap_or_default()
-        );
-    }
-    let turns = message["num_turns"].as_u64().unwrap_or(0);
-    let cost = message["total_cost_usd"].as_f64().unwrap_or(0.0);
-    let seconds = message["duration_ms"]
+fn summary(result: &Value, started: Instant, saved: usize, dir: Option<&Path>) {
+    let turns = result["num_turns"].as_u64().unwrap_or(0);
+    let cost = result["total_cost_usd"].as_f64().unwrap_or(0.0);
+    let seconds = result["duration_ms"]
         .as_f64()
         .map_or_else(|| started.elapsed().as_secs_f64(), |ms| ms / 1000.0);
-    let status = if result_failed(message) {
-        let subtype = message["subtype"].as_str().filter(|s| *s != "success");
-        format!("✗ {}", subtype.unwrap_or("error"))
+    let status = if result_failed(result) {
+        let subtype = result["subtype"].as_str().filter(|s| *s != "success");
+        format!("{BAD}✗ {}{BAD:#}", subtype.unwrap_or("error"))
     } else {
-        "✓ done".to_owned()
+        format!("{GOOD}✓ done{GOOD:#}")
     };
-    eprintln!("{status} · {turns} turns · ${cost:.4} · {seconds:.1}s");
+    let files = match dir {
+        Some(dir) => format!(" · {saved} files saved to {}", dir.display()),
+        None => String::new(),
+    };
+    anstream::eprintln!("{status} · {turns} turns · ${cost:.4} · {seconds:.1}s{files}");
+}
+
+/// Saves one `file` event under `dir`. The path comes from the sandbox, so
+/// it is normalized the way upload paths are: nothing may land outside `dir`.
+fn save(dir: &Path, file: &Value) -> Result<PathBuf, String> {
+    let raw = file["path"].as_str().unwrap_or_default();
+    let relative =
+        crate::request::normalize_path(raw).map_err(|why| format!("output file refused: {why}"))?;
+    let content = base64::engine::general_purpose::STANDARD
+        .decode(file["content_base64"].as_str().unwrap_or_default())
+        .map_err(|e| format!("output file {raw:?} is not valid base64: {e}"))?;
+    let target = dir.join(&relative);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::write(&target, content)
+        .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    Ok(target)
 }
 
 #[cfg(test)]
@@ -192,5 +306,19 @@ mod tests {
         assert!(!result_failed(
             &serde_json::json!({"subtype": "success", "is_error": false})
         ));
+    }
+
+    #[test]
+    fn saved_files_stay_inside_the_output_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file =
+            |path: &str| serde_json::json!({"type":"file","path":path,"content_base64":"AAEC/w=="});
+        let saved = save(dir.path(), &file("charts/a.png")).expect("saved");
+        assert_eq!(std::fs::read(saved).expect("read"), [0, 1, 2, 255]);
+        for escape in ["../evil", "/etc/passwd", "a/../../evil"] {
+            let err = save(dir.path(), &file(escape)).expect_err(escape);
+            assert!(err.contains("refused"), "{err}");
+        }
+        assert!(!dir.path().parent().expect("parent").join("evil").exists());
     }
 }
