@@ -94,7 +94,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(".env"), "A=from-file\nB=from-file\n").expect("write");
         let mut env = EnvVars::from_pairs([("A", "from-env")]);
-        env.fill_from_dotenv(&dir.path().join(".env")).expect("reads");
+        env.fill_from_dotenv(&dir.path().join(".env"))
+            .expect("reads");
         assert_eq!(env.get("A"), Some("from-env"));
         assert_eq!(env.get("B"), Some("from-file"));
     }
@@ -112,7 +113,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(".env");
         std::fs::write(&path, "A='unterminated\n").expect("write");
-        let err = EnvVars::default().fill_from_dotenv(&path).expect_err("malformed");
+        let err = EnvVars::default()
+            .fill_from_dotenv(&path)
+            .expect_err("malformed");
         assert!(err.to_string().contains(".env"), "{err}");
     }
 

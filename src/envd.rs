@@ -148,9 +148,10 @@ mod tests {
             serde_json::to_string(&ok).expect("serializes"),
             r#"{"exited":true,"status":"exit status 0"}"#
         );
-        let parsed: EndEvent =
-            serde_json::from_str(r#"{"exitCode":3,"exited":true,"status":"exit status 3","error":"exit status 3"}"#)
-                .expect("parses");
+        let parsed: EndEvent = serde_json::from_str(
+            r#"{"exitCode":3,"exited":true,"status":"exit status 3","error":"exit status 3"}"#,
+        )
+        .expect("parses");
         assert_eq!(parsed.exit_code, 3);
     }
 }

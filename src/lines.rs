@@ -93,7 +93,10 @@ mod tests {
 
     #[test]
     fn an_unterminated_last_line_is_kept() {
-        assert_eq!(split_all(b"a\nb", 1), vec![Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!(
+            split_all(b"a\nb", 1),
+            vec![Bytes::from("a"), Bytes::from("b")]
+        );
     }
 
     #[test]

@@ -95,7 +95,10 @@ fn mcp_servers_are_checked_by_type() {
     assert_eq!(field, "mcp_servers.s.url", "{message}");
     let (field, message) = field_of(r#"{"mcp_servers": {"s": {"type": "grpc", "url": "x"}}}"#);
     assert_eq!(field, "mcp_servers.s");
-    assert!(message.contains("\"stdio\", \"http\" or \"sse\""), "{message}");
+    assert!(
+        message.contains("\"stdio\", \"http\" or \"sse\""),
+        "{message}"
+    );
     let (field, _) = field_of(r#"{"mcp_servers": {"s": {"type": "http", "url": "ftp://x"}}}"#);
     assert_eq!(field, "mcp_servers.s.url");
     let (field, _) = field_of(r#"{"mcp_servers": {"s": {"command": ""}}}"#);

@@ -62,7 +62,10 @@ fn prompt_must_not_be_empty() {
 fn prompt_limit_counts_characters_not_bytes() {
     let at_limit = "é".repeat(MAX_PROMPT_CHARS);
     let body = serde_json::json!({ "prompt": at_limit }).to_string();
-    assert!(parse(&body).is_ok(), "1,000,000 two-byte characters are allowed");
+    assert!(
+        parse(&body).is_ok(),
+        "1,000,000 two-byte characters are allowed"
+    );
     let over = serde_json::json!({ "prompt": "a".repeat(MAX_PROMPT_CHARS + 1) }).to_string();
     let e = rejected(&over);
     assert_eq!(e.field(), Some("prompt"));
@@ -73,7 +76,10 @@ fn prompt_limit_counts_characters_not_bytes() {
 #[test]
 fn timeout_range_is_5_to_3600() {
     for ok in [5, 300, 3600] {
-        assert!(parse(&format!(r#"{{"prompt":"p","timeout":{ok}}}"#)).is_ok(), "{ok}");
+        assert!(
+            parse(&format!(r#"{{"prompt":"p","timeout":{ok}}}"#)).is_ok(),
+            "{ok}"
+        );
     }
     for bad in [0, 4, 3601] {
         let e = rejected(&format!(r#"{{"prompt":"p","timeout":{bad}}}"#));
@@ -95,7 +101,10 @@ fn wrong_types_name_the_field() {
 
 #[test]
 fn max_turns_must_be_positive() {
-    assert_eq!(rejected(r#"{"prompt":"p","max_turns":0}"#).field(), Some("max_turns"));
+    assert_eq!(
+        rejected(r#"{"prompt":"p","max_turns":0}"#).field(),
+        Some("max_turns")
+    );
 }
 
 #[test]
@@ -115,8 +124,9 @@ fn broken_json_is_a_bad_request() {
 
 #[test]
 fn at_most_20_files() {
-    let files: BTreeMap<String, String> =
-        (0..=MAX_FILES).map(|i| (format!("f{i}"), String::new())).collect();
+    let files: BTreeMap<String, String> = (0..=MAX_FILES)
+        .map(|i| (format!("f{i}"), String::new()))
+        .collect();
     let body = serde_json::json!({"prompt":"p","files":files}).to_string();
     let e = rejected(&body);
     assert_eq!(e.field(), Some("files"));
@@ -138,14 +148,26 @@ fn at_most_10_mb_of_files() {
 #[test]
 fn paths_are_normalized() {
     assert_eq!(normalize_path("a.txt").as_deref(), Ok("a.txt"));
-    assert_eq!(normalize_path("./src//main.py").as_deref(), Ok("src/main.py"));
+    assert_eq!(
+        normalize_path("./src//main.py").as_deref(),
+        Ok("src/main.py")
+    );
     assert_eq!(normalize_path("src/../b.txt").as_deref(), Ok("b.txt"));
     assert_eq!(normalize_path("logs/").as_deref(), Ok("logs"));
 }
 
 #[test]
 fn dangerous_paths_are_refused() {
-    for bad in ["", "/etc/passwd", "../x", "a/../../x", ".", "./", "a/..", "a\0b"] {
+    for bad in [
+        "",
+        "/etc/passwd",
+        "../x",
+        "a/../../x",
+        ".",
+        "./",
+        "a/..",
+        "a\0b",
+    ] {
         assert!(normalize_path(bad).is_err(), "{bad:?} must be refused");
     }
     let long_name = "n".repeat(256);
