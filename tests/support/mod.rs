@@ -9,4 +9,5 @@
 )]
 
 pub mod model_server;
+pub mod product;
 pub mod runner;

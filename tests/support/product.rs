@@ -1,0 +1,633 @@
+//! The whole product as a user runs it, for end-to-end tests: `ds serve` as
+//! a real process on a real socket (behind it the E2B emulator or a local
+//! bubblewrap sandbox), `ds` on the command line, and the events a client
+//! reads back.
+//!
+//! Every run here is the real thing below the model: bubblewrap, `node
+//! runner.mjs`, the pinned Agent SDK. Only the model is scripted
+//! ([`super::model_server`]). The SDK inside the sandbox gets the offline
+//! settings of [`super::runner::OFFLINE_ENV`] the way an operator would pass
+//! them: through `SANDSTORM_FORWARD_ENV`.
+//!
+//! ```ignore
+//! let model = ModelServer::start(Script::bash_write_file()).await;
+//! let product = Serve::new(Chain::Local, &model).start().await;
+//! let events = product.query(json!({"prompt": "go"})).await;
+//! assert_eq!(events.result()["subtype"], "success");
+//! product.assert_sandboxes_destroyed().await;
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sandstorm::emulator::{Emulator, EmulatorOptions};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::model_server::ModelServer;
+use super::runner::{OFFLINE_ENV, require_node_modules, runner_dir};
+
+/// The Anthropic key `ds` gets by default. Long enough (8+ bytes) for the
+/// server's redactor to treat it as a secret.
+pub const ANTHROPIC_KEY: &str = "sk-ant-e2e-3f9c1a7d5b2e";
+/// The E2B key of the emulator chain.
+pub const E2B_KEY: &str = "e2b_e2e0123456789abcdef";
+/// Names of the request fields and variables that hold keys: their values
+/// must never show up in an event or in the server's log.
+const KEY_FIELDS: [&str; 3] = ["anthropic_api_key", "openrouter_api_key", "e2b_api_key"];
+const KEY_VARS: [&str; 4] = [
+    "ANTHROPIC_API_KEY",
+    "OPENROUTER_API_KEY",
+    "E2B_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+];
+
+/// The longest a scripted run may take before the test fails. Runs take a
+/// few seconds; this only turns a hang into a failure.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The folder prefix of a local sandbox's host directory.
+const SANDBOX_DIR_PREFIX: &str = "sandstorm-";
+
+/// Which way `ds serve` reaches its sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chain {
+    /// `--sandbox e2b` against the E2B emulator, which runs each sandbox as
+    /// a local bubblewrap sandbox.
+    E2b,
+    /// `--sandbox local`: bubblewrap directly.
+    Local,
+}
+
+/// The environment that keeps the SDK in the sandbox offline and quick to
+/// fail, plus `SANDSTORM_FORWARD_ENV` naming it. `IS_SANDBOX` is left out:
+/// the sandbox sets it itself, and the tests prove that.
+fn offline_env() -> Vec<(String, String)> {
+    let forwarded: Vec<(&str, &str)> = OFFLINE_ENV
+        .iter()
+        .copied()
+        .filter(|(name, _)| *name != "IS_SANDBOX")
+        .collect();
+    let names: Vec<&str> = forwarded.iter().map(|(name, _)| *name).collect();
+    let mut env: Vec<(String, String)> = forwarded
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.push(("SANDSTORM_FORWARD_ENV".to_owned(), names.join(",")));
+    env
+}
+
+/// The environment every `ds` process starts from: nothing of the test's
+/// own environment but `PATH`, the model's URL, the default Anthropic key
+/// and the offline settings.
+fn base_env(model: &ModelServer) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = offline_env().into_iter().collect();
+    env.insert(
+        "PATH".to_owned(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
+    );
+    env.insert("ANTHROPIC_BASE_URL".to_owned(), model.url());
+    env.insert("ANTHROPIC_API_KEY".to_owned(), ANTHROPIC_KEY.to_owned());
+    env.insert("RUST_LOG".to_owned(), "warn".to_owned());
+    env
+}
+
+/// Folders of one product instance, removed on drop: `cwd` (where
+/// sandstorm.json and the user's files live), `tmp` (the `ds` process's
+/// `TMPDIR`, where local sandboxes are made) and `e2b` (the emulator's
+/// sandboxes).
+struct Dirs {
+    root: tempfile::TempDir,
+}
+
+impl Dirs {
+    fn new() -> Self {
+        let root = tempfile::tempdir().expect("create a temp dir for the product");
+        for dir in ["cwd", "tmp", "e2b"] {
+            std::fs::create_dir(root.path().join(dir)).expect("create product dirs");
+        }
+        Dirs { root }
+    }
+
+    fn cwd(&self) -> PathBuf {
+        self.root.path().join("cwd")
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.root.path().join("tmp")
+    }
+
+    fn e2b(&self) -> PathBuf {
+        self.root.path().join("e2b")
+    }
+}
+
+/// How to start one `ds serve`.
+pub struct Serve {
+    chain: Chain,
+    env: BTreeMap<String, String>,
+    config: Option<Value>,
+}
+
+impl Serve {
+    /// `ds serve --sandbox <chain>` talking to `model`, with
+    /// `ANTHROPIC_API_KEY` = [`ANTHROPIC_KEY`].
+    pub fn new(chain: Chain, model: &ModelServer) -> Self {
+        Serve {
+            chain,
+            env: base_env(model),
+            config: None,
+        }
+    }
+
+    /// Writes `config` as sandstorm.json in the server's working directory.
+    pub fn config(mut self, config: Value) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Sets one variable in the server's environment.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Removes one variable from the server's environment.
+    pub fn env_remove(mut self, name: &str) -> Self {
+        self.env.remove(name);
+        self
+    }
+
+    /// Starts the emulator (for [`Chain::E2b`]) and `ds serve`, and waits
+    /// until the server listens.
+    pub async fn start(self) -> Product {
+        require_node_modules();
+        let dirs = Dirs::new();
+        if let Some(config) = &self.config {
+            std::fs::write(dirs.cwd().join("sandstorm.json"), config.to_string())
+                .expect("write sandstorm.json");
+        }
+        let mut env = self.env;
+        env.insert("TMPDIR".to_owned(), dirs.tmp().display().to_string());
+        let emulator = match self.chain {
+            Chain::E2b => {
+                let (url, emulator) = start_emulator(&dirs.e2b()).await;
+                env.insert("E2B_API_URL".to_owned(), url.clone());
+                env.insert("E2B_SANDBOX_URL".to_owned(), url);
+                env.entry("E2B_API_KEY".to_owned())
+                    .or_insert_with(|| E2B_KEY.to_owned());
+                Some(emulator)
+            }
+            Chain::Local => None,
+        };
+        let secrets = KEY_VARS
+            .iter()
+            .filter_map(|name| env.get(*name))
+            .filter(|value| !value.is_empty())
+            .cloned()
+            .collect();
+
+        let sandbox = match self.chain {
+            Chain::E2b => "e2b",
+            Chain::Local => "local",
+        };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
+        command
+            .args(["serve", "--port", "0", "--sandbox", sandbox])
+            .current_dir(dirs.cwd())
+            .env_clear()
+            .envs(&env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn ds serve");
+        let stderr = child.stderr.take().expect("ds serve stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut lines = BufReader::new(stderr).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("read ds serve stderr") {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    return url.to_owned();
+                }
+                push_line(&log, &line);
+            }
+            panic!("ds serve exited before listening:\n{}", lock(&log));
+        })
+        .await
+        .expect("ds serve listens within 30 s");
+        // Keep reading the log, so the server never blocks on a full pipe
+        // and the test can look into it.
+        let sink = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                push_line(&sink, &line);
+            }
+        });
+        Product {
+            chain: self.chain,
+            url,
+            emulator,
+            secrets,
+            log,
+            dirs,
+            _child: child,
+        }
+    }
+}
+
+/// The emulator on loopback, its sandboxes made under `work_root`.
+async fn start_emulator(work_root: &Path) -> (String, Emulator) {
+    let mut options = EmulatorOptions::new(runner_dir());
+    options.work_root = Some(work_root.to_owned());
+    let emulator = Emulator::new(options)
+        .expect("start the E2B emulator (is bubblewrap installed? apt-get install bubblewrap)");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the emulator to 127.0.0.1:0");
+    let url = format!(
+        "http://{}",
+        listener.local_addr().expect("emulator address")
+    );
+    let app = sandstorm::emulator::app(emulator.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, emulator)
+}
+
+fn lock(log: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn push_line(log: &Mutex<String>, line: &str) {
+    let mut log = lock(log);
+    log.push_str(line);
+    log.push('\n');
+}
+
+/// A running `ds serve` (and emulator). Everything stops when dropped.
+pub struct Product {
+    pub chain: Chain,
+    url: String,
+    emulator: Option<Emulator>,
+    /// Key values the server was given, and those sent in request bodies.
+    secrets: Vec<String>,
+    log: Arc<Mutex<String>>,
+    dirs: Dirs,
+    _child: Child,
+}
+
+impl Product {
+    /// `POST /query` with `body`; reads the whole SSE stream. Fails the
+    /// test unless the answer is a 200 event stream, and when any key value
+    /// shows up in an event.
+    pub async fn query(&mut self, body: Value) -> Events {
+        for field in KEY_FIELDS {
+            if let Some(key) = body[field].as_str().filter(|k| !k.is_empty()) {
+                self.secrets.push(key.to_owned());
+            }
+        }
+        let response = reqwest::Client::new()
+            .post(format!("{}/query", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /query");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if status != 200 {
+            let text = response.text().await.unwrap_or_default();
+            panic!(
+                "POST /query answered {status}: {text}\n--- ds serve log ---\n{}",
+                self.log()
+            );
+        }
+        assert_eq!(content_type, "text/event-stream");
+        let sandbox_dirs = self.sandbox_dirs();
+        let (text, sandboxes_seen) = watch_sandboxes(&sandbox_dirs, response.text()).await;
+        let text = text.expect("read the event stream");
+        let events = Events::parse(&text, sandboxes_seen);
+        events.assert_free_of(&self.secrets);
+        events
+    }
+
+    /// Where this product's sandboxes live on the host.
+    fn sandbox_dirs(&self) -> PathBuf {
+        match self.chain {
+            Chain::E2b => self.dirs.e2b(),
+            Chain::Local => self.dirs.tmp(),
+        }
+    }
+
+    /// Fails the test unless every sandbox made so far is destroyed: no
+    /// sandbox directory is left on the host and, for the E2B chain, the
+    /// emulator killed each one it created, after exactly one create,
+    /// upload and start per query. `queries` is how many queries ran.
+    pub async fn assert_sandboxes_destroyed(&self, queries: u64) {
+        let mut left = leftover_sandboxes(&self.sandbox_dirs());
+        for _ in 0..100 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            left = leftover_sandboxes(&self.sandbox_dirs());
+        }
+        assert!(left.is_empty(), "sandbox directories left behind: {left:?}");
+        if let Some(emulator) = &self.emulator {
+            let stats = emulator.stats();
+            assert_eq!(
+                (stats.created, stats.killed, stats.alive),
+                (queries, queries, 0),
+                "every sandbox the emulator created must be killed: {stats:?}"
+            );
+            for route in ["create", "upload", "start"] {
+                assert_eq!(
+                    stats.requests.get(route).copied().unwrap_or(0),
+                    queries,
+                    "one {route} per query: {:?}",
+                    stats.requests
+                );
+            }
+        }
+        let log = self.log();
+        for secret in &self.secrets {
+            assert!(
+                !log.contains(secret.as_str()),
+                "a key is in the ds serve log:\n{log}"
+            );
+        }
+    }
+
+    /// Everything `ds serve` wrote on stderr so far.
+    pub fn log(&self) -> String {
+        lock(&self.log).clone()
+    }
+}
+
+/// Host directories of live sandboxes under `dir`.
+fn leftover_sandboxes(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(SANDBOX_DIR_PREFIX)
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Awaits `work` (a run) while counting the sandbox directories under
+/// `dir`, so a test can tell that a sandbox existed during the run and is
+/// gone after it. Returns the work's output and the most directories seen
+/// at once. Fails the test after [`RUN_TIMEOUT`].
+async fn watch_sandboxes<T>(dir: &Path, work: impl Future<Output = T>) -> (T, usize) {
+    let mut seen = 0;
+    let watched = async {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    seen = seen.max(leftover_sandboxes(dir).len());
+                }
+            }
+        }
+    };
+    let out = tokio::time::timeout(RUN_TIMEOUT, watched)
+        .await
+        .unwrap_or_else(|_| panic!("the run did not end within {RUN_TIMEOUT:?}"));
+    (out, seen)
+}
+
+/// The events of one run, in order, as a client read them.
+#[derive(Debug)]
+pub struct Events {
+    pub events: Vec<Value>,
+    /// The stream (or `--json-output`) as received, for text searches.
+    pub raw: String,
+    /// The most sandbox directories that existed at once during the run.
+    pub sandboxes_seen: usize,
+}
+
+impl Events {
+    /// Parses an SSE body: every `data:` field is one JSON event.
+    fn parse(text: &str, sandboxes_seen: usize) -> Self {
+        let events = text
+            .split("\n\n")
+            .filter_map(|frame| {
+                let data: Vec<&str> = frame
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                (!data.is_empty()).then(|| data.join("\n"))
+            })
+            .map(|data| {
+                serde_json::from_str(&data)
+                    .unwrap_or_else(|e| panic!("an event is not JSON ({e}): {data:?}"))
+            })
+            .collect();
+        Events {
+            events,
+            raw: text.to_owned(),
+            sandboxes_seen,
+        }
+    }
+
+    /// Parses `--json-output`: every line must be one JSON event.
+    pub fn parse_lines(text: &str) -> Self {
+        let events = text
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("an output line is not JSON ({e}): {line:?}"))
+            })
+            .collect();
+        Events {
+            events,
+            raw: text.to_owned(),
+            sandboxes_seen: 0,
+        }
+    }
+
+    /// The events whose `type` is `kind`.
+    pub fn of_type(&self, kind: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e.get("type").and_then(Value::as_str) == Some(kind))
+            .collect()
+    }
+
+    /// The `system` init event.
+    pub fn init(&self) -> &Value {
+        self.events
+            .iter()
+            .find(|e| e["type"] == "system" && e["subtype"] == "init")
+            .unwrap_or_else(|| panic!("no system init event in {}", self.dump()))
+    }
+
+    /// The first `result` event.
+    pub fn result(&self) -> &Value {
+        self.of_type("result")
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no result event in {}", self.dump()))
+    }
+
+    /// Every `tool_use` block of `assistant` events, as `(name, input)`.
+    pub fn tool_uses(&self) -> Vec<(&str, &Value)> {
+        self.content_blocks("assistant", "tool_use")
+            .filter_map(|b| Some((b["name"].as_str()?, &b["input"])))
+            .collect()
+    }
+
+    /// Every `tool_result` block of `user` events, as `(text, is_error)`.
+    pub fn tool_results(&self) -> Vec<(String, bool)> {
+        self.content_blocks("user", "tool_result")
+            .map(|b| (block_text(&b["content"]), b["is_error"] == true))
+            .collect()
+    }
+
+    fn content_blocks<'a>(
+        &'a self,
+        event_type: &'a str,
+        block_type: &'a str,
+    ) -> impl Iterator<Item = &'a Value> {
+        self.of_type(event_type)
+            .into_iter()
+            .filter_map(|e| e["message"]["content"].as_array())
+            .flatten()
+            .filter(move |b| b["type"] == block_type)
+    }
+
+    /// Fails the test when any of `secrets` appears anywhere in the events.
+    pub fn assert_free_of(&self, secrets: &[String]) {
+        for secret in secrets {
+            assert!(
+                !self.raw.contains(secret.as_str()),
+                "a key value appears in the events: {}",
+                self.dump()
+            );
+        }
+    }
+
+    /// Every event, one per line, for assertion messages.
+    pub fn dump(&self) -> String {
+        self.events
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A tool result's content: a string or a list of text blocks.
+fn block_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    }
+}
+
+/// One `ds` command-line run: `ds <args>` in a fresh working directory
+/// holding the given files, with a local sandbox.
+pub struct Cli {
+    env: BTreeMap<String, String>,
+    files: Vec<(String, String)>,
+}
+
+/// How a `ds` command-line run ended.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// The most sandbox directories that existed at once during the run.
+    pub sandboxes_seen: usize,
+    /// Sandbox directories still there after `ds` exited.
+    pub sandboxes_left: Vec<PathBuf>,
+}
+
+impl CliOutput {
+    /// Both streams, for assertion messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+impl Cli {
+    /// `ds` talking to `model`, with `ANTHROPIC_API_KEY` = [`ANTHROPIC_KEY`].
+    pub fn new(model: &ModelServer) -> Self {
+        Cli {
+            env: base_env(model),
+            files: Vec::new(),
+        }
+    }
+
+    /// Puts a file into the working directory (`data.csv`, `sandstorm.json`).
+    pub fn file(mut self, name: &str, content: &str) -> Self {
+        self.files.push((name.to_owned(), content.to_owned()));
+        self
+    }
+
+    /// Runs `ds <args> --sandbox local` and waits for it to exit.
+    pub async fn run(self, args: &[&str]) -> CliOutput {
+        require_node_modules();
+        let dirs = Dirs::new();
+        for (name, content) in &self.files {
+            std::fs::write(dirs.cwd().join(name), content).expect("write a cwd file");
+        }
+        let child = Command::new(env!("CARGO_BIN_EXE_ds"))
+            .args(args)
+            .args(["--sandbox", "local"])
+            .current_dir(dirs.cwd())
+            .env_clear()
+            .envs(&self.env)
+            .env("TMPDIR", dirs.tmp())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ds");
+        let (output, sandboxes_seen) = watch_sandboxes(&dirs.tmp(), child.wait_with_output()).await;
+        let output = output.expect("wait for ds");
+        let output = CliOutput {
+            status: output.status,
+            stdout: String::from_utf8(output.stdout).expect("ds stdout is UTF-8"),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            sandboxes_seen,
+            sandboxes_left: leftover_sandboxes(&dirs.tmp()),
+        };
+        assert!(
+            !output.stdout.contains(ANTHROPIC_KEY) && !output.stderr.contains(ANTHROPIC_KEY),
+            "a key value appears in ds's output: {}",
+            output.dump()
+        );
+        output
+    }
+}
