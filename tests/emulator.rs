@@ -810,3 +810,118 @@ fn the_official_python_sdk_passes_the_conformance_suite() {
         "no conformance test may be skipped:\n{report}"
     );
 }
+
+/// The `e2b-emulator` binary on a free port, with its sandboxes under
+/// `work_root`.
+fn spawn_binary(work_root: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_e2b-emulator"))
+        .args(["--port", "0", "--work-root"])
+        .arg(work_root)
+        .arg("--runner-dir")
+        .arg(repo().join("runner"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn e2b-emulator");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the address");
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, base)
+}
+
+/// Host processes whose argv is exactly `needle`.
+fn host_processes(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).replace('\0', " ").trim_end() == needle)
+        .count()
+}
+
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let wait = async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+}
+
+async fn start_sleeper(emu: &Emu, sbx: &Sbx, marker: &str) -> reqwest::Response {
+    let message = json!({"process": {"cmd": "sleep", "args": [marker]}});
+    let res = emu
+        .envd(reqwest::Method::POST, "/process.Process/Start", sbx)
+        .header("Content-Type", "application/connect+json")
+        .body(encode(0, message.to_string().as_bytes()))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(res.status(), 200);
+    res
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_binary_promptly_and_cleans_up() {
+    let work_root = tempfile::tempdir().expect("work root");
+    let (mut child, base) = spawn_binary(work_root.path());
+    let emu = Emu {
+        base,
+        http: reqwest::Client::new(),
+    };
+    let sbx = emu.create(json!({})).await;
+    // An open process stream must not hold the shutdown up.
+    let _stream = start_sleeper(&emu, &sbx, "6151").await;
+    eventually("the sleeper never started", || {
+        host_processes("sleep 6151") == 1
+    })
+    .await;
+    assert_eq!(std::fs::read_dir(work_root.path()).expect("dir").count(), 1);
+
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let exited = tokio::task::spawn_blocking(move || child.wait());
+    let status = tokio::time::timeout(GUARD, exited)
+        .await
+        .expect("the emulator did not stop on SIGTERM")
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    assert_eq!(host_processes("sleep 6151"), 0);
+    assert_eq!(
+        std::fs::read_dir(work_root.path()).expect("dir").count(),
+        0,
+        "sandbox directories were left behind"
+    );
+}
+
+#[tokio::test]
+async fn sandboxes_die_with_a_sigkilled_emulator() {
+    let work_root = tempfile::tempdir().expect("work root");
+    let (mut child, base) = spawn_binary(work_root.path());
+    let emu = Emu {
+        base,
+        http: reqwest::Client::new(),
+    };
+    let sbx = emu.create(json!({})).await;
+    let _stream = start_sleeper(&emu, &sbx, "6152").await;
+    eventually("the sleeper never started", || {
+        host_processes("sleep 6152") == 1
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    eventually("a sandbox process outlived its emulator", || {
+        host_processes("sleep 6152") == 0
+    })
+    .await;
+}

@@ -135,7 +135,7 @@ async fn cannot_read_host_files_outside_its_binds() {
     let checkout_file = repo().join("Cargo.toml");
     assert!(checkout_file.is_file());
     let script = format!(
-        "cat {} ; ls /root ; cat /etc/shadow ; ls {}",
+        "cat {} ; ls /root ; cat /etc/shadow ; ls /etc/ssl/private ; ls {}",
         checkout_file.display(),
         sb.host_dir().display()
     );
@@ -148,7 +148,7 @@ async fn cannot_read_host_files_outside_its_binds() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.matches("No such file or directory").count(),
-        4,
+        5,
         "every host path must be absent inside: {stderr}"
     );
     sb.destroy().await.expect("destroy");
@@ -523,4 +523,23 @@ async fn destroy_does_not_wait_for_a_reader_that_stopped_reading() {
     assert!(host_processes_with("yes sandstorm").is_empty());
     // Holding the stream did not keep anything alive; dropping it is fine.
     drop(stream);
+}
+
+#[tokio::test]
+async fn name_resolution_and_tls_roots_work_inside() {
+    let sb = sandbox().await;
+    // The agent must reach its model API: /etc is cut down, but not below
+    // what the resolver and TLS clients read.
+    let out = run(
+        &sb,
+        sh("getent hosts localhost >/dev/null && echo resolves; test -s /etc/ssl/certs/ca-certificates.crt && echo roots; whoami"),
+    )
+    .await;
+    assert_eq!(
+        out.stdout(),
+        "resolves\nroots\nroot\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sb.destroy().await.expect("destroy");
 }

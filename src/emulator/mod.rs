@@ -203,6 +203,13 @@ pub async fn serve_with_shutdown(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let emulator = Emulator::new(options).map_err(std::io::Error::other)?;
+    // Kill the sandboxes first: their process streams then end, and the
+    // graceful shutdown does not wait on a process that would run for hours.
+    let stopping = emulator.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.shutdown().await;
+    };
     let result = axum::serve(listener, app(emulator.clone()))
         .with_graceful_shutdown(shutdown)
         .await;

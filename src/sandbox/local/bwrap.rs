@@ -21,7 +21,7 @@ const SYSTEM_DIRS: [&str; 7] = [
 /// users and groups (node and git look themselves up), the dynamic linker's
 /// cache, `alternatives` (Debian's `/usr/bin` links point there), time zone,
 /// and the login-shell profile that `bash -l` reads.
-const ETC_ENTRIES: [&str; 27] = [
+const ETC_ENTRIES: [&str; 29] = [
     "resolv.conf",
     "hosts",
     "host.conf",
@@ -29,10 +29,14 @@ const ETC_ENTRIES: [&str; 27] = [
     "gai.conf",
     "protocols",
     "services",
-    "ssl",
+    // Certificates only: /etc/ssl/private holds the host's TLS keys, and
+    // the sandboxed root, as their owner, could read them.
+    "ssl/certs",
+    "ssl/openssl.cnf",
     "ca-certificates",
     "ca-certificates.conf",
-    "pki",
+    "pki/tls/certs",
+    "pki/ca-trust",
     "crypto-policies",
     "passwd",
     "group",

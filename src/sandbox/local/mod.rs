@@ -43,6 +43,11 @@ pub use fs::FsError;
 pub use process::ProcessControl;
 pub use rustix::process::Signal;
 
+/// util-linux's `setpriv`, used to tie bwrap's life to ours from its first
+/// instruction (see [`LocalSandbox::spawn`]). Debian always has it; without
+/// it bwrap's own `--die-with-parent` still applies, once bwrap is up.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
 /// `PATH` inside the sandbox unless the process sets its own.
 pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -64,6 +69,7 @@ pub struct LocalOptions {
 pub struct LocalProvider {
     options: LocalOptions,
     layout: bwrap::Layout,
+    setpriv: Option<PathBuf>,
 }
 
 impl LocalProvider {
@@ -80,7 +86,12 @@ impl LocalProvider {
         }
         let as_root = rustix::process::geteuid().is_root();
         let layout = bwrap::Layout::detect(&options.runner_dir, as_root);
-        Ok(LocalProvider { options, layout })
+        let setpriv = Some(PathBuf::from(SETPRIV)).filter(|p| p.is_file());
+        Ok(LocalProvider {
+            options,
+            layout,
+            setpriv,
+        })
     }
 
     /// Like [`SandboxProvider::create`], keeping the concrete type for
@@ -104,6 +115,7 @@ impl LocalProvider {
         let sandbox = Arc::new(LocalSandbox {
             id,
             bwrap: self.options.bwrap.clone(),
+            setpriv: self.setpriv.clone(),
             layout: self.layout.clone(),
             dir: guard,
             processes: Mutex::new(Processes::default()),
@@ -204,6 +216,7 @@ struct Processes {
 pub struct LocalSandbox {
     id: String,
     bwrap: PathBuf,
+    setpriv: Option<PathBuf>,
     layout: bwrap::Layout,
     dir: Arc<DirGuard>,
     processes: Mutex<Processes>,
@@ -253,7 +266,19 @@ impl LocalSandbox {
         let argv: Vec<String> = std::iter::once(spec.cmd.clone())
             .chain(spec.args.iter().cloned())
             .collect();
-        let mut command = tokio::process::Command::new(&self.bwrap);
+        // bwrap's --die-with-parent makes bwrap and the sandbox die with
+        // us, but bwrap arms it only after its start-up; `setpriv --pdeathsig
+        // KILL` arms it before bwrap runs, so a SIGKILL of this process at
+        // any moment leaves no sandbox behind. setpriv execs bwrap, so the
+        // pid stays bwrap's.
+        let mut command = match &self.setpriv {
+            Some(setpriv) => {
+                let mut c = tokio::process::Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(&self.bwrap);
+                c
+            }
+            None => tokio::process::Command::new(&self.bwrap),
+        };
         command
             .args(self.layout.args(&self.dir.path, &cwd, &argv))
             // Clear the host environment; only the run's own variables go in.
