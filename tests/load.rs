@@ -1,0 +1,379 @@
+//! Load: 500 concurrent queries to a real `ds serve` process against the
+//! E2B emulator's synthetic runner (issue 6, item 7).
+//!
+//! Every stream must arrive complete and in order, every sandbox must be
+//! destroyed, and the whole run must end within a fixed bound. The figures
+//! (latencies, idle and peak RSS of the server) are printed and written to
+//! `target/load-figures.json`, where `bench/run` picks them up for
+//! BENCHMARKS.md.
+//!
+//! The server is the `ds` binary cargo built with this test. `bench/run`
+//! sets `SANDSTORM_LOAD_DS` to the release binary so the published figures
+//! are those of what ships.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs, knobs::Synthetic};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Barrier;
+
+/// Concurrent queries.
+const STREAMS: usize = 500;
+/// Lines the synthetic runner prints per query, and their size.
+const LINES: u64 = 100;
+const LINE_BYTES: usize = 300;
+/// The whole load phase must end within this (it takes a few seconds on a
+/// 2-core machine); past it the test fails instead of hanging CI.
+const TIME_LIMIT: Duration = Duration::from_secs(90);
+/// File descriptors each query may hold across this process and the
+/// server: client socket, server side, envd stream, pooled REST sockets.
+const FDS_PER_STREAM: u64 = 4;
+
+const E2B_KEY: &str = "e2b_0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_queries_stream_completely_and_leak_no_sandbox() {
+    raise_fd_limit(STREAMS as u64 * FDS_PER_STREAM + 256);
+    let emulator = start_emulator(LINES, LINE_BYTES).await;
+    let server = start_ds_serve(&emulator.url).await;
+    let idle_rss_kib = proc_status_kib(server.pid, "VmRSS");
+
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(TIME_LIMIT, run_load(&server.url)).await;
+    let wall = started.elapsed();
+    let results = outcome.unwrap_or_else(|_| {
+        panic!(
+            "{STREAMS} queries did not finish within {TIME_LIMIT:?}; emulator: {:?}",
+            emulator.emulator.stats()
+        )
+    });
+
+    let mut failures: Vec<String> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("query {i}: {e}")))
+        .collect();
+    failures.truncate(5);
+    assert!(failures.is_empty(), "broken streams: {failures:#?}");
+    let done: Vec<&Stream> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+
+    // A run destroys its sandbox before it ends its stream, so by now every
+    // kill has been answered; the short wait only absorbs scheduling.
+    let stats = wait_for_no_sandbox(&emulator.emulator, Duration::from_secs(5)).await;
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (STREAMS as u64, STREAMS as u64, 0),
+        "created, killed, alive: {stats:?}"
+    );
+    for route in ["create", "upload", "start", "kill"] {
+        assert_eq!(
+            stats.requests.get(route).copied().unwrap_or(0),
+            STREAMS as u64,
+            "{route} calls in {:?}",
+            stats.requests
+        );
+    }
+
+    let peak_rss_kib = proc_status_kib(server.pid, "VmHWM");
+    let first: Vec<Duration> = done.iter().map(|s| s.first_event).collect();
+    let complete: Vec<Duration> = done.iter().map(|s| s.complete).collect();
+    let figures = serde_json::json!({
+        "streams": STREAMS,
+        "lines_per_stream": LINES,
+        "line_bytes": LINE_BYTES,
+        "events": done.iter().map(|s| s.events).sum::<u64>(),
+        "wall_ms": millis(wall),
+        "first_event_ms": percentiles(first),
+        "complete_ms": percentiles(complete),
+        "idle_rss_kib": idle_rss_kib,
+        "peak_rss_kib": peak_rss_kib,
+        "created": stats.created,
+        "killed": stats.killed,
+        "alive": stats.alive,
+        "server": server.binary.display().to_string(),
+    });
+    let text = serde_json::to_string_pretty(&figures).expect("figures are JSON");
+    eprintln!("load figures:\n{text}");
+    let path = figures_path();
+    std::fs::write(&path, format!("{text}\n"))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// What one query's stream looked like, from the client's side.
+struct Stream {
+    events: u64,
+    first_event: Duration,
+    complete: Duration,
+}
+
+/// Sends every query at once. Each stream waits after its first event until
+/// all have one, so the server really holds `STREAMS` open streams at the
+/// same moment, then reads to the end.
+async fn run_load(url: &str) -> Vec<Result<Stream, String>> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client");
+    let all_open = Arc::new(Barrier::new(STREAMS));
+    let tasks: Vec<_> = (0..STREAMS)
+        .map(|i| {
+            let request = client
+                .post(format!("{url}/query"))
+                .json(&serde_json::json!({"prompt": format!("load {i}")}));
+            let all_open = all_open.clone();
+            tokio::spawn(async move { one_stream(request, &all_open).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(STREAMS);
+    for task in tasks {
+        results.push(
+            task.await
+                .unwrap_or_else(|e| Err(format!("task failed: {e}"))),
+        );
+    }
+    results
+}
+
+/// One query; waits at `all_open` exactly once, even when it fails early,
+/// so one broken stream fails the test instead of stalling the others.
+async fn one_stream(
+    request: reqwest::RequestBuilder,
+    all_open: &Barrier,
+) -> Result<Stream, String> {
+    let mut waited = false;
+    let result = read_stream(request, all_open, &mut waited).await;
+    if !waited {
+        all_open.wait().await;
+    }
+    result
+}
+
+async fn read_stream(
+    request: reqwest::RequestBuilder,
+    all_open: &Barrier,
+    waited: &mut bool,
+) -> Result<Stream, String> {
+    let sent = Instant::now();
+    let response = request.send().await.map_err(|e| format!("send: {e}"))?;
+    if response.status() != 200 {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        return Err(format!("status {status}: {body}"));
+    }
+    let mut body = response.bytes_stream();
+    let mut parser = SseParser::default();
+    let mut first_event = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("after {} events: {e}", parser.events))?;
+        parser.feed(&chunk)?;
+        if first_event.is_none() && parser.events > 0 {
+            first_event = Some(sent.elapsed());
+            *waited = true;
+            all_open.wait().await;
+        }
+    }
+    if parser.events != LINES || !parser.saw_result {
+        return Err(format!(
+            "stream ended after {} of {LINES} events (result seen: {})",
+            parser.events, parser.saw_result
+        ));
+    }
+    Ok(Stream {
+        events: parser.events,
+        first_event: first_event.unwrap_or_default(),
+        complete: sent.elapsed(),
+    })
+}
+
+/// Splits an SSE body into events and checks each is the next runner line.
+#[derive(Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+    events: u64,
+    saw_result: bool,
+}
+
+impl SseParser {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
+        self.buffer.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(end) = find(&self.buffer[start..], b"\n\n") {
+            let frame = &self.buffer[start..start + end];
+            start += end + 2;
+            // Comment lines (`: keepalive`) carry no event.
+            let Some(data) = frame
+                .split(|&b| b == b'\n')
+                .find_map(|l| l.strip_prefix(b"data: "))
+            else {
+                continue;
+            };
+            let event: serde_json::Value = serde_json::from_slice(data)
+                .map_err(|e| format!("event {} is not JSON: {e}", self.events))?;
+            if self.saw_result {
+                return Err(format!("event after the result: {event}"));
+            }
+            if event["seq"] != self.events {
+                return Err(format!("event {} out of order: {event}", self.events));
+            }
+            self.saw_result = event["type"] == "result";
+            self.events += 1;
+        }
+        self.buffer.drain(..start);
+        Ok(())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+struct EmulatorHandle {
+    url: String,
+    emulator: Emulator,
+}
+
+async fn start_emulator(lines: u64, bytes: usize) -> EmulatorHandle {
+    let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("runner");
+    let mut options = EmulatorOptions::new(runner);
+    options.knobs = Knobs {
+        synthetic: Some(Synthetic { lines, bytes }),
+        ..Knobs::default()
+    };
+    let emulator = Emulator::new(options).expect("emulator (is bubblewrap installed?)");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = sandstorm::emulator::app(emulator.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    EmulatorHandle { url, emulator }
+}
+
+async fn wait_for_no_sandbox(
+    emulator: &Emulator,
+    within: Duration,
+) -> sandstorm::emulator::Snapshot {
+    let start = Instant::now();
+    loop {
+        let stats = emulator.stats();
+        if (stats.alive == 0 && stats.killed == stats.created) || start.elapsed() > within {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Server {
+    url: String,
+    pid: u32,
+    binary: PathBuf,
+    _child: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// `ds serve --port 0 --sandbox e2b` pointed at the emulator.
+async fn start_ds_serve(emulator_url: &str) -> Server {
+    let binary = std::env::var_os("SANDSTORM_LOAD_DS")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ds")), PathBuf::from);
+    // The server runs in a temp folder: a relative path would resolve there.
+    let binary = std::path::absolute(&binary)
+        .unwrap_or_else(|e| panic!("resolving {}: {e}", binary.display()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(&binary)
+        .args(["serve", "--port", "0", "--sandbox", "e2b"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("E2B_API_URL", emulator_url)
+        .env("E2B_SANDBOX_URL", emulator_url)
+        .env("E2B_API_KEY", E2B_KEY)
+        .env("ANTHROPIC_API_KEY", "sk-ant-load-0000")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
+    let pid = child.id().expect("ds serve has a pid");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if let Some(url) = line.strip_prefix("listening on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("ds serve exited before listening");
+    })
+    .await
+    .expect("ds serve listens within 30 s");
+    // Keep draining stderr so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Server {
+        url,
+        pid,
+        binary,
+        _child: child,
+        _dir: dir,
+    }
+}
+
+/// Lifts this process's soft limit on open files to what the test needs;
+/// `ds serve` inherits it.
+fn raise_fd_limit(needed: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none_or(|c| c >= needed) {
+        return;
+    }
+    assert!(
+        limit.maximum.is_none_or(|m| m >= needed),
+        "the load test needs {needed} open files but the hard limit is {:?}; \
+         raise it (for example `ulimit -Hn 8192` as root) and run again",
+        limit.maximum
+    );
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(needed),
+            maximum: limit.maximum,
+        },
+    )
+    .expect("raising the open-file limit");
+}
+
+/// A `kB` line of `/proc/PID/status`: `VmRSS` now, `VmHWM` the peak.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn percentiles(mut values: Vec<Duration>) -> serde_json::Value {
+    values.sort();
+    let at = |q: f64| {
+        let i = ((values.len() as f64 - 1.0) * q).round() as usize;
+        values.get(i).copied().map(millis)
+    };
+    serde_json::json!({"p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
+}
+
+/// `target/load-figures.json`, in whatever target folder cargo uses.
+fn figures_path() -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(tmp).join("load-figures.json")
+}
