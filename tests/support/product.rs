@@ -553,6 +553,9 @@ fn block_text(content: &Value) -> String {
 pub struct Cli {
     env: BTreeMap<String, String>,
     files: Vec<(String, String)>,
+    /// Run under a pseudo-terminal (`script`), as a person at a terminal
+    /// would: stdout and stderr then arrive merged, in `stdout`.
+    terminal: bool,
 }
 
 /// How a `ds` command-line run ended.
@@ -585,7 +588,20 @@ impl Cli {
         Cli {
             env: base_env(model),
             files: Vec::new(),
+            terminal: false,
         }
+    }
+
+    /// Sets one environment variable of the `ds` process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Runs `ds` on a pseudo-terminal instead of pipes.
+    pub fn terminal(mut self) -> Self {
+        self.terminal = true;
+        self
     }
 
     /// Puts a file into the working directory (`data.csv`, `sandstorm.json`).
@@ -601,9 +617,24 @@ impl Cli {
         for (name, content) in &self.files {
             std::fs::write(dirs.cwd().join(name), content).expect("write a cwd file");
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_ds"))
-            .args(args)
-            .args(["--sandbox", "local"])
+        let mut command = if self.terminal {
+            // script(1) gives ds a pty for stdout and stderr; -e passes on
+            // ds's exit status.
+            let line = std::iter::once(env!("CARGO_BIN_EXE_ds"))
+                .chain(args.iter().copied())
+                .chain(["--sandbox", "local"])
+                .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut command = Command::new("script");
+            command.args(["-qefc", &line, "/dev/null"]);
+            command
+        } else {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
+            command.args(args).args(["--sandbox", "local"]);
+            command
+        };
+        let child = command
             .current_dir(dirs.cwd())
             .env_clear()
             .envs(&self.env)

@@ -1,0 +1,106 @@
+//! `ds` as a person sees it: on a pseudo-terminal (colours, the spinner
+//! with the run's phase) and piped (plain text), plus `--quiet`.
+
+mod support;
+
+use support::model_server::{FINAL_TEXT, ModelServer, Script};
+use support::product::Cli;
+
+const ESC: &str = "\u{1b}[";
+/// The colours of the tool lines and of the success summary.
+const CYAN: &str = "\u{1b}[36m";
+const GREEN: &str = "\u{1b}[32m";
+
+fn model() -> Script {
+    Script::Bash {
+        command: "echo hello-from-bash".into(),
+    }
+}
+
+#[tokio::test]
+async fn on_a_terminal_ds_shows_colours_the_phase_and_each_tool_call() {
+    let model = ModelServer::start(model()).await;
+    let output = Cli::new(&model)
+        .env("TERM", "xterm-256color")
+        .terminal()
+        .run(&["say hello"])
+        .await;
+    assert_eq!(output.status.code(), Some(0), "{}", output.dump());
+    let screen = &output.stdout;
+    assert!(
+        screen.contains(CYAN) && screen.contains(GREEN),
+        "colours on a terminal: {screen:?}"
+    );
+    assert!(
+        screen.contains("starting the agent"),
+        "the spinner names the phase: {screen:?}"
+    );
+    assert!(screen.contains("→ Bash"), "{screen:?}");
+    assert!(screen.contains("echo hello-from-bash"), "{screen:?}");
+    assert!(screen.contains(FINAL_TEXT), "{screen:?}");
+    assert!(screen.contains("✓ done"), "{screen:?}");
+}
+
+#[tokio::test]
+async fn piped_ds_prints_plain_text_with_the_answer_alone_on_stdout() {
+    let model = ModelServer::start(model()).await;
+    let output = Cli::new(&model)
+        .env("TERM", "xterm-256color")
+        .run(&["say hello"])
+        .await;
+    assert_eq!(output.status.code(), Some(0), "{}", output.dump());
+    for stream in [&output.stdout, &output.stderr] {
+        assert!(
+            !stream.contains(ESC),
+            "no escape codes when piped: {stream:?}"
+        );
+    }
+    assert!(
+        !output.stderr.contains("starting the agent"),
+        "no spinner when piped"
+    );
+    assert!(output.stdout.contains(FINAL_TEXT), "{}", output.dump());
+    assert!(!output.stdout.contains("→ Bash"), "tool calls go to stderr");
+    assert!(
+        output.stderr.contains("→ Bash: echo hello-from-bash"),
+        "{}",
+        output.dump()
+    );
+    let summary = output.stderr.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with("✓ done · 2 turns · $") && summary.ends_with('s'),
+        "{summary:?}"
+    );
+}
+
+#[tokio::test]
+async fn quiet_prints_only_the_answer() {
+    let model = ModelServer::start(model()).await;
+    let output = Cli::new(&model).run(&["say hello", "--quiet"]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", output.dump());
+    assert!(output.stdout.contains(FINAL_TEXT), "{}", output.dump());
+    assert_eq!(
+        output.stderr.trim(),
+        "",
+        "nothing but the answer: {}",
+        output.dump()
+    );
+}
+
+#[tokio::test]
+async fn no_color_turns_colours_off_even_on_a_terminal() {
+    let model = ModelServer::start(model()).await;
+    let output = Cli::new(&model)
+        .env("TERM", "xterm-256color")
+        .env("NO_COLOR", "1")
+        .terminal()
+        .run(&["say hello"])
+        .await;
+    assert_eq!(output.status.code(), Some(0), "{}", output.dump());
+    let screen = &output.stdout;
+    assert!(screen.contains("✓ done"), "{screen:?}");
+    assert!(
+        !screen.contains(CYAN) && !screen.contains(GREEN),
+        "{screen:?}"
+    );
+}
