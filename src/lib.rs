@@ -32,6 +32,7 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod lines;
+pub mod openapi;
 pub mod outputs;
 pub mod plan;
 pub mod request;

@@ -1,0 +1,286 @@
+//! `GET /openapi.json`: the API described in OpenAPI 3.1.
+//!
+//! The document is hand-written (`openapi.json` beside this file) because
+//! most of what a client needs from it is prose: the limits, the events and
+//! how a run ends. The tests below keep it honest: its request schema lists
+//! exactly the fields [`QueryRequest`](crate::request::QueryRequest)
+//! accepts, with the same limits, and schemathesis runs it against a real
+//! server (`tests/openapi_schemathesis.rs`).
+
+use axum::http::header;
+use axum::response::IntoResponse;
+
+/// The document, as served.
+pub const DOCUMENT: &str = include_str!("openapi.json");
+
+/// Serves [`DOCUMENT`].
+pub async fn document() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], DOCUMENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde::de::{self, Deserializer, Visitor};
+    use serde_json::{Value, json};
+
+    use super::DOCUMENT;
+    use crate::outputs::MAX_PATTERNS;
+    use crate::request::{
+        DEFAULT_TIMEOUT_SECS, MAX_FILES, MAX_PROMPT_CHARS, Query, QueryRequest, TIMEOUT_RANGE,
+    };
+
+    fn document() -> Value {
+        serde_json::from_str(DOCUMENT).expect("src/openapi.json is JSON")
+    }
+
+    fn request_schema() -> Value {
+        document()["components"]["schemas"]["QueryRequest"].clone()
+    }
+
+    /// The field names serde's derive gives `deserialize_struct`: exactly
+    /// the fields `QueryRequest` accepts, read from the type itself.
+    fn query_request_fields() -> BTreeSet<&'static str> {
+        struct Probe;
+        #[derive(Debug)]
+        struct Fields(&'static [&'static str]);
+        impl std::fmt::Display for Fields {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+        impl std::error::Error for Fields {}
+        impl de::Error for Fields {
+            fn custom<T: std::fmt::Display>(msg: T) -> Self {
+                panic!("QueryRequest is not read as a struct: {msg}")
+            }
+        }
+        impl<'de> Deserializer<'de> for Probe {
+            type Error = Fields;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Fields> {
+                panic!("QueryRequest is not read as a struct")
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                _visitor: V,
+            ) -> Result<V::Value, Fields> {
+                Err(Fields(fields))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        match <QueryRequest as serde::Deserialize>::deserialize(Probe) {
+            Err(Fields(fields)) => fields.iter().copied().collect(),
+            Ok(_) => unreachable!("the probe never yields a value"),
+        }
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_the_crate_version() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        for (path, method) in [
+            ("/query", "post"),
+            ("/health", "get"),
+            ("/openapi.json", "get"),
+        ] {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn the_request_schema_lists_exactly_the_fields_query_request_accepts() {
+        let schema = request_schema();
+        let documented: BTreeSet<&str> = schema["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            documented,
+            query_request_fields(),
+            "src/openapi.json and QueryRequest disagree on the request's fields"
+        );
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["required"], json!(["prompt"]));
+    }
+
+    #[test]
+    fn a_body_with_every_documented_field_is_accepted() {
+        let schema = request_schema();
+        let mut body = serde_json::Map::new();
+        for name in schema["properties"].as_object().expect("properties").keys() {
+            let value = match name.as_str() {
+                "prompt" => json!("hello"),
+                "anthropic_api_key" | "openrouter_api_key" | "e2b_api_key" => json!("key-12345678"),
+                "model" => json!("sonnet"),
+                "max_turns" => json!(3),
+                "timeout" => json!(60),
+                "files" => json!({"data/a.csv": "a,b\n"}),
+                "outputs" => json!(["output/**", "*.png"]),
+                other => panic!("no example value for the new field {other:?}; add one here"),
+            };
+            body.insert(name.clone(), value);
+        }
+        let bytes = serde_json::to_vec(&body).expect("json");
+        Query::from_json(&bytes).expect("a body with every documented field is valid");
+    }
+
+    #[test]
+    fn the_documented_limits_are_the_enforced_ones() {
+        let p = &request_schema()["properties"];
+        assert_eq!(p["prompt"]["minLength"], 1);
+        assert_eq!(p["prompt"]["maxLength"], MAX_PROMPT_CHARS);
+        assert_eq!(p["timeout"]["minimum"], *TIMEOUT_RANGE.start());
+        assert_eq!(p["timeout"]["maximum"], *TIMEOUT_RANGE.end());
+        assert_eq!(p["timeout"]["default"], DEFAULT_TIMEOUT_SECS);
+        assert_eq!(p["max_turns"]["minimum"], 1);
+        assert_eq!(p["max_turns"]["maximum"], u32::MAX);
+        assert_eq!(p["files"]["maxProperties"], MAX_FILES);
+        assert_eq!(p["outputs"]["maxItems"], MAX_PATTERNS);
+
+        // Each bound is where validation starts to refuse.
+        let accepts = |body: Value| Query::from_json(body.to_string().as_bytes()).is_ok();
+        let prompt = |n: usize| "x".repeat(n);
+        assert!(accepts(json!({"prompt": prompt(MAX_PROMPT_CHARS)})));
+        assert!(!accepts(json!({"prompt": prompt(MAX_PROMPT_CHARS + 1)})));
+        assert!(!accepts(json!({"prompt": ""})));
+        for (timeout, ok) in [(4, false), (5, true), (3600, true), (3601, false)] {
+            assert_eq!(
+                accepts(json!({"prompt": "x", "timeout": timeout})),
+                ok,
+                "{timeout}"
+            );
+        }
+        assert!(!accepts(json!({"prompt": "x", "max_turns": 0})));
+        let files = |n: usize| -> Value {
+            (0..n)
+                .map(|i| (format!("f{i}"), json!("")))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        assert!(accepts(json!({"prompt": "x", "files": files(MAX_FILES)})));
+        assert!(!accepts(
+            json!({"prompt": "x", "files": files(MAX_FILES + 1)})
+        ));
+        let outputs = |n: usize| vec!["*.txt"; n];
+        assert!(accepts(
+            json!({"prompt": "x", "outputs": outputs(MAX_PATTERNS)})
+        ));
+        assert!(!accepts(
+            json!({"prompt": "x", "outputs": outputs(MAX_PATTERNS + 1)})
+        ));
+    }
+
+    #[test]
+    fn null_means_absent_for_every_optional_field_as_documented() {
+        let schema = request_schema();
+        for (name, property) in schema["properties"].as_object().expect("properties") {
+            if name == "prompt" {
+                continue;
+            }
+            let types = property["type"].as_array().expect("a type list");
+            assert!(
+                types.contains(&json!("null")),
+                "{name} is documented as nullable"
+            );
+            let body = json!({"prompt": "x", name.as_str(): null});
+            Query::from_json(body.to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{name}: null is accepted: {e}"));
+        }
+    }
+
+    #[test]
+    fn every_error_type_and_status_is_documented() {
+        use crate::error::ApiError;
+        let doc = document();
+        let responses = &doc["paths"]["/query"]["post"]["responses"];
+        let kinds = &doc["components"]["schemas"]["ErrorBody"]["properties"]["error"]["properties"]
+            ["type"]["enum"];
+        // A new variant stops this compiling until it is listed below.
+        let _every_variant_is_listed = |e: &ApiError| match e {
+            ApiError::Invalid { .. }
+            | ApiError::BadRequest { .. }
+            | ApiError::MissingKey { .. }
+            | ApiError::TooLarge { .. }
+            | ApiError::UnsupportedMediaType
+            | ApiError::Unauthorized
+            | ApiError::Config { .. }
+            | ApiError::Internal(_) => (),
+        };
+        let errors = [
+            ApiError::invalid("f", "m"),
+            ApiError::BadRequest {
+                message: "m".into(),
+            },
+            ApiError::MissingKey {
+                field: "f".into(),
+                message: "m".into(),
+            },
+            ApiError::TooLarge {
+                field: None,
+                message: "m".into(),
+            },
+            ApiError::UnsupportedMediaType,
+            ApiError::Unauthorized,
+            ApiError::Config {
+                message: "m".into(),
+            },
+            ApiError::Internal("d".into()),
+        ];
+        for error in errors {
+            let status = error.status().as_u16().to_string();
+            assert!(
+                responses[&status].is_object(),
+                "status {status} is documented"
+            );
+            assert!(
+                kinds
+                    .as_array()
+                    .expect("enum")
+                    .contains(&json!(error.kind())),
+                "error type {} is documented",
+                error.kind()
+            );
+        }
+    }
+
+    #[test]
+    fn every_error_event_type_is_documented() {
+        use crate::events::ErrorKind;
+        let doc = document();
+        let documented =
+            &doc["components"]["schemas"]["ErrorEvent"]["properties"]["error_type"]["enum"];
+        // A new variant stops this compiling until it is listed below.
+        let _every_variant_is_listed = |k: ErrorKind| match k {
+            ErrorKind::Timeout
+            | ErrorKind::Sandbox
+            | ErrorKind::StreamCut
+            | ErrorKind::RunnerFailed
+            | ErrorKind::RunnerError
+            | ErrorKind::OutputTooLarge => (),
+        };
+        for kind in [
+            ErrorKind::Timeout,
+            ErrorKind::Sandbox,
+            ErrorKind::StreamCut,
+            ErrorKind::RunnerFailed,
+            ErrorKind::RunnerError,
+            ErrorKind::OutputTooLarge,
+        ] {
+            let name = serde_json::to_value(kind).expect("kind");
+            assert!(
+                documented.as_array().expect("enum").contains(&name),
+                "{name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! schemathesis (PyPI) runs the served OpenAPI document against a real
+//! `ds serve --sandbox e2b` in front of the E2B emulator (synthetic runner).
+//!
+//! It generates valid and invalid bodies from the document and checks the
+//! server both ways: no 5xx; every status, content type and header is
+//! documented; every JSON body and every SSE event's JSON matches its
+//! schema; every body the schema forbids is refused. A run of real sandbox
+//! lifecycles stands behind each accepted body.
+
+mod serve_support;
+
+use std::process::Command;
+use std::time::Duration;
+
+/// The pinned package, as in tests/python/requirements.txt.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+/// What schemathesis checks. `positive_data_acceptance` (every body the
+/// schema allows is accepted) is left out: JSON Schema counts `14.0` as an
+/// integer, and the request parser refuses it for `timeout`/`max_turns`.
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
+                      response_schema_conformance,response_headers_conformance,\
+                      negative_data_rejection";
+
+#[test]
+fn schemathesis_finds_the_server_true_to_its_openapi_document() {
+    let schemathesis = serve_support::require_venv_tool("schemathesis", SCHEMATHESIS);
+    let stack = serve_support::start(5);
+    let config = serve_support::manifest_dir().join("tests/schemathesis/schemathesis.toml");
+    // Its working folder is a temporary one, so nothing it writes lands in
+    // the repository.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut command = Command::new(&schemathesis);
+    command
+        .current_dir(scratch.path())
+        .env("NO_COLOR", "1")
+        .arg("--config-file")
+        .arg(&config)
+        .args(["run", &format!("{}/openapi.json", stack.url)])
+        .args(["--checks", CHECKS])
+        // Bounded and repeatable: the same cases on every run.
+        .args(["--max-examples", "30", "--seed", "20261127"])
+        .args(["--generation-database", "none", "--request-timeout", "30"])
+        .arg("--no-color");
+    let (status, stdout, stderr) = serve_support::run(command, Duration::from_secs(300));
+    assert!(
+        status.success(),
+        "schemathesis found the server and src/openapi.json disagreeing:\n{stdout}\n{stderr}"
+    );
+    // Both operations were exercised, not skipped.
+    assert!(
+        stdout.contains("Tested: 2"),
+        "schemathesis tested fewer operations than /query and /health:\n{stdout}"
+    );
+}
