@@ -26,9 +26,10 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::DOCUMENT;
-    use crate::outputs::MAX_PATTERNS;
+    use crate::outputs::{DEFAULT_LIMITS, MAX_PATTERNS};
     use crate::request::{
-        DEFAULT_TIMEOUT_SECS, MAX_FILES, MAX_PROMPT_CHARS, Query, QueryRequest, TIMEOUT_RANGE,
+        DEFAULT_TIMEOUT_SECS, MAX_FILES, MAX_FILES_BYTES, MAX_PROMPT_CHARS, Query, QueryRequest,
+        TIMEOUT_RANGE,
     };
 
     fn document() -> Value {
@@ -146,6 +147,24 @@ mod tests {
         assert_eq!(p["max_turns"]["maximum"], u32::MAX);
         assert_eq!(p["files"]["maxProperties"], MAX_FILES);
         assert_eq!(p["outputs"]["maxItems"], MAX_PATTERNS);
+        let described = |field: &str, text: String| {
+            let description = p[field]["description"].as_str().expect("description");
+            assert!(
+                description.contains(&text),
+                "{field}: {description:?} says {text:?}"
+            );
+        };
+        described("files", format!("{MAX_FILES_BYTES} bytes"));
+        let limits = DEFAULT_LIMITS;
+        described(
+            "outputs",
+            format!(
+                "At most {} files, {} MiB each and {} MiB in all",
+                limits.max_files,
+                limits.max_file_bytes >> 20,
+                limits.max_total_bytes >> 20
+            ),
+        );
 
         // Each bound is where validation starts to refuse.
         let accepts = |body: Value| Query::from_json(body.to_string().as_bytes()).is_ok();
