@@ -356,7 +356,7 @@ impl LocalSandbox {
                 .collect()
         };
         for control in &controls {
-            control.kill();
+            control.stop();
         }
         for control in &controls {
             control.wait().await;
@@ -389,7 +389,7 @@ impl Drop for LocalSandbox {
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (_, control) in processes.running.values() {
-            control.kill();
+            control.stop();
         }
     }
 }

@@ -31,10 +31,19 @@ const READ_CHUNK: usize = 32 * 1024;
 pub(crate) type EventSender = mpsc::Sender<Result<ProcessEvent, SandboxError>>;
 pub(crate) type EventReceiver = mpsc::Receiver<Result<ProcessEvent, SandboxError>>;
 
+/// What the supervisor is asked to do.
+#[derive(Debug, Clone, Copy)]
+enum Request {
+    Signal(Signal),
+    /// SIGKILL, and drop output nobody has read: the sandbox is going away
+    /// and its reader may have stopped reading.
+    Stop,
+}
+
 /// Sends signals to one process and tells whether it has ended.
 #[derive(Debug, Clone)]
 pub struct ProcessControl {
-    signals: mpsc::UnboundedSender<Signal>,
+    requests: mpsc::UnboundedSender<Request>,
     done: watch::Receiver<bool>,
 }
 
@@ -42,19 +51,30 @@ impl ProcessControl {
     /// Asks the supervisor to signal the process group. Returns false when
     /// the process has already ended.
     pub fn signal(&self, signal: Signal) -> bool {
-        !self.is_done() && self.signals.send(signal).is_ok()
+        self.request(Request::Signal(signal))
     }
 
     pub fn kill(&self) -> bool {
         self.signal(Signal::KILL)
     }
 
+    /// Kills the process and discards its unread output, so that
+    /// [`wait`](Self::wait) returns even if the reader has stalled.
+    pub(crate) fn stop(&self) -> bool {
+        self.request(Request::Stop)
+    }
+
+    fn request(&self, request: Request) -> bool {
+        !self.is_done() && self.requests.send(request).is_ok()
+    }
+
     pub fn is_done(&self) -> bool {
         *self.done.borrow()
     }
 
-    /// Resolves once the process has exited (its output may still be in
-    /// flight to the reader).
+    /// Resolves once every process of the command has died: bwrap is
+    /// reaped and its pipes are closed (which happens only when the last
+    /// process in the sandbox's pid namespace is gone).
     pub async fn wait(&self) {
         let mut done = self.done.clone();
         // An error means the supervisor is gone, which also means done.
@@ -83,31 +103,36 @@ pub(crate) fn spawn(
     let mut child = command.spawn()?;
     let pid = child.id().unwrap_or_default();
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let (signal_tx, signal_rx) = mpsc::unbounded_channel();
+    let (request_tx, request_rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = watch::channel(false);
+    let (discard_tx, discard_rx) = watch::channel(false);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     tokio::spawn(async move {
         let _keep_alive = keep_alive;
         let pumps = (
-            tokio::spawn(pump(stdout, tx.clone(), ProcessEvent::Stdout)),
-            tokio::spawn(pump(stderr, tx.clone(), ProcessEvent::Stderr)),
+            tokio::spawn(pump(
+                stdout,
+                tx.clone(),
+                discard_rx.clone(),
+                ProcessEvent::Stdout,
+            )),
+            tokio::spawn(pump(stderr, tx.clone(), discard_rx, ProcessEvent::Stderr)),
         );
-        let outcome = supervise(&mut child, signal_rx, timeout).await;
-        // Done means dead, not delivered: a destroy must not wait for a
-        // reader that stopped reading.
-        let _ = done_tx.send(true);
-        // The sandbox is dead, so the pipes close; wait for the last bytes
-        // before reporting the end, which must come last.
+        let outcome = supervise(&mut child, request_rx, &discard_tx, timeout).await;
+        // bwrap is dead; the processes inside follow (its pid namespace
+        // dies with it) and the pipes close once the last one is gone. Wait
+        // for the last bytes before reporting the end, which comes last.
         let _ = pumps.0.await;
         let _ = pumps.1.await;
+        let _ = done_tx.send(true);
         let _ = tx.send(outcome).await;
     });
     Ok((
         pid,
         rx,
         ProcessControl {
-            signals: signal_tx,
+            requests: request_tx,
             done: done_rx,
         },
     ))
@@ -116,7 +141,8 @@ pub(crate) fn spawn(
 /// Waits for the child while serving signal requests and the deadline.
 async fn supervise(
     child: &mut Child,
-    mut signals: mpsc::UnboundedReceiver<Signal>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    discard: &watch::Sender<bool>,
     timeout: Option<Duration>,
 ) -> Result<ProcessEvent, SandboxError> {
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -130,7 +156,14 @@ async fn supervise(
                 })?;
                 return Ok(ProcessEvent::Exited(exit_status(status, sent)));
             }
-            Some(signal) = signals.recv() => {
+            Some(request) = requests.recv() => {
+                let signal = match request {
+                    Request::Signal(signal) => signal,
+                    Request::Stop => {
+                        let _ = discard.send(true);
+                        Signal::KILL
+                    }
+                };
                 signal_group(child, signal);
                 sent.get_or_insert(signal);
             }
@@ -208,11 +241,13 @@ fn signal_name(signal: Signal) -> &'static str {
     }
 }
 
-/// Copies one pipe into the event channel. When the reader has gone away
-/// the pipe is still drained, so the process never blocks on a full pipe.
+/// Copies one pipe into the event channel. When the reader has gone away,
+/// or the output is to be discarded, the pipe is still drained to its end,
+/// so the process never blocks on a full pipe and the end is always seen.
 async fn pump<R: AsyncRead + Unpin>(
     pipe: Option<R>,
     tx: EventSender,
+    mut discard: watch::Receiver<bool>,
     wrap: fn(bytes::Bytes) -> ProcessEvent,
 ) {
     let Some(mut pipe) = pipe else { return };
@@ -221,9 +256,12 @@ async fn pump<R: AsyncRead + Unpin>(
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         match pipe.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
+            Ok(_) if reader_gone || *discard.borrow() => {}
             Ok(_) => {
-                if !reader_gone && tx.send(Ok(wrap(buf.freeze()))).await.is_err() {
-                    reader_gone = true;
+                tokio::select! {
+                    sent = tx.send(Ok(wrap(buf.freeze()))) => reader_gone = sent.is_err(),
+                    // A stalled reader must not keep a stopping sandbox up.
+                    _ = discard.wait_for(|d| *d) => {}
                 }
             }
         }
