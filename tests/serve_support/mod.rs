@@ -48,7 +48,7 @@ pub struct Process {
 impl Process {
     /// Starts `command` and waits for the `listening on URL` line it prints
     /// on `stdout` or `stderr` once it has bound its port.
-    fn start(name: &'static str, mut command: Command, from_stderr: bool) -> (Process, String) {
+    pub fn start(name: &'static str, mut command: Command, from_stderr: bool) -> (Process, String) {
         if from_stderr {
             command.stdout(Stdio::null()).stderr(Stdio::piped());
         } else {
@@ -156,6 +156,26 @@ pub fn start(lines: u64) -> Stack {
         _emulator: emulator,
         _dir: dir,
     }
+}
+
+/// A plain `GET` of `url` (`http://host:port/path`); the whole response,
+/// status line and headers included.
+pub fn http_get(url: &str) -> String {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response
 }
 
 /// Runs `command` to its end within `limit`, and returns its status,
