@@ -7,14 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod support;
+
 use sandstorm::app::{AppState, app};
 use sandstorm::emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
-use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs};
+use sandstorm::emulator::{Emulator, Knobs};
 use sandstorm::env::EnvVars;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider, RetryPolicy};
 use sandstorm::settings::{SandboxKind, Settings};
-
-const E2B_KEY: &str = "e2b_0123456789abcdef";
+use support::emulator::{E2B_KEY, RunningEmulator};
 
 struct Stack {
     emulator: Emulator,
@@ -32,16 +33,10 @@ async fn stack_with_timeout(
     settings_env: &[(&str, &str)],
     request_timeout: Duration,
 ) -> Stack {
-    let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("runner");
-    let mut options = EmulatorOptions::new(runner);
-    options.knobs = knobs;
-    let emulator = Emulator::new(options).expect("emulator (is bubblewrap installed?)");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let e2b_url = format!("http://{}", listener.local_addr().expect("addr"));
-    let emulator_app = sandstorm::emulator::app(emulator.clone());
-    tokio::spawn(async move { axum::serve(listener, emulator_app).await });
+    let RunningEmulator {
+        url: e2b_url,
+        emulator,
+    } = support::emulator::start(knobs, None).await;
 
     let mut e2b = E2bOptions::local(&e2b_url, E2B_KEY);
     e2b.request_timeout = request_timeout;

@@ -3,35 +3,14 @@
 //! create + one upload + one start + one delete, and a client that leaves
 //! gets its sandbox destroyed.
 
-use std::path::Path;
-use std::process::Stdio;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs, knobs::Synthetic};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-const E2B_KEY: &str = "e2b_0123456789abcdef";
-
-struct EmulatorHandle {
-    url: String,
-    emulator: Emulator,
-}
-
-async fn start_emulator(knobs: Knobs) -> EmulatorHandle {
-    let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("runner");
-    let mut options = EmulatorOptions::new(runner);
-    options.knobs = knobs;
-    let emulator = Emulator::new(options).expect("emulator (is bubblewrap installed?)");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = sandstorm::emulator::app(emulator.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    EmulatorHandle { url, emulator }
-}
+use sandstorm::emulator::{Knobs, knobs::Synthetic};
+use support::emulator::{self, E2B_KEY};
+use tokio::process::Command;
 
 fn synthetic(lines: u64, bytes: usize) -> Knobs {
     Knobs {
@@ -42,13 +21,12 @@ fn synthetic(lines: u64, bytes: usize) -> Knobs {
 
 struct Server {
     url: String,
-    _child: Child,
+    _listening: emulator::Listening,
     _dir: tempfile::TempDir,
 }
 
-/// Starts `ds serve --port 0` pointed at the emulator and waits for the
-/// address it prints.
-async fn start_ds_serve(emulator_url: &str, extra_env: &[(&str, &str)]) -> Server {
+/// Starts `ds serve --port 0` pointed at the emulator.
+async fn start_ds_serve(emulator_url: &str) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
     command
@@ -60,32 +38,11 @@ async fn start_ds_serve(emulator_url: &str, extra_env: &[(&str, &str)]) -> Serve
         .env("E2B_SANDBOX_URL", emulator_url)
         .env("E2B_API_KEY", E2B_KEY)
         .env("ANTHROPIC_API_KEY", "sk-ant-test-0000")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in extra_env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("spawn ds serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(url) = line.strip_prefix("listening on ") {
-                return url.to_owned();
-            }
-        }
-        panic!("ds serve exited before listening");
-    })
-    .await
-    .expect("ds serve listens within 30 s");
-    // Keep draining stderr so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .env("RUST_LOG", "warn");
+    let listening = emulator::listen(command).await;
     Server {
-        url,
-        _child: child,
+        url: listening.url.clone(),
+        _listening: listening,
         _dir: dir,
     }
 }
@@ -115,8 +72,8 @@ async fn wait_for(mut check: impl FnMut() -> bool, within: Duration) -> Option<D
 
 #[tokio::test]
 async fn a_query_with_two_files_streams_every_line_in_order_with_four_e2b_calls() {
-    let e2b = start_emulator(synthetic(500, 300)).await;
-    let server = start_ds_serve(&e2b.url, &[]).await;
+    let e2b = emulator::start(synthetic(500, 300), None).await;
+    let server = start_ds_serve(&e2b.url).await;
     let response = reqwest::Client::new()
         .post(format!("{}/query", server.url))
         .json(&serde_json::json!({
@@ -151,8 +108,8 @@ async fn a_query_with_two_files_streams_every_line_in_order_with_four_e2b_calls(
 #[tokio::test]
 async fn a_client_that_disconnects_gets_its_sandbox_destroyed_within_a_second() {
     // Enough output that the run is far from done when the client leaves.
-    let e2b = start_emulator(synthetic(50_000_000, 200)).await;
-    let server = start_ds_serve(&e2b.url, &[]).await;
+    let e2b = emulator::start(synthetic(50_000_000, 200), None).await;
+    let server = start_ds_serve(&e2b.url).await;
     let response = reqwest::Client::new()
         .post(format!("{}/query", server.url))
         .json(&serde_json::json!({"prompt": "go"}))
@@ -184,8 +141,8 @@ async fn a_client_that_disconnects_gets_its_sandbox_destroyed_within_a_second() 
 
 #[tokio::test]
 async fn bad_requests_are_refused_before_any_sandbox_exists() {
-    let e2b = start_emulator(synthetic(10, 100)).await;
-    let server = start_ds_serve(&e2b.url, &[]).await;
+    let e2b = emulator::start(synthetic(10, 100), None).await;
+    let server = start_ds_serve(&e2b.url).await;
     let response = reqwest::Client::new()
         .post(format!("{}/query", server.url))
         .json(&serde_json::json!({"prompt": "x", "files": {"../../etc/passwd": "x"}}))

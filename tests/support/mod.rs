@@ -8,6 +8,7 @@
     reason = "compiled into each test crate as a private module; each uses a different part"
 )]
 
+pub mod emulator;
 pub mod model_server;
 pub mod product;
 pub mod runner;

@@ -23,13 +23,13 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sandstorm::emulator::{Emulator, EmulatorOptions};
+use sandstorm::emulator::{Emulator, Knobs};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::emulator::{self, Listening, RunningEmulator, lock};
 use super::model_server::ModelServer;
-use super::runner::{OFFLINE_ENV, require_node_modules, runner_dir};
+use super::runner::{OFFLINE_ENV, require_node_modules};
 
 /// The Anthropic key `ds` gets by default. Long enough (8+ bytes) for the
 /// server's redactor to treat it as a secret.
@@ -175,7 +175,8 @@ impl Serve {
         env.insert("TMPDIR".to_owned(), dirs.tmp().display().to_string());
         let emulator = match self.chain {
             Chain::E2b => {
-                let (url, emulator) = start_emulator(&dirs.e2b()).await;
+                let RunningEmulator { url, emulator } =
+                    emulator::start(Knobs::default(), Some(&dirs.e2b())).await;
                 env.insert("E2B_API_URL".to_owned(), url.clone());
                 env.insert("E2B_SANDBOX_URL".to_owned(), url);
                 env.entry("E2B_API_KEY".to_owned())
@@ -200,34 +201,8 @@ impl Serve {
             .args(["serve", "--port", "0", "--sandbox", sandbox])
             .current_dir(dirs.cwd())
             .env_clear()
-            .envs(&env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("spawn ds serve");
-        let stderr = child.stderr.take().expect("ds serve stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(stderr).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.expect("read ds serve stderr") {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    return url.to_owned();
-                }
-                push_line(&log, &line);
-            }
-            panic!("ds serve exited before listening:\n{}", lock(&log));
-        })
-        .await
-        .expect("ds serve listens within 30 s");
-        // Keep reading the log, so the server never blocks on a full pipe
-        // and the test can look into it.
-        let sink = Arc::clone(&log);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                push_line(&sink, &line);
-            }
-        });
+            .envs(&env);
+        let Listening { url, log, child } = emulator::listen(command).await;
         Product {
             chain: self.chain,
             url,
@@ -238,35 +213,6 @@ impl Serve {
             _child: child,
         }
     }
-}
-
-/// The emulator on loopback, its sandboxes made under `work_root`.
-async fn start_emulator(work_root: &Path) -> (String, Emulator) {
-    let mut options = EmulatorOptions::new(runner_dir());
-    options.work_root = Some(work_root.to_owned());
-    let emulator = Emulator::new(options)
-        .expect("start the E2B emulator (is bubblewrap installed? apt-get install bubblewrap)");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the emulator to 127.0.0.1:0");
-    let url = format!(
-        "http://{}",
-        listener.local_addr().expect("emulator address")
-    );
-    let app = sandstorm::emulator::app(emulator.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, emulator)
-}
-
-fn lock(log: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
-    log.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn push_line(log: &Mutex<String>, line: &str) {
-    let mut log = lock(log);
-    log.push_str(line);
-    log.push('\n');
 }
 
 /// A running `ds serve` (and emulator). Everything stops when dropped.
