@@ -104,3 +104,22 @@ async fn no_color_turns_colours_off_even_on_a_terminal() {
         "{screen:?}"
     );
 }
+
+#[tokio::test]
+async fn without_an_e2b_key_ds_runs_in_a_local_sandbox_and_says_so() {
+    let model = ModelServer::start(model()).await;
+    let output = Cli::new(&model)
+        .without_sandbox_flag()
+        .run(&["say hello"])
+        .await;
+    assert_eq!(output.status.code(), Some(0), "{}", output.dump());
+    assert!(
+        output
+            .stderr
+            .contains("no E2B key set; running in a local bubblewrap sandbox"),
+        "{}",
+        output.dump()
+    );
+    assert!(output.sandboxes_seen >= 1, "a local sandbox was made");
+    assert!(output.stdout.contains(FINAL_TEXT), "{}", output.dump());
+}

@@ -502,6 +502,8 @@ pub struct Cli {
     /// Run under a pseudo-terminal (`script`), as a person at a terminal
     /// would: stdout and stderr then arrive merged, in `stdout`.
     terminal: bool,
+    /// Pass `--sandbox local`; without it, `ds` chooses by itself.
+    sandbox_flag: bool,
 }
 
 /// How a `ds` command-line run ended.
@@ -535,12 +537,19 @@ impl Cli {
             env: base_env(model),
             files: Vec::new(),
             terminal: false,
+            sandbox_flag: true,
         }
     }
 
     /// Sets one environment variable of the `ds` process.
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Leaves out `--sandbox local`, so `ds` picks the sandbox itself.
+    pub fn without_sandbox_flag(mut self) -> Self {
+        self.sandbox_flag = false;
         self
     }
 
@@ -563,12 +572,17 @@ impl Cli {
         for (name, content) in &self.files {
             std::fs::write(dirs.cwd().join(name), content).expect("write a cwd file");
         }
+        let sandbox_flag: &[&str] = if self.sandbox_flag {
+            &["--sandbox", "local"]
+        } else {
+            &[]
+        };
         let mut command = if self.terminal {
             // script(1) gives ds a pty for stdout and stderr; -e passes on
             // ds's exit status.
             let line = std::iter::once(env!("CARGO_BIN_EXE_ds"))
                 .chain(args.iter().copied())
-                .chain(["--sandbox", "local"])
+                .chain(sandbox_flag.iter().copied())
                 .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
                 .collect::<Vec<_>>()
                 .join(" ");
@@ -577,7 +591,7 @@ impl Cli {
             command
         } else {
             let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
-            command.args(args).args(["--sandbox", "local"]);
+            command.args(args).args(sandbox_flag);
             command
         };
         let child = command
