@@ -120,41 +120,72 @@ pub struct Stack {
 /// Starts the stack; every run answers with `lines` synthetic lines of
 /// about 200 bytes, the last a `result`.
 pub fn start(lines: u64) -> Stack {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let work_root = dir.path().join("sandboxes");
-    let cwd = dir.path().join("cwd");
-    std::fs::create_dir_all(&work_root).expect("work root");
-    std::fs::create_dir_all(&cwd).expect("cwd");
+    StackBuilder::default().synthetic(lines).start()
+}
 
-    let mut emulator = Command::new(env!("CARGO_BIN_EXE_e2b-emulator"));
-    emulator
-        .args(["--port", "0", "--synthetic-lines", &lines.to_string()])
-        .args(["--synthetic-bytes", "200"])
-        .arg("--runner-dir")
-        .arg(manifest_dir().join("runner"))
-        .arg("--work-root")
-        .arg(&work_root)
-        .env("RUST_LOG", "warn");
-    let (emulator, emulator_url) = Process::start("e2b-emulator", emulator, false);
+/// How to start a [`Stack`].
+#[derive(Default)]
+pub struct StackBuilder {
+    synthetic: Option<u64>,
+    env: Vec<(String, String)>,
+}
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_ds"));
-    server
-        .args(["serve", "--port", "0", "--sandbox", "e2b"])
-        .current_dir(&cwd)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("E2B_API_URL", &emulator_url)
-        .env("E2B_SANDBOX_URL", &emulator_url)
-        .env("E2B_API_KEY", E2B_KEY)
-        .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
-        .env("RUST_LOG", "warn");
-    let (server, url) = Process::start("ds serve", server, true);
-    Stack {
-        url,
-        emulator_url,
-        _server: server,
-        _emulator: emulator,
-        _dir: dir,
+impl StackBuilder {
+    /// Runs answer with `lines` synthetic lines instead of running the
+    /// runner (without this, sandboxes run the real runner and Agent SDK).
+    pub fn synthetic(mut self, lines: u64) -> Self {
+        self.synthetic = Some(lines);
+        self
+    }
+
+    /// One more variable for `ds serve`.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn start(self) -> Stack {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work_root = dir.path().join("sandboxes");
+        let cwd = dir.path().join("cwd");
+        std::fs::create_dir_all(&work_root).expect("work root");
+        std::fs::create_dir_all(&cwd).expect("cwd");
+
+        let mut emulator = Command::new(env!("CARGO_BIN_EXE_e2b-emulator"));
+        emulator.args(["--port", "0"]);
+        if let Some(lines) = self.synthetic {
+            emulator
+                .args(["--synthetic-lines", &lines.to_string()])
+                .args(["--synthetic-bytes", "200"]);
+        }
+        emulator
+            .arg("--runner-dir")
+            .arg(manifest_dir().join("runner"))
+            .arg("--work-root")
+            .arg(&work_root)
+            .env("RUST_LOG", "warn");
+        let (emulator, emulator_url) = Process::start("e2b-emulator", emulator, false);
+
+        let mut server = Command::new(env!("CARGO_BIN_EXE_ds"));
+        server
+            .args(["serve", "--port", "0", "--sandbox", "e2b"])
+            .current_dir(&cwd)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("E2B_API_URL", &emulator_url)
+            .env("E2B_SANDBOX_URL", &emulator_url)
+            .env("E2B_API_KEY", E2B_KEY)
+            .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+            .env("RUST_LOG", "warn")
+            .envs(self.env);
+        let (server, url) = Process::start("ds serve", server, true);
+        Stack {
+            url,
+            emulator_url,
+            _server: server,
+            _emulator: emulator,
+            _dir: dir,
+        }
     }
 }
 
