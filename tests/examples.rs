@@ -4,8 +4,9 @@
 //!
 //! The query examples reach the real runner and Agent SDK in the sandbox;
 //! the scripted model writes report.md, so the `file` event comes back and
-//! each example must save it byte for byte. docs/clients.md must show each
-//! file verbatim, and the JavaScript example must type-check as strict
+//! each example must save it byte for byte, and every event the real SDK
+//! sent must match its schema in src/openapi.json. docs/clients.md must show
+//! each file verbatim, and the JavaScript examples must type-check as strict
 //! TypeScript.
 
 mod serve_support;
@@ -158,6 +159,48 @@ fn assert_report_saved(ran: &Ran, name: &str) {
     );
 }
 
+/// Checks each event against its schema in src/openapi.json (picked by
+/// `type`), with the JSON Schema validator schemathesis uses, so the
+/// document describes what the real Agent SDK sends.
+fn assert_events_match_the_openapi_document(events: &[Value]) {
+    let script = r##"
+import json, sys, jsonschema_rs
+doc = json.load(open("src/openapi.json"))
+names = {"system": "SystemEvent", "assistant": "AssistantEvent", "user": "UserEvent",
+         "result": "ResultEvent", "stderr": "StderrEvent", "error": "ErrorEvent",
+         "file": "FileEvent", "warning": "WarningEvent"}
+problems = []
+for event in json.load(sys.stdin):
+    name = names.get(event.get("type"), "OtherAgentEvent")
+    validator = jsonschema_rs.validator_for(dict(doc, **{"$ref": "#/components/schemas/" + name}))
+    problems += [f"{name}: {e.message} in {json.dumps(event)[:300]}" for e in validator.iter_errors(event)]
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+"##;
+    let mut child = Command::new(python())
+        .current_dir(serve_support::manifest_dir())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(&serde_json::to_vec(events).expect("json"))
+            .expect("write events");
+    }
+    let output = child.wait_with_output().expect("python");
+    assert!(
+        output.status.success(),
+        "events that src/openapi.json does not describe:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn every_query_example_gets_its_events_and_the_report_back() {
     let (stack, _model) = real_stack();
@@ -174,6 +217,7 @@ fn every_query_example_gets_its_events_and_the_report_back() {
         .decode(file["content_base64"].as_str().expect("base64"))
         .expect("valid base64");
     assert_eq!(bytes, REPORT.as_bytes());
+    assert_events_match_the_openapi_document(&events(&curl.stdout));
 
     let py = run(&python(), &example("query.py"), &stack.url, Some(TOKEN));
     assert_success_result(&py, "query.py");
