@@ -80,7 +80,7 @@ impl Process {
         let process = Process { name, child };
         let url = rx
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("{name} did not print its address within 30 s"));
+            .unwrap_or_else(|_| panic!("{name} exited, or printed no address within 30 s"));
         (process, url)
     }
 }
