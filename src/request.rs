@@ -38,9 +38,9 @@ pub struct QueryRequest {
     pub e2b_api_key: Option<Secret>,
     #[serde(default)]
     pub model: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_turns: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub timeout: Option<u64>,
     #[serde(default)]
     pub files: Option<BTreeMap<String, String>>,
@@ -157,6 +157,34 @@ impl QueryRequest {
             files,
             outputs: self.outputs,
         })
+    }
+}
+
+/// A whole number, also when written `14.0`: JSON Schema's `integer` (and
+/// the original's pydantic) accept that, so clients that send every number
+/// as a float keep working. `14.5` is still refused.
+pub(crate) fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    });
+    match whole {
+        Some(n) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{number} is too large"))),
+        None => Err(D::Error::custom(format!(
+            "expected a whole number of at least 0, got {number}"
+        ))),
     }
 }
 

@@ -169,7 +169,7 @@ async fn ds_serve_refuses_to_start_with_an_invalid_sandstorm_json() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("max_turns") && stderr.contains("expected u32"),
+        stderr.contains("max_turns") && stderr.contains("expected a JSON number"),
         "{stderr}"
     );
 }

@@ -61,7 +61,7 @@ fn an_empty_object_is_the_default() {
 fn wrong_types_name_the_field_and_the_expected_type() {
     let (field, message) = field_of(r#"{"max_turns": "20"}"#);
     assert_eq!(field, "max_turns");
-    assert!(message.contains("expected u32"), "{message}");
+    assert!(message.contains("expected a JSON number"), "{message}");
     let (field, message) = field_of(r#"{"system_prompt": 3}"#);
     assert_eq!(field, "system_prompt");
     assert!(message.contains("expected a string"), "{message}");

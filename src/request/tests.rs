@@ -92,7 +92,7 @@ fn timeout_range_is_5_to_3600() {
 fn wrong_types_name_the_field() {
     let e = rejected(r#"{"prompt":"p","max_turns":"ten"}"#);
     assert_eq!(e.field(), Some("max_turns"));
-    assert!(e.to_string().contains("expected u32"), "{e}");
+    assert!(e.to_string().contains("expected a JSON number"), "{e}");
     let e = rejected(r#"{"prompt":"p","timeout":-1}"#);
     assert_eq!(e.field(), Some("timeout"));
     let e = rejected(r#"{"prompt":"p","files":{"a":3}}"#);
@@ -185,4 +185,23 @@ fn a_bad_path_names_the_file_field() {
 fn two_names_for_one_path_are_refused() {
     let e = rejected(r#"{"prompt":"p","files":{"a.txt":"1","./a.txt":"2"}}"#);
     assert!(e.to_string().contains("same path"), "{e}");
+}
+
+#[test]
+fn whole_numbers_may_be_written_as_floats() {
+    let q = parse(r#"{"prompt":"p","timeout":14.0,"max_turns":3.0}"#).expect("valid");
+    assert_eq!(q.timeout, Duration::from_secs(14));
+    assert_eq!(q.max_turns, Some(3));
+    for bad in [
+        r#""timeout":14.5"#,
+        r#""timeout":-5"#,
+        r#""max_turns":1e20"#,
+        r#""timeout":"14""#,
+    ] {
+        let e = rejected(&format!(r#"{{"prompt":"p",{bad}}}"#));
+        assert!(
+            matches!(e.field(), Some("timeout" | "max_turns")),
+            "{bad}: {e}"
+        );
+    }
 }
