@@ -132,14 +132,12 @@ async fn a_create_that_fails_twice_is_retried_and_the_run_succeeds() {
     assert_no_leak(&s.emulator).await;
 }
 
-#[tokio::test]
-async fn a_rate_limited_create_ends_in_one_error_event_naming_429() {
+/// A create that keeps failing in `mode` ends the run in one `sandbox`
+/// error event whose message contains `cause`, after every attempt.
+async fn create_keeps_failing(mode: CreateFaultMode, cause: &str) {
     let s = stack(
         Knobs {
-            create_fault: Some(CreateFault {
-                mode: CreateFaultMode::RateLimit,
-                count: 100,
-            }),
+            create_fault: Some(CreateFault { mode, count: 100 }),
             ..Knobs::default()
         },
         &[],
@@ -148,56 +146,25 @@ async fn a_rate_limited_create_ends_in_one_error_event_naming_429() {
     let events = query(&s, serde_json::json!({"prompt": "go"})).await;
     let error = the_error(&events);
     assert_eq!(error["error_type"], "sandbox");
-    assert!(
-        error["error"].as_str().expect("text").contains("429"),
-        "{error}"
-    );
+    let message = error["error"].as_str().expect("text");
+    assert!(message.contains(cause), "{message}");
     assert_eq!(s.emulator.stats().requests.get("create").copied(), Some(3));
     assert_no_leak(&s.emulator).await;
 }
 
 #[tokio::test]
+async fn a_rate_limited_create_ends_in_one_error_event_naming_429() {
+    create_keeps_failing(CreateFaultMode::RateLimit, "429").await;
+}
+
+#[tokio::test]
 async fn a_failing_create_names_the_status() {
-    let s = stack(
-        Knobs {
-            create_fault: Some(CreateFault {
-                mode: CreateFaultMode::Error,
-                count: 100,
-            }),
-            ..Knobs::default()
-        },
-        &[],
-    )
-    .await;
-    let events = query(&s, serde_json::json!({"prompt": "go"})).await;
-    let error = the_error(&events);
-    assert!(
-        error["error"].as_str().expect("text").contains("500"),
-        "{error}"
-    );
-    assert_no_leak(&s.emulator).await;
+    create_keeps_failing(CreateFaultMode::Error, "500").await;
 }
 
 #[tokio::test]
 async fn a_hanging_create_times_out_into_one_error_event() {
-    let s = stack(
-        Knobs {
-            create_fault: Some(CreateFault {
-                mode: CreateFaultMode::Hang,
-                count: 100,
-            }),
-            ..Knobs::default()
-        },
-        &[],
-    )
-    .await;
-    let events = query(&s, serde_json::json!({"prompt": "go"})).await;
-    let error = the_error(&events);
-    assert!(
-        error["error"].as_str().expect("text").contains("timed out"),
-        "{error}"
-    );
-    assert_no_leak(&s.emulator).await;
+    create_keeps_failing(CreateFaultMode::Hang, "timed out").await;
 }
 
 #[tokio::test]
