@@ -33,6 +33,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 
 use crate::sandbox::local::{LocalOptions, LocalProvider, LocalSandbox};
 use crate::secret::Secret;
@@ -210,6 +211,12 @@ pub async fn serve_with_shutdown(
         shutdown.await;
         stopping.shutdown().await;
     };
+    // envd and E2B's edge (Go) answer with TCP_NODELAY; without it a stream's
+    // first frame after its headers waits out the client's delayed ACK
+    // (~40 ms), which would swamp what benchmarks measure.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let result = axum::serve(listener, app(emulator.clone()))
         .with_graceful_shutdown(shutdown)
         .await;
