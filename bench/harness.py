@@ -1,0 +1,460 @@
+"""Measures this Sandstorm and the Python original side by side and
+writes BENCHMARKS.md (see bench/run, which builds and installs first).
+
+Every figure is taken from at least `--runs` runs (median, min, max); both
+servers run against the same E2B emulator (synthetic runner), with the same
+client, in the same session, their runs interleaved so that drift on the
+machine hits both alike. Raw figures go to bench/.work/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import report  # noqa: E402
+from lambda_runtime import RuntimeApi  # noqa: E402
+from procs import Emulator, Server, Setup, cpu_seconds, status_kib, stop  # noqa: E402
+from sse import stream_query  # noqa: E402
+
+HOST = "127.0.0.1"
+SIDES = ("ours", "theirs")
+
+# Workloads (the synthetic runner's output per query).
+SMALL = dict(lines=10, bytes_=500)  # per-query overhead, round trips
+RELAY = dict(lines=100_000, bytes_=500)  # relay throughput
+# Concurrency, two workloads: about what an agent run prints, and more
+# than all the buffers between runner and client hold (a stalled client).
+CONCURRENT = {"typical": dict(lines=10, bytes_=500), "stalled": dict(lines=1_000, bytes_=500)}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def ten_files() -> dict[str, str]:
+    """Ten small text files, half of them in a subfolder (the original
+    then also runs a `mkdir -p` for the folder)."""
+    files = {f"data/part-{i}.csv": "id,value\n" + "".join(f"{j},{j * i}\n" for j in range(50)) for i in range(5)}
+    files.update({f"notes-{i}.md": f"# Note {i}\n\n" + "lorem ipsum " * 40 for i in range(5)})
+    return files
+
+
+def query(prompt: str = "benchmark", files: dict | None = None) -> dict:
+    body: dict = {"prompt": prompt}
+    if files:
+        body["files"] = files
+    return body
+
+
+def alternate(i: int) -> tuple[str, ...]:
+    """Which side goes first in run `i`: alternating, so neither always
+    gets the warmer machine."""
+    return SIDES if i % 2 == 0 else SIDES[::-1]
+
+
+# --- cold start -----------------------------------------------------------
+
+
+def cold_start(setup: Setup, emu: Emulator, runs: int) -> dict:
+    """Process start to the first /health 200, and the idle RSS after it."""
+    out: dict = {s: {"cold_start_s": [], "idle_rss_kib": []} for s in SIDES}
+    for i in range(runs + 1):  # run 0 warms the page cache, not counted
+        for side in alternate(i):
+            server = setup.start_server(side, emu.url)
+            try:
+                time.sleep(0.5)  # let start-up allocations settle
+                rss = status_kib(server.pid, "VmRSS")
+            finally:
+                server.stop()
+            if i > 0:
+                out[side]["cold_start_s"].append(server.cold_start)
+                out[side]["idle_rss_kib"].append(rss)
+    log(f"cold start: ours {report.med(out['ours']['cold_start_s']) * 1e3:.1f} ms, theirs {report.med(out['theirs']['cold_start_s']) * 1e3:.1f} ms")
+    return out
+
+
+async def lambda_cold_start(setup: Setup, emu: Emulator, runs: int) -> dict:
+    """`bootstrap` under the Runtime API emulator: process start to the
+    complete streamed answer of a Function URL `GET /health`. With the
+    TCP_NODELAY shim built, the same again with it preloaded (diagnostic)."""
+    out = await _lambda_series(setup, emu, runs, {})
+    shim = setup.work / "nodelay.so"
+    if shim.exists():
+        forced = await _lambda_series(setup, emu, runs, {"LD_PRELOAD": str(shim)})
+        out["nodelay_s"] = forced["cold_start_s"]
+    log(
+        f"lambda cold start: median {report.med(out['cold_start_s']) * 1e3:.1f} ms "
+        f"(answer's head at {report.med(out['head_s']) * 1e3:.1f} ms)"
+    )
+    return out
+
+
+async def _lambda_series(setup: Setup, emu: Emulator, runs: int, extra_env: dict) -> dict:
+    times, heads, rss = [], [], []
+    for i in range(runs + 1):  # run 0 warms the page cache, not counted
+        api = RuntimeApi()
+        await api.start()
+        env = setup.server_env(emu.url) | extra_env | {
+            "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{api.port}",
+            "AWS_LAMBDA_FUNCTION_NAME": "sandstorm-bench",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024",
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_REGION": "us-east-1",
+        }
+        log_file = open(setup.work / "logs" / "bootstrap.log", "ab")
+        spawned = time.perf_counter()
+        proc = subprocess.Popen(
+            [str(setup.bootstrap)],
+            cwd=setup.work / "cwd",
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+        )
+        log_file.close()
+        try:
+            done, head, status, body = await asyncio.wait_for(api.response, timeout=30)
+            if status != 200 or b'"ok"' not in body:
+                raise RuntimeError(f"bootstrap answered /health with {status}: {body[:200]!r}")
+            await asyncio.sleep(0.5)
+            idle = status_kib(proc.pid, "VmRSS")
+        finally:
+            stop(proc)
+            await api.close()
+        if i > 0:
+            times.append(done - spawned)
+            heads.append(head - spawned)
+            rss.append(idle)
+    return {"cold_start_s": times, "head_s": heads, "idle_rss_kib": rss}
+
+
+# --- per-query figures ------------------------------------------------------
+
+
+async def run_query(server: Server, body: dict, expect_lines: int, label: str):
+    result = await asyncio.wait_for(stream_query(HOST, server.port, body), timeout=300)
+    if result.status != 200 or result.error_events or not result.saw_result:
+        raise RuntimeError(
+            f"{server.name} {label}: status {result.status}, errors {result.error_events}, "
+            f"result seen {result.saw_result}; body starts {result.body_head[:300]!r}"
+        )
+    # Ours relays each runner line as one event; the original relays stdout
+    # chunks, splitting a line where a chunk ends, so a few lines arrive cut.
+    if server.name == "ours" and (result.lines != expect_lines or result.events != expect_lines):
+        raise RuntimeError(f"ours {label}: {result.events} events, {result.lines} lines, expected {expect_lines}")
+    return result
+
+
+async def overhead(servers: dict[str, Server], emu: Emulator, runs: int) -> dict:
+    """Time to the first agent event and to the end of the stream, at 0 ms
+    and 20 ms of added E2B latency."""
+    out: dict = {}
+    for latency in (0, 20):
+        emu.configure(**SMALL, latency_ms=latency)
+        figures = {s: {"first_event_s": [], "end_s": []} for s in SIDES}
+        for side in SIDES:  # warm-up: connection pools, lazy imports
+            await run_query(servers[side], query(), SMALL["lines"], "warm-up")
+            emu.wait_idle()
+        for i in range(runs):
+            for side in alternate(i):
+                r = await run_query(servers[side], query(), SMALL["lines"], f"overhead {latency} ms")
+                emu.wait_idle()
+                figures[side]["first_event_s"].append(r.ttfe)
+                figures[side]["end_s"].append(r.total)
+        out[str(latency)] = figures
+        log(f"overhead at {latency} ms: ours {report.med(figures['ours']['first_event_s'])} theirs {report.med(figures['theirs']['first_event_s'])}")
+    emu.configure(**SMALL)
+    return out
+
+
+async def round_trips(servers: dict[str, Server], emu: Emulator, runs: int) -> dict:
+    """E2B calls per query, by route, from the emulator's counters."""
+    emu.configure(**SMALL)
+    out: dict = {}
+    for n_files, files in ((0, None), (10, ten_files())):
+        per_side: dict = {s: [] for s in SIDES}
+        for i in range(runs):
+            for side in alternate(i):
+                emu.wait_idle()
+                emu.reset_stats()
+                await run_query(servers[side], query(files=files), SMALL["lines"], f"{n_files} files")
+                stats = emu.wait_idle()
+                per_side[side].append(stats["requests"])
+        out[str(n_files)] = per_side
+        log(f"round trips with {n_files} files: ours {per_side['ours'][-1]} theirs {per_side['theirs'][-1]}")
+    return out
+
+
+async def relay(servers: dict[str, Server], emu: Emulator, runs: int) -> dict:
+    """One query whose runner prints 100,000 lines of 500 bytes."""
+    emu.configure(**RELAY)
+    out: dict = {s: {"relay_s": [], "lines": [], "events": [], "cpu_s": [], "total_s": []} for s in SIDES}
+    for i in range(runs):
+        for side in alternate(i):
+            server = servers[side]
+            emu.wait_idle()
+            cpu0 = cpu_seconds(server.pid)
+            r = await run_query(server, query(), RELAY["lines"], "relay")
+            cpu1 = cpu_seconds(server.pid)
+            o = out[side]
+            o["relay_s"].append(r.end - r.first_event)
+            o["total_s"].append(r.total)
+            o["lines"].append(r.lines)
+            o["events"].append(r.events)
+            o["cpu_s"].append(cpu1 - cpu0)
+        log(f"relay {i + 1}/{runs}: ours {out['ours']['relay_s'][-1]:.3f} s, theirs {out['theirs']['relay_s'][-1]:.3f} s")
+    emu.configure(**SMALL)
+    return out
+
+
+# --- memory under concurrency --------------------------------------------------
+
+
+async def concurrent_streams(setup: Setup, side: str, streams: int, workload: dict, open_timeout: float) -> dict:
+    """A fresh server, `streams` queries at once. Each client stops reading
+    after its first event, so when all have one the server holds every
+    stream open with its buffers full; then every client disconnects, and
+    every sandbox must be destroyed. Peak RSS is the server's VmHWM."""
+    # An emulator of its own: a server that leaks sandboxes here must not
+    # fail the runs after it.
+    emu = Emulator(setup)
+    emu.configure(**workload)
+    server = setup.start_server(side, emu.url)
+    try:
+        await run_query(server, query(), workload["lines"], "warm-up")
+        emu.wait_idle()
+        emu.reset_stats()
+        idle = status_kib(server.pid, "VmRSS")
+        hold = asyncio.Event()
+        reported: asyncio.Queue = asyncio.Queue()
+        started = time.perf_counter()
+        tasks = [
+            asyncio.create_task(stream_query(HOST, server.port, query(f"stream {k}"), hold=hold, on_first_event=reported))
+            for k in range(streams)
+        ]
+        opened, failed = 0, []
+        try:
+            while opened + len(failed) < streams:
+                left = open_timeout - (time.perf_counter() - started)
+                r = await asyncio.wait_for(reported.get(), timeout=max(left, 0.001))
+                if r.first_event is None or r.status != 200:
+                    failed.append(f"status {r.status}: {r.body_head[:200]!r}")
+                else:
+                    opened += 1
+        except TimeoutError:
+            pass
+        open_s = time.perf_counter() - started
+        at_hold = {"rss_kib": status_kib(server.pid, "VmRSS"), "alive": emu.stats()["alive"]}
+        await asyncio.sleep(0.5)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        disconnected = time.perf_counter()
+        try:
+            stats = emu.wait_idle(timeout=20)
+            cleanup_s = time.perf_counter() - disconnected
+        except TimeoutError:
+            stats, cleanup_s = emu.stats(), None
+        peak = status_kib(server.pid, "VmHWM")
+    finally:
+        server.stop()
+        emu.stop()
+    return {
+        "streams": streams,
+        "opened": opened,
+        "failed": failed[:3],
+        "failed_count": len(failed),
+        "open_s": open_s,
+        "idle_rss_kib": idle,
+        "rss_at_hold_kib": at_hold["rss_kib"],
+        "alive_at_hold": at_hold["alive"],
+        "peak_rss_kib": peak,
+        "cleanup_s": cleanup_s,
+        "created": stats["created"],
+        "killed": stats["killed"],
+        "alive_after": stats["alive"],
+    }
+
+
+async def memory(setup: Setup, runs: int, streams: int, theirs_streams: int) -> dict:
+    out: dict = {s: {name: [] for name in CONCURRENT} for s in SIDES}
+    for name, workload in CONCURRENT.items():
+        for i in range(runs):
+            for side in alternate(i):
+                n = streams if side == "ours" else theirs_streams
+                if n <= 0:
+                    continue
+                fig = await concurrent_streams(setup, side, n, workload, open_timeout=120)
+                out[side][name].append(fig)
+                log(
+                    f"{n} streams, {name}, {side}: opened {fig['opened']} in {fig['open_s']:.1f} s, "
+                    f"peak {fig['peak_rss_kib'] / 1024:.1f} MiB, alive at hold {fig['alive_at_hold']}, "
+                    f"created/killed/alive after {fig['created']}/{fig['killed']}/{fig['alive_after']}"
+                )
+    return out
+
+
+# --- environment ----------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+
+    def run(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "rustc": run("rustc", "--version"),
+        "python": platform.python_version(),
+        "commit": run("git", "rev-parse", "--short", "HEAD"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def theirs_versions(setup: Setup) -> dict:
+    py = setup.theirs_ds.parent / "python"
+    code = "import importlib.metadata as m; print(m.version('duvo-sandstorm'), m.version('e2b'), m.version('uvicorn'))"
+    out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return {"duvo-sandstorm": out[0], "e2b": out[1], "uvicorn": out[2]}
+
+
+def has_symbols(path: Path) -> bool:
+    """Whether an ELF64 file still has a `.symtab` (i.e. is not stripped);
+    read from the section headers, so no binutils are needed."""
+    import struct
+
+    data = path.read_bytes()
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQ", data, shoff + k * shentsize) for k in range(shnum)]
+    names_at = sections[shstrndx][4]
+    names = {data[names_at + sec[0] : data.index(b"\0", names_at + sec[0])] for sec in sections}
+    return b".symtab" in names
+
+
+def sizes(setup: Setup) -> dict:
+    def binary(path: Path | None):
+        if path is None or not path.exists():
+            return None
+        return {"bytes": path.stat().st_size, "stripped": not has_symbols(path)}
+
+    site = next((setup.theirs_ds.parent.parent / "lib").glob("python*/site-packages"), None)
+    venv_bytes = None
+    if site is not None:
+        venv_bytes = sum(f.stat().st_size for f in site.rglob("*") if f.is_file())
+    return {"ds": binary(setup.ds), "bootstrap": binary(setup.bootstrap), "theirs_site_packages": venv_bytes}
+
+
+# --- main -------------------------------------------------------------------
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parent.parent)
+    parser.add_argument("--target-dir", type=Path, help="cargo's target folder (default REPO/target)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (at least 5 for the published file)")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams for peak RSS (ours)")
+    parser.add_argument("--theirs-streams", type=int, default=1000, help="concurrent streams for the original (0: skip)")
+    parser.add_argument("--bootstrap", type=Path, help="the Lambda bootstrap binary (absent: not measured)")
+    parser.add_argument("--load-figures", type=Path, help="tests/load.rs figures (JSON) to include")
+    parser.add_argument("--out", type=Path, help="where to write the markdown (default REPO/BENCHMARKS.md)")
+    parser.add_argument("--only", help="comma-separated phases: cold,lambda,overhead,trips,relay,memory")
+    args = parser.parse_args()
+
+    repo = args.repo.resolve()
+    target = (args.target_dir or repo / "target").resolve()
+    work = repo / "bench" / ".work"
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    setup = Setup(
+        repo=repo,
+        work=work,
+        ds=target / "release" / "ds",
+        bootstrap=args.bootstrap.resolve() if args.bootstrap else None,
+        emulator_bin=target / "release" / "e2b-emulator",
+        theirs_ds=work / "venv" / "bin" / "ds",
+    )
+    # A thousand streams need a few thousand sockets across the processes.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    phases = set((args.only or "cold,lambda,overhead,trips,relay,memory").split(","))
+    results: dict = {
+        "runs": args.runs,
+        "machine": machine(),
+        "theirs": theirs_versions(setup),
+        "sizes": sizes(setup),
+        "workloads": {"small": SMALL, "relay": RELAY, "concurrent": CONCURRENT, "ten_files": sorted(ten_files())},
+    }
+    started = time.perf_counter()
+    results["load_avg"] = {"start": os.getloadavg()[0]}
+    emu = Emulator(setup)
+    try:
+        if "cold" in phases:
+            log("cold start")
+            results["cold"] = cold_start(setup, emu, max(args.runs, 7))
+        if "lambda" in phases:
+            if setup.bootstrap is not None:
+                results["lambda"] = await lambda_cold_start(setup, emu, max(args.runs, 7))
+            else:
+                results["lambda"] = None
+        if phases & {"overhead", "trips", "relay"}:
+            servers = {s: setup.start_server(s, emu.url) for s in SIDES}
+            try:
+                if "overhead" in phases:
+                    log("per-query overhead")
+                    results["overhead"] = await overhead(servers, emu, max(args.runs, 9))
+                if "trips" in phases:
+                    log("E2B round trips")
+                    results["trips"] = await round_trips(servers, emu, args.runs)
+                if "relay" in phases:
+                    log("relay throughput")
+                    results["relay"] = await relay(servers, emu, args.runs)
+            finally:
+                for s in servers.values():
+                    s.stop()
+        if "memory" in phases:
+            log(f"memory with {args.streams} concurrent streams")
+            results["memory"] = await memory(setup, args.runs, args.streams, args.theirs_streams)
+    finally:
+        emu.stop()
+    results["elapsed_s"] = time.perf_counter() - started
+    results["load_avg"]["end"] = os.getloadavg()[0]
+    if args.load_figures and args.load_figures.exists():
+        results["load"] = json.loads(args.load_figures.read_text())
+    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    out = args.out or repo / "BENCHMARKS.md"
+    out.write_text(report.render(results))
+    log(f"measured in {results['elapsed_s']:.0f} s; wrote {out}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
