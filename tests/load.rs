@@ -16,6 +16,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use futures::StreamExt;
 use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs, knobs::Synthetic};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -249,6 +250,11 @@ async fn start_emulator(lines: u64, bytes: usize) -> EmulatorHandle {
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
+    // As envd does: without TCP_NODELAY each stream's first frame waits
+    // out the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = sandstorm::emulator::app(emulator.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     EmulatorHandle { url, emulator }
