@@ -33,7 +33,7 @@ SIDES = ("ours", "theirs")
 # Workloads (the synthetic runner's output per query).
 SMALL = dict(lines=10, bytes_=500)  # per-query overhead, round trips
 RELAY = dict(lines=100_000, bytes_=500)  # relay throughput
-# Concurrency, two workloads: about what an agent run prints, and more
+# Concurrency, two workloads: a short agent run's worth of output, and more
 # than all the buffers between runner and client hold (a stalled client).
 CONCURRENT = {"typical": dict(lines=10, bytes_=500), "stalled": dict(lines=1_000, bytes_=500)}
 
@@ -340,6 +340,21 @@ def machine() -> dict:
     }
 
 
+def busy_cores(seconds: float) -> float:
+    """How many cores other work keeps busy, over `seconds` of /proc/stat
+    before anything of ours runs (a busy machine makes every figure noisy)."""
+
+    def sample():
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    busy0, total0 = sample()
+    time.sleep(seconds)
+    busy1, total1 = sample()
+    return (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+
+
 def theirs_versions(setup: Setup) -> dict:
     py = setup.theirs_ds.parent / "python"
     code = "import importlib.metadata as m; print(m.version('duvo-sandstorm'), m.version('e2b'), m.version('uvicorn'))"
@@ -415,7 +430,7 @@ async def main() -> None:
         "workloads": {"small": SMALL, "relay": RELAY, "concurrent": CONCURRENT, "ten_files": sorted(ten_files())},
     }
     started = time.perf_counter()
-    results["load_avg"] = {"start": os.getloadavg()[0]}
+    results["idle_check"] = {"busy_cores": busy_cores(2.0)}
     emu = Emulator(setup)
     try:
         if "cold" in phases:
@@ -447,7 +462,6 @@ async def main() -> None:
     finally:
         emu.stop()
     results["elapsed_s"] = time.perf_counter() - started
-    results["load_avg"]["end"] = os.getloadavg()[0]
     if args.load_figures and args.load_figures.exists():
         results["load"] = json.loads(args.load_figures.read_text())
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -36,7 +36,10 @@ def fmt_ratio(r):
         return "n/a"
     if r == 0:
         return "0"
-    return f"{r:.3f} (1/{1 / r:,.0f})" if r < 1 else f"{r:.2f}"
+    if r >= 1:
+        return f"{r:.2f}"
+    inverse = 1 / r
+    return f"{r:.3f} (1/{inverse:,.0f})" if inverse >= 10 else f"{r:.3f} (1/{inverse:.1f})"
 
 
 def verdict(ok):
@@ -95,9 +98,11 @@ def render(r: dict) -> str:
         f"at least {r['runs']} runs, written `median (min–max)`; each ratio is ours/theirs of "
         "the medians. Raw figures: `bench/.work/results.json`."
     )
-    if "load_avg" in r:
+    if "idle_check" in r:
         d.p()
-        d.p(f"Machine load average (1 min) at start and end of the measurements: {r['load_avg']['start']:.2f} and {r['load_avg']['end']:.2f}.")
+        busy = r["idle_check"]["busy_cores"]
+        note = " — other work was running, so figures may be noisier than usual" if busy > 0.25 else ""
+        d.p(f"Before the measurements began, other work kept {busy:.2f} of the {m['cores']} cores busy{note}.")
     d.p()
 
     targets, misses = summary_rows(r)
@@ -315,8 +320,9 @@ def trips_section(d, r):
         for side in ("ours", "theirs"):
             totals = sorted({before_agent(q) for q in sides[side]})
             row += [", ".join(map(str, totals)), route_summary(sides[side][-1])]
+        row.append(fmt_ratio(ratio([before_agent(q) for q in sides["ours"]], [before_agent(q) for q in sides["theirs"]])))
         rows.append(row)
-    d.table(["files", "ours: before the agent", "ours: by route", "original: before the agent", "original: by route"], rows)
+    d.table(["files", "ours: before the agent", "ours: by route", "original: before the agent", "original: by route", "ours/theirs"], rows)
 
 
 def relay_section(d, r):
@@ -391,8 +397,8 @@ def memory_section(d, r):
             "open at the same moment; then the clients disconnect and every sandbox must be "
             "killed (the emulator's created/killed counters are checked). Two workloads: "
             "*typical* — the runner prints "
-            f"{c['typical']['lines']} lines of {c['typical']['bytes_']} bytes, about what an agent "
-            "run sends; *stalled* — "
+            f"{c['typical']['lines']} lines of {c['typical']['bytes_']} bytes, a short agent run's "
+            "worth; *stalled* — "
             f"{c['stalled']['lines']:,} lines of {c['stalled']['bytes_']} bytes, more than the "
             "buffers between runner and client hold, so this is the most a stalled client can "
             "make a server keep."
@@ -455,7 +461,11 @@ def size_section(d, r):
             rows.append([f"`{name}`", "not built", ""])
     d.table(["release binary", "size", "stripped"], rows)
     if s.get("theirs_site_packages"):
-        d.p(f"For scale: the original's installed Python packages (its virtualenv's `site-packages`, without the interpreter) take {s['theirs_site_packages'] / 1024 / 1024:.0f} MiB.")
+        share = f" `ds` is {fmt_ratio(s['ds']['bytes'] / s['theirs_site_packages'])} of that." if s.get("ds") else ""
+        d.p(
+            "The original ships no binary. For scale: its installed Python packages (its "
+            f"virtualenv's `site-packages`, without the interpreter) take {s['theirs_site_packages'] / 1024 / 1024:.0f} MiB.{share}"
+        )
         d.p()
 
 
