@@ -403,11 +403,16 @@ async def main() -> None:
     parser.add_argument("--load-figures", type=Path, help="tests/load.rs figures (JSON) to include")
     parser.add_argument("--out", type=Path, help="where to write the markdown (default REPO/BENCHMARKS.md)")
     parser.add_argument("--only", help="comma-separated phases: cold,lambda,overhead,trips,relay,memory")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from bench/.work/results.json, measure nothing")
     args = parser.parse_args()
 
     repo = args.repo.resolve()
     target = (args.target_dir or repo / "target").resolve()
     work = repo / "bench" / ".work"
+    out = args.out or repo / "BENCHMARKS.md"
+    if args.report_only:
+        out.write_text(report.render(json.loads((work / "results.json").read_text())))
+        return
     (work / "logs").mkdir(parents=True, exist_ok=True)
     setup = Setup(
         repo=repo,
@@ -465,7 +470,6 @@ async def main() -> None:
     if args.load_figures and args.load_figures.exists():
         results["load"] = json.loads(args.load_figures.read_text())
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    out = args.out or repo / "BENCHMARKS.md"
     out.write_text(report.render(results))
     log(f"measured in {results['elapsed_s']:.0f} s; wrote {out}")
 

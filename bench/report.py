@@ -214,8 +214,8 @@ def summary_rows(r):
 
 
 WORKLOAD_NAMES = {
-    "typical": "clients read as events arrive",
-    "stalled": "clients stop reading, 500 KB per stream",
+    "typical": "typical: 10 lines of 500 bytes per stream",
+    "stalled": "stalled clients, 500 KB per stream",
 }
 
 MISS_TEXT = {
@@ -230,8 +230,9 @@ MISS_TEXT = {
         "ACK for its 40 ms delayed-ACK timer. {forced}The same interaction is documented for "
         "the AWS SDK (awslabs/aws-sdk-rust#958, smithy-lang/smithy-rs#4677). `lambda_runtime` "
         "1.5 builds its client inside `Runtime::new` with no way to pass a connector, so the "
-        "fix is upstream (or a patched `lambda_runtime_api_client`); it also delays every "
-        "streamed event that follows a write not yet acknowledged, not just this one."
+        "fix is upstream (or a patched `lambda_runtime_api_client`). The same wait can hold "
+        "back any streamed event written while an earlier one is still unacknowledged, not "
+        "just this first one."
     ),
     "latency": (
         "At {lat} ms per E2B call, time to the first event is {ours:.1f} ms for ours and "
