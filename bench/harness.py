@@ -229,9 +229,10 @@ async def concurrent_streams(setup: Setup, side: str, streams: int, workload: di
     # An emulator of its own: a server that leaks sandboxes here must not
     # fail the runs after it.
     emu = Emulator(setup)
-    emu.configure(**workload)
-    server = setup.start_server(side, emu.url)
+    server = None
     try:
+        emu.configure(**workload)
+        server = setup.start_server(side, emu.url)
         await run_query(server, query(), workload["lines"], "warm-up")
         emu.wait_idle()
         emu.reset_stats()
@@ -268,7 +269,8 @@ async def concurrent_streams(setup: Setup, side: str, streams: int, workload: di
             stats, cleanup_s = emu.stats(), None
         peak = status_kib(server.pid, "VmHWM")
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         emu.stop()
     return {
         "streams": streams,
@@ -447,8 +449,10 @@ async def main() -> None:
             else:
                 results["lambda"] = None
         if phases & {"overhead", "trips", "relay"}:
-            servers = {s: setup.start_server(s, emu.url) for s in SIDES}
+            servers: dict[str, Server] = {}
             try:
+                for side in SIDES:
+                    servers[side] = setup.start_server(side, emu.url)
                 if "overhead" in phases:
                     log("per-query overhead")
                     results["overhead"] = await overhead(servers, emu, max(args.runs, 9))
