@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 
 pub(super) async fn serve(addr: SocketAddr, router: Router) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -15,6 +16,13 @@ pub(super) async fn serve(addr: SocketAddr, router: Router) -> Result<(), String
     if !local.ip().is_loopback() {
         tracing::warn!("listening beyond loopback; make sure SANDSTORM_API_TOKEN is set");
     }
+    // Each SSE event is one small write; without TCP_NODELAY, Nagle's
+    // algorithm holds it back until the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await
