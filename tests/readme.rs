@@ -1,11 +1,19 @@
-//! README.md stays true: its `ds` commands parse, its sandstorm.json
-//! examples load, its client example is the tested file, its links resolve.
+//! README.md stays true: its `ds` commands parse and run against the E2B
+//! emulator, its sandstorm.json examples load, its client example is the
+//! tested file, its links resolve.
+
+mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use clap::Parser;
-use sandstorm::cli::Cli;
 use sandstorm::config::SandstormConfig;
+use sandstorm::emulator::Knobs;
+use support::emulator::{self, E2B_KEY};
+use support::model_server::{FINAL_TEXT, ModelServer, Script};
+use support::product::Cli;
+use tokio::process::Command;
 
 fn readme() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
@@ -43,9 +51,10 @@ fn words(line: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn every_ds_command_in_the_readme_parses() {
-    let mut checked = 0;
+/// Every `ds ...` (and `cargo run --release -- ...`) line of the README's
+/// bash blocks, as the words after `ds`.
+fn ds_commands() -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
     for block in blocks(&readme(), "bash") {
         for line in block.lines().map(str::trim) {
             let args = if let Some(rest) = line.strip_prefix("cargo run --release -- ") {
@@ -55,14 +64,110 @@ fn every_ds_command_in_the_readme_parses() {
             } else {
                 continue;
             };
-            let words = words(&args);
-            if let Err(e) = Cli::try_parse_from(&words) {
-                panic!("README command {line:?} does not parse: {e}");
-            }
-            checked += 1;
+            commands.push(words(&args));
         }
     }
-    assert!(checked >= 10, "only {checked} ds commands found");
+    commands
+}
+
+#[test]
+fn every_ds_command_in_the_readme_parses() {
+    let commands = ds_commands();
+    for words in &commands {
+        if let Err(e) = sandstorm::cli::Cli::try_parse_from(words) {
+            panic!("README command {words:?} does not parse: {e}");
+        }
+    }
+    assert!(
+        commands.len() >= 10,
+        "only {} ds commands found",
+        commands.len()
+    );
+}
+
+#[tokio::test]
+async fn every_ds_query_in_the_readme_runs_against_the_emulator() {
+    let model = ModelServer::start(Script::Bash {
+        command: "mkdir -p output && echo chart > output/chart.png && echo readme-ok".into(),
+    })
+    .await;
+    let e2b = emulator::start(Knobs::default(), None).await;
+    let queries: Vec<Vec<String>> = ds_commands()
+        .into_iter()
+        .filter(|words| words.get(1).is_some_and(|w| w != "serve"))
+        .collect();
+    assert!(queries.len() >= 8, "{queries:?}");
+    for words in queries {
+        let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+        // No E2B key flag and no --sandbox: ds picks E2B because the key is
+        // in the environment, as in the README's setup.
+        let output = Cli::new(&model)
+            .without_sandbox_flag()
+            .env("E2B_API_KEY", E2B_KEY)
+            .env("E2B_API_URL", &e2b.url)
+            .env("E2B_SANDBOX_URL", &e2b.url)
+            .file("data.csv", "region,sales\nnorth,10\n")
+            .file("prod.json", "{}")
+            .file("staging.json", "{}")
+            .run(&args)
+            .await;
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{words:?}\n{}",
+            output.dump()
+        );
+        assert!(
+            output.stdout.contains(FINAL_TEXT),
+            "{words:?}\n{}",
+            output.dump()
+        );
+    }
+    let stats = e2b.emulator.stats();
+    assert_eq!(stats.created, stats.killed, "{stats:?}");
+}
+
+#[tokio::test]
+async fn every_ds_serve_in_the_readme_starts_and_answers_health() {
+    let e2b = emulator::start(Knobs::default(), None).await;
+    let serves: Vec<Vec<String>> = ds_commands()
+        .into_iter()
+        .filter(|words| words.get(1).is_some_and(|w| w == "serve"))
+        .collect();
+    assert!(serves.len() >= 4, "{serves:?}");
+    for words in serves {
+        // The README's ports may be taken here; any free one will do.
+        let mut args: Vec<String> = Vec::new();
+        let mut rest = words[1..].iter();
+        while let Some(word) = rest.next() {
+            if word == "--port" {
+                rest.next();
+            } else {
+                args.push(word.clone());
+            }
+        }
+        args.extend(["--port".to_owned(), "0".to_owned()]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
+        command
+            .args(&args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("E2B_API_KEY", E2B_KEY)
+            .env("E2B_API_URL", &e2b.url)
+            .env("E2B_SANDBOX_URL", &e2b.url);
+        let server = emulator::listen(command).await;
+        let health = server.url.replace("0.0.0.0", "127.0.0.1");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            reqwest::get(format!("{health}/health")),
+        )
+        .await
+        .expect("answers in time")
+        .expect("health");
+        assert_eq!(answer.status(), 200, "{words:?}");
+    }
 }
 
 #[test]
