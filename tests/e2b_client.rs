@@ -800,6 +800,32 @@ async fn an_unreachable_e2b_is_a_transport_error_after_retries() {
     assert_no_secrets(&format!("{err} {err:?}"));
 }
 
+#[tokio::test]
+async fn a_start_that_cannot_reach_envd_is_a_transport_error_naming_the_cause() {
+    let fake = Fake::start().await;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let mut options = options(&fake.url);
+    options.sandbox_url = Some(format!("http://127.0.0.1:{port}"));
+    let provider = E2bProvider::new(options).expect("client builds");
+    let sandbox = create(&provider).await.expect("created");
+    let Err(err) = sandbox.start(runner()).await else {
+        panic!("started a process on nothing");
+    };
+    let SandboxError::Transport {
+        op: "start",
+        message,
+    } = &err
+    else {
+        panic!("expected a transport error, got {err:?}");
+    };
+    assert!(message.contains("refused"), "{message}");
+    assert_no_secrets(&format!("{err} {err:?}"));
+    sandbox.destroy().await.expect("destroyed");
+}
+
 /// A small E2B: both planes on one loopback port, every request recorded
 /// (refused ones too), scripted process answers.
 mod fake {

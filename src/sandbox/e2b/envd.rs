@@ -1,9 +1,10 @@
 //! envd, the daemon inside each sandbox: files over plain HTTP, processes
 //! over Connect (`spec/envd/envd.yaml`, `spec/envd/process/process.proto`).
 
-use reqwest::header::CONTENT_TYPE;
+use http_body_util::BodyExt as _;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 use reqwest::multipart::{Form, Part};
-use reqwest::{RequestBuilder, StatusCode};
 
 use super::E2bSandbox;
 use super::http::{self, PROVIDER};
@@ -24,14 +25,25 @@ const MAX_CONNECT_TIMEOUT_MS: u128 = 9_999_999_999;
 
 impl E2bSandbox {
     /// Headers that route a request to this sandbox's envd and authorize it.
-    fn envd(&self, request: RequestBuilder) -> RequestBuilder {
-        let request = request
-            .header("E2b-Sandbox-Id", &self.id)
-            .header("E2b-Sandbox-Port", ENVD_PORT.to_string());
-        match &self.access_token {
-            Some(token) => request.header("X-Access-Token", token.expose()),
-            None => request,
+    /// The token is marked sensitive, so no HTTP library prints it.
+    fn envd_headers(&self, op: &'static str) -> Result<HeaderMap, SandboxError> {
+        let invalid = |what: &str| SandboxError::Other {
+            op,
+            message: format!("the sandbox's {what} is not a valid HTTP header value"),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "e2b-sandbox-id",
+            HeaderValue::from_str(&self.id).map_err(|_| invalid("id"))?,
+        );
+        headers.insert("e2b-sandbox-port", HeaderValue::from(ENVD_PORT));
+        if let Some(token) = &self.access_token {
+            let mut value =
+                HeaderValue::from_str(token.expose()).map_err(|_| invalid("access token"))?;
+            value.set_sensitive(true);
+            headers.insert("x-access-token", value);
         }
+        Ok(headers)
     }
 
     /// `username=user` for an old envd, nothing for a current one.
@@ -56,6 +68,7 @@ impl E2bSandbox {
             return Ok(());
         }
         let url = format!("{}/files", self.envd_url);
+        let headers = self.envd_headers("upload")?;
         let single_path = match files.as_slice() {
             [only] => Some(only.path.clone()),
             _ => None,
@@ -72,7 +85,10 @@ impl E2bSandbox {
         };
         let send = || {
             let mut request = self
-                .envd(self.shared.http.post(&url))
+                .shared
+                .http
+                .post(&url)
+                .headers(headers.clone())
                 .query(self.user_query())
                 .multipart(form());
             if let Some(path) = &single_path {
@@ -98,7 +114,10 @@ impl E2bSandbox {
     /// `GET /files?path=...`: the file's raw bytes.
     pub(super) async fn download(&self, path: &str) -> Result<bytes::Bytes, SandboxError> {
         let request = self
-            .envd(self.shared.http.get(format!("{}/files", self.envd_url)))
+            .shared
+            .http
+            .get(format!("{}/files", self.envd_url))
+            .headers(self.envd_headers("read_file")?)
             .query(&[("path", path)])
             .query(self.user_query());
         let (status, body) =
@@ -110,7 +129,8 @@ impl E2bSandbox {
     }
 
     /// `POST /process.Process/Start`: a Connect server stream with the JSON
-    /// codec. The process is argv, never a shell line.
+    /// codec, read through the stream client (see `stream_client` for why
+    /// not reqwest). The process is argv, never a shell line.
     pub(super) async fn start_process(
         &self,
         process: ProcessSpec,
@@ -130,34 +150,43 @@ impl E2bSandbox {
             op: "start",
             message: e.to_string(),
         })?;
-        let mut request = self
-            .envd(
-                self.shared
-                    .http
-                    .post(format!("{}/process.Process/Start", self.envd_url)),
-            )
-            .header(CONTENT_TYPE, CONNECT_JSON)
-            .header("Connect-Protocol-Version", "1")
-            .header(
-                "Keepalive-Ping-Interval",
-                options.keepalive_interval.as_secs().max(1).to_string(),
-            )
-            .body(encode(FLAG_MESSAGE, &payload));
+        let mut request = ::http::Request::post(format!("{}/process.Process/Start", self.envd_url))
+            .body(encode(FLAG_MESSAGE, &payload))
+            .map_err(|e| SandboxError::Other {
+                op: "start",
+                message: e.to_string(),
+            })?;
+        let headers = request.headers_mut();
+        headers.extend(self.envd_headers("start")?);
+        headers.insert(USER_AGENT, HeaderValue::from_static(http::USER_AGENT));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(CONNECT_JSON));
+        headers.insert("connect-protocol-version", HeaderValue::from_static("1"));
+        headers.insert(
+            "keepalive-ping-interval",
+            HeaderValue::from(options.keepalive_interval.as_secs().max(1)),
+        );
         // envd ends the process when this runs out: it is the process's
         // lifetime, not a limit on us reading the stream.
         if let Some(limit) = process.timeout {
             let ms = limit.as_millis().clamp(1, MAX_CONNECT_TIMEOUT_MS);
-            request = request.header("Connect-Timeout-Ms", ms.to_string());
+            headers.insert(
+                "connect-timeout-ms",
+                HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX)),
+            );
         }
         if self.legacy_user {
             // "user:" in Basic form, which is how old envd learns the user.
-            request = request.header("Authorization", "Basic dXNlcjo=");
+            headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjo="));
         }
 
-        let response = http::open(request, "start", options.request_timeout).await?;
+        let response = self
+            .shared
+            .streams
+            .open(request, "start", options.request_timeout)
+            .await?;
         let status = response.status();
         if status != StatusCode::OK {
-            let body = http::error_body(response).await;
+            let body = http::error_body(response.into_body().into_data_stream()).await;
             return Err(self.envd_failure("start", status, &body));
         }
         let content_type = response
@@ -174,7 +203,7 @@ impl E2bSandbox {
             });
         }
         Ok(process_stream(
-            response.bytes_stream(),
+            response.into_body().into_data_stream(),
             options.stream_idle_timeout,
         ))
     }

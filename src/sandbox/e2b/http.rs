@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::options::E2bOptions;
@@ -14,22 +14,54 @@ use crate::secret::Secret;
 
 pub(crate) const PROVIDER: &str = "e2b";
 
+/// Says who we are on every request, whichever client sends it.
+pub(crate) const USER_AGENT: &str = concat!("sandstorm/", env!("CARGO_PKG_VERSION"));
+
 /// How much of an error body we read and quote. E2B's errors are one short
 /// JSON object; anything longer is a proxy page nobody needs in full.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
 const ERROR_MESSAGE_LIMIT: usize = 300;
 
-/// The one client every request goes through, so connections to the
-/// control plane and to envd are pooled across runs.
-pub(crate) fn client(options: &E2bOptions) -> Result<reqwest::Client, SandboxError> {
+/// The client every request but a process stream goes through (see
+/// `stream_client` for those), so connections to the control plane and to
+/// envd are pooled across runs. `tls` is [`tls_config`]'s.
+pub(crate) fn client(
+    options: &E2bOptions,
+    mut tls: rustls::ClientConfig,
+) -> Result<reqwest::Client, SandboxError> {
+    // What reqwest offers when it builds its own configuration.
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
-        .user_agent(concat!("sandstorm/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .connect_timeout(options.connect_timeout)
+        .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| SandboxError::Other {
             op: "building the e2b http client",
             message: error_chain(&e),
         })
+}
+
+/// The TLS configuration of every E2B connection, made as reqwest makes its
+/// own (the process's default crypto provider, else aws-lc-rs; the
+/// platform's certificate verifier) but made once, so that reqwest and the
+/// process stream client share one TLS stack and load the system's roots
+/// once: loading them is a noticeable part of `ds serve`'s cold start.
+/// ALPN is left empty for each client to set.
+pub(crate) fn tls_config() -> Result<rustls::ClientConfig, SandboxError> {
+    use rustls_platform_verifier::BuilderVerifierExt as _;
+
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_platform_verifier())
+        .map_err(|e| SandboxError::Other {
+            op: "building the e2b tls configuration",
+            message: e.to_string(),
+        })?;
+    Ok(config.with_no_client_auth())
 }
 
 /// Sends a request and reads its whole answer, all within `limit`.
@@ -66,8 +98,8 @@ pub(crate) async fn open(
 }
 
 /// Reads at most [`ERROR_BODY_LIMIT`] bytes of a failed answer's body.
-pub(crate) async fn error_body(response: Response) -> Bytes {
-    let mut body = response.bytes_stream();
+pub(crate) async fn error_body<E>(body: impl Stream<Item = Result<Bytes, E>>) -> Bytes {
+    let mut body = std::pin::pin!(body);
     let mut out = BytesMut::new();
     while let Some(Ok(chunk)) = body.next().await {
         out.extend_from_slice(&chunk);

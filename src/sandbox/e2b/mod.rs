@@ -1,5 +1,7 @@
 //! E2B cloud sandboxes: the control plane over REST, files and processes
-//! over envd, all on one pooled reqwest client.
+//! over envd. Calls go through one pooled reqwest client; process output
+//! streams through a hyper client of their own that reads no further ahead
+//! than a small buffer (see `stream_client`).
 //!
 //! A run costs three round trips before the agent starts: create, one
 //! multipart upload carrying every file, and the process start whose answer
@@ -42,15 +44,17 @@ mod http;
 mod options;
 mod process;
 mod retry;
+mod stream_client;
 
 pub use options::{DEFAULT_DOMAIN, DEFAULT_TEMPLATE, E2bOptions, RetryPolicy};
 
 /// What every sandbox of one provider shares: the options and the
-/// connection pool.
+/// connection pools.
 #[derive(Debug)]
 struct Shared {
     options: E2bOptions,
     http: reqwest::Client,
+    streams: stream_client::StreamClient,
 }
 
 /// Creates E2B sandboxes. Cheap to clone; clones share one connection pool.
@@ -60,11 +64,17 @@ pub struct E2bProvider {
 }
 
 impl E2bProvider {
-    /// Fails only if the HTTP client cannot be built (no TLS backend).
+    /// Fails only if the HTTP clients cannot be built (no TLS backend).
     pub fn new(options: E2bOptions) -> Result<Self, SandboxError> {
-        let http = http::client(&options)?;
+        let tls = http::tls_config()?;
+        let http = http::client(&options, tls.clone())?;
+        let streams = stream_client::StreamClient::new(&options, tls, http.clone());
         Ok(E2bProvider {
-            shared: Arc::new(Shared { options, http }),
+            shared: Arc::new(Shared {
+                options,
+                http,
+                streams,
+            }),
         })
     }
 
