@@ -25,6 +25,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod doors;
 pub mod emulator;
 pub mod env;
 pub mod envd;
@@ -40,5 +41,7 @@ pub mod run;
 pub mod runner_install;
 pub mod sandbox;
 pub mod secret;
+#[cfg(feature = "aws-secrets")]
+pub mod secrets;
 pub mod settings;
 pub mod telemetry;
