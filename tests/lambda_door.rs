@@ -1,0 +1,364 @@
+//! The Lambda door (`bootstrap`) as Lambda runs it.
+//!
+//! Most tests run it under `cargo lambda watch` (PyPI `cargo-lambda`), which
+//! emulates the Runtime API and Function URLs with response streaming, and
+//! call the Function URL route against the E2B emulator in synthetic-runner
+//! mode. `cargo lambda watch` sends a fixed deadline in 1970, so the deadline
+//! test drives the binary through a Runtime API written here instead, which
+//! gives the invocation a real, short deadline.
+
+mod doors_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use doors_support::*;
+use futures::StreamExt;
+use sandstorm::emulator::Knobs;
+use sandstorm::emulator::knobs::StreamCut;
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+struct Watch {
+    url: String,
+    proc: Proc,
+}
+
+impl Watch {
+    /// Posts a query to the Function URL and reads the whole stream; a
+    /// failure shows what `cargo lambda watch` and the function logged.
+    async fn query(&self, body: serde_json::Value) -> Stream {
+        let request = reqwest::Client::new()
+            .post(format!("{}/query", self.url))
+            .json(&body);
+        match tokio::spawn(read_stream(request)).await {
+            Ok(stream) => stream,
+            Err(e) => panic!("{e}\n--- cargo lambda watch:\n{}", self.proc.output()),
+        }
+    }
+}
+
+/// `cargo lambda watch` on a free port, serving the crate's `bootstrap`
+/// with `env`. It builds with the features `cargo test --all-features`
+/// already built, so it only starts the binary.
+async fn cargo_lambda_watch(env: &[(&str, String)]) -> Watch {
+    let cargo_lambda = tool("cargo-lambda", CARGO_LAMBDA_PIP);
+    let port = free_port();
+    let mut command = Command::new(cargo_lambda);
+    command
+        .args(["lambda", "watch", "--all-features", "--ignore-changes"])
+        .args(["--invoke-address", "127.0.0.1", "--invoke-port"])
+        .arg(port.to_string())
+        .current_dir(manifest_dir());
+    let proc = spawn(
+        command,
+        env,
+        |line| line.contains("starting Runtime server"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/lambda-url/bootstrap");
+    // The first invocation starts the function (`cargo run`, which may have
+    // to build). One patient request: an invocation whose client gave up
+    // leaves the emulated function busy for good.
+    let health = reqwest::Client::new()
+        .get(format!("{url}/health"))
+        .timeout(Duration::from_secs(600))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("health: {e}\n{}", proc.output()));
+    assert_eq!(health.status(), 200, "{}", proc.output());
+    Watch { url, proc }
+}
+
+#[tokio::test]
+async fn the_function_url_streams_every_line_in_order_before_the_run_ends() {
+    const LINES: u64 = 20_000;
+    let e2b = start_emulator(synthetic(LINES, 1_000)).await;
+    let watch = cargo_lambda_watch(&e2b.door_env()).await;
+
+    let destroyed = e2b.first_destroy();
+    let stream = watch.query(serde_json::json!({"prompt": "go"})).await;
+    let run_ended = tokio::time::timeout(Duration::from_secs(60), destroyed)
+        .await
+        .expect("the sandbox is destroyed")
+        .expect("the run ends");
+
+    assert_eq!(stream.status, 200, "{}", watch.proc.output());
+    assert_eq!(stream.content_type, "text/event-stream");
+    stream.assert_complete(LINES);
+    stream.assert_streamed(run_ended);
+    let stats = e2b.settled().await;
+    assert_eq!((stats.created, stats.killed), (1, 1));
+    eprintln!(
+        "lambda: first event at {:?}, run ended at {run_ended:?}, body ended at {:?}",
+        stream.first_event, stream.ended
+    );
+}
+
+#[tokio::test]
+async fn a_cut_envd_stream_ends_with_an_in_band_error_event() {
+    let e2b = start_emulator(Knobs {
+        stream_cut: Some(StreamCut {
+            after_frames: 10,
+            count: 1,
+        }),
+        ..synthetic(100_000, 500)
+    })
+    .await;
+    let watch = cargo_lambda_watch(&e2b.door_env()).await;
+
+    let stream = watch.query(serde_json::json!({"prompt": "go"})).await;
+
+    // The status went out with the first byte; the failure is in-band.
+    assert_eq!(stream.status, 200);
+    let last = stream.last();
+    assert_eq!(last["type"], "error", "{last}");
+    assert_eq!(last["error_type"], "stream_cut", "{last}");
+    assert!(last["request_id"].is_string(), "{last}");
+    let lines = &stream.events[..stream.events.len() - 1];
+    assert!(!lines.is_empty(), "lines before the cut are delivered");
+    for (i, event) in lines.iter().enumerate() {
+        assert_eq!(event["seq"], i as u64);
+    }
+    let stats = e2b.settled().await;
+    assert_eq!((stats.created, stats.killed), (1, 1));
+}
+
+#[tokio::test]
+async fn the_invocation_request_id_names_the_run_and_its_logs() {
+    let e2b = start_emulator(synthetic(3, 200)).await;
+    let watch = cargo_lambda_watch(&e2b.door_env()).await;
+    let stream = watch.query(serde_json::json!({"prompt": "go"})).await;
+    let request_id = stream.headers["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(stream.last()["type"], "result");
+    // The id is the invocation's (a UUID with dashes, as Lambda's are), and
+    // the JSON log lines of the run carry it.
+    assert_eq!(request_id.len(), 36, "{request_id}");
+    let logged = watch
+        .proc
+        .output()
+        .lines()
+        .any(|l| l.starts_with('{') && l.contains(&request_id) && l.contains("requestId"));
+    assert!(
+        logged,
+        "no JSON log line with {request_id}:\n{}",
+        watch.proc.output()
+    );
+}
+
+// --- A short deadline, through a Runtime API written here -----------------
+
+/// One invocation's request and what the function streamed back.
+struct RuntimeApi {
+    invocation: Mutex<Option<(String, u64, serde_json::Value)>>,
+    responses: mpsc::UnboundedSender<(HeaderMap, mpsc::UnboundedReceiver<bytes::Bytes>)>,
+}
+
+async fn next_invocation(State(api): State<Arc<RuntimeApi>>) -> axum::response::Response {
+    let taken = api.invocation.lock().expect("lock").take();
+    let Some((id, deadline_ms, event)) = taken else {
+        // One invocation only: later polls wait (as Lambda freezes the
+        // environment between invocations).
+        std::future::pending::<()>().await;
+        unreachable!()
+    };
+    (
+        [
+            ("lambda-runtime-aws-request-id", id),
+            ("lambda-runtime-deadline-ms", deadline_ms.to_string()),
+            (
+                "lambda-runtime-invoked-function-arn",
+                "arn:aws:lambda:us-east-1:123456789012:function:sandstorm".to_owned(),
+            ),
+            (
+                "lambda-runtime-trace-id",
+                "Root=1-00000000-000000000000000000000000".to_owned(),
+            ),
+        ],
+        axum::Json(event),
+    )
+        .into_response()
+}
+
+async fn invocation_response(
+    State(api): State<Arc<RuntimeApi>>,
+    Path(_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> StatusCode {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = api.responses.send((headers, rx));
+    let mut frames = body.into_data_stream();
+    while let Some(Ok(chunk)) = frames.next().await {
+        let _ = tx.send(chunk);
+    }
+    StatusCode::ACCEPTED
+}
+
+/// A Function URL event (API Gateway payload 2.0) for `POST /query`.
+fn function_url_event(body: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/query",
+        "rawQueryString": "",
+        "headers": {
+            "content-type": "application/json",
+            "host": "abcdefghij.lambda-url.us-east-1.on.aws"
+        },
+        "requestContext": {
+            "accountId": "anonymous",
+            "apiId": "abcdefghij",
+            "domainName": "abcdefghij.lambda-url.us-east-1.on.aws",
+            "domainPrefix": "abcdefghij",
+            "http": {
+                "method": "POST",
+                "path": "/query",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "lambda-door-test"
+            },
+            "requestId": "7d2c0b3e-3f1a-4f43-9a27-5c1f6a2b9e10",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "27/Nov/2026:06:00:00 +0000",
+            "timeEpoch": 1_795_500_000_000u64
+        },
+        "body": body.to_string(),
+        "isBase64Encoded": false
+    })
+}
+
+#[tokio::test]
+async fn a_short_invocation_deadline_ends_the_run_with_a_timeout_event() {
+    // Far more output than the deadline leaves time for.
+    let e2b = start_emulator(synthetic(50_000_000, 200)).await;
+    // Lambda cuts the stream at the deadline; the run must end itself
+    // PLATFORM_MARGIN (10 s) before it, so 13 s leaves it about 3 s.
+    let deadline = SystemTime::now() + Duration::from_secs(13);
+    let deadline_ms = deadline
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let (responses_tx, mut responses) = mpsc::unbounded_channel();
+    let api = Arc::new(RuntimeApi {
+        invocation: Mutex::new(Some((
+            "a5a0b6a1-5f0e-4b5e-8f6e-0d6c3f0b1c2d".to_owned(),
+            deadline_ms,
+            function_url_event(&serde_json::json!({"prompt": "go"})),
+        ))),
+        responses: responses_tx,
+    });
+    let app = axum::Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(invocation_response),
+        )
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let runtime_api = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut env = e2b.door_env();
+    env.extend([
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api),
+        ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+    ]);
+    let started = Instant::now();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bootstrap"));
+    command.current_dir(manifest_dir());
+    // The runtime logs nothing at start; it is ready when it is running.
+    let function = spawn_quiet(command, &env);
+
+    let (headers, mut body) = tokio::time::timeout(Duration::from_secs(30), responses.recv())
+        .await
+        .expect("the function answers within 30 s")
+        .expect("a response");
+    assert_eq!(
+        headers["lambda-runtime-function-response-mode"], "streaming",
+        "a streamed response"
+    );
+    let needle = b"\"error_type\":\"timeout\"";
+    let mut raw = Vec::new();
+    let mut timeout_event_at = None;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), body.recv())
+        .await
+        .expect("the response ends before the deadline")
+    {
+        // Only what arrived now (and a needle's length before) can hold a
+        // new match; the body is large.
+        let from = raw.len().saturating_sub(needle.len());
+        raw.extend_from_slice(&chunk);
+        if timeout_event_at.is_none() && find_index(&raw[from..], needle).is_some() {
+            timeout_event_at = Some(started.elapsed());
+        }
+    }
+    let ended = started.elapsed();
+
+    // The prelude (status and headers as JSON), eight NUL bytes, the body.
+    let split = find_index(&raw, &[0u8; 8]).expect("the prelude ends with eight NUL bytes");
+    let prelude: serde_json::Value = serde_json::from_slice(&raw[..split]).expect("prelude");
+    assert_eq!(prelude["statusCode"], 200, "{prelude}");
+    assert_eq!(prelude["headers"]["content-type"], "text/event-stream");
+    let body = String::from_utf8_lossy(&raw[split + 8..]).into_owned();
+    let events: Vec<serde_json::Value> = body
+        .split("\n\n")
+        .filter_map(|f| f.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).expect("JSON event"))
+        .collect();
+    let last = events.last().expect("events");
+    assert_eq!(last["type"], "error", "{last}");
+    assert_eq!(last["error_type"], "timeout", "{last}");
+    assert!(events.len() > 1, "lines streamed before the deadline");
+
+    let at = timeout_event_at.expect("a timeout event");
+    assert!(
+        at >= Duration::from_secs(2) && ended < Duration::from_secs(12),
+        "the run ended itself at {at:?} (stream closed at {ended:?}); the deadline was 13 s \
+         away with a 10 s margin"
+    );
+    // Destroyed before the body ended, not after.
+    let stats = e2b.emulator.stats();
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    drop(function);
+}
+
+fn spawn_quiet(mut command: Command, env: &[(&str, String)]) -> tokio::process::Child {
+    command.env_clear();
+    for name in ["PATH", "HOME"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn bootstrap")
+}
+
+fn find_index(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
