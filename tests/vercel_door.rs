@@ -1,0 +1,258 @@
+//! The Vercel functions as Vercel runs them: the built binary is an HTTP
+//! server on `127.0.0.1:$VERCEL_DEV_PORT` (Vercel's proxy, and `vercel dev`,
+//! call it there). Queries go to the E2B emulator in synthetic-runner mode.
+//! The deploy files (`vercel.json`, `build.sh`) are checked against the
+//! code they configure.
+
+mod doors_support;
+
+use std::time::Duration;
+
+use doors_support::*;
+use sandstorm::doors::VERCEL_MAX_DURATION;
+use tokio::process::Command;
+
+struct Function {
+    url: String,
+    proc: Proc,
+}
+
+/// Starts a Vercel function binary on a free port with `env`.
+async fn start_function(binary: &str, env: &[(&str, String)]) -> Function {
+    let port = free_port();
+    let mut env = env.to_vec();
+    env.push(("VERCEL_DEV_PORT", port.to_string()));
+    let proc = spawn(
+        Command::new(binary),
+        &env,
+        |line| line.contains("Dev server listening"),
+        Duration::from_secs(30),
+    )
+    .await;
+    Function {
+        url: format!("http://127.0.0.1:{port}"),
+        proc,
+    }
+}
+
+impl Function {
+    async fn query(&self, request: reqwest::RequestBuilder) -> Stream {
+        match tokio::spawn(read_stream(request)).await {
+            Ok(stream) => stream,
+            Err(e) => panic!("{e}\n--- the function's output:\n{}", self.proc.output()),
+        }
+    }
+
+    fn post(&self, body: serde_json::Value) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .post(format!("{}/query", self.url))
+            .json(&body)
+    }
+}
+
+#[tokio::test]
+async fn the_function_serves_health_and_streams_a_query_in_order() {
+    const LINES: u64 = 20_000;
+    let e2b = start_emulator(synthetic(LINES, 1_000)).await;
+    let function = start_function(env!("CARGO_BIN_EXE_vercel-query"), &e2b.door_env()).await;
+
+    let client = reqwest::Client::new();
+    for path in ["/health", "/api/health"] {
+        let health = client
+            .get(format!("{}{path}", function.url))
+            .send()
+            .await
+            .expect("health");
+        assert_eq!(health.status(), 200, "{path}");
+        let body: serde_json::Value = health.json().await.expect("json");
+        assert_eq!(body["status"], "ok", "{path}");
+    }
+
+    let destroyed = e2b.first_destroy();
+    let stream = function
+        .query(function.post(serde_json::json!({"prompt": "go"})))
+        .await;
+    let run_ended = tokio::time::timeout(Duration::from_secs(60), destroyed)
+        .await
+        .expect("the sandbox is destroyed")
+        .expect("the run ends");
+
+    assert_eq!(stream.status, 200, "{}", function.proc.output());
+    assert_eq!(stream.content_type, "text/event-stream");
+    stream.assert_complete(LINES);
+    stream.assert_streamed(run_ended);
+    let stats = e2b.settled().await;
+    assert_eq!((stats.created, stats.killed), (1, 1));
+    eprintln!(
+        "vercel: first event at {:?}, run ended at {run_ended:?}, body ended at {:?}",
+        stream.first_event, stream.ended
+    );
+}
+
+#[tokio::test]
+async fn the_health_function_is_the_same_door() {
+    let e2b = start_emulator(synthetic(5, 200)).await;
+    let function = start_function(env!("CARGO_BIN_EXE_vercel-health"), &e2b.door_env()).await;
+    let health = reqwest::get(format!("{}/api/health", function.url))
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    let stream = function
+        .query(function.post(serde_json::json!({"prompt": "go"})))
+        .await;
+    stream.assert_complete(5);
+}
+
+#[tokio::test]
+async fn a_run_ends_itself_before_max_duration() {
+    let e2b = start_emulator(synthetic(50_000_000, 200)).await;
+    let mut env = e2b.door_env();
+    // 13 s with the 10 s margin leaves the run about 3 s.
+    env.push(("SANDSTORM_MAX_DURATION", "13".to_owned()));
+    let function = start_function(env!("CARGO_BIN_EXE_vercel-query"), &env).await;
+
+    let stream = function
+        .query(function.post(serde_json::json!({"prompt": "go"})))
+        .await;
+
+    assert_eq!(stream.status, 200);
+    let last = stream.last();
+    assert_eq!(last["type"], "error", "{last}");
+    assert_eq!(last["error_type"], "timeout", "{last}");
+    assert!(
+        stream.ended >= Duration::from_secs(2) && stream.ended < Duration::from_secs(12),
+        "the stream ended at {:?}; maxDuration was 13 s with a 10 s margin",
+        stream.ended
+    );
+    let stats = e2b.settled().await;
+    assert_eq!((stats.created, stats.killed), (1, 1));
+}
+
+#[tokio::test]
+async fn queries_need_a_token_unless_anonymous_access_is_turned_on() {
+    let e2b = start_emulator(synthetic(3, 200)).await;
+    let env: Vec<_> = e2b
+        .door_env()
+        .into_iter()
+        .filter(|(name, _)| *name != "SANDSTORM_ALLOW_ANONYMOUS")
+        .collect();
+
+    // No token and no SANDSTORM_ALLOW_ANONYMOUS: refused, saying why.
+    let closed = start_function(env!("CARGO_BIN_EXE_vercel-query"), &env).await;
+    let refused = closed
+        .post(serde_json::json!({"prompt": "go"}))
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(refused.status(), 500);
+    let body: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "config_error", "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("SANDSTORM_API_TOKEN") && message.contains("SANDSTORM_ALLOW_ANONYMOUS"),
+        "{message}"
+    );
+
+    // With a token: a bearer is required, and enough.
+    let mut with_token = env.clone();
+    with_token.push(("SANDSTORM_API_TOKEN", "door-token-1234".to_owned()));
+    let open = start_function(env!("CARGO_BIN_EXE_vercel-query"), &with_token).await;
+    let no_bearer = open
+        .post(serde_json::json!({"prompt": "go"}))
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(no_bearer.status(), 401);
+    assert_eq!(e2b.emulator.stats().created, 0, "no sandbox for a refusal");
+    let stream = open
+        .query(
+            open.post(serde_json::json!({"prompt": "go"}))
+                .bearer_auth("door-token-1234"),
+        )
+        .await;
+    stream.assert_complete(3);
+}
+
+#[tokio::test]
+async fn a_local_sandbox_is_refused_at_startup() {
+    let output = Command::new(env!("CARGO_BIN_EXE_vercel-query"))
+        .env_clear()
+        .env("SANDSTORM_SANDBOX", "local")
+        .env("VERCEL_DEV_PORT", free_port().to_string())
+        .output()
+        .await
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SANDSTORM_SANDBOX=local") && stderr.contains("E2B"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn vercel_json_routes_both_paths_to_functions_that_cargo_builds() {
+    let text = std::fs::read_to_string(manifest_dir().join("vercel.json")).expect("vercel.json");
+    let config: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let cargo_toml = std::fs::read_to_string(manifest_dir().join("Cargo.toml")).expect("Cargo");
+
+    for (source, function) in [("/query", "api/query.rs"), ("/health", "api/health.rs")] {
+        let rewrites = config["rewrites"].as_array().expect("rewrites");
+        let destination = format!("/{}", function.trim_end_matches(".rs"));
+        assert!(
+            rewrites
+                .iter()
+                .any(|r| r["source"] == source && r["destination"] == destination.as_str()),
+            "{source} is rewritten to {destination}"
+        );
+        assert!(
+            config["functions"][function]["maxDuration"].is_u64(),
+            "{function} has a maxDuration"
+        );
+        assert!(manifest_dir().join(function).is_file(), "{function} exists");
+        // Vercel builds `cargo build --bin <name>` for the [[bin]] whose
+        // path is the function's file.
+        let declared = cargo_toml.split("[[bin]]").any(|bin| {
+            bin.contains(&format!("path = \"{function}\""))
+                && bin.contains("required-features = [\"vercel\"]")
+        });
+        assert!(
+            declared,
+            "{function} is a [[bin]] that needs the vercel feature"
+        );
+    }
+    // The deadline the code ends runs before is the one Vercel enforces.
+    assert_eq!(
+        config["functions"]["api/query.rs"]["maxDuration"],
+        VERCEL_MAX_DURATION.as_secs()
+    );
+}
+
+#[test]
+fn build_sh_turns_the_vercel_feature_on_for_vercels_build_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for file in ["build.sh", "Cargo.toml"] {
+        std::fs::copy(manifest_dir().join(file), dir.path().join(file)).expect("copy");
+    }
+    let run = |vercel: Option<&str>| {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg(dir.path().join("build.sh"))
+            .env_remove("VERCEL");
+        if let Some(value) = vercel {
+            command.env("VERCEL", value);
+        }
+        let status = command.status().expect("sh");
+        assert!(status.success());
+        std::fs::read_to_string(dir.path().join("Cargo.toml")).expect("read")
+    };
+    let untouched = run(None);
+    assert!(
+        untouched.contains("\ndefault = []\n"),
+        "outside Vercel nothing changes"
+    );
+    let on_vercel = run(Some("1"));
+    assert!(on_vercel.contains("\ndefault = [\"vercel\"]\n"));
+    // Running it again (once per function) changes nothing more.
+    assert_eq!(run(Some("1")), on_vercel);
+}
