@@ -264,6 +264,9 @@ pub fn parse(id: &str, text: &str) -> Result<BTreeMap<String, Secret>, SecretErr
     let mut values = BTreeMap::new();
     for (name, value) in fields {
         match value {
+            // Empty means unset, as in the environment: the shape's
+            // placeholders can stay.
+            serde_json::Value::String(s) if s.is_empty() => {}
             serde_json::Value::String(s) => {
                 values.insert(name, Secret::new(s));
             }
@@ -284,11 +287,12 @@ mod tests {
     fn a_json_object_of_strings_is_read() {
         let values = parse(
             "s",
-            r#"{"ANTHROPIC_API_KEY":"sk-1","E2B_API_KEY":"e2b_2","note":{"x":1}}"#,
+            r#"{"ANTHROPIC_API_KEY":"sk-1","E2B_API_KEY":"e2b_2","OPENROUTER_API_KEY":"","note":{"x":1}}"#,
         )
         .expect("parses");
         assert_eq!(values["ANTHROPIC_API_KEY"].expose(), "sk-1");
         assert_eq!(values["E2B_API_KEY"].expose(), "e2b_2");
+        assert!(!values.contains_key("OPENROUTER_API_KEY"), "empty is unset");
         assert!(!values.contains_key("note"));
     }
 

@@ -61,10 +61,16 @@ pub struct E2b {
     pub emulator: Emulator,
 }
 
-/// The E2B emulator on loopback, in this process.
+/// The E2B emulator on loopback, in this process, accepting any `e2b_` key.
 pub async fn start_emulator(knobs: Knobs) -> E2b {
+    start_emulator_with_key(knobs, None).await
+}
+
+/// The E2B emulator accepting only `api_key`, when one is given.
+pub async fn start_emulator_with_key(knobs: Knobs, api_key: Option<&str>) -> E2b {
     let mut options = EmulatorOptions::new(manifest_dir().join("runner"));
     options.knobs = knobs;
+    options.api_key = api_key.map(sandstorm::secret::Secret::new);
     let emulator = Emulator::new(options).expect("emulator (is bubblewrap installed?)");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
