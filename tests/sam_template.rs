@@ -1,0 +1,158 @@
+//! `template.yaml`, checked offline with AWS's own tools from PyPI:
+//! `cfn-lint` on the SAM template, then AWS's SAM translator turns it into
+//! the CloudFormation `sam deploy` would create, which is linted too and
+//! checked for what matters: a streaming Function URL, the Lambda settings,
+//! and a role that can read the one secret and nothing else.
+
+mod doors_support;
+
+use std::process::Command;
+
+use doors_support::*;
+use serde_json::{Value, json};
+
+const SAM_TRANSLATOR_PIP: &str = "aws-sam-translator==1.115.0";
+
+fn cfn_lint(path: &std::path::Path) {
+    let output = Command::new(tool("cfn-lint", CFN_LINT_PIP))
+        .arg(path)
+        .output()
+        .expect("run cfn-lint");
+    assert!(
+        output.status.success(),
+        "cfn-lint {}:\n{}{}",
+        path.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The SAM template and its CloudFormation, from tests/sam/transform.py.
+fn transformed() -> (Value, Value) {
+    let output = Command::new(tool("python3", SAM_TRANSLATOR_PIP))
+        .arg(manifest_dir().join("tests/sam/transform.py"))
+        .arg(manifest_dir().join("template.yaml"))
+        .output()
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "the SAM transform failed (pip install '{SAM_TRANSLATOR_PIP}' '{CFN_LINT_PIP}'):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let both: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    (both["template"].clone(), both["transformed"].clone())
+}
+
+fn of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a String, &'a Value)> {
+    template["Resources"]
+        .as_object()
+        .expect("resources")
+        .iter()
+        .filter(|(_, r)| r["Type"] == kind)
+        .collect()
+}
+
+#[test]
+fn cfn_lint_passes_on_template_yaml() {
+    cfn_lint(&manifest_dir().join("template.yaml"));
+}
+
+#[test]
+fn the_deployed_function_streams_from_a_public_url_and_reads_only_its_secret() {
+    let (template, cloudformation) = transformed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("transformed.json");
+    std::fs::write(&path, cloudformation.to_string()).expect("write");
+    cfn_lint(&path);
+
+    // Built by cargo lambda (sam build), the bootstrap binary.
+    let function = &template["Resources"]["SandstormFunction"];
+    assert_eq!(function["Metadata"]["BuildMethod"], "rust-cargolambda");
+    assert_eq!(
+        function["Metadata"]["BuildProperties"]["Binary"],
+        "bootstrap"
+    );
+
+    let functions = of_type(&cloudformation, "AWS::Lambda::Function");
+    assert_eq!(functions.len(), 1);
+    let properties = &functions[0].1["Properties"];
+    assert_eq!(properties["Runtime"], "provided.al2023");
+    assert_eq!(properties["Handler"], "bootstrap");
+    assert_eq!(properties["Architectures"], json!(["arm64"]));
+    assert_eq!(properties["Timeout"], 900);
+    let variables = &properties["Environment"]["Variables"];
+    assert_eq!(
+        variables["SANDSTORM_SECRET_ID"],
+        json!({"Ref": "SecretArn"})
+    );
+    assert_eq!(
+        variables["SANDSTORM_ALLOW_ANONYMOUS"],
+        json!({"Ref": "AllowAnonymous"})
+    );
+    assert_eq!(
+        cloudformation["Parameters"]["AllowAnonymous"]["Default"], "0",
+        "anonymous access is off unless the deployer turns it on"
+    );
+
+    let urls = of_type(&cloudformation, "AWS::Lambda::Url");
+    assert_eq!(urls.len(), 1);
+    let (url_id, url) = urls[0];
+    assert_eq!(url["Properties"]["InvokeMode"], "RESPONSE_STREAM");
+    assert_eq!(url["Properties"]["AuthType"], "NONE");
+    assert_eq!(
+        cloudformation["Outputs"]["FunctionUrl"]["Value"],
+        json!({"Fn::GetAtt": [url_id, "FunctionUrl"]})
+    );
+
+    // The role: Lambda's basic logging policy, GetSecretValue on the
+    // secret, and kms:Decrypt only when a customer-managed key is named.
+    let roles = of_type(&cloudformation, "AWS::IAM::Role");
+    assert_eq!(roles.len(), 1);
+    let role = &roles[0].1["Properties"];
+    assert_eq!(
+        role["ManagedPolicyArns"],
+        json!(["arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"])
+    );
+    let mut grants = Vec::new();
+    for policy in role["Policies"].as_array().expect("policies") {
+        let (document, condition) = match policy.get("Fn::If") {
+            Some(branches) => (&branches[1]["PolicyDocument"], branches[0].as_str()),
+            None => (&policy["PolicyDocument"], None),
+        };
+        for statement in document["Statement"].as_array().expect("statements") {
+            let actions = match &statement["Action"] {
+                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                Value::String(a) => vec![a.as_str()],
+                other => panic!("action {other}"),
+            };
+            grants.push((actions, statement["Resource"].to_string(), condition));
+        }
+    }
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert_eq!(grants[0].0, ["secretsmanager:GetSecretValue"]);
+    assert!(
+        grants[0].1.contains("\"Ref\":\"SecretArn\""),
+        "{}",
+        grants[0].1
+    );
+    assert_eq!(grants[0].2, None);
+    assert_eq!(grants[1].0, ["kms:Decrypt"]);
+    assert!(grants[1].1.contains("SecretKmsKeyArn"), "{}", grants[1].1);
+    assert_eq!(grants[1].2, Some("HasKmsKey"));
+}
+
+#[test]
+fn cargo_lambda_builds_the_bootstrap_with_its_feature() {
+    // `sam build` and `cargo lambda build` read this section of Cargo.toml:
+    // without it they would build no Lambda door (it needs the feature).
+    let cargo_toml = std::fs::read_to_string(manifest_dir().join("Cargo.toml")).expect("read");
+    let section = cargo_toml
+        .split("[package.metadata.lambda.build]")
+        .nth(1)
+        .expect("a [package.metadata.lambda.build] section")
+        .split("\n[")
+        .next()
+        .expect("section body");
+    assert!(section.contains("features = [\"lambda\"]"), "{section}");
+    assert!(section.contains("bin = [\"bootstrap\"]"), "{section}");
+}
