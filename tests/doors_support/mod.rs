@@ -160,9 +160,12 @@ impl Drop for Proc {
     }
 }
 
-/// Spawns `command` with a clean environment (PATH, HOME, CARGO_TARGET_DIR
-/// and RUSTUP_TOOLCHAIN kept, plus `env`) and waits until one of its output
-/// lines passes `ready`.
+/// Spawns `command` with a clean environment plus `env`, and waits until
+/// one of its output lines passes `ready`.
+///
+/// PATH, HOME and the Cargo and Rust variables are kept: a tool that runs
+/// cargo (`cargo lambda watch`) must build with the toolchain, target
+/// directory and flags of this test run, or it rebuilds everything.
 pub async fn spawn(
     mut command: Command,
     env: &[(&str, String)],
@@ -170,15 +173,11 @@ pub async fn spawn(
     within: Duration,
 ) -> Proc {
     command.env_clear();
-    for name in [
-        "PATH",
-        "HOME",
-        "CARGO_TARGET_DIR",
-        "RUSTUP_TOOLCHAIN",
-        "CARGO_HOME",
-        "RUSTUP_HOME",
-    ] {
-        if let Some(value) = std::env::var_os(name) {
+    for (name, value) in std::env::vars_os() {
+        let keep = name.to_str().is_some_and(|n| {
+            matches!(n, "PATH" | "HOME") || n.starts_with("CARGO") || n.starts_with("RUST")
+        });
+        if keep {
             command.env(name, value);
         }
     }
