@@ -28,15 +28,16 @@ pub fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A command-line tool from PyPI: on PATH, or in the repository's `.venv`.
-/// Missing, the test fails with the command that installs it.
+/// A command-line tool from PyPI: in the repository's `.venv` (where
+/// scripts/setup installs the pinned versions), else on PATH. Missing, the
+/// test fails with the command that installs it.
 pub fn tool(name: &str, pip_package: &str) -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>());
     let venv = manifest_dir().join(".venv/bin");
-    on_path
-        .chain([venv])
+    std::iter::once(venv)
+        .chain(on_path)
         .map(|dir| dir.join(name))
         .find(|path| path.is_file())
         .unwrap_or_else(|| {
