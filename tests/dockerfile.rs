@@ -48,23 +48,53 @@ fn the_builder_uses_the_pinned_toolchain() {
     );
 }
 
+/// Every file under `src/`, and every file those sources embed with
+/// `include_str!`/`include_bytes!` (the runner, its manifest and lock).
+fn sources_of_ds() -> BTreeSet<String> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir)
+            .expect("read src")
+            .filter_map(Result::ok)
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo().join("src"), &mut files);
+    let mut needed = BTreeSet::new();
+    for file in &files {
+        let relative = file.strip_prefix(repo()).expect("under the repo");
+        needed.insert(relative.to_string_lossy().into_owned());
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+            for piece in text.split(macro_name).skip(1) {
+                let embedded = piece.split('"').next().unwrap_or_default();
+                let path = file.parent().expect("a folder").join(embedded);
+                let path = path.canonicalize().unwrap_or(path);
+                let root = repo().canonicalize().expect("repo");
+                if let Ok(inside) = path.strip_prefix(&root) {
+                    needed.insert(inside.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    needed
+}
+
 #[test]
 fn the_build_context_has_every_source_of_ds_and_no_env_file() {
-    // The files `ds` was compiled from, as rustc recorded them, include_str!
-    // inputs included.
-    let dep_info = Path::new(env!("CARGO_BIN_EXE_ds")).with_extension("d");
-    let dep_info = std::fs::read_to_string(&dep_info)
-        .unwrap_or_else(|e| panic!("{}: {e}", dep_info.display()));
-    let root = repo().canonicalize().expect("repo");
-    let (_, inputs) = dep_info.split_once(": ").expect("dep-info line");
-    let mut needed: BTreeSet<String> = inputs
-        .split_whitespace()
-        .filter_map(|path| Path::new(path).strip_prefix(&root).ok())
-        .map(|path| path.to_string_lossy().into_owned())
-        .collect();
+    // The files `ds` is compiled from, embedded files included.
+    let mut needed = sources_of_ds();
     assert!(
-        needed.contains("src/bin/ds.rs"),
-        "dep-info lists: {needed:?}"
+        needed.contains("src/bin/ds.rs") && needed.contains("runner/runner.mjs"),
+        "sources: {needed:?}"
     );
     // Cargo also reads the manifest, the lock, the toolchain file and every
     // target path the manifest names.
