@@ -9,6 +9,7 @@
 )]
 
 pub mod emulator;
+pub mod messages;
 pub mod model_server;
 pub mod product;
 pub mod runner;

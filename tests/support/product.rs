@@ -28,6 +28,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use super::emulator::{self, Listening, RunningEmulator, lock};
+use super::messages;
 use super::model_server::ModelServer;
 use super::runner::{OFFLINE_ENV, require_node_modules};
 
@@ -412,17 +413,12 @@ impl Events {
 
     /// The events whose `type` is `kind`.
     pub fn of_type(&self, kind: &str) -> Vec<&Value> {
-        self.events
-            .iter()
-            .filter(|e| e.get("type").and_then(Value::as_str) == Some(kind))
-            .collect()
+        messages::of_type(&self.events, kind)
     }
 
     /// The `system` init event.
     pub fn init(&self) -> &Value {
-        self.events
-            .iter()
-            .find(|e| e["type"] == "system" && e["subtype"] == "init")
+        messages::init(&self.events)
             .unwrap_or_else(|| panic!("no system init event in {}", self.dump()))
     }
 
@@ -436,28 +432,12 @@ impl Events {
 
     /// Every `tool_use` block of `assistant` events, as `(name, input)`.
     pub fn tool_uses(&self) -> Vec<(&str, &Value)> {
-        self.content_blocks("assistant", "tool_use")
-            .filter_map(|b| Some((b["name"].as_str()?, &b["input"])))
-            .collect()
+        messages::tool_uses(&self.events)
     }
 
     /// Every `tool_result` block of `user` events, as `(text, is_error)`.
     pub fn tool_results(&self) -> Vec<(String, bool)> {
-        self.content_blocks("user", "tool_result")
-            .map(|b| (block_text(&b["content"]), b["is_error"] == true))
-            .collect()
-    }
-
-    fn content_blocks<'a>(
-        &'a self,
-        event_type: &'a str,
-        block_type: &'a str,
-    ) -> impl Iterator<Item = &'a Value> {
-        self.of_type(event_type)
-            .into_iter()
-            .filter_map(|e| e["message"]["content"].as_array())
-            .flatten()
-            .filter(move |b| b["type"] == block_type)
+        messages::tool_results(&self.events)
     }
 
     /// Fails the test when any of `secrets` appears anywhere in the events.
@@ -478,19 +458,6 @@ impl Events {
             .map(Value::to_string)
             .collect::<Vec<_>>()
             .join("\n")
-    }
-}
-
-/// A tool result's content: a string or a list of text blocks.
-fn block_text(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        other => other.to_string(),
     }
 }
 

@@ -9,6 +9,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+use super::messages;
 use tokio::process::Command;
 
 /// The `~/.claude/settings.json` the server writes into every sandbox (the
@@ -111,17 +113,12 @@ pub struct RunnerOutput {
 impl RunnerOutput {
     /// The lines whose `type` is `kind`.
     pub fn of_type(&self, kind: &str) -> Vec<&Value> {
-        self.lines
-            .iter()
-            .filter(|l| l.get("type").and_then(Value::as_str) == Some(kind))
-            .collect()
+        messages::of_type(&self.lines, kind)
     }
 
     /// The `system` init line.
     pub fn init(&self) -> &Value {
-        self.lines
-            .iter()
-            .find(|l| l["type"] == "system" && l["subtype"] == "init")
+        messages::init(&self.lines)
             .unwrap_or_else(|| panic!("no system init line in {}", self.dump()))
     }
 
@@ -135,36 +132,17 @@ impl RunnerOutput {
 
     /// Every `tool_use` block in `assistant` lines, as `(name, input)`.
     pub fn tool_uses(&self) -> Vec<(&str, &Value)> {
-        self.content_blocks("assistant", "tool_use")
-            .filter_map(|b| Some((b["name"].as_str()?, &b["input"])))
-            .collect()
+        messages::tool_uses(&self.lines)
     }
 
     /// Every `tool_result` block in `user` lines, as `(text, is_error)`.
     pub fn tool_results(&self) -> Vec<(String, bool)> {
-        self.content_blocks("user", "tool_result")
-            .map(|b| (block_text(&b["content"]), b["is_error"] == true))
-            .collect()
+        messages::tool_results(&self.lines)
     }
 
     /// All `text` of `assistant` lines, joined.
     pub fn assistant_text(&self) -> String {
-        self.content_blocks("assistant", "text")
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn content_blocks<'a>(
-        &'a self,
-        line_type: &'a str,
-        block_type: &'a str,
-    ) -> impl Iterator<Item = &'a Value> {
-        self.of_type(line_type)
-            .into_iter()
-            .filter_map(|l| l["message"]["content"].as_array())
-            .flatten()
-            .filter(move |b| b["type"] == block_type)
+        messages::assistant_text(&self.lines)
     }
 
     /// Everything the run printed, for assertion messages.
@@ -176,19 +154,6 @@ impl RunnerOutput {
             lines.join("\n"),
             self.stderr
         )
-    }
-}
-
-/// A tool result's content: a string or a list of text blocks.
-fn block_text(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        other => other.to_string(),
     }
 }
 
