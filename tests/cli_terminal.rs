@@ -123,3 +123,20 @@ async fn without_an_e2b_key_ds_runs_in_a_local_sandbox_and_says_so() {
     assert!(output.sandboxes_seen >= 1, "a local sandbox was made");
     assert!(output.stdout.contains(FINAL_TEXT), "{}", output.dump());
 }
+
+#[tokio::test]
+async fn a_binary_file_is_refused_with_a_clear_error_and_exit_status_2() {
+    let model = ModelServer::start(model()).await;
+    let output = Cli::new(&model)
+        .file("image.bin", "PNG\0\u{1}\u{2}")
+        .run(&["describe it", "-f", "image.bin"])
+        .await;
+    assert_eq!(output.status.code(), Some(2), "{}", output.dump());
+    assert!(
+        output.stderr.contains("image.bin is not a text file"),
+        "{}",
+        output.dump()
+    );
+    assert_eq!(output.sandboxes_seen, 0, "refused before any sandbox");
+    assert!(model.requests().is_empty(), "the model was never called");
+}
