@@ -28,18 +28,20 @@ impl LineSplitter {
 
     /// Adds a chunk and returns the lines it completed, without their `\n`
     /// (and without a trailing `\r`).
+    ///
+    /// Each line is copied out rather than sliced from the buffer: a slice
+    /// would keep the whole buffer allocation alive for as long as the line
+    /// waits for a slow client, and stop the buffer from reusing its space.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, LineTooLong> {
         self.buf.extend_from_slice(chunk);
         let mut lines = Vec::new();
-        while let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
             let end = self.scanned + pos;
-            let mut line = self.buf.split_to(end + 1);
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
-            }
+            let line = &self.buf[..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            lines.push(Bytes::copy_from_slice(line));
+            self.buf.advance(end + 1);
             self.scanned = 0;
-            lines.push(line.freeze());
         }
         self.scanned = self.buf.len();
         if self.buf.len() > MAX_LINE_LEN {
@@ -102,6 +104,19 @@ mod tests {
     #[test]
     fn empty_lines_are_reported_as_empty() {
         assert_eq!(split_all(b"\n\n", 2), vec![Bytes::new(), Bytes::new()]);
+    }
+
+    #[test]
+    fn lines_own_their_memory_so_a_waiting_line_frees_the_chunk() {
+        let mut s = LineSplitter::new();
+        let mut chunk = b"{\"type\":\"assistant\"}\n".to_vec();
+        chunk.extend(std::iter::repeat_n(b'x', 32 * 1024));
+        let lines = s.push(&chunk).expect("under limit");
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].is_unique(),
+            "the line shares the splitter's buffer"
+        );
     }
 
     #[test]

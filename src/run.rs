@@ -201,6 +201,9 @@ async fn relay(
         match event? {
             ProcessEvent::Stdout(chunk) => {
                 let lines = stdout.push(&chunk).map_err(too_long)?;
+                // The lines are copies; free the chunk before waiting on a
+                // slow client.
+                drop(chunk);
                 for line in lines {
                     if let Some(event) = agent.accept(line, &plan.redactor) {
                         send(event).await?;
