@@ -268,7 +268,7 @@ MISS_TEXT = {
         "connection; and 18 KiB in the two HTTP clients' request channels. Since commit "
         "a32d4b9 lines are copied out of their chunk and the decoded chunk is dropped as soon "
         "as it is split (217.9 MiB before it, in the same harness). Under 100 MB needs under "
-        "about 90 KiB per stream; the largest share left is the "
+        "about 90 KiB per stream; of what is left, the "
         "frame decoder's share is one envd frame, whose size envd chooses. The original holds "
         "everything it was sent in Python objects (its queue takes 10,000 chunks before it "
         "drops output)."
