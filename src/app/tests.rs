@@ -132,6 +132,22 @@ fn harness_with(
     }
 }
 
+impl Harness {
+    /// Sends one request through the router.
+    async fn send(&self, request: Request) -> Response {
+        self.router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("response")
+    }
+
+    /// POSTs `body` to /query and reads the whole SSE stream.
+    async fn stream(&self, body: &str) -> String {
+        body_text(self.send(post(body)).await).await
+    }
+}
+
 fn harness(output: Vec<ProcessEvent>, then: Then) -> Harness {
     harness_with(output, then, |_| {})
 }
@@ -198,11 +214,7 @@ async fn a_run_streams_each_line_as_one_sse_event_in_order_then_ends() {
         ],
         Then::Exit(0),
     );
-    let response = h
-        .router
-        .oneshot(post(r#"{"prompt":"hi"}"#))
-        .await
-        .expect("response");
+    let response = h.send(post(r#"{"prompt":"hi"}"#)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()[header::CONTENT_TYPE],
@@ -242,13 +254,7 @@ async fn stderr_lines_become_stderr_events() {
         vec![err("warn: slow\n"), out(&format!("{RESULT}\n"))],
         Then::Exit(0),
     );
-    let text = body_text(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi"}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let text = h.stream(r#"{"prompt":"hi"}"#).await;
     let events = events(&text);
     assert_eq!(
         events[0],
@@ -267,7 +273,7 @@ async fn a_failing_runner_ends_with_one_error_event_carrying_stderr_and_the_requ
         .header("x-request-id", "req-42")
         .body(Body::from(r#"{"prompt":"hi"}"#))
         .expect("request");
-    let text = body_text(h.router.oneshot(request).await.expect("response")).await;
+    let text = body_text(h.send(request).await).await;
     let events = events(&text);
     let last = events.last().expect("events");
     assert_eq!(last["type"], "error");
@@ -286,13 +292,7 @@ async fn a_failing_runner_ends_with_one_error_event_carrying_stderr_and_the_requ
 async fn the_runners_own_error_line_becomes_the_single_error_event() {
     let line = r#"{"type":"error","error":{"type":"runner_error","message":"SDK exploded"}}"#;
     let h = harness(vec![out(&format!("{line}\n"))], Then::Exit(1));
-    let text = body_text(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi"}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let text = h.stream(r#"{"prompt":"hi"}"#).await;
     let events = events(&text);
     assert_eq!(events.len(), 1, "{text}");
     assert_eq!(events[0]["error_type"], "runner_error");
@@ -303,13 +303,7 @@ async fn the_runners_own_error_line_becomes_the_single_error_event() {
 #[tokio::test]
 async fn an_exit_without_a_result_is_an_error() {
     let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Exit(0));
-    let text = body_text(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi"}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let text = h.stream(r#"{"prompt":"hi"}"#).await;
     let last = events(&text).pop().expect("events");
     assert_eq!(last["error_type"], "runner_failed");
 }
@@ -317,13 +311,7 @@ async fn an_exit_without_a_result_is_an_error() {
 #[tokio::test]
 async fn a_cut_process_stream_is_an_error_event_and_the_sandbox_is_destroyed() {
     let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Cut);
-    let text = body_text(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi"}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let text = h.stream(r#"{"prompt":"hi"}"#).await;
     let last = events(&text).pop().expect("events");
     assert_eq!(last["error_type"], "stream_cut");
     assert_eq!(h.counters.destroyed.load(Ordering::SeqCst), 1);
@@ -332,11 +320,7 @@ async fn a_cut_process_stream_is_an_error_event_and_the_sandbox_is_destroyed() {
 #[tokio::test(start_paused = true)]
 async fn the_timeout_ends_the_run_with_a_timeout_event_and_destroys_the_sandbox() {
     let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Hang);
-    let response = h
-        .router
-        .oneshot(post(r#"{"prompt":"hi","timeout":5}"#))
-        .await
-        .expect("response");
+    let response = h.send(post(r#"{"prompt":"hi","timeout":5}"#)).await;
     let text = body_text(response).await;
     let last = events(&text).pop().expect("events");
     assert_eq!(last["type"], "error");
@@ -348,11 +332,7 @@ async fn the_timeout_ends_the_run_with_a_timeout_event_and_destroys_the_sandbox(
 #[tokio::test]
 async fn a_client_that_goes_away_gets_its_sandbox_destroyed() {
     let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Hang);
-    let response = h
-        .router
-        .oneshot(post(r#"{"prompt":"hi"}"#))
-        .await
-        .expect("response");
+    let response = h.send(post(r#"{"prompt":"hi"}"#)).await;
     let mut body = response.into_body();
     let first = body.frame().await.expect("a frame").expect("ok");
     assert!(first.data_ref().is_some_and(|d| d.starts_with(b"data: ")));
@@ -376,13 +356,7 @@ async fn keys_are_redacted_from_every_event() {
         ],
         Then::Exit(0),
     );
-    let text = body_text(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi"}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let text = h.stream(r#"{"prompt":"hi"}"#).await;
     assert!(!text.contains("sk-ant-test-key-123"), "{text}");
     assert!(text.contains("[REDACTED]"), "{text}");
 }
@@ -390,12 +364,7 @@ async fn keys_are_redacted_from_every_event() {
 #[tokio::test]
 async fn validation_errors_are_json_and_create_no_sandbox() {
     let h = harness(vec![], Then::Exit(0));
-    let response = h
-        .router
-        .clone()
-        .oneshot(post(r#"{"prompt":"hi","timeout":1}"#))
-        .await
-        .expect("response");
+    let response = h.send(post(r#"{"prompt":"hi","timeout":1}"#)).await;
     let (status, body) = error_body(response).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["error"]["field"], "timeout");
@@ -410,7 +379,7 @@ async fn a_non_json_content_type_is_415() {
         .header("content-type", "text/plain")
         .body(Body::from(r#"{"prompt":"hi"}"#))
         .expect("request");
-    let (status, body) = error_body(h.router.oneshot(request).await.expect("response")).await;
+    let (status, body) = error_body(h.send(request).await).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(body["error"]["type"], "unsupported_media_type");
 }
@@ -422,7 +391,7 @@ async fn curl_d_without_a_content_type_is_accepted_like_the_original() {
         .header("content-type", "application/x-www-form-urlencoded")
         .body(Body::from(r#"{"prompt":"hi"}"#))
         .expect("request");
-    let response = h.router.oneshot(request).await.expect("response");
+    let response = h.send(request).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 
@@ -430,7 +399,7 @@ async fn curl_d_without_a_content_type_is_accepted_like_the_original() {
 async fn a_body_over_the_limit_is_413_naming_the_limit() {
     let h = harness_with(vec![], Then::Exit(0), |s| s.max_body_bytes = 1000);
     let big = format!(r#"{{"prompt":"{}"}}"#, "a".repeat(2000));
-    let (status, body) = error_body(h.router.oneshot(post(&big)).await.expect("response")).await;
+    let (status, body) = error_body(h.send(post(&big)).await).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(
         body["error"]["message"]
@@ -443,13 +412,7 @@ async fn a_body_over_the_limit_is_413_naming_the_limit() {
 #[tokio::test]
 async fn a_missing_key_is_400_naming_the_field() {
     let h = harness_with(vec![], Then::Exit(0), |s| s.env = EnvVars::default());
-    let (status, body) = error_body(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi"}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let (status, body) = error_body(h.send(post(r#"{"prompt":"hi"}"#)).await).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["field"], "anthropic_api_key");
     assert_eq!(h.counters.created.load(Ordering::SeqCst), 0);
@@ -464,13 +427,7 @@ async fn an_invalid_sandstorm_json_answers_a_config_error() {
             message: "invalid type: string \"x\", expected u32".into(),
         });
     });
-    let (status, body) = error_body(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi"}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let (status, body) = error_body(h.send(post(r#"{"prompt":"hi"}"#)).await).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body["error"]["type"], "config_error");
     assert!(
@@ -489,14 +446,7 @@ async fn with_a_token_configured_queries_need_it() {
             allow_anonymous: false,
         };
     });
-    let (status, body) = error_body(
-        h.router
-            .clone()
-            .oneshot(post(r#"{"prompt":"hi"}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let (status, body) = error_body(h.send(post(r#"{"prompt":"hi"}"#)).await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["type"], "unauthorized");
     assert_eq!(h.counters.created.load(Ordering::SeqCst), 0);
@@ -506,7 +456,7 @@ async fn with_a_token_configured_queries_need_it() {
         header::AUTHORIZATION,
         HeaderValue::from_static("Bearer tok-123"),
     );
-    let response = h.router.oneshot(request).await.expect("response");
+    let response = h.send(request).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 
@@ -533,7 +483,7 @@ async fn cors_is_off_by_default_and_configurable() {
             .expect("request")
     };
     let h = harness(vec![], Then::Exit(0));
-    let response = h.router.oneshot(preflight()).await.expect("response");
+    let response = h.send(preflight()).await;
     assert!(
         !response
             .headers()
@@ -543,7 +493,7 @@ async fn cors_is_off_by_default_and_configurable() {
     let h = harness_with(vec![], Then::Exit(0), |s| {
         s.cors_origins = vec!["https://app.example.com".into()];
     });
-    let response = h.router.oneshot(preflight()).await.expect("response");
+    let response = h.send(preflight()).await;
     assert_eq!(
         response.headers()["access-control-allow-origin"],
         "https://app.example.com"
@@ -609,20 +559,20 @@ async fn no_key_value_appears_in_logs_errors_or_events() {
             header::AUTHORIZATION,
             HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("header"),
         );
-        seen.push_str(&body_text(h.router.clone().oneshot(request).await.expect("response")).await);
+        seen.push_str(&body_text(h.send(request).await).await);
         // Failures before the stream: a wrong token, a bad field.
         let mut wrong = post(&body);
         wrong.headers_mut().insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer tok-hygiene-wrong"),
         );
-        seen.push_str(&body_text(h.router.clone().oneshot(wrong).await.expect("response")).await);
+        seen.push_str(&body_text(h.send(wrong).await).await);
         let mut invalid = post(&body.replace(r#""prompt":"hi""#, r#""prompt":"hi","timeout":1"#));
         invalid.headers_mut().insert(
             header::AUTHORIZATION,
             HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("header"),
         );
-        seen.push_str(&body_text(h.router.oneshot(invalid).await.expect("response")).await);
+        seen.push_str(&body_text(h.send(invalid).await).await);
     }
     let logs = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
     assert!(
@@ -688,26 +638,14 @@ async fn file_events_pass_only_when_outputs_were_asked_for() {
     let script = || vec![out(&format!("{RESULT}\n{file}\n"))];
 
     let h = harness(script(), Then::Exit(0));
-    let text = body_text(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi","outputs":["output/**"]}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let text = h.stream(r#"{"prompt":"hi","outputs":["output/**"]}"#).await;
     let sent = events(&text);
     assert_eq!(sent[1]["type"], "file");
     assert_eq!(sent[1]["content_base64"], "aGk=");
 
     // Without `outputs`, a runner that sends files anyway is not believed.
     let h = harness(script(), Then::Exit(0));
-    let text = body_text(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi"}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let text = h.stream(r#"{"prompt":"hi"}"#).await;
     let sent = events(&text);
     assert_eq!(sent[1]["type"], "warning");
     assert_eq!(sent[1]["path"], "output/a.txt");
@@ -718,13 +656,7 @@ async fn the_relay_holds_file_events_to_the_size_limit() {
     let huge = "A".repeat(crate::outputs::DEFAULT_LIMITS.max_file_bytes / 3 * 4 + 4096);
     let file = format!(r#"{{"type":"file","path":"output/big.bin","content_base64":"{huge}"}}"#);
     let h = harness(vec![out(&format!("{RESULT}\n{file}\n"))], Then::Exit(0));
-    let text = body_text(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi","outputs":["output/**"]}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let text = h.stream(r#"{"prompt":"hi","outputs":["output/**"]}"#).await;
     let events = events(&text);
     assert_eq!(events[1]["type"], "warning");
     let message = events[1]["message"].as_str().expect("message");
@@ -738,10 +670,8 @@ async fn the_relay_holds_file_events_to_the_size_limit() {
 async fn output_patterns_are_validated() {
     let h = harness(vec![], Then::Exit(0));
     let (status, body) = error_body(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi","outputs":["../../etc/*"]}"#))
-            .await
-            .expect("response"),
+        h.send(post(r#"{"prompt":"hi","outputs":["../../etc/*"]}"#))
+            .await,
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -751,12 +681,6 @@ async fn output_patterns_are_validated() {
 #[tokio::test]
 async fn progress_is_not_an_api_event() {
     let h = harness(vec![out(&format!("{RESULT}\n"))], Then::Exit(0));
-    let text = body_text(
-        h.router
-            .oneshot(post(r#"{"prompt":"hi"}"#))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let text = h.stream(r#"{"prompt":"hi"}"#).await;
     assert!(!text.contains("progress"), "{text}");
 }
