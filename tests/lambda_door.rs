@@ -84,21 +84,9 @@ async fn the_function_url_streams_every_line_in_order_before_the_run_ends() {
 
     let destroyed = e2b.first_destroy();
     let stream = watch.query(serde_json::json!({"prompt": "go"})).await;
-    let run_ended = tokio::time::timeout(Duration::from_secs(60), destroyed)
-        .await
-        .expect("the sandbox is destroyed")
-        .expect("the run ends");
-
-    assert_eq!(stream.status, 200, "{}", watch.proc.output());
-    assert_eq!(stream.content_type, "text/event-stream");
-    stream.assert_complete(LINES);
-    stream.assert_streamed(run_ended);
-    let stats = e2b.settled().await;
-    assert_eq!((stats.created, stats.killed), (1, 1));
-    eprintln!(
-        "lambda: first event at {:?}, run ended at {run_ended:?}, body ended at {:?}",
-        stream.first_event, stream.ended
-    );
+    stream
+        .assert_whole_run(&e2b, destroyed, LINES, "lambda", || watch.proc.output())
+        .await;
 }
 
 #[tokio::test]

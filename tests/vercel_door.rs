@@ -72,21 +72,9 @@ async fn the_function_serves_health_and_streams_a_query_in_order() {
     let stream = function
         .query(function.post(serde_json::json!({"prompt": "go"})))
         .await;
-    let run_ended = tokio::time::timeout(Duration::from_secs(60), destroyed)
-        .await
-        .expect("the sandbox is destroyed")
-        .expect("the run ends");
-
-    assert_eq!(stream.status, 200, "{}", function.proc.output());
-    assert_eq!(stream.content_type, "text/event-stream");
-    stream.assert_complete(LINES);
-    stream.assert_streamed(run_ended);
-    let stats = e2b.settled().await;
-    assert_eq!((stats.created, stats.killed), (1, 1));
-    eprintln!(
-        "vercel: first event at {:?}, run ended at {run_ended:?}, body ended at {:?}",
-        stream.first_event, stream.ended
-    );
+    stream
+        .assert_whole_run(&e2b, destroyed, LINES, "vercel", || function.proc.output())
+        .await;
 }
 
 #[tokio::test]

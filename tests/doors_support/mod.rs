@@ -274,6 +274,35 @@ impl Stream {
         assert_eq!(self.events.last().expect("events")["type"], "result");
     }
 
+    /// What both doors must show for a whole synthetic run of `lines`: the
+    /// run ended (`destroyed` resolved), the answer was a 200 event stream,
+    /// complete and in order, its first event came before the run ended,
+    /// and the one sandbox was killed. `log` is the door's output, for the
+    /// failure message.
+    pub async fn assert_whole_run(
+        &self,
+        e2b: &E2b,
+        destroyed: tokio::task::JoinHandle<Duration>,
+        lines: u64,
+        door: &str,
+        log: impl FnOnce() -> String,
+    ) {
+        let run_ended = tokio::time::timeout(Duration::from_secs(60), destroyed)
+            .await
+            .expect("the sandbox is destroyed")
+            .expect("the run ends");
+        assert_eq!(self.status, 200, "{}", log());
+        assert_eq!(self.content_type, "text/event-stream");
+        self.assert_complete(lines);
+        self.assert_streamed(run_ended);
+        let stats = e2b.settled().await;
+        assert_eq!((stats.created, stats.killed), (1, 1));
+        eprintln!(
+            "{door}: first event at {:?}, run ended at {run_ended:?}, body ended at {:?}",
+            self.first_event, self.ended
+        );
+    }
+
     pub fn last(&self) -> &serde_json::Value {
         self.events.last().expect("at least one event")
     }
