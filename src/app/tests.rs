@@ -684,3 +684,27 @@ async fn progress_is_not_an_api_event() {
     let text = h.stream(r#"{"prompt":"hi"}"#).await;
     assert!(!text.contains("progress"), "{text}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_run_gets_a_keepalive_comment_every_15_seconds() {
+    let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Hang);
+    let mut body = h
+        .send(post(r#"{"prompt":"hi","timeout":100}"#))
+        .await
+        .into_body();
+    let started = tokio::time::Instant::now();
+    let mut keepalives = Vec::new();
+    while keepalives.len() < 2 {
+        let frame = body.frame().await.expect("a frame").expect("ok");
+        if let Some(data) = frame.data_ref()
+            && data.starts_with(b": keepalive")
+        {
+            keepalives.push(started.elapsed());
+        }
+    }
+    assert_eq!(
+        keepalives,
+        [KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL * 2],
+        "one comment per quiet 15 s"
+    );
+}
