@@ -40,6 +40,12 @@ async fn start_ds_serve(emulator_url: &str) -> Server {
         .env("ANTHROPIC_API_KEY", "sk-ant-test-0000")
         .env("RUST_LOG", "warn");
     let listening = emulator::listen(command).await;
+    // No --host given: ds serve must stay on loopback.
+    assert!(
+        listening.url.starts_with("http://127.0.0.1:"),
+        "ds serve listens on {} by default",
+        listening.url
+    );
     Server {
         url: listening.url.clone(),
         _listening: listening,
