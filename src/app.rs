@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -20,8 +20,8 @@ use crate::error::ApiError;
 use crate::events::RunEvent;
 use crate::request::Query;
 use crate::sandbox::SandboxProvider;
-use crate::settings::{SandboxKind, Settings};
-use crate::{keys, openapi, plan, run};
+use crate::settings::Settings;
+use crate::{openapi, plan, run};
 
 /// How often an idle stream gets a comment line, so proxies and clients
 /// keep the connection open while the agent thinks.
@@ -32,23 +32,53 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 pub struct AppState {
     settings: Arc<Settings>,
     provider: Arc<dyn SandboxProvider>,
+    /// `/openapi.json`, with the sandbox providers' credential fields.
+    openapi: Arc<str>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("settings", &self.settings)
+            .field("provider", &self.provider.name())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppState {
+    /// The state of a router serving `settings` with `provider`.
     pub fn new(settings: Settings, provider: Arc<dyn SandboxProvider>) -> Self {
+        let openapi = openapi::document(&settings.sandbox.credential_fields).into();
         AppState {
             settings: Arc::new(settings),
             provider,
+            openapi,
         }
     }
 
+    /// The settings it serves with.
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
+    /// The sandbox provider runs use.
     pub fn provider(&self) -> &Arc<dyn SandboxProvider> {
         &self.provider
     }
+}
+
+// Every door hands the router to a runtime that needs it, its state and its
+// futures to be `Send` (lambda_http's `S::Future: Send`); fail the build,
+// not a door, if that ever stops being true.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<AppState>();
+    assert_send_sync::<Router>();
+};
+
+#[allow(dead_code)]
+fn query_future_is_send(state: State<AppState>, request: Request) -> impl Send {
+    query(state, request)
 }
 
 /// The point in time a hosting platform cuts the response. A door puts it in
@@ -63,9 +93,8 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/query", post(query))
         .route("/health", get(health))
-        .route("/openapi.json", get(openapi::document))
+        .route("/openapi.json", get(openapi_document))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .with_state(state);
     if !settings.cors_origins.is_empty() {
         router = router.layer(cors(&settings.cors_origins));
@@ -83,6 +112,14 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_origin(allow)
         .allow_methods([http::Method::GET, http::Method::POST])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+}
+
+async fn openapi_document(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.to_string(),
+    )
+        .into_response()
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -132,48 +169,35 @@ async fn start_query(
         .get::<PlatformDeadline>()
         .map(|d| d.0)
         .or_else(|| settings.max_duration.map(|d| arrived + d));
-    let body = axum::body::to_bytes(request.into_body(), settings.max_body_bytes)
-        .await
-        .map_err(|_| ApiError::TooLarge {
-            field: None,
-            message: format!(
-                "request body exceeds the {}-byte limit",
-                settings.max_body_bytes
-            ),
-        })?;
-    let query = Query::from_json(&body)?;
-    prepare_run(state, query, request_id.to_owned(), platform_deadline)
+    let body = read_body(request, settings.max_body_bytes).await?;
+    let query = Query::from_json(&body, &settings.sandbox.credential_fields)?;
+    plan::prepare(settings, query, request_id.to_owned(), platform_deadline)
         .await
         .map(|plan| run::spawn(state.provider.clone(), plan).events)
 }
 
-/// Builds a run's plan from a validated query: the config, the keys, the
-/// deadline. Shared by the HTTP handler and the CLI.
-pub async fn prepare_run(
-    state: &AppState,
-    query: Query,
-    request_id: String,
-    platform_deadline: Option<Instant>,
-) -> Result<run::RunPlan, ApiError> {
-    let settings = &state.settings;
-    let config = settings.config.as_ref().map_err(|e| ApiError::Config {
-        message: format!("sandstorm.json is invalid: {e}"),
-    })?;
-    let keys = keys::resolve(
-        &query.keys,
-        &settings.env,
-        settings.key_source.as_deref(),
-        &settings.cwd,
-        settings.sandbox == SandboxKind::E2b,
-    )
-    .await?;
-    Ok(plan::build(
-        request_id,
-        &query,
-        config,
-        keys,
-        platform_deadline,
-    ))
+/// The whole body, up to `limit` bytes. Only a body over the limit is a
+/// 413; a client that resets or stalls mid-body gets a 400 that says so.
+async fn read_body(request: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|error| {
+            let over_limit =
+                std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                ApiError::TooLarge {
+                    field: None,
+                    message: format!("request body exceeds the {limit}-byte limit"),
+                }
+            } else {
+                ApiError::BadRequest {
+                    message: format!("could not read the request body: {error}"),
+                }
+            }
+        })
 }
 
 /// JSON, or no content type at all: `curl -d` sends form encoding by

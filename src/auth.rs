@@ -13,7 +13,10 @@ use crate::keys::KeySource;
 use crate::secret::Secret;
 use crate::settings::AuthSettings;
 
-const TOKEN_NAMES: [&str; 2] = ["SANDSTORM_API_TOKEN", "SANDSTORM_API_TOKEN_PREVIOUS"];
+/// The variables (and AWS secret keys) that hold the accepted bearer tokens:
+/// the current one and, during a rotation, the previous one. The one list of
+/// their names.
+pub const TOKEN_VARIABLES: [&str; 2] = ["SANDSTORM_API_TOKEN", "SANDSTORM_API_TOKEN_PREVIOUS"];
 
 /// Admits or refuses one request, before its body is read.
 pub async fn check(
@@ -25,7 +28,7 @@ pub async fn check(
     if tokens.is_empty()
         && let Some(source) = source
     {
-        for name in TOKEN_NAMES {
+        for name in TOKEN_VARIABLES {
             if let Some(token) = source
                 .get(name)
                 .await

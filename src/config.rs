@@ -154,21 +154,9 @@ impl SandstormConfig {
             });
         }
         let config: Self = serde_path_to_error::deserialize(&value).map_err(|e| {
-            let field = e.path().to_string();
-            let message = e.into_inner().to_string();
-            let field = unknown_or_missing(&message)
-                .map(|name| {
-                    if field == "." || field.ends_with(name) {
-                        if field == "." {
-                            name.to_owned()
-                        } else {
-                            field.clone()
-                        }
-                    } else {
-                        format!("{field}.{name}")
-                    }
-                })
-                .unwrap_or(field);
+            let message = e.inner().to_string();
+            let field = crate::json_field::field_at_fault(e.path(), &message)
+                .unwrap_or_else(|| ".".to_owned());
             ConfigError::Field {
                 path: shown.clone(),
                 field,
@@ -213,14 +201,6 @@ impl SandstormConfig {
             }
         }
         Ok(())
-    }
-}
-
-fn unknown_or_missing(message: &str) -> Option<&str> {
-    if message.starts_with("unknown field") || message.starts_with("missing field") {
-        message.split('`').nth(1)
-    } else {
-        None
     }
 }
 

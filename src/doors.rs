@@ -16,9 +16,19 @@ use tokio::time::Instant;
 
 use crate::app::{self, AppState};
 use crate::env::EnvVars;
-use crate::runner_install::Install;
-use crate::sandbox;
-use crate::settings::{AuthSettings, SandboxKind, Settings};
+use crate::sandbox::provider::{Catalog, Setup};
+use crate::sandbox::{e2b, local};
+use crate::settings::{Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
+
+/// Every sandbox provider `ds` and `ds serve` offer, in order of preference
+/// when none is named: the first whose credential is set, else the first
+/// that needs none. Adding a provider is one line here (see
+/// [`crate::sandbox::provider`]).
+pub const PROVIDERS: Catalog = &[&e2b::PROVIDER, &local::PROVIDER];
+
+/// The providers a serverless function can run: those whose declaration
+/// says so.
+pub const SERVERLESS_PROVIDERS: Catalog = &[&e2b::PROVIDER];
 
 /// The `maxDuration` that `vercel.json` gives the functions, and so the
 /// limit a Vercel run must end before when `SANDSTORM_MAX_DURATION` does
@@ -46,9 +56,10 @@ impl Platform {
 /// The settings of a serverless door.
 ///
 /// They differ from `ds serve` in three ways:
-/// - the sandbox is always E2B: a function has no bubblewrap and no room for
-///   the agent's node_modules, so `SANDSTORM_SANDBOX=local` is refused here
-///   rather than failing on the first query;
+/// - the sandbox is one of [`SERVERLESS_PROVIDERS`] (E2B): a function has no
+///   bubblewrap and no room for the agent's node_modules, so
+///   `SANDSTORM_SANDBOX=local` is refused here rather than failing on the
+///   first query;
 /// - anonymous `/query` is refused unless `SANDSTORM_ALLOW_ANONYMOUS=1`: a
 ///   function URL is public, and every query spends its owner's API keys;
 /// - on Vercel the run ends before `maxDuration` ([`VERCEL_MAX_DURATION`]
@@ -61,22 +72,26 @@ pub async fn serverless_settings(
     cwd: &Path,
     platform: Platform,
 ) -> Result<Settings, String> {
-    match env.get("SANDSTORM_SANDBOX") {
-        None | Some("e2b") => {}
-        Some(other) => {
-            return Err(format!(
-                "SANDSTORM_SANDBOX={other} is not available on {}: serverless functions run \
-                 agents in E2B sandboxes only; unset SANDSTORM_SANDBOX or set it to e2b",
-                platform.name()
-            ));
-        }
+    if let Some(other) = env.get(SANDBOX_VARIABLE)
+        && !SERVERLESS_PROVIDERS.iter().any(|p| p.name == other)
+    {
+        return Err(format!(
+            "{SANDBOX_VARIABLE}={other} is not available on {}: serverless functions run \
+             agents in E2B sandboxes only; unset {SANDBOX_VARIABLE} or set it to e2b",
+            platform.name()
+        ));
     }
-    let mut settings = Settings::from_env(env, cwd, SandboxKind::E2b)?;
-    settings.auth = AuthSettings::from_env(&settings.env, false);
-    if platform == Platform::Vercel && settings.max_duration.is_none() {
-        settings.max_duration = Some(VERCEL_MAX_DURATION);
-    }
-    settings.key_source = key_source(&settings.env).await?;
+    let max_duration = match platform {
+        Platform::Lambda => None,
+        Platform::Vercel => Some(VERCEL_MAX_DURATION),
+    };
+    let choice = SandboxChoice {
+        catalog: SERVERLESS_PROVIDERS,
+        requested: None,
+        setup: Setup::CheckOnly,
+    };
+    let mut settings = Settings::build(&env, cwd, Profile::Serverless { max_duration }, choice)?;
+    settings.key_source = key_source(&env).await?;
     Ok(settings)
 }
 
@@ -111,7 +126,7 @@ pub async fn serverless_app(
     platform: Platform,
 ) -> Result<Router, String> {
     let settings = serverless_settings(env, cwd, platform).await?;
-    let provider = sandbox::provider_for(&settings, Install::CheckOnly)?;
+    let provider = settings.sandbox.build_provider()?;
     Ok(app::app(AppState::new(settings, provider)))
 }
 
@@ -216,7 +231,7 @@ mod tests {
         let ok = settings(&[("SANDSTORM_SANDBOX", "e2b")], Platform::Lambda)
             .await
             .expect("e2b is fine");
-        assert_eq!(ok.sandbox, SandboxKind::E2b);
+        assert_eq!(ok.sandbox.provider.name, e2b::PROVIDER.name);
     }
 
     #[tokio::test]

@@ -1,9 +1,10 @@
 //! What a run tells its client, one JSON object per event.
 //!
 //! Agent messages (`system`, `assistant`, `user`, `result`) are the runner's
-//! stdout lines passed through byte for byte. Sandstorm adds `stderr` lines
-//! and, when a run fails after its stream began, exactly one `error` event
-//! carrying the request id; then the stream ends.
+//! stdout lines passed through byte for byte. Sandstorm adds `stderr` lines,
+//! exactly one `error` event carrying the request id when a run fails after
+//! its stream began, and, last of all, one `done` event that says how the
+//! run ended: a client that never sees it knows the stream was cut.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -18,8 +19,29 @@ pub enum RunEvent {
     Agent(Bytes),
     /// A line the runner printed on stderr.
     Stderr(String),
-    /// The run failed; always the last event.
+    /// The run failed; only [`RunEvent::Done`] follows.
     Error(RunError),
+    /// The run is over and its sandbox destroyed; always the last event.
+    Done(Done),
+}
+
+/// The last event of every run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Done {
+    /// `success`, or `error` when an `error` event came before.
+    pub status: DoneStatus,
+    /// The run's request id.
+    pub request_id: String,
+}
+
+/// How a run ended, as the `done` event says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DoneStatus {
+    /// The agent finished with a result.
+    Success,
+    /// The run failed; the `error` event before says why.
+    Error,
 }
 
 /// What a run is doing before the agent speaks.
@@ -98,6 +120,10 @@ impl RunEvent {
             RunEvent::Error(error) => json_bytes(&Tagged {
                 kind: "error",
                 body: error,
+            }),
+            RunEvent::Done(done) => json_bytes(&Tagged {
+                kind: "done",
+                body: done,
             }),
         }
     }
@@ -199,6 +225,19 @@ mod tests {
             json,
             serde_json::json!({"type":"error","error_type":"timeout",
                 "error":"the run exceeded its 5 s timeout","request_id":"req-1"})
+        );
+    }
+
+    #[test]
+    fn the_done_event_has_its_shape() {
+        let done = RunEvent::Done(Done {
+            status: DoneStatus::Success,
+            request_id: "req-1".into(),
+        });
+        let json: serde_json::Value = serde_json::from_slice(&done.to_json()).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"type":"done","status":"success","request_id":"req-1"})
         );
     }
 

@@ -1,18 +1,30 @@
 //! Which keys and provider variables a run's sandbox gets.
 //!
 //! Order, first wins: the request body (for the CLI: its flags), then the
-//! environment, then `.env` (already merged under the environment in
-//! [`EnvVars`]), then the AWS secret when one is configured. The result is
-//! the runner's environment plus any credential file it needs (Vertex).
+//! environment, then `.env` (merged under the environment by the door), then
+//! the AWS secret when one is configured. The result is the runner's
+//! environment plus any credential file it needs (Vertex), and the sandbox
+//! provider's credential.
+//!
+//! What comes from the environment is read once, at start-up, into a
+//! [`KeyEnv`]; resolving the keys of a request never looks at the
+//! environment or the disk.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::env::EnvVars;
+use bytes::Bytes;
+
 use crate::error::ApiError;
 use crate::request::RequestKeys;
-use crate::sandbox::SandboxFile;
+use crate::sandbox::provider::Credential;
+use crate::sandbox::{SandboxFile, layout};
 use crate::secret::Secret;
+
+/// The Anthropic key's variable (and AWS secret key).
+pub const ANTHROPIC_KEY_VARIABLE: &str = "ANTHROPIC_API_KEY";
+/// The OpenRouter key's variable (and AWS secret key).
+pub const OPENROUTER_KEY_VARIABLE: &str = "OPENROUTER_API_KEY";
 
 /// Provider variables forwarded from the server's environment into the
 /// sandbox when set, exactly the original's list.
@@ -52,19 +64,97 @@ const PROVIDER_TOGGLES: &[&str] = &[
 /// example `HTTPS_PROXY`, or `CLAUDE_CODE_MAX_RETRIES` in tests).
 pub const FORWARD_ENV_VAR: &str = "SANDSTORM_FORWARD_ENV";
 
-/// Where the Vertex service-account file is placed in the sandbox.
-pub const GCP_CREDENTIALS_PATH: &str = "/home/user/.config/gcloud/service_account.json";
+/// Where the Vertex service-account file is placed, relative to the
+/// sandbox's home.
+const GCP_CREDENTIALS_FILE: &str = ".config/gcloud/service_account.json";
 
 /// A source of keys consulted after the environment (AWS Secrets Manager).
 /// Values are looked up by variable name.
 #[async_trait::async_trait]
 pub trait KeySource: Send + Sync {
+    /// The value stored under `name`, if any.
     async fn get(&self, name: &str) -> Result<Option<Secret>, KeySourceError>;
 }
 
+/// Why a [`KeySource`] could not answer; the message names what to fix and
+/// holds no secret.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct KeySourceError(pub String);
+
+/// What key resolution needs from the environment, read once at start-up.
+#[derive(Clone, Default)]
+pub struct KeyEnv {
+    /// Keys by variable: the model keys and every provider's credential.
+    keys: BTreeMap<&'static str, Secret>,
+    /// The provider variables and `SANDSTORM_FORWARD_ENV`'s, with values.
+    forwarded: BTreeMap<String, String>,
+    /// Vertex, Bedrock or Foundry is switched on: no Anthropic key needed.
+    alternate_provider: bool,
+    /// With Vertex: the service-account file's bytes, or why it could not
+    /// be read (reported on each query, like an invalid sandstorm.json).
+    vertex_credentials: Option<Result<Bytes, String>>,
+}
+
+impl std::fmt::Debug for KeyEnv {
+    // Values are keys: names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEnv")
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("forwarded", &self.forwarded.keys().collect::<Vec<_>>())
+            .field("alternate_provider", &self.alternate_provider)
+            .field(
+                "vertex_credentials",
+                &self.vertex_credentials.as_ref().map(|r| r.is_ok()),
+            )
+            .finish()
+    }
+}
+
+impl KeyEnv {
+    /// Reads the keys, the forwarded variables and the Vertex credentials
+    /// file through `lookup` (the door's snapshot of the environment; empty
+    /// values count as unset). `credentials` are the sandbox providers'.
+    pub fn resolve<'a>(
+        lookup: impl Fn(&str) -> Option<&'a str>,
+        credentials: &[Credential],
+        cwd: &Path,
+    ) -> Self {
+        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let flag = |name: &str| {
+            get(name)
+                .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no"))
+        };
+        let keys = [ANTHROPIC_KEY_VARIABLE, OPENROUTER_KEY_VARIABLE]
+            .into_iter()
+            .chain(credentials.iter().map(|c| c.variable))
+            .filter_map(|name| get(name).map(|v| (name, Secret::new(v))))
+            .collect();
+        let extra: Vec<&str> = get(FORWARD_ENV_VAR)
+            .map(|names| {
+                names
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let forwarded = PROVIDER_ENV_KEYS
+            .iter()
+            .copied()
+            .chain(extra)
+            .filter_map(|name| get(name).map(|v| (name.to_owned(), v.to_owned())))
+            .collect();
+        let vertex_credentials = flag("CLAUDE_CODE_USE_VERTEX")
+            .then(|| vertex_credentials(get("GOOGLE_APPLICATION_CREDENTIALS"), cwd));
+        KeyEnv {
+            keys,
+            forwarded,
+            alternate_provider: PROVIDER_TOGGLES.iter().any(|t| flag(t)),
+            vertex_credentials,
+        }
+    }
+}
 
 /// What the sandbox of one run gets.
 #[derive(Debug, Default)]
@@ -73,22 +163,25 @@ pub struct ResolvedKeys {
     pub runner_env: BTreeMap<String, String>,
     /// Files to upload with the run (the Vertex credentials).
     pub files: Vec<SandboxFile>,
-    /// The E2B key, when one is set anywhere.
-    pub e2b: Option<Secret>,
+    /// The sandbox provider's credential, when it needs one.
+    pub sandbox: Option<Secret>,
+    /// Every secret value the run holds, to scrub from what the client sees:
+    /// the keys, and the Vertex credentials file's contents.
+    pub secrets: Vec<Secret>,
 }
 
 /// Looks a key up: request value, environment, then the key source.
 async fn lookup(
     given: Option<&Secret>,
     name: &str,
-    env: &EnvVars,
+    env: &KeyEnv,
     source: Option<&dyn KeySource>,
 ) -> Result<Option<Secret>, ApiError> {
     if let Some(key) = given {
         return Ok(Some(key.clone()));
     }
-    if let Some(value) = env.get(name) {
-        return Ok(Some(Secret::new(value)));
+    if let Some(value) = env.keys.get(name) {
+        return Ok(Some(value.clone()));
     }
     match source {
         Some(source) => source
@@ -99,39 +192,46 @@ async fn lookup(
     }
 }
 
-/// Resolves the keys of one run.
-///
-/// `needs_e2b` is false for local sandboxes, which need no E2B key.
+/// Resolves the keys of one run. `sandbox` is the chosen provider's
+/// credential, if it needs one.
 pub async fn resolve(
     given: &RequestKeys,
-    env: &EnvVars,
+    env: &KeyEnv,
     source: Option<&dyn KeySource>,
-    cwd: &Path,
-    needs_e2b: bool,
+    sandbox: Option<Credential>,
 ) -> Result<ResolvedKeys, ApiError> {
-    let anthropic = lookup(given.anthropic.as_ref(), "ANTHROPIC_API_KEY", env, source).await?;
-    let openrouter = lookup(given.openrouter.as_ref(), "OPENROUTER_API_KEY", env, source).await?;
-    let e2b = lookup(given.e2b.as_ref(), "E2B_API_KEY", env, source).await?;
+    let anthropic = lookup(
+        given.anthropic.as_ref(),
+        ANTHROPIC_KEY_VARIABLE,
+        env,
+        source,
+    )
+    .await?;
+    let openrouter = lookup(
+        given.openrouter.as_ref(),
+        OPENROUTER_KEY_VARIABLE,
+        env,
+        source,
+    )
+    .await?;
+    let sandbox_key = match sandbox {
+        Some(credential) => {
+            lookup(
+                given.sandbox(credential.field),
+                credential.variable,
+                env,
+                source,
+            )
+            .await?
+        }
+        None => None,
+    };
 
     let mut runner_env = BTreeMap::new();
     if let Some(key) = &anthropic {
-        runner_env.insert("ANTHROPIC_API_KEY".to_owned(), key.expose().to_owned());
+        runner_env.insert(ANTHROPIC_KEY_VARIABLE.to_owned(), key.expose().to_owned());
     }
-    let forwarded: Vec<&str> = env
-        .get(FORWARD_ENV_VAR)
-        .map(|names| {
-            names
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    for name in PROVIDER_ENV_KEYS.iter().copied().chain(forwarded) {
-        if let Some(value) = env.get(name) {
-            runner_env.insert(name.to_owned(), value.to_owned());
-        }
-    }
+    runner_env.extend(env.forwarded.clone());
     // OpenRouter speaks Anthropic's API with a bearer token.
     if let Some(key) = &openrouter {
         runner_env.insert("ANTHROPIC_AUTH_TOKEN".to_owned(), key.expose().to_owned());
@@ -141,11 +241,10 @@ pub async fn resolve(
     // reach the SDK: it would send it as x-api-key to the proxy, and check
     // model names against Anthropic's list.
     if custom_base_url && runner_env.contains_key("ANTHROPIC_AUTH_TOKEN") {
-        runner_env.insert("ANTHROPIC_API_KEY".to_owned(), String::new());
+        runner_env.insert(ANTHROPIC_KEY_VARIABLE.to_owned(), String::new());
     }
 
-    let alternate_provider = PROVIDER_TOGGLES.iter().any(|t| env.flag(t));
-    if anthropic.is_none() && !alternate_provider && !custom_base_url {
+    if anthropic.is_none() && !env.alternate_provider && !custom_base_url {
         let message = if openrouter.is_some() {
             "an OpenRouter key needs ANTHROPIC_BASE_URL=https://openrouter.ai/api in the \
              environment; or set anthropic_api_key in the request body or ANTHROPIC_API_KEY \
@@ -159,48 +258,60 @@ pub async fn resolve(
             message: message.into(),
         });
     }
-    if needs_e2b && e2b.is_none() {
+    if let Some(credential) = sandbox
+        && sandbox_key.is_none()
+    {
         return Err(ApiError::MissingKey {
-            field: "e2b_api_key".into(),
-            message: "e2b_api_key is required: set it in the request body, or E2B_API_KEY in \
-                      the environment or .env"
-                .into(),
+            field: credential.field.into(),
+            message: format!(
+                "{} is required: set it in the request body, or {} in the environment or .env",
+                credential.field, credential.variable
+            ),
         });
     }
 
+    let mut secrets: Vec<Secret> = [&anthropic, &openrouter, &sandbox_key]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    secrets.extend(given.all().cloned());
     let mut files = Vec::new();
-    if env.flag("CLAUDE_CODE_USE_VERTEX") {
-        files.push(vertex_credentials(env, cwd)?);
+    if let Some(credentials) = &env.vertex_credentials {
+        let content = credentials
+            .clone()
+            .map_err(|message| ApiError::Config { message })?;
+        secrets.push(Secret::new(String::from_utf8_lossy(&content).into_owned()));
+        files.push(SandboxFile {
+            path: layout::home_path(GCP_CREDENTIALS_FILE),
+            content,
+        });
         runner_env.insert(
             "GOOGLE_APPLICATION_CREDENTIALS".to_owned(),
-            GCP_CREDENTIALS_PATH.to_owned(),
+            layout::home_path(GCP_CREDENTIALS_FILE),
         );
     }
     Ok(ResolvedKeys {
         runner_env,
         files,
-        e2b,
+        sandbox: sandbox_key,
+        secrets,
     })
 }
 
 /// Reads the service-account file named by GOOGLE_APPLICATION_CREDENTIALS
 /// (relative paths from the working directory) for upload into the sandbox.
-fn vertex_credentials(env: &EnvVars, cwd: &Path) -> Result<SandboxFile, ApiError> {
-    let Some(path) = env.get("GOOGLE_APPLICATION_CREDENTIALS") else {
-        return Err(ApiError::Config {
-            message: "GOOGLE_APPLICATION_CREDENTIALS is required when CLAUDE_CODE_USE_VERTEX is \
-                      set: point it at your GCP service account JSON key"
+fn vertex_credentials(path: Option<&str>, cwd: &Path) -> Result<Bytes, String> {
+    let Some(path) = path else {
+        return Err(
+            "GOOGLE_APPLICATION_CREDENTIALS is required when CLAUDE_CODE_USE_VERTEX is \
+                    set: point it at your GCP service account JSON key"
                 .into(),
-        });
+        );
     };
-    let full = cwd.join(path);
-    let content = std::fs::read(&full).map_err(|e| ApiError::Config {
-        message: format!("cannot read GOOGLE_APPLICATION_CREDENTIALS file {path}: {e}"),
-    })?;
-    Ok(SandboxFile {
-        path: GCP_CREDENTIALS_PATH.to_owned(),
-        content: content.into(),
-    })
+    std::fs::read(cwd.join(path))
+        .map(Bytes::from)
+        .map_err(|e| format!("cannot read GOOGLE_APPLICATION_CREDENTIALS file {path}: {e}"))
 }
 
 #[cfg(test)]

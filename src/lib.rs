@@ -10,10 +10,13 @@
 //!
 //! ```no_run
 //! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
-//! use sandstorm::{app, env::EnvVars, settings::{SandboxKind, Settings}};
-//! let env = EnvVars::from_process_and_dotenv(std::path::Path::new("."))?;
-//! let settings = Settings::from_env(env, std::path::Path::new("."), SandboxKind::E2b)?;
-//! let provider = sandstorm::sandbox::provider_for(&settings, sandstorm::runner_install::Install::CheckOnly)?;
+//! use sandstorm::{app, doors::PROVIDERS, env::EnvVars, sandbox::provider::Setup};
+//! use sandstorm::settings::{Profile, SandboxChoice, Settings};
+//! let cwd = std::path::Path::new(".");
+//! let env = EnvVars::from_process_and_dotenv(cwd)?;
+//! let choice = SandboxChoice { catalog: PROVIDERS, requested: None, setup: Setup::CheckOnly };
+//! let settings = Settings::build(&env, cwd, Profile::Server, choice)?;
+//! let provider = settings.sandbox.build_provider()?;
 //! let router = app::app(app::AppState::new(settings, provider));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
 //! axum::serve(listener, router).await?;
@@ -31,6 +34,7 @@ pub mod env;
 pub mod envd;
 pub mod error;
 pub mod events;
+mod json_field;
 pub mod keys;
 pub mod lines;
 pub mod openapi;
@@ -38,7 +42,6 @@ pub mod outputs;
 pub mod plan;
 pub mod request;
 pub mod run;
-pub mod runner_install;
 pub mod sandbox;
 pub mod secret;
 #[cfg(feature = "aws-secrets")]

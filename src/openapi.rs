@@ -4,18 +4,43 @@
 //! most of what a client needs from it is prose: the limits, the events and
 //! how a run ends. The tests below keep it honest: its request schema lists
 //! exactly the fields [`QueryRequest`](crate::request::QueryRequest)
-//! accepts, with the same limits, and schemathesis runs it against a real
-//! server (`tests/openapi_schemathesis.rs`).
+//! accepts plus each sandbox provider's credential field, with the same
+//! limits, and schemathesis runs it against a real server
+//! (`tests/openapi_schemathesis.rs`).
 
-use axum::http::header;
-use axum::response::IntoResponse;
+use serde_json::{Value, json};
 
-/// The document, as served.
-pub const DOCUMENT: &str = include_str!("openapi.json");
+use crate::sandbox::provider::Credential;
 
-/// Serves [`DOCUMENT`].
-pub async fn document() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], DOCUMENT)
+/// The hand-written document, less the sandbox providers' credential fields,
+/// which each provider declares.
+pub const TEMPLATE: &str = include_str!("openapi.json");
+
+/// The document as served: [`TEMPLATE`] with one request property per
+/// provider credential in `credentials`.
+pub fn document(credentials: &[Credential]) -> String {
+    // TEMPLATE is ours and a test parses it; should it ever not parse,
+    // serving it unchanged beats serving nothing.
+    let Ok(mut doc) = serde_json::from_str::<Value>(TEMPLATE) else {
+        return TEMPLATE.to_owned();
+    };
+    if let Some(properties) =
+        doc["components"]["schemas"]["QueryRequest"]["properties"].as_object_mut()
+    {
+        for credential in credentials {
+            properties.insert(
+                credential.field.to_owned(),
+                json!({
+                    "type": ["string", "null"],
+                    "description": format!(
+                        "{} An empty string means not given.",
+                        credential.description
+                    ),
+                }),
+            );
+        }
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| TEMPLATE.to_owned())
 }
 
 #[cfg(test)]
@@ -25,15 +50,25 @@ mod tests {
     use serde::de::{self, Deserializer, Visitor};
     use serde_json::{Value, json};
 
-    use super::DOCUMENT;
+    use crate::doors::PROVIDERS;
     use crate::outputs::{DEFAULT_LIMITS, MAX_PATTERNS};
     use crate::request::{
         DEFAULT_TIMEOUT_SECS, MAX_FILES, MAX_FILES_BYTES, MAX_PROMPT_CHARS, Query, QueryRequest,
         TIMEOUT_RANGE,
     };
+    use crate::sandbox::provider::{Credential, credential_fields};
+
+    fn credentials() -> Vec<Credential> {
+        credential_fields(PROVIDERS)
+    }
 
     fn document() -> Value {
-        serde_json::from_str(DOCUMENT).expect("src/openapi.json is JSON")
+        serde_json::from_str::<Value>(super::TEMPLATE).expect("src/openapi.json is JSON");
+        serde_json::from_str(&super::document(&credentials())).expect("the served document")
+    }
+
+    fn parse(body: &[u8]) -> Result<Query, crate::error::ApiError> {
+        Query::from_json(body, &credentials())
     }
 
     fn request_schema() -> Value {
@@ -76,10 +111,13 @@ mod tests {
                 tuple_struct map enum identifier ignored_any
             }
         }
-        match <QueryRequest as serde::Deserialize>::deserialize(Probe) {
-            Err(Fields(fields)) => fields.iter().copied().collect(),
-            Ok(_) => unreachable!("the probe never yields a value"),
-        }
+        let mut fields: BTreeSet<&'static str> =
+            match <QueryRequest as serde::Deserialize>::deserialize(Probe) {
+                Err(Fields(fields)) => fields.iter().copied().collect(),
+                Ok(_) => unreachable!("the probe never yields a value"),
+            };
+        fields.extend(credentials().iter().map(|c| c.field));
+        fields
     }
 
     #[test]
@@ -121,7 +159,8 @@ mod tests {
         for name in schema["properties"].as_object().expect("properties").keys() {
             let value = match name.as_str() {
                 "prompt" => json!("hello"),
-                "anthropic_api_key" | "openrouter_api_key" | "e2b_api_key" => json!("key-12345678"),
+                "anthropic_api_key" | "openrouter_api_key" => json!("key-12345678"),
+                name if credentials().iter().any(|c| c.field == name) => json!("key-12345678"),
                 "model" => json!("sonnet"),
                 "max_turns" => json!(3),
                 "timeout" => json!(60),
@@ -132,7 +171,7 @@ mod tests {
             body.insert(name.clone(), value);
         }
         let bytes = serde_json::to_vec(&body).expect("json");
-        Query::from_json(&bytes).expect("a body with every documented field is valid");
+        parse(&bytes).expect("a body with every documented field is valid");
     }
 
     #[test]
@@ -167,7 +206,7 @@ mod tests {
         );
 
         // Each bound is where validation starts to refuse.
-        let accepts = |body: Value| Query::from_json(body.to_string().as_bytes()).is_ok();
+        let accepts = |body: Value| parse(body.to_string().as_bytes()).is_ok();
         let prompt = |n: usize| "x".repeat(n);
         assert!(accepts(json!({"prompt": prompt(MAX_PROMPT_CHARS)})));
         assert!(!accepts(json!({"prompt": prompt(MAX_PROMPT_CHARS + 1)})));
@@ -212,7 +251,7 @@ mod tests {
                 "{name} is documented as nullable"
             );
             let body = json!({"prompt": "x", name.as_str(): null});
-            Query::from_json(body.to_string().as_bytes())
+            parse(body.to_string().as_bytes())
                 .unwrap_or_else(|e| panic!("{name}: null is accepted: {e}"));
         }
     }

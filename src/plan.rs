@@ -1,6 +1,11 @@
-//! From a validated request to a [`RunPlan`]: the agent config, the files of
-//! the one upload, the runner's argv and environment, and the deadline.
+//! From a validated request to a [`RunPlan`]: the keys, the agent config,
+//! the files of the one upload, the runner's argv and environment, the
+//! deadline, and what to redact.
+//!
+//! [`prepare`] is the one way into a run for every door: the HTTP handler
+//! and the CLI both call it with a validated [`Query`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,19 +13,17 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::{AgentDefinition, McpServer, OutputFormat, SandstormConfig};
+use crate::error::ApiError;
 use crate::events::Redactor;
-use crate::keys::ResolvedKeys;
-use crate::outputs::{DEFAULT_LIMITS, OutputRequest};
+use crate::keys::{self, ResolvedKeys};
+use crate::outputs::{DEFAULT_LIMITS, OutputLimits, OutputRequest};
 use crate::request::Query;
-use crate::run::RunPlan;
+use crate::sandbox::layout;
 use crate::sandbox::{ProcessSpec, SandboxFile, SandboxSpec};
+use crate::settings::Settings;
 
-/// Where the runner and its node_modules live in every sandbox.
-pub const RUNNER_DIR: &str = "/opt/agent-runner";
-/// The agent's home and working directory.
-pub const HOME_DIR: &str = "/home/user";
 /// The runner, embedded so the server always runs the runner it was built
-/// with, whatever the E2B template holds.
+/// with, whatever the sandbox image holds.
 pub const RUNNER_SCRIPT: &str = include_str!("../runner/runner.mjs");
 /// The SDK's user settings, as the original writes them.
 pub const SDK_SETTINGS: &str = r#"{
@@ -34,6 +37,52 @@ const SANDBOX_GRACE: Duration = Duration::from_secs(60);
 /// How long before a platform deadline (Lambda, Vercel) a run ends itself,
 /// leaving time to send the error event and destroy the sandbox.
 pub const PLATFORM_MARGIN: Duration = Duration::from_secs(10);
+/// How long the runner process may outlive the run's deadline: a backstop
+/// the provider enforces behind the run's own.
+const PROCESS_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything one run needs, built from a validated request.
+#[derive(Debug)]
+pub struct RunPlan {
+    /// Names the run in logs, events and the `x-request-id` header.
+    pub request_id: String,
+    /// What to ask the provider for.
+    pub sandbox: SandboxSpec,
+    /// The runner, its config, the SDK settings and the user's files: one upload.
+    pub files: Vec<SandboxFile>,
+    /// The runner, as argv and environment.
+    pub process: ProcessSpec,
+    /// When the run must be over. The timeout error is sent at this instant.
+    pub deadline: Instant,
+    /// What `timeout` means to the client, for the error message.
+    pub deadline_reason: String,
+    /// Secret values to scrub from everything the client sees.
+    pub redactor: Redactor,
+    /// The limits on output files, when the run asked for any.
+    pub output_limits: Option<OutputLimits>,
+}
+
+/// Builds a run's plan from a validated query: the config, the keys, the
+/// deadline. Everything that can refuse the run happens here, before a
+/// sandbox exists.
+pub async fn prepare(
+    settings: &Settings,
+    query: Query,
+    request_id: String,
+    platform_deadline: Option<Instant>,
+) -> Result<RunPlan, ApiError> {
+    let config = settings.config.as_ref().map_err(|e| ApiError::Config {
+        message: format!("sandstorm.json is invalid: {e}"),
+    })?;
+    let keys = keys::resolve(
+        &query.keys,
+        &settings.keys,
+        settings.key_source.as_deref(),
+        settings.sandbox.provider.credential,
+    )
+    .await?;
+    Ok(build(request_id, &query, config, keys, platform_deadline))
+}
 
 /// What `runner.mjs` reads from `agent_config.json`.
 #[derive(Debug, Serialize)]
@@ -49,9 +98,9 @@ struct AgentConfig<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     output_format: Option<&'a OutputFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    agents: Option<&'a std::collections::BTreeMap<String, AgentDefinition>>,
+    agents: Option<&'a BTreeMap<String, AgentDefinition>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    mcp_servers: Option<&'a std::collections::BTreeMap<String, McpServer>>,
+    mcp_servers: Option<&'a BTreeMap<String, McpServer>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outputs: Option<OutputRequest<'a>>,
 }
@@ -67,34 +116,64 @@ pub fn build(
     platform_deadline: Option<Instant>,
 ) -> RunPlan {
     let now = Instant::now();
-    let (deadline, deadline_reason) = match platform_deadline {
-        Some(platform)
-            if platform.saturating_duration_since(now) < query.timeout + PLATFORM_MARGIN =>
-        {
-            (
-                platform.checked_sub(PLATFORM_MARGIN).unwrap_or(now),
-                "the run reached the hosting platform's time limit".to_owned(),
-            )
-        }
-        _ => (
-            now + query.timeout,
-            format!(
-                "the run exceeded its timeout of {} s",
-                query.timeout.as_secs()
-            ),
-        ),
-    };
+    let (deadline, deadline_reason) = deadline(now, query.timeout, platform_deadline);
     let budget = deadline.saturating_duration_since(now);
-
     // Request values override sandstorm.json.
     let outputs = query
         .outputs
         .as_deref()
         .or(config.outputs.as_deref())
         .filter(|patterns| !patterns.is_empty());
+    let agent_config = agent_config(query, config, outputs);
+    let redactor = redactor(&keys);
+    RunPlan {
+        sandbox: SandboxSpec {
+            lifetime: budget + SANDBOX_GRACE,
+            metadata: [("sandstorm_request_id".to_owned(), request_id.clone())].into(),
+            credential: keys.sandbox,
+        },
+        files: upload(query, agent_config, keys.files),
+        process: ProcessSpec {
+            cmd: "node".into(),
+            args: vec![layout::RUNNER_SCRIPT.to_owned()],
+            envs: keys.runner_env,
+            cwd: layout::HOME.into(),
+            timeout: Some(budget + PROCESS_GRACE),
+        },
+        deadline,
+        deadline_reason,
+        redactor,
+        output_limits: outputs.map(|_| DEFAULT_LIMITS),
+        request_id,
+    }
+}
+
+/// When the run must end, and why that would be, in the client's words: its
+/// own timeout, or the platform's limit less [`PLATFORM_MARGIN`] when that
+/// comes first.
+fn deadline(
+    now: Instant,
+    timeout: Duration,
+    platform_deadline: Option<Instant>,
+) -> (Instant, String) {
+    match platform_deadline {
+        Some(platform) if platform.saturating_duration_since(now) < timeout + PLATFORM_MARGIN => (
+            platform.checked_sub(PLATFORM_MARGIN).unwrap_or(now),
+            "the run reached the hosting platform's time limit".to_owned(),
+        ),
+        _ => (
+            now + timeout,
+            format!("the run exceeded its timeout of {} s", timeout.as_secs()),
+        ),
+    }
+}
+
+/// `agent_config.json`: the prompt and everything sandstorm.json and the
+/// request say about the agent.
+fn agent_config(query: &Query, config: &SandstormConfig, outputs: Option<&[String]>) -> Bytes {
     let agent_config = AgentConfig {
         prompt: &query.prompt,
-        cwd: HOME_DIR,
+        cwd: layout::HOME,
         model: query.model.as_deref().or(config.model.as_deref()),
         max_turns: query.max_turns.or(config.max_turns),
         system_prompt: config.system_prompt.as_deref(),
@@ -106,63 +185,43 @@ pub fn build(
             limits: DEFAULT_LIMITS,
         }),
     };
-    let output_limits = outputs.map(|_| DEFAULT_LIMITS);
-    let agent_config = serde_json::to_vec(&agent_config).unwrap_or_default();
+    // Serializing plain strings, numbers and maps cannot fail.
+    serde_json::to_vec(&agent_config).unwrap_or_default().into()
+}
 
-    let mut files = Vec::with_capacity(query.files.len() + 3 + keys.files.len());
+/// The one upload: the runner, its config, the SDK settings, the keys'
+/// files, then the user's files.
+fn upload(query: &Query, agent_config: Bytes, key_files: Vec<SandboxFile>) -> Vec<SandboxFile> {
+    let mut files = Vec::with_capacity(query.files.len() + 3 + key_files.len());
     files.push(SandboxFile {
-        path: format!("{RUNNER_DIR}/runner.mjs"),
+        path: layout::RUNNER_SCRIPT.to_owned(),
         content: Bytes::from_static(RUNNER_SCRIPT.as_bytes()),
     });
     files.push(SandboxFile {
-        path: format!("{RUNNER_DIR}/agent_config.json"),
-        content: agent_config.into(),
+        path: layout::AGENT_CONFIG.to_owned(),
+        content: agent_config,
     });
     files.push(SandboxFile {
-        path: format!("{HOME_DIR}/.claude/settings.json"),
+        path: layout::home_path(".claude/settings.json"),
         content: Bytes::from_static(SDK_SETTINGS.as_bytes()),
     });
-    files.extend(keys.files);
+    files.extend(key_files);
     files.extend(query.files.iter().map(|f| SandboxFile {
-        path: format!("{HOME_DIR}/{}", f.path),
+        path: layout::home_path(&f.path),
         content: Bytes::from(f.content.clone()),
     }));
+    files
+}
 
-    let mut secrets: Vec<&str> = keys.runner_env.values().map(String::as_str).collect();
-    secrets.extend(
-        [
-            &query.keys.anthropic,
-            &query.keys.openrouter,
-            &query.keys.e2b,
-            &keys.e2b,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|s| s.expose()),
-    );
-    let redactor = Redactor::new(secrets);
-
-    RunPlan {
-        sandbox: SandboxSpec {
-            lifetime: budget + SANDBOX_GRACE,
-            metadata: [("sandstorm_request_id".to_owned(), request_id.clone())].into(),
-            api_key: keys.e2b,
-        },
-        files,
-        process: ProcessSpec {
-            cmd: "node".into(),
-            args: vec![format!("{RUNNER_DIR}/runner.mjs")],
-            envs: keys.runner_env,
-            cwd: HOME_DIR.into(),
-            // A backstop behind the run's own deadline.
-            timeout: Some(budget + Duration::from_secs(5)),
-        },
-        deadline,
-        deadline_reason,
-        redactor,
-        output_limits,
-        request_id,
-    }
+/// Scrubs every key value of the run (and the Vertex credentials) from what
+/// the client sees, including the runner's environment values.
+fn redactor(keys: &ResolvedKeys) -> Redactor {
+    let secrets = keys
+        .runner_env
+        .values()
+        .map(String::as_str)
+        .chain(keys.secrets.iter().map(|s| s.expose()));
+    Redactor::new(secrets)
 }
 
 #[cfg(test)]
@@ -171,7 +230,7 @@ mod tests {
     use crate::request::QueryRequest;
 
     fn query(json: serde_json::Value) -> Query {
-        Query::from_json(json.to_string().as_bytes()).expect("valid")
+        Query::from_json(json.to_string().as_bytes(), &[]).expect("valid")
     }
 
     fn agent_config(plan: &RunPlan) -> serde_json::Value {
@@ -230,7 +289,7 @@ mod tests {
             prompt: "p; rm -rf /".into(),
             ..Default::default()
         }
-        .validate()
+        .validate(crate::request::Naming::Fields)
         .expect("valid");
         let plan = build(
             "r".into(),

@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
 
 use crate::error::ApiError;
+use crate::json_field;
+use crate::sandbox::provider::Credential;
 use crate::secret::Secret;
 
 /// The longest prompt, in characters (as the original).
@@ -24,24 +27,35 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
 const MAX_PATH_BYTES: usize = 4096;
 const MAX_NAME_BYTES: usize = 255;
 
-/// The body exactly as a client sends it. Unknown fields are refused so a
-/// typo (`max_turn`) fails loudly instead of being silently ignored.
+/// The body exactly as a client sends it, less the sandbox providers'
+/// credential fields (each provider declares its own; see
+/// [`Query::from_json`]). Unknown fields are refused so a typo (`max_turn`)
+/// fails loudly instead of being silently ignored.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
+    /// The task.
     pub prompt: String,
+    /// The Anthropic key, overriding the environment's.
     #[serde(default)]
     pub anthropic_api_key: Option<Secret>,
+    /// The OpenRouter key, overriding the environment's.
     #[serde(default)]
     pub openrouter_api_key: Option<Secret>,
-    #[serde(default)]
-    pub e2b_api_key: Option<Secret>,
+    /// The sandbox providers' credentials by field name; filled from the
+    /// declared credential fields, never by serde.
+    #[serde(skip)]
+    pub sandbox_keys: BTreeMap<String, Secret>,
+    /// The model, overriding sandstorm.json's.
     #[serde(default)]
     pub model: Option<String>,
+    /// Maximum conversation turns, overriding sandstorm.json's.
     #[serde(default, deserialize_with = "whole_number")]
     pub max_turns: Option<u32>,
+    /// Seconds the run may take.
     #[serde(default, deserialize_with = "whole_number")]
     pub timeout: Option<u64>,
+    /// Text files to upload, by path relative to the sandbox's home.
     #[serde(default)]
     pub files: Option<BTreeMap<String, String>>,
     /// Globs (relative to /home/user) of files to send back after the run.
@@ -52,19 +66,51 @@ pub struct QueryRequest {
 /// Keys that came with the request (or, for the CLI, from its flags).
 #[derive(Debug, Clone, Default)]
 pub struct RequestKeys {
+    /// `anthropic_api_key`.
     pub anthropic: Option<Secret>,
+    /// `openrouter_api_key`.
     pub openrouter: Option<Secret>,
-    pub e2b: Option<Secret>,
+    /// Sandbox provider credentials, by their declared request field.
+    sandbox: BTreeMap<String, Secret>,
+}
+
+impl RequestKeys {
+    /// The sandbox credential sent in `field`, if any.
+    pub fn sandbox(&self, field: &str) -> Option<&Secret> {
+        self.sandbox.get(field)
+    }
+
+    /// Sets the sandbox credential of `field`; an empty key counts as not
+    /// given.
+    pub fn set_sandbox(&mut self, field: &str, key: Secret) {
+        if !key.is_empty() {
+            self.sandbox.insert(field.to_owned(), key);
+        }
+    }
+
+    /// Every key the request carries.
+    pub fn all(&self) -> impl Iterator<Item = &Secret> {
+        [&self.anthropic, &self.openrouter]
+            .into_iter()
+            .flatten()
+            .chain(self.sandbox.values())
+    }
 }
 
 /// A validated request.
 #[derive(Debug, Clone)]
 pub struct Query {
+    /// The task, 1 to [`MAX_PROMPT_CHARS`] characters.
     pub prompt: String,
+    /// The keys it brought.
     pub keys: RequestKeys,
+    /// The model, overriding sandstorm.json's.
     pub model: Option<String>,
+    /// Maximum turns, overriding sandstorm.json's.
     pub max_turns: Option<u32>,
+    /// How long the run may take.
     pub timeout: Duration,
+    /// The files to upload.
     pub files: Vec<UserFile>,
     /// Output globs; `None` falls back to sandstorm.json's.
     pub outputs: Option<Vec<String>>,
@@ -73,7 +119,9 @@ pub struct Query {
 /// One uploaded file, its path normalized and relative to `/home/user`.
 #[derive(Clone)]
 pub struct UserFile {
+    /// The normalized path, relative to the sandbox's home.
     pub path: String,
+    /// The text.
     pub content: String,
 }
 
@@ -86,9 +134,35 @@ impl std::fmt::Debug for UserFile {
     }
 }
 
+/// How validation messages name what is at fault: the body's fields for the
+/// API, the command line's flags for `ds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `timeout`, `max_turns`, `outputs`: the JSON body's field names.
+    Fields,
+    /// `--timeout`, `--max-turns`, `--outputs`: `ds`'s flags.
+    Flags,
+}
+
+impl Naming {
+    fn name(self, field: &'static str) -> &'static str {
+        match (self, field) {
+            (Naming::Fields, field) => field,
+            (Naming::Flags, "timeout") => "--timeout",
+            (Naming::Flags, "max_turns") => "--max-turns",
+            (Naming::Flags, "model") => "--model",
+            (Naming::Flags, "outputs") => "--outputs",
+            (Naming::Flags, "files") => "-f",
+            (Naming::Flags, field) => field,
+        }
+    }
+}
+
 impl Query {
-    /// Parses and validates a JSON body.
-    pub fn from_json(body: &[u8]) -> Result<Query, ApiError> {
+    /// Parses and validates a JSON body. `credentials` are the sandbox
+    /// providers' declared credential fields, accepted besides
+    /// [`QueryRequest`]'s own.
+    pub fn from_json(body: &[u8], credentials: &[Credential]) -> Result<Query, ApiError> {
         // serde's derived struct visitor also takes a JSON array of fields
         // in order; the API only speaks objects.
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -97,13 +171,57 @@ impl Query {
             });
         }
         let de = &mut serde_json::Deserializer::from_slice(body);
-        let raw: QueryRequest = serde_path_to_error::deserialize(de).map_err(json_error)?;
-        raw.validate()
+        let Fields(mut fields) = serde_path_to_error::deserialize(de).map_err(json_error)?;
+        let mut sandbox_keys = BTreeMap::new();
+        for credential in credentials {
+            if let Some(value) = fields.remove(credential.field) {
+                let key = Option::<Secret>::deserialize(value).map_err(|e| {
+                    ApiError::invalid(credential.field, format!("{}: {e}", credential.field))
+                })?;
+                if let Some(key) = key {
+                    sandbox_keys.insert(credential.field.to_owned(), key);
+                }
+            }
+        }
+        let value = serde_json::Value::Object(fields);
+        let mut raw: QueryRequest = serde_path_to_error::deserialize(value).map_err(json_error)?;
+        raw.sandbox_keys = sandbox_keys;
+        raw.validate(Naming::Fields)
+    }
+}
+
+/// A JSON object read field by field, refusing a field given twice (a later
+/// `prompt` must not silently replace the first).
+struct Fields(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut fields = serde_json::Map::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    let value = map.next_value()?;
+                    if fields.contains_key(&name) {
+                        return Err(de::Error::custom(format_args!("duplicate field `{name}`")));
+                    }
+                    fields.insert(name, value);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(FieldsVisitor)
     }
 }
 
 impl QueryRequest {
-    pub fn validate(self) -> Result<Query, ApiError> {
+    /// Checks every limit and normalizes the files; messages name fields as
+    /// `naming` says.
+    pub fn validate(self, naming: Naming) -> Result<Query, ApiError> {
         let chars = self.prompt.chars().count();
         if chars == 0 {
             return Err(ApiError::invalid("prompt", "prompt must not be empty"));
@@ -119,13 +237,13 @@ impl QueryRequest {
         {
             return Err(ApiError::invalid(
                 "model",
-                "model must not be empty when given",
+                format!("{} must not be empty when given", naming.name("model")),
             ));
         }
         if self.max_turns == Some(0) {
             return Err(ApiError::invalid(
                 "max_turns",
-                "max_turns must be at least 1",
+                format!("{} must be at least 1", naming.name("max_turns")),
             ));
         }
         let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
@@ -133,7 +251,8 @@ impl QueryRequest {
             return Err(ApiError::invalid(
                 "timeout",
                 format!(
-                    "timeout must be between {} and {} seconds, got {timeout}",
+                    "{} must be between {} and {} seconds, got {timeout}",
+                    naming.name("timeout"),
                     TIMEOUT_RANGE.start(),
                     TIMEOUT_RANGE.end()
                 ),
@@ -141,16 +260,25 @@ impl QueryRequest {
         }
         let files = validate_files(self.files.unwrap_or_default())?;
         if let Some(outputs) = &self.outputs {
-            crate::outputs::validate_patterns(outputs)
-                .map_err(|why| ApiError::invalid("outputs", why))?;
+            crate::outputs::validate_patterns(outputs).map_err(|why| {
+                let message = match naming {
+                    Naming::Fields => why,
+                    Naming::Flags => format!("{}: {why}", naming.name("outputs")),
+                };
+                ApiError::invalid("outputs", message)
+            })?;
+        }
+        let mut keys = RequestKeys {
+            anthropic: non_empty(self.anthropic_api_key),
+            openrouter: non_empty(self.openrouter_api_key),
+            sandbox: BTreeMap::new(),
+        };
+        for (field, key) in self.sandbox_keys {
+            keys.set_sandbox(&field, key);
         }
         Ok(Query {
             prompt: self.prompt,
-            keys: RequestKeys {
-                anthropic: non_empty(self.anthropic_api_key),
-                openrouter: non_empty(self.openrouter_api_key),
-                e2b: non_empty(self.e2b_api_key),
-            },
+            keys,
             model: self.model,
             max_turns: self.max_turns,
             timeout: Duration::from_secs(timeout),
@@ -266,44 +394,22 @@ pub fn normalize_path(raw: &str) -> Result<String, String> {
 
 /// Turns a serde error into one that names the field at fault.
 fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
-    let path = err.path().to_string();
-    let inner = err.into_inner();
-    let message = inner.to_string();
+    let inner = err.inner();
     if inner.is_syntax() || inner.is_eof() {
         return ApiError::BadRequest {
-            message: format!("request body is not valid JSON: {message}"),
+            message: format!("request body is not valid JSON: {inner}"),
         };
     }
-    // serde reports unknown and missing fields at the parent's path; the
-    // field's own name is the first `quoted` word of its message.
-    let named = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"));
-    let field = match named {
-        Some(name) if path == "." => name.to_owned(),
-        // Unknown fields are reported at their own path already.
-        Some(name) if path == name || path.ends_with(&format!(".{name}")) => path,
-        Some(name) => format!("{path}.{name}"),
-        None if path == "." => {
-            return ApiError::BadRequest {
-                message: format!("request body must be a JSON object: {message}"),
-            };
-        }
-        None => path,
-    };
-    ApiError::invalid(
-        field.clone(),
-        format!("{field}: {}", strip_position(&message)),
-    )
-}
-
-/// serde_json appends " at line L column C"; for a one-line body it only adds
-/// noise to a message that already names the field.
-fn strip_position(message: &str) -> &str {
-    message
-        .rfind(" at line ")
-        .map_or(message, |at| &message[..at])
+    let message = inner.to_string();
+    match json_field::field_at_fault(err.path(), &message) {
+        Some(field) => ApiError::invalid(
+            field.clone(),
+            format!("{field}: {}", json_field::strip_position(&message)),
+        ),
+        None => ApiError::BadRequest {
+            message: format!("request body must be a JSON object: {message}"),
+        },
+    }
 }
 
 #[cfg(test)]

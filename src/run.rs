@@ -3,9 +3,9 @@
 //! [`spawn`] starts a run on its own task and returns the receiving end of a
 //! bounded channel of [`RunEvent`]s. The task ends every path out (success,
 //! runner failure, provider fault, deadline, client gone) by destroying the
-//! sandbox exactly once before it closes the channel, so on Lambda the
-//! sandbox is gone before the response ends. A [`SandboxGuard`] backs that up
-//! if the task itself is dropped.
+//! sandbox exactly once, then sends the final `done` event and closes the
+//! channel, so on Lambda the sandbox is gone before the response ends. A
+//! [`SandboxGuard`] backs that up if the task itself is dropped.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,12 +16,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, info, warn};
 
-use crate::events::{ErrorKind, Phase, Redactor, RunError, RunEvent, message_type};
+use crate::events::{
+    Done, DoneStatus, ErrorKind, Phase, Redactor, RunError, RunEvent, message_type,
+};
 use crate::lines::LineSplitter;
 use crate::outputs::OutputBudget;
-use crate::sandbox::{
-    ProcessEvent, ProcessSpec, Sandbox, SandboxError, SandboxFile, SandboxProvider, SandboxSpec,
-};
+use crate::plan::RunPlan;
+use crate::sandbox::{ProcessEvent, Sandbox, SandboxError, SandboxProvider, SandboxSpec};
 
 /// How many events may wait for a slow client before the relay pauses.
 /// Bounded: a slow client slows the sandbox's output, nothing is dropped.
@@ -30,24 +31,6 @@ pub const EVENT_BUFFER: usize = 64;
 const STDERR_TAIL: usize = 20;
 /// How long a final error event may wait for a client that is not reading.
 const FINAL_EVENT_GRACE: Duration = Duration::from_secs(1);
-
-/// Everything one run needs, built from a validated request.
-#[derive(Debug)]
-pub struct RunPlan {
-    pub request_id: String,
-    pub sandbox: SandboxSpec,
-    /// The runner, its config, the SDK settings and the user's files: one upload.
-    pub files: Vec<SandboxFile>,
-    pub process: ProcessSpec,
-    /// When the run must be over. The timeout error is sent at this instant.
-    pub deadline: Instant,
-    /// What `timeout` means to the client, for the error message.
-    pub deadline_reason: String,
-    /// Secret values to scrub from everything the client sees.
-    pub redactor: Redactor,
-    /// The limits on output files, when the run asked for any.
-    pub output_limits: Option<crate::outputs::OutputLimits>,
-}
 
 /// A started run.
 pub struct RunHandle {
@@ -102,12 +85,24 @@ async fn execute(provider: Arc<dyn SandboxProvider>, plan: RunPlan, tx: mpsc::Se
         Outcome::ClientGone => info!(elapsed = ?started.elapsed(), "client went away"),
         Outcome::Failed(e) => warn!(kind = ?e.kind, error = %e.message, "run failed"),
     }
-    if let Outcome::Failed(error) = outcome {
-        // The client may have stopped reading; do not let it hold the
-        // sandbox alive.
-        let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(RunEvent::Error(error))).await;
-    }
+    let status = match outcome {
+        Outcome::ClientGone => None,
+        Outcome::Completed => Some(DoneStatus::Success),
+        Outcome::Failed(error) => {
+            // The client may have stopped reading; do not let it hold the
+            // sandbox alive.
+            let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(RunEvent::Error(error))).await;
+            Some(DoneStatus::Error)
+        }
+    };
     guard.destroy().await;
+    if let Some(status) = status {
+        let done = RunEvent::Done(Done {
+            status,
+            request_id: plan.request_id.clone(),
+        });
+        let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(done)).await;
+    }
     // Dropping `tx` here ends the client's stream, after the destroy.
 }
 

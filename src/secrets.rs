@@ -37,11 +37,11 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 /// The names a secret may hold. Other fields are allowed and ignored.
 pub const SECRET_KEYS: &[&str] = &[
-    "ANTHROPIC_API_KEY",
-    "E2B_API_KEY",
-    "OPENROUTER_API_KEY",
-    "SANDSTORM_API_TOKEN",
-    "SANDSTORM_API_TOKEN_PREVIOUS",
+    crate::keys::ANTHROPIC_KEY_VARIABLE,
+    crate::sandbox::e2b::CREDENTIAL.variable,
+    crate::keys::OPENROUTER_KEY_VARIABLE,
+    crate::auth::TOKEN_VARIABLES[0],
+    crate::auth::TOKEN_VARIABLES[1],
 ];
 
 /// An upper bound on one `GetSecretValue` with its retries, so that an

@@ -1,51 +1,47 @@
-//! Everything a door decides once at start-up, built from [`EnvVars`].
+//! Everything a door decides once at start-up, built from its snapshot of
+//! the environment ([`EnvVars`]), its working folder and its [`Profile`].
+//!
+//! This is the only place below the doors that reads [`EnvVars`]: every
+//! variable a run needs (tokens, keys, the variables forwarded into the
+//! sandbox, the provider's own options, the bytes of the Vertex credentials
+//! file) is resolved here, once, so request handling never looks at the
+//! environment or the disk for settings.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::TOKEN_VARIABLES;
 use crate::config::{ConfigError, SandstormConfig};
 use crate::env::EnvVars;
-use crate::keys::KeySource;
+use crate::keys::{KeyEnv, KeySource};
+use crate::sandbox::SandboxProvider;
+use crate::sandbox::provider::{
+    self, Catalog, Credential, ProviderDeclaration, ProviderSettings, Setup,
+};
 use crate::secret::Secret;
 
 /// The default limit on a `/query` body. File contents are limited to 10 MB
 /// and prompts to 1,000,000 characters; JSON escaping can double a text.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
-/// Which kind of sandbox runs the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SandboxKind {
-    /// An E2B cloud VM.
-    E2b,
-    /// A bubblewrap sandbox on this machine.
-    Local,
-}
+/// The variable that picks the sandbox provider by name.
+pub const SANDBOX_VARIABLE: &str = "SANDSTORM_SANDBOX";
 
-impl SandboxKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SandboxKind::E2b => "e2b",
-            SandboxKind::Local => "local",
-        }
-    }
-
-    /// `--sandbox` or `SANDSTORM_SANDBOX` when given; otherwise E2B when an
-    /// E2B key is available and local when not.
-    pub fn choose(flag: Option<SandboxKind>, env: &EnvVars) -> Result<SandboxKind, String> {
-        if let Some(kind) = flag {
-            return Ok(kind);
-        }
-        match env.get("SANDSTORM_SANDBOX") {
-            Some("e2b") => Ok(SandboxKind::E2b),
-            Some("local") => Ok(SandboxKind::Local),
-            Some(other) => Err(format!(
-                "SANDSTORM_SANDBOX must be \"e2b\" or \"local\", got {other:?}"
-            )),
-            None if env.get("E2B_API_KEY").is_some() => Ok(SandboxKind::E2b),
-            None => Ok(SandboxKind::Local),
-        }
-    }
+/// What kind of door the settings are for; each carries its own defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `ds` and `ds serve`: bound to loopback by default, so `/query` is
+    /// open when no token is configured.
+    Server,
+    /// A serverless function behind a public URL: `/query` is refused
+    /// without a token unless `SANDSTORM_ALLOW_ANONYMOUS=1`, because every
+    /// query spends its owner's API keys. `max_duration` is the platform's
+    /// response limit when `SANDSTORM_MAX_DURATION` does not set one.
+    Serverless {
+        /// The platform's own limit on one response, if it has a fixed one.
+        max_duration: Option<Duration>,
+    },
 }
 
 /// Who may call `/query`.
@@ -54,42 +50,61 @@ pub struct AuthSettings {
     /// Accepted bearer tokens: the current one and, during a rotation, the
     /// previous one.
     pub tokens: Vec<Secret>,
-    /// Whether `/query` is open when no token is configured. Local servers
-    /// allow it (they bind to loopback); serverless doors refuse unless
-    /// `SANDSTORM_ALLOW_ANONYMOUS=1`.
+    /// Whether `/query` is open when no token is configured.
     pub allow_anonymous: bool,
 }
 
-impl AuthSettings {
-    pub fn from_env(env: &EnvVars, anonymous_by_default: bool) -> Self {
-        let tokens = ["SANDSTORM_API_TOKEN", "SANDSTORM_API_TOKEN_PREVIOUS"]
-            .into_iter()
-            .filter_map(|name| env.get(name).map(Secret::new))
-            .collect();
-        AuthSettings {
-            tokens,
-            allow_anonymous: anonymous_by_default || env.flag("SANDSTORM_ALLOW_ANONYMOUS"),
-        }
+/// The sandbox provider a door runs, and what it was built from.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// The chosen provider.
+    pub provider: &'static ProviderDeclaration,
+    /// Its options, read from the variables it declares.
+    pub options: ProviderSettings,
+    /// The credential fields `/query` accepts: every provider's in the door's
+    /// catalog.
+    pub credential_fields: Vec<Credential>,
+}
+
+impl SandboxSettings {
+    /// Builds the chosen provider.
+    pub fn build_provider(&self) -> Result<Arc<dyn SandboxProvider>, String> {
+        (self.provider.build)(&self.options)
     }
+}
+
+/// Which providers a door offers and how to pick one.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxChoice<'a> {
+    /// The providers the door offers, in order of preference.
+    pub catalog: Catalog,
+    /// A provider named on the command line; wins over `SANDSTORM_SANDBOX`.
+    pub requested: Option<&'a str>,
+    /// Whether the provider may install what it misses.
+    pub setup: Setup,
 }
 
 /// The settings of one server process.
 #[derive(Clone)]
 pub struct Settings {
-    pub env: EnvVars,
     /// Where relative paths (sandstorm.json, the Vertex key file) resolve.
     pub cwd: PathBuf,
     /// The loaded sandstorm.json, or why it could not be loaded: a door that
     /// cannot refuse to start answers every `/query` with this error.
     pub config: Result<Arc<SandstormConfig>, ConfigError>,
-    pub sandbox: SandboxKind,
+    /// Who may call `/query`.
     pub auth: AuthSettings,
     /// Allowed CORS origins; empty means no cross-origin access.
     pub cors_origins: Vec<String>,
     /// The hosting platform's limit on one response (Vercel's maxDuration),
     /// when it is not given per request.
     pub max_duration: Option<Duration>,
+    /// The largest `/query` body read.
     pub max_body_bytes: usize,
+    /// What key resolution needs from the environment.
+    pub keys: KeyEnv,
+    /// The sandbox provider.
+    pub sandbox: SandboxSettings,
     /// Keys looked up after the environment (AWS Secrets Manager).
     pub key_source: Option<Arc<dyn KeySource>>,
 }
@@ -97,14 +112,14 @@ pub struct Settings {
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
-            .field("env", &self.env)
             .field("cwd", &self.cwd)
             .field("config", &self.config)
-            .field("sandbox", &self.sandbox)
             .field("auth", &self.auth)
             .field("cors_origins", &self.cors_origins)
             .field("max_duration", &self.max_duration)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("keys", &self.keys)
+            .field("sandbox", &self.sandbox)
             .field("key_source", &self.key_source.is_some())
             .finish()
     }
@@ -113,7 +128,12 @@ impl std::fmt::Debug for Settings {
 impl Settings {
     /// Reads every setting from `env`. Invalid values are errors naming the
     /// variable; an invalid sandstorm.json is kept in `config`.
-    pub fn from_env(env: EnvVars, cwd: &Path, sandbox: SandboxKind) -> Result<Self, String> {
+    pub fn build(
+        env: &EnvVars,
+        cwd: &Path,
+        profile: Profile,
+        sandbox: SandboxChoice<'_>,
+    ) -> Result<Self, String> {
         let config_path = env.get("SANDSTORM_CONFIG").map(PathBuf::from);
         let config = SandstormConfig::load(config_path.as_deref(), cwd).map(Arc::new);
         let cors_origins = env
@@ -125,30 +145,61 @@ impl Settings {
                     .collect()
             })
             .unwrap_or_default();
-        let max_duration = match env.get("SANDSTORM_MAX_DURATION") {
-            Some(v) => Some(Duration::from_secs(parse_number(
+        let max_duration = match (env.get("SANDSTORM_MAX_DURATION"), profile) {
+            (Some(v), _) => Some(Duration::from_secs(parse_number(
                 "SANDSTORM_MAX_DURATION",
                 v,
             )?)),
-            None => None,
+            (None, Profile::Serverless { max_duration }) => max_duration,
+            (None, Profile::Server) => None,
         };
         let max_body_bytes = match env.get("SANDSTORM_MAX_BODY_BYTES") {
             Some(v) => usize::try_from(parse_number("SANDSTORM_MAX_BODY_BYTES", v)?)
                 .map_err(|_| "SANDSTORM_MAX_BODY_BYTES is too large".to_owned())?,
             None => DEFAULT_MAX_BODY_BYTES,
         };
+        let sandbox = sandbox_settings(env, cwd, sandbox)?;
         Ok(Settings {
-            auth: AuthSettings::from_env(&env, true),
-            env,
+            auth: auth_settings(env, profile),
+            keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
             cwd: cwd.to_path_buf(),
             config,
-            sandbox,
             cors_origins,
             max_duration,
             max_body_bytes,
+            sandbox,
             key_source: None,
         })
     }
+}
+
+fn auth_settings(env: &EnvVars, profile: Profile) -> AuthSettings {
+    let anonymous_by_default = profile == Profile::Server;
+    AuthSettings {
+        tokens: TOKEN_VARIABLES
+            .into_iter()
+            .filter_map(|name| env.get(name).map(Secret::new))
+            .collect(),
+        allow_anonymous: anonymous_by_default || env.flag("SANDSTORM_ALLOW_ANONYMOUS"),
+    }
+}
+
+fn sandbox_settings(
+    env: &EnvVars,
+    cwd: &Path,
+    choice: SandboxChoice<'_>,
+) -> Result<SandboxSettings, String> {
+    let requested = choice.requested.or_else(|| env.get(SANDBOX_VARIABLE));
+    let chosen = provider::choose(choice.catalog, requested, |name| env.get(name).is_some())
+        .map_err(|e| match choice.requested {
+            Some(_) => e,
+            None => format!("{SANDBOX_VARIABLE}: {e}"),
+        })?;
+    Ok(SandboxSettings {
+        provider: chosen,
+        options: ProviderSettings::resolve(chosen, |name| env.get(name), cwd, choice.setup),
+        credential_fields: provider::credential_fields(choice.catalog),
+    })
 }
 
 fn parse_number(name: &str, value: &str) -> Result<u64, String> {

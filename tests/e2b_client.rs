@@ -53,7 +53,7 @@ async fn create(provider: &E2bProvider) -> Result<Arc<dyn Sandbox>, SandboxError
         .create(SandboxSpec {
             lifetime: Duration::from_secs(600),
             metadata: BTreeMap::from([("request_id".into(), "req-1".into())]),
-            api_key: None,
+            credential: None,
         })
         .await
 }
@@ -617,7 +617,7 @@ async fn a_request_key_overrides_the_configured_one_for_create_and_delete() {
     let provider = provider(&fake.url);
     let sandbox = provider
         .create(SandboxSpec {
-            api_key: Some(Secret::new("e2b_feedface")),
+            credential: Some(Secret::new("e2b_feedface")),
             ..Default::default()
         })
         .await

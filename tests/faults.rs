@@ -10,11 +10,13 @@ use std::time::Duration;
 mod support;
 
 use sandstorm::app::{AppState, app};
+use sandstorm::doors::PROVIDERS;
 use sandstorm::emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
 use sandstorm::emulator::{Emulator, Knobs};
 use sandstorm::env::EnvVars;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider, RetryPolicy};
-use sandstorm::settings::{SandboxKind, Settings};
+use sandstorm::sandbox::provider::Setup;
+use sandstorm::settings::{Profile, SandboxChoice, Settings};
 use support::emulator::{E2B_KEY, RunningEmulator};
 
 struct Stack {
@@ -51,10 +53,16 @@ async fn stack_with_timeout(
         ("E2B_API_KEY", E2B_KEY),
     ];
     pairs.extend_from_slice(settings_env);
-    let settings = Settings::from_env(
-        EnvVars::from_pairs(pairs),
+    let choice = SandboxChoice {
+        catalog: PROVIDERS,
+        requested: Some("e2b"),
+        setup: Setup::CheckOnly,
+    };
+    let settings = Settings::build(
+        &EnvVars::from_pairs(pairs),
         Path::new("/nonexistent"),
-        SandboxKind::E2b,
+        Profile::Server,
+        choice,
     )
     .expect("settings");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

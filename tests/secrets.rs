@@ -17,7 +17,6 @@ use sandstorm::app::{self, AppState};
 use sandstorm::doors::{self, Platform};
 use sandstorm::env::EnvVars;
 use sandstorm::keys::KeySource;
-use sandstorm::runner_install::Install;
 use sandstorm::secrets::{SECRET_KEYS, SecretError, SecretsManagerSource};
 use tokio::process::Command;
 
@@ -107,7 +106,7 @@ async fn serve(env: &[(&'static str, String)], source: Arc<SecretsManagerSource>
         .await
         .expect("settings");
     settings.key_source = Some(source);
-    let provider = sandstorm::sandbox::provider_for(&settings, Install::CheckOnly).expect("e2b");
+    let provider = settings.sandbox.build_provider().expect("e2b");
     let router = app::app(AppState::new(settings, provider));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -11,12 +11,16 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use super::*;
+use crate::doors::PROVIDERS;
 use crate::env::EnvVars;
+use crate::keys::KeyEnv;
+use crate::sandbox::provider::Setup;
 use crate::sandbox::{
     ExitStatus, ProcessEvent, ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile,
     SandboxSpec,
 };
 use crate::settings::AuthSettings;
+use crate::settings::{Profile, SandboxChoice};
 
 /// What the scripted process does after printing its events.
 #[derive(Clone)]
@@ -118,13 +122,7 @@ fn harness_with(
         then,
         counters: counters.clone(),
     });
-    let env = EnvVars::from_pairs([("ANTHROPIC_API_KEY", "sk-ant-test-key-123")]);
-    let mut settings = Settings::from_env(
-        env,
-        std::path::Path::new("/nonexistent"),
-        SandboxKind::Local,
-    )
-    .expect("settings");
+    let mut settings = settings_from(&[("ANTHROPIC_API_KEY", "sk-ant-test-key-123")]);
     tweak(&mut settings);
     Harness {
         router: app(AppState::new(settings, provider)),
@@ -146,6 +144,28 @@ impl Harness {
     async fn stream(&self, body: &str) -> String {
         body_text(self.send(post(body)).await).await
     }
+}
+
+/// Server settings from `pairs` as the environment, with the door's
+/// providers; with no provider credential set, the one that needs none.
+fn settings_from(pairs: &[(&str, &str)]) -> Settings {
+    let choice = SandboxChoice {
+        catalog: PROVIDERS,
+        requested: None,
+        setup: Setup::CheckOnly,
+    };
+    Settings::build(
+        &EnvVars::from_pairs(pairs.iter().copied()),
+        std::path::Path::new("/nonexistent"),
+        Profile::Server,
+        choice,
+    )
+    .expect("settings")
+}
+
+/// The keys part of settings, from `pairs` as the environment.
+fn key_env(pairs: &[(&str, &str)]) -> KeyEnv {
+    settings_from(pairs).keys
 }
 
 fn harness(output: Vec<ProcessEvent>, then: Then) -> Harness {
@@ -173,6 +193,19 @@ fn events(sse: &str) -> Vec<serde_json::Value> {
         .filter_map(|frame| frame.strip_prefix("data: "))
         .map(|data| serde_json::from_str(data).expect("each event is JSON"))
         .collect()
+}
+
+/// Removes the stream's last event after checking that it is the `done`
+/// event every run ends with, with `status`.
+fn pop_done(events: &mut Vec<serde_json::Value>, status: &str) {
+    let done = events.pop().expect("a done event");
+    assert_eq!(done["type"], "done", "{done}");
+    assert_eq!(done["status"], status, "{done}");
+    assert!(done["request_id"].is_string(), "{done}");
+    assert!(
+        events.iter().all(|e| e["type"] != "done"),
+        "one done event, last"
+    );
 }
 
 async fn error_body(response: Response) -> (StatusCode, serde_json::Value) {
@@ -221,10 +254,17 @@ async fn a_run_streams_each_line_as_one_sse_event_in_order_then_ends() {
         "text/event-stream"
     );
     assert!(response.headers().contains_key("x-request-id"));
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     let text = body_text(response).await;
     assert_eq!(
         text,
-        format!("data: {SYSTEM}\n\ndata: {{\"type\":\"assistant\",\"n\":1}}\n\ndata: {RESULT}\n\n")
+        format!(
+            "data: {SYSTEM}\n\ndata: {{\"type\":\"assistant\",\"n\":1}}\n\ndata: {RESULT}\n\n\
+             data: {{\"type\":\"done\",\"status\":\"success\",\"request_id\":\"{request_id}\"}}\n\n"
+        )
     );
     assert_eq!(h.counters.created.load(Ordering::SeqCst), 1);
     assert_eq!(h.counters.destroyed.load(Ordering::SeqCst), 1);
@@ -274,7 +314,8 @@ async fn a_failing_runner_ends_with_one_error_event_carrying_stderr_and_the_requ
         .body(Body::from(r#"{"prompt":"hi"}"#))
         .expect("request");
     let text = body_text(h.send(request).await).await;
-    let events = events(&text);
+    let mut events = events(&text);
+    pop_done(&mut events, "error");
     let last = events.last().expect("events");
     assert_eq!(last["type"], "error");
     assert_eq!(last["error_type"], "runner_failed");
@@ -293,7 +334,8 @@ async fn the_runners_own_error_line_becomes_the_single_error_event() {
     let line = r#"{"type":"error","error":{"type":"runner_error","message":"SDK exploded"}}"#;
     let h = harness(vec![out(&format!("{line}\n"))], Then::Exit(1));
     let text = h.stream(r#"{"prompt":"hi"}"#).await;
-    let events = events(&text);
+    let mut events = events(&text);
+    pop_done(&mut events, "error");
     assert_eq!(events.len(), 1, "{text}");
     assert_eq!(events[0]["error_type"], "runner_error");
     assert_eq!(events[0]["error"], "SDK exploded");
@@ -304,7 +346,9 @@ async fn the_runners_own_error_line_becomes_the_single_error_event() {
 async fn an_exit_without_a_result_is_an_error() {
     let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Exit(0));
     let text = h.stream(r#"{"prompt":"hi"}"#).await;
-    let last = events(&text).pop().expect("events");
+    let mut events = events(&text);
+    pop_done(&mut events, "error");
+    let last = events.pop().expect("events");
     assert_eq!(last["error_type"], "runner_failed");
 }
 
@@ -312,7 +356,9 @@ async fn an_exit_without_a_result_is_an_error() {
 async fn a_cut_process_stream_is_an_error_event_and_the_sandbox_is_destroyed() {
     let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Cut);
     let text = h.stream(r#"{"prompt":"hi"}"#).await;
-    let last = events(&text).pop().expect("events");
+    let mut events = events(&text);
+    pop_done(&mut events, "error");
+    let last = events.pop().expect("events");
     assert_eq!(last["error_type"], "stream_cut");
     assert_eq!(h.counters.destroyed.load(Ordering::SeqCst), 1);
 }
@@ -322,7 +368,9 @@ async fn the_timeout_ends_the_run_with_a_timeout_event_and_destroys_the_sandbox(
     let h = harness(vec![out(&format!("{SYSTEM}\n"))], Then::Hang);
     let response = h.send(post(r#"{"prompt":"hi","timeout":5}"#)).await;
     let text = body_text(response).await;
-    let last = events(&text).pop().expect("events");
+    let mut events = events(&text);
+    pop_done(&mut events, "error");
+    let last = events.pop().expect("events");
     assert_eq!(last["type"], "error");
     assert_eq!(last["error_type"], "timeout");
     assert!(last["error"].as_str().expect("text").contains("5 s"));
@@ -411,7 +459,7 @@ async fn a_body_over_the_limit_is_413_naming_the_limit() {
 
 #[tokio::test]
 async fn a_missing_key_is_400_naming_the_field() {
-    let h = harness_with(vec![], Then::Exit(0), |s| s.env = EnvVars::default());
+    let h = harness_with(vec![], Then::Exit(0), |s| s.keys = KeyEnv::default());
     let (status, body) = error_body(h.send(post(r#"{"prompt":"hi"}"#)).await).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["field"], "anthropic_api_key");
@@ -551,7 +599,10 @@ async fn no_key_value_appears_in_logs_errors_or_events() {
         (leaky, Then::Exit(0)),
     ] {
         let h = harness_with(output, then, |s| {
-            s.env.set("ANTHROPIC_BASE_URL", "https://openrouter.ai/api");
+            s.keys = key_env(&[
+                ("ANTHROPIC_API_KEY", "sk-ant-test-key-123"),
+                ("ANTHROPIC_BASE_URL", "https://openrouter.ai/api"),
+            ]);
             s.auth.tokens = vec![TOKEN.into()];
         });
         let mut request = post(&body);
@@ -598,18 +649,16 @@ async fn no_key_value_appears_in_logs_errors_or_events() {
 #[test]
 fn debug_of_everything_that_holds_a_key_redacts_it() {
     const KEY: &str = "sk-ant-debug-EEEE5555";
-    let query = Query::from_json(
-        format!(r#"{{"prompt":"p","anthropic_api_key":"{KEY}","files":{{"a":"{KEY}"}}}}"#)
-            .as_bytes(),
-    )
-    .expect("valid");
-    let mut settings = Settings::from_env(
-        EnvVars::from_pairs([("ANTHROPIC_API_KEY", KEY), ("SANDSTORM_API_TOKEN", KEY)]),
-        std::path::Path::new("/"),
-        SandboxKind::E2b,
-    )
-    .expect("settings");
-    settings.cors_origins = vec![];
+    let credentials = crate::sandbox::provider::credential_fields(PROVIDERS);
+    let mut body =
+        serde_json::json!({"prompt": "p", "anthropic_api_key": KEY, "files": {"a": KEY}});
+    for credential in &credentials {
+        body[credential.field] = KEY.into();
+    }
+    let query = Query::from_json(body.to_string().as_bytes(), &credentials).expect("valid");
+    let mut pairs = vec![("ANTHROPIC_API_KEY", KEY), ("SANDSTORM_API_TOKEN", KEY)];
+    pairs.extend(credentials.iter().map(|c| (c.variable, KEY)));
+    let settings = settings_from(&pairs);
     let plan = crate::plan::build(
         "r".into(),
         &query,
@@ -617,16 +666,23 @@ fn debug_of_everything_that_holds_a_key_redacts_it() {
         crate::keys::ResolvedKeys {
             runner_env: [("ANTHROPIC_API_KEY".to_owned(), KEY.to_owned())].into(),
             files: vec![],
-            e2b: Some(KEY.into()),
+            sandbox: Some(KEY.into()),
+            secrets: vec![KEY.into()],
         },
         None,
     );
-    let e2b = crate::sandbox::e2b::E2bOptions::from_env(&settings.env);
+    let scripted = Scripted {
+        output: vec![],
+        then: Then::Exit(0),
+        counters: Arc::default(),
+    };
+    let state = AppState::new(settings.clone(), Arc::new(scripted));
     for shown in [
         format!("{query:?}"),
         format!("{settings:?}"),
         format!("{plan:?}"),
-        format!("{e2b:?}"),
+        format!("{:?}", settings.sandbox.options),
+        format!("{state:?}"),
     ] {
         assert!(!shown.contains(KEY), "{shown}");
     }

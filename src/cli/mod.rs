@@ -9,15 +9,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{self, AppState};
+use crate::doors::PROVIDERS;
 use crate::env::EnvVars;
-use crate::request::QueryRequest;
-use crate::runner_install::Install;
-use crate::sandbox;
+use crate::request::{Naming, QueryRequest};
+use crate::sandbox::provider::Setup;
+use crate::sandbox::{e2b, local};
 use crate::secret::Secret;
-use crate::settings::{SandboxKind, Settings};
+use crate::settings::{Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
 
 mod render;
 mod serve;
@@ -120,8 +122,17 @@ struct KeyArgs {
 #[derive(Debug, Args)]
 struct SandboxArg {
     /// Where the agent runs [default: e2b with an E2B key, else local].
-    #[arg(long, value_enum)]
-    sandbox: Option<SandboxKind>,
+    #[arg(long, value_name = "PROVIDER", value_parser = provider_names())]
+    sandbox: Option<String>,
+}
+
+/// `--sandbox` takes the name of any provider the door offers.
+fn provider_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        PROVIDERS
+            .iter()
+            .map(|p| PossibleValue::new(p.name).help(p.summary)),
+    )
 }
 
 #[derive(Debug, Args)]
@@ -169,21 +180,25 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 /// Reads the environment and `.env`, picks the sandbox, loads sandstorm.json.
-fn settings(flag: Option<SandboxKind>, quiet_notice: bool) -> Result<Settings, Fatal> {
+fn settings(flag: Option<&str>, quiet_notice: bool) -> Result<Settings, Fatal> {
     let cwd =
         std::env::current_dir().map_err(|e| Fatal::usage(format!("no working directory: {e}")))?;
     let env = EnvVars::from_process_and_dotenv(&cwd).map_err(|e| Fatal::usage(e.to_string()))?;
-    let kind = SandboxKind::choose(flag, &env).map_err(Fatal::usage)?;
+    let choice = SandboxChoice {
+        catalog: PROVIDERS,
+        requested: flag,
+        setup: Setup::InstallIfMissing,
+    };
+    let settings = Settings::build(&env, &cwd, Profile::Server, choice).map_err(Fatal::usage)?;
     if flag.is_none()
-        && env.get("SANDSTORM_SANDBOX").is_none()
-        && kind == SandboxKind::Local
+        && env.get(SANDBOX_VARIABLE).is_none()
+        && settings.sandbox.provider.name == local::PROVIDER.name
         && !quiet_notice
     {
         eprintln!(
             "note: no E2B key set; running in a local bubblewrap sandbox (--sandbox e2b to change)"
         );
     }
-    let settings = Settings::from_env(env, &cwd, kind).map_err(Fatal::usage)?;
     if let Err(e) = &settings.config {
         return Err(Fatal::usage(format!("sandstorm.json is invalid: {e}")));
     }
@@ -191,13 +206,13 @@ fn settings(flag: Option<SandboxKind>, quiet_notice: bool) -> Result<Settings, F
 }
 
 fn state(settings: Settings) -> Result<AppState, Fatal> {
-    let provider = sandbox::provider_for(&settings, Install::IfMissing).map_err(Fatal::usage)?;
+    let provider = settings.sandbox.build_provider().map_err(Fatal::usage)?;
     Ok(AppState::new(settings, provider))
 }
 
 async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
     crate::telemetry::init(crate::telemetry::Format::Text, "info");
-    let settings = settings(args.sandbox.sandbox, false)?;
+    let settings = settings(args.sandbox.sandbox.as_deref(), false)?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
@@ -216,7 +231,10 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     crate::telemetry::init(crate::telemetry::Format::Text, "warn");
     let prompt = args.prompt.unwrap_or_default();
     let files = read_files(&args.files)?;
-    let settings = settings(args.sandbox.sandbox, args.json_output || args.quiet)?;
+    let settings = settings(
+        args.sandbox.sandbox.as_deref(),
+        args.json_output || args.quiet,
+    )?;
     let outputs = match (&args.output_dir, args.outputs.is_empty()) {
         (_, false) => Some(args.outputs),
         // Saving with nothing configured: the convention of the original's
@@ -230,7 +248,12 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         prompt,
         anthropic_api_key: args.keys.anthropic_api_key.map(Secret::new),
         openrouter_api_key: args.keys.openrouter_api_key.map(Secret::new),
-        e2b_api_key: args.keys.e2b_api_key.map(Secret::new),
+        sandbox_keys: args
+            .keys
+            .e2b_api_key
+            .map(|key| (e2b::CREDENTIAL.field.to_owned(), Secret::new(key)))
+            .into_iter()
+            .collect(),
         model: args.model,
         max_turns: args.max_turns,
         timeout: Some(args.timeout),
@@ -238,13 +261,13 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         outputs,
     };
     let query = request
-        .validate()
-        .map_err(|e| Fatal::usage(flag_message(&e)))?;
+        .validate(Naming::Flags)
+        .map_err(|e| Fatal::usage(e.to_string()))?;
     let state = state(settings)?;
     let request_id = uuid::Uuid::new_v4().simple().to_string();
-    let plan = app::prepare_run(&state, query, request_id, None)
+    let plan = crate::plan::prepare(state.settings(), query, request_id, None)
         .await
-        .map_err(|e| Fatal::usage(flag_message(&e)))?;
+        .map_err(|e| Fatal::usage(e.to_string()))?;
     let handle = crate::run::spawn(state.provider().clone(), plan);
     let mode = if args.json_output {
         render::Mode::Json
@@ -267,17 +290,6 @@ fn config_outputs(settings: &Settings) -> Option<&Vec<String>> {
         .as_ref()
         .ok()
         .and_then(|c| c.outputs.as_ref())
-}
-
-/// Request errors speak of body fields; on the command line, name the flag.
-fn flag_message(error: &crate::error::ApiError) -> String {
-    let message = error.to_string();
-    match error.field() {
-        Some("timeout") => message.replace("timeout must", "--timeout must"),
-        Some("max_turns") => message.replace("max_turns must", "--max-turns must"),
-        Some("outputs") => format!("--outputs: {message}"),
-        _ => message,
-    }
 }
 
 /// Reads `-f` files as text, keyed by file name as the original does.

@@ -180,7 +180,8 @@ fn human(event: &RunEvent, message: Option<&Value>, verbose: bool, quiet: bool) 
             }
         }
         RunEvent::Stderr(line) if verbose => anstream::eprintln!("{DIM}  {line}{DIM:#}"),
-        RunEvent::Stderr(_) | RunEvent::Progress(_) => {}
+        // The summary says how the run ended; `done` is for machines.
+        RunEvent::Stderr(_) | RunEvent::Progress(_) | RunEvent::Done(_) => {}
         RunEvent::Error(error) => {
             anstream::eprintln!(
                 "{BAD}error:{BAD:#} {} {DIM}(request {}){DIM:#}",

@@ -2,20 +2,34 @@
 
 use super::*;
 
-fn env(pairs: &[(&str, &str)]) -> EnvVars {
-    EnvVars::from_pairs(pairs.iter().copied())
+/// A sandbox provider's credential, as any provider declares one.
+const SANDBOX: Credential = Credential {
+    field: "acme_api_key",
+    variable: "ACME_API_KEY",
+    description: "the Acme sandbox key",
+};
+
+fn env_in(pairs: &[(&str, &str)], cwd: &Path) -> KeyEnv {
+    let map: BTreeMap<&str, &str> = pairs.iter().copied().collect();
+    KeyEnv::resolve(|name| map.get(name).copied(), &[SANDBOX], cwd)
 }
 
-fn keys(anthropic: Option<&str>, openrouter: Option<&str>, e2b: Option<&str>) -> RequestKeys {
-    RequestKeys {
-        anthropic: anthropic.map(Secret::from),
-        openrouter: openrouter.map(Secret::from),
-        e2b: e2b.map(Secret::from),
+fn env(pairs: &[(&str, &str)]) -> KeyEnv {
+    env_in(pairs, Path::new("/"))
+}
+
+fn keys(anthropic: Option<&str>, openrouter: Option<&str>, sandbox: Option<&str>) -> RequestKeys {
+    let mut keys = RequestKeys::default();
+    keys.anthropic = anthropic.map(Secret::from);
+    keys.openrouter = openrouter.map(Secret::from);
+    if let Some(key) = sandbox {
+        keys.set_sandbox(SANDBOX.field, Secret::from(key));
     }
+    keys
 }
 
-async fn resolve_ok(given: RequestKeys, env: EnvVars) -> ResolvedKeys {
-    resolve(&given, &env, None, Path::new("/"), true)
+async fn resolve_ok(given: RequestKeys, env: KeyEnv) -> ResolvedKeys {
+    resolve(&given, &env, None, Some(SANDBOX))
         .await
         .expect("resolves")
 }
@@ -32,42 +46,47 @@ impl KeySource for FakeSecret {
 #[tokio::test]
 async fn the_request_wins_over_the_environment() {
     let r = resolve_ok(
-        keys(Some("sk-request"), None, Some("e2b_request")),
-        env(&[("ANTHROPIC_API_KEY", "sk-env"), ("E2B_API_KEY", "e2b_env")]),
+        keys(Some("sk-request"), None, Some("acme_request")),
+        env(&[
+            ("ANTHROPIC_API_KEY", "sk-env"),
+            ("ACME_API_KEY", "acme_env"),
+        ]),
     )
     .await;
     assert_eq!(r.runner_env["ANTHROPIC_API_KEY"], "sk-request");
-    assert_eq!(r.e2b.as_ref().map(Secret::expose), Some("e2b_request"));
+    assert_eq!(r.sandbox.as_ref().map(Secret::expose), Some("acme_request"));
 }
 
 #[tokio::test]
 async fn the_environment_is_used_when_the_request_has_none() {
     let r = resolve_ok(
         keys(None, None, None),
-        env(&[("ANTHROPIC_API_KEY", "sk-env"), ("E2B_API_KEY", "e2b_env")]),
+        env(&[
+            ("ANTHROPIC_API_KEY", "sk-env"),
+            ("ACME_API_KEY", "acme_env"),
+        ]),
     )
     .await;
     assert_eq!(r.runner_env["ANTHROPIC_API_KEY"], "sk-env");
-    assert_eq!(r.e2b.as_ref().map(Secret::expose), Some("e2b_env"));
+    assert_eq!(r.sandbox.as_ref().map(Secret::expose), Some("acme_env"));
 }
 
 #[tokio::test]
 async fn the_secret_comes_after_the_environment() {
     let source = FakeSecret(BTreeMap::from([
         ("ANTHROPIC_API_KEY", "sk-secret"),
-        ("E2B_API_KEY", "e2b_secret"),
+        ("ACME_API_KEY", "acme_secret"),
     ]));
     let r = resolve(
         &keys(None, None, None),
         &env(&[("ANTHROPIC_API_KEY", "sk-env")]),
         Some(&source),
-        Path::new("/"),
-        true,
+        Some(SANDBOX),
     )
     .await
     .expect("resolves");
     assert_eq!(r.runner_env["ANTHROPIC_API_KEY"], "sk-env");
-    assert_eq!(r.e2b.as_ref().map(Secret::expose), Some("e2b_secret"));
+    assert_eq!(r.sandbox.as_ref().map(Secret::expose), Some("acme_secret"));
 }
 
 #[tokio::test]
@@ -104,11 +123,10 @@ async fn a_per_request_openrouter_key_is_honoured() {
 
 #[tokio::test]
 async fn provider_variables_are_forwarded_as_the_original_lists_them() {
-    let pairs: Vec<(&str, &str)> = PROVIDER_ENV_KEYS.iter().map(|k| (*k, "v")).collect();
-    let mut e = env(&pairs);
-    e.set("UNRELATED_SECRET", "must-not-pass");
-    e.set("CLAUDE_CODE_USE_VERTEX", "");
-    let r = resolve_ok(keys(None, None, Some("e")), e).await;
+    let mut pairs: Vec<(&str, &str)> = PROVIDER_ENV_KEYS.iter().map(|k| (*k, "v")).collect();
+    pairs.push(("UNRELATED_SECRET", "must-not-pass"));
+    pairs.retain(|(k, _)| *k != "CLAUDE_CODE_USE_VERTEX");
+    let r = resolve_ok(keys(None, None, Some("e")), env(&pairs)).await;
     for key in PROVIDER_ENV_KEYS
         .iter()
         .filter(|k| **k != "CLAUDE_CODE_USE_VERTEX")
@@ -154,27 +172,31 @@ async fn bedrock_needs_no_anthropic_key() {
 async fn vertex_uploads_the_credentials_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("sa.json"), br#"{"type":"service_account"}"#).expect("write");
-    let r = resolve(
-        &keys(None, None, Some("e")),
-        &env(&[
+    let env = env_in(
+        &[
             ("CLAUDE_CODE_USE_VERTEX", "1"),
             ("CLOUD_ML_REGION", "us-east5"),
             ("ANTHROPIC_VERTEX_PROJECT_ID", "p"),
             ("GOOGLE_APPLICATION_CREDENTIALS", "sa.json"),
-        ]),
-        None,
+        ],
         dir.path(),
-        true,
-    )
-    .await
-    .expect("resolves");
-    assert_eq!(
-        r.runner_env["GOOGLE_APPLICATION_CREDENTIALS"],
-        GCP_CREDENTIALS_PATH
     );
+    // Read once, at start-up: the file may go away afterwards.
+    drop(dir);
+    let r = resolve(&keys(None, None, Some("e")), &env, None, Some(SANDBOX))
+        .await
+        .expect("resolves");
+    let in_sandbox = "/home/user/.config/gcloud/service_account.json";
+    assert_eq!(r.runner_env["GOOGLE_APPLICATION_CREDENTIALS"], in_sandbox);
     assert_eq!(r.files.len(), 1);
-    assert_eq!(r.files[0].path, GCP_CREDENTIALS_PATH);
+    assert_eq!(r.files[0].path, in_sandbox);
     assert_eq!(&r.files[0].content[..], br#"{"type":"service_account"}"#);
+    // Its contents are a secret like the keys.
+    assert!(
+        r.secrets
+            .iter()
+            .any(|s| s.expose() == r#"{"type":"service_account"}"#)
+    );
 }
 
 #[tokio::test]
@@ -183,8 +205,7 @@ async fn vertex_without_a_credentials_file_says_what_to_set() {
         &keys(None, None, Some("e")),
         &env(&[("CLAUDE_CODE_USE_VERTEX", "1")]),
         None,
-        Path::new("/"),
-        true,
+        Some(SANDBOX),
     )
     .await
     .expect_err("needs credentials");
@@ -196,43 +217,25 @@ async fn vertex_without_a_credentials_file_says_what_to_set() {
 
 #[tokio::test]
 async fn a_missing_anthropic_key_names_the_field_and_the_variable() {
-    let e = resolve(
-        &keys(None, None, Some("e")),
-        &env(&[]),
-        None,
-        Path::new("/"),
-        true,
-    )
-    .await
-    .expect_err("missing");
+    let e = resolve(&keys(None, None, Some("e")), &env(&[]), None, Some(SANDBOX))
+        .await
+        .expect_err("missing");
     assert_eq!(e.field(), Some("anthropic_api_key"));
     assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
     assert!(e.to_string().contains("ANTHROPIC_API_KEY"), "{e}");
 }
 
 #[tokio::test]
-async fn a_missing_e2b_key_is_an_error_only_for_e2b() {
-    let e = resolve(
-        &keys(Some("k"), None, None),
-        &env(&[]),
-        None,
-        Path::new("/"),
-        true,
-    )
-    .await
-    .expect_err("missing");
-    assert_eq!(e.field(), Some("e2b_api_key"));
-    assert!(e.to_string().contains("E2B_API_KEY"), "{e}");
-    assert!(
-        resolve(
-            &keys(Some("k"), None, None),
-            &env(&[]),
-            None,
-            Path::new("/"),
-            false
-        )
+async fn a_missing_sandbox_credential_is_an_error_only_for_a_provider_that_needs_one() {
+    let e = resolve(&keys(Some("k"), None, None), &env(&[]), None, Some(SANDBOX))
         .await
-        .is_ok()
+        .expect_err("missing");
+    assert_eq!(e.field(), Some("acme_api_key"));
+    assert!(e.to_string().contains("ACME_API_KEY"), "{e}");
+    assert!(
+        resolve(&keys(Some("k"), None, None), &env(&[]), None, None)
+            .await
+            .is_ok()
     );
 }
 
@@ -242,8 +245,7 @@ async fn an_openrouter_key_without_a_base_url_explains_itself() {
         &keys(None, Some("sk-or"), Some("e")),
         &env(&[]),
         None,
-        Path::new("/"),
-        true,
+        Some(SANDBOX),
     )
     .await
     .expect_err("missing base url");

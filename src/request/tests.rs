@@ -3,8 +3,15 @@
 use super::*;
 use axum::http::StatusCode;
 
+/// A sandbox provider's credential field, as any provider declares one.
+const SANDBOX: Credential = Credential {
+    field: "acme_api_key",
+    variable: "ACME_API_KEY",
+    description: "the Acme sandbox key",
+};
+
 fn parse(body: &str) -> Result<Query, ApiError> {
-    Query::from_json(body.as_bytes())
+    Query::from_json(body.as_bytes(), &[SANDBOX])
 }
 
 fn rejected(body: &str) -> ApiError {
@@ -26,13 +33,16 @@ fn a_minimal_request_gets_the_defaults() {
 #[test]
 fn every_field_of_the_original_is_accepted() {
     let q = parse(
-        r#"{"prompt":"p","anthropic_api_key":"a","openrouter_api_key":"o","e2b_api_key":"e",
+        r#"{"prompt":"p","anthropic_api_key":"a","openrouter_api_key":"o","acme_api_key":"e",
             "model":"opus","max_turns":7,"timeout":60,"files":{"a.txt":"x"}}"#,
     )
     .expect("valid");
     assert_eq!(q.keys.anthropic.as_ref().map(Secret::expose), Some("a"));
     assert_eq!(q.keys.openrouter.as_ref().map(Secret::expose), Some("o"));
-    assert_eq!(q.keys.e2b.as_ref().map(Secret::expose), Some("e"));
+    assert_eq!(
+        q.keys.sandbox("acme_api_key").map(Secret::expose),
+        Some("e")
+    );
     assert_eq!(q.model.as_deref(), Some("opus"));
     assert_eq!(q.max_turns, Some(7));
     assert_eq!(q.timeout, Duration::from_secs(60));

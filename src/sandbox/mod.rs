@@ -4,8 +4,11 @@
 //! file in one [`Sandbox::upload`], starts the runner with
 //! [`Sandbox::start`], relays what the process prints, and destroys the
 //! sandbox. Providers: [`e2b`] (cloud VMs over REST + envd) and [`local`]
-//! (bubblewrap on this machine). Adding another backend means one new file
-//! here that implements these two traits.
+//! (bubblewrap on this machine). Each one is known to the rest of the
+//! product only through its [`provider::ProviderDeclaration`]; adding
+//! another backend is one new folder here plus one line at the door, as the
+//! checklist in [`provider`] says. [`layout`] holds the paths every sandbox
+//! shares.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,10 +22,9 @@ use futures::stream::BoxStream;
 use crate::secret::Secret;
 
 pub mod e2b;
+pub mod layout;
 pub mod local;
-mod select;
-
-pub use select::{provider_for, runner_dir};
+pub mod provider;
 
 /// What a run asks of a new sandbox.
 #[derive(Debug, Clone, Default)]
@@ -30,10 +32,11 @@ pub struct SandboxSpec {
     /// How long the sandbox may live before the provider kills it on its own.
     /// A backstop for a lost destroy, not the run's deadline.
     pub lifetime: Duration,
-    /// Labels the provider keeps with the sandbox (E2B metadata).
+    /// Labels the provider keeps with the sandbox, where it can (metadata).
     pub metadata: BTreeMap<String, String>,
-    /// A per-request provider key that overrides the provider's own (E2B).
-    pub api_key: Option<Secret>,
+    /// The provider's credential for this run (its declared
+    /// [`provider::Credential`], resolved like every key), when it needs one.
+    pub credential: Option<Secret>,
 }
 
 /// One file to place in the sandbox.
@@ -110,7 +113,7 @@ pub type ProcessStream = BoxStream<'static, Result<ProcessEvent, SandboxError>>;
 /// Creates sandboxes. Lives in the app state for the life of the process.
 #[async_trait]
 pub trait SandboxProvider: Send + Sync + 'static {
-    /// A short name for logs and errors: `e2b` or `local`.
+    /// A short name for logs and errors: its declaration's name.
     fn name(&self) -> &'static str;
 
     async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError>;

@@ -12,12 +12,10 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), sandstorm::sandbox::SandboxError> {
-//! use sandstorm::env::EnvVars;
 //! use sandstorm::sandbox::{ProcessSpec, SandboxProvider, SandboxSpec};
 //! use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider};
 //!
-//! let env = EnvVars::from_pairs([("E2B_API_KEY", "e2b_...")]);
-//! let provider = E2bProvider::new(E2bOptions::from_env(&env))?;
+//! let provider = E2bProvider::new(E2bOptions::local("https://api.e2b.app", "e2b_..."))?;
 //! let sandbox = provider.create(SandboxSpec::default()).await?;
 //! let output = sandbox
 //!     .start(ProcessSpec { cmd: "node".into(), args: vec!["--version".into()], ..Default::default() })
@@ -33,6 +31,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::provider::{Credential, ProviderDeclaration, ProviderSettings};
 use super::{
     ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile, SandboxProvider, SandboxSpec,
 };
@@ -47,6 +46,29 @@ mod retry;
 mod stream_client;
 
 pub use options::{DEFAULT_DOMAIN, DEFAULT_TEMPLATE, E2bOptions, RetryPolicy};
+
+/// The E2B key: the request's `e2b_api_key`, else `E2B_API_KEY`.
+pub const CREDENTIAL: Credential = Credential {
+    field: "e2b_api_key",
+    variable: "E2B_API_KEY",
+    description: "E2B API key; defaults to `$E2B_API_KEY`. Used when the sandbox is `e2b`.",
+};
+
+/// What the product knows of E2B.
+pub const PROVIDER: ProviderDeclaration = ProviderDeclaration {
+    name: "e2b",
+    summary: "an E2B cloud VM",
+    credential: Some(CREDENTIAL),
+    variables: options::VARIABLES,
+    serverless: true,
+    build: build_provider,
+};
+
+fn build_provider(settings: &ProviderSettings) -> Result<Arc<dyn SandboxProvider>, String> {
+    E2bProvider::new(E2bOptions::from_settings(settings))
+        .map(|p| Arc::new(p) as Arc<dyn SandboxProvider>)
+        .map_err(|e| e.to_string())
+}
 
 /// What every sandbox of one provider shares: the options and the
 /// connection pools.
@@ -93,7 +115,7 @@ impl SandboxProvider for E2bProvider {
         let options = &self.shared.options;
         let usable = |key: &Secret| !key.is_empty();
         let api_key = spec
-            .api_key
+            .credential
             .filter(usable)
             .or_else(|| options.api_key.clone().filter(usable))
             .ok_or_else(|| SandboxError::Other {

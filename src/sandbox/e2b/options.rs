@@ -7,9 +7,20 @@
 
 use std::time::Duration;
 
-use crate::env::EnvVars;
+use super::CREDENTIAL;
 use crate::envd::ENVD_PORT;
+use crate::sandbox::provider::ProviderSettings;
 use crate::secret::Secret;
+
+/// The variables E2B's options are read from, besides the key. They are the
+/// official SDKs' own, plus the template's name.
+pub(super) const VARIABLES: &[&str] = &[
+    "E2B_API_URL",
+    "E2B_SANDBOX_URL",
+    "E2B_DOMAIN",
+    "E2B_DEBUG",
+    "SANDSTORM_TEMPLATE",
+];
 
 /// The template Sandstorm's own E2B template is published under.
 pub const DEFAULT_TEMPLATE: &str = "sandstorm";
@@ -77,36 +88,39 @@ impl Default for RetryPolicy {
 }
 
 impl Default for E2bOptions {
-    /// E2B's public cloud with no key, as if the environment were empty.
+    /// E2B's public cloud with no key, as if no variable were set.
     fn default() -> Self {
-        Self::from_env(&EnvVars::default())
+        Self::from_lookup(|_| None)
     }
 }
 
 impl E2bOptions {
     /// Reads `E2B_API_KEY`, `E2B_API_URL`, `E2B_SANDBOX_URL`, `E2B_DOMAIN`,
-    /// `E2B_DEBUG` and `SANDSTORM_TEMPLATE`. Empty values count as unset,
+    /// `E2B_DEBUG` and `SANDSTORM_TEMPLATE` from the settings the door
+    /// resolved for the declared [`VARIABLES`]. Empty values count as unset,
     /// as in the SDKs.
-    pub fn from_env(env: &EnvVars) -> Self {
-        let domain = env.get("E2B_DOMAIN").unwrap_or(DEFAULT_DOMAIN).to_owned();
+    pub fn from_settings(settings: &ProviderSettings) -> Self {
+        Self::from_lookup(|name| settings.get(name))
+    }
+
+    fn from_lookup<'a>(lookup: impl Fn(&str) -> Option<&'a str>) -> Self {
+        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let domain = get("E2B_DOMAIN").unwrap_or(DEFAULT_DOMAIN).to_owned();
         // The SDKs only accept the literal `true`, so `E2B_DEBUG=1` does
         // nothing there; do the same rather than surprise someone.
-        let debug = env
-            .get("E2B_DEBUG")
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let api_url = match env.get("E2B_API_URL") {
+        let debug = get("E2B_DEBUG").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let api_url = match get("E2B_API_URL") {
             Some(url) => url.to_owned(),
             None if debug => "http://localhost:3000".to_owned(),
             None => format!("https://api.{domain}"),
         };
         E2bOptions {
-            api_key: env.get("E2B_API_KEY").map(Secret::from),
+            api_key: get(CREDENTIAL.variable).map(Secret::from),
             api_url: trim_slash(api_url),
-            sandbox_url: env.get("E2B_SANDBOX_URL").map(|u| trim_slash(u.to_owned())),
+            sandbox_url: get("E2B_SANDBOX_URL").map(|u| trim_slash(u.to_owned())),
             domain,
             debug,
-            template: env
-                .get("SANDSTORM_TEMPLATE")
+            template: get("SANDSTORM_TEMPLATE")
                 .unwrap_or(DEFAULT_TEMPLATE)
                 .to_owned(),
             default_lifetime: Duration::from_secs(300),
@@ -164,7 +178,13 @@ mod tests {
     use super::*;
 
     fn options(pairs: &[(&str, &str)]) -> E2bOptions {
-        E2bOptions::from_env(&EnvVars::from_pairs(pairs.iter().copied()))
+        let settings = ProviderSettings::resolve(
+            &super::super::PROVIDER,
+            |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v),
+            std::path::Path::new("/"),
+            crate::sandbox::provider::Setup::CheckOnly,
+        );
+        E2bOptions::from_settings(&settings)
     }
 
     #[test]

@@ -37,11 +37,14 @@ use super::{
 
 mod bwrap;
 mod fs;
+mod install;
 mod process;
+mod setup;
 
 pub use fs::FsError;
 pub use process::ProcessControl;
 pub use rustix::process::Signal;
+pub use setup::PROVIDER;
 
 /// util-linux's `setpriv`, used to tie bwrap's life to ours from its first
 /// instruction (see [`LocalSandbox::spawn`]). Debian always has it; without

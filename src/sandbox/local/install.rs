@@ -10,20 +10,13 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The npm package the runner imports.
-pub const SDK_PACKAGE: &str = "@anthropic-ai/claude-agent-sdk";
+use crate::sandbox::provider::Setup;
 
-/// What to do when the SDK is missing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Install {
-    /// Report the missing install with the command to run.
-    CheckOnly,
-    /// Run `npm ci` with visible progress.
-    IfMissing,
-}
+/// The npm package the runner imports.
+pub(crate) const SDK_PACKAGE: &str = "@anthropic-ai/claude-agent-sdk";
 
 #[derive(Debug, thiserror::Error)]
-pub enum RunnerInstallError {
+pub(crate) enum RunnerInstallError {
     #[error(
         "the agent runner's dependencies are not installed in {dir}; install them with: npm ci --prefix {dir}"
     )]
@@ -33,7 +26,7 @@ pub enum RunnerInstallError {
 }
 
 /// Whether the SDK is installed under `runner_dir`.
-pub fn is_installed(runner_dir: &Path) -> bool {
+pub(crate) fn is_installed(runner_dir: &Path) -> bool {
     sdk_dir(runner_dir).is_dir()
 }
 
@@ -43,12 +36,12 @@ fn sdk_dir(runner_dir: &Path) -> PathBuf {
 
 /// Checks for the SDK under `runner_dir` and, if allowed, installs it.
 /// Blocking: call it at startup, or through `spawn_blocking`.
-pub fn ensure_installed(runner_dir: &Path, install: Install) -> Result<(), RunnerInstallError> {
+pub(crate) fn ensure_installed(runner_dir: &Path, setup: Setup) -> Result<(), RunnerInstallError> {
     if is_installed(runner_dir) {
         return Ok(());
     }
     let dir = runner_dir.display().to_string();
-    if install == Install::CheckOnly {
+    if setup == Setup::CheckOnly {
         return Err(RunnerInstallError::Missing { dir });
     }
     // npm prints progress on stderr; its stdout goes to our stderr as well so
@@ -92,7 +85,7 @@ mod tests {
     #[test]
     fn a_missing_install_names_the_exact_command() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let err = ensure_installed(dir.path(), Install::CheckOnly).expect_err("missing");
+        let err = ensure_installed(dir.path(), Setup::CheckOnly).expect_err("missing");
         let expected = format!("npm ci --prefix {}", dir.path().display());
         assert!(err.to_string().contains(&expected), "{err}");
     }
@@ -101,6 +94,6 @@ mod tests {
     fn an_installed_sdk_is_accepted_without_running_npm() {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(sdk_dir(dir.path())).expect("sdk dir");
-        ensure_installed(dir.path(), Install::IfMissing).expect("already installed");
+        ensure_installed(dir.path(), Setup::InstallIfMissing).expect("already installed");
     }
 }
