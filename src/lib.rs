@@ -44,7 +44,5 @@ pub mod request;
 pub mod run;
 pub mod sandbox;
 pub mod secret;
-#[cfg(feature = "aws-secrets")]
-pub mod secrets;
 pub mod settings;
 pub mod telemetry;

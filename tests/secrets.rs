@@ -14,10 +14,10 @@ use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use doors_support::*;
 use sandstorm::app::{self, AppState};
+use sandstorm::doors::secrets::{SECRET_KEYS, SecretError, SecretsManagerSource};
 use sandstorm::doors::{self, Platform};
 use sandstorm::env::EnvVars;
 use sandstorm::keys::KeySource;
-use sandstorm::secrets::{SECRET_KEYS, SecretError, SecretsManagerSource};
 use tokio::process::Command;
 
 const TOKEN: &str = "token-from-the-secret-5678";
@@ -358,7 +358,7 @@ async fn put_secret_py_stores_the_keys_from_the_environment() {
 fn the_infra_files_match_what_the_code_reads() {
     let shape =
         std::fs::read_to_string(manifest_dir().join("infra/secret-shape.json")).expect("shape");
-    let values = sandstorm::secrets::parse("shape", &shape).expect("the shape parses");
+    let values = sandstorm::doors::secrets::parse("shape", &shape).expect("the shape parses");
     let fields: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&shape).expect("JSON");
     let names: Vec<&str> = fields.keys().map(String::as_str).collect();

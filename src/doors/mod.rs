@@ -20,6 +20,9 @@ use crate::sandbox::provider::{Catalog, Setup};
 use crate::sandbox::{e2b, local};
 use crate::settings::{Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
 
+#[cfg(feature = "aws-secrets")]
+pub mod secrets;
+
 /// Every sandbox provider `ds` and `ds serve` offer, in order of preference
 /// when none is named: the first whose credential is set, else the first
 /// that needs none. Adding a provider is one line here (see
@@ -99,7 +102,7 @@ pub async fn serverless_settings(
 async fn key_source(
     env: &EnvVars,
 ) -> Result<Option<std::sync::Arc<dyn crate::keys::KeySource>>, String> {
-    Ok(crate::secrets::SecretsManagerSource::from_env(env)
+    Ok(secrets::SecretsManagerSource::from_env(env)
         .await?
         .map(|source| std::sync::Arc::new(source) as std::sync::Arc<dyn crate::keys::KeySource>))
 }
