@@ -12,7 +12,9 @@ use serde_path_to_error::Path;
 /// about the document as a whole.
 pub(crate) fn field_at_fault(path: &Path, message: &str) -> Option<String> {
     let path = path.to_string();
-    let named = (message.starts_with("unknown field") || message.starts_with("missing field"))
+    let named = ["unknown field", "missing field", "duplicate field"]
+        .iter()
+        .any(|kind| message.starts_with(kind))
         .then(|| message.split('`').nth(1))
         .flatten();
     match named {
@@ -72,6 +74,10 @@ mod tests {
         assert_eq!(
             fault(r#"{"inner":{"x":1,"y":2}}"#).as_deref(),
             Some("inner.y")
+        );
+        assert_eq!(
+            fault(r#"{"inner":{"x":1,"x":2}}"#).as_deref(),
+            Some("inner.x")
         );
     }
 

@@ -458,6 +458,39 @@ async fn a_body_over_the_limit_is_413_naming_the_limit() {
 }
 
 #[tokio::test]
+async fn a_body_cut_by_the_client_is_400_not_413() {
+    let h = harness(vec![], Then::Exit(0));
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(br#"{"prompt":"#)),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )),
+    ];
+    let request = Request::post("/query")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .expect("request");
+    let (status, body) = error_body(h.send(request).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("could not read the request body"),
+        "{message}"
+    );
+    assert_eq!(h.counters.created.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_field_given_twice_is_refused_naming_it() {
+    let h = harness(vec![], Then::Exit(0));
+    let (status, body) = error_body(h.send(post(r#"{"prompt":"a","prompt":"b"}"#)).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("duplicate field `prompt`"), "{message}");
+}
+
+#[tokio::test]
 async fn a_missing_key_is_400_naming_the_field() {
     let h = harness_with(vec![], Then::Exit(0), |s| s.keys = KeyEnv::default());
     let (status, body) = error_body(h.send(post(r#"{"prompt":"hi"}"#)).await).await;
