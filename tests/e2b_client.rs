@@ -843,9 +843,9 @@ mod fake {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use bytes::Bytes;
+    use e2b_wire::connect::{FLAG_END_STREAM, FLAG_MESSAGE, FrameDecoder, encode};
+    use e2b_wire::envd::StartRequest;
     use futures::StreamExt as _;
-    use sandstorm::connect::{FLAG_END_STREAM, FLAG_MESSAGE, FrameDecoder, encode};
-    use sandstorm::envd::StartRequest;
     use serde_json::json;
 
     use super::TOKEN_PREFIX;

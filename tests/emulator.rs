@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use e2b_wire::connect::{Frame, FrameDecoder, encode};
 use futures::StreamExt;
-use sandstorm::connect::{Frame, FrameDecoder, encode};
 use sandstorm::emulator::{EmulatorOptions, serve};
 use serde_json::{Value, json};
 

@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::stats::route;
 use super::{ApiError, Emulator, Entry};
-use crate::envd::ENVD_PORT;
+use e2b_wire::envd::ENVD_PORT;
 
 mod files;
 mod process;

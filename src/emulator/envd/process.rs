@@ -22,17 +22,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::EnvdSandbox;
-use crate::connect::{FLAG_END_STREAM, FLAG_MESSAGE, FrameDecoder, encode};
 use crate::emulator::stats::route;
 use crate::emulator::{Emulator, synthetic};
-use crate::envd::{
+use crate::sandbox::local::Signal;
+use crate::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, SandboxError};
+use e2b_wire::connect::{CONNECT_JSON, FLAG_END_STREAM, FLAG_MESSAGE, FrameDecoder, encode};
+use e2b_wire::envd::{
     ConnectError, DataEvent, EndEvent, EndOfStream, KeepAlive, ProcessEventJson, SendSignalRequest,
     StartEvent, StartRequest, StartResponse,
 };
-use crate::sandbox::local::Signal;
-use crate::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, SandboxError};
-
-const CONNECT_JSON: &str = "application/connect+json";
 
 /// Frames in flight to a client; a slow client slows the process.
 const FRAME_BUFFER: usize = 16;

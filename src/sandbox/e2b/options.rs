@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use crate::env::EnvVars;
-use crate::envd::ENVD_PORT;
 use crate::secret::Secret;
+use e2b_wire::envd::ENVD_PORT;
 
 /// The template Sandstorm's own E2B template is published under.
 pub const DEFAULT_TEMPLATE: &str = "sandstorm";
