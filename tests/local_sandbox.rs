@@ -40,7 +40,7 @@ fn provider() -> LocalProvider {
 
 async fn sandbox() -> Arc<LocalSandbox> {
     provider()
-        .create_local(SandboxSpec::default())
+        .create(SandboxSpec::default())
         .await
         .expect("create sandbox")
 }

@@ -18,8 +18,8 @@ use subtle::ConstantTimeEq;
 use super::knobs::CreateFaultMode;
 use super::stats::route;
 use super::{ApiError, ENVD_VERSION, Emulator, Entry, lock};
-use crate::sandbox::SandboxSpec;
 use crate::sandbox::local::State as SandboxState;
+use crate::sandbox::{Sandbox, SandboxSpec};
 use crate::secret::Secret;
 
 /// E2B's default sandbox lifetime when create names none.
@@ -100,7 +100,7 @@ async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Re
     let sandbox = match emulator
         .inner
         .provider
-        .create_local(SandboxSpec {
+        .create(SandboxSpec {
             lifetime: timeout,
             ..SandboxSpec::default()
         })
@@ -215,9 +215,18 @@ async fn kill(State(emulator): State<Emulator>, Path(id): Path<String>) -> Respo
     let Some(entry) = lock(&emulator.inner.sandboxes).remove(&id) else {
         return not_found(&id);
     };
-    entry.sandbox.stop(SandboxState::Destroyed).await;
+    destroy(&entry).await;
     emulator.inner.stats.killed();
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// Ends a sandbox through the same entry point a run uses.
+pub(super) async fn destroy(entry: &Entry) {
+    // Destroying a local sandbox cannot fail; the trait allows it to for
+    // remote providers.
+    if let Err(e) = Sandbox::destroy(&*entry.sandbox).await {
+        tracing::warn!(sandbox = %entry.id, error = %e, "destroying a sandbox failed");
+    }
 }
 
 #[derive(Debug, Deserialize)]

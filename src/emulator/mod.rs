@@ -145,10 +145,7 @@ impl Emulator {
             .map(|(_, e)| e)
             .collect();
         for entry in entries {
-            entry
-                .sandbox
-                .stop(crate::sandbox::local::State::Destroyed)
-                .await;
+            control::destroy(&entry).await;
         }
     }
 
