@@ -25,7 +25,6 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod doors;
-pub mod emulator;
 pub mod env;
 pub mod error;
 pub mod events;
@@ -42,4 +41,5 @@ pub mod secret;
 #[cfg(feature = "aws-secrets")]
 pub mod secrets;
 pub mod settings;
+pub mod sync;
 pub mod telemetry;

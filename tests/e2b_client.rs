@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use e2b_emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
+use e2b_emulator::{Emulator, EmulatorOptions, Knobs, Snapshot, app};
 use futures::StreamExt;
-use sandstorm::emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
-use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs, Snapshot, app};
 use sandstorm::lines::LineSplitter;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider, RetryPolicy};
 use sandstorm::sandbox::{

@@ -389,11 +389,8 @@ impl LocalSandbox {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Processes> {
-        // A panic while holding the lock cannot leave the map inconsistent
-        // (each operation is one insert or drain), so keep going.
-        self.processes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // Each critical section is one insert, retain or drain.
+        crate::sync::lock(&self.processes)
     }
 }
 
