@@ -1,6 +1,6 @@
 //! The E2B client against E2B-protocol servers on loopback.
 //!
-//! Flows and faults run against the real emulator (`sandstorm::emulator`,
+//! Flows and faults run against the real emulator (`e2b_emulator`,
 //! in-process, backed by bubblewrap sandboxes) and are checked on its
 //! counters. The small `fake` at the bottom stays for what the emulator
 //! does not show: every request's exact headers and body, old envd
