@@ -10,6 +10,8 @@
 # Build: the same toolchain as rust-toolchain.toml.
 FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
+# The whole context: Cargo reads every workspace member's manifest (crates/)
+# even to build one binary, and `ds` compiles crates/e2b-wire.
 COPY . .
 RUN cargo build --release --locked --bin ds
 

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -153,11 +154,17 @@ class Setup:
         return Server(name, proc, port, spawned, healthy)
 
 
+def _drain(pipe, log) -> None:
+    with log:
+        for raw in pipe:
+            log.write(raw)
+            log.flush()
+
+
 class Emulator:
     """The release `e2b-emulator`, shared by both servers."""
 
     def __init__(self, setup: Setup) -> None:
-        log = open(setup.work / "logs" / "emulator.log", "ab")
         argv = [str(setup.emulator_bin), "--port", "0", "--runner-dir", str(setup.repo / "runner")]
         # Sandbox folders on tmpfs: removing one on a journaled disk costs
         # 3-25 ms, which both servers would wait for on every kill.
@@ -170,15 +177,23 @@ class Emulator:
             argv,
             cwd=setup.repo,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        log.close()
-        line = self.proc.stdout.readline().decode().strip()
-        if not line.startswith("listening on "):
+        # The address is on stderr (as with `ds serve`), among the log lines;
+        # everything else it prints goes to the log, and keeps going there so
+        # the emulator never blocks on a full pipe.
+        log = open(setup.work / "logs" / "emulator.log", "ab")
+        for raw in self.proc.stderr:
+            if raw.startswith(b"listening on "):
+                self.url = raw.decode().strip().removeprefix("listening on ")
+                break
+            log.write(raw)
+        else:
+            log.close()
             stop(self.proc)
-            raise RuntimeError(f"e2b-emulator did not start: {line!r}")
-        self.url = line.removeprefix("listening on ")
+            raise RuntimeError("e2b-emulator exited before printing its address")
+        threading.Thread(target=_drain, args=(self.proc.stderr, log), daemon=True).start()
 
     def _call(self, method: str, path: str, body: dict | None = None):
         data = json.dumps(body).encode() if body is not None else None

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 # One synthetic runner line carries exactly one of these (see
-# src/emulator/synthetic.rs); counting them counts lines that arrived whole.
+# crates/e2b-emulator/src/synthetic.rs); counting them counts lines that arrived whole.
 SEQ_TOKEN = b'"seq":'
 
 

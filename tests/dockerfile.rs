@@ -48,8 +48,10 @@ fn the_builder_uses_the_pinned_toolchain() {
     );
 }
 
-/// Every file under `src/`, and every file those sources embed with
-/// `include_str!`/`include_bytes!` (the runner, its manifest and lock).
+/// Every file under `src/` and `crates/` (Cargo reads every workspace
+/// member's manifest and targets, and `ds` compiles crates/e2b-wire), and
+/// every file those sources embed with `include_str!`/`include_bytes!` (the
+/// runner, its manifest and lock).
 fn sources_of_ds() -> BTreeSet<String> {
     fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir)
@@ -66,6 +68,7 @@ fn sources_of_ds() -> BTreeSet<String> {
     }
     let mut files = Vec::new();
     walk(&repo().join("src"), &mut files);
+    walk(&repo().join("crates"), &mut files);
     let mut needed = BTreeSet::new();
     for file in &files {
         let relative = file.strip_prefix(repo()).expect("under the repo");
@@ -93,7 +96,9 @@ fn the_build_context_has_every_source_of_ds_and_no_env_file() {
     // The files `ds` is compiled from, embedded files included.
     let mut needed = sources_of_ds();
     assert!(
-        needed.contains("src/bin/ds.rs") && needed.contains("runner/runner.mjs"),
+        needed.contains("src/bin/ds.rs")
+            && needed.contains("crates/e2b-wire/Cargo.toml")
+            && needed.contains("runner/runner.mjs"),
         "sources: {needed:?}"
     );
     // Cargo also reads the manifest, the lock, the toolchain file and every

@@ -1,6 +1,6 @@
 //! The E2B client against E2B-protocol servers on loopback.
 //!
-//! Flows and faults run against the real emulator (`sandstorm::emulator`,
+//! Flows and faults run against the real emulator (`e2b_emulator`,
 //! in-process, backed by bubblewrap sandboxes) and are checked on its
 //! counters. The small `fake` at the bottom stays for what the emulator
 //! does not show: every request's exact headers and body, old envd
@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use e2b_emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
+use e2b_emulator::{Emulator, EmulatorOptions, Knobs, Snapshot, app};
 use futures::StreamExt;
-use sandstorm::emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
-use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs, Snapshot, app};
 use sandstorm::lines::LineSplitter;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider, RetryPolicy};
 use sandstorm::sandbox::{
@@ -843,9 +843,9 @@ mod fake {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use bytes::Bytes;
+    use e2b_wire::connect::{FLAG_END_STREAM, FLAG_MESSAGE, FrameDecoder, encode};
+    use e2b_wire::envd::StartRequest;
     use futures::StreamExt as _;
-    use sandstorm::connect::{FLAG_END_STREAM, FLAG_MESSAGE, FrameDecoder, encode};
-    use sandstorm::envd::StartRequest;
     use serde_json::json;
 
     use super::TOKEN_PREFIX;

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 mod support;
 
+use e2b_emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
+use e2b_emulator::{Emulator, Knobs};
 use sandstorm::app::{AppState, app};
 use sandstorm::doors::PROVIDERS;
-use sandstorm::emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
-use sandstorm::emulator::{Emulator, Knobs};
 use sandstorm::env::EnvVars;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider, RetryPolicy};
 use sandstorm::sandbox::provider::Setup;

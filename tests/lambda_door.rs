@@ -18,9 +18,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use doors_support::*;
+use e2b_emulator::Knobs;
+use e2b_emulator::knobs::StreamCut;
 use futures::StreamExt;
-use sandstorm::emulator::Knobs;
-use sandstorm::emulator::knobs::StreamCut;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 

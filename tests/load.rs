@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
+use e2b_emulator::{Emulator, EmulatorOptions, Knobs, knobs::Synthetic};
 use futures::StreamExt;
-use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs, knobs::Synthetic};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Barrier;
@@ -255,15 +255,12 @@ async fn start_emulator(lines: u64, bytes: usize) -> EmulatorHandle {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let app = sandstorm::emulator::app(emulator.clone());
+    let app = e2b_emulator::app(emulator.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     EmulatorHandle { url, emulator }
 }
 
-async fn wait_for_no_sandbox(
-    emulator: &Emulator,
-    within: Duration,
-) -> sandstorm::emulator::Snapshot {
+async fn wait_for_no_sandbox(emulator: &Emulator, within: Duration) -> e2b_emulator::Snapshot {
     let start = Instant::now();
     loop {
         let stats = emulator.stats();

@@ -39,7 +39,7 @@ fn provider() -> LocalProvider {
 
 async fn sandbox() -> Arc<LocalSandbox> {
     provider()
-        .create_local(SandboxSpec::default())
+        .create(SandboxSpec::default())
         .await
         .expect("create sandbox")
 }

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::Parser;
+use e2b_emulator::Knobs;
 use sandstorm::config::SandstormConfig;
-use sandstorm::emulator::Knobs;
 use support::emulator::{self, E2B_KEY};
 use support::model_server::{FINAL_TEXT, ModelServer, Script};
 use support::product::Cli;

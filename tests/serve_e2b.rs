@@ -7,8 +7,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use e2b_emulator::{Knobs, knobs::Synthetic};
 use futures::StreamExt;
-use sandstorm::emulator::{Knobs, knobs::Synthetic};
 use support::emulator::{self, E2B_KEY};
 use tokio::process::Command;
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sandstorm::connect::{FrameDecoder, MAX_FRAME_LEN};
+use e2b_wire::connect::{FrameDecoder, MAX_FRAME_LEN};
 use sandstorm::lines::LineSplitter;
 
 fn decode(data: &[u8], chunk: usize) -> (Vec<(u8, Vec<u8>)>, bool) {

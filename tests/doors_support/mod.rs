@@ -10,9 +10,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use e2b_emulator::knobs::Synthetic;
+use e2b_emulator::{Emulator, EmulatorOptions, Knobs, Snapshot};
 use futures::StreamExt;
-use sandstorm::emulator::knobs::Synthetic;
-use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs, Snapshot};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
@@ -77,7 +77,7 @@ pub async fn start_emulator_with_key(knobs: Knobs, api_key: Option<&str>) -> E2b
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = sandstorm::emulator::app(emulator.clone());
+    let app = e2b_emulator::app(emulator.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     E2b { url, emulator }
 }

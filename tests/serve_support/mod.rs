@@ -19,6 +19,27 @@ pub fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `e2b-emulator` binary. It belongs to another workspace member, and
+/// cargo names only the tested package's own binaries in
+/// `CARGO_BIN_EXE_*`, so it is found where cargo puts every binary of the
+/// profile: next to the folder of this test executable
+/// (`target/<profile>/deps/<test>` -> `target/<profile>/e2b-emulator`).
+pub fn emulator_bin() -> PathBuf {
+    let test = std::env::current_exe().expect("the test executable's path");
+    let bin = test
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("e2b-emulator"));
+    match bin {
+        Some(bin) if bin.is_file() => bin,
+        _ => panic!(
+            "the e2b-emulator binary is missing next to {}: build it with \
+             `cargo build -p e2b-emulator` (scripts/test builds every member)",
+            test.display()
+        ),
+    }
+}
+
 /// The project's virtualenv, where `scripts/setup` installs
 /// tests/python/requirements.txt.
 pub fn venv_bin(name: &str) -> PathBuf {
@@ -151,7 +172,7 @@ impl StackBuilder {
         std::fs::create_dir_all(&work_root).expect("work root");
         std::fs::create_dir_all(&cwd).expect("cwd");
 
-        let mut emulator = Command::new(env!("CARGO_BIN_EXE_e2b-emulator"));
+        let mut emulator = Command::new(emulator_bin());
         emulator.args(["--port", "0"]);
         if let Some(lines) = self.synthetic {
             emulator
@@ -164,7 +185,7 @@ impl StackBuilder {
             .arg("--work-root")
             .arg(&work_root)
             .env("RUST_LOG", "warn");
-        let (emulator, emulator_url) = Process::start("e2b-emulator", emulator, false);
+        let (emulator, emulator_url) = Process::start("e2b-emulator", emulator, true);
 
         let mut server = Command::new(env!("CARGO_BIN_EXE_ds"));
         server

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs};
+use e2b_emulator::{Emulator, EmulatorOptions, Knobs};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -36,7 +36,7 @@ pub async fn start(knobs: Knobs, work_root: Option<&Path>) -> RunningEmulator {
         "http://{}",
         listener.local_addr().expect("emulator address")
     );
-    let app = sandstorm::emulator::app(emulator.clone());
+    let app = e2b_emulator::app(emulator.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     RunningEmulator { url, emulator }
 }

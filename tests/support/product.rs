@@ -23,7 +23,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sandstorm::emulator::{Emulator, Knobs};
+use e2b_emulator::{Emulator, Knobs};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 

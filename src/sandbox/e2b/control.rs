@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use e2b_wire::control::{NewSandbox, Sandbox};
 use reqwest::StatusCode;
-use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
 use super::http::{self, PROVIDER};
@@ -12,38 +12,6 @@ use super::options::E2bOptions;
 use super::retry::with_retries;
 use crate::sandbox::SandboxError;
 use crate::secret::Secret;
-
-/// `NewSandbox` in the OpenAPI spec.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct NewSandbox<'a> {
-    #[serde(rename = "templateID")]
-    template_id: &'a str,
-    /// Seconds until E2B kills the sandbox on its own.
-    timeout: u64,
-    metadata: &'a BTreeMap<String, String>,
-    env_vars: BTreeMap<String, String>,
-    /// envd then demands the access token create hands back to us.
-    secure: bool,
-    /// The agent must reach the model API.
-    #[serde(rename = "allow_internet_access")]
-    allow_internet_access: bool,
-    auto_pause: bool,
-}
-
-/// The part of `Sandbox` (create's answer) we use.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Created {
-    #[serde(rename = "sandboxID")]
-    pub(crate) sandbox_id: String,
-    #[serde(rename = "envdAccessToken", default)]
-    pub(crate) envd_access_token: Option<Secret>,
-    /// Nullable in the spec: where this sandbox's traffic is served.
-    #[serde(default)]
-    pub(crate) domain: Option<String>,
-    #[serde(rename = "envdVersion", default)]
-    pub(crate) envd_version: String,
-}
 
 /// `POST /sandboxes`, retried on 429, 5xx, dropped connections and hangs.
 ///
@@ -55,22 +23,13 @@ pub(crate) async fn create(
     api_key: &Secret,
     lifetime: Duration,
     metadata: &BTreeMap<String, String>,
-) -> Result<Created, SandboxError> {
+) -> Result<Sandbox, SandboxError> {
     let lifetime = if lifetime.is_zero() {
         options.default_lifetime
     } else {
         lifetime
     };
-    let body = NewSandbox {
-        template_id: &options.template,
-        // Round up: a lifetime of 1.5 s must not become 1 s.
-        timeout: lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0),
-        metadata,
-        env_vars: BTreeMap::new(),
-        secure: true,
-        allow_internet_access: true,
-        auto_pause: false,
-    };
+    let body = new_sandbox(&options.template, lifetime, metadata);
     let (url, body) = (&format!("{}/sandboxes", options.api_url), &body);
     with_retries(
         &options.retry,
@@ -91,13 +50,33 @@ pub(crate) async fn create(
                     &[api_key],
                 ));
             }
-            serde_json::from_slice::<Created>(&answer).map_err(|e| SandboxError::Other {
+            serde_json::from_slice::<Sandbox>(&answer).map_err(|e| SandboxError::Other {
                 op: "create",
                 message: format!("{PROVIDER} answered with an unexpected body: {e}"),
             })
         },
     )
     .await
+}
+
+/// What create asks for: the template, for `lifetime`, with `metadata`.
+fn new_sandbox(
+    template: &str,
+    lifetime: Duration,
+    metadata: &BTreeMap<String, String>,
+) -> NewSandbox {
+    NewSandbox {
+        template_id: Some(template.to_owned()),
+        // Round up: a lifetime of 1.5 s must not become 1 s.
+        timeout: Some(lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0)),
+        metadata: metadata.clone(),
+        env_vars: BTreeMap::new(),
+        // envd then demands the access token create hands back to us.
+        secure: true,
+        // The agent must reach the model API.
+        allow_internet_access: Some(true),
+        auto_pause: false,
+    }
 }
 
 /// `DELETE /sandboxes/{id}`. 404 means already gone, which is what we
@@ -142,37 +121,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn create_answer_parses_with_and_without_optional_fields() {
-        let full: Created = serde_json::from_str(
-            r#"{"templateID":"sandstorm","sandboxID":"sbx1","clientID":"c","envdVersion":"0.5.7",
-                "envdAccessToken":"tok","domain":null,"alias":"sandstorm"}"#,
-        )
-        .expect("parses");
-        assert_eq!(full.sandbox_id, "sbx1");
-        assert_eq!(
-            full.envd_access_token.as_ref().map(Secret::expose),
-            Some("tok")
-        );
-        assert_eq!(full.domain, None);
-        assert_eq!(full.envd_version, "0.5.7");
-        assert!(!format!("{full:?}").contains("tok\""));
-
-        let bare: Created = serde_json::from_str(r#"{"sandboxID":"sbx2"}"#).expect("parses");
-        assert!(bare.envd_access_token.is_none());
-    }
-
-    #[test]
-    fn create_body_matches_the_openapi_field_names() {
+    fn create_asks_for_a_secure_sandbox_with_internet_that_does_not_pause() {
         let metadata = BTreeMap::from([("request_id".to_owned(), "r1".to_owned())]);
-        let body = NewSandbox {
-            template_id: "sandstorm",
-            timeout: 300,
-            metadata: &metadata,
-            env_vars: BTreeMap::new(),
-            secure: true,
-            allow_internet_access: true,
-            auto_pause: false,
-        };
+        let body = new_sandbox("sandstorm", Duration::from_secs(300), &metadata);
         assert_eq!(
             serde_json::to_value(&body).expect("serializes"),
             serde_json::json!({
@@ -180,5 +131,11 @@ mod tests {
                 "envVars": {}, "secure": true, "allow_internet_access": true, "autoPause": false
             })
         );
+    }
+
+    #[test]
+    fn a_lifetime_with_a_fraction_of_a_second_rounds_up() {
+        let body = new_sandbox("t", Duration::from_millis(1500), &BTreeMap::new());
+        assert_eq!(body.timeout, Some(2));
     }
 }

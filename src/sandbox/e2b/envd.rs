@@ -9,16 +9,17 @@ use reqwest::multipart::{Form, Part};
 use super::E2bSandbox;
 use super::http::{self, PROVIDER};
 use super::process::process_stream;
-use crate::connect::{FLAG_MESSAGE, encode};
-use crate::envd::{ENVD_PORT, ProcessConfig, StartRequest};
 use crate::sandbox::{ProcessSpec, ProcessStream, SandboxError, SandboxFile};
-
-const CONNECT_JSON: &str = "application/connect+json";
+use e2b_wire::connect::{CONNECT_JSON, FLAG_MESSAGE, encode};
+use e2b_wire::envd::{ENVD_PORT, ProcessConfig, StartRequest};
 
 /// envd before 0.4.0 had no default user; the SDKs name `user` explicitly
 /// for those, and leave the choice to envd (the template's user) after.
 const ENVD_DEFAULT_USER: (u64, u64, u64) = (0, 4, 0);
 const DEFAULT_USER: &str = "user";
+/// `DEFAULT_USER` with an empty password in HTTP Basic form (`user:`),
+/// which is how an old envd learns the user of a process.
+const LEGACY_USER_AUTHORIZATION: &str = "Basic dXNlcjo=";
 
 /// Connect caps `Connect-Timeout-Ms` at ten digits.
 const MAX_CONNECT_TIMEOUT_MS: u128 = 9_999_999_999;
@@ -175,8 +176,10 @@ impl E2bSandbox {
             );
         }
         if self.legacy_user {
-            // "user:" in Basic form, which is how old envd learns the user.
-            headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjo="));
+            headers.insert(
+                AUTHORIZATION,
+                HeaderValue::from_static(LEGACY_USER_AUTHORIZATION),
+            );
         }
 
         let response = self
@@ -240,11 +243,14 @@ mod tests {
     }
 
     #[test]
-    fn the_basic_user_header_is_user_colon() {
+    fn the_legacy_authorization_is_the_default_user_in_basic_form() {
         use base64::Engine as _;
+        let credentials = LEGACY_USER_AUTHORIZATION
+            .strip_prefix("Basic ")
+            .expect("a Basic authorization");
         let decoded = base64::engine::general_purpose::STANDARD
-            .decode("dXNlcjo=")
+            .decode(credentials)
             .expect("base64");
-        assert_eq!(decoded, b"user:");
+        assert_eq!(decoded, format!("{DEFAULT_USER}:").as_bytes());
     }
 }

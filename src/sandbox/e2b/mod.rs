@@ -135,7 +135,9 @@ impl SandboxProvider for E2bProvider {
             envd_url: options.envd_url(&created.sandbox_id, created.domain.as_deref()),
             legacy_user: envd::needs_explicit_user(&created.envd_version),
             id: created.sandbox_id,
-            access_token: created.envd_access_token,
+            access_token: created
+                .envd_access_token
+                .map(|token| Secret::new(token.into_string())),
             api_key,
             shared: self.shared.clone(),
         }))

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use super::CREDENTIAL;
-use crate::envd::ENVD_PORT;
 use crate::sandbox::provider::ProviderSettings;
 use crate::secret::Secret;
+use e2b_wire::envd::ENVD_PORT;
 
 /// The variables E2B's options are read from, besides the key. They are the
 /// official SDKs' own, plus the template's name.

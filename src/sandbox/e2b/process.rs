@@ -15,9 +15,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use super::http::{PROVIDER, connect_code_status};
-use crate::connect::FrameDecoder;
-use crate::envd::{EndOfStream, StartResponse};
 use crate::sandbox::{ExitStatus, ProcessEvent, ProcessStream, SandboxError};
+use e2b_wire::connect::FrameDecoder;
+use e2b_wire::envd::{EndOfStream, StartResponse};
 
 const OP: &str = "start";
 
@@ -167,8 +167,8 @@ mod tests {
     use futures::TryStreamExt;
 
     use super::*;
-    use crate::connect::{FLAG_END_STREAM, FLAG_MESSAGE, encode};
     use crate::lines::LineSplitter;
+    use e2b_wire::connect::{FLAG_END_STREAM, FLAG_MESSAGE, encode};
 
     fn frame(json: &str) -> Bytes {
         encode(FLAG_MESSAGE, json.as_bytes())

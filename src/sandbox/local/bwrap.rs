@@ -9,7 +9,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::fs::{HOME_DIR, HOME_MOUNT, RUNNER_DIR, RUNNER_MOUNT, TMP_DIR, TMP_MOUNT};
+use super::fs::{HOME_MOUNT, HOME_TREE, RUNNER_MOUNT, RUNNER_TREE, TMP_MOUNT, TMP_TREE};
 
 /// Top-level system folders a program needs. On merged-/usr systems most are
 /// symlinks into `/usr`; they are recreated as the same symlinks.
@@ -144,9 +144,9 @@ impl Layout {
         }
         a.push2("--proc", "/proc");
         a.push2("--dev", "/dev");
-        a.push3("--bind", root.join(HOME_DIR), HOME_MOUNT);
-        a.push3("--bind", root.join(TMP_DIR), TMP_MOUNT);
-        a.push3("--ro-bind", root.join(RUNNER_DIR), RUNNER_MOUNT);
+        a.push3("--bind", root.join(HOME_TREE), HOME_MOUNT);
+        a.push3("--bind", root.join(TMP_TREE), TMP_MOUNT);
+        a.push3("--ro-bind", root.join(RUNNER_TREE), RUNNER_MOUNT);
         for (path, name) in &self.runner_shared {
             a.push3("--ro-bind", path, format!("{RUNNER_MOUNT}/{name}"));
         }

@@ -19,19 +19,22 @@ use std::path::Path;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::sandbox::layout;
+
 /// Names inside `/opt/agent-runner` that are bind-mounted from the shared
 /// runner install: a write there would be hidden by the mount, so refuse it.
 const RUNNER_SHARED: [&str; 2] = ["node_modules", "package.json"];
 
 /// The host folder (relative to the sandbox directory) that backs each
 /// writable sandbox tree.
-pub(crate) const HOME_DIR: &str = "home";
-pub(crate) const RUNNER_DIR: &str = "runner";
-pub(crate) const TMP_DIR: &str = "tmp";
+pub(crate) const HOME_TREE: &str = "home";
+pub(crate) const RUNNER_TREE: &str = "runner";
+pub(crate) const TMP_TREE: &str = "tmp";
 
-/// Where inside the sandbox each tree appears.
-pub(crate) const HOME_MOUNT: &str = "/home/user";
-pub(crate) const RUNNER_MOUNT: &str = "/opt/agent-runner";
+/// Where inside the sandbox each tree appears: the layout every provider
+/// shares, plus the sandbox's own `/tmp`.
+pub(crate) const HOME_MOUNT: &str = layout::HOME;
+pub(crate) const RUNNER_MOUNT: &str = layout::RUNNER_DIR;
 pub(crate) const TMP_MOUNT: &str = "/tmp";
 
 /// Why a sandbox file operation failed. Messages name the sandbox path only,
@@ -84,20 +87,29 @@ pub(crate) fn resolve(path: &str) -> Result<Resolved<'_>, FsError> {
             p => parts.push(p),
         }
     }
-    let (tree, rest) = match parts.as_slice() {
-        ["home", "user", rest @ ..] => (HOME_DIR, rest),
-        ["opt", "agent-runner", rest @ ..] => (RUNNER_DIR, rest),
-        ["tmp", rest @ ..] => (TMP_DIR, rest),
-        _ => {
-            return Err(FsError::OutsideSandbox {
-                path: path.to_owned(),
-            });
-        }
+    let under = |mount: &str| {
+        let depth = mount.split('/').filter(|p| !p.is_empty()).count();
+        let inside = parts.len() >= depth
+            && mount
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .eq(parts[..depth].iter().copied());
+        inside.then(|| &parts[depth..])
     };
+    let (tree, rest) = [
+        (HOME_TREE, HOME_MOUNT),
+        (RUNNER_TREE, RUNNER_MOUNT),
+        (TMP_TREE, TMP_MOUNT),
+    ]
+    .into_iter()
+    .find_map(|(tree, mount)| under(mount).map(|rest| (tree, rest)))
+    .ok_or_else(|| FsError::OutsideSandbox {
+        path: path.to_owned(),
+    })?;
     if rest.is_empty() {
         return Err(invalid("it names a folder, not a file"));
     }
-    if tree == RUNNER_DIR && RUNNER_SHARED.contains(&rest[0]) {
+    if tree == RUNNER_TREE && RUNNER_SHARED.contains(&rest[0]) {
         return Err(invalid(
             "it is part of the shared, read-only runner install",
         ));
@@ -216,11 +228,11 @@ mod tests {
     #[test]
     fn maps_each_tree_and_refuses_everything_else() {
         let r = resolve("/home/user/a/b.txt").expect("home path");
-        assert_eq!((r.tree, r.components), (HOME_DIR, vec!["a", "b.txt"]));
+        assert_eq!((r.tree, r.components), (HOME_TREE, vec!["a", "b.txt"]));
         let r = resolve("/opt/agent-runner/runner.mjs").expect("runner path");
-        assert_eq!((r.tree, r.components), (RUNNER_DIR, vec!["runner.mjs"]));
+        assert_eq!((r.tree, r.components), (RUNNER_TREE, vec!["runner.mjs"]));
         let r = resolve("//tmp/./x").expect("tmp path");
-        assert_eq!((r.tree, r.components), (TMP_DIR, vec!["x"]));
+        assert_eq!((r.tree, r.components), (TMP_TREE, vec!["x"]));
 
         for bad in [
             "/etc/passwd",
@@ -250,7 +262,7 @@ mod tests {
 
     fn sandbox_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("temp dir");
-        for tree in [HOME_DIR, RUNNER_DIR, TMP_DIR] {
+        for tree in [HOME_TREE, RUNNER_TREE, TMP_TREE] {
             std::fs::create_dir(dir.path().join(tree)).expect("tree");
         }
         dir
@@ -280,7 +292,7 @@ mod tests {
         let dir = sandbox_dir();
         let outside = tempfile::tempdir().expect("outside");
         std::fs::write(outside.path().join("secret"), b"host secret").expect("secret");
-        let home = dir.path().join(HOME_DIR);
+        let home = dir.path().join(HOME_TREE);
         std::os::unix::fs::symlink(outside.path(), home.join("link")).expect("dir link");
         std::os::unix::fs::symlink(outside.path().join("secret"), home.join("file"))
             .expect("file link");

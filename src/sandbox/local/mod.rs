@@ -1,5 +1,5 @@
 //! Local sandboxes on bubblewrap: the default when no E2B key is around, and
-//! the engine behind the E2B emulator.
+//! the engine behind the E2B emulator (crates/e2b-emulator).
 //!
 //! Each sandbox is a fresh host directory with three folders, bound into
 //! every process the sandbox runs:
@@ -19,6 +19,21 @@
 //! Files are written from the host side ([`fs`]); processes run under a
 //! supervisor that enforces their timeout ([`process`]). Destroying a
 //! sandbox kills every process in it and removes its directory.
+//!
+//! # One API
+//!
+//! The product and the E2B emulator drive the same code through the same
+//! entry points. [`LocalProvider::create`] is the one way to make a sandbox
+//! (the [`SandboxProvider`] impl is that call behind the trait), and
+//! [`Sandbox::destroy`] the one way to end it. What an envd needs beyond the
+//! [`Sandbox`] trait is inherent on [`LocalSandbox`], and the trait impl at
+//! the bottom of this file is a thin adapter over those same methods:
+//! [`LocalSandbox::spawn`] (a process with its pid and signal handle; the
+//! trait's `start` keeps only the output), [`LocalSandbox::write`] and
+//! [`LocalSandbox::read`] (file errors by kind; the trait's `upload` and
+//! `read_file` fold them into [`SandboxError`]), [`LocalSandbox::processes`],
+//! and the lifetime ([`LocalSandbox::set_lifetime`],
+//! [`LocalSandbox::stopped`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -97,9 +112,10 @@ impl LocalProvider {
         })
     }
 
-    /// Like [`SandboxProvider::create`], keeping the concrete type for
-    /// callers that need more than the trait (the E2B emulator).
-    pub async fn create_local(&self, spec: SandboxSpec) -> Result<Arc<LocalSandbox>, SandboxError> {
+    /// Makes a fresh sandbox that [`Sandbox::destroy`] or its lifetime
+    /// (`spec.lifetime`, none when zero) ends. [`SandboxProvider::create`]
+    /// is this, behind the trait.
+    pub async fn create(&self, spec: SandboxSpec) -> Result<Arc<LocalSandbox>, SandboxError> {
         let mut builder = tempfile::Builder::new();
         builder.prefix("sandstorm-");
         let dir = match &self.options.work_root {
@@ -141,13 +157,13 @@ fn create_error(message: String) -> SandboxError {
 }
 
 fn prepare_dir(root: &Path, layout: &bwrap::Layout) -> std::io::Result<()> {
-    for tree in [fs::HOME_DIR, fs::RUNNER_DIR, fs::TMP_DIR] {
+    for tree in [fs::HOME_TREE, fs::RUNNER_TREE, fs::TMP_TREE] {
         std::fs::create_dir(root.join(tree))?;
     }
     // Mount points for the shared runner install: bwrap cannot create them
     // inside the read-only runner bind.
     for (name, is_dir) in layout.runner_mount_points() {
-        let path = root.join(fs::RUNNER_DIR).join(name);
+        let path = root.join(fs::RUNNER_TREE).join(name);
         if is_dir {
             std::fs::create_dir(path)?;
         } else {
@@ -157,7 +173,7 @@ fn prepare_dir(root: &Path, layout: &bwrap::Layout) -> std::io::Result<()> {
     // /tmp must behave like /tmp for every user a process may switch to.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(
-        root.join(fs::TMP_DIR),
+        root.join(fs::TMP_TREE),
         std::fs::Permissions::from_mode(0o1777),
     )
 }
@@ -169,7 +185,7 @@ impl SandboxProvider for LocalProvider {
     }
 
     async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
-        Ok(self.create_local(spec).await?)
+        Ok(LocalProvider::create(self, spec).await?)
     }
 }
 
@@ -198,8 +214,8 @@ impl Drop for DirGuard {
     }
 }
 
-/// One started process, as the E2B emulator lists it. Its environment is
-/// left out on purpose: it holds keys.
+/// One started process, as [`LocalSandbox::processes`] lists it. Its
+/// environment is left out on purpose: it holds keys.
 #[derive(Debug, Clone)]
 pub struct ProcessInfo {
     pub pid: u32,
@@ -346,9 +362,10 @@ impl LocalSandbox {
         Ok(())
     }
 
-    /// Kills every process, waits for them, removes the directory.
-    /// Idempotent; the first call's reason sticks.
-    pub async fn stop(&self, reason: State) {
+    /// Kills every process, waits for them, removes the directory: what
+    /// [`Sandbox::destroy`] and the lifetime's end do. Idempotent; the first
+    /// call's reason sticks.
+    async fn stop(&self, reason: State) {
         let controls: Vec<ProcessControl> = {
             let mut processes = self.lock();
             processes.closed = true;
@@ -375,11 +392,8 @@ impl LocalSandbox {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Processes> {
-        // A panic while holding the lock cannot leave the map inconsistent
-        // (each operation is one insert or drain), so keep going.
-        self.processes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // Each critical section is one insert, retain or drain.
+        crate::sync::lock(&self.processes)
     }
 }
 
@@ -453,6 +467,8 @@ async fn reap_at_deadline(sandbox: Weak<LocalSandbox>) {
     }
 }
 
+/// The trait view of [`LocalSandbox`]: each method is one call to the
+/// inherent method that does the work (see the module doc).
 #[async_trait]
 impl Sandbox for LocalSandbox {
     fn id(&self) -> &str {

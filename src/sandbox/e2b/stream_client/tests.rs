@@ -14,9 +14,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 
 use super::*;
-use crate::connect::{FLAG_MESSAGE, encode};
 use crate::sandbox::ProcessEvent;
 use crate::sandbox::e2b::process::process_stream;
+use e2b_wire::connect::{FLAG_MESSAGE, encode};
 
 /// The client's end of an in-memory connection; counts every byte read.
 struct Counted {

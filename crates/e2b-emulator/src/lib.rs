@@ -1,13 +1,15 @@
 //! An E2B emulator: the control plane and the envd subset on one loopback
-//! port, backed by local bubblewrap sandboxes.
+//! port, backed by local bubblewrap sandboxes (`sandstorm`'s local
+//! provider, driven through the same entry points as the product).
 //!
 //! Point the official E2B SDKs (or our own client) at it with
 //! `E2B_API_URL=http://127.0.0.1:PORT E2B_SANDBOX_URL=http://127.0.0.1:PORT`.
 //! Control-plane paths (`/sandboxes`, `/v2/sandboxes`) and envd paths
 //! (`/files`, `/process.Process/*`, `/health`) do not overlap, so one router
 //! serves both; envd calls find their sandbox by the `E2b-Sandbox-Id`
-//! header the SDKs send. The wire format is described in
-//! `shared/notes/e2b-wire.md` and the E2B specs.
+//! header the SDKs send. Every body it reads or writes is a type of the
+//! `e2b-wire` crate, which our E2B client uses too, so the two cannot
+//! drift apart.
 //!
 //! Besides E2B's own API it serves `/_emulator/stats` (counters for tests)
 //! and `/_emulator/config` (latency, faults and the synthetic runner, see
@@ -15,9 +17,9 @@
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
-//! use sandstorm::emulator::{serve, EmulatorOptions};
+//! use e2b_emulator::{serve, EmulatorOptions};
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! println!("listening on http://{}", listener.local_addr()?);
+//! eprintln!("listening on http://{}", listener.local_addr()?);
 //! serve(listener, EmulatorOptions::new("runner".into())).await
 //! # }
 //! ```
@@ -34,9 +36,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
-
-use crate::sandbox::local::{LocalOptions, LocalProvider, LocalSandbox};
-use crate::secret::Secret;
+use sandstorm::sandbox::local::{LocalOptions, LocalProvider, LocalSandbox};
+use sandstorm::secret::Secret;
+// Every critical section here is a single map or struct update.
+use sandstorm::sync::lock;
 
 mod control;
 mod envd;
@@ -110,7 +113,7 @@ pub(crate) struct Entry {
 }
 
 impl Emulator {
-    pub fn new(options: EmulatorOptions) -> Result<Self, crate::sandbox::SandboxError> {
+    pub fn new(options: EmulatorOptions) -> Result<Self, sandstorm::sandbox::SandboxError> {
         let provider = LocalProvider::new(LocalOptions {
             runner_dir: options.runner_dir,
             work_root: options.work_root,
@@ -145,10 +148,7 @@ impl Emulator {
             .map(|(_, e)| e)
             .collect();
         for entry in entries {
-            entry
-                .sandbox
-                .stop(crate::sandbox::local::State::Destroyed)
-                .await;
+            control::destroy(&entry).await;
         }
     }
 
@@ -159,12 +159,6 @@ impl Emulator {
     fn entry(&self, id: &str) -> Option<Arc<Entry>> {
         lock(&self.inner.sandboxes).get(id).cloned()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is a single map or struct update: a panic in
-    // one cannot leave the data half-changed.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The whole emulator as one router.
@@ -253,31 +247,34 @@ async fn set_config(State(emulator): State<Emulator>, body: axum::body::Bytes) -
             emulator.set_knobs(knobs.clone());
             axum::Json(knobs).into_response()
         }
-        Err(e) => {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("invalid config: {e}")).into_response()
-        }
+        Err(e) => EmulatorError::new(StatusCode::BAD_REQUEST, format!("invalid config: {e}"))
+            .into_response(),
     }
 }
 
-/// An E2B REST error: `{"code":404,"message":"..."}`.
+/// A failed emulator call, answered as E2B's REST error body
+/// (`{"code":404,"message":"..."}`).
 #[derive(Debug)]
-pub(crate) struct ApiError {
+pub(crate) struct EmulatorError {
     status: StatusCode,
     message: String,
 }
 
-impl ApiError {
+impl EmulatorError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
+        EmulatorError {
             status,
             message: message.into(),
         }
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for EmulatorError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"code": self.status.as_u16(), "message": self.message});
+        let body = e2b_wire::control::Error {
+            code: self.status.as_u16(),
+            message: self.message,
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -5,13 +5,13 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use e2b_wire::envd::{EntryInfo, EntryKind};
+use sandstorm::sandbox::local::FsError;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::EnvdSandbox;
-use crate::emulator::stats::route;
-use crate::emulator::{ApiError, Emulator};
-use crate::sandbox::local::FsError;
+use crate::stats::route;
+use crate::{Emulator, EmulatorError};
 
 /// Relative paths are relative to the user's home, as in envd.
 const HOME: &str = "/home/user";
@@ -29,9 +29,13 @@ fn absolute(path: &str) -> String {
     }
 }
 
-fn entry_json(path: &str) -> serde_json::Value {
-    let name = path.rsplit('/').next().unwrap_or_default();
-    json!({"path": path, "name": name, "type": "file"})
+fn entry_info(path: String) -> EntryInfo {
+    let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+    EntryInfo {
+        path,
+        name,
+        kind: EntryKind::File,
+    }
 }
 
 pub(super) async fn upload(
@@ -52,7 +56,7 @@ pub(super) async fn upload(
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v != "identity")
     {
-        return ApiError::new(
+        return EmulatorError::new(
             StatusCode::BAD_REQUEST,
             "compressed uploads are not supported by the emulator",
         )
@@ -62,14 +66,17 @@ pub(super) async fn upload(
     if content_type.starts_with("multipart/form-data") {
         let mut multipart = match Multipart::from_request(request, &emulator).await {
             Ok(m) => m,
-            Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+            Err(e) => {
+                return EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response();
+            }
         };
         loop {
             let field = match multipart.next_field().await {
                 Ok(Some(field)) => field,
                 Ok(None) => break,
                 Err(e) => {
-                    return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response();
+                    return EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text())
+                        .into_response();
                 }
             };
             // With a `path` query every part goes there; without one each
@@ -78,7 +85,7 @@ pub(super) async fn upload(
                 (Some(path), _) => absolute(path),
                 (None, Some(name)) => absolute(name),
                 (None, None) => {
-                    return ApiError::new(
+                    return EmulatorError::new(
                         StatusCode::BAD_REQUEST,
                         "a part without a filename needs the path query",
                     )
@@ -88,13 +95,14 @@ pub(super) async fn upload(
             match field.bytes().await {
                 Ok(content) => files.push((path, content)),
                 Err(e) => {
-                    return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response();
+                    return EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text())
+                        .into_response();
                 }
             }
         }
     } else {
         let Some(path) = &query.path else {
-            return ApiError::new(
+            return EmulatorError::new(
                 StatusCode::BAD_REQUEST,
                 "an octet-stream upload needs the path query",
             )
@@ -102,7 +110,9 @@ pub(super) async fn upload(
         };
         match Bytes::from_request(request, &emulator).await {
             Ok(content) => files.push((absolute(path), content)),
-            Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+            Err(e) => {
+                return EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response();
+            }
         }
     }
     let mut written = Vec::with_capacity(files.len());
@@ -110,7 +120,7 @@ pub(super) async fn upload(
         if let Err(e) = entry.sandbox.write(path.clone(), content).await {
             return fs_error(e);
         }
-        written.push(entry_json(&path));
+        written.push(entry_info(path));
     }
     axum::Json(written).into_response()
 }
@@ -122,7 +132,7 @@ pub(super) async fn download(
 ) -> Response {
     emulator.inner.stats.request(route::DOWNLOAD);
     let Some(path) = query.path else {
-        return ApiError::new(StatusCode::BAD_REQUEST, "the path query is required")
+        return EmulatorError::new(StatusCode::BAD_REQUEST, "the path query is required")
             .into_response();
     };
     match entry.sandbox.read(absolute(&path)).await {
@@ -147,5 +157,5 @@ fn fs_error(e: FsError) -> Response {
             StatusCode::BAD_REQUEST
         }
     };
-    ApiError::new(status, e.to_string()).into_response()
+    EmulatorError::new(status, e.to_string()).into_response()
 }

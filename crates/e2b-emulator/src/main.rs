@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use sandstorm::emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
-use sandstorm::emulator::{EmulatorOptions, Knobs, serve_with_shutdown};
+use e2b_emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
+use e2b_emulator::{EmulatorOptions, Knobs, serve_with_shutdown};
 use sandstorm::secret::Secret;
+use sandstorm::telemetry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -95,10 +96,8 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    // The product's logging: text on stderr, `RUST_LOG` over the default.
+    telemetry::init(telemetry::Format::Text, "warn");
     let args = Args::parse();
     let options = EmulatorOptions {
         api_key: args.api_key.clone().map(Secret::new),
@@ -108,7 +107,9 @@ async fn main() -> std::io::Result<()> {
         knobs: args.knobs(),
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
-    println!("listening on http://{}", listener.local_addr()?);
+    // Tests and scripts read the bound address (port 0 picks one) from
+    // here: stderr, as `ds serve` prints it.
+    eprintln!("listening on http://{}", listener.local_addr()?);
     // Ctrl-C or SIGTERM (a test fixture stopping us) ends the emulator
     // cleanly: every sandbox is killed and its directory removed.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -1,10 +1,14 @@
 //! The Connect RPC streaming envelope: `[flags u8][length u32 BE][payload]`.
 //!
 //! envd speaks Connect with the JSON codec, so the only binary framing is
-//! this five-byte header; no protobuf code is needed. Both our E2B client
-//! (decoding) and the E2B emulator (encoding) use this module.
+//! this five-byte header; no protobuf code is needed. Our E2B client
+//! encodes requests and decodes answers; the E2B emulator does the reverse.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// The content type of a Connect stream in the JSON codec, on requests and
+/// answers alike.
+pub const CONNECT_JSON: &str = "application/connect+json";
 
 /// A message frame.
 pub const FLAG_MESSAGE: u8 = 0x00;

@@ -10,11 +10,11 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use e2b_wire::envd::ENVD_PORT;
 use subtle::ConstantTimeEq;
 
 use super::stats::route;
-use super::{ApiError, Emulator, Entry};
-use crate::envd::ENVD_PORT;
+use super::{Emulator, EmulatorError, Entry};
 
 mod files;
 mod process;
@@ -40,9 +40,10 @@ async fn health(State(emulator): State<Emulator>, request: Request) -> Response 
     }
 }
 
+/// What E2B's edge proxy answers for a sandbox that is gone; the SDKs look
+/// for "was not found" to report it as not running.
 fn sandbox_not_found(id: &str) -> Response {
-    // The SDKs look for "was not found" to report the sandbox as not running.
-    ApiError::new(
+    EmulatorError::new(
         StatusCode::BAD_GATEWAY,
         format!("The sandbox {id} was not found"),
     )
@@ -57,22 +58,14 @@ impl FromRequestParts<Emulator> for EnvdSandbox {
 
     async fn from_request_parts(parts: &mut Parts, emulator: &Emulator) -> Result<Self, Response> {
         let id = sandbox_id(parts).unwrap_or_default();
-        // What E2B's edge proxy answers for a sandbox that is gone; the SDKs
-        // look for "was not found" to report it as not running.
-        let entry = emulator.entry(&id).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("The sandbox {id} was not found"),
-            )
-            .into_response()
-        })?;
+        let entry = emulator.entry(&id).ok_or_else(|| sandbox_not_found(&id))?;
         let token = parts
             .headers
             .get("x-access-token")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
         if !bool::from(token.ct_eq(entry.access_token.expose().as_bytes())) {
-            return Err(ApiError::new(
+            return Err(EmulatorError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid or missing X-Access-Token",
             )

@@ -1,4 +1,6 @@
-//! envd's process messages in the Connect JSON codec (`process.proto`).
+//! envd, the daemon inside each sandbox: its process messages in the
+//! Connect JSON codec (`spec/envd/process/process.proto`) and the answer of
+//! its files endpoint (`spec/envd/envd.yaml`).
 //!
 //! Shared by the E2B client, which sends [`StartRequest`] and reads
 //! [`StartResponse`] frames, and by the E2B emulator, which does the reverse.
@@ -132,6 +134,44 @@ pub struct ProcessSelector {
     pub tag: Option<String>,
 }
 
+/// `POST /process.Process/SendSignal` answer: empty on success.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct SendSignalResponse {}
+
+/// `POST /process.Process/List` answer (unary): the running processes.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ListResponse {
+    #[serde(default)]
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// One running process as `List` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub config: ProcessConfig,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// One written file in the answer of `POST /files`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    /// The last component of `path`.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +193,17 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(parsed.exit_code, 3);
+    }
+
+    #[test]
+    fn process_config_debug_shows_variable_names_not_values() {
+        let config = ProcessConfig {
+            cmd: "node".into(),
+            envs: BTreeMap::from([("ANTHROPIC_API_KEY".into(), "sk-ant-secret".into())]),
+            ..Default::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(debug.contains("ANTHROPIC_API_KEY"), "{debug}");
+        assert!(!debug.contains("sk-ant-secret"), "{debug}");
     }
 }

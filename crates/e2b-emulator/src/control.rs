@@ -1,7 +1,6 @@
 //! The control plane: create, get, list, kill, set-timeout and connect,
 //! authenticated by `X-API-KEY`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -11,19 +10,25 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use e2b_wire::control::{
+    AccessToken, ConnectSandbox, ListedSandbox, NewSandbox, Sandbox as SandboxJson, SandboxDetail,
+    SandboxState as StateJson, SetTimeout,
+};
+use sandstorm::sandbox::local::State as SandboxState;
+use sandstorm::sandbox::{Sandbox, SandboxSpec};
+use sandstorm::secret::Secret;
+use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use super::knobs::CreateFaultMode;
 use super::stats::route;
-use super::{ApiError, ENVD_VERSION, Emulator, Entry, lock};
-use crate::sandbox::SandboxSpec;
-use crate::sandbox::local::State as SandboxState;
-use crate::secret::Secret;
+use super::{ENVD_VERSION, Emulator, EmulatorError, Entry, lock};
 
 /// E2B's default sandbox lifetime when create names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The `clientID` of every sandbox (E2B names the cluster node).
+const CLIENT_ID: &str = "emulator";
 
 pub(super) fn routes() -> Router<Emulator> {
     Router::new()
@@ -53,22 +58,8 @@ pub(super) async fn require_api_key(
     if ok {
         next.run(request).await
     } else {
-        ApiError::new(StatusCode::UNAUTHORIZED, "Invalid API key").into_response()
+        EmulatorError::new(StatusCode::UNAUTHORIZED, "Invalid API key").into_response()
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct NewSandbox {
-    #[serde(rename = "templateID", default)]
-    template_id: Option<String>,
-    /// Seconds.
-    #[serde(default)]
-    timeout: Option<u64>,
-    #[serde(default)]
-    metadata: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    env_vars: Option<BTreeMap<String, String>>,
 }
 
 async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Response {
@@ -76,22 +67,22 @@ async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Re
     let fault = emulator.knobs().take_create_fault();
     match fault {
         Some(CreateFaultMode::Error) => {
-            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "injected create failure")
-                .into_response();
+            return EmulatorError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "injected create failure",
+            )
+            .into_response();
         }
         Some(CreateFaultMode::RateLimit) => {
-            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "injected rate limit")
+            return EmulatorError::new(StatusCode::TOO_MANY_REQUESTS, "injected rate limit")
                 .into_response();
         }
         Some(CreateFaultMode::Hang) => std::future::pending::<()>().await,
         None => {}
     }
-    let new: NewSandbox = match serde_json::from_slice(&body) {
+    let new: NewSandbox = match parse(&body) {
         Ok(n) => n,
-        Err(e) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, format!("invalid body: {e}"))
-                .into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     let timeout = new
         .timeout
@@ -100,7 +91,7 @@ async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Re
     let sandbox = match emulator
         .inner
         .provider
-        .create_local(SandboxSpec {
+        .create(SandboxSpec {
             lifetime: timeout,
             ..SandboxSpec::default()
         })
@@ -109,7 +100,7 @@ async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Re
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "creating a local sandbox failed");
-            return ApiError::new(
+            return EmulatorError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "could not create the sandbox",
             )
@@ -120,8 +111,8 @@ async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Re
     let entry = Arc::new(Entry {
         id: new_id(),
         template_id: new.template_id.unwrap_or_else(|| "base".to_owned()),
-        metadata: new.metadata.unwrap_or_default(),
-        env_vars: new.env_vars.unwrap_or_default(),
+        metadata: new.metadata,
+        env_vars: new.env_vars,
         started_at,
         end_at: std::sync::Mutex::new(started_at + timeout),
         access_token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
@@ -130,7 +121,7 @@ async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Re
     lock(&emulator.inner.sandboxes).insert(entry.id.clone(), entry.clone());
     emulator.inner.stats.created();
     tokio::spawn(forget_when_expired(emulator, entry.clone()));
-    (StatusCode::CREATED, axum::Json(created_json(&entry))).into_response()
+    (StatusCode::CREATED, axum::Json(sandbox_json(&entry))).into_response()
 }
 
 /// E2B sandbox ids are short lowercase alphanumerics.
@@ -156,74 +147,83 @@ async fn forget_when_expired(emulator: Emulator, entry: Arc<Entry>) {
     }
 }
 
-fn created_json(entry: &Entry) -> Value {
-    json!({
-        "templateID": entry.template_id,
-        "sandboxID": entry.id,
-        "clientID": "emulator",
-        "alias": entry.template_id,
-        "envdVersion": ENVD_VERSION,
-        "envdAccessToken": entry.access_token.expose(),
-        "domain": null,
-    })
+/// Create's and connect's answer.
+fn sandbox_json(entry: &Entry) -> SandboxJson {
+    SandboxJson {
+        template_id: entry.template_id.clone(),
+        sandbox_id: entry.id.clone(),
+        client_id: CLIENT_ID.to_owned(),
+        alias: Some(entry.template_id.clone()),
+        envd_version: ENVD_VERSION.to_owned(),
+        envd_access_token: Some(access_token(entry)),
+        domain: None,
+    }
 }
 
-fn listed_json(entry: &Entry) -> Value {
-    json!({
-        "templateID": entry.template_id,
-        "sandboxID": entry.id,
-        "clientID": "emulator",
-        "alias": entry.template_id,
-        "startedAt": rfc3339(entry.started_at),
-        "endAt": rfc3339(*lock(&entry.end_at)),
-        "cpuCount": 2,
-        "memoryMB": 512,
-        "diskSizeMB": 1024,
-        "state": "running",
-        "envdVersion": ENVD_VERSION,
-        "metadata": entry.metadata,
-    })
+/// One entry of the list endpoints.
+fn listed_json(entry: &Entry) -> ListedSandbox {
+    ListedSandbox {
+        template_id: entry.template_id.clone(),
+        sandbox_id: entry.id.clone(),
+        client_id: CLIENT_ID.to_owned(),
+        alias: Some(entry.template_id.clone()),
+        started_at: rfc3339(entry.started_at),
+        end_at: rfc3339(*lock(&entry.end_at)),
+        cpu_count: 2,
+        memory_mb: 512,
+        disk_size_mb: 1024,
+        state: StateJson::Running,
+        envd_version: ENVD_VERSION.to_owned(),
+        metadata: entry.metadata.clone(),
+    }
+}
+
+fn access_token(entry: &Entry) -> AccessToken {
+    AccessToken::new(entry.access_token.expose())
 }
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn not_found(id: &str) -> Response {
-    ApiError::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found")).into_response()
+fn not_found(id: &str) -> EmulatorError {
+    EmulatorError::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found"))
 }
 
 async fn info(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
     emulator.inner.stats.request(route::GET);
     match emulator.entry(&id) {
-        Some(entry) => {
-            let mut body = listed_json(&entry);
-            body["envdAccessToken"] = Value::String(entry.access_token.expose().to_owned());
-            body["domain"] = Value::Null;
-            axum::Json(body).into_response()
-        }
-        None => not_found(&id),
+        Some(entry) => axum::Json(SandboxDetail {
+            listed: listed_json(&entry),
+            envd_access_token: Some(access_token(&entry)),
+            domain: None,
+        })
+        .into_response(),
+        None => not_found(&id).into_response(),
     }
 }
 
 async fn kill(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
     emulator.inner.stats.request(route::KILL);
     if emulator.knobs().take_kill_failure() {
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "injected kill failure")
+        return EmulatorError::new(StatusCode::INTERNAL_SERVER_ERROR, "injected kill failure")
             .into_response();
     }
     let Some(entry) = lock(&emulator.inner.sandboxes).remove(&id) else {
-        return not_found(&id);
+        return not_found(&id).into_response();
     };
-    entry.sandbox.stop(SandboxState::Destroyed).await;
+    destroy(&entry).await;
     emulator.inner.stats.killed();
     StatusCode::NO_CONTENT.into_response()
 }
 
-#[derive(Debug, Deserialize)]
-struct TimeoutBody {
-    /// Seconds.
-    timeout: u64,
+/// Ends a sandbox through the same entry point a run uses.
+pub(super) async fn destroy(entry: &Entry) {
+    // Destroying a local sandbox cannot fail; the trait allows it to for
+    // remote providers.
+    if let Err(e) = Sandbox::destroy(&*entry.sandbox).await {
+        tracing::warn!(sandbox = %entry.id, error = %e, "destroying a sandbox failed");
+    }
 }
 
 async fn set_timeout(
@@ -232,36 +232,13 @@ async fn set_timeout(
     body: axum::body::Bytes,
 ) -> Response {
     emulator.inner.stats.request(route::TIMEOUT);
-    let Some(entry) = emulator.entry(&id) else {
-        return not_found(&id);
-    };
-    let body: TimeoutBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, format!("invalid body: {e}"))
-                .into_response();
+    match sandbox_and_body::<SetTimeout>(&emulator, &id, &body) {
+        Ok((entry, SetTimeout { timeout })) => {
+            end_in(&entry, Duration::from_secs(timeout), End::Replace);
+            StatusCode::NO_CONTENT.into_response()
         }
-    };
-    extend(&entry, Duration::from_secs(body.timeout), false);
-    StatusCode::NO_CONTENT.into_response()
-}
-
-/// Sets the sandbox to end `timeout` from now; with `only_later`, never
-/// brings the end closer (connect), otherwise replaces it (set-timeout).
-fn extend(entry: &Entry, timeout: Duration, only_later: bool) {
-    let new_end = SystemTime::now() + timeout;
-    let mut end = lock(&entry.end_at);
-    if only_later && new_end <= *end {
-        return;
+        Err(e) => e.into_response(),
     }
-    *end = new_end;
-    entry.sandbox.set_lifetime(timeout);
-}
-
-#[derive(Debug, Deserialize, Default)]
-struct ConnectBody {
-    #[serde(default)]
-    timeout: Option<u64>,
 }
 
 async fn connect(
@@ -270,15 +247,53 @@ async fn connect(
     body: axum::body::Bytes,
 ) -> Response {
     emulator.inner.stats.request(route::CONNECT);
-    let Some(entry) = emulator.entry(&id) else {
-        return not_found(&id);
-    };
-    let body: ConnectBody = serde_json::from_slice(&body).unwrap_or_default();
-    if let Some(timeout) = body.timeout {
-        extend(&entry, Duration::from_secs(timeout), true);
+    match sandbox_and_body::<ConnectSandbox>(&emulator, &id, &body) {
+        Ok((entry, ConnectSandbox { timeout })) => {
+            if let Some(timeout) = timeout {
+                end_in(&entry, Duration::from_secs(timeout), End::NoEarlier);
+            }
+            // 200: it was running (201 would mean resumed from pause).
+            axum::Json(sandbox_json(&entry)).into_response()
+        }
+        Err(e) => e.into_response(),
     }
-    // 200: it was running (201 would mean resumed from pause).
-    axum::Json(created_json(&entry)).into_response()
+}
+
+/// What set-timeout and connect both start from: the sandbox the path
+/// names (404 if none) and the request's body (400 if it does not parse).
+fn sandbox_and_body<T: DeserializeOwned>(
+    emulator: &Emulator,
+    id: &str,
+    body: &[u8],
+) -> Result<(Arc<Entry>, T), EmulatorError> {
+    let entry = emulator.entry(id).ok_or_else(|| not_found(id))?;
+    Ok((entry, parse(body)?))
+}
+
+/// How a new end relates to the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Set-timeout: the new end replaces the old, earlier or later.
+    Replace,
+    /// Connect: the end only ever moves later.
+    NoEarlier,
+}
+
+/// Sets the sandbox to end `timeout` from now, as `how` allows.
+fn end_in(entry: &Entry, timeout: Duration, how: End) {
+    let new_end = SystemTime::now() + timeout;
+    let mut end = lock(&entry.end_at);
+    if how == End::NoEarlier && new_end <= *end {
+        return;
+    }
+    *end = new_end;
+    entry.sandbox.set_lifetime(timeout);
+}
+
+/// A JSON request body, or the 400 that says why it is not one.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, EmulatorError> {
+    serde_json::from_slice(body)
+        .map_err(|e| EmulatorError::new(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))
 }
 
 /// The list filters both list endpoints take.
@@ -291,7 +306,7 @@ struct Filter {
 }
 
 impl Filter {
-    fn from_query(query: &[(String, String)]) -> Result<Self, ApiError> {
+    fn from_query(query: &[(String, String)]) -> Result<Self, EmulatorError> {
         let mut filter = Filter {
             metadata: Vec::new(),
             states: None,
@@ -338,10 +353,10 @@ fn decode(s: &str) -> String {
         .into_owned()
 }
 
-fn parse_number(key: &str, value: &str) -> Result<usize, ApiError> {
+fn parse_number(key: &str, value: &str) -> Result<usize, EmulatorError> {
     value
         .parse()
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{key} must be a number")))
+        .map_err(|_| EmulatorError::new(StatusCode::BAD_REQUEST, format!("{key} must be a number")))
 }
 
 /// Matching sandboxes, oldest first (a stable order to page through).
@@ -373,7 +388,7 @@ async fn list_v2(
     let end = filter.limit.map_or(entries.len(), |l| {
         start.saturating_add(l).min(entries.len())
     });
-    let page: Vec<Value> = entries[start..end].iter().map(|e| listed_json(e)).collect();
+    let page: Vec<ListedSandbox> = entries[start..end].iter().map(|e| listed_json(e)).collect();
     let mut headers = HeaderMap::new();
     if end < entries.len() {
         headers.insert("x-next-token", HeaderValue::from(end));
@@ -390,7 +405,7 @@ async fn list_v1(
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let page: Vec<Value> = matching(&emulator, &filter)
+    let page: Vec<ListedSandbox> = matching(&emulator, &filter)
         .iter()
         .map(|e| listed_json(e))
         .collect();

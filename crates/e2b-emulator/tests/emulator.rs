@@ -6,17 +6,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use e2b_emulator::{EmulatorOptions, serve};
+use e2b_wire::connect::{Frame, FrameDecoder, encode};
 use futures::StreamExt;
-use sandstorm::connect::{Frame, FrameDecoder, encode};
-use sandstorm::emulator::{EmulatorOptions, serve};
 use serde_json::{Value, json};
 
 const KEY: &str = "e2b_0123456789abcdef";
 /// A liveness guard, not a timing assertion.
 const GUARD: Duration = Duration::from_secs(60);
 
+/// The repository root: the runner install, .venv and tests/python live
+/// there, two levels above this crate.
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// An emulator of its own per test, so counters and knobs do not mix.
@@ -820,19 +822,19 @@ fn spawn_binary(work_root: &std::path::Path) -> (std::process::Child, String) {
         .arg(work_root)
         .arg("--runner-dir")
         .arg(repo().join("runner"))
-        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn e2b-emulator");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the address");
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    // The address is on stderr, like `ds serve`'s, possibly after log lines.
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let base = lines
+        .by_ref()
+        .map(|line| line.expect("read the emulator's stderr"))
+        .find_map(|line| line.strip_prefix("listening on ").map(str::to_owned))
+        .expect("the emulator printed its address before exiting");
+    // Keep draining, so the emulator never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     (child, base)
 }
 

@@ -15,24 +15,23 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use e2b_wire::connect::{CONNECT_JSON, FLAG_END_STREAM, FLAG_MESSAGE, FrameDecoder, encode};
+use e2b_wire::envd::{
+    ConnectError, DataEvent, EndEvent, EndOfStream, KeepAlive, ListResponse, ProcessConfig,
+    ProcessEventJson, ProcessInfo, SendSignalRequest, SendSignalResponse, StartEvent, StartRequest,
+    StartResponse,
+};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use sandstorm::sandbox::local::Signal;
+use sandstorm::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, SandboxError};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::EnvdSandbox;
-use crate::connect::{FLAG_END_STREAM, FLAG_MESSAGE, FrameDecoder, encode};
-use crate::emulator::stats::route;
-use crate::emulator::{Emulator, synthetic};
-use crate::envd::{
-    ConnectError, DataEvent, EndEvent, EndOfStream, KeepAlive, ProcessEventJson, SendSignalRequest,
-    StartEvent, StartRequest, StartResponse,
-};
-use crate::sandbox::local::Signal;
-use crate::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, SandboxError};
-
-const CONNECT_JSON: &str = "application/connect+json";
+use crate::stats::route;
+use crate::{Emulator, synthetic};
 
 /// Frames in flight to a client; a slow client slows the process.
 const FRAME_BUFFER: usize = 16;
@@ -283,7 +282,10 @@ pub(super) async fn connect(
 
 /// A unary Connect error: HTTP status plus `{"code","message"}`.
 fn unary_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({"code": code, "message": message.into()});
+    let body = ConnectError {
+        code: code.to_owned(),
+        message: message.into(),
+    };
     (status, axum::Json(body)).into_response()
 }
 
@@ -323,7 +325,7 @@ pub(super) async fn send_signal(
         .map(|(_, control)| control);
     match control {
         Some(control) if control.signal(signal) => {
-            axum::Json(serde_json::json!({})).into_response()
+            axum::Json(SendSignalResponse {}).into_response()
         }
         _ => unary_error(
             StatusCode::NOT_FOUND,
@@ -339,16 +341,20 @@ pub(super) async fn list(
 ) -> Response {
     emulator.inner.stats.request(route::PROCESS_LIST);
     // Environments hold keys: the emulator does not hand them back.
-    let processes: Vec<serde_json::Value> = entry
+    let processes = entry
         .sandbox
         .processes()
         .into_iter()
-        .map(|(info, _)| {
-            serde_json::json!({
-                "pid": info.pid,
-                "config": {"cmd": info.cmd, "args": info.args, "envs": {}, "cwd": info.cwd},
-            })
+        .map(|(info, _)| ProcessInfo {
+            pid: info.pid,
+            config: ProcessConfig {
+                cmd: info.cmd,
+                args: info.args,
+                envs: Default::default(),
+                cwd: Some(info.cwd),
+            },
+            tag: None,
         })
         .collect();
-    axum::Json(serde_json::json!({ "processes": processes })).into_response()
+    axum::Json(ListResponse { processes }).into_response()
 }
