@@ -605,7 +605,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 #[tokio::test]
 async fn no_key_value_appears_in_logs_errors_or_events() {
     const ANTHROPIC: &str = "sk-ant-hygiene-AAAA1111";
-    const E2B: &str = "e2b_hygiene_BBBB2222";
+    const SANDBOX_KEY: &str = "sandbox-hygiene-BBBB2222";
     const OPENROUTER: &str = "sk-or-hygiene-CCCC3333";
     const TOKEN: &str = "tok-hygiene-DDDD4444";
     let logs = Captured::default();
@@ -619,11 +619,20 @@ async fn no_key_value_appears_in_logs_errors_or_events() {
         out(&format!(
             "{{\"type\":\"user\",\"content\":\"{ANTHROPIC} {OPENROUTER}\"}}\n"
         )),
-        err(&format!("env: ANTHROPIC_API_KEY={ANTHROPIC} E2B={E2B}\n")),
+        err(&format!(
+            "env: ANTHROPIC_API_KEY={ANTHROPIC} SANDBOX={SANDBOX_KEY}\n"
+        )),
     ];
-    let body = format!(
-        r#"{{"prompt":"hi","anthropic_api_key":"{ANTHROPIC}","e2b_api_key":"{E2B}","openrouter_api_key":"{OPENROUTER}"}}"#
-    );
+    // Every provider's credential field, each carrying the same key.
+    let mut body = serde_json::json!({
+        "prompt": "hi",
+        "anthropic_api_key": ANTHROPIC,
+        "openrouter_api_key": OPENROUTER,
+    });
+    for credential in crate::sandbox::provider::credential_fields(PROVIDERS) {
+        body[credential.field] = SANDBOX_KEY.into();
+    }
+    let body = body.to_string();
     let mut seen = String::new();
     for (output, then) in [
         (vec![out(&format!("{RESULT}\n"))], Then::Exit(0)),
@@ -667,7 +676,7 @@ async fn no_key_value_appears_in_logs_errors_or_events() {
         logs.contains("run failed"),
         "the failures were logged: {logs}"
     );
-    for secret in [ANTHROPIC, E2B, OPENROUTER, TOKEN] {
+    for secret in [ANTHROPIC, SANDBOX_KEY, OPENROUTER, TOKEN] {
         assert!(
             !seen.contains(secret),
             "{secret} leaked into a response: {seen}"
