@@ -79,6 +79,7 @@ impl E2bProvider {
         })
     }
 
+    /// The options this provider was built with.
     pub fn options(&self) -> &E2bOptions {
         &self.shared.options
     }
