@@ -9,41 +9,63 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// Why a request was refused, with the status, `type` and `field` its
+/// JSON body carries (see [`ApiError::body`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The body is not JSON, or a field has the wrong type or value.
+    /// The body is not JSON, or a field has the wrong type or value (422).
     #[error("{message}")]
     Invalid {
+        /// The request field at fault, when there is one.
         field: Option<String>,
+        /// What is wrong, for the client.
         message: String,
     },
-    /// The body is JSON but is not an object we can read at all.
+    /// The body is JSON but is not an object we can read at all (400).
     #[error("{message}")]
-    BadRequest { message: String },
-    /// A key the run needs is set nowhere.
+    BadRequest {
+        /// What is wrong, for the client.
+        message: String,
+    },
+    /// A key the run needs is set nowhere (400).
     #[error("{message}")]
-    MissingKey { field: String, message: String },
-    /// A size limit was exceeded; the message names the limit.
+    MissingKey {
+        /// The request field that would carry the key.
+        field: String,
+        /// Which key is missing, and where it can be set.
+        message: String,
+    },
+    /// A size limit was exceeded; the message names the limit (413).
     #[error("{message}")]
     TooLarge {
+        /// The request field over the limit; `None` for the whole body.
         field: Option<String>,
+        /// Which limit was passed.
         message: String,
     },
+    /// The body was not sent as `application/json` (415).
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// The bearer token is missing or wrong (401, with
+    /// `WWW-Authenticate: Bearer`).
     #[error("missing or invalid bearer token")]
     Unauthorized,
     /// The operator's setup is wrong (an invalid sandstorm.json, a sandbox
     /// kind this door cannot run). The message names what to fix; it holds
-    /// no secrets, only file, field and variable names.
+    /// no secrets, only file, field and variable names (500).
     #[error("{message}")]
-    Config { message: String },
-    /// Anything else: the client sees a generic message, the log the detail.
+    Config {
+        /// What to fix.
+        message: String,
+    },
+    /// Anything else: the client sees a generic message, the log the detail
+    /// (500).
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ApiError {
+    /// An [`ApiError::Invalid`] that names its field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Invalid {
             field: Some(field.into()),
@@ -51,6 +73,7 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status: 4xx for the client's mistakes, 500 for ours.
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -76,6 +99,7 @@ impl ApiError {
         }
     }
 
+    /// The request field at fault, when the error is about one.
     pub fn field(&self) -> Option<&str> {
         match self {
             ApiError::Invalid { field, .. } | ApiError::TooLarge { field, .. } => field.as_deref(),
@@ -100,16 +124,22 @@ impl ApiError {
     }
 }
 
+/// The JSON body of a refusal: `{"error":{"type","message","field"}}`.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ErrorDetail,
 }
 
+/// The inside of an [`ErrorBody`].
 #[derive(Debug, Serialize)]
 pub struct ErrorDetail {
+    /// The machine-readable kind, from [`ApiError::kind`].
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// For people; generic for a 500 from [`ApiError::Internal`].
     pub message: String,
+    /// The request field at fault; absent from the JSON when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

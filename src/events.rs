@@ -6,6 +6,8 @@
 //! its stream began, and, last of all, one `done` event that says how the
 //! run ended: a client that never sees it knows the stream was cut.
 
+use std::fmt;
+
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -47,12 +49,16 @@ pub enum DoneStatus {
 /// What a run is doing before the agent speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Asking the provider for a sandbox.
     CreatingSandbox,
+    /// Sending the runner, its config and the request's files.
     Uploading,
+    /// Starting the runner process.
     StartingAgent,
 }
 
 impl Phase {
+    /// The phase in words, for a spinner or a `progress` event.
     pub fn describe(self) -> &'static str {
         match self {
             Phase::CreatingSandbox => "creating the sandbox",
@@ -80,13 +86,16 @@ pub enum ErrorKind {
     OutputTooLarge,
 }
 
+/// The run's one `error` event: `{"type":"error","error_type","error","request_id"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunError {
+    /// Why the run failed, as `error_type`.
     #[serde(rename = "error_type")]
     pub kind: ErrorKind,
     /// Human-readable cause. `error` as a string, like the original's events.
     #[serde(rename = "error")]
     pub message: String,
+    /// The run's `x-request-id`, so a client report finds the server's log.
     pub request_id: String,
 }
 
@@ -150,9 +159,19 @@ pub fn message_type(line: &[u8]) -> Option<String> {
 ///
 /// The agent can read its own environment (`env` in Bash), so a tool result
 /// may quote an API key. Every line the client sees passes through here.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Redactor {
     needles: Vec<memchr::memmem::Finder<'static>>,
+}
+
+/// Says how many values it removes, never which: memchr's own `Debug` of a
+/// `Finder` prints its needle, which here is a key.
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redactor")
+            .field("secrets", &self.needles.len())
+            .finish()
+    }
 }
 
 /// Replacement text for a redacted secret.
@@ -194,6 +213,7 @@ impl Redactor {
         Bytes::from(text)
     }
 
+    /// [`Redactor::redact`] for text.
     pub fn redact_str(&self, text: &str) -> String {
         let bytes = self.redact(Bytes::copy_from_slice(text.as_bytes()));
         String::from_utf8_lossy(&bytes).into_owned()
@@ -258,6 +278,16 @@ mod tests {
             &r.redact(line)[..],
             b"A=[REDACTED] B=[REDACTED] C=short".as_slice()
         );
+    }
+
+    #[test]
+    fn redactor_debug_shows_no_secret() {
+        let r = Redactor::new(["sk-ant-hunter2-1"]);
+        let debug = format!("{r:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        // memchr prints a needle as bytes; no run of them may survive either.
+        let bytes = format!("{:?}", b"hunter2".as_slice());
+        assert!(!debug.contains(&bytes[1..bytes.len() - 1]), "{debug}");
     }
 
     #[test]

@@ -9,10 +9,13 @@ use bytes::{Buf, Bytes, BytesMut};
 /// result can be megabytes; anything past this is a runaway process.
 pub const MAX_LINE_LEN: usize = 64 * 1024 * 1024;
 
+/// A line grew past [`MAX_LINE_LEN`] without a newline.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("an output line exceeded the {MAX_LINE_LEN}-byte limit")]
 pub struct LineTooLong;
 
+/// Turns a stream of chunks into lines: [`LineSplitter::push`] each chunk,
+/// then [`LineSplitter::finish`] for a last line with no newline.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     buf: BytesMut,
@@ -22,6 +25,7 @@ pub struct LineSplitter {
 }
 
 impl LineSplitter {
+    /// A splitter holding nothing yet.
     pub fn new() -> Self {
         Self::default()
     }

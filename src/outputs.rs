@@ -15,8 +15,11 @@ const MAX_PATTERN_BYTES: usize = 1024;
 /// The limits on what comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct OutputLimits {
+    /// How many files one run may send back.
     pub max_files: usize,
+    /// The largest file sent, in bytes (before base64).
     pub max_file_bytes: usize,
+    /// All files of one run together, in bytes (before base64).
     pub max_total_bytes: usize,
 }
 
@@ -61,7 +64,10 @@ pub fn validate_patterns(patterns: &[String]) -> Result<(), String> {
 /// What the runner reads from `agent_config.json`.
 #[derive(Debug, Serialize)]
 pub struct OutputRequest<'a> {
+    /// The globs, relative to the runner's working folder.
     pub patterns: &'a [String],
+    /// Flattened, so the runner sees `max_files` and the rest beside
+    /// `patterns`.
     #[serde(flatten)]
     pub limits: OutputLimits,
 }
@@ -75,6 +81,7 @@ pub struct OutputBudget {
 }
 
 impl OutputBudget {
+    /// A budget with nothing spent yet.
     pub fn new(limits: OutputLimits) -> Self {
         OutputBudget {
             limits,

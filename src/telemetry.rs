@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+/// How log lines are written.
 #[derive(Debug, Clone, Copy)]
 pub enum Format {
     /// Human-readable lines, for `ds`.

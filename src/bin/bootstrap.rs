@@ -32,7 +32,7 @@ async fn main() -> ExitCode {
         }
     };
     let service = ServiceBuilder::new()
-        .map_request(with_invocation)
+        .map_request(|request| with_invocation(request, SystemTime::now()))
         .service(router);
     match doors::keep_running(|| run_with_streaming_response(service.clone())).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -43,11 +43,14 @@ async fn main() -> ExitCode {
     }
 }
 
-fn with_invocation(mut request: Request) -> Request {
+/// Carries what the invocation knows into the request: its deadline as a
+/// [`PlatformDeadline`] and its request id as `x-request-id`, unless the
+/// client sent one. `now` is a parameter so the tests can pin the clock.
+fn with_invocation(mut request: Request, now: SystemTime) -> Request {
     let Some(context) = request.lambda_context_ref() else {
         return request;
     };
-    let deadline = doors::deadline_from_epoch_ms(context.deadline, SystemTime::now());
+    let deadline = doors::deadline_from_epoch_ms(context.deadline, now);
     let request_id = http::HeaderValue::from_str(&context.request_id).ok();
     match deadline {
         Some(deadline) => {
@@ -64,4 +67,195 @@ fn with_invocation(mut request: Request) -> Request {
         request.headers_mut().insert("x-request-id", id);
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    //! The adapter against real event shapes: each fixture goes through
+    //! lambda_http's own types into an `http::Request`, with a
+    //! `lambda_runtime::Context` built from the Runtime API's `/next`
+    //! headers and attached where the streaming runtime attaches it.
+
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue};
+    use http_body_util::Full;
+    use lambda_http::lambda_runtime::{Config, Context, LambdaEvent};
+    use lambda_http::request::LambdaRequest;
+    use lambda_http::tower::{ServiceExt, service_fn};
+    use lambda_http::{Response, Service, StreamAdapter};
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const FUNCTION_URL: &str = include_str!("../../tests/data/lambda/function_url.json");
+    const API_GATEWAY_V2: &str = include_str!("../../tests/data/lambda/apigw_v2_http.json");
+    const EVENTS: [(&str, &str); 2] = [
+        ("Function URL", FUNCTION_URL),
+        ("API Gateway v2 HTTP", API_GATEWAY_V2),
+    ];
+
+    /// The invocation's id, as the Runtime API sends it. It differs from
+    /// the `requestContext.requestId` in the events, which is the front
+    /// door's id, not the one CloudWatch logs under.
+    const INVOCATION_ID: &str = "8476a536-e9f4-11e8-9739-2dfe598c3fcd";
+    /// The fixtures' `timeEpoch`, in milliseconds: the test's "now".
+    const NOW_MS: u64 = 1_796_414_736_000;
+    const BODY: &[u8] = br#"{"prompt":"Say hello in one short sentence"}"#;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(NOW_MS)
+    }
+
+    /// The context lambda_runtime builds from a `/next` response.
+    fn context(deadline_ms: u64) -> Context {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "lambda-runtime-aws-request-id",
+            HeaderValue::from_static(INVOCATION_ID),
+        );
+        headers.insert("lambda-runtime-deadline-ms", deadline_ms.into());
+        headers.insert(
+            "lambda-runtime-invoked-function-arn",
+            HeaderValue::from_static("arn:aws:lambda:us-east-1:123456789012:function:sandstorm"),
+        );
+        Context::new(INVOCATION_ID, Arc::new(Config::default()), &headers)
+            .expect("the Runtime API's headers make a context")
+    }
+
+    fn event(json: &str) -> LambdaRequest {
+        serde_json::from_str(json).expect("the fixture is an HTTP event lambda_http accepts")
+    }
+
+    /// The request the streaming runtime hands the service.
+    fn request(json: &str, context: Context) -> Request {
+        Request::from(event(json)).with_lambda_context(context)
+    }
+
+    /// `json` with a header the client sent.
+    fn with_client_header(json: &str, name: &str, value: &str) -> String {
+        let mut event: serde_json::Value = serde_json::from_str(json).expect("the fixture is JSON");
+        event["headers"][name] = value.into();
+        event.to_string()
+    }
+
+    fn deadline(request: &Request) -> Option<Instant> {
+        request
+            .extensions()
+            .get::<PlatformDeadline>()
+            .map(|deadline| deadline.0)
+    }
+
+    fn request_id(request: &Request) -> Option<&str> {
+        request
+            .headers()
+            .get("x-request-id")
+            .and_then(|id| id.to_str().ok())
+    }
+
+    #[test]
+    fn the_fixtures_are_the_query_the_door_serves() {
+        for (name, json) in EVENTS {
+            let request = request(json, context(NOW_MS + 60_000));
+            assert_eq!(request.method(), http::Method::POST, "{name}");
+            assert_eq!(request.uri().path(), "/query", "{name}");
+            assert_eq!(request.body().as_ref(), BODY, "{name}");
+            assert_eq!(request_id(&request), None, "{name}: no client id");
+        }
+    }
+
+    #[test]
+    fn the_invocation_deadline_becomes_the_platform_deadline() {
+        for (name, json) in EVENTS {
+            let request = request(json, context(NOW_MS + 60_000));
+            let before = Instant::now();
+            let request = with_invocation(request, now());
+            let after = Instant::now();
+            let deadline = deadline(&request).unwrap_or_else(|| panic!("{name}: no deadline"));
+            let left = Duration::from_secs(60);
+            assert!(
+                before + left <= deadline && deadline <= after + left,
+                "{name}: the deadline is not 60 s from the call"
+            );
+        }
+    }
+
+    #[test]
+    fn the_invocation_id_is_the_request_id_when_the_client_sends_none() {
+        for (name, json) in EVENTS {
+            let request = with_invocation(request(json, context(NOW_MS + 60_000)), now());
+            assert_eq!(request_id(&request), Some(INVOCATION_ID), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_client_request_id_wins() {
+        for (name, json) in EVENTS {
+            let json = with_client_header(json, "x-request-id", "client-chosen-id");
+            let request = with_invocation(request(&json, context(NOW_MS + 60_000)), now());
+            assert_eq!(request_id(&request), Some("client-chosen-id"), "{name}");
+            let ids = request.headers().get_all("x-request-id").iter().count();
+            assert_eq!(ids, 1, "{name}: one x-request-id, not two");
+        }
+    }
+
+    /// `cargo lambda watch` sends a deadline that is already past. Taking
+    /// it would end every run at once, so the configured limit holds.
+    #[test]
+    fn a_past_deadline_is_ignored() {
+        for (name, json) in EVENTS {
+            for past in [NOW_MS - 1, NOW_MS - 60_000, 0] {
+                let request = with_invocation(request(json, context(past)), now());
+                assert!(
+                    deadline(&request).is_none(),
+                    "{name}: deadline {past} taken"
+                );
+                assert_eq!(request_id(&request), Some(INVOCATION_ID), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_without_a_context_passes_unchanged() {
+        let request = with_invocation(Request::from(event(FUNCTION_URL)), now());
+        assert!(deadline(&request).is_none());
+        assert_eq!(request_id(&request), None);
+    }
+
+    /// The tests above attach the context by hand; this one lets
+    /// lambda_http's own streaming adapter do it, so a change in where the
+    /// runtime puts the context fails here rather than in production.
+    #[tokio::test]
+    async fn the_streaming_runtime_path_reaches_the_adapter() {
+        let seen = Arc::new(Mutex::new(None));
+        let handler = {
+            let seen = Arc::clone(&seen);
+            service_fn(move |request: Request| {
+                let found = (
+                    deadline(&request).is_some(),
+                    request_id(&request).map(str::to_owned),
+                );
+                *seen.lock().expect("no test thread panicked") = Some(found);
+                async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+            })
+        };
+        let service = ServiceBuilder::new()
+            .map_request(|request| with_invocation(request, now()))
+            .service(handler);
+        let mut adapter = StreamAdapter::from(service);
+        let invocation = LambdaEvent::new(event(FUNCTION_URL), context(NOW_MS + 60_000));
+        let response = adapter
+            .ready()
+            .await
+            .expect("the service is ready")
+            .call(invocation)
+            .await
+            .expect("the handler answers");
+        drop(response);
+        let found = seen.lock().expect("no test thread panicked").take();
+        assert_eq!(found, Some((true, Some(INVOCATION_ID.to_owned()))));
+    }
 }

@@ -52,24 +52,44 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// what to fix; none contains a value from the secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
+    /// No secret has that id in this region.
     #[error(
         "AWS secret {id:?} was not found: check SANDSTORM_SECRET_ID and that the function runs \
          in the secret's region"
     )]
-    NotFound { id: String },
+    NotFound {
+        /// The secret id, as `SANDSTORM_SECRET_ID` gave it.
+        id: String,
+    },
+    /// The function's role may not read or decrypt the secret.
     #[error(
         "access to AWS secret {id:?} was denied: the function's role needs \
          secretsmanager:GetSecretValue on it, and kms:Decrypt when it is encrypted with a \
          customer-managed key (see infra/iam-policy.json)"
     )]
-    AccessDenied { id: String },
+    AccessDenied {
+        /// The secret id, as `SANDSTORM_SECRET_ID` gave it.
+        id: String,
+    },
+    /// The secret was read but does not hold a JSON object of strings.
     #[error(
         "AWS secret {id:?} is not a JSON object of strings ({reason}); store it as in \
          infra/secret-shape.json"
     )]
-    NotJson { id: String, reason: String },
+    NotJson {
+        /// The secret id, as `SANDSTORM_SECRET_ID` gave it.
+        id: String,
+        /// What is wrong with its shape, naming positions and fields only.
+        reason: String,
+    },
+    /// Anything else: the network, a timeout, throttling.
     #[error("could not read AWS secret {id:?}: {reason}")]
-    Unavailable { id: String, reason: String },
+    Unavailable {
+        /// The secret id, as `SANDSTORM_SECRET_ID` gave it.
+        id: String,
+        /// The AWS SDK's account of the failure.
+        reason: String,
+    },
 }
 
 /// A [`KeySource`] over one Secrets Manager secret, cached for a TTL.
@@ -96,6 +116,7 @@ impl std::fmt::Debug for SecretsManagerSource {
 }
 
 impl SecretsManagerSource {
+    /// A source over `secret_id` that reads it again after `ttl`.
     pub fn new(client: Client, secret_id: impl Into<String>, ttl: Duration) -> Self {
         SecretsManagerSource {
             client,
@@ -162,6 +183,7 @@ impl SecretsManagerSource {
         Ok(Some(Self::new(Client::new(&config), secret_id, ttl)))
     }
 
+    /// The secret this source reads.
     pub fn secret_id(&self) -> &str {
         &self.secret_id
     }
@@ -200,7 +222,7 @@ impl SecretsManagerSource {
             .secret_id(&self.secret_id)
             .send()
             .await
-            .map_err(|e| classify(&self.secret_id, e))?;
+            .map_err(|e| classify(&self.secret_id, &e))?;
         let Some(text) = output.secret_string() else {
             return Err(SecretError::NotJson {
                 id: self.secret_id.clone(),
@@ -222,9 +244,9 @@ impl KeySource for SecretsManagerSource {
     }
 }
 
-fn classify(id: &str, error: SdkError<GetSecretValueError>) -> SecretError {
+fn classify(id: &str, error: &SdkError<GetSecretValueError>) -> SecretError {
     let id = id.to_owned();
-    if let SdkError::ServiceError(service) = &error {
+    if let SdkError::ServiceError(service) = error {
         let err = service.err();
         if err.is_resource_not_found_exception() {
             return SecretError::NotFound { id };
@@ -240,7 +262,7 @@ fn classify(id: &str, error: SdkError<GetSecretValueError>) -> SecretError {
     // which only a successful response carries.
     SecretError::Unavailable {
         id,
-        reason: DisplayErrorContext(&error).to_string(),
+        reason: DisplayErrorContext(error).to_string(),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The control plane: create and kill sandboxes (`spec/openapi.yml`).
+//! The control plane: create and kill sandboxes (`spec/openapi.yml` in
+//! e2b-dev/E2B).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -7,8 +7,9 @@
 //! multipart upload carrying every file, and the process start whose answer
 //! is the output stream. Create and kill retry with bounded backoff; the
 //! rest do not, because a run that half-happened is better reported than
-//! repeated. The wire format is described in `spec/` of e2b-dev/E2B and
-//! summarized in the project's `e2b-wire` note.
+//! repeated. The wire format is E2B's own, as specified in the `spec/`
+//! folder of the e2b-dev/E2B repository; `tests/e2b_client.rs` pins what
+//! this client sends and reads.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), sandstorm::sandbox::SandboxError> {
@@ -100,6 +101,7 @@ impl E2bProvider {
         })
     }
 
+    /// The options this provider was built with.
     pub fn options(&self) -> &E2bOptions {
         &self.shared.options
     }
