@@ -109,14 +109,20 @@ struct QueryArgs {
 #[derive(Debug, Args)]
 struct KeyArgs {
     /// Anthropic API key (else ANTHROPIC_API_KEY).
-    #[arg(long, value_name = "KEY")]
-    anthropic_api_key: Option<String>,
+    #[arg(long, value_name = "KEY", value_parser = secret)]
+    anthropic_api_key: Option<Secret>,
     /// E2B API key (else E2B_API_KEY).
-    #[arg(long, value_name = "KEY")]
-    e2b_api_key: Option<String>,
+    #[arg(long, value_name = "KEY", value_parser = secret)]
+    e2b_api_key: Option<Secret>,
     /// OpenRouter API key (else OPENROUTER_API_KEY; needs ANTHROPIC_BASE_URL).
-    #[arg(long, value_name = "KEY")]
-    openrouter_api_key: Option<String>,
+    #[arg(long, value_name = "KEY", value_parser = secret)]
+    openrouter_api_key: Option<Secret>,
+}
+
+/// Keys go straight into a [`Secret`], so the `Debug` of the parsed
+/// arguments never shows one.
+fn secret(value: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(value))
 }
 
 #[derive(Debug, Args)]
@@ -246,12 +252,12 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     };
     let request = QueryRequest {
         prompt,
-        anthropic_api_key: args.keys.anthropic_api_key.map(Secret::new),
-        openrouter_api_key: args.keys.openrouter_api_key.map(Secret::new),
+        anthropic_api_key: args.keys.anthropic_api_key,
+        openrouter_api_key: args.keys.openrouter_api_key,
         sandbox_keys: args
             .keys
             .e2b_api_key
-            .map(|key| (e2b::CREDENTIAL.field.to_owned(), Secret::new(key)))
+            .map(|key| (e2b::CREDENTIAL.field.to_owned(), key))
             .into_iter()
             .collect(),
         model: args.model,

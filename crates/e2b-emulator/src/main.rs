@@ -24,8 +24,8 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     port: u16,
     /// The X-API-KEY clients must send. Default: any key starting with `e2b_`.
-    #[arg(long, env = "E2B_EMULATOR_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    #[arg(long, env = "E2B_EMULATOR_API_KEY", hide_env_values = true, value_parser = secret)]
+    api_key: Option<Secret>,
     /// The runner install (a folder with node_modules) bound into sandboxes.
     #[arg(long, default_value = "runner")]
     runner_dir: PathBuf,
@@ -94,13 +94,19 @@ impl Args {
     }
 }
 
+/// The key goes straight into a [`Secret`], so the `Debug` of the parsed
+/// arguments never shows it.
+fn secret(value: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(value))
+}
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     // The product's logging: text on stderr, `RUST_LOG` over the default.
     telemetry::init(telemetry::Format::Text, "warn");
     let args = Args::parse();
     let options = EmulatorOptions {
-        api_key: args.api_key.clone().map(Secret::new),
+        api_key: args.api_key.clone(),
         runner_dir: args.runner_dir.clone(),
         work_root: args.work_root.clone(),
         bwrap: args.bwrap.clone(),
