@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
+use e2b_wire::envd::ENVD_PORT;
+
 use crate::env::EnvVars;
 use crate::secret::Secret;
-use e2b_wire::envd::ENVD_PORT;
 
 /// The template Sandstorm's own E2B template is published under.
 pub const DEFAULT_TEMPLATE: &str = "sandstorm";
