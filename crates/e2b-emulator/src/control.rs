@@ -16,7 +16,6 @@ use e2b_wire::control::{
 };
 use sandstorm::sandbox::local::State as SandboxState;
 use sandstorm::sandbox::{Sandbox, SandboxSpec};
-use sandstorm::secret::Secret;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
@@ -115,7 +114,7 @@ async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Re
         env_vars: new.env_vars,
         started_at,
         end_at: std::sync::Mutex::new(started_at + timeout),
-        access_token: Secret::new(uuid::Uuid::new_v4().simple().to_string()),
+        access_token: AccessToken::new(uuid::Uuid::new_v4().simple().to_string()),
         sandbox,
     });
     lock(&emulator.inner.sandboxes).insert(entry.id.clone(), entry.clone());
@@ -155,7 +154,7 @@ fn sandbox_json(entry: &Entry) -> SandboxJson {
         client_id: CLIENT_ID.to_owned(),
         alias: Some(entry.template_id.clone()),
         envd_version: ENVD_VERSION.to_owned(),
-        envd_access_token: Some(access_token(entry)),
+        envd_access_token: Some(entry.access_token.clone()),
         domain: None,
     }
 }
@@ -178,10 +177,6 @@ fn listed_json(entry: &Entry) -> ListedSandbox {
     }
 }
 
-fn access_token(entry: &Entry) -> AccessToken {
-    AccessToken::new(entry.access_token.expose())
-}
-
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -195,7 +190,7 @@ async fn info(State(emulator): State<Emulator>, Path(id): Path<String>) -> Respo
     match emulator.entry(&id) {
         Some(entry) => axum::Json(SandboxDetail {
             listed: listed_json(&entry),
-            envd_access_token: Some(access_token(&entry)),
+            envd_access_token: Some(entry.access_token.clone()),
             domain: None,
         })
         .into_response(),

@@ -36,6 +36,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
+use e2b_wire::control::AccessToken;
 use sandstorm::sandbox::local::{LocalOptions, LocalProvider, LocalSandbox};
 use sandstorm::secret::Secret;
 // Every critical section here is a single map or struct update.
@@ -108,7 +109,8 @@ pub(crate) struct Entry {
     pub(crate) env_vars: BTreeMap<String, String>,
     pub(crate) started_at: SystemTime,
     pub(crate) end_at: Mutex<SystemTime>,
-    pub(crate) access_token: Secret,
+    /// What envd calls must send in `X-Access-Token`.
+    pub(crate) access_token: AccessToken,
     pub(crate) sandbox: Arc<LocalSandbox>,
 }
 

@@ -1,6 +1,8 @@
 //! envd, the daemon inside each sandbox: files over plain HTTP, processes
 //! over Connect (`spec/envd/envd.yaml`, `spec/envd/process/process.proto`).
 
+use e2b_wire::connect::{CONNECT_JSON, FLAG_MESSAGE, encode};
+use e2b_wire::envd::{ENVD_PORT, ProcessConfig, StartRequest};
 use http_body_util::BodyExt as _;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
@@ -10,8 +12,6 @@ use super::E2bSandbox;
 use super::http::{self, PROVIDER};
 use super::process::process_stream;
 use crate::sandbox::{ProcessSpec, ProcessStream, SandboxError, SandboxFile};
-use e2b_wire::connect::{CONNECT_JSON, FLAG_MESSAGE, encode};
-use e2b_wire::envd::{ENVD_PORT, ProcessConfig, StartRequest};
 
 /// envd before 0.4.0 had no default user; the SDKs name `user` explicitly
 /// for those, and leave the choice to envd (the template's user) after.

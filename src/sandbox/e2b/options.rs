@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
+use e2b_wire::envd::ENVD_PORT;
+
 use super::CREDENTIAL;
 use crate::sandbox::provider::ProviderSettings;
 use crate::secret::Secret;
-use e2b_wire::envd::ENVD_PORT;
 
 /// The variables E2B's options are read from, besides the key. They are the
 /// official SDKs' own, plus the template's name.

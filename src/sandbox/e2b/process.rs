@@ -12,12 +12,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use e2b_wire::connect::FrameDecoder;
+use e2b_wire::envd::{EndOfStream, StartResponse};
 use futures::{Stream, StreamExt};
 
 use super::http::{PROVIDER, connect_code_status};
 use crate::sandbox::{ExitStatus, ProcessEvent, ProcessStream, SandboxError};
-use e2b_wire::connect::FrameDecoder;
-use e2b_wire::envd::{EndOfStream, StartResponse};
 
 const OP: &str = "start";
 
@@ -164,11 +164,11 @@ fn protocol(message: String) -> SandboxError {
 mod tests {
     use std::convert::Infallible;
 
+    use e2b_wire::connect::{FLAG_END_STREAM, FLAG_MESSAGE, encode};
     use futures::TryStreamExt;
 
     use super::*;
     use crate::lines::LineSplitter;
-    use e2b_wire::connect::{FLAG_END_STREAM, FLAG_MESSAGE, encode};
 
     fn frame(json: &str) -> Bytes {
         encode(FLAG_MESSAGE, json.as_bytes())

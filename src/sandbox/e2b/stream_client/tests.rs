@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
+use e2b_wire::connect::{FLAG_MESSAGE, encode};
 use futures::StreamExt;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -16,7 +17,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use super::*;
 use crate::sandbox::ProcessEvent;
 use crate::sandbox::e2b::process::process_stream;
-use e2b_wire::connect::{FLAG_MESSAGE, encode};
 
 /// The client's end of an in-memory connection; counts every byte read.
 struct Counted {
