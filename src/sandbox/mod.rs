@@ -20,6 +20,8 @@ use crate::secret::Secret;
 
 pub mod e2b;
 pub mod local;
+#[cfg(any(test, feature = "testing"))]
+pub mod scripted;
 mod select;
 
 pub use select::{provider_for, runner_dir};
