@@ -95,11 +95,8 @@ async fn body_text(response: Response) -> String {
     String::from_utf8(bytes.to_vec()).expect("utf-8")
 }
 
-fn events(sse: &str) -> Vec<serde_json::Value> {
-    sse.split("\n\n")
-        .filter_map(|frame| frame.strip_prefix("data: "))
-        .map(|data| serde_json::from_str(data).expect("each event is JSON"))
-        .collect()
+fn events(body: &str) -> Vec<serde_json::Value> {
+    sse::json_events(body)
 }
 
 async fn error_body(response: Response) -> (StatusCode, serde_json::Value) {

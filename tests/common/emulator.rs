@@ -1,19 +1,44 @@
-//! The E2B emulator in-process on loopback, and `ds serve` as a real
-//! process: the two pieces most integration tests start.
+//! The E2B emulator, in this process or as the `e2b-emulator` binary.
+//!
+//! This is the one file of the tests that names the emulator's crate and
+//! binary: tests take its types from here.
 
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use axum::serve::ListenerExt;
+#[allow(
+    unused_imports,
+    reason = "re-exported for the test files; each uses some"
+)]
+pub use sandstorm::emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
+#[allow(
+    unused_imports,
+    reason = "re-exported for the test files; each uses some"
+)]
+pub use sandstorm::emulator::{Emulator, EmulatorOptions, Knobs, Snapshot};
 
+use super::keys::{ANTHROPIC_KEY, E2B_KEY};
+use super::process::{self, Process};
 use super::runner::runner_dir;
 
-/// A key of E2B's shape, which the emulator accepts.
-pub const E2B_KEY: &str = "e2b_0123456789abcdef";
+/// The `e2b-emulator` binary cargo built for this test run.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_e2b-emulator");
+
+/// Options with the checked-in runner, any `e2b_` key, no knob turned.
+pub fn options() -> EmulatorOptions {
+    EmulatorOptions::new(runner_dir())
+}
+
+/// Knobs that answer every run with `lines` synthetic lines of `bytes`
+/// bytes, the last a `result`, instead of running the runner.
+pub fn synthetic(lines: u64, bytes: usize) -> Knobs {
+    Knobs {
+        synthetic: Some(Synthetic { lines, bytes }),
+        ..Knobs::default()
+    }
+}
 
 /// An emulator serving on loopback until the test's runtime ends.
 pub struct RunningEmulator {
@@ -21,12 +46,15 @@ pub struct RunningEmulator {
     pub emulator: Emulator,
 }
 
-/// Starts the emulator with `knobs`; its sandboxes are made under
-/// `work_root` (the system temp folder when `None`).
-pub async fn start(knobs: Knobs, work_root: Option<&Path>) -> RunningEmulator {
-    let mut options = EmulatorOptions::new(runner_dir());
+/// Starts the emulator with `knobs` and the default options.
+pub async fn start(knobs: Knobs) -> RunningEmulator {
+    let mut options = options();
     options.knobs = knobs;
-    options.work_root = work_root.map(Path::to_owned);
+    start_with(options).await
+}
+
+/// Starts the emulator with `options` on a port the system picks.
+pub async fn start_with(options: EmulatorOptions) -> RunningEmulator {
     let emulator = Emulator::new(options)
         .expect("start the E2B emulator (is bubblewrap installed? apt-get install bubblewrap)");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -36,59 +64,95 @@ pub async fn start(knobs: Knobs, work_root: Option<&Path>) -> RunningEmulator {
         "http://{}",
         listener.local_addr().expect("emulator address")
     );
+    // As the binary (and envd) does: without TCP_NODELAY a stream's first
+    // frame waits out the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = sandstorm::emulator::app(emulator.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     RunningEmulator { url, emulator }
 }
 
-/// A `ds serve` process that printed the address it listens on.
-pub struct Listening {
-    pub url: String,
-    /// Everything it logged on stderr, for assertions and failure messages.
-    pub log: Arc<Mutex<String>>,
-    pub child: Child,
-}
+impl RunningEmulator {
+    pub fn stats(&self) -> Snapshot {
+        self.emulator.stats()
+    }
 
-/// Spawns `command` (a `ds serve --port 0 ...`) and waits until it says
-/// where it listens. Its stderr keeps being read into `log`, so the server
-/// never blocks on a full pipe.
-pub async fn listen(mut command: Command) -> Listening {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("spawn ds serve");
-    let stderr = child.stderr.take().expect("ds serve stderr");
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut lines = BufReader::new(stderr).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read ds serve stderr") {
-            if let Some(url) = line.strip_prefix("listening on ") {
-                return url.to_owned();
+    /// How many requests `route` (`create`, `upload`, `start`, `kill`...) got.
+    pub fn requests(&self, route: &str) -> u64 {
+        self.stats().requests.get(route).copied().unwrap_or(0)
+    }
+
+    /// The leak check: the counters once every sandbox created has been
+    /// killed and none is alive. A kill may still be in flight when a
+    /// stream ends (a create that returned after its run was abandoned is
+    /// killed by its own task), so this waits up to `within`, then fails
+    /// the test naming what leaked.
+    pub async fn settled(&self, within: Duration) -> Snapshot {
+        let start = Instant::now();
+        loop {
+            let stats = self.stats();
+            if stats.alive == 0 && stats.created == stats.killed {
+                return stats;
             }
-            push_line(&log, &line);
+            assert!(
+                start.elapsed() < within,
+                "sandboxes leaked (still alive {within:?} on): {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("ds serve exited before listening:\n{}", lock(&log));
-    })
-    .await
-    .expect("ds serve listens within 30 s");
-    let sink = Arc::clone(&log);
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            push_line(&sink, &line);
-        }
-    });
-    Listening { url, log, child }
+    }
+
+    /// When the first sandbox is destroyed, counted from now: the end of a
+    /// run as the sandbox side sees it.
+    pub fn first_destroy(&self) -> tokio::task::JoinHandle<Duration> {
+        let emulator = self.emulator.clone();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            while emulator.stats().killed == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            start.elapsed()
+        })
+    }
+
+    /// The variables that point a door (or `ds`) at this emulator, with the
+    /// test keys.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("E2B_API_URL", self.url.clone()),
+            ("E2B_SANDBOX_URL", self.url.clone()),
+            ("E2B_API_KEY", E2B_KEY.to_owned()),
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY.to_owned()),
+        ]
+    }
 }
 
-pub fn lock(log: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
-    log.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// `e2b-emulator --port 0 --runner-dir runner`, for more arguments.
+pub fn binary_command() -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .args(["--port", "0", "--runner-dir"])
+        .arg(runner_dir());
+    command
 }
 
-fn push_line(log: &Mutex<String>, line: &str) {
-    let mut log = lock(log);
-    log.push_str(line);
-    log.push('\n');
+/// `e2b-emulator` with its sandboxes under `work_root`, plus `args`.
+pub fn binary_command_in(work_root: &Path, args: &[&str]) -> Command {
+    let mut command = binary_command();
+    command.arg("--work-root").arg(work_root).args(args);
+    command
 }
+
+/// Starts the binary and reads the address it prints.
+pub async fn start_binary(command: Command) -> (Process, String) {
+    Process::start("e2b-emulator", command, READY_WITHIN, process::listening_on).await
+}
+
+/// [`start_binary`] for tests without a runtime.
+pub fn start_binary_blocking(command: Command) -> (Process, String) {
+    Process::start_blocking("e2b-emulator", command, READY_WITHIN, process::listening_on)
+}
+
+const READY_WITHIN: Duration = Duration::from_secs(30);
