@@ -1,6 +1,6 @@
 //! The E2B client against E2B-protocol servers on loopback.
 //!
-//! Flows and faults run against the real emulator (`sandstorm::emulator`,
+//! Flows and faults run against the real emulator (`common::emulator`,
 //! in-process, backed by bubblewrap sandboxes) and are checked on its
 //! counters. The small `fake` at the bottom stays for what the emulator
 //! does not show: every request's exact headers and body, old envd
@@ -982,10 +982,6 @@ mod fake {
 
     impl Fake {
         pub(crate) async fn start() -> Fake {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
             let world = Arc::new(Mutex::new(World {
                 requests: Vec::new(),
                 envd_version: "0.5.7".into(),
@@ -1002,8 +998,7 @@ mod fake {
                 .route("/process.Process/Start", post(start))
                 .layer(middleware::from_fn_with_state(world.clone(), record))
                 .with_state(world.clone());
-            let url = format!("http://{addr}");
-            tokio::spawn(async move { axum::serve(listener, app).await });
+            let url = crate::common::http::serve_router(app).await;
             Fake { url, world }
         }
 

@@ -26,7 +26,7 @@ pub struct DsServe {
 
 impl DsServe {
     /// `ds <args> --port 0`, where `args` start with `serve`; a `--port`
-    /// among them is dropped. It runs in a fresh empty folder with nothing
+    /// among them is dropped (the port is the one ds then prints). It runs in a fresh empty folder with nothing
     /// of the test's environment but `PATH`, and `RUST_LOG=warn`.
     pub fn new<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Self {
         DsServe::with_binary(Path::new(DS), args)
@@ -37,9 +37,10 @@ impl DsServe {
         let mut command = Command::new(binary);
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
-            if arg.as_ref() == "--port" {
+            let arg = arg.as_ref();
+            if arg == "--port" {
                 args.next();
-            } else {
+            } else if !arg.to_string_lossy().starts_with("--port=") {
                 command.arg(arg);
             }
         }
