@@ -95,8 +95,11 @@ async fn body_text(response: Response) -> String {
     String::from_utf8(bytes.to_vec()).expect("utf-8")
 }
 
+/// The run's events; a closing status event, if the stream ends with one,
+/// is not one of them.
 fn events(body: &str) -> Vec<serde_json::Value> {
-    sse::json_events(body)
+    let all = sse::json_events(body);
+    sse::split_closing(&all).0.to_vec()
 }
 
 async fn error_body(response: Response) -> (StatusCode, serde_json::Value) {
