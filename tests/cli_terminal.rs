@@ -1,10 +1,10 @@
 //! `ds` as a person sees it: on a pseudo-terminal (colours, the spinner
 //! with the run's phase) and piped (plain text), plus `--quiet`.
 
-mod support;
+mod common;
 
-use support::model_server::{FINAL_TEXT, ModelServer, Script};
-use support::product::Cli;
+use common::model_server::{FINAL_TEXT, ModelServer, Script};
+use common::product::Cli;
 
 const ESC: &str = "\u{1b}[";
 /// The colours of the tool lines and of the success summary.

@@ -3,14 +3,17 @@
 //! holds every file `ds` is compiled from and no `.env`, and the image's
 //! command, run here as the image would run it, serves the API.
 
-mod serve_support;
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
+use common::http::http_get;
+use common::serve::DsServe;
+
 fn repo() -> &'static Path {
-    serve_support::manifest_dir()
+    common::tools::manifest_dir()
 }
 
 fn dockerfile() -> String {
@@ -114,7 +117,7 @@ fn the_build_context_has_every_source_of_ds_and_no_env_file() {
 
     // The context as Docker sees it, through E2B's port of Docker's
     // .dockerignore matcher (the e2b SDK pinned for the tests).
-    let python = serve_support::require_venv_tool("python", "e2b (its .dockerignore matcher)");
+    let python = common::tools::tool("python", "e2b (its .dockerignore matcher)");
     let script = "import json, os\n\
                   from e2b.template.utils import get_all_files_in_path, read_dockerignore\n\
                   root = os.getcwd()\n\
@@ -196,22 +199,16 @@ fn the_image_command_serves_the_api() {
             _ => {}
         }
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
-    command
-        .args(&argv[1..])
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("RUST_LOG", "warn");
+    let mut server = DsServe::new(&argv[1..]).env("PATH", "/usr/bin:/bin");
     for (keyword, rest) in &stage {
         if keyword == "ENV" {
             let (name, value) = rest.split_once('=').expect("ENV NAME=value");
-            command.env(name, value);
+            server = server.env(name, value);
         }
     }
-    let (_server, url) = serve_support::Process::start("ds serve (image command)", command, true);
-    let health = serve_support::http_get(&format!("{url}/health"));
+    let server = server.start_blocking();
+    let url = &server.url;
+    let health = http_get(&format!("{url}/health"));
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains(r#""status":"ok""#), "{health}");
 }

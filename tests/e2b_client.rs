@@ -1,20 +1,25 @@
 //! The E2B client against E2B-protocol servers on loopback.
 //!
-//! Flows and faults run against the real emulator (`e2b_emulator`,
+//! Flows and faults run against the real emulator (`common::emulator`, the `e2b_emulator` crate,
 //! in-process, backed by bubblewrap sandboxes) and are checked on its
 //! counters. The small `fake` at the bottom stays for what the emulator
 //! does not show: every request's exact headers and body, old envd
 //! versions, Connect errors at the end of a stream or instead of one, and
 //! a stream that ends cleanly but early.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use e2b_emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
-use e2b_emulator::{Emulator, EmulatorOptions, Knobs, Snapshot, app};
+use common::emulator::{
+    self, CreateFault, CreateFaultMode, EmulatorOptions, Knobs, RunningEmulator, Snapshot,
+    StreamCut, Synthetic,
+};
+use common::http::Refused;
+use common::keys::E2B_KEY as KEY;
 use futures::StreamExt;
 use sandstorm::lines::LineSplitter;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider, RetryPolicy};
@@ -26,7 +31,6 @@ use sandstorm::secret::Secret;
 
 use fake::{Fake, StartAnswer};
 
-const KEY: &str = "e2b_0123456789abcdef";
 /// The fake's access tokens start with this; the emulator's are random.
 const TOKEN_PREFIX: &str = "envd-token-";
 
@@ -177,41 +181,33 @@ fn assert_no_secrets(text: &str) {
 /// An in-process emulator of its own per test, so counters and knobs do
 /// not mix between tests.
 struct Emu {
-    emulator: Emulator,
+    running: RunningEmulator,
     url: String,
 }
 
 impl Emu {
     async fn start() -> Emu {
-        Emu::with(EmulatorOptions::new(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("runner"),
-        ))
-        .await
+        Emu::with(emulator::options()).await
     }
 
     async fn with(options: EmulatorOptions) -> Emu {
-        let emulator = Emulator::new(options).unwrap_or_else(|e| {
-            panic!("the emulator needs bubblewrap (apt-get install bubblewrap): {e}")
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let router = app(emulator.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        Emu { emulator, url }
+        let running = emulator::start_with(options).await;
+        Emu {
+            url: running.url.clone(),
+            running,
+        }
     }
 
     fn knobs(&self, knobs: Knobs) {
-        self.emulator.set_knobs(knobs);
+        self.running.emulator.set_knobs(knobs);
     }
 
     fn stats(&self) -> Snapshot {
-        self.emulator.stats()
+        self.running.stats()
     }
 
     fn requests(&self, route: &str) -> u64 {
-        self.stats().requests.get(route).copied().unwrap_or(0)
+        self.running.requests(route)
     }
 }
 
@@ -350,8 +346,7 @@ async fn create_that_hangs_times_out_per_attempt_then_fails() {
 
 #[tokio::test]
 async fn a_rejected_key_is_not_retried() {
-    let mut options =
-        EmulatorOptions::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("runner"));
+    let mut options = emulator::options();
     options.api_key = Some(Secret::new("e2b_someoneelse"));
     let emu = Emu::with(options).await;
     let Err(err) = create(&provider(&emu.url)).await else {
@@ -777,12 +772,9 @@ async fn an_old_envd_is_told_the_user_explicitly() {
 
 #[tokio::test]
 async fn an_unreachable_e2b_is_a_transport_error_after_retries() {
-    // Bind and drop a listener: nothing answers on that port.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
-    let mut options = E2bOptions::local(&format!("http://127.0.0.1:{port}"), KEY);
+    // Nothing answers there.
+    let nothing = Refused::new();
+    let mut options = E2bOptions::local(&nothing.url(), KEY);
     options.retry = RetryPolicy {
         attempts: 2,
         base_backoff: Duration::from_millis(1),
@@ -803,12 +795,9 @@ async fn an_unreachable_e2b_is_a_transport_error_after_retries() {
 #[tokio::test]
 async fn a_start_that_cannot_reach_envd_is_a_transport_error_naming_the_cause() {
     let fake = Fake::start().await;
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
+    let nothing = Refused::new();
     let mut options = options(&fake.url);
-    options.sandbox_url = Some(format!("http://127.0.0.1:{port}"));
+    options.sandbox_url = Some(nothing.url());
     let provider = E2bProvider::new(options).expect("client builds");
     let sandbox = create(&provider).await.expect("created");
     let Err(err) = sandbox.start(runner()).await else {
@@ -993,10 +982,6 @@ mod fake {
 
     impl Fake {
         pub(crate) async fn start() -> Fake {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
             let world = Arc::new(Mutex::new(World {
                 requests: Vec::new(),
                 envd_version: "0.5.7".into(),
@@ -1013,8 +998,7 @@ mod fake {
                 .route("/process.Process/Start", post(start))
                 .layer(middleware::from_fn_with_state(world.clone(), record))
                 .with_state(world.clone());
-            let url = format!("http://{addr}");
-            tokio::spawn(async move { axum::serve(listener, app).await });
+            let url = crate::common::http::serve_router(app).await;
             Fake { url, world }
         }
 

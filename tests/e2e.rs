@@ -8,20 +8,20 @@
 //!
 //! `cli::*` runs `ds "..."` on the command line with a local sandbox.
 //!
-//! Only the model is fake ([`support::model_server`]); the assertions are on
+//! Only the model is fake ([`common::model_server`]); the assertions are on
 //! what a client sees (the SSE events, `ds`'s output and exit code) and on
 //! what the model was sent. Every run also checks that its sandbox is gone
 //! afterwards and that no key value reached any event. Needs bubblewrap and
 //! `npm ci --prefix runner`.
 
-mod support;
+mod common;
 
-use serde_json::{Value, json};
-use support::model_server::{
+use common::model_server::{
     FINAL_TEXT, LOOP_COMMAND, ModelServer, PREAMBLE_TEXT, SUBAGENT_TEXT, Script,
 };
-use support::product::{ANTHROPIC_KEY, Chain, Cli, Events, Product, Serve};
-use support::runner::fixture;
+use common::product::{ANTHROPIC_KEY, Chain, Cli, Events, Product, Serve};
+use common::runner::fixture;
+use serde_json::{Value, json};
 
 /// The user's upload in every scenario that reads one.
 const CSV: &str = "name,qty\napple,3\npear,5\nplum,7\n";

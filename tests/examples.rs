@@ -9,18 +9,20 @@
 //! each file verbatim, and the JavaScript examples must type-check as strict
 //! TypeScript.
 
-mod serve_support;
-mod support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
+use common::model_server::{ModelServer, Script};
+use common::process;
+use common::runner::{OFFLINE_ENV, require_node_modules};
+use common::serve::{Stack, StackBuilder, start_stack};
+use common::sse;
+use common::tools::{manifest_dir, tool};
 use serde_json::Value;
-use serve_support::{Stack, StackBuilder};
-use support::model_server::{ModelServer, Script};
-use support::runner::{OFFLINE_ENV, require_node_modules};
 
 /// The bearer token the server requires; the examples read it from
 /// SANDSTORM_API_TOKEN.
@@ -33,7 +35,7 @@ const REPORT: &str = "# Sales\nregion,sales\nnorth,10\nsouth,7\n";
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 fn examples_dir() -> PathBuf {
-    serve_support::manifest_dir().join("docs/examples")
+    manifest_dir().join("docs/examples")
 }
 
 fn example(name: &str) -> PathBuf {
@@ -89,7 +91,7 @@ fn run(program: &Path, example: &Path, url: &str, token: Option<&str>) -> Ran {
     if let Some(token) = token {
         command.env("SANDSTORM_API_TOKEN", token);
     }
-    let (status, stdout, stderr) = serve_support::run(command, RUN_LIMIT);
+    let (status, stdout, stderr) = process::run(command, RUN_LIMIT);
     Ran {
         stdout,
         stderr,
@@ -99,7 +101,7 @@ fn run(program: &Path, example: &Path, url: &str, token: Option<&str>) -> Ran {
 }
 
 fn python() -> PathBuf {
-    let python = serve_support::require_venv_tool("python", "httpx and httpx-sse");
+    let python = tool("python", "httpx and httpx-sse");
     let probe = Command::new(&python)
         .args(["-c", "import httpx, httpx_sse"])
         .output()
@@ -113,13 +115,20 @@ fn python() -> PathBuf {
     python
 }
 
-/// The JSON events among the lines an example printed.
+/// The JSON events an example printed: `query.sh` prints the raw event
+/// stream (curl), the others one event's JSON per line.
 fn events(stdout: &str) -> Vec<Value> {
-    stdout
+    let streamed: Vec<Value> = sse::parse(stdout)
+        .iter()
+        .filter_map(|event| serde_json::from_str(&event.data).ok())
+        .collect();
+    let printed = stdout
         .lines()
-        .map(|line| line.strip_prefix("data: ").unwrap_or(line))
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|event| event.is_object())
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok());
+    streamed
+        .into_iter()
+        .chain(printed)
+        .filter(Value::is_object)
         .collect()
 }
 
@@ -178,7 +187,7 @@ print("\n".join(problems))
 sys.exit(1 if problems else 0)
 "##;
     let mut child = Command::new(python())
-        .current_dir(serve_support::manifest_dir())
+        .current_dir(manifest_dir())
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -256,7 +265,7 @@ fn the_query_examples_fail_loudly_on_a_wrong_token() {
 
 #[test]
 fn the_health_examples_print_the_status_and_version() {
-    let stack = serve_support::start(3);
+    let stack = start_stack(3);
     for (program, name) in [
         (PathBuf::from("bash"), "health.sh"),
         (python(), "health.py"),
@@ -276,7 +285,7 @@ fn the_health_examples_print_the_status_and_version() {
 
 #[test]
 fn the_javascript_examples_type_check_as_strict_typescript() {
-    let tools = serve_support::manifest_dir().join("tests/examples-ts");
+    let tools = manifest_dir().join("tests/examples-ts");
     let tsc = tools.join("node_modules/.bin/tsc");
     assert!(
         tsc.exists(),
@@ -307,7 +316,7 @@ fn the_javascript_examples_type_check_as_strict_typescript() {
     std::fs::write(dir.path().join("tsconfig.json"), config.to_string()).expect("tsconfig");
     let mut command = Command::new(&tsc);
     command.arg("-p").arg(dir.path().join("tsconfig.json"));
-    let (status, stdout, stderr) = serve_support::run(command, Duration::from_secs(120));
+    let (status, stdout, stderr) = process::run(command, Duration::from_secs(120));
     assert!(
         status.success(),
         "docs/examples/*.mjs are not valid strict TypeScript:\n{stdout}\n{stderr}"
@@ -316,8 +325,8 @@ fn the_javascript_examples_type_check_as_strict_typescript() {
 
 #[test]
 fn clients_md_shows_every_example_verbatim() {
-    let doc = std::fs::read_to_string(serve_support::manifest_dir().join("docs/clients.md"))
-        .expect("docs/clients.md");
+    let doc =
+        std::fs::read_to_string(manifest_dir().join("docs/clients.md")).expect("docs/clients.md");
     let mut names: Vec<String> = std::fs::read_dir(examples_dir())
         .expect("docs/examples")
         .map(|entry| {

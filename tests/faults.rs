@@ -7,20 +7,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-mod support;
+mod common;
 
-use e2b_emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
-use e2b_emulator::{Emulator, Knobs};
+use common::emulator::{
+    CreateFault, CreateFaultMode, Knobs, RunningEmulator, StreamCut, Synthetic,
+};
+use common::http::serve_router;
+use common::keys::{ANTHROPIC_KEY, E2B_KEY};
 use sandstorm::app::{AppState, app};
 use sandstorm::doors::PROVIDERS;
 use sandstorm::env::EnvVars;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider, RetryPolicy};
 use sandstorm::sandbox::provider::Setup;
 use sandstorm::settings::{Profile, SandboxChoice, Settings};
-use support::emulator::{E2B_KEY, RunningEmulator};
 
 struct Stack {
-    emulator: Emulator,
+    emulator: RunningEmulator,
     url: String,
 }
 
@@ -35,12 +37,9 @@ async fn stack_with_timeout(
     settings_env: &[(&str, &str)],
     request_timeout: Duration,
 ) -> Stack {
-    let RunningEmulator {
-        url: e2b_url,
-        emulator,
-    } = support::emulator::start(knobs, None).await;
+    let emulator = common::emulator::start(knobs).await;
 
-    let mut e2b = E2bOptions::local(&e2b_url, E2B_KEY);
+    let mut e2b = E2bOptions::local(&emulator.url, E2B_KEY);
     e2b.request_timeout = request_timeout;
     e2b.retry = RetryPolicy {
         attempts: 3,
@@ -49,7 +48,7 @@ async fn stack_with_timeout(
     };
     let provider = Arc::new(E2bProvider::new(e2b).expect("provider"));
     let mut pairs = vec![
-        ("ANTHROPIC_API_KEY", "sk-ant-test-0000"),
+        ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
         ("E2B_API_KEY", E2B_KEY),
     ];
     pairs.extend_from_slice(settings_env);
@@ -65,31 +64,12 @@ async fn stack_with_timeout(
         choice,
     )
     .expect("settings");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let router = app(AppState::new(settings, provider));
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let url = serve_router(app(AppState::new(settings, provider))).await;
     Stack { emulator, url }
 }
 
 async fn query(stack: &Stack, body: serde_json::Value) -> Vec<serde_json::Value> {
-    let response = reqwest::Client::new()
-        .post(format!("{}/query", stack.url))
-        .json(&body)
-        .send()
-        .await
-        .expect("response");
-    assert_eq!(response.status(), 200);
-    let text = tokio::time::timeout(Duration::from_secs(60), response.text())
-        .await
-        .expect("stream ends")
-        .expect("body");
-    text.split("\n\n")
-        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
-        .map(|data| serde_json::from_str(data).expect("JSON event"))
-        .collect()
+    common::stream::query(&stack.url, body).await
 }
 
 fn the_error(events: &[serde_json::Value]) -> &serde_json::Value {
@@ -104,15 +84,8 @@ fn the_error(events: &[serde_json::Value]) -> &serde_json::Value {
 /// Kills are awaited before the stream ends, except for a sandbox whose
 /// create was still in flight when the run ended: its own task kills it
 /// when the create returns. Give the counters time to settle.
-async fn assert_no_leak(emulator: &Emulator) {
-    for _ in 0..1000 {
-        let s = emulator.stats();
-        if s.alive == 0 && s.created == s.killed {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("leaked sandboxes: {:?}", emulator.stats());
+async fn assert_no_leak(emulator: &RunningEmulator) {
+    emulator.settled(Duration::from_secs(10)).await;
 }
 
 fn synthetic(lines: u64) -> Option<Synthetic> {

@@ -7,7 +7,7 @@
 //! test drives the binary through a Runtime API written here instead, which
 //! gives the invocation a real, short deadline.
 
-mod doors_support;
+mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,16 +17,19 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use doors_support::*;
-use e2b_emulator::Knobs;
-use e2b_emulator::knobs::StreamCut;
+use common::doors::{SETTLE, door_command, door_env, port_below_ephemeral_range};
+use common::emulator::{self, Knobs, StreamCut, synthetic};
+use common::http::serve_router;
+use common::process::{self, Process};
+use common::sse;
+use common::stream::{Stream, read_stream};
+use common::tools::{CARGO_LAMBDA_PIP, manifest_dir, tool};
 use futures::StreamExt;
-use tokio::process::Command;
 use tokio::sync::mpsc;
 
 struct Watch {
     url: String,
-    proc: Proc,
+    proc: Process,
 }
 
 impl Watch {
@@ -43,25 +46,61 @@ impl Watch {
     }
 }
 
-/// `cargo lambda watch` on a free port, serving the crate's `bootstrap`
-/// with `env`. It builds with the features `cargo test --all-features`
-/// already built, so it only starts the binary.
+/// `cargo lambda watch` serving the crate's `bootstrap` with `env`. It
+/// builds with the features `cargo test --all-features` already built, so
+/// it only starts the binary.
+///
+/// It cannot listen on port 0: it tells the function it starts where its
+/// Runtime API is from the port it was given, and logs that port, not the
+/// one it got. So it is given a port drawn below the ephemeral range (see
+/// [`port_below_ephemeral_range`]), and started again on another if that
+/// one turns out to be taken.
 async fn cargo_lambda_watch(env: &[(&str, String)]) -> Watch {
-    let cargo_lambda = tool("cargo-lambda", CARGO_LAMBDA_PIP);
-    let port = free_port();
-    let mut command = Command::new(cargo_lambda);
+    const ATTEMPTS: usize = 3;
+    for _ in 1..ATTEMPTS {
+        if let Some(watch) = try_cargo_lambda_watch(env).await {
+            return watch;
+        }
+    }
+    try_cargo_lambda_watch(env)
+        .await
+        .expect("cargo lambda watch found its port taken every time")
+}
+
+/// `None` when the port was taken.
+async fn try_cargo_lambda_watch(env: &[(&str, String)]) -> Option<Watch> {
+    let port = port_below_ephemeral_range();
+    let mut command = door_command(tool("cargo-lambda", CARGO_LAMBDA_PIP), env.iter().cloned());
     command
         .args(["lambda", "watch", "--all-features", "--ignore-changes"])
         .args(["--invoke-address", "127.0.0.1", "--invoke-port"])
         .arg(port.to_string())
         .current_dir(manifest_dir());
-    let proc = spawn(
+    let (proc, ()) = Process::start(
+        "cargo lambda watch",
         command,
-        env,
-        |line| line.contains("starting Runtime server"),
         Duration::from_secs(60),
+        |line| line.contains("starting Runtime server").then_some(()),
     )
     .await;
+    // It logs the port before it binds it: it is listening once the
+    // kernel says so, and the port was taken if it says that instead.
+    let bound = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if process::listening_ports(proc.pid()).contains(&port) {
+                return true;
+            }
+            if proc.output().contains("Address in use") {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("cargo lambda watch did not bind {port}:\n{}", proc.output()));
+    if !bound {
+        return None;
+    }
     let url = format!("http://127.0.0.1:{port}/lambda-url/bootstrap");
     // The first invocation starts the function (`cargo run`, which may have
     // to build). One patient request: an invocation whose client gave up
@@ -73,14 +112,14 @@ async fn cargo_lambda_watch(env: &[(&str, String)]) -> Watch {
         .await
         .unwrap_or_else(|e| panic!("health: {e}\n{}", proc.output()));
     assert_eq!(health.status(), 200, "{}", proc.output());
-    Watch { url, proc }
+    Some(Watch { url, proc })
 }
 
 #[tokio::test]
 async fn the_function_url_streams_every_line_in_order_before_the_run_ends() {
     const LINES: u64 = 20_000;
-    let e2b = start_emulator(synthetic(LINES, 1_000)).await;
-    let watch = cargo_lambda_watch(&e2b.door_env()).await;
+    let e2b = emulator::start(synthetic(LINES, 1_000)).await;
+    let watch = cargo_lambda_watch(&door_env(&e2b)).await;
 
     let destroyed = e2b.first_destroy();
     let stream = watch.query(serde_json::json!({"prompt": "go"})).await;
@@ -91,7 +130,7 @@ async fn the_function_url_streams_every_line_in_order_before_the_run_ends() {
 
 #[tokio::test]
 async fn a_cut_envd_stream_ends_with_an_in_band_error_event() {
-    let e2b = start_emulator(Knobs {
+    let e2b = emulator::start(Knobs {
         stream_cut: Some(StreamCut {
             after_frames: 10,
             count: 1,
@@ -99,7 +138,7 @@ async fn a_cut_envd_stream_ends_with_an_in_band_error_event() {
         ..synthetic(100_000, 500)
     })
     .await;
-    let watch = cargo_lambda_watch(&e2b.door_env()).await;
+    let watch = cargo_lambda_watch(&door_env(&e2b)).await;
 
     let stream = watch.query(serde_json::json!({"prompt": "go"})).await;
 
@@ -114,14 +153,14 @@ async fn a_cut_envd_stream_ends_with_an_in_band_error_event() {
     for (i, event) in lines.iter().enumerate() {
         assert_eq!(event["seq"], i as u64);
     }
-    let stats = e2b.settled().await;
+    let stats = e2b.settled(SETTLE).await;
     assert_eq!((stats.created, stats.killed), (1, 1));
 }
 
 #[tokio::test]
 async fn the_invocation_request_id_names_the_run_and_its_logs() {
-    let e2b = start_emulator(synthetic(3, 200)).await;
-    let watch = cargo_lambda_watch(&e2b.door_env()).await;
+    let e2b = emulator::start(synthetic(3, 200)).await;
+    let watch = cargo_lambda_watch(&door_env(&e2b)).await;
     let stream = watch.query(serde_json::json!({"prompt": "go"})).await;
     let request_id = stream.headers["x-request-id"]
         .to_str()
@@ -229,7 +268,7 @@ fn function_url_event(body: &serde_json::Value) -> serde_json::Value {
 #[tokio::test]
 async fn a_short_invocation_deadline_ends_the_run_with_a_timeout_event() {
     // Far more output than the deadline leaves time for.
-    let e2b = start_emulator(synthetic(50_000_000, 200)).await;
+    let e2b = emulator::start(synthetic(50_000_000, 200)).await;
     // Lambda cuts the stream at the deadline; the run must end itself
     // PLATFORM_MARGIN (10 s) before it, so 13 s leaves it about 3 s.
     let deadline = SystemTime::now() + Duration::from_secs(13);
@@ -253,13 +292,13 @@ async fn a_short_invocation_deadline_ends_the_run_with_a_timeout_event() {
             post(invocation_response),
         )
         .with_state(api);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let runtime_api = listener.local_addr().expect("addr").to_string();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let runtime_api = serve_router(app).await;
+    let runtime_api = runtime_api
+        .strip_prefix("http://")
+        .expect("an http:// URL")
+        .to_owned();
 
-    let mut env = e2b.door_env();
+    let mut env = door_env(&e2b);
     env.extend([
         ("AWS_LAMBDA_RUNTIME_API", runtime_api),
         ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
@@ -267,7 +306,7 @@ async fn a_short_invocation_deadline_ends_the_run_with_a_timeout_event() {
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
     ]);
     let started = Instant::now();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bootstrap"));
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"));
     command.current_dir(manifest_dir());
     // The runtime logs nothing at start; it is ready when it is running.
     let function = spawn_quiet(command, &env);
@@ -303,11 +342,10 @@ async fn a_short_invocation_deadline_ends_the_run_with_a_timeout_event() {
     assert_eq!(prelude["statusCode"], 200, "{prelude}");
     assert_eq!(prelude["headers"]["content-type"], "text/event-stream");
     let body = String::from_utf8_lossy(&raw[split + 8..]).into_owned();
-    let events: Vec<serde_json::Value> = body
-        .split("\n\n")
-        .filter_map(|f| f.lines().find_map(|l| l.strip_prefix("data: ")))
-        .map(|d| serde_json::from_str(d).expect("JSON event"))
-        .collect();
+    let all = sse::json_events(&body);
+    let (events, done) = sse::split_closing(&all);
+    let done = done.expect("the stream ends with its done event");
+    assert_eq!(done["status"], "error", "{done}");
     let last = events.last().expect("events");
     assert_eq!(last["type"], "error", "{last}");
     assert_eq!(last["error_type"], "timeout", "{last}");
@@ -320,7 +358,7 @@ async fn a_short_invocation_deadline_ends_the_run_with_a_timeout_event() {
          away with a 10 s margin"
     );
     // Destroyed before the body ended, not after.
-    let stats = e2b.emulator.stats();
+    let stats = e2b.stats();
     assert_eq!(
         (stats.created, stats.killed, stats.alive),
         (1, 1, 0),
@@ -329,7 +367,7 @@ async fn a_short_invocation_deadline_ends_the_run_with_a_timeout_event() {
     drop(function);
 }
 
-fn spawn_quiet(mut command: Command, env: &[(&str, String)]) -> tokio::process::Child {
+fn spawn_quiet(mut command: std::process::Command, env: &[(&str, String)]) -> Process {
     command.env_clear();
     for name in ["PATH", "HOME"] {
         if let Some(value) = std::env::var_os(name) {
@@ -338,13 +376,8 @@ fn spawn_quiet(mut command: Command, env: &[(&str, String)]) -> tokio::process::
     }
     command
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn bootstrap")
+        .env("RUST_LOG", "warn");
+    Process::start_now("bootstrap", command)
 }
 
 fn find_index(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -3,24 +3,28 @@
 //!
 //! Every stream must arrive complete and in order, every sandbox must be
 //! destroyed, and the whole run must end within a fixed bound. The figures
-//! (latencies, idle and peak RSS of the server) are printed and written to
-//! `target/load-figures.json`, where `bench/run` picks them up for
-//! BENCHMARKS.md.
+//! (latencies, idle and peak RSS of the server) are printed, and written to
+//! the file `SANDSTORM_LOAD_FIGURES` names when it is set: `bench/run`
+//! picks them up there for BENCHMARKS.md.
+//!
+//! It is a step of its own, not part of a plain `cargo test`: `.ci/run`
+//! and `bench/run` run it with
+//! `cargo test --all-features --test load -- --ignored`.
 //!
 //! The server is the `ds` binary cargo built with this test. `bench/run`
 //! sets `SANDSTORM_LOAD_DS` to the release binary so the published figures
 //! are those of what ships.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
-use e2b_emulator::{Emulator, EmulatorOptions, Knobs, knobs::Synthetic};
+use common::emulator::{self, RunningEmulator, synthetic};
+use common::serve::{DS, DsServe, Server};
+use common::sse;
 use futures::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::Barrier;
 
 /// Concurrent queries.
@@ -35,14 +39,14 @@ const TIME_LIMIT: Duration = Duration::from_secs(90);
 /// server: client socket, server side, envd stream, pooled REST sockets.
 const FDS_PER_STREAM: u64 = 4;
 
-const E2B_KEY: &str = "e2b_0123456789abcdef";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a step of its own in .ci/run and bench/run: cargo test --test load -- --ignored"]
 async fn five_hundred_concurrent_queries_stream_completely_and_leak_no_sandbox() {
     raise_fd_limit(STREAMS as u64 * FDS_PER_STREAM + 256);
-    let emulator = start_emulator(LINES, LINE_BYTES).await;
-    let server = start_ds_serve(&emulator.url).await;
-    let idle_rss_kib = proc_status_kib(server.pid, "VmRSS");
+    let emulator = emulator::start(synthetic(LINES, LINE_BYTES)).await;
+    let (binary, server) = start_ds_serve(&emulator).await;
+    let pid = server.process.pid();
+    let idle_rss_kib = proc_status_kib(pid, "VmRSS");
 
     let started = Instant::now();
     let outcome = tokio::time::timeout(TIME_LIMIT, run_load(&server.url)).await;
@@ -50,7 +54,7 @@ async fn five_hundred_concurrent_queries_stream_completely_and_leak_no_sandbox()
     let results = outcome.unwrap_or_else(|_| {
         panic!(
             "{STREAMS} queries did not finish within {TIME_LIMIT:?}; emulator: {:?}",
-            emulator.emulator.stats()
+            emulator.stats()
         )
     });
 
@@ -65,7 +69,7 @@ async fn five_hundred_concurrent_queries_stream_completely_and_leak_no_sandbox()
 
     // A run destroys its sandbox before it ends its stream, so by now every
     // kill has been answered; the short wait only absorbs scheduling.
-    let stats = wait_for_no_sandbox(&emulator.emulator, Duration::from_secs(5)).await;
+    let stats = emulator.settled(Duration::from_secs(5)).await;
     assert_eq!(
         (stats.created, stats.killed, stats.alive),
         (STREAMS as u64, STREAMS as u64, 0),
@@ -80,7 +84,7 @@ async fn five_hundred_concurrent_queries_stream_completely_and_leak_no_sandbox()
         );
     }
 
-    let peak_rss_kib = proc_status_kib(server.pid, "VmHWM");
+    let peak_rss_kib = proc_status_kib(pid, "VmHWM");
     let first: Vec<Duration> = done.iter().map(|s| s.first_event).collect();
     let complete: Vec<Duration> = done.iter().map(|s| s.complete).collect();
     let figures = serde_json::json!({
@@ -96,13 +100,15 @@ async fn five_hundred_concurrent_queries_stream_completely_and_leak_no_sandbox()
         "created": stats.created,
         "killed": stats.killed,
         "alive": stats.alive,
-        "server": server.binary.display().to_string(),
+        "server": binary.display().to_string(),
     });
     let text = serde_json::to_string_pretty(&figures).expect("figures are JSON");
     eprintln!("load figures:\n{text}");
-    let path = figures_path();
-    std::fs::write(&path, format!("{text}\n"))
-        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    if let Some(path) = std::env::var_os("SANDSTORM_LOAD_FIGURES") {
+        let path = PathBuf::from(path);
+        std::fs::write(&path, format!("{text}\n"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
 }
 
 /// What one query's stream looked like, from the client's side.
@@ -191,31 +197,31 @@ async fn read_stream(
     })
 }
 
-/// Splits an SSE body into events and checks each is the next runner line.
+/// Reads an SSE body with the toolkit's decoder and checks each event is
+/// the next runner line.
 #[derive(Default)]
 struct SseParser {
-    buffer: Vec<u8>,
+    decoder: sse::Decoder,
     events: u64,
     saw_result: bool,
+    /// The stream's closing status event came (see `sse::split_closing`):
+    /// nothing may follow it.
+    closed: bool,
 }
 
 impl SseParser {
     fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
-        self.buffer.extend_from_slice(chunk);
-        let mut start = 0;
-        while let Some(end) = find(&self.buffer[start..], b"\n\n") {
-            let frame = &self.buffer[start..start + end];
-            start += end + 2;
-            // Comment lines (`: keepalive`) carry no event.
-            let Some(data) = frame
-                .split(|&b| b == b'\n')
-                .find_map(|l| l.strip_prefix(b"data: "))
-            else {
-                continue;
-            };
-            let event: serde_json::Value = serde_json::from_slice(data)
+        for event in self.decoder.feed(chunk) {
+            let event: serde_json::Value = serde_json::from_str(&event.data)
                 .map_err(|e| format!("event {} is not JSON: {e}", self.events))?;
+            if self.closed {
+                return Err(format!("event after the closing one: {event}"));
+            }
             if self.saw_result {
+                if event["type"] == "done" {
+                    self.closed = true;
+                    continue;
+                }
                 return Err(format!("event after the result: {event}"));
             }
             if event["seq"] != self.events {
@@ -224,107 +230,23 @@ impl SseParser {
             self.saw_result = event["type"] == "result";
             self.events += 1;
         }
-        self.buffer.drain(..start);
         Ok(())
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-struct EmulatorHandle {
-    url: String,
-    emulator: Emulator,
-}
-
-async fn start_emulator(lines: u64, bytes: usize) -> EmulatorHandle {
-    let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("runner");
-    let mut options = EmulatorOptions::new(runner);
-    options.knobs = Knobs {
-        synthetic: Some(Synthetic { lines, bytes }),
-        ..Knobs::default()
-    };
-    let emulator = Emulator::new(options).expect("emulator (is bubblewrap installed?)");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    // As envd does: without TCP_NODELAY each stream's first frame waits
-    // out the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = e2b_emulator::app(emulator.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    EmulatorHandle { url, emulator }
-}
-
-async fn wait_for_no_sandbox(emulator: &Emulator, within: Duration) -> e2b_emulator::Snapshot {
-    let start = Instant::now();
-    loop {
-        let stats = emulator.stats();
-        if (stats.alive == 0 && stats.killed == stats.created) || start.elapsed() > within {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct Server {
-    url: String,
-    pid: u32,
-    binary: PathBuf,
-    _child: Child,
-    _dir: tempfile::TempDir,
-}
-
-/// `ds serve --port 0 --sandbox e2b` pointed at the emulator.
-async fn start_ds_serve(emulator_url: &str) -> Server {
-    let binary = std::env::var_os("SANDSTORM_LOAD_DS")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ds")), PathBuf::from);
+/// `ds serve --port 0 --sandbox e2b` pointed at the emulator, and which
+/// binary it is.
+async fn start_ds_serve(e2b: &RunningEmulator) -> (PathBuf, Server) {
+    let binary =
+        std::env::var_os("SANDSTORM_LOAD_DS").map_or_else(|| PathBuf::from(DS), PathBuf::from);
     // The server runs in a temp folder: a relative path would resolve there.
     let binary = std::path::absolute(&binary)
         .unwrap_or_else(|e| panic!("resolving {}: {e}", binary.display()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(&binary)
-        .args(["serve", "--port", "0", "--sandbox", "e2b"])
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("E2B_API_URL", emulator_url)
-        .env("E2B_SANDBOX_URL", emulator_url)
-        .env("E2B_API_KEY", E2B_KEY)
-        .env("ANTHROPIC_API_KEY", "sk-ant-load-0000")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-    let pid = child.id().expect("ds serve has a pid");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if let Some(url) = line.strip_prefix("listening on ") {
-                return url.to_owned();
-            }
-        }
-        panic!("ds serve exited before listening");
-    })
-    .await
-    .expect("ds serve listens within 30 s");
-    // Keep draining stderr so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Server {
-        url,
-        pid,
-        binary,
-        _child: child,
-        _dir: dir,
-    }
+    let server = DsServe::with_binary(&binary, ["serve", "--sandbox", "e2b"])
+        .envs(e2b.env())
+        .start()
+        .await;
+    (binary, server)
 }
 
 /// Lifts this process's soft limit on open files to what the test needs;
@@ -373,10 +295,4 @@ fn percentiles(mut values: Vec<Duration>) -> serde_json::Value {
         values.get(i).copied().map(millis)
     };
     serde_json::json!({"p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
-}
-
-/// `target/load-figures.json`, in whatever target folder cargo uses.
-fn figures_path() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().unwrap_or(tmp).join("load-figures.json")
 }

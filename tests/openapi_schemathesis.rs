@@ -7,10 +7,14 @@
 //! schema; every body the schema forbids is refused. A run of real sandbox
 //! lifecycles stands behind each accepted body.
 
-mod serve_support;
+mod common;
 
 use std::process::Command;
 use std::time::Duration;
+
+use common::process::run;
+use common::serve::start_stack;
+use common::tools::{manifest_dir, tool};
 
 /// The pinned package, as in tests/python/requirements.txt.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
@@ -24,9 +28,9 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 
 #[test]
 fn schemathesis_finds_the_server_true_to_its_openapi_document() {
-    let schemathesis = serve_support::require_venv_tool("schemathesis", SCHEMATHESIS);
-    let stack = serve_support::start(5);
-    let config = serve_support::manifest_dir().join("tests/schemathesis/schemathesis.toml");
+    let schemathesis = tool("schemathesis", SCHEMATHESIS);
+    let stack = start_stack(5);
+    let config = manifest_dir().join("tests/schemathesis/schemathesis.toml");
     // Its working folder is a temporary one, so nothing it writes lands in
     // the repository.
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -42,7 +46,7 @@ fn schemathesis_finds_the_server_true_to_its_openapi_document() {
         .args(["--max-examples", "30", "--seed", "20261127"])
         .args(["--generation-database", "none", "--request-timeout", "30"])
         .arg("--no-color");
-    let (status, stdout, stderr) = serve_support::run(command, Duration::from_secs(300));
+    let (status, stdout, stderr) = run(command, Duration::from_secs(300));
     assert!(
         status.success(),
         "schemathesis found the server and src/openapi.json disagreeing:\n{stdout}\n{stderr}"

@@ -2,12 +2,12 @@
 //! files in its sandbox, and they come back as `file` events byte for byte,
 //! through both chains, and into `--output-dir` from the CLI.
 
-mod support;
+mod common;
 
 use base64::Engine;
+use common::model_server::{ModelServer, Script};
+use common::product::{Chain, Cli, Events, Serve};
 use serde_json::{Value, json};
-use support::model_server::{ModelServer, Script};
-use support::product::{Chain, Cli, Events, Serve};
 
 /// Makes a binary file, a text file, one file over the 10 MB per-file
 /// limit, a hidden file and a file outside the pattern.

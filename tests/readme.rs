@@ -2,18 +2,18 @@
 //! emulator, its sandstorm.json examples load, its client example is the
 //! tested file, its links resolve.
 
-mod support;
+mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
 use clap::Parser;
-use e2b_emulator::Knobs;
+use common::emulator::{self, Knobs};
+use common::keys::E2B_KEY;
+use common::model_server::{FINAL_TEXT, ModelServer, Script};
+use common::product::Cli;
+use common::serve::DsServe;
 use sandstorm::config::SandstormConfig;
-use support::emulator::{self, E2B_KEY};
-use support::model_server::{FINAL_TEXT, ModelServer, Script};
-use support::product::Cli;
-use tokio::process::Command;
 
 fn readme() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
@@ -91,7 +91,7 @@ async fn every_ds_query_in_the_readme_runs_against_the_emulator() {
         command: "mkdir -p output && echo chart > output/chart.png && echo readme-ok".into(),
     })
     .await;
-    let e2b = emulator::start(Knobs::default(), None).await;
+    let e2b = emulator::start(Knobs::default()).await;
     let queries: Vec<Vec<String>> = ds_commands()
         .into_iter()
         .filter(|words| words.get(1).is_some_and(|w| w != "serve"))
@@ -123,41 +123,27 @@ async fn every_ds_query_in_the_readme_runs_against_the_emulator() {
             output.dump()
         );
     }
-    let stats = e2b.emulator.stats();
+    let stats = e2b.stats();
     assert_eq!(stats.created, stats.killed, "{stats:?}");
 }
 
 #[tokio::test]
 async fn every_ds_serve_in_the_readme_starts_and_answers_health() {
-    let e2b = emulator::start(Knobs::default(), None).await;
+    let e2b = emulator::start(Knobs::default()).await;
     let serves: Vec<Vec<String>> = ds_commands()
         .into_iter()
         .filter(|words| words.get(1).is_some_and(|w| w == "serve"))
         .collect();
     assert!(serves.len() >= 4, "{serves:?}");
     for words in serves {
-        // The README's ports may be taken here; any free one will do.
-        let mut args: Vec<String> = Vec::new();
-        let mut rest = words[1..].iter();
-        while let Some(word) = rest.next() {
-            if word == "--port" {
-                rest.next();
-            } else {
-                args.push(word.clone());
-            }
-        }
-        args.extend(["--port".to_owned(), "0".to_owned()]);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
-        command
-            .args(&args)
-            .current_dir(dir.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        // The README's ports may be taken here: DsServe drops `--port` and
+        // starts on port 0.
+        let server = DsServe::new(&words[1..])
             .env("E2B_API_KEY", E2B_KEY)
             .env("E2B_API_URL", &e2b.url)
-            .env("E2B_SANDBOX_URL", &e2b.url);
-        let server = emulator::listen(command).await;
+            .env("E2B_SANDBOX_URL", &e2b.url)
+            .start()
+            .await;
         let health = server.url.replace("0.0.0.0", "127.0.0.1");
         let answer = tokio::time::timeout(
             Duration::from_secs(10),

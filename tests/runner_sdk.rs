@@ -6,13 +6,13 @@
 //! field reaches the SDK (and through it, the model). Needs
 //! `npm ci --prefix runner`.
 
-mod support;
+mod common;
 
-use serde_json::{Value, json};
-use support::model_server::{
+use common::model_server::{
     BASH_WRITE_FILE, FINAL_TEXT, LOOP_COMMAND, ModelServer, SUBAGENT_TEXT, Script,
 };
-use support::runner::{RunDirs, RunnerCommand, RunnerOutput, fixture};
+use common::runner::{RunDirs, RunnerCommand, RunnerOutput, fixture};
+use serde_json::{Value, json};
 
 const CSV: &str = "name,qty\napple,3\npear,5\nplum,7\n";
 

@@ -4,11 +4,11 @@
 //! checked for what matters: a streaming Function URL, the Lambda settings,
 //! and a role that can read the one secret and nothing else.
 
-mod doors_support;
+mod common;
 
 use std::process::Command;
 
-use doors_support::*;
+use common::tools::{CFN_LINT_PIP, manifest_dir, tool};
 use serde_json::{Value, json};
 
 const SAM_TRANSLATOR_PIP: &str = "aws-sam-translator==1.115.0";

@@ -5,14 +5,20 @@
 //! goes through the Vercel binary, where the AWS SDK reads the process
 //! environment as it does on Lambda.
 
-mod doors_support;
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use doors_support::*;
+use common::doors::{SETTLE, door_command, start_vercel_function};
+use common::emulator::{self, RunningEmulator, synthetic};
+use common::http::serve_router;
+use common::keys::{ANTHROPIC_KEY, E2B_KEY};
+use common::process::Process;
+use common::stream::read_stream;
+use common::tools::{MOTO_PIP, manifest_dir, tool};
 use sandstorm::app::{self, AppState};
 use sandstorm::doors::secrets::{SECRET_KEYS, SecretError, SecretsManagerSource};
 use sandstorm::doors::{self, Platform};
@@ -24,25 +30,20 @@ const TOKEN: &str = "token-from-the-secret-5678";
 
 struct Moto {
     url: String,
-    _proc: Proc,
+    _proc: Process,
 }
 
+/// `moto_server` on port 0; it prints the address it got
+/// (` * Running on http://127.0.0.1:PORT`).
 async fn start_moto() -> Moto {
-    let moto = tool("moto_server", MOTO_PIP);
-    let port = free_port();
-    let mut command = Command::new(moto);
-    command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-    let proc = spawn(
-        command,
-        &[],
-        |line| line.contains("Running on"),
-        Duration::from_secs(60),
-    )
+    let mut command = door_command(tool("moto_server", MOTO_PIP), None::<(&str, &str)>);
+    command.args(["-H", "127.0.0.1", "-p", "0"]);
+    let (proc, url) = Process::start("moto_server", command, Duration::from_secs(60), |line| {
+        let (_, rest) = line.split_once("Running on ")?;
+        rest.split_whitespace().next().map(str::to_owned)
+    })
     .await;
-    Moto {
-        url: format!("http://127.0.0.1:{port}"),
-        _proc: proc,
-    }
+    Moto { url, _proc: proc }
 }
 
 /// The variables that point the AWS SDK at `endpoint` with dummy
@@ -88,7 +89,11 @@ fn the_secret() -> String {
 
 /// A door's environment with no key in it: E2B's address, the secret's id
 /// and the AWS endpoint.
-fn keyless_env(e2b: &E2b, endpoint: &str, secret_id: &str) -> Vec<(&'static str, String)> {
+fn keyless_env(
+    e2b: &RunningEmulator,
+    endpoint: &str,
+    secret_id: &str,
+) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("E2B_API_URL", e2b.url.clone()),
         ("E2B_SANDBOX_URL", e2b.url.clone()),
@@ -107,13 +112,7 @@ async fn serve(env: &[(&'static str, String)], source: Arc<SecretsManagerSource>
         .expect("settings");
     settings.key_source = Some(source);
     let provider = settings.sandbox.build_provider().expect("e2b");
-    let router = app::app(AppState::new(settings, provider));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    url
+    serve_router(app::app(AppState::new(settings, provider))).await
 }
 
 async fn source(env: &[(&'static str, String)]) -> Arc<SecretsManagerSource> {
@@ -126,13 +125,21 @@ async fn source(env: &[(&'static str, String)]) -> Arc<SecretsManagerSource> {
     )
 }
 
+/// The emulator accepting `key` only.
+async fn emulator_taking_only(key: &str, knobs: emulator::Knobs) -> RunningEmulator {
+    let mut options = emulator::options();
+    options.knobs = knobs;
+    options.api_key = Some(sandstorm::secret::Secret::new(key));
+    emulator::start_with(options).await
+}
+
 #[tokio::test]
 async fn keys_and_the_token_come_from_the_secret_with_one_call_for_many_queries() {
     let moto = start_moto().await;
     create_secret(&moto.url, "sandstorm/prod", &the_secret()).await;
     // The emulator takes only the secret's E2B key: a query that succeeds
     // used it.
-    let e2b = start_emulator_with_key(synthetic(10, 200), Some(E2B_KEY)).await;
+    let e2b = emulator_taking_only(E2B_KEY, synthetic(10, 200)).await;
     let env = keyless_env(&e2b, &moto.url, "sandstorm/prod");
     let source = source(&env).await;
     let url = serve(&env, source.clone()).await;
@@ -157,7 +164,7 @@ async fn keys_and_the_token_come_from_the_secret_with_one_call_for_many_queries(
         assert_eq!(stream.status, 200);
         stream.assert_complete(10);
     }
-    assert_eq!(e2b.settled().await.created, 3);
+    assert_eq!(e2b.settled(SETTLE).await.created, 3);
     assert_eq!(
         source.fetches(),
         1,
@@ -184,7 +191,10 @@ async fn concurrent_first_use_makes_one_call_and_a_stale_cache_another() {
     }
     assert_eq!(source.fetches(), 1, "16 concurrent first uses, one call");
 
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Past the 1 s TTL on the cache's clock (tokio's), without waiting.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(1_100)).await;
+    tokio::time::resume();
     let key = source.get("E2B_API_KEY").await.expect("lookup");
     assert_eq!(key.expect("present").expose(), E2B_KEY);
     assert_eq!(
@@ -205,7 +215,7 @@ async fn concurrent_first_use_makes_one_call_and_a_stale_cache_another() {
 #[tokio::test]
 async fn a_missing_secret_is_a_config_error_that_names_it() {
     let moto = start_moto().await;
-    let e2b = start_emulator(synthetic(3, 100)).await;
+    let e2b = emulator::start(synthetic(3, 100)).await;
     let env = keyless_env(&e2b, &moto.url, "sandstorm/missing");
     let url = serve(&env, source(&env).await).await;
 
@@ -224,7 +234,7 @@ async fn a_missing_secret_is_a_config_error_that_names_it() {
         message.contains("\"sandstorm/missing\"") && message.contains("not found"),
         "{message}"
     );
-    assert_eq!(e2b.emulator.stats().created, 0);
+    assert_eq!(e2b.stats().created, 0);
 }
 
 #[tokio::test]
@@ -253,11 +263,7 @@ async fn access_denied_is_named_with_the_permission_to_grant() {
             r#"{"__type":"AccessDeniedException","Message":"User: arn:aws:sts::123456789012:assumed-role/fn/fn is not authorized to perform: secretsmanager:GetSecretValue"}"#,
         )
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, denied).await });
+    let endpoint = serve_router(denied).await;
     let mut env = aws_env(&endpoint);
     env.push(("SANDSTORM_SECRET_ID", "sandstorm/locked".to_owned()));
 
@@ -276,21 +282,13 @@ async fn access_denied_is_named_with_the_permission_to_grant() {
 async fn the_vercel_door_reads_its_keys_from_the_secret() {
     let moto = start_moto().await;
     create_secret(&moto.url, "sandstorm/door", &the_secret()).await;
-    let e2b = start_emulator_with_key(synthetic(5, 200), Some(E2B_KEY)).await;
-    let mut env = keyless_env(&e2b, &moto.url, "sandstorm/door");
-    let port = free_port();
-    env.push(("VERCEL_DEV_PORT", port.to_string()));
-    let function = spawn(
-        Command::new(env!("CARGO_BIN_EXE_vercel-query")),
-        &env,
-        |line| line.contains("Dev server listening"),
-        Duration::from_secs(30),
-    )
-    .await;
+    let e2b = emulator_taking_only(E2B_KEY, synthetic(5, 200)).await;
+    let env = keyless_env(&e2b, &moto.url, "sandstorm/door");
+    let (function, url) = start_vercel_function(env!("CARGO_BIN_EXE_vercel-query"), env).await;
 
     let stream = read_stream(
         reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{port}/query"))
+            .post(format!("{url}/query"))
             .bearer_auth(TOKEN)
             .json(&serde_json::json!({"prompt": "go"})),
     )

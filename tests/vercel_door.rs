@@ -4,35 +4,28 @@
 //! The deploy files (`vercel.json`, `build.sh`) are checked against the
 //! code they configure.
 
-mod doors_support;
+mod common;
 
 use std::time::Duration;
 
-use doors_support::*;
+use common::doors::{SETTLE, door_env, start_vercel_function};
+use common::emulator::{self, synthetic};
+use common::process::Process;
+use common::stream::{Stream, read_stream};
+use common::tools::manifest_dir;
 use sandstorm::doors::VERCEL_MAX_DURATION;
 use tokio::process::Command;
 
 struct Function {
     url: String,
-    proc: Proc,
+    proc: Process,
 }
 
-/// Starts a Vercel function binary on a free port with `env`.
+/// Starts a Vercel function binary with `env`, on the port it is given
+/// (`VERCEL_DEV_PORT`), 0: the system picks one.
 async fn start_function(binary: &str, env: &[(&str, String)]) -> Function {
-    let port = free_port();
-    let mut env = env.to_vec();
-    env.push(("VERCEL_DEV_PORT", port.to_string()));
-    let proc = spawn(
-        Command::new(binary),
-        &env,
-        |line| line.contains("Dev server listening"),
-        Duration::from_secs(30),
-    )
-    .await;
-    Function {
-        url: format!("http://127.0.0.1:{port}"),
-        proc,
-    }
+    let (proc, url) = start_vercel_function(binary, env.iter().cloned()).await;
+    Function { url, proc }
 }
 
 impl Function {
@@ -53,8 +46,8 @@ impl Function {
 #[tokio::test]
 async fn the_function_serves_health_and_streams_a_query_in_order() {
     const LINES: u64 = 20_000;
-    let e2b = start_emulator(synthetic(LINES, 1_000)).await;
-    let function = start_function(env!("CARGO_BIN_EXE_vercel-query"), &e2b.door_env()).await;
+    let e2b = emulator::start(synthetic(LINES, 1_000)).await;
+    let function = start_function(env!("CARGO_BIN_EXE_vercel-query"), &door_env(&e2b)).await;
 
     let client = reqwest::Client::new();
     for path in ["/health", "/api/health"] {
@@ -79,8 +72,8 @@ async fn the_function_serves_health_and_streams_a_query_in_order() {
 
 #[tokio::test]
 async fn the_health_function_is_the_same_door() {
-    let e2b = start_emulator(synthetic(5, 200)).await;
-    let function = start_function(env!("CARGO_BIN_EXE_vercel-health"), &e2b.door_env()).await;
+    let e2b = emulator::start(synthetic(5, 200)).await;
+    let function = start_function(env!("CARGO_BIN_EXE_vercel-health"), &door_env(&e2b)).await;
     let health = reqwest::get(format!("{}/api/health", function.url))
         .await
         .expect("health");
@@ -93,8 +86,8 @@ async fn the_health_function_is_the_same_door() {
 
 #[tokio::test]
 async fn a_run_ends_itself_before_max_duration() {
-    let e2b = start_emulator(synthetic(50_000_000, 200)).await;
-    let mut env = e2b.door_env();
+    let e2b = emulator::start(synthetic(50_000_000, 200)).await;
+    let mut env = door_env(&e2b);
     // 13 s with the 10 s margin leaves the run about 3 s.
     env.push(("SANDSTORM_MAX_DURATION", "13".to_owned()));
     let function = start_function(env!("CARGO_BIN_EXE_vercel-query"), &env).await;
@@ -112,15 +105,14 @@ async fn a_run_ends_itself_before_max_duration() {
         "the stream ended at {:?}; maxDuration was 13 s with a 10 s margin",
         stream.ended
     );
-    let stats = e2b.settled().await;
+    let stats = e2b.settled(SETTLE).await;
     assert_eq!((stats.created, stats.killed), (1, 1));
 }
 
 #[tokio::test]
 async fn queries_need_a_token_unless_anonymous_access_is_turned_on() {
-    let e2b = start_emulator(synthetic(3, 200)).await;
-    let env: Vec<_> = e2b
-        .door_env()
+    let e2b = emulator::start(synthetic(3, 200)).await;
+    let env: Vec<_> = door_env(&e2b)
         .into_iter()
         .filter(|(name, _)| *name != "SANDSTORM_ALLOW_ANONYMOUS")
         .collect();
@@ -151,7 +143,7 @@ async fn queries_need_a_token_unless_anonymous_access_is_turned_on() {
         .await
         .expect("response");
     assert_eq!(no_bearer.status(), 401);
-    assert_eq!(e2b.emulator.stats().created, 0, "no sandbox for a refusal");
+    assert_eq!(e2b.stats().created, 0, "no sandbox for a refusal");
     let stream = open
         .query(
             open.post(serde_json::json!({"prompt": "go"}))
@@ -166,7 +158,7 @@ async fn a_local_sandbox_is_refused_at_startup() {
     let output = Command::new(env!("CARGO_BIN_EXE_vercel-query"))
         .env_clear()
         .env("SANDSTORM_SANDBOX", "local")
-        .env("VERCEL_DEV_PORT", free_port().to_string())
+        .env("VERCEL_DEV_PORT", "0")
         .output()
         .await
         .expect("run");

@@ -2,9 +2,8 @@
 //! lifecycle against a scripted in-memory sandbox.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -14,89 +13,21 @@ use super::*;
 use crate::doors::PROVIDERS;
 use crate::env::EnvVars;
 use crate::keys::KeyEnv;
+use crate::sandbox::ProcessEvent;
 use crate::sandbox::provider::Setup;
-use crate::sandbox::{
-    ExitStatus, ProcessEvent, ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile,
-    SandboxSpec,
-};
+use crate::sandbox::scripted::{Counters, Scripted, Then};
 use crate::settings::AuthSettings;
 use crate::settings::{Profile, SandboxChoice};
 
-/// What the scripted process does after printing its events.
-#[derive(Clone)]
-enum Then {
-    Exit(i32),
-    Hang,
-    Cut,
-}
-
-#[derive(Default)]
-struct Counters {
-    created: AtomicUsize,
-    destroyed: AtomicUsize,
-    uploads: Mutex<Vec<Vec<String>>>,
-    envs: Mutex<Vec<std::collections::BTreeMap<String, String>>>,
-}
-
-struct Scripted {
-    output: Vec<ProcessEvent>,
-    then: Then,
-    counters: Arc<Counters>,
-}
-
-struct ScriptedSandbox {
-    output: Vec<ProcessEvent>,
-    then: Then,
-    counters: Arc<Counters>,
-}
-
-#[async_trait]
-impl SandboxProvider for Scripted {
-    fn name(&self) -> &'static str {
-        "scripted"
-    }
-    async fn create(&self, _spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
-        self.counters.created.fetch_add(1, Ordering::SeqCst);
-        Ok(Arc::new(ScriptedSandbox {
-            output: self.output.clone(),
-            then: self.then.clone(),
-            counters: self.counters.clone(),
-        }))
-    }
-}
-
-#[async_trait]
-impl Sandbox for ScriptedSandbox {
-    fn id(&self) -> &str {
-        "sbx-test"
-    }
-    async fn upload(&self, files: Vec<SandboxFile>) -> Result<(), SandboxError> {
-        let paths = files.into_iter().map(|f| f.path).collect();
-        self.counters.uploads.lock().expect("lock").push(paths);
-        Ok(())
-    }
-    async fn start(&self, process: ProcessSpec) -> Result<ProcessStream, SandboxError> {
-        self.counters.envs.lock().expect("lock").push(process.envs);
-        let events = futures::stream::iter(self.output.clone().into_iter().map(Ok));
-        let tail: ProcessStream = match self.then {
-            Then::Exit(code) => futures::stream::iter([Ok(ProcessEvent::Exited(ExitStatus {
-                code: Some(code),
-                status: format!("exit status {code}"),
-            }))])
-            .boxed(),
-            Then::Hang => futures::stream::pending().boxed(),
-            Then::Cut => futures::stream::empty().boxed(),
-        };
-        Ok(events.chain(tail).boxed())
-    }
-    async fn read_file(&self, _path: &str) -> Result<Bytes, SandboxError> {
-        Ok(Bytes::new())
-    }
-    async fn destroy(&self) -> Result<(), SandboxError> {
-        self.counters.destroyed.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
+// The test toolkit's SSE parser, so these tests read streams exactly as the
+// integration tests do.
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "a shared file; this crate uses a part"
+)]
+#[path = "../../tests/common/sse.rs"]
+mod sse;
 
 fn out(s: &str) -> ProcessEvent {
     ProcessEvent::Stdout(Bytes::copy_from_slice(s.as_bytes()))
@@ -116,12 +47,8 @@ fn harness_with(
     then: Then,
     tweak: impl FnOnce(&mut Settings),
 ) -> Harness {
-    let counters = Arc::new(Counters::default());
-    let provider = Arc::new(Scripted {
-        output,
-        then,
-        counters: counters.clone(),
-    });
+    let provider = Arc::new(Scripted::new(output, then));
+    let counters = provider.counters();
     let mut settings = settings_from(&[("ANTHROPIC_API_KEY", "sk-ant-test-key-123")]);
     tweak(&mut settings);
     Harness {
@@ -188,11 +115,11 @@ async fn body_text(response: Response) -> String {
     String::from_utf8(bytes.to_vec()).expect("utf-8")
 }
 
-fn events(sse: &str) -> Vec<serde_json::Value> {
-    sse.split("\n\n")
-        .filter_map(|frame| frame.strip_prefix("data: "))
-        .map(|data| serde_json::from_str(data).expect("each event is JSON"))
-        .collect()
+/// The run's events; a closing status event, if the stream ends with one,
+/// is not one of them.
+fn events(body: &str) -> Vec<serde_json::Value> {
+    let all = sse::json_events(body);
+    sse::split_closing(&all).0.to_vec()
 }
 
 /// Removes the stream's last event after checking that it is the `done`
@@ -713,12 +640,10 @@ fn debug_of_everything_that_holds_a_key_redacts_it() {
         },
         None,
     );
-    let scripted = Scripted {
-        output: vec![],
-        then: Then::Exit(0),
-        counters: Arc::default(),
-    };
-    let state = AppState::new(settings.clone(), Arc::new(scripted));
+    let state = AppState::new(
+        settings.clone(),
+        Arc::new(Scripted::new(vec![], Then::Exit(0))),
+    );
     for shown in [
         format!("{query:?}"),
         format!("{settings:?}"),

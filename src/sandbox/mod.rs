@@ -25,6 +25,8 @@ pub mod e2b;
 pub mod layout;
 pub mod local;
 pub mod provider;
+#[cfg(any(test, feature = "testing"))]
+pub mod scripted;
 
 /// What a run asks of a new sandbox.
 #[derive(Debug, Clone, Default)]

@@ -14,8 +14,8 @@
 //! system prompt, the tools on offer.
 //!
 //! ```ignore
-//! mod support;
-//! use support::model_server::{ModelServer, Script};
+//! mod common;
+//! use common::model_server::{ModelServer, Script};
 //!
 //! let server = ModelServer::start(Script::bash_write_file()).await;
 //! // point ANTHROPIC_BASE_URL at server.url(), run the agent, then:

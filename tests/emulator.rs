@@ -2,16 +2,19 @@
 //! its counters and test knobs, and the conformance suite that runs the
 //! official Python SDK against the `e2b-emulator` binary.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use e2b_emulator::{EmulatorOptions, serve};
+use common::emulator::{self, Knobs};
+use common::keys::E2B_KEY as KEY;
+use common::process::{Process, Signal};
 use e2b_wire::connect::{Frame, FrameDecoder, encode};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-const KEY: &str = "e2b_0123456789abcdef";
 /// A liveness guard, not a timing assertion.
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -68,13 +71,8 @@ impl Started {
 
 impl Emu {
     async fn start() -> Emu {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(serve(listener, EmulatorOptions::new(repo().join("runner"))));
         Emu {
-            base,
+            base: emulator::start(Knobs::default()).await.url,
             http: reqwest::Client::new(),
         }
     }
@@ -794,7 +792,7 @@ fn the_official_python_sdk_passes_the_conformance_suite() {
             "no:cacheprovider",
         ])
         .current_dir(repo())
-        .env("E2B_EMULATOR_BIN", env!("CARGO_BIN_EXE_e2b-emulator"))
+        .env("E2B_EMULATOR_BIN", emulator::binary())
         .output()
         .expect("run pytest");
     let report = format!(
@@ -813,29 +811,10 @@ fn the_official_python_sdk_passes_the_conformance_suite() {
     );
 }
 
-/// The `e2b-emulator` binary on a free port, with its sandboxes under
-/// `work_root`.
-fn spawn_binary(work_root: &std::path::Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_e2b-emulator"))
-        .args(["--port", "0", "--work-root"])
-        .arg(work_root)
-        .arg("--runner-dir")
-        .arg(repo().join("runner"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn e2b-emulator");
-    // The address is on stderr, like `ds serve`'s, possibly after log lines.
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let base = lines
-        .by_ref()
-        .map(|line| line.expect("read the emulator's stderr"))
-        .find_map(|line| line.strip_prefix("listening on ").map(str::to_owned))
-        .expect("the emulator printed its address before exiting");
-    // Keep draining, so the emulator never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, base)
+/// The `e2b-emulator` binary on the port it picks, with its sandboxes
+/// under `work_root`.
+async fn spawn_binary(work_root: &std::path::Path) -> (Process, String) {
+    emulator::start_binary(emulator::binary_command_in(work_root, &[])).await
 }
 
 /// Host processes whose argv is exactly `needle`.
@@ -875,7 +854,7 @@ async fn start_sleeper(emu: &Emu, sbx: &Sbx, marker: &str) -> reqwest::Response 
 #[tokio::test]
 async fn sigterm_stops_the_binary_promptly_and_cleans_up() {
     let work_root = tempfile::tempdir().expect("work root");
-    let (mut child, base) = spawn_binary(work_root.path());
+    let (mut child, base) = spawn_binary(work_root.path()).await;
     let emu = Emu {
         base,
         http: reqwest::Client::new(),
@@ -889,14 +868,12 @@ async fn sigterm_stops_the_binary_promptly_and_cleans_up() {
     .await;
     assert_eq!(std::fs::read_dir(work_root.path()).expect("dir").count(), 1);
 
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-    let exited = tokio::task::spawn_blocking(move || child.wait());
-    let status = tokio::time::timeout(GUARD, exited)
+    child.signal(Signal::TERM);
+    let exited = tokio::task::spawn_blocking(move || child.wait_for_exit(GUARD));
+    let status = exited
         .await
-        .expect("the emulator did not stop on SIGTERM")
         .expect("join")
-        .expect("wait");
+        .expect("the emulator did not stop on SIGTERM");
     assert!(status.success(), "{status}");
     assert_eq!(host_processes("sleep 6151"), 0);
     assert_eq!(
@@ -909,7 +886,7 @@ async fn sigterm_stops_the_binary_promptly_and_cleans_up() {
 #[tokio::test]
 async fn sandboxes_die_with_a_sigkilled_emulator() {
     let work_root = tempfile::tempdir().expect("work root");
-    let (mut child, base) = spawn_binary(work_root.path());
+    let (mut child, base) = spawn_binary(work_root.path()).await;
     let emu = Emu {
         base,
         http: reqwest::Client::new(),
@@ -920,8 +897,8 @@ async fn sandboxes_die_with_a_sigkilled_emulator() {
         host_processes("sleep 6152") == 1
     })
     .await;
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
+    child.signal(Signal::KILL);
+    child.wait_for_exit(GUARD).expect("reap");
     eventually("a sandbox process outlived its emulator", || {
         host_processes("sleep 6152") == 0
     })

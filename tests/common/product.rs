@@ -20,23 +20,20 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2b_emulator::{Emulator, Knobs};
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use super::emulator::{self, Listening, RunningEmulator, lock};
+use super::emulator::{self, RunningEmulator};
+pub use super::keys::ANTHROPIC_KEY;
+use super::keys::E2B_KEY;
 use super::messages;
 use super::model_server::ModelServer;
 use super::runner::{OFFLINE_ENV, require_node_modules};
-
-/// The Anthropic key `ds` gets by default. Long enough (8+ bytes) for the
-/// server's redactor to treat it as a secret.
-pub const ANTHROPIC_KEY: &str = "sk-ant-e2e-3f9c1a7d5b2e";
-/// The E2B key of the emulator chain.
-pub const E2B_KEY: &str = "e2b_e2e0123456789abcdef";
+use super::serve::{DS, DsServe, Server};
+use super::sse;
+use super::stream;
 /// Names of the request fields and variables that hold keys: their values
 /// must never show up in an event or in the server's log.
 const KEY_FIELDS: [&str; 3] = ["anthropic_api_key", "openrouter_api_key", "e2b_api_key"];
@@ -176,10 +173,11 @@ impl Serve {
         env.insert("TMPDIR".to_owned(), dirs.tmp().display().to_string());
         let emulator = match self.chain {
             Chain::E2b => {
-                let RunningEmulator { url, emulator } =
-                    emulator::start(Knobs::default(), Some(&dirs.e2b())).await;
-                env.insert("E2B_API_URL".to_owned(), url.clone());
-                env.insert("E2B_SANDBOX_URL".to_owned(), url);
+                let mut options = emulator::options();
+                options.work_root = Some(dirs.e2b());
+                let emulator = emulator::start_with(options).await;
+                env.insert("E2B_API_URL".to_owned(), emulator.url.clone());
+                env.insert("E2B_SANDBOX_URL".to_owned(), emulator.url.clone());
                 env.entry("E2B_API_KEY".to_owned())
                     .or_insert_with(|| E2B_KEY.to_owned());
                 Some(emulator)
@@ -197,21 +195,17 @@ impl Serve {
             Chain::E2b => "e2b",
             Chain::Local => "local",
         };
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
-        command
-            .args(["serve", "--port", "0", "--sandbox", sandbox])
-            .current_dir(dirs.cwd())
-            .env_clear()
-            .envs(&env);
-        let Listening { url, log, child } = emulator::listen(command).await;
+        let server = DsServe::new(["serve", "--sandbox", sandbox])
+            .current_dir(&dirs.cwd())
+            .envs(&env)
+            .start()
+            .await;
         Product {
             chain: self.chain,
-            url,
             emulator,
             secrets,
-            log,
+            server,
             dirs,
-            _child: child,
         }
     }
 }
@@ -219,13 +213,12 @@ impl Serve {
 /// A running `ds serve` (and emulator). Everything stops when dropped.
 pub struct Product {
     pub chain: Chain,
-    url: String,
-    emulator: Option<Emulator>,
+    emulator: Option<RunningEmulator>,
     /// Key values the server was given, and those sent in request bodies.
     secrets: Vec<String>,
-    log: Arc<Mutex<String>>,
+    // Dropped before the folders it works in.
+    server: Server,
     dirs: Dirs,
-    _child: Child,
 }
 
 impl Product {
@@ -239,18 +232,13 @@ impl Product {
             }
         }
         let response = reqwest::Client::new()
-            .post(format!("{}/query", self.url))
+            .post(format!("{}/query", self.server.url))
             .json(&body)
             .send()
             .await
             .expect("POST /query");
         let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let content_type = stream::content_type(&response);
         if status != 200 {
             let text = response.text().await.unwrap_or_default();
             panic!(
@@ -290,7 +278,7 @@ impl Product {
         }
         assert!(left.is_empty(), "sandbox directories left behind: {left:?}");
         if let Some(emulator) = &self.emulator {
-            let stats = emulator.stats();
+            let stats = emulator.settled(Duration::from_secs(5)).await;
             assert_eq!(
                 (stats.created, stats.killed, stats.alive),
                 (queries, queries, 0),
@@ -316,7 +304,7 @@ impl Product {
 
     /// Everything `ds serve` wrote on stderr so far.
     pub fn log(&self) -> String {
-        lock(&self.log).clone()
+        self.server.log()
     }
 }
 
@@ -371,23 +359,20 @@ pub struct Events {
 }
 
 impl Events {
-    /// Parses an SSE body: every `data:` field is one JSON event.
+    /// Parses an SSE body: every event's data is one JSON event. The
+    /// stream must end with its `done` event, which is not one of the run's.
     fn parse(text: &str, sandboxes_seen: usize) -> Self {
-        let events = text
-            .split("\n\n")
-            .filter_map(|frame| {
-                let data: Vec<&str> = frame
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                    .collect();
-                (!data.is_empty()).then(|| data.join("\n"))
-            })
-            .map(|data| {
-                serde_json::from_str(&data)
-                    .unwrap_or_else(|e| panic!("an event is not JSON ({e}): {data:?}"))
-            })
-            .collect();
+        let all = sse::json_events(text);
+        let (run, done) = sse::split_closing(&all);
+        let done =
+            done.unwrap_or_else(|| panic!("the stream ended without its done event: {text}"));
+        let failed = run.iter().any(|e| e["type"] == "error");
+        assert_eq!(
+            done["status"],
+            if failed { "error" } else { "success" },
+            "the done event says how the run ended: {done}"
+        );
+        let events = run.to_vec();
         Events {
             events,
             raw: text.to_owned(),
@@ -547,7 +532,7 @@ impl Cli {
         let mut command = if self.terminal {
             // script(1) gives ds a pty for stdout and stderr; -e passes on
             // ds's exit status.
-            let line = std::iter::once(env!("CARGO_BIN_EXE_ds"))
+            let line = std::iter::once(DS)
                 .chain(args.iter().copied())
                 .chain(sandbox_flag.iter().copied())
                 .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
@@ -557,7 +542,7 @@ impl Cli {
             command.args(["-qefc", &line, "/dev/null"]);
             command
         } else {
-            let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
+            let mut command = Command::new(DS);
             command.args(args).args(sandbox_flag);
             command
         };
