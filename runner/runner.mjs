@@ -14,7 +14,7 @@
 import { query } from "@anthropic-ai/claude-agent-sdk";
 import { readFile, readdir, lstat } from "node:fs/promises";
 import { once } from "node:events";
-import { dirname, extname, join, relative, sep } from "node:path";
+import { dirname, extname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const DEFAULT_CONFIG = join(dirname(fileURLToPath(import.meta.url)), "agent_config.json");
@@ -119,21 +119,7 @@ async function exit(code) {
  */
 async function emitOutputs(root, outputs) {
   const matchers = outputs.patterns.map(globToRegExp);
-  let entries;
-  try {
-    // Not following symlinks: a link the agent planted must not pull in
-    // files from outside its home.
-    entries = await readdir(root, { recursive: true, withFileTypes: true });
-  } catch (err) {
-    await emit({ type: "warning", message: `cannot list ${root}: ${err.code ?? err.message}` });
-    return;
-  }
-  const paths = entries
-    .filter((e) => e.isFile())
-    .map((e) => relative(root, join(e.parentPath ?? e.path, e.name)).split(sep).join("/"))
-    // Hidden files and folders hold the SDK's state, transcripts and the
-    // Vertex credentials; no pattern reaches them.
-    .filter((p) => !p.split("/").some((name) => name.startsWith(".")))
+  const paths = (await listFiles(root))
     .filter((p) => matchers.some((m) => m.test(p)))
     .sort();
   let sent = 0;
@@ -163,6 +149,46 @@ async function emitOutputs(root, outputs) {
     total += content.length;
     await emit({ type: "file", path, size: content.length, mime: mimeOf(path), content_base64: content.toString("base64") });
   }
+}
+
+/**
+ * The regular files under `root`, as `/`-separated paths relative to it.
+ *
+ * Hidden files and folders are skipped, and hidden folders never entered:
+ * they hold the SDK's state, transcripts and the Vertex credentials, and
+ * the SDK's CLI, which is still running, changes them under us. It locks
+ * `~/.claude.json` by creating and removing `/home/user/.claude.json.lock`,
+ * a folder, while tools run; on a loaded machine that can overlap the
+ * result. A recursive `readdir` that found the lock and then tried to enter
+ * it after it was gone failed as a whole with ENOENT ("cannot list
+ * /home/user"), and every output file was lost. Likewise a folder of the
+ * agent's that vanishes between being listed and being read is skipped, and
+ * one that cannot be read gets a warning while the rest are still sent.
+ * Symlinks are not followed: a link the agent planted must not pull in
+ * files from outside its home.
+ */
+async function listFiles(root) {
+  const files = [];
+  const folders = [""];
+  while (folders.length > 0) {
+    const folder = folders.pop();
+    let entries;
+    try {
+      entries = await readdir(folder === "" ? root : join(root, folder), { withFileTypes: true });
+    } catch (err) {
+      if (folder !== "" && err.code === "ENOENT") continue;
+      const where = folder === "" ? root : folder;
+      await emit({ type: "warning", message: `cannot list ${where}: ${err.code ?? err.message}` });
+      continue;
+    }
+    for (const entry of entries) {
+      if (entry.name.startsWith(".")) continue;
+      const path = folder === "" ? entry.name : `${folder}/${entry.name}`;
+      if (entry.isDirectory()) folders.push(path);
+      else if (entry.isFile()) files.push(path);
+    }
+  }
+  return files;
 }
 
 /** `**` spans folders, `*` and `?` stay inside one name, `[...]` is a class. */

@@ -562,3 +562,46 @@ async fn a_slow_reader_still_gets_every_line() {
     );
     assert_eq!(out.result()["structured_output"], output);
 }
+
+/// Makes `output/a.txt` and a hidden folder nested past PATH_MAX, which no
+/// path-based listing can read (ENAMETOOLONG).
+const MAKE_UNLISTABLE_HIDDEN_FOLDER: &str = "mkdir -p output && echo made > output/a.txt \
+    && mkdir .deep && (cd .deep && d=$(printf '%0200d' 0) \
+    && for i in $(seq 25); do mkdir $d && cd $d || exit 1; done) && echo made";
+
+#[tokio::test]
+async fn output_files_are_listed_without_entering_hidden_folders() {
+    // The SDK's CLI outlives the result and creates and removes a lock
+    // folder in the home (`.claude.json.lock`) while the runner lists it.
+    // A recursive readdir that entered it just as it went failed as a whole
+    // ("cannot list /home/user: ENOENT") and lost every output file.
+    // Hidden folders are never sent, so they must never be entered: a
+    // hidden folder that cannot be listed stands in for the one that went.
+    let server = ModelServer::start(Script::Bash {
+        command: MAKE_UNLISTABLE_HIDDEN_FOLDER.into(),
+    })
+    .await;
+    let dirs = RunDirs::new();
+    let outputs = json!({
+        "patterns": ["**"], "max_files": 20,
+        "max_file_bytes": 1 << 20, "max_total_bytes": 1 << 20,
+    });
+    let config = config_in(&dirs, json!({ "outputs": outputs }));
+
+    let out = RunnerCommand::new(config, &server.url()).run(&dirs).await;
+
+    assert!(out.status.success(), "runner failed: {}", out.dump());
+    assert_eq!(out.of_type("result").len(), 1, "{}", out.dump());
+    assert!(
+        dirs.work().join(".deep").is_dir(),
+        "the agent did not make the hidden folder: {}",
+        out.dump()
+    );
+    assert!(out.of_type("warning").is_empty(), "{}", out.dump());
+    let paths: Vec<&str> = out
+        .of_type("file")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert_eq!(paths, ["data.csv", "output/a.txt"], "{}", out.dump());
+}
