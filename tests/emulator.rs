@@ -21,7 +21,7 @@ const GUARD: Duration = Duration::from_secs(60);
 /// The repository root: the runner install, .venv and tests/python live
 /// there, two levels above this crate.
 fn repo() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// An emulator of its own per test, so counters and knobs do not mix.

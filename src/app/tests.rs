@@ -115,11 +115,10 @@ async fn body_text(response: Response) -> String {
     String::from_utf8(bytes.to_vec()).expect("utf-8")
 }
 
-/// The run's events; a closing status event, if the stream ends with one,
-/// is not one of them.
+/// Every event of the stream, the closing `done` included (see
+/// [`pop_done`]).
 fn events(body: &str) -> Vec<serde_json::Value> {
-    let all = sse::json_events(body);
-    sse::split_closing(&all).0.to_vec()
+    sse::json_events(body)
 }
 
 /// Removes the stream's last event after checking that it is the `done`
