@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The file name looked up in the working directory.
-pub const FILE_NAME: &str = "sandstorm.json";
+pub(crate) const FILE_NAME: &str = "sandstorm.json";
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

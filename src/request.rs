@@ -15,14 +15,14 @@ use crate::sandbox::provider::Credential;
 use crate::secret::Secret;
 
 /// The longest prompt, in characters (as the original).
-pub const MAX_PROMPT_CHARS: usize = 1_000_000;
+pub(crate) const MAX_PROMPT_CHARS: usize = 1_000_000;
 /// How many files one request may upload.
 pub const MAX_FILES: usize = 20;
 /// The total size of uploaded file contents, in bytes (10 MB, as the original).
 pub const MAX_FILES_BYTES: usize = 10_000_000;
 /// The allowed `timeout` range in seconds, and its default.
-pub const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 5..=3600;
-pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+pub(crate) const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 5..=3600;
+pub(crate) const DEFAULT_TIMEOUT_SECS: u64 = 300;
 /// Longest accepted upload path; the Linux limit.
 const MAX_PATH_BYTES: usize = 4096;
 const MAX_NAME_BYTES: usize = 255;

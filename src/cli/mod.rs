@@ -25,15 +25,15 @@ mod render;
 mod serve;
 
 /// Exit codes, as documented in `ds --help` and the README.
-pub mod exit {
+pub(crate) mod exit {
     /// The run succeeded.
-    pub const OK: u8 = 0;
+    pub(crate) const OK: u8 = 0;
     /// The agent run failed: an error event, or an error result.
-    pub const RUN_FAILED: u8 = 1;
+    pub(crate) const RUN_FAILED: u8 = 1;
     /// Bad usage or input: flags, files, keys, sandstorm.json.
-    pub const USAGE: u8 = 2;
+    pub(crate) const USAGE: u8 = 2;
     /// Interrupted by Ctrl-C (after the sandbox was destroyed).
-    pub const INTERRUPTED: u8 = 130;
+    pub(crate) const INTERRUPTED: u8 = 130;
 }
 
 const AFTER_HELP: &str = "\
@@ -155,7 +155,7 @@ struct ServeArgs {
 
 /// An error that ends `ds` with a message and an exit code.
 #[derive(Debug)]
-pub struct Fatal {
+pub(crate) struct Fatal {
     pub code: u8,
     pub message: String,
 }

@@ -22,7 +22,7 @@ use futures::stream::BoxStream;
 use crate::secret::Secret;
 
 pub mod e2b;
-pub mod layout;
+pub(crate) mod layout;
 pub mod local;
 pub mod provider;
 

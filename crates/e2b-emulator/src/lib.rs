@@ -45,14 +45,14 @@ mod control;
 mod envd;
 pub mod knobs;
 mod stats;
-pub mod synthetic;
+mod synthetic;
 
 pub use knobs::Knobs;
-pub use stats::{Snapshot, route};
+pub use stats::Snapshot;
 
 /// The envd version the emulator reports. The SDKs switch features on it;
 /// 0.5.7 is the first with octet-stream uploads.
-pub const ENVD_VERSION: &str = "0.5.7";
+pub(crate) const ENVD_VERSION: &str = "0.5.7";
 
 /// The largest request body accepted (file uploads).
 const MAX_BODY: usize = 512 * 1024 * 1024;

@@ -23,10 +23,10 @@ pub(super) const VARIABLES: &[&str] = &[
 ];
 
 /// The template Sandstorm's own E2B template is published under.
-pub const DEFAULT_TEMPLATE: &str = "sandstorm";
+pub(crate) const DEFAULT_TEMPLATE: &str = "sandstorm";
 
 /// E2B's public domain.
-pub const DEFAULT_DOMAIN: &str = "e2b.app";
+pub(crate) const DEFAULT_DOMAIN: &str = "e2b.app";
 
 /// Domains whose edge routes envd traffic by header through one host,
 /// `sandbox.{domain}`, instead of one host per sandbox (the SDKs' list).

@@ -59,7 +59,7 @@ mod setup;
 pub use fs::FsError;
 pub use process::ProcessControl;
 pub use rustix::process::Signal;
-pub use setup::PROVIDER;
+pub(crate) use setup::PROVIDER;
 
 /// util-linux's `setpriv`, used to tie bwrap's life to ours from its first
 /// instruction (see [`LocalSandbox::spawn`]). Debian always has it; without
@@ -67,7 +67,8 @@ pub use setup::PROVIDER;
 const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// `PATH` inside the sandbox unless the process sets its own.
-pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const SANDBOX_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How to build local sandboxes.
 #[derive(Debug, Clone)]
