@@ -229,7 +229,7 @@ mod tests {
     use super::*;
     use crate::request::QueryRequest;
 
-    fn query(json: serde_json::Value) -> Query {
+    fn query(json: &serde_json::Value) -> Query {
         Query::from_json(json.to_string().as_bytes(), &[]).expect("valid")
     }
 
@@ -250,7 +250,7 @@ mod tests {
             system_prompt: Some("be brief".into()),
             ..Default::default()
         };
-        let q = query(serde_json::json!({"prompt":"p","model":"haiku"}));
+        let q = query(&serde_json::json!({"prompt":"p","model":"haiku"}));
         let plan = build("r".into(), &q, &config, ResolvedKeys::default(), None);
         let c = agent_config(&plan);
         assert_eq!(c["model"], "haiku");
@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn one_upload_carries_runner_config_settings_and_files() {
-        let q = query(serde_json::json!({"prompt":"p","files":{"a.txt":"1","d/b.txt":"2"}}));
+        let q = query(&serde_json::json!({"prompt":"p","files":{"a.txt":"1","d/b.txt":"2"}}));
         let plan = build(
             "r".into(),
             &q,
@@ -305,7 +305,7 @@ mod tests {
 
     #[test]
     fn the_timeout_sets_the_deadline_unless_the_platform_ends_sooner() {
-        let q = query(serde_json::json!({"prompt":"p","timeout":100}));
+        let q = query(&serde_json::json!({"prompt":"p","timeout":100}));
         let before = Instant::now();
         let plan = build(
             "r".into(),

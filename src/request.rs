@@ -63,6 +63,34 @@ pub struct QueryRequest {
     pub outputs: Option<Vec<String>>,
 }
 
+/// Redacted: keys show as `***` and sandbox keys by field name only; files
+/// by path and size, as [`UserFile`] does.
+impl std::fmt::Debug for QueryRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |key: &Option<Secret>| key.as_ref().map(|_| "***");
+        let files = self.files.as_ref().map(|files| {
+            files
+                .iter()
+                .map(|(path, content)| (path.as_str(), content.len()))
+                .collect::<BTreeMap<_, _>>()
+        });
+        f.debug_struct("QueryRequest")
+            .field("prompt", &self.prompt)
+            .field("anthropic_api_key", &redacted(&self.anthropic_api_key))
+            .field("openrouter_api_key", &redacted(&self.openrouter_api_key))
+            .field(
+                "sandbox_keys",
+                &self.sandbox_keys.keys().collect::<Vec<_>>(),
+            )
+            .field("model", &self.model)
+            .field("max_turns", &self.max_turns)
+            .field("timeout", &self.timeout)
+            .field("files", &files)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
 /// Keys that came with the request (or, for the CLI, from its flags).
 #[derive(Debug, Clone, Default)]
 pub struct RequestKeys {
@@ -171,7 +199,8 @@ impl Query {
             });
         }
         let de = &mut serde_json::Deserializer::from_slice(body);
-        let Fields(mut fields) = serde_path_to_error::deserialize(de).map_err(json_error)?;
+        let Fields(mut fields) =
+            serde_path_to_error::deserialize(de).map_err(|e| json_error(&e))?;
         let mut sandbox_keys = BTreeMap::new();
         for credential in credentials {
             if let Some(value) = fields.remove(credential.field) {
@@ -184,7 +213,8 @@ impl Query {
             }
         }
         let value = serde_json::Value::Object(fields);
-        let mut raw: QueryRequest = serde_path_to_error::deserialize(value).map_err(json_error)?;
+        let mut raw: QueryRequest =
+            serde_path_to_error::deserialize(value).map_err(|e| json_error(&e))?;
         raw.sandbox_keys = sandbox_keys;
         raw.validate(Naming::Fields)
     }
@@ -291,6 +321,11 @@ impl QueryRequest {
 /// A whole number, also when written `14.0`: JSON Schema's `integer` (and
 /// the original's pydantic) accept that, so clients that send every number
 /// as a float keep working. `14.5` is still refused.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the float is checked whole and within 0..=u64::MAX just before the cast"
+)]
 pub(crate) fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -393,7 +428,7 @@ pub fn normalize_path(raw: &str) -> Result<String, String> {
 }
 
 /// Turns a serde error into one that names the field at fault.
-fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+fn json_error(err: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let inner = err.inner();
     if inner.is_syntax() || inner.is_eof() {
         return ApiError::BadRequest {

@@ -115,6 +115,10 @@ async fn assert_no_leak(emulator: &Emulator) {
     panic!("leaked sandboxes: {:?}", emulator.stats());
 }
 
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "it fills Knobs::synthetic, an Option"
+)]
 fn synthetic(lines: u64) -> Option<Synthetic> {
     Some(Synthetic { lines, bytes: 200 })
 }

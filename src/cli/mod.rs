@@ -121,6 +121,10 @@ struct KeyArgs {
 
 /// Keys go straight into a [`Secret`], so the `Debug` of the parsed
 /// arguments never shows one.
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "clap's value_parser takes a function that returns a Result"
+)]
 fn secret(value: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::new(value))
 }

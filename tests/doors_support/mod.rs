@@ -214,8 +214,8 @@ pub async fn spawn(
             proc
         }
         Ok(false) => panic!("the process exited before it was ready:\n{}", proc.output()),
-        Err(_) => panic!(
-            "the process was not ready within {within:?}:\n{}",
+        Err(elapsed) => panic!(
+            "the process was not ready within {within:?} ({elapsed}):\n{}",
             proc.output()
         ),
     }

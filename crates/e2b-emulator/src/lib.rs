@@ -91,6 +91,14 @@ pub struct Emulator {
     inner: Arc<Inner>,
 }
 
+/// Shows no state: the sandboxes hold access tokens, and reading the rest
+/// would take locks.
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator").finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     provider: LocalProvider,
     api_key: Option<Secret>,

@@ -116,6 +116,10 @@ impl LocalProvider {
     /// Makes a fresh sandbox that [`Sandbox::destroy`] or its lifetime
     /// (`spec.lifetime`, none when zero) ends. [`SandboxProvider::create`]
     /// is this, behind the trait.
+    #[allow(
+        clippy::unused_async,
+        reason = "it spawns the deadline reaper, so it must run inside a Tokio runtime; async makes that so"
+    )]
     pub async fn create(&self, spec: SandboxSpec) -> Result<Arc<LocalSandbox>, SandboxError> {
         let mut builder = tempfile::Builder::new();
         builder.prefix("sandstorm-");
@@ -480,7 +484,7 @@ impl Sandbox for LocalSandbox {
         for file in files {
             self.write(file.path, file.content)
                 .await
-                .map_err(|e| fs_error("upload", e))?;
+                .map_err(|e| fs_error("upload", &e))?;
         }
         Ok(())
     }
@@ -492,7 +496,7 @@ impl Sandbox for LocalSandbox {
     async fn read_file(&self, path: &str) -> Result<Bytes, SandboxError> {
         self.read(path.to_owned())
             .await
-            .map_err(|e| fs_error("read_file", e))
+            .map_err(|e| fs_error("read_file", &e))
     }
 
     async fn destroy(&self) -> Result<(), SandboxError> {
@@ -501,7 +505,7 @@ impl Sandbox for LocalSandbox {
     }
 }
 
-fn fs_error(op: &'static str, e: FsError) -> SandboxError {
+fn fs_error(op: &'static str, e: &FsError) -> SandboxError {
     SandboxError::Other {
         op,
         message: e.to_string(),
