@@ -20,10 +20,13 @@ impl std::fmt::Debug for EnvVars {
     }
 }
 
+/// A `.env` file that exists but could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
 #[error("could not read {path}: {message}")]
 pub struct DotenvError {
+    /// The file.
     pub path: String,
+    /// What went wrong.
     pub message: String,
 }
 
@@ -36,6 +39,7 @@ impl EnvVars {
         Ok(env)
     }
 
+    /// Exactly these variables, none from the process: how tests build one.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
@@ -80,6 +84,7 @@ impl EnvVars {
             .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no"))
     }
 
+    /// Sets `name`, replacing any value it had.
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.vars.insert(name.into(), value.into());
     }

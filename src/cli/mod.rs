@@ -43,11 +43,14 @@ The sandbox is E2B when an E2B key is set, else a local bubblewrap sandbox
 
 Exit status: 0 success, 1 the agent run failed, 2 bad usage or input, 130 interrupted.";
 
+/// The `ds` command line: a subcommand, or a query to run.
 #[derive(Debug, Parser)]
 #[command(
     name = "ds",
     version,
     about = "Run Claude agents in secure sandboxes",
+    // The doc comment above is for rustdoc; the help text stays as it was.
+    long_about = None,
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true

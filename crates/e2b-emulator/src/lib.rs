@@ -67,6 +67,7 @@ pub struct EmulatorOptions {
     pub runner_dir: PathBuf,
     /// Where sandbox directories go; the system temp folder when `None`.
     pub work_root: Option<PathBuf>,
+    /// The bubblewrap binary.
     pub bwrap: PathBuf,
     /// The knobs in force at start-up.
     pub knobs: Knobs,
@@ -121,6 +122,7 @@ pub(crate) struct Entry {
 }
 
 impl Emulator {
+    /// An emulator with no sandboxes; fails when bwrap is missing.
     pub fn new(options: EmulatorOptions) -> Result<Self, sandstorm::sandbox::SandboxError> {
         let provider = LocalProvider::new(LocalOptions {
             runner_dir: options.runner_dir,

@@ -40,10 +40,13 @@ struct Counts {
 /// The JSON answer of `GET /_emulator/stats`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
+    /// Sandboxes created.
     pub created: u64,
     /// Explicit kills and timeouts.
     pub killed: u64,
+    /// Sandboxes alive now.
     pub alive: u64,
+    /// Requests served, by route (`create`, `start`, ...).
     pub requests: BTreeMap<&'static str, u64>,
 }
 

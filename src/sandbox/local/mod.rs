@@ -197,6 +197,7 @@ impl SandboxProvider for LocalProvider {
 /// Why a sandbox stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// It is running.
     Alive,
     /// [`Sandbox::destroy`] was called.
     Destroyed,
@@ -223,9 +224,13 @@ impl Drop for DirGuard {
 /// environment is left out on purpose: it holds keys.
 #[derive(Debug, Clone)]
 pub struct ProcessInfo {
+    /// Its pid on the host (bwrap's).
     pub pid: u32,
+    /// The program.
     pub cmd: String,
+    /// Its arguments.
     pub args: Vec<String>,
+    /// Its working folder inside the sandbox.
     pub cwd: String,
 }
 
@@ -263,6 +268,7 @@ impl LocalSandbox {
             .send_replace(Some(tokio::time::Instant::now() + lifetime));
     }
 
+    /// Running, or why it stopped.
     pub fn state(&self) -> State {
         *self.state.borrow()
     }
