@@ -54,7 +54,7 @@ impl EnvVars {
     /// Adds the variables of a `.env` file that are not set yet. A missing
     /// file is fine; an unreadable or malformed one is an error, because a
     /// silently ignored `.env` leads to a confusing "key missing" later.
-    pub fn fill_from_dotenv(&mut self, path: &Path) -> Result<(), DotenvError> {
+    pub(crate) fn fill_from_dotenv(&mut self, path: &Path) -> Result<(), DotenvError> {
         if !path.exists() {
             return Ok(());
         }

@@ -33,7 +33,7 @@ const MAX_NAME_BYTES: usize = 255;
 /// fails loudly instead of being silently ignored.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct QueryRequest {
+pub(crate) struct QueryRequest {
     /// The task.
     pub prompt: String,
     /// The Anthropic key, overriding the environment's.
@@ -165,7 +165,7 @@ impl std::fmt::Debug for UserFile {
 /// How validation messages name what is at fault: the body's fields for the
 /// API, the command line's flags for `ds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Naming {
+pub(crate) enum Naming {
     /// `timeout`, `max_turns`, `outputs`: the JSON body's field names.
     Fields,
     /// `--timeout`, `--max-turns`, `--outputs`: `ds`'s flags.
@@ -251,7 +251,7 @@ impl<'de> Deserialize<'de> for Fields {
 impl QueryRequest {
     /// Checks every limit and normalizes the files; messages name fields as
     /// `naming` says.
-    pub fn validate(self, naming: Naming) -> Result<Query, ApiError> {
+    pub(crate) fn validate(self, naming: Naming) -> Result<Query, ApiError> {
         let chars = self.prompt.chars().count();
         if chars == 0 {
             return Err(ApiError::invalid("prompt", "prompt must not be empty"));

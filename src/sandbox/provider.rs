@@ -92,7 +92,7 @@ impl fmt::Debug for ProviderDeclaration {
 impl ProviderDeclaration {
     /// The variables the door reads for this provider: its own and its
     /// credential's.
-    pub fn all_variables(&self) -> impl Iterator<Item = &'static str> + use<> {
+    pub(crate) fn all_variables(&self) -> impl Iterator<Item = &'static str> + use<> {
         let credential = self.credential.map(|c| c.variable);
         self.variables.iter().copied().chain(credential)
     }
