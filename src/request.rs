@@ -110,7 +110,7 @@ impl RequestKeys {
 
     /// Sets the sandbox credential of `field`; an empty key counts as not
     /// given.
-    pub fn set_sandbox(&mut self, field: &str, key: Secret) {
+    pub(crate) fn set_sandbox(&mut self, field: &str, key: Secret) {
         if !key.is_empty() {
             self.sandbox.insert(field.to_owned(), key);
         }

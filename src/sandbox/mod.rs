@@ -218,7 +218,7 @@ pub enum SandboxError {
 impl SandboxError {
     /// Whether trying the same call again may succeed (rate limits, 5xx,
     /// timeouts and dropped connections).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             SandboxError::RateLimited { .. }
             | SandboxError::TimedOut { .. }

@@ -70,7 +70,7 @@ impl ProcessControl {
     }
 
     /// Whether the process has ended.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         *self.done.borrow()
     }
 
