@@ -157,7 +157,7 @@ impl ModelServer {
     /// Binds an ephemeral port on 127.0.0.1 and starts serving `script`.
     #[allow(
         clippy::unused_async,
-        reason = "every test awaits it; the test toolkit rework on seams-tests owns this file"
+        reason = "tests await it as they await every other server they start"
     )]
     pub async fn start(script: Script) -> Self {
         let shared = Arc::new(Shared {
