@@ -25,7 +25,7 @@ use crate::{openapi, plan, run};
 
 /// How often an idle stream gets a comment line, so proxies and clients
 /// keep the connection open while the agent thinks.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// The shared state of the application.
 #[derive(Clone)]

@@ -16,10 +16,11 @@ use crate::settings::AuthSettings;
 /// The variables (and AWS secret keys) that hold the accepted bearer tokens:
 /// the current one and, during a rotation, the previous one. The one list of
 /// their names.
-pub const TOKEN_VARIABLES: [&str; 2] = ["SANDSTORM_API_TOKEN", "SANDSTORM_API_TOKEN_PREVIOUS"];
+pub(crate) const TOKEN_VARIABLES: [&str; 2] =
+    ["SANDSTORM_API_TOKEN", "SANDSTORM_API_TOKEN_PREVIOUS"];
 
 /// Admits or refuses one request, before its body is read.
-pub async fn check(
+pub(crate) async fn check(
     settings: &AuthSettings,
     headers: &HeaderMap,
     source: Option<&dyn KeySource>,

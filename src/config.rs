@@ -13,25 +13,32 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The file name looked up in the working directory.
-pub const FILE_NAME: &str = "sandstorm.json";
+pub(crate) const FILE_NAME: &str = "sandstorm.json";
 
+/// sandstorm.json: the agent's defaults for every run served from this folder.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandstormConfig {
+    /// The agent's system prompt, in place of the SDK's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
+    /// The model, unless a request names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Maximum conversation turns, unless a request gives them.
     #[serde(
         default,
         deserialize_with = "crate::request::whole_number",
         skip_serializing_if = "Option::is_none"
     )]
     pub max_turns: Option<u32>,
+    /// Structured output the agent's answer must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<OutputFormat>,
+    /// Subagents by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agents: Option<BTreeMap<String, AgentDefinition>>,
+    /// MCP servers by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_servers: Option<BTreeMap<String, McpServer>>,
     /// Default output globs for requests that give none.
@@ -43,13 +50,17 @@ pub struct SandstormConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputFormat {
+    /// Always `json_schema`.
     #[serde(rename = "type")]
     pub kind: OutputFormatKind,
+    /// The JSON Schema of the answer.
     pub schema: serde_json::Map<String, Value>,
 }
 
+/// The kind of structured output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum OutputFormatKind {
+    /// A JSON Schema.
     #[serde(rename = "json_schema")]
     JsonSchema,
 }
@@ -58,10 +69,14 @@ pub enum OutputFormatKind {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentDefinition {
+    /// When the main agent should delegate to it.
     pub description: String,
+    /// Its system prompt.
     pub prompt: String,
+    /// The tools it may use; the SDK's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<String>>,
+    /// Its model; the SDK's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
 }
@@ -72,20 +87,30 @@ pub struct AgentDefinition {
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 #[serde(remote = "Self")]
 pub enum McpServer {
+    /// A command run in the sandbox, spoken to over stdin and stdout.
     Stdio {
+        /// The program.
         command: String,
+        /// Its arguments.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         args: Vec<String>,
+        /// Environment variables for it.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         env: BTreeMap<String, String>,
     },
+    /// Streamable HTTP at `url`.
     Http {
+        /// The server's URL.
         url: String,
+        /// HTTP headers sent with every request.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         headers: BTreeMap<String, String>,
     },
+    /// Server-sent events at `url`.
     Sse {
+        /// The server's URL.
         url: String,
+        /// HTTP headers sent with every request.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         headers: BTreeMap<String, String>,
     },
@@ -109,16 +134,33 @@ impl Serialize for McpServer {
     }
 }
 
+/// Why sandstorm.json could not be used; each names the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read {path}: {message}")]
-    Unreadable { path: String, message: String },
+    Unreadable {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// The file is not JSON.
     #[error("{path} is not valid JSON: {message}")]
-    Syntax { path: String, message: String },
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's error.
+        message: String,
+    },
+    /// A field has the wrong shape or is unknown.
     #[error("{path}: field `{field}`: {message}")]
     Field {
+        /// The file.
         path: String,
+        /// The field at fault.
         field: String,
+        /// What is wrong with it.
         message: String,
     },
 }
@@ -141,6 +183,8 @@ impl SandstormConfig {
         }
     }
 
+    /// Parses and checks sandstorm.json's bytes; `path` names the file in
+    /// errors.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
         let value: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax {

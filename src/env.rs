@@ -20,10 +20,13 @@ impl std::fmt::Debug for EnvVars {
     }
 }
 
+/// A `.env` file that exists but could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
 #[error("could not read {path}: {message}")]
 pub struct DotenvError {
+    /// The file.
     pub path: String,
+    /// What went wrong.
     pub message: String,
 }
 
@@ -36,6 +39,7 @@ impl EnvVars {
         Ok(env)
     }
 
+    /// Exactly these variables, none from the process: how tests build one.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
@@ -50,7 +54,7 @@ impl EnvVars {
     /// Adds the variables of a `.env` file that are not set yet. A missing
     /// file is fine; an unreadable or malformed one is an error, because a
     /// silently ignored `.env` leads to a confusing "key missing" later.
-    pub fn fill_from_dotenv(&mut self, path: &Path) -> Result<(), DotenvError> {
+    pub(crate) fn fill_from_dotenv(&mut self, path: &Path) -> Result<(), DotenvError> {
         if !path.exists() {
             return Ok(());
         }
@@ -80,6 +84,7 @@ impl EnvVars {
             .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no"))
     }
 
+    /// Sets `name`, replacing any value it had.
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.vars.insert(name.into(), value.into());
     }

@@ -109,7 +109,7 @@ impl ApiError {
     }
 
     /// The body a client sees.
-    pub fn body(&self) -> ErrorBody {
+    pub(crate) fn body(&self) -> ErrorBody {
         let message = match self {
             ApiError::Internal(_) => "internal error; see the server log".to_owned(),
             other => other.to_string(),
@@ -126,14 +126,14 @@ impl ApiError {
 
 /// The JSON body of a refusal: `{"error":{"type","message","field"}}`.
 #[derive(Debug, Serialize)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
 }
 
 /// The inside of an [`ErrorBody`].
 #[derive(Debug, Serialize)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// The machine-readable kind, from [`ApiError::kind`].
     #[serde(rename = "type")]
     pub kind: &'static str,

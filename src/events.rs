@@ -13,7 +13,7 @@ use serde::Serialize;
 
 /// One event of a run, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunEvent {
+pub(crate) enum RunEvent {
     /// The run reached a new phase before the agent started. For the CLI's
     /// spinner; the HTTP API does not send it.
     Progress(Phase),
@@ -29,7 +29,7 @@ pub enum RunEvent {
 
 /// The last event of every run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Done {
+pub(crate) struct Done {
     /// `success`, or `error` when an `error` event came before.
     pub status: DoneStatus,
     /// The run's request id.
@@ -39,7 +39,7 @@ pub struct Done {
 /// How a run ended, as the `done` event says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DoneStatus {
+pub(crate) enum DoneStatus {
     /// The agent finished with a result.
     Success,
     /// The run failed; the `error` event before says why.
@@ -48,7 +48,7 @@ pub enum DoneStatus {
 
 /// What a run is doing before the agent speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Asking the provider for a sandbox.
     CreatingSandbox,
     /// Sending the runner, its config and the request's files.
@@ -59,7 +59,7 @@ pub enum Phase {
 
 impl Phase {
     /// The phase in words, for a spinner or a `progress` event.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Phase::CreatingSandbox => "creating the sandbox",
             Phase::Uploading => "uploading files",
@@ -71,7 +71,7 @@ impl Phase {
 /// Why a run failed after its stream began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// The request's `timeout` or the platform's deadline ended the run.
     Timeout,
     /// The sandbox provider failed (create, upload, start).
@@ -88,7 +88,7 @@ pub enum ErrorKind {
 
 /// The run's one `error` event: `{"type":"error","error_type","error","request_id"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RunError {
+pub(crate) struct RunError {
     /// Why the run failed, as `error_type`.
     #[serde(rename = "error_type")]
     pub kind: ErrorKind,
@@ -115,7 +115,7 @@ struct StderrBody<'a> {
 impl RunEvent {
     /// The event as one line of JSON, the payload of an SSE `data:` field
     /// and of a `--json-output` line.
-    pub fn to_json(&self) -> Bytes {
+    pub(crate) fn to_json(&self) -> Bytes {
         match self {
             RunEvent::Progress(phase) => json_bytes(&serde_json::json!({
                 "type": "progress",
@@ -144,7 +144,7 @@ fn json_bytes<T: Serialize>(value: &T) -> Bytes {
 }
 
 /// The `type` of an agent message, read without building the whole value.
-pub fn message_type(line: &[u8]) -> Option<String> {
+pub(crate) fn message_type(line: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Peek {
         #[serde(rename = "type")]
@@ -160,7 +160,7 @@ pub fn message_type(line: &[u8]) -> Option<String> {
 /// The agent can read its own environment (`env` in Bash), so a tool result
 /// may quote an API key. Every line the client sees passes through here.
 #[derive(Clone, Default)]
-pub struct Redactor {
+pub(crate) struct Redactor {
     needles: Vec<memchr::memmem::Finder<'static>>,
 }
 
@@ -175,12 +175,12 @@ impl fmt::Debug for Redactor {
 }
 
 /// Replacement text for a redacted secret.
-pub const REDACTED: &str = "[REDACTED]";
+pub(crate) const REDACTED: &str = "[REDACTED]";
 
 impl Redactor {
     /// Values shorter than 8 bytes are not treated as secrets: redacting
     /// `1` or `us-east-1` everywhere would mangle ordinary output.
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+    pub(crate) fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
         let mut values: Vec<&str> = secrets.into_iter().filter(|s| s.len() >= 8).collect();
         // Longest first, so a key that contains another is removed whole.
         values.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -194,7 +194,7 @@ impl Redactor {
     }
 
     /// The line with every secret replaced; no copy when there is none.
-    pub fn redact(&self, line: Bytes) -> Bytes {
+    pub(crate) fn redact(&self, line: Bytes) -> Bytes {
         if self.needles.iter().all(|n| n.find(&line).is_none()) {
             return line;
         }
@@ -214,7 +214,7 @@ impl Redactor {
     }
 
     /// [`Redactor::redact`] for text.
-    pub fn redact_str(&self, text: &str) -> String {
+    pub(crate) fn redact_str(&self, text: &str) -> String {
         let bytes = self.redact(Bytes::copy_from_slice(text.as_bytes()));
         String::from_utf8_lossy(&bytes).into_owned()
     }

@@ -22,13 +22,13 @@ use crate::sandbox::{SandboxFile, layout};
 use crate::secret::Secret;
 
 /// The Anthropic key's variable (and AWS secret key).
-pub const ANTHROPIC_KEY_VARIABLE: &str = "ANTHROPIC_API_KEY";
+pub(crate) const ANTHROPIC_KEY_VARIABLE: &str = "ANTHROPIC_API_KEY";
 /// The OpenRouter key's variable (and AWS secret key).
-pub const OPENROUTER_KEY_VARIABLE: &str = "OPENROUTER_API_KEY";
+pub(crate) const OPENROUTER_KEY_VARIABLE: &str = "OPENROUTER_API_KEY";
 
 /// Provider variables forwarded from the server's environment into the
 /// sandbox when set, exactly the original's list.
-pub const PROVIDER_ENV_KEYS: &[&str] = &[
+pub(crate) const PROVIDER_ENV_KEYS: &[&str] = &[
     // Google Vertex AI
     "CLAUDE_CODE_USE_VERTEX",
     "CLOUD_ML_REGION",
@@ -62,7 +62,7 @@ const PROVIDER_TOGGLES: &[&str] = &[
 
 /// Names an operator may add to the forwarded set, comma-separated (for
 /// example `HTTPS_PROXY`, or `CLAUDE_CODE_MAX_RETRIES` in tests).
-pub const FORWARD_ENV_VAR: &str = "SANDSTORM_FORWARD_ENV";
+pub(crate) const FORWARD_ENV_VAR: &str = "SANDSTORM_FORWARD_ENV";
 
 /// Where the Vertex service-account file is placed, relative to the
 /// sandbox's home.
@@ -115,7 +115,7 @@ impl KeyEnv {
     /// Reads the keys, the forwarded variables and the Vertex credentials
     /// file through `lookup` (the door's snapshot of the environment; empty
     /// values count as unset). `credentials` are the sandbox providers'.
-    pub fn resolve<'a>(
+    pub(crate) fn resolve<'a>(
         lookup: impl Fn(&str) -> Option<&'a str>,
         credentials: &[Credential],
         cwd: &Path,
@@ -158,7 +158,7 @@ impl KeyEnv {
 
 /// What the sandbox of one run gets.
 #[derive(Debug, Default)]
-pub struct ResolvedKeys {
+pub(crate) struct ResolvedKeys {
     /// The runner's environment (keys and provider variables).
     pub runner_env: BTreeMap<String, String>,
     /// Files to upload with the run (the Vertex credentials).
@@ -194,7 +194,7 @@ async fn lookup(
 
 /// Resolves the keys of one run. `sandbox` is the chosen provider's
 /// credential, if it needs one.
-pub async fn resolve(
+pub(crate) async fn resolve(
     given: &RequestKeys,
     env: &KeyEnv,
     source: Option<&dyn KeySource>,

@@ -24,21 +24,21 @@
 //! ```
 
 pub mod app;
-pub mod auth;
+mod auth;
 pub mod cli;
 pub mod config;
 pub mod doors;
 pub mod env;
-pub mod error;
-pub mod events;
+mod error;
+mod events;
 mod json_field;
 pub mod keys;
 pub mod lines;
-pub mod openapi;
-pub mod outputs;
-pub mod plan;
+mod openapi;
+mod outputs;
+mod plan;
 pub mod request;
-pub mod run;
+mod run;
 pub mod sandbox;
 pub mod secret;
 pub mod settings;

@@ -7,10 +7,10 @@ use bytes::{Buf, Bytes, BytesMut};
 
 /// The longest line we hold in memory. An agent message with a large tool
 /// result can be megabytes; anything past this is a runaway process.
-pub const MAX_LINE_LEN: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_LINE_LEN: usize = 64 * 1024 * 1024;
 
 /// A line grew past [`MAX_LINE_LEN`] without a newline.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 #[error("an output line exceeded the {MAX_LINE_LEN}-byte limit")]
 pub struct LineTooLong;
 

@@ -14,11 +14,11 @@ use crate::sandbox::provider::Credential;
 
 /// The hand-written document, less the sandbox providers' credential fields,
 /// which each provider declares.
-pub const TEMPLATE: &str = include_str!("openapi.json");
+pub(crate) const TEMPLATE: &str = include_str!("openapi.json");
 
 /// The document as served: [`TEMPLATE`] with one request property per
 /// provider credential in `credentials`.
-pub fn document(credentials: &[Credential]) -> String {
+pub(crate) fn document(credentials: &[Credential]) -> String {
     // TEMPLATE is ours and a test parses it; should it ever not parse,
     // serving it unchanged beats serving nothing.
     let Ok(mut doc) = serde_json::from_str::<Value>(TEMPLATE) else {

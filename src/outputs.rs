@@ -9,12 +9,12 @@
 use serde::Serialize;
 
 /// How many patterns one request may give.
-pub const MAX_PATTERNS: usize = 32;
+pub(crate) const MAX_PATTERNS: usize = 32;
 const MAX_PATTERN_BYTES: usize = 1024;
 
 /// The limits on what comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct OutputLimits {
+pub(crate) struct OutputLimits {
     /// How many files one run may send back.
     pub max_files: usize,
     /// The largest file sent, in bytes (before base64).
@@ -26,14 +26,14 @@ pub struct OutputLimits {
 /// 20 files, 10 MB each, 25 MB in all: large enough for reports and charts,
 /// small enough for a Lambda streamed response (20 MB soft limit aside,
 /// clients hold these in memory).
-pub const DEFAULT_LIMITS: OutputLimits = OutputLimits {
+pub(crate) const DEFAULT_LIMITS: OutputLimits = OutputLimits {
     max_files: 20,
     max_file_bytes: 10 * 1024 * 1024,
     max_total_bytes: 25 * 1024 * 1024,
 };
 
 /// Checks the globs of `outputs`; the error names the pattern.
-pub fn validate_patterns(patterns: &[String]) -> Result<(), String> {
+pub(crate) fn validate_patterns(patterns: &[String]) -> Result<(), String> {
     if patterns.len() > MAX_PATTERNS {
         return Err(format!(
             "{} output patterns; the limit is {MAX_PATTERNS}",
@@ -63,7 +63,7 @@ pub fn validate_patterns(patterns: &[String]) -> Result<(), String> {
 
 /// What the runner reads from `agent_config.json`.
 #[derive(Debug, Serialize)]
-pub struct OutputRequest<'a> {
+pub(crate) struct OutputRequest<'a> {
     /// The globs, relative to the runner's working folder.
     pub patterns: &'a [String],
     /// Flattened, so the runner sees `max_files` and the rest beside
@@ -74,7 +74,7 @@ pub struct OutputRequest<'a> {
 
 /// The relay's count of what has gone out, to hold the runner to the limits.
 #[derive(Debug)]
-pub struct OutputBudget {
+pub(crate) struct OutputBudget {
     limits: OutputLimits,
     files: usize,
     bytes: usize,
@@ -82,7 +82,7 @@ pub struct OutputBudget {
 
 impl OutputBudget {
     /// A budget with nothing spent yet.
-    pub fn new(limits: OutputLimits) -> Self {
+    pub(crate) fn new(limits: OutputLimits) -> Self {
         OutputBudget {
             limits,
             files: 0,
@@ -93,7 +93,7 @@ impl OutputBudget {
     /// Admits a `file` line of `line_len` bytes, or says which limit it
     /// breaks. The base64 content is 4/3 of the file; the rest of the line
     /// is a little JSON.
-    pub fn admit(&mut self, line_len: usize) -> Result<(), String> {
+    pub(crate) fn admit(&mut self, line_len: usize) -> Result<(), String> {
         let content = line_len.saturating_sub(512) / 4 * 3;
         if self.files >= self.limits.max_files {
             return Err(format!(

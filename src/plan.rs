@@ -24,9 +24,9 @@ use crate::settings::Settings;
 
 /// The runner, embedded so the server always runs the runner it was built
 /// with, whatever the sandbox image holds.
-pub const RUNNER_SCRIPT: &str = include_str!("../runner/runner.mjs");
+pub(crate) const RUNNER_SCRIPT: &str = include_str!("../runner/runner.mjs");
 /// The SDK's user settings, as the original writes them.
-pub const SDK_SETTINGS: &str = r#"{
+pub(crate) const SDK_SETTINGS: &str = r#"{
   "permissions": { "allow": [], "deny": [] },
   "env": { "CLAUDE_CODE_DISABLE_EXPERIMENTAL_BETAS": "1" }
 }
@@ -36,14 +36,14 @@ pub const SDK_SETTINGS: &str = r#"{
 const SANDBOX_GRACE: Duration = Duration::from_secs(60);
 /// How long before a platform deadline (Lambda, Vercel) a run ends itself,
 /// leaving time to send the error event and destroy the sandbox.
-pub const PLATFORM_MARGIN: Duration = Duration::from_secs(10);
+pub(crate) const PLATFORM_MARGIN: Duration = Duration::from_secs(10);
 /// How long the runner process may outlive the run's deadline: a backstop
 /// the provider enforces behind the run's own.
 const PROCESS_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything one run needs, built from a validated request.
 #[derive(Debug)]
-pub struct RunPlan {
+pub(crate) struct RunPlan {
     /// Names the run in logs, events and the `x-request-id` header.
     pub request_id: String,
     /// What to ask the provider for.
@@ -65,7 +65,7 @@ pub struct RunPlan {
 /// Builds a run's plan from a validated query: the config, the keys, the
 /// deadline. Everything that can refuse the run happens here, before a
 /// sandbox exists.
-pub async fn prepare(
+pub(crate) async fn prepare(
     settings: &Settings,
     query: Query,
     request_id: String,
@@ -108,7 +108,7 @@ struct AgentConfig<'a> {
 /// Builds the plan of one run. `platform_deadline` is when the hosting
 /// platform cuts the response (Lambda's invocation deadline, Vercel's
 /// maxDuration), if it has one.
-pub fn build(
+pub(crate) fn build(
     request_id: String,
     query: &Query,
     config: &SandstormConfig,
@@ -229,7 +229,7 @@ mod tests {
     use super::*;
     use crate::request::QueryRequest;
 
-    fn query(json: serde_json::Value) -> Query {
+    fn query(json: &serde_json::Value) -> Query {
         Query::from_json(json.to_string().as_bytes(), &[]).expect("valid")
     }
 
@@ -250,7 +250,7 @@ mod tests {
             system_prompt: Some("be brief".into()),
             ..Default::default()
         };
-        let q = query(serde_json::json!({"prompt":"p","model":"haiku"}));
+        let q = query(&serde_json::json!({"prompt":"p","model":"haiku"}));
         let plan = build("r".into(), &q, &config, ResolvedKeys::default(), None);
         let c = agent_config(&plan);
         assert_eq!(c["model"], "haiku");
@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn one_upload_carries_runner_config_settings_and_files() {
-        let q = query(serde_json::json!({"prompt":"p","files":{"a.txt":"1","d/b.txt":"2"}}));
+        let q = query(&serde_json::json!({"prompt":"p","files":{"a.txt":"1","d/b.txt":"2"}}));
         let plan = build(
             "r".into(),
             &q,
@@ -305,7 +305,7 @@ mod tests {
 
     #[test]
     fn the_timeout_sets_the_deadline_unless_the_platform_ends_sooner() {
-        let q = query(serde_json::json!({"prompt":"p","timeout":100}));
+        let q = query(&serde_json::json!({"prompt":"p","timeout":100}));
         let before = Instant::now();
         let plan = build(
             "r".into(),

@@ -15,14 +15,14 @@ use crate::sandbox::provider::Credential;
 use crate::secret::Secret;
 
 /// The longest prompt, in characters (as the original).
-pub const MAX_PROMPT_CHARS: usize = 1_000_000;
+pub(crate) const MAX_PROMPT_CHARS: usize = 1_000_000;
 /// How many files one request may upload.
 pub const MAX_FILES: usize = 20;
 /// The total size of uploaded file contents, in bytes (10 MB, as the original).
 pub const MAX_FILES_BYTES: usize = 10_000_000;
 /// The allowed `timeout` range in seconds, and its default.
-pub const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 5..=3600;
-pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+pub(crate) const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 5..=3600;
+pub(crate) const DEFAULT_TIMEOUT_SECS: u64 = 300;
 /// Longest accepted upload path; the Linux limit.
 const MAX_PATH_BYTES: usize = 4096;
 const MAX_NAME_BYTES: usize = 255;
@@ -33,7 +33,7 @@ const MAX_NAME_BYTES: usize = 255;
 /// fails loudly instead of being silently ignored.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct QueryRequest {
+pub(crate) struct QueryRequest {
     /// The task.
     pub prompt: String,
     /// The Anthropic key, overriding the environment's.
@@ -63,6 +63,34 @@ pub struct QueryRequest {
     pub outputs: Option<Vec<String>>,
 }
 
+/// Redacted: keys show as `***` and sandbox keys by field name only; files
+/// by path and size, as [`UserFile`] does.
+impl std::fmt::Debug for QueryRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |key: &Option<Secret>| key.as_ref().map(|_| "***");
+        let files = self.files.as_ref().map(|files| {
+            files
+                .iter()
+                .map(|(path, content)| (path.as_str(), content.len()))
+                .collect::<BTreeMap<_, _>>()
+        });
+        f.debug_struct("QueryRequest")
+            .field("prompt", &self.prompt)
+            .field("anthropic_api_key", &redacted(&self.anthropic_api_key))
+            .field("openrouter_api_key", &redacted(&self.openrouter_api_key))
+            .field(
+                "sandbox_keys",
+                &self.sandbox_keys.keys().collect::<Vec<_>>(),
+            )
+            .field("model", &self.model)
+            .field("max_turns", &self.max_turns)
+            .field("timeout", &self.timeout)
+            .field("files", &files)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
 /// Keys that came with the request (or, for the CLI, from its flags).
 #[derive(Debug, Clone, Default)]
 pub struct RequestKeys {
@@ -82,7 +110,7 @@ impl RequestKeys {
 
     /// Sets the sandbox credential of `field`; an empty key counts as not
     /// given.
-    pub fn set_sandbox(&mut self, field: &str, key: Secret) {
+    pub(crate) fn set_sandbox(&mut self, field: &str, key: Secret) {
         if !key.is_empty() {
             self.sandbox.insert(field.to_owned(), key);
         }
@@ -137,7 +165,7 @@ impl std::fmt::Debug for UserFile {
 /// How validation messages name what is at fault: the body's fields for the
 /// API, the command line's flags for `ds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Naming {
+pub(crate) enum Naming {
     /// `timeout`, `max_turns`, `outputs`: the JSON body's field names.
     Fields,
     /// `--timeout`, `--max-turns`, `--outputs`: `ds`'s flags.
@@ -171,7 +199,8 @@ impl Query {
             });
         }
         let de = &mut serde_json::Deserializer::from_slice(body);
-        let Fields(mut fields) = serde_path_to_error::deserialize(de).map_err(json_error)?;
+        let Fields(mut fields) =
+            serde_path_to_error::deserialize(de).map_err(|e| json_error(&e))?;
         let mut sandbox_keys = BTreeMap::new();
         for credential in credentials {
             if let Some(value) = fields.remove(credential.field) {
@@ -184,7 +213,8 @@ impl Query {
             }
         }
         let value = serde_json::Value::Object(fields);
-        let mut raw: QueryRequest = serde_path_to_error::deserialize(value).map_err(json_error)?;
+        let mut raw: QueryRequest =
+            serde_path_to_error::deserialize(value).map_err(|e| json_error(&e))?;
         raw.sandbox_keys = sandbox_keys;
         raw.validate(Naming::Fields)
     }
@@ -221,7 +251,7 @@ impl<'de> Deserialize<'de> for Fields {
 impl QueryRequest {
     /// Checks every limit and normalizes the files; messages name fields as
     /// `naming` says.
-    pub fn validate(self, naming: Naming) -> Result<Query, ApiError> {
+    pub(crate) fn validate(self, naming: Naming) -> Result<Query, ApiError> {
         let chars = self.prompt.chars().count();
         if chars == 0 {
             return Err(ApiError::invalid("prompt", "prompt must not be empty"));
@@ -291,6 +321,11 @@ impl QueryRequest {
 /// A whole number, also when written `14.0`: JSON Schema's `integer` (and
 /// the original's pydantic) accept that, so clients that send every number
 /// as a float keep working. `14.5` is still refused.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the float is checked whole and within 0..=u64::MAX just before the cast"
+)]
 pub(crate) fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -393,7 +428,7 @@ pub fn normalize_path(raw: &str) -> Result<String, String> {
 }
 
 /// Turns a serde error into one that names the field at fault.
-fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+fn json_error(err: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let inner = err.inner();
     if inner.is_syntax() || inner.is_eof() {
         return ApiError::BadRequest {

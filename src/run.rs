@@ -26,14 +26,14 @@ use crate::sandbox::{ProcessEvent, Sandbox, SandboxError, SandboxProvider, Sandb
 
 /// How many events may wait for a slow client before the relay pauses.
 /// Bounded: a slow client slows the sandbox's output, nothing is dropped.
-pub const EVENT_BUFFER: usize = 64;
+pub(crate) const EVENT_BUFFER: usize = 64;
 /// How many stderr lines an error event quotes.
 const STDERR_TAIL: usize = 20;
 /// How long a final error event may wait for a client that is not reading.
 const FINAL_EVENT_GRACE: Duration = Duration::from_secs(1);
 
 /// A started run.
-pub struct RunHandle {
+pub(crate) struct RunHandle {
     /// The run's events; dropping this ends the run (the sandbox is destroyed).
     pub events: mpsc::Receiver<RunEvent>,
     /// Resolves once the sandbox is destroyed. Servers let it run on; the CLI
@@ -42,7 +42,7 @@ pub struct RunHandle {
 }
 
 /// Starts a run on its own task.
-pub fn spawn(provider: Arc<dyn SandboxProvider>, plan: RunPlan) -> RunHandle {
+pub(crate) fn spawn(provider: Arc<dyn SandboxProvider>, plan: RunPlan) -> RunHandle {
     let (tx, events) = mpsc::channel(EVENT_BUFFER);
     let span = tracing::info_span!("run", request_id = %plan.request_id);
     let finished = tokio::spawn(execute(provider, plan, tx).instrument(span));
@@ -360,24 +360,24 @@ fn runner_error_message(line: &[u8]) -> String {
 /// drop (a panic, a cancelled task) from a spawned task.
 ///
 /// [`destroy`]: SandboxGuard::destroy
-pub struct SandboxGuard {
+pub(crate) struct SandboxGuard {
     sandbox: Option<Arc<dyn Sandbox>>,
     request_id: String,
 }
 
 impl SandboxGuard {
-    pub fn new(request_id: String) -> Self {
+    pub(crate) fn new(request_id: String) -> Self {
         SandboxGuard {
             sandbox: None,
             request_id,
         }
     }
 
-    pub fn arm(&mut self, sandbox: Arc<dyn Sandbox>) {
+    pub(crate) fn arm(&mut self, sandbox: Arc<dyn Sandbox>) {
         self.sandbox = Some(sandbox);
     }
 
-    pub async fn destroy(mut self) {
+    pub(crate) async fn destroy(mut self) {
         if let Some(sandbox) = self.sandbox.take() {
             destroy_logged(sandbox.as_ref(), &self.request_id).await;
         }

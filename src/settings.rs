@@ -23,10 +23,10 @@ use crate::secret::Secret;
 
 /// The default limit on a `/query` body. File contents are limited to 10 MB
 /// and prompts to 1,000,000 characters; JSON escaping can double a text.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// The variable that picks the sandbox provider by name.
-pub const SANDBOX_VARIABLE: &str = "SANDSTORM_SANDBOX";
+pub(crate) const SANDBOX_VARIABLE: &str = "SANDSTORM_SANDBOX";
 
 /// What kind of door the settings are for; each carries its own defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -937,6 +937,7 @@ mod fake {
         }
     }
 
+    #[allow(clippy::needless_pass_by_value, reason = "callers pass json! literals")]
     fn message(value: serde_json::Value) -> Bytes {
         encode(FLAG_MESSAGE, value.to_string().as_bytes())
     }

@@ -274,7 +274,10 @@ fn the_health_examples_print_the_status_and_version() {
         let ran = run(&program, &example(name), &stack.url, None);
         assert!(ran.success, "{name}:\n{}\n{}", ran.stdout, ran.stderr);
         let version = env!("CARGO_PKG_VERSION");
-        let expected = if name.ends_with(".sh") {
+        let expected = if std::path::Path::new(name)
+            .extension()
+            .is_some_and(|e| e == "sh")
+        {
             format!(r#"{{"status":"ok","version":"{version}"}}"#)
         } else {
             format!("ok {version}\n")

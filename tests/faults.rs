@@ -88,6 +88,10 @@ async fn assert_no_leak(emulator: &RunningEmulator) {
     emulator.settled(Duration::from_secs(10)).await;
 }
 
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "it fills Knobs::synthetic, an Option"
+)]
 fn synthetic(lines: u64) -> Option<Synthetic> {
     Some(Synthetic { lines, bytes: 200 })
 }

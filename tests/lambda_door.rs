@@ -272,10 +272,13 @@ async fn a_short_invocation_deadline_ends_the_run_with_a_timeout_event() {
     // Lambda cuts the stream at the deadline; the run must end itself
     // PLATFORM_MARGIN (10 s) before it, so 13 s leaves it about 3 s.
     let deadline = SystemTime::now() + Duration::from_secs(13);
-    let deadline_ms = deadline
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as u64;
+    let deadline_ms = u64::try_from(
+        deadline
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("milliseconds since 1970 fit in u64");
     let (responses_tx, mut responses) = mpsc::unbounded_channel();
     let api = Arc::new(RuntimeApi {
         invocation: Mutex::new(Some((

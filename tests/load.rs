@@ -290,6 +290,11 @@ fn millis(d: Duration) -> f64 {
 
 fn percentiles(mut values: Vec<Duration>) -> serde_json::Value {
     values.sort();
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "q is in 0..=1, so the rounded index is in 0..len"
+    )]
     let at = |q: f64| {
         let i = ((values.len() as f64 - 1.0) * q).round() as usize;
         values.get(i).copied().map(millis)

@@ -36,6 +36,7 @@ impl Function {
         }
     }
 
+    #[allow(clippy::needless_pass_by_value, reason = "callers pass json! literals")]
     fn post(&self, body: serde_json::Value) -> reqwest::RequestBuilder {
         reqwest::Client::new()
             .post(format!("{}/query", self.url))

@@ -3,10 +3,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use sandstorm::doors::PROVIDERS;
 use sandstorm::request::{MAX_FILES, MAX_FILES_BYTES, Query, normalize_path};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(query) = Query::from_json(data) {
+    // Every door provider's credential field, as `ds serve` accepts them.
+    let credentials: Vec<_> = PROVIDERS.iter().filter_map(|p| p.credential).collect();
+    if let Ok(query) = Query::from_json(data, &credentials) {
         assert!(!query.prompt.is_empty());
         assert!(query.files.len() <= MAX_FILES);
         assert!(query.files.iter().map(|f| f.content.len()).sum::<usize>() <= MAX_FILES_BYTES);

@@ -25,15 +25,15 @@ mod render;
 mod serve;
 
 /// Exit codes, as documented in `ds --help` and the README.
-pub mod exit {
+pub(crate) mod exit {
     /// The run succeeded.
-    pub const OK: u8 = 0;
+    pub(crate) const OK: u8 = 0;
     /// The agent run failed: an error event, or an error result.
-    pub const RUN_FAILED: u8 = 1;
+    pub(crate) const RUN_FAILED: u8 = 1;
     /// Bad usage or input: flags, files, keys, sandstorm.json.
-    pub const USAGE: u8 = 2;
+    pub(crate) const USAGE: u8 = 2;
     /// Interrupted by Ctrl-C (after the sandbox was destroyed).
-    pub const INTERRUPTED: u8 = 130;
+    pub(crate) const INTERRUPTED: u8 = 130;
 }
 
 const AFTER_HELP: &str = "\
@@ -43,11 +43,14 @@ The sandbox is E2B when an E2B key is set, else a local bubblewrap sandbox
 
 Exit status: 0 success, 1 the agent run failed, 2 bad usage or input, 130 interrupted.";
 
+/// The `ds` command line: a subcommand, or a query to run.
 #[derive(Debug, Parser)]
 #[command(
     name = "ds",
     version,
     about = "Run Claude agents in secure sandboxes",
+    // The doc comment above is for rustdoc; the help text stays as it was.
+    long_about = None,
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
@@ -121,6 +124,10 @@ struct KeyArgs {
 
 /// Keys go straight into a [`Secret`], so the `Debug` of the parsed
 /// arguments never shows one.
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "clap's value_parser takes a function that returns a Result"
+)]
 fn secret(value: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::new(value))
 }
@@ -155,7 +162,7 @@ struct ServeArgs {
 
 /// An error that ends `ds` with a message and an exit code.
 #[derive(Debug)]
-pub struct Fatal {
+pub(crate) struct Fatal {
     pub code: u8,
     pub message: String,
 }

@@ -31,7 +31,7 @@ pub const PROVIDERS: Catalog = &[&e2b::PROVIDER, &local::PROVIDER];
 
 /// The providers a serverless function can run: those whose declaration
 /// says so.
-pub const SERVERLESS_PROVIDERS: Catalog = &[&e2b::PROVIDER];
+pub(crate) const SERVERLESS_PROVIDERS: Catalog = &[&e2b::PROVIDER];
 
 /// The `maxDuration` that `vercel.json` gives the functions, and so the
 /// limit a Vercel run must end before when `SANDSTORM_MAX_DURATION` does

@@ -33,7 +33,7 @@ use crate::keys::{KeySource, KeySourceError};
 use crate::secret::Secret;
 
 /// How long a fetched secret is used before it is read again.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 /// The names a secret may hold. Other fields are allowed and ignored.
 pub const SECRET_KEYS: &[&str] = &[

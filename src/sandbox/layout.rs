@@ -6,19 +6,19 @@
 
 /// The agent's home and working folder; uploads and output globs are
 /// relative to it.
-pub const HOME: &str = "/home/user";
+pub(crate) const HOME: &str = "/home/user";
 
 /// Where the runner script and its `node_modules` live.
-pub const RUNNER_DIR: &str = "/opt/agent-runner";
+pub(crate) const RUNNER_DIR: &str = "/opt/agent-runner";
 
 /// The runner script the run starts.
-pub const RUNNER_SCRIPT: &str = "/opt/agent-runner/runner.mjs";
+pub(crate) const RUNNER_SCRIPT: &str = "/opt/agent-runner/runner.mjs";
 
 /// The runner's config, written next to it by the upload.
-pub const AGENT_CONFIG: &str = "/opt/agent-runner/agent_config.json";
+pub(crate) const AGENT_CONFIG: &str = "/opt/agent-runner/agent_config.json";
 
 /// `rel`, a path relative to [`HOME`], as an absolute sandbox path.
-pub fn home_path(rel: &str) -> String {
+pub(crate) fn home_path(rel: &str) -> String {
     format!("{HOME}/{rel}")
 }
 

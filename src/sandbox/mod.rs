@@ -22,7 +22,7 @@ use futures::stream::BoxStream;
 use crate::secret::Secret;
 
 pub mod e2b;
-pub mod layout;
+pub(crate) mod layout;
 pub mod local;
 pub mod provider;
 #[cfg(any(test, feature = "testing"))]
@@ -46,6 +46,7 @@ pub struct SandboxSpec {
 pub struct SandboxFile {
     /// Absolute path inside the sandbox, e.g. `/home/user/data.csv`.
     pub path: String,
+    /// The bytes to write.
     pub content: Bytes,
 }
 
@@ -62,9 +63,13 @@ impl fmt::Debug for SandboxFile {
 /// A process to start, as argv: no shell ever sees these strings.
 #[derive(Clone, Default)]
 pub struct ProcessSpec {
+    /// The program, looked up on the sandbox's `PATH`.
     pub cmd: String,
+    /// Its arguments.
     pub args: Vec<String>,
+    /// Its environment.
     pub envs: BTreeMap<String, String>,
+    /// The working folder inside the sandbox.
     pub cwd: String,
     /// Hard limit on the process's life, enforced by the provider.
     pub timeout: Option<Duration>,
@@ -90,6 +95,7 @@ pub enum ProcessEvent {
     Stdout(Bytes),
     /// A chunk of stderr.
     Stderr(Bytes),
+    /// The process ended; the last event.
     Exited(ExitStatus),
 }
 
@@ -103,6 +109,7 @@ pub struct ExitStatus {
 }
 
 impl ExitStatus {
+    /// Whether the process exited with code 0.
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
@@ -118,12 +125,14 @@ pub trait SandboxProvider: Send + Sync + 'static {
     /// A short name for logs and errors: its declaration's name.
     fn name(&self) -> &'static str;
 
+    /// Makes a fresh sandbox for one run.
     async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError>;
 }
 
 /// One live sandbox. Every method may be called from any task.
 #[async_trait]
 pub trait Sandbox: Send + Sync + 'static {
+    /// The provider's id for the sandbox.
     fn id(&self) -> &str;
 
     /// Writes all files in one round trip, creating parent folders.
@@ -144,33 +153,66 @@ pub trait Sandbox: Send + Sync + 'static {
 /// they never carry keys or tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// The provider refused the credential.
     #[error("{provider} rejected the API key (HTTP 401)")]
-    Unauthorized { provider: &'static str },
+    Unauthorized {
+        /// The provider's name.
+        provider: &'static str,
+    },
+    /// The provider asked us to slow down.
     #[error("{op} was rate limited by {provider} (HTTP 429)")]
     RateLimited {
+        /// The provider's name.
         provider: &'static str,
+        /// The call that was refused, e.g. `create`.
         op: &'static str,
     },
+    /// The provider answered with an error status.
     #[error("{op} failed: {provider} answered HTTP {status}: {message}")]
     Status {
+        /// The provider's name.
         provider: &'static str,
+        /// The call that failed, e.g. `create`.
         op: &'static str,
+        /// The HTTP status.
         status: u16,
+        /// The provider's message.
         message: String,
     },
+    /// A call took longer than allowed.
     #[error("{op} timed out after {after:?}")]
-    TimedOut { op: &'static str, after: Duration },
+    TimedOut {
+        /// The call that timed out.
+        op: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// The connection failed or dropped.
     #[error("{op} failed: {message}")]
-    Transport { op: &'static str, message: String },
+    Transport {
+        /// The call that failed.
+        op: &'static str,
+        /// What the HTTP client reported.
+        message: String,
+    },
+    /// A process's output stream ended with no exit event.
     #[error("the sandbox process stream was cut before the process exited")]
     StreamCut,
+    /// Anything else, e.g. a local sandbox's I/O error.
     #[error("{op} failed: {message}")]
-    Other { op: &'static str, message: String },
+    Other {
+        /// What was being done.
+        op: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// A transient failure that persisted through every retry; `last` is
     /// the cause the client should hear about.
     #[error("{last}; gave up after {attempts} attempts")]
     GaveUp {
+        /// How many attempts were made.
         attempts: u32,
+        /// The last attempt's error.
         last: Box<SandboxError>,
     },
 }
@@ -178,7 +220,7 @@ pub enum SandboxError {
 impl SandboxError {
     /// Whether trying the same call again may succeed (rate limits, 5xx,
     /// timeouts and dropped connections).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             SandboxError::RateLimited { .. }
             | SandboxError::TimedOut { .. }

@@ -92,7 +92,7 @@ impl fmt::Debug for ProviderDeclaration {
 impl ProviderDeclaration {
     /// The variables the door reads for this provider: its own and its
     /// credential's.
-    pub fn all_variables(&self) -> impl Iterator<Item = &'static str> + use<> {
+    pub(crate) fn all_variables(&self) -> impl Iterator<Item = &'static str> + use<> {
         let credential = self.credential.map(|c| c.variable);
         self.variables.iter().copied().chain(credential)
     }
@@ -165,7 +165,7 @@ pub type Catalog = &'static [&'static ProviderDeclaration];
 /// Picks the provider: the one `requested` names (a flag or
 /// `SANDSTORM_SANDBOX`), else the first whose credential `has_variable`
 /// reports set, else the first that needs no credential.
-pub fn choose(
+pub(crate) fn choose(
     catalog: Catalog,
     requested: Option<&str>,
     has_variable: impl Fn(&str) -> bool,
@@ -195,7 +195,7 @@ pub fn choose(
 
 /// The credential fields `POST /query` accepts: every provider's in the
 /// catalog, so a request written for one backend is valid on any door.
-pub fn credential_fields(catalog: Catalog) -> Vec<Credential> {
+pub(crate) fn credential_fields(catalog: Catalog) -> Vec<Credential> {
     catalog.iter().filter_map(|p| p.credential).collect()
 }
 

@@ -33,7 +33,9 @@ pub enum Then {
 /// What the run did with the provider's sandboxes.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Sandboxes created.
     pub created: AtomicUsize,
+    /// Sandboxes destroyed.
     pub destroyed: AtomicUsize,
     /// The paths of each upload, in order.
     pub uploads: Mutex<Vec<Vec<String>>>,
@@ -42,16 +44,19 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// How many sandboxes were created so far.
     pub fn created(&self) -> usize {
         self.created.load(Ordering::SeqCst)
     }
 
+    /// How many sandboxes were destroyed so far.
     pub fn destroyed(&self) -> usize {
         self.destroyed.load(Ordering::SeqCst)
     }
 }
 
 /// The provider.
+#[derive(Debug)]
 pub struct Scripted {
     output: Vec<ProcessEvent>,
     then: Then,

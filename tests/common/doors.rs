@@ -66,7 +66,8 @@ pub fn port_below_ephemeral_range() -> u16 {
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     let mixed = u64::from(seed ^ std::process::id().rotate_left(16));
-    low + (mixed % span) as u16
+    // `mixed % span` is below `span`, which came from a u16.
+    low + u16::try_from(mixed % span).expect("below a u16 span")
 }
 
 /// A Vercel function binary (`vercel-query`, `vercel-health`) with `env`,

@@ -155,6 +155,10 @@ pub struct ModelServer {
 
 impl ModelServer {
     /// Binds an ephemeral port on 127.0.0.1 and starts serving `script`.
+    #[allow(
+        clippy::unused_async,
+        reason = "tests await it as they await every other server they start"
+    )]
     pub async fn start(script: Script) -> Self {
         let shared = Arc::new(Shared {
             script,

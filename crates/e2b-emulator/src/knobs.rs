@@ -33,10 +33,13 @@ pub struct Knobs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFault {
+    /// How they fail.
     pub mode: CreateFaultMode,
+    /// How many creates fail.
     pub count: u32,
 }
 
+/// How a create fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CreateFaultMode {
@@ -53,7 +56,9 @@ pub enum CreateFaultMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamCut {
+    /// Stdout frames sent before the cut.
     pub after_frames: u32,
+    /// How many streams are cut.
     pub count: u32,
 }
 
@@ -62,11 +67,14 @@ pub struct StreamCut {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Synthetic {
+    /// How many lines.
     pub lines: u64,
+    /// The size of each line, newline included.
     pub bytes: usize,
 }
 
 impl Knobs {
+    /// [`Self::latency_ms`] as a `Duration`.
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms)
     }

@@ -46,14 +46,14 @@ mod control;
 mod envd;
 pub mod knobs;
 mod stats;
-pub mod synthetic;
+mod synthetic;
 
 pub use knobs::Knobs;
-pub use stats::{Snapshot, route};
+pub use stats::Snapshot;
 
 /// The envd version the emulator reports. The SDKs switch features on it;
 /// 0.5.7 is the first with octet-stream uploads.
-pub const ENVD_VERSION: &str = "0.5.7";
+pub(crate) const ENVD_VERSION: &str = "0.5.7";
 
 /// The largest request body accepted (file uploads).
 const MAX_BODY: usize = 512 * 1024 * 1024;
@@ -68,6 +68,7 @@ pub struct EmulatorOptions {
     pub runner_dir: PathBuf,
     /// Where sandbox directories go; the system temp folder when `None`.
     pub work_root: Option<PathBuf>,
+    /// The bubblewrap binary.
     pub bwrap: PathBuf,
     /// The knobs in force at start-up.
     pub knobs: Knobs,
@@ -90,6 +91,14 @@ impl EmulatorOptions {
 #[derive(Clone)]
 pub struct Emulator {
     inner: Arc<Inner>,
+}
+
+/// Shows no state: the sandboxes hold access tokens, and reading the rest
+/// would take locks.
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator").finish_non_exhaustive()
+    }
 }
 
 struct Inner {
@@ -115,6 +124,7 @@ pub(crate) struct Entry {
 }
 
 impl Emulator {
+    /// An emulator with no sandboxes; fails when bwrap is missing.
     pub fn new(options: EmulatorOptions) -> Result<Self, sandstorm::sandbox::SandboxError> {
         let provider = LocalProvider::new(LocalOptions {
             runner_dir: options.runner_dir,

@@ -96,6 +96,10 @@ impl Args {
 
 /// The key goes straight into a [`Secret`], so the `Debug` of the parsed
 /// arguments never shows it.
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "clap's value_parser takes a function that returns a Result"
+)]
 fn secret(value: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::new(value))
 }

@@ -9,20 +9,20 @@ use sandstorm::sync::lock;
 use serde::Serialize;
 
 /// Route names as they appear under `requests`.
-pub mod route {
-    pub const CREATE: &str = "create";
-    pub const GET: &str = "get";
-    pub const LIST: &str = "list";
-    pub const KILL: &str = "kill";
-    pub const TIMEOUT: &str = "timeout";
-    pub const CONNECT: &str = "connect";
-    pub const HEALTH: &str = "health";
-    pub const UPLOAD: &str = "upload";
-    pub const DOWNLOAD: &str = "download";
-    pub const START: &str = "start";
-    pub const SIGNAL: &str = "signal";
-    pub const PROCESS_LIST: &str = "process_list";
-    pub const PROCESS_CONNECT: &str = "process_connect";
+pub(crate) mod route {
+    pub(crate) const CREATE: &str = "create";
+    pub(crate) const GET: &str = "get";
+    pub(crate) const LIST: &str = "list";
+    pub(crate) const KILL: &str = "kill";
+    pub(crate) const TIMEOUT: &str = "timeout";
+    pub(crate) const CONNECT: &str = "connect";
+    pub(crate) const HEALTH: &str = "health";
+    pub(crate) const UPLOAD: &str = "upload";
+    pub(crate) const DOWNLOAD: &str = "download";
+    pub(crate) const START: &str = "start";
+    pub(crate) const SIGNAL: &str = "signal";
+    pub(crate) const PROCESS_LIST: &str = "process_list";
+    pub(crate) const PROCESS_CONNECT: &str = "process_connect";
 }
 
 #[derive(Debug, Default)]
@@ -40,10 +40,13 @@ struct Counts {
 /// The JSON answer of `GET /_emulator/stats`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
+    /// Sandboxes created.
     pub created: u64,
     /// Explicit kills and timeouts.
     pub killed: u64,
+    /// Sandboxes alive now.
     pub alive: u64,
+    /// Requests served, by route (`create`, `start`, ...).
     pub requests: BTreeMap<&'static str, u64>,
 }
 

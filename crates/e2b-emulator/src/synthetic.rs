@@ -12,17 +12,17 @@ use futures::Stream;
 use super::knobs::Synthetic;
 
 /// About the 32 KiB a pipe read gives, but odd so lines straddle chunks.
-pub const CHUNK: usize = 32 * 1024 - 3;
+pub(crate) const CHUNK: usize = 32 * 1024 - 3;
 
 /// Whether a start request runs the agent runner.
-pub fn is_runner(cmd: &str, args: &[String]) -> bool {
+pub(crate) fn is_runner(cmd: &str, args: &[String]) -> bool {
     std::iter::once(cmd)
         .chain(args.iter().map(String::as_str))
         .any(|a| a.contains("runner.mjs"))
 }
 
 /// The line with sequence number `seq` of `total`.
-pub fn line(seq: u64, total: u64, bytes: usize) -> Vec<u8> {
+pub(crate) fn line(seq: u64, total: u64, bytes: usize) -> Vec<u8> {
     let head = if seq + 1 == total {
         format!(
             r#"{{"type":"result","subtype":"success","is_error":false,"num_turns":1,"result":"synthetic","total_cost_usd":0,"seq":{seq},"pad":""#
@@ -41,7 +41,7 @@ pub fn line(seq: u64, total: u64, bytes: usize) -> Vec<u8> {
 
 /// The whole output as a stream of chunks, produced lazily (a benchmark may
 /// ask for gigabytes).
-pub fn output(spec: Synthetic) -> impl Stream<Item = Bytes> + Send + 'static {
+pub(crate) fn output(spec: Synthetic) -> impl Stream<Item = Bytes> + Send + 'static {
     let state = (0u64, BytesMut::new());
     futures::stream::unfold(state, move |(mut seq, mut buf)| async move {
         while buf.len() < CHUNK && seq < spec.lines {

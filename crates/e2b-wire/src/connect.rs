@@ -26,11 +26,14 @@ pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 /// One decoded envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// The `FLAG_*` bits.
     pub flags: u8,
+    /// The message: JSON, or the end-of-stream JSON on the last frame.
     pub payload: Bytes,
 }
 
 impl Frame {
+    /// Whether this is the last frame of the stream.
     pub fn is_end_stream(&self) -> bool {
         self.flags & FLAG_END_STREAM != 0
     }
@@ -47,14 +50,24 @@ pub fn encode(flags: u8, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Why a Connect stream could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
+    /// A frame announced more than [`MAX_FRAME_LEN`] bytes.
     #[error("Connect frame of {len} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
-    TooLarge { len: usize },
+    TooLarge {
+        /// The announced length.
+        len: usize,
+    },
+    /// The peer compressed a frame, which we never ask for.
     #[error("compressed Connect frames are not supported")]
     Compressed,
+    /// The stream ended partway through a frame.
     #[error("Connect stream ended inside a frame ({buffered} bytes left over)")]
-    Truncated { buffered: usize },
+    Truncated {
+        /// The bytes of the unfinished frame.
+        buffered: usize,
+    },
 }
 
 /// Incremental decoder: feed it body chunks as they arrive (chunk borders
@@ -65,10 +78,12 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// An empty decoder.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Appends a chunk of the body; take frames out with [`Self::next_frame`].
     pub fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }

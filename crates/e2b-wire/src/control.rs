@@ -40,6 +40,7 @@ pub struct NewSandbox {
         skip_serializing_if = "Option::is_none"
     )]
     pub allow_internet_access: Option<bool>,
+    /// Whether E2B pauses the sandbox at its timeout instead of killing it.
     #[serde(default)]
     pub auto_pause: bool,
 }
@@ -47,12 +48,16 @@ pub struct NewSandbox {
 /// The answer of create and connect: `Sandbox`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Sandbox {
+    /// The template the sandbox was made from.
     #[serde(rename = "templateID", default)]
     pub template_id: String,
+    /// The sandbox's id.
     #[serde(rename = "sandboxID")]
     pub sandbox_id: String,
+    /// The cluster node E2B placed the sandbox on.
     #[serde(rename = "clientID", default)]
     pub client_id: String,
+    /// The template's alias, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
     /// Clients switch features on it (see `e2b_wire::envd`).
@@ -70,25 +75,35 @@ pub struct Sandbox {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ListedSandbox {
+    /// The template the sandbox was made from.
     #[serde(rename = "templateID")]
     pub template_id: String,
+    /// The sandbox's id.
     #[serde(rename = "sandboxID")]
     pub sandbox_id: String,
+    /// The cluster node E2B placed the sandbox on.
     #[serde(rename = "clientID")]
     pub client_id: String,
+    /// The template's alias, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
     /// RFC 3339.
     pub started_at: String,
     /// RFC 3339: when the sandbox's timeout kills it.
     pub end_at: String,
+    /// Virtual CPUs.
     pub cpu_count: u32,
+    /// Memory, in MiB.
     #[serde(rename = "memoryMB")]
     pub memory_mb: u32,
+    /// Disk size, in MiB.
     #[serde(rename = "diskSizeMB")]
     pub disk_size_mb: u32,
+    /// Running or paused.
     pub state: SandboxState,
+    /// The envd version inside it.
     pub envd_version: String,
+    /// The metadata given at creation.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
 }
@@ -96,18 +111,24 @@ pub struct ListedSandbox {
 /// `GET /sandboxes/{id}`: a listed sandbox plus how to reach its envd.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SandboxDetail {
+    /// Everything the list endpoints show.
     #[serde(flatten)]
     pub listed: ListedSandbox,
+    /// What envd demands in `X-Access-Token` of a `secure` sandbox.
     #[serde(rename = "envdAccessToken", default)]
     pub envd_access_token: Option<AccessToken>,
+    /// Where this sandbox's traffic is served; `null` means E2B's default.
     #[serde(default)]
     pub domain: Option<String>,
 }
 
+/// Whether a sandbox runs or is paused.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxState {
+    /// It runs.
     Running,
+    /// It is paused.
     Paused,
 }
 
@@ -115,6 +136,7 @@ pub enum SandboxState {
 /// seconds from now, earlier or later than before.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SetTimeout {
+    /// Seconds from now.
     pub timeout: u64,
 }
 
@@ -122,6 +144,7 @@ pub struct SetTimeout {
 /// no earlier than `timeout` seconds from now.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConnectSandbox {
+    /// Seconds from now; E2B's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
 }
@@ -131,6 +154,7 @@ pub struct ConnectSandbox {
 pub struct Error {
     /// The HTTP status again.
     pub code: u16,
+    /// What went wrong, for people.
     pub message: String,
 }
 
@@ -141,14 +165,17 @@ pub struct Error {
 pub struct AccessToken(String);
 
 impl AccessToken {
+    /// Wraps a token.
     pub fn new(token: impl Into<String>) -> Self {
         AccessToken(token.into())
     }
 
+    /// The token itself, for the one place that must send it.
     pub fn expose(&self) -> &str {
         &self.0
     }
 
+    /// The token itself, moved out.
     pub fn into_string(self) -> String {
         self.0
     }

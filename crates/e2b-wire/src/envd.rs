@@ -16,20 +16,29 @@ pub const ENVD_PORT: u16 = 49983;
 /// `POST /process.Process/Start` request message.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct StartRequest {
+    /// What to run.
     pub process: ProcessConfig,
+    /// Whether to keep the process's stdin open for writing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<bool>,
+    /// A name to find the process by later (`SendSignal`, `Connect`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
 }
 
+/// A command to start: program, arguments, environment and working folder.
+/// `Debug` shows the environment's variable names only: they carry API keys.
 #[derive(Clone, Serialize, Deserialize, Default)]
 pub struct ProcessConfig {
+    /// The program, looked up on `PATH`.
     pub cmd: String,
+    /// Its arguments.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Environment variables on top of the sandbox's defaults.
     #[serde(default)]
     pub envs: BTreeMap<String, String>,
+    /// The working folder; envd's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
 }
@@ -49,24 +58,31 @@ impl std::fmt::Debug for ProcessConfig {
 /// One streamed response message of `Start`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StartResponse {
+    /// What happened.
     pub event: ProcessEventJson,
 }
 
 /// Exactly one of the fields is set (a proto `oneof`).
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct ProcessEventJson {
+    /// The process started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<StartEvent>,
+    /// It wrote output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataEvent>,
+    /// It ended; the last event of the stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<EndEvent>,
+    /// Nothing happened; sent so idle streams stay open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<KeepAlive>,
 }
 
+/// The process has started.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct StartEvent {
+    /// Its process id inside the sandbox.
     #[serde(default)]
     pub pid: u32,
 }
@@ -74,24 +90,31 @@ pub struct StartEvent {
 /// Output bytes, base64 in JSON.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct DataEvent {
+    /// Bytes written to stdout, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
+    /// Bytes written to stderr, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr: Option<String>,
+    /// Bytes written to a pseudo-terminal, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pty: Option<String>,
 }
 
+/// The process has ended.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct EndEvent {
     /// Omitted for 0 (proto3 JSON); -1 when a signal ended the process.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub exit_code: i32,
+    /// Whether the process has exited.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exited: bool,
+    /// Its status as text, e.g. `exit status 3` or `signal: killed`.
     #[serde(default)]
     pub status: String,
+    /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -100,12 +123,14 @@ fn is_zero(v: &i32) -> bool {
     *v == 0
 }
 
+/// A keep-alive: no content.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct KeepAlive {}
 
 /// The payload of the end-of-stream frame.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct EndOfStream {
+    /// Set when the stream ended in an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ConnectError>,
 }
@@ -114,7 +139,9 @@ pub struct EndOfStream {
 /// call.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConnectError {
+    /// The Connect error code, e.g. `not_found` or `deadline_exceeded`.
     pub code: String,
+    /// What went wrong, for people.
     #[serde(default)]
     pub message: String,
 }
@@ -122,14 +149,19 @@ pub struct ConnectError {
 /// `POST /process.Process/SendSignal` request (unary, unframed JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendSignalRequest {
+    /// The process to signal.
     pub process: ProcessSelector,
+    /// The signal, as proto's enum name (`SIGNAL_SIGTERM`, `SIGNAL_SIGKILL`).
     pub signal: String,
 }
 
+/// Which process: by pid or by tag.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessSelector {
+    /// The process id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// The tag given at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
 }
@@ -141,6 +173,7 @@ pub struct SendSignalResponse {}
 /// `POST /process.Process/List` answer (unary): the running processes.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct ListResponse {
+    /// One entry per process.
     #[serde(default)]
     pub processes: Vec<ProcessInfo>,
 }
@@ -148,8 +181,11 @@ pub struct ListResponse {
 /// One running process as `List` reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessInfo {
+    /// How it was started.
     pub config: ProcessConfig,
+    /// Its process id inside the sandbox.
     pub pid: u32,
+    /// The tag it was started with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
 }
@@ -161,14 +197,18 @@ pub struct EntryInfo {
     pub path: String,
     /// The last component of `path`.
     pub name: String,
+    /// A file or a folder.
     #[serde(rename = "type")]
     pub kind: EntryKind,
 }
 
+/// What a filesystem entry is.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
+    /// A regular file.
     File,
+    /// A folder.
     Dir,
 }
 

@@ -46,17 +46,17 @@ mod process;
 mod retry;
 mod stream_client;
 
-pub use options::{DEFAULT_DOMAIN, DEFAULT_TEMPLATE, E2bOptions, RetryPolicy};
+pub use options::{E2bOptions, RetryPolicy};
 
 /// The E2B key: the request's `e2b_api_key`, else `E2B_API_KEY`.
-pub const CREDENTIAL: Credential = Credential {
+pub(crate) const CREDENTIAL: Credential = Credential {
     field: "e2b_api_key",
     variable: "E2B_API_KEY",
     description: "E2B API key; defaults to `$E2B_API_KEY`. Used when the sandbox is `e2b`.",
 };
 
 /// What the product knows of E2B.
-pub const PROVIDER: ProviderDeclaration = ProviderDeclaration {
+pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
     name: "e2b",
     summary: "an E2B cloud VM",
     credential: Some(CREDENTIAL),
@@ -147,7 +147,7 @@ impl SandboxProvider for E2bProvider {
 }
 
 /// One live E2B sandbox.
-pub struct E2bSandbox {
+pub(crate) struct E2bSandbox {
     id: String,
     /// Where this sandbox's envd answers (see [`E2bOptions::envd_url`]).
     envd_url: String,

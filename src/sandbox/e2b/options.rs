@@ -24,10 +24,10 @@ pub(super) const VARIABLES: &[&str] = &[
 ];
 
 /// The template Sandstorm's own E2B template is published under.
-pub const DEFAULT_TEMPLATE: &str = "sandstorm";
+pub(crate) const DEFAULT_TEMPLATE: &str = "sandstorm";
 
 /// E2B's public domain.
-pub const DEFAULT_DOMAIN: &str = "e2b.app";
+pub(crate) const DEFAULT_DOMAIN: &str = "e2b.app";
 
 /// Domains whose edge routes envd traffic by header through one host,
 /// `sandbox.{domain}`, instead of one host per sandbox (the SDKs' list).
@@ -100,7 +100,7 @@ impl E2bOptions {
     /// `E2B_DEBUG` and `SANDSTORM_TEMPLATE` from the settings the door
     /// resolved for the declared [`VARIABLES`]. Empty values count as unset,
     /// as in the SDKs.
-    pub fn from_settings(settings: &ProviderSettings) -> Self {
+    pub(crate) fn from_settings(settings: &ProviderSettings) -> Self {
         Self::from_lookup(|name| settings.get(name))
     }
 
@@ -149,7 +149,7 @@ impl E2bOptions {
     /// `https://sandbox.{domain}` on E2B's own domains (the edge routes by
     /// the `E2b-Sandbox-Id` header); otherwise `https://49983-{id}.{domain}`.
     /// `sandbox_domain` is the `domain` create answered, if any.
-    pub fn envd_url(&self, sandbox_id: &str, sandbox_domain: Option<&str>) -> String {
+    pub(crate) fn envd_url(&self, sandbox_id: &str, sandbox_domain: Option<&str>) -> String {
         if let Some(url) = &self.sandbox_url {
             return url.clone();
         }

@@ -16,7 +16,7 @@ impl RetryPolicy {
     /// `base * 2^(retry-1)` capped at `max_backoff`, then jittered into its
     /// upper half so many clients that failed together do not retry together,
     /// yet none retries immediately.
-    pub fn backoff(&self, retry: u32) -> Duration {
+    pub(crate) fn backoff(&self, retry: u32) -> Duration {
         let exp = self
             .base_backoff
             .saturating_mul(1u32 << retry.saturating_sub(1).min(16));

@@ -215,7 +215,7 @@ mod tests {
         }
     }
 
-    fn joined(args: Vec<OsString>) -> String {
+    fn joined(args: &[OsString]) -> String {
         args.iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn binds_only_what_the_sandbox_needs() {
         let argv = ["node".to_owned(), "/opt/agent-runner/runner.mjs".to_owned()];
-        let line = joined(layout(true).args(Path::new("/sb"), "/home/user", &argv));
+        let line = joined(&layout(true).args(Path::new("/sb"), "/home/user", &argv));
         for expected in [
             "--ro-bind /usr /usr",
             "--symlink usr/bin /bin",
@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn unprivileged_runs_get_a_user_namespace() {
-        let line = joined(layout(false).args(Path::new("/sb"), "/tmp", &["true".to_owned()]));
+        let line = joined(&layout(false).args(Path::new("/sb"), "/tmp", &["true".to_owned()]));
         assert!(line.contains("--unshare-user"));
         assert!(!line.contains("--cap-drop"));
     }

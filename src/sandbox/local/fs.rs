@@ -41,20 +41,45 @@ pub(crate) const TMP_MOUNT: &str = "/tmp";
 /// never the host directory behind it.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
+    /// The path is outside the folders a sandbox may write.
     #[error(
         "{path} is outside the sandbox's writable folders (/home/user, /opt/agent-runner, /tmp)"
     )]
-    OutsideSandbox { path: String },
+    OutsideSandbox {
+        /// The sandbox path.
+        path: String,
+    },
+    /// The path is not absolute, has `..` or a NUL byte, or names a folder.
     #[error("{path} is not a valid sandbox path: {reason}")]
-    InvalidPath { path: String, reason: &'static str },
+    InvalidPath {
+        /// The sandbox path.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A component is a symlink or a file, which is never followed.
     #[error("refusing {path}: a component is a symlink or not a folder")]
-    Symlink { path: String },
+    Symlink {
+        /// The sandbox path.
+        path: String,
+    },
+    /// The file does not exist.
     #[error("no such file: {path}")]
-    NotFound { path: String },
+    NotFound {
+        /// The sandbox path.
+        path: String,
+    },
+    /// The sandbox was destroyed first.
     #[error("the sandbox has been destroyed")]
     SandboxGone,
+    /// Any other I/O error.
     #[error("{path}: {source}")]
-    Io { path: String, source: io::Error },
+    Io {
+        /// The sandbox path.
+        path: String,
+        /// The error.
+        source: io::Error,
+    },
 }
 
 /// A sandbox path resolved to a host tree and the components below it.

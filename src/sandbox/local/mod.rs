@@ -59,7 +59,7 @@ mod setup;
 pub use fs::FsError;
 pub use process::ProcessControl;
 pub use rustix::process::Signal;
-pub use setup::PROVIDER;
+pub(crate) use setup::PROVIDER;
 
 /// util-linux's `setpriv`, used to tie bwrap's life to ours from its first
 /// instruction (see [`LocalSandbox::spawn`]). Debian always has it; without
@@ -67,7 +67,8 @@ pub use setup::PROVIDER;
 const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// `PATH` inside the sandbox unless the process sets its own.
-pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const SANDBOX_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How to build local sandboxes.
 #[derive(Debug, Clone)]
@@ -115,6 +116,10 @@ impl LocalProvider {
     /// Makes a fresh sandbox that [`Sandbox::destroy`] or its lifetime
     /// (`spec.lifetime`, none when zero) ends. [`SandboxProvider::create`]
     /// is this, behind the trait.
+    #[allow(
+        clippy::unused_async,
+        reason = "it spawns the deadline reaper, so it must run inside a Tokio runtime; async makes that so"
+    )]
     pub async fn create(&self, spec: SandboxSpec) -> Result<Arc<LocalSandbox>, SandboxError> {
         let mut builder = tempfile::Builder::new();
         builder.prefix("sandstorm-");
@@ -192,6 +197,7 @@ impl SandboxProvider for LocalProvider {
 /// Why a sandbox stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// It is running.
     Alive,
     /// [`Sandbox::destroy`] was called.
     Destroyed,
@@ -218,9 +224,13 @@ impl Drop for DirGuard {
 /// environment is left out on purpose: it holds keys.
 #[derive(Debug, Clone)]
 pub struct ProcessInfo {
+    /// Its pid on the host (bwrap's).
     pub pid: u32,
+    /// The program.
     pub cmd: String,
+    /// Its arguments.
     pub args: Vec<String>,
+    /// Its working folder inside the sandbox.
     pub cwd: String,
 }
 
@@ -258,6 +268,7 @@ impl LocalSandbox {
             .send_replace(Some(tokio::time::Instant::now() + lifetime));
     }
 
+    /// Running, or why it stopped.
     pub fn state(&self) -> State {
         *self.state.borrow()
     }
@@ -479,7 +490,7 @@ impl Sandbox for LocalSandbox {
         for file in files {
             self.write(file.path, file.content)
                 .await
-                .map_err(|e| fs_error("upload", e))?;
+                .map_err(|e| fs_error("upload", &e))?;
         }
         Ok(())
     }
@@ -491,7 +502,7 @@ impl Sandbox for LocalSandbox {
     async fn read_file(&self, path: &str) -> Result<Bytes, SandboxError> {
         self.read(path.to_owned())
             .await
-            .map_err(|e| fs_error("read_file", e))
+            .map_err(|e| fs_error("read_file", &e))
     }
 
     async fn destroy(&self) -> Result<(), SandboxError> {
@@ -500,7 +511,7 @@ impl Sandbox for LocalSandbox {
     }
 }
 
-fn fs_error(op: &'static str, e: FsError) -> SandboxError {
+fn fs_error(op: &'static str, e: &FsError) -> SandboxError {
     SandboxError::Other {
         op,
         message: e.to_string(),

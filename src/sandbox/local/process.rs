@@ -54,6 +54,7 @@ impl ProcessControl {
         self.request(Request::Signal(signal))
     }
 
+    /// Sends SIGKILL to the process group; false when it has already ended.
     pub fn kill(&self) -> bool {
         self.signal(Signal::KILL)
     }
@@ -68,7 +69,8 @@ impl ProcessControl {
         !self.is_done() && self.requests.send(request).is_ok()
     }
 
-    pub fn is_done(&self) -> bool {
+    /// Whether the process has ended.
+    pub(crate) fn is_done(&self) -> bool {
         *self.done.borrow()
     }
 

@@ -19,7 +19,7 @@ const PACKAGE_LOCK: &str = include_str!("../../../runner/package-lock.json");
 const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
 
 /// What the product knows of local sandboxes.
-pub const PROVIDER: ProviderDeclaration = ProviderDeclaration {
+pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
     name: "local",
     summary: "a bubblewrap sandbox on this machine",
     credential: None,

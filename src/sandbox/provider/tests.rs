@@ -46,6 +46,10 @@ const ACME: ProviderDeclaration = ProviderDeclaration {
 /// Step 3: one line at the door.
 const CATALOG: Catalog = &[&e2b::PROVIDER, &local::PROVIDER, &ACME];
 
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "it has the BuildProvider signature"
+)]
 fn build_acme(settings: &ProviderSettings) -> Result<Arc<dyn SandboxProvider>, String> {
     *SEEN.region.lock().expect("lock") = settings.get("ACME_REGION").map(str::to_owned);
     Ok(Arc::new(Acme))

@@ -118,7 +118,7 @@ pub(super) async fn upload(
     let mut written = Vec::with_capacity(files.len());
     for (path, content) in files {
         if let Err(e) = entry.sandbox.write(path.clone(), content).await {
-            return fs_error(e);
+            return fs_error(&e);
         }
         written.push(entry_info(path));
     }
@@ -144,11 +144,11 @@ pub(super) async fn download(
             content,
         )
             .into_response(),
-        Err(e) => fs_error(e),
+        Err(e) => fs_error(&e),
     }
 }
 
-fn fs_error(e: FsError) -> Response {
+fn fs_error(e: &FsError) -> Response {
     let status = match &e {
         FsError::NotFound { .. } => StatusCode::NOT_FOUND,
         FsError::SandboxGone => StatusCode::BAD_GATEWAY,
