@@ -1,6 +1,7 @@
 //! A snapshot of the process environment plus `.env`, taken once at the door.
 //!
-//! Library code never calls `std::env::var`: doors build an [`EnvVars`] and
+//! Library code never calls `std::env::var`: doors take the snapshot
+//! (`EnvVars::from_pairs(std::env::vars())`, plus `.env` for `ds`) and
 //! pass it down, so tests can say exactly what the environment holds without
 //! touching global state.
 
@@ -31,15 +32,7 @@ pub struct DotenvError {
 }
 
 impl EnvVars {
-    /// The process environment, then `.env` in `dir` filling in only what the
-    /// environment does not set (the environment wins, as documented).
-    pub fn from_process_and_dotenv(dir: &Path) -> Result<Self, DotenvError> {
-        let mut env = Self::from_pairs(std::env::vars());
-        env.fill_from_dotenv(&dir.join(".env"))?;
-        Ok(env)
-    }
-
-    /// Exactly these variables, none from the process: how tests build one.
+    /// Exactly these variables: `std::env::vars()` at a door, a list in tests.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
@@ -54,7 +47,7 @@ impl EnvVars {
     /// Adds the variables of a `.env` file that are not set yet. A missing
     /// file is fine; an unreadable or malformed one is an error, because a
     /// silently ignored `.env` leads to a confusing "key missing" later.
-    pub(crate) fn fill_from_dotenv(&mut self, path: &Path) -> Result<(), DotenvError> {
+    pub fn fill_from_dotenv(&mut self, path: &Path) -> Result<(), DotenvError> {
         if !path.exists() {
             return Ok(());
         }

@@ -13,8 +13,13 @@
 //! use sandstorm::{app, doors::PROVIDERS, env::EnvVars, sandbox::provider::Setup};
 //! use sandstorm::settings::{Profile, SandboxChoice, Settings};
 //! let cwd = std::path::Path::new(".");
-//! let env = EnvVars::from_process_and_dotenv(cwd)?;
-//! let choice = SandboxChoice { catalog: PROVIDERS, requested: None, setup: Setup::CheckOnly };
+//! let env = EnvVars::from_pairs(std::env::vars());
+//! let choice = SandboxChoice {
+//!     catalog: PROVIDERS,
+//!     requested: None,
+//!     setup: Setup::CheckOnly,
+//!     executable: None,
+//! };
 //! let settings = Settings::build(&env, cwd, Profile::Server, choice)?;
 //! let provider = settings.sandbox.build_provider()?;
 //! let router = app::app(app::AppState::new(settings, provider));

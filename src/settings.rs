@@ -82,6 +82,9 @@ pub struct SandboxChoice<'a> {
     pub requested: Option<&'a str>,
     /// Whether the provider may install what it misses.
     pub setup: Setup,
+    /// The door's own executable, which a provider may look beside (the
+    /// local provider finds the checkout's runner from it); `None` in tests.
+    pub executable: Option<&'a Path>,
 }
 
 /// The settings of one server process.
@@ -197,7 +200,8 @@ fn sandbox_settings(
         })?;
     Ok(SandboxSettings {
         provider: chosen,
-        options: ProviderSettings::resolve(chosen, |name| env.get(name), cwd, choice.setup),
+        options: ProviderSettings::resolve(chosen, |name| env.get(name), cwd, choice.setup)
+            .with_executable(choice.executable),
         credential_fields: provider::credential_fields(choice.catalog),
     })
 }

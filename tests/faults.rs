@@ -56,6 +56,7 @@ async fn stack_with_timeout(
         catalog: PROVIDERS,
         requested: Some("e2b"),
         setup: Setup::CheckOnly,
+        executable: None,
     };
     let settings = Settings::build(
         &EnvVars::from_pairs(pairs),

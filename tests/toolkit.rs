@@ -142,6 +142,7 @@ async fn the_scripted_provider_serves_integration_tests_without_a_sandbox() {
         catalog: PROVIDERS,
         requested: None,
         setup: Setup::CheckOnly,
+        executable: None,
     };
     let settings = Settings::build(&env, Path::new("/nonexistent"), Profile::Server, choice)
         .expect("settings");

@@ -80,6 +80,7 @@ fn settings_from(pairs: &[(&str, &str)]) -> Settings {
         catalog: PROVIDERS,
         requested: None,
         setup: Setup::CheckOnly,
+        executable: None,
     };
     Settings::build(
         &EnvVars::from_pairs(pairs.iter().copied()),

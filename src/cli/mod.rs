@@ -196,11 +196,15 @@ pub async fn run(cli: Cli) -> ExitCode {
 fn settings(flag: Option<&str>, quiet_notice: bool) -> Result<Settings, Fatal> {
     let cwd =
         std::env::current_dir().map_err(|e| Fatal::usage(format!("no working directory: {e}")))?;
-    let env = EnvVars::from_process_and_dotenv(&cwd).map_err(|e| Fatal::usage(e.to_string()))?;
+    let mut env = EnvVars::from_pairs(std::env::vars());
+    env.fill_from_dotenv(&cwd.join(".env"))
+        .map_err(|e| Fatal::usage(e.to_string()))?;
+    let executable = std::env::current_exe().ok();
     let choice = SandboxChoice {
         catalog: PROVIDERS,
         requested: flag,
         setup: Setup::InstallIfMissing,
+        executable: executable.as_deref(),
     };
     let settings = Settings::build(&env, &cwd, Profile::Server, choice).map_err(Fatal::usage)?;
     if flag.is_none()

@@ -92,6 +92,8 @@ pub async fn serverless_settings(
         catalog: SERVERLESS_PROVIDERS,
         requested: None,
         setup: Setup::CheckOnly,
+        // Serverless providers need nothing beside the function's binary.
+        executable: None,
     };
     let mut settings = Settings::build(&env, cwd, Profile::Serverless { max_duration }, choice)?;
     settings.key_source = key_source(&env).await?;

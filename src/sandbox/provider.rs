@@ -105,6 +105,7 @@ pub struct ProviderSettings {
     values: BTreeMap<&'static str, String>,
     cwd: PathBuf,
     setup: Setup,
+    executable: Option<PathBuf>,
 }
 
 impl fmt::Debug for ProviderSettings {
@@ -114,6 +115,7 @@ impl fmt::Debug for ProviderSettings {
             .field("variables", &self.values.keys().collect::<Vec<_>>())
             .field("cwd", &self.cwd)
             .field("setup", &self.setup)
+            .field("executable", &self.executable)
             .finish()
     }
 }
@@ -140,7 +142,20 @@ impl ProviderSettings {
             values,
             cwd: cwd.to_path_buf(),
             setup,
+            executable: None,
         }
+    }
+
+    /// The same settings, knowing the door's executable.
+    #[must_use]
+    pub fn with_executable(mut self, executable: Option<&Path>) -> Self {
+        self.executable = executable.map(Path::to_path_buf);
+        self
+    }
+
+    /// The door's executable, when the door said.
+    pub fn executable(&self) -> Option<&Path> {
+        self.executable.as_deref()
     }
 
     /// The value of one declared variable.

@@ -34,9 +34,7 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
 };
 
 fn build_provider(settings: &ProviderSettings) -> Result<Arc<dyn SandboxProvider>, String> {
-    let checkout = std::env::current_exe()
-        .ok()
-        .and_then(|exe| checkout_runner_dir(&exe));
+    let checkout = settings.executable().and_then(checkout_runner_dir);
     let runner_dir = prepare_runner_dir(settings, checkout)?;
     install::ensure_installed(&runner_dir, settings.setup()).map_err(|e| e.to_string())?;
     let bwrap = settings

@@ -103,6 +103,7 @@ fn settings(pairs: &[(&str, &str)], requested: Option<&str>) -> Result<Settings,
         catalog: CATALOG,
         requested,
         setup: Setup::CheckOnly,
+        executable: None,
     };
     Settings::build(
         &EnvVars::from_pairs(pairs.iter().copied()),
