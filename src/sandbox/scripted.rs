@@ -8,11 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
+
+use crate::sync::lock;
 
 use super::{
     ExitStatus, ProcessEvent, ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile,
@@ -136,9 +138,4 @@ impl Sandbox for ScriptedSandbox {
         self.counters.destroyed.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each critical section is one push: a panic cannot leave it half done.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

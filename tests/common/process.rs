@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use rustix::process::Signal;
 use rustix::process::{Pid, WaitId, WaitIdOptions};
+use sandstorm::sync::lock;
 
 /// How long a process gets to stop on SIGTERM before its group is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -208,12 +209,6 @@ fn pump<T: Send + 'static, F: FnMut(&str) -> Option<T> + Send + 'static>(
             lock(&output).push(line);
         }
     });
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The readiness check of servers that print `listening on URL` once bound
