@@ -200,7 +200,16 @@ impl Query {
         }
         let de = &mut serde_json::Deserializer::from_slice(body);
         let Fields(mut fields) =
-            serde_path_to_error::deserialize(de).map_err(|e| json_error(&e))?;
+            serde_path_to_error::deserialize(&mut *de).map_err(|e| json_error(&e))?;
+        // A second document, or anything else after the object, is a client
+        // bug that would otherwise be ignored.
+        de.end().map_err(|e| ApiError::Invalid {
+            field: None,
+            message: format!(
+                "request body has data after the JSON object ({})",
+                json_field::strip_position(&e.to_string())
+            ),
+        })?;
         let mut sandbox_keys = BTreeMap::new();
         for credential in credentials {
             if let Some(value) = fields.remove(credential.field) {
@@ -220,31 +229,94 @@ impl Query {
     }
 }
 
-/// A JSON object read field by field, refusing a field given twice (a later
-/// `prompt` must not silently replace the first).
+/// A JSON object read field by field, refusing a key given twice at any
+/// depth: a later `prompt`, or a second `files` entry for the same path,
+/// must not silently replace the first.
 struct Fields(serde_json::Map<String, serde_json::Value>);
 
 impl<'de> Deserialize<'de> for Fields {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = Fields;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-                let mut fields = serde_json::Map::new();
-                while let Some(name) = map.next_key::<String>()? {
-                    let value = map.next_value()?;
-                    if fields.contains_key(&name) {
-                        return Err(de::Error::custom(format_args!("duplicate field `{name}`")));
-                    }
-                    fields.insert(name, value);
-                }
-                Ok(Fields(fields))
-            }
+        match d.deserialize_map(StrictVisitor)? {
+            serde_json::Value::Object(fields) => Ok(Fields(fields)),
+            _ => Err(de::Error::custom("expected a JSON object")),
         }
-        d.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// Any JSON value, with no key given twice in any of its objects.
+struct StrictValue(serde_json::Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+/// Builds a [`serde_json::Value`] like serde_json's own visitor, except that
+/// an object's duplicate key is an error naming it.
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(items.into())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let StrictValue(value) = map.next_value()?;
+            if fields.contains_key(&name) {
+                return Err(de::Error::custom(format_args!("duplicate field `{name}`")));
+            }
+            fields.insert(name, value);
+        }
+        Ok(fields.into())
     }
 }
 
@@ -383,7 +455,34 @@ fn validate_files(files: BTreeMap<String, String>) -> Result<Vec<UserFile>, ApiE
         }
         out.push(UserFile { path, content });
     }
+    refuse_clashes(&seen)?;
     Ok(out)
+}
+
+/// Refuses a file that another file's path runs through (`a` next to
+/// `a/b`): one of the two uploads would fail inside the sandbox, after the
+/// run had started. `paths` maps each normalized path to the one the client
+/// sent.
+fn refuse_clashes(paths: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    for (path, raw) in paths {
+        let mut folder = String::new();
+        for part in path.split('/') {
+            if let Some(file) = paths.get(&folder).filter(|_| !folder.is_empty()) {
+                return Err(ApiError::invalid(
+                    format!("files.{raw}"),
+                    format!(
+                        "files {file:?} and {raw:?} clash: {folder:?} cannot be both a file \
+                         and a folder"
+                    ),
+                ));
+            }
+            if !folder.is_empty() {
+                folder.push('/');
+            }
+            folder.push_str(part);
+        }
+    }
+    Ok(())
 }
 
 /// Normalizes an upload path relative to `/home/user`: folds `.` and empty

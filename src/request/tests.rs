@@ -215,3 +215,51 @@ fn whole_numbers_may_be_written_as_floats() {
         );
     }
 }
+
+#[test]
+fn data_after_the_object_is_refused() {
+    for body in [
+        r#"{"prompt":"hi"} trailing"#,
+        r#"{"prompt":"hi"}{"prompt":"again"}"#,
+    ] {
+        let e = rejected(body);
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(e.to_string().contains("after the JSON object"), "{e}");
+    }
+    // Whitespace after the object is fine.
+    parse("{\"prompt\":\"hi\"}\n  ").expect("trailing whitespace");
+}
+
+#[test]
+fn a_key_given_twice_anywhere_is_refused_naming_it() {
+    let e = rejected(r#"{"prompt":"a","prompt":"b"}"#);
+    assert_eq!(e.field(), Some("prompt"));
+    assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let e = rejected(r#"{"prompt":"p","files":{"a.txt":"1","a.txt":"2"}}"#);
+    assert_eq!(e.field(), Some("files.a.txt"), "{e}");
+    assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(e.to_string().contains("duplicate"), "{e}");
+}
+
+#[test]
+fn a_file_inside_another_files_path_is_refused() {
+    for files in [
+        r#"{"a":"1","a/b":"2"}"#,
+        r#"{"d/a":"1","d/a/b/c":"2"}"#,
+        r#"{"x/../a":"1","a/b":"2"}"#,
+    ] {
+        let e = rejected(&format!(r#"{{"prompt":"p","files":{files}}}"#));
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY, "{files}");
+        assert!(e.field().is_some_and(|f| f.starts_with("files.")), "{e:?}");
+        assert!(e.to_string().contains("clash"), "{e}");
+    }
+    // Siblings and shared folders are fine.
+    parse(r#"{"prompt":"p","files":{"a/b":"1","a/c":"2","ab":"3"}}"#).expect("no clash");
+}
+
+#[test]
+fn a_number_that_does_not_fit_says_so() {
+    let e = rejected(r#"{"prompt":"p","timeout":1e400}"#);
+    assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    assert!(e.to_string().contains("number out of range"), "{e}");
+}
