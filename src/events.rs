@@ -213,6 +213,12 @@ impl Redactor {
         Bytes::from(text)
     }
 
+    /// Whether `bytes` hold any of the secrets: for content the client gets
+    /// encoded (a file's base64), where replacing text is not possible.
+    pub(crate) fn finds_any(&self, bytes: &[u8]) -> bool {
+        self.needles.iter().any(|n| n.find(bytes).is_some())
+    }
+
     /// [`Redactor::redact`] for text.
     pub(crate) fn redact_str(&self, text: &str) -> String {
         let bytes = self.redact(Bytes::copy_from_slice(text.as_bytes()));

@@ -271,6 +271,11 @@ impl AgentState {
                 return None;
             }
             Some("file") => {
+                // Base64 hides a key from the line's own redaction: look
+                // inside, and withhold a file that holds one.
+                if file_holds_a_secret(&line, redactor) {
+                    return Some(output_refused(&line, "it contains a key of this run"));
+                }
                 let verdict = match &mut self.outputs {
                     Some(budget) => budget.admit(line.len()),
                     None => Err("the run asked for no output files".to_owned()),
@@ -322,6 +327,26 @@ impl AgentState {
         }
         Ok(())
     }
+}
+
+/// Whether a `file` line's decoded content holds one of the run's secrets
+/// (`env > output/env.txt`). A line that does not decode is left to the
+/// client, as before.
+fn file_holds_a_secret(line: &[u8], redactor: &Redactor) -> bool {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct Content {
+        content_base64: Option<String>,
+    }
+    let Ok(Content {
+        content_base64: Some(encoded),
+    }) = serde_json::from_slice(line)
+    else {
+        return false;
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .is_ok_and(|content| redactor.finds_any(&content))
 }
 
 /// A `warning` in place of a `file` line that breaks a limit.

@@ -675,6 +675,25 @@ async fn file_events_pass_only_when_outputs_were_asked_for() {
 }
 
 #[tokio::test]
+async fn a_returned_file_holding_a_key_is_withheld_with_a_warning() {
+    use base64::Engine as _;
+    // What `env > output/env.txt` makes, the harness's key among it.
+    let content = base64::engine::general_purpose::STANDARD
+        .encode("PATH=/usr/bin\nANTHROPIC_API_KEY=sk-ant-test-key-123\n");
+    let file = format!(
+        r#"{{"type":"file","path":"output/env.txt","size":52,"mime":"text/plain","content_base64":"{content}"}}"#
+    );
+    let h = harness(vec![out(&format!("{RESULT}\n{file}\n"))], Then::Exit(0));
+    let text = h.stream(r#"{"prompt":"hi","outputs":["output/**"]}"#).await;
+    let events = events(&text);
+    assert_eq!(events[1]["type"], "warning", "{text}");
+    assert_eq!(events[1]["path"], "output/env.txt");
+    let message = events[1]["message"].as_str().expect("message");
+    assert!(message.contains("contains a key"), "{message}");
+    assert!(!text.contains(&content), "the file went out: {text}");
+}
+
+#[tokio::test]
 async fn the_relay_holds_file_events_to_the_size_limit() {
     let huge = "A".repeat(crate::outputs::DEFAULT_LIMITS.max_file_bytes / 3 * 4 + 4096);
     let file = format!(r#"{{"type":"file","path":"output/big.bin","content_base64":"{huge}"}}"#);
