@@ -444,6 +444,24 @@ async fn a_model_500_ends_the_run_and_the_sandbox(chain: Chain) {
 
 /// `ds "prompt"` on the command line, with a local sandbox.
 mod cli {
+    #[tokio::test]
+    async fn ctrl_c_and_sigterm_destroy_the_sandbox_before_ds_exits() {
+        use rustix::process::Signal;
+        let model = ModelServer::start(Script::EndlessBash).await;
+        for (signal, code) in [(Signal::INT, 130), (Signal::TERM, 143)] {
+            let out = Cli::new(&model)
+                .run_and_signal(&["Loop until stopped"], signal)
+                .await;
+            assert_eq!(out.status.code(), Some(code), "{signal:?}: {}", out.dump());
+            assert_eq!(out.sandboxes_seen, 1, "{}", out.dump());
+            assert!(
+                out.sandboxes_left.is_empty(),
+                "{signal:?} left {:?}",
+                out.sandboxes_left
+            );
+            assert!(out.stderr.contains("interrupted"), "{}", out.dump());
+        }
+    }
     use super::*;
 
     #[tokio::test]

@@ -34,6 +34,9 @@ pub(crate) mod exit {
     pub(crate) const USAGE: u8 = 2;
     /// Interrupted by Ctrl-C (after the sandbox was destroyed).
     pub(crate) const INTERRUPTED: u8 = 130;
+    /// Ended by SIGTERM (after the sandbox was destroyed): 128 + 15, as a
+    /// shell reports it.
+    pub(crate) const TERMINATED: u8 = 143;
 }
 
 const AFTER_HELP: &str = "\
@@ -41,7 +44,8 @@ Keys are taken from the flags, then the environment, then .env in the current di
 The sandbox is E2B when an E2B key is set, else a local bubblewrap sandbox
 (override with --sandbox or SANDSTORM_SANDBOX).
 
-Exit status: 0 success, 1 the agent run failed, 2 bad usage or input, 130 interrupted.";
+Exit status: 0 success, 1 the agent run failed, 2 bad usage or input, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM); either destroys the sandbox first.";
 
 /// The `ds` command line: a subcommand, or a query to run.
 #[derive(Debug, Parser)]

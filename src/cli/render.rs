@@ -11,6 +11,7 @@ use anstyle::{AnsiColor, Style};
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::exit;
 use crate::events::RunEvent;
@@ -44,8 +45,9 @@ struct Tally {
     saved: usize,
 }
 
-/// Prints events until the run ends; returns the exit code. Ctrl-C ends the
-/// run, waits for its sandbox to be destroyed, and returns 130.
+/// Prints events until the run ends; returns the exit code. Ctrl-C or
+/// SIGTERM ends the run, waits for its sandbox to be destroyed, and returns
+/// 130 or 143.
 pub(super) async fn follow(handle: RunHandle, options: Options) -> u8 {
     let RunHandle {
         mut events,
@@ -54,15 +56,18 @@ pub(super) async fn follow(handle: RunHandle, options: Options) -> u8 {
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut spinner = Spinner::new(&options.mode);
+    // A service manager, a container runtime or `timeout` stops `ds` with
+    // SIGTERM: that must destroy the sandbox as Ctrl-C does.
+    let mut terminate = signal(SignalKind::terminate()).ok();
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
-            _ = tokio::signal::ctrl_c() => {
+            code = stopped(terminate.as_mut()) => {
                 spinner.clear();
                 anstream::eprintln!("\n{DIM}interrupted: destroying the sandbox…{DIM:#}");
                 drop(events);
                 let _ = finished.await;
-                return exit::INTERRUPTED;
+                return code;
             }
         };
         let Some(event) = event else { break };
@@ -117,6 +122,23 @@ pub(super) async fn follow(handle: RunHandle, options: Options) -> u8 {
         exit::RUN_FAILED
     } else {
         exit::OK
+    }
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives, with the exit code that says
+/// which. Without a SIGTERM handler (it could not be installed), Ctrl-C only.
+async fn stopped(terminate: Option<&mut Signal>) -> u8 {
+    let term = async {
+        match terminate {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => exit::INTERRUPTED,
+        () = term => exit::TERMINATED,
     }
 }
 

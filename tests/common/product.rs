@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -515,6 +516,57 @@ impl Cli {
     pub fn file(mut self, name: &str, content: &str) -> Self {
         self.files.push((name.to_owned(), content.to_owned()));
         self
+    }
+
+    /// Runs `ds <args> --sandbox local`, sends it `signal` once the run has
+    /// uploaded into its sandbox, and waits for it to exit. The sandbox
+    /// directory must be gone by then: `ds` destroys it before exiting.
+    pub async fn run_and_signal(self, args: &[&str], signal: Signal) -> CliOutput {
+        require_node_modules();
+        let dirs = Dirs::new();
+        let child = Command::new(DS)
+            .args(args)
+            .args(["--sandbox", "local"])
+            .current_dir(dirs.cwd())
+            .env_clear()
+            .envs(&self.env)
+            .env("TMPDIR", dirs.tmp())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ds");
+        // The upload lands after `ds` is already listening for signals.
+        let uploaded = async {
+            loop {
+                let sandboxes = leftover_sandboxes(&dirs.tmp());
+                if sandboxes
+                    .iter()
+                    .any(|s| s.join("home/.claude/settings.json").is_file())
+                {
+                    return sandboxes.len();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let seen = tokio::time::timeout(RUN_TIMEOUT, uploaded)
+            .await
+            .expect("ds uploads into its sandbox");
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        let pid = pid.and_then(Pid::from_raw).expect("ds is running");
+        kill_process(pid, signal).expect("signal ds");
+        let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+            .await
+            .expect("ds exits after the signal")
+            .expect("wait for ds");
+        CliOutput {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            sandboxes_seen: seen,
+            sandboxes_left: leftover_sandboxes(&dirs.tmp()),
+        }
     }
 
     /// Runs `ds <args> --sandbox local` and waits for it to exit.
