@@ -21,6 +21,7 @@ use crate::events::RunEvent;
 use crate::request::Query;
 use crate::sandbox::SandboxProvider;
 use crate::settings::Settings;
+use crate::shutdown::Shutdown;
 use crate::{openapi, plan, run};
 
 /// How often an idle stream gets a comment line, so proxies and clients
@@ -34,6 +35,8 @@ pub struct AppState {
     provider: Arc<dyn SandboxProvider>,
     /// `/openapi.json`, with the sandbox providers' credential fields.
     openapi: Arc<str>,
+    /// Ends the runs still going when the server stops waiting for them.
+    shutdown: Shutdown,
 }
 
 impl std::fmt::Debug for AppState {
@@ -53,7 +56,15 @@ impl AppState {
             settings: Arc::new(settings),
             provider,
             openapi,
+            shutdown: Shutdown::never(),
         }
+    }
+
+    /// The same state, its runs ended by `shutdown` (`ds serve`'s bound).
+    #[must_use]
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// The settings it serves with.
@@ -173,7 +184,7 @@ async fn start_query(
     let query = Query::from_json(&body, &settings.sandbox.credential_fields)?;
     plan::prepare(settings, query, request_id.to_owned(), platform_deadline)
         .await
-        .map(|plan| run::spawn(state.provider.clone(), plan).events)
+        .map(|plan| run::spawn(state.provider.clone(), plan, state.shutdown.clone()).events)
 }
 
 /// The whole body, up to `limit` bytes. Only a body over the limit is a

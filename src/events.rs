@@ -84,6 +84,8 @@ pub(crate) enum ErrorKind {
     RunnerError,
     /// A line exceeded the size we relay.
     OutputTooLarge,
+    /// The server was stopping and its shutdown bound ran out first.
+    Shutdown,
 }
 
 /// The run's one `error` event: `{"type":"error","error_type","error","request_id"}`.

@@ -47,5 +47,6 @@ mod run;
 pub mod sandbox;
 pub mod secret;
 pub mod settings;
+pub mod shutdown;
 pub mod sync;
 pub mod telemetry;

@@ -324,7 +324,8 @@ mod tests {
             | ErrorKind::StreamCut
             | ErrorKind::RunnerFailed
             | ErrorKind::RunnerError
-            | ErrorKind::OutputTooLarge => (),
+            | ErrorKind::OutputTooLarge
+            | ErrorKind::Shutdown => (),
         };
         for kind in [
             ErrorKind::Timeout,
@@ -333,6 +334,7 @@ mod tests {
             ErrorKind::RunnerFailed,
             ErrorKind::RunnerError,
             ErrorKind::OutputTooLarge,
+            ErrorKind::Shutdown,
         ] {
             let name = serde_json::to_value(kind).expect("kind");
             assert!(

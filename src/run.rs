@@ -23,6 +23,7 @@ use crate::lines::LineSplitter;
 use crate::outputs::OutputBudget;
 use crate::plan::RunPlan;
 use crate::sandbox::{ProcessEvent, Sandbox, SandboxError, SandboxProvider, SandboxSpec};
+use crate::shutdown::Shutdown;
 
 /// How many events may wait for a slow client before the relay pauses.
 /// Bounded: a slow client slows the sandbox's output, nothing is dropped.
@@ -41,11 +42,16 @@ pub(crate) struct RunHandle {
     pub finished: tokio::task::JoinHandle<()>,
 }
 
-/// Starts a run on its own task.
-pub(crate) fn spawn(provider: Arc<dyn SandboxProvider>, plan: RunPlan) -> RunHandle {
+/// Starts a run on its own task. `shutdown` ends it early, with an `error`
+/// event of type `shutdown`, when the server can wait no longer.
+pub(crate) fn spawn(
+    provider: Arc<dyn SandboxProvider>,
+    plan: RunPlan,
+    shutdown: Shutdown,
+) -> RunHandle {
     let (tx, events) = mpsc::channel(EVENT_BUFFER);
     let span = tracing::info_span!("run", request_id = %plan.request_id);
-    let finished = tokio::spawn(execute(provider, plan, tx).instrument(span));
+    let finished = tokio::spawn(execute(provider, plan, tx, shutdown).instrument(span));
     RunHandle { events, finished }
 }
 
@@ -56,7 +62,12 @@ enum Outcome {
     Failed(RunError),
 }
 
-async fn execute(provider: Arc<dyn SandboxProvider>, plan: RunPlan, tx: mpsc::Sender<RunEvent>) {
+async fn execute(
+    provider: Arc<dyn SandboxProvider>,
+    plan: RunPlan,
+    tx: mpsc::Sender<RunEvent>,
+    mut shutdown: Shutdown,
+) {
     let started = Instant::now();
     let mut guard = SandboxGuard::new(plan.request_id.clone());
     let fail = |kind, message: String| {
@@ -72,6 +83,9 @@ async fn execute(provider: Arc<dyn SandboxProvider>, plan: RunPlan, tx: mpsc::Se
         () = tx.closed() => Outcome::ClientGone,
         () = tokio::time::sleep_until(plan.deadline) => {
             fail(ErrorKind::Timeout, plan.deadline_reason.clone())
+        }
+        () = shutdown.triggered() => {
+            fail(ErrorKind::Shutdown, "the server is shutting down and could not wait for the run to end".to_owned())
         }
         result = drive(&provider, &plan, &tx, &mut guard) => match result {
             Ok(()) => Outcome::Completed,

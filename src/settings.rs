@@ -25,6 +25,9 @@ use crate::secret::Secret;
 /// and prompts to 1,000,000 characters; JSON escaping can double a text.
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
+/// How long a stopping `ds serve` waits for running queries by default.
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The variable that picks the sandbox provider by name.
 pub(crate) const SANDBOX_VARIABLE: &str = "SANDSTORM_SANDBOX";
 
@@ -104,6 +107,9 @@ pub struct Settings {
     pub max_duration: Option<Duration>,
     /// The largest `/query` body read.
     pub max_body_bytes: usize,
+    /// How long a stopping server waits for running queries before it ends
+    /// them (`SANDSTORM_SHUTDOWN_TIMEOUT`, seconds).
+    pub shutdown_timeout: Duration,
     /// What key resolution needs from the environment.
     pub keys: KeyEnv,
     /// The sandbox provider.
@@ -121,6 +127,7 @@ impl std::fmt::Debug for Settings {
             .field("cors_origins", &self.cors_origins)
             .field("max_duration", &self.max_duration)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("shutdown_timeout", &self.shutdown_timeout)
             .field("keys", &self.keys)
             .field("sandbox", &self.sandbox)
             .field("key_source", &self.key_source.is_some())
@@ -161,6 +168,10 @@ impl Settings {
                 .map_err(|_| "SANDSTORM_MAX_BODY_BYTES is too large".to_owned())?,
             None => DEFAULT_MAX_BODY_BYTES,
         };
+        let shutdown_timeout = match env.get("SANDSTORM_SHUTDOWN_TIMEOUT") {
+            Some(v) => Duration::from_secs(parse_number("SANDSTORM_SHUTDOWN_TIMEOUT", v)?),
+            None => DEFAULT_SHUTDOWN_TIMEOUT,
+        };
         let sandbox = sandbox_settings(env, cwd, sandbox)?;
         Ok(Settings {
             auth: auth_settings(env, profile),
@@ -170,6 +181,7 @@ impl Settings {
             cors_origins,
             max_duration,
             max_body_bytes,
+            shutdown_timeout,
             sandbox,
             key_source: None,
         })

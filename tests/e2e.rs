@@ -566,3 +566,66 @@ mod cli {
         assert!(out.sandboxes_left.is_empty(), "{:?}", out.sandboxes_left);
     }
 }
+
+mod shutdown {
+    use std::time::Duration;
+
+    use super::*;
+    use common::process::Signal;
+    use common::product::offline_env;
+    use common::serve::DsServe;
+    use common::stream::read_stream;
+
+    /// `ds serve` stopped mid-run waits its bound (1 s here), then ends the
+    /// run with a `shutdown` error, destroys its sandbox and exits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopping_server_ends_runs_past_its_bound_and_destroys_their_sandboxes() {
+        let model = ModelServer::start(Script::EndlessBash).await;
+        let tmp = tempfile::tempdir().expect("TMPDIR for the local sandboxes");
+        let mut server = DsServe::new(["serve", "--sandbox", "local"])
+            .envs(offline_env())
+            .env("ANTHROPIC_BASE_URL", model.url())
+            .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+            .env("SANDSTORM_SHUTDOWN_TIMEOUT", "1")
+            .env("TMPDIR", tmp.path())
+            .start()
+            .await;
+        let request = reqwest::Client::new()
+            .post(format!("{}/query", server.url))
+            .json(&json!({"prompt": "Loop until stopped"}));
+        let reading = tokio::spawn(read_stream(request));
+        let sandboxes = || {
+            std::fs::read_dir(tmp.path())
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .filter(|e| e.file_name().to_string_lossy().starts_with("sandstorm-"))
+                        .count()
+                })
+                .unwrap_or_default()
+        };
+        let started = async {
+            while sandboxes() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), started)
+            .await
+            .expect("the run makes its sandbox");
+
+        server.process.signal(Signal::TERM);
+        let stream = tokio::time::timeout(Duration::from_secs(60), reading)
+            .await
+            .expect("the stream ends after the bound")
+            .expect("the reader");
+        let last = stream.last();
+        assert_eq!(last["type"], "error", "{:?}", stream.events);
+        assert_eq!(last["error_type"], "shutdown", "{last}");
+        let done = stream.closing.as_ref().expect("a done event");
+        assert_eq!(done["status"], "error", "{done}");
+        let status =
+            tokio::task::block_in_place(|| server.process.wait_for_exit(Duration::from_secs(30)))
+                .expect("ds serve exits after its bound");
+        assert!(status.success(), "{status:?}: {}", server.log());
+        assert_eq!(sandboxes(), 0, "the sandbox was destroyed");
+    }
+}

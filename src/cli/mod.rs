@@ -20,6 +20,7 @@ use crate::sandbox::provider::Setup;
 use crate::sandbox::{e2b, local};
 use crate::secret::Secret;
 use crate::settings::{Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
+use crate::shutdown::Shutdown;
 
 mod render;
 mod serve;
@@ -238,8 +239,10 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
         .parse()
         .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
         .map_err(|_| Fatal::usage(format!("--host {:?} is not an IP address", args.host)))?;
-    let state = state(settings)?;
-    serve::serve(addr, app::app(state))
+    let bound = settings.shutdown_timeout;
+    let (trigger, shutdown) = Shutdown::channel();
+    let state = state(settings)?.with_shutdown(shutdown);
+    serve::serve(addr, app::app(state), trigger, bound)
         .await
         .map_err(|e| Fatal {
             code: exit::RUN_FAILED,
@@ -289,7 +292,8 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     let plan = crate::plan::prepare(state.settings(), query, request_id, None)
         .await
         .map_err(|e| Fatal::usage(e.to_string()))?;
-    let handle = crate::run::spawn(state.provider().clone(), plan);
+    // Ctrl-C and SIGTERM end a CLI run through `render::follow`.
+    let handle = crate::run::spawn(state.provider().clone(), plan, Shutdown::never());
     let mode = if args.json_output {
         render::Mode::Json
     } else {

@@ -1,11 +1,30 @@
 //! `ds serve`: the router on a TCP socket until Ctrl-C or SIGTERM.
+//!
+//! On either signal the server stops accepting connections and lets the
+//! running queries finish, for at most the shutdown bound. Then it ends the
+//! ones still going (each sends an `error` event of type `shutdown`,
+//! destroys its sandbox and closes its stream), gives them
+//! [`DESTROY_GRACE`] to do so, and exits whatever is still open.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::serve::ListenerExt;
+use tokio::sync::oneshot;
 
-pub(super) async fn serve(addr: SocketAddr, router: Router) -> Result<(), String> {
+use crate::shutdown::ShutdownTrigger;
+
+/// How long runs ended by the bound get to send their last events and
+/// destroy their sandboxes before the process exits anyway.
+const DESTROY_GRACE: Duration = Duration::from_secs(15);
+
+pub(super) async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    runs: ShutdownTrigger,
+    bound: Duration,
+) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -23,10 +42,35 @@ pub(super) async fn serve(addr: SocketAddr, router: Router) -> Result<(), String
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    let (signalled, stopping) = oneshot::channel();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = signalled.send(());
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    let ended_runs = async {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(bound).await;
+            tracing::warn!(
+                ?bound,
+                "shutdown bound reached; ending the queries still running"
+            );
+            runs.trigger();
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = &mut server => return result.map_err(|e| e.to_string()),
+        () = ended_runs => {}
+    }
+    match tokio::time::timeout(DESTROY_GRACE, server).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => {
+            tracing::warn!("connections still open after the shutdown bound; exiting");
+            Ok(())
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM. In-flight runs finish (each destroys its sandbox)

@@ -65,7 +65,7 @@ pub enum Chain {
 /// The environment that keeps the SDK in the sandbox offline and quick to
 /// fail, plus `SANDSTORM_FORWARD_ENV` naming it. `IS_SANDBOX` is left out:
 /// the sandbox sets it itself, and the tests prove that.
-fn offline_env() -> Vec<(String, String)> {
+pub fn offline_env() -> Vec<(String, String)> {
     let forwarded: Vec<(&str, &str)> = OFFLINE_ENV
         .iter()
         .copied()
