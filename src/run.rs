@@ -30,6 +30,8 @@ use crate::shutdown::Shutdown;
 pub(crate) const EVENT_BUFFER: usize = 64;
 /// How many stderr lines an error event quotes.
 const STDERR_TAIL: usize = 20;
+/// What a run ended by the server's shutdown bound tells its client.
+const SHUTDOWN_MESSAGE: &str = "the server is shutting down and could not wait for the run to end";
 /// How long a final error event may wait for a client that is not reading.
 const FINAL_EVENT_GRACE: Duration = Duration::from_secs(1);
 
@@ -84,9 +86,7 @@ async fn execute(
         () = tokio::time::sleep_until(plan.deadline) => {
             fail(ErrorKind::Timeout, plan.deadline_reason.clone())
         }
-        () = shutdown.triggered() => {
-            fail(ErrorKind::Shutdown, "the server is shutting down and could not wait for the run to end".to_owned())
-        }
+        () = shutdown.triggered() => fail(ErrorKind::Shutdown, SHUTDOWN_MESSAGE.to_owned()),
         result = drive(&provider, &plan, &tx, &mut guard) => match result {
             Ok(()) => Outcome::Completed,
             Err(Stop::ClientGone) => Outcome::ClientGone,
