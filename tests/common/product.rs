@@ -522,21 +522,8 @@ impl Cli {
     /// uploaded into its sandbox, and waits for it to exit. The sandbox
     /// directory must be gone by then: `ds` destroys it before exiting.
     pub async fn run_and_signal(self, args: &[&str], signal: Signal) -> CliOutput {
-        require_node_modules();
         let dirs = Dirs::new();
-        let child = Command::new(DS)
-            .args(args)
-            .args(["--sandbox", "local"])
-            .current_dir(dirs.cwd())
-            .env_clear()
-            .envs(&self.env)
-            .env("TMPDIR", dirs.tmp())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn ds");
+        let child = self.spawn(args, &dirs);
         // The upload lands after `ds` is already listening for signals.
         let uploaded = async {
             loop {
@@ -560,19 +547,21 @@ impl Cli {
             .await
             .expect("ds exits after the signal")
             .expect("wait for ds");
-        CliOutput {
-            status: output.status,
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            sandboxes_seen: seen,
-            sandboxes_left: leftover_sandboxes(&dirs.tmp()),
-        }
+        CliOutput::read(output, seen, &dirs)
     }
 
     /// Runs `ds <args> --sandbox local` and waits for it to exit.
     pub async fn run(self, args: &[&str]) -> CliOutput {
-        require_node_modules();
         let dirs = Dirs::new();
+        let child = self.spawn(args, &dirs);
+        let (output, sandboxes_seen) = watch_sandboxes(&dirs.tmp(), child.wait_with_output()).await;
+        CliOutput::read(output.expect("wait for ds"), sandboxes_seen, &dirs)
+    }
+
+    /// Starts `ds <args>` in `dirs` with this `Cli`'s files, environment,
+    /// sandbox flag and terminal.
+    fn spawn(&self, args: &[&str], dirs: &Dirs) -> tokio::process::Child {
+        require_node_modules();
         for (name, content) in &self.files {
             std::fs::write(dirs.cwd().join(name), content).expect("write a cwd file");
         }
@@ -598,7 +587,7 @@ impl Cli {
             command.args(args).args(sandbox_flag);
             command
         };
-        let child = command
+        command
             .current_dir(dirs.cwd())
             .env_clear()
             .envs(&self.env)
@@ -608,9 +597,14 @@ impl Cli {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn ds");
-        let (output, sandboxes_seen) = watch_sandboxes(&dirs.tmp(), child.wait_with_output()).await;
-        let output = output.expect("wait for ds");
+            .expect("spawn ds")
+    }
+}
+
+impl CliOutput {
+    /// What `ds` left behind; fails the test if a key value is in its
+    /// output.
+    fn read(output: std::process::Output, sandboxes_seen: usize, dirs: &Dirs) -> Self {
         let output = CliOutput {
             status: output.status,
             stdout: String::from_utf8(output.stdout).expect("ds stdout is UTF-8"),
