@@ -73,14 +73,19 @@ impl EnvVars {
 
     /// Whether `name` is set to something other than empty, `0` or `false`.
     pub fn flag(&self, name: &str) -> bool {
-        self.get(name)
-            .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no"))
+        self.get(name).is_some_and(switched_on)
     }
 
     /// Sets `name`, replacing any value it had.
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.vars.insert(name.into(), value.into());
     }
+}
+
+/// Whether a set variable's value turns a switch on: anything but `0`,
+/// `false` or `no`, in any case.
+pub(crate) fn switched_on(value: &str) -> bool {
+    !matches!(value.to_ascii_lowercase().as_str(), "0" | "false" | "no")
 }
 
 #[cfg(test)]

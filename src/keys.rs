@@ -15,6 +15,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+use crate::env::switched_on;
 use crate::error::ApiError;
 use crate::request::RequestKeys;
 use crate::sandbox::provider::Credential;
@@ -121,10 +122,7 @@ impl KeyEnv {
         cwd: &Path,
     ) -> Self {
         let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
-        let flag = |name: &str| {
-            get(name)
-                .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no"))
-        };
+        let flag = |name: &str| get(name).is_some_and(switched_on);
         let keys = [ANTHROPIC_KEY_VARIABLE, OPENROUTER_KEY_VARIABLE]
             .into_iter()
             .chain(credentials.iter().map(|c| c.variable))
