@@ -224,3 +224,54 @@ fn parse_number(name: &str, value: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("{name} must be a whole number, got {value:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doors::PROVIDERS;
+
+    fn build(pairs: &[(&str, &str)], profile: Profile) -> Result<Settings, String> {
+        let choice = SandboxChoice {
+            catalog: PROVIDERS,
+            requested: None,
+            setup: Setup::CheckOnly,
+            executable: None,
+        };
+        Settings::build(
+            &EnvVars::from_pairs(pairs.iter().copied()),
+            Path::new("/nonexistent"),
+            profile,
+            choice,
+        )
+    }
+
+    #[test]
+    fn the_shutdown_bound_defaults_to_30_s_and_a_bad_value_names_the_variable() {
+        let s = build(&[], Profile::Server).expect("settings");
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+        let s = build(&[("SANDSTORM_SHUTDOWN_TIMEOUT", "5")], Profile::Server).expect("settings");
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(5));
+        let e =
+            build(&[("SANDSTORM_SHUTDOWN_TIMEOUT", "soon")], Profile::Server).expect_err("refused");
+        assert!(e.contains("SANDSTORM_SHUTDOWN_TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn anonymous_access_follows_the_profile() {
+        assert!(
+            build(&[], Profile::Server)
+                .expect("settings")
+                .auth
+                .allow_anonymous
+        );
+        let serverless = Profile::Serverless { max_duration: None };
+        assert!(
+            !build(&[], serverless)
+                .expect("settings")
+                .auth
+                .allow_anonymous
+        );
+        let open = build(&[("SANDSTORM_ALLOW_ANONYMOUS", "1")], serverless).expect("settings");
+        assert!(open.auth.allow_anonymous);
+    }
+}
