@@ -131,6 +131,7 @@ pub(crate) fn build(
             lifetime: budget + SANDBOX_GRACE,
             metadata: [("sandstorm_request_id".to_owned(), request_id.clone())].into(),
             credential: keys.sandbox,
+            ..SandboxSpec::default()
         },
         files: upload(query, agent_config, keys.files),
         process: ProcessSpec {

@@ -57,7 +57,7 @@ async fn create(provider: &E2bProvider) -> Result<Arc<dyn Sandbox>, SandboxError
         .create(SandboxSpec {
             lifetime: Duration::from_secs(600),
             metadata: BTreeMap::from([("request_id".into(), "req-1".into())]),
-            credential: None,
+            ..SandboxSpec::default()
         })
         .await
 }

@@ -39,6 +39,49 @@ pub struct SandboxSpec {
     /// The provider's credential for this run (its declared
     /// [`provider::Credential`], resolved like every key), when it needs one.
     pub credential: Option<Secret>,
+    /// Caps on what the sandbox may use.
+    pub limits: Limits,
+    /// Where the sandbox may connect to.
+    pub network: NetworkPolicy,
+}
+
+/// Caps on what one sandbox may use. Where a provider enforces each one is
+/// in `docs/security.md`; E2B's VM size is its template's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory, in bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads alive at once.
+    pub processes: u64,
+    /// Bytes in the writable folders (`/home/user` and `/tmp`, each).
+    pub disk_bytes: u64,
+    /// CPU time one process may use, in seconds.
+    pub cpu_seconds: u64,
+}
+
+impl Limits {
+    /// 2 GiB of memory, 512 processes, 2 GiB of disk, 4 hours of CPU.
+    pub const DEFAULT: Limits = Limits {
+        memory_bytes: 2 << 30,
+        processes: 512,
+        disk_bytes: 2 << 30,
+        cpu_seconds: 4 * 3600,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+/// Where a sandbox may connect. Public addresses only, always; `allow`
+/// narrows that to some domains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    /// Domain patterns (`pypi.org`, `*.github.com`) the sandbox may reach;
+    /// `None` allows every public host.
+    pub allow: Option<Vec<String>>,
 }
 
 /// One file to place in the sandbox.
