@@ -2,6 +2,8 @@
 //! provider with real bwrap. Nothing here is skipped: a missing prerequisite
 //! fails with the command that installs it.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,11 +31,10 @@ fn provider() -> LocalProvider {
         bwrap.is_file(),
         "bubblewrap is missing: install it with `apt-get install -y bubblewrap`"
     );
-    LocalProvider::new(LocalOptions {
-        runner_dir: repo().join("runner"),
-        work_root: None,
-        bwrap,
-    })
+    LocalProvider::new(LocalOptions::new(
+        repo().join("runner"),
+        common::emulator::binary(),
+    ))
     .expect("provider")
 }
 
@@ -167,13 +168,14 @@ async fn cannot_see_host_processes() {
         .map(|l| std::str::from_utf8(l).expect("utf8"))
         .collect();
     assert!(
-        lines.len() <= 4,
-        "only bwrap's init, the shell and its children may be visible: {lines:?}"
+        lines.len() <= 5,
+        "only bwrap's init, the shim's bridge, the shell and its children may be visible: {lines:?}"
     );
     for line in &lines {
         let cmd = line.split_once(' ').map(|(_, c)| c).unwrap_or_default();
         assert!(
             cmd.starts_with("/usr/bin/bwrap")
+                || cmd.starts_with("/opt/sandstorm/shim __sandbox-shim init")
                 || cmd.starts_with("/bin/sh")
                 || cmd.starts_with("tr")
                 || cmd.is_empty(),
@@ -214,8 +216,9 @@ async fn cannot_write_outside_home_and_tmp() {
     for t in targets {
         assert!(!Path::new(t).exists(), "{t} appeared on the host");
     }
-    assert!(sb.host_dir().join("home/ok").is_file());
-    assert!(sb.host_dir().join("tmp/ok").is_file());
+    for written in ["/home/user/ok", "/tmp/ok"] {
+        sb.read_file(written).await.expect(written);
+    }
     sb.destroy().await.expect("destroy");
 }
 
@@ -260,7 +263,7 @@ async fn the_directory_is_gone_after_destroy_and_the_sandbox_refuses_work() {
     }])
     .await
     .expect("upload");
-    assert!(dir.join("home/a.txt").is_file());
+    assert_eq!(run(&sb, sh("cat /home/user/a.txt")).await.stdout(), "x");
     sb.destroy().await.expect("destroy");
     assert!(!dir.exists(), "{} survived destroy", dir.display());
     sb.destroy().await.expect("destroying twice is fine");
@@ -330,15 +333,27 @@ async fn destroy_kills_background_processes_too() {
 }
 
 #[tokio::test]
-async fn processes_left_behind_die_with_their_command() {
+async fn processes_left_behind_live_on_until_destroy_as_on_e2b() {
     let sb = sandbox().await;
-    let out = run(&sb, sh("sleep 6134 & echo spawned")).await;
+    // The command's end is reported although its orphan holds its stdout.
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        run(&sb, sh("sleep 6134 & echo spawned")),
+    )
+    .await
+    .expect("the command's end waited for its orphan");
     assert_eq!(out.code(), Some(0));
-    assert!(
-        host_processes_with("sleep 6134").is_empty(),
-        "an orphan outlived its command"
+    assert_eq!(out.stdout(), "spawned\n");
+    assert_eq!(
+        host_processes_with("sleep 6134").len(),
+        1,
+        "the orphan runs on"
     );
     sb.destroy().await.expect("destroy");
+    assert!(
+        host_processes_with("sleep 6134").is_empty(),
+        "an orphan outlived its sandbox"
+    );
 }
 
 #[tokio::test]
@@ -379,10 +394,22 @@ async fn only_the_runs_own_environment_goes_in() {
         .filter_map(|l| l.split_once('=').map(|(k, _)| k))
         .collect();
     names.sort_unstable();
-    // bwrap's --chdir sets PWD, as a login would.
+    // The sandbox's own variables: its home and user, the egress proxy.
     assert_eq!(
         names,
-        ["ANTHROPIC_API_KEY", "HOME", "IS_SANDBOX", "PATH", "PWD"]
+        [
+            "ANTHROPIC_API_KEY",
+            "HOME",
+            "HTTPS_PROXY",
+            "HTTP_PROXY",
+            "IS_SANDBOX",
+            "NO_PROXY",
+            "PATH",
+            "USER",
+            "http_proxy",
+            "https_proxy",
+            "no_proxy"
+        ]
     );
     assert!(env.contains("HOME=/home/user\n"));
     assert!(env.contains("IS_SANDBOX=1\n"));
@@ -540,7 +567,7 @@ async fn name_resolution_and_tls_roots_work_inside() {
     .await;
     assert_eq!(
         out.stdout(),
-        "resolves\nroots\nroot\n",
+        "resolves\nroots\nuser\n",
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -3,8 +3,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use sandstorm::sandbox::local::shim;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    sandstorm::cli::run(sandstorm::cli::Cli::parse()).await
+fn main() -> ExitCode {
+    // Inside a local sandbox this binary is the shim (see
+    // `sandbox::local::shim`); it must not start the server's runtime.
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == shim::SHIM_COMMAND) {
+        return shim::main(&args[1..]);
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(sandstorm::cli::run(sandstorm::cli::Cli::parse())),
+        Err(error) => {
+            eprintln!("ds: cannot start: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

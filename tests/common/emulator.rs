@@ -46,7 +46,7 @@ pub fn binary() -> PathBuf {
 
 /// Options with the checked-in runner, any `e2b_` key, no knob turned.
 pub fn options() -> EmulatorOptions {
-    EmulatorOptions::new(runner_dir())
+    EmulatorOptions::new(runner_dir(), binary())
 }
 
 /// Knobs that answer every run with `lines` synthetic lines of `bytes`

@@ -20,7 +20,7 @@
 //! use e2b_emulator::{serve, EmulatorOptions};
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! eprintln!("listening on http://{}", listener.local_addr()?);
-//! serve(listener, EmulatorOptions::new("runner".into())).await
+//! serve(listener, EmulatorOptions::new("runner".into(), "target/debug/e2b-emulator".into())).await
 //! # }
 //! ```
 
@@ -70,18 +70,22 @@ pub struct EmulatorOptions {
     pub work_root: Option<PathBuf>,
     /// The bubblewrap binary.
     pub bwrap: PathBuf,
+    /// The executable that runs the local sandboxes' shim (this emulator's
+    /// binary, or `ds`).
+    pub shim: PathBuf,
     /// The knobs in force at start-up.
     pub knobs: Knobs,
 }
 
 impl EmulatorOptions {
     /// Defaults: any `e2b_*` key, `/usr/bin/bwrap`, no knobs turned.
-    pub fn new(runner_dir: PathBuf) -> Self {
+    pub fn new(runner_dir: PathBuf, shim: PathBuf) -> Self {
         EmulatorOptions {
             api_key: None,
             runner_dir,
             work_root: None,
             bwrap: PathBuf::from("/usr/bin/bwrap"),
+            shim,
             knobs: Knobs::default(),
         }
     }
@@ -126,11 +130,10 @@ pub(crate) struct Entry {
 impl Emulator {
     /// An emulator with no sandboxes; fails when bwrap is missing.
     pub fn new(options: EmulatorOptions) -> Result<Self, sandstorm::sandbox::SandboxError> {
-        let provider = LocalProvider::new(LocalOptions {
-            runner_dir: options.runner_dir,
-            work_root: options.work_root,
-            bwrap: options.bwrap,
-        })?;
+        let mut local = LocalOptions::new(options.runner_dir, options.shim);
+        local.work_root = options.work_root;
+        local.bwrap = options.bwrap;
+        let provider = LocalProvider::new(local)?;
         Ok(Emulator {
             inner: Arc::new(Inner {
                 provider,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use e2b_emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic};
 use e2b_emulator::{EmulatorOptions, Knobs, serve_with_shutdown};
+use sandstorm::sandbox::local::shim;
 use sandstorm::secret::Secret;
 use sandstorm::telemetry;
 
@@ -104,8 +105,23 @@ fn secret(value: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::new(value))
 }
 
-#[tokio::main]
-async fn main() -> std::io::Result<()> {
+fn main() -> std::process::ExitCode {
+    // Inside its sandboxes this binary is the local provider's shim.
+    let raw: Vec<_> = std::env::args_os().skip(1).collect();
+    if raw.first().is_some_and(|a| a == shim::SHIM_COMMAND) {
+        return shim::main(&raw[1..]);
+    }
+    let served = tokio::runtime::Runtime::new().and_then(|runtime| runtime.block_on(serve()));
+    match served {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("e2b-emulator: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> std::io::Result<()> {
     // The product's logging: text on stderr, `RUST_LOG` over the default.
     telemetry::init(telemetry::Format::Text, "warn");
     let args = Args::parse();
@@ -114,6 +130,7 @@ async fn main() -> std::io::Result<()> {
         runner_dir: args.runner_dir.clone(),
         work_root: args.work_root.clone(),
         bwrap: args.bwrap.clone(),
+        shim: std::env::current_exe()?,
         knobs: args.knobs(),
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;

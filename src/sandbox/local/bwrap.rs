@@ -1,15 +1,24 @@
-//! The bubblewrap command line for one sandboxed process.
+//! The bubblewrap command line that makes a sandbox.
 //!
-//! Everything the sandbox can see is listed here: read-only system folders,
-//! a short list of `/etc` files (enough for DNS, TLS and a login shell, but
-//! not `/etc/shadow` or host credentials), fresh `/proc` and `/dev`, and the
-//! sandbox's own `home/`, `runner/` and `tmp/`. Nothing else of the host is
-//! mounted.
+//! bwrap builds each sandbox once: its namespaces (user, pid, network, ipc,
+//! uts, cgroup), its file system, and its first process, the shim's init
+//! (see [`super::shim`]). Later processes join those namespaces
+//! ([`super::join`]) instead of running bwrap again, so a sandbox behaves
+//! like one machine: one process table, one loopback, one `/tmp`.
+//!
+//! What the sandbox can see is listed here and nothing else: read-only
+//! system folders, a short list of `/etc` files (enough for DNS, TLS and a
+//! login shell; not `/etc/shadow` or host credentials) plus a `passwd` of
+//! its own, fresh `/proc` and `/dev`, size-capped tmpfs for `/home/user`,
+//! `/tmp` and `/dev/shm`, the run's read-only `runner/`, the shim, and the
+//! egress socket. No `/sys`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::fs::{HOME_MOUNT, HOME_TREE, RUNNER_MOUNT, RUNNER_TREE, TMP_MOUNT, TMP_TREE};
+use super::fs::{HOME_MOUNT, RUNNER_MOUNT, RUNNER_TREE, TMP_MOUNT};
+use super::shim::{SHIM_COMMAND, SHIM_PATH};
+use crate::sandbox::Limits;
 
 /// Top-level system folders a program needs. On merged-/usr systems most are
 /// symlinks into `/usr`; they are recreated as the same symlinks.
@@ -21,7 +30,7 @@ const SYSTEM_DIRS: [&str; 7] = [
 /// users and groups (node and git look themselves up), the dynamic linker's
 /// cache, `alternatives` (Debian's `/usr/bin` links point there), time zone,
 /// and the login-shell profile that `bash -l` reads.
-const ETC_ENTRIES: [&str; 29] = [
+const ETC_ENTRIES: [&str; 27] = [
     "resolv.conf",
     "hosts",
     "host.conf",
@@ -38,8 +47,6 @@ const ETC_ENTRIES: [&str; 29] = [
     "pki/tls/certs",
     "pki/ca-trust",
     "crypto-policies",
-    "passwd",
-    "group",
     "ld.so.cache",
     "ld.so.conf",
     "ld.so.conf.d",
@@ -55,6 +62,20 @@ const ETC_ENTRIES: [&str; 29] = [
     "inputrc",
 ];
 
+/// The sandbox user's uid and gid inside, as on E2B.
+pub(crate) const SANDBOX_UID: u32 = 1000;
+/// The loopback port inside the sandbox where the egress bridge listens.
+pub(crate) const BRIDGE_PORT: u16 = 3128;
+/// Where the host's egress socket appears inside.
+pub(crate) const EGRESS_SOCKET: &str = "/run/sandstorm/egress.sock";
+/// Programs that must come first on the sandbox's `PATH`.
+pub(crate) const SANDSTORM_BIN: &str = "/opt/sandstorm/bin";
+/// The sandbox's own `/etc/passwd` and `/etc/group`: the host's list of
+/// users stays private, and `user` exists for tools that look it up.
+pub(crate) const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000:user:/home/user:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+/// See [`PASSWD`].
+pub(crate) const GROUP: &str = "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n";
+
 /// How one top-level system folder appears inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SystemEntry {
@@ -62,7 +83,22 @@ enum SystemEntry {
     Symlink { link: PathBuf, target: PathBuf },
 }
 
-/// The parts of the command line that are the same for every process,
+/// Host files every sandbox shares, prepared once by the provider.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    /// The executable holding the shim (`ds` or the emulator).
+    pub(crate) shim: PathBuf,
+    /// An execute-only copy of `node`: a process started from a file it
+    /// cannot read is not dumpable, so the agent cannot open the runner's
+    /// `/proc/<pid>/fd` (see `docs/security.md`).
+    pub(crate) node: Option<PathBuf>,
+    /// The sandbox's `/etc/passwd` and `/etc/group`.
+    pub(crate) passwd: PathBuf,
+    /// See `passwd`.
+    pub(crate) group: PathBuf,
+}
+
+/// The parts of the command line that are the same for every sandbox,
 /// worked out once from the host's layout.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
@@ -70,16 +106,13 @@ pub(crate) struct Layout {
     etc: Vec<PathBuf>,
     /// The shared runner install (`node_modules`, `package.json`).
     runner_shared: Vec<(PathBuf, String)>,
-    /// Whether to add `--unshare-user` (we are not root) or `--cap-drop ALL`
-    /// (we are root: without it the sandboxed root keeps CAP_SYS_ADMIN and
-    /// could remount the read-only binds).
-    as_root: bool,
+    shared: Shared,
 }
 
 impl Layout {
     /// Reads the host's root layout. Missing folders are left out, so the
     /// same code works on merged-/usr and classic systems.
-    pub(crate) fn detect(runner_dir: &Path, as_root: bool) -> Self {
+    pub(crate) fn detect(runner_dir: &Path, shared: Shared) -> Self {
         let system = SYSTEM_DIRS
             .iter()
             .filter_map(|dir| {
@@ -112,7 +145,7 @@ impl Layout {
             system,
             etc,
             runner_shared,
-            as_root,
+            shared,
         }
     }
 
@@ -125,12 +158,11 @@ impl Layout {
             .map(|(path, name)| (name.as_str(), path.is_dir()))
     }
 
-    /// bwrap's arguments for running `argv` in `cwd` with the sandbox
-    /// directory `root`. The environment is not on the command line (host
-    /// users can read any process's argv; keys belong in its environment,
-    /// which only its owner can read): the caller sets it on the bwrap
-    /// process itself.
-    pub(crate) fn args(&self, root: &Path, cwd: &str, argv: &[String]) -> Vec<OsString> {
+    /// bwrap's arguments for a new sandbox over the host directory `root`
+    /// (which holds `runner/` and the egress socket), capped by `limits`.
+    /// No environment is on the command line: host users can read any
+    /// process's argv.
+    pub(crate) fn args(&self, root: &Path, socket: &Path, limits: &Limits) -> Vec<OsString> {
         let mut a = Args::default();
         for entry in &self.system {
             match entry {
@@ -142,38 +174,58 @@ impl Layout {
         for path in &self.etc {
             a.push3("--ro-bind", path, path);
         }
+        a.push3("--ro-bind", &self.shared.passwd, "/etc/passwd");
+        a.push3("--ro-bind", &self.shared.group, "/etc/group");
         a.push2("--proc", "/proc");
         a.push2("--dev", "/dev");
-        a.push3("--bind", root.join(HOME_TREE), HOME_MOUNT);
-        a.push3("--bind", root.join(TMP_TREE), TMP_MOUNT);
+        let size = limits.disk_bytes.to_string();
+        // Size-capped and in memory: a disk fill ends at the cap, and
+        // nothing the agent writes touches the host's disks.
+        for (mount, perms) in [
+            (HOME_MOUNT, "0755"),
+            (TMP_MOUNT, "1777"),
+            ("/dev/shm", "1777"),
+        ] {
+            a.push2("--perms", perms);
+            a.push2("--size", &size);
+            a.push2("--tmpfs", mount);
+        }
         a.push3("--ro-bind", root.join(RUNNER_TREE), RUNNER_MOUNT);
         for (path, name) in &self.runner_shared {
             a.push3("--ro-bind", path, format!("{RUNNER_MOUNT}/{name}"));
         }
+        a.push3("--ro-bind", &self.shared.shim, SHIM_PATH);
+        if let Some(node) = &self.shared.node {
+            a.push3("--ro-bind", node, format!("{SANDSTORM_BIN}/node"));
+        }
+        a.push3("--ro-bind", socket, EGRESS_SOCKET);
         // The root itself is a bwrap tmpfs: make it read-only too, so the
-        // only writable places are the sandbox's home and /tmp.
+        // only writable places are the capped tmpfs mounts.
         a.push2("--remount-ro", "/");
+        a.push("--unshare-user");
+        a.push2("--uid", SANDBOX_UID.to_string());
+        a.push2("--gid", SANDBOX_UID.to_string());
         for flag in [
             "--unshare-pid",
+            "--unshare-net",
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup",
+            "--disable-userns",
         ] {
             a.push(flag);
-        }
-        if self.as_root {
-            a.push2("--cap-drop", "ALL");
-        } else {
-            a.push("--unshare-user");
         }
         a.push2("--hostname", "sandbox");
         a.push("--die-with-parent");
         a.push("--new-session");
-        a.push2("--chdir", cwd);
+        a.push2("--chdir", HOME_MOUNT);
         a.push("--");
-        for arg in argv {
-            a.push(arg);
-        }
+        a.push(SHIM_PATH);
+        a.push(SHIM_COMMAND);
+        a.push("init");
+        a.push(super::shim::format_limits(limits));
+        a.push(BRIDGE_PORT.to_string());
+        a.push(EGRESS_SOCKET);
         a.0
     }
 }
@@ -200,7 +252,7 @@ impl Args {
 mod tests {
     use super::*;
 
-    fn layout(as_root: bool) -> Layout {
+    fn layout() -> Layout {
         Layout {
             system: vec![
                 SystemEntry::Bind("/usr".into()),
@@ -211,7 +263,12 @@ mod tests {
             ],
             etc: vec!["/etc/resolv.conf".into()],
             runner_shared: vec![("/r/node_modules".into(), "node_modules".into())],
-            as_root,
+            shared: Shared {
+                shim: "/x/ds".into(),
+                node: Some("/rt/node".into()),
+                passwd: "/rt/passwd".into(),
+                group: "/rt/group".into(),
+            },
         }
     }
 
@@ -224,37 +281,40 @@ mod tests {
 
     #[test]
     fn binds_only_what_the_sandbox_needs() {
-        let argv = ["node".to_owned(), "/opt/agent-runner/runner.mjs".to_owned()];
-        let line = joined(&layout(true).args(Path::new("/sb"), "/home/user", &argv));
+        let line = joined(&layout().args(
+            Path::new("/sb"),
+            Path::new("/sb/egress.sock"),
+            &Limits::DEFAULT,
+        ));
         for expected in [
             "--ro-bind /usr /usr",
             "--symlink usr/bin /bin",
             "--dir /etc --ro-bind /etc/resolv.conf /etc/resolv.conf",
+            "--ro-bind /rt/passwd /etc/passwd --ro-bind /rt/group /etc/group",
             "--proc /proc --dev /dev",
-            "--bind /sb/home /home/user",
-            "--bind /sb/tmp /tmp",
+            "--perms 0755 --size 2147483648 --tmpfs /home/user",
+            "--perms 1777 --size 2147483648 --tmpfs /tmp",
+            "--perms 1777 --size 2147483648 --tmpfs /dev/shm",
             "--ro-bind /sb/runner /opt/agent-runner",
-            "--ro-bind /r/node_modules /opt/agent-runner/node_modules --remount-ro /",
-            "--unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup --cap-drop ALL",
-            "--die-with-parent --new-session --chdir /home/user -- node /opt/agent-runner/runner.mjs",
+            "--ro-bind /r/node_modules /opt/agent-runner/node_modules",
+            "--ro-bind /x/ds /opt/sandstorm/shim",
+            "--ro-bind /rt/node /opt/sandstorm/bin/node",
+            "--ro-bind /sb/egress.sock /run/sandstorm/egress.sock --remount-ro /",
+            "--unshare-user --uid 1000 --gid 1000",
+            "--unshare-pid --unshare-net --unshare-ipc --unshare-uts --unshare-cgroup --disable-userns",
+            "--die-with-parent --new-session --chdir /home/user -- /opt/sandstorm/shim __sandbox-shim init 2147483648,512,2147483648,14400 3128 /run/sandstorm/egress.sock",
         ] {
             assert!(line.contains(expected), "missing `{expected}` in `{line}`");
         }
-        assert!(!line.contains("--unshare-user"));
         assert!(
             !line.contains("--setenv"),
             "envs must not be on the command line"
         );
         assert!(
-            !line.contains("--bind / "),
+            !line.contains("--bind / ") && !line.contains("--ro-bind / "),
             "the host root must never be bound"
         );
-    }
-
-    #[test]
-    fn unprivileged_runs_get_a_user_namespace() {
-        let line = joined(&layout(false).args(Path::new("/sb"), "/tmp", &["true".to_owned()]));
-        assert!(line.contains("--unshare-user"));
-        assert!(!line.contains("--cap-drop"));
+        assert!(!line.contains("/sys"), "no /sys in a sandbox");
+        assert!(!line.contains("/etc/shadow"));
     }
 }

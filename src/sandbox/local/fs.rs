@@ -1,22 +1,28 @@
 //! Files in a local sandbox, written and read from the host side.
 //!
-//! A sandbox sees three writable trees, each a folder of its host directory:
-//! `/home/user` (`home/`), `/opt/agent-runner` (`runner/`, read-only inside)
-//! and `/tmp` (`tmp/`). Uploads and reads map a sandbox path onto one of them.
+//! A sandbox has three trees uploads may write: `/home/user` and `/tmp`,
+//! tmpfs mounts inside the sandbox reached from the host through
+//! `/proc/<init>/root`, and `/opt/agent-runner`, a host folder (`runner/`)
+//! bound read-only inside. Uploads and reads map a sandbox path onto one.
 //!
 //! The agent inside may plant symlinks (`ln -s /root /home/user/x`), and we
-//! run as root on the host, so following one would let a later upload write,
-//! or a read leak, any host file. Every path is therefore walked one component
-//! at a time with `openat(O_NOFOLLOW)` from the tree's root: a symlink
-//! anywhere on the way is refused, and there is no window in which the agent
-//! can swap a checked folder for a link.
+//! may run as root on the host, so following one would let a later upload
+//! write, or a read leak, any host file. Two rules close that:
+//!
+//! - every path is walked one component at a time with `openat(O_NOFOLLOW)`
+//!   from the tree's root: a symlink anywhere on the way is refused, and
+//!   there is no window in which the agent can swap a checked folder for a
+//!   link;
+//! - in the sandbox's own trees the walk runs on a thread that holds the
+//!   sandbox's host uid ([`Roots::owner`]), so even a mistake could reach
+//!   only what the sandbox user can, and new files belong to that user.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::PathBuf;
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{Gid, Mode, OFlags, Uid};
 use rustix::io::Errno;
 
 use crate::sandbox::layout;
@@ -25,10 +31,12 @@ use crate::sandbox::layout;
 /// runner install: a write there would be hidden by the mount, so refuse it.
 const RUNNER_SHARED: [&str; 2] = ["node_modules", "package.json"];
 
-/// The host folder (relative to the sandbox directory) that backs each
-/// writable sandbox tree.
+/// Names for the writable trees; `runner` is also the host folder (under
+/// the sandbox directory) that backs `/opt/agent-runner`.
 pub(crate) const HOME_TREE: &str = "home";
+/// See [`HOME_TREE`].
 pub(crate) const RUNNER_TREE: &str = "runner";
+/// See [`HOME_TREE`].
 pub(crate) const TMP_TREE: &str = "tmp";
 
 /// Where inside the sandbox each tree appears: the layout every provider
@@ -145,11 +153,80 @@ pub(crate) fn resolve(path: &str) -> Result<Resolved<'_>, FsError> {
     })
 }
 
-/// Writes `content` to `path` below `sandbox_dir`, creating parent folders.
-pub(crate) fn write(sandbox_dir: &Path, path: &str, content: &[u8]) -> Result<(), FsError> {
+/// Where one sandbox's trees are on the host, and who may touch them.
+#[derive(Debug, Clone)]
+pub(crate) struct Roots {
+    /// The sandbox's root seen from the host: `/proc/<init>/root`.
+    pub(crate) sandbox: PathBuf,
+    /// The sandbox's host directory, which holds `runner/`.
+    pub(crate) host: PathBuf,
+    /// The sandbox's host uid (and gid), when it is not ours.
+    pub(crate) owner: Option<u32>,
+}
+
+impl Roots {
+    /// The host path of a tree's root folder.
+    fn tree(&self, tree: &str) -> PathBuf {
+        match tree {
+            RUNNER_TREE => self.host.join(RUNNER_TREE),
+            TMP_TREE => self.sandbox.join("tmp"),
+            _ => self.sandbox.join("home/user"),
+        }
+    }
+
+    /// Runs `op` with the rights the tree calls for: the sandbox user's in
+    /// its own trees, ours in `runner/`. Thread credentials are per thread
+    /// on Linux, so the switch happens on a thread that ends with `op`.
+    fn as_owner<T: Send>(
+        &self,
+        tree: &str,
+        path: &str,
+        op: impl FnOnce() -> Result<T, FsError> + Send,
+    ) -> Result<T, FsError> {
+        let Some(uid) = self.owner.filter(|_| tree != RUNNER_TREE) else {
+            return op();
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    become_user(uid).map_err(|e| errno(path, e))?;
+                    op()
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(FsError::Io {
+                        path: path.to_owned(),
+                        source: io::Error::other("the file thread panicked"),
+                    })
+                })
+        })
+    }
+}
+
+/// Gives the calling thread `uid` and the equal gid, with no other groups.
+fn become_user(uid: u32) -> Result<(), Errno> {
+    let (user, group) = (Uid::from_raw(uid), Gid::from_raw(uid));
+    rustix::thread::set_thread_groups(&[])?;
+    rustix::thread::set_thread_res_gid(group, group, group)?;
+    rustix::thread::set_thread_res_uid(user, user, user)
+}
+
+/// Writes `content` to `path` in the sandbox, creating parent folders.
+pub(crate) fn write(roots: &Roots, path: &str, content: &[u8]) -> Result<(), FsError> {
     let resolved = resolve(path)?;
-    let (name, parents) = split_last(&resolved);
-    let mut dir = open_tree(sandbox_dir, resolved.tree, path)?;
+    roots.as_owner(resolved.tree, path, || {
+        write_at(roots, &resolved, path, content)
+    })
+}
+
+fn write_at(
+    roots: &Roots,
+    resolved: &Resolved<'_>,
+    path: &str,
+    content: &[u8],
+) -> Result<(), FsError> {
+    let (name, parents) = split_last(resolved);
+    let mut dir = open_tree(roots, resolved.tree, path)?;
     for component in parents {
         match rustix::fs::mkdirat(&dir, *component, Mode::from_raw_mode(0o755)) {
             Ok(()) | Err(Errno::EXIST) => {}
@@ -172,11 +249,15 @@ pub(crate) fn write(sandbox_dir: &Path, path: &str, content: &[u8]) -> Result<()
         })
 }
 
-/// Reads the file at `path` below `sandbox_dir`.
-pub(crate) fn read(sandbox_dir: &Path, path: &str) -> Result<Vec<u8>, FsError> {
+/// Reads the file at `path` in the sandbox.
+pub(crate) fn read(roots: &Roots, path: &str) -> Result<Vec<u8>, FsError> {
     let resolved = resolve(path)?;
-    let (name, parents) = split_last(&resolved);
-    let mut dir = open_tree(sandbox_dir, resolved.tree, path)?;
+    roots.as_owner(resolved.tree, path, || read_at(roots, &resolved, path))
+}
+
+fn read_at(roots: &Roots, resolved: &Resolved<'_>, path: &str) -> Result<Vec<u8>, FsError> {
+    let (name, parents) = split_last(resolved);
+    let mut dir = open_tree(roots, resolved.tree, path)?;
     for component in parents {
         dir = open_dir_at(&dir, component, path)?;
     }
@@ -211,11 +292,12 @@ fn split_last<'r, 'a>(resolved: &'r Resolved<'a>) -> (&'a str, &'r [&'a str]) {
     }
 }
 
-fn open_tree(sandbox_dir: &Path, tree: &str, path: &str) -> Result<OwnedFd, FsError> {
-    // The sandbox directory and its three trees are ours (the agent cannot
-    // replace them: they are mount points inside), so a plain open is safe.
+fn open_tree(roots: &Roots, tree: &str, path: &str) -> Result<OwnedFd, FsError> {
+    // The tree roots cannot be replaced from inside: `runner/` is ours, and
+    // `/home/user` and `/tmp` are mount points on a read-only root, so a
+    // plain open is safe.
     rustix::fs::open(
-        sandbox_dir.join(tree),
+        roots.tree(tree),
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
@@ -285,46 +367,61 @@ mod tests {
         }
     }
 
-    fn sandbox_dir() -> tempfile::TempDir {
+    fn sandbox_dir() -> (tempfile::TempDir, Roots) {
         let dir = tempfile::tempdir().expect("temp dir");
-        for tree in [HOME_TREE, RUNNER_TREE, TMP_TREE] {
-            std::fs::create_dir(dir.path().join(tree)).expect("tree");
+        for tree in ["root/home/user", "root/tmp", RUNNER_TREE] {
+            std::fs::create_dir_all(dir.path().join(tree)).expect("tree");
         }
-        dir
+        let roots = Roots {
+            sandbox: dir.path().join("root"),
+            host: dir.path().to_owned(),
+            owner: None,
+        };
+        (dir, roots)
     }
 
     #[test]
     fn writes_create_parents_and_reads_round_trip() {
-        let dir = sandbox_dir();
-        write(dir.path(), "/home/user/a/b/c.txt", b"hi").expect("write");
-        write(dir.path(), "/home/user/a/b/c.txt", b"again").expect("overwrite");
+        let (_dir, roots) = sandbox_dir();
+        write(&roots, "/home/user/a/b/c.txt", b"hi").expect("write");
+        write(&roots, "/home/user/a/b/c.txt", b"again").expect("overwrite");
         assert_eq!(
-            read(dir.path(), "/home/user/a/b/c.txt").expect("read"),
+            read(&roots, "/home/user/a/b/c.txt").expect("read"),
             b"again"
         );
+        write(&roots, "/tmp/t", b"t").expect("tmp");
+        write(&roots, "/opt/agent-runner/r", b"r").expect("runner");
+        assert_eq!(
+            std::fs::read(roots.sandbox.join("tmp/t")).expect("in tmp"),
+            b"t"
+        );
+        assert_eq!(
+            std::fs::read(roots.host.join("runner/r")).expect("in runner"),
+            b"r"
+        );
         assert!(matches!(
-            read(dir.path(), "/home/user/missing"),
+            read(&roots, "/home/user/missing"),
             Err(FsError::NotFound { .. })
         ));
         assert!(matches!(
-            read(dir.path(), "/home/user/a"),
+            read(&roots, "/home/user/a"),
             Err(FsError::InvalidPath { .. })
         ));
     }
 
     #[test]
     fn never_follows_a_planted_symlink() {
-        let dir = sandbox_dir();
+        let (_dir, roots) = sandbox_dir();
         let outside = tempfile::tempdir().expect("outside");
         std::fs::write(outside.path().join("secret"), b"host secret").expect("secret");
-        let home = dir.path().join(HOME_TREE);
+        let home = roots.sandbox.join("home/user");
         std::os::unix::fs::symlink(outside.path(), home.join("link")).expect("dir link");
         std::os::unix::fs::symlink(outside.path().join("secret"), home.join("file"))
             .expect("file link");
 
         for path in ["/home/user/link/secret", "/home/user/file"] {
             assert!(
-                matches!(read(dir.path(), path), Err(FsError::Symlink { .. })),
+                matches!(read(&roots, path), Err(FsError::Symlink { .. })),
                 "{path}"
             );
         }
@@ -334,7 +431,7 @@ mod tests {
             "/home/user/link/sub/new",
         ] {
             assert!(
-                matches!(write(dir.path(), path, b"x"), Err(FsError::Symlink { .. })),
+                matches!(write(&roots, path, b"x"), Err(FsError::Symlink { .. })),
                 "{path}"
             );
         }

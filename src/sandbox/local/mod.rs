@@ -1,24 +1,28 @@
 //! Local sandboxes on bubblewrap: the default when no E2B key is around, and
 //! the engine behind the E2B emulator (crates/e2b-emulator).
 //!
-//! Each sandbox is a fresh host directory with three folders, bound into
-//! every process the sandbox runs:
+//! A sandbox is meant to hold against a hostile agent, even when `ds` runs
+//! as root. Each one is:
 //!
-//! | host folder | inside | |
-//! |---|---|---|
-//! | `home/` | `/home/user` | read-write, the agent's working folder |
-//! | `runner/` | `/opt/agent-runner` | read-only; `node_modules` and `package.json` of the shared runner install are bound inside it |
-//! | `tmp/` | `/tmp` | read-write, shared by the sandbox's processes like one machine's `/tmp` |
+//! - **its own user:** the agent is `user` (uid 1000) in a user namespace
+//!   with no capabilities and `no_new_privs`; on the host that uid is a
+//!   leased, unprivileged uid of its own when `ds` is root ([`identity`]);
+//! - **its own machine:** fresh pid, network, ipc, uts and cgroup
+//!   namespaces, built once by bwrap ([`bwrap`]); every later process joins
+//!   them ([`join`]), so processes share one process table, one loopback and
+//!   one `/tmp`, as in an E2B VM;
+//! - **offline but for one door:** the network namespace has only `lo`;
+//!   the shim's bridge on `127.0.0.1:3128` ([`shim`]) leads to the host's
+//!   egress proxy over a Unix socket, which enforces the address policy and
+//!   serves the keyless model endpoint;
+//! - **capped:** tmpfs size for `/home/user`, `/tmp` and `/dev/shm`;
+//!   rlimits for memory, processes, file size and CPU time; a [`seccomp`]
+//!   filter on the calls a container never needs.
 //!
-//! System folders are read-only, `/etc` is cut down to what DNS, TLS and a
-//! shell need, `/proc` and `/dev` are fresh, and pid, ipc, uts and cgroup
-//! namespaces are private (plus a user namespace when we are not root). The
-//! network is shared: the agent must reach its model API. See
-//! [`bwrap`] for the exact command line.
-//!
-//! Files are written from the host side ([`fs`]); processes run under a
-//! supervisor that enforces their timeout ([`process`]). Destroying a
-//! sandbox kills every process in it and removes its directory.
+//! Files are written and read from the host side ([`fs`]); processes run
+//! under a supervisor that enforces their timeout ([`process`]). Destroying
+//! a sandbox kills its init, which takes every process in its pid namespace
+//! along, and removes its host directory.
 //!
 //! # One API
 //!
@@ -47,28 +51,39 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
-    ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile, SandboxProvider, SandboxSpec,
+    Limits, ProcessEvent, ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile,
+    SandboxProvider, SandboxSpec,
 };
 
 mod bwrap;
 mod fs;
+mod identity;
 mod install;
+mod join;
 mod process;
+mod runtime;
+mod seccomp;
 mod setup;
+pub mod shim;
 
 pub use fs::FsError;
 pub use process::ProcessControl;
 pub use rustix::process::Signal;
 pub(crate) use setup::PROVIDER;
 
-/// util-linux's `setpriv`, used to tie bwrap's life to ours from its first
-/// instruction (see [`LocalSandbox::spawn`]). Debian always has it; without
-/// it bwrap's own `--die-with-parent` still applies, once bwrap is up.
+/// util-linux's `setpriv`: it gives bwrap the sandbox's host uid when we
+/// are root, and ties bwrap's life to ours from its first instruction
+/// (`--pdeathsig`), so a SIGKILL of this process at any moment leaves no
+/// sandbox behind.
 const SETPRIV: &str = "/usr/bin/setpriv";
+/// util-linux's `nsenter`, which joins a process to a sandbox.
+const NSENTER: &str = "/usr/bin/nsenter";
+/// How long a new sandbox may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `PATH` inside the sandbox unless the process sets its own.
 pub(crate) const SANDBOX_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    "/opt/sandstorm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How to build local sandboxes.
 #[derive(Debug, Clone)]
@@ -81,6 +96,26 @@ pub struct LocalOptions {
     pub work_root: Option<PathBuf>,
     /// The bubblewrap binary, usually `/usr/bin/bwrap`.
     pub bwrap: PathBuf,
+    /// The executable that runs the shim when called with
+    /// [`shim::SHIM_COMMAND`]: `ds` or `e2b-emulator`.
+    pub shim: PathBuf,
+    /// Host uids for sandboxes when running as root, `FIRST-LAST`
+    /// (`SANDSTORM_SANDBOX_UIDS`); a built-in range when `None`.
+    pub uids: Option<String>,
+}
+
+impl LocalOptions {
+    /// Options with the usual bwrap, the temp folder, and the built-in uid
+    /// range.
+    pub fn new(runner_dir: PathBuf, shim: PathBuf) -> Self {
+        LocalOptions {
+            runner_dir,
+            work_root: None,
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
+            shim,
+            uids: None,
+        }
+    }
 }
 
 /// Creates bubblewrap sandboxes on this machine.
@@ -88,39 +123,56 @@ pub struct LocalOptions {
 pub struct LocalProvider {
     options: LocalOptions,
     layout: bwrap::Layout,
-    setpriv: Option<PathBuf>,
+    identities: identity::Identities,
 }
 
 impl LocalProvider {
-    /// Checks that bwrap is there and reads the host's folder layout once.
+    /// Checks the tools, prepares the files every sandbox shares, and reads
+    /// the host's folder layout once.
     pub fn new(options: LocalOptions) -> Result<Self, SandboxError> {
-        if !options.bwrap.is_file() {
-            return Err(SandboxError::Other {
-                op: "local sandbox",
-                message: format!(
-                    "bubblewrap was not found at {}; install it with `apt-get install bubblewrap`",
-                    options.bwrap.display()
-                ),
-            });
+        let setup_error = |message: String| SandboxError::Other {
+            op: "local sandbox",
+            message,
+        };
+        for (path, package) in [
+            (options.bwrap.as_path(), "bubblewrap"),
+            (Path::new(SETPRIV), "util-linux"),
+            (Path::new(NSENTER), "util-linux"),
+        ] {
+            if !path.is_file() {
+                return Err(setup_error(format!(
+                    "{} was not found; install it with `apt-get install {package}`",
+                    path.display()
+                )));
+            }
         }
-        let as_root = rustix::process::geteuid().is_root();
-        let layout = bwrap::Layout::detect(&options.runner_dir, as_root);
-        let setpriv = Some(PathBuf::from(SETPRIV)).filter(|p| p.is_file());
+        if !options.shim.is_file() {
+            return Err(setup_error(format!(
+                "the sandbox shim {} was not found",
+                options.shim.display()
+            )));
+        }
+        let range = match &options.uids {
+            Some(text) => identity::UidRange::parse(text).map_err(setup_error)?,
+            None => identity::DEFAULT_RANGE,
+        };
+        let runtime = runtime::Runtime::prepare().map_err(setup_error)?;
+        let identities =
+            identity::Identities::for_this_process(range, runtime.dir()).map_err(setup_error)?;
+        let shared = runtime.shared(&options.shim).map_err(setup_error)?;
+        let layout = bwrap::Layout::detect(&options.runner_dir, shared);
         Ok(LocalProvider {
             options,
             layout,
-            setpriv,
+            identities,
         })
     }
 
     /// Makes a fresh sandbox that [`Sandbox::destroy`] or its lifetime
     /// (`spec.lifetime`, none when zero) ends. [`SandboxProvider::create`]
     /// is this, behind the trait.
-    #[allow(
-        clippy::unused_async,
-        reason = "it spawns the deadline reaper, so it must run inside a Tokio runtime; async makes that so"
-    )]
     pub async fn create(&self, spec: SandboxSpec) -> Result<Arc<LocalSandbox>, SandboxError> {
+        let identity = self.identities.lease().map_err(create_error)?;
         let mut builder = tempfile::Builder::new();
         builder.prefix("sandstorm-");
         let dir = match &self.options.work_root {
@@ -129,19 +181,33 @@ impl LocalProvider {
         }
         .map_err(|e| create_error(format!("could not create the sandbox directory: {e}")))?;
         let root = dir.keep();
-        let guard = Arc::new(DirGuard { path: root.clone() });
-        prepare_dir(&root, &self.layout)
+        let home = Arc::new(Home {
+            path: root.clone(),
+            _identity: identity,
+        });
+        prepare_dir(&root, &self.layout, home._identity.leased)
             .map_err(|e| create_error(format!("could not prepare the sandbox directory: {e}")))?;
+        let socket = root.join(EGRESS_SOCKET_FILE);
+        let egress = egress_listener(&socket, home._identity.leased)
+            .map_err(|e| create_error(format!("could not open the egress socket: {e}")))?;
 
         let id = format!("local-{}", uuid::Uuid::new_v4().simple());
+        let (init, init_pid) = self.start_init(&root, &socket, &spec.limits, &home).await?;
+        let roots = fs::Roots {
+            sandbox: PathBuf::from(format!("/proc/{init_pid}/root")),
+            host: root,
+            owner: home._identity.leased,
+        };
         let (deadline, _) = watch::channel(None);
         let (state, _) = watch::channel(State::Alive);
         let sandbox = Arc::new(LocalSandbox {
             id,
-            bwrap: self.options.bwrap.clone(),
-            setpriv: self.setpriv.clone(),
-            layout: self.layout.clone(),
-            dir: guard,
+            init_pid,
+            limits: spec.limits,
+            roots,
+            home,
+            init,
+            _egress: egress,
             processes: Mutex::new(Processes::default()),
             deadline,
             state,
@@ -152,6 +218,112 @@ impl LocalProvider {
         }
         Ok(sandbox)
     }
+
+    /// Starts bwrap with the shim's init and waits until its bridge
+    /// listens. Returns the supervisor and the host pid of the sandbox's
+    /// pid 1, whose namespaces later processes join.
+    async fn start_init(
+        &self,
+        root: &Path,
+        socket: &Path,
+        limits: &Limits,
+        home: &Arc<Home>,
+    ) -> Result<(ProcessControl, u32), SandboxError> {
+        let mut command = tokio::process::Command::new(SETPRIV);
+        if let Some(uid) = home._identity.leased {
+            command.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".to_owned(),
+            ]);
+        }
+        command
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(&self.options.bwrap)
+            .args(self.layout.args(root, socket, limits))
+            .env_clear()
+            .env("PATH", SANDBOX_PATH);
+        let (bwrap_pid, mut events, control) = process::spawn(command, None, home.clone(), None)
+            .map_err(|e| {
+                create_error(format!(
+                    "could not run {}: {e}",
+                    self.options.bwrap.display()
+                ))
+            })?;
+        let ready = tokio::time::timeout(START_TIMEOUT, wait_ready(&mut events)).await;
+        let failure = match ready {
+            Ok(Ok(())) => None,
+            Ok(Err(output)) => Some(format!("the sandbox did not start: {output}")),
+            Err(_) => Some(format!(
+                "the sandbox did not start within {START_TIMEOUT:?}"
+            )),
+        };
+        if let Some(message) = failure {
+            control.stop();
+            return Err(create_error(message));
+        }
+        // The init's later output is diagnostics only; keep draining it so
+        // it never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let Ok(ProcessEvent::Stderr(bytes)) = event {
+                    tracing::debug!(output = %String::from_utf8_lossy(&bytes), "sandbox init");
+                }
+            }
+        });
+        let init_pid = sandbox_init_pid(bwrap_pid).ok_or_else(|| {
+            control.stop();
+            create_error("the sandbox's first process could not be found".to_owned())
+        })?;
+        Ok((control, init_pid))
+    }
+}
+
+/// Where the egress socket lives in the sandbox directory.
+const EGRESS_SOCKET_FILE: &str = "egress.sock";
+
+/// Reads the init's output until it reports ready; on exit, returns what it
+/// printed (bwrap's own errors name the problem, such as a missing uid map).
+async fn wait_ready(events: &mut process::EventReceiver) -> Result<(), String> {
+    let mut output = String::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            Ok(ProcessEvent::Stdout(bytes)) => {
+                output.push_str(&String::from_utf8_lossy(&bytes));
+                if output.contains(shim::READY) {
+                    return Ok(());
+                }
+            }
+            Ok(ProcessEvent::Stderr(bytes)) => output.push_str(&String::from_utf8_lossy(&bytes)),
+            Ok(ProcessEvent::Exited(status)) => {
+                return Err(format!("{} ({})", output.trim(), status.status));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(output.trim().to_owned())
+}
+
+/// The host pid of the sandbox's pid 1: bwrap's only child.
+fn sandbox_init_pid(bwrap_pid: u32) -> Option<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{bwrap_pid}/task/{bwrap_pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// Binds the sandbox's egress socket, reachable by the sandbox user only.
+fn egress_listener(socket: &Path, owner: Option<u32>) -> std::io::Result<tokio::net::UnixListener> {
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    set_owner(socket, owner, 0o600)?;
+    Ok(listener)
+}
+
+fn set_owner(path: &Path, owner: Option<u32>, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(uid) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(uid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 fn create_error(message: String) -> SandboxError {
@@ -161,10 +333,19 @@ fn create_error(message: String) -> SandboxError {
     }
 }
 
-fn prepare_dir(root: &Path, layout: &bwrap::Layout) -> std::io::Result<()> {
-    for tree in [fs::HOME_TREE, fs::RUNNER_TREE, fs::TMP_TREE] {
-        std::fs::create_dir(root.join(tree))?;
+fn prepare_dir(root: &Path, layout: &bwrap::Layout, owner: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // bwrap runs as the sandbox's uid and must reach runner/ and the
+    // socket: the directory is ours, its group the sandbox's.
+    if let Some(uid) = owner {
+        std::os::unix::fs::chown(root, None, Some(uid))?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o750))?;
     }
+    std::fs::create_dir(root.join(fs::RUNNER_TREE))?;
+    std::fs::set_permissions(
+        root.join(fs::RUNNER_TREE),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
     // Mount points for the shared runner install: bwrap cannot create them
     // inside the read-only runner bind.
     for (name, is_dir) in layout.runner_mount_points() {
@@ -175,12 +356,7 @@ fn prepare_dir(root: &Path, layout: &bwrap::Layout) -> std::io::Result<()> {
             std::fs::File::create(path)?;
         }
     }
-    // /tmp must behave like /tmp for every user a process may switch to.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        root.join(fs::TMP_TREE),
-        std::fs::Permissions::from_mode(0o1777),
-    )
+    Ok(())
 }
 
 #[async_trait]
@@ -205,17 +381,19 @@ pub enum State {
     Expired,
 }
 
-/// Removes the sandbox directory when the last holder lets go: the sandbox
-/// and each process supervisor hold one, so the directory never disappears
-/// under a running process, and never outlives all of them.
+/// What must outlive every process of a sandbox: its host directory
+/// (removed when the last holder lets go) and its uid lease (freed after
+/// the directory is gone). The sandbox and each process supervisor hold
+/// one.
 #[derive(Debug)]
-struct DirGuard {
+struct Home {
     path: PathBuf,
+    _identity: identity::Identity,
 }
 
-impl Drop for DirGuard {
+impl Drop for Home {
     fn drop(&mut self) {
-        // remove_dir_all does not follow symlinks the agent left behind.
+        // remove_dir_all does not follow symlinks.
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -244,10 +422,14 @@ struct Processes {
 #[derive(Debug)]
 pub struct LocalSandbox {
     id: String,
-    bwrap: PathBuf,
-    setpriv: Option<PathBuf>,
-    layout: bwrap::Layout,
-    dir: Arc<DirGuard>,
+    /// The host pid of the sandbox's pid 1, whose namespaces processes join.
+    init_pid: u32,
+    limits: Limits,
+    roots: fs::Roots,
+    home: Arc<Home>,
+    /// bwrap, holding the namespaces; killing it ends the sandbox.
+    init: ProcessControl,
+    _egress: tokio::net::UnixListener,
     processes: Mutex<Processes>,
     /// When the sandbox expires; `None` means never.
     deadline: watch::Sender<Option<tokio::time::Instant>>,
@@ -258,7 +440,7 @@ impl LocalSandbox {
     /// The host directory behind the sandbox (tests check it is gone after
     /// destroy).
     pub fn host_dir(&self) -> &Path {
-        &self.dir.path
+        &self.home.path
     }
 
     /// Kills the sandbox `lifetime` from now, replacing any earlier deadline
@@ -282,8 +464,8 @@ impl LocalSandbox {
         }
     }
 
-    /// Starts a process, returning its pid (bwrap's, on the host), its
-    /// output and a handle to signal it.
+    /// Starts a process in the sandbox, returning its pid (its host-side
+    /// handle's), its output and a handle to signal it.
     pub fn spawn(
         &self,
         spec: ProcessSpec,
@@ -293,33 +475,14 @@ impl LocalSandbox {
         } else {
             spec.cwd.clone()
         };
-        let argv: Vec<String> = std::iter::once(spec.cmd.clone())
-            .chain(spec.args.iter().cloned())
-            .collect();
-        // bwrap's --die-with-parent makes bwrap and the sandbox die with
-        // us, but bwrap arms it only after its start-up; `setpriv --pdeathsig
-        // KILL` arms it before bwrap runs, so a SIGKILL of this process at
-        // any moment leaves no sandbox behind. setpriv execs bwrap, so the
-        // pid stays bwrap's.
-        let mut command = match &self.setpriv {
-            Some(setpriv) => {
-                let mut c = tokio::process::Command::new(setpriv);
-                c.args(["--pdeathsig", "KILL", "--"]).arg(&self.bwrap);
-                c
-            }
-            None => tokio::process::Command::new(&self.bwrap),
-        };
-        command
-            .args(self.layout.args(&self.dir.path, &cwd, &argv))
-            // Clear the host environment; only the run's own variables go in.
-            .env_clear()
-            .env("HOME", fs::HOME_MOUNT)
-            .env("PATH", SANDBOX_PATH)
-            // The runner runs as root with bypassPermissions, which the
-            // Agent SDK only allows when told it is in a sandbox.
-            .env("IS_SANDBOX", "1")
-            .envs(&spec.envs);
-
+        let command = join::command(&join::Join {
+            init_pid: self.init_pid,
+            limits: &self.limits,
+            cwd: &cwd,
+            cmd: &spec.cmd,
+            args: &spec.args,
+            envs: &spec.envs,
+        });
         let mut processes = self.lock();
         if processes.closed {
             return Err(SandboxError::Other {
@@ -327,13 +490,16 @@ impl LocalSandbox {
                 message: format!("sandbox {} has been destroyed", self.id),
             });
         }
-        let (pid, rx, control) =
-            process::spawn(command, spec.timeout, self.dir.clone()).map_err(|e| {
-                SandboxError::Other {
-                    op: "start",
-                    message: format!("could not run {}: {e}", self.bwrap.display()),
-                }
-            })?;
+        let (pid, rx, control) = process::spawn(
+            command,
+            spec.timeout,
+            self.home.clone(),
+            Some(join::OUTPUT_GRACE),
+        )
+        .map_err(|e| SandboxError::Other {
+            op: "start",
+            message: format!("could not run {NSENTER}: {e}"),
+        })?;
         processes.running.retain(|_, (_, c)| !c.is_done());
         let info = ProcessInfo {
             pid,
@@ -355,15 +521,15 @@ impl LocalSandbox {
     /// Writes one file (see [`fs`] for the path rules).
     pub async fn write(&self, path: String, content: Bytes) -> Result<(), FsError> {
         self.check_alive()?;
-        let root = self.dir.clone();
-        blocking(move || fs::write(&root.path, &path, &content)).await
+        let roots = self.roots.clone();
+        blocking(move || fs::write(&roots, &path, &content)).await
     }
 
     /// Reads one file.
     pub async fn read(&self, path: String) -> Result<Bytes, FsError> {
         self.check_alive()?;
-        let root = self.dir.clone();
-        blocking(move || fs::read(&root.path, &path).map(Bytes::from)).await
+        let roots = self.roots.clone();
+        blocking(move || fs::read(&roots, &path).map(Bytes::from)).await
     }
 
     fn check_alive(&self) -> Result<(), FsError> {
@@ -377,7 +543,7 @@ impl LocalSandbox {
     /// [`Sandbox::destroy`] and the lifetime's end do. Idempotent; the first
     /// call's reason sticks.
     async fn stop(&self, reason: State) {
-        let controls: Vec<ProcessControl> = {
+        let mut controls: Vec<ProcessControl> = {
             let mut processes = self.lock();
             processes.closed = true;
             processes
@@ -386,13 +552,15 @@ impl LocalSandbox {
                 .map(|(_, (_, control))| control)
                 .collect()
         };
+        // Killing bwrap ends the pid namespace, and every process in it.
+        controls.push(self.init.clone());
         for control in &controls {
             control.stop();
         }
         for control in &controls {
             control.wait().await;
         }
-        remove_dir(self.dir.path.clone()).await;
+        remove_dir(self.home.path.clone()).await;
         self.state.send_if_modified(|state| {
             let first = *state == State::Alive;
             if first {
@@ -419,12 +587,12 @@ impl Drop for LocalSandbox {
         for (_, control) in processes.running.values() {
             control.stop();
         }
+        self.init.stop();
     }
 }
 
-/// Removes a sandbox directory. bwrap is dead when this runs, but the
-/// processes inside die a moment later (its `--die-with-parent` kill is
-/// asynchronous), and one may still be creating a file: retry briefly.
+/// Removes a sandbox directory once every process is gone. Retried
+/// briefly, in case a file in it is still being released.
 async fn remove_dir(path: PathBuf) {
     for _ in 0..20 {
         let attempt = path.clone();

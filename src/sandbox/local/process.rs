@@ -84,13 +84,17 @@ impl ProcessControl {
     }
 }
 
-/// Spawns `command` (a prepared bwrap invocation) under a supervisor.
-/// `keep_alive` is held until the process has ended: the sandbox directory
-/// guard, so the directory outlives every process that uses it.
+/// Spawns `command` (bwrap, or a process joining a sandbox) under a
+/// supervisor. `keep_alive` is held until the process has ended: the
+/// sandbox's home, so its directory and uid outlive every process that
+/// uses them. `grace` bounds how long output may keep flowing after the
+/// process exits (something it left running may hold the pipes); `None`
+/// waits for the pipes to close.
 pub(crate) fn spawn(
     mut command: Command,
     timeout: Option<Duration>,
     keep_alive: Arc<dyn Send + Sync>,
+    grace: Option<Duration>,
 ) -> Result<(u32, EventReceiver, ProcessControl), std::io::Error> {
     command
         .stdin(Stdio::null())
@@ -122,11 +126,22 @@ pub(crate) fn spawn(
             tokio::spawn(pump(stderr, tx.clone(), discard_rx, ProcessEvent::Stderr)),
         );
         let outcome = supervise(&mut child, request_rx, &discard_tx, timeout).await;
-        // bwrap is dead; the processes inside follow (its pid namespace
-        // dies with it) and the pipes close once the last one is gone. Wait
-        // for the last bytes before reporting the end, which comes last.
-        let _ = pumps.0.await;
-        let _ = pumps.1.await;
+        // Wait for the last bytes before reporting the end, which comes
+        // last: the pipes close once every process holding them is gone.
+        let (mut stdout, mut stderr) = pumps;
+        let drained = async {
+            let _ = (&mut stdout).await;
+            let _ = (&mut stderr).await;
+        };
+        match grace {
+            None => drained.await,
+            Some(grace) => {
+                if tokio::time::timeout(grace, drained).await.is_err() {
+                    stdout.abort();
+                    stderr.abort();
+                }
+            }
+        }
         let _ = done_tx.send(true);
         let _ = tx.send(outcome).await;
     });

@@ -26,6 +26,7 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
     variables: &[
         "SANDSTORM_RUNNER_DIR",
         "SANDSTORM_BWRAP",
+        "SANDSTORM_SANDBOX_UIDS",
         "XDG_CACHE_HOME",
         "HOME",
     ],
@@ -40,13 +41,17 @@ fn build_provider(settings: &ProviderSettings) -> Result<Arc<dyn SandboxProvider
     let bwrap = settings
         .get("SANDSTORM_BWRAP")
         .map_or_else(|| PathBuf::from(DEFAULT_BWRAP), PathBuf::from);
-    LocalProvider::new(LocalOptions {
-        runner_dir,
-        work_root: None,
-        bwrap,
-    })
-    .map(|p| Arc::new(p) as Arc<dyn SandboxProvider>)
-    .map_err(|e| e.to_string())
+    // The door's own executable runs the in-sandbox shim: `ds` has it.
+    let shim = settings
+        .executable()
+        .ok_or("local sandboxes need the path of the running `ds` binary for their shim")?
+        .to_owned();
+    let mut options = LocalOptions::new(runner_dir, shim);
+    options.bwrap = bwrap;
+    options.uids = settings.get("SANDSTORM_SANDBOX_UIDS").map(str::to_owned);
+    LocalProvider::new(options)
+        .map(|p| Arc::new(p) as Arc<dyn SandboxProvider>)
+        .map_err(|e| e.to_string())
 }
 
 /// The `runner/` folder of the checkout `exe` was built in (`cargo run`, or
