@@ -62,6 +62,23 @@ const ETC_ENTRIES: [&str; 27] = [
     "inputrc",
 ];
 
+/// The device nodes a sandbox gets.
+const DEVICES: [&str; 6] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+];
+/// The usual links in `/dev`.
+const DEVICE_LINKS: [(&str, &str); 4] = [
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+];
+
 /// The sandbox user's uid and gid inside, as on E2B.
 pub(crate) const SANDBOX_UID: u32 = 1000;
 /// The loopback port inside the sandbox where the egress bridge listens.
@@ -177,7 +194,17 @@ impl Layout {
         a.push3("--ro-bind", &self.shared.passwd, "/etc/passwd");
         a.push3("--ro-bind", &self.shared.group, "/etc/group");
         a.push2("--proc", "/proc");
-        a.push2("--dev", "/dev");
+        // Device nodes one by one, not bwrap's `--dev`: that mounts a devpts,
+        // which makes bwrap nest a second user namespace, and an
+        // unprivileged `ds` could then no longer join the sandbox's other
+        // namespaces. No pty is lost that a sandbox uses.
+        a.push2("--dir", "/dev");
+        for device in DEVICES {
+            a.push3("--dev-bind", device, device);
+        }
+        for (target, link) in DEVICE_LINKS {
+            a.push3("--symlink", target, link);
+        }
         let size = limits.disk_bytes.to_string();
         // Size-capped and in memory: a disk fill ends at the cap, and
         // nothing the agent writes touches the host's disks.
@@ -211,7 +238,6 @@ impl Layout {
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup",
-            "--disable-userns",
         ] {
             a.push(flag);
         }
@@ -291,7 +317,8 @@ mod tests {
             "--symlink usr/bin /bin",
             "--dir /etc --ro-bind /etc/resolv.conf /etc/resolv.conf",
             "--ro-bind /rt/passwd /etc/passwd --ro-bind /rt/group /etc/group",
-            "--proc /proc --dev /dev",
+            "--proc /proc --dir /dev --dev-bind /dev/null /dev/null",
+            "--symlink /proc/self/fd /dev/fd",
             "--perms 0755 --size 2147483648 --tmpfs /home/user",
             "--perms 1777 --size 2147483648 --tmpfs /tmp",
             "--perms 1777 --size 2147483648 --tmpfs /dev/shm",
@@ -301,7 +328,7 @@ mod tests {
             "--ro-bind /rt/node /opt/sandstorm/bin/node",
             "--ro-bind /sb/egress.sock /run/sandstorm/egress.sock --remount-ro /",
             "--unshare-user --uid 1000 --gid 1000",
-            "--unshare-pid --unshare-net --unshare-ipc --unshare-uts --unshare-cgroup --disable-userns",
+            "--unshare-pid --unshare-net --unshare-ipc --unshare-uts --unshare-cgroup --hostname",
             "--die-with-parent --new-session --chdir /home/user -- /opt/sandstorm/shim __sandbox-shim init 2147483648,512,2147483648,14400 3128 /run/sandstorm/egress.sock",
         ] {
             assert!(line.contains(expected), "missing `{expected}` in `{line}`");

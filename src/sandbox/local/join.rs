@@ -33,6 +33,19 @@ pub(crate) struct Join<'a> {
     pub(crate) envs: &'a BTreeMap<String, String>,
 }
 
+/// How the joining process becomes the sandbox user. Root (not mapped
+/// inside) must switch to it; an ordinary `ds` already is it, and may not
+/// call `setgroups` in the sandbox's user namespace, so it keeps its
+/// credentials. Either way the capabilities the join brought go at `exec`,
+/// as the user is not root inside.
+fn identity_flags(uid: &str) -> Vec<&str> {
+    if rustix::process::geteuid().is_root() {
+        vec!["--setuid", uid, "--setgid", uid]
+    } else {
+        vec!["--preserve-credentials"]
+    }
+}
+
 /// The host command that starts `join`'s process in its sandbox.
 pub(crate) fn command(join: &Join<'_>) -> tokio::process::Command {
     let proxy = format!("http://127.0.0.1:{BRIDGE_PORT}");
@@ -43,7 +56,7 @@ pub(crate) fn command(join: &Join<'_>) -> tokio::process::Command {
         .args([
             "--user", "--mount", "--net", "--pid", "--ipc", "--uts", "--cgroup",
         ])
-        .args(["--setuid", &uid, "--setgid", &uid])
+        .args(identity_flags(&uid))
         .arg("--")
         .args([SHIM_PATH, SHIM_COMMAND, "exec"])
         .arg(format_limits(join.limits))

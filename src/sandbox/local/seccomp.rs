@@ -14,7 +14,7 @@
 //! |---|---|
 //! | `keyctl`, `add_key`, `request_key` | the kernel keyring is not namespaced: a key one run adds would be visible to the next run and to the host |
 //! | `mount`, `umount2`, `pivot_root`, `move_mount`, `open_tree`, `fsopen`, `fsconfig`, `fsmount`, `fspick`, `mount_setattr` | changing the mount table is how a process would undo the read-only binds |
-//! | `unshare`, `setns` | new or foreign namespaces; nested user namespaces are the classic path to kernel bugs (bwrap's `--disable-userns` also closes them) |
+//! | `unshare`, `setns`, and `clone` with a `CLONE_NEW*` flag | new or foreign namespaces; nested user namespaces are the classic path to kernel bugs |
 //! | `bpf`, `perf_event_open`, `userfaultfd`, `io_uring_setup`, `io_uring_enter`, `io_uring_register` | large kernel attack surfaces that sandboxed agents do not need; most kernel exploits of recent years went through one of them |
 //! | `kexec_load`, `kexec_file_load`, `reboot`, `init_module`, `finit_module`, `delete_module` | replace or extend the running kernel |
 //! | `swapon`, `swapoff`, `acct`, `quotactl`, `quotactl_fd`, `nfsservctl`, `vhangup` | host-wide settings |
@@ -25,13 +25,20 @@
 //! | `get_mempolicy`, `set_mempolicy`, `mbind`, `move_pages`, `migrate_pages` | NUMA placement of other processes' memory |
 //! | `uselib`, `_sysctl`, `ustat`, `sysfs`, `syslog`, `personality`-free legacy calls | obsolete interfaces with a history of bugs; `syslog` reads the kernel log |
 //!
+//! `clone3` answers `ENOSYS`, as in Docker: its flags sit in memory a
+//! filter cannot read, and on `ENOSYS` the C library falls back to `clone`,
+//! whose flags it can.
+//!
 //! `ptrace` and `process_vm_readv`/`writev` stay allowed, as in Docker on
 //! kernels from 4.8: debuggers need them, and the runner is out of their
 //! reach because it is not dumpable (see `docs/security.md`).
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 /// The denied calls, by name (for the docs and tests) and number.
 pub(crate) const DENIED: &[(&str, libc::c_long)] = &[
@@ -97,34 +104,69 @@ pub(crate) const DENIED: &[(&str, libc::c_long)] = &[
     ("nfsservctl", libc::SYS_nfsservctl),
 ];
 
-/// Builds the filter for this machine's architecture.
-pub(crate) fn filter() -> Result<BpfProgram, String> {
+/// The `clone` flags that make a new namespace.
+const NAMESPACE_FLAGS: [libc::c_int; 8] = [
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWCGROUP,
+    0x80, // CLONE_NEWTIME
+];
+
+/// Builds the filters for this machine's architecture: the denylist
+/// (`EPERM`), then `clone3` (`ENOSYS`).
+pub(crate) fn filters() -> Result<[BpfProgram; 2], String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|e| format!("no seccomp filter for {}: {e}", std::env::consts::ARCH))?;
-    let rules = DENIED
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
         .iter()
         .map(|(_, number)| (*number, Vec::new()))
-        .collect::<BTreeMap<_, _>>();
-    let eperm = u32::try_from(libc::EPERM).unwrap_or(1);
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(eperm),
-        arch,
-    )
-    .map_err(|e| format!("could not build the seccomp filter: {e}"))?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| {
-        format!("could not compile the seccomp filter: {e}")
-    })
+        .collect();
+    let namespace_rules = NAMESPACE_FLAGS
+        .iter()
+        .map(|flag| {
+            let flag = u64::from(flag.unsigned_abs());
+            let condition = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )?;
+            SeccompRule::new(vec![condition])
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("could not build the clone rule: {e}"))?;
+    rules.insert(libc::SYS_clone, namespace_rules);
+    let denylist = compile(rules, libc::EPERM, arch)?;
+    let clone3 = compile([(libc::SYS_clone3, Vec::new())].into(), libc::ENOSYS, arch)?;
+    Ok([denylist, clone3])
 }
 
-/// Installs the filter on the calling thread, after `no_new_privs`, which
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    errno: libc::c_int,
+    arch: TargetArch,
+) -> Result<BpfProgram, String> {
+    let errno = errno.unsigned_abs();
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno), arch)
+        .map_err(|e| format!("could not build the seccomp filter: {e}"))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| format!("could not compile the seccomp filter: {e}"))
+}
+
+/// Installs the filters on the calling thread, after `no_new_privs`, which
 /// the kernel requires of a process without `CAP_SYS_ADMIN`.
 pub(crate) fn install() -> Result<(), String> {
     rustix::thread::set_no_new_privs(true)
         .map_err(|e| format!("could not set no_new_privs: {e}"))?;
-    let program = filter()?;
-    seccompiler::apply_filter(&program).map_err(|e| format!("could not install seccomp: {e}"))
+    for program in filters()? {
+        seccompiler::apply_filter(&program).map_err(|e| format!("could not install seccomp: {e}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -133,8 +175,9 @@ mod tests {
 
     #[test]
     fn the_filter_compiles_and_covers_the_issue_list() {
-        let program = filter().expect("filter");
-        assert!(program.len() > DENIED.len(), "one check per call at least");
+        let [denylist, clone3] = filters().expect("filters");
+        assert!(denylist.len() > DENIED.len(), "one check per call at least");
+        assert!(!clone3.is_empty());
         for required in [
             "keyctl",
             "add_key",
