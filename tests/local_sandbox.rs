@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::sandbox::{collect, host_processes_with, run, sh};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,78 +47,6 @@ async fn sandbox() -> Arc<LocalSandbox> {
         .expect("create sandbox")
 }
 
-fn sh(script: &str) -> ProcessSpec {
-    ProcessSpec {
-        cmd: "/bin/sh".into(),
-        args: vec!["-c".into(), script.into()],
-        ..ProcessSpec::default()
-    }
-}
-
-#[derive(Debug, Default)]
-struct Output {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    exit: Option<ExitStatus>,
-    error: Option<SandboxError>,
-}
-
-impl Output {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-    fn code(&self) -> Option<i32> {
-        self.exit.as_ref().and_then(|e| e.code)
-    }
-}
-
-async fn collect(mut stream: ProcessStream) -> Output {
-    let mut out = Output::default();
-    let drain = async {
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(ProcessEvent::Stdout(b)) => out.stdout.extend_from_slice(&b),
-                Ok(ProcessEvent::Stderr(b)) => out.stderr.extend_from_slice(&b),
-                Ok(ProcessEvent::Exited(status)) => {
-                    out.exit = Some(status);
-                    assert!(
-                        stream.next().await.is_none(),
-                        "Exited must be the last event"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    out.error = Some(e);
-                    break;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(GUARD, drain)
-        .await
-        .expect("process did not finish");
-    out
-}
-
-async fn run(sandbox: &LocalSandbox, spec: ProcessSpec) -> Output {
-    collect(sandbox.start(spec).await.expect("start")).await
-}
-
-/// Host processes whose command line contains `needle` (argv joined by
-/// spaces).
-fn host_processes_with(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.trim_end() == needle {
-                found.push(cmdline);
-            }
-        }
-    }
-    found
-}
-
 /// Waits until `cond` holds, failing after [`GUARD`].
 async fn eventually(cond: impl Fn() -> bool) {
     let wait = async {
@@ -139,7 +69,7 @@ async fn cannot_read_host_files_outside_its_binds() {
         checkout_file.display(),
         sb.host_dir().display()
     );
-    let out = run(&sb, sh(&script)).await;
+    let out = run(&*sb, sh(&script)).await;
     assert!(
         !out.stdout().contains("[package]"),
         "read the checkout: {}",
@@ -160,7 +90,7 @@ async fn cannot_see_host_processes() {
     // One line per visible process: its pid and command.
     let script =
         "for p in /proc/[0-9]*; do echo \"${p#/proc/} $(tr '\\0' ' ' < $p/cmdline)\"; done";
-    let out = run(&sb, sh(script)).await;
+    let out = run(&*sb, sh(script)).await;
     let lines: Vec<&str> = out
         .stdout
         .split(|&b| b == b'\n')
@@ -206,7 +136,7 @@ async fn cannot_write_outside_home_and_tmp() {
         ));
     }
     script.push_str("touch /home/user/ok && touch /tmp/ok && echo BOTH-OK");
-    let out = run(&sb, sh(&script)).await;
+    let out = run(&*sb, sh(&script)).await;
     assert_eq!(
         out.stdout().trim(),
         "BOTH-OK",
@@ -226,13 +156,13 @@ async fn cannot_write_outside_home_and_tmp() {
 async fn concurrent_sandboxes_cannot_see_each_other() {
     let (a, b) = (sandbox().await, sandbox().await);
     let out = run(
-        &a,
+        &*a,
         sh("echo a-secret > /home/user/secret && echo a-tmp > /tmp/secret && echo done"),
     )
     .await;
     assert_eq!(out.stdout().trim(), "done");
     let out = run(
-        &b,
+        &*b,
         sh("cat /home/user/secret /tmp/secret; ls -A /home/user /tmp"),
     )
     .await;
@@ -247,7 +177,7 @@ async fn concurrent_sandboxes_cannot_see_each_other() {
         "b's folders must be empty"
     );
     // a still has its files: the second sandbox did not share or wipe them.
-    let out = run(&a, sh("cat /home/user/secret /tmp/secret")).await;
+    let out = run(&*a, sh("cat /home/user/secret /tmp/secret")).await;
     assert_eq!(out.stdout(), "a-secret\na-tmp\n");
     a.destroy().await.expect("destroy a");
     b.destroy().await.expect("destroy b");
@@ -263,7 +193,7 @@ async fn the_directory_is_gone_after_destroy_and_the_sandbox_refuses_work() {
     }])
     .await
     .expect("upload");
-    assert_eq!(run(&sb, sh("cat /home/user/a.txt")).await.stdout(), "x");
+    assert_eq!(run(&*sb, sh("cat /home/user/a.txt")).await.stdout(), "x");
     sb.destroy().await.expect("destroy");
     assert!(!dir.exists(), "{} survived destroy", dir.display());
     sb.destroy().await.expect("destroying twice is fine");
@@ -290,7 +220,7 @@ async fn timeout_kills_the_process() {
     let sb = sandbox().await;
     let mut spec = sh("echo before; sleep 600; echo after");
     spec.timeout = Some(Duration::from_secs(1));
-    let out = run(&sb, spec).await;
+    let out = run(&*sb, spec).await;
     assert_eq!(out.stdout(), "before\n");
     assert!(
         matches!(out.error, Some(SandboxError::TimedOut { .. })),
@@ -338,7 +268,7 @@ async fn processes_left_behind_live_on_until_destroy_as_on_e2b() {
     // The command's end is reported although its orphan holds its stdout.
     let out = tokio::time::timeout(
         Duration::from_secs(10),
-        run(&sb, sh("sleep 6134 & echo spawned")),
+        run(&*sb, sh("sleep 6134 & echo spawned")),
     )
     .await
     .expect("the command's end waited for its orphan");
@@ -360,7 +290,7 @@ async fn processes_left_behind_live_on_until_destroy_as_on_e2b() {
 async fn large_output_arrives_complete_and_in_order() {
     let sb = sandbox().await;
     // About 20 MB of numbered lines.
-    let out = run(&sb, sh("seq 1 2700000")).await;
+    let out = run(&*sb, sh("seq 1 2700000")).await;
     assert_eq!(out.code(), Some(0));
     assert!(
         out.stdout.len() > 20_000_000,
@@ -387,7 +317,7 @@ async fn only_the_runs_own_environment_goes_in() {
         envs: BTreeMap::from([("ANTHROPIC_API_KEY".to_owned(), "sk-test".to_owned())]),
         ..ProcessSpec::default()
     };
-    let out = run(&sb, spec.clone()).await;
+    let out = run(&*sb, spec.clone()).await;
     let env = out.stdout();
     let mut names: Vec<&str> = env
         .lines()
@@ -416,7 +346,7 @@ async fn only_the_runs_own_environment_goes_in() {
     // The key is in the process's environment, never on bwrap's command line.
     spec.cmd = "/bin/sh".into();
     spec.args = vec!["-c".into(), "cat /proc/1/cmdline".into()];
-    let out = run(&sb, spec).await;
+    let out = run(&*sb, spec).await;
     assert!(out.stdout().contains("bwrap"));
     assert!(
         !out.stdout().contains("sk-test"),
@@ -430,7 +360,7 @@ async fn exit_codes_stderr_and_cwd_are_reported() {
     let sb = sandbox().await;
     let mut spec = sh("pwd; echo oops >&2; exit 3");
     spec.cwd = "/tmp".into();
-    let out = run(&sb, spec).await;
+    let out = run(&*sb, spec).await;
     assert_eq!(out.stdout(), "/tmp\n");
     assert_eq!(out.stderr, b"oops\n");
     assert_eq!(
@@ -461,7 +391,7 @@ async fn uploads_land_in_the_right_tree_and_escapes_are_refused() {
         assert_eq!(sb.read_file(path).await.expect(path), "content");
     }
     let out = run(
-        &sb,
+        &*sb,
         sh("cat /home/user/deep/er/a.txt /opt/agent-runner/agent_config.json /tmp/x/y"),
     )
     .await;
@@ -476,7 +406,7 @@ async fn uploads_land_in_the_right_tree_and_escapes_are_refused() {
     }
     // A symlink planted by the agent is never followed from the host side.
     let out = run(
-        &sb,
+        &*sb,
         sh("ln -s /etc /home/user/etc && ln -s /etc/hostname /home/user/host"),
     )
     .await;
@@ -511,7 +441,7 @@ async fn the_runner_install_resolves_from_opt_agent_runner() {
     .await
     .expect("upload probe");
     let out = run(
-        &sb,
+        &*sb,
         ProcessSpec {
             cmd: "node".into(),
             args: vec!["/opt/agent-runner/probe.mjs".into()],
@@ -527,7 +457,7 @@ async fn the_runner_install_resolves_from_opt_agent_runner() {
     );
     // The shared install is read-only inside.
     let out = run(
-        &sb,
+        &*sb,
         sh("touch /opt/agent-runner/node_modules/x 2>/dev/null && echo WROTE"),
     )
     .await;
@@ -561,7 +491,7 @@ async fn name_resolution_and_tls_roots_work_inside() {
     // The agent must reach its model API: /etc is cut down, but not below
     // what the resolver and TLS clients read.
     let out = run(
-        &sb,
+        &*sb,
         sh("getent hosts localhost >/dev/null && echo resolves; test -s /etc/ssl/certs/ca-certificates.crt && echo roots; whoami"),
     )
     .await;

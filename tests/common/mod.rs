@@ -14,6 +14,7 @@
 //! - [`model_server`], [`runner`], [`messages`], [`product`]: the scripted
 //!   model, the real runner offline, the Agent SDK's messages, and the
 //!   whole product as a user runs it (end-to-end tests);
+//! - [`sandbox`]: processes in any sandbox, read to their end;
 //! - [`tools`]: repository paths and the pinned tools from PyPI.
 #![allow(
     dead_code,
@@ -30,6 +31,7 @@ pub mod model_server;
 pub mod process;
 pub mod product;
 pub mod runner;
+pub mod sandbox;
 pub mod serve;
 pub mod sse;
 pub mod stream;

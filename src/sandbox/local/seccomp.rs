@@ -151,11 +151,16 @@ fn compile(
     arch: TargetArch,
 ) -> Result<BpfProgram, String> {
     let errno = errno.unsigned_abs();
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno), arch)
-        .map_err(|e| format!("could not build the seccomp filter: {e}"))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| format!("could not compile the seccomp filter: {e}"))
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno),
+        arch,
+    )
+    .map_err(|e| format!("could not build the seccomp filter: {e}"))?;
+    filter.try_into().map_err(|e: seccompiler::BackendError| {
+        format!("could not compile the seccomp filter: {e}")
+    })
 }
 
 /// Installs the filters on the calling thread, after `no_new_privs`, which
@@ -164,7 +169,8 @@ pub(crate) fn install() -> Result<(), String> {
     rustix::thread::set_no_new_privs(true)
         .map_err(|e| format!("could not set no_new_privs: {e}"))?;
     for program in filters()? {
-        seccompiler::apply_filter(&program).map_err(|e| format!("could not install seccomp: {e}"))?;
+        seccompiler::apply_filter(&program)
+            .map_err(|e| format!("could not install seccomp: {e}"))?;
     }
     Ok(())
 }
