@@ -51,6 +51,7 @@ use super::{
 };
 
 mod bwrap;
+pub(crate) mod egress;
 mod fs;
 mod install;
 mod process;
