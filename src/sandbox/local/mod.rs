@@ -56,6 +56,7 @@ use super::{
 };
 
 mod bwrap;
+pub(crate) mod egress;
 mod fs;
 mod identity;
 mod install;

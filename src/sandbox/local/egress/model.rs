@@ -1,0 +1,353 @@
+//! The keyless model endpoint: the agent calls the model through the
+//! proxy's port with a placeholder token, and the host puts the real key
+//! on.
+//!
+//! Each started process gets its own [`ModelRoute`], registered under a
+//! fresh random token ([`ModelRoutes::register`]); [`keyless`] puts that
+//! token where the key variables were and points `ANTHROPIC_BASE_URL` at
+//! the sandbox's proxy port. A request that arrives with a known token is
+//! sent on to the route's upstream with the token swapped for the real
+//! credential, and the answer streams back unbuffered, so server-sent
+//! events reach the agent as they come. The route goes away when its
+//! [`RouteGuard`] drops: the endpoint serves only its own run, and only
+//! while that run lives.
+//!
+//! The upstream is the operator's configuration (Anthropic, or a custom
+//! `ANTHROPIC_BASE_URL` such as OpenRouter), so it is not subject to the
+//! sandbox's address policy. Tokens are 122 random bits: looking one up in
+//! a hash map leaks nothing worth timing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use reqwest::Url;
+
+use super::dial::CONNECT_TIMEOUT;
+use super::{Body, Direction, Meter, boxed, metered, strip_hop_by_hop};
+use crate::keys::ANTHROPIC_KEY_VARIABLE;
+use crate::sandbox::SandboxError;
+use crate::secret::Secret;
+
+/// The bearer-token variable the Agent SDK reads.
+const AUTH_TOKEN_VARIABLE: &str = "ANTHROPIC_AUTH_TOKEN";
+/// The variable that points the Agent SDK at its API.
+const BASE_URL_VARIABLE: &str = "ANTHROPIC_BASE_URL";
+/// Where the SDK goes without `ANTHROPIC_BASE_URL`.
+const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+/// What every placeholder token starts with: shaped like an Anthropic key,
+/// so a client that checks the shape is content, and named so nobody takes
+/// it for one.
+const TOKEN_PREFIX: &str = "sk-ant-sandstorm-placeholder-";
+/// Anthropic's API-key header.
+const X_API_KEY: &str = "x-api-key";
+
+/// How the upstream is authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ModelAuth {
+    /// `x-api-key: <key>` (Anthropic).
+    ApiKey(Secret),
+    /// `Authorization: Bearer <token>` (a custom endpoint, OpenRouter).
+    Bearer(Secret),
+}
+
+/// Where one process's model requests go, with what credential.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ModelRoute {
+    /// The API's base, e.g. `https://api.anthropic.com`; a path prefix
+    /// (`https://openrouter.ai/api`) is kept before the request's path.
+    pub(crate) base_url: Url,
+    /// The real credential.
+    pub(crate) auth: ModelAuth,
+}
+
+impl fmt::Debug for ModelRoute {
+    // A base URL may carry user info or a query with a key in it: show
+    // its origin and path only. The auth's Debug redacts the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelRoute")
+            .field(
+                "base_url",
+                &format_args!(
+                    "{}{}",
+                    self.base_url.origin().ascii_serialization(),
+                    self.base_url.path()
+                ),
+            )
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+/// The routes of live processes by placeholder token, and the one HTTP
+/// client they all go upstream through. Cheap to clone; clones share both.
+#[derive(Clone)]
+pub(crate) struct ModelRoutes {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    routes: Mutex<HashMap<String, Arc<ModelRoute>>>,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for ModelRoutes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelRoutes")
+            .field("routes", &crate::sync::lock(&self.inner.routes).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelRoutes {
+    /// An empty registry, with its upstream client: no redirects followed
+    /// (a redirect is the SDK's to see, and must not carry the key
+    /// elsewhere), connections pooled across every sandbox.
+    pub(crate) fn new() -> Result<Self, SandboxError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| SandboxError::Other {
+                op: "building the model endpoint's http client",
+                message: e.to_string(),
+            })?;
+        Ok(ModelRoutes {
+            inner: Arc::new(Inner {
+                routes: Mutex::new(HashMap::new()),
+                client,
+            }),
+        })
+    }
+
+    /// Registers `route` under a fresh placeholder token; the route lives
+    /// as long as the returned guard.
+    pub(crate) fn register(&self, route: ModelRoute) -> RouteGuard {
+        let token = format!("{TOKEN_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        crate::sync::lock(&self.inner.routes).insert(token.clone(), Arc::new(route));
+        RouteGuard {
+            routes: self.clone(),
+            token,
+        }
+    }
+
+    /// The route registered under `token`, while its guard lives.
+    pub(crate) fn get(&self, token: &str) -> Option<Arc<ModelRoute>> {
+        crate::sync::lock(&self.inner.routes).get(token).cloned()
+    }
+}
+
+/// Keeps one route registered; dropping it makes its token worthless.
+pub(crate) struct RouteGuard {
+    routes: ModelRoutes,
+    token: String,
+}
+
+impl RouteGuard {
+    /// The placeholder token the process gets instead of the key.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+impl fmt::Debug for RouteGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        crate::sync::lock(&self.routes.inner.routes).remove(&self.token);
+    }
+}
+
+/// Turns a process environment keyless: registers a route to its model API
+/// with its real credential, puts the route's placeholder token in each
+/// key variable that holds a key, and points `ANTHROPIC_BASE_URL` at
+/// `endpoint` (the sandbox's proxy port, `http://127.0.0.1:3128`). The
+/// route lives as long as the returned guard: keep it for the process's
+/// life.
+///
+/// The credential is `ANTHROPIC_AUTH_TOKEN` as a bearer token when it is
+/// set, else `ANTHROPIC_API_KEY` as `x-api-key`, as the key resolution
+/// leaves them (with a custom endpoint and a token it empties the API
+/// key). A variable that is empty stays empty: the SDK reads empty as
+/// unset, and that is what it was told.
+///
+/// Returns `None`, leaving `envs` untouched, when neither variable holds a
+/// key, or when `ANTHROPIC_BASE_URL` is not an http(s) URL (with a
+/// warning): the process then runs as it would without the endpoint.
+pub(crate) fn keyless(
+    envs: &mut BTreeMap<String, String>,
+    routes: &ModelRoutes,
+    endpoint: &str,
+) -> Option<RouteGuard> {
+    let value = |name: &str| envs.get(name).filter(|v| !v.is_empty());
+    let auth = if let Some(token) = value(AUTH_TOKEN_VARIABLE) {
+        ModelAuth::Bearer(Secret::new(token.as_str()))
+    } else {
+        ModelAuth::ApiKey(Secret::new(value(ANTHROPIC_KEY_VARIABLE)?.as_str()))
+    };
+    let base = value(BASE_URL_VARIABLE).map_or(DEFAULT_BASE_URL, String::as_str);
+    let base_url = match Url::parse(base) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
+        Ok(_) => {
+            tracing::warn!(
+                "{BASE_URL_VARIABLE} is not an http(s) URL; the model key goes into the sandbox"
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "{BASE_URL_VARIABLE} does not parse; the model key goes into the sandbox"
+            );
+            return None;
+        }
+    };
+    let guard = routes.register(ModelRoute { base_url, auth });
+    for name in [ANTHROPIC_KEY_VARIABLE, AUTH_TOKEN_VARIABLE] {
+        if let Some(value) = envs.get_mut(name).filter(|v| !v.is_empty()) {
+            guard.token().clone_into(value);
+        }
+    }
+    envs.insert(BASE_URL_VARIABLE.to_owned(), endpoint.to_owned());
+    Some(guard)
+}
+
+/// Answers one origin-form request: finds the route by its token and
+/// relays the request upstream with the real credential.
+pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> Response<Body> {
+    let Some(route) = tokens(request.headers()).find_map(|token| routes.get(token)) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "sandstorm model endpoint: missing or unknown placeholder token \
+             (it is valid only while its run lives)",
+        );
+    };
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let Some(url) = upstream_url(&route.base_url, path_and_query) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "sandstorm model endpoint: the path may not hold . or .. segments or backslashes",
+        );
+    };
+    let target = format!("{}{}", url.origin().ascii_serialization(), parts.uri.path());
+
+    strip_hop_by_hop(&mut parts.headers);
+    for name in [header::HOST, header::AUTHORIZATION, header::EXPECT] {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove(X_API_KEY);
+    let (name, value) = match &route.auth {
+        ModelAuth::ApiKey(key) => (
+            HeaderName::from_static(X_API_KEY),
+            HeaderValue::from_str(key.expose()),
+        ),
+        ModelAuth::Bearer(token) => (
+            header::AUTHORIZATION,
+            HeaderValue::try_from(format!("Bearer {}", token.expose())),
+        ),
+    };
+    let Ok(mut value) = value else {
+        tracing::warn!("the model credential is not a valid header value");
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            "sandstorm model endpoint: the configured model credential is not a valid \
+             header value",
+        );
+    };
+    value.set_sensitive(true);
+    parts.headers.insert(name, value);
+
+    let meter = Meter::new("model", target);
+    let sent = routes
+        .inner
+        .client
+        .request(parts.method, url)
+        .headers(parts.headers)
+        .body(reqwest::Body::wrap(metered(body, &meter, Direction::Up)))
+        .send()
+        .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(error = %e.without_url(), "the model endpoint could not reach its upstream");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "sandstorm model endpoint: the model API could not be reached",
+            );
+        }
+    };
+    meter.answered(response.status());
+    let (mut parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, boxed(metered(body, &meter, Direction::Down)))
+}
+
+/// The tokens a request offers: `x-api-key`, then a bearer token.
+fn tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    let api_key = headers.get(X_API_KEY).and_then(|v| v.to_str().ok());
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    api_key.into_iter().chain(bearer)
+}
+
+/// `base` with the request's path after its own path prefix, and the
+/// request's query. `None` for a path that could climb out of the prefix:
+/// URL parsing resolves `..` (and `%2e%2e`, and `\` as `/`), so
+/// `/../other` would otherwise reach another path on the upstream host
+/// with the real key.
+fn upstream_url(base: &Url, path_and_query: &str) -> Option<Url> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let climbs = path.contains('\\')
+        || path.split('/').any(|segment| {
+            let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+            segment == "." || segment == ".."
+        });
+    if climbs {
+        return None;
+    }
+    let mut url = base.clone();
+    url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
+    url.set_query(query);
+    url.set_fragment(None);
+    Some(url)
+}
+
+/// An error in Anthropic's shape, so the SDK reports it as it would one
+/// of the API's own.
+fn error(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "error",
+        "error": { "type": kind, "message": message },
+    });
+    let mut response = Response::new(boxed(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests;
