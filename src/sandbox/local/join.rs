@@ -20,6 +20,11 @@ use crate::sandbox::Limits;
 /// envd likewise reports the end when the process itself exits.
 pub(crate) const OUTPUT_GRACE: Duration = Duration::from_millis(250);
 
+/// The sandbox's egress proxy and model endpoint, as seen inside.
+pub(crate) fn endpoint() -> String {
+    format!("http://127.0.0.1:{BRIDGE_PORT}")
+}
+
 /// One process to start.
 #[derive(Debug)]
 pub(crate) struct Join<'a> {
@@ -48,7 +53,7 @@ fn identity_flags(uid: &str) -> Vec<&str> {
 
 /// The host command that starts `join`'s process in its sandbox.
 pub(crate) fn command(join: &Join<'_>) -> tokio::process::Command {
-    let proxy = format!("http://127.0.0.1:{BRIDGE_PORT}");
+    let proxy = endpoint();
     let uid = SANDBOX_UID.to_string();
     let mut command = tokio::process::Command::new(NSENTER);
     command

@@ -56,7 +56,7 @@ use super::{
 };
 
 mod bwrap;
-pub(crate) mod egress;
+mod egress;
 mod fs;
 mod identity;
 mod install;
@@ -103,6 +103,9 @@ pub struct LocalOptions {
     /// Host uids for sandboxes when running as root, `FIRST-LAST`
     /// (`SANDSTORM_SANDBOX_UIDS`); a built-in range when `None`.
     pub uids: Option<String>,
+    /// Private addresses the egress proxy may reach after all
+    /// (`SANDSTORM_EGRESS_OPEN`, e.g. `10.0.0.0/8,127.0.0.1:8443`).
+    pub egress_open: Option<String>,
 }
 
 impl LocalOptions {
@@ -115,6 +118,7 @@ impl LocalOptions {
             bwrap: PathBuf::from("/usr/bin/bwrap"),
             shim,
             uids: None,
+            egress_open: None,
         }
     }
 }
@@ -125,6 +129,8 @@ pub struct LocalProvider {
     options: LocalOptions,
     layout: bwrap::Layout,
     identities: identity::Identities,
+    openings: Vec<egress::Opening>,
+    routes: egress::ModelRoutes,
 }
 
 impl LocalProvider {
@@ -162,10 +168,16 @@ impl LocalProvider {
             identity::Identities::for_this_process(range, runtime.dir()).map_err(setup_error)?;
         let shared = runtime.shared(&options.shim).map_err(setup_error)?;
         let layout = bwrap::Layout::detect(&options.runner_dir, shared);
+        let openings = match &options.egress_open {
+            Some(list) => egress::parse_openings(list).map_err(|e| setup_error(e.to_string()))?,
+            None => Vec::new(),
+        };
         Ok(LocalProvider {
             options,
             layout,
             identities,
+            openings,
+            routes: egress::ModelRoutes::new()?,
         })
     }
 
@@ -188,9 +200,12 @@ impl LocalProvider {
         });
         prepare_dir(&root, &self.layout, home._identity.leased)
             .map_err(|e| create_error(format!("could not prepare the sandbox directory: {e}")))?;
+        let rules = egress::EgressRules::new(&spec.network, self.openings.clone())
+            .map_err(|e| create_error(e.to_string()))?;
         let socket = root.join(EGRESS_SOCKET_FILE);
-        let egress = egress_listener(&socket, home._identity.leased)
+        let listener = egress_listener(&socket, home._identity.leased)
             .map_err(|e| create_error(format!("could not open the egress socket: {e}")))?;
+        let egress = egress::serve(listener, Arc::new(rules), self.routes.clone());
 
         let id = format!("local-{}", uuid::Uuid::new_v4().simple());
         let (init, init_pid) = self.start_init(&root, &socket, &spec.limits, &home).await?;
@@ -208,7 +223,8 @@ impl LocalProvider {
             roots,
             home,
             init,
-            _egress: egress,
+            egress: Mutex::new(Some(egress)),
+            routes: self.routes.clone(),
             processes: Mutex::new(Processes::default()),
             deadline,
             state,
@@ -430,7 +446,9 @@ pub struct LocalSandbox {
     home: Arc<Home>,
     /// bwrap, holding the namespaces; killing it ends the sandbox.
     init: ProcessControl,
-    _egress: tokio::net::UnixListener,
+    /// The sandbox's egress proxy and model endpoint; gone at destroy.
+    egress: Mutex<Option<egress::EgressServer>>,
+    routes: egress::ModelRoutes,
     processes: Mutex<Processes>,
     /// When the sandbox expires; `None` means never.
     deadline: watch::Sender<Option<tokio::time::Instant>>,
@@ -476,13 +494,23 @@ impl LocalSandbox {
         } else {
             spec.cwd.clone()
         };
+        // The model key stays here: the process gets a placeholder that
+        // only this sandbox's endpoint accepts, while the process lives.
+        let mut envs = spec.envs.clone();
+        let route =
+            egress::keyless(&mut envs, &self.routes, &join::endpoint()).map_err(|message| {
+                SandboxError::Other {
+                    op: "start",
+                    message,
+                }
+            })?;
         let command = join::command(&join::Join {
             init_pid: self.init_pid,
             limits: &self.limits,
             cwd: &cwd,
             cmd: &spec.cmd,
             args: &spec.args,
-            envs: &spec.envs,
+            envs: &envs,
         });
         let mut processes = self.lock();
         if processes.closed {
@@ -494,7 +522,7 @@ impl LocalSandbox {
         let (pid, rx, control) = process::spawn(
             command,
             spec.timeout,
-            self.home.clone(),
+            Arc::new((self.home.clone(), route)),
             Some(join::OUTPUT_GRACE),
         )
         .map_err(|e| SandboxError::Other {
@@ -553,8 +581,10 @@ impl LocalSandbox {
                 .map(|(_, (_, control))| control)
                 .collect()
         };
-        // Killing bwrap ends the pid namespace, and every process in it.
+        // Killing bwrap ends the pid namespace, and every process in it;
+        // ending the egress server cuts every connection that left it.
         controls.push(self.init.clone());
+        drop(crate::sync::lock(&self.egress).take());
         for control in &controls {
             control.stop();
         }

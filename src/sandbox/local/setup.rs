@@ -27,6 +27,7 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
         "SANDSTORM_RUNNER_DIR",
         "SANDSTORM_BWRAP",
         "SANDSTORM_SANDBOX_UIDS",
+        super::egress::OPEN_VARIABLE,
         "XDG_CACHE_HOME",
         "HOME",
     ],
@@ -49,6 +50,9 @@ fn build_provider(settings: &ProviderSettings) -> Result<Arc<dyn SandboxProvider
     let mut options = LocalOptions::new(runner_dir, shim);
     options.bwrap = bwrap;
     options.uids = settings.get("SANDSTORM_SANDBOX_UIDS").map(str::to_owned);
+    options.egress_open = settings
+        .get(super::egress::OPEN_VARIABLE)
+        .map(str::to_owned);
     LocalProvider::new(options)
         .map(|p| Arc::new(p) as Arc<dyn SandboxProvider>)
         .map_err(|e| e.to_string())

@@ -36,13 +36,6 @@
 //! socket, every connection and every open tunnel, which is what
 //! destroying a sandbox must do.
 
-#![expect(
-    dead_code,
-    unused_imports,
-    reason = "the local sandbox starts one server per sandbox with its network namespace; \
-              until that lands only the tests use this"
-)]
-
 use std::convert::Infallible;
 use std::error::Error;
 use std::future::Future;
@@ -70,9 +63,9 @@ mod policy;
 mod proxy;
 
 use dial::{Resolve, SystemResolver};
-pub(crate) use model::{ModelAuth, ModelRoute, ModelRoutes, RouteGuard, keyless};
-pub(crate) use openings::{OPEN_VARIABLE, Opening, OpeningError, parse_openings};
-pub(crate) use policy::{EgressRules, PatternError, validate_allow};
+pub(crate) use model::{ModelRoutes, keyless};
+pub(crate) use openings::{OPEN_VARIABLE, Opening, parse_openings};
+pub(crate) use policy::EgressRules;
 
 /// The most a connection's HTTP reader buffers (hyper's default is about
 /// 400 KiB). Plenty for any request head; bodies stream through it.

@@ -181,34 +181,33 @@ impl Drop for RouteGuard {
 /// unset, and that is what it was told.
 ///
 /// Returns `None`, leaving `envs` untouched, when neither variable holds a
-/// key, or when `ANTHROPIC_BASE_URL` is not an http(s) URL (with a
-/// warning): the process then runs as it would without the endpoint.
+/// key: the process then runs as it would without the endpoint. An error
+/// when `ANTHROPIC_BASE_URL` is not an http(s) URL: the key must not go in
+/// and the model cannot be reached without it.
 pub(crate) fn keyless(
     envs: &mut BTreeMap<String, String>,
     routes: &ModelRoutes,
     endpoint: &str,
-) -> Option<RouteGuard> {
+) -> Result<Option<RouteGuard>, String> {
     let value = |name: &str| envs.get(name).filter(|v| !v.is_empty());
     let auth = if let Some(token) = value(AUTH_TOKEN_VARIABLE) {
         ModelAuth::Bearer(Secret::new(token.as_str()))
     } else {
-        ModelAuth::ApiKey(Secret::new(value(ANTHROPIC_KEY_VARIABLE)?.as_str()))
+        match value(ANTHROPIC_KEY_VARIABLE) {
+            Some(key) => ModelAuth::ApiKey(Secret::new(key.as_str())),
+            None => return Ok(None),
+        }
     };
     let base = value(BASE_URL_VARIABLE).map_or(DEFAULT_BASE_URL, String::as_str);
     let base_url = match Url::parse(base) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
-        Ok(_) => {
-            tracing::warn!(
-                "{BASE_URL_VARIABLE} is not an http(s) URL; the model key goes into the sandbox"
-            );
-            return None;
-        }
-        Err(e) => {
-            tracing::warn!(
-                error = %e,
-                "{BASE_URL_VARIABLE} does not parse; the model key goes into the sandbox"
-            );
-            return None;
+        // The key must not go in, and the run cannot work without it:
+        // refuse, saying why (the value itself may hold credentials).
+        Ok(_) | Err(_) => {
+            return Err(format!(
+                "{BASE_URL_VARIABLE} is not an http(s) URL, so no model endpoint can be made \
+                 for the sandbox; fix it in the server's environment"
+            ));
         }
     };
     let guard = routes.register(ModelRoute { base_url, auth });
@@ -218,7 +217,7 @@ pub(crate) fn keyless(
         }
     }
     envs.insert(BASE_URL_VARIABLE.to_owned(), endpoint.to_owned());
-    Some(guard)
+    Ok(Some(guard))
 }
 
 /// Answers one origin-form request: finds the route by its token and

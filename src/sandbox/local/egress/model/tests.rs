@@ -20,7 +20,9 @@ fn routes() -> ModelRoutes {
 fn an_api_key_becomes_a_placeholder() {
     let routes = routes();
     let mut envs = env(&[("ANTHROPIC_API_KEY", "sk-ant-real"), ("OTHER", "kept")]);
-    let guard = keyless(&mut envs, &routes, ENDPOINT).expect("keyless");
+    let guard = keyless(&mut envs, &routes, ENDPOINT)
+        .expect("a valid base URL")
+        .expect("keyless");
     let token = guard.token().to_owned();
     assert!(token.starts_with("sk-ant-sandstorm-placeholder-"));
     assert_eq!(token.len(), "sk-ant-sandstorm-placeholder-".len() + 32);
@@ -47,7 +49,9 @@ fn a_bearer_token_wins_and_an_empty_key_stays_empty() {
         ("ANTHROPIC_AUTH_TOKEN", "sk-or-real"),
         ("ANTHROPIC_BASE_URL", "https://openrouter.ai/api"),
     ]);
-    let guard = keyless(&mut envs, &routes, ENDPOINT).expect("keyless");
+    let guard = keyless(&mut envs, &routes, ENDPOINT)
+        .expect("a valid base URL")
+        .expect("keyless");
     assert_eq!(
         envs,
         env(&[
@@ -68,7 +72,9 @@ fn both_keys_set_means_bearer_upstream_and_placeholders_in_both() {
         ("ANTHROPIC_API_KEY", "sk-ant-real"),
         ("ANTHROPIC_AUTH_TOKEN", "tok-real"),
     ]);
-    let guard = keyless(&mut envs, &routes, ENDPOINT).expect("keyless");
+    let guard = keyless(&mut envs, &routes, ENDPOINT)
+        .expect("a valid base URL")
+        .expect("keyless");
     assert_eq!(envs["ANTHROPIC_API_KEY"], guard.token());
     assert_eq!(envs["ANTHROPIC_AUTH_TOKEN"], guard.token());
     let route = routes.get(guard.token()).expect("registered");
@@ -85,18 +91,26 @@ fn no_key_or_a_bad_base_url_leaves_the_environment_alone() {
             ("CLAUDE_CODE_USE_BEDROCK", "1"),
             ("AWS_REGION", "us-east-1"),
         ],
-        &[
-            ("ANTHROPIC_API_KEY", "sk-ant-real"),
-            ("ANTHROPIC_BASE_URL", "not a url"),
-        ],
-        &[
-            ("ANTHROPIC_API_KEY", "sk-ant-real"),
-            ("ANTHROPIC_BASE_URL", "ftp://example.test/"),
-        ],
     ] {
         let mut envs = env(pairs);
-        assert!(keyless(&mut envs, &routes, ENDPOINT).is_none(), "{pairs:?}");
+        assert!(
+            keyless(&mut envs, &routes, ENDPOINT)
+                .expect("no error")
+                .is_none(),
+            "{pairs:?}"
+        );
         assert_eq!(envs, env(pairs));
+    }
+    for bad in ["not a url", "ftp://example.test/"] {
+        let mut envs = env(&[
+            ("ANTHROPIC_API_KEY", "sk-ant-real"),
+            ("ANTHROPIC_BASE_URL", bad),
+        ]);
+        let err = keyless(&mut envs, &routes, ENDPOINT).expect_err(bad);
+        assert!(
+            err.contains("ANTHROPIC_BASE_URL") && !err.contains(bad),
+            "{err}"
+        );
     }
     assert_eq!(crate::sync::lock(&routes.inner.routes).len(), 0);
 }
