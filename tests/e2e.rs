@@ -33,6 +33,9 @@ const BASH_COMMAND: &str = "cat data.csv && echo written-by-agent > out.txt && r
                             && cat out.txt && echo \"key=$ANTHROPIC_API_KEY\"";
 /// An OpenRouter key in ds serve's environment.
 const OPENROUTER_KEY: &str = "sk-or-v1-e2e-env-7c41d0";
+/// What the key variables hold inside a local sandbox: the model endpoint's
+/// per-process placeholder, never the key.
+const PLACEHOLDER: &str = "sk-ant-sandstorm-placeholder-";
 /// An OpenRouter key sent in the request body.
 const REQUEST_OPENROUTER_KEY: &str = "sk-or-v1-e2e-request-92be5f";
 
@@ -146,8 +149,8 @@ async fn bash_reads_an_upload_and_writes_a_file_in_the_sandbox(chain: Chain) {
         "the written file was not there: {output}"
     );
     assert!(
-        output.contains("key=[REDACTED]"),
-        "the key printed in the sandbox was not redacted: {output}"
+        output.contains(&format!("key={PLACEHOLDER}")) && !output.contains(ANTHROPIC_KEY),
+        "the sandbox held more than a placeholder key: {output}"
     );
     // The agent's text, then the result that ends the stream.
     let text: Vec<&str> = events
@@ -333,8 +336,8 @@ fn assert_bearer_only(model: &ModelServer, key: &str) {
 }
 
 async fn an_openrouter_key_in_the_environment_is_sent_as_a_bearer_token(chain: Chain) {
-    // The sandbox holds the key as ANTHROPIC_AUTH_TOKEN; printing it must
-    // not leak it either.
+    // The sandbox holds a placeholder as ANTHROPIC_AUTH_TOKEN: the real
+    // token stays on the host side.
     let model = ModelServer::start(Script::Bash {
         command: "cat data.csv && echo \"token=$ANTHROPIC_AUTH_TOKEN\"".into(),
     })
@@ -351,7 +354,9 @@ async fn an_openrouter_key_in_the_environment_is_sent_as_a_bearer_token(chain: C
     assert_bearer_only(&model, OPENROUTER_KEY);
     let results = events.tool_results();
     assert!(
-        results.iter().any(|(t, _)| t.contains("token=[REDACTED]")),
+        results.iter().any(
+            |(t, _)| t.contains(&format!("token={PLACEHOLDER}")) && !t.contains(OPENROUTER_KEY)
+        ),
         "{results:?}"
     );
     assert_one_sandbox_came_and_went(&product, &events).await;
@@ -488,8 +493,9 @@ mod cli {
             out.dump()
         );
         assert!(
-            out.stdout.contains("key=[REDACTED]"),
-            "the key printed in the sandbox was not redacted: {}",
+            out.stdout.contains(&format!("key={PLACEHOLDER}"))
+                && !out.stdout.contains(ANTHROPIC_KEY),
+            "the sandbox held more than a placeholder key: {}",
             out.dump()
         );
         assert_success(&events);

@@ -2,8 +2,9 @@
 //! provider: the sandbox's `/etc/passwd` and `/etc/group`, the
 //! execute-only `node`, and the uid leases' lock files.
 //!
-//! It lives in the system temp folder, named after our uid, so two `ds`
-//! processes of one user share leases. Because any user may create folders
+//! It lives in `/var/tmp`, named after our uid, whatever `TMPDIR` says:
+//! every `ds` process of one user on the machine must share the leases
+//! (and one copy of `node` is enough). Because any user may create folders
 //! there, an existing one is used only if it is ours and nobody else may
 //! write to it.
 
@@ -23,7 +24,13 @@ impl Runtime {
     /// Creates or checks the folder.
     pub(crate) fn prepare() -> Result<Runtime, String> {
         let uid = rustix::process::geteuid().as_raw();
-        let dir = std::env::temp_dir().join(format!("sandstorm-{uid}"));
+        let base = Path::new("/var/tmp");
+        let base = if base.is_dir() {
+            base.to_owned()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("sandstorm.{uid}"));
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
