@@ -16,7 +16,7 @@ use crate::config::{AgentDefinition, McpServer, OutputFormat, SandstormConfig};
 use crate::error::ApiError;
 use crate::events::Redactor;
 use crate::keys::{self, ResolvedKeys};
-use crate::outputs::{DEFAULT_LIMITS, OutputLimits, OutputRequest};
+use crate::outputs::{DEFAULT_LIMITS, OutputPlan, OutputRequest};
 use crate::request::Query;
 use crate::sandbox::layout;
 use crate::sandbox::{ProcessSpec, SandboxFile, SandboxSpec};
@@ -58,8 +58,8 @@ pub(crate) struct RunPlan {
     pub deadline_reason: String,
     /// Secret values to scrub from everything the client sees.
     pub redactor: Redactor,
-    /// The limits on output files, when the run asked for any.
-    pub output_limits: Option<OutputLimits>,
+    /// The output files the run asked for, and their limits, if any.
+    pub outputs: Option<OutputPlan>,
 }
 
 /// Builds a run's plan from a validated query: the config, the keys, the
@@ -144,7 +144,10 @@ pub(crate) fn build(
         deadline,
         deadline_reason,
         redactor,
-        output_limits: outputs.map(|_| DEFAULT_LIMITS),
+        outputs: outputs.map(|patterns| OutputPlan {
+            patterns: patterns.to_vec(),
+            limits: DEFAULT_LIMITS,
+        }),
         request_id,
     }
 }
