@@ -632,6 +632,7 @@ fn debug_of_everything_that_holds_a_key_redacts_it() {
         "r".into(),
         &query,
         &crate::config::SandstormConfig::default(),
+        crate::sandbox::Limits::DEFAULT,
         crate::keys::ResolvedKeys {
             runner_env: [("ANTHROPIC_API_KEY".to_owned(), KEY.to_owned())].into(),
             files: vec![],
