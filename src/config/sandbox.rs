@@ -52,8 +52,9 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// The domains (`pypi.org`) and wildcards (`*.github.com`) the sandbox
-    /// may reach; left out, every public host.
+    /// The hosts (`pypi.org`, that host only) and wildcards (`*.github.com`,
+    /// any name under github.com but not github.com itself) the sandbox may
+    /// reach; left out, every public host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<String>>,
 }
