@@ -12,6 +12,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub(crate) mod sandbox;
+
+pub use sandbox::{LimitsConfig, NetworkConfig};
+
 /// The file name looked up in the working directory.
 pub(crate) const FILE_NAME: &str = "sandstorm.json";
 
@@ -44,6 +48,13 @@ pub struct SandstormConfig {
     /// Default output globs for requests that give none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Vec<String>>,
+    /// Caps on each run's sandbox, over the server's `SANDSTORM_SANDBOX_*`
+    /// settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsConfig>,
+    /// The domains each run's sandbox may reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
 }
 
 /// Structured output: the SDK validates the agent's answer against `schema`.
@@ -224,6 +235,20 @@ impl SandstormConfig {
         if let Some(outputs) = &self.outputs {
             crate::outputs::validate_patterns(outputs)
                 .map_err(|why| field_error("outputs".into(), &why))?;
+        }
+        if let Some(limits) = &self.limits {
+            limits
+                .check()
+                .map_err(|(key, why)| field_error(format!("limits.{key}"), &why))?;
+        }
+        if let Some(network) = &self.network {
+            network.check().map_err(|(index, why)| {
+                let field = match index {
+                    Some(index) => format!("network.allow[{index}]"),
+                    None => "network.allow".to_owned(),
+                };
+                field_error(field, &why)
+            })?;
         }
         for (name, server) in self.mcp_servers.iter().flatten() {
             match server {

@@ -4,7 +4,8 @@
 //! stdout lines passed through byte for byte. Sandstorm adds `stderr` lines,
 //! exactly one `error` event carrying the request id when a run fails after
 //! its stream began, and, last of all, one `done` event that says how the
-//! run ended: a client that never sees it knows the stream was cut.
+//! run ended: a client that never sees it knows the stream was cut. Which
+//! of the runner's lines pass, and in what order, is `run::shape`.
 
 use std::fmt;
 

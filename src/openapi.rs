@@ -312,6 +312,40 @@ mod tests {
     }
 
     #[test]
+    fn no_type_the_runner_may_not_send_is_documented_as_an_agent_event() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let excluded = schemas["OtherAgentEvent"]["properties"]["type"]["not"]["enum"]
+            .as_array()
+            .expect("OtherAgentEvent excludes the known types");
+        let known = [
+            "system",
+            "assistant",
+            "user",
+            "result",
+            "error",
+            "file",
+            "warning",
+        ];
+        for kind in crate::run::shape::SERVER_OWNED.into_iter().chain(known) {
+            assert!(excluded.contains(&json!(kind)), "{kind} is not excluded");
+        }
+        // Each type the server sends on the API has its own schema.
+        for (kind, schema) in [
+            ("stderr", "StderrEvent"),
+            ("stdout", "StdoutEvent"),
+            ("done", "DoneEvent"),
+        ] {
+            assert_eq!(schemas[schema]["properties"]["type"]["const"], kind);
+            let listed = schemas["Event"]["anyOf"]
+                .as_array()
+                .expect("Event is anyOf")
+                .contains(&json!({"$ref": format!("#/components/schemas/{schema}")}));
+            assert!(listed, "{schema} is not an Event");
+        }
+    }
+
+    #[test]
     fn every_error_event_type_is_documented() {
         use crate::events::ErrorKind;
         let doc = document();

@@ -3,10 +3,25 @@
 //! A request (or sandstorm.json) names globs relative to `/home/user`. After
 //! the agent's `result`, the runner sends each matching file as
 //! `{"type":"file","path","size","mime","content_base64"}` and each file over
-//! a limit as a `warning` that names it. The relay checks the same limits
-//! again, because the runner lives inside the sandbox the agent controls.
+//! a limit as a `warning` that names it.
+//!
+//! The runner lives inside the sandbox the agent controls, so the relay
+//! believes none of it: [`OutputCheck`] reads each output line strictly,
+//! sends a file only when its path is a plain relative path (no `..`, not
+//! absolute, no hidden name, no `\`, no drive) that one of the run's globs
+//! matches, counts the limits again, and writes the event the client gets
+//! itself, so a client can join `path` to a folder of its own. Which lines
+//! may be output lines at all, and when, is the relay's shape
+//! (`run/shape.rs`).
 
-use serde::Serialize;
+mod glob;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::events::Redactor;
+use glob::Glob;
 
 /// How many patterns one request may give.
 pub(crate) const MAX_PATTERNS: usize = 32;
@@ -72,17 +87,25 @@ pub(crate) struct OutputRequest<'a> {
     pub limits: OutputLimits,
 }
 
+/// What a run asked to get back: its globs, and the limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutputPlan {
+    /// The globs, relative to `/home/user`.
+    pub patterns: Vec<String>,
+    /// The limits on what comes back.
+    pub limits: OutputLimits,
+}
+
 /// The relay's count of what has gone out, to hold the runner to the limits.
 #[derive(Debug)]
-pub(crate) struct OutputBudget {
+struct OutputBudget {
     limits: OutputLimits,
     files: usize,
     bytes: usize,
 }
 
 impl OutputBudget {
-    /// A budget with nothing spent yet.
-    pub(crate) fn new(limits: OutputLimits) -> Self {
+    fn new(limits: OutputLimits) -> Self {
         OutputBudget {
             limits,
             files: 0,
@@ -90,69 +113,265 @@ impl OutputBudget {
         }
     }
 
-    /// Admits a `file` line of `line_len` bytes, or says which limit it
-    /// breaks. The base64 content is 4/3 of the file; the rest of the line
-    /// is a little JSON.
-    pub(crate) fn admit(&mut self, line_len: usize) -> Result<(), String> {
-        let content = line_len.saturating_sub(512) / 4 * 3;
+    /// Whether one more file of `size` bytes fits, or which limit it breaks.
+    fn check(&self, size: usize) -> Result<(), String> {
         if self.files >= self.limits.max_files {
             return Err(format!(
                 "the limit is {} output files",
                 self.limits.max_files
             ));
         }
-        if content > self.limits.max_file_bytes {
+        if size > self.limits.max_file_bytes {
             return Err(format!(
                 "the per-file limit is {} bytes",
                 self.limits.max_file_bytes
             ));
         }
-        if self.bytes + content > self.limits.max_total_bytes {
+        if self.bytes.saturating_add(size) > self.limits.max_total_bytes {
             return Err(format!(
                 "the total limit is {} bytes",
                 self.limits.max_total_bytes
             ));
         }
-        self.files += 1;
-        self.bytes += content;
         Ok(())
     }
+
+    fn spend(&mut self, size: usize) {
+        self.files += 1;
+        self.bytes = self.bytes.saturating_add(size);
+    }
+}
+
+/// What the relay does with one output line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Vetted {
+    /// Send this event, written by the server from what it checked.
+    Send(Bytes),
+    /// The file is not sent; send `warning`, which says why. `reason` is
+    /// for the log: a fixed phrase, never the runner's text.
+    Withheld {
+        /// The `warning` event.
+        warning: Bytes,
+        /// Why, for the log.
+        reason: &'static str,
+    },
+    /// Send nothing; the reason is for the log.
+    Dropped(&'static str),
+}
+
+/// The relay's check of the runner's output lines, for one run.
+#[derive(Debug)]
+pub(crate) struct OutputCheck {
+    /// `None` when the run asked for no files.
+    globs: Option<Vec<Glob>>,
+    budget: Option<OutputBudget>,
+}
+
+/// A `file` line as the runner writes it; anything else is malformed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLine {
+    #[serde(rename = "type")]
+    _kind: String,
+    path: String,
+    /// The runner's count; the server sends the length it decoded.
+    #[serde(rename = "size")]
+    _size: u64,
+    mime: String,
+    content_base64: String,
+}
+
+/// A `warning` line as the runner writes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarningLine {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(default)]
+    path: Option<String>,
+    message: String,
+}
+
+/// The events the client gets, written here and nowhere else.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum OutputEvent<'a> {
+    File {
+        path: &'a str,
+        size: usize,
+        mime: &'a str,
+        content_base64: &'a str,
+    },
+    Warning {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<&'a str>,
+        message: &'a str,
+    },
+}
+
+impl OutputEvent<'_> {
+    fn to_bytes(&self) -> Bytes {
+        // Serializing strings and numbers cannot fail.
+        serde_json::to_vec(self).map_or_else(|_| Bytes::new(), Bytes::from)
+    }
+}
+
+/// What a withheld file with an unusable path is told as: the path itself
+/// is not repeated, since a client might use it.
+const UNSAFE_PATH: &str =
+    "an output file was withheld: its path is not a plain relative path under /home/user";
+const MALFORMED_FILE: &str = "an output file was withheld: its event was malformed";
+/// What `mime` says when the runner's is not a plain media type.
+const OCTET_STREAM: &str = "application/octet-stream";
+
+impl OutputCheck {
+    /// The check for a run that asked for `plan`'s files, or for none.
+    pub(crate) fn new(plan: Option<&OutputPlan>) -> Self {
+        OutputCheck {
+            globs: plan.map(|p| p.patterns.iter().map(|g| Glob::new(g)).collect()),
+            budget: plan.map(|p| OutputBudget::new(p.limits)),
+        }
+    }
+
+    /// Vets a `file` line. A file that holds one of the run's keys is
+    /// withheld: base64 would hide the key from the line's redaction.
+    pub(crate) fn file(&mut self, line: &[u8], redactor: &Redactor) -> Vetted {
+        let withhold = |path: Option<&str>, message: &str, reason| Vetted::Withheld {
+            warning: OutputEvent::Warning { path, message }.to_bytes(),
+            reason,
+        };
+        let Ok(file) = serde_json::from_slice::<FileLine>(line) else {
+            return withhold(None, MALFORMED_FILE, "a malformed file event");
+        };
+        let path = file.path.as_str();
+        if let Err(reason) = plain_path(path) {
+            return withhold(None, UNSAFE_PATH, reason);
+        }
+        let refused =
+            |why: &str, reason| withhold(Some(path), &format!("{path} not sent: {why}"), reason);
+        let (Some(globs), Some(budget)) = (&self.globs, &mut self.budget) else {
+            return refused(
+                "the run asked for no output files",
+                "no output files were asked for",
+            );
+        };
+        if !globs.iter().any(|g| g.matches(path)) {
+            return refused(
+                "it matches none of the run's output patterns",
+                "a path outside the output patterns",
+            );
+        }
+        // Checked on the encoded length first, so a huge line is refused
+        // before it is decoded.
+        let encoded = &file.content_base64;
+        let size = (encoded.len() / 4 * 3).saturating_sub(padding(encoded));
+        if let Err(limit) = budget.check(size) {
+            return refused(&limit, "over an output limit");
+        }
+        let Ok(content) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+            return refused(
+                "its content is not valid base64",
+                "content that is not base64",
+            );
+        };
+        if redactor.finds_any(&content) {
+            return refused("it contains a key of this run", "it holds a key of the run");
+        }
+        budget.spend(content.len());
+        let mime = if plain_mime(&file.mime) {
+            file.mime.as_str()
+        } else {
+            OCTET_STREAM
+        };
+        Vetted::Send(
+            OutputEvent::File {
+                path,
+                size: content.len(),
+                mime,
+                content_base64: &file.content_base64,
+            }
+            .to_bytes(),
+        )
+    }
+
+    /// Vets a `warning` line: well formed, and about a plain path if any.
+    pub(crate) fn warning(line: &[u8]) -> Vetted {
+        let Ok(warning) = serde_json::from_slice::<WarningLine>(line) else {
+            return Vetted::Dropped("a malformed warning");
+        };
+        if warning
+            .path
+            .as_deref()
+            .is_some_and(|p| plain_path(p).is_err())
+        {
+            return Vetted::Dropped("a warning about a path that is not plain");
+        }
+        Vetted::Send(
+            OutputEvent::Warning {
+                path: warning.path.as_deref(),
+                message: &warning.message,
+            }
+            .to_bytes(),
+        )
+    }
+}
+
+/// How many `=` end a base64 text (at most 2 count).
+fn padding(encoded: &str) -> usize {
+    encoded.bytes().rev().take(2).filter(|b| *b == b'=').count()
+}
+
+/// Whether `path` is one a client can join to a folder of its own and stay
+/// inside it, on any system: relative, `/`-separated, every name plain.
+/// The runner's paths always are; it lists names one folder at a time and
+/// skips hidden ones.
+fn plain_path(path: &str) -> Result<(), &'static str> {
+    const MAX_PATH_BYTES: usize = 4096;
+    if path.is_empty() {
+        return Err("an empty path");
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err("a path that is too long");
+    }
+    if path.starts_with('/') {
+        return Err("an absolute path");
+    }
+    if path.contains('\\') {
+        return Err("a path with a backslash, a folder separator elsewhere");
+    }
+    if path.chars().any(char::is_control) {
+        return Err("a path with a control character");
+    }
+    for name in path.split('/') {
+        if name.is_empty() {
+            return Err("a path with an empty name");
+        }
+        if name.starts_with('.') {
+            // `.`, `..` and hidden names alike.
+            return Err("a path with a name starting with '.'");
+        }
+    }
+    let mut first = path.chars();
+    if let (Some(letter), Some(':')) = (first.next(), first.next())
+        && letter.is_ascii_alphabetic()
+    {
+        return Err("a path that starts with a drive, as in C:");
+    }
+    Ok(())
+}
+
+/// Whether `mime` is a plain `type/subtype`, with no parameters.
+fn plain_mime(mime: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
+    mime.len() <= 127
+        && mime
+            .split_once('/')
+            .is_some_and(|(t, s)| token(t) && token(s))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns_are_checked_one_by_one() {
-        assert!(validate_patterns(&["output/**".into(), "*.png".into()]).is_ok());
-        for bad in ["", "/etc/*", "../x", "a/../../b", "a\0"] {
-            let e = validate_patterns(&[bad.to_owned()]).expect_err(bad);
-            assert!(e.contains("output pattern"), "{e}");
-        }
-        let many: Vec<String> = (0..=MAX_PATTERNS).map(|i| format!("f{i}")).collect();
-        assert!(validate_patterns(&many).is_err());
-    }
-
-    #[test]
-    fn the_budget_holds_the_runner_to_the_limits() {
-        let mut budget = OutputBudget::new(OutputLimits {
-            max_files: 2,
-            max_file_bytes: 3000,
-            max_total_bytes: 4000,
-        });
-        // A line of N bytes carries about (N - 512) * 3 / 4 bytes of file.
-        assert!(budget.admit(4000).is_ok());
-        let per_file = budget.admit(5000).expect_err("per file");
-        assert!(per_file.contains("per-file"), "{per_file}");
-        let total = budget.admit(2500).expect_err("total");
-        assert!(total.contains("total"), "{total}");
-        assert!(budget.admit(1000).is_ok());
-        assert!(
-            budget
-                .admit(600)
-                .expect_err("count")
-                .contains("2 output files")
-        );
-    }
-}
+mod tests;

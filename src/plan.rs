@@ -12,14 +12,14 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::{AgentDefinition, McpServer, OutputFormat, SandstormConfig};
+use crate::config::{AgentDefinition, McpServer, NetworkConfig, OutputFormat, SandstormConfig};
 use crate::error::ApiError;
 use crate::events::Redactor;
 use crate::keys::{self, ResolvedKeys};
-use crate::outputs::{DEFAULT_LIMITS, OutputLimits, OutputRequest};
+use crate::outputs::{DEFAULT_LIMITS, OutputPlan, OutputRequest};
 use crate::request::Query;
 use crate::sandbox::layout;
-use crate::sandbox::{ProcessSpec, SandboxFile, SandboxSpec};
+use crate::sandbox::{Limits, ProcessSpec, SandboxFile, SandboxSpec};
 use crate::settings::Settings;
 
 /// The runner, embedded so the server always runs the runner it was built
@@ -58,8 +58,8 @@ pub(crate) struct RunPlan {
     pub deadline_reason: String,
     /// Secret values to scrub from everything the client sees.
     pub redactor: Redactor,
-    /// The limits on output files, when the run asked for any.
-    pub output_limits: Option<OutputLimits>,
+    /// The output files the run asked for, and their limits, if any.
+    pub outputs: Option<OutputPlan>,
 }
 
 /// Builds a run's plan from a validated query: the config, the keys, the
@@ -81,7 +81,14 @@ pub(crate) async fn prepare(
         settings.sandbox.provider.credential,
     )
     .await?;
-    Ok(build(request_id, &query, config, keys, platform_deadline))
+    Ok(build(
+        request_id,
+        &query,
+        config,
+        settings.sandbox.limits,
+        keys,
+        platform_deadline,
+    ))
 }
 
 /// What `runner.mjs` reads from `agent_config.json`.
@@ -105,13 +112,15 @@ struct AgentConfig<'a> {
     outputs: Option<OutputRequest<'a>>,
 }
 
-/// Builds the plan of one run. `platform_deadline` is when the hosting
-/// platform cuts the response (Lambda's invocation deadline, Vercel's
-/// maxDuration), if it has one.
+/// Builds the plan of one run. `limits` are the server's caps on a
+/// sandbox, which sandstorm.json's `limits` override one by one.
+/// `platform_deadline` is when the hosting platform cuts the response
+/// (Lambda's invocation deadline, Vercel's maxDuration), if it has one.
 pub(crate) fn build(
     request_id: String,
     query: &Query,
     config: &SandstormConfig,
+    limits: Limits,
     keys: ResolvedKeys,
     platform_deadline: Option<Instant>,
 ) -> RunPlan {
@@ -131,7 +140,12 @@ pub(crate) fn build(
             lifetime: budget + SANDBOX_GRACE,
             metadata: [("sandstorm_request_id".to_owned(), request_id.clone())].into(),
             credential: keys.sandbox,
-            ..SandboxSpec::default()
+            limits: config.limits.map_or(limits, |given| given.over(limits)),
+            network: config
+                .network
+                .as_ref()
+                .map(NetworkConfig::policy)
+                .unwrap_or_default(),
         },
         files: upload(query, agent_config, keys.files),
         process: ProcessSpec {
@@ -144,7 +158,10 @@ pub(crate) fn build(
         deadline,
         deadline_reason,
         redactor,
-        output_limits: outputs.map(|_| DEFAULT_LIMITS),
+        outputs: outputs.map(|patterns| OutputPlan {
+            patterns: patterns.to_vec(),
+            limits: DEFAULT_LIMITS,
+        }),
         request_id,
     }
 }
@@ -252,7 +269,14 @@ mod tests {
             ..Default::default()
         };
         let q = query(&serde_json::json!({"prompt":"p","model":"haiku"}));
-        let plan = build("r".into(), &q, &config, ResolvedKeys::default(), None);
+        let plan = build(
+            "r".into(),
+            &q,
+            &config,
+            Limits::DEFAULT,
+            ResolvedKeys::default(),
+            None,
+        );
         let c = agent_config(&plan);
         assert_eq!(c["model"], "haiku");
         assert_eq!(c["max_turns"], 20);
@@ -268,6 +292,7 @@ mod tests {
             "r".into(),
             &q,
             &SandstormConfig::default(),
+            Limits::DEFAULT,
             ResolvedKeys::default(),
             None,
         );
@@ -285,6 +310,54 @@ mod tests {
     }
 
     #[test]
+    fn the_sandbox_gets_the_servers_limits_under_the_configs_and_its_network() {
+        let q = query(&serde_json::json!({"prompt":"p"}));
+        let server = Limits {
+            memory_bytes: 1 << 30,
+            processes: 100,
+            disk_bytes: 3 << 30,
+            cpu_seconds: 1000,
+        };
+        let plan = build(
+            "r".into(),
+            &q,
+            &SandstormConfig::default(),
+            server,
+            ResolvedKeys::default(),
+            None,
+        );
+        assert_eq!(plan.sandbox.limits, server);
+        assert_eq!(plan.sandbox.network.allow, None);
+
+        let config = SandstormConfig::parse(
+            br#"{"limits": {"memory_mb": 512, "cpu_seconds": 60},
+                 "network": {"allow": ["pypi.org", "*.github.com"]}}"#,
+            std::path::Path::new("sandstorm.json"),
+        )
+        .expect("valid");
+        let plan = build(
+            "r".into(),
+            &q,
+            &config,
+            server,
+            ResolvedKeys::default(),
+            None,
+        );
+        assert_eq!(
+            plan.sandbox.limits,
+            Limits {
+                memory_bytes: 512 << 20,
+                cpu_seconds: 60,
+                ..server
+            }
+        );
+        assert_eq!(
+            plan.sandbox.network.allow.as_deref(),
+            Some(&["pypi.org".to_owned(), "*.github.com".to_owned()][..])
+        );
+    }
+
+    #[test]
     fn the_runner_is_started_as_argv() {
         let q = QueryRequest {
             prompt: "p; rm -rf /".into(),
@@ -296,6 +369,7 @@ mod tests {
             "r".into(),
             &q,
             &SandstormConfig::default(),
+            Limits::DEFAULT,
             ResolvedKeys::default(),
             None,
         );
@@ -312,6 +386,7 @@ mod tests {
             "r".into(),
             &q,
             &SandstormConfig::default(),
+            Limits::DEFAULT,
             ResolvedKeys::default(),
             None,
         );
@@ -323,6 +398,7 @@ mod tests {
             "r".into(),
             &q,
             &SandstormConfig::default(),
+            Limits::DEFAULT,
             ResolvedKeys::default(),
             Some(platform),
         );

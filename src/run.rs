@@ -6,6 +6,10 @@
 //! sandbox exactly once, then sends the final `done` event and closes the
 //! channel, so on Lambda the sandbox is gone before the response ends. A
 //! [`SandboxGuard`] backs that up if the task itself is dropped.
+//!
+//! What the runner prints is held to the run's [`shape`]: one terminal
+//! event, output files only after the `result`, no event type the server
+//! owns.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,10 +24,14 @@ use crate::events::{
     Done, DoneStatus, ErrorKind, Phase, Redactor, RunError, RunEvent, message_type,
 };
 use crate::lines::LineSplitter;
-use crate::outputs::OutputBudget;
+use crate::outputs::{OutputCheck, Vetted};
 use crate::plan::RunPlan;
 use crate::sandbox::{ProcessEvent, Sandbox, SandboxError, SandboxProvider, SandboxSpec};
 use crate::shutdown::Shutdown;
+
+pub(crate) mod shape;
+
+use shape::{Admitted, Shape};
 
 /// How many events may wait for a slow client before the relay pauses.
 /// Bounded: a slow client slows the sandbox's output, nothing is dropped.
@@ -201,10 +209,7 @@ async fn relay(
     let mut stdout = LineSplitter::new();
     let mut stderr = LineSplitter::new();
     let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
-    let mut agent = AgentState {
-        outputs: plan.output_limits.map(OutputBudget::new),
-        ..AgentState::default()
-    };
+    let mut agent = AgentState::new(OutputCheck::new(plan.outputs.as_ref()));
 
     while let Some(event) = output.next().await {
         match event? {
@@ -262,55 +267,54 @@ fn stderr_event(line: &[u8], redactor: &Redactor, tail: &mut VecDeque<String>) -
     Some(RunEvent::Stderr(text))
 }
 
-/// What the relay has learned from the agent's messages.
-#[derive(Default)]
+/// What the relay has learned from the runner's lines.
 struct AgentState {
+    /// Which lines may pass, given those before.
+    shape: Shape,
     saw_result: bool,
     /// The runner's own `{"type":"error"}` line: held back and turned into
     /// the run's single error event, which carries the request id.
     runner_error: Option<String>,
-    /// What output files may still pass; `None` when the run asked for none.
-    outputs: Option<OutputBudget>,
+    /// The check on output files and warnings.
+    outputs: OutputCheck,
 }
 
 impl AgentState {
+    fn new(outputs: OutputCheck) -> Self {
+        AgentState {
+            shape: Shape::default(),
+            saw_result: false,
+            runner_error: None,
+            outputs,
+        }
+    }
+
+    /// The event for one stdout line, if it passes.
     fn accept(&mut self, line: bytes::Bytes, redactor: &Redactor) -> Option<RunEvent> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        match message_type(&line).as_deref() {
-            Some("result") => self.saw_result = true,
-            Some("error") => {
+        let admitted = self.shape.admit(message_type(&line).as_deref()).ok()?;
+        let line = match admitted {
+            Admitted::Message => line,
+            Admitted::Result => {
+                self.saw_result = true;
+                line
+            }
+            Admitted::RunnerError => {
                 self.runner_error = Some(runner_error_message(&line));
                 return None;
             }
-            Some("file") => {
-                // Base64 hides a key from the line's own redaction: look
-                // inside, and withhold a file that holds one.
-                if file_holds_a_secret(&line, redactor) {
-                    return Some(output_refused(&line, "it contains a key of this run"));
-                }
-                let verdict = match &mut self.outputs {
-                    Some(budget) => budget.admit(line.len()),
-                    None => Err("the run asked for no output files".to_owned()),
-                };
-                if let Err(limit) = verdict {
-                    return Some(output_refused(&line, &limit));
-                }
-            }
-            Some(_) => {}
+            Admitted::File => vetted(self.outputs.file(&line, redactor))?,
+            Admitted::Warning => vetted(OutputCheck::warning(&line))?,
             // Not an SDK message (a stray print): keep it, as a JSON event,
             // so clients that parse every event as JSON do not break.
-            None => {
-                let text = String::from_utf8_lossy(&line).into_owned();
-                return Some(RunEvent::Agent(
-                    serde_json::to_vec(
-                        &serde_json::json!({"type": "stdout", "data": redactor.redact_str(&text)}),
-                    )
-                    .map_or_else(|_| bytes::Bytes::new(), bytes::Bytes::from),
-                ));
+            Admitted::Stray => {
+                let text = redactor.redact_str(&String::from_utf8_lossy(&line));
+                serde_json::to_vec(&serde_json::json!({"type": "stdout", "data": text}))
+                    .map_or_else(|_| bytes::Bytes::new(), bytes::Bytes::from)
             }
-        }
+        };
         Some(RunEvent::Agent(redactor.redact(line)))
     }
 
@@ -319,6 +323,12 @@ impl AgentState {
         status: &crate::sandbox::ExitStatus,
         stderr_tail: &VecDeque<String>,
     ) -> Result<(), Stop> {
+        if self.shape.dropped() > 0 {
+            warn!(
+                dropped = self.shape.dropped(),
+                "the runner printed lines outside the run's shape; they were not relayed"
+            );
+        }
         if let Some(message) = &self.runner_error {
             return Err(Stop::Failed(ErrorKind::RunnerError, message.clone()));
         }
@@ -343,44 +353,19 @@ impl AgentState {
     }
 }
 
-/// Whether a `file` line's decoded content holds one of the run's secrets
-/// (`env > output/env.txt`). A line that does not decode is left to the
-/// client, as before.
-fn file_holds_a_secret(line: &[u8], redactor: &Redactor) -> bool {
-    use base64::Engine as _;
-    #[derive(serde::Deserialize)]
-    struct Content {
-        content_base64: Option<String>,
+/// The event an output line becomes, logging what is not sent as is.
+fn vetted(vetted: Vetted) -> Option<bytes::Bytes> {
+    match vetted {
+        Vetted::Send(event) => Some(event),
+        Vetted::Withheld { warning, reason } => {
+            warn!(reason, "withheld an output file; the client gets a warning");
+            Some(warning)
+        }
+        Vetted::Dropped(reason) => {
+            warn!(reason, "dropped an output line from the runner");
+            None
+        }
     }
-    let Ok(Content {
-        content_base64: Some(encoded),
-    }) = serde_json::from_slice(line)
-    else {
-        return false;
-    };
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .is_ok_and(|content| redactor.finds_any(&content))
-}
-
-/// A `warning` in place of a `file` line that breaks a limit.
-fn output_refused(line: &[u8], limit: &str) -> RunEvent {
-    #[derive(serde::Deserialize)]
-    struct Named {
-        path: Option<String>,
-    }
-    let path = serde_json::from_slice::<Named>(line)
-        .ok()
-        .and_then(|n| n.path)
-        .unwrap_or_default();
-    let warning = serde_json::json!({
-        "type": "warning",
-        "path": path,
-        "message": format!("{path} not sent: {limit}"),
-    });
-    RunEvent::Agent(
-        serde_json::to_vec(&warning).map_or_else(|_| bytes::Bytes::new(), bytes::Bytes::from),
-    )
 }
 
 /// The message of a runner error line: `error` as a string, or

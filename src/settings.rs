@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::TOKEN_VARIABLES;
-use crate::config::{ConfigError, SandstormConfig};
+use crate::config::sandbox::{CPU_SECONDS, DISK_MB, LimitField, MEMORY_MB, PROCESSES};
+use crate::config::{ConfigError, LimitsConfig, SandstormConfig};
 use crate::env::EnvVars;
 use crate::keys::{KeyEnv, KeySource};
-use crate::sandbox::SandboxProvider;
 use crate::sandbox::provider::{
     self, Catalog, Credential, ProviderDeclaration, ProviderSettings, Setup,
 };
+use crate::sandbox::{Limits, SandboxProvider};
 use crate::secret::Secret;
 
 /// The default limit on a `/query` body. File contents are limited to 10 MB
@@ -67,6 +68,10 @@ pub struct SandboxSettings {
     /// The credential fields `/query` accepts: every provider's in the door's
     /// catalog.
     pub credential_fields: Vec<Credential>,
+    /// The caps on each sandbox unless sandstorm.json's `limits` say
+    /// otherwise: `SANDSTORM_SANDBOX_MEMORY_MB`, `_PROCESSES`, `_DISK_MB`
+    /// and `_CPU_SECONDS` over [`Limits::DEFAULT`].
+    pub limits: Limits,
 }
 
 impl SandboxSettings {
@@ -215,7 +220,30 @@ fn sandbox_settings(
         options: ProviderSettings::resolve(chosen, |name| env.get(name), cwd, choice.setup)
             .with_executable(choice.executable),
         credential_fields: provider::credential_fields(choice.catalog),
+        limits: sandbox_limits(env)?,
     })
+}
+
+/// The operator's caps on each sandbox: each `SANDSTORM_SANDBOX_*` setting
+/// in the range sandstorm.json's `limits` allow, over the built-in defaults.
+fn sandbox_limits(env: &EnvVars) -> Result<Limits, String> {
+    let read = |field: &LimitField| -> Result<Option<u64>, String> {
+        let Some(value) = env.get(field.variable) else {
+            return Ok(None);
+        };
+        let number = parse_number(field.variable, value)?;
+        field
+            .check(number)
+            .map_err(|why| format!("{} {why}, got {number}", field.variable))?;
+        Ok(Some(number))
+    };
+    let given = LimitsConfig {
+        memory_mb: read(&MEMORY_MB)?,
+        processes: read(&PROCESSES)?,
+        disk_mb: read(&DISK_MB)?,
+        cpu_seconds: read(&CPU_SECONDS)?,
+    };
+    Ok(given.over(Limits::DEFAULT))
 }
 
 fn parse_number(name: &str, value: &str) -> Result<u64, String> {
@@ -254,6 +282,83 @@ mod tests {
         let e =
             build(&[("SANDSTORM_SHUTDOWN_TIMEOUT", "soon")], Profile::Server).expect_err("refused");
         assert!(e.contains("SANDSTORM_SHUTDOWN_TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn sandbox_limits_default_to_the_built_in_caps_and_each_setting_replaces_one() {
+        let s = build(&[], Profile::Server).expect("settings");
+        assert_eq!(s.sandbox.limits, Limits::DEFAULT);
+        let s = build(
+            &[
+                ("SANDSTORM_SANDBOX_MEMORY_MB", "4096"),
+                ("SANDSTORM_SANDBOX_PROCESSES", "128"),
+                ("SANDSTORM_SANDBOX_DISK_MB", " 1024 "),
+                ("SANDSTORM_SANDBOX_CPU_SECONDS", "600"),
+            ],
+            Profile::Server,
+        )
+        .expect("settings");
+        assert_eq!(
+            s.sandbox.limits,
+            Limits {
+                memory_bytes: 4096 << 20,
+                processes: 128,
+                disk_bytes: 1024 << 20,
+                cpu_seconds: 600,
+            }
+        );
+        let s = build(&[("SANDSTORM_SANDBOX_PROCESSES", "64")], Profile::Server).expect("settings");
+        assert_eq!(
+            s.sandbox.limits,
+            Limits {
+                processes: 64,
+                ..Limits::DEFAULT
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_sandbox_limit_names_the_variable_and_the_range() {
+        for (name, value, expected) in [
+            (
+                "SANDSTORM_SANDBOX_MEMORY_MB",
+                "2GB",
+                "SANDSTORM_SANDBOX_MEMORY_MB must be a whole number, got \"2GB\"",
+            ),
+            (
+                "SANDSTORM_SANDBOX_MEMORY_MB",
+                "10",
+                "SANDSTORM_SANDBOX_MEMORY_MB must be between 64 and 1048576, got 10",
+            ),
+            (
+                "SANDSTORM_SANDBOX_PROCESSES",
+                "-1",
+                "SANDSTORM_SANDBOX_PROCESSES must be a whole number, got \"-1\"",
+            ),
+            (
+                "SANDSTORM_SANDBOX_PROCESSES",
+                "100000",
+                "SANDSTORM_SANDBOX_PROCESSES must be between 16 and 65536, got 100000",
+            ),
+            (
+                "SANDSTORM_SANDBOX_DISK_MB",
+                "0",
+                "SANDSTORM_SANDBOX_DISK_MB must be between 64 and 1048576, got 0",
+            ),
+            (
+                "SANDSTORM_SANDBOX_CPU_SECONDS",
+                "1.5",
+                "SANDSTORM_SANDBOX_CPU_SECONDS must be a whole number, got \"1.5\"",
+            ),
+            (
+                "SANDSTORM_SANDBOX_CPU_SECONDS",
+                "999999",
+                "SANDSTORM_SANDBOX_CPU_SECONDS must be between 10 and 604800, got 999999",
+            ),
+        ] {
+            let e = build(&[(name, value)], Profile::Server).expect_err(value);
+            assert_eq!(e, expected);
+        }
     }
 
     #[test]

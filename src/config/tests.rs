@@ -135,3 +135,112 @@ fn a_missing_default_file_is_fine_a_missing_explicit_one_is_not() {
     let loaded = SandstormConfig::load(None, dir.path()).expect("reads");
     assert_eq!(loaded.model.as_deref(), Some("opus"));
 }
+
+#[test]
+fn limits_and_network_parse() {
+    let config = parse(
+        r#"{
+        "limits": {"memory_mb": 2048, "processes": 512, "disk_mb": 2048, "cpu_seconds": 14400},
+        "network": {"allow": ["pypi.org", "*.github.com"]}
+    }"#,
+    )
+    .expect("valid");
+    assert_eq!(
+        config.limits,
+        Some(LimitsConfig {
+            memory_mb: Some(2048),
+            processes: Some(512),
+            disk_mb: Some(2048),
+            cpu_seconds: Some(14400),
+        })
+    );
+    let allow = config.network.and_then(|n| n.allow).expect("allow");
+    assert_eq!(allow, ["pypi.org", "*.github.com"]);
+    // Every field is optional, and null is absent.
+    let config = parse(r#"{"limits": {"memory_mb": null}, "network": {}}"#).expect("valid");
+    assert_eq!(config.limits, Some(LimitsConfig::default()));
+    assert_eq!(config.network, Some(NetworkConfig::default()));
+}
+
+#[test]
+fn every_limit_out_of_range_names_its_field_and_range() {
+    for (json, field, range) in [
+        (
+            r#"{"limits": {"memory_mb": 32}}"#,
+            "limits.memory_mb",
+            "between 64 and 1048576",
+        ),
+        (
+            r#"{"limits": {"memory_mb": 1048577}}"#,
+            "limits.memory_mb",
+            "between 64 and 1048576",
+        ),
+        (
+            r#"{"limits": {"processes": 0}}"#,
+            "limits.processes",
+            "between 16 and 65536",
+        ),
+        (
+            r#"{"limits": {"disk_mb": 2000000}}"#,
+            "limits.disk_mb",
+            "between 64 and 1048576",
+        ),
+        (
+            r#"{"limits": {"cpu_seconds": 1}}"#,
+            "limits.cpu_seconds",
+            "between 10 and 604800",
+        ),
+    ] {
+        let (got, message) = field_of(json);
+        assert_eq!(got, field, "{json}");
+        assert_eq!(message, format!("must be {range}"), "{json}");
+    }
+    let error = parse(r#"{"limits": {"memory_mb": 32}}"#).expect_err("refused");
+    assert_eq!(
+        error.to_string(),
+        "sandstorm.json: field `limits.memory_mb`: must be between 64 and 1048576"
+    );
+}
+
+#[test]
+fn limits_must_be_whole_numbers() {
+    for json in [
+        r#"{"limits": {"memory_mb": "2048"}}"#,
+        r#"{"limits": {"memory_mb": -1}}"#,
+        r#"{"limits": {"memory_mb": 2048.5}}"#,
+        r#"{"limits": {"memory_mb": true}}"#,
+    ] {
+        let (field, _) = field_of(json);
+        assert_eq!(field, "limits.memory_mb", "{json}");
+    }
+    // A whole float is a whole number, as for max_turns.
+    let config = parse(r#"{"limits": {"cpu_seconds": 600.0}}"#).expect("valid");
+    assert_eq!(config.limits.and_then(|l| l.cpu_seconds), Some(600));
+}
+
+#[test]
+fn unknown_keys_inside_limits_and_network_are_refused() {
+    let (field, message) = field_of(r#"{"limits": {"memory_gb": 2}}"#);
+    assert_eq!(field, "limits.memory_gb");
+    assert!(message.contains("unknown field"), "{message}");
+    let (field, message) = field_of(r#"{"network": {"deny": ["x.com"]}}"#);
+    assert_eq!(field, "network.deny");
+    assert!(message.contains("unknown field"), "{message}");
+    let (field, _) = field_of(r#"{"limits": 2048}"#);
+    assert_eq!(field, "limits");
+}
+
+#[test]
+fn a_bad_allow_entry_is_named_by_its_index() {
+    let (field, message) =
+        field_of(r#"{"network": {"allow": ["pypi.org", "https://github.com"]}}"#);
+    assert_eq!(field, "network.allow[1]");
+    assert!(message.contains("scheme"), "{message}");
+    let (field, message) = field_of(r#"{"network": {"allow": ["*"]}}"#);
+    assert_eq!(field, "network.allow[0]");
+    assert!(message.contains("bare *"), "{message}");
+    let (field, _) = field_of(r#"{"network": {"allow": ["pypi.org", 3]}}"#);
+    assert_eq!(field, "network.allow[1]");
+    let (field, _) = field_of(r#"{"network": {"allow": "pypi.org"}}"#);
+    assert_eq!(field, "network.allow");
+}
