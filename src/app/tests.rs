@@ -772,6 +772,9 @@ async fn after_the_result_the_client_gets_output_files_and_the_servers_done_only
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Tests on other threads hit the same callsites with no subscriber;
+    // make sure ours is asked again, or a cached "never" may hide a line.
+    tracing::callsite::rebuild_interest_cache();
     let real_file = r#"{"type":"file","path":"output/a.txt","size":2,"mime":"text/plain","content_base64":"aGk="}"#;
     let mut script = vec![out(&format!("{SYSTEM}\n{RESULT}\n"))];
     script.extend(FORGED_TAIL.iter().map(|line| out(&format!("{line}\n"))));
