@@ -530,7 +530,9 @@ impl Cli {
                 let sandboxes = leftover_sandboxes(&dirs.tmp());
                 if sandboxes
                     .iter()
-                    .any(|s| s.join("home/.claude/settings.json").is_file())
+                    // The runner's files are the host side of the sandbox
+                    // (its home is a tmpfs inside).
+                    .any(|s| s.join("runner/agent_config.json").is_file())
                 {
                     return sandboxes.len();
                 }
