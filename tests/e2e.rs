@@ -72,6 +72,7 @@ through_both_chains!(
     default_sonnet_model_changes_the_model_the_server_sees,
     max_turns_ends_an_endless_tool_loop,
     a_model_500_ends_the_run_and_the_sandbox,
+    the_agent_reaches_an_opened_host_through_the_proxy_and_nothing_else,
 );
 
 /// A request with the CSV upload.
@@ -317,6 +318,47 @@ async fn an_uploaded_stdio_mcp_server_connects_and_its_tool_is_called(chain: Cha
         "{}",
         events.dump()
     );
+    assert_one_sandbox_came_and_went(&product, &events).await;
+}
+
+async fn the_agent_reaches_an_opened_host_through_the_proxy_and_nothing_else(chain: Chain) {
+    // Stands in for a public host: the operator opens exactly its port.
+    let opened = common::http::serve_router(axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { "hello-from-opened" }),
+    ))
+    .await;
+    let closed = common::http::serve_router(axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { "closed-host-reached" }),
+    ))
+    .await;
+    let open = opened.trim_start_matches("http://").to_owned();
+    // NO_PROXY covers loopback inside, so the agent names the proxy itself,
+    // as it would not need to for a real public host.
+    let curl = "curl -sS -m 20 --noproxy '' -x \"$HTTP_PROXY\"";
+    let model = ModelServer::start(Script::Bash {
+        command: format!(
+            "{curl} {opened}/hello; echo; \
+             {curl} -o /dev/null -w 'closed=%{{http_code}}' {closed}/hello; echo; \
+             curl -sS -m 5 {closed}/hello || echo direct=refused"
+        ),
+    })
+    .await;
+    let mut product = Serve::new(chain, &model)
+        .env("SANDSTORM_EGRESS_OPEN", &open)
+        .start()
+        .await;
+
+    let events = product.query(query(json!({}))).await;
+
+    assert_success(&events);
+    let results = events.tool_results();
+    let (output, _) = results.first().expect("the Bash call ran");
+    assert!(output.contains("hello-from-opened"), "{output}");
+    assert!(output.contains("closed=403"), "{output}");
+    assert!(output.contains("direct=refused"), "{output}");
+    assert!(!output.contains("closed-host-reached"), "{output}");
     assert_one_sandbox_came_and_went(&product, &events).await;
 }
 

@@ -15,8 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sandstorm::sandbox::local::{LocalOptions, LocalProvider, LocalSandbox};
 use sandstorm::sandbox::{
-    ExitStatus, ProcessEvent, ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile,
-    SandboxSpec,
+    ExitStatus, ProcessEvent, ProcessSpec, Sandbox, SandboxError, SandboxFile, SandboxSpec,
 };
 
 /// A liveness guard, not a timing assertion: a hung test fails instead of

@@ -176,6 +176,8 @@ impl Serve {
             Chain::E2b => {
                 let mut options = emulator::options();
                 options.work_root = Some(dirs.e2b());
+                // The emulator's sandboxes get the server's openings.
+                options.egress_open = env.get("SANDSTORM_EGRESS_OPEN").cloned();
                 let emulator = emulator::start_with(options).await;
                 env.insert("E2B_API_URL".to_owned(), emulator.url.clone());
                 env.insert("E2B_SANDBOX_URL".to_owned(), emulator.url.clone());

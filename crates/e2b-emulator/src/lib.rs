@@ -73,6 +73,9 @@ pub struct EmulatorOptions {
     /// The executable that runs the local sandboxes' shim (this emulator's
     /// binary, or `ds`).
     pub shim: PathBuf,
+    /// Private addresses sandboxes may reach through their egress proxy
+    /// (the local provider's `SANDSTORM_EGRESS_OPEN`).
+    pub egress_open: Option<String>,
     /// The knobs in force at start-up.
     pub knobs: Knobs,
 }
@@ -86,6 +89,7 @@ impl EmulatorOptions {
             work_root: None,
             bwrap: PathBuf::from("/usr/bin/bwrap"),
             shim,
+            egress_open: None,
             knobs: Knobs::default(),
         }
     }
@@ -133,6 +137,7 @@ impl Emulator {
         let mut local = LocalOptions::new(options.runner_dir, options.shim);
         local.work_root = options.work_root;
         local.bwrap = options.bwrap;
+        local.egress_open = options.egress_open;
         let provider = LocalProvider::new(local)?;
         Ok(Emulator {
             inner: Arc::new(Inner {

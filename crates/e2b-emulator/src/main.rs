@@ -36,6 +36,10 @@ struct Args {
     /// The bubblewrap binary.
     #[arg(long, default_value = "/usr/bin/bwrap")]
     bwrap: PathBuf,
+    /// Private addresses sandboxes may reach through their egress proxy,
+    /// e.g. `10.0.0.0/8,127.0.0.1:8443` (public addresses always are).
+    #[arg(long, env = "SANDSTORM_EGRESS_OPEN")]
+    egress_open: Option<String>,
     /// Milliseconds added to every request.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -131,6 +135,7 @@ async fn serve() -> std::io::Result<()> {
         work_root: args.work_root.clone(),
         bwrap: args.bwrap.clone(),
         shim: std::env::current_exe()?,
+        egress_open: args.egress_open.clone(),
         knobs: args.knobs(),
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
