@@ -337,6 +337,10 @@ impl AgentState {
                 .code
                 .map_or_else(|| status.status.clone(), |c| format!("code {c}"));
             let mut message = format!("the agent runner exited with {code}");
+            if let Some(cap) = cap_reached(status, stderr_tail) {
+                message.push_str("; ");
+                message.push_str(cap);
+            }
             if !stderr_tail.is_empty() {
                 message.push_str("; last stderr lines:\n");
                 message.push_str(&Vec::from(stderr_tail.clone()).join("\n"));
@@ -351,6 +355,26 @@ impl AgentState {
         }
         Ok(())
     }
+}
+
+/// Which of the sandbox's caps ended the runner, when its end says so: the
+/// signals the kernel sends at a resource limit, or an allocation failure
+/// in its last words.
+fn cap_reached(
+    status: &crate::sandbox::ExitStatus,
+    stderr_tail: &VecDeque<String>,
+) -> Option<&'static str> {
+    if status.status.contains("CPU time limit exceeded") {
+        return Some("it reached the sandbox's CPU time cap (limits.cpu_seconds)");
+    }
+    if status.status.contains("file size limit exceeded") {
+        return Some("it reached the sandbox's file size cap (limits.disk_mb)");
+    }
+    let out_of_memory = stderr_tail.iter().any(|line| {
+        let line = line.to_ascii_lowercase();
+        line.contains("out of memory") || line.contains("cannot allocate memory")
+    });
+    out_of_memory.then_some("it ran out of memory: the sandbox's memory cap is limits.memory_mb")
 }
 
 /// The event an output line becomes, logging what is not sent as is.
@@ -427,5 +451,34 @@ async fn destroy_logged(sandbox: &dyn Sandbox, request_id: &str) {
         Err(e) => {
             warn!(%request_id, sandbox = sandbox.id(), error = %e, "destroying the sandbox failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::ExitStatus;
+
+    fn ended(status: &str) -> ExitStatus {
+        ExitStatus {
+            code: None,
+            status: status.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_cap_that_ended_the_runner_is_named() {
+        let none = VecDeque::new();
+        let cpu = cap_reached(&ended("signal: CPU time limit exceeded"), &none);
+        assert!(cpu.is_some_and(|m| m.contains("limits.cpu_seconds")));
+        let file = cap_reached(&ended("signal: file size limit exceeded"), &none);
+        assert!(file.is_some_and(|m| m.contains("limits.disk_mb")));
+        let oom = VecDeque::from([
+            "FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory"
+                .to_owned(),
+        ]);
+        let memory = cap_reached(&ended("signal: aborted"), &oom);
+        assert!(memory.is_some_and(|m| m.contains("limits.memory_mb")));
+        assert_eq!(cap_reached(&ended("exit status 1"), &none), None);
     }
 }

@@ -177,7 +177,8 @@ import json, sys, jsonschema_rs
 doc = json.load(open("src/openapi.json"))
 names = {"system": "SystemEvent", "assistant": "AssistantEvent", "user": "UserEvent",
          "result": "ResultEvent", "stderr": "StderrEvent", "error": "ErrorEvent",
-         "file": "FileEvent", "warning": "WarningEvent"}
+         "file": "FileEvent", "warning": "WarningEvent", "stdout": "StdoutEvent",
+         "done": "DoneEvent"}
 problems = []
 for event in json.load(sys.stdin):
     name = names.get(event.get("type"), "OtherAgentEvent")

@@ -323,11 +323,13 @@ async fn only_the_runs_own_environment_goes_in() {
         .filter_map(|l| l.split_once('=').map(|(k, _)| k))
         .collect();
     names.sort_unstable();
-    // The sandbox's own variables: its home and user, the egress proxy.
+    // The sandbox's own variables: its home and user, the egress proxy,
+    // and the model endpoint that stands in for the key.
     assert_eq!(
         names,
         [
             "ANTHROPIC_API_KEY",
+            "ANTHROPIC_BASE_URL",
             "HOME",
             "HTTPS_PROXY",
             "HTTP_PROXY",
@@ -342,9 +344,10 @@ async fn only_the_runs_own_environment_goes_in() {
     );
     assert!(env.contains("HOME=/home/user\n"));
     assert!(env.contains("IS_SANDBOX=1\n"));
-    // The key is in the process's environment, never on bwrap's command line.
+    assert!(!env.contains("sk-test"), "the model key went in: {env}");
+    // Nor is it on any command line.
     spec.cmd = "/bin/sh".into();
-    spec.args = vec!["-c".into(), "cat /proc/1/cmdline".into()];
+    spec.args = vec!["-c".into(), "cat /proc/[0-9]*/cmdline".into()];
     let out = run(&*sb, spec).await;
     assert!(out.stdout().contains("bwrap"));
     assert!(

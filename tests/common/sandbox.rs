@@ -80,14 +80,13 @@ pub fn host_pids_with(needle: &str) -> Vec<u32> {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmdline)
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline)
                 .replace('\0', " ")
                 .trim_end()
                 == needle
-            {
-                found.push(pid);
-            }
+        {
+            found.push(pid);
         }
     }
     found

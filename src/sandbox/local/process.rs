@@ -254,6 +254,9 @@ fn signal_name(signal: Signal) -> &'static str {
         Signal::HUP => "hangup",
         Signal::QUIT => "quit",
         Signal::STOP => "stopped",
+        // Go's names, which envd uses; these two are the sandbox's caps.
+        Signal::XCPU => "CPU time limit exceeded",
+        Signal::XFSZ => "file size limit exceeded",
         _ => "signal",
     }
 }
