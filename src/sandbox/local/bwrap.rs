@@ -166,6 +166,17 @@ impl Layout {
         }
     }
 
+    /// Replaces each shared runner entry's host path with `reach(path)`.
+    pub(crate) fn map_runner_paths(
+        &mut self,
+        reach: impl Fn(&Path) -> Result<PathBuf, String>,
+    ) -> Result<(), String> {
+        for (path, _) in &mut self.runner_shared {
+            *path = reach(path)?;
+        }
+        Ok(())
+    }
+
     /// Names of the shared runner entries, so the sandbox directory can hold
     /// empty mount points for them (bwrap cannot create those inside the
     /// read-only `runner/` bind).

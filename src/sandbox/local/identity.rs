@@ -101,6 +101,11 @@ impl Identities {
         Ok(Identities::Leased { range, locks })
     }
 
+    /// Whether sandboxes run as other uids than ours.
+    pub(crate) fn leases(&self) -> bool {
+        matches!(self, Identities::Leased { .. })
+    }
+
     /// A uid no other live sandbox on this machine holds.
     pub(crate) fn lease(&self) -> Result<Identity, String> {
         let Identities::Leased { range, locks } = self else {

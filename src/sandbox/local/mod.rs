@@ -127,6 +127,8 @@ impl LocalOptions {
 #[derive(Debug)]
 pub struct LocalProvider {
     options: LocalOptions,
+    /// Where sandbox folders go (see [`runtime::Runtime::sandboxes_dir`]).
+    work_root: PathBuf,
     layout: bwrap::Layout,
     identities: identity::Identities,
     openings: Vec<egress::Opening>,
@@ -166,14 +168,26 @@ impl LocalProvider {
         let runtime = runtime::Runtime::prepare().map_err(setup_error)?;
         let identities =
             identity::Identities::for_this_process(range, runtime.dir()).map_err(setup_error)?;
-        let shared = runtime.shared(&options.shim).map_err(setup_error)?;
-        let layout = bwrap::Layout::detect(&options.runner_dir, shared);
+        // Sandboxes of other uids than ours must reach what bwrap binds.
+        let others = identities.leases();
+        let shared = runtime.shared(&options.shim, others).map_err(setup_error)?;
+        let mut layout = bwrap::Layout::detect(&options.runner_dir, shared);
+        let wanted = options.work_root.clone().unwrap_or_else(std::env::temp_dir);
+        let work_root = if others {
+            layout
+                .map_runner_paths(|path| runtime.reachable(path))
+                .map_err(setup_error)?;
+            runtime.sandboxes_dir(wanted).map_err(setup_error)?
+        } else {
+            wanted
+        };
         let openings = match &options.egress_open {
             Some(list) => egress::parse_openings(list).map_err(|e| setup_error(e.to_string()))?,
             None => Vec::new(),
         };
         Ok(LocalProvider {
             options,
+            work_root,
             layout,
             identities,
             openings,
@@ -188,11 +202,9 @@ impl LocalProvider {
         let identity = self.identities.lease().map_err(create_error)?;
         let mut builder = tempfile::Builder::new();
         builder.prefix("sandstorm-");
-        let dir = match &self.options.work_root {
-            Some(root) => builder.tempdir_in(root),
-            None => builder.tempdir(),
-        }
-        .map_err(|e| create_error(format!("could not create the sandbox directory: {e}")))?;
+        let dir = builder
+            .tempdir_in(&self.work_root)
+            .map_err(|e| create_error(format!("could not create the sandbox directory: {e}")))?;
         let root = dir.keep();
         let home = Arc::new(Home {
             path: root.clone(),

@@ -1,6 +1,13 @@
 //! The host folder of files every local sandbox shares, made once per
 //! provider: the sandbox's `/etc/passwd` and `/etc/group`, the
-//! execute-only `node`, and the uid leases' lock files.
+//! execute-only `node`, the uid leases' lock files, and staged copies of
+//! what sandboxes must reach but cannot where it is.
+//!
+//! bwrap runs as the sandbox's uid, so everything it binds must be
+//! reachable by a user with no rights of its own: a checkout under `/root`
+//! (mode 0700) is not. Rather than loosen the permissions of someone's
+//! folders, such a path is staged here once, hard-linked where the file
+//! system allows and copied where not ([`Runtime::reachable`]).
 //!
 //! It lives in `/var/tmp`, named after our uid, whatever `TMPDIR` says:
 //! every `ds` process of one user on the machine must share the leases
@@ -8,6 +15,7 @@
 //! there, an existing one is used only if it is ours and nobody else may
 //! write to it.
 
+use std::hash::{Hash, Hasher};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -56,12 +64,69 @@ impl Runtime {
         &self.dir
     }
 
-    /// The shared files, written if missing or stale.
-    pub(crate) fn shared(&self, shim: &Path) -> Result<Shared, String> {
+    /// `path` itself when a user with no rights of its own can read it
+    /// (and its folder's contents), else a staged copy here. Only needed
+    /// when sandboxes run as other uids than ours.
+    pub(crate) fn reachable(&self, path: &Path) -> Result<PathBuf, String> {
+        if reachable_by_others(path) {
+            return Ok(path.to_owned());
+        }
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let name = path
+            .file_name()
+            .map_or_else(|| "staged".to_owned(), |n| n.to_string_lossy().into_owned());
+        let staged = self
+            .dir
+            .join(format!("staged-{name}-{:016x}", fingerprint(path, &meta)));
+        if staged.exists() {
+            return Ok(staged);
+        }
+        let temp = self
+            .dir
+            .join(format!(".staging-{}", uuid::Uuid::new_v4().simple()));
+        let copied = stage(path, &temp);
+        let result = copied.and_then(|()| match std::fs::rename(&temp, &staged) {
+            // Another process staged the same thing first: use theirs.
+            Err(_) if staged.exists() => Ok(()),
+            other => other,
+        });
+        if result.is_err() || temp.exists() {
+            let _ = std::fs::remove_dir_all(&temp).or_else(|_| std::fs::remove_file(&temp));
+        }
+        result.map_err(|e| format!("cannot stage {} for sandboxes: {e}", path.display()))?;
+        Ok(staged)
+    }
+
+    /// Where sandbox folders go: `wanted` when sandboxes can reach it, else
+    /// a folder here.
+    pub(crate) fn sandboxes_dir(&self, wanted: PathBuf) -> Result<PathBuf, String> {
+        if reachable_by_others(&wanted) {
+            return Ok(wanted);
+        }
+        let dir = self.dir.join("sandboxes");
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| format!("cannot set permissions on {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// The shared files, written if missing or stale. `shim` is staged
+    /// when `others` (the sandboxes' uids) could not reach it.
+    pub(crate) fn shared(&self, shim: &Path, others: bool) -> Result<Shared, String> {
         let passwd = self.write_public("passwd", PASSWD)?;
         let group = self.write_public("group", GROUP)?;
+        let shim = if others {
+            self.reachable(shim)?
+        } else {
+            shim.to_owned()
+        };
         Ok(Shared {
-            shim: shim.to_owned(),
+            shim,
             node: self.execute_only_node()?,
             passwd,
             group,
@@ -111,5 +176,102 @@ impl Runtime {
             .and_then(|()| std::fs::rename(&temp, &copy))
             .map_err(|e| format!("cannot copy {} to {}: {e}", node.display(), copy.display()))?;
         Ok(Some(copy))
+    }
+}
+
+/// Whether a user with no rights of its own may search every folder above
+/// `path` and read it (and, for a folder, list and enter it).
+fn reachable_by_others(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let own = if meta.is_dir() { 0o005 } else { 0o004 };
+    let ancestors_searchable = path
+        .ancestors()
+        .skip(1)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o001 != 0));
+    ancestors_searchable && meta.mode() & own == own
+}
+
+/// Names a staged copy by where it came from and when it last changed, so
+/// a new build or a new `npm ci` is staged afresh.
+fn fingerprint(path: &Path, meta: &std::fs::Metadata) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut hasher);
+    (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino()).hash(&mut hasher);
+    // A folder's own time changes only with its entries; its lock file
+    // changes with every install (npm writes `.package-lock.json`).
+    if let Ok(lock) = std::fs::metadata(path.join(".package-lock.json")) {
+        (lock.len(), lock.mtime(), lock.mtime_nsec()).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Copies `from` to `to`, folders recursively, files hard-linked when the
+/// result is readable by all and copied (made readable) when not.
+fn stage(from: &Path, to: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(from)?;
+    if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+    } else if meta.is_dir() {
+        std::fs::create_dir(to)?;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            stage(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        let readable = meta.mode() & 0o004 != 0;
+        if readable && std::fs::hard_link(from, to).is_ok() {
+            return Ok(());
+        }
+        std::fs::copy(from, to)?;
+        let mode = meta.mode() & 0o777 | 0o444 | if meta.mode() & 0o100 != 0 { 0o111 } else { 0 };
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_others_cannot_reach_is_staged_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let private = dir.path().join("private");
+        std::fs::create_dir_all(private.join("pkg/lib")).expect("tree");
+        std::fs::write(private.join("pkg/lib/a.js"), "a").expect("file");
+        std::os::unix::fs::symlink("lib/a.js", private.join("pkg/link.js")).expect("link");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let runtime = Runtime {
+            dir: dir.path().join("runtime"),
+        };
+        std::fs::create_dir(&runtime.dir).expect("runtime");
+
+        let pkg = private.join("pkg");
+        assert!(!reachable_by_others(&pkg), "behind a 0700 folder");
+        let staged = runtime.reachable(&pkg).expect("staged");
+        assert_ne!(staged, pkg);
+        assert!(reachable_by_others(&staged) || !reachable_by_others(dir.path()));
+        assert_eq!(
+            std::fs::read_to_string(staged.join("lib/a.js")).expect("a"),
+            "a"
+        );
+        assert_eq!(
+            std::fs::read_link(staged.join("link.js")).expect("link"),
+            Path::new("lib/a.js")
+        );
+        assert_eq!(
+            runtime.reachable(&pkg).expect("again"),
+            staged,
+            "staged once"
+        );
+
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        if reachable_by_others(dir.path()) {
+            assert_eq!(runtime.reachable(&pkg).expect("direct"), pkg);
+        }
     }
 }

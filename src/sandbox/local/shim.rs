@@ -54,6 +54,10 @@ fn run(args: &[OsString]) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     match args.as_slice() {
         ["init", limits, port, socket] => {
+            // The init lives as long as the sandbox and runs no agent code:
+            // nothing in the sandbox may open its /proc entries.
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+                .map_err(|e| format!("cannot make the init undumpable: {e}"))?;
             confine(&parse_limits(limits)?)?;
             let port: u16 = port.parse().map_err(|_| "bad bridge port")?;
             bridge(port, socket)
