@@ -205,9 +205,10 @@ async fn host_files_are_out_of_reach(maker: &Maker) {
     sb.destroy().await.expect("destroy");
 }
 
-/// A loopback port on the host, straight and through the proxy; for the
-/// emulator, also its own control plane.
-async fn host_loopback_is_unreachable(maker: &Maker) {
+/// A loopback port on the host, straight and through the proxy, with a
+/// nested `/query` as the request; for the emulator, also its own control
+/// plane.
+async fn host_loopback_and_a_nested_query_are_unreachable(maker: &Maker) {
     let (listener, port) = host_listener();
     let mut ports = vec![port];
     if let Some((_, url)) = &maker.emulator {
@@ -632,7 +633,7 @@ macro_rules! escape_suite {
 escape_suite!(
     kernel_settings_cannot_be_opened_for_writing,
     host_files_are_out_of_reach,
-    host_loopback_is_unreachable,
+    host_loopback_and_a_nested_query_are_unreachable,
     no_route_leads_beyond_the_sandbox,
     host_ports_cannot_be_bound,
     the_keyring_is_closed,
