@@ -81,6 +81,12 @@ function toOptions(config, abortController) {
     // The CLI's own stderr is for diagnosis only; keep it off stdout.
     stderr: (data) => process.stderr.write(data),
   };
+  // A local sandbox's execute-only copy of Claude Code: a process started
+  // from a file it cannot read is not dumpable, so the agent's commands
+  // cannot write into the SDK's channel through /proc/<pid>/fd.
+  if (process.env.SANDSTORM_CLAUDE_CODE) {
+    options.pathToClaudeCodeExecutable = process.env.SANDSTORM_CLAUDE_CODE;
+  }
   if (config.model != null) options.model = config.model;
   if (config.system_prompt != null) options.systemPrompt = config.system_prompt;
   if (config.max_turns != null) options.maxTurns = config.max_turns;

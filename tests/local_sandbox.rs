@@ -336,6 +336,7 @@ async fn only_the_runs_own_environment_goes_in() {
             "IS_SANDBOX",
             "NO_PROXY",
             "PATH",
+            "SANDSTORM_CLAUDE_CODE",
             "USER",
             "http_proxy",
             "https_proxy",

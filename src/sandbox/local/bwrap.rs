@@ -87,6 +87,9 @@ pub(crate) const BRIDGE_PORT: u16 = 3128;
 pub(crate) const EGRESS_SOCKET: &str = "/run/sandstorm/egress.sock";
 /// Programs that must come first on the sandbox's `PATH`.
 pub(crate) const SANDSTORM_BIN: &str = "/opt/sandstorm/bin";
+/// Where the execute-only Claude Code binary is, inside; the runner is told
+/// with `SANDSTORM_CLAUDE_CODE`.
+pub(crate) const CLAUDE_CODE: &str = "/opt/sandstorm/bin/claude";
 /// The sandbox's own `/etc/passwd` and `/etc/group`: the host's list of
 /// users stays private, and `user` exists for tools that look it up.
 pub(crate) const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000:user:/home/user:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
@@ -109,6 +112,9 @@ pub(crate) struct Shared {
     /// cannot read is not dumpable, so the agent cannot open the runner's
     /// `/proc/<pid>/fd` (see `docs/security.md`).
     pub(crate) node: Option<PathBuf>,
+    /// An execute-only copy of the Agent SDK's Claude Code binary, for the
+    /// same reason: it feeds the runner the SDK's messages.
+    pub(crate) claude_code: Option<PathBuf>,
     /// The sandbox's `/etc/passwd` and `/etc/group`.
     pub(crate) passwd: PathBuf,
     /// See `passwd`.
@@ -177,6 +183,11 @@ impl Layout {
         Ok(())
     }
 
+    /// Whether sandboxes get the execute-only Claude Code binary.
+    pub(crate) fn has_claude_code(&self) -> bool {
+        self.shared.claude_code.is_some()
+    }
+
     /// Names of the shared runner entries, so the sandbox directory can hold
     /// empty mount points for them (bwrap cannot create those inside the
     /// read-only `runner/` bind).
@@ -235,6 +246,9 @@ impl Layout {
         a.push3("--ro-bind", &self.shared.shim, SHIM_PATH);
         if let Some(node) = &self.shared.node {
             a.push3("--ro-bind", node, format!("{SANDSTORM_BIN}/node"));
+        }
+        if let Some(claude_code) = &self.shared.claude_code {
+            a.push3("--ro-bind", claude_code, CLAUDE_CODE);
         }
         a.push3("--ro-bind", socket, EGRESS_SOCKET);
         // The root itself is a bwrap tmpfs: make it read-only too, so the
@@ -303,6 +317,7 @@ mod tests {
             shared: Shared {
                 shim: "/x/ds".into(),
                 node: Some("/rt/node".into()),
+                claude_code: Some("/rt/claude".into()),
                 passwd: "/rt/passwd".into(),
                 group: "/rt/group".into(),
             },
@@ -337,6 +352,7 @@ mod tests {
             "--ro-bind /r/node_modules /opt/agent-runner/node_modules",
             "--ro-bind /x/ds /opt/sandstorm/shim",
             "--ro-bind /rt/node /opt/sandstorm/bin/node",
+            "--ro-bind /rt/claude /opt/sandstorm/bin/claude",
             "--ro-bind /sb/egress.sock /run/sandstorm/egress.sock --remount-ro /",
             "--unshare-user --uid 1000 --gid 1000",
             "--unshare-pid --unshare-net --unshare-ipc --unshare-uts --unshare-cgroup --hostname",

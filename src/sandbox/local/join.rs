@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::bwrap::{BRIDGE_PORT, SANDBOX_UID};
+use super::bwrap::{BRIDGE_PORT, CLAUDE_CODE, SANDBOX_UID};
 use super::shim::{SHIM_COMMAND, SHIM_PATH, format_limits};
 use super::{NSENTER, SANDBOX_PATH, fs};
 use crate::sandbox::Limits;
@@ -36,6 +36,8 @@ pub(crate) struct Join<'a> {
     pub(crate) args: &'a [String],
     /// The process's own variables; they win over the defaults.
     pub(crate) envs: &'a BTreeMap<String, String>,
+    /// Whether to point the runner at the execute-only Claude Code binary.
+    pub(crate) claude_code: bool,
 }
 
 /// How the joining process becomes the sandbox user. Root (not mapped
@@ -83,7 +85,10 @@ pub(crate) fn command(join: &Join<'_>) -> tokio::process::Command {
         .env("http_proxy", &proxy)
         .env("https_proxy", &proxy)
         .env("NO_PROXY", "127.0.0.1,localhost,::1")
-        .env("no_proxy", "127.0.0.1,localhost,::1")
-        .envs(join.envs);
+        .env("no_proxy", "127.0.0.1,localhost,::1");
+    if join.claude_code {
+        command.env("SANDSTORM_CLAUDE_CODE", CLAUDE_CODE);
+    }
+    command.envs(join.envs);
     command
 }

@@ -170,7 +170,9 @@ impl LocalProvider {
             identity::Identities::for_this_process(range, runtime.dir()).map_err(setup_error)?;
         // Sandboxes of other uids than ours must reach what bwrap binds.
         let others = identities.leases();
-        let shared = runtime.shared(&options.shim, others).map_err(setup_error)?;
+        let shared = runtime
+            .shared(&options.shim, &options.runner_dir, others)
+            .map_err(setup_error)?;
         let mut layout = bwrap::Layout::detect(&options.runner_dir, shared);
         let wanted = options.work_root.clone().unwrap_or_else(std::env::temp_dir);
         let work_root = if others {
@@ -232,6 +234,7 @@ impl LocalProvider {
             id,
             init_pid,
             limits: spec.limits,
+            claude_code: self.layout.has_claude_code(),
             roots,
             home,
             init,
@@ -454,6 +457,8 @@ pub struct LocalSandbox {
     /// The host pid of the sandbox's pid 1, whose namespaces processes join.
     init_pid: u32,
     limits: Limits,
+    /// Whether the execute-only Claude Code binary is there.
+    claude_code: bool,
     roots: fs::Roots,
     home: Arc<Home>,
     /// bwrap, holding the namespaces; killing it ends the sandbox.
@@ -523,6 +528,7 @@ impl LocalSandbox {
             cmd: &spec.cmd,
             args: &spec.args,
             envs: &envs,
+            claude_code: self.claude_code,
         });
         let mut processes = self.lock();
         if processes.closed {

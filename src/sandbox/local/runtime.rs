@@ -117,7 +117,12 @@ impl Runtime {
 
     /// The shared files, written if missing or stale. `shim` is staged
     /// when `others` (the sandboxes' uids) could not reach it.
-    pub(crate) fn shared(&self, shim: &Path, others: bool) -> Result<Shared, String> {
+    pub(crate) fn shared(
+        &self,
+        shim: &Path,
+        runner_dir: &Path,
+        others: bool,
+    ) -> Result<Shared, String> {
         let passwd = self.write_public("passwd", PASSWD)?;
         let group = self.write_public("group", GROUP)?;
         let shim = if others {
@@ -128,6 +133,7 @@ impl Runtime {
         Ok(Shared {
             shim,
             node: self.execute_only_node()?,
+            claude_code: self.execute_only_claude_code(runner_dir)?,
             passwd,
             group,
         })
@@ -145,37 +151,71 @@ impl Runtime {
         Ok(path)
     }
 
-    /// A copy of the sandbox's `node` that nobody may read, only execute.
-    /// The kernel marks a process started from a file it cannot read as not
-    /// dumpable, which closes its `/proc/<pid>/fd`, `mem` and `environ`, and
-    /// `ptrace`, to the other processes of its uid: the agent cannot write
-    /// into the runner's event stream or read its memory. `None` when the
-    /// sandbox has no `node` at all.
+    /// A copy of the sandbox's `node` that nobody may read, only execute;
+    /// see [`Runtime::execute_only`]. `None` when the sandbox has no `node`.
     fn execute_only_node(&self) -> Result<Option<PathBuf>, String> {
-        let Some(node) = SANDBOX_PATH
+        let node = SANDBOX_PATH
             .split(':')
             .map(|dir| Path::new(dir).join("node"))
-            .find(|path| path.is_file())
-        else {
-            return Ok(None);
-        };
-        let source =
-            std::fs::metadata(&node).map_err(|e| format!("cannot read {}: {e}", node.display()))?;
-        let name = format!("node-{}-{}", source.len(), source.mtime());
-        let copy = self.dir.join(name);
+            .find(|path| path.is_file());
+        node.map(|node| self.execute_only(&node, "node"))
+            .transpose()
+    }
+
+    /// The same for the Agent SDK's Claude Code binary, which the runner
+    /// starts and whose stdout carries the SDK's messages to the runner.
+    /// `None` when the runner install has none (another platform's).
+    fn execute_only_claude_code(&self, runner_dir: &Path) -> Result<Option<PathBuf>, String> {
+        let scope = runner_dir.join("node_modules/@anthropic-ai");
+        let binary = std::fs::read_dir(&scope)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("claude-agent-sdk-linux-")
+            })
+            .map(|entry| entry.path().join("claude"))
+            .find(|path| path.is_file());
+        binary
+            .map(|binary| self.execute_only(&binary, "claude"))
+            .transpose()
+    }
+
+    /// A copy of `source` that nobody may read, only execute. The kernel
+    /// marks a process started from a file it cannot read as not dumpable,
+    /// which closes its `/proc/<pid>/fd`, `mem` and `environ`, and `ptrace`,
+    /// to the other processes of its uid: the agent cannot write into the
+    /// runner's event stream (or the Claude Code process's, which feeds
+    /// it), nor read their memory.
+    fn execute_only(&self, source: &Path, name: &str) -> Result<PathBuf, String> {
+        let meta = std::fs::metadata(source)
+            .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+        let copy = self
+            .dir
+            .join(format!("{name}-{}-{}", meta.len(), meta.mtime()));
         if std::fs::metadata(&copy)
-            .is_ok_and(|m| m.len() == source.len() && m.mode() & 0o777 == 0o111)
+            .is_ok_and(|m| m.len() == meta.len() && m.mode() & 0o777 == 0o111)
         {
-            return Ok(Some(copy));
+            return Ok(copy);
         }
         let temp = self
             .dir
-            .join(format!(".node.{}", uuid::Uuid::new_v4().simple()));
-        std::fs::copy(&node, &temp)
+            .join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
+        std::fs::copy(source, &temp)
             .and_then(|_| std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o111)))
             .and_then(|()| std::fs::rename(&temp, &copy))
-            .map_err(|e| format!("cannot copy {} to {}: {e}", node.display(), copy.display()))?;
-        Ok(Some(copy))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&temp);
+                format!(
+                    "cannot copy {} to {}: {e}",
+                    source.display(),
+                    copy.display()
+                )
+            })?;
+        Ok(copy)
     }
 }
 
