@@ -294,7 +294,16 @@ impl AgentState {
         if line.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        let admitted = self.shape.admit(message_type(&line).as_deref()).ok()?;
+        let kind = message_type(&line);
+        let admitted = match self.shape.admit(kind.as_deref()) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                if let Some((event_type, reason)) = self.shape.loggable(kind.as_deref(), why) {
+                    warn!(event_type, reason, "dropped a runner line");
+                }
+                return None;
+            }
+        };
         let line = match admitted {
             Admitted::Message => line,
             Admitted::Result => {

@@ -28,8 +28,6 @@
 //! The server's own events come after the relay is over (an `error`, then
 //! `done` once the sandbox is destroyed), so `done` is always the last one.
 
-use tracing::warn;
-
 /// Event types only the server writes. A runner line that claims one is
 /// dropped: a client must be able to trust that a `done` means the run is
 /// over and a `stderr` came from stderr.
@@ -100,20 +98,25 @@ pub(super) struct Shape {
 
 impl Shape {
     /// Decides the next line, given its `type` (`None` when it is not an
-    /// SDK message), and logs a drop.
+    /// SDK message). The relay logs a drop (see [`Shape::loggable`]): the
+    /// log line lives there, with the relay's others.
     pub(super) fn admit(&mut self, kind: Option<&str>) -> Result<Admitted, Dropped> {
         let verdict = self.decide(kind);
-        if let Err(why) = verdict {
+        if verdict.is_err() {
             self.dropped += 1;
-            if self.dropped <= LOGGED_DROPS {
-                warn!(
-                    event_type = label(kind),
-                    reason = why.describe(),
-                    "dropped a runner line"
-                );
-            }
         }
         verdict
+    }
+
+    /// What to log of the drop just made, for a run's first
+    /// [`LOGGED_DROPS`] drops: the line's type (a known name, never text
+    /// the agent chose) and the reason.
+    pub(super) fn loggable(
+        &self,
+        kind: Option<&str>,
+        why: Dropped,
+    ) -> Option<(&'static str, &'static str)> {
+        (self.dropped <= LOGGED_DROPS).then(|| (label(kind), why.describe()))
     }
 
     fn decide(&mut self, kind: Option<&str>) -> Result<Admitted, Dropped> {
