@@ -165,7 +165,7 @@ class Emulator:
     """The release `e2b-emulator`, shared by both servers."""
 
     def __init__(self, setup: Setup) -> None:
-        argv = [str(setup.emulator_bin), "--port", "0", "--runner-dir", str(setup.repo / "runner")]
+        argv = [str(setup.emulator_bin), "--port", "0", "--api-key", E2B_KEY, "--runner-dir", str(setup.repo / "runner")]
         # Sandbox folders on tmpfs: removing one on a journaled disk costs
         # 3-25 ms, which both servers would wait for on every kill.
         shm = Path("/dev/shm")

@@ -347,7 +347,7 @@ async fn create_that_hangs_times_out_per_attempt_then_fails() {
 #[tokio::test]
 async fn a_rejected_key_is_not_retried() {
     let mut options = emulator::options();
-    options.api_key = Some(Secret::new("e2b_someoneelse"));
+    options.api_key = Secret::new("e2b_someoneelse");
     let emu = Emu::with(options).await;
     let Err(err) = create(&provider(&emu.url)).await else {
         panic!("created with a rejected key");

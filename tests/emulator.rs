@@ -904,3 +904,42 @@ async fn sandboxes_die_with_a_sigkilled_emulator() {
     })
     .await;
 }
+
+/// Started without `--api-key`, the emulator makes up a key, prints it, and
+/// accepts that key only: a made-up `e2b_` key (a sandbox guessing one, say)
+/// is a 401.
+#[tokio::test]
+async fn without_a_key_the_emulator_accepts_only_the_one_it_printed() {
+    let mut command = std::process::Command::new(emulator::binary());
+    command
+        .args(["--port", "0", "--runner-dir"])
+        .arg(common::runner::runner_dir());
+    let mut key = None;
+    let (_process, (url, key)) = Process::start(
+        "e2b-emulator",
+        command,
+        Duration::from_secs(30),
+        move |line: &str| {
+            if let Some(printed) = line.strip_prefix("api key: ") {
+                key = Some(printed.trim().to_owned());
+            }
+            let url = common::process::listening_on(line)?;
+            Some((
+                url,
+                key.clone().expect("the key is printed before the address"),
+            ))
+        },
+    )
+    .await;
+    assert!(key.starts_with("e2b_") && key.len() > 20, "{key}");
+    let client = reqwest::Client::new();
+    let list = |key: String| {
+        let request = client
+            .get(format!("{url}/sandboxes"))
+            .header("X-API-Key", key);
+        async move { request.send().await.expect("list").status().as_u16() }
+    };
+    assert_eq!(list(KEY.to_owned()).await, 401, "a made-up key worked");
+    assert_eq!(list(format!("{key}x")).await, 401);
+    assert_eq!(list(key).await, 200);
+}

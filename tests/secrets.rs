@@ -129,7 +129,7 @@ async fn source(env: &[(&'static str, String)]) -> Arc<SecretsManagerSource> {
 async fn emulator_taking_only(key: &str, knobs: emulator::Knobs) -> RunningEmulator {
     let mut options = emulator::options();
     options.knobs = knobs;
-    options.api_key = Some(sandstorm::secret::Secret::new(key));
+    options.api_key = sandstorm::secret::Secret::new(key);
     emulator::start_with(options).await
 }
 

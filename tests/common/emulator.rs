@@ -46,7 +46,9 @@ pub fn binary() -> PathBuf {
 
 /// Options with the checked-in runner, any `e2b_` key, no knob turned.
 pub fn options() -> EmulatorOptions {
-    EmulatorOptions::new(runner_dir(), binary())
+    let mut options = EmulatorOptions::new(runner_dir(), binary());
+    options.api_key = sandstorm::secret::Secret::new(E2B_KEY);
+    options
 }
 
 /// Knobs that answer every run with `lines` synthetic lines of `bytes`
@@ -151,7 +153,7 @@ impl RunningEmulator {
 pub fn binary_command() -> Command {
     let mut command = Command::new(binary());
     command
-        .args(["--port", "0", "--runner-dir"])
+        .args(["--port", "0", "--api-key", E2B_KEY, "--runner-dir"])
         .arg(runner_dir());
     command
 }

@@ -33,7 +33,7 @@ def emulator_binary() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def emulator():
     proc = subprocess.Popen(
-        [str(emulator_binary()), "--port", "0", "--runner-dir", str(REPO / "runner")],
+        [str(emulator_binary()), "--port", "0", "--api-key", API_KEY, "--runner-dir", str(REPO / "runner")],
         stderr=subprocess.PIPE,
         text=True,
     )

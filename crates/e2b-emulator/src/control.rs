@@ -39,7 +39,8 @@ pub(super) fn routes() -> Router<Emulator> {
         .route("/v2/sandboxes/{id}/connect", post(connect))
 }
 
-/// Checks `X-API-KEY`: the configured key, or any `e2b_*` key.
+/// Checks `X-API-KEY` against the one key the emulator was given, in
+/// constant time.
 pub(super) async fn require_api_key(
     State(emulator): State<Emulator>,
     request: Request,
@@ -50,10 +51,8 @@ pub(super) async fn require_api_key(
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let ok = match &emulator.inner.api_key {
-        Some(expected) => bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())),
-        None => given.starts_with("e2b_"),
-    };
+    let expected = emulator.inner.api_key.expose().as_bytes();
+    let ok = bool::from(given.as_bytes().ct_eq(expected));
     if ok {
         next.run(request).await
     } else {

@@ -61,9 +61,10 @@ const MAX_BODY: usize = 512 * 1024 * 1024;
 /// How to run the emulator.
 #[derive(Debug, Clone)]
 pub struct EmulatorOptions {
-    /// The expected `X-API-KEY`; `None` accepts any key that starts with
-    /// `e2b_`, as E2B's keys do.
-    pub api_key: Option<Secret>,
+    /// The one `X-API-KEY` the emulator accepts. [`EmulatorOptions::new`]
+    /// makes a random one: a sandbox must never be reachable with a key
+    /// someone guessed.
+    pub api_key: Secret,
     /// The runner install bound into every sandbox (see the local provider).
     pub runner_dir: PathBuf,
     /// Where sandbox directories go; the system temp folder when `None`.
@@ -80,11 +81,19 @@ pub struct EmulatorOptions {
     pub knobs: Knobs,
 }
 
+/// A fresh key in E2B's shape: `e2b_` and 40 hex digits.
+pub fn random_api_key() -> Secret {
+    let a = uuid::Uuid::new_v4().simple().to_string();
+    let b = uuid::Uuid::new_v4().simple().to_string();
+    Secret::new(format!("e2b_{a}{}", &b[..8]))
+}
+
 impl EmulatorOptions {
-    /// Defaults: any `e2b_*` key, `/usr/bin/bwrap`, no knobs turned.
+    /// Defaults: a random key (see [`random_api_key`]), `/usr/bin/bwrap`,
+    /// no knobs turned.
     pub fn new(runner_dir: PathBuf, shim: PathBuf) -> Self {
         EmulatorOptions {
-            api_key: None,
+            api_key: random_api_key(),
             runner_dir,
             work_root: None,
             bwrap: PathBuf::from("/usr/bin/bwrap"),
@@ -111,7 +120,7 @@ impl std::fmt::Debug for Emulator {
 
 struct Inner {
     provider: LocalProvider,
-    api_key: Option<Secret>,
+    api_key: Secret,
     sandboxes: Mutex<HashMap<String, Arc<Entry>>>,
     knobs: Mutex<Knobs>,
     stats: stats::Stats,

@@ -24,7 +24,8 @@ struct Args {
     /// Port to listen on; 0 picks a free one (printed on start).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// The X-API-KEY clients must send. Default: any key starting with `e2b_`.
+    /// The one X-API-KEY clients must send. Default: a random key, printed
+    /// at start as `api key: ...`.
     #[arg(long, env = "E2B_EMULATOR_API_KEY", hide_env_values = true, value_parser = secret)]
     api_key: Option<Secret>,
     /// The runner install (a folder with node_modules) bound into sandboxes.
@@ -130,7 +131,16 @@ async fn serve() -> std::io::Result<()> {
     telemetry::init(telemetry::Format::Text, "warn");
     let args = Args::parse();
     let options = EmulatorOptions {
-        api_key: args.api_key.clone(),
+        api_key: match &args.api_key {
+            Some(key) => key.clone(),
+            None => {
+                let key = e2b_emulator::random_api_key();
+                // Its own key, for the operator who started it: stderr,
+                // beside the address, never in a log file.
+                eprintln!("api key: {}", key.expose());
+                key
+            }
+        },
         runner_dir: args.runner_dir.clone(),
         work_root: args.work_root.clone(),
         bwrap: args.bwrap.clone(),
