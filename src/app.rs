@@ -98,12 +98,16 @@ fn query_future_is_send(state: State<AppState>, request: Request) -> impl Send {
 #[derive(Debug, Clone, Copy)]
 pub struct PlatformDeadline(pub Instant);
 
+/// The health check's path: `ds serve` keeps connections aside for it when
+/// it is full (see `cli::serve`).
+pub(crate) const HEALTH_PATH: &str = "/health";
+
 /// Builds the router. Every door and every test goes through here.
 pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
     let mut router = Router::new()
         .route("/query", post(query))
-        .route("/health", get(health))
+        .route(HEALTH_PATH, get(health))
         .route("/openapi.json", get(openapi_document))
         .fallback(not_found)
         .with_state(state);

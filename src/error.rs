@@ -58,6 +58,10 @@ pub enum ApiError {
         /// What to fix.
         message: String,
     },
+    /// `ds serve` holds as many connections as it allows and this one was
+    /// let in only for `GET /health` (503, with `Retry-After`).
+    #[error("the server is at its connection limit; try again shortly")]
+    Overloaded,
     /// Anything else: the client sees a generic message, the log the detail
     /// (500).
     #[error("internal error: {0}")]
@@ -82,6 +86,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Config { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -96,6 +101,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Config { .. } => "config_error",
             ApiError::Internal(_) => "internal_error",
+            ApiError::Overloaded => "overloaded",
         }
     }
 
@@ -144,18 +150,24 @@ pub(crate) struct ErrorDetail {
     pub field: Option<String>,
 }
 
+/// What an [`ApiError::Overloaded`] tells the client to wait: a slot frees
+/// as soon as any connection closes, so a second is plenty.
+pub(crate) const RETRY_AFTER_SECS: &str = "1";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "request failed");
         }
         let mut response = (self.status(), Json(self.body())).into_response();
-        if matches!(self, ApiError::Unauthorized) {
-            response.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-        }
+        let (name, value) = match self {
+            ApiError::Unauthorized => (http::header::WWW_AUTHENTICATE, "Bearer"),
+            ApiError::Overloaded => (http::header::RETRY_AFTER, RETRY_AFTER_SECS),
+            _ => return response,
+        };
+        response
+            .headers_mut()
+            .insert(name, http::HeaderValue::from_static(value));
         response
     }
 }

@@ -272,7 +272,8 @@ mod tests {
             | ApiError::UnsupportedMediaType
             | ApiError::Unauthorized
             | ApiError::Config { .. }
-            | ApiError::Internal(_) => (),
+            | ApiError::Internal(_)
+            | ApiError::Overloaded => (),
         };
         let errors = [
             ApiError::invalid("f", "m"),
@@ -293,6 +294,7 @@ mod tests {
                 message: "m".into(),
             },
             ApiError::Internal("d".into()),
+            ApiError::Overloaded,
         ];
         for error in errors {
             let status = error.status().as_u16().to_string();

@@ -7,6 +7,7 @@
 //! file) is resolved here, once, so request handling never looks at the
 //! environment or the disk for settings.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,16 @@ pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// How long a stopping `ds serve` waits for running queries by default.
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client of `ds serve` has to send a request head, by default.
+pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `ds serve` keeps a keep-alive connection with no request in
+/// flight, by default. Longer than the 60 s idle timeout of common load
+/// balancers (AWS ALB, GCP): the side that closes an idle connection should
+/// be the one that reuses it, or a request sent just as the server closes
+/// fails with a reset.
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// The variable that picks the sandbox provider by name.
 pub(crate) const SANDBOX_VARIABLE: &str = "SANDSTORM_SANDBOX";
@@ -95,6 +106,31 @@ pub struct SandboxChoice<'a> {
     pub executable: Option<&'a Path>,
 }
 
+/// What `ds serve` allows its client connections (the serverless doors'
+/// platforms manage connections themselves and ignore these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    /// How long a client has to send a whole request head
+    /// (`SANDSTORM_HEADER_TIMEOUT`, seconds).
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection with no request in flight stays
+    /// open (`SANDSTORM_IDLE_TIMEOUT`, seconds).
+    pub idle_timeout: Duration,
+    /// The most connections served at once (`SANDSTORM_MAX_CONNECTIONS`);
+    /// `None` leaves it to `ds serve`, which fits it to its open-file limit.
+    pub max_connections: Option<NonZeroUsize>,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: None,
+        }
+    }
+}
+
 /// The settings of one server process.
 #[derive(Clone)]
 pub struct Settings {
@@ -115,6 +151,8 @@ pub struct Settings {
     /// How long a stopping server waits for running queries before it ends
     /// them (`SANDSTORM_SHUTDOWN_TIMEOUT`, seconds).
     pub shutdown_timeout: Duration,
+    /// What `ds serve` allows its client connections.
+    pub connections: ConnectionSettings,
     /// What key resolution needs from the environment.
     pub keys: KeyEnv,
     /// The sandbox provider.
@@ -133,6 +171,7 @@ impl std::fmt::Debug for Settings {
             .field("max_duration", &self.max_duration)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("connections", &self.connections)
             .field("keys", &self.keys)
             .field("sandbox", &self.sandbox)
             .field("key_source", &self.key_source.is_some())
@@ -177,6 +216,7 @@ impl Settings {
             Some(v) => Duration::from_secs(parse_number("SANDSTORM_SHUTDOWN_TIMEOUT", v)?),
             None => DEFAULT_SHUTDOWN_TIMEOUT,
         };
+        let connections = connection_settings(env)?;
         let sandbox = sandbox_settings(env, cwd, sandbox)?;
         Ok(Settings {
             auth: auth_settings(env, profile),
@@ -187,10 +227,33 @@ impl Settings {
             max_duration,
             max_body_bytes,
             shutdown_timeout,
+            connections,
             sandbox,
             key_source: None,
         })
     }
+}
+
+fn connection_settings(env: &EnvVars) -> Result<ConnectionSettings, String> {
+    let defaults = ConnectionSettings::default();
+    let seconds = |name: &str, default: Duration| match env.get(name) {
+        Some(v) => positive(name, v).map(Duration::from_secs),
+        None => Ok(default),
+    };
+    let max_connections = match env.get("SANDSTORM_MAX_CONNECTIONS") {
+        Some(v) => Some(
+            usize::try_from(positive("SANDSTORM_MAX_CONNECTIONS", v)?)
+                .ok()
+                .and_then(NonZeroUsize::new)
+                .ok_or_else(|| "SANDSTORM_MAX_CONNECTIONS is too large".to_owned())?,
+        ),
+        None => None,
+    };
+    Ok(ConnectionSettings {
+        header_timeout: seconds("SANDSTORM_HEADER_TIMEOUT", defaults.header_timeout)?,
+        idle_timeout: seconds("SANDSTORM_IDLE_TIMEOUT", defaults.idle_timeout)?,
+        max_connections,
+    })
 }
 
 fn auth_settings(env: &EnvVars, profile: Profile) -> AuthSettings {
@@ -251,6 +314,15 @@ fn parse_number(name: &str, value: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{name} must be a whole number, got {value:?}"))
+}
+
+/// A whole number of at least 1: a zero timeout would close every
+/// connection at once, and a cap of zero would serve none.
+fn positive(name: &str, value: &str) -> Result<u64, String> {
+    match parse_number(name, value)? {
+        0 => Err(format!("{name} must be at least 1, got {value:?}")),
+        n => Ok(n),
+    }
 }
 
 #[cfg(test)]
@@ -358,6 +430,36 @@ mod tests {
         ] {
             let e = build(&[(name, value)], Profile::Server).expect_err(value);
             assert_eq!(e, expected);
+        }
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_a_bad_value_names_the_variable() {
+        let s = build(&[], Profile::Server).expect("settings");
+        assert_eq!(s.connections.header_timeout, Duration::from_secs(10));
+        assert_eq!(s.connections.idle_timeout, Duration::from_secs(75));
+        assert_eq!(s.connections.max_connections, None);
+        let s = build(
+            &[
+                ("SANDSTORM_HEADER_TIMEOUT", "2"),
+                ("SANDSTORM_IDLE_TIMEOUT", " 30 "),
+                ("SANDSTORM_MAX_CONNECTIONS", "8"),
+            ],
+            Profile::Server,
+        )
+        .expect("settings");
+        assert_eq!(s.connections.header_timeout, Duration::from_secs(2));
+        assert_eq!(s.connections.idle_timeout, Duration::from_secs(30));
+        assert_eq!(s.connections.max_connections, NonZeroUsize::new(8));
+        for name in [
+            "SANDSTORM_HEADER_TIMEOUT",
+            "SANDSTORM_IDLE_TIMEOUT",
+            "SANDSTORM_MAX_CONNECTIONS",
+        ] {
+            for bad in ["soon", "-1", "1.5", "0"] {
+                let e = build(&[(name, bad)], Profile::Server).expect_err("refused");
+                assert!(e.contains(name) && e.contains(bad), "{name}={bad}: {e}");
+            }
         }
     }
 

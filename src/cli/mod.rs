@@ -240,9 +240,10 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
         .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
         .map_err(|_| Fatal::usage(format!("--host {:?} is not an IP address", args.host)))?;
     let bound = settings.shutdown_timeout;
+    let connections = settings.connections;
     let (trigger, shutdown) = Shutdown::channel();
     let state = state(settings)?.with_shutdown(shutdown);
-    serve::serve(addr, app::app(state), trigger, bound)
+    serve::serve(addr, app::app(state), trigger, bound, connections)
         .await
         .map_err(|e| Fatal {
             code: exit::RUN_FAILED,
