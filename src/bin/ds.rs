@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use sandstorm::sandbox::local::shim;
 
+/// jemalloc, so that `ds serve` gives back the memory a load made it use:
+/// glibc's malloc keeps it (see the dependency in Cargo.toml, and the decay
+/// settings in .cargo/config.toml).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // Inside a local sandbox this binary is the shim (see
     // `sandbox::local::shim`); it must not start the server's runtime.
