@@ -3,7 +3,8 @@
 //!
 //! Every stream must arrive complete and in order, every sandbox must be
 //! destroyed, and the whole run must end within a fixed bound. The figures
-//! (latencies, idle and peak RSS of the server) are printed, and written to
+//! (latencies; the server's RSS idle, at its peak, and for 5 s after the
+//! load has gone) are printed, and written to
 //! the file `SANDSTORM_LOAD_FIGURES` names when it is set: `bench/run`
 //! picks them up there for BENCHMARKS.md.
 //!
@@ -35,6 +36,10 @@ const LINE_BYTES: usize = 300;
 /// The whole load phase must end within this (it takes a few seconds on a
 /// 2-core machine); past it the test fails instead of hanging CI.
 const TIME_LIMIT: Duration = Duration::from_secs(90);
+/// After the load, the server's RSS is sampled this often, this many
+/// times: an allocator that returns memory does it within a few seconds.
+const AFTER_LOAD_SAMPLE: Duration = Duration::from_millis(500);
+const AFTER_LOAD_SAMPLES: usize = 10;
 /// File descriptors each query may hold across this process and the
 /// server: client socket, server side, envd stream, pooled REST sockets.
 const FDS_PER_STREAM: u64 = 4;
@@ -48,9 +53,11 @@ async fn five_hundred_concurrent_queries_stream_completely_and_leak_no_sandbox()
     let pid = server.process.pid();
     let idle_rss_kib = proc_status_kib(pid, "VmRSS");
 
+    let cpu_before = cpu_time(pid);
     let started = Instant::now();
     let outcome = tokio::time::timeout(TIME_LIMIT, run_load(&server.url)).await;
     let wall = started.elapsed();
+    let server_cpu = cpu_time(pid).saturating_sub(cpu_before);
     let results = outcome.unwrap_or_else(|_| {
         panic!(
             "{STREAMS} queries did not finish within {TIME_LIMIT:?}; emulator: {:?}",
@@ -85,6 +92,13 @@ async fn five_hundred_concurrent_queries_stream_completely_and_leak_no_sandbox()
     }
 
     let peak_rss_kib = proc_status_kib(pid, "VmHWM");
+    // Every client is gone and every sandbox killed: what the server keeps
+    // now is what it failed to give back.
+    let after_load_rss_kib = rss_after_load(pid).await;
+    // Idle pooled connections to E2B, kept for reuse, are live memory.
+    let after_load_open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(Iterator::count)
+        .unwrap_or_default();
     let first: Vec<Duration> = done.iter().map(|s| s.first_event).collect();
     let complete: Vec<Duration> = done.iter().map(|s| s.complete).collect();
     let figures = serde_json::json!({
@@ -93,10 +107,15 @@ async fn five_hundred_concurrent_queries_stream_completely_and_leak_no_sandbox()
         "line_bytes": LINE_BYTES,
         "events": done.iter().map(|s| s.events).sum::<u64>(),
         "wall_ms": millis(wall),
+        "server_cpu_ms": millis(server_cpu),
         "first_event_ms": percentiles(first),
         "complete_ms": percentiles(complete),
         "idle_rss_kib": idle_rss_kib,
         "peak_rss_kib": peak_rss_kib,
+        "after_load_rss_kib": after_load_rss_kib.last().copied().unwrap_or_default(),
+        "after_load_rss_series_kib": after_load_rss_kib,
+        "after_load_sample_ms": millis(AFTER_LOAD_SAMPLE),
+        "after_load_open_fds": after_load_open_fds,
         "created": stats.created,
         "killed": stats.killed,
         "alive": stats.alive,
@@ -271,6 +290,35 @@ fn raise_fd_limit(needed: u64) {
         },
     )
     .expect("raising the open-file limit");
+}
+
+/// The server's RSS every [`AFTER_LOAD_SAMPLE`], [`AFTER_LOAD_SAMPLES`]
+/// times, starting now.
+async fn rss_after_load(pid: u32) -> Vec<u64> {
+    let mut samples = Vec::with_capacity(AFTER_LOAD_SAMPLES);
+    for _ in 0..AFTER_LOAD_SAMPLES {
+        tokio::time::sleep(AFTER_LOAD_SAMPLE).await;
+        samples.push(proc_status_kib(pid, "VmRSS"));
+    }
+    samples
+}
+
+/// The CPU time process `pid` has used, all its threads (ended ones
+/// included), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    // utime and stime, fields 14 and 15, counted after the command name,
+    // which is in parentheses and may hold spaces.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    Duration::from_millis(ticks * 10)
 }
 
 /// A `kB` line of `/proc/PID/status`: `VmRSS` now, `VmHWM` the peak.
