@@ -17,6 +17,16 @@ pub(crate) const PROVIDER: &str = "e2b";
 /// Says who we are on every request, whichever client sends it.
 pub(crate) const USER_AGENT: &str = concat!("sandstorm/", env!("CARGO_PKG_VERSION"));
 
+/// The idle connections each client keeps per host, for both clients. Every
+/// sandbox call goes to one of two hosts (the API, and envd's edge or
+/// `E2B_SANDBOX_URL`), so after a burst of N concurrent runs an unbounded
+/// pool would hold about N idle connections, their buffers and TLS state,
+/// for the pool's idle timeout (90 s) and more: after 500 runs, about
+/// 17 MiB of `ds serve`'s memory and 500 descriptors (tests/load.rs). Past
+/// this many, a returned connection is closed; a later burst opens new
+/// ones.
+pub(crate) const POOL_MAX_IDLE_PER_HOST: usize = 32;
+
 /// How much of an error body we read and quote. E2B's errors are one short
 /// JSON object; anything longer is a proxy page nobody needs in full.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
@@ -34,6 +44,7 @@ pub(crate) fn client(
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .connect_timeout(options.connect_timeout)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| SandboxError::Other {

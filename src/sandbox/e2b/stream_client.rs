@@ -136,6 +136,7 @@ fn builder() -> hyper_util::client::legacy::Builder {
     builder
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(http::POOL_MAX_IDLE_PER_HOST)
         .http1_max_buf_size(READ_BUFFER);
     builder
 }
