@@ -64,7 +64,11 @@ pub(super) async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let full = Arc::new(Semaphore::new(limits.max_connections));
+    // Semaphore::new panics past MAX_PERMITS (2^61), which no server
+    // reaches: a larger setting means "no cap" in practice.
+    let full = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let health = Arc::new(Semaphore::new(HEALTH_SLOTS));
     let refusal = refusal();
     // Each connection holds a receiver: `closed()` below is the moment the
