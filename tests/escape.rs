@@ -81,7 +81,7 @@ impl Maker {
                         .arg("--clear-groups")
                         .arg("--")
                         .arg(emu::binary())
-                        .args(["--port", "0", "--runner-dir"])
+                        .args(["--port", "0", "--api-key", E2B_KEY, "--runner-dir"])
                         .arg(common::runner::runner_dir())
                         // Its temp folder must be one it may write.
                         .env("TMPDIR", "/tmp");
