@@ -4,7 +4,13 @@ writes BENCHMARKS.md (see bench/run, which builds and installs first).
 Every figure is taken from at least `--runs` runs (median, min, max); both
 servers run against the same E2B emulator (synthetic runner), with the same
 client, in the same session, their runs interleaved so that drift on the
-machine hits both alike. Raw figures go to bench/.work/results.json.
+machine hits both alike. The local sandbox start-up section (issue 9) times
+the emulator's own sandboxes instead, now and, with `--before-emulator`,
+before issue 9 (see bench/startup.py).
+
+Raw figures go to bench/results.json, which is kept in git: a run with
+`--only` measures those phases and merges them into it, so the other
+sections keep their figures (and the date and commit they were measured at).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import report  # noqa: E402
 from lambda_runtime import RuntimeApi  # noqa: E402
 from procs import Emulator, Server, Setup, cpu_seconds, status_kib, stop  # noqa: E402
 from sse import stream_query  # noqa: E402
+import startup  # noqa: E402
 
 HOST = "127.0.0.1"
 SIDES = ("ours", "theirs")
@@ -36,6 +43,15 @@ RELAY = dict(lines=100_000, bytes_=500)  # relay throughput
 # Concurrency, two workloads: a short agent run's worth of output, and more
 # than all the buffers between runner and client hold (a stalled client).
 CONCURRENT = {"typical": dict(lines=10, bytes_=500), "stalled": dict(lines=1_000, bytes_=500)}
+
+# Phases, in the order they run. `size` reads the built binaries, `load`
+# takes bench/run's tests/load.rs figures; the rest measure.
+PHASES = ("cold", "lambda", "overhead", "trips", "relay", "memory", "size", "load", "local")
+# The phases that run the original, so need its virtualenv.
+THEIRS_PHASES = {"cold", "overhead", "trips", "relay", "memory", "size"}
+# Local start-up: counted runs per emulator (at least), after uncounted ones.
+LOCAL_RUNS = 21
+LOCAL_WARMUP = 3
 
 
 def log(message: str) -> None:
@@ -307,6 +323,31 @@ async def memory(setup: Setup, runs: int, streams: int, theirs_streams: int) -> 
     return out
 
 
+# --- local sandbox start-up (issue 9) -----------------------------------------
+
+
+def local_startup(setup: Setup, emu: Emulator, before: Path | None, before_commit: str | None, runs: int) -> dict:
+    """Create, first process (`true`) and kill through this checkout's
+    emulator and, given `before`, an emulator built before issue 9."""
+    emu.configure(**SMALL)  # no added latency; `true` is not the synthetic runner
+    emulators = {"now": emu}
+    old = Emulator(setup, binary=before, log_name="emulator-before.log") if before else None
+    try:
+        if old is not None:
+            emulators["before"] = old
+        figures = startup.measure(emulators, runs, warmup=LOCAL_WARMUP)
+    finally:
+        if old is not None:
+            old.stop()
+    out = {"runs": runs, "warmup": LOCAL_WARMUP, "root": os.geteuid() == 0, **figures}
+    if old is not None:
+        out["before_commit"] = before_commit
+    for name in emulators:
+        total = [a + b for a, b in zip(out[name]["create_s"], out[name]["first_process_s"])]
+        log(f"local start-up, {name}: create to first process done {report.med(total) * 1e3:.1f} ms")
+    return out
+
+
 # --- environment ----------------------------------------------------------
 
 
@@ -404,17 +445,26 @@ async def main() -> None:
     parser.add_argument("--bootstrap", type=Path, help="the Lambda bootstrap binary (absent: not measured)")
     parser.add_argument("--load-figures", type=Path, help="tests/load.rs figures (JSON) to include")
     parser.add_argument("--out", type=Path, help="where to write the markdown (default REPO/BENCHMARKS.md)")
-    parser.add_argument("--only", help="comma-separated phases: cold,lambda,overhead,trips,relay,memory")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from bench/.work/results.json, measure nothing")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated phases ({','.join(PHASES)}), merged into bench/results.json; default: all, from scratch",
+    )
+    parser.add_argument("--before-emulator", type=Path, help="an e2b-emulator built before issue 9, for the local start-up section")
+    parser.add_argument("--before-commit", help="the commit --before-emulator was built from (named in the report)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from bench/results.json, measure nothing")
     args = parser.parse_args()
 
     repo = args.repo.resolve()
     target = (args.target_dir or repo / "target").resolve()
     work = repo / "bench" / ".work"
+    results_file = repo / "bench" / "results.json"
     out = args.out or repo / "BENCHMARKS.md"
     if args.report_only:
-        out.write_text(report.render(json.loads((work / "results.json").read_text())))
+        out.write_text(report.render(json.loads(results_file.read_text())))
         return
+    phases = set((args.only or ",".join(PHASES)).split(","))
+    if phases - set(PHASES):
+        parser.error(f"unknown phases {','.join(sorted(phases - set(PHASES)))}; known: {','.join(PHASES)}")
     (work / "logs").mkdir(parents=True, exist_ok=True)
     setup = Setup(
         repo=repo,
@@ -428,16 +478,23 @@ async def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    phases = set((args.only or "cold,lambda,overhead,trips,relay,memory").split(","))
-    results: dict = {
-        "runs": args.runs,
-        "machine": machine(),
-        "theirs": theirs_versions(setup),
-        "sizes": sizes(setup),
-        "workloads": {"small": SMALL, "relay": RELAY, "concurrent": CONCURRENT, "ten_files": sorted(ten_files())},
-    }
+    # A partial run starts from the figures on file and replaces only its
+    # phases; a full run starts afresh.
+    results: dict = {}
+    if args.only and results_file.exists():
+        results = json.loads(results_file.read_text())
+    for phase in phases:  # a phase that measures nothing this time (no bootstrap) must not keep old figures
+        results.pop(phase, None)
+    results["machine"] = machine()
+    if phases & {"overhead", "trips", "relay", "memory"}:
+        results["runs"] = args.runs
+        results["workloads"] = {"small": SMALL, "relay": RELAY, "concurrent": CONCURRENT, "ten_files": sorted(ten_files())}
+    if phases & THEIRS_PHASES:
+        results["theirs"] = theirs_versions(setup)
+    if "size" in phases:
+        results["sizes"] = sizes(setup)
     started = time.perf_counter()
-    results["idle_check"] = {"busy_cores": busy_cores(2.0)}
+    busy = busy_cores(2.0)
     emu = Emulator(setup)
     try:
         if "cold" in phases:
@@ -468,14 +525,28 @@ async def main() -> None:
         if "memory" in phases:
             log(f"memory with {args.streams} concurrent streams")
             results["memory"] = await memory(setup, args.runs, args.streams, args.theirs_streams)
+        if "local" in phases:
+            log("local sandbox start-up")
+            before = args.before_emulator.resolve() if args.before_emulator else None
+            results["local"] = local_startup(setup, emu, before, args.before_commit, max(args.runs, LOCAL_RUNS))
     finally:
         emu.stop()
-    results["elapsed_s"] = time.perf_counter() - started
-    if args.load_figures and args.load_figures.exists():
+    elapsed = time.perf_counter() - started
+    if "load" in phases and args.load_figures and args.load_figures.exists():
         results["load"] = json.loads(args.load_figures.read_text())
-    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    # When and where each phase on file was measured: a partial run leaves
+    # the others' as they were.
+    m = results["machine"]
+    this_run = {"date": m["date"], "commit": m["commit"], "busy_cores": busy, "elapsed_s": elapsed}
+    provenance = results.setdefault("provenance", {})
+    for phase in phases:
+        if results.get(phase) is not None or phase == "size":
+            provenance[phase] = this_run
+        else:
+            provenance.pop(phase, None)
+    results_file.write_text(json.dumps(results, indent=2) + "\n")
     out.write_text(report.render(results))
-    log(f"measured in {results['elapsed_s']:.0f} s; wrote {out}")
+    log(f"measured in {elapsed:.0f} s; wrote {out} and {results_file}")
 
 
 if __name__ == "__main__":

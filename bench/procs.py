@@ -162,10 +162,12 @@ def _drain(pipe, log) -> None:
 
 
 class Emulator:
-    """The release `e2b-emulator`, shared by both servers."""
+    """The release `e2b-emulator`, shared by both servers; or, given
+    `binary`, another build of it (the local start-up section's "before")."""
 
-    def __init__(self, setup: Setup) -> None:
-        argv = [str(setup.emulator_bin), "--port", "0", "--api-key", E2B_KEY, "--runner-dir", str(setup.repo / "runner")]
+    def __init__(self, setup: Setup, binary: Path | None = None, log_name: str = "emulator.log") -> None:
+        binary = binary or setup.emulator_bin
+        argv = [str(binary), "--port", "0", "--api-key", E2B_KEY, "--runner-dir", str(setup.repo / "runner")]
         # Sandbox folders on tmpfs: removing one on a journaled disk costs
         # 3-25 ms, which both servers would wait for on every kill.
         shm = Path("/dev/shm")
@@ -183,7 +185,7 @@ class Emulator:
         # The address is on stderr (as with `ds serve`), among the log lines;
         # everything else it prints goes to the log, and keeps going there so
         # the emulator never blocks on a full pipe.
-        log = open(setup.work / "logs" / "emulator.log", "ab")
+        log = open(setup.work / "logs" / log_name, "ab")
         for raw in self.proc.stderr:
             if raw.startswith(b"listening on "):
                 self.url = raw.decode().strip().removeprefix("listening on ")
@@ -192,7 +194,7 @@ class Emulator:
         else:
             log.close()
             stop(self.proc)
-            raise RuntimeError("e2b-emulator exited before printing its address")
+            raise RuntimeError(f"{binary} exited before printing its address")
         threading.Thread(target=_drain, args=(self.proc.stderr, log), daemon=True).start()
 
     def _call(self, method: str, path: str, body: dict | None = None):
