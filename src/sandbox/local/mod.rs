@@ -210,14 +210,14 @@ impl LocalProvider {
         let root = dir.keep();
         let home = Arc::new(Home {
             path: root.clone(),
-            _identity: identity,
+            identity,
         });
-        prepare_dir(&root, &self.layout, home._identity.leased)
+        prepare_dir(&root, &self.layout, home.identity.leased)
             .map_err(|e| create_error(format!("could not prepare the sandbox directory: {e}")))?;
         let rules = egress::EgressRules::new(&spec.network, self.openings.clone())
             .map_err(|e| create_error(e.to_string()))?;
         let socket = root.join(EGRESS_SOCKET_FILE);
-        let listener = egress_listener(&socket, home._identity.leased)
+        let listener = egress_listener(&socket, home.identity.leased)
             .map_err(|e| create_error(format!("could not open the egress socket: {e}")))?;
         let egress = egress::serve(listener, Arc::new(rules), self.routes.clone());
 
@@ -226,7 +226,7 @@ impl LocalProvider {
         let roots = fs::Roots {
             sandbox: PathBuf::from(format!("/proc/{init_pid}/root")),
             host: root,
-            owner: home._identity.leased,
+            owner: home.identity.leased,
         };
         let (deadline, _) = watch::channel(None);
         let (state, _) = watch::channel(State::Alive);
@@ -262,7 +262,7 @@ impl LocalProvider {
         home: &Arc<Home>,
     ) -> Result<(ProcessControl, u32), SandboxError> {
         let mut command = tokio::process::Command::new(SETPRIV);
-        if let Some(uid) = home._identity.leased {
+        if let Some(uid) = home.identity.leased {
             command.args([
                 format!("--reuid={uid}"),
                 format!("--regid={uid}"),
@@ -420,7 +420,7 @@ pub enum State {
 #[derive(Debug)]
 struct Home {
     path: PathBuf,
-    _identity: identity::Identity,
+    identity: identity::Identity,
 }
 
 impl Drop for Home {
