@@ -20,7 +20,8 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{Gid, Mode, OFlags, Uid};
 use rustix::io::Errno;
@@ -156,8 +157,11 @@ pub(crate) fn resolve(path: &str) -> Result<Resolved<'_>, FsError> {
 /// Where one sandbox's trees are on the host, and who may touch them.
 #[derive(Debug, Clone)]
 pub(crate) struct Roots {
-    /// The sandbox's root seen from the host: `/proc/<init>/root`.
-    pub(crate) sandbox: PathBuf,
+    /// The sandbox's root folder, opened once through `/proc/<init>/root`
+    /// when the sandbox was made. Held open rather than named by path: if
+    /// the init died, its pid could go to another process, and the path
+    /// would then lead into that process's files.
+    pub(crate) sandbox: Arc<OwnedFd>,
     /// The sandbox's host directory, which holds `runner/`.
     pub(crate) host: PathBuf,
     /// The sandbox's host uid (and gid), when it is not ours.
@@ -165,13 +169,15 @@ pub(crate) struct Roots {
 }
 
 impl Roots {
-    /// The host path of a tree's root folder.
-    fn tree(&self, tree: &str) -> PathBuf {
-        match tree {
-            RUNNER_TREE => self.host.join(RUNNER_TREE),
-            TMP_TREE => self.sandbox.join("tmp"),
-            _ => self.sandbox.join("home/user"),
-        }
+    /// Opens the sandbox's root folder at `path` (its init's
+    /// `/proc/<pid>/root`) for [`Roots::sandbox`].
+    pub(crate) fn open_sandbox_root(path: &Path) -> std::io::Result<Arc<OwnedFd>> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Arc::new(fd))
     }
 
     /// Runs `op` with the rights the tree calls for: the sandbox user's in
@@ -296,12 +302,13 @@ fn open_tree(roots: &Roots, tree: &str, path: &str) -> Result<OwnedFd, FsError> 
     // The tree roots cannot be replaced from inside: `runner/` is ours, and
     // `/home/user` and `/tmp` are mount points on a read-only root, so a
     // plain open is safe.
-    rustix::fs::open(
-        roots.tree(tree),
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| errno(path, e))
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let opened = match tree {
+        RUNNER_TREE => rustix::fs::open(roots.host.join(RUNNER_TREE), flags, Mode::empty()),
+        TMP_TREE => rustix::fs::openat(&*roots.sandbox, "tmp", flags, Mode::empty()),
+        _ => rustix::fs::openat(&*roots.sandbox, "home/user", flags, Mode::empty()),
+    };
+    opened.map_err(|e| errno(path, e))
 }
 
 fn open_dir_at(dir: &OwnedFd, name: &str, path: &str) -> Result<OwnedFd, FsError> {
@@ -373,7 +380,7 @@ mod tests {
             std::fs::create_dir_all(dir.path().join(tree)).expect("tree");
         }
         let roots = Roots {
-            sandbox: dir.path().join("root"),
+            sandbox: Roots::open_sandbox_root(&dir.path().join("root")).expect("root"),
             host: dir.path().to_owned(),
             owner: None,
         };
@@ -382,7 +389,7 @@ mod tests {
 
     #[test]
     fn writes_create_parents_and_reads_round_trip() {
-        let (_dir, roots) = sandbox_dir();
+        let (dir, roots) = sandbox_dir();
         write(&roots, "/home/user/a/b/c.txt", b"hi").expect("write");
         write(&roots, "/home/user/a/b/c.txt", b"again").expect("overwrite");
         assert_eq!(
@@ -392,7 +399,7 @@ mod tests {
         write(&roots, "/tmp/t", b"t").expect("tmp");
         write(&roots, "/opt/agent-runner/r", b"r").expect("runner");
         assert_eq!(
-            std::fs::read(roots.sandbox.join("tmp/t")).expect("in tmp"),
+            std::fs::read(dir.path().join("root/tmp/t")).expect("in tmp"),
             b"t"
         );
         assert_eq!(
@@ -411,10 +418,10 @@ mod tests {
 
     #[test]
     fn never_follows_a_planted_symlink() {
-        let (_dir, roots) = sandbox_dir();
+        let (dir, roots) = sandbox_dir();
         let outside = tempfile::tempdir().expect("outside");
         std::fs::write(outside.path().join("secret"), b"host secret").expect("secret");
-        let home = roots.sandbox.join("home/user");
+        let home = dir.path().join("root/home/user");
         std::os::unix::fs::symlink(outside.path(), home.join("link")).expect("dir link");
         std::os::unix::fs::symlink(outside.path().join("secret"), home.join("file"))
             .expect("file link");

@@ -223,8 +223,15 @@ impl LocalProvider {
 
         let id = format!("local-{}", uuid::Uuid::new_v4().simple());
         let (init, init_pid) = self.start_init(&root, &socket, &spec.limits, &home).await?;
+        let sandbox_root = fs::Roots::open_sandbox_root(Path::new(&format!(
+            "/proc/{init_pid}/root"
+        )))
+        .map_err(|e| {
+            init.stop();
+            create_error(format!("could not open the sandbox's root: {e}"))
+        })?;
         let roots = fs::Roots {
-            sandbox: PathBuf::from(format!("/proc/{init_pid}/root")),
+            sandbox: sandbox_root,
             host: root,
             owner: home.identity.leased,
         };
