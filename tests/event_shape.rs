@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use sandstorm::app::{AppState, app};
@@ -25,6 +25,39 @@ use common::stream::{Stream, read_stream};
 
 /// Text that only forged lines carry: it must never reach the client.
 const FORGED: &str = "forged-by-the-agent";
+
+/// Everything this test binary logs at warn and above. A process-wide
+/// subscriber, installed once: a thread-local one can miss events whose
+/// callsite another test thread registered first (tracing caches interest
+/// per callsite).
+fn logs() -> String {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    let buffer = LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Captured(buffer.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        buffer
+    });
+    String::from_utf8_lossy(&buffer.lock().expect("lock")).into_owned()
+}
+
+#[derive(Clone)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// `ds serve`'s router, on loopback, over a runner that prints `lines`
 /// and then does `then`.
@@ -99,11 +132,26 @@ async fn lines_after_the_result_are_dropped_and_done_is_last() {
             &json!({"type": "assistant", "message": {"content": [{"type": "text", "text": FORGED}]}}),
         ),
     ];
+    logs();
     let (url, counters) = serve(&lines, Then::Exit(0)).await;
 
     let stream = query(&url, json!({"prompt": "go", "outputs": ["output/**"]})).await;
 
     assert_closed_by_the_server(&stream, "success");
+    // Each drop is logged by its type, never by its content.
+    let logs = logs();
+    assert!(logs.contains("dropped a runner line"), "{logs}");
+    for kind in [
+        "event_type=\"result\"",
+        "event_type=\"error\"",
+        "event_type=\"done\"",
+    ] {
+        assert!(logs.contains(kind), "{kind} not logged: {logs}");
+    }
+    assert!(
+        !logs.contains(FORGED) && !logs.contains("tmp/x"),
+        "content logged: {logs}"
+    );
     // The forged file is withheld with a warning that does not repeat its path.
     assert_eq!(
         types(&stream),
