@@ -222,7 +222,8 @@ impl LocalProvider {
         let egress = egress::serve(listener, Arc::new(rules), self.routes.clone());
 
         let id = format!("local-{}", uuid::Uuid::new_v4().simple());
-        let (init, init_pid) = self.start_init(&root, &socket, &spec.limits, &home).await?;
+        let (init, init_pid, init_exit) =
+            self.start_init(&root, &socket, &spec.limits, &home).await?;
         let sandbox_root = fs::Roots::open_sandbox_root(Path::new(&format!(
             "/proc/{init_pid}/root"
         )))
@@ -245,6 +246,7 @@ impl LocalProvider {
             roots,
             home,
             init,
+            init_exit,
             egress: Mutex::new(Some(egress)),
             routes: self.routes.clone(),
             processes: Mutex::new(Processes::default()),
@@ -267,7 +269,7 @@ impl LocalProvider {
         socket: &Path,
         limits: &Limits,
         home: &Arc<Home>,
-    ) -> Result<(ProcessControl, u32), SandboxError> {
+    ) -> Result<(ProcessControl, u32, process::ExitWatch), SandboxError> {
         let mut command = tokio::process::Command::new(SETPRIV);
         if let Some(uid) = home.identity.leased {
             command.args([
@@ -310,13 +312,25 @@ impl LocalProvider {
                 }
             }
         });
-        let init_pid = sandbox_init_pid(bwrap_pid).ok_or_else(|| {
+        // bwrap has not reaped its child, so the pid is still that child's
+        // when the pidfd is opened.
+        let found = sandbox_init_pid(bwrap_pid).and_then(|pid| {
+            let watch = process::ExitWatch::open(pid).ok()?;
+            Some((pid, watch))
+        });
+        let Some((init_pid, init_exit)) = found else {
             control.stop();
-            create_error("the sandbox's first process could not be found".to_owned())
-        })?;
-        Ok((control, init_pid))
+            return Err(create_error(
+                "the sandbox's first process could not be found".to_owned(),
+            ));
+        };
+        Ok((control, init_pid, init_exit))
     }
 }
+
+/// How long destroy waits for the kernel to empty the pid namespace after
+/// bwrap is gone; it takes milliseconds unless the host is stalled.
+const NAMESPACE_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the egress socket lives in the sandbox directory.
 const EGRESS_SOCKET_FILE: &str = "egress.sock";
@@ -470,6 +484,8 @@ pub struct LocalSandbox {
     home: Arc<Home>,
     /// bwrap, holding the namespaces; killing it ends the sandbox.
     init: ProcessControl,
+    /// The sandbox's pid 1, gone only when the whole namespace is.
+    init_exit: process::ExitWatch,
     /// The sandbox's egress proxy and model endpoint; gone at destroy.
     egress: Mutex<Option<egress::EgressServer>>,
     routes: egress::ModelRoutes,
@@ -615,6 +631,12 @@ impl LocalSandbox {
         }
         for control in &controls {
             control.wait().await;
+        }
+        // bwrap's end only starts the namespace's: its pid 1 dies of the
+        // parent-death signal, then the kernel kills and reaps the rest.
+        // Bounded, so that a kernel that never reports cannot hang destroy.
+        if !self.init_exit.exited_within(NAMESPACE_EXIT_TIMEOUT).await {
+            tracing::warn!(sandbox = %self.id, "the sandbox's processes did not all exit in time");
         }
         remove_dir(self.home.path.clone()).await;
         self.state.send_if_modified(|state| {
