@@ -363,7 +363,11 @@ async fn a_rejected_key_is_not_retried() {
         panic!("the fake created with a rejected key");
     };
     assert!(matches!(err, SandboxError::Unauthorized { .. }), "{err:?}");
-    assert_eq!(fake.count("POST", "/sandboxes"), 1, "a 401 is not retried");
+    assert_eq!(
+        fake.count("POST", "/v2/sandboxes"),
+        1,
+        "a 401 is not retried"
+    );
 }
 
 #[tokio::test]
@@ -538,7 +542,7 @@ async fn the_wire_shape_of_a_run_matches_the_sdks() {
     assert_eq!(
         calls,
         [
-            "POST /sandboxes".to_owned(),
+            "POST /v2/sandboxes".to_owned(),
             "POST /files".to_owned(),
             "POST /process.Process/Start".to_owned(),
             "GET /files".to_owned(),
@@ -561,7 +565,10 @@ async fn the_wire_shape_of_a_run_matches_the_sdks() {
     let body: serde_json::Value = serde_json::from_slice(&create.body).expect("json body");
     assert_eq!(body["templateID"], "sandstorm-test");
     assert_eq!(body["timeout"], 600);
-    assert_eq!(body["secure"], true);
+    // v2 sandboxes are always secure; the SDKs send no `secure` there.
+    assert_eq!(body.get("secure"), None, "{body}");
+    assert_eq!(body["allow_internet_access"], true);
+    assert!(!create.header("idempotency-key").is_empty());
     assert_eq!(body["metadata"]["request_id"], "req-1");
     assert_eq!(seen[4].header("x-api-key"), KEY);
 
@@ -604,6 +611,118 @@ async fn the_wire_shape_of_a_run_matches_the_sdks() {
     assert_eq!(request.process.args, ["/opt/agent-runner/runner.mjs"]);
     assert_eq!(request.process.cwd.as_deref(), Some("/home/user"));
     assert_eq!(request.process.envs["ANTHROPIC_API_KEY"], "sk-ant-test");
+    // As the SDKs send it: no stdin pipe left open.
+    assert_eq!(request.stdin, Some(false));
+}
+
+#[tokio::test]
+async fn one_create_sends_the_same_idempotency_key_on_every_retry() {
+    let fake = Fake::start().await;
+    fake.rate_limit_creates(2);
+    let provider = provider(&fake.url);
+    create(&provider).await.expect("created on the third try");
+    create(&provider).await.expect("a second create");
+    let keys: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v2/sandboxes")
+        .map(|r| r.header("idempotency-key").to_owned())
+        .collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(!keys[0].is_empty());
+    // The SDKs' rule for a key: lowercase letters, digits and hyphens.
+    assert!(
+        keys[0]
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+        "{keys:?}"
+    );
+    assert_eq!(
+        (&keys[1], &keys[2]),
+        (&keys[0], &keys[0]),
+        "one key per create"
+    );
+    assert_ne!(keys[2], keys[3], "a fresh key for a new create");
+}
+
+#[tokio::test]
+async fn a_run_longer_than_the_plan_allows_is_created_at_the_limit_and_extended() {
+    // An hour's request plus grace against a plan limit of an hour: create
+    // must ask for the hour, which E2B accepts, not 3660 s, which it refuses.
+    let fake = Fake::start().await;
+    fake.limit_timeout(3600);
+    let provider = provider(&fake.url);
+    let sandbox = provider
+        .create(SandboxSpec {
+            lifetime: Duration::from_secs(3660),
+            ..SandboxSpec::default()
+        })
+        .await
+        .expect("created within the plan's limit");
+    let body: serde_json::Value =
+        serde_json::from_slice(&fake.requests()[0].body).expect("json body");
+    assert_eq!(body["timeout"], 3600);
+    sandbox.destroy().await.expect("destroyed");
+
+    // With a 2 s limit, a 5 s lifetime is created for 2 s and extended
+    // twice, each time for at most the limit, before it runs out.
+    let fake = Fake::start().await;
+    fake.limit_timeout(2);
+    let mut options = options(&fake.url);
+    options.max_timeout = Duration::from_secs(2);
+    let provider = E2bProvider::new(options).expect("client builds");
+    let sandbox = provider
+        .create(SandboxSpec {
+            lifetime: Duration::from_secs(5),
+            ..SandboxSpec::default()
+        })
+        .await
+        .expect("created");
+    let id = sandbox.id().to_owned();
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    let extensions: Vec<serde_json::Value> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == format!("/sandboxes/{id}/timeout"))
+        .map(|r| serde_json::from_slice(&r.body).expect("json body"))
+        .collect();
+    assert_eq!(
+        extensions,
+        [
+            serde_json::json!({"timeout": 2}),
+            serde_json::json!({"timeout": 2})
+        ]
+    );
+    sandbox.destroy().await.expect("destroyed");
+    // Destroyed: no more extensions.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(fake.count("POST", &format!("/sandboxes/{id}/timeout")), 2);
+}
+
+#[tokio::test]
+async fn an_envd_older_than_0_1_0_is_refused_and_its_sandbox_killed() {
+    let fake = Fake::start().await;
+    fake.set_envd_version("0.0.9");
+    let Err(err) = create(&provider(&fake.url)).await else {
+        panic!("used a sandbox whose envd is too old");
+    };
+    let message = err.to_string();
+    assert!(message.contains("0.0.9"), "{message}");
+    assert!(message.contains("0.1.0"), "{message}");
+    assert_eq!(fake.count("DELETE", "/sandboxes/sbx1"), 1);
+    assert_eq!(fake.alive(), 0);
+}
+
+#[tokio::test]
+async fn debug_mode_neither_creates_nor_kills() {
+    let fake = Fake::start().await;
+    let mut options = options(&fake.url);
+    options.debug = true;
+    let provider = E2bProvider::new(options).expect("client builds");
+    let sandbox = create(&provider).await.expect("the local stack's sandbox");
+    assert_eq!(sandbox.id(), "debug_sandbox_id");
+    sandbox.destroy().await.expect("destroyed");
+    assert_eq!(fake.requests().len(), 0, "{:?}", fake.requests());
 }
 
 #[tokio::test]
@@ -967,6 +1086,10 @@ mod fake {
         envd_version: String,
         /// Answer create with 401.
         reject_keys: bool,
+        /// Answer this many next creates with 429.
+        rate_limited_creates: u32,
+        /// The plan's longest lifetime in seconds, as E2B enforces it.
+        max_timeout: Option<u64>,
         /// Break the connection of this many next uploads.
         broken_uploads: u32,
         start: StartAnswer,
@@ -987,14 +1110,17 @@ mod fake {
                 requests: Vec::new(),
                 envd_version: "0.5.7".into(),
                 reject_keys: false,
+                rate_limited_creates: 0,
+                max_timeout: None,
                 broken_uploads: 0,
                 start: StartAnswer::runner_lines(&[], "", 0),
                 next_id: 0,
                 alive: BTreeMap::new(),
             }));
             let app = Router::new()
-                .route("/sandboxes", post(create))
+                .route("/v2/sandboxes", post(create))
                 .route("/sandboxes/{id}", delete(kill))
+                .route("/sandboxes/{id}/timeout", post(set_timeout))
                 .route("/files", post(upload).get(download))
                 .route("/process.Process/Start", post(start))
                 .layer(middleware::from_fn_with_state(world.clone(), record))
@@ -1029,6 +1155,14 @@ mod fake {
 
         pub(crate) fn reject_keys(&self) {
             self.world().reject_keys = true;
+        }
+
+        pub(crate) fn rate_limit_creates(&self, times: u32) {
+            self.world().rate_limited_creates = times;
+        }
+
+        pub(crate) fn limit_timeout(&self, seconds: u64) {
+            self.world().max_timeout = Some(seconds);
         }
 
         pub(crate) fn set_envd_version(&self, version: &str) {
@@ -1069,10 +1203,29 @@ mod fake {
             .into_response()
     }
 
-    async fn create(State(world): Shared) -> Response {
+    /// E2B's refusal of a lifetime past the plan's limit.
+    fn too_long(w: &World, body: &[u8]) -> Option<Response> {
+        let asked: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let limit = w.max_timeout?;
+        (asked["timeout"].as_u64()? > limit).then(|| {
+            e2b_error(
+                400,
+                &format!("Timeout cannot be greater than {} hours", limit / 3600),
+            )
+        })
+    }
+
+    async fn create(State(world): Shared, body: Bytes) -> Response {
         let mut w = lock(&world);
         if w.reject_keys {
             return e2b_error(401, "invalid API key");
+        }
+        if w.rate_limited_creates > 0 {
+            w.rate_limited_creates -= 1;
+            return e2b_error(429, "rate limited");
+        }
+        if let Some(refused) = too_long(&w, &body) {
+            return refused;
         }
         w.next_id += 1;
         let id = format!("sbx{}", w.next_id);
@@ -1090,6 +1243,18 @@ mod fake {
         match w.alive.remove(&id) {
             Some(_) => StatusCode::NO_CONTENT.into_response(),
             None => e2b_error(404, "sandbox not found"),
+        }
+    }
+
+    async fn set_timeout(State(world): Shared, Path(id): Path<String>, body: Bytes) -> Response {
+        let w = lock(&world);
+        if let Some(refused) = too_long(&w, &body) {
+            return refused;
+        }
+        if w.alive.contains_key(&id) {
+            StatusCode::NO_CONTENT.into_response()
+        } else {
+            e2b_error(404, "sandbox not found")
         }
     }
 

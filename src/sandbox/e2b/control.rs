@@ -14,10 +14,21 @@ use super::retry::with_retries;
 use crate::sandbox::SandboxError;
 use crate::secret::Secret;
 
-/// `POST /sandboxes`, retried on 429, 5xx, dropped connections and hangs.
+/// The oldest envd the SDKs (and so we) still talk to; E2B's SDKs refuse
+/// anything older with "You need to update the template".
+const MIN_ENVD_VERSION: (u64, u64, u64) = (0, 1, 0);
+
+/// The id the SDKs give the one sandbox of a local E2B stack
+/// (`E2B_DEBUG=true`), which is never created nor killed.
+pub(crate) const DEBUG_SANDBOX_ID: &str = "debug_sandbox_id";
+
+/// `POST /v2/sandboxes`, retried on 429, 5xx, dropped connections and hangs.
 ///
-/// A retried create may leave behind a sandbox E2B made but could not tell
-/// us about; its `timeout` (the lifetime) is what reclaims it.
+/// Every attempt of one create carries the same `Idempotency-Key`, so a
+/// retry after a lost answer gets the sandbox the first attempt made
+/// instead of a second one. The lifetime asked for is clamped to
+/// `options.max_timeout` (the plan's limit; E2B refuses more with a 400);
+/// the caller extends it with [`set_timeout`] while the run lasts.
 pub(crate) async fn create(
     client: &reqwest::Client,
     options: &E2bOptions,
@@ -25,14 +36,12 @@ pub(crate) async fn create(
     lifetime: Duration,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Sandbox, SandboxError> {
-    let lifetime = if lifetime.is_zero() {
-        options.default_lifetime
-    } else {
-        lifetime
-    };
+    let lifetime = lifetime.min(options.max_timeout);
     let body = new_sandbox(&options.template, lifetime, metadata);
-    let (url, body) = (&format!("{}/sandboxes", options.api_url), &body);
-    with_retries(
+    let (url, body) = (&format!("{}/v2/sandboxes", options.api_url), &body);
+    // Lowercase letters, digits and hyphens: the SDKs' rule for the key.
+    let key = &uuid::Uuid::new_v4().to_string();
+    let created = with_retries(
         &options.retry,
         "create",
         SandboxError::is_transient,
@@ -40,6 +49,7 @@ pub(crate) async fn create(
             let request = client
                 .post(url)
                 .header("X-API-KEY", api_key.expose())
+                .header("Idempotency-Key", key.as_str())
                 .json(body);
             let (status, answer) = http::call(request, "create", options.request_timeout).await?;
             if !status.is_success() {
@@ -57,27 +67,110 @@ pub(crate) async fn create(
             })
         },
     )
+    .await?;
+    if let Some(version) = too_old(&created.envd_version) {
+        // Like the SDKs: the sandbox exists and costs money, so kill it
+        // before refusing it. A failed kill is logged by `kill`; the
+        // lifetime reclaims the sandbox in the end.
+        let _ = kill(client, options, api_key, &created.sandbox_id).await;
+        return Err(SandboxError::Other {
+            op: "create",
+            message: format!(
+                "template {} runs envd {version}, older than the minimum {}.{}.{}; rebuild the template",
+                options.template, MIN_ENVD_VERSION.0, MIN_ENVD_VERSION.1, MIN_ENVD_VERSION.2
+            ),
+        });
+    }
+    Ok(created)
+}
+
+/// `Some(version)` when envd `version` is older than [`MIN_ENVD_VERSION`].
+/// An unreadable version is let through, as `needs_explicit_user` does.
+fn too_old(version: &str) -> Option<&str> {
+    let mut parts = version.trim_start_matches('v').split('.').map(|p| {
+        p.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap_or("")
+            .parse::<u64>()
+    });
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch)))
+            if (major, minor, patch) < MIN_ENVD_VERSION =>
+        {
+            Some(version)
+        }
+        _ => None,
+    }
+}
+
+/// `POST /sandboxes/{id}/timeout {"timeout": N}`: the sandbox now ends
+/// `lifetime` from now (clamped to the plan's limit). Retried like kill:
+/// setting the same deadline twice is harmless.
+pub(crate) async fn set_timeout(
+    client: &reqwest::Client,
+    options: &E2bOptions,
+    api_key: &Secret,
+    sandbox_id: &str,
+    lifetime: Duration,
+) -> Result<(), SandboxError> {
+    let lifetime = lifetime.min(options.max_timeout);
+    let url = &format!("{}/sandboxes/{sandbox_id}/timeout", options.api_url);
+    let body = &serde_json::json!({ "timeout": whole_seconds(lifetime) });
+    with_retries(
+        &options.retry,
+        "set_timeout",
+        SandboxError::is_transient,
+        || async move {
+            let request = client
+                .post(url)
+                .header("X-API-KEY", api_key.expose())
+                .json(body);
+            let (status, answer) =
+                http::call(request, "set_timeout", options.request_timeout).await?;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(http::status_error(
+                    "set_timeout",
+                    status,
+                    &answer,
+                    true,
+                    &[api_key],
+                ))
+            }
+        },
+    )
     .await
 }
 
+/// Round up: a lifetime of 1.5 s must not become 1 s.
+fn whole_seconds(lifetime: Duration) -> u64 {
+    lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0)
+}
+
 /// What create asks for: the template, for `lifetime`, with `metadata`.
+/// v2 sandboxes are always secure (envd demands the access token create
+/// hands back), and the SDKs send no `secure` there, so neither do we.
 fn new_sandbox(
     template: &str,
     lifetime: Duration,
     metadata: &BTreeMap<String, String>,
-) -> NewSandbox {
-    NewSandbox {
+) -> serde_json::Value {
+    let body = NewSandbox {
         template_id: Some(template.to_owned()),
-        // Round up: a lifetime of 1.5 s must not become 1 s.
-        timeout: Some(lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0)),
+        timeout: Some(whole_seconds(lifetime)),
         metadata: metadata.clone(),
         env_vars: BTreeMap::new(),
-        // envd then demands the access token create hands back to us.
         secure: true,
         // The agent must reach the model API.
         allow_internet_access: Some(true),
         auto_pause: false,
+    };
+    let mut body = serde_json::to_value(&body).unwrap_or_default();
+    if let Some(fields) = body.as_object_mut() {
+        fields.remove("secure");
     }
+    body
 }
 
 /// `DELETE /sandboxes/{id}`. 404 means already gone, which is what we
@@ -129,7 +222,7 @@ mod tests {
             serde_json::to_value(&body).expect("serializes"),
             serde_json::json!({
                 "templateID": "sandstorm", "timeout": 300, "metadata": {"request_id": "r1"},
-                "envVars": {}, "secure": true, "allow_internet_access": true, "autoPause": false
+                "envVars": {}, "allow_internet_access": true, "autoPause": false
             })
         );
     }
@@ -137,6 +230,16 @@ mod tests {
     #[test]
     fn a_lifetime_with_a_fraction_of_a_second_rounds_up() {
         let body = new_sandbox("t", Duration::from_millis(1500), &BTreeMap::new());
-        assert_eq!(body.timeout, Some(2));
+        assert_eq!(body["timeout"], 2);
+    }
+
+    #[test]
+    fn envd_older_than_0_1_0_is_too_old() {
+        assert_eq!(too_old("0.0.9"), Some("0.0.9"));
+        assert_eq!(too_old("v0.0.1"), Some("v0.0.1"));
+        assert_eq!(too_old("0.1.0"), None);
+        assert_eq!(too_old("0.5.7"), None);
+        assert_eq!(too_old("1.0.0-rc1"), None);
+        assert_eq!(too_old(""), None);
     }
 }

@@ -144,7 +144,9 @@ impl E2bSandbox {
                 envs: process.envs,
                 cwd: Some(process.cwd).filter(|cwd| !cwd.is_empty()),
             },
-            stdin: None,
+            // As the SDKs send it: envd then closes the process's stdin
+            // instead of keeping a pipe open nobody writes to.
+            stdin: Some(false),
             tag: None,
         };
         let payload = serde_json::to_vec(&message).map_err(|e| SandboxError::Other {

@@ -3,11 +3,16 @@
 //! streams through a hyper client of their own that reads no further ahead
 //! than a small buffer (see `stream_client`).
 //!
-//! A run costs three round trips before the agent starts: create, one
-//! multipart upload carrying every file, and the process start whose answer
-//! is the output stream. Create and kill retry with bounded backoff; the
-//! rest do not, because a run that half-happened is better reported than
-//! repeated. The wire format is E2B's own, as specified in the `spec/`
+//! A run costs three round trips before the agent starts: create
+//! (`POST /v2/sandboxes`), one multipart upload carrying every file, and the
+//! process start whose answer is the output stream. Create, set-timeout and
+//! kill retry with bounded backoff: create is made safe to repeat by an
+//! `Idempotency-Key` shared by all its attempts, the other two are
+//! idempotent. The rest do not retry, because a run that half-happened is
+//! better reported than repeated. Create asks for at most the plan's
+//! longest lifetime (`E2B_MAX_TIMEOUT`); a longer run is extended with
+//! set-timeout calls while it lasts. With `E2B_DEBUG=true` there is nothing
+//! to create or kill: the local stack's one sandbox is used, as the SDKs do. The wire format is E2B's own, as specified in the `spec/`
 //! folder of the e2b-dev/E2B repository; `tests/e2b_client.rs` pins what
 //! this client sends and reads.
 //!
@@ -28,6 +33,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -66,7 +72,7 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
 };
 
 fn build_provider(settings: &ProviderSettings) -> Result<Arc<dyn SandboxProvider>, String> {
-    E2bProvider::new(E2bOptions::from_settings(settings))
+    E2bProvider::new(E2bOptions::from_settings(settings)?)
         .map(|p| Arc::new(p) as Arc<dyn SandboxProvider>)
         .map_err(|e| e.to_string())
 }
@@ -124,15 +130,45 @@ impl SandboxProvider for E2bProvider {
                 op: "create",
                 message: "no E2B API key: set E2B_API_KEY or send e2b_api_key".into(),
             })?;
+        let lifetime = if spec.lifetime.is_zero() {
+            options.default_lifetime
+        } else {
+            spec.lifetime
+        };
+        if options.debug {
+            // A local E2B stack (`E2B_DEBUG=true`) has one sandbox, already
+            // running: the SDKs neither create nor kill it, and its envd is
+            // current and unauthenticated.
+            return Ok(Arc::new(E2bSandbox {
+                envd_url: options.envd_url(control::DEBUG_SANDBOX_ID, None),
+                legacy_user: false,
+                id: control::DEBUG_SANDBOX_ID.to_owned(),
+                access_token: None,
+                api_key,
+                extender: None,
+                shared: self.shared.clone(),
+            }));
+        }
         let created = control::create(
             &self.shared.http,
             options,
             &api_key,
-            spec.lifetime,
+            lifetime,
             &spec.metadata,
         )
         .await?;
         tracing::debug!(sandbox = %created.sandbox_id, envd = %created.envd_version, "e2b sandbox created");
+        // Create asked for at most the plan's limit; a longer run is kept
+        // alive by set-timeout calls until its whole lifetime is used.
+        let extender = (lifetime > options.max_timeout).then(|| {
+            tokio::spawn(extend(
+                self.shared.clone(),
+                api_key.clone(),
+                created.sandbox_id.clone(),
+                lifetime,
+            ))
+            .abort_handle()
+        });
         Ok(Arc::new(E2bSandbox {
             envd_url: options.envd_url(&created.sandbox_id, created.domain.as_deref()),
             legacy_user: envd::needs_explicit_user(&created.envd_version),
@@ -141,8 +177,40 @@ impl SandboxProvider for E2bProvider {
                 .envd_access_token
                 .map(|token| Secret::new(token.into_string())),
             api_key,
+            extender,
             shared: self.shared.clone(),
         }))
+    }
+}
+
+/// Keeps a sandbox alive for `lifetime` from now when that is longer than
+/// the plan lets one call ask for: shortly before each granted stretch runs
+/// out, asks for another, never more than `max_timeout` per call and never
+/// past the end of `lifetime`. Stops when the sandbox is destroyed or
+/// dropped (its task is aborted), or at the first failed extension: the
+/// sandbox then ends at its last deadline, which the run reports.
+async fn extend(shared: Arc<Shared>, api_key: Secret, id: String, lifetime: Duration) {
+    use tokio::time::{Instant, sleep_until};
+    let options = &shared.options;
+    let max = options.max_timeout;
+    // Ask again well before the deadline, leaving room for a retried call.
+    let margin = (max / 4).min(Duration::from_secs(60));
+    let end = Instant::now() + lifetime;
+    let mut deadline = Instant::now() + max;
+    while deadline < end {
+        sleep_until(deadline - margin).await;
+        let now = Instant::now();
+        let want = end.saturating_duration_since(now).min(max);
+        match control::set_timeout(&shared.http, options, &api_key, &id, want).await {
+            Ok(()) => {
+                tracing::debug!(sandbox = %id, lifetime = ?want, "e2b sandbox lifetime extended");
+                deadline = now + want;
+            }
+            Err(err) => {
+                tracing::warn!(sandbox = %id, error = %err, "extending the e2b sandbox's lifetime failed");
+                return;
+            }
+        }
     }
 }
 
@@ -158,7 +226,17 @@ pub(crate) struct E2bSandbox {
     /// The key that created the sandbox, which may be a request's own; the
     /// same key must kill it.
     api_key: Secret,
+    /// The task extending the lifetime past the plan's limit, if needed.
+    extender: Option<tokio::task::AbortHandle>,
     shared: Arc<Shared>,
+}
+
+impl Drop for E2bSandbox {
+    fn drop(&mut self) {
+        if let Some(extender) = &self.extender {
+            extender.abort();
+        }
+    }
 }
 
 impl E2bSandbox {
@@ -199,6 +277,13 @@ impl Sandbox for E2bSandbox {
     }
 
     async fn destroy(&self) -> Result<(), SandboxError> {
+        if let Some(extender) = &self.extender {
+            extender.abort();
+        }
+        if self.shared.options.debug {
+            // The local stack's one sandbox outlives us, as with the SDKs.
+            return Ok(());
+        }
         control::kill(
             &self.shared.http,
             &self.shared.options,
@@ -224,6 +309,7 @@ mod tests {
             legacy_user: false,
             access_token: Some(Secret::new("envd_token_value")),
             api_key: Secret::new("e2b_request_key"),
+            extender: None,
             shared: provider.shared.clone(),
         };
         let shown = format!("{provider:?} {sandbox:?}");

@@ -20,8 +20,13 @@ pub(super) const VARIABLES: &[&str] = &[
     "E2B_SANDBOX_URL",
     "E2B_DOMAIN",
     "E2B_DEBUG",
+    "E2B_MAX_TIMEOUT",
     "SANDSTORM_TEMPLATE",
 ];
+
+/// E2B's limit on a sandbox's lifetime on the Pro plan: one hour. The
+/// Hobby plan allows less; `E2B_MAX_TIMEOUT` says what the plan allows.
+pub(crate) const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The template Sandstorm's own E2B template is published under.
 pub(crate) const DEFAULT_TEMPLATE: &str = "sandstorm";
@@ -50,6 +55,10 @@ pub struct E2bOptions {
     pub debug: bool,
     /// The template every sandbox is created from (`SANDSTORM_TEMPLATE`).
     pub template: String,
+    /// `E2B_MAX_TIMEOUT`: the longest lifetime the plan allows one create or
+    /// set-timeout call to ask for. A run that needs longer is extended
+    /// with set-timeout calls while it lasts.
+    pub max_timeout: Duration,
     /// Sandbox lifetime when the caller asks for none (E2B's own default is
     /// 15 s, far too short for an agent run).
     pub default_lifetime: Duration,
@@ -100,8 +109,13 @@ impl E2bOptions {
     /// `E2B_DEBUG` and `SANDSTORM_TEMPLATE` from the settings the door
     /// resolved for the declared [`VARIABLES`]. Empty values count as unset,
     /// as in the SDKs.
-    pub(crate) fn from_settings(settings: &ProviderSettings) -> Self {
-        Self::from_lookup(|name| settings.get(name))
+    /// A malformed `E2B_MAX_TIMEOUT` is an error naming it.
+    pub(crate) fn from_settings(settings: &ProviderSettings) -> Result<Self, String> {
+        let mut options = Self::from_lookup(|name| settings.get(name));
+        if let Some(raw) = settings.get("E2B_MAX_TIMEOUT").filter(|v| !v.is_empty()) {
+            options.max_timeout = parse_max_timeout(raw)?;
+        }
+        Ok(options)
     }
 
     fn from_lookup<'a>(lookup: impl Fn(&str) -> Option<&'a str>) -> Self {
@@ -124,6 +138,7 @@ impl E2bOptions {
             template: get("SANDSTORM_TEMPLATE")
                 .unwrap_or(DEFAULT_TEMPLATE)
                 .to_owned(),
+            max_timeout: DEFAULT_MAX_TIMEOUT,
             default_lifetime: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
@@ -167,6 +182,17 @@ impl E2bOptions {
     }
 }
 
+/// `E2B_MAX_TIMEOUT`: whole seconds, at least 1.
+fn parse_max_timeout(raw: &str) -> Result<Duration, String> {
+    match raw.trim().parse::<u64>() {
+        Ok(secs) if secs >= 1 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "E2B_MAX_TIMEOUT must be a whole number of seconds, at least 1 (the plan's \
+             longest sandbox lifetime, e.g. 3600); got {raw:?}"
+        )),
+    }
+}
+
 fn trim_slash(mut url: String) -> String {
     while url.ends_with('/') {
         url.pop();
@@ -178,7 +204,7 @@ fn trim_slash(mut url: String) -> String {
 mod tests {
     use super::*;
 
-    fn options(pairs: &[(&str, &str)]) -> E2bOptions {
+    fn try_options(pairs: &[(&str, &str)]) -> Result<E2bOptions, String> {
         let settings = ProviderSettings::resolve(
             &super::super::PROVIDER,
             |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v),
@@ -186,6 +212,24 @@ mod tests {
             crate::sandbox::provider::Setup::CheckOnly,
         );
         E2bOptions::from_settings(&settings)
+    }
+
+    fn options(pairs: &[(&str, &str)]) -> E2bOptions {
+        try_options(pairs).expect("valid settings")
+    }
+
+    #[test]
+    fn max_timeout_defaults_to_an_hour_and_a_bad_value_names_the_variable() {
+        assert_eq!(options(&[]).max_timeout, Duration::from_secs(3600));
+        assert_eq!(
+            options(&[("E2B_MAX_TIMEOUT", "86400")]).max_timeout,
+            Duration::from_secs(86400)
+        );
+        for bad in ["0", "1h", "-5", "3.5"] {
+            let err = try_options(&[("E2B_MAX_TIMEOUT", bad)]).expect_err(bad);
+            assert!(err.contains("E2B_MAX_TIMEOUT"), "{err}");
+            assert!(err.contains(bad), "{err}");
+        }
     }
 
     #[test]
