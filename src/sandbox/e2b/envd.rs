@@ -112,11 +112,12 @@ impl E2bSandbox {
         Ok(())
     }
 
-    /// `GET /files?path=...`: the file's raw bytes.
+    /// `GET /files?path=...`: the file's raw bytes, over HTTP/1.1 (see
+    /// [`http::file_client`]).
     pub(super) async fn download(&self, path: &str) -> Result<bytes::Bytes, SandboxError> {
         let request = self
             .shared
-            .http
+            .files
             .get(format!("{}/files", self.envd_url))
             .headers(self.envd_headers("read_file")?)
             .query(&[("path", path)])

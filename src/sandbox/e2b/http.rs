@@ -53,6 +53,29 @@ pub(crate) fn client(
         })
 }
 
+/// The client file reads go through: HTTP/1.1 only. E2B's edge pads a
+/// download with an empty HTTP/2 DATA frame about every 32 KiB, and the h2
+/// crate closes a connection after 100 empty frames as a flood defence, so
+/// a download past about 3 MiB fails over HTTP/2. HTTP/1.1 has no frames to
+/// pad. `tls` is [`tls_config`]'s.
+pub(crate) fn file_client(
+    options: &E2bOptions,
+    mut tls: rustls::ClientConfig,
+) -> Result<reqwest::Client, SandboxError> {
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .http1_only()
+        .connect_timeout(options.connect_timeout)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| SandboxError::Other {
+            op: "building the e2b file client",
+            message: error_chain(&e),
+        })
+}
+
 /// The TLS configuration of every E2B connection, made as reqwest makes its
 /// own (the process's default crypto provider, else aws-lc-rs; the
 /// platform's certificate verifier) but made once, so that reqwest and the

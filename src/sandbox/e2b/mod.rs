@@ -83,6 +83,8 @@ fn build_provider(settings: &ProviderSettings) -> Result<Arc<dyn SandboxProvider
 struct Shared {
     options: E2bOptions,
     http: reqwest::Client,
+    /// File reads only: HTTP/1.1 (see `http::file_client`).
+    files: reqwest::Client,
     streams: stream_client::StreamClient,
 }
 
@@ -97,11 +99,13 @@ impl E2bProvider {
     pub fn new(options: E2bOptions) -> Result<Self, SandboxError> {
         let tls = http::tls_config()?;
         let http = http::client(&options, tls.clone())?;
+        let files = http::file_client(&options, tls.clone())?;
         let streams = stream_client::StreamClient::new(&options, tls, http.clone());
         Ok(E2bProvider {
             shared: Arc::new(Shared {
                 options,
                 http,
+                files,
                 streams,
             }),
         })
