@@ -91,7 +91,10 @@ impl Emu {
             .header("X-Access-Token", &sbx.token)
     }
 
-    async fn create(&self, body: Value) -> Sbx {
+    /// Creates a `secure` sandbox (the SDKs' default), whose envd wants
+    /// the token create hands back.
+    async fn create(&self, mut body: Value) -> Sbx {
+        body["secure"] = json!(true);
         let res = self
             .control(reqwest::Method::POST, "/v2/sandboxes")
             .json(&body)
@@ -138,11 +141,23 @@ impl Emu {
             "process": {"cmd": argv[0], "args": &argv[1..], "envs": {}, "cwd": "/home/user"},
             "stdin": false,
         });
+        self.start_message(sbx, &message, headers).await
+    }
+
+    /// Starts the process `message` describes.
+    async fn start_message(&self, sbx: &Sbx, message: &Value, headers: &[(&str, &str)]) -> Started {
         let mut req = self
             .envd(reqwest::Method::POST, "/process.Process/Start", sbx)
             .header("Content-Type", "application/connect+json")
-            .header("Connect-Protocol-Version", "1")
             .body(encode(0, message.to_string().as_bytes()));
+        // reqwest appends a header given twice; the caller's value replaces
+        // the default instead.
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("connect-protocol-version"))
+        {
+            req = req.header("Connect-Protocol-Version", "1");
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -534,6 +549,11 @@ async fn create_faults_fail_count_times_then_succeed() {
         .await
         .expect("create");
     assert_eq!(res.status(), 429);
+    assert_eq!(
+        res.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "an injected 429 names its wait, as a rate limiter does"
+    );
 
     emu.configure(json!({"create_fault": {"mode": "hang", "count": 1}}))
         .await;
@@ -942,4 +962,398 @@ async fn without_a_key_the_emulator_accepts_only_the_one_it_printed() {
     assert_eq!(list(KEY.to_owned()).await, 401, "a made-up key worked");
     assert_eq!(list(format!("{key}x")).await, 401);
     assert_eq!(list(key).await, 200);
+}
+
+/// A create POST of `body` to `path` with `headers`: its status and body.
+async fn create_answer(
+    emu: &Emu,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (u16, Value) {
+    let mut request = emu.control(reqwest::Method::POST, path).json(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let res = request.send().await.expect("create");
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("a JSON answer"))
+}
+
+/// E2B refuses a timeout above the plan's limit (one hour by default) with
+/// its own 400 and message, and a zero one; `--max-timeout` moves the limit.
+#[tokio::test]
+async fn create_refuses_timeouts_above_the_plan_limit_as_e2b_does() {
+    let emu = Emu::start().await;
+    for path in ["/sandboxes", "/v2/sandboxes"] {
+        let (status, body) = create_answer(&emu, path, &[], &json!({"timeout": 3660})).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["message"], "Timeout cannot be greater than 1 hours");
+        let (status, body) = create_answer(&emu, path, &[], &json!({"timeout": 0})).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["message"], "Timeout must be greater than 0");
+    }
+    assert_eq!(emu.stats().await["created"], 0);
+    let sbx = emu.create(json!({"timeout": 3600})).await;
+    emu.kill(&sbx).await;
+
+    let mut options = emulator::options();
+    options.max_timeout_secs = 7200;
+    let two_hours = Emu {
+        base: emulator::start_with(options).await.url,
+        http: reqwest::Client::new(),
+    };
+    let (status, body) =
+        create_answer(&two_hours, "/sandboxes", &[], &json!({"timeout": 7201})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["message"], "Timeout cannot be greater than 2 hours");
+    let sbx = two_hours.create(json!({"timeout": 7200})).await;
+    two_hours.kill(&sbx).await;
+}
+
+/// An unknown template is E2B's 404; a registered one boots. `--lenient`
+/// lets both through.
+#[tokio::test]
+async fn create_refuses_unknown_templates_unless_registered_or_lenient() {
+    let emu = Emu::start().await;
+    let (status, body) =
+        create_answer(&emu, "/v2/sandboxes", &[], &json!({"templateID": "nope"})).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["message"], "template 'nope' not found");
+    for known in ["base", "sandstorm", "sandstorm-test"] {
+        let sbx = emu.create(json!({"templateID": known})).await;
+        emu.kill(&sbx).await;
+    }
+
+    let mut options = emulator::options();
+    options.templates.insert("nope".into());
+    let registered = Emu {
+        base: emulator::start_with(options).await.url,
+        http: reqwest::Client::new(),
+    };
+    let sbx = registered.create(json!({"templateID": "nope"})).await;
+    registered.kill(&sbx).await;
+
+    let mut options = emulator::options();
+    options.lenient = true;
+    let lenient = Emu {
+        base: emulator::start_with(options).await.url,
+        http: reqwest::Client::new(),
+    };
+    let sbx = lenient
+        .create(json!({"templateID": "anything", "timeout": 86_400}))
+        .await;
+    lenient.kill(&sbx).await;
+}
+
+/// E2B hands out an envd access token only to a secure sandbox: on v1 when
+/// create asks for `secure`, on v2 always (the SDKs no longer send the
+/// flag there). Without one, envd takes calls with no token.
+#[tokio::test]
+async fn the_access_token_is_issued_only_for_secure_sandboxes() {
+    let emu = Emu::start().await;
+    let (status, body) = create_answer(&emu, "/sandboxes", &[], &json!({})).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        body.get("envdAccessToken").is_none_or(Value::is_null),
+        "{body}"
+    );
+    let open = Sbx {
+        id: body["sandboxID"].as_str().expect("id").to_owned(),
+        token: String::new(),
+    };
+    let s = emu.start_process(&open, &sh("echo open"), &[]).await;
+    assert_eq!(s.output("stdout"), b"open\n");
+    emu.kill(&open).await;
+
+    let (status, body) = create_answer(&emu, "/sandboxes", &[], &json!({"secure": true})).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        body["envdAccessToken"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    let id = body["sandboxID"].as_str().expect("id").to_owned();
+    let res = emu
+        .http
+        .get(format!("{}/files?path=/home/user/x", emu.base))
+        .header("E2b-Sandbox-Id", &id)
+        .header("E2b-Sandbox-Port", "49983")
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(
+        res.status(),
+        401,
+        "a secure sandbox took a call without its token"
+    );
+    emu.kill(&Sbx {
+        id,
+        token: String::new(),
+    })
+    .await;
+
+    let (status, body) = create_answer(&emu, "/v2/sandboxes", &[], &json!({})).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        body["envdAccessToken"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "a v2 sandbox came without a token: {body}"
+    );
+    emu.kill(&Sbx {
+        id: body["sandboxID"].as_str().expect("id").to_owned(),
+        token: String::new(),
+    })
+    .await;
+}
+
+/// `Idempotency-Key` on `POST /v2/sandboxes`: the same key and body give the
+/// same sandbox, a different body is 422, and a bad key is a 400.
+#[tokio::test]
+async fn v2_create_honours_idempotency_keys() {
+    let emu = Emu::start().await;
+    let body = json!({"templateID": "base", "secure": true, "metadata": {"run": "1"}});
+    let key = [("Idempotency-Key", "run-1")];
+    let (status, first) = create_answer(&emu, "/v2/sandboxes", &key, &body).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = create_answer(&emu, "/v2/sandboxes", &key, &body).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(
+        again["sandboxID"], first["sandboxID"],
+        "a retried create made a second sandbox"
+    );
+    assert_eq!(emu.stats().await["created"], 1);
+
+    let other = json!({"templateID": "base", "secure": true, "metadata": {"run": "2"}});
+    let (status, answer) = create_answer(&emu, "/v2/sandboxes", &key, &other).await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, answer) =
+        create_answer(&emu, "/v2/sandboxes", &[("Idempotency-Key", "")], &body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Idempotency-Key"))
+    );
+
+    let (_, fresh) = create_answer(&emu, "/v2/sandboxes", &[], &body).await;
+    assert_ne!(
+        fresh["sandboxID"], first["sandboxID"],
+        "no key, a new sandbox"
+    );
+    for id in [&first["sandboxID"], &fresh["sandboxID"]] {
+        emu.kill(&Sbx {
+            id: id.as_str().expect("id").to_owned(),
+            token: String::new(),
+        })
+        .await;
+    }
+}
+
+/// The `envdVersion` create reports is the emulator's setting.
+#[tokio::test]
+async fn envd_version_is_configurable() {
+    let emu = Emu::start().await;
+    let (_, body) = create_answer(&emu, "/sandboxes", &[], &json!({})).await;
+    assert_eq!(body["envdVersion"], "0.5.7");
+    emu.kill(&Sbx {
+        id: body["sandboxID"].as_str().expect("id").to_owned(),
+        token: String::new(),
+    })
+    .await;
+
+    let mut options = emulator::options();
+    options.envd_version = "0.4.2".into();
+    let old = Emu {
+        base: emulator::start_with(options).await.url,
+        http: reqwest::Client::new(),
+    };
+    let (_, body) = create_answer(&old, "/sandboxes", &[], &json!({})).await;
+    assert_eq!(body["envdVersion"], "0.4.2");
+    old.kill(&Sbx {
+        id: body["sandboxID"].as_str().expect("id").to_owned(),
+        token: String::new(),
+    })
+    .await;
+}
+
+/// E2B's proxy routes by `E2b-Sandbox-Id` and `E2b-Sandbox-Port` together:
+/// one without the other is its plain-text 400, as is a port that is not a
+/// number.
+#[tokio::test]
+async fn envd_calls_need_the_sandbox_port_header_as_e2b_s_proxy_does() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let read = |port: Option<&'static str>| {
+        let mut request = emu
+            .http
+            .get(format!("{}/files?path=/home/user/x", emu.base))
+            .header("E2b-Sandbox-Id", &sbx.id)
+            .header("X-Access-Token", &sbx.token);
+        if let Some(port) = port {
+            request = request.header("E2b-Sandbox-Port", port);
+        }
+        async move {
+            let res = request.send().await.expect("read");
+            (res.status().as_u16(), res.text().await.expect("body"))
+        }
+    };
+    assert_eq!(read(None).await, (400, "missing header\n".to_owned()));
+    assert_eq!(
+        read(Some("envd")).await,
+        (400, "Invalid sandbox port\n".to_owned())
+    );
+    assert_eq!(
+        read(Some("49983")).await.0,
+        404,
+        "with both headers the call reaches envd"
+    );
+    emu.kill(&sbx).await;
+}
+
+/// `Start` is a Connect stream: another content type is connect-go's 415
+/// with `Accept-Post`, and a protocol version other than 1 is
+/// `invalid_argument`.
+#[tokio::test]
+async fn start_checks_content_type_and_protocol_version_as_connect_go_does() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let message = json!({"process": {"cmd": "/bin/true"}, "stdin": false});
+    let res = emu
+        .envd(reqwest::Method::POST, "/process.Process/Start", &sbx)
+        .header("Content-Type", "application/json")
+        .body(encode(0, message.to_string().as_bytes()))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(res.status(), 415);
+    assert_eq!(res.headers()["accept-post"], "application/connect+json");
+
+    let s = emu
+        .start_message(&sbx, &message, &[("Connect-Protocol-Version", "2")])
+        .await;
+    let error = s.end_of_stream.clone().expect("an end of stream");
+    assert_eq!(error["error"]["code"], "invalid_argument", "{error}");
+    assert!(s.events("start").is_empty(), "the process started anyway");
+    emu.kill(&sbx).await;
+}
+
+/// A `cwd` that does not exist is envd's `invalid_argument`, before
+/// anything runs; a relative one is under the user's home.
+#[tokio::test]
+async fn a_missing_cwd_is_invalid_argument_as_envd_says() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let message = json!({
+        "process": {"cmd": "/bin/pwd", "cwd": "/home/user/nowhere"},
+        "stdin": false,
+    });
+    let s = emu.start_message(&sbx, &message, &[]).await;
+    let end = s.end_of_stream.expect("an end of stream");
+    assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
+    assert_eq!(
+        end["error"]["message"],
+        "cwd '/home/user/nowhere' does not exist"
+    );
+
+    emu.start_process(&sbx, &sh("mkdir -p /home/user/here"), &[])
+        .await;
+    let message = json!({"process": {"cmd": "/bin/pwd", "cwd": "here"}, "stdin": false});
+    let s = emu.start_message(&sbx, &message, &[]).await;
+    assert_eq!(s.output("stdout"), b"/home/user/here\n");
+    emu.kill(&sbx).await;
+}
+
+/// A process's environment is envd's: its PATH (behind the folder of the
+/// sandbox's execute-only `node`), the user's HOME, USER and LOGNAME, then
+/// create's `envVars`, then the request's `envs`.
+#[tokio::test]
+async fn the_process_environment_is_envd_s() {
+    let emu = Emu::start().await;
+    let sbx = emu
+        .create(json!({"envVars": {"FROM_CREATE": "c", "BOTH": "create", "USER": "override"}}))
+        .await;
+    let message = json!({
+        "process": {
+            "cmd": "/bin/sh",
+            "args": ["-c", "echo $PATH; echo $HOME $USER $LOGNAME; echo $FROM_CREATE $BOTH"],
+            "envs": {"BOTH": "request"},
+        },
+        "stdin": false,
+    });
+    let s = emu.start_message(&sbx, &message, &[]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&s.output("stdout")),
+        "/opt/sandstorm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+         /home/user override user\n\
+         c request\n"
+    );
+    emu.kill(&sbx).await;
+}
+
+/// Uploads as envd takes them: octet-stream needs `path`, other content
+/// types are refused, and several parts under one `path` query are refused
+/// with envd's message after the first was written.
+#[tokio::test]
+async fn uploads_follow_envd_s_content_type_and_path_rules() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let res = emu
+        .envd(reqwest::Method::POST, "/files?path=/home/user/a", &sbx)
+        .header("Content-Type", "text/plain")
+        .body("a")
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(
+        body["message"],
+        "unsupported content type: text/plain, expected multipart/form-data or application/octet-stream"
+    );
+
+    let res = emu
+        .envd(reqwest::Method::POST, "/files", &sbx)
+        .header("Content-Type", "application/octet-stream")
+        .body("a")
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(
+        body["message"],
+        "path query parameter is required for raw body upload"
+    );
+
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(&b"first"[..]).file_name("one"),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(&b"second"[..]).file_name("two"),
+        );
+    let res = emu
+        .envd(reqwest::Method::POST, "/files?path=/home/user/same", &sbx)
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(
+        body["message"],
+        "you cannot upload multiple files to the same path '/home/user/same' in one upload request, only the first specified file was uploaded"
+    );
+    let res = emu
+        .envd(reqwest::Method::GET, "/files?path=/home/user/same", &sbx)
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(res.bytes().await.expect("body"), &b"first"[..]);
+    emu.kill(&sbx).await;
 }

@@ -121,3 +121,23 @@ def test_kill_sandbox_reports_whether_it_existed(emulator):
     assert not sbx.is_running()
     assert Sandbox.kill(sbx.sandbox_id) is False
     assert Sandbox.kill("nosuchsandbox0000000") is False
+
+
+def test_create_refuses_a_timeout_above_the_plan_limit(emulator):
+    # E2B's Hobby plan: one hour, and E2B's own words for anything longer.
+    with pytest.raises(Exception, match="Timeout cannot be greater than 1 hours"):
+        Sandbox.create(timeout=7200)
+
+
+def test_create_refuses_an_unknown_template(emulator):
+    with pytest.raises(Exception, match="template 'no-such-template' not found"):
+        Sandbox.create(template="no-such-template", timeout=120)
+
+
+def test_a_missing_cwd_is_refused_as_envd_does(sandbox):
+    with pytest.raises(Exception, match="cwd '/home/user/nowhere' does not exist"):
+        sandbox.commands.run("pwd", cwd="/home/user/nowhere")
+
+
+def test_commands_get_envd_s_user_environment(sandbox):
+    assert sandbox.commands.run("echo $HOME $USER $LOGNAME").stdout == "/home/user user user\n"

@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use super::knobs::CreateFaultMode;
 use super::stats::route;
-use super::{ENVD_VERSION, Emulator, EmulatorError, Entry, lock};
+use super::{Emulator, EmulatorError, Entry, lock};
 
 /// E2B's default sandbox lifetime when create names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -31,8 +31,8 @@ const CLIENT_ID: &str = "emulator";
 
 pub(super) fn routes() -> Router<Emulator> {
     Router::new()
-        .route("/sandboxes", post(create).get(list_v1))
-        .route("/v2/sandboxes", post(create).get(list_v2))
+        .route("/sandboxes", post(create_v1).get(list_v1))
+        .route("/v2/sandboxes", post(create_v2).get(list_v2))
         .route("/sandboxes/{id}", get(info).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/sandboxes/{id}/connect", post(connect))
@@ -60,28 +60,216 @@ pub(super) async fn require_api_key(
     }
 }
 
-async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Response {
+/// What one `Idempotency-Key` stands for.
+pub(crate) enum Idempotent {
+    /// A create with this key is still running.
+    InFlight,
+    /// A create with this key made this sandbox from this body.
+    Done(serde_json::Value, SandboxJson),
+}
+
+/// `POST /sandboxes`: deprecated by E2B for `POST /v2/sandboxes`, still
+/// served (our client and older SDKs use it), and logged so a test run
+/// shows who still calls it.
+async fn create_v1(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Response {
+    tracing::warn!("POST /sandboxes is deprecated: E2B's SDKs create with POST /v2/sandboxes");
+    create(emulator, body, Api::V1).await
+}
+
+/// `POST /v2/sandboxes`: create, made safe to retry by `Idempotency-Key`.
+///
+/// E2B's public sources do not show how the key is handled; the spec's
+/// answers for this call do (409 and 422 besides create's own), so the
+/// emulator answers as an idempotency key usually works: the same key and
+/// the same body give back the first sandbox, a different body with a used
+/// key is 422, and a key whose first create is still running is 409.
+async fn create_v2(
+    State(emulator): State<Emulator>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(key) = headers.get("idempotency-key") else {
+        return create(emulator, body, Api::V2).await;
+    };
     emulator.inner.stats.request(route::CREATE);
-    let fault = emulator.knobs().take_create_fault();
-    match fault {
-        Some(CreateFaultMode::Error) => {
-            return EmulatorError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "injected create failure",
-            )
-            .into_response();
-        }
-        Some(CreateFaultMode::RateLimit) => {
-            return EmulatorError::new(StatusCode::TOO_MANY_REQUESTS, "injected rate limit")
-                .into_response();
-        }
-        Some(CreateFaultMode::Hang) => std::future::pending::<()>().await,
-        None => {}
+    if let Some(fault) = injected_fault(&emulator).await {
+        return fault;
     }
+    let Some(key) = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+    else {
+        return EmulatorError::new(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+        .into_response();
+    };
+    let key = key.to_owned();
+    let value: serde_json::Value = match parse(&body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    {
+        let mut keys = lock(&emulator.inner.idempotency);
+        match keys.get(&key) {
+            Some(Idempotent::InFlight) => {
+                return EmulatorError::new(
+                    StatusCode::CONFLICT,
+                    "a create with this Idempotency-Key is still in progress",
+                )
+                .into_response();
+            }
+            Some(Idempotent::Done(first, sandbox)) => {
+                if *first == value {
+                    return (StatusCode::CREATED, axum::Json(sandbox.clone())).into_response();
+                }
+                return EmulatorError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Idempotency-Key was already used with a different request body",
+                )
+                .into_response();
+            }
+            None => {
+                keys.insert(key.clone(), Idempotent::InFlight);
+            }
+        }
+    }
+    // A client that gives up drops this handler mid-create; the key must
+    // then be free for its retry, as after any failed create.
+    let in_flight = InFlightKey {
+        emulator: emulator.clone(),
+        key: Some(key.clone()),
+    };
+    let response = create_sandbox(emulator.clone(), body, Api::V2).await;
+    in_flight.disarm();
+    let mut keys = lock(&emulator.inner.idempotency);
+    if response.status() == StatusCode::CREATED {
+        // A replay answers exactly what the first create did.
+        if let Some(sandbox) = response
+            .extensions()
+            .get::<CreatedSandbox>()
+            .map(|c| c.0.clone())
+        {
+            keys.insert(key, Idempotent::Done(value, sandbox));
+            return response;
+        }
+    }
+    // A failed create leaves the key free for the retry it invites.
+    keys.remove(&key);
+    response
+}
+
+/// Frees an in-flight `Idempotency-Key` if its create is dropped before it
+/// finishes.
+struct InFlightKey {
+    emulator: Emulator,
+    key: Option<String>,
+}
+
+impl InFlightKey {
+    /// The create finished: its handler settles the key itself.
+    fn disarm(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for InFlightKey {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            lock(&self.emulator.inner.idempotency).remove(&key);
+        }
+    }
+}
+
+/// The answer of a successful create, kept beside its response for the
+/// idempotency record.
+#[derive(Clone)]
+struct CreatedSandbox(SandboxJson);
+
+/// Refuses what E2B's API refuses before it boots anything: a timeout of
+/// zero or above the plan's limit, and a template it does not know.
+fn check_create(emulator: &Emulator, new: &NewSandbox) -> Result<(), EmulatorError> {
+    if emulator.inner.lenient {
+        return Ok(());
+    }
+    if let Some(timeout) = new.timeout {
+        if timeout == 0 {
+            return Err(EmulatorError::new(
+                StatusCode::BAD_REQUEST,
+                "Timeout must be greater than 0",
+            ));
+        }
+        let max = emulator.inner.max_timeout_secs;
+        if timeout > max {
+            // E2B states the plan's limit in whole hours.
+            return Err(EmulatorError::new(
+                StatusCode::BAD_REQUEST,
+                format!("Timeout cannot be greater than {} hours", max / 3600),
+            ));
+        }
+    }
+    let template = new.template_id.as_deref().unwrap_or("base");
+    if !emulator.inner.templates.contains(template) {
+        return Err(EmulatorError::new(
+            StatusCode::NOT_FOUND,
+            format!("template '{template}' not found"),
+        ));
+    }
+    Ok(())
+}
+
+async fn create(emulator: Emulator, body: axum::body::Bytes, api: Api) -> Response {
+    emulator.inner.stats.request(route::CREATE);
+    if let Some(fault) = injected_fault(&emulator).await {
+        return fault;
+    }
+    create_sandbox(emulator, body, api).await
+}
+
+/// The create fault the knobs hold, if any. It stands for the edge failing
+/// before E2B's API sees the request, so it comes before any idempotency
+/// bookkeeping: the retry of a create that hung is not refused as still in
+/// progress.
+async fn injected_fault(emulator: &Emulator) -> Option<Response> {
+    let fault = emulator.knobs().take_create_fault();
+    match fault? {
+        CreateFaultMode::Error => Some(
+            EmulatorError::new(StatusCode::INTERNAL_SERVER_ERROR, "injected create failure")
+                .into_response(),
+        ),
+        CreateFaultMode::RateLimit => {
+            let retry_after = emulator.knobs().retry_after_secs();
+            let mut response =
+                EmulatorError::new(StatusCode::TOO_MANY_REQUESTS, "injected rate limit")
+                    .into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(retry_after));
+            Some(response)
+        }
+        CreateFaultMode::Hang => std::future::pending().await,
+    }
+}
+
+/// Create past the faults: check the body, then boot the sandbox.
+/// Which create was called: v2 sandboxes are always secure, as the SDKs
+/// (which no longer send `secure` there) expect; v1 asks with `secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    V1,
+    V2,
+}
+
+async fn create_sandbox(emulator: Emulator, body: axum::body::Bytes, api: Api) -> Response {
     let new: NewSandbox = match parse(&body) {
         Ok(n) => n,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = check_create(&emulator, &new) {
+        return e.into_response();
+    }
     let timeout = new
         .timeout
         .map(Duration::from_secs)
@@ -113,13 +301,20 @@ async fn create(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Re
         env_vars: new.env_vars,
         started_at,
         end_at: std::sync::Mutex::new(started_at + timeout),
-        access_token: AccessToken::new(uuid::Uuid::new_v4().simple().to_string()),
+        // E2B issues a token only to a secure sandbox: every v2 one, and
+        // a v1 one when create asks for `secure`.
+        access_token: (api == Api::V2 || new.secure)
+            .then(|| AccessToken::new(uuid::Uuid::new_v4().simple().to_string())),
+        envd_version: emulator.inner.envd_version.clone(),
         sandbox,
     });
     lock(&emulator.inner.sandboxes).insert(entry.id.clone(), entry.clone());
     emulator.inner.stats.created();
     tokio::spawn(forget_when_expired(emulator, entry.clone()));
-    (StatusCode::CREATED, axum::Json(sandbox_json(&entry))).into_response()
+    let json = sandbox_json(&entry);
+    let mut response = (StatusCode::CREATED, axum::Json(json.clone())).into_response();
+    response.extensions_mut().insert(CreatedSandbox(json));
+    response
 }
 
 /// E2B sandbox ids are short lowercase alphanumerics.
@@ -152,8 +347,8 @@ fn sandbox_json(entry: &Entry) -> SandboxJson {
         sandbox_id: entry.id.clone(),
         client_id: CLIENT_ID.to_owned(),
         alias: Some(entry.template_id.clone()),
-        envd_version: ENVD_VERSION.to_owned(),
-        envd_access_token: Some(entry.access_token.clone()),
+        envd_version: entry.envd_version.clone(),
+        envd_access_token: entry.access_token.clone(),
         domain: None,
     }
 }
@@ -171,7 +366,7 @@ fn listed_json(entry: &Entry) -> ListedSandbox {
         memory_mb: 512,
         disk_size_mb: 1024,
         state: StateJson::Running,
-        envd_version: ENVD_VERSION.to_owned(),
+        envd_version: entry.envd_version.clone(),
         metadata: entry.metadata.clone(),
     }
 }
@@ -189,7 +384,7 @@ async fn info(State(emulator): State<Emulator>, Path(id): Path<String>) -> Respo
     match emulator.entry(&id) {
         Some(entry) => axum::Json(SandboxDetail {
             listed: listed_json(&entry),
-            envd_access_token: Some(entry.access_token.clone()),
+            envd_access_token: entry.access_token.clone(),
             domain: None,
         })
         .into_response(),

@@ -27,6 +27,10 @@ pub struct Knobs {
     /// Answer starts of the runner with generated output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<Synthetic>,
+    /// The `Retry-After` (seconds) of injected 429s; 1 when unset, as a
+    /// rate limiter always names a wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 /// How the next `count` creates fail.
@@ -77,6 +81,11 @@ impl Knobs {
     /// [`Self::latency_ms`] as a `Duration`.
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms)
+    }
+
+    /// The `Retry-After` of an injected 429, in seconds.
+    pub(crate) fn retry_after_secs(&self) -> u64 {
+        self.retry_after_secs.unwrap_or(1)
     }
 
     /// Takes one create fault, if any is left.

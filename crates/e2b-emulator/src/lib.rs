@@ -24,7 +24,7 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -51,9 +51,17 @@ mod synthetic;
 pub use knobs::Knobs;
 pub use stats::Snapshot;
 
-/// The envd version the emulator reports. The SDKs switch features on it;
-/// 0.5.7 is the first with octet-stream uploads.
-pub(crate) const ENVD_VERSION: &str = "0.5.7";
+/// The envd version the emulator reports by default. The SDKs switch
+/// features on it; 0.5.7 is the first with octet-stream uploads.
+pub const DEFAULT_ENVD_VERSION: &str = "0.5.7";
+
+/// The longest sandbox timeout create accepts by default: E2B's Hobby plan
+/// allows one hour.
+pub const DEFAULT_MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// The templates every emulator knows: E2B's default `base`, and the ones
+/// the product and its tests name.
+pub const DEFAULT_TEMPLATES: &[&str] = &["base", "sandstorm", "sandstorm-test"];
 
 /// The largest request body accepted (file uploads).
 const MAX_BODY: usize = 512 * 1024 * 1024;
@@ -79,6 +87,19 @@ pub struct EmulatorOptions {
     pub egress_open: Option<String>,
     /// The knobs in force at start-up.
     pub knobs: Knobs,
+    /// Accept what E2B refuses (timeouts above [`Self::max_timeout_secs`],
+    /// unknown templates, envd calls without `E2b-Sandbox-Port`, Start's
+    /// content type and protocol version, a missing `cwd`) and give
+    /// processes the local sandbox's environment rather than envd's.
+    /// Strict (`false`) by default.
+    pub lenient: bool,
+    /// The plan's longest sandbox timeout, in seconds; create asks for more
+    /// get E2B's 400. E2B states the limit in whole hours.
+    pub max_timeout_secs: u64,
+    /// The template names and ids create accepts; others get E2B's 404.
+    pub templates: BTreeSet<String>,
+    /// The `envdVersion` create and connect report.
+    pub envd_version: String,
 }
 
 /// A fresh key in E2B's shape: `e2b_` and 40 hex digits.
@@ -100,6 +121,10 @@ impl EmulatorOptions {
             shim,
             egress_open: None,
             knobs: Knobs::default(),
+            lenient: false,
+            max_timeout_secs: DEFAULT_MAX_TIMEOUT_SECS,
+            templates: DEFAULT_TEMPLATES.iter().map(|&t| t.to_owned()).collect(),
+            envd_version: DEFAULT_ENVD_VERSION.to_owned(),
         }
     }
 }
@@ -124,6 +149,12 @@ struct Inner {
     sandboxes: Mutex<HashMap<String, Arc<Entry>>>,
     knobs: Mutex<Knobs>,
     stats: stats::Stats,
+    lenient: bool,
+    max_timeout_secs: u64,
+    templates: BTreeSet<String>,
+    envd_version: String,
+    /// v2 creates by `Idempotency-Key`.
+    idempotency: Mutex<HashMap<String, control::Idempotent>>,
 }
 
 /// One emulated E2B sandbox.
@@ -135,8 +166,11 @@ pub(crate) struct Entry {
     pub(crate) env_vars: BTreeMap<String, String>,
     pub(crate) started_at: SystemTime,
     pub(crate) end_at: Mutex<SystemTime>,
-    /// What envd calls must send in `X-Access-Token`.
-    pub(crate) access_token: AccessToken,
+    /// What envd calls must send in `X-Access-Token`; `None` for a sandbox
+    /// created without `secure`, whose envd asks for no token (as E2B's).
+    pub(crate) access_token: Option<AccessToken>,
+    /// The `envdVersion` this sandbox reports.
+    pub(crate) envd_version: String,
     pub(crate) sandbox: Arc<LocalSandbox>,
 }
 
@@ -155,6 +189,11 @@ impl Emulator {
                 sandboxes: Mutex::new(HashMap::new()),
                 knobs: Mutex::new(options.knobs),
                 stats: stats::Stats::default(),
+                lenient: options.lenient,
+                max_timeout_secs: options.max_timeout_secs,
+                templates: options.templates,
+                envd_version: options.envd_version,
+                idempotency: Mutex::new(HashMap::new()),
             }),
         })
     }

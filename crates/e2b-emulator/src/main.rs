@@ -2,6 +2,7 @@
 //! by local bubblewrap sandboxes. Point an E2B SDK at it with
 //! `E2B_API_URL` and `E2B_SANDBOX_URL`; see docs/emulator.md.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -73,6 +74,31 @@ struct Args {
     /// Synthetic runner: bytes per line.
     #[arg(long, value_name = "S", requires = "synthetic_lines")]
     synthetic_bytes: Option<usize>,
+    /// Seconds of `Retry-After` on injected 429s.
+    #[arg(long, value_name = "SECS", default_value_t = 1)]
+    retry_after: u64,
+    /// Accept what E2B refuses (timeouts above --max-timeout, unknown
+    /// templates, envd calls without E2b-Sandbox-Port, Start's content type
+    /// and protocol version, a missing cwd) and give processes the local
+    /// sandbox's environment, not envd's. Strict (as E2B) without it.
+    #[arg(long)]
+    lenient: bool,
+    /// The plan's longest sandbox timeout in seconds (E2B's Hobby plan: one
+    /// hour); create asks for more get E2B's 400.
+    #[arg(long, value_name = "SECS", default_value_t = e2b_emulator::DEFAULT_MAX_TIMEOUT_SECS)]
+    max_timeout: u64,
+    /// A template create accepts, besides `base`, `sandstorm` and
+    /// `sandstorm-test` (repeatable); others get E2B's 404.
+    #[arg(long = "template", value_name = "NAME")]
+    templates: Vec<String>,
+    /// A file of template names create accepts, one a line (`#` starts a
+    /// comment).
+    #[arg(long, value_name = "FILE")]
+    templates_file: Option<PathBuf>,
+    /// The `envdVersion` create and connect report (the SDKs switch
+    /// features on it).
+    #[arg(long, value_name = "VERSION", default_value = e2b_emulator::DEFAULT_ENVD_VERSION)]
+    envd_version: String,
 }
 
 impl Args {
@@ -96,7 +122,33 @@ impl Args {
                 .synthetic_lines
                 .zip(self.synthetic_bytes)
                 .map(|(lines, bytes)| Synthetic { lines, bytes }),
+            retry_after_secs: Some(self.retry_after),
         }
+    }
+
+    /// The built-in templates, those named by `--template`, and those
+    /// listed in `--templates-file`.
+    fn templates(&self) -> std::io::Result<BTreeSet<String>> {
+        let mut templates: BTreeSet<String> = e2b_emulator::DEFAULT_TEMPLATES
+            .iter()
+            .map(|&t| t.to_owned())
+            .chain(self.templates.iter().cloned())
+            .collect();
+        if let Some(file) = &self.templates_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("--templates-file {}: {e}", file.display()),
+                )
+            })?;
+            templates.extend(
+                text.lines()
+                    .map(|l| l.split('#').next().unwrap_or_default().trim())
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        Ok(templates)
     }
 }
 
@@ -147,6 +199,10 @@ async fn serve() -> std::io::Result<()> {
         shim: std::env::current_exe()?,
         egress_open: args.egress_open.clone(),
         knobs: args.knobs(),
+        lenient: args.lenient,
+        max_timeout_secs: args.max_timeout,
+        templates: args.templates()?,
+        envd_version: args.envd_version.clone(),
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     // Tests and scripts read the bound address (port 0 picks one) from

@@ -62,67 +62,109 @@ pub(super) async fn upload(
         )
         .into_response();
     }
-    let mut files: Vec<(String, Bytes)> = Vec::new();
-    if content_type.starts_with("multipart/form-data") {
-        let mut multipart = match Multipart::from_request(request, &emulator).await {
-            Ok(m) => m,
-            Err(e) => {
-                return EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response();
-            }
-        };
-        loop {
-            let field = match multipart.next_field().await {
-                Ok(Some(field)) => field,
-                Ok(None) => break,
-                Err(e) => {
-                    return EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text())
-                        .into_response();
-                }
-            };
-            // With a `path` query every part goes there; without one each
-            // part's filename is its full path (one request, many files).
-            let path = match (&query.path, field.file_name()) {
-                (Some(path), _) => absolute(path),
-                (None, Some(name)) => absolute(name),
-                (None, None) => {
-                    return EmulatorError::new(
-                        StatusCode::BAD_REQUEST,
-                        "a part without a filename needs the path query",
-                    )
-                    .into_response();
-                }
-            };
-            match field.bytes().await {
-                Ok(content) => files.push((path, content)),
-                Err(e) => {
-                    return EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text())
-                        .into_response();
-                }
-            }
-        }
-    } else {
+    // envd picks the codec by media type: octet-stream is one raw file,
+    // any multipart/* is parts; everything else is refused.
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if media_type == "application/octet-stream" {
         let Some(path) = &query.path else {
             return EmulatorError::new(
                 StatusCode::BAD_REQUEST,
-                "an octet-stream upload needs the path query",
+                "path query parameter is required for raw body upload",
             )
             .into_response();
         };
-        match Bytes::from_request(request, &emulator).await {
-            Ok(content) => files.push((absolute(path), content)),
+        let path = absolute(path);
+        return match Bytes::from_request(request, &emulator).await {
+            Ok(content) => match entry.sandbox.write(path.clone(), content).await {
+                Ok(()) => axum::Json(vec![entry_info(path)]).into_response(),
+                Err(e) => fs_error(&e),
+            },
+            Err(e) => EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+        };
+    }
+    if !media_type.starts_with("multipart/") {
+        return EmulatorError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unsupported content type: {content_type}, expected multipart/form-data or application/octet-stream"
+            ),
+        )
+        .into_response();
+    }
+    let mut multipart = match Multipart::from_request(request, &emulator).await {
+        Ok(m) => m,
+        Err(e) => {
+            return EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response();
+        }
+    };
+    // Parts are written as they come, as envd streams them; a refused part
+    // leaves the ones before it written, and envd's message says so.
+    let mut written: Vec<EntryInfo> = Vec::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
             Err(e) => {
                 return EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response();
             }
+        };
+        // envd reads only the parts named `file`.
+        if field.name() != Some("file") {
+            continue;
         }
-    }
-    let mut written = Vec::with_capacity(files.len());
-    for (path, content) in files {
+        // With a `path` query every part goes there; without one each
+        // part's filename is its full path (one request, many files).
+        let path = match (&query.path, field.file_name()) {
+            (Some(path), _) => absolute(path),
+            (None, Some(name)) => absolute(name),
+            (None, None) => {
+                return EmulatorError::new(
+                    StatusCode::BAD_REQUEST,
+                    "a part without a filename needs the path query",
+                )
+                .into_response();
+            }
+        };
+        if written.iter().any(|w| w.path == path) {
+            return duplicate_path(&path, &written);
+        }
+        let content = match field.bytes().await {
+            Ok(content) => content,
+            Err(e) => {
+                return EmulatorError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response();
+            }
+        };
         if let Err(e) = entry.sandbox.write(path.clone(), content).await {
             return fs_error(&e);
         }
         written.push(entry_info(path));
     }
     axum::Json(written).into_response()
+}
+
+/// envd's 400 for a second part bound for a path already written in this
+/// request (several parts under one `path` query, say).
+fn duplicate_path(path: &str, written: &[EntryInfo]) -> Response {
+    let mut message = format!(
+        "you cannot upload multiple files to the same path '{path}' in one upload request, only the first specified file was uploaded"
+    );
+    let others: Vec<&str> = written
+        .iter()
+        .map(|w| w.path.as_str())
+        .filter(|p| *p != path)
+        .collect();
+    if others.len() > 1 {
+        message.push_str(&format!(
+            ", also the following files were uploaded: {}",
+            others.join(", ")
+        ));
+    }
+    EmulatorError::new(StatusCode::BAD_REQUEST, message).into_response()
 }
 
 pub(super) async fn download(

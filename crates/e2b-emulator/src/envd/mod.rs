@@ -34,6 +34,9 @@ pub(super) fn routes() -> Router<Emulator> {
 async fn health(State(emulator): State<Emulator>, request: Request) -> Response {
     emulator.inner.stats.request(route::HEALTH);
     let (parts, _) = request.into_parts();
+    if let Err(refused) = check_routing(&emulator, &parts) {
+        return refused.into_response();
+    }
     match sandbox_id(&parts) {
         Some(id) if emulator.entry(&id).is_none() => sandbox_not_found(&id),
         _ => StatusCode::NO_CONTENT.into_response(),
@@ -57,6 +60,7 @@ impl FromRequestParts<Emulator> for EnvdSandbox {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, emulator: &Emulator) -> Result<Self, Response> {
+        check_routing(emulator, parts).map_err(ProxyError::into_response)?;
         let id = sandbox_id(parts).unwrap_or_default();
         let entry = emulator.entry(&id).ok_or_else(|| sandbox_not_found(&id))?;
         let token = parts
@@ -64,7 +68,13 @@ impl FromRequestParts<Emulator> for EnvdSandbox {
             .get("x-access-token")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if !bool::from(token.ct_eq(entry.access_token.expose().as_bytes())) {
+        // A sandbox created without `secure` has no token: its envd lets
+        // any caller in, as E2B's does.
+        let ok = entry
+            .access_token
+            .as_ref()
+            .is_none_or(|expected| bool::from(token.ct_eq(expected.expose().as_bytes())));
+        if !ok {
             return Err(EmulatorError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid or missing X-Access-Token",
@@ -72,6 +82,64 @@ impl FromRequestParts<Emulator> for EnvdSandbox {
             .into_response());
         }
         Ok(EnvdSandbox(entry))
+    }
+}
+
+/// What E2B's edge proxy checks before it routes by header: with either of
+/// `E2b-Sandbox-Id` and `E2b-Sandbox-Port` the other is required (400
+/// `missing header`) and the port must be a number (400 `Invalid sandbox
+/// port`), answered as Go's `http.Error` does. Envd listens on one port;
+/// another one reaches nothing.
+fn check_routing(emulator: &Emulator, parts: &Parts) -> Result<(), ProxyError> {
+    if emulator.inner.lenient {
+        return Ok(());
+    }
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let (id, port) = (header("e2b-sandbox-id"), header("e2b-sandbox-port"));
+    if id.is_none() && port.is_none() {
+        return Ok(());
+    }
+    let (Some(_), Some(port)) = (id, port) else {
+        return Err(ProxyError(StatusCode::BAD_REQUEST, "missing header".into()));
+    };
+    match port.parse::<u64>() {
+        Err(_) => Err(ProxyError(
+            StatusCode::BAD_REQUEST,
+            "Invalid sandbox port".into(),
+        )),
+        Ok(p) if p != u64::from(ENVD_PORT) => Err(ProxyError(
+            StatusCode::BAD_GATEWAY,
+            format!("The emulator serves only envd's port {ENVD_PORT}, not {p}"),
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A refusal of E2B's edge proxy: a plain-text error as Go's `http.Error`
+/// writes it.
+struct ProxyError(StatusCode, String);
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let ProxyError(status, message) = self;
+        (
+            status,
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                ),
+                (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            format!("{message}\n"),
+        )
+            .into_response()
     }
 }
 

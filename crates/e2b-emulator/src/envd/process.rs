@@ -23,7 +23,7 @@ use e2b_wire::envd::{
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use sandstorm::sandbox::local::Signal;
+use sandstorm::sandbox::local::{FsError, Signal};
 use sandstorm::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, SandboxError};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -48,14 +48,15 @@ pub(super) async fn start(
     body: Bytes,
 ) -> Response {
     emulator.inner.stats.request(route::START);
+    if let Some(refused) = check_connect_headers(&emulator, &headers) {
+        return refused;
+    }
     let request: StartRequest = match decode_enveloped(&body) {
         Ok(r) => r,
         Err(message) => return stream_error("invalid_argument", message),
     };
     let timeout = header_number(&headers, "connect-timeout-ms").map(Duration::from_millis);
-    let keepalive = header_number(&headers, "keepalive-ping-interval")
-        .filter(|s| *s > 0)
-        .map(Duration::from_secs);
+    let keepalive = Some(keepalive_interval(&headers));
     let (synthetic, cut_after) = {
         let mut knobs = emulator.knobs();
         (knobs.synthetic, knobs.take_stream_cut())
@@ -75,14 +76,15 @@ pub(super) async fn start(
             (SYNTHETIC_PID.fetch_add(1, Ordering::Relaxed), events)
         }
         _ => {
-            // The sandbox's envVars are defaults; the request's own win.
-            let mut envs = entry.env_vars.clone();
-            envs.extend(config.envs);
+            let cwd = match checked_cwd(&emulator, &entry, config.cwd).await {
+                Ok(cwd) => cwd,
+                Err(message) => return stream_error("invalid_argument", message),
+            };
             let spec = ProcessSpec {
                 cmd: config.cmd,
                 args: config.args,
-                envs,
-                cwd: config.cwd.unwrap_or_default(),
+                envs: environment(&emulator, &entry, config.envs),
+                cwd,
                 timeout,
             };
             match entry.sandbox.spawn(spec) {
@@ -95,6 +97,113 @@ pub(super) async fn start(
     let (tx, rx) = mpsc::channel(FRAME_BUFFER);
     tokio::spawn(relay(tx, pid, events, keepalive, cut_after));
     connect_stream(Body::from_stream(ReceiverStream::new(rx)))
+}
+
+/// envd's keepalive interval when `Keepalive-Ping-Interval` names none.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(90);
+
+/// envd's `PATH` (its own, which systemd's default sets: its unit file
+/// names none), behind the local sandbox's `/opt/sandstorm/bin`. That
+/// folder holds the execute-only `node` that stands in for the template's
+/// `/usr/local/bin/node`: the host's own `node` there would be dumpable,
+/// and the agent could then write into the runner's event stream.
+const ENVD_PATH: &str =
+    "/opt/sandstorm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The user envd runs commands as by default, and its home.
+const USER: &str = "user";
+const HOME: &str = "/home/user";
+
+/// envd pings every 90 s unless `Keepalive-Ping-Interval` names another
+/// whole number of seconds (0, which would stop envd's ticker, counts as
+/// unset here).
+fn keepalive_interval(headers: &HeaderMap) -> Duration {
+    header_number(headers, "keepalive-ping-interval")
+        .filter(|s| *s > 0)
+        .map_or(DEFAULT_KEEPALIVE, Duration::from_secs)
+}
+
+/// What connect-go checks of a streaming call before the handler runs: a
+/// content type it does not speak is 415 with `Accept-Post` and no body;
+/// a `Connect-Protocol-Version` other than 1 is `invalid_argument` (for
+/// streams the header may be absent). The emulator speaks only the JSON
+/// codec of the Connect protocol, where envd also speaks proto and gRPC.
+fn check_connect_headers(emulator: &Emulator, headers: &HeaderMap) -> Option<Response> {
+    if emulator.inner.lenient {
+        return None;
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if !media_type.eq_ignore_ascii_case(CONNECT_JSON) {
+        let mut response = StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
+        response
+            .headers_mut()
+            .insert("accept-post", HeaderValue::from_static(CONNECT_JSON));
+        return Some(response);
+    }
+    match headers.get("connect-protocol-version") {
+        Some(v) if v != "1" => Some(stream_error(
+            "invalid_argument",
+            format!(
+                "Connect-Protocol-Version must be \"1\": got {:?}",
+                String::from_utf8_lossy(v.as_bytes())
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// The environment envd gives a process: its `PATH`, the user's `HOME`,
+/// `USER` and `LOGNAME`, then the sandbox's `envVars`, then the request's
+/// own, each overriding the one before.
+fn environment(
+    emulator: &Emulator,
+    entry: &crate::Entry,
+    request: std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut envs = std::collections::BTreeMap::new();
+    if !emulator.inner.lenient {
+        for (name, value) in [
+            ("PATH", ENVD_PATH),
+            ("HOME", HOME),
+            ("USER", USER),
+            ("LOGNAME", USER),
+        ] {
+            envs.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    envs.extend(entry.env_vars.clone());
+    envs.extend(request);
+    envs
+}
+
+/// The working folder, as envd resolves it: the user's home when absent,
+/// relative to it when relative, and `invalid_argument` (envd's message)
+/// when it does not exist.
+async fn checked_cwd(
+    emulator: &Emulator,
+    entry: &crate::Entry,
+    cwd: Option<String>,
+) -> Result<String, String> {
+    let cwd = match cwd.filter(|c| !c.is_empty()) {
+        None => return Ok(HOME.to_owned()),
+        Some(c) if c.starts_with('/') => c,
+        Some(c) => format!("{HOME}/{c}"),
+    };
+    if emulator.inner.lenient {
+        return Ok(cwd);
+    }
+    // The local sandbox can look only into its writable trees (home, /tmp,
+    // the runner folder): reading a folder there says "a folder", a missing
+    // one "not found". Elsewhere (the read-only system) the start itself
+    // fails if the folder is missing.
+    match entry.sandbox.read(cwd.clone()).await {
+        Err(FsError::NotFound { .. }) => Err(format!("cwd '{cwd}' does not exist")),
+        _ => Ok(cwd),
+    }
 }
 
 /// Turns process events into Connect frames until the end or the cut.
@@ -357,4 +466,19 @@ pub(super) async fn list(
         })
         .collect();
     axum::Json(ListResponse { processes }).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalives_default_to_envd_s_90_seconds() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(keepalive_interval(&headers), Duration::from_secs(90));
+        headers.insert("keepalive-ping-interval", HeaderValue::from_static("abc"));
+        assert_eq!(keepalive_interval(&headers), Duration::from_secs(90));
+        headers.insert("keepalive-ping-interval", HeaderValue::from_static("5"));
+        assert_eq!(keepalive_interval(&headers), Duration::from_secs(5));
+    }
 }
