@@ -378,6 +378,40 @@ mod tests {
         assert_eq!(plan.process.cwd, "/home/user");
     }
 
+    /// On E2B the runner starts with no login shell, so envd's own `PATH`
+    /// must find the bare `node`. envd passes a process its own `PATH` and
+    /// nothing else of its environment
+    /// (`packages/envd/internal/services/process/handler/handler.go` in
+    /// e2b-dev/infra), and its systemd unit sets none, so it is systemd's
+    /// default. The template's official node image (`fromImage`, pinned by
+    /// `tests/template.rs`) installs `node` in `/usr/local/bin`. The
+    /// emulator gives processes this same `PATH` (`tests/emulator.rs`).
+    #[test]
+    fn the_runner_s_node_is_on_envd_s_own_path() {
+        const ENVD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        const TEMPLATE_NODE_DIR: &str = "/usr/local/bin";
+        let q = QueryRequest {
+            prompt: "p".into(),
+            ..Default::default()
+        }
+        .validate(crate::request::Naming::Fields)
+        .expect("valid");
+        let plan = build(
+            "r".into(),
+            &q,
+            &SandstormConfig::default(),
+            Limits::DEFAULT,
+            ResolvedKeys::default(),
+            None,
+        );
+        assert_eq!(plan.process.cmd, "node", "a bare name, found by PATH");
+        assert!(
+            !plan.process.envs.contains_key("PATH"),
+            "the run must not replace envd's PATH"
+        );
+        assert!(ENVD_PATH.split(':').any(|dir| dir == TEMPLATE_NODE_DIR));
+    }
+
     #[test]
     fn the_timeout_sets_the_deadline_unless_the_platform_ends_sooner() {
         let q = query(&serde_json::json!({"prompt":"p","timeout":100}));
