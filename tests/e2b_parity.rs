@@ -190,3 +190,51 @@ async fn our_create_matches_an_sdk() {
         }
     );
 }
+
+/// Our upload of two files, compared with the SDKs' `write_files`/`write`
+/// of two: one multipart POST /files, every field matching one SDK's.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_upload_matches_an_sdk() {
+    let is_upload = |r: &Recorded| r.method == "POST" && r.path == "/files";
+    let py = record_sdk(&python(), "driver.py", "upload_many").await;
+    let js = record_sdk("node", "driver.mjs", "upload_many").await;
+    let py_upload = find(&py, "Python upload", is_upload).clone();
+    let js_upload = find(&js, "JS upload", is_upload).clone();
+
+    let (running, recording) = emulator::start_recording().await;
+    let provider = E2bProvider::new(E2bOptions::local(&running.url, KEY)).expect("client builds");
+    let sandbox = provider
+        .create(SandboxSpec::default())
+        .await
+        .expect("our client creates a sandbox");
+    let files = ["a.txt", "b.txt"]
+        .iter()
+        .map(|name| sandstorm::sandbox::SandboxFile {
+            path: format!("/home/user/parity/{name}"),
+            content: bytes::Bytes::from_static(b"A"),
+        })
+        .collect();
+    sandbox.upload(files).await.expect("our client uploads");
+    sandbox
+        .destroy()
+        .await
+        .expect("our client kills the sandbox");
+    let ours = recording.lock().expect("recording lock").clone();
+    let our_upload = find(&ours, "our upload", is_upload).clone();
+    let against_py = diff(&py_upload, &our_upload);
+    let against_js = diff(&js_upload, &our_upload);
+    assert!(
+        against_py.is_empty() || against_js.is_empty(),
+        "our upload matches neither SDK\nvs Python (- py, + ours):\n{}\nvs JS (- js, + ours):\n{}",
+        against_py.join("\n"),
+        against_js.join("\n")
+    );
+    println!(
+        "our upload matches: {}",
+        if against_py.is_empty() {
+            "the Python SDK"
+        } else {
+            "the JS SDK"
+        }
+    );
+}
