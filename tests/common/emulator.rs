@@ -176,3 +176,197 @@ pub fn start_binary_blocking(command: Command) -> (Process, String) {
 }
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// One request as the parity tests compare it: its shape, not its values.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query_keys: Vec<String>,
+    /// The allow-listed headers: a value where its value is the point, and
+    /// `<present>` where only its presence is (keys, tokens).
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub body: serde_json::Value,
+}
+
+/// Headers whose value the parity tests compare.
+const VALUE_HEADERS: &[&str] = &[
+    "content-type",
+    "connect-protocol-version",
+    "e2b-sandbox-port",
+    "keepalive-ping-interval",
+];
+/// Headers compared by presence only: they carry secrets or random values.
+const PRESENCE_HEADERS: &[&str] = &[
+    "e2b-sandbox-id",
+    "x-access-token",
+    "x-api-key",
+    "idempotency-key",
+    "connect-timeout-ms",
+];
+
+/// JSON value types, recursively: what the tests compare of a body.
+pub fn shape(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Null => Value::from("null"),
+        Value::Bool(_) => Value::from("bool"),
+        Value::Number(_) => Value::from("number"),
+        Value::String(_) => Value::from("string"),
+        Value::Array(items) => Value::Array(items.iter().map(shape).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| (key.clone(), shape(value)))
+                .collect(),
+        ),
+    }
+}
+
+/// The body's shape: JSON, Connect envelopes (each decoded to its JSON
+/// message), multipart parts (name, filename, content type), or its size.
+fn body_shape(content_type: &str, body: &[u8]) -> serde_json::Value {
+    use serde_json::Value;
+    if body.is_empty() {
+        return Value::from("empty");
+    }
+    if content_type.starts_with("application/connect+json") {
+        let mut messages = Vec::new();
+        let mut rest = body;
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let end = (5 + len).min(rest.len());
+            let message = serde_json::from_slice(&rest[5..end])
+                .map(|json: Value| shape(&json))
+                .unwrap_or_else(|_| Value::from("not json"));
+            messages.push(serde_json::json!({"flags": rest[0], "message": message}));
+            rest = &rest[end..];
+        }
+        return Value::Array(messages);
+    }
+    if let Some(boundary) = content_type
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("boundary="))
+    {
+        let boundary = format!("--{}", boundary.trim_matches('"'));
+        let text = String::from_utf8_lossy(body);
+        let parts = text
+            .split(boundary.as_str())
+            .filter_map(|part| part.split_once("\r\n\r\n").map(|(head, _)| head))
+            .map(|head| {
+                let mut summary = serde_json::Map::new();
+                for line in head.lines() {
+                    let Some((name, value)) = line.split_once(':') else {
+                        continue;
+                    };
+                    let name = name.trim().to_ascii_lowercase();
+                    if name == "content-type" {
+                        summary.insert("content-type".into(), Value::from(value.trim()));
+                    } else if name == "content-disposition" {
+                        for param in value.split(';').skip(1) {
+                            if let Some((key, val)) = param.trim().split_once('=') {
+                                let val = if key == "filename" {
+                                    "<filename>"
+                                } else {
+                                    val.trim_matches('"')
+                                };
+                                summary.insert(key.to_owned(), Value::from(val));
+                            }
+                        }
+                    }
+                }
+                Value::Object(summary)
+            })
+            .collect();
+        return Value::Array(parts);
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(json) => shape(&json),
+        Err(_) => Value::from("bytes"),
+    }
+}
+
+/// What a recording emulator has seen, in order.
+pub type Recording = std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>;
+
+/// Records each request's shape, then hands the buffered body on unchanged.
+async fn record(
+    axum::extract::State(recording): axum::extract::State<Recording>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(err) => panic!("the recording layer could not read a body: {err}"),
+    };
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+    };
+    let mut headers = std::collections::BTreeMap::new();
+    for name in VALUE_HEADERS {
+        if let Some(value) = header(name) {
+            // A multipart boundary is random per request.
+            let value = value.split("; boundary=").next().unwrap_or("").to_owned();
+            headers.insert((*name).to_owned(), value);
+        }
+    }
+    for name in PRESENCE_HEADERS {
+        if header(name).is_some() {
+            headers.insert((*name).to_owned(), "<present>".to_owned());
+        }
+    }
+    let content_type = header("content-type").unwrap_or_default();
+    let recorded = Recorded {
+        method: parts.method.to_string(),
+        // A sandbox's id differs per run: the path keeps its place only.
+        path: match parts.uri.path().split_once("/sandboxes/") {
+            Some((head, tail)) => match tail.split_once('/') {
+                Some((_, rest)) => format!("{head}/sandboxes/{{id}}/{rest}"),
+                None => format!("{head}/sandboxes/{{id}}"),
+            },
+            None => parts.uri.path().to_owned(),
+        },
+        query_keys: parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| pair.split('=').next().unwrap_or("").to_owned())
+            .collect(),
+        headers,
+        body: body_shape(&content_type, &bytes),
+    };
+    recording
+        .lock()
+        .expect("the recording lock is not poisoned")
+        .push(recorded);
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    next.run(request).await
+}
+
+/// Starts the emulator with every request recorded (see [`Recorded`]).
+pub async fn start_recording() -> (RunningEmulator, Recording) {
+    let emulator = Emulator::new(options())
+        .expect("start the E2B emulator (is bubblewrap installed? apt-get install bubblewrap)");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the emulator to 127.0.0.1:0");
+    let url = format!(
+        "http://{}",
+        listener.local_addr().expect("emulator address")
+    );
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let recording = Recording::default();
+    let app = e2b_emulator::app(emulator.clone()).layer(axum::middleware::from_fn_with_state(
+        recording.clone(),
+        record,
+    ));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (RunningEmulator { url, emulator }, recording)
+}

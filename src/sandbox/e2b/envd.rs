@@ -80,7 +80,13 @@ impl E2bSandbox {
                     reqwest::Body::from(file.content.clone()),
                     file.content.len() as u64,
                 )
-                .file_name(file.path.clone());
+                .file_name(file.path.clone())
+                // As the JS SDK labels each part (the Python SDK guesses
+                // from the name); envd writes the bytes as they are.
+                .headers(reqwest::header::HeaderMap::from_iter([(
+                    reqwest::header::CONTENT_TYPE,
+                    reqwest::header::HeaderValue::from_static("application/octet-stream"),
+                )]));
                 form.part("file", part)
             })
         };
