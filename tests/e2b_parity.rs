@@ -143,8 +143,6 @@ async fn sdks_send_the_same_requests_per_operation() {
 /// Our create, compared with the SDKs': every field but the documented
 /// Idempotency-Key must match one SDK's.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "our create also sends allow_internet_access:true and autoPause:false, which \
-            neither SDK sends by default; dropping them is a client decision left to issue 13"]
 async fn our_create_matches_an_sdk() {
     let py = record_sdk(&python(), "driver.py", "create").await;
     let js = record_sdk("node", "driver.mjs", "create").await;

@@ -303,7 +303,7 @@ async fn create_sandbox(emulator: Emulator, body: axum::body::Bytes, api: Api) -
         end_at: std::sync::Mutex::new(started_at + timeout),
         // E2B issues a token only to a secure sandbox: every v2 one, and
         // a v1 one when create asks for `secure`.
-        access_token: (api == Api::V2 || new.secure)
+        access_token: (api == Api::V2 || new.secure == Some(true))
             .then(|| AccessToken::new(uuid::Uuid::new_v4().simple().to_string())),
         envd_version: emulator.inner.envd_version.clone(),
         sandbox,

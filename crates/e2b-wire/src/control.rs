@@ -30,9 +30,11 @@ pub struct NewSandbox {
     /// The default environment of every process in the sandbox.
     #[serde(default)]
     pub env_vars: BTreeMap<String, String>,
-    /// envd then demands the access token create hands back.
-    #[serde(default)]
-    pub secure: bool,
+    /// envd then demands the access token create hands back. Absent
+    /// means not secure on v1; v2 sandboxes are always secure, and the
+    /// SDKs no longer send it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<bool>,
     /// Absent means allowed. The spec spells this one in snake case.
     #[serde(
         rename = "allow_internet_access",
@@ -40,9 +42,10 @@ pub struct NewSandbox {
         skip_serializing_if = "Option::is_none"
     )]
     pub allow_internet_access: Option<bool>,
-    /// Whether E2B pauses the sandbox at its timeout instead of killing it.
-    #[serde(default)]
-    pub auto_pause: bool,
+    /// Whether E2B pauses the sandbox at its timeout instead of killing
+    /// it. Absent means no.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_pause: Option<bool>,
 }
 
 /// The answer of create and connect: `Sandbox`.
@@ -198,9 +201,9 @@ mod tests {
             timeout: Some(300),
             metadata: BTreeMap::from([("request_id".into(), "r1".into())]),
             env_vars: BTreeMap::new(),
-            secure: true,
+            secure: Some(true),
             allow_internet_access: Some(true),
-            auto_pause: false,
+            auto_pause: Some(false),
         };
         assert_eq!(
             serde_json::to_value(&body).expect("serializes"),

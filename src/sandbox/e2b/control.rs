@@ -148,29 +148,26 @@ fn whole_seconds(lifetime: Duration) -> u64 {
     lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0)
 }
 
-/// What create asks for: the template, for `lifetime`, with `metadata`.
-/// v2 sandboxes are always secure (envd demands the access token create
-/// hands back), and the SDKs send no `secure` there, so neither do we.
+/// What create asks for: the template, for `lifetime`, with `metadata`,
+/// and nothing the SDKs leave out: v2 sandboxes are always secure (envd
+/// demands the access token create hands back), internet access is allowed
+/// unless refused (the agent must reach the model API), and a sandbox is
+/// killed, not paused, at its timeout, unless asked otherwise.
+/// `tests/e2b_parity.rs` compares this body with the SDKs'.
 fn new_sandbox(
     template: &str,
     lifetime: Duration,
     metadata: &BTreeMap<String, String>,
-) -> serde_json::Value {
-    let body = NewSandbox {
+) -> NewSandbox {
+    NewSandbox {
         template_id: Some(template.to_owned()),
         timeout: Some(whole_seconds(lifetime)),
         metadata: metadata.clone(),
         env_vars: BTreeMap::new(),
-        secure: true,
-        // The agent must reach the model API.
-        allow_internet_access: Some(true),
-        auto_pause: false,
-    };
-    let mut body = serde_json::to_value(&body).unwrap_or_default();
-    if let Some(fields) = body.as_object_mut() {
-        fields.remove("secure");
+        secure: None,
+        allow_internet_access: None,
+        auto_pause: None,
     }
-    body
 }
 
 /// `DELETE /sandboxes/{id}`. 404 means already gone, which is what we
@@ -215,14 +212,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn create_asks_for_a_secure_sandbox_with_internet_that_does_not_pause() {
+    fn create_sends_only_what_the_sdks_send_on_v2() {
         let metadata = BTreeMap::from([("request_id".to_owned(), "r1".to_owned())]);
         let body = new_sandbox("sandstorm", Duration::from_secs(300), &metadata);
         assert_eq!(
             serde_json::to_value(&body).expect("serializes"),
             serde_json::json!({
                 "templateID": "sandstorm", "timeout": 300, "metadata": {"request_id": "r1"},
-                "envVars": {}, "allow_internet_access": true, "autoPause": false
+                "envVars": {}
             })
         );
     }
@@ -230,7 +227,7 @@ mod tests {
     #[test]
     fn a_lifetime_with_a_fraction_of_a_second_rounds_up() {
         let body = new_sandbox("t", Duration::from_millis(1500), &BTreeMap::new());
-        assert_eq!(body["timeout"], 2);
+        assert_eq!(body.timeout, Some(2));
     }
 
     #[test]
