@@ -35,6 +35,20 @@ struct Sbx {
     token: String,
 }
 
+impl Sbx {
+    /// The sandbox a create answered, addressed without its token (kill
+    /// needs only the id).
+    fn created(answer: &Value) -> Sbx {
+        Sbx {
+            id: answer["sandboxID"]
+                .as_str()
+                .expect("a sandboxID")
+                .to_owned(),
+            token: String::new(),
+        }
+    }
+}
+
 /// A decoded `Process/Start` answer.
 #[derive(Debug)]
 struct Started {
@@ -1058,10 +1072,7 @@ async fn the_access_token_is_issued_only_for_secure_sandboxes() {
         body.get("envdAccessToken").is_none_or(Value::is_null),
         "{body}"
     );
-    let open = Sbx {
-        id: body["sandboxID"].as_str().expect("id").to_owned(),
-        token: String::new(),
-    };
+    let open = Sbx::created(&body);
     let s = emu.start_process(&open, &sh("echo open"), &[]).await;
     assert_eq!(s.output("stdout"), b"open\n");
     emu.kill(&open).await;
@@ -1102,11 +1113,7 @@ async fn the_access_token_is_issued_only_for_secure_sandboxes() {
             .is_some_and(|t| !t.is_empty()),
         "a v2 sandbox came without a token: {body}"
     );
-    emu.kill(&Sbx {
-        id: body["sandboxID"].as_str().expect("id").to_owned(),
-        token: String::new(),
-    })
-    .await;
+    emu.kill(&Sbx::created(&body)).await;
 }
 
 /// `Idempotency-Key` on `POST /v2/sandboxes`: the same key and body give the
@@ -1158,11 +1165,7 @@ async fn envd_version_is_configurable() {
     let emu = Emu::start().await;
     let (_, body) = create_answer(&emu, "/sandboxes", &[], &json!({})).await;
     assert_eq!(body["envdVersion"], "0.5.7");
-    emu.kill(&Sbx {
-        id: body["sandboxID"].as_str().expect("id").to_owned(),
-        token: String::new(),
-    })
-    .await;
+    emu.kill(&Sbx::created(&body)).await;
 
     let mut options = emulator::options();
     options.envd_version = "0.4.2".into();
@@ -1172,11 +1175,7 @@ async fn envd_version_is_configurable() {
     };
     let (_, body) = create_answer(&old, "/sandboxes", &[], &json!({})).await;
     assert_eq!(body["envdVersion"], "0.4.2");
-    old.kill(&Sbx {
-        id: body["sandboxID"].as_str().expect("id").to_owned(),
-        token: String::new(),
-    })
-    .await;
+    old.kill(&Sbx::created(&body)).await;
 }
 
 /// E2B's proxy routes by `E2b-Sandbox-Id` and `E2b-Sandbox-Port` together:

@@ -75,6 +75,15 @@ pub async fn start(knobs: Knobs) -> RunningEmulator {
 
 /// Starts the emulator with `options` on a port the system picks.
 pub async fn start_with(options: EmulatorOptions) -> RunningEmulator {
+    serve(options, |app| app).await
+}
+
+/// Starts the emulator with `options`, its router passed through `wrap`
+/// (a recording layer, say), on a port the system picks.
+async fn serve(
+    options: EmulatorOptions,
+    wrap: impl FnOnce(axum::Router) -> axum::Router,
+) -> RunningEmulator {
     let emulator = Emulator::new(options)
         .expect("start the E2B emulator (is bubblewrap installed? apt-get install bubblewrap)");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -89,7 +98,7 @@ pub async fn start_with(options: EmulatorOptions) -> RunningEmulator {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let app = e2b_emulator::app(emulator.clone());
+    let app = wrap(e2b_emulator::app(emulator.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await });
     RunningEmulator { url, emulator }
 }
@@ -350,23 +359,8 @@ async fn record(
 
 /// Starts the emulator with every request recorded (see [`Recorded`]).
 pub async fn start_recording() -> (RunningEmulator, Recording) {
-    let emulator = Emulator::new(options())
-        .expect("start the E2B emulator (is bubblewrap installed? apt-get install bubblewrap)");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the emulator to 127.0.0.1:0");
-    let url = format!(
-        "http://{}",
-        listener.local_addr().expect("emulator address")
-    );
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let recording = Recording::default();
-    let app = e2b_emulator::app(emulator.clone()).layer(axum::middleware::from_fn_with_state(
-        recording.clone(),
-        record,
-    ));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (RunningEmulator { url, emulator }, recording)
+    let layer = axum::middleware::from_fn_with_state(recording.clone(), record);
+    let running = serve(options(), |app| app.layer(layer)).await;
+    (running, recording)
 }
