@@ -51,16 +51,7 @@ pub(crate) async fn create(
                 .header("X-API-KEY", api_key.expose())
                 .header("Idempotency-Key", key.as_str())
                 .json(body);
-            let (status, answer) = http::call(request, "create", options.request_timeout).await?;
-            if !status.is_success() {
-                return Err(http::status_error(
-                    "create",
-                    status,
-                    &answer,
-                    true,
-                    &[api_key],
-                ));
-            }
+            let answer = send(request, "create", options, api_key).await?;
             serde_json::from_slice::<Sandbox>(&answer).map_err(|e| SandboxError::Other {
                 op: "create",
                 message: format!("{PROVIDER} answered with an unexpected body: {e}"),
@@ -125,22 +116,28 @@ pub(crate) async fn set_timeout(
                 .post(url)
                 .header("X-API-KEY", api_key.expose())
                 .json(body);
-            let (status, answer) =
-                http::call(request, "set_timeout", options.request_timeout).await?;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(http::status_error(
-                    "set_timeout",
-                    status,
-                    &answer,
-                    true,
-                    &[api_key],
-                ))
-            }
+            send(request, "set_timeout", options, api_key)
+                .await
+                .map(drop)
         },
     )
     .await
+}
+
+/// One attempt of a control-plane call: its body on success, else the
+/// error its status means, with `api_key` blotted out of the message.
+async fn send(
+    request: reqwest::RequestBuilder,
+    op: &'static str,
+    options: &E2bOptions,
+    api_key: &Secret,
+) -> Result<bytes::Bytes, SandboxError> {
+    let (status, answer) = http::call(request, op, options.request_timeout).await?;
+    if status.is_success() {
+        Ok(answer)
+    } else {
+        Err(http::status_error(op, status, &answer, true, &[api_key]))
+    }
 }
 
 /// Round up: a lifetime of 1.5 s must not become 1 s.
