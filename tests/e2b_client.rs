@@ -44,6 +44,7 @@ fn options(url: &str) -> E2bOptions {
         attempts: 3,
         base_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(20),
+        budget: Duration::from_secs(30),
     };
     options
 }
@@ -291,9 +292,9 @@ async fn runner_lines_split_across_frames_reassemble_in_order() {
 }
 
 #[tokio::test]
-async fn create_failing_twice_is_retried_until_it_succeeds() {
+async fn create_unavailable_twice_is_retried_until_it_succeeds() {
     let emu = Emu::start().await;
-    emu.knobs(create_fault(CreateFaultMode::Error, 2));
+    emu.knobs(create_fault(CreateFaultMode::Unavailable, 2));
     let sandbox = create(&provider(&emu.url))
         .await
         .expect("third create succeeds");
@@ -301,6 +302,89 @@ async fn create_failing_twice_is_retried_until_it_succeeds() {
     assert_eq!(emu.stats().created, 1);
     sandbox.destroy().await.expect("destroyed");
     assert_eq!(emu.stats().alive, 0);
+}
+
+/// A 500 is E2B failing, not E2B busy: as the SDKs do, it is reported at
+/// once rather than tried again.
+#[tokio::test]
+async fn a_create_that_fails_with_500_is_not_retried() {
+    let emu = Emu::start().await;
+    emu.knobs(create_fault(CreateFaultMode::Error, 2));
+    let Err(err) = create(&provider(&emu.url)).await else {
+        panic!("created despite the 500");
+    };
+    assert_eq!(emu.requests("create"), 1);
+    assert_eq!(
+        err.to_string(),
+        "create failed: e2b answered HTTP 500: injected create failure"
+    );
+}
+
+/// `Should-Retry`, when E2B sends it, overrules the status either way.
+#[tokio::test]
+async fn should_retry_decides_over_the_status() {
+    let fake = Fake::start().await;
+    fake.refuse_creates(1, 500, &[("should-retry", "true")]);
+    create(&provider(&fake.url))
+        .await
+        .expect("a 500 marked Should-Retry: true is tried again");
+    assert_eq!(fake.count("POST", "/v2/sandboxes"), 2);
+
+    let fake = Fake::start().await;
+    fake.refuse_creates(1, 503, &[("should-retry", "false")]);
+    let Err(err) = create(&provider(&fake.url)).await else {
+        panic!("a 503 marked Should-Retry: false was tried again");
+    };
+    assert_eq!(fake.count("POST", "/v2/sandboxes"), 1);
+    assert!(err.to_string().contains("HTTP 503"), "{err}");
+}
+
+/// The tests' backoff is milliseconds; E2B's `Retry-After: 1` is a second.
+#[tokio::test]
+async fn a_rate_limited_create_waits_as_long_as_retry_after_says() {
+    let fake = Fake::start().await;
+    fake.refuse_creates(1, 429, &[("retry-after", "1")]);
+    create(&provider(&fake.url))
+        .await
+        .expect("created on the second try");
+    let creates: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v2/sandboxes")
+        .collect();
+    assert_eq!(creates.len(), 2);
+    let waited = creates[1].at - creates[0].at;
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
+}
+
+/// A process start is not idempotent: a second try could run the agent
+/// twice. So neither a status that would get a create retried (503) nor a
+/// connection cut once the request is sent makes us send it again.
+#[tokio::test]
+async fn a_failed_start_is_not_sent_again() {
+    let fake = Fake::start().await;
+    let provider = provider(&fake.url);
+    let sandbox = create(&provider).await.expect("created");
+
+    fake.script(StartAnswer::Refused {
+        status: 503,
+        code: "unavailable",
+        message: "envd is busy",
+    });
+    let Err(err) = sandbox.start(runner()).await else {
+        panic!("started despite the 503");
+    };
+    assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(fake.count("POST", "/process.Process/Start"), 1);
+
+    fake.script(StartAnswer::aborts_mid_frame());
+    let events = drain(sandbox.as_ref(), runner()).await;
+    assert!(
+        matches!(events.last(), Some(Err(_))),
+        "a cut start ends in an error: {events:?}"
+    );
+    assert_eq!(fake.count("POST", "/process.Process/Start"), 2);
+    sandbox.destroy().await.expect("destroyed");
 }
 
 #[tokio::test]
@@ -434,7 +518,7 @@ async fn a_kill_that_keeps_failing_is_an_error_after_the_bound() {
     assert_eq!(emu.stats().alive, 1);
     assert_eq!(
         err.to_string(),
-        "destroy failed: e2b answered HTTP 500: injected kill failure; gave up after 3 attempts"
+        "destroy failed: e2b answered HTTP 503: injected kill failure; gave up after 3 attempts"
     );
     emu.knobs(Knobs::default());
     sandbox.destroy().await.expect("works once E2B recovers");
@@ -899,6 +983,7 @@ async fn an_unreachable_e2b_is_a_transport_error_after_retries() {
         attempts: 2,
         base_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(2),
+        budget: Duration::from_secs(30),
     };
     let provider = E2bProvider::new(options).expect("client builds");
     let Err(err) = provider.create(SandboxSpec::default()).await else {
@@ -966,6 +1051,8 @@ mod fake {
         pub query: Option<String>,
         pub headers: HeaderMap,
         pub body: Bytes,
+        /// When it arrived, to tell how long a client waited between tries.
+        pub at: std::time::Instant,
     }
 
     impl Seen {
@@ -1087,8 +1174,9 @@ mod fake {
         envd_version: String,
         /// Answer create with 401.
         reject_keys: bool,
-        /// Answer this many next creates with 429.
-        rate_limited_creates: u32,
+        /// How the next creates are refused, first first: a status and
+        /// headers.
+        refused_creates: std::collections::VecDeque<(u16, Vec<(&'static str, &'static str)>)>,
         /// The plan's longest lifetime in seconds, as E2B enforces it.
         max_timeout: Option<u64>,
         /// Break the connection of this many next uploads.
@@ -1111,7 +1199,7 @@ mod fake {
                 requests: Vec::new(),
                 envd_version: "0.5.7".into(),
                 reject_keys: false,
-                rate_limited_creates: 0,
+                refused_creates: Default::default(),
                 max_timeout: None,
                 broken_uploads: 0,
                 start: StartAnswer::runner_lines(&[], "", 0),
@@ -1159,7 +1247,20 @@ mod fake {
         }
 
         pub(crate) fn rate_limit_creates(&self, times: u32) {
-            self.world().rate_limited_creates = times;
+            self.refuse_creates(times, 429, &[]);
+        }
+
+        /// Refuse the next `times` creates with `status` and `headers`.
+        pub(crate) fn refuse_creates(
+            &self,
+            times: u32,
+            status: u16,
+            headers: &[(&'static str, &'static str)],
+        ) {
+            let mut world = self.world();
+            for _ in 0..times {
+                world.refused_creates.push_back((status, headers.to_vec()));
+            }
         }
 
         pub(crate) fn limit_timeout(&self, seconds: u64) {
@@ -1191,6 +1292,7 @@ mod fake {
             query: parts.uri.query().map(str::to_owned),
             headers: parts.headers.clone(),
             body: body.clone(),
+            at: std::time::Instant::now(),
         });
         next.run(Request::from_parts(parts, Body::from(body))).await
     }
@@ -1221,9 +1323,15 @@ mod fake {
         if w.reject_keys {
             return e2b_error(401, "invalid API key");
         }
-        if w.rate_limited_creates > 0 {
-            w.rate_limited_creates -= 1;
-            return e2b_error(429, "rate limited");
+        if let Some((status, headers)) = w.refused_creates.pop_front() {
+            let mut refusal = e2b_error(status, "refused by the test");
+            for (name, value) in headers {
+                refusal.headers_mut().insert(
+                    axum::http::HeaderName::from_static(name),
+                    axum::http::HeaderValue::from_static(value),
+                );
+            }
+            return refusal;
         }
         if let Some(refused) = too_long(&w, &body) {
             return refused;
@@ -1291,6 +1399,7 @@ mod fake {
             query: None,
             headers: parts.headers.clone(),
             body,
+            at: std::time::Instant::now(),
         };
         let mut w = lock(&world);
         let id = match envd_sandbox(&w, &parts.headers) {

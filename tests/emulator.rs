@@ -591,7 +591,7 @@ async fn kill_faults_fail_then_the_kill_goes_through() {
     let emu = Emu::start().await;
     let sbx = emu.create(json!({})).await;
     emu.configure(json!({"kill_failures": 1})).await;
-    assert_eq!(emu.kill(&sbx).await, 500);
+    assert_eq!(emu.kill(&sbx).await, 503);
     assert_eq!(emu.stats().await["alive"], 1);
     assert_eq!(emu.kill(&sbx).await, 204);
     assert_eq!(emu.kill(&sbx).await, 404);

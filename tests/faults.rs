@@ -45,6 +45,7 @@ async fn stack_with_timeout(
         attempts: 3,
         base_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
+        budget: Duration::from_secs(30),
     };
     let provider = Arc::new(E2bProvider::new(e2b).expect("provider"));
     let mut pairs = vec![
@@ -98,11 +99,11 @@ fn synthetic(lines: u64) -> Option<Synthetic> {
 }
 
 #[tokio::test]
-async fn a_create_that_fails_twice_is_retried_and_the_run_succeeds() {
+async fn a_create_that_is_unavailable_twice_is_retried_and_the_run_succeeds() {
     let s = stack(
         Knobs {
             create_fault: Some(CreateFault {
-                mode: CreateFaultMode::Error,
+                mode: CreateFaultMode::Unavailable,
                 count: 2,
             }),
             synthetic: synthetic(20),
@@ -119,8 +120,8 @@ async fn a_create_that_fails_twice_is_retried_and_the_run_succeeds() {
 }
 
 /// A create that keeps failing in `mode` ends the run in one `sandbox`
-/// error event whose message contains `cause`, after every attempt.
-async fn create_keeps_failing(mode: CreateFaultMode, cause: &str) {
+/// error event whose message contains `cause`, after `attempts`.
+async fn create_keeps_failing(mode: CreateFaultMode, cause: &str, attempts: u64) {
     let s = stack(
         Knobs {
             create_fault: Some(CreateFault { mode, count: 100 }),
@@ -134,23 +135,32 @@ async fn create_keeps_failing(mode: CreateFaultMode, cause: &str) {
     assert_eq!(error["error_type"], "sandbox");
     let message = error["error"].as_str().expect("text");
     assert!(message.contains(cause), "{message}");
-    assert_eq!(s.emulator.stats().requests.get("create").copied(), Some(3));
+    assert_eq!(
+        s.emulator.stats().requests.get("create").copied(),
+        Some(attempts)
+    );
     assert_no_leak(&s.emulator).await;
 }
 
 #[tokio::test]
 async fn a_rate_limited_create_ends_in_one_error_event_naming_429() {
-    create_keeps_failing(CreateFaultMode::RateLimit, "429").await;
+    create_keeps_failing(CreateFaultMode::RateLimit, "429", 3).await;
 }
 
 #[tokio::test]
+async fn a_create_that_stays_unavailable_names_the_status() {
+    create_keeps_failing(CreateFaultMode::Unavailable, "503", 3).await;
+}
+
+/// A 500 is not retried (E2B's SDKs do not either), so it fails at once.
+#[tokio::test]
 async fn a_failing_create_names_the_status() {
-    create_keeps_failing(CreateFaultMode::Error, "500").await;
+    create_keeps_failing(CreateFaultMode::Error, "500", 1).await;
 }
 
 #[tokio::test]
 async fn a_hanging_create_times_out_into_one_error_event() {
-    create_keeps_failing(CreateFaultMode::Hang, "timed out").await;
+    create_keeps_failing(CreateFaultMode::Hang, "timed out", 3).await;
 }
 
 #[tokio::test]

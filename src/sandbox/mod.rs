@@ -261,18 +261,6 @@ pub enum SandboxError {
 }
 
 impl SandboxError {
-    /// Whether trying the same call again may succeed (rate limits, 5xx,
-    /// timeouts and dropped connections).
-    pub(crate) fn is_transient(&self) -> bool {
-        match self {
-            SandboxError::RateLimited { .. }
-            | SandboxError::TimedOut { .. }
-            | SandboxError::Transport { .. } => true,
-            SandboxError::Status { status, .. } => *status >= 500,
-            _ => false,
-        }
-    }
-
     /// The underlying failure, looking through [`SandboxError::GaveUp`]:
     /// what to classify an error by (rate limit, timeout, ...).
     pub fn cause(&self) -> &SandboxError {

@@ -239,6 +239,10 @@ async fn injected_fault(emulator: &Emulator) -> Option<Response> {
             EmulatorError::new(StatusCode::INTERNAL_SERVER_ERROR, "injected create failure")
                 .into_response(),
         ),
+        CreateFaultMode::Unavailable => Some(
+            EmulatorError::new(StatusCode::SERVICE_UNAVAILABLE, "injected create failure")
+                .into_response(),
+        ),
         CreateFaultMode::RateLimit => {
             let retry_after = emulator.knobs().retry_after_secs();
             let mut response =
@@ -395,7 +399,7 @@ async fn info(State(emulator): State<Emulator>, Path(id): Path<String>) -> Respo
 async fn kill(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
     emulator.inner.stats.request(route::KILL);
     if emulator.knobs().take_kill_failure() {
-        return EmulatorError::new(StatusCode::INTERNAL_SERVER_ERROR, "injected kill failure")
+        return EmulatorError::new(StatusCode::SERVICE_UNAVAILABLE, "injected kill failure")
             .into_response();
     }
     let Some(entry) = lock(&emulator.inner.sandboxes).remove(&id) else {

@@ -22,7 +22,8 @@ pub struct Knobs {
     /// Cut the next process streams mid-way.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_cut: Option<StreamCut>,
-    /// The next this-many kills answer 500.
+    /// The next this-many kills answer 503, as E2B's edge does under load
+    /// (a status clients retry).
     pub kill_failures: u32,
     /// Answer starts of the runner with generated output.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,9 +48,12 @@ pub struct CreateFault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CreateFaultMode {
-    /// 500 Internal Server Error.
+    /// 500 Internal Server Error: a failure clients must not retry.
     Error,
-    /// 429 Too Many Requests.
+    /// 503 Service Unavailable, as E2B's edge answers under load: clients
+    /// retry it.
+    Unavailable,
+    /// 429 Too Many Requests, with `Retry-After`.
     RateLimit,
     /// Never answer (until the client gives up).
     Hang,

@@ -45,9 +45,12 @@ struct Args {
     /// Milliseconds added to every request.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Fail the next N creates with 500.
-    #[arg(long, value_name = "N", conflicts_with_all = ["create_429", "create_hang"])]
+    /// Fail the next N creates with 500 (clients must not retry it).
+    #[arg(long, value_name = "N", conflicts_with_all = ["create_503", "create_429", "create_hang"])]
     create_500: Option<u32>,
+    /// Answer the next N creates with 503 (clients retry it).
+    #[arg(long, value_name = "N", conflicts_with_all = ["create_429", "create_hang"])]
+    create_503: Option<u32>,
     /// Answer the next N creates with 429.
     #[arg(long, value_name = "N", conflicts_with = "create_hang")]
     create_429: Option<u32>,
@@ -65,7 +68,7 @@ struct Args {
         requires = "cut_stream_after"
     )]
     cut_stream_count: u32,
-    /// Fail the next N kills with 500.
+    /// Fail the next N kills with 503.
     #[arg(long, value_name = "N", default_value_t = 0)]
     kill_failures: u32,
     /// Synthetic runner: answer starts of runner.mjs with N JSON lines.
@@ -105,6 +108,7 @@ impl Args {
     fn knobs(&self) -> Knobs {
         let create_fault = [
             (self.create_500, CreateFaultMode::Error),
+            (self.create_503, CreateFaultMode::Unavailable),
             (self.create_429, CreateFaultMode::RateLimit),
             (self.create_hang, CreateFaultMode::Hang),
         ]

@@ -10,7 +10,7 @@ use tracing::Instrument as _;
 
 use super::http::{self, PROVIDER};
 use super::options::E2bOptions;
-use super::retry::with_retries;
+use super::retry::{Failure, with_retries};
 use crate::sandbox::SandboxError;
 use crate::secret::Secret;
 
@@ -22,7 +22,9 @@ const MIN_ENVD_VERSION: (u64, u64, u64) = (0, 1, 0);
 /// (`E2B_DEBUG=true`), which is never created nor killed.
 pub(crate) const DEBUG_SANDBOX_ID: &str = "debug_sandbox_id";
 
-/// `POST /v2/sandboxes`, retried on 429, 5xx, dropped connections and hangs.
+/// `POST /v2/sandboxes`, retried as [`with_retries`] says: when E2B turns it
+/// away for now (429, 502, 503, 504 or `Should-Retry: true`), when the
+/// connection drops, and when it hangs.
 ///
 /// Every attempt of one create carries the same `Idempotency-Key`, so a
 /// retry after a lost answer gets the sandbox the first attempt made
@@ -41,23 +43,20 @@ pub(crate) async fn create(
     let (url, body) = (&format!("{}/v2/sandboxes", options.api_url), &body);
     // Lowercase letters, digits and hyphens: the SDKs' rule for the key.
     let key = &uuid::Uuid::new_v4().to_string();
-    let created = with_retries(
-        &options.retry,
-        "create",
-        SandboxError::is_transient,
-        || async move {
-            let request = client
-                .post(url)
-                .header("X-API-KEY", api_key.expose())
-                .header("Idempotency-Key", key.as_str())
-                .json(body);
-            let answer = send(request, "create", options, api_key).await?;
-            serde_json::from_slice::<Sandbox>(&answer).map_err(|e| SandboxError::Other {
+    let created = with_retries(&options.retry, "create", || async move {
+        let request = client
+            .post(url)
+            .header("X-API-KEY", api_key.expose())
+            .header("Idempotency-Key", key.as_str())
+            .json(body);
+        let answer = send(request, "create", options, api_key).await?;
+        serde_json::from_slice::<Sandbox>(&answer).map_err(|e| {
+            Failure::last(SandboxError::Other {
                 op: "create",
                 message: format!("{PROVIDER} answered with an unexpected body: {e}"),
             })
-        },
-    )
+        })
+    })
     .await?;
     if let Some(version) = too_old(&created.envd_version) {
         // Like the SDKs: the sandbox exists and costs money, so kill it
@@ -107,37 +106,38 @@ pub(crate) async fn set_timeout(
     let lifetime = lifetime.min(options.max_timeout);
     let url = &format!("{}/sandboxes/{sandbox_id}/timeout", options.api_url);
     let body = &serde_json::json!({ "timeout": whole_seconds(lifetime) });
-    with_retries(
-        &options.retry,
-        "set_timeout",
-        SandboxError::is_transient,
-        || async move {
-            let request = client
-                .post(url)
-                .header("X-API-KEY", api_key.expose())
-                .json(body);
-            send(request, "set_timeout", options, api_key)
-                .await
-                .map(drop)
-        },
-    )
+    with_retries(&options.retry, "set_timeout", || async move {
+        let request = client
+            .post(url)
+            .header("X-API-KEY", api_key.expose())
+            .json(body);
+        send(request, "set_timeout", options, api_key)
+            .await
+            .map(drop)
+    })
     .await
 }
 
 /// One attempt of a control-plane call: its body on success, else the
-/// error its status means, with `api_key` blotted out of the message.
+/// error its status means, with `api_key` blotted out of the message, and
+/// whether the answer invites another attempt.
 async fn send(
     request: reqwest::RequestBuilder,
     op: &'static str,
     options: &E2bOptions,
     api_key: &Secret,
-) -> Result<bytes::Bytes, SandboxError> {
-    let (status, answer) = http::call(request, op, options.request_timeout).await?;
-    if status.is_success() {
-        Ok(answer)
+) -> Result<bytes::Bytes, Failure> {
+    let answer = http::call(request, op, options.request_timeout).await?;
+    if answer.status.is_success() {
+        Ok(answer.body)
     } else {
-        Err(http::status_error(op, status, &answer, true, &[api_key]))
+        Err(failed(op, &answer, api_key))
     }
+}
+
+fn failed(op: &'static str, answer: &http::Answer, api_key: &Secret) -> Failure {
+    let error = http::status_error(op, answer.status, &answer.body, true, &[api_key]);
+    Failure::answer(error, answer.status, &answer.headers)
 }
 
 /// Round up: a lifetime of 1.5 s must not become 1 s.
@@ -168,8 +168,9 @@ fn new_sandbox(
 }
 
 /// `DELETE /sandboxes/{id}`. 404 means already gone, which is what we
-/// wanted. Any other failure is retried: a sandbox left running costs money
-/// until its lifetime runs out.
+/// wanted. Retried as create is, since a sandbox left running costs money
+/// until its lifetime runs out; a failure that no retry can mend (a 500, a
+/// refused key) is reported at once, and the lifetime reclaims the sandbox.
 pub(crate) async fn kill(
     client: &reqwest::Client,
     options: &E2bOptions,
@@ -180,26 +181,15 @@ pub(crate) async fn kill(
     // The span puts the id on every retry warning: a kill that never
     // succeeds leaves a sandbox someone may want to find.
     let span = tracing::warn_span!("e2b_kill", sandbox = %sandbox_id);
-    with_retries(
-        &options.retry,
-        "destroy",
-        |_| true,
-        || async move {
-            let request = client.delete(url).header("X-API-KEY", api_key.expose());
-            let (status, answer) = http::call(request, "destroy", options.request_timeout).await?;
-            if status.is_success() || status == StatusCode::NOT_FOUND {
-                Ok(())
-            } else {
-                Err(http::status_error(
-                    "destroy",
-                    status,
-                    &answer,
-                    true,
-                    &[api_key],
-                ))
-            }
-        },
-    )
+    with_retries(&options.retry, "destroy", || async move {
+        let request = client.delete(url).header("X-API-KEY", api_key.expose());
+        let answer = http::call(request, "destroy", options.request_timeout).await?;
+        if answer.status.is_success() || answer.status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(failed("destroy", &answer, api_key))
+        }
+    })
     .instrument(span)
     .await
 }

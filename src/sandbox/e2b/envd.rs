@@ -105,15 +105,15 @@ impl E2bSandbox {
         };
         // Writing the same files twice is harmless, so a dropped connection
         // earns one more try; an answer from envd is final.
-        let (status, body) = match send().await {
+        let answer = match send().await {
             Err(SandboxError::Transport { message, .. }) => {
                 tracing::warn!(sandbox = %self.id, error = %message, "upload failed, retrying once");
                 send().await?
             }
             other => other?,
         };
-        if !status.is_success() {
-            return Err(self.envd_failure("upload", status, &body));
+        if !answer.status.is_success() {
+            return Err(self.envd_failure("upload", answer.status, &answer.body));
         }
         Ok(())
     }
@@ -128,12 +128,11 @@ impl E2bSandbox {
             .headers(self.envd_headers("read_file")?)
             .query(&[("path", path)])
             .query(self.user_query());
-        let (status, body) =
-            http::call(request, "read_file", self.shared.options.request_timeout).await?;
-        if !status.is_success() {
-            return Err(self.envd_failure("read_file", status, &body));
+        let answer = http::call(request, "read_file", self.shared.options.request_timeout).await?;
+        if !answer.status.is_success() {
+            return Err(self.envd_failure("read_file", answer.status, &answer.body));
         }
-        Ok(body)
+        Ok(answer.body)
     }
 
     /// `POST /process.Process/Start`: a Connect server stream with the JSON

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
+use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::options::E2bOptions;
@@ -98,17 +99,31 @@ pub(crate) fn tls_config() -> Result<rustls::ClientConfig, SandboxError> {
     Ok(config.with_no_client_auth())
 }
 
+/// A whole answer: its headers matter to retries (`Retry-After`,
+/// `Should-Retry`).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
 /// Sends a request and reads its whole answer, all within `limit`.
 pub(crate) async fn call(
     request: RequestBuilder,
     op: &'static str,
     limit: Duration,
-) -> Result<(StatusCode, Bytes), SandboxError> {
+) -> Result<Answer, SandboxError> {
     let exchange = async {
         let response = request.send().await?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response.bytes().await?;
-        Ok::<_, reqwest::Error>((status, body))
+        Ok::<_, reqwest::Error>(Answer {
+            status,
+            headers,
+            body,
+        })
     };
     match tokio::time::timeout(limit, exchange).await {
         Ok(Ok(answer)) => Ok(answer),

@@ -72,27 +72,36 @@ pub struct E2bOptions {
     /// A process stream silent for this long is a dead connection. Must be
     /// comfortably above `keepalive_interval`.
     pub stream_idle_timeout: Duration,
-    /// Retries of create and kill.
+    /// Retries of create, set-timeout and kill.
     pub retry: RetryPolicy,
 }
 
-/// Bounded exponential backoff with jitter.
+/// Bounded exponential backoff with jitter, within a budget of waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Total attempts, the first one included. `1` means no retry.
     pub attempts: u32,
     /// Wait before the first retry; doubles for each one after.
     pub base_backoff: Duration,
-    /// Ceiling on any single wait.
+    /// Ceiling on any single wait of our own (a `Retry-After` is E2B's).
     pub max_backoff: Duration,
+    /// The most time spent waiting between the attempts of one call. A
+    /// wait that would go past it, whether ours or E2B's `Retry-After`,
+    /// ends the retries instead.
+    pub budget: Duration,
 }
 
 impl Default for RetryPolicy {
+    /// Rides out about half a minute of rate limiting (from 16 to 30 s of
+    /// waiting, with jitter): a burst of creates on a busy account is
+    /// turned away for seconds, not milliseconds, and a run that waits
+    /// that long still beats one that fails.
     fn default() -> Self {
         RetryPolicy {
-            attempts: 3,
+            attempts: 8,
             base_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(8),
+            budget: Duration::from_secs(30),
         }
     }
 }
