@@ -154,6 +154,8 @@ pub(crate) fn build(
             envs: keys.runner_env,
             cwd: layout::HOME.into(),
             timeout: Some(budget + PROCESS_GRACE),
+            // The runner reads its config from a file, never from stdin.
+            stdin: false,
         },
         deadline,
         deadline_reason,

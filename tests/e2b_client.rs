@@ -71,6 +71,7 @@ fn runner() -> ProcessSpec {
         envs: BTreeMap::from([("ANTHROPIC_API_KEY".into(), "sk-ant-test".into())]),
         cwd: "/home/user".into(),
         timeout: Some(Duration::from_secs(30)),
+        stdin: false,
     }
 }
 

@@ -354,6 +354,44 @@ async fn connect_timeout_ms_bounds_the_process_life() {
     emu.kill(&sbx).await;
 }
 
+/// envd gives a process a stdin pipe unless Start says `"stdin": false`
+/// (`req.Stdin == nil || req.GetStdin()` in its process handler), and
+/// nothing writes to it: a read waits until the deadline kills the
+/// process. With `"stdin": false` stdin is `/dev/null` and a read ends at
+/// once. A client that forgets to send `false` hangs here as on E2B.
+#[tokio::test]
+async fn stdin_is_an_open_pipe_unless_start_says_false_as_envd_does() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let process = json!({
+        "cmd": "/bin/sh",
+        "args": ["-c", "if read line; then echo line; else echo end of input; fi"],
+        "cwd": "/home/user",
+    });
+    let closed = emu
+        .start_message(&sbx, &json!({"process": process, "stdin": false}), &[])
+        .await;
+    assert_eq!(closed.output("stdout"), b"end of input\n");
+
+    for message in [
+        json!({"process": process}),
+        json!({"process": process, "stdin": true}),
+    ] {
+        let open = emu
+            .start_message(&sbx, &message, &[("Connect-Timeout-Ms", "1000")])
+            .await;
+        assert_eq!(open.output("stdout"), b"", "{message}");
+        assert_eq!(
+            open.end_of_stream
+                .as_ref()
+                .and_then(|e| e["error"]["code"].as_str()),
+            Some("deadline_exceeded"),
+            "the read waits on the open pipe until the deadline: {message}"
+        );
+    }
+    emu.kill(&sbx).await;
+}
+
 #[tokio::test]
 async fn create_envvars_are_every_process_default_environment() {
     let emu = Emu::start().await;

@@ -116,6 +116,11 @@ pub struct ProcessSpec {
     pub cwd: String,
     /// Hard limit on the process's life, enforced by the provider.
     pub timeout: Option<Duration>,
+    /// Give the process a stdin pipe that stays open while it lives, as
+    /// envd does unless Start says `"stdin": false`. Nothing writes to it,
+    /// so a process that reads stdin waits until it is killed or times
+    /// out. Off (the default), stdin is empty and reads end at once.
+    pub stdin: bool,
 }
 
 impl fmt::Debug for ProcessSpec {
@@ -127,6 +132,7 @@ impl fmt::Debug for ProcessSpec {
             .field("envs", &self.envs.keys().collect::<Vec<_>>())
             .field("cwd", &self.cwd)
             .field("timeout", &self.timeout)
+            .field("stdin", &self.stdin)
             .finish()
     }
 }

@@ -150,9 +150,9 @@ impl E2bSandbox {
                 envs: process.envs,
                 cwd: Some(process.cwd).filter(|cwd| !cwd.is_empty()),
             },
-            // As the SDKs send it: envd then closes the process's stdin
-            // instead of keeping a pipe open nobody writes to.
-            stdin: Some(false),
+            // Sent either way, as the SDKs do: without it envd keeps a
+            // stdin pipe open that nobody writes to.
+            stdin: Some(process.stdin),
             tag: None,
         };
         let payload = serde_json::to_vec(&message).map_err(|e| SandboxError::Other {

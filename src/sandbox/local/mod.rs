@@ -284,8 +284,8 @@ impl LocalProvider {
             .args(self.layout.args(root, socket, limits))
             .env_clear()
             .env("PATH", SANDBOX_PATH);
-        let (bwrap_pid, mut events, control) = process::spawn(command, None, home.clone(), None)
-            .map_err(|e| {
+        let (bwrap_pid, mut events, control) =
+            process::spawn(command, None, home.clone(), None, false).map_err(|e| {
                 create_error(format!(
                     "could not run {}: {e}",
                     self.options.bwrap.display()
@@ -565,6 +565,7 @@ impl LocalSandbox {
             spec.timeout,
             Arc::new((self.home.clone(), route)),
             Some(join::OUTPUT_GRACE),
+            spec.stdin,
         )
         .map_err(|e| SandboxError::Other {
             op: "start",

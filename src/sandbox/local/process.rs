@@ -89,15 +89,19 @@ impl ProcessControl {
 /// sandbox's home, so its directory and uid outlive every process that
 /// uses them. `grace` bounds how long output may keep flowing after the
 /// process exits (something it left running may hold the pipes); `None`
-/// waits for the pipes to close.
+/// waits for the pipes to close. `stdin` is [`ProcessSpec::stdin`]: a pipe
+/// held open until the process ends, else empty.
+///
+/// [`ProcessSpec::stdin`]: crate::sandbox::ProcessSpec::stdin
 pub(crate) fn spawn(
     mut command: Command,
     timeout: Option<Duration>,
     keep_alive: Arc<dyn Send + Sync>,
     grace: Option<Duration>,
+    stdin: bool,
 ) -> Result<(u32, EventReceiver, ProcessControl), std::io::Error> {
     command
-        .stdin(Stdio::null())
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so one killpg reaches bwrap and its init,
@@ -114,8 +118,12 @@ pub(crate) fn spawn(
     let (discard_tx, discard_rx) = watch::channel(false);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    let stdin = child.stdin.take();
     tokio::spawn(async move {
         let _keep_alive = keep_alive;
+        // Never written, only held: the writing end stays open, so a read
+        // waits as it would under envd, until the process ends.
+        let _stdin = stdin;
         let pumps = (
             tokio::spawn(pump(
                 stdout,

@@ -86,6 +86,8 @@ pub(super) async fn start(
                 envs: environment(&emulator, &entry, config.envs),
                 cwd,
                 timeout,
+                // envd's rule: a pipe unless Start says `"stdin": false`.
+                stdin: request.stdin != Some(false),
             };
             match entry.sandbox.spawn(spec) {
                 Ok((pid, events, _control)) => (pid, events),
