@@ -19,7 +19,15 @@ use common::tools::manifest_dir;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider};
 use sandstorm::sandbox::{SandboxProvider, SandboxSpec};
 
-const OPERATIONS: &[&str] = &["create", "upload_one", "upload_many", "run", "read", "kill"];
+const OPERATIONS: &[&str] = &[
+    "create",
+    "upload_one",
+    "upload_many",
+    "run",
+    "read",
+    "set_timeout",
+    "kill",
+];
 
 /// Runs one SDK driver against `url` and returns what the emulator saw.
 async fn record_sdk(program: &str, driver: &str, op: &str) -> Vec<Recorded> {
