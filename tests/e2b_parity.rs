@@ -13,11 +13,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::emulator::{self, Recorded};
+use common::emulator::{self, Recorded, RunningEmulator};
 use common::keys::E2B_KEY as KEY;
 use common::tools::manifest_dir;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider};
-use sandstorm::sandbox::{SandboxProvider, SandboxSpec};
+use sandstorm::sandbox::{SandboxFile, SandboxProvider, SandboxSpec};
 
 const OPERATIONS: &[&str] = &[
     "create",
@@ -29,7 +29,8 @@ const OPERATIONS: &[&str] = &[
     "kill",
 ];
 
-/// Runs one SDK driver against `url` and returns what the emulator saw.
+/// Runs one SDK driver against a recording emulator of its own and returns
+/// what the emulator saw.
 async fn record_sdk(program: &str, driver: &str, op: &str) -> Vec<Recorded> {
     let (running, recording) = emulator::start_recording().await;
     let dir = manifest_dir().join("tests/e2b-parity");
@@ -148,99 +149,104 @@ async fn sdks_send_the_same_requests_per_operation() {
     );
 }
 
-/// Our create, compared with the SDKs': every field but the documented
-/// Idempotency-Key must match one SDK's.
-#[tokio::test(flavor = "multi_thread")]
-async fn our_create_matches_an_sdk() {
-    let py = record_sdk(&python(), "driver.py", "create").await;
-    let js = record_sdk("node", "driver.mjs", "create").await;
-    let is_create = |r: &Recorded| r.method == "POST" && r.path.ends_with("/sandboxes");
-    let py_create = find(&py, "Python create", is_create).clone();
-    let js_create = find(&js, "JS create", is_create).clone();
+/// The check every test below makes: both SDKs perform `op` (the drivers'
+/// operation), our client performs the same call in `ours` against a
+/// recording emulator of its own, and the request `matches` picks out of our
+/// recording must equal, field by field, the one it picks out of at least
+/// one SDK's. `ours_only` names headers our client sends on purpose where
+/// neither SDK does (each call site says why): each must be present, and
+/// only then is it left out of the comparison.
+async fn assert_ours_matches_an_sdk(
+    op: &str,
+    matches: impl Fn(&Recorded) -> bool,
+    ours_only: &[&str],
+    ours: impl AsyncFnOnce(&RunningEmulator),
+) {
+    let py = record_sdk(&python(), "driver.py", op).await;
+    let js = record_sdk("node", "driver.mjs", op).await;
+    let py_request = find(&py, &format!("Python {op}"), &matches);
+    let js_request = find(&js, &format!("JS {op}"), &matches);
 
     let (running, recording) = emulator::start_recording().await;
-    let provider = E2bProvider::new(E2bOptions::local(&running.url, KEY)).expect("client builds");
-    let sandbox = provider
-        .create(SandboxSpec {
-            lifetime: Duration::from_secs(120),
-            metadata: BTreeMap::from([("suite".into(), "parity".into())]),
-            ..SandboxSpec::default()
-        })
-        .await
-        .expect("our client creates a sandbox");
-    sandbox
-        .destroy()
-        .await
-        .expect("our client kills the sandbox");
-    let ours = recording.lock().expect("recording lock").clone();
-    let mut our_create = find(&ours, "our create", is_create).clone();
-    assert!(
-        our_create.headers.remove("idempotency-key").is_some(),
-        "our create sends an Idempotency-Key (documented; a retried create must not make two \
-         sandboxes): {our_create:#?}"
-    );
-    let against_py = diff(&py_create, &our_create);
-    let against_js = diff(&js_create, &our_create);
-    assert!(
-        against_py.is_empty() || against_js.is_empty(),
-        "our create matches neither SDK\nvs Python (- py, + ours):\n{}\nvs JS (- js, + ours):\n{}",
-        against_py.join("\n"),
-        against_js.join("\n")
-    );
-    println!(
-        "our create matches: {}",
-        if against_py.is_empty() {
-            "the Python SDK"
-        } else {
-            "the JS SDK"
-        }
-    );
+    ours(&running).await;
+    // Ours must leave nothing running either, as the drivers are held to.
+    running.settled(Duration::from_secs(10)).await;
+    let recorded = recording.lock().expect("recording lock").clone();
+    let mut our_request = find(&recorded, &format!("our {op}"), &matches).clone();
+    for header in ours_only {
+        assert!(
+            our_request.headers.remove(*header).is_some(),
+            "our {op} no longer sends {header}, which the test allows as ours alone: \
+             {our_request:#?}"
+        );
+    }
+
+    let against_py = diff(py_request, &our_request);
+    let against_js = diff(js_request, &our_request);
+    let matched = match (against_py.is_empty(), against_js.is_empty()) {
+        (true, true) => "both SDKs",
+        (true, false) => "the Python SDK",
+        (false, true) => "the JS SDK",
+        (false, false) => panic!(
+            "our {op} matches neither SDK\nvs Python (- py, + ours):\n{}\nvs JS (- js, + ours):\n{}",
+            against_py.join("\n"),
+            against_js.join("\n")
+        ),
+    };
+    println!("our {op} matches {matched}");
+}
+
+/// Our client against the recording emulator, with the default options.
+fn our_provider(running: &RunningEmulator) -> E2bProvider {
+    E2bProvider::new(E2bOptions::local(&running.url, KEY)).expect("client builds")
+}
+
+/// Our create, compared with the SDKs' `Sandbox.create` with the drivers'
+/// arguments (120 s, one metadata entry).
+#[tokio::test(flavor = "multi_thread")]
+async fn our_create_matches_an_sdk() {
+    let is_create = |r: &Recorded| r.method == "POST" && r.path.ends_with("/sandboxes");
+    // Our create carries an Idempotency-Key (neither SDK does by default):
+    // every attempt shares it, so a retried create cannot make two sandboxes.
+    assert_ours_matches_an_sdk("create", is_create, &["idempotency-key"], async |running| {
+        let sandbox = our_provider(running)
+            .create(SandboxSpec {
+                lifetime: Duration::from_secs(120),
+                metadata: BTreeMap::from([("suite".into(), "parity".into())]),
+                ..SandboxSpec::default()
+            })
+            .await
+            .expect("our client creates a sandbox");
+        sandbox
+            .destroy()
+            .await
+            .expect("our client kills the sandbox");
+    })
+    .await;
 }
 
 /// Our upload of two files, compared with the SDKs' `write_files`/`write`
-/// of two: one multipart POST /files, every field matching one SDK's.
+/// of two: one multipart POST /files.
 #[tokio::test(flavor = "multi_thread")]
 async fn our_upload_matches_an_sdk() {
     let is_upload = |r: &Recorded| r.method == "POST" && r.path == "/files";
-    let py = record_sdk(&python(), "driver.py", "upload_many").await;
-    let js = record_sdk("node", "driver.mjs", "upload_many").await;
-    let py_upload = find(&py, "Python upload", is_upload).clone();
-    let js_upload = find(&js, "JS upload", is_upload).clone();
-
-    let (running, recording) = emulator::start_recording().await;
-    let provider = E2bProvider::new(E2bOptions::local(&running.url, KEY)).expect("client builds");
-    let sandbox = provider
-        .create(SandboxSpec::default())
-        .await
-        .expect("our client creates a sandbox");
-    let files = ["a.txt", "b.txt"]
-        .iter()
-        .map(|name| sandstorm::sandbox::SandboxFile {
-            path: format!("/home/user/parity/{name}"),
-            content: bytes::Bytes::from_static(b"A"),
-        })
-        .collect();
-    sandbox.upload(files).await.expect("our client uploads");
-    sandbox
-        .destroy()
-        .await
-        .expect("our client kills the sandbox");
-    let ours = recording.lock().expect("recording lock").clone();
-    let our_upload = find(&ours, "our upload", is_upload).clone();
-    let against_py = diff(&py_upload, &our_upload);
-    let against_js = diff(&js_upload, &our_upload);
-    assert!(
-        against_py.is_empty() || against_js.is_empty(),
-        "our upload matches neither SDK\nvs Python (- py, + ours):\n{}\nvs JS (- js, + ours):\n{}",
-        against_py.join("\n"),
-        against_js.join("\n")
-    );
-    println!(
-        "our upload matches: {}",
-        if against_py.is_empty() {
-            "the Python SDK"
-        } else {
-            "the JS SDK"
-        }
-    );
+    assert_ours_matches_an_sdk("upload_many", is_upload, &[], async |running| {
+        let sandbox = our_provider(running)
+            .create(SandboxSpec::default())
+            .await
+            .expect("our client creates a sandbox");
+        let files = ["a.txt", "b.txt"]
+            .iter()
+            .map(|name| SandboxFile {
+                path: format!("/home/user/parity/{name}"),
+                content: bytes::Bytes::from_static(b"A"),
+            })
+            .collect();
+        sandbox.upload(files).await.expect("our client uploads");
+        sandbox
+            .destroy()
+            .await
+            .expect("our client kills the sandbox");
+    })
+    .await;
 }
