@@ -3,21 +3,24 @@
 //! a recording emulator, and the shapes of what they send are compared field
 //! by field (method, path, query keys, allow-listed headers, body shape).
 //!
-//! Where the two SDKs differ from each other either is accepted, and the
-//! message says which one ours matches. One difference is documented and
-//! allowed: our client sends an `Idempotency-Key` on create (neither SDK does
-//! by default), so a retried create cannot make two sandboxes.
+//! Every call our client makes is held this way: create, upload, process
+//! start, file read, set-timeout and kill. Where the two SDKs differ from
+//! each other either is accepted, and the message says which one ours
+//! matches. One difference is documented and allowed: our client sends an
+//! `Idempotency-Key` on create (neither SDK does by default), so a retried
+//! create cannot make two sandboxes.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::emulator::{self, Recorded, RunningEmulator};
 use common::keys::E2B_KEY as KEY;
 use common::tools::manifest_dir;
+use futures::StreamExt as _;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider};
-use sandstorm::sandbox::{SandboxFile, SandboxProvider, SandboxSpec};
+use sandstorm::sandbox::{ProcessEvent, ProcessSpec, SandboxFile, SandboxProvider, SandboxSpec};
 
 const OPERATIONS: &[&str] = &[
     "create",
@@ -243,6 +246,131 @@ async fn our_upload_matches_an_sdk() {
             })
             .collect();
         sandbox.upload(files).await.expect("our client uploads");
+        sandbox
+            .destroy()
+            .await
+            .expect("our client kills the sandbox");
+    })
+    .await;
+}
+
+/// Our process start, compared with the SDKs' `commands.run`: the Connect
+/// headers and the decoded Start message. The SDKs run a command line as
+/// `/bin/bash -l -c <line>`, so ours is given that argv (with the drivers'
+/// environment, folder and 30 s limit): the message's shape, which keeps
+/// array lengths and map keys, is then comparable.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_process_start_matches_an_sdk() {
+    let is_start = |r: &Recorded| r.method == "POST" && r.path == "/process.Process/Start";
+    assert_ours_matches_an_sdk("run", is_start, &[], async |running| {
+        let sandbox = our_provider(running)
+            .create(SandboxSpec::default())
+            .await
+            .expect("our client creates a sandbox");
+        let mut events = sandbox
+            .start(ProcessSpec {
+                cmd: "/bin/bash".into(),
+                args: vec!["-l".into(), "-c".into(), "echo parity".into()],
+                envs: BTreeMap::from([("PARITY".into(), "1".into())]),
+                cwd: "/home/user".into(),
+                timeout: Some(Duration::from_secs(30)),
+            })
+            .await
+            .expect("our client starts the process");
+        // Read the run to its end, as `commands.run` waits for the exit.
+        let mut stdout = Vec::new();
+        let mut exit = None;
+        while let Some(event) = events.next().await {
+            match event.expect("the process stream reads") {
+                ProcessEvent::Stdout(chunk) => stdout.extend_from_slice(&chunk),
+                ProcessEvent::Stderr(_) => {}
+                ProcessEvent::Exited(status) => exit = Some(status),
+            }
+        }
+        let exit = exit.expect("the stream ends with the exit");
+        assert_eq!(exit.code, Some(0), "the command failed: {exit:?}");
+        assert_eq!(String::from_utf8_lossy(&stdout), "parity\n");
+        sandbox
+            .destroy()
+            .await
+            .expect("our client kills the sandbox");
+    })
+    .await;
+}
+
+/// Our file read, compared with the SDKs' `files.read`: `GET /files` with
+/// the path in the query.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_file_read_matches_an_sdk() {
+    let is_read = |r: &Recorded| r.method == "GET" && r.path == "/files";
+    assert_ours_matches_an_sdk("read", is_read, &[], async |running| {
+        let sandbox = our_provider(running)
+            .create(SandboxSpec::default())
+            .await
+            .expect("our client creates a sandbox");
+        let path = "/home/user/parity/read.txt";
+        // As the drivers do: write the file first, so the read finds it.
+        sandbox
+            .upload(vec![SandboxFile {
+                path: path.into(),
+                content: bytes::Bytes::from_static(b"read me\n"),
+            }])
+            .await
+            .expect("our client uploads");
+        let content = sandbox.read_file(path).await.expect("our client reads");
+        assert_eq!(&content[..], b"read me\n");
+        sandbox
+            .destroy()
+            .await
+            .expect("our client kills the sandbox");
+    })
+    .await;
+}
+
+/// Our kill, compared with the SDKs' `kill`: `DELETE /sandboxes/{id}`.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_kill_matches_an_sdk() {
+    let is_kill = |r: &Recorded| r.method == "DELETE" && r.path == "/sandboxes/{id}";
+    assert_ours_matches_an_sdk("kill", is_kill, &[], async |running| {
+        let sandbox = our_provider(running)
+            .create(SandboxSpec::default())
+            .await
+            .expect("our client creates a sandbox");
+        sandbox
+            .destroy()
+            .await
+            .expect("our client kills the sandbox");
+    })
+    .await;
+}
+
+/// Our set-timeout, compared with the SDKs' `set_timeout`/`setTimeout`:
+/// `POST /sandboxes/{id}/timeout` with `{"timeout": seconds}` (the values
+/// differ, the shape must not). Ours calls it only to extend a run past the
+/// plan's limit, so the test sets a 2 s limit, asks for a longer lifetime
+/// and waits for the first extension (due 0.5 s before the 2 s run out).
+#[tokio::test(flavor = "multi_thread")]
+async fn our_set_timeout_matches_an_sdk() {
+    let is_set_timeout = |r: &Recorded| r.method == "POST" && r.path == "/sandboxes/{id}/timeout";
+    assert_ours_matches_an_sdk("set_timeout", is_set_timeout, &[], async |running| {
+        let mut options = E2bOptions::local(&running.url, KEY);
+        options.max_timeout = Duration::from_secs(2);
+        let provider = E2bProvider::new(options).expect("client builds");
+        let sandbox = provider
+            .create(SandboxSpec {
+                lifetime: Duration::from_secs(60),
+                ..SandboxSpec::default()
+            })
+            .await
+            .expect("our client creates a sandbox");
+        let start = Instant::now();
+        while running.requests("timeout") == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "our client did not extend the sandbox within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         sandbox
             .destroy()
             .await
