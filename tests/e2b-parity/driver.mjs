@@ -5,7 +5,7 @@
 // apart by path), then does its one call, then kills the sandbox.
 import { Sandbox } from 'e2b'
 
-const OPERATIONS = ['create', 'upload_one', 'upload_many', 'run', 'read', 'kill']
+const OPERATIONS = ['create', 'upload_one', 'upload_many', 'run', 'read', 'set_timeout', 'kill']
 const op = process.argv[2]
 if (!OPERATIONS.includes(op)) {
   console.error(`driver.mjs: operation must be one of ${OPERATIONS.join(', ')}, got ${op}`)
@@ -34,6 +34,8 @@ if (op === 'upload_one') {
   await sbx.files.write('/home/user/parity/read.txt', 'read me\n')
   const text = await sbx.files.read('/home/user/parity/read.txt')
   if (text !== 'read me\n') throw new Error(`read back ${JSON.stringify(text)}`)
+} else if (op === 'set_timeout') {
+  await sbx.setTimeout(300_000)
 }
 await sbx.kill()
 console.log(JSON.stringify({ op, sandboxId: sbx.sandboxId }))

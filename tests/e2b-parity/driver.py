@@ -7,7 +7,7 @@ import sys
 
 from e2b import Sandbox
 
-OPERATIONS = ["create", "upload_one", "upload_many", "run", "read", "kill"]
+OPERATIONS = ["create", "upload_one", "upload_many", "run", "read", "set_timeout", "kill"]
 
 
 def main() -> None:
@@ -31,6 +31,8 @@ def main() -> None:
         text = sbx.files.read("/home/user/parity/read.txt")
         if text != "read me\n":
             raise SystemExit(f"read back {text!r}")
+    elif op == "set_timeout":
+        sbx.set_timeout(300)
     sbx.kill()
     print(json.dumps({"op": op, "sandboxId": sbx.sandbox_id}))
 
