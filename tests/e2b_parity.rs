@@ -274,6 +274,8 @@ async fn our_process_start_matches_an_sdk() {
                 envs: BTreeMap::from([("PARITY".into(), "1".into())]),
                 cwd: "/home/user".into(),
                 timeout: Some(Duration::from_secs(30)),
+                // As `commands.run` does: stdin closed.
+                stdin: false,
             })
             .await
             .expect("our client starts the process");
