@@ -58,7 +58,8 @@ pub(crate) fn client(
 /// download with an empty HTTP/2 DATA frame about every 32 KiB, and the h2
 /// crate closes a connection after 100 empty frames as a flood defence, so
 /// a download past about 3 MiB fails over HTTP/2. HTTP/1.1 has no frames to
-/// pad. `tls` is [`tls_config`]'s.
+/// pad (`padded_download_tests` reads through a padding edge both ways).
+/// `tls` is [`tls_config`]'s.
 pub(crate) fn file_client(
     options: &E2bOptions,
     mut tls: rustls::ClientConfig,

@@ -48,6 +48,8 @@ mod control;
 mod envd;
 mod http;
 mod options;
+#[cfg(test)]
+mod padded_download_tests;
 mod process;
 mod retry;
 mod stream_client;
