@@ -254,6 +254,29 @@ async fn our_upload_matches_an_sdk() {
     .await;
 }
 
+/// Our upload of one file, compared with the SDKs' `write` of one: with a
+/// single part envd wants the path in the `path` query, as both send it.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_upload_of_one_file_matches_an_sdk() {
+    let is_upload = |r: &Recorded| r.method == "POST" && r.path == "/files";
+    assert_ours_matches_an_sdk("upload_one", is_upload, &[], async |running| {
+        let sandbox = our_provider(running)
+            .create(SandboxSpec::default())
+            .await
+            .expect("our client creates a sandbox");
+        let one = SandboxFile {
+            path: "/home/user/parity/one.txt".into(),
+            content: bytes::Bytes::from_static(b"one\n"),
+        };
+        sandbox.upload(vec![one]).await.expect("our client uploads");
+        sandbox
+            .destroy()
+            .await
+            .expect("our client kills the sandbox");
+    })
+    .await;
+}
+
 /// Our process start, compared with the SDKs' `commands.run`: the Connect
 /// headers and the decoded Start message. The SDKs run a command line as
 /// `/bin/bash -l -c <line>`, so ours is given that argv (with the drivers'
