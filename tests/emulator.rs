@@ -1394,3 +1394,70 @@ async fn uploads_follow_envd_s_content_type_and_path_rules() {
     assert_eq!(res.bytes().await.expect("body"), &b"first"[..]);
     emu.kill(&sbx).await;
 }
+
+/// Pause and the deprecated resume as E2B's API answers them: 404 for no
+/// such sandbox, 409 for a second pause or for resuming a running one, 201
+/// with the sandbox on resume; and while paused, envd is out of reach (E2B's
+/// proxy does not find the sandbox) and v1's list of running sandboxes
+/// leaves it out. (The official SDK's pause, list and connect are in
+/// tests/python/test_e2b_sdk.py.)
+#[tokio::test]
+async fn pause_and_resume_answer_as_e2b_does() {
+    let emu = Emu::start().await;
+    let status = |res: reqwest::Response| res.status().as_u16();
+    let emu = &emu;
+    let post = |path: String| async move {
+        emu.control(reqwest::Method::POST, &path)
+            .send()
+            .await
+            .expect("request")
+    };
+    assert_eq!(status(post("/sandboxes/nosuch/pause".into()).await), 404);
+
+    let sbx = emu.create(json!({"metadata": {"case": "pause"}})).await;
+    let resume_path = format!("/sandboxes/{}/resume", sbx.id);
+    let pause_path = format!("/sandboxes/{}/pause", sbx.id);
+    assert_eq!(status(post(resume_path.clone()).await), 409, "it runs");
+    assert_eq!(status(post(pause_path.clone()).await), 204);
+    let again = post(pause_path.clone()).await;
+    assert_eq!(again.status(), 409);
+    assert!(
+        again
+            .text()
+            .await
+            .expect("body")
+            .contains("is already paused"),
+        "E2B's words"
+    );
+
+    let health = emu
+        .envd(reqwest::Method::GET, "/health", &sbx)
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 502, "envd is out of reach while paused");
+    let running: Vec<Value> = emu
+        .control(reqwest::Method::GET, "/sandboxes")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        running.iter().all(|s| s["sandboxID"] != sbx.id.as_str()),
+        "v1 lists running sandboxes only: {running:?}"
+    );
+
+    let resumed = post(resume_path).await;
+    assert_eq!(resumed.status(), 201);
+    let body: Value = resumed.json().await.expect("json");
+    assert_eq!(body["sandboxID"], sbx.id.as_str());
+    let health = emu
+        .envd(reqwest::Method::GET, "/health", &sbx)
+        .send()
+        .await
+        .expect("health");
+    assert!(health.status().is_success(), "envd answers again");
+    assert_eq!(emu.kill(&sbx).await, 204);
+}

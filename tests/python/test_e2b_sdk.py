@@ -5,7 +5,7 @@ import time
 import uuid
 
 import pytest
-from e2b import CommandExitException, Sandbox, SandboxQuery
+from e2b import CommandExitException, Sandbox, SandboxQuery, SandboxState
 from e2b.exceptions import NotFoundException
 
 
@@ -141,3 +141,59 @@ def test_a_missing_cwd_is_refused_as_envd_does(sandbox):
 
 def test_commands_get_envd_s_user_environment(sandbox):
     assert sandbox.commands.run("echo $HOME $USER $LOGNAME").stdout == "/home/user user user\n"
+
+
+TICKER = "while true; do date +%s%N >> /tmp/ticks; sleep 0.1; done"
+
+
+def _gaps(ticks_text):
+    stamps = [int(line) for line in ticks_text.split()]
+    return [(b - a) / 1e9 for a, b in zip(stamps, stamps[1:])]
+
+
+def test_pause_stops_every_process_and_connect_resumes_them(emulator):
+    run = str(uuid.uuid4())
+    sbx = Sandbox.create(metadata={"run": run}, timeout=120)
+    try:
+        sbx.commands.run(TICKER, background=True)
+        time.sleep(0.5)
+        assert sbx.pause() is True
+        assert sbx.pause() is False, "a second pause is E2B's 409, which the SDK reports as False"
+        assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED
+        paused = Sandbox.list(
+            query=SandboxQuery(metadata={"run": run}, state=[SandboxState.PAUSED])
+        ).next_items()
+        assert [s.sandbox_id for s in paused] == [sbx.sandbox_id]
+        running = Sandbox.list(
+            query=SandboxQuery(metadata={"run": run}, state=[SandboxState.RUNNING])
+        ).next_items()
+        assert running == []
+        # E2B's proxy does not find a paused sandbox: envd calls fail.
+        with pytest.raises(Exception):
+            sbx.files.read("/tmp/ticks", request_timeout=5)
+        time.sleep(2)
+
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
+        assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING
+        time.sleep(0.5)
+        gaps = _gaps(resumed.files.read("/tmp/ticks"))
+        # The ticker stood still for the whole pause, then went on.
+        assert max(gaps) >= 2, f"no pause in the ticks: longest gap {max(gaps):.2f} s"
+        assert gaps[-1] < 1, "the ticker did not tick again after resume"
+    finally:
+        Sandbox.kill(sbx.sandbox_id)
+
+
+def test_a_filesystem_pause_keeps_files_but_not_processes(emulator):
+    sbx = Sandbox.create(timeout=120)
+    try:
+        sbx.files.write("/home/user/kept.txt", "still here\n")
+        handle = sbx.commands.run("sleep 600", background=True)
+        assert sbx.pause(mode="filesystem") is True
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
+        # Resuming a memory-less pause reboots the sandbox: the disk is
+        # kept, the processes are not.
+        assert resumed.files.read("/home/user/kept.txt") == "still here\n"
+        assert handle.pid not in [p.pid for p in resumed.commands.list()]
+    finally:
+        Sandbox.kill(sbx.sandbox_id)

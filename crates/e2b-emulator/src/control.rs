@@ -1,5 +1,5 @@
-//! The control plane: create, get, list, kill, set-timeout and connect,
-//! authenticated by `X-API-KEY`.
+//! The control plane: create, get, list, kill, set-timeout, connect, pause
+//! and resume, authenticated by `X-API-KEY`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use super::knobs::CreateFaultMode;
+use super::pause;
 use super::stats::route;
 use super::{Emulator, EmulatorError, Entry, lock};
 
@@ -37,6 +38,8 @@ pub(super) fn routes() -> Router<Emulator> {
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/pause", post(pause::pause))
+        .route("/sandboxes/{id}/resume", post(pause::resume))
 }
 
 /// Checks `X-API-KEY` against the one key the emulator was given, in
@@ -311,6 +314,8 @@ async fn create_sandbox(emulator: Emulator, body: axum::body::Bytes, api: Api) -
             .then(|| AccessToken::new(uuid::Uuid::new_v4().simple().to_string())),
         envd_version: emulator.inner.envd_version.clone(),
         sandbox,
+        paused: std::sync::atomic::AtomicBool::new(false),
+        transition: tokio::sync::Mutex::new(()),
     });
     lock(&emulator.inner.sandboxes).insert(entry.id.clone(), entry.clone());
     emulator.inner.stats.created();
@@ -345,7 +350,7 @@ async fn forget_when_expired(emulator: Emulator, entry: Arc<Entry>) {
 }
 
 /// Create's and connect's answer.
-fn sandbox_json(entry: &Entry) -> SandboxJson {
+pub(super) fn sandbox_json(entry: &Entry) -> SandboxJson {
     SandboxJson {
         template_id: entry.template_id.clone(),
         sandbox_id: entry.id.clone(),
@@ -369,7 +374,11 @@ fn listed_json(entry: &Entry) -> ListedSandbox {
         cpu_count: 2,
         memory_mb: 512,
         disk_size_mb: 1024,
-        state: StateJson::Running,
+        state: if pause::is_paused(entry) {
+            StateJson::Paused
+        } else {
+            StateJson::Running
+        },
         envd_version: entry.envd_version.clone(),
         metadata: entry.metadata.clone(),
     }
@@ -379,7 +388,7 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn not_found(id: &str) -> EmulatorError {
+pub(super) fn not_found(id: &str) -> EmulatorError {
     EmulatorError::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found"))
 }
 
@@ -442,10 +451,14 @@ async fn connect(
     emulator.inner.stats.request(route::CONNECT);
     match sandbox_and_body::<ConnectSandbox>(&emulator, &id, &body) {
         Ok((entry, ConnectSandbox { timeout })) => {
+            // A paused sandbox is resumed (201), for `timeout` or E2B's
+            // default; a running one answers 200 and only ever lives longer.
+            if pause::resume_if_paused(&entry, timeout.map(Duration::from_secs)).await {
+                return (StatusCode::CREATED, axum::Json(sandbox_json(&entry))).into_response();
+            }
             if let Some(timeout) = timeout {
                 end_in(&entry, Duration::from_secs(timeout), End::NoEarlier);
             }
-            // 200: it was running (201 would mean resumed from pause).
             axum::Json(sandbox_json(&entry)).into_response()
         }
         Err(e) => e.into_response(),
@@ -454,7 +467,7 @@ async fn connect(
 
 /// What set-timeout and connect both start from: the sandbox the path
 /// names (404 if none) and the request's body (400 if it does not parse).
-fn sandbox_and_body<T: DeserializeOwned>(
+pub(super) fn sandbox_and_body<T: DeserializeOwned>(
     emulator: &Emulator,
     id: &str,
     body: &[u8],
@@ -465,7 +478,7 @@ fn sandbox_and_body<T: DeserializeOwned>(
 
 /// How a new end relates to the current one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
+pub(super) enum End {
     /// Set-timeout: the new end replaces the old, earlier or later.
     Replace,
     /// Connect: the end only ever moves later.
@@ -473,7 +486,7 @@ enum End {
 }
 
 /// Sets the sandbox to end `timeout` from now, as `how` allows.
-fn end_in(entry: &Entry, timeout: Duration, how: End) {
+pub(super) fn end_in(entry: &Entry, timeout: Duration, how: End) {
     let new_end = SystemTime::now() + timeout;
     let mut end = lock(&entry.end_at);
     if how == End::NoEarlier && new_end <= *end {
@@ -528,11 +541,16 @@ impl Filter {
     }
 
     fn matches(&self, entry: &Entry) -> bool {
-        let running_wanted = self
+        let state = if pause::is_paused(entry) {
+            "paused"
+        } else {
+            "running"
+        };
+        let state_wanted = self
             .states
             .as_ref()
-            .is_none_or(|s| s.iter().any(|s| s == "running"));
-        running_wanted
+            .is_none_or(|s| s.iter().any(|s| s == state));
+        state_wanted
             && self
                 .metadata
                 .iter()
@@ -594,10 +612,12 @@ async fn list_v1(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
     emulator.inner.stats.request(route::LIST);
-    let filter = match Filter::from_query(&query) {
+    let mut filter = match Filter::from_query(&query) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
+    // v1 lists running sandboxes only ("List all running sandboxes").
+    filter.states = Some(vec!["running".to_owned()]);
     let page: Vec<ListedSandbox> = matching(&emulator, &filter)
         .iter()
         .map(|e| listed_json(e))

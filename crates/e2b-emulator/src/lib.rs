@@ -45,6 +45,7 @@ use sandstorm::sync::lock;
 mod control;
 mod envd;
 pub mod knobs;
+mod pause;
 mod stats;
 mod synthetic;
 
@@ -172,6 +173,10 @@ pub(crate) struct Entry {
     /// The `envdVersion` this sandbox reports.
     pub(crate) envd_version: String,
     pub(crate) sandbox: Arc<LocalSandbox>,
+    /// Paused (its processes stopped, envd unreachable) or running.
+    pub(crate) paused: std::sync::atomic::AtomicBool,
+    /// Held through a pause or a resume, so the two never interleave.
+    pub(crate) transition: tokio::sync::Mutex<()>,
 }
 
 impl Emulator {

@@ -16,6 +16,8 @@ pub(crate) mod route {
     pub(crate) const KILL: &str = "kill";
     pub(crate) const TIMEOUT: &str = "timeout";
     pub(crate) const CONNECT: &str = "connect";
+    pub(crate) const PAUSE: &str = "pause";
+    pub(crate) const RESUME: &str = "resume";
     pub(crate) const HEALTH: &str = "health";
     pub(crate) const UPLOAD: &str = "upload";
     pub(crate) const DOWNLOAD: &str = "download";

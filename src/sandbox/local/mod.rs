@@ -509,6 +509,12 @@ impl LocalSandbox {
             .send_replace(Some(tokio::time::Instant::now() + lifetime));
     }
 
+    /// Lifts the deadline: the sandbox lives until destroyed or given a
+    /// new lifetime (a paused E2B sandbox does not time out).
+    pub fn clear_lifetime(&self) {
+        self.deadline.send_replace(None);
+    }
+
     /// Running, or why it stopped.
     pub fn state(&self) -> State {
         *self.state.borrow()

@@ -38,7 +38,13 @@ async fn health(State(emulator): State<Emulator>, request: Request) -> Response 
         return refused.into_response();
     }
     match sandbox_id(&parts) {
-        Some(id) if emulator.entry(&id).is_none() => sandbox_not_found(&id),
+        Some(id)
+            if emulator
+                .entry(&id)
+                .is_none_or(|entry| crate::pause::is_paused(&entry)) =>
+        {
+            sandbox_not_found(&id)
+        }
         _ => StatusCode::NO_CONTENT.into_response(),
     }
 }
@@ -63,6 +69,11 @@ impl FromRequestParts<Emulator> for EnvdSandbox {
         check_routing(emulator, parts).map_err(ProxyError::into_response)?;
         let id = sandbox_id(parts).unwrap_or_default();
         let entry = emulator.entry(&id).ok_or_else(|| sandbox_not_found(&id))?;
+        // E2B's proxy finds only running sandboxes; a paused one is as
+        // absent as one that never was.
+        if crate::pause::is_paused(&entry) {
+            return Err(sandbox_not_found(&id));
+        }
         let token = parts
             .headers
             .get("x-access-token")
