@@ -1546,3 +1546,77 @@ mod fake {
         serde_json::from_slice(&frame.payload).expect("StartRequest JSON")
     }
 }
+
+/// What a detached run needs of E2B: another provider (as another server
+/// instance would) finds the run's sandbox by its metadata, connects to it
+/// and reads what the first one left; a paused sandbox is listed as paused
+/// and resumed by connect, its files and processes intact.
+#[tokio::test]
+async fn another_instance_finds_connects_to_and_resumes_a_sandbox() {
+    let emu = Emu::start().await;
+    let run = BTreeMap::from([("run".to_owned(), "r-42".to_owned())]);
+    let first = provider(&emu.url);
+    let sandbox = first
+        .create(SandboxSpec {
+            lifetime: Duration::from_secs(600),
+            metadata: run.clone(),
+            ..SandboxSpec::default()
+        })
+        .await
+        .expect("created");
+    let other = create(&first).await.expect("another run's sandbox");
+    sandbox
+        .upload(vec![SandboxFile {
+            path: "/home/user/events.jsonl".into(),
+            content: bytes::Bytes::from_static(b"{\"seq\":1}\n"),
+        }])
+        .await
+        .expect("uploaded");
+
+    let second = provider(&emu.url);
+    let listed = second.list(&run, None).await.expect("listed");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].paused),
+        (sandbox.id(), false)
+    );
+    assert_eq!(listed[0].metadata, run);
+
+    assert!(sandbox.pause().await.expect("paused"));
+    assert!(
+        !sandbox.pause().await.expect("a second pause"),
+        "already paused"
+    );
+    let listed = second.list(&run, None).await.expect("listed");
+    assert!(listed[0].paused, "{listed:?}");
+    assert!(
+        sandbox.read_file("/home/user/events.jsonl").await.is_err(),
+        "envd is out of reach while paused"
+    );
+
+    let again = second
+        .connect(&listed[0].id, SandboxSpec::default())
+        .await
+        .expect("connected, and so resumed");
+    assert_eq!(again.id(), sandbox.id());
+    assert_eq!(
+        &again
+            .read_file("/home/user/events.jsonl")
+            .await
+            .expect("the first instance's file")[..],
+        b"{\"seq\":1}\n"
+    );
+    assert!(!second.list(&run, None).await.expect("listed")[0].paused);
+
+    again.destroy().await.expect("destroyed");
+    other.destroy().await.expect("destroyed");
+    let gone = second.connect(sandbox.id(), SandboxSpec::default()).await;
+    let Err(err) = gone else {
+        panic!("connected to a killed sandbox");
+    };
+    assert!(
+        matches!(err.cause(), SandboxError::Status { status: 404, .. }),
+        "{err:?}"
+    );
+    assert_eq!(emu.stats().alive, 0);
+}

@@ -30,6 +30,9 @@ const OPERATIONS: &[&str] = &[
     "read",
     "set_timeout",
     "kill",
+    "pause",
+    "connect",
+    "list",
 ];
 
 /// Runs one SDK driver against a recording emulator of its own and returns
@@ -361,6 +364,75 @@ async fn our_kill_matches_an_sdk() {
             .create(SandboxSpec::default())
             .await
             .expect("our client creates a sandbox");
+        sandbox
+            .destroy()
+            .await
+            .expect("our client kills the sandbox");
+    })
+    .await;
+}
+
+/// Our pause, compared with the SDKs' `pause`: `POST /sandboxes/{id}/pause`.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_pause_matches_an_sdk() {
+    let is_pause = |r: &Recorded| r.method == "POST" && r.path == "/sandboxes/{id}/pause";
+    assert_ours_matches_an_sdk("pause", is_pause, &[], async |running| {
+        let sandbox = our_provider(running)
+            .create(SandboxSpec::default())
+            .await
+            .expect("our client creates a sandbox");
+        assert!(sandbox.pause().await.expect("our client pauses"));
+        sandbox
+            .destroy()
+            .await
+            .expect("our client kills the sandbox");
+    })
+    .await;
+}
+
+/// Our connect (how a run is reattached), compared with the SDKs'
+/// `Sandbox.connect`: `POST /v2/sandboxes/{id}/connect {"timeout": s}`.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_connect_matches_an_sdk() {
+    let is_connect = |r: &Recorded| r.method == "POST" && r.path == "/v2/sandboxes/{id}/connect";
+    assert_ours_matches_an_sdk("connect", is_connect, &[], async |running| {
+        let provider = our_provider(running);
+        let sandbox = provider
+            .create(SandboxSpec::default())
+            .await
+            .expect("our client creates a sandbox");
+        let again = provider
+            .connect(sandbox.id(), SandboxSpec::default())
+            .await
+            .expect("our client connects");
+        again.destroy().await.expect("our client kills the sandbox");
+    })
+    .await;
+}
+
+/// Our list by metadata, compared with the SDKs' `Sandbox.list` with a
+/// metadata query: `GET /v2/sandboxes` and the same query keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_list_matches_an_sdk() {
+    let is_list = |r: &Recorded| r.method == "GET" && r.path == "/v2/sandboxes";
+    assert_ours_matches_an_sdk("list", is_list, &[], async |running| {
+        let provider = our_provider(running);
+        let metadata = BTreeMap::from([("suite".to_owned(), "parity".to_owned())]);
+        let sandbox = provider
+            .create(SandboxSpec {
+                metadata: metadata.clone(),
+                ..SandboxSpec::default()
+            })
+            .await
+            .expect("our client creates a sandbox");
+        let listed = provider
+            .list(&metadata, None)
+            .await
+            .expect("our client lists");
+        assert_eq!(
+            listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            [sandbox.id()]
+        );
         sandbox
             .destroy()
             .await

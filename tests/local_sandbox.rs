@@ -15,7 +15,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sandstorm::sandbox::local::{LocalOptions, LocalProvider, LocalSandbox};
 use sandstorm::sandbox::{
-    ExitStatus, ProcessEvent, ProcessSpec, Sandbox, SandboxError, SandboxFile, SandboxSpec,
+    ExitStatus, ProcessEvent, ProcessSpec, Sandbox, SandboxError, SandboxFile, SandboxProvider,
+    SandboxSpec,
 };
 
 /// A liveness guard, not a timing assertion: a hung test fails instead of
@@ -505,4 +506,19 @@ async fn name_resolution_and_tls_roots_work_inside() {
         String::from_utf8_lossy(&out.stderr)
     );
     sb.destroy().await.expect("destroy");
+}
+
+/// The local provider keeps no sandbox past its run, so it cannot reattach
+/// or list yet; it says so by name rather than pretending (issue 14).
+#[tokio::test]
+async fn the_local_provider_says_it_cannot_reattach() {
+    let local = provider();
+    let Err(err) = local.connect("anything", SandboxSpec::default()).await else {
+        panic!("the local provider connected");
+    };
+    assert_eq!(err.to_string(), "local cannot connect sandboxes");
+    let Err(err) = local.list(&Default::default(), None).await else {
+        panic!("the local provider listed");
+    };
+    assert_eq!(err.to_string(), "local cannot list sandboxes");
 }

@@ -176,6 +176,48 @@ pub trait SandboxProvider: Send + Sync + 'static {
 
     /// Makes a fresh sandbox for one run.
     async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError>;
+
+    /// Attaches to sandbox `id`, made earlier by this provider, perhaps in
+    /// another process: the way a run outlives the request that started
+    /// it. A paused sandbox is resumed. It then lives at least
+    /// `spec.lifetime` more; of `spec`, only that and the credential count.
+    async fn connect(&self, id: &str, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
+        let _ = (id, spec);
+        Err(SandboxError::Unsupported {
+            provider: self.name(),
+            op: "connect",
+        })
+    }
+
+    /// The sandboxes the provider still keeps (running or paused) whose
+    /// metadata holds every pair of `metadata`, seen with `credential`
+    /// (else the provider's own).
+    async fn list(
+        &self,
+        metadata: &BTreeMap<String, String>,
+        credential: Option<Secret>,
+    ) -> Result<Vec<SandboxSummary>, SandboxError> {
+        let _ = (metadata, credential);
+        Err(SandboxError::Unsupported {
+            provider: self.name(),
+            op: "list",
+        })
+    }
+}
+
+/// A sandbox as a provider's list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSummary {
+    /// The provider's id for it.
+    pub id: String,
+    /// Its labels, as given at create.
+    pub metadata: BTreeMap<String, String>,
+    /// Paused (costing no compute until connected to) rather than running.
+    pub paused: bool,
+    /// When it was made, RFC 3339.
+    pub started_at: String,
+    /// When its lifetime runs out, RFC 3339.
+    pub end_at: String,
 }
 
 /// One live sandbox. Every method may be called from any task.
@@ -196,6 +238,16 @@ pub trait Sandbox: Send + Sync + 'static {
     /// Kills the sandbox and everything in it. Destroying a sandbox that is
     /// already gone is not an error.
     async fn destroy(&self) -> Result<(), SandboxError>;
+
+    /// Pauses the sandbox: its files and processes are kept, it stops
+    /// costing compute and its lifetime stops running, until the provider's
+    /// `connect` resumes it. `false` when it was paused already.
+    async fn pause(&self) -> Result<bool, SandboxError> {
+        Err(SandboxError::Unsupported {
+            provider: "this sandbox's provider",
+            op: "pause",
+        })
+    }
 }
 
 /// What went wrong talking to a sandbox. Messages are safe to show a client:
@@ -243,6 +295,14 @@ pub enum SandboxError {
         op: &'static str,
         /// What the HTTP client reported.
         message: String,
+    },
+    /// The provider cannot do this.
+    #[error("{provider} cannot {op} sandboxes")]
+    Unsupported {
+        /// The provider's name.
+        provider: &'static str,
+        /// What was asked, e.g. `pause`.
+        op: &'static str,
     },
     /// A process's output stream ended with no exit event.
     #[error("the sandbox process stream was cut before the process exited")]

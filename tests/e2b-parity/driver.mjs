@@ -5,7 +5,10 @@
 // apart by path), then does its one call, then kills the sandbox.
 import { Sandbox } from 'e2b'
 
-const OPERATIONS = ['create', 'upload_one', 'upload_many', 'run', 'read', 'set_timeout', 'kill']
+const OPERATIONS = [
+  'create', 'upload_one', 'upload_many', 'run', 'read', 'set_timeout', 'kill',
+  'pause', 'connect', 'list',
+]
 const op = process.argv[2]
 if (!OPERATIONS.includes(op)) {
   console.error(`driver.mjs: operation must be one of ${OPERATIONS.join(', ')}, got ${op}`)
@@ -36,6 +39,13 @@ if (op === 'upload_one') {
   if (text !== 'read me\n') throw new Error(`read back ${JSON.stringify(text)}`)
 } else if (op === 'set_timeout') {
   await sbx.setTimeout(300_000)
+} else if (op === 'pause') {
+  if (!(await sbx.pause())) throw new Error('pause answered false')
+} else if (op === 'connect') {
+  await Sandbox.connect(sbx.sandboxId, { timeoutMs: 120_000 })
+} else if (op === 'list') {
+  const listed = await Sandbox.list({ query: { metadata: { suite: 'parity' } } }).nextItems()
+  if (!listed.some((s) => s.sandboxId === sbx.sandboxId)) throw new Error('not listed')
 }
 await sbx.kill()
 console.log(JSON.stringify({ op, sandboxId: sbx.sandboxId }))

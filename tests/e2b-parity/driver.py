@@ -5,9 +5,12 @@ driver.mjs (same operations, same arguments). Usage: python driver.py <op>"""
 import json
 import sys
 
-from e2b import Sandbox
+from e2b import Sandbox, SandboxQuery
 
-OPERATIONS = ["create", "upload_one", "upload_many", "run", "read", "set_timeout", "kill"]
+OPERATIONS = [
+    "create", "upload_one", "upload_many", "run", "read", "set_timeout", "kill",
+    "pause", "connect", "list",
+]
 
 
 def main() -> None:
@@ -33,6 +36,15 @@ def main() -> None:
             raise SystemExit(f"read back {text!r}")
     elif op == "set_timeout":
         sbx.set_timeout(300)
+    elif op == "pause":
+        if not sbx.pause():
+            raise SystemExit("pause answered False")
+    elif op == "connect":
+        Sandbox.connect(sbx.sandbox_id, timeout=120)
+    elif op == "list":
+        listed = Sandbox.list(query=SandboxQuery(metadata={"suite": "parity"})).next_items()
+        if sbx.sandbox_id not in [s.sandbox_id for s in listed]:
+            raise SystemExit("not listed")
     sbx.kill()
     print(json.dumps({"op": op, "sandboxId": sbx.sandbox_id}))
 

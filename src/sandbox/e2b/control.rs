@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2b_wire::control::{NewSandbox, Sandbox};
+use e2b_wire::control::{ConnectSandbox, ListedSandbox, NewSandbox, Sandbox};
 use reqwest::StatusCode;
 use tracing::Instrument as _;
 
@@ -165,6 +165,129 @@ fn new_sandbox(
         allow_internet_access: None,
         auto_pause: None,
     }
+}
+
+/// `POST /v2/sandboxes/{id}/connect {"timeout": N}`, as the SDKs'
+/// `Sandbox.connect`: the sandbox again, with a fresh envd access token,
+/// resumed if it was paused, and living at least `lifetime` from now
+/// (clamped to the plan's limit). Retried as create is: connecting twice
+/// is harmless. A sandbox that is gone is E2B's 404.
+pub(crate) async fn connect(
+    client: &reqwest::Client,
+    options: &E2bOptions,
+    api_key: &Secret,
+    sandbox_id: &str,
+    lifetime: Duration,
+) -> Result<Sandbox, SandboxError> {
+    let lifetime = lifetime.min(options.max_timeout);
+    let url = &format!("{}/v2/sandboxes/{sandbox_id}/connect", options.api_url);
+    let body = &ConnectSandbox {
+        timeout: Some(whole_seconds(lifetime)),
+    };
+    with_retries(&options.retry, "connect", || async move {
+        let request = client
+            .post(url)
+            .header("X-API-KEY", api_key.expose())
+            .json(body);
+        let answer = send(request, "connect", options, api_key).await?;
+        serde_json::from_slice::<Sandbox>(&answer).map_err(|e| {
+            Failure::last(SandboxError::Other {
+                op: "connect",
+                message: format!("{PROVIDER} answered with an unexpected body: {e}"),
+            })
+        })
+    })
+    .await
+}
+
+/// `POST /sandboxes/{id}/pause`: `true` once paused, `false` when it
+/// already was (E2B's 409, which the SDKs report the same way).
+pub(crate) async fn pause(
+    client: &reqwest::Client,
+    options: &E2bOptions,
+    api_key: &Secret,
+    sandbox_id: &str,
+) -> Result<bool, SandboxError> {
+    let url = &format!("{}/sandboxes/{sandbox_id}/pause", options.api_url);
+    with_retries(&options.retry, "pause", || async move {
+        let request = client
+            .post(url)
+            .header("X-API-KEY", api_key.expose())
+            .json(&serde_json::json!({}));
+        let answer = http::call(request, "pause", options.request_timeout).await?;
+        match answer.status {
+            status if status.is_success() => Ok(true),
+            StatusCode::CONFLICT => Ok(false),
+            _ => Err(failed("pause", &answer, api_key)),
+        }
+    })
+    .await
+}
+
+/// The most pages of a list followed: a server handing out page tokens
+/// forever must not keep us listing forever.
+const LIST_PAGES: usize = 100;
+
+/// `GET /v2/sandboxes`: every running or paused sandbox whose metadata
+/// holds all of `metadata`, page after page (`nextToken`), as the SDKs'
+/// `Sandbox.list` with a metadata query: no `state` (E2B then lists both)
+/// and no `limit` (E2B's page size).
+pub(crate) async fn list(
+    client: &reqwest::Client,
+    options: &E2bOptions,
+    api_key: &Secret,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<ListedSandbox>, SandboxError> {
+    // The filter is a query string inside the query, encoded once here and
+    // once more as a query value, as the SDKs send it.
+    let filter: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(metadata)
+        .finish();
+    let url = &format!("{}/v2/sandboxes", options.api_url);
+    let mut listed = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..LIST_PAGES {
+        let (filter, next_token) = (&filter, &next);
+        let answer = with_retries(&options.retry, "list", || async move {
+            let mut query = Vec::new();
+            if !filter.is_empty() {
+                query.push(("metadata", filter.as_str()));
+            }
+            if let Some(token) = next_token {
+                query.push(("nextToken", token.as_str()));
+            }
+            let request = client
+                .get(url)
+                .header("X-API-KEY", api_key.expose())
+                .query(&query);
+            let answer = http::call(request, "list", options.request_timeout).await?;
+            if answer.status.is_success() {
+                Ok(answer)
+            } else {
+                Err(failed("list", &answer, api_key))
+            }
+        })
+        .await?;
+        let page: Vec<ListedSandbox> =
+            serde_json::from_slice(&answer.body).map_err(|e| SandboxError::Other {
+                op: "list",
+                message: format!("{PROVIDER} answered with an unexpected body: {e}"),
+            })?;
+        listed.extend(page);
+        next = answer
+            .headers
+            .get("x-next-token")
+            .and_then(|v| v.to_str().ok())
+            .filter(|token| !token.is_empty())
+            .map(str::to_owned);
+        if next.is_none() {
+            return Ok(listed);
+        }
+    }
+    Err(SandboxError::Other {
+        op: "list",
+        message: format!("{PROVIDER} had more than {LIST_PAGES} pages of sandboxes to list"),
+    })
 }
 
 /// `DELETE /sandboxes/{id}`. 404 means already gone, which is what we

@@ -12,9 +12,13 @@
 //! better reported than repeated. Create asks for at most the plan's
 //! longest lifetime (`E2B_MAX_TIMEOUT`); a longer run is extended with
 //! set-timeout calls while it lasts. With `E2B_DEBUG=true` there is nothing
-//! to create or kill: the local stack's one sandbox is used, as the SDKs do. The wire format is E2B's own, as specified in the `spec/`
-//! folder of the e2b-dev/E2B repository; `tests/e2b_client.rs` pins what
-//! this client sends and reads.
+//! to create or kill: the local stack's one sandbox is used, as the SDKs do.
+//! A sandbox outlives its run when asked to: it can be paused, found again
+//! by its metadata (`list`) and reattached (`connect`, which resumes it),
+//! from any process holding the key. The wire format is E2B's own, as
+//! specified in the `spec/` folder of the e2b-dev/E2B repository;
+//! `tests/e2b_client.rs` pins what this client sends and reads, and
+//! `tests/e2b_parity.rs` holds each call to what the official SDKs send.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), sandstorm::sandbox::SandboxError> {
@@ -31,16 +35,19 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use e2b_wire::control::SandboxState;
 
 use super::provider::{Credential, ProviderDeclaration, ProviderSettings};
 use super::{
     ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile, SandboxProvider, SandboxSpec,
+    SandboxSummary,
 };
 use crate::secret::Secret;
 
@@ -127,15 +134,7 @@ impl SandboxProvider for E2bProvider {
 
     async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
         let options = &self.shared.options;
-        let usable = |key: &Secret| !key.is_empty();
-        let api_key = spec
-            .credential
-            .filter(usable)
-            .or_else(|| options.api_key.clone().filter(usable))
-            .ok_or_else(|| SandboxError::Other {
-                op: "create",
-                message: "no E2B API key: set E2B_API_KEY or send e2b_api_key".into(),
-            })?;
+        let api_key = self.api_key(spec.credential, "create")?;
         let lifetime = if spec.lifetime.is_zero() {
             options.default_lifetime
         } else {
@@ -164,28 +163,91 @@ impl SandboxProvider for E2bProvider {
         )
         .await?;
         tracing::debug!(sandbox = %created.sandbox_id, envd = %created.envd_version, "e2b sandbox created");
-        // Create asked for at most the plan's limit; a longer run is kept
-        // alive by set-timeout calls until its whole lifetime is used.
+        Ok(self.sandbox(created, api_key, lifetime))
+    }
+
+    async fn connect(&self, id: &str, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
+        let options = &self.shared.options;
+        let api_key = self.api_key(spec.credential, "connect")?;
+        let lifetime = if spec.lifetime.is_zero() {
+            options.default_lifetime
+        } else {
+            spec.lifetime
+        };
+        let connected =
+            control::connect(&self.shared.http, options, &api_key, id, lifetime).await?;
+        tracing::debug!(sandbox = %connected.sandbox_id, "e2b sandbox connected");
+        Ok(self.sandbox(connected, api_key, lifetime))
+    }
+
+    async fn list(
+        &self,
+        metadata: &BTreeMap<String, String>,
+        credential: Option<Secret>,
+    ) -> Result<Vec<SandboxSummary>, SandboxError> {
+        let api_key = self.api_key(credential, "list")?;
+        let listed =
+            control::list(&self.shared.http, &self.shared.options, &api_key, metadata).await?;
+        Ok(listed
+            .into_iter()
+            .map(|sandbox| SandboxSummary {
+                id: sandbox.sandbox_id,
+                metadata: sandbox.metadata,
+                paused: sandbox.state == SandboxState::Paused,
+                started_at: sandbox.started_at,
+                end_at: sandbox.end_at,
+            })
+            .collect())
+    }
+}
+
+impl E2bProvider {
+    /// The request's own key if it has one, else the configured one.
+    fn api_key(
+        &self,
+        credential: Option<Secret>,
+        op: &'static str,
+    ) -> Result<Secret, SandboxError> {
+        let usable = |key: &Secret| !key.is_empty();
+        credential
+            .filter(usable)
+            .or_else(|| self.shared.options.api_key.clone().filter(usable))
+            .ok_or_else(|| SandboxError::Other {
+                op,
+                message: "no E2B API key: set E2B_API_KEY or send e2b_api_key".into(),
+            })
+    }
+
+    /// The sandbox create or connect answered with, kept alive for
+    /// `lifetime`: the call asked for at most the plan's limit, so a longer
+    /// run is kept alive by set-timeout calls until its lifetime is used.
+    fn sandbox(
+        &self,
+        answer: e2b_wire::control::Sandbox,
+        api_key: Secret,
+        lifetime: Duration,
+    ) -> Arc<dyn Sandbox> {
+        let options = &self.shared.options;
         let extender = (lifetime > options.max_timeout).then(|| {
             tokio::spawn(extend(
                 self.shared.clone(),
                 api_key.clone(),
-                created.sandbox_id.clone(),
+                answer.sandbox_id.clone(),
                 lifetime,
             ))
             .abort_handle()
         });
-        Ok(Arc::new(E2bSandbox {
-            envd_url: options.envd_url(&created.sandbox_id, created.domain.as_deref()),
-            legacy_user: envd::needs_explicit_user(&created.envd_version),
-            id: created.sandbox_id,
-            access_token: created
+        Arc::new(E2bSandbox {
+            envd_url: options.envd_url(&answer.sandbox_id, answer.domain.as_deref()),
+            legacy_user: envd::needs_explicit_user(&answer.envd_version),
+            id: answer.sandbox_id,
+            access_token: answer
                 .envd_access_token
                 .map(|token| Secret::new(token.into_string())),
             api_key,
             extender,
             shared: self.shared.clone(),
-        }))
+        })
     }
 }
 
@@ -280,6 +342,21 @@ impl Sandbox for E2bSandbox {
 
     async fn read_file(&self, path: &str) -> Result<Bytes, SandboxError> {
         self.download(path).await
+    }
+
+    async fn pause(&self) -> Result<bool, SandboxError> {
+        // A paused sandbox's clock stops; a resumed one gets its lifetime
+        // from connect, which extends it again as needed.
+        if let Some(extender) = &self.extender {
+            extender.abort();
+        }
+        control::pause(
+            &self.shared.http,
+            &self.shared.options,
+            &self.api_key,
+            &self.id,
+        )
+        .await
     }
 
     async fn destroy(&self) -> Result<(), SandboxError> {
