@@ -44,6 +44,7 @@ mod outputs;
 mod plan;
 pub mod request;
 mod run;
+pub mod run_id;
 pub mod sandbox;
 pub mod secret;
 pub mod settings;

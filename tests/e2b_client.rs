@@ -1620,3 +1620,41 @@ async fn another_instance_finds_connects_to_and_resumes_a_sandbox() {
     );
     assert_eq!(emu.stats().alive, 0);
 }
+
+/// A run is found by its id's digest and its owner's, on any instance, and
+/// a wrong owner or another id finds nothing: the same answer as a run that
+/// never was.
+#[tokio::test]
+async fn a_run_is_found_only_by_its_id_and_its_owner() {
+    use sandstorm::run_id::{self, RunId};
+
+    let emu = Emu::start().await;
+    let run = RunId::generate().expect("randomness");
+    let owner = Secret::new("token-of-tenant-a");
+    let provider = provider(&emu.url);
+    let sandbox = provider
+        .create(SandboxSpec {
+            metadata: run_id::metadata(&run, &owner),
+            ..SandboxSpec::default()
+        })
+        .await
+        .expect("created");
+
+    let other_instance = self::provider(&emu.url);
+    let found = run_id::find(&other_instance, &run, &owner, None)
+        .await
+        .expect("listed")
+        .expect("found by its owner");
+    assert_eq!(found.id, sandbox.id());
+
+    let stranger = Secret::new("token-of-tenant-b");
+    let by_stranger = run_id::find(&other_instance, &run, &stranger, None).await;
+    assert!(by_stranger.expect("listed").is_none());
+    let another = RunId::generate().expect("randomness");
+    let unknown = run_id::find(&other_instance, &another, &owner, None).await;
+    assert!(unknown.expect("listed").is_none());
+
+    sandbox.destroy().await.expect("destroyed");
+    let gone = run_id::find(&other_instance, &run, &owner, None).await;
+    assert!(gone.expect("listed").is_none(), "a killed run is gone");
+}
