@@ -160,8 +160,28 @@ impl Emu {
 
     /// Starts the process `message` describes.
     async fn start_message(&self, sbx: &Sbx, message: &Value, headers: &[(&str, &str)]) -> Started {
+        self.stream_call("/process.Process/Start", sbx, message, headers)
+            .await
+    }
+
+    /// Attaches to the process `selector` names (`Process/Connect`) and
+    /// reads its stream to the end.
+    async fn attach(&self, sbx: &Sbx, selector: &Value) -> Started {
+        let message = json!({ "process": selector });
+        self.stream_call("/process.Process/Connect", sbx, &message, &[])
+            .await
+    }
+
+    /// A server-streaming envd call, read to its end.
+    async fn stream_call(
+        &self,
+        path: &str,
+        sbx: &Sbx,
+        message: &Value,
+        headers: &[(&str, &str)],
+    ) -> Started {
         let mut req = self
-            .envd(reqwest::Method::POST, "/process.Process/Start", sbx)
+            .envd(reqwest::Method::POST, path, sbx)
             .header("Content-Type", "application/connect+json")
             .body(encode(0, message.to_string().as_bytes()));
         // reqwest appends a header given twice; the caller's value replaces
@@ -1460,4 +1480,77 @@ async fn pause_and_resume_answer_as_e2b_does() {
         .expect("health");
     assert!(health.status().is_success(), "envd answers again");
     assert_eq!(emu.kill(&sbx).await, 204);
+}
+
+/// envd's `Process/Connect`: a client attaches to a process whose `Start`
+/// client has gone, by pid or by tag, alongside another, and each gets the
+/// output from then on, the end and its exit code; an unknown process is
+/// envd's `not_found`; a client a moment too late still learns the end.
+#[tokio::test]
+async fn clients_attach_to_a_running_process_as_envd_lets_them() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let message = json!({
+        "process": {
+            "cmd": "/bin/sh",
+            "args": ["-c", "echo first; sleep 1; for i in 1 2 3; do echo tick $i; sleep 0.2; done"],
+            "cwd": "/home/user",
+        },
+        "stdin": false,
+        "tag": "ticker",
+    });
+    // The Start client reads the first frames, then goes away.
+    let started = emu
+        .envd(reqwest::Method::POST, "/process.Process/Start", &sbx)
+        .header("Content-Type", "application/connect+json")
+        .header("Connect-Protocol-Version", "1")
+        .body(encode(0, message.to_string().as_bytes()))
+        .send()
+        .await
+        .expect("start");
+    let mut body = started.bytes_stream();
+    let mut decoder = FrameDecoder::new();
+    // Until `first` has come: what follows is what attached clients get.
+    let (mut pid, mut seen_first) = (None, false);
+    while !seen_first {
+        let chunk = body.next().await.expect("a frame").expect("bytes");
+        decoder.push(&chunk);
+        while let Some(frame) = decoder.next_frame().expect("valid frame") {
+            let v: Value = serde_json::from_slice(&frame.payload).expect("json");
+            pid = pid.or(v["event"]["start"]["pid"].as_u64());
+            seen_first |= v["event"]["data"]["stdout"].is_string();
+        }
+    }
+    let pid = pid.expect("the start frame");
+    drop(body);
+
+    let (pid_selector, tag_selector) = (json!({ "pid": pid }), json!({ "tag": "ticker" }));
+    let (by_pid, by_tag) = tokio::join!(
+        emu.attach(&sbx, &pid_selector),
+        emu.attach(&sbx, &tag_selector),
+    );
+    for attached in [&by_pid, &by_tag] {
+        assert_eq!(attached.events("start")[0]["pid"], pid);
+        let out = String::from_utf8(attached.output("stdout")).expect("utf-8");
+        assert!(out.ends_with("tick 1\ntick 2\ntick 3\n"), "{out:?}");
+        assert!(
+            !out.contains("first"),
+            "nothing from before attaching: {out:?}"
+        );
+        assert_eq!(attached.events("end")[0]["status"], "exit status 0");
+        assert_eq!(attached.end_of_stream, Some(json!({})));
+    }
+
+    let late = emu.attach(&sbx, &json!({ "pid": pid })).await;
+    assert_eq!(
+        late.events("end")[0]["status"],
+        "exit status 0",
+        "the end is kept"
+    );
+
+    let unknown = emu.attach(&sbx, &json!({ "pid": 999_999 })).await;
+    let error = &unknown.end_of_stream.as_ref().expect("an error")["error"];
+    assert_eq!(error["code"], "not_found");
+    assert_eq!(error["message"], "process with pid 999999 not found");
+    emu.kill(&sbx).await;
 }

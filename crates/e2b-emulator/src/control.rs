@@ -316,6 +316,7 @@ async fn create_sandbox(emulator: Emulator, body: axum::body::Bytes, api: Api) -
         sandbox,
         paused: std::sync::atomic::AtomicBool::new(false),
         transition: tokio::sync::Mutex::new(()),
+        processes: Default::default(),
     });
     lock(&emulator.inner.sandboxes).insert(entry.id.clone(), entry.clone());
     emulator.inner.stats.created();

@@ -177,6 +177,8 @@ pub(crate) struct Entry {
     pub(crate) paused: std::sync::atomic::AtomicBool,
     /// Held through a pause or a resume, so the two never interleave.
     pub(crate) transition: tokio::sync::Mutex<()>,
+    /// Its processes that clients can attach to (`Process/Connect`).
+    pub(crate) processes: envd::Processes,
 }
 
 impl Emulator {

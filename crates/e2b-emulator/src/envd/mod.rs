@@ -16,15 +16,18 @@ use subtle::ConstantTimeEq;
 use super::stats::route;
 use super::{Emulator, EmulatorError, Entry};
 
+mod attach;
 mod files;
 mod process;
+
+pub(crate) use attach::Processes;
 
 pub(super) fn routes() -> Router<Emulator> {
     Router::new()
         .route("/health", get(health))
         .route("/files", get(files::download).post(files::upload))
         .route("/process.Process/Start", post(process::start))
-        .route("/process.Process/Connect", post(process::connect))
+        .route("/process.Process/Connect", post(attach::connect))
         .route("/process.Process/SendSignal", post(process::send_signal))
         .route("/process.Process/List", post(process::list))
 }

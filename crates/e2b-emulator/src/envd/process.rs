@@ -7,6 +7,7 @@
 //! `deadline_exceeded` when `Connect-Timeout-Ms` ran out). A client that
 //! disconnects does not stop the process, as in envd.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -30,11 +31,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::EnvdSandbox;
+use super::attach::{Frame, Live};
 use crate::stats::route;
-use crate::{Emulator, synthetic};
+use crate::{Emulator, Entry, synthetic};
 
 /// Frames in flight to a client; a slow client slows the process.
-const FRAME_BUFFER: usize = 16;
+pub(super) const FRAME_BUFFER: usize = 16;
 
 /// Pids for synthetic runs, far above real ones so they never collide.
 static SYNTHETIC_PID: AtomicU32 = AtomicU32::new(4_000_000);
@@ -63,8 +65,9 @@ pub(super) async fn start(
     };
 
     let config = request.process;
+    let is_synthetic = synthetic.is_some() && synthetic::is_runner(&config.cmd, &config.args);
     let (pid, events): (u32, Events) = match synthetic {
-        Some(spec) if synthetic::is_runner(&config.cmd, &config.args) => {
+        Some(spec) if is_synthetic => {
             let exited = ProcessEvent::Exited(ExitStatus {
                 code: Some(0),
                 status: "exit status 0".to_owned(),
@@ -96,8 +99,11 @@ pub(super) async fn start(
         }
     };
 
+    // Synthetic output has no process behind it to outlive its client, so
+    // nothing can attach to it, and it stops when its client leaves.
+    let live = (!is_synthetic).then(|| entry.processes.register(pid, request.tag));
     let (tx, rx) = mpsc::channel(FRAME_BUFFER);
-    tokio::spawn(relay(tx, pid, events, keepalive, cut_after));
+    tokio::spawn(relay(tx, pid, events, keepalive, cut_after, entry, live));
     connect_stream(Body::from_stream(ReceiverStream::new(rx)))
 }
 
@@ -119,7 +125,7 @@ const HOME: &str = "/home/user";
 /// envd pings every 90 s unless `Keepalive-Ping-Interval` names another
 /// whole number of seconds (0, which would stop envd's ticker, counts as
 /// unset here).
-fn keepalive_interval(headers: &HeaderMap) -> Duration {
+pub(super) fn keepalive_interval(headers: &HeaderMap) -> Duration {
     header_number(headers, "keepalive-ping-interval")
         .filter(|s| *s > 0)
         .map_or(DEFAULT_KEEPALIVE, Duration::from_secs)
@@ -130,7 +136,7 @@ fn keepalive_interval(headers: &HeaderMap) -> Duration {
 /// a `Connect-Protocol-Version` other than 1 is `invalid_argument` (for
 /// streams the header may be absent). The emulator speaks only the JSON
 /// codec of the Connect protocol, where envd also speaks proto and gRPC.
-fn check_connect_headers(emulator: &Emulator, headers: &HeaderMap) -> Option<Response> {
+pub(super) fn check_connect_headers(emulator: &Emulator, headers: &HeaderMap) -> Option<Response> {
     if emulator.inner.lenient {
         return None;
     }
@@ -208,69 +214,119 @@ async fn checked_cwd(
     }
 }
 
-/// Turns process events into Connect frames until the end or the cut.
+/// Turns process events into Connect frames, for the client of the
+/// `Start` and for every client attached since (see `attach`), until the
+/// process ends. A `Start` client that leaves, or whose stream the cut
+/// fault ends, stops getting frames; the process and its other clients go
+/// on, as with envd.
 async fn relay(
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     pid: u32,
     mut events: Events,
     keepalive: Option<Duration>,
     cut_after: Option<u32>,
+    entry: Arc<Entry>,
+    live: Option<Arc<Live>>,
 ) {
-    let send = |event: ProcessEventJson| tx.send(Ok(message_frame(event)));
-    let started = ProcessEventJson {
+    let publish = |frame: Frame| {
+        if let Some(live) = &live {
+            live.publish(frame);
+        }
+    };
+    let mut client = Some(tx);
+    let started = message_frame(ProcessEventJson {
         start: Some(StartEvent { pid }),
         ..Default::default()
-    };
-    if send(started).await.is_err() {
-        return; // the client is gone; the process runs on
-    }
+    });
+    to_client(&mut client, started).await;
     let mut stdout_frames = 0u32;
     loop {
-        if cut_after.is_some_and(|k| stdout_frames >= k) {
-            cut(&tx).await;
+        if let Some(tx) = client.as_ref()
+            && cut_after.is_some_and(|k| stdout_frames >= k)
+        {
+            cut(tx).await;
+            client = None;
+        }
+        if client.is_none() && live.is_none() {
             return;
         }
-        let next = match keepalive {
+        // Keepalives are the Start client's; attached clients send their own.
+        let next = match keepalive.filter(|_| client.is_some()) {
             Some(interval) => tokio::time::timeout(interval, events.next()).await,
             None => Ok(events.next().await),
         };
-        let frame = match next {
-            Err(_quiet) => message_frame(ProcessEventJson {
-                keepalive: Some(KeepAlive {}),
-                ..Default::default()
-            }),
+        let last = match next {
+            Err(_quiet) => {
+                to_client(&mut client, keepalive_frame()).await;
+                continue;
+            }
             Ok(Some(Ok(ProcessEvent::Stdout(chunk)))) => {
                 stdout_frames += 1;
-                message_frame(data(Some(chunk), None))
+                let frame = message_frame(data(Some(chunk), None));
+                publish(Frame {
+                    bytes: frame.clone(),
+                    last: false,
+                });
+                to_client(&mut client, frame).await;
+                continue;
             }
-            Ok(Some(Ok(ProcessEvent::Stderr(chunk)))) => message_frame(data(None, Some(chunk))),
-            Ok(Some(Ok(ProcessEvent::Exited(status)))) => {
-                let end = ProcessEventJson {
+            Ok(Some(Ok(ProcessEvent::Stderr(chunk)))) => {
+                let frame = message_frame(data(None, Some(chunk)));
+                publish(Frame {
+                    bytes: frame.clone(),
+                    last: false,
+                });
+                to_client(&mut client, frame).await;
+                continue;
+            }
+            Ok(Some(Ok(ProcessEvent::Exited(status)))) => vec![
+                message_frame(ProcessEventJson {
                     end: Some(end_event(&status)),
                     ..Default::default()
-                };
-                if send(end).await.is_ok() {
-                    let _ = tx.send(Ok(end_of_stream(None))).await;
-                }
-                return;
-            }
-            Ok(Some(Err(e))) => {
-                let _ = tx.send(Ok(end_of_stream(Some(sandbox_error(&e))))).await;
-                return;
-            }
-            Ok(None) => {
-                let error = ConnectError {
-                    code: "internal".to_owned(),
-                    message: "the process output ended without an exit".to_owned(),
-                };
-                let _ = tx.send(Ok(end_of_stream(Some(error)))).await;
-                return;
-            }
+                }),
+                end_of_stream(None),
+            ],
+            Ok(Some(Err(e))) => vec![end_of_stream(Some(sandbox_error(&e)))],
+            Ok(None) => vec![end_of_stream(Some(ConnectError {
+                code: "internal".to_owned(),
+                message: "the process output ended without an exit".to_owned(),
+            }))],
         };
-        if tx.send(Ok(frame)).await.is_err() {
-            return;
+        let count = last.len();
+        let frames: Vec<Frame> = last
+            .into_iter()
+            .enumerate()
+            .map(|(i, bytes)| Frame {
+                bytes,
+                last: i + 1 == count,
+            })
+            .collect();
+        for frame in &frames {
+            publish(frame.clone());
+            to_client(&mut client, frame.bytes.clone()).await;
         }
+        if live.is_some() {
+            entry.processes.ended(pid, frames);
+        }
+        return;
     }
+}
+
+/// Sends `frame` to the Start client while it is there.
+async fn to_client(client: &mut Option<mpsc::Sender<Result<Bytes, std::io::Error>>>, frame: Bytes) {
+    if let Some(tx) = client
+        && tx.send(Ok(frame)).await.is_err()
+    {
+        // The client is gone; the process runs on.
+        *client = None;
+    }
+}
+
+pub(super) fn keepalive_frame() -> Bytes {
+    message_frame(ProcessEventJson {
+        keepalive: Some(KeepAlive {}),
+        ..Default::default()
+    })
 }
 
 /// Fault injection: drops the connection without the end frames. An error
@@ -331,11 +387,11 @@ fn sandbox_error(e: &SandboxError) -> ConnectError {
     }
 }
 
-fn message_frame(event: ProcessEventJson) -> Bytes {
+pub(super) fn message_frame(event: ProcessEventJson) -> Bytes {
     json_frame(FLAG_MESSAGE, &StartResponse { event })
 }
 
-fn end_of_stream(error: Option<ConnectError>) -> Bytes {
+pub(super) fn end_of_stream(error: Option<ConnectError>) -> Bytes {
     json_frame(FLAG_END_STREAM, &EndOfStream { error })
 }
 
@@ -345,7 +401,7 @@ fn json_frame(flags: u8, value: &impl Serialize) -> Bytes {
     encode(flags, &payload)
 }
 
-fn connect_stream(body: Body) -> Response {
+pub(super) fn connect_stream(body: Body) -> Response {
     let mut response = Response::new(body);
     response
         .headers_mut()
@@ -355,7 +411,7 @@ fn connect_stream(body: Body) -> Response {
 
 /// A streaming call that fails before it starts: HTTP 200 with only the
 /// end-of-stream frame, as Connect does.
-fn stream_error(code: &str, message: impl Into<String>) -> Response {
+pub(super) fn stream_error(code: &str, message: impl Into<String>) -> Response {
     let error = ConnectError {
         code: code.to_owned(),
         message: message.into(),
@@ -364,7 +420,7 @@ fn stream_error(code: &str, message: impl Into<String>) -> Response {
 }
 
 /// The first enveloped message of a streaming request body.
-fn decode_enveloped<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+pub(super) fn decode_enveloped<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let mut decoder = FrameDecoder::new();
     decoder.push(body);
     let frame = decoder
@@ -376,19 +432,6 @@ fn decode_enveloped<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, St
 
 fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// `Connect` (attach to a running process) needs output fan-out, which the
-/// emulator does not have.
-pub(super) async fn connect(
-    State(emulator): State<Emulator>,
-    EnvdSandbox(_): EnvdSandbox,
-) -> Response {
-    emulator.inner.stats.request(route::PROCESS_CONNECT);
-    stream_error(
-        "unimplemented",
-        "the emulator cannot attach to a running process",
-    )
 }
 
 /// A unary Connect error: HTTP status plus `{"code","message"}`.
@@ -464,7 +507,7 @@ pub(super) async fn list(
                 envs: Default::default(),
                 cwd: Some(info.cwd),
             },
-            tag: None,
+            tag: entry.processes.tag(info.pid),
         })
         .collect();
     axum::Json(ListResponse { processes }).into_response()
