@@ -4,9 +4,10 @@
 //! E2B's edge proxy sends an empty DATA frame after about every 32 KiB of
 //! a download. The h2 crate counts empty frames as a flood and closes the
 //! connection after 100 of them, so over HTTP/2 a download past about
-//! 3 MiB fails. The server here is that edge on loopback: TLS offering
-//! `h2` and `http/1.1` as E2B's does, padding when it speaks h2. A read
-//! must come back whole, and over HTTP/1.1.
+//! 3 MiB fails. The server here is that edge on
+//! loopback: TLS offering `h2` and `http/1.1` as E2B's does, padding when
+//! it speaks h2. A read through the provider as `E2bProvider::new` builds
+//! it must come back whole, and over HTTP/1.1.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,9 +19,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::{E2bOptions, E2bSandbox, Shared, http, stream_client};
-use crate::sandbox::Sandbox as _;
-use crate::secret::Secret;
+use super::{E2bOptions, E2bProvider, Shared};
+use crate::sandbox::{SandboxError, SandboxProvider as _, SandboxSpec};
 
 /// E2B's padding interval, and a file long enough for 128 pads: past the
 /// 100 empty frames h2 tolerates.
@@ -118,44 +118,45 @@ where
         .await;
 }
 
-/// Our TLS setup (as `http::tls_config` makes it) trusting only `cert`.
-fn trusting(cert: CertificateDer<'static>) -> rustls::ClientConfig {
+/// The provider as `E2bProvider::new` builds it, on a TLS setup (as
+/// `http::tls_config` makes it) that trusts only the edge's certificate,
+/// with the edge at `port` as envd. `E2B_DEBUG`'s create makes a sandbox
+/// without asking a control plane, on `E2B_SANDBOX_URL`: the edge.
+fn provider(port: u16, cert: CertificateDer<'static>) -> E2bProvider {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).expect("a valid certificate");
-    rustls::ClientConfig::builder_with_provider(Arc::new(
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("TLS versions")
     .with_root_certificates(roots)
-    .with_no_client_auth()
+    .with_no_client_auth();
+    let mut options = E2bOptions::local(&format!("https://localhost:{port}"), "e2b_test");
+    options.debug = true;
+    E2bProvider::with_tls(options, tls).expect("the provider builds")
 }
 
-/// A sandbox whose envd is the edge at `port`, reading files through
-/// `files`: the provider's own file client, or another to compare with.
-fn sandbox(
-    port: u16,
-    tls: rustls::ClientConfig,
-    files: impl FnOnce(&E2bOptions, rustls::ClientConfig) -> reqwest::Client,
-) -> E2bSandbox {
-    let options = E2bOptions::local(&format!("https://localhost:{port}"), "e2b_test");
-    let http = http::client(&options, tls.clone()).expect("client");
-    let files = files(&options, tls.clone());
-    let streams = stream_client::StreamClient::new(&options, tls, http.clone());
-    E2bSandbox {
-        id: "sbx-padded".to_owned(),
-        envd_url: format!("https://localhost:{port}"),
-        legacy_user: false,
-        access_token: Some(Secret::new("token")),
-        api_key: Secret::new("e2b_test"),
-        extender: None,
+/// The same provider reading files through the client every other call
+/// uses, which offers h2.
+fn reading_through_the_shared_client(provider: &E2bProvider) -> E2bProvider {
+    let shared = &provider.shared;
+    E2bProvider {
         shared: Arc::new(Shared {
-            options,
-            http,
-            files,
-            streams,
+            options: shared.options.clone(),
+            http: shared.http.clone(),
+            files: shared.http.clone(),
+            streams: shared.streams.clone(),
         }),
     }
+}
+
+async fn read(provider: &E2bProvider) -> Result<Bytes, SandboxError> {
+    let sandbox = provider
+        .create(SandboxSpec::default())
+        .await
+        .expect("a debug-mode sandbox");
+    sandbox.read_file("/home/user/big.bin").await
 }
 
 fn file() -> Bytes {
@@ -170,17 +171,11 @@ fn file() -> Bytes {
 #[tokio::test]
 async fn a_padded_download_is_read_whole_over_http1() {
     let (port, cert, seen) = padding_edge(file()).await;
-    let ours = sandbox(port, trusting(cert), |options, tls| {
-        http::file_client(options, tls).expect("file client")
-    });
-    let read = ours
-        .read_file("/home/user/big.bin")
-        .await
-        .expect("the whole file");
+    let bytes = read(&provider(port, cert)).await.expect("the whole file");
     assert!(
-        read == file(),
+        bytes == file(),
         "the file came back changed ({} bytes)",
-        read.len()
+        bytes.len()
     );
     assert_eq!(*seen.lock().expect("seen"), ["http/1.1"]);
 }
@@ -194,12 +189,9 @@ async fn a_padded_download_is_read_whole_over_http1() {
 #[tokio::test]
 async fn the_same_read_over_h2_fails_on_the_padding() {
     let (port, cert, seen) = padding_edge(file()).await;
-    let h2_capable = sandbox(port, trusting(cert), |options, tls| {
-        http::client(options, tls).expect("client")
-    });
-    let outcome = h2_capable.read_file("/home/user/big.bin").await;
+    let answer = read(&reading_through_the_shared_client(&provider(port, cert))).await;
     assert_eq!(*seen.lock().expect("seen"), ["h2"]);
-    let err = outcome.expect_err("h2 gives up on the padding");
+    let err = answer.expect_err("h2 gives up on the padding");
     // h2's words for its flood defence (ENHANCE_YOUR_CALM).
     assert!(
         err.to_string()
