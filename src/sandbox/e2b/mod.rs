@@ -106,7 +106,16 @@ pub struct E2bProvider {
 impl E2bProvider {
     /// Fails only if the HTTP clients cannot be built (no TLS backend).
     pub fn new(options: E2bOptions) -> Result<Self, SandboxError> {
-        let tls = http::tls_config()?;
+        Self::with_tls(options, http::tls_config()?)
+    }
+
+    /// [`E2bProvider::new`] on a TLS configuration of the caller's (each
+    /// client sets its own ALPN), so that a test can trust its own
+    /// certificate (`padded_download_tests`).
+    pub(crate) fn with_tls(
+        options: E2bOptions,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, SandboxError> {
         let http = http::client(&options, tls.clone())?;
         let files = http::file_client(&options, tls.clone())?;
         let streams = stream_client::StreamClient::new(&options, tls, http.clone());

@@ -2,11 +2,12 @@
 //! point 6).
 //!
 //! E2B's edge proxy sends an empty DATA frame after about every 32 KiB of
-//! a download. The h2 crate counts empty frames as a flood and closes the
-//! connection after 100 of them, so over HTTP/2 a download past about
-//! 3 MiB fails. The server here is that edge on loopback: TLS offering
-//! `h2` and `http/1.1` as E2B's does, padding when it speaks h2. A read
-//! must come back whole, and over HTTP/1.1.
+//! a download. The h2 crate (0.4.20, the locked one) counts empty frames
+//! as a flood and closes the connection after 100 of them, so over HTTP/2
+//! a download past about 3 MiB fails. The server here is that edge on
+//! loopback: TLS offering `h2` and `http/1.1` as E2B's does, padding when
+//! it speaks h2. A read through the provider as `E2bProvider::new` builds
+//! it must come back whole, and over HTTP/1.1.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,12 +19,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::{E2bOptions, E2bSandbox, Shared, http, stream_client};
-use crate::sandbox::Sandbox as _;
-use crate::secret::Secret;
+use super::{E2bOptions, E2bProvider, Shared};
+use crate::sandbox::{SandboxError, SandboxProvider as _, SandboxSpec};
 
 /// E2B's padding interval, and a file long enough for 128 pads: past the
-/// 100 empty frames h2 tolerates.
+/// 100 empty frames h2 0.4.20 tolerates.
 const CHUNK: usize = 32 * 1024;
 const FILE_LEN: usize = 128 * CHUNK;
 
@@ -118,44 +118,45 @@ where
         .await;
 }
 
-/// Our TLS setup (as `http::tls_config` makes it) trusting only `cert`.
-fn trusting(cert: CertificateDer<'static>) -> rustls::ClientConfig {
+/// The provider as `E2bProvider::new` builds it, on a TLS setup (as
+/// `http::tls_config` makes it) that trusts only the edge's certificate,
+/// with the edge at `port` as envd. `E2B_DEBUG`'s create makes a sandbox
+/// without asking a control plane, on `E2B_SANDBOX_URL`: the edge.
+fn provider(port: u16, cert: CertificateDer<'static>) -> E2bProvider {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).expect("a valid certificate");
-    rustls::ClientConfig::builder_with_provider(Arc::new(
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("TLS versions")
     .with_root_certificates(roots)
-    .with_no_client_auth()
+    .with_no_client_auth();
+    let mut options = E2bOptions::local(&format!("https://localhost:{port}"), "e2b_test");
+    options.debug = true;
+    E2bProvider::with_tls(options, tls).expect("the provider builds")
 }
 
-/// A sandbox whose envd is the edge at `port`, reading files through
-/// `files`: the provider's own file client, or another to compare with.
-fn sandbox(
-    port: u16,
-    tls: rustls::ClientConfig,
-    files: impl FnOnce(&E2bOptions, rustls::ClientConfig) -> reqwest::Client,
-) -> E2bSandbox {
-    let options = E2bOptions::local(&format!("https://localhost:{port}"), "e2b_test");
-    let http = http::client(&options, tls.clone()).expect("client");
-    let files = files(&options, tls.clone());
-    let streams = stream_client::StreamClient::new(&options, tls, http.clone());
-    E2bSandbox {
-        id: "sbx-padded".to_owned(),
-        envd_url: format!("https://localhost:{port}"),
-        legacy_user: false,
-        access_token: Some(Secret::new("token")),
-        api_key: Secret::new("e2b_test"),
-        extender: None,
+/// The same provider reading files through the client every other call
+/// uses, which offers h2.
+fn reading_through_the_shared_client(provider: &E2bProvider) -> E2bProvider {
+    let shared = &provider.shared;
+    E2bProvider {
         shared: Arc::new(Shared {
-            options,
-            http,
-            files,
-            streams,
+            options: shared.options.clone(),
+            http: shared.http.clone(),
+            files: shared.http.clone(),
+            streams: shared.streams.clone(),
         }),
     }
+}
+
+async fn read(provider: &E2bProvider) -> Result<Bytes, SandboxError> {
+    let sandbox = provider
+        .create(SandboxSpec::default())
+        .await
+        .expect("a debug-mode sandbox");
+    sandbox.read_file("/home/user/big.bin").await
 }
 
 fn file() -> Bytes {
@@ -167,43 +168,60 @@ fn file() -> Bytes {
         .into()
 }
 
+/// Fails if file reads offer h2 to the edge, whichever h2 crate is in the
+/// tree. The protocol is what decides: an h2 that forgives this padding
+/// (see below) reads the file whole, so it is checked first, and its
+/// failure says what the read did.
 #[tokio::test]
 async fn a_padded_download_is_read_whole_over_http1() {
     let (port, cert, seen) = padding_edge(file()).await;
-    let ours = sandbox(port, trusting(cert), |options, tls| {
-        http::file_client(options, tls).expect("file client")
-    });
-    let read = ours
-        .read_file("/home/user/big.bin")
-        .await
-        .expect("the whole file");
-    assert!(
-        read == file(),
-        "the file came back changed ({} bytes)",
-        read.len()
+    let answer = read(&provider(port, cert)).await;
+    let shown = match &answer {
+        Ok(bytes) => format!("{} bytes", bytes.len()),
+        Err(err) => err.to_string(),
+    };
+    assert_eq!(
+        *seen.lock().expect("seen"),
+        ["http/1.1"],
+        "a file read must not offer h2 to an edge that pads h2 downloads (the read: {shown})"
     );
-    assert_eq!(*seen.lock().expect("seen"), ["http/1.1"]);
+    let bytes = answer.expect("the whole file");
+    assert!(
+        bytes == file(),
+        "the file came back changed ({} bytes)",
+        bytes.len()
+    );
 }
 
-/// The same read through a client that offers h2 (the one every other
-/// call uses) gets h2 from this edge and, with the locked h2 (0.4.20),
-/// loses the connection to the padding: what the test above guards
-/// against. h2 0.4.21 forgives one empty frame after each non-empty one;
-/// if an upgrade makes this read succeed, the padding no longer breaks
-/// h2 and this control says so.
+/// The control: through the client that offers h2, the same edge answers
+/// in h2, so the test above passes because of the file client and not
+/// because this edge never speaks h2.
+///
+/// What the padding then does depends on the h2 crate, so either outcome
+/// passes, and nothing else. The locked h2 0.4.20 counts every empty frame
+/// and drops the connection past 100 (ENHANCE_YOUR_CALM, "excessive load
+/// generating behavior"): the failure of issue 13, point 6, and what this
+/// test sees today. h2 0.4.21 forgives one empty frame after each
+/// non-empty one, which is this edge's pattern, so there the read comes
+/// back whole (both checked by hand, the second with the lock moved to
+/// 0.4.21). That alone would not make HTTP/1.1 unneeded: E2B's edge pads
+/// "about every 32 KiB", not provably in this exact pattern. So an h2
+/// update fails nothing here; the test above holds either way.
 #[tokio::test]
-async fn the_same_read_over_h2_fails_on_the_padding() {
+async fn the_shared_client_gets_h2_from_the_same_edge() {
     let (port, cert, seen) = padding_edge(file()).await;
-    let h2_capable = sandbox(port, trusting(cert), |options, tls| {
-        http::client(options, tls).expect("client")
-    });
-    let outcome = h2_capable.read_file("/home/user/big.bin").await;
+    let answer = read(&reading_through_the_shared_client(&provider(port, cert))).await;
     assert_eq!(*seen.lock().expect("seen"), ["h2"]);
-    let err = outcome.expect_err("h2 gives up on the padding");
-    // h2's words for its flood defence (ENHANCE_YOUR_CALM).
-    assert!(
-        err.to_string()
-            .contains("excessive load generating behavior"),
-        "{err}"
-    );
+    match answer {
+        Err(err) => assert!(
+            err.to_string()
+                .contains("excessive load generating behavior"),
+            "h2 failed on something other than the padding: {err}"
+        ),
+        Ok(bytes) => assert!(
+            bytes == file(),
+            "the file came back changed over h2 ({} bytes)",
+            bytes.len()
+        ),
+    }
 }
