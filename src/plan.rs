@@ -156,6 +156,7 @@ pub(crate) fn build(
             timeout: Some(budget + PROCESS_GRACE),
             // The runner reads its config from a file, never from stdin.
             stdin: false,
+            tag: None,
         },
         deadline,
         deadline_reason,

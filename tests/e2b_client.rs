@@ -24,8 +24,8 @@ use futures::StreamExt;
 use sandstorm::lines::LineSplitter;
 use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider, RetryPolicy};
 use sandstorm::sandbox::{
-    ExitStatus, ProcessEvent, ProcessSpec, Sandbox, SandboxError, SandboxFile, SandboxProvider,
-    SandboxSpec,
+    ExitStatus, ProcessEvent, ProcessRef, ProcessSpec, Sandbox, SandboxError, SandboxFile,
+    SandboxProvider, SandboxSpec,
 };
 use sandstorm::secret::Secret;
 
@@ -72,6 +72,7 @@ fn runner() -> ProcessSpec {
         cwd: "/home/user".into(),
         timeout: Some(Duration::from_secs(30)),
         stdin: false,
+        tag: None,
     }
 }
 
@@ -1657,4 +1658,61 @@ async fn a_run_is_found_only_by_its_id_and_its_owner() {
     sandbox.destroy().await.expect("destroyed");
     let gone = run_id::find(&other_instance, &run, &owner, None).await;
     assert!(gone.expect("listed").is_none(), "a killed run is gone");
+}
+
+/// A process outlives the stream that started it, and a second provider
+/// (another instance) attaches to it by tag, then by pid, and reads the
+/// rest of its output and its exit: how a detached run is followed.
+#[tokio::test]
+async fn another_instance_attaches_to_a_running_process() {
+    let emu = Emu::start().await;
+    let first = provider(&emu.url);
+    let sandbox = create(&first).await.expect("created");
+    let mut started = sandbox
+        .start(ProcessSpec {
+            tag: Some("runner".into()),
+            ..sh("echo one; sleep 1; echo two; sleep 1; echo three")
+        })
+        .await
+        .expect("started");
+    // Until `one`, then the first client goes away.
+    loop {
+        match started.next().await {
+            Some(Ok(ProcessEvent::Stdout(chunk))) if chunk.starts_with(b"one") => break,
+            Some(Ok(_)) => {}
+            other => panic!("no `one` before {other:?}"),
+        }
+    }
+    drop(started);
+
+    let second = provider(&emu.url);
+    let again = second
+        .connect(sandbox.id(), SandboxSpec::default())
+        .await
+        .expect("connected");
+    let by_tag = again
+        .attach(ProcessRef::Tag("runner".into()))
+        .await
+        .expect("attached by tag");
+    let events: Vec<_> = tokio::time::timeout(Duration::from_secs(10), by_tag.collect())
+        .await
+        .expect("the stream ends");
+    let (stdout, _, exit) = split(&events);
+    assert_eq!(stdout, ["two", "three"], "from attaching on: {events:?}");
+    assert_eq!(exit.and_then(|e| e.code), Some(0));
+
+    // envd answers a stream that ends at once with its `not_found`.
+    let none = match again.attach(ProcessRef::Pid(999_999)).await {
+        Ok(stream) => stream.collect::<Vec<_>>().await.pop(),
+        Err(err) => Some(Err(err)),
+    };
+    let Some(Err(err)) = none else {
+        panic!("attached to no process: {none:?}");
+    };
+    assert!(
+        err.to_string()
+            .contains("process with pid 999999 not found"),
+        "{err}"
+    );
+    again.destroy().await.expect("destroyed");
 }

@@ -302,6 +302,7 @@ async fn our_process_start_matches_an_sdk() {
                 timeout: Some(Duration::from_secs(30)),
                 // As `commands.run` does: stdin closed.
                 stdin: false,
+                tag: None,
             })
             .await
             .expect("our client starts the process");

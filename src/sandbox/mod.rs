@@ -116,6 +116,9 @@ pub struct ProcessSpec {
     pub cwd: String,
     /// Hard limit on the process's life, enforced by the provider.
     pub timeout: Option<Duration>,
+    /// A name to attach to the process by later ([`Sandbox::attach`]), where
+    /// the provider can.
+    pub tag: Option<String>,
     /// Give the process a stdin pipe that stays open while it lives, as
     /// envd does unless Start says `"stdin": false`. Nothing writes to it,
     /// so a process that reads stdin waits until it is killed or times
@@ -132,6 +135,7 @@ impl fmt::Debug for ProcessSpec {
             .field("envs", &self.envs.keys().collect::<Vec<_>>())
             .field("cwd", &self.cwd)
             .field("timeout", &self.timeout)
+            .field("tag", &self.tag)
             .field("stdin", &self.stdin)
             .finish()
     }
@@ -205,6 +209,15 @@ pub trait SandboxProvider: Send + Sync + 'static {
     }
 }
 
+/// A running process to attach to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessRef {
+    /// By the pid its start reported.
+    Pid(u32),
+    /// By the [`ProcessSpec::tag`] it was started with.
+    Tag(String),
+}
+
 /// A sandbox as a provider's list shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSummary {
@@ -238,6 +251,16 @@ pub trait Sandbox: Send + Sync + 'static {
     /// Kills the sandbox and everything in it. Destroying a sandbox that is
     /// already gone is not an error.
     async fn destroy(&self) -> Result<(), SandboxError>;
+
+    /// Attaches to a process that is running in the sandbox, started by
+    /// this or another client: its output from now on, then its exit.
+    async fn attach(&self, process: ProcessRef) -> Result<ProcessStream, SandboxError> {
+        let _ = process;
+        Err(SandboxError::Unsupported {
+            provider: "this sandbox's provider",
+            op: "attach to processes of",
+        })
+    }
 
     /// Pauses the sandbox: its files and processes are kept, it stops
     /// costing compute and its lifetime stops running, until the provider's

@@ -166,6 +166,13 @@ pub struct ProcessSelector {
     pub tag: Option<String>,
 }
 
+/// `POST /process.Process/Connect` request: attach to a running process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    /// Which process.
+    pub process: ProcessSelector,
+}
+
 /// `POST /process.Process/SendSignal` answer: empty on success.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct SendSignalResponse {}

@@ -2,7 +2,7 @@
 //! over Connect (`spec/envd/envd.yaml`, `spec/envd/process/process.proto`).
 
 use e2b_wire::connect::{CONNECT_JSON, FLAG_MESSAGE, encode};
-use e2b_wire::envd::{ENVD_PORT, ProcessConfig, StartRequest};
+use e2b_wire::envd::{ConnectRequest, ENVD_PORT, ProcessConfig, ProcessSelector, StartRequest};
 use http_body_util::BodyExt as _;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
@@ -11,7 +11,7 @@ use reqwest::multipart::{Form, Part};
 use super::E2bSandbox;
 use super::http::{self, PROVIDER};
 use super::process::process_stream;
-use crate::sandbox::{ProcessSpec, ProcessStream, SandboxError, SandboxFile};
+use crate::sandbox::{ProcessRef, ProcessSpec, ProcessStream, SandboxError, SandboxFile};
 
 /// envd before 0.4.0 had no default user; the SDKs name `user` explicitly
 /// for those, and leave the choice to envd (the template's user) after.
@@ -142,7 +142,6 @@ impl E2bSandbox {
         &self,
         process: ProcessSpec,
     ) -> Result<ProcessStream, SandboxError> {
-        let options = &self.shared.options;
         let message = StartRequest {
             process: ProcessConfig {
                 cmd: process.cmd,
@@ -153,20 +152,55 @@ impl E2bSandbox {
             // Sent either way, as the SDKs do: without it envd keeps a
             // stdin pipe open that nobody writes to.
             stdin: Some(process.stdin),
-            tag: None,
+            tag: process.tag,
         };
-        let payload = serde_json::to_vec(&message).map_err(|e| SandboxError::Other {
-            op: "start",
+        self.process_stream("start", "Start", &message, process.timeout)
+            .await
+    }
+
+    /// `POST /process.Process/Connect`: the same stream as a start's, for a
+    /// process already running (from now on, as envd sends it).
+    pub(super) async fn attach_process(
+        &self,
+        process: ProcessRef,
+    ) -> Result<ProcessStream, SandboxError> {
+        let process = match process {
+            ProcessRef::Pid(pid) => ProcessSelector {
+                pid: Some(pid),
+                tag: None,
+            },
+            ProcessRef::Tag(tag) => ProcessSelector {
+                pid: None,
+                tag: Some(tag),
+            },
+        };
+        self.process_stream("attach", "Connect", &ConnectRequest { process }, None)
+            .await
+    }
+
+    /// One of envd's process streams: `method` of the process service with
+    /// `message`, and `lifetime` as the process's deadline when starting.
+    async fn process_stream(
+        &self,
+        op: &'static str,
+        method: &str,
+        message: &impl serde::Serialize,
+        lifetime: Option<std::time::Duration>,
+    ) -> Result<ProcessStream, SandboxError> {
+        let options = &self.shared.options;
+        let payload = serde_json::to_vec(message).map_err(|e| SandboxError::Other {
+            op,
             message: e.to_string(),
         })?;
-        let mut request = ::http::Request::post(format!("{}/process.Process/Start", self.envd_url))
+        let url = format!("{}/process.Process/{method}", self.envd_url);
+        let mut request = ::http::Request::post(url)
             .body(encode(FLAG_MESSAGE, &payload))
             .map_err(|e| SandboxError::Other {
-                op: "start",
+                op,
                 message: e.to_string(),
             })?;
         let headers = request.headers_mut();
-        headers.extend(self.envd_headers("start")?);
+        headers.extend(self.envd_headers(op)?);
         headers.insert(USER_AGENT, HeaderValue::from_static(http::USER_AGENT));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(CONNECT_JSON));
         headers.insert("connect-protocol-version", HeaderValue::from_static("1"));
@@ -176,7 +210,7 @@ impl E2bSandbox {
         );
         // envd ends the process when this runs out: it is the process's
         // lifetime, not a limit on us reading the stream.
-        if let Some(limit) = process.timeout {
+        if let Some(limit) = lifetime {
             let ms = limit.as_millis().clamp(1, MAX_CONNECT_TIMEOUT_MS);
             headers.insert(
                 "connect-timeout-ms",
@@ -193,12 +227,12 @@ impl E2bSandbox {
         let response = self
             .shared
             .streams
-            .open(request, "start", options.request_timeout)
+            .open(request, op, options.request_timeout)
             .await?;
         let status = response.status();
         if status != StatusCode::OK {
             let body = http::error_body(response.into_body().into_data_stream()).await;
-            return Err(self.envd_failure("start", status, &body));
+            return Err(self.envd_failure(op, status, &body));
         }
         let content_type = response
             .headers()
@@ -207,7 +241,7 @@ impl E2bSandbox {
             .unwrap_or(CONNECT_JSON);
         if !content_type.starts_with(CONNECT_JSON) {
             return Err(SandboxError::Other {
-                op: "start",
+                op,
                 message: format!(
                     "{PROVIDER} answered with content type {content_type}, not {CONNECT_JSON}"
                 ),

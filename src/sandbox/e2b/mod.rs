@@ -46,8 +46,8 @@ use e2b_wire::control::SandboxState;
 
 use super::provider::{Credential, ProviderDeclaration, ProviderSettings};
 use super::{
-    ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile, SandboxProvider, SandboxSpec,
-    SandboxSummary,
+    ProcessRef, ProcessSpec, ProcessStream, Sandbox, SandboxError, SandboxFile, SandboxProvider,
+    SandboxSpec, SandboxSummary,
 };
 use crate::secret::Secret;
 
@@ -351,6 +351,10 @@ impl Sandbox for E2bSandbox {
 
     async fn read_file(&self, path: &str) -> Result<Bytes, SandboxError> {
         self.download(path).await
+    }
+
+    async fn attach(&self, process: ProcessRef) -> Result<ProcessStream, SandboxError> {
+        self.attach_process(process).await
     }
 
     async fn pause(&self) -> Result<bool, SandboxError> {

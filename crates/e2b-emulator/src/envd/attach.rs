@@ -22,9 +22,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use e2b_wire::envd::{ConnectError, ProcessEventJson, ProcessSelector, StartEvent};
+use e2b_wire::envd::{ConnectError, ConnectRequest, ProcessEventJson, ProcessSelector, StartEvent};
 use sandstorm::sync::lock;
-use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -131,12 +130,6 @@ enum Found {
     Live(u32, broadcast::Receiver<Frame>),
     Ended(u32, Vec<Frame>),
     Nothing,
-}
-
-/// `ConnectRequest`: which process.
-#[derive(Debug, Deserialize)]
-struct ConnectRequest {
-    process: ProcessSelector,
 }
 
 pub(super) async fn connect(

@@ -91,6 +91,8 @@ pub(super) async fn start(
                 timeout,
                 // envd's rule: a pipe unless Start says `"stdin": false`.
                 stdin: request.stdin != Some(false),
+                // Tags are envd's to keep: `attach` holds them.
+                tag: None,
             };
             match entry.sandbox.spawn(spec) {
                 Ok((pid, events, _control)) => (pid, events),
