@@ -197,3 +197,39 @@ def test_a_filesystem_pause_keeps_files_but_not_processes(emulator):
         assert handle.pid not in [p.pid for p in resumed.commands.list()]
     finally:
         Sandbox.kill(sbx.sandbox_id)
+
+
+def test_commands_connect_reattaches_to_a_command_that_outlived_its_client(sandbox):
+    # Issue 14: a run outlives the request that started it. The first client
+    # lets go of the command; another connection to the sandbox reattaches by
+    # pid (envd's Process/Connect) and waits for the result.
+    script = "echo first; sleep 1; for i in 1 2 3; do echo later$i; sleep 0.1; done"
+    handle = sandbox.commands.run(script, background=True)
+    pid = handle.pid
+    # Read up to the first line, then let go.
+    for stdout, _, _ in handle:
+        if stdout and "first" in stdout:
+            break
+    handle.disconnect()
+
+    again = Sandbox.connect(sandbox.sandbox_id)
+    reattached = again.commands.connect(pid)
+    assert reattached.pid == pid
+    result = reattached.wait()
+    assert result.exit_code == 0
+    # Output from the moment of reattaching on: envd replays nothing.
+    assert result.stdout.endswith("later1\nlater2\nlater3\n"), result.stdout
+    assert "first" not in result.stdout
+
+
+def test_commands_connect_reports_a_failing_exit_and_an_unknown_pid(sandbox):
+    handle = sandbox.commands.run("sleep 1; echo bye >&2; exit 5", background=True)
+    reattached = sandbox.commands.connect(handle.pid)
+    handle.disconnect()
+    with pytest.raises(CommandExitException) as failed:
+        reattached.wait()
+    assert failed.value.exit_code == 5
+    assert failed.value.stderr == "bye\n"
+
+    with pytest.raises(NotFoundException):
+        sandbox.commands.connect(999_999)
