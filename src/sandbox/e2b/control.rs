@@ -50,12 +50,7 @@ pub(crate) async fn create(
             .header("Idempotency-Key", key.as_str())
             .json(body);
         let answer = send(request, "create", options, api_key).await?;
-        serde_json::from_slice::<Sandbox>(&answer).map_err(|e| {
-            Failure::last(SandboxError::Other {
-                op: "create",
-                message: format!("{PROVIDER} answered with an unexpected body: {e}"),
-            })
-        })
+        sandbox_answer("create", &answer)
     })
     .await?;
     if let Some(version) = too_old(&created.envd_version) {
@@ -72,6 +67,24 @@ pub(crate) async fn create(
         });
     }
     Ok(created)
+}
+
+/// A sandbox id from outside (a caller's, or a list's) before it goes into
+/// a URL path: E2B's ids are letters and digits, so anything else, such as
+/// a `/` or a `?`, is refused rather than sent somewhere unintended.
+fn checked_id<'a>(id: &'a str, op: &'static str) -> Result<&'a str, SandboxError> {
+    let valid = (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(id)
+    } else {
+        Err(SandboxError::Other {
+            op,
+            message: "a sandbox id is 1 to 128 letters, digits, '-' or '_'".to_owned(),
+        })
+    }
 }
 
 /// `Some(version)` when envd `version` is older than [`MIN_ENVD_VERSION`].
@@ -135,6 +148,17 @@ async fn send(
     }
 }
 
+/// The sandbox create and connect answer with; a body that is not one is
+/// final (another attempt would get the same).
+fn sandbox_answer(op: &'static str, body: &[u8]) -> Result<Sandbox, Failure> {
+    serde_json::from_slice(body).map_err(|e| {
+        Failure::last(SandboxError::Other {
+            op,
+            message: format!("{PROVIDER} answered with an unexpected body: {e}"),
+        })
+    })
+}
+
 fn failed(op: &'static str, answer: &http::Answer, api_key: &Secret) -> Failure {
     let error = http::status_error(op, answer.status, &answer.body, true, &[api_key]);
     Failure::answer(error, answer.status, &answer.headers)
@@ -179,6 +203,7 @@ pub(crate) async fn connect(
     sandbox_id: &str,
     lifetime: Duration,
 ) -> Result<Sandbox, SandboxError> {
+    let sandbox_id = checked_id(sandbox_id, "connect")?;
     let lifetime = lifetime.min(options.max_timeout);
     let url = &format!("{}/v2/sandboxes/{sandbox_id}/connect", options.api_url);
     let body = &ConnectSandbox {
@@ -190,12 +215,7 @@ pub(crate) async fn connect(
             .header("X-API-KEY", api_key.expose())
             .json(body);
         let answer = send(request, "connect", options, api_key).await?;
-        serde_json::from_slice::<Sandbox>(&answer).map_err(|e| {
-            Failure::last(SandboxError::Other {
-                op: "connect",
-                message: format!("{PROVIDER} answered with an unexpected body: {e}"),
-            })
-        })
+        sandbox_answer("connect", &answer)
     })
     .await
 }
@@ -338,6 +358,16 @@ mod tests {
     fn a_lifetime_with_a_fraction_of_a_second_rounds_up() {
         let body = new_sandbox("t", Duration::from_millis(1500), &BTreeMap::new());
         assert_eq!(body.timeout, Some(2));
+    }
+
+    #[test]
+    fn only_plain_sandbox_ids_reach_a_url() {
+        assert!(checked_id("i1a2b3c4d5e6f7g8h9j0", "connect").is_ok());
+        assert!(checked_id(DEBUG_SANDBOX_ID, "connect").is_ok());
+        for bad in ["", "../sandboxes", "a/b", "a?b=1", "a b", "ä"] {
+            let err = checked_id(bad, "connect").expect_err(bad);
+            assert!(err.to_string().contains("sandbox id"), "{err}");
+        }
     }
 
     #[test]

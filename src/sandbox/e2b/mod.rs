@@ -5,11 +5,13 @@
 //!
 //! A run costs three round trips before the agent starts: create
 //! (`POST /v2/sandboxes`), one multipart upload carrying every file, and the
-//! process start whose answer is the output stream. Create, set-timeout and
-//! kill retry with bounded backoff: create is made safe to repeat by an
-//! `Idempotency-Key` shared by all its attempts, the other two are
-//! idempotent. The rest do not retry, because a run that half-happened is
-//! better reported than repeated. Create asks for at most the plan's
+//! process start whose answer is the output stream. The control-plane
+//! calls retry with bounded backoff, as the SDKs decide (see `retry`):
+//! create is made safe to repeat by an `Idempotency-Key` shared by all its
+//! attempts, the others are idempotent. envd's calls do not retry (an
+//! upload cut off midway gets one more try), because a run that
+//! half-happened is better reported than repeated. Create asks for at most
+//! the plan's
 //! longest lifetime (`E2B_MAX_TIMEOUT`); a longer run is extended with
 //! set-timeout calls while it lasts. With `E2B_DEBUG=true` there is nothing
 //! to create or kill: the local stack's one sandbox is used, as the SDKs do.

@@ -114,17 +114,17 @@ fn jitter() -> f64 {
 }
 
 /// Runs `attempt` until it succeeds, fails in a way that another attempt
-/// cannot mend (see [`Retry`]), or
-/// the policy runs out: its attempts, or its budget of time spent waiting
-/// between them (a `Retry-After` past what is left of the budget ends the
-/// retries at once rather than sleeping for nothing). Every failure is
-/// logged (errors carry no secrets). Running out wraps the last error in
-/// [`SandboxError::GaveUp`], so the message says how hard we tried.
+/// cannot mend (see [`Retry`]), or the policy runs out: its attempts, or
+/// its budget of time spent waiting between them (a `Retry-After` past what
+/// is left of the budget ends the retries at once rather than sleeping for
+/// nothing). Every failure is logged (errors carry no secrets). Running out
+/// wraps the last error in [`SandboxError::GaveUp`], so the message says
+/// how hard we tried.
 ///
 /// Only for calls that are harmless to do twice, since an attempt that got
 /// no answer may have been done: create (every attempt carries one
-/// `Idempotency-Key`), set-timeout and kill. A process start is not, and is
-/// never retried.
+/// `Idempotency-Key`), set-timeout, kill, connect, pause and list. A
+/// process start is not, and is never retried.
 pub(crate) async fn with_retries<T, Fut>(
     policy: &RetryPolicy,
     op: &'static str,
