@@ -1554,3 +1554,58 @@ async fn clients_attach_to_a_running_process_as_envd_lets_them() {
     assert_eq!(error["message"], "process with pid 999999 not found");
     emu.kill(&sbx).await;
 }
+
+/// `Connect-Timeout-Ms` bounds a Connect call as it bounds a Start: the
+/// attached stream ends with `deadline_exceeded`, and the process, which
+/// the call only watched, goes on.
+#[tokio::test]
+async fn a_connect_deadline_ends_the_stream_not_the_process() {
+    let emu = Emu::start().await;
+    let sbx = emu.create(json!({})).await;
+    let message = json!({
+        "process": {"cmd": "/bin/sh", "args": ["-c", "sleep 30"], "cwd": "/home/user"},
+        "stdin": false,
+        "tag": "sleeper",
+    });
+    let started = emu
+        .envd(reqwest::Method::POST, "/process.Process/Start", &sbx)
+        .header("Content-Type", "application/connect+json")
+        .header("Connect-Protocol-Version", "1")
+        .body(encode(0, message.to_string().as_bytes()))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(started.status(), 200);
+    let selector = json!({"process": {"tag": "sleeper"}});
+    let attached = emu
+        .stream_call(
+            "/process.Process/Connect",
+            &sbx,
+            &selector,
+            &[("Connect-Timeout-Ms", "300")],
+        )
+        .await;
+    assert_eq!(
+        attached
+            .end_of_stream
+            .as_ref()
+            .and_then(|e| e["error"]["code"].as_str()),
+        Some("deadline_exceeded")
+    );
+    let listed: Value = emu
+        .envd(reqwest::Method::POST, "/process.Process/List", &sbx)
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        listed["processes"][0]["tag"], "sleeper",
+        "the process goes on: {listed}"
+    );
+    drop(started);
+    emu.kill(&sbx).await;
+}

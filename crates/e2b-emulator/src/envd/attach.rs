@@ -29,8 +29,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::EnvdSandbox;
 use super::process::{
-    check_connect_headers, connect_stream, decode_enveloped, end_of_stream, keepalive_frame,
-    keepalive_interval, message_frame, stream_error,
+    check_connect_headers, connect_stream, decode_enveloped, end_of_stream, header_number,
+    keepalive_frame, keepalive_interval, message_frame, stream_error,
 };
 use crate::Emulator;
 use crate::stats::route;
@@ -162,8 +162,18 @@ pub(super) async fn connect(
             return stream_error("not_found", message);
         }
     };
+    // As on Start, the call's own deadline; here it ends only this stream
+    // (`deadline_exceeded`), not the process. The SDKs send 60 s.
+    let deadline = header_number(&headers, "connect-timeout-ms")
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     let (tx, rx) = mpsc::channel(super::process::FRAME_BUFFER);
-    tokio::spawn(forward(tx, pid, source, keepalive_interval(&headers)));
+    tokio::spawn(forward(
+        tx,
+        pid,
+        source,
+        keepalive_interval(&headers),
+        deadline,
+    ));
     connect_stream(Body::from_stream(ReceiverStream::new(rx)))
 }
 
@@ -173,12 +183,14 @@ enum Source {
 }
 
 /// `start`, then the process's frames (with keepalives in quiet spells)
-/// to one attached client, until the last frame or the client leaves.
+/// to one attached client, until the last frame, the client leaves, or the
+/// call's deadline.
 async fn forward(
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     pid: u32,
     source: Source,
     keepalive: Duration,
+    deadline: Option<tokio::time::Instant>,
 ) {
     let start = message_frame(ProcessEventJson {
         start: Some(StartEvent { pid }),
@@ -199,7 +211,19 @@ async fn forward(
         }
     };
     loop {
-        let frame = match tokio::time::timeout(keepalive, frames.recv()).await {
+        if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            let error = ConnectError {
+                code: "deadline_exceeded".to_owned(),
+                message: "the Connect call's deadline passed".to_owned(),
+            };
+            let _ = tx.send(Ok(end_of_stream(Some(error)))).await;
+            return;
+        }
+        let quiet = deadline.map_or(keepalive, |at| {
+            keepalive.min(at.saturating_duration_since(tokio::time::Instant::now()))
+        });
+        let frame = match tokio::time::timeout(quiet, frames.recv()).await {
+            Err(_) if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) => continue,
             Err(_quiet) => keepalive_frame(),
             Ok(Ok(frame)) => {
                 let last = frame.last;

@@ -432,7 +432,7 @@ pub(super) fn decode_enveloped<T: serde::de::DeserializeOwned>(body: &[u8]) -> R
     serde_json::from_slice(&frame.payload).map_err(|e| format!("invalid request message: {e}"))
 }
 
-fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
+pub(super) fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
