@@ -1606,6 +1606,19 @@ async fn a_connect_deadline_ends_the_stream_not_the_process() {
         listed["processes"][0]["tag"], "sleeper",
         "the process goes on: {listed}"
     );
+
+    // SendSignal selects by tag too, as envd's does.
+    let signal = |tag: &str| {
+        emu.envd(reqwest::Method::POST, "/process.Process/SendSignal", &sbx)
+            .header("Content-Type", "application/json")
+            .body(json!({"process": {"tag": tag}, "signal": "SIGNAL_SIGKILL"}).to_string())
+            .send()
+    };
+    assert_eq!(signal("sleeper").await.expect("signal").status(), 200);
+    let unknown = signal("nobody").await.expect("signal");
+    assert_eq!(unknown.status(), 404);
+    let body: Value = unknown.json().await.expect("json");
+    assert_eq!(body["message"], "process with tag nobody not found");
     drop(started);
     emu.kill(&sbx).await;
 }

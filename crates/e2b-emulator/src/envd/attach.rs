@@ -100,6 +100,14 @@ impl Processes {
         ended.insert(pid, Ended { at, tag, last });
     }
 
+    /// The live process started with `tag`, for `SendSignal`.
+    pub(crate) fn pid_of(&self, tag: &str) -> Option<u32> {
+        lock(&self.live)
+            .iter()
+            .find(|(_, live)| live.tag.as_deref() == Some(tag))
+            .map(|(pid, _)| *pid)
+    }
+
     /// The tag of live process `pid`, for `List`.
     pub(crate) fn tag(&self, pid: u32) -> Option<String> {
         lock(&self.live).get(&pid).and_then(|live| live.tag.clone())

@@ -466,12 +466,27 @@ pub(super) async fn send_signal(
             );
         }
     };
-    let Some(pid) = request.process.pid else {
-        return unary_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            "only pid selectors are supported",
-        );
+    // By pid, or by the tag its Start gave, as envd selects (and in its
+    // words when nothing matches).
+    let pid = match (request.process.pid, request.process.tag) {
+        (Some(pid), _) => pid,
+        (None, Some(tag)) => match entry.processes.pid_of(&tag) {
+            Some(pid) => pid,
+            None => {
+                return unary_error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("process with tag {tag} not found"),
+                );
+            }
+        },
+        (None, None) => {
+            return unary_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                "a process selector names a pid or a tag",
+            );
+        }
     };
     let control = entry
         .sandbox
