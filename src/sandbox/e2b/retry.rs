@@ -282,6 +282,15 @@ mod tests {
         assert_eq!(unreadable.retry, Retry::Never);
     }
 
+    /// E2B's 429 without `Retry-After`, as `Failure::answer` judges it.
+    fn rate_limited() -> Failure {
+        let limited = SandboxError::RateLimited {
+            provider: "e2b",
+            op: "create",
+        };
+        Failure::answer(limited, StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new())
+    }
+
     /// The same shape with waits short enough to really sleep through.
     const QUICK: RetryPolicy = RetryPolicy {
         attempts: 3,
@@ -310,15 +319,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let err = with_retries(&QUICK, "create", || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            let limited = SandboxError::RateLimited {
-                provider: "e2b",
-                op: "create",
-            };
-            Err::<(), _>(Failure::answer(
-                limited,
-                StatusCode::TOO_MANY_REQUESTS,
-                &HeaderMap::new(),
-            ))
+            Err::<(), _>(rate_limited())
         })
         .await
         .expect_err("always rate limited");
@@ -398,15 +399,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let err = with_retries(&policy, "create", || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            let limited = SandboxError::RateLimited {
-                provider: "e2b",
-                op: "create",
-            };
-            Err::<(), _>(Failure::answer(
-                limited,
-                StatusCode::TOO_MANY_REQUESTS,
-                &HeaderMap::new(),
-            ))
+            Err::<(), _>(rate_limited())
         })
         .await
         .expect_err("always rate limited");
