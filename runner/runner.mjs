@@ -6,6 +6,12 @@
  * as exactly one JSON line on stdout. The server relays those lines as SSE
  * events, so stdout carries nothing else: diagnostics go to stderr.
  *
+ * A detached run (SANDSTORM_EVENT_RECORDS=1) writes stdout into its event log
+ * instead of a pipe, and the CLI's stderr goes there too, in order: each line
+ * is then a record, RS (0x1e) and `o` before an SDK message, RS and `e`
+ * before a stderr line. The server reads the log back (follow.mjs) and turns
+ * it into the same events, with the same ids, every time.
+ *
  * Exit codes: 0 once a `result` message was printed (even an error result such
  * as error_max_turns: the line says so); 1 after printing a
  * {"type":"error","error":{"type":"runner_error","message":...}} line when the
@@ -78,8 +84,9 @@ function toOptions(config, abortController) {
     // ~/.claude/settings.json, written by the server (permissions, env).
     settingSources: ["user"],
     abortController,
-    // The CLI's own stderr is for diagnosis only; keep it off stdout.
-    stderr: (data) => process.stderr.write(data),
+    // The CLI's own stderr is for diagnosis only; keep it off stdout (or,
+    // in record mode, mark it as stderr in the log).
+    stderr: writeStderr,
   };
   // A local sandbox's execute-only copy of Claude Code: a process started
   // from a file it cannot read is not dumpable, so the agent's commands
@@ -96,14 +103,53 @@ function toOptions(config, abortController) {
   return options;
 }
 
+/** Record mode: stdout is the run's event log, and every line is marked. */
+const RECORDS = process.env.SANDSTORM_EVENT_RECORDS === "1";
+const RECORD_MESSAGE = "\x1eo";
+const RECORD_STDERR = "\x1ee";
+
 /**
  * Writes one JSON line and waits for the pipe to take it when it is full, so
  * a reader slower than the agent slows the agent instead of losing lines.
  */
 async function emit(message) {
-  if (!process.stdout.write(JSON.stringify(message) + "\n")) {
+  const json = JSON.stringify(message);
+  const line = RECORDS ? RECORD_MESSAGE + scrub(json) + "\n" : json + "\n";
+  if (!process.stdout.write(line)) {
     await once(process.stdout, "drain");
   }
+}
+
+/**
+ * Record mode: the values of the variables SANDSTORM_REDACT_VARS names (the
+ * run's keys) never reach the log, which outlives this process and is read
+ * by servers that may not know them. Longest first and at least 8
+ * characters, as the server's own redaction does, with the same marker.
+ */
+const REDACTED = "[REDACTED]";
+const SECRETS = (process.env.SANDSTORM_REDACT_VARS ?? "")
+  .split(",")
+  .map((name) => process.env[name.trim()])
+  .filter((value) => typeof value === "string" && value.length >= 8)
+  .sort((a, b) => b.length - a.length);
+
+function scrub(text) {
+  for (const secret of SECRETS) text = text.split(secret).join(REDACTED);
+  return text;
+}
+
+/** A stderr line not yet ended, in record mode. */
+let stderrPending = "";
+
+/** The CLI's stderr: passed through, or cut into stderr records. */
+function writeStderr(data) {
+  if (!RECORDS) {
+    process.stderr.write(data);
+    return;
+  }
+  const lines = (stderrPending + data).split("\n");
+  stderrPending = lines.pop();
+  for (const line of lines) process.stdout.write(RECORD_STDERR + scrub(line) + "\n");
 }
 
 /** Resolves once everything written to stdout so far has been handed to the OS. */
@@ -112,6 +158,7 @@ function flushStdout() {
 }
 
 async function exit(code) {
+  if (stderrPending !== "") writeStderr("\n");
   await flushStdout();
   // The SDK's CLI process and MCP servers may linger; the run is over.
   process.exit(code);

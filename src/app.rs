@@ -4,12 +4,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,6 +19,7 @@ use crate::auth;
 use crate::error::ApiError;
 use crate::events::RunEvent;
 use crate::request::Query;
+use crate::runs::{self, registry::Registry};
 use crate::sandbox::SandboxProvider;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
@@ -37,6 +38,8 @@ pub struct AppState {
     openapi: Arc<str>,
     /// Ends the runs still going when the server stops waiting for them.
     shutdown: Shutdown,
+    /// The detached runs started here.
+    registry: Registry,
 }
 
 impl std::fmt::Debug for AppState {
@@ -57,6 +60,7 @@ impl AppState {
             provider,
             openapi,
             shutdown: Shutdown::never(),
+            registry: Registry::default(),
         }
     }
 
@@ -107,6 +111,7 @@ pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
     let mut router = Router::new()
         .route("/query", post(query))
+        .route("/runs/{id}/events", get(run_events))
         .route(HEALTH_PATH, get(health))
         .route("/openapi.json", get(openapi_document))
         .fallback(not_found)
@@ -126,7 +131,17 @@ fn cors(origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([http::Method::GET, http::Method::POST])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("x-e2b-api-key"),
+        ])
+        // A browser client needs the id of the run it just started.
+        .expose_headers([
+            HeaderName::from_static("x-run-id"),
+            HeaderName::from_static("x-request-id"),
+        ])
 }
 
 async fn openapi_document(State(state): State<AppState>) -> Response {
@@ -149,9 +164,20 @@ async fn not_found() -> Response {
 async fn query(State(state): State<AppState>, request: Request) -> Response {
     let request_id = request_id(request.headers());
     match start_query(&state, request, &request_id).await {
-        Ok(events) => {
-            let mut response = sse(events).into_response();
+        Ok(Started { events, run: None }) => {
+            let mut response = sse(events, None).into_response();
             set_request_id(&mut response, &request_id);
+            response
+        }
+        Ok(Started {
+            events,
+            run: Some(run),
+        }) => {
+            let mut response = sse(events, Some(Numbering::from_start())).into_response();
+            set_request_id(&mut response, &request_id);
+            if let Ok(value) = HeaderValue::from_str(&run) {
+                response.headers_mut().insert("x-run-id", value);
+            }
             response
         }
         Err(error) => {
@@ -163,13 +189,19 @@ async fn query(State(state): State<AppState>, request: Request) -> Response {
     }
 }
 
+/// A run that has begun: its events, and its id when it is detached.
+struct Started {
+    events: tokio::sync::mpsc::Receiver<RunEvent>,
+    run: Option<String>,
+}
+
 /// Everything that can refuse a request happens here, before a sandbox
 /// exists; past this point failures are in-band events.
 async fn start_query(
     state: &AppState,
     request: Request,
     request_id: &str,
-) -> Result<tokio::sync::mpsc::Receiver<RunEvent>, ApiError> {
+) -> Result<Started, ApiError> {
     let arrived = Instant::now();
     let settings = &state.settings;
     auth::check(
@@ -186,9 +218,75 @@ async fn start_query(
         .or_else(|| settings.max_duration.map(|d| arrived + d));
     let body = read_body(request, settings.max_body_bytes).await?;
     let query = Query::from_json(&body, &settings.sandbox.credential_fields)?;
-    plan::prepare(settings, query, request_id.to_owned(), platform_deadline)
-        .await
-        .map(|plan| run::spawn(state.provider.clone(), plan, state.shutdown.clone()).events)
+    let caller = runs::owner(runs::brought_credential(settings, &query.keys).as_ref());
+    let plan = plan::prepare(
+        settings,
+        query,
+        request_id.to_owned(),
+        platform_deadline,
+        Some(&caller),
+    )
+    .await?;
+    let run = plan.detach.as_ref().map(|d| d.run.to_string());
+    let handle = run::spawn(
+        state.provider.clone(),
+        plan,
+        state.shutdown.clone(),
+        state.registry.clone(),
+    );
+    Ok(Started {
+        events: handle.events,
+        run,
+    })
+}
+
+/// `GET /runs/{id}/events`: a run's events from the start, or after
+/// `Last-Event-ID` / `?after=N`, then live until it ends.
+async fn run_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    platform: Option<Extension<PlatformDeadline>>,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = request_id(&headers);
+    let arrived = Instant::now();
+    let settings = &state.settings;
+    let found = async {
+        auth::check(&settings.auth, &headers, settings.key_source.as_deref()).await?;
+        let after = runs::after(&headers, query.as_deref())?;
+        let platform_deadline = platform
+            .map(|Extension(d)| d.0)
+            .or_else(|| settings.max_duration.map(|d| arrived + d));
+        let found = runs::find(
+            settings,
+            state.provider.as_ref(),
+            &state.registry,
+            &id,
+            &headers,
+            platform_deadline,
+        )
+        .await?;
+        Ok::<_, ApiError>((found, after))
+    }
+    .await;
+    let mut response = match found {
+        Ok((found, after)) => {
+            let handle = run::detached::reattach(
+                found.sandbox,
+                found.follow,
+                state.shutdown.clone(),
+                state.registry.clone(),
+            );
+            sse(handle.events, Some(Numbering::after(after))).into_response()
+        }
+        Err(error) => {
+            tracing::info!(%request_id, status = %error.status(), error = %error, "run read refused");
+            error.into_response()
+        }
+    };
+    set_request_id(&mut response, &request_id);
+    response
 }
 
 /// The whole body, up to `limit` bytes. Only a body over the limit is a
@@ -239,20 +337,60 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn sse(events: tokio::sync::mpsc::Receiver<RunEvent>) -> impl IntoResponse {
-    let stream = ReceiverStream::new(events).filter_map(|event| {
+/// The ids of a detached run's events: each event's place in the run, from
+/// 1, whoever serves it. A reader that comes back after `after` gets only
+/// the events past it.
+#[derive(Debug, Clone, Copy)]
+struct Numbering {
+    next: u64,
+    after: u64,
+}
+
+impl Numbering {
+    fn from_start() -> Self {
+        Numbering::after(0)
+    }
+
+    fn after(after: u64) -> Self {
+        Numbering { next: 1, after }
+    }
+
+    /// The event as this stream sends it, if it does.
+    fn number(&mut self, event: RunEvent) -> Option<Event> {
+        match event {
+            // Not part of the run: it says where this stream stopped.
+            RunEvent::Detached(mut detached) => {
+                detached.last_event_id = (self.next - 1).max(self.after);
+                Some(data(&RunEvent::Detached(detached)))
+            }
+            event => {
+                let id = self.next;
+                self.next += 1;
+                (id > self.after).then(|| data(&event).id(id.to_string()))
+            }
+        }
+    }
+}
+
+fn data(event: &RunEvent) -> Event {
+    Event::default().data(String::from_utf8_lossy(&event.to_json()))
+}
+
+/// The response of a run's events. `numbering` is set for a detached run:
+/// its events carry ids.
+fn sse(
+    events: tokio::sync::mpsc::Receiver<RunEvent>,
+    mut numbering: Option<Numbering>,
+) -> impl IntoResponse {
+    let stream = ReceiverStream::new(events).filter_map(move |event| {
         // Progress is for the CLI's spinner; the API's events are the
         // agent's messages and the run's outcome.
-        let event = match event {
-            RunEvent::Progress(_) => None,
-            event => {
-                let json = event.to_json();
-                Some(Ok::<_, Infallible>(
-                    Event::default().data(String::from_utf8_lossy(&json)),
-                ))
-            }
+        let event = match (event, numbering.as_mut()) {
+            (RunEvent::Progress(_), _) => None,
+            (event, None) => Some(data(&event)),
+            (event, Some(numbering)) => numbering.number(event),
         };
-        std::future::ready(event)
+        std::future::ready(event.map(Ok::<_, Infallible>))
     });
     let sse = Sse::new(stream).keep_alive(
         KeepAlive::new()

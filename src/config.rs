@@ -55,6 +55,9 @@ pub struct SandstormConfig {
     /// The domains each run's sandbox may reach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// Whether runs are detached unless a request says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detach: Option<bool>,
 }
 
 /// Structured output: the SDK validates the agent's answer against `schema`.

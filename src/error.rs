@@ -62,6 +62,17 @@ pub enum ApiError {
     /// let in only for `GET /health` (503, with `Retry-After`).
     #[error("the server is at its connection limit; try again shortly")]
     Overloaded,
+    /// No run with that id, or not one the caller may see: the two look
+    /// the same (404).
+    #[error("no such run")]
+    NoSuchRun,
+    /// The sandbox provider could not be asked (it is down, or refused the
+    /// key); the message says which (502).
+    #[error("{message}")]
+    Provider {
+        /// What failed.
+        message: String,
+    },
     /// Anything else: the client sees a generic message, the log the detail
     /// (500).
     #[error("internal error: {0}")]
@@ -87,6 +98,8 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Config { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoSuchRun => StatusCode::NOT_FOUND,
+            ApiError::Provider { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -102,6 +115,8 @@ impl ApiError {
             ApiError::Config { .. } => "config_error",
             ApiError::Internal(_) => "internal_error",
             ApiError::Overloaded => "overloaded",
+            ApiError::NoSuchRun => "not_found",
+            ApiError::Provider { .. } => "sandbox_error",
         }
     }
 

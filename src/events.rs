@@ -26,6 +26,34 @@ pub(crate) enum RunEvent {
     Error(RunError),
     /// The run is over and its sandbox destroyed; always the last event.
     Done(Done),
+    /// A detached run's first event: its id, the capability to reach it
+    /// again, and when its sandbox goes away at the latest.
+    Run(RunStarted),
+    /// A detached run's stream ends here, but the run goes on in its
+    /// sandbox: the platform's deadline came, the server is stopping, or the
+    /// connection to the sandbox was lost. The last event of such a stream.
+    Detached(Detached),
+}
+
+/// `{"type":"run","run_id","expires_at"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct RunStarted {
+    /// The run's id.
+    pub run_id: String,
+    /// RFC 3339, UTC: when the run's sandbox is destroyed if nothing else
+    /// ends it first.
+    pub expires_at: String,
+}
+
+/// `{"type":"detached","run_id","last_event_id","resume"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Detached {
+    /// The run's id.
+    pub run_id: String,
+    /// The id of the last event this stream carried.
+    pub last_event_id: u64,
+    /// Where to read on: `/runs/<id>/events`.
+    pub resume: String,
 }
 
 /// The last event of every run.
@@ -136,6 +164,14 @@ impl RunEvent {
             RunEvent::Done(done) => json_bytes(&Tagged {
                 kind: "done",
                 body: done,
+            }),
+            RunEvent::Run(run) => json_bytes(&Tagged {
+                kind: "run",
+                body: run,
+            }),
+            RunEvent::Detached(detached) => json_bytes(&Tagged {
+                kind: "detached",
+                body: detached,
             }),
         }
     }

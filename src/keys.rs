@@ -154,6 +154,32 @@ impl KeyEnv {
     }
 }
 
+impl KeyEnv {
+    /// Every value it holds that a run's environment can carry, for a
+    /// reader of a run that this request did not start to scrub.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &str> {
+        self.keys
+            .values()
+            .map(Secret::expose)
+            .chain(self.forwarded.values().map(String::as_str))
+    }
+}
+
+/// The sandbox provider's credential for a request that makes no run (one
+/// that reads a run again): the request's own, else the environment's or
+/// the key source's.
+pub(crate) async fn sandbox_credential(
+    given: Option<&Secret>,
+    env: &KeyEnv,
+    source: Option<&dyn KeySource>,
+    credential: Option<Credential>,
+) -> Result<Option<Secret>, ApiError> {
+    match credential {
+        Some(credential) => lookup(given, credential.variable, env, source).await,
+        None => Ok(None),
+    }
+}
+
 /// What the sandbox of one run gets.
 #[derive(Debug, Default)]
 pub(crate) struct ResolvedKeys {

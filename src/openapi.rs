@@ -166,6 +166,7 @@ mod tests {
                 "timeout" => json!(60),
                 "files" => json!({"data/a.csv": "a,b\n"}),
                 "outputs" => json!(["output/**", "*.png"]),
+                "detach" => json!(true),
                 other => panic!("no example value for the new field {other:?}; add one here"),
             };
             body.insert(name.clone(), value);
@@ -274,6 +275,8 @@ mod tests {
             | ApiError::Config { .. }
             | ApiError::Internal(_)
             | ApiError::Overloaded => (),
+            // Only `/runs` answers these; see the test below.
+            ApiError::NoSuchRun | ApiError::Provider { .. } => (),
         };
         let errors = [
             ApiError::invalid("f", "m"),
@@ -311,6 +314,30 @@ mod tests {
                 error.kind()
             );
         }
+        // And those only `/runs/{id}/events` answers, under it.
+        let responses = &doc["paths"]["/runs/{id}/events"]["get"]["responses"];
+        for error in [
+            ApiError::NoSuchRun,
+            ApiError::Provider {
+                message: "m".into(),
+            },
+            ApiError::Unauthorized,
+            ApiError::invalid("after", "m"),
+        ] {
+            let status = error.status().as_u16().to_string();
+            assert!(
+                responses[&status].is_object(),
+                "status {status} is documented for /runs/{{id}}/events"
+            );
+            assert!(
+                kinds
+                    .as_array()
+                    .expect("enum")
+                    .contains(&json!(error.kind())),
+                "error type {} is documented",
+                error.kind()
+            );
+        }
     }
 
     #[test]
@@ -337,6 +364,8 @@ mod tests {
             ("stderr", "StderrEvent"),
             ("stdout", "StdoutEvent"),
             ("done", "DoneEvent"),
+            ("run", "RunEvent"),
+            ("detached", "DetachedEvent"),
         ] {
             assert_eq!(schemas[schema]["properties"]["type"]["const"], kind);
             let listed = schemas["Event"]["anyOf"]

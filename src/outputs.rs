@@ -28,7 +28,7 @@ pub(crate) const MAX_PATTERNS: usize = 32;
 const MAX_PATTERN_BYTES: usize = 1024;
 
 /// The limits on what comes back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub(crate) struct OutputLimits {
     /// How many files one run may send back.
     pub max_files: usize,

@@ -18,8 +18,11 @@ use crate::events::Redactor;
 use crate::keys::{self, ResolvedKeys};
 use crate::outputs::{DEFAULT_LIMITS, OutputPlan, OutputRequest};
 use crate::request::Query;
+use crate::run_id::{self, RunId};
+use crate::runs;
 use crate::sandbox::layout;
 use crate::sandbox::{Limits, ProcessSpec, SandboxFile, SandboxSpec};
+use crate::secret::Secret;
 use crate::settings::Settings;
 
 /// The runner, embedded so the server always runs the runner it was built
@@ -37,6 +40,9 @@ const SANDBOX_GRACE: Duration = Duration::from_secs(60);
 /// How long before a platform deadline (Lambda, Vercel) a run ends itself,
 /// leaving time to send the error event and destroy the sandbox.
 pub(crate) const PLATFORM_MARGIN: Duration = Duration::from_secs(10);
+/// How long before a platform deadline a detached run's stream ends: enough
+/// to send the `detached` event; nothing is destroyed.
+pub(crate) const DETACH_MARGIN: Duration = Duration::from_secs(2);
 /// How long the runner process may outlive the run's deadline: a backstop
 /// the provider enforces behind the run's own.
 const PROCESS_GRACE: Duration = Duration::from_secs(5);
@@ -60,16 +66,32 @@ pub(crate) struct RunPlan {
     pub redactor: Redactor,
     /// The output files the run asked for, and their limits, if any.
     pub outputs: Option<OutputPlan>,
+    /// Set when the run goes on without its client.
+    pub detach: Option<DetachPlan>,
+}
+
+/// What makes a run detached.
+#[derive(Debug, Clone)]
+pub(crate) struct DetachPlan {
+    /// The run's id, given to the client once.
+    pub run: RunId,
+    /// When the run's sandbox expires, RFC 3339.
+    pub expires_at: String,
+    /// How long its sandbox stays once the run is over.
+    pub linger: Duration,
 }
 
 /// Builds a run's plan from a validated query: the config, the keys, the
 /// deadline. Everything that can refuse the run happens here, before a
-/// sandbox exists.
+/// sandbox exists. `caller` is who may reach the run again if it is
+/// detached (see [`runs::owner`](crate::runs::owner)); without one (the
+/// CLI) a run is never detached.
 pub(crate) async fn prepare(
     settings: &Settings,
     query: Query,
     request_id: String,
     platform_deadline: Option<Instant>,
+    caller: Option<&Secret>,
 ) -> Result<RunPlan, ApiError> {
     let config = settings.config.as_ref().map_err(|e| ApiError::Config {
         message: format!("sandstorm.json is invalid: {e}"),
@@ -81,14 +103,71 @@ pub(crate) async fn prepare(
         settings.sandbox.provider.credential,
     )
     .await?;
-    Ok(build(
+    let detach = query.detach.or(config.detach).unwrap_or(false);
+    let timeout = query.timeout;
+    let plan = build(
         request_id,
         &query,
         config,
         settings.sandbox.limits,
         keys,
         platform_deadline,
-    ))
+    );
+    match caller {
+        Some(owner) if detach => {
+            let run = RunId::generate().map_err(|e| ApiError::Config {
+                message: e.to_string(),
+            })?;
+            Ok(plan.detached(run, owner, timeout, platform_deadline, settings.run_linger))
+        }
+        _ => Ok(plan),
+    }
+}
+
+impl RunPlan {
+    /// The plan of the same run, detached: the runner writes its event log
+    /// under a wrapper that enforces `timeout` in the sandbox, the sandbox
+    /// lives for the run's `timeout` rather than the response's, its
+    /// metadata names the run and its owner, and the stream ends (with a
+    /// `detached` event) shortly before the platform would cut it.
+    fn detached(
+        mut self,
+        run: RunId,
+        owner: &Secret,
+        timeout: Duration,
+        platform_deadline: Option<Instant>,
+        linger: Duration,
+    ) -> Self {
+        let now = Instant::now();
+        let lifetime = timeout + SANDBOX_GRACE;
+        let expires_at =
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now() + lifetime).to_string();
+        self.sandbox.lifetime = lifetime;
+        self.sandbox.metadata.extend(run_id::metadata(&run, owner));
+        self.sandbox
+            .metadata
+            .insert(runs::EXPIRES_KEY.to_owned(), expires_at.clone());
+        self.files.insert(
+            1,
+            SandboxFile {
+                path: runs::log::FOLLOW_SCRIPT.to_owned(),
+                content: Bytes::from_static(runs::log::FOLLOW_SOURCE.as_bytes()),
+            },
+        );
+        self.process = runs::log::wrapper(self.process, timeout);
+        // With no platform deadline the stream lasts as long as the run,
+        // which the wrapper's `timeout` ends; this is only the backstop.
+        self.deadline = platform_deadline.map_or(now + lifetime, |platform| {
+            platform.checked_sub(DETACH_MARGIN).unwrap_or(now)
+        });
+        self.deadline_reason = "the stream reached the hosting platform's time limit".to_owned();
+        self.detach = Some(DetachPlan {
+            run,
+            expires_at,
+            linger,
+        });
+        self
+    }
 }
 
 /// What `runner.mjs` reads from `agent_config.json`.
@@ -165,6 +244,7 @@ pub(crate) fn build(
             patterns: patterns.to_vec(),
             limits: DEFAULT_LIMITS,
         }),
+        detach: None,
         request_id,
     }
 }

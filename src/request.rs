@@ -61,6 +61,9 @@ pub(crate) struct QueryRequest {
     /// Globs (relative to /home/user) of files to send back after the run.
     #[serde(default)]
     pub outputs: Option<Vec<String>>,
+    /// Whether the run goes on when its client goes away.
+    #[serde(default)]
+    pub detach: Option<bool>,
 }
 
 /// Redacted: keys show as `***` and sandbox keys by field name only; files
@@ -87,6 +90,7 @@ impl std::fmt::Debug for QueryRequest {
             .field("timeout", &self.timeout)
             .field("files", &files)
             .field("outputs", &self.outputs)
+            .field("detach", &self.detach)
             .finish()
     }
 }
@@ -142,6 +146,8 @@ pub struct Query {
     pub files: Vec<UserFile>,
     /// Output globs; `None` falls back to sandstorm.json's.
     pub outputs: Option<Vec<String>>,
+    /// Detach; `None` falls back to sandstorm.json's, then to no.
+    pub detach: Option<bool>,
 }
 
 /// One uploaded file, its path normalized and relative to `/home/user`.
@@ -386,6 +392,7 @@ impl QueryRequest {
             timeout: Duration::from_secs(timeout),
             files,
             outputs: self.outputs,
+            detach: self.detach,
         })
     }
 }

@@ -24,11 +24,13 @@ use crate::events::{
     Done, DoneStatus, ErrorKind, Phase, Redactor, RunError, RunEvent, message_type,
 };
 use crate::lines::LineSplitter;
-use crate::outputs::{OutputCheck, Vetted};
+use crate::outputs::{OutputCheck, OutputPlan, Vetted};
 use crate::plan::RunPlan;
+use crate::runs::registry::Registry;
 use crate::sandbox::{ProcessEvent, Sandbox, SandboxError, SandboxProvider, SandboxSpec};
 use crate::shutdown::Shutdown;
 
+pub(crate) mod detached;
 pub(crate) mod shape;
 
 use shape::{Admitted, Shape};
@@ -54,11 +56,16 @@ pub(crate) struct RunHandle {
 
 /// Starts a run on its own task. `shutdown` ends it early, with an `error`
 /// event of type `shutdown`, when the server can wait no longer.
+/// A detached plan runs as [`detached`] says, known to `registry`.
 pub(crate) fn spawn(
     provider: Arc<dyn SandboxProvider>,
-    plan: RunPlan,
+    mut plan: RunPlan,
     shutdown: Shutdown,
+    registry: Registry,
 ) -> RunHandle {
+    if let Some(detach) = plan.detach.take() {
+        return detached::spawn(provider, plan, detach, shutdown, registry);
+    }
     let (tx, events) = mpsc::channel(EVENT_BUFFER);
     let span = tracing::info_span!("run", request_id = %plan.request_id);
     let finished = tokio::spawn(execute(provider, plan, tx, shutdown).instrument(span));
@@ -170,7 +177,7 @@ async fn drive(
     sandbox.upload(plan.files.clone()).await?;
     progress(Phase::StartingAgent).await?;
     let output = sandbox.start(plan.process.clone()).await?;
-    relay(output, plan, tx).await
+    relay(output, &plan.redactor, plan.outputs.as_ref(), tx).await
 }
 
 /// Creates a sandbox on its own task. If the run is abandoned meanwhile
@@ -202,14 +209,15 @@ async fn create_detached(
 /// Turns process output into events until the process exits.
 async fn relay(
     mut output: crate::sandbox::ProcessStream,
-    plan: &RunPlan,
+    redactor: &Redactor,
+    outputs: Option<&OutputPlan>,
     tx: &mpsc::Sender<RunEvent>,
 ) -> Result<(), Stop> {
     let send = |event| async move { tx.send(event).await.map_err(|_| Stop::ClientGone) };
     let mut stdout = LineSplitter::new();
     let mut stderr = LineSplitter::new();
     let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
-    let mut agent = AgentState::new(OutputCheck::new(plan.outputs.as_ref()));
+    let mut agent = AgentState::new(OutputCheck::new(outputs));
 
     while let Some(event) = output.next().await {
         match event? {
@@ -219,26 +227,26 @@ async fn relay(
                 // slow client.
                 drop(chunk);
                 for line in lines {
-                    if let Some(event) = agent.accept(line, &plan.redactor) {
+                    if let Some(event) = agent.accept(line, redactor) {
                         send(event).await?;
                     }
                 }
             }
             ProcessEvent::Stderr(chunk) => {
                 for line in stderr.push(&chunk).map_err(too_long)? {
-                    if let Some(event) = stderr_event(&line, &plan.redactor, &mut stderr_tail) {
+                    if let Some(event) = stderr_event(&line, redactor, &mut stderr_tail) {
                         send(event).await?;
                     }
                 }
             }
             ProcessEvent::Exited(status) => {
                 if let Some(line) = stdout.finish()
-                    && let Some(event) = agent.accept(line, &plan.redactor)
+                    && let Some(event) = agent.accept(line, redactor)
                 {
                     send(event).await?;
                 }
                 if let Some(line) = stderr.finish()
-                    && let Some(event) = stderr_event(&line, &plan.redactor, &mut stderr_tail)
+                    && let Some(event) = stderr_event(&line, redactor, &mut stderr_tail)
                 {
                     send(event).await?;
                 }
@@ -341,6 +349,12 @@ impl AgentState {
         if let Some(message) = &self.runner_error {
             return Err(Stop::Failed(ErrorKind::RunnerError, message.clone()));
         }
+        if status.status == crate::runs::log::TIMED_OUT {
+            return Err(Stop::Failed(
+                ErrorKind::Timeout,
+                "the run exceeded its timeout".to_owned(),
+            ));
+        }
         if !status.success() {
             let code = status
                 .code
@@ -432,6 +446,11 @@ impl SandboxGuard {
 
     pub(crate) fn arm(&mut self, sandbox: Arc<dyn Sandbox>) {
         self.sandbox = Some(sandbox);
+    }
+
+    /// Leaves the sandbox running: a detached run's end destroys it.
+    pub(crate) fn release(mut self) {
+        self.sandbox = None;
     }
 
     pub(crate) async fn destroy(mut self) {

@@ -29,6 +29,10 @@ pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// How long a stopping `ds serve` waits for running queries by default.
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a finished detached run's sandbox stays, so that readers still
+/// following its log, and clients whose stream detached just before the
+/// end, can read the end too.
+pub(crate) const DEFAULT_RUN_LINGER: Duration = Duration::from_secs(60);
 
 /// How long a client of `ds serve` has to send a request head, by default.
 pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,6 +155,10 @@ pub struct Settings {
     /// How long a stopping server waits for running queries before it ends
     /// them (`SANDSTORM_SHUTDOWN_TIMEOUT`, seconds).
     pub shutdown_timeout: Duration,
+    /// How long a finished detached run's sandbox is kept before its
+    /// provider ends it (`SANDSTORM_RUN_LINGER`, seconds; 0 destroys it at
+    /// once).
+    pub run_linger: Duration,
     /// What `ds serve` allows its client connections.
     pub connections: ConnectionSettings,
     /// What key resolution needs from the environment.
@@ -171,6 +179,7 @@ impl std::fmt::Debug for Settings {
             .field("max_duration", &self.max_duration)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("run_linger", &self.run_linger)
             .field("connections", &self.connections)
             .field("keys", &self.keys)
             .field("sandbox", &self.sandbox)
@@ -216,6 +225,10 @@ impl Settings {
             Some(v) => Duration::from_secs(parse_number("SANDSTORM_SHUTDOWN_TIMEOUT", v)?),
             None => DEFAULT_SHUTDOWN_TIMEOUT,
         };
+        let run_linger = match env.get("SANDSTORM_RUN_LINGER") {
+            Some(v) => Duration::from_secs(parse_number("SANDSTORM_RUN_LINGER", v)?),
+            None => DEFAULT_RUN_LINGER,
+        };
         let connections = connection_settings(env)?;
         let sandbox = sandbox_settings(env, cwd, sandbox)?;
         Ok(Settings {
@@ -227,6 +240,7 @@ impl Settings {
             max_duration,
             max_body_bytes,
             shutdown_timeout,
+            run_linger,
             connections,
             sandbox,
             key_source: None,

@@ -386,3 +386,262 @@ fn spawn_quiet(mut command: std::process::Command, env: &[(&str, String)]) -> Pr
 fn find_index(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+// --- A detached run across invocations -------------------------------------
+
+/// A Runtime API that hands out invocations as the test queues them, each
+/// with its own deadline, and passes each streamed response back.
+struct Invocations {
+    queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, u64, serde_json::Value)>>,
+    responses: mpsc::UnboundedSender<(HeaderMap, mpsc::UnboundedReceiver<bytes::Bytes>)>,
+}
+
+async fn next_queued(State(api): State<Arc<Invocations>>) -> axum::response::Response {
+    let Some((id, deadline_ms, event)) = api.queue.lock().await.recv().await else {
+        std::future::pending::<()>().await;
+        unreachable!()
+    };
+    (
+        [
+            ("lambda-runtime-aws-request-id", id),
+            ("lambda-runtime-deadline-ms", deadline_ms.to_string()),
+            (
+                "lambda-runtime-invoked-function-arn",
+                "arn:aws:lambda:us-east-1:123456789012:function:sandstorm".to_owned(),
+            ),
+            (
+                "lambda-runtime-trace-id",
+                "Root=1-00000000-000000000000000000000000".to_owned(),
+            ),
+        ],
+        axum::Json(event),
+    )
+        .into_response()
+}
+
+async fn queued_response(
+    State(api): State<Arc<Invocations>>,
+    Path(_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> StatusCode {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = api.responses.send((headers, rx));
+    let mut frames = body.into_data_stream();
+    while let Some(Ok(chunk)) = frames.next().await {
+        let _ = tx.send(chunk);
+    }
+    StatusCode::ACCEPTED
+}
+
+/// A Function URL event for any request.
+fn function_url_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    let mut event = function_url_event(body.unwrap_or(&serde_json::Value::Null));
+    event["rawPath"] = path.into();
+    event["requestContext"]["http"]["method"] = method.into();
+    event["requestContext"]["http"]["path"] = path.into();
+    for (name, value) in headers {
+        event["headers"][*name] = (*value).into();
+    }
+    match body {
+        Some(body) => event["body"] = body.to_string().into(),
+        None => {
+            event.as_object_mut().map(|e| e.remove("body"));
+        }
+    }
+    event
+}
+
+/// One invocation's answer: its SSE events (id, JSON; the `detached`
+/// event's id is 0) and the raw body.
+async fn invoke(
+    queue: &mpsc::UnboundedSender<(String, u64, serde_json::Value)>,
+    responses: &mut mpsc::UnboundedReceiver<(HeaderMap, mpsc::UnboundedReceiver<bytes::Bytes>)>,
+    event: serde_json::Value,
+    lasts: Duration,
+) -> (serde_json::Value, Vec<(u64, serde_json::Value)>) {
+    let deadline_ms = u64::try_from(
+        (SystemTime::now() + lasts)
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits");
+    queue
+        .send((uuid::Uuid::new_v4().to_string(), deadline_ms, event))
+        .expect("queue an invocation");
+    let (_, mut body) = tokio::time::timeout(Duration::from_secs(60), responses.recv())
+        .await
+        .expect("the function answers")
+        .expect("a response");
+    let mut raw = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(lasts + Duration::from_secs(5), body.recv())
+        .await
+        .expect("the response ends by the deadline")
+    {
+        raw.extend_from_slice(&chunk);
+    }
+    let split = find_index(&raw, &[0u8; 8]).expect("the prelude ends with eight NUL bytes");
+    let prelude: serde_json::Value = serde_json::from_slice(&raw[..split]).expect("prelude");
+    let mut decoder = sse::Decoder::new();
+    let events = decoder
+        .feed(&raw[split + 8..])
+        .into_iter()
+        .map(|event| {
+            let value = event.json();
+            let id = if value["type"] == "detached" {
+                0
+            } else {
+                event
+                    .id
+                    .as_deref()
+                    .and_then(|id| id.parse().ok())
+                    .unwrap_or_else(|| panic!("an event without an id: {value}"))
+            };
+            (id, value)
+        })
+        .collect();
+    (prelude, events)
+}
+
+#[tokio::test]
+async fn a_detached_run_outlives_invocations_and_later_ones_read_every_event_once() {
+    use common::model_server::{ModelServer, Script};
+    // Each invocation's stream detaches 2 s before its 5 s are up; the
+    // agent's 9 s command outlasts several.
+    const INVOCATION: Duration = Duration::from_secs(5);
+    let model = ModelServer::start(Script::Bash {
+        command: "sleep 9 && echo later > later.txt".to_owned(),
+    })
+    .await;
+    let work = tempfile::tempdir().expect("emulator folder");
+    let mut options = emulator::options();
+    options.work_root = Some(work.path().to_owned());
+    let e2b = emulator::start_with(options).await;
+
+    let (queue, invocations) = mpsc::unbounded_channel();
+    let (responses_tx, mut responses) = mpsc::unbounded_channel();
+    let api = Arc::new(Invocations {
+        queue: tokio::sync::Mutex::new(invocations),
+        responses: responses_tx,
+    });
+    let app = axum::Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next_queued))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(queued_response),
+        )
+        .with_state(api);
+    let runtime_api = serve_router(app).await;
+    let runtime_api = runtime_api
+        .strip_prefix("http://")
+        .expect("an http:// URL")
+        .to_owned();
+    let mut env: Vec<(&str, String)> = door_env(&e2b);
+    let offline = common::product::offline_env();
+    env.extend(offline.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    env.extend([
+        ("ANTHROPIC_BASE_URL", model.url()),
+        ("SANDSTORM_RUN_LINGER", "5".to_owned()),
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api),
+        ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+    ]);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"));
+    command.current_dir(manifest_dir());
+    let function = spawn_quiet(command, &env);
+
+    // The first invocation starts the run and detaches before its deadline.
+    let query = serde_json::json!({"prompt": "go", "detach": true});
+    let (prelude, first) = invoke(
+        &queue,
+        &mut responses,
+        function_url_request(
+            "POST",
+            "/query",
+            &[("content-type", "application/json")],
+            Some(&query),
+        ),
+        INVOCATION,
+    )
+    .await;
+    assert_eq!(
+        prelude["statusCode"],
+        200,
+        "{prelude}\n{}",
+        function.output()
+    );
+    let run_id = first[0].1["run_id"]
+        .as_str()
+        .expect("a run event first")
+        .to_owned();
+    assert_eq!(prelude["headers"]["x-run-id"], run_id.as_str());
+    let (_, detached) = first.last().cloned().expect("events");
+    assert_eq!(detached["type"], "detached", "{first:?}");
+    let mut got: Vec<(u64, serde_json::Value)> =
+        first.into_iter().filter(|(id, _)| *id > 0).collect();
+    assert_eq!(detached["last_event_id"], got.len() as u64);
+
+    // Later invocations read on, each from the last event it was sent.
+    let path = format!("/runs/{run_id}/events");
+    let mut invocations = 1;
+    while got.last().is_none_or(|(_, e)| e["type"] != "done") {
+        assert!(invocations < 10, "the run never ended: {got:?}");
+        let last = got.last().map_or(0, |(id, _)| *id).to_string();
+        let (prelude, events) = invoke(
+            &queue,
+            &mut responses,
+            function_url_request("GET", &path, &[("last-event-id", &last)], None),
+            INVOCATION,
+        )
+        .await;
+        assert_eq!(
+            prelude["statusCode"],
+            200,
+            "{prelude}\n{}",
+            function.output()
+        );
+        got.extend(events.into_iter().filter(|(id, _)| *id > 0));
+        invocations += 1;
+    }
+    assert!(
+        invocations >= 3,
+        "the agent outlasted two invocations: {got:?}\n{}",
+        function.output()
+    );
+    let n = got.len() as u64;
+    let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids,
+        (1..=n).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(
+        got.last().map(|(_, e)| e["status"].clone()),
+        Some("success".into())
+    );
+
+    // The run's own log, read from its start while the sandbox lingers:
+    // the same events, with the same ids.
+    let (_, replay) = invoke(
+        &queue,
+        &mut responses,
+        function_url_request("GET", &path, &[], None),
+        INVOCATION,
+    )
+    .await;
+    assert_eq!(replay, got, "the reads add up to the whole log");
+    let stats = e2b.settled(Duration::from_secs(10)).await;
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    drop(function);
+}

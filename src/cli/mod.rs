@@ -284,17 +284,24 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         timeout: Some(args.timeout),
         files: (!files.is_empty()).then_some(files),
         outputs,
+        // The CLI's runs end with it; detached runs are the server's.
+        detach: Some(false),
     };
     let query = request
         .validate(Naming::Flags)
         .map_err(|e| Fatal::usage(e.to_string()))?;
     let state = state(settings)?;
     let request_id = uuid::Uuid::new_v4().simple().to_string();
-    let plan = crate::plan::prepare(state.settings(), query, request_id, None)
+    let plan = crate::plan::prepare(state.settings(), query, request_id, None, None)
         .await
         .map_err(|e| Fatal::usage(e.to_string()))?;
     // Ctrl-C and SIGTERM end a CLI run through `render::follow`.
-    let handle = crate::run::spawn(state.provider().clone(), plan, Shutdown::never());
+    let handle = crate::run::spawn(
+        state.provider().clone(),
+        plan,
+        Shutdown::never(),
+        crate::runs::registry::Registry::default(),
+    );
     let mode = if args.json_output {
         render::Mode::Json
     } else {

@@ -211,6 +211,20 @@ fn human(event: &RunEvent, message: Option<&Value>, verbose: bool, quiet: bool) 
                 error.request_id
             );
         }
+        RunEvent::Run(run) => {
+            anstream::eprintln!(
+                "{DIM}run {} (its sandbox is kept until {}){DIM:#}",
+                run.run_id,
+                run.expires_at
+            );
+        }
+        RunEvent::Detached(detached) => {
+            anstream::eprintln!(
+                "{WARN}the run goes on in its sandbox; read on from event {} at {}{WARN:#}",
+                detached.last_event_id + 1,
+                detached.resume
+            );
+        }
     }
 }
 

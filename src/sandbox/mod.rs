@@ -262,6 +262,17 @@ pub trait Sandbox: Send + Sync + 'static {
         })
     }
 
+    /// Sets the sandbox to end `lifetime` from now, sooner or later than
+    /// it would have: how a finished detached run leaves its log readable
+    /// for a while without anyone having to come back to destroy it.
+    async fn expire_in(&self, lifetime: Duration) -> Result<(), SandboxError> {
+        let _ = lifetime;
+        Err(SandboxError::Unsupported {
+            provider: "this sandbox's provider",
+            op: "set the lifetime of",
+        })
+    }
+
     /// Pauses the sandbox: its files and processes are kept, it stops
     /// costing compute and its lifetime stops running, until the provider's
     /// `connect` resumes it. `false` when it was paused already.

@@ -208,6 +208,7 @@ impl Serve {
             emulator,
             secrets,
             server,
+            env,
             dirs,
         }
     }
@@ -221,6 +222,8 @@ pub struct Product {
     secrets: Vec<String>,
     // Dropped before the folders it works in.
     server: Server,
+    /// The environment `ds serve` started with.
+    env: BTreeMap<String, String>,
     dirs: Dirs,
 }
 
@@ -302,6 +305,41 @@ impl Product {
                 !log.contains(secret.as_str()),
                 "a key is in the ds serve log:\n{log}"
             );
+        }
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    /// Another `ds serve` beside the first, on the same sandboxes (the same
+    /// emulator), sharing nothing else with it: a second instance of a
+    /// stateless deployment. `set` and `unset` change its environment.
+    pub async fn another_instance(&self, set: &[(&str, &str)], unset: &[&str]) -> Server {
+        let mut env = self.env.clone();
+        for (name, value) in set {
+            env.insert((*name).to_owned(), (*value).to_owned());
+        }
+        for name in unset {
+            env.remove(*name);
+        }
+        let sandbox = match self.chain {
+            Chain::E2b => "e2b",
+            Chain::Local => "local",
+        };
+        DsServe::new(["serve", "--sandbox", sandbox])
+            .current_dir(&self.dirs.cwd())
+            .envs(&env)
+            .start()
+            .await
+    }
+
+    /// The E2B emulator's counts, for [`Chain::E2b`].
+    pub async fn emulator_settled(&self) -> Option<super::emulator::Snapshot> {
+        match &self.emulator {
+            Some(emulator) => Some(emulator.settled(Duration::from_secs(5)).await),
+            None => None,
         }
     }
 

@@ -374,6 +374,20 @@ impl Sandbox for E2bSandbox {
         .await
     }
 
+    async fn expire_in(&self, lifetime: Duration) -> Result<(), SandboxError> {
+        if let Some(extender) = &self.extender {
+            extender.abort();
+        }
+        control::set_timeout(
+            &self.shared.http,
+            &self.shared.options,
+            &self.api_key,
+            &self.id,
+            lifetime,
+        )
+        .await
+    }
+
     async fn destroy(&self) -> Result<(), SandboxError> {
         if let Some(extender) = &self.extender {
             extender.abort();

@@ -762,6 +762,11 @@ impl Sandbox for LocalSandbox {
         self.stop(State::Destroyed).await;
         Ok(())
     }
+
+    async fn expire_in(&self, lifetime: Duration) -> Result<(), SandboxError> {
+        self.set_lifetime(lifetime);
+        Ok(())
+    }
 }
 
 fn fs_error(op: &'static str, e: &FsError) -> SandboxError {

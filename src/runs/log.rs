@@ -1,0 +1,292 @@
+//! A detached run's event log: where it lives in the sandbox, the wrapper
+//! that writes it, the follower that reads it back, and the decoding of
+//! what the follower prints into the process events the relay already
+//! knows.
+//!
+//! The log is the run's state. The runner writes it (record mode, see
+//! `runner/runner.mjs`), the wrapper adds the exit, and every reader, the
+//! request that started the run and each one that reattaches from any
+//! instance, reads it from its first byte through `runner/follow.mjs`. All
+//! of them therefore feed the same records, in the same order, to the same
+//! relay, and number the events alike: an event id means the same event
+//! whoever serves it.
+//!
+//! Each line of the log is one record: RS (0x1e) then `o` and an SDK
+//! message, or `e` and a stderr line, or `x` and the runner's exit code, or
+//! `t` when the run's `timeout` ended it. A line without RS is something the
+//! runner's process printed outside the SDK (a crash), kept as stderr.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use crate::lines::LineSplitter;
+use crate::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, ProcessStream, SandboxError, layout};
+
+/// Where the log lives: outside the user's home, so no `outputs` glob
+/// sends it back, and in a folder the sandbox can write on every provider.
+pub(crate) const EVENT_LOG: &str = "/tmp/.sandstorm/events.log";
+/// The follower, uploaded with the runner.
+pub(crate) const FOLLOW_SCRIPT: &str = "/opt/agent-runner/follow.mjs";
+/// Its source, embedded like the runner's.
+pub(crate) const FOLLOW_SOURCE: &str = include_str!("../../runner/follow.mjs");
+/// The wrapper's process tag, by which a run's process is found again.
+pub(crate) const RUN_TAG: &str = "sandstorm-run";
+/// The exit status the relay reads as "the run's own timeout ended it".
+pub(crate) const TIMED_OUT: &str = "the run's timeout ended the runner";
+
+/// How long `timeout` waits after its TERM before it kills the runner.
+const KILL_AFTER_SECS: u64 = 5;
+const RECORD: u8 = 0x1e;
+
+/// The wrapper: runs `runner` under `timeout` with its output appended to
+/// the log, then appends the exit record. `run_for` is the run's own
+/// `timeout`; nothing else ends a detached run but a cancel.
+pub(crate) fn wrapper(runner: ProcessSpec, run_for: Duration) -> ProcessSpec {
+    // The runner's argv goes through "$@", never through the script's text,
+    // so nothing in it is ever parsed by the shell.
+    let script = format!(
+        "mkdir -p {dir} && : >> {log} || exit 1\n\
+         timeout -k {KILL_AFTER_SECS} {secs} \"$@\" >> {log} 2>&1\n\
+         status=$?\n\
+         if [ \"$status\" -eq 124 ]; then printf '\\036t\\n'; else printf '\\036x%d\\n' \"$status\"; fi >> {log}\n",
+        dir = log_dir(),
+        log = EVENT_LOG,
+        secs = run_for.as_secs().max(1),
+    );
+    let mut args = vec!["-c".to_owned(), script, "sh".to_owned(), runner.cmd];
+    args.extend(runner.args);
+    let mut envs = runner.envs;
+    // Every value the server gives the runner is one it redacts; the runner
+    // keeps them out of the log too, which other servers read back.
+    let redact: Vec<&str> = envs.keys().map(String::as_str).collect();
+    let redact = redact.join(",");
+    envs.insert("SANDSTORM_REDACT_VARS".to_owned(), redact);
+    envs.insert("SANDSTORM_EVENT_RECORDS".to_owned(), "1".to_owned());
+    ProcessSpec {
+        cmd: "sh".to_owned(),
+        args,
+        envs,
+        cwd: runner.cwd,
+        timeout: Some(run_for + Duration::from_secs(2 * KILL_AFTER_SECS)),
+        tag: Some(RUN_TAG.to_owned()),
+        stdin: false,
+    }
+}
+
+fn log_dir() -> &'static str {
+    EVENT_LOG.rsplit_once('/').map_or("/tmp", |(dir, _)| dir)
+}
+
+/// How long a follower outlives its reader's deadline at most.
+const FOLLOWER_MARGIN: Duration = Duration::from_secs(5);
+
+/// A follower of the log, for one reader whose stream ends at `until`: it
+/// ends itself shortly after, whether or not anyone still reads it.
+pub(crate) fn follower(until: SystemTime) -> ProcessSpec {
+    let until = until + FOLLOWER_MARGIN;
+    let until_ms = until
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    ProcessSpec {
+        cmd: "node".to_owned(),
+        args: vec![
+            FOLLOW_SCRIPT.to_owned(),
+            EVENT_LOG.to_owned(),
+            until_ms.to_string(),
+        ],
+        cwd: layout::HOME.to_owned(),
+        ..ProcessSpec::default()
+    }
+}
+
+/// What one log line is.
+#[derive(Debug, PartialEq, Eq)]
+enum Record {
+    Message(Bytes),
+    Stderr(Bytes),
+    Exit(ExitStatus),
+}
+
+fn record(line: Bytes) -> Record {
+    let body = |line: &Bytes| line.slice(2..);
+    match line.as_ref() {
+        [RECORD, b'o', ..] => Record::Message(body(&line)),
+        [RECORD, b'e', ..] => Record::Stderr(body(&line)),
+        [RECORD, b't', ..] => Record::Exit(ExitStatus {
+            code: Some(124),
+            status: TIMED_OUT.to_owned(),
+        }),
+        [RECORD, b'x', rest @ ..] => {
+            let code = std::str::from_utf8(rest)
+                .ok()
+                .and_then(|c| c.trim().parse::<i32>().ok());
+            Record::Exit(ExitStatus {
+                code,
+                status: code.map_or_else(
+                    || "the runner ended with an unreadable status".to_owned(),
+                    |c| format!("exit status: {c}"),
+                ),
+            })
+        }
+        _ => Record::Stderr(line),
+    }
+}
+
+/// The follower's output as the process events of the runner: each record
+/// becomes one whole line of stdout or stderr, and the exit record the
+/// runner's exit. A follower that ends before the exit record (the sandbox
+/// went away, the log was removed) is a cut stream.
+pub(crate) fn decode(follower: ProcessStream) -> ProcessStream {
+    let mut lines = LineSplitter::new();
+    let mut ended = false;
+    follower
+        .flat_map(move |event| {
+            let events: Vec<Result<ProcessEvent, SandboxError>> = match (ended, event) {
+                (true, _) => Vec::new(),
+                (false, Err(e)) => vec![Err(e)],
+                (false, Ok(ProcessEvent::Stdout(chunk))) => match lines.push(&chunk) {
+                    Ok(lines) => {
+                        let mut out = Vec::with_capacity(lines.len());
+                        for line in lines {
+                            let event = match record(line) {
+                                Record::Message(body) => ProcessEvent::Stdout(with_newline(&body)),
+                                Record::Stderr(body) => ProcessEvent::Stderr(with_newline(&body)),
+                                Record::Exit(status) => {
+                                    ended = true;
+                                    out.push(Ok(ProcessEvent::Exited(status)));
+                                    break;
+                                }
+                            };
+                            out.push(Ok(event));
+                        }
+                        out
+                    }
+                    Err(e) => vec![Err(SandboxError::Other {
+                        op: "read the run's event log",
+                        message: e.to_string(),
+                    })],
+                },
+                // The follower's own diagnostics are not the run's.
+                (false, Ok(ProcessEvent::Stderr(chunk))) => {
+                    tracing::warn!(
+                        output = %String::from_utf8_lossy(&chunk).trim_end(),
+                        "the event-log follower complained"
+                    );
+                    Vec::new()
+                }
+                (false, Ok(ProcessEvent::Exited(status))) => {
+                    tracing::warn!(
+                        status = %status.status,
+                        "the event-log follower ended before the run's exit record"
+                    );
+                    vec![Err(SandboxError::StreamCut)]
+                }
+            };
+            futures::stream::iter(events)
+        })
+        .boxed()
+}
+
+fn with_newline(body: &[u8]) -> Bytes {
+    let mut line = BytesMut::with_capacity(body.len() + 1);
+    line.extend_from_slice(body);
+    line.extend_from_slice(b"\n");
+    line.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(chunks: &[&[u8]], exit: Option<i32>) -> Vec<Result<ProcessEvent, String>> {
+        let mut input: Vec<Result<ProcessEvent, SandboxError>> = chunks
+            .iter()
+            .map(|c| Ok(ProcessEvent::Stdout(Bytes::copy_from_slice(c))))
+            .collect();
+        if let Some(code) = exit {
+            input.push(Ok(ProcessEvent::Exited(ExitStatus {
+                code: Some(code),
+                status: String::new(),
+            })));
+        }
+        let stream = decode(futures::stream::iter(input).boxed());
+        futures::executor::block_on(stream.collect::<Vec<_>>())
+            .into_iter()
+            .map(|e| e.map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    fn out(text: &str) -> ProcessEvent {
+        ProcessEvent::Stdout(Bytes::from(text.to_owned()))
+    }
+
+    fn err(text: &str) -> ProcessEvent {
+        ProcessEvent::Stderr(Bytes::from(text.to_owned()))
+    }
+
+    #[test]
+    fn records_become_the_runner_s_lines_and_exit_in_order() {
+        let got = events(
+            &[
+                b"\x1eo{\"type\":\"system\"}\n\x1eewarn",
+                b"ing\nSegmentation fault\n\x1eo{\"type\":\"result\"}\n\x1ex0\n",
+            ],
+            Some(0),
+        );
+        assert_eq!(
+            got,
+            [
+                Ok(out("{\"type\":\"system\"}\n")),
+                Ok(err("warning\n")),
+                Ok(err("Segmentation fault\n")),
+                Ok(out("{\"type\":\"result\"}\n")),
+                Ok(ProcessEvent::Exited(ExitStatus {
+                    code: Some(0),
+                    status: "exit status: 0".into()
+                })),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_timeout_record_says_the_run_s_timeout_ended_it() {
+        let got = events(&[b"\x1et\n"], Some(0));
+        assert_eq!(
+            got,
+            [Ok(ProcessEvent::Exited(ExitStatus {
+                code: Some(124),
+                status: TIMED_OUT.into()
+            }))]
+        );
+    }
+
+    #[test]
+    fn a_follower_that_ends_before_the_exit_record_is_a_cut_stream() {
+        let got = events(&[b"\x1eo{}\n"], Some(2));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], Ok(out("{}\n")));
+        assert!(got[1].as_ref().is_err_and(|e| e.contains("cut")), "{got:?}");
+    }
+
+    #[test]
+    fn the_wrapper_passes_the_runner_s_argv_as_arguments_not_script() {
+        let runner = ProcessSpec {
+            cmd: "node".into(),
+            args: vec!["/opt/agent-runner/runner.mjs".into(), "$(rm -rf /)".into()],
+            cwd: "/home/user".into(),
+            ..ProcessSpec::default()
+        };
+        let spec = wrapper(runner, Duration::from_secs(300));
+        assert_eq!(spec.cmd, "sh");
+        assert_eq!(
+            &spec.args[2..],
+            ["sh", "node", "/opt/agent-runner/runner.mjs", "$(rm -rf /)"]
+        );
+        assert!(!spec.args[1].contains("rm -rf"));
+        assert!(spec.args[1].contains("timeout -k 5 300 \"$@\""));
+        assert_eq!(spec.envs["SANDSTORM_EVENT_RECORDS"], "1");
+        assert_eq!(spec.tag.as_deref(), Some(RUN_TAG));
+    }
+}

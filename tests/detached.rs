@@ -1,0 +1,424 @@
+//! Detached runs, end to end: `ds serve` as a real process, the real runner
+//! and Agent SDK in the sandbox, a scripted model whose agent outlasts the
+//! platform's deadline.
+//!
+//! A detached run's stream ends at the deadline with a `detached` event;
+//! the client reads on from `GET /runs/{id}/events` with `Last-Event-ID`,
+//! from another instance that shares nothing with the first but the
+//! sandboxes, and gets every event exactly once, in order, with the same id
+//! and bytes as a reader that replays the whole run from its log.
+
+mod common;
+
+use std::time::Duration;
+
+use common::model_server::{ModelServer, Script};
+use common::product::{Chain, Serve};
+use common::sse::Decoder;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// The agent's one command: long enough that the run outlives several
+/// deadlines of the short-lived instances below.
+const SLOW_COMMAND: &str = "sleep 7 && echo later > later.txt";
+/// The response limit of the short-lived instances: their streams detach
+/// two seconds before it.
+const MAX_DURATION_SECS: &str = "5";
+/// How long a finished run's sandbox stays readable here.
+const LINGER_SECS: &str = "2";
+/// A turn of a read loop that never ends fails the test instead.
+const READS: usize = 30;
+
+/// What one client read of a run's stream.
+#[derive(Debug)]
+struct Read {
+    status: u16,
+    run_id_header: Option<String>,
+    /// The numbered events: (id, event).
+    events: Vec<(u64, Value)>,
+    /// The `detached` event, when the stream ended with one.
+    detached: Option<Value>,
+    /// The `done` event was the last.
+    done: bool,
+    body: String,
+}
+
+/// Reads a stream to its end, or until `keep` numbered events when given
+/// (then drops the connection, as a client that goes away).
+async fn read(request: reqwest::RequestBuilder, keep: Option<usize>) -> Read {
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    let run_id_header = response
+        .headers()
+        .get("x-run-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut read = Read {
+        status,
+        run_id_header,
+        events: Vec::new(),
+        detached: None,
+        done: false,
+        body: String::new(),
+    };
+    if status != 200 {
+        read.body = response.text().await.unwrap_or_default();
+        return read;
+    }
+    let mut decoder = Decoder::new();
+    let mut body = response.bytes_stream();
+    let reading = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.expect("read the stream");
+            read.body.push_str(&String::from_utf8_lossy(&chunk));
+            for event in decoder.feed(&chunk) {
+                let value = event.json();
+                match value["type"].as_str() {
+                    Some("detached") => read.detached = Some(value),
+                    kind => {
+                        let id = event
+                            .id
+                            .as_deref()
+                            .and_then(|id| id.parse().ok())
+                            .unwrap_or_else(|| panic!("an event without an id: {value}"));
+                        read.done = kind == Some("done");
+                        read.events.push((id, value));
+                    }
+                }
+                if keep.is_some_and(|n| read.events.len() >= n) {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), reading)
+        .await
+        .expect("the stream ended within two minutes");
+    read
+}
+
+fn ids(events: &[(u64, Value)]) -> Vec<u64> {
+    events.iter().map(|(id, _)| *id).collect()
+}
+
+fn events_url(base: &str, run_id: &str) -> String {
+    format!("{base}/runs/{run_id}/events")
+}
+
+#[tokio::test]
+async fn a_detached_run_outlives_the_deadline_and_another_instance_reads_on_exactly_once() {
+    let model = ModelServer::start(Script::Bash {
+        command: SLOW_COMMAND.to_owned(),
+    })
+    .await;
+    let product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_MAX_DURATION", MAX_DURATION_SECS)
+        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
+        .start()
+        .await;
+    let other = product.another_instance(&[], &[]).await;
+    let unbounded = product
+        .another_instance(&[], &["SANDSTORM_MAX_DURATION"])
+        .await;
+    let client = reqwest::Client::new();
+
+    let first = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({"prompt": "go", "detach": true})),
+        None,
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let (first_id, run) = first.events.first().expect("a first event");
+    assert_eq!(
+        (*first_id, run["type"].as_str()),
+        (1, Some("run")),
+        "{}",
+        first.body
+    );
+    let run_id = run["run_id"].as_str().expect("run_id").to_owned();
+    assert_eq!(first.run_id_header.as_deref(), Some(run_id.as_str()));
+    assert!(run["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let detached = first
+        .detached
+        .clone()
+        .unwrap_or_else(|| panic!("the stream detached at the deadline: {}", first.body));
+    let mut got = first.events;
+    assert_eq!(detached["last_event_id"], got.len() as u64);
+    assert_eq!(detached["resume"], format!("/runs/{run_id}/events"));
+
+    // A reader from the start, on an instance with no deadline, started
+    // while the run goes on: the reference every other read must match.
+    let replay = tokio::spawn(read(client.get(events_url(&unbounded.url, &run_id)), None));
+
+    // The client comes back, each time to the other instance, until done.
+    let bases = [other.url.clone(), product.url().to_owned()];
+    let mut reads = 1;
+    while !got.last().is_some_and(|(_, e)| e["type"] == "done") {
+        assert!(reads < READS, "the run never ended: {got:?}");
+        let last = got.last().map_or(0, |(id, _)| *id);
+        let next = read(
+            client
+                .get(events_url(&bases[reads % 2], &run_id))
+                .header("last-event-id", last.to_string()),
+            None,
+        )
+        .await;
+        assert_eq!(next.status, 200, "{}", next.body);
+        assert!(
+            next.done || next.detached.is_some(),
+            "a read ends with done or detached: {}",
+            next.body
+        );
+        if let Some((id, _)) = next.events.first() {
+            assert_eq!(*id, last + 1, "a read starts right after Last-Event-ID");
+        }
+        got.extend(next.events);
+        reads += 1;
+    }
+    assert!(reads >= 3, "the agent outlasted at least two deadlines");
+
+    let n = got.len() as u64;
+    assert_eq!(
+        ids(&got),
+        (1..=n).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    let replay = replay.await.expect("replay task");
+    assert!(replay.done, "the replay reads to the end: {}", replay.body);
+    assert_eq!(
+        replay.events, got,
+        "the same ids and the same events as a full replay"
+    );
+
+    let types: Vec<&str> = got.iter().filter_map(|(_, e)| e["type"].as_str()).collect();
+    assert!(
+        types.contains(&"assistant") && types.contains(&"result"),
+        "{types:?}"
+    );
+    let (_, done) = got.last().expect("done");
+    assert_eq!(done["status"], "success");
+    let result = got
+        .iter()
+        .find(|(_, e)| e["type"] == "result")
+        .expect("result");
+    assert_eq!(result.1["subtype"], "success");
+
+    let stats = product.emulator_settled().await.expect("emulator");
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (1, 1, 0),
+        "one sandbox, ended by its lifetime after the linger: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn only_the_owner_finds_a_run_and_strangers_learn_nothing() {
+    let model = ModelServer::start(Script::Bash {
+        command: SLOW_COMMAND.to_owned(),
+    })
+    .await;
+    let product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
+        .start()
+        .await;
+    let other = product.another_instance(&[], &[]).await;
+    let client = reqwest::Client::new();
+    let first = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({"prompt": "go", "detach": true})),
+        Some(1),
+    )
+    .await;
+    let run_id = first.events[0].1["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let unknown = format!("run_{}", "0".repeat(32));
+    for (base, id, key) in [
+        // Another tenant, with its own E2B key, on either instance.
+        (
+            product.url(),
+            run_id.as_str(),
+            Some("e2b_another_tenant_key"),
+        ),
+        (
+            other.url.as_str(),
+            run_id.as_str(),
+            Some("e2b_another_tenant_key"),
+        ),
+        // Ids that are not runs.
+        (other.url.as_str(), unknown.as_str(), None),
+        (other.url.as_str(), "not-a-run", None),
+        (other.url.as_str(), &run_id[..run_id.len() - 1], None),
+    ] {
+        let mut request = client.get(events_url(base, id));
+        if let Some(key) = key {
+            request = request.header("x-e2b-api-key", key);
+        }
+        let refused = read(request, None).await;
+        assert_eq!(refused.status, 404, "{id} with {key:?}: {}", refused.body);
+        let body: Value = serde_json::from_str(&refused.body).expect("a JSON error");
+        assert_eq!(body["error"]["type"], "not_found");
+        assert_eq!(body["error"]["message"], "no such run");
+    }
+
+    // The owner, from the other instance, reads it to the end.
+    let rest = read(
+        client
+            .get(events_url(&other.url, &run_id))
+            .query(&[("after", "1")]),
+        None,
+    )
+    .await;
+    assert!(rest.done, "{}", rest.body);
+    assert_eq!(rest.events.first().map(|(id, _)| *id), Some(2));
+    let stats = product.emulator_settled().await.expect("emulator");
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_local_detached_run_goes_on_when_its_client_leaves_and_is_read_again() {
+    let model = ModelServer::start(Script::Bash {
+        command: "sleep 3 && echo later > later.txt".to_owned(),
+    })
+    .await;
+    let product = Serve::new(Chain::Local, &model)
+        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+
+    // A run without detach: no ids, no run id, as before.
+    let plain = client
+        .post(format!("{}/query", product.url()))
+        .json(&json!({"prompt": "go"}))
+        .send()
+        .await
+        .expect("POST /query");
+    assert!(plain.headers().get("x-run-id").is_none());
+    let text = plain.text().await.expect("the plain stream");
+    assert!(text.contains("\"type\":\"done\""), "{text}");
+    assert!(
+        !text.lines().any(|line| line.starts_with("id:")),
+        "a run without detach has no event ids: {text}"
+    );
+
+    let first = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({"prompt": "go", "detach": true})),
+        Some(3),
+    )
+    .await;
+    assert_eq!(ids(&first.events), [1, 2, 3]);
+    let run_id = first.events[0].1["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    // The client is gone; the run goes on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let rest = read(
+        client
+            .get(events_url(product.url(), &run_id))
+            .header("last-event-id", "3"),
+        None,
+    )
+    .await;
+    assert_eq!(rest.status, 200, "{}", rest.body);
+    assert!(rest.done, "{}", rest.body);
+    let n = 3 + rest.events.len() as u64;
+    assert_eq!(ids(&rest.events), (4..=n).collect::<Vec<_>>());
+    assert!(rest.events.iter().any(|(_, e)| e["type"] == "result"));
+    assert_eq!(
+        rest.events.last().map(|(_, e)| e["status"].clone()),
+        Some(json!("success"))
+    );
+    product.assert_sandboxes_destroyed(2).await;
+}
+
+#[tokio::test]
+async fn the_vercel_door_detaches_before_max_duration_and_reads_on() {
+    use common::doors::{door_env, start_vercel_function};
+    use common::emulator;
+    let model = ModelServer::start(Script::Bash {
+        command: SLOW_COMMAND.to_owned(),
+    })
+    .await;
+    let work = tempfile::tempdir().expect("emulator folder");
+    let mut options = emulator::options();
+    options.work_root = Some(work.path().to_owned());
+    let e2b = emulator::start_with(options).await;
+    let offline = common::product::offline_env();
+    let mut env = door_env(&e2b);
+    env.extend(offline.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    env.extend([
+        ("ANTHROPIC_BASE_URL", model.url()),
+        ("SANDSTORM_MAX_DURATION", MAX_DURATION_SECS.to_owned()),
+        ("SANDSTORM_RUN_LINGER", LINGER_SECS.to_owned()),
+    ]);
+    let (function, url) = start_vercel_function(env!("CARGO_BIN_EXE_vercel-query"), env).await;
+    let client = reqwest::Client::new();
+
+    let first = read(
+        client
+            .post(format!("{url}/query"))
+            .json(&json!({"prompt": "go", "detach": true})),
+        None,
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}\n{}", first.body, function.output());
+    assert!(first.detached.is_some(), "{}", first.body);
+    let run_id = first.events[0].1["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    let mut got = first.events;
+    let mut reads = 1;
+    while !got.last().is_some_and(|(_, e)| e["type"] == "done") {
+        assert!(reads < READS, "the run never ended: {got:?}");
+        let last = got.last().map_or(0, |(id, _)| *id);
+        // As Vercel's rewrite delivers it: the path the client asked for,
+        // with the matched `id` added to the query.
+        let next = read(
+            client
+                .get(events_url(&url, &run_id))
+                .query(&[("id", run_id.as_str())])
+                .header("last-event-id", last.to_string()),
+            None,
+        )
+        .await;
+        assert_eq!(next.status, 200, "{}", next.body);
+        got.extend(next.events);
+        reads += 1;
+    }
+    assert!(
+        reads >= 3,
+        "the agent outlasted two of the function's deadlines"
+    );
+    let n = got.len() as u64;
+    assert_eq!(
+        ids(&got),
+        (1..=n).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(
+        got.last().map(|(_, e)| e["status"].clone()),
+        Some(json!("success"))
+    );
+    let stats = e2b.settled(Duration::from_secs(10)).await;
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+}
