@@ -69,13 +69,17 @@ fn credential_header(settings: &Settings, headers: &HeaderMap) -> Option<Secret>
 /// `EventSource` resends) or `?after=N`.
 pub(crate) fn after(headers: &HeaderMap, query: Option<&str>) -> Result<u64, ApiError> {
     if let Some(value) = headers.get("last-event-id") {
-        let text = value.to_str().unwrap_or_default().trim();
-        if text.is_empty() {
-            return Ok(0);
+        let refused = || ApiError::BadRequest {
+            message: format!(
+                "Last-Event-ID must be an event id (a whole number), got {:?}",
+                String::from_utf8_lossy(value.as_bytes())
+            ),
+        };
+        let text = value.to_str().map_err(|_| refused())?.trim();
+        // An empty one counts as not sent, as EventSource's first request.
+        if !text.is_empty() {
+            return text.parse().map_err(|_| refused());
         }
-        return text.parse().map_err(|_| ApiError::BadRequest {
-            message: format!("Last-Event-ID must be an event id (a whole number), got {text:?}"),
-        });
     }
     let Some(query) = query else { return Ok(0) };
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
