@@ -111,6 +111,9 @@ pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
     let mut router = Router::new()
         .route("/query", post(query))
+        .route("/runs", get(list_runs))
+        .route("/runs/{id}", get(run_status).delete(cancel_run))
+        .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/events", get(run_events))
         .route(HEALTH_PATH, get(health))
         .route("/openapi.json", get(openapi_document))
@@ -130,7 +133,7 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([http::Method::GET, http::Method::POST])
+        .allow_methods([http::Method::GET, http::Method::POST, http::Method::DELETE])
         .allow_headers([
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
@@ -282,6 +285,94 @@ async fn run_events(
         }
         Err(error) => {
             tracing::info!(%request_id, status = %error.status(), error = %error, "run read refused");
+            error.into_response()
+        }
+    };
+    set_request_id(&mut response, &request_id);
+    response
+}
+
+/// `GET /runs`: the caller's runs that still have a sandbox, newest first.
+async fn list_runs(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    run_json(&state, &headers, "list runs", async {
+        let runs = runs::list(
+            &state.settings,
+            state.provider.as_ref(),
+            &state.registry,
+            &headers,
+        )
+        .await?;
+        Ok(serde_json::json!({ "runs": runs }))
+    })
+    .await
+}
+
+/// `GET /runs/{id}`: what the run is doing.
+async fn run_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    run_json(&state, &headers, "read a run's status", async {
+        let found = find_run(&state, &id, &headers).await?;
+        let info = runs::status::read(found.sandbox.as_ref(), &found.follow)
+            .await
+            .map_err(|e| ApiError::Provider {
+                message: format!("could not read the run's status: {e}"),
+            })?;
+        Ok(serde_json::to_value(info).unwrap_or_default())
+    })
+    .await
+}
+
+/// `POST /runs/{id}/cancel` (0.9.2's path) and `DELETE /runs/{id}`.
+async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    run_json(&state, &headers, "cancel a run", async {
+        let found = find_run(&state, &id, &headers).await?;
+        let info = runs::cancel(found, &state.registry).await?;
+        Ok(serde_json::to_value(info).unwrap_or_default())
+    })
+    .await
+}
+
+async fn find_run(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<runs::Found, ApiError> {
+    runs::find(
+        &state.settings,
+        state.provider.as_ref(),
+        &state.registry,
+        id,
+        headers,
+        None,
+    )
+    .await
+}
+
+/// A `/runs` answer as JSON, behind the bearer token like `/query`.
+async fn run_json(
+    state: &AppState,
+    headers: &HeaderMap,
+    what: &'static str,
+    answer: impl Future<Output = Result<serde_json::Value, ApiError>>,
+) -> Response {
+    let request_id = request_id(headers);
+    let settings = &state.settings;
+    let checked = auth::check(&settings.auth, headers, settings.key_source.as_deref()).await;
+    let answered = match checked {
+        Ok(()) => answer.await,
+        Err(error) => Err(error),
+    };
+    let mut response = match answered {
+        Ok(body) => Json(body).into_response(),
+        Err(error) => {
+            tracing::info!(%request_id, status = %error.status(), error = %error, what, "refused");
             error.into_response()
         }
     };

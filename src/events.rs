@@ -115,6 +115,8 @@ pub(crate) enum ErrorKind {
     OutputTooLarge,
     /// The server was stopping and its shutdown bound ran out first.
     Shutdown,
+    /// A detached run was cancelled (`POST /runs/{id}/cancel`).
+    Cancelled,
 }
 
 /// The run's one `error` event: `{"type":"error","error_type","error","request_id"}`.

@@ -390,7 +390,8 @@ mod tests {
             | ErrorKind::RunnerFailed
             | ErrorKind::RunnerError
             | ErrorKind::OutputTooLarge
-            | ErrorKind::Shutdown => (),
+            | ErrorKind::Shutdown
+            | ErrorKind::Cancelled => (),
         };
         for kind in [
             ErrorKind::Timeout,
@@ -400,6 +401,7 @@ mod tests {
             ErrorKind::RunnerError,
             ErrorKind::OutputTooLarge,
             ErrorKind::Shutdown,
+            ErrorKind::Cancelled,
         ] {
             let name = serde_json::to_value(kind).expect("kind");
             assert!(

@@ -75,6 +75,8 @@ pub(crate) struct RunPlan {
 pub(crate) struct DetachPlan {
     /// The run's id, given to the client once.
     pub run: RunId,
+    /// When the run started, RFC 3339.
+    pub created_at: String,
     /// When the run's sandbox expires, RFC 3339.
     pub expires_at: String,
     /// How long its sandbox stays once the run is over.
@@ -140,13 +142,24 @@ impl RunPlan {
     ) -> Self {
         let now = Instant::now();
         let lifetime = timeout + SANDBOX_GRACE;
-        let expires_at =
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now() + lifetime).to_string();
+        let started = std::time::SystemTime::now();
+        let expires_at = humantime::format_rfc3339_seconds(started + lifetime).to_string();
+        let created_at = humantime::format_rfc3339_seconds(started).to_string();
         self.sandbox.lifetime = lifetime;
-        self.sandbox.metadata.extend(run_id::metadata(&run, owner));
-        self.sandbox
-            .metadata
-            .insert(runs::EXPIRES_KEY.to_owned(), expires_at.clone());
+        let sealed = self
+            .sandbox
+            .credential
+            .as_ref()
+            .and_then(|key| run_id::seal(&run, key).ok());
+        let metadata = &mut self.sandbox.metadata;
+        metadata.extend(run_id::metadata(&run, owner));
+        metadata.insert(runs::EXPIRES_KEY.to_owned(), expires_at.clone());
+        metadata.insert(runs::CREATED_KEY.to_owned(), created_at.clone());
+        // So that listing the caller's runs can name them; without a
+        // credential (local sandboxes) the server's registry does.
+        if let Some(sealed) = sealed {
+            metadata.insert(run_id::SEALED_KEY.to_owned(), sealed);
+        }
         self.files.insert(
             1,
             SandboxFile {
@@ -163,6 +176,7 @@ impl RunPlan {
         self.deadline_reason = "the stream reached the hosting platform's time limit".to_owned();
         self.detach = Some(DetachPlan {
             run,
+            created_at,
             expires_at,
             linger,
         });

@@ -349,6 +349,13 @@ impl AgentState {
         if let Some(message) = &self.runner_error {
             return Err(Stop::Failed(ErrorKind::RunnerError, message.clone()));
         }
+        // A cancel that came after the result is too late to matter.
+        if status.status == crate::runs::log::CANCELLED && !self.saw_result {
+            return Err(Stop::Failed(
+                ErrorKind::Cancelled,
+                crate::runs::log::CANCELLED.to_owned(),
+            ));
+        }
         if status.status == crate::runs::log::TIMED_OUT {
             return Err(Stop::Failed(
                 ErrorKind::Timeout,

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use subtle::ConstantTimeEq as _;
@@ -135,7 +136,70 @@ pub async fn find(
     Ok(found)
 }
 
-fn owner_digest(owner: &Secret) -> String {
+/// The metadata key of the run id, sealed (see [`seal`]).
+pub const SEALED_KEY: &str = "sandstorm_run_sealed";
+
+/// The run id, encrypted (AES-256-GCM) under a key derived from `key`, the
+/// provider credential that made the sandbox, and bound to the id's digest:
+/// listing a caller's runs must give their ids back, and whoever could
+/// unseal this can already reach the sandbox with the same credential.
+///
+/// # Errors
+/// When the system has no randomness for the nonce.
+pub fn seal(run: &RunId, key: &Secret) -> Result<String, RunIdError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| RunIdError::NoRandomness)?;
+    let mut sealed = run.0.as_bytes().to_vec();
+    seal_key(key)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(run.digest().as_bytes()),
+            &mut sealed,
+        )
+        .map_err(|_| RunIdError::NoRandomness)?;
+    Ok(format!("{}{}", hex(&nonce), hex(&sealed)))
+}
+
+/// The run id [`seal`] sealed under `key` for the run whose digest is
+/// `digest`; `None` for anything else.
+pub fn unseal(sealed: &str, digest: &str, key: &Secret) -> Option<RunId> {
+    let bytes = unhex(sealed)?;
+    let (nonce, ciphertext) = bytes.split_at_checked(NONCE_LEN)?;
+    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut buffer = ciphertext.to_vec();
+    let plain = seal_key(key)
+        .open_in_place(nonce, Aad::from(digest.as_bytes()), &mut buffer)
+        .ok()?;
+    let run = RunId::parse(std::str::from_utf8(plain).ok()?).ok()?;
+    (run.digest() == digest).then_some(run)
+}
+
+const NONCE_LEN: usize = 12;
+
+fn seal_key(key: &Secret) -> LessSafeKey {
+    let mut material = b"sandstorm run id seal v1\0".to_vec();
+    material.extend_from_slice(key.expose().as_bytes());
+    let derived = digest(&SHA256, &material);
+    // A SHA-256 digest is exactly an AES-256 key.
+    let unbound = UnboundKey::new(&AES_256_GCM, derived.as_ref())
+        .unwrap_or_else(|_| unreachable!("a 32-byte key is an AES-256 key"));
+    LessSafeKey::new(unbound)
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// What the sandbox's metadata keeps of the credential that made a run.
+pub fn owner_digest(owner: &Secret) -> String {
     sha256_hex(owner.expose().as_bytes())
 }
 
@@ -200,6 +264,28 @@ mod tests {
         assert_eq!(
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn a_sealed_id_opens_only_with_its_key_and_for_its_own_run() {
+        let run = RunId::generate().expect("randomness");
+        let other = RunId::generate().expect("randomness");
+        let key = Secret::new("e2b_team_one_key");
+        let sealed = seal(&run, &key).expect("sealed");
+        assert!(!sealed.contains(&run.as_str()[4..]));
+        assert_eq!(unseal(&sealed, &run.digest(), &key), Some(run.clone()));
+        assert_eq!(
+            unseal(&sealed, &run.digest(), &Secret::new("e2b_team_two_key")),
+            None
+        );
+        assert_eq!(unseal(&sealed, &other.digest(), &key), None);
+        assert_eq!(unseal("zz", &run.digest(), &key), None);
+        assert_eq!(unseal(&sealed[..20], &run.digest(), &key), None);
+        assert_ne!(
+            seal(&run, &key).expect("sealed"),
+            sealed,
+            "a fresh nonce each time"
         );
     }
 

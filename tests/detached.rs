@@ -130,9 +130,9 @@ async fn a_detached_run_outlives_the_deadline_and_another_instance_reads_on_exac
     )
     .await;
     assert_eq!(first.status, 200, "{}", first.body);
-    let (first_id, run) = first.events.first().expect("a first event");
+    let (first_id, run) = first.events.first().cloned().expect("a first event");
     assert_eq!(
-        (*first_id, run["type"].as_str()),
+        (first_id, run["type"].as_str()),
         (1, Some("run")),
         "{}",
         first.body
@@ -185,6 +185,25 @@ async fn a_detached_run_outlives_the_deadline_and_another_instance_reads_on_exac
         (1..=n).collect::<Vec<_>>(),
         "every event once, in order"
     );
+    // Its status, from an instance that did not start it, while the
+    // finished run's sandbox lingers.
+    let (code, status) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
+    assert_eq!(code, 200, "{status}");
+    let result = &got
+        .iter()
+        .find(|(_, e)| e["type"] == "result")
+        .expect("result")
+        .1;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert_eq!(status["last_event_id"], n, "{status}");
+    assert_eq!(status["turns"], result["num_turns"], "{status}");
+    assert_eq!(
+        status["total_cost_usd"], result["total_cost_usd"],
+        "{status}"
+    );
+    assert_eq!(status["prompt"], "go");
+    assert_eq!(status["expires_at"], run["expires_at"]);
+    assert!(status["model"].is_string(), "{status}");
     let replay = replay.await.expect("replay task");
     assert!(replay.done, "the replay reads to the end: {}", replay.body);
     assert_eq!(
@@ -343,6 +362,14 @@ async fn a_local_detached_run_goes_on_when_its_client_leaves_and_is_read_again()
         rest.events.last().map(|(_, e)| e["status"].clone()),
         Some(json!("success"))
     );
+    // The server's registry answers for its local runs, while the
+    // finished run's sandbox lingers.
+    let (code, status) = get_json(client.get(format!("{}/runs/{run_id}", product.url()))).await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert_eq!(status["last_event_id"], n, "{status}");
+    let (_, list) = get_json(client.get(format!("{}/runs", product.url()))).await;
+    assert_eq!(list["runs"][0]["run_id"], run_id.as_str(), "{list}");
     product.assert_sandboxes_destroyed(2).await;
 }
 
@@ -421,4 +448,109 @@ async fn the_vercel_door_detaches_before_max_duration_and_reads_on() {
         (1, 1, 0),
         "{stats:?}"
     );
+}
+
+/// A JSON answer and its status code.
+async fn get_json(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn runs_are_listed_and_a_cancel_ends_every_reader_and_the_sandbox() {
+    // An agent that never stops on its own.
+    let model = ModelServer::start(Script::EndlessBash).await;
+    let product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
+        .start()
+        .await;
+    let other = product.another_instance(&[], &[]).await;
+    let client = reqwest::Client::new();
+    let started = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({"prompt": "sleep for a minute", "detach": true})),
+        Some(1),
+    )
+    .await;
+    let run_id = started.events[0].1["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+
+    // A reader on the other instance, from the start, until the end.
+    let reader = tokio::spawn(read(client.get(events_url(&other.url, &run_id)), None));
+    // Wait until the agent is in its long command.
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        let (code, body) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
+        if code == 200 {
+            status = body;
+            if status["last_event_id"].as_u64().unwrap_or(0) >= 4 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status["status"], "running", "{status}");
+    assert_eq!(status["prompt"], "sleep for a minute");
+    assert_eq!(status["turns"], Value::Null);
+
+    // Listed by both instances: by the registry here, by E2B there.
+    for base in [product.url(), other.url.as_str()] {
+        let (code, list) = get_json(client.get(format!("{base}/runs"))).await;
+        assert_eq!(code, 200, "{list}");
+        let runs = list["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 1, "{list}");
+        assert_eq!(runs[0]["run_id"], run_id.as_str());
+        assert_eq!(runs[0]["status"], "running");
+    }
+    // Another tenant lists nothing and cannot cancel.
+    let (code, list) = get_json(
+        client
+            .get(format!("{}/runs", other.url))
+            .header("x-e2b-api-key", "e2b_another_tenant_key"),
+    )
+    .await;
+    assert_eq!(
+        (code, list["runs"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{list}"
+    );
+    let (code, _) = get_json(
+        client
+            .delete(format!("{}/runs/{run_id}", other.url))
+            .header("x-e2b-api-key", "e2b_another_tenant_key"),
+    )
+    .await;
+    assert_eq!(code, 404);
+
+    // The owner cancels, on the instance that did not start the run.
+    let (code, cancelled) =
+        get_json(client.post(format!("{}/runs/{run_id}/cancel", other.url))).await;
+    assert_eq!(code, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+
+    let reader = reader.await.expect("reader task");
+    assert!(reader.done, "{}", reader.body);
+    let n = reader.events.len();
+    let (_, error) = &reader.events[n - 2];
+    let (_, done) = &reader.events[n - 1];
+    assert_eq!(error["type"], "error", "{}", reader.body);
+    assert_eq!(error["error_type"], "cancelled", "{error}");
+    assert_eq!(done["status"], "error");
+    assert_eq!(cancelled["last_event_id"], n as u64);
+
+    // Created = killed; then the run is gone for everyone.
+    let stats = product.emulator_settled().await.expect("emulator");
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    let (code, _) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
+    assert_eq!(code, 404);
+    let (_, list) = get_json(client.get(format!("{}/runs", product.url()))).await;
+    assert_eq!(list["runs"].as_array().map(Vec::len), Some(0), "{list}");
 }

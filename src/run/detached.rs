@@ -1,8 +1,8 @@
 //! A detached run: it goes on in its sandbox when its client goes away.
 //!
-//! Its stream starts with the `run` event (the id the client needs to come
-//! back), so the client has it before anything can fail. Then the sandbox is
-//! made and the runner started under the event log's wrapper
+//! Its sandbox is made first; the stream then starts with the `run` event
+//! (the id the client needs to come back), sent once any instance can find
+//! the run by it. The runner is started under the event log's wrapper
 //! ([`crate::runs::log`]), and the stream follows that log like every later
 //! reader does ([`reattach`]). When the client leaves, the platform's
 //! deadline comes or the server stops, the stream ends and the sandbox is
@@ -33,6 +33,8 @@ use crate::shutdown::Shutdown;
 pub(crate) struct Follow {
     /// The run's first event.
     pub run: RunStarted,
+    /// When the run started (RFC 3339), for its status.
+    pub created_at: String,
     /// The run's request id, for its `error` and `done` events.
     pub request_id: String,
     /// What to scrub from every event.
@@ -97,6 +99,7 @@ async fn execute(
             run_id: detach.run.to_string(),
             expires_at: detach.expires_at.clone(),
         },
+        created_at: detach.created_at.clone(),
         request_id: plan.request_id.clone(),
         redactor: plan.redactor.clone(),
         outputs: plan.outputs.clone(),
@@ -104,9 +107,6 @@ async fn execute(
         digest: detach.run.digest(),
         linger: detach.linger,
     };
-    // The id first: from here on the run no longer needs its client.
-    let _ = tx.send(RunEvent::Run(follow.run.clone())).await;
-
     let mut guard = SandboxGuard::new(plan.request_id.clone());
     let started = tokio::select! {
         biased;
@@ -164,6 +164,9 @@ async fn start(
         provider = provider.name(),
         "sandbox created for a detached run"
     );
+    // The run's id once its sandbox exists: from here on any instance finds
+    // the run by it, and the run no longer needs its client.
+    let _ = tx.send(RunEvent::Run(follow.run.clone())).await;
     progress(Phase::Uploading).await;
     sandbox.upload(plan.files.clone()).await?;
     progress(Phase::StartingAgent).await;
@@ -279,7 +282,7 @@ async fn finish(
 /// provider's own clock, so that other readers can still read to the end
 /// and nobody has to come back to destroy it; at once when there is no
 /// linger or the provider cannot be told.
-async fn linger(sandbox: Arc<dyn Sandbox>, follow: &Follow, registry: &Registry) {
+pub(crate) async fn linger(sandbox: Arc<dyn Sandbox>, follow: &Follow, registry: &Registry) {
     if !follow.linger.is_zero() {
         match sandbox.expire_in(follow.linger).await {
             Ok(()) => {
@@ -292,4 +295,62 @@ async fn linger(sandbox: Arc<dyn Sandbox>, follow: &Follow, registry: &Registry)
     }
     registry.remove(&follow.digest);
     super::destroy_logged(sandbox.as_ref(), &follow.request_id).await;
+}
+
+/// What a run's log adds up to, read whole: its status.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// The events a reader gets from the log (not the `run`, `error` and
+    /// `done` events around them).
+    pub events: u64,
+    /// `None` while the run goes on; then `Some(None)` when it succeeded,
+    /// or the kind of its error.
+    pub outcome: Option<Option<ErrorKind>>,
+    /// The `result` message, once there is one.
+    pub result: Option<serde_json::Value>,
+    /// The model the SDK's init message names.
+    pub model: Option<String>,
+}
+
+/// Replays `log` (the whole event log, as read) through the relay, as a
+/// reader would, and adds up what comes out.
+pub(crate) async fn tally(log: bytes::Bytes, follow: &Follow) -> Tally {
+    let output = futures::stream::iter([Ok(crate::sandbox::ProcessEvent::Stdout(log))]).boxed();
+    let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
+    let redactor = follow.redactor.clone();
+    let outputs = follow.outputs.clone();
+    // `tx` goes with the relay, so the count ends when the relay does.
+    let relayed =
+        async move { super::relay(log::decode(output), &redactor, outputs.as_ref(), &tx).await };
+    let counted = async {
+        let mut tally = Tally::default();
+        while let Some(event) = rx.recv().await {
+            tally.events += 1;
+            let RunEvent::Agent(line) = &event else {
+                continue;
+            };
+            match crate::events::message_type(line).as_deref() {
+                Some("result") if tally.result.is_none() => {
+                    tally.result = serde_json::from_slice(line).ok();
+                }
+                Some("system") if tally.model.is_none() => {
+                    let message: serde_json::Value =
+                        serde_json::from_slice(line).unwrap_or_default();
+                    if message["subtype"] == "init" {
+                        tally.model = message["model"].as_str().map(str::to_owned);
+                    }
+                }
+                _ => {}
+            }
+        }
+        tally
+    };
+    let (relayed, mut tally) = tokio::join!(relayed, counted);
+    tally.outcome = match relayed {
+        Ok(()) => Some(None),
+        // The log just stops: the run has not ended yet.
+        Err(Stop::Failed(ErrorKind::StreamCut, _) | Stop::ClientGone) => None,
+        Err(Stop::Failed(kind, _)) => Some(Some(kind)),
+    };
+    tally
 }

@@ -35,6 +35,10 @@ pub(crate) const FOLLOW_SOURCE: &str = include_str!("../../runner/follow.mjs");
 pub(crate) const RUN_TAG: &str = "sandstorm-run";
 /// The exit status the relay reads as "the run's own timeout ended it".
 pub(crate) const TIMED_OUT: &str = "the run's timeout ended the runner";
+/// The exit status the relay reads as "a cancel ended it".
+pub(crate) const CANCELLED: &str = "the run was cancelled";
+/// Where the wrapper keeps the pid of the runner's `timeout`, for a cancel.
+const RUNNER_PID: &str = "/tmp/.sandstorm/runner.pid";
 
 /// How long `timeout` waits after its TERM before it kills the runner.
 const KILL_AFTER_SECS: u64 = 5;
@@ -46,13 +50,18 @@ const RECORD: u8 = 0x1e;
 pub(crate) fn wrapper(runner: ProcessSpec, run_for: Duration) -> ProcessSpec {
     // The runner's argv goes through "$@", never through the script's text,
     // so nothing in it is ever parsed by the shell.
+    // In the background so that its pid can be kept: a cancel TERMs
+    // `timeout`, which passes the signal on to the runner.
     let script = format!(
         "mkdir -p {dir} && : >> {log} || exit 1\n\
-         timeout -k {KILL_AFTER_SECS} {secs} \"$@\" >> {log} 2>&1\n\
+         timeout -k {KILL_AFTER_SECS} {secs} \"$@\" >> {log} 2>&1 &\n\
+         echo $! > {pid}\n\
+         wait $!\n\
          status=$?\n\
          if [ \"$status\" -eq 124 ]; then printf '\\036t\\n'; else printf '\\036x%d\\n' \"$status\"; fi >> {log}\n",
         dir = log_dir(),
         log = EVENT_LOG,
+        pid = RUNNER_PID,
         secs = run_for.as_secs().max(1),
     );
     let mut args = vec!["-c".to_owned(), script, "sh".to_owned(), runner.cmd];
@@ -77,6 +86,22 @@ pub(crate) fn wrapper(runner: ProcessSpec, run_for: Duration) -> ProcessSpec {
 
 fn log_dir() -> &'static str {
     EVENT_LOG.rsplit_once('/').map_or("/tmp", |(dir, _)| dir)
+}
+
+/// What cancels a run: a cancel record in the log, so every reader knows
+/// why the runner ends, then TERM to the runner's `timeout`.
+pub(crate) fn canceller() -> ProcessSpec {
+    let script = format!(
+        "printf '\\036c\\n' >> {EVENT_LOG}\n\
+         kill -TERM \"$(cat {RUNNER_PID})\" 2>/dev/null\n\
+         exit 0\n"
+    );
+    ProcessSpec {
+        cmd: "sh".to_owned(),
+        args: vec!["-c".to_owned(), script],
+        cwd: layout::HOME.to_owned(),
+        ..ProcessSpec::default()
+    }
 }
 
 /// How long a follower outlives its reader's deadline at most.
@@ -106,6 +131,7 @@ pub(crate) fn follower(until: SystemTime) -> ProcessSpec {
 enum Record {
     Message(Bytes),
     Stderr(Bytes),
+    Cancel,
     Exit(ExitStatus),
 }
 
@@ -114,6 +140,7 @@ fn record(line: Bytes) -> Record {
     match line.as_ref() {
         [RECORD, b'o', ..] => Record::Message(body(&line)),
         [RECORD, b'e', ..] => Record::Stderr(body(&line)),
+        [RECORD, b'c', ..] => Record::Cancel,
         [RECORD, b't', ..] => Record::Exit(ExitStatus {
             code: Some(124),
             status: TIMED_OUT.to_owned(),
@@ -141,6 +168,7 @@ fn record(line: Bytes) -> Record {
 pub(crate) fn decode(follower: ProcessStream) -> ProcessStream {
     let mut lines = LineSplitter::new();
     let mut ended = false;
+    let mut cancelled = false;
     follower
         .flat_map(move |event| {
             let events: Vec<Result<ProcessEvent, SandboxError>> = match (ended, event) {
@@ -153,8 +181,15 @@ pub(crate) fn decode(follower: ProcessStream) -> ProcessStream {
                             let event = match record(line) {
                                 Record::Message(body) => ProcessEvent::Stdout(with_newline(&body)),
                                 Record::Stderr(body) => ProcessEvent::Stderr(with_newline(&body)),
-                                Record::Exit(status) => {
+                                Record::Cancel => {
+                                    cancelled = true;
+                                    continue;
+                                }
+                                Record::Exit(mut status) => {
                                     ended = true;
+                                    if cancelled {
+                                        status.status = CANCELLED.to_owned();
+                                    }
                                     out.push(Ok(ProcessEvent::Exited(status)));
                                     break;
                                 }
@@ -259,6 +294,21 @@ mod tests {
                 code: Some(124),
                 status: TIMED_OUT.into()
             }))]
+        );
+    }
+
+    #[test]
+    fn an_exit_after_a_cancel_record_says_the_run_was_cancelled() {
+        let got = events(&[b"\x1eo{}\n\x1ec\n\x1ex143\n"], Some(0));
+        assert_eq!(
+            got,
+            [
+                Ok(out("{}\n")),
+                Ok(ProcessEvent::Exited(ExitStatus {
+                    code: Some(143),
+                    status: CANCELLED.into()
+                }))
+            ]
         );
     }
 

@@ -9,7 +9,12 @@
 //! [`registry`] of runs started here, which is what serves providers that
 //! cannot be reached from elsewhere (local sandboxes).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::http::HeaderMap;
+use futures::StreamExt;
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 use tokio::time::Instant;
@@ -22,17 +27,21 @@ use crate::plan::DETACH_MARGIN;
 use crate::request::RequestKeys;
 use crate::run::detached::Follow;
 use crate::run_id::{self, RunId};
-use crate::sandbox::{Sandbox, SandboxError, SandboxSpec, layout};
+use crate::sandbox::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, SandboxSummary, layout};
 use crate::secret::Secret;
 use crate::settings::Settings;
 
 pub(crate) mod log;
 pub(crate) mod registry;
+pub(crate) mod status;
 
 use registry::Registry;
+use status::{RunInfo, Status};
 
 /// The metadata key of the run's expiry (RFC 3339).
 pub(crate) const EXPIRES_KEY: &str = "sandstorm_expires_at";
+/// The metadata key of when the run started (RFC 3339).
+pub(crate) const CREATED_KEY: &str = "sandstorm_created_at";
 /// The metadata key of the request id that started the run.
 pub(crate) const REQUEST_KEY: &str = "sandstorm_request_id";
 
@@ -97,34 +106,76 @@ pub(crate) fn after(headers: &HeaderMap, query: Option<&str>) -> Result<u64, Api
 
 /// A run found again, ready to be read.
 pub(crate) struct Found {
-    pub sandbox: std::sync::Arc<dyn Sandbox>,
+    pub sandbox: Arc<dyn Sandbox>,
     pub follow: Follow,
+}
+
+/// Who is asking, as far as runs go.
+struct Caller {
+    /// The sandbox credential the request brought itself, if any.
+    brought: Option<Secret>,
+    /// The owner it acts as, and its digest.
+    owner: Secret,
+    owner_digest: String,
+}
+
+impl Caller {
+    fn of(settings: &Settings, headers: &HeaderMap) -> Self {
+        let brought = credential_header(settings, headers);
+        let owner = owner(brought.as_ref());
+        let owner_digest = run_id::owner_digest(&owner);
+        Caller {
+            brought,
+            owner,
+            owner_digest,
+        }
+    }
+
+    fn owns(&self, owner_digest: &str) -> bool {
+        bool::from(self.owner_digest.as_bytes().ct_eq(owner_digest.as_bytes()))
+    }
+
+    /// The provider credential for this caller: its own, else the server's.
+    async fn credential(&self, settings: &Settings) -> Result<Option<Secret>, ApiError> {
+        keys::sandbox_credential(
+            self.brought.as_ref(),
+            &settings.keys,
+            settings.key_source.as_deref(),
+            settings.sandbox.provider.credential,
+        )
+        .await
+    }
+
+    /// What a provider's failure means to this caller: a key of its own
+    /// that the provider refuses is not the server's fault, and the answer
+    /// must say no more than for a run that is not theirs.
+    fn refusal(&self, e: &SandboxError) -> ApiError {
+        match e.cause() {
+            SandboxError::Unsupported { .. } => ApiError::NoSuchRun,
+            SandboxError::Unauthorized { .. } if self.brought.is_some() => ApiError::NoSuchRun,
+            _ => provider_error(e),
+        }
+    }
 }
 
 /// Finds the run `id` for a caller: in this process's registry, else
 /// through the provider. A malformed id, an unknown one, a foreign one and
-/// one whose sandbox is gone are all [`ApiError::NoSuchRun`].
+/// one whose sandbox is gone are all [`ApiError::NoSuchRun`]. A stream of
+/// it ends (detaches) shortly before `stream_deadline`.
 pub(crate) async fn find(
     settings: &Settings,
-    provider: &dyn crate::sandbox::SandboxProvider,
+    provider: &dyn SandboxProvider,
     registry: &Registry,
     id: &str,
     headers: &HeaderMap,
     stream_deadline: Option<Instant>,
 ) -> Result<Found, ApiError> {
     let run = RunId::parse(id).map_err(|_| ApiError::NoSuchRun)?;
-    let brought = credential_header(settings, headers);
-    let owner = owner(brought.as_ref());
+    let caller = Caller::of(settings, headers);
     let deadline =
         stream_deadline.map(|d| d.checked_sub(DETACH_MARGIN).unwrap_or_else(Instant::now));
-    let digest = run.digest();
-
-    if let Some(registered) = registry.get(&digest) {
-        let expected = run_id::metadata(&run, &owner);
-        let owned = expected
-            .get(run_id::OWNER_KEY)
-            .is_some_and(|digest| bool::from(digest.as_bytes().ct_eq(registered.owner.as_bytes())));
-        if !owned {
+    if let Some(registered) = registry.get(&run.digest()) {
+        if !caller.owns(&registered.owner) {
             return Err(ApiError::NoSuchRun);
         }
         let mut follow = registered.follow;
@@ -134,72 +185,179 @@ pub(crate) async fn find(
             follow,
         });
     }
-
-    let credential = keys::sandbox_credential(
-        brought.as_ref(),
-        &settings.keys,
-        settings.key_source.as_deref(),
-        settings.sandbox.provider.credential,
+    let credential = caller.credential(settings).await?;
+    let summary = run_id::find(provider, &run, &caller.owner, credential.clone())
+        .await
+        .map_err(|e| caller.refusal(&e))?
+        .ok_or(ApiError::NoSuchRun)?;
+    reach(
+        settings, provider, &caller, &run, &summary, credential, deadline,
     )
-    .await?;
-    let summary = match run_id::find(provider, &run, &owner, credential.clone()).await {
-        Ok(Some(summary)) => summary,
-        Ok(None) => return Err(ApiError::NoSuchRun),
-        Err(e) => match e.cause() {
-            SandboxError::Unsupported { .. } => return Err(ApiError::NoSuchRun),
-            // A key of the caller's own that the provider refuses is not
-            // this server's fault, and the answer must say no more than
-            // for a run that is not theirs.
-            SandboxError::Unauthorized { .. } if brought.is_some() => {
-                return Err(ApiError::NoSuchRun);
-            }
-            _ => return Err(provider_error(&e)),
+    .await
+}
+
+/// The runs a caller owns that still have a sandbox, newest first: those
+/// of this process's registry, and those the provider lists by the owner's
+/// digest (their ids unsealed with the caller's credential).
+pub(crate) async fn list(
+    settings: &Settings,
+    provider: &dyn SandboxProvider,
+    registry: &Registry,
+    headers: &HeaderMap,
+) -> Result<Vec<RunInfo>, ApiError> {
+    let caller = Caller::of(settings, headers);
+    let mut found: Vec<Found> = registry
+        .all()
+        .into_iter()
+        .filter(|registered| caller.owns(&registered.owner))
+        .map(|registered| Found {
+            sandbox: registered.sandbox,
+            follow: registered.follow,
+        })
+        .collect();
+    let credential = caller.credential(settings).await?;
+    let wanted = BTreeMap::from([(run_id::OWNER_KEY.to_owned(), caller.owner_digest.clone())]);
+    let listed = match provider.list(&wanted, credential.clone()).await {
+        Ok(listed) => listed,
+        Err(e) => match caller.refusal(&e) {
+            ApiError::NoSuchRun => Vec::new(),
+            error => return Err(error),
         },
     };
-    let expires_at = summary
-        .metadata
-        .get(EXPIRES_KEY)
-        .cloned()
-        .unwrap_or_default();
-    let left = humantime::parse_rfc3339(&expires_at)
-        .ok()
-        .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
-        .unwrap_or_default();
-    let expires = Instant::now() + left;
-    // Connecting never shortens a sandbox's life on E2B; asking for what
-    // is left keeps it from being lengthened either.
+    for summary in listed {
+        let Some(run) = unsealed(&summary, credential.as_ref()) else {
+            continue;
+        };
+        if found.iter().any(|f| f.follow.digest == run.digest()) {
+            continue;
+        }
+        // A sandbox that went away since it was listed is not a run any
+        // more; the others are still worth listing.
+        if let Ok(run) = reach(
+            settings,
+            provider,
+            &caller,
+            &run,
+            &summary,
+            credential.clone(),
+            None,
+        )
+        .await
+        {
+            found.push(run);
+        }
+    }
+    let mut runs = Vec::with_capacity(found.len());
+    for run in found {
+        if let Ok(info) = status::read(run.sandbox.as_ref(), &run.follow).await {
+            runs.push(info);
+        }
+    }
+    // RFC 3339 in UTC with whole seconds sorts as text.
+    runs.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    Ok(runs)
+}
+
+/// The run id a listed sandbox's metadata holds sealed, if `key` opens it.
+fn unsealed(summary: &SandboxSummary, key: Option<&Secret>) -> Option<RunId> {
+    let sealed = summary.metadata.get(run_id::SEALED_KEY)?;
+    let digest = summary.metadata.get(run_id::RUN_KEY)?;
+    run_id::unseal(sealed, digest, key?)
+}
+
+/// Connects to a run's sandbox, found through the provider, and gathers
+/// what reading it takes.
+async fn reach(
+    settings: &Settings,
+    provider: &dyn SandboxProvider,
+    caller: &Caller,
+    run: &RunId,
+    summary: &SandboxSummary,
+    credential: Option<Secret>,
+    deadline: Option<Instant>,
+) -> Result<Found, ApiError> {
+    let metadata = |key: &str| summary.metadata.get(key).cloned().unwrap_or_default();
+    let expires_at = metadata(EXPIRES_KEY);
+    let expires = Instant::now()
+        + humantime::parse_rfc3339(&expires_at)
+            .ok()
+            .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+            .unwrap_or_default();
+    // Reading a run must not lengthen its sandbox's life (a finished run's
+    // linger above all). E2B's connect only ever lengthens a running
+    // sandbox's timeout, so asking for a second leaves it as it is. (Zero
+    // would mean the provider's default, five minutes.)
     let spec = SandboxSpec {
         credential,
-        lifetime: left,
+        lifetime: Duration::from_secs(1),
         ..SandboxSpec::default()
     };
     let sandbox = provider
         .connect(&summary.id, spec)
         .await
-        .map_err(|e| provider_error(&e))?;
+        .map_err(|e| caller.refusal(&e))?;
     let outputs = outputs_of(sandbox.as_ref()).await;
     let follow = Follow {
         run: RunStarted {
             run_id: run.to_string(),
             expires_at,
         },
-        request_id: summary
-            .metadata
-            .get(REQUEST_KEY)
-            .cloned()
-            .unwrap_or_default(),
+        created_at: metadata(CREATED_KEY),
+        request_id: metadata(REQUEST_KEY),
         redactor: Redactor::new(
             settings
                 .keys
                 .values()
-                .chain(brought.as_ref().map(Secret::expose)),
+                .chain(caller.brought.as_ref().map(Secret::expose)),
         ),
         outputs,
         deadline: deadline.unwrap_or(expires),
-        digest,
+        digest: run.digest(),
         linger: settings.run_linger,
     };
     Ok(Found { sandbox, follow })
+}
+
+/// How long a cancel waits for the runner to end before it ends the
+/// sandbox anyway: `timeout`'s own kill comes 5 s after its TERM.
+const CANCEL_WAIT: Duration = Duration::from_secs(15);
+
+/// Cancels a run: a cancel record in its log (so every reader ends with a
+/// `cancelled` error), TERM to the runner, and once the runner is gone the
+/// sandbox ends as a finished run's does. A run that is over already is
+/// left as it is. Answers with the run's status.
+pub(crate) async fn cancel(found: Found, registry: &Registry) -> Result<RunInfo, ApiError> {
+    let Found { sandbox, follow } = found;
+    let before = status::read(sandbox.as_ref(), &follow)
+        .await
+        .map_err(|e| provider_error(&e))?;
+    if before.status != Status::Running {
+        return Ok(before);
+    }
+    let mut canceller = sandbox
+        .start(log::canceller())
+        .await
+        .map_err(|e| provider_error(&e))?;
+    while canceller.next().await.is_some() {}
+    let until = Instant::now() + CANCEL_WAIT;
+    let mut after = before;
+    while after.status == Status::Running && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(info) = status::read(sandbox.as_ref(), &follow).await {
+            after = info;
+        }
+    }
+    if after.status == Status::Running {
+        // The runner would not go; its sandbox goes instead.
+        registry.remove(&follow.digest);
+        if let Err(e) = sandbox.destroy().await {
+            tracing::warn!(error = %e, "destroying a cancelled run's sandbox failed");
+        }
+        after.status = Status::Cancelled;
+        return Ok(after);
+    }
+    crate::run::detached::linger(sandbox, &follow, registry).await;
+    Ok(after)
 }
 
 fn provider_error(e: &SandboxError) -> ApiError {

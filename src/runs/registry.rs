@@ -65,6 +65,17 @@ impl Registry {
         });
     }
 
+    /// Every run whose sandbox's lifetime is not over.
+    pub(crate) fn all(&self) -> Vec<Registered> {
+        let now = Instant::now();
+        self.with(|runs| {
+            runs.values()
+                .filter(|run| run.expires > now)
+                .cloned()
+                .collect()
+        })
+    }
+
     pub(crate) fn remove(&self, digest: &str) {
         self.with(|runs| runs.remove(digest));
     }

@@ -1,0 +1,112 @@
+//! What a run is doing: `GET /runs/{id}` and each entry of `GET /runs`.
+//!
+//! Nothing about a run is kept outside its sandbox, so its status is read
+//! there: the event log, replayed through the same relay that streams it
+//! (so `last_event_id` is the id of the last event a reader would get, and
+//! the status is the end a reader would see), and the agent config the
+//! runner read (the prompt).
+
+use serde::Serialize;
+
+use crate::run::detached::{Follow, Tally, tally};
+use crate::runs::log::EVENT_LOG;
+use crate::sandbox::{Sandbox, SandboxError, layout};
+
+/// How much of the prompt a status shows.
+const PROMPT_CHARS: usize = 200;
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Status {
+    /// The agent is working.
+    Running,
+    /// The agent finished with a result.
+    Succeeded,
+    /// The run ended with an error event.
+    Failed,
+    /// `POST /runs/{id}/cancel` or `DELETE /runs/{id}` ended it.
+    Cancelled,
+}
+
+/// A run, as `GET /runs/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RunInfo {
+    /// The run's id.
+    pub run_id: String,
+    /// Where it is.
+    pub status: Status,
+    /// When it was started (RFC 3339, UTC).
+    pub created_at: String,
+    /// When its sandbox goes away at the latest (RFC 3339, UTC).
+    pub expires_at: String,
+    /// The result's `num_turns`, once there is a result.
+    pub turns: Option<u64>,
+    /// The result's `total_cost_usd`, once there is a result.
+    pub total_cost_usd: Option<f64>,
+    /// The id of the run's last event so far.
+    pub last_event_id: u64,
+    /// The model, as the SDK's init message names it.
+    pub model: Option<String>,
+    /// The prompt's first 200 characters.
+    pub prompt: String,
+}
+
+/// Reads the run's status from its sandbox.
+pub(crate) async fn read(sandbox: &dyn Sandbox, follow: &Follow) -> Result<RunInfo, SandboxError> {
+    // A run whose runner has not started yet has no log: nothing but its
+    // `run` event so far.
+    let log = match sandbox.read_file(EVENT_LOG).await {
+        Ok(log) => log,
+        Err(SandboxError::Other { .. } | SandboxError::Status { status: 404, .. }) => {
+            bytes::Bytes::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let prompt = follow.redactor.redact_str(&prompt(sandbox).await);
+    let Tally {
+        events,
+        outcome,
+        result,
+        model,
+    } = tally(log, follow).await;
+    let status = match outcome {
+        None => Status::Running,
+        Some(None) => Status::Succeeded,
+        Some(Some(crate::events::ErrorKind::Cancelled)) => Status::Cancelled,
+        Some(Some(_)) => Status::Failed,
+    };
+    // The `run` event, the relayed ones, and once it is over the `error`
+    // (if any) and `done`.
+    let closing = match outcome {
+        None => 0,
+        Some(None) => 1,
+        Some(Some(_)) => 2,
+    };
+    Ok(RunInfo {
+        run_id: follow.run.run_id.clone(),
+        status,
+        created_at: follow.created_at.clone(),
+        expires_at: follow.run.expires_at.clone(),
+        turns: result.as_ref().and_then(|r| r["num_turns"].as_u64()),
+        total_cost_usd: result.as_ref().and_then(|r| r["total_cost_usd"].as_f64()),
+        last_event_id: 1 + events + closing,
+        model,
+        prompt,
+    })
+}
+
+/// The prompt's first [`PROMPT_CHARS`] characters, from the config the
+/// runner read.
+async fn prompt(sandbox: &dyn Sandbox) -> String {
+    let Ok(bytes) = sandbox.read_file(layout::AGENT_CONFIG).await else {
+        return String::new();
+    };
+    let config: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    config["prompt"]
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .take(PROMPT_CHARS)
+        .collect()
+}
