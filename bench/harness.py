@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 from lambda_runtime import RuntimeApi  # noqa: E402
 from procs import Emulator, Server, Setup, cpu_seconds, status_kib, stop  # noqa: E402
-from sse import stream_query  # noqa: E402
+from sse import start_detached, stream_get, stream_query  # noqa: E402
 import startup  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -46,7 +46,7 @@ CONCURRENT = {"typical": dict(lines=10, bytes_=500), "stalled": dict(lines=1_000
 
 # Phases, in the order they run. `size` reads the built binaries, `load`
 # takes bench/run's tests/load.rs figures; the rest measure.
-PHASES = ("cold", "lambda", "overhead", "trips", "relay", "memory", "size", "load", "local")
+PHASES = ("cold", "lambda", "overhead", "trips", "relay", "detached", "memory", "size", "load", "local")
 # The phases that run the original, so need its virtualenv.
 THEIRS_PHASES = {"cold", "overhead", "trips", "relay", "memory", "size"}
 # Local start-up: counted runs per emulator (at least), after uncounted ones.
@@ -231,6 +231,75 @@ async def relay(servers: dict[str, Server], emu: Emulator, runs: int) -> dict:
             o["cpu_s"].append(cpu1 - cpu0)
         log(f"relay {i + 1}/{runs}: ours {out['ours']['relay_s'][-1]:.3f} s, theirs {out['theirs']['relay_s'][-1]:.3f} s")
     emu.configure(**SMALL)
+    return out
+
+
+# --- detached runs (issue 14) --------------------------------------------------
+
+
+def check_stream(r, expect_lines: int, label: str) -> None:
+    if r.status != 200 or r.error_events or not r.saw_result or r.lines != expect_lines:
+        raise RuntimeError(
+            f"{label}: status {r.status}, errors {r.error_events}, result seen {r.saw_result}, "
+            f"{r.lines} lines of {expect_lines}; body starts {r.body_head[:300]!r}"
+        )
+
+
+async def detached(setup: Setup, emu: Emulator, runs: int) -> dict:
+    """Ours only (the original streams no detached runs). What the event log
+    costs the relay: the same output relayed attached (the runner's stdout)
+    and detached (written to the log in the sandbox, read back by the
+    follower), alternating on one server. And how long another instance,
+    which knows nothing of the run, takes to the first replayed event."""
+    # Linger 0: a run read to its end is destroyed at once, as an attached
+    # run is, so wait_idle() means the same for both.
+    env = {"SANDSTORM_RUN_LINGER": "0"}
+    first = setup.start_server("ours", emu.url, env)
+    second = setup.start_server("ours", emu.url, env)
+    out: dict = {
+        mode: {"relay_s": [], "lines": [], "cpu_s": [], "total_s": []} for mode in ("attached", "detached")
+    }
+    out["reattach"] = {"first_event_s": [], "first_replayed_s": [], "end_s": []}
+    try:
+        emu.configure(**RELAY)
+        for mode in ("attached", "detached"):  # warm-up
+            r = await stream_query(HOST, first.port, dict(query(), detach=mode == "detached"))
+            check_stream(r, RELAY["lines"], f"{mode} warm-up")
+            emu.wait_idle()
+        for i in range(runs):
+            modes = ("attached", "detached") if i % 2 == 0 else ("detached", "attached")
+            for mode in modes:
+                emu.wait_idle()
+                cpu0 = cpu_seconds(first.pid)
+                r = await stream_query(HOST, first.port, dict(query(), detach=mode == "detached"))
+                cpu1 = cpu_seconds(first.pid)
+                check_stream(r, RELAY["lines"], mode)
+                o = out[mode]
+                # From the first runner line: a detached stream's `run` event
+                # comes before its follower starts.
+                o["relay_s"].append(r.end - r.first_line)
+                o["total_s"].append(r.total)
+                o["lines"].append(r.lines)
+                o["cpu_s"].append(cpu1 - cpu0)
+            log(
+                f"detached {i + 1}/{runs}: attached {out['attached']['relay_s'][-1]:.3f} s, "
+                f"detached {out['detached']['relay_s'][-1]:.3f} s"
+            )
+        emu.configure(**SMALL)
+        for i in range(max(runs, 9)):
+            emu.wait_idle()
+            run_id = await start_detached(HOST, first.port, query())
+            r = await stream_get(HOST, second.port, f"/runs/{run_id}/events")
+            check_stream(r, SMALL["lines"], "reattach")
+            rr = out["reattach"]
+            rr["first_event_s"].append(r.ttfe)
+            rr["first_replayed_s"].append(r.first_line - r.sent)
+            rr["end_s"].append(r.total)
+        log(f"reattach: first replayed event after {report.med(out['reattach']['first_replayed_s'])} s")
+    finally:
+        first.stop()
+        second.stop()
+        emu.configure(**SMALL)
     return out
 
 
@@ -486,7 +555,7 @@ async def main() -> None:
     for phase in phases:  # a phase that measures nothing this time (no bootstrap) must not keep old figures
         results.pop(phase, None)
     results["machine"] = machine()
-    if phases & {"overhead", "trips", "relay", "memory"}:
+    if phases & {"overhead", "trips", "relay", "detached", "memory"}:
         results["runs"] = args.runs
         results["workloads"] = {"small": SMALL, "relay": RELAY, "concurrent": CONCURRENT, "ten_files": sorted(ten_files())}
     if phases & THEIRS_PHASES:
@@ -522,6 +591,9 @@ async def main() -> None:
             finally:
                 for s in servers.values():
                     s.stop()
+        if "detached" in phases:
+            log("detached runs: the event log's cost, and reattach")
+            results["detached"] = await detached(setup, emu, args.runs)
         if "memory" in phases:
             log(f"memory with {args.streams} concurrent streams")
             results["memory"] = await memory(setup, args.runs, args.streams, args.theirs_streams)

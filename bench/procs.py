@@ -124,9 +124,10 @@ class Setup:
             "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
         }
 
-    def start_server(self, name: str, emulator_url: str) -> Server:
+    def start_server(self, name: str, emulator_url: str, extra_env: dict[str, str] | None = None) -> Server:
         """Starts `ds serve` (ours or theirs) on a free port in an empty
-        folder (no .env, no sandstorm.json) and waits for /health."""
+        folder (no .env, no sandstorm.json) and waits for /health.
+        `extra_env` adds settings to its environment."""
         port = free_port()
         if name == "ours":
             argv = [str(self.ds), "serve", "--port", str(port), "--sandbox", "e2b"]
@@ -140,7 +141,7 @@ class Setup:
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
-            env=self.server_env(emulator_url),
+            env={**self.server_env(emulator_url), **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -85,6 +85,7 @@ PHASE_NAMES = {
     "overhead": "per-query overhead",
     "trips": "round trips",
     "relay": "relay",
+    "detached": "detached runs",
     "memory": "memory",
     "size": "binary size",
     "load": "`tests/load.rs`",
@@ -170,6 +171,7 @@ def render(r: dict) -> str:
     overhead_section(d, r)
     trips_section(d, r)
     relay_section(d, r)
+    detached_section(d, r)
     if r.get("cold") or r.get("memory") or r.get("load"):
         memory_section(d, r)
     if r.get("sizes"):
@@ -269,6 +271,18 @@ def summary_rows(r):
     if relay:
         cost = med([c / n for c, n in zip(relay["ours"]["cpu_s"], relay["ours"]["lines"])]) * 1e6
         rows.append(["median relay cost per event under 1 ms", f"{cost:.2f} µs of server CPU per event", verdict(cost < 1000)])
+    detached = r.get("detached")
+    if detached:
+        drop = log_cost(detached)
+        rows.append(["a detached run's event log costs the relay ≤ 10% of its throughput (issue 14)", f"{drop * 100:.1f}%", verdict(drop <= 0.10)])
+        if drop > 0.10:
+            misses.append(
+                (
+                    "The event log's cost",
+                    "A detached run's lines take a second trip, through a file in the sandbox and "
+                    "the follower process that reads it back, before they reach the relay.",
+                )
+            )
     local = r.get("local")
     if local:
         now = med(local_total(local["now"])) * 1e3
@@ -419,6 +433,57 @@ def trips_section(d, r):
         row.append(fmt_ratio(ratio([before_agent(q) for q in sides["ours"]], [before_agent(q) for q in sides["theirs"]])))
         rows.append(row)
     d.table(["files", "ours: before the agent", "ours: by route", "original: before the agent", "original: by route", "ours/theirs"], rows)
+
+
+def log_cost(detached: dict) -> float:
+    """How much the event log slows the relay: 1 - detached/attached of the
+    median lines per second."""
+    rate = lambda f: med([n / s for n, s in zip(f["lines"], f["relay_s"])])  # noqa: E731
+    return 1 - rate(detached["detached"]) / rate(detached["attached"])
+
+
+def detached_section(d, r):
+    detached = r.get("detached")
+    if not detached:
+        return
+    w = r["workloads"]["relay"]
+    d.p("## 3b. Detached runs (issue 14)")
+    d.p()
+    d.p(
+        f"Ours only: the original has no detached runs. The same synthetic output ({w['lines']:,} "
+        f"lines of {w['bytes_']} bytes) relayed attached, from the runner's stdout, and detached, "
+        "from the event log in the sandbox, which the follower (`runner/follow.mjs`, a second "
+        "process) reads back; the two alternate on one `ds serve`. For a detached run the "
+        "emulator writes the runner's records to the log, as the runner in record mode would. "
+        "Throughput counts from the first runner line to the end of the stream; CPU is the "
+        "server's over the query."
+    )
+    d.p()
+    rows = []
+    for mode in ("attached", "detached"):
+        f = detached[mode]
+        rate = [n / s for n, s in zip(f["lines"], f["relay_s"])]
+        cpu = [c / n * 1e6 for c, n in zip(f["cpu_s"], f["lines"])]
+        rows.append([mode, spread(rate, 1, 0), spread(cpu, 1, 2), spread(f["total_s"], 1000, 0)])
+    d.table(["", "lines/s", "server CPU µs per line", "whole query, ms"], rows)
+    d.p(f"The event log costs the relay {log_cost(detached) * 100:.1f}% of its throughput.")
+    d.p()
+    rr = detached["reattach"]
+    d.p(
+        "Reattach: a detached run of 10 lines is started on one `ds serve` and left after its "
+        "`run` event; a second `ds serve`, which shares nothing with the first but the emulator, "
+        "is asked for `GET /runs/{id}/events`. It lists the sandboxes by the run's digest, "
+        "connects, reads the run's config, starts a follower and replays the log."
+    )
+    d.p()
+    d.table(
+        ["", "ms"],
+        [
+            ["to the `run` event", spread(rr["first_event_s"], 1000, 1)],
+            ["to the first replayed event (the first runner line)", spread(rr["first_replayed_s"], 1000, 1)],
+            ["to the end of the replay", spread(rr["end_s"], 1000, 1)],
+        ],
+    )
 
 
 def relay_section(d, r):

@@ -26,6 +26,7 @@ class StreamResult:
     status: int = 0
     sent: float = 0.0
     first_event: float | None = None
+    first_line: float | None = None  # the first event holding a runner line
     end: float | None = None
     events: int = 0  # SSE events carrying data
     lines: int = 0  # runner lines that arrived whole
@@ -66,7 +67,10 @@ class _SseCounter:
         if r.first_event is None:
             r.first_event = time.perf_counter()
         r.events += events
-        r.lines += complete.count(SEQ_TOKEN)
+        lines = complete.count(SEQ_TOKEN)
+        if lines and r.first_line is None:
+            r.first_line = time.perf_counter()
+        r.lines += lines
         if b'"type":"result"' in complete:
             r.saw_result = True
         if b'"type":"error"' in complete and len(r.error_events) < 3:
@@ -88,16 +92,37 @@ async def stream_query(
     open and its buffers fill.
     """
     body = json.dumps(payload).encode()
+    head = (
+        b"POST /query HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+        b"Accept: text/event-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (host.encode(), port, len(body))
+    )
+    return await stream_request(host, port, head + body, hold, on_first_event)
+
+
+async def stream_get(host: str, port: int, path: str) -> StreamResult:
+    """GETs `path` (a run's events) and reads the SSE stream to its end."""
+    request = (
+        b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+        % (path.encode(), host.encode(), port)
+    )
+    return await stream_request(host, port, request)
+
+
+async def stream_request(
+    host: str,
+    port: int,
+    request: bytes,
+    hold: asyncio.Event | None = None,
+    on_first_event: asyncio.Queue | None = None,
+) -> StreamResult:
+    """Sends `request` (a whole HTTP/1.1 request) and reads the SSE stream
+    of its answer to its end (see stream_query for `hold`)."""
     result = StreamResult()
     reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
     try:
         result.sent = time.perf_counter()
-        writer.write(
-            b"POST /query HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-            b"Accept: text/event-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-            % (host.encode(), port, len(body))
-            + body
-        )
+        writer.write(request)
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         status_line, _, header_block = head.partition(b"\r\n")
@@ -189,3 +214,31 @@ async def get_status(host: str, port: int, path: str) -> int:
         return int(line.split()[1])
     finally:
         writer.close()
+
+
+async def start_detached(host: str, port: int, payload: dict) -> str:
+    """POSTs a detached query, reads up to its `run` event, and leaves: the
+    run goes on. Returns the run's id."""
+    body = json.dumps(dict(payload, detach=True)).encode()
+    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    try:
+        writer.write(
+            b"POST /query HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (host.encode(), port, len(body))
+            + body
+        )
+        await writer.drain()
+        seen = b""
+        while b'"type":"run"' not in seen or b"\n\n" not in seen[seen.find(b'"type":"run"') :]:
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise RuntimeError(f"the stream ended before its run event: {seen[:300]!r}")
+            seen += chunk
+        at = seen.find(b'"run_id":"') + len(b'"run_id":"')
+        return seen[at : seen.find(b'"', at)].decode()
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass

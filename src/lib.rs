@@ -45,7 +45,7 @@ mod plan;
 pub mod request;
 mod run;
 pub mod run_id;
-mod runs;
+pub mod runs;
 pub mod sandbox;
 pub mod secret;
 pub mod settings;

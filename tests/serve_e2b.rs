@@ -121,3 +121,33 @@ async fn ds_serve_refuses_to_start_with_an_invalid_sandstorm_json() {
         "{stderr}"
     );
 }
+
+/// The benchmark's detached workload (bench/harness.py, `detached`): the
+/// emulator writes the synthetic lines to the run's event log as records,
+/// and the real follower reads them back, so every line still arrives, in
+/// order, each with its id.
+#[tokio::test]
+async fn a_detached_synthetic_run_streams_every_line_through_the_event_log() {
+    let e2b = emulator::start(synthetic(500, 300)).await;
+    let server = DsServe::e2b(&e2b)
+        .env("SANDSTORM_RUN_LINGER", "0")
+        .start()
+        .await;
+    let stream = read_stream(
+        reqwest::Client::new()
+            .post(format!("{}/query", server.url))
+            .json(&serde_json::json!({"prompt": "analyze", "detach": true})),
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.events.len(), 501, "the run event and every line");
+    assert_eq!(stream.events[0]["type"], "run");
+    for (i, event) in stream.events[1..].iter().enumerate() {
+        assert_eq!(event["seq"], i as u64, "in order");
+    }
+    assert_eq!(stream.last()["type"], "result");
+    let stats = e2b.settled(Duration::from_secs(5)).await;
+    // The wrapper and the follower: two starts.
+    assert_eq!(stats.requests.get("start").copied(), Some(2), "{stats:?}");
+    assert_eq!((stats.created, stats.killed, stats.alive), (1, 1, 0));
+}

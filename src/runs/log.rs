@@ -26,7 +26,12 @@ use crate::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, ProcessStream, Sandb
 
 /// Where the log lives: outside the user's home, so no `outputs` glob
 /// sends it back, and in a folder the sandbox can write on every provider.
-pub(crate) const EVENT_LOG: &str = "/tmp/.sandstorm/events.log";
+pub const EVENT_LOG: &str = "/tmp/.sandstorm/events.log";
+/// What starts the record of an SDK message: RS and `o`.
+pub const MESSAGE_RECORD: &[u8] = b"\x1eo";
+/// What starts the exit record the wrapper appends: RS and `x`, then the
+/// runner's exit code.
+pub const EXIT_RECORD: &[u8] = b"\x1ex";
 /// The follower, uploaded with the runner.
 pub(crate) const FOLLOW_SCRIPT: &str = "/opt/agent-runner/follow.mjs";
 /// Its source, embedded like the runner's.

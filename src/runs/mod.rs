@@ -31,7 +31,7 @@ use crate::sandbox::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, Sandbo
 use crate::secret::Secret;
 use crate::settings::Settings;
 
-pub(crate) mod log;
+pub mod log;
 pub(crate) mod registry;
 pub(crate) mod status;
 

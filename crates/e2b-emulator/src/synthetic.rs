@@ -9,6 +9,8 @@
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 
+use sandstorm::runs::log::{EXIT_RECORD, MESSAGE_RECORD};
+
 use super::knobs::Synthetic;
 
 /// About the 32 KiB a pipe read gives, but odd so lines straddle chunks.
@@ -37,6 +39,19 @@ pub(crate) fn line(seq: u64, total: u64, bytes: usize) -> Vec<u8> {
     out.resize(out.len() + pad, b'x');
     out.extend_from_slice(tail.as_bytes());
     out
+}
+
+/// The whole output as a detached run's event log: each line a message
+/// record, then the wrapper's exit record for a clean exit.
+pub(crate) fn records(spec: Synthetic) -> Bytes {
+    let mut log = BytesMut::new();
+    for seq in 0..spec.lines {
+        log.extend_from_slice(MESSAGE_RECORD);
+        log.extend_from_slice(&line(seq, spec.lines, spec.bytes));
+    }
+    log.extend_from_slice(EXIT_RECORD);
+    log.extend_from_slice(b"0\n");
+    log.freeze()
 }
 
 /// The whole output as a stream of chunks, produced lazily (a benchmark may

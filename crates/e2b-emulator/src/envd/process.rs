@@ -24,6 +24,7 @@ use e2b_wire::envd::{
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use sandstorm::runs::log::EVENT_LOG;
 use sandstorm::sandbox::local::{FsError, Signal};
 use sandstorm::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, SandboxError};
 use serde::Serialize;
@@ -66,7 +67,26 @@ pub(super) async fn start(
 
     let config = request.process;
     let is_synthetic = synthetic.is_some() && synthetic::is_runner(&config.cmd, &config.args);
+    // A detached run's wrapper: its runner writes the event log, not stdout.
+    let records = config
+        .envs
+        .get("SANDSTORM_EVENT_RECORDS")
+        .is_some_and(|v| v == "1");
     let (pid, events): (u32, Events) = match synthetic {
+        Some(spec) if is_synthetic && records => {
+            // What the runner in record mode and its wrapper would leave in
+            // the log, written at once; followers read it back for real.
+            let log = synthetic::records(spec);
+            if let Err(e) = entry.sandbox.write(EVENT_LOG.to_owned(), log).await {
+                return stream_error("internal", e.to_string());
+            }
+            let exited = ProcessEvent::Exited(ExitStatus {
+                code: Some(0),
+                status: "exit status 0".to_owned(),
+            });
+            let events = futures::stream::iter([Ok(exited)]).boxed();
+            (SYNTHETIC_PID.fetch_add(1, Ordering::Relaxed), events)
+        }
         Some(spec) if is_synthetic => {
             let exited = ProcessEvent::Exited(ExitStatus {
                 code: Some(0),
