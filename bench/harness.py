@@ -247,9 +247,9 @@ def check_stream(r, expect_lines: int, label: str) -> None:
 
 async def detached(setup: Setup, emu: Emulator, runs: int) -> dict:
     """Ours only (the original streams no detached runs). What the event log
-    costs the relay: the same output relayed attached (the runner's stdout)
+    costs the relay: the same output relayed attached (a process's stdout)
     and detached (written to the log in the sandbox, read back by the
-    follower), alternating on one server. And how long another instance,
+    follower process), alternating on one server. And how long another instance,
     which knows nothing of the run, takes to the first replayed event."""
     # Linger 0: a run read to its end is destroyed at once, as an attached
     # run is, so wait_idle() means the same for both.
@@ -261,7 +261,10 @@ async def detached(setup: Setup, emu: Emulator, runs: int) -> dict:
     }
     out["reattach"] = {"first_event_s": [], "first_replayed_s": [], "end_s": []}
     try:
-        emu.configure(**RELAY)
+        # Both through one real process: the attached run's output comes
+        # from `cat`'s stdout, as a runner's would; the detached run's
+        # from the follower reading the log back.
+        emu.configure(**RELAY, process=True)
         for mode in ("attached", "detached"):  # warm-up
             r = await stream_query(HOST, first.port, dict(query(), detach=mode == "detached"))
             check_stream(r, RELAY["lines"], f"{mode} warm-up")

@@ -207,9 +207,14 @@ class Emulator:
             raw = response.read()
             return json.loads(raw) if raw else None
 
-    def configure(self, *, lines: int, bytes_: int = 500, latency_ms: int = 0) -> None:
-        """Replaces every knob: synthetic runner output and added latency."""
-        self._call("POST", "/_emulator/config", {"latency_ms": latency_ms, "synthetic": {"lines": lines, "bytes": bytes_}})
+    def configure(self, *, lines: int, bytes_: int = 500, latency_ms: int = 0, process: bool = False) -> None:
+        """Replaces every knob: synthetic runner output (from a real `cat`
+        process when `process`) and added latency."""
+        self._call(
+            "POST",
+            "/_emulator/config",
+            {"latency_ms": latency_ms, "synthetic": {"lines": lines, "bytes": bytes_}, "synthetic_process": process},
+        )
 
     def stats(self) -> dict:
         return self._call("GET", "/_emulator/stats")

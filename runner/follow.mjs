@@ -24,8 +24,11 @@ import { once } from "node:events";
 const POLL_MS = 100;
 /** How long the log may take to appear: the wrapper creates it at once. */
 const APPEAR_MS = 30_000;
-const CHUNK = 64 * 1024;
-const EXIT_RECORD = /^\x1e[xt]/;
+const CHUNK = 256 * 1024;
+const NEWLINE = 0x0a;
+const RS = 0x1e;
+/** The exit record's kinds: `x` (an exit code) and `t` (the timeout). */
+const EXIT_KINDS = new Set([0x78, 0x74]);
 
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -43,8 +46,24 @@ async function openWhenThere(path) {
   }
 }
 
-async function write(text) {
-  if (!process.stdout.write(text)) await once(process.stdout, "drain");
+async function write(bytes) {
+  if (!process.stdout.write(bytes)) await once(process.stdout, "drain");
+}
+
+/** An exit record that starts a line other than the first. */
+const EXIT_MARKERS = [Buffer.from("\n\x1ex", "latin1"), Buffer.from("\n\x1et", "latin1")];
+
+/**
+ * Where the exit record's line ends in `lines` (whole lines, from a line's
+ * start), as the index of its newline; -1 when there is none.
+ */
+function exitRecordEnd(lines) {
+  let at = lines[0] === RS && EXIT_KINDS.has(lines[1]) ? 0 : -1;
+  for (const marker of EXIT_MARKERS) {
+    const found = at === 0 ? -1 : lines.indexOf(marker);
+    if (found >= 0 && (at < 0 || found + 1 < at)) at = found + 1;
+  }
+  return at < 0 ? -1 : lines.indexOf(NEWLINE, at);
 }
 
 async function main() {
@@ -55,26 +74,30 @@ async function main() {
   // Its reader is gone by then; nothing it printed would be read.
   setTimeout(() => process.exit(0), Math.min(Math.max(until - Date.now(), 0), 2 ** 31 - 1)).unref();
   const file = await openWhenThere(path);
-  const buffer = Buffer.alloc(CHUNK);
-  let pending = "";
+  let pending = Buffer.alloc(0);
   let position = 0;
   for (;;) {
+    const buffer = Buffer.allocUnsafe(CHUNK);
     const { bytesRead } = await file.read(buffer, 0, CHUNK, position);
     if (bytesRead === 0) {
       await sleep(POLL_MS);
       continue;
     }
     position += bytesRead;
-    const lines = (pending + buffer.toString("latin1", 0, bytesRead)).split("\n");
-    pending = lines.pop();
-    for (const line of lines) {
-      // latin1 both ways: the bytes go out exactly as they came in.
-      await write(Buffer.from(line + "\n", "latin1"));
-      if (EXIT_RECORD.test(line)) {
-        await new Promise((resolve) => process.stdout.write("", resolve));
-        process.exit(0);
-      }
+    const data = pending.length ? Buffer.concat([pending, buffer.subarray(0, bytesRead)]) : buffer.subarray(0, bytesRead);
+    const cut = data.lastIndexOf(NEWLINE) + 1;
+    // Whole lines go out as they are, many at a time; a line still being
+    // written waits for its end. Only the exit record's is looked for, a
+    // line at a time.
+    const lines = data.subarray(0, cut);
+    pending = Buffer.from(data.subarray(cut));
+    const end = exitRecordEnd(lines);
+    if (end >= 0) {
+      await write(lines.subarray(0, end + 1));
+      await new Promise((resolve) => process.stdout.write("", resolve));
+      process.exit(0);
     }
+    if (lines.length) await write(lines);
   }
 }
 

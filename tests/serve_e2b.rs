@@ -151,3 +151,27 @@ async fn a_detached_synthetic_run_streams_every_line_through_the_event_log() {
     assert_eq!(stats.requests.get("start").copied(), Some(2), "{stats:?}");
     assert_eq!((stats.created, stats.killed, stats.alive), (1, 1, 0));
 }
+
+/// The benchmark's attached baseline for detached runs: with
+/// `synthetic_process`, the synthetic output comes from a real `cat` in
+/// the sandbox, and still arrives whole and in order.
+#[tokio::test]
+async fn synthetic_output_through_a_real_process_arrives_whole() {
+    let mut knobs = synthetic(500, 300);
+    knobs.synthetic_process = true;
+    let e2b = emulator::start(knobs).await;
+    let server = start_ds_serve(&e2b).await;
+    let stream = read_stream(
+        reqwest::Client::new()
+            .post(format!("{}/query", server.url))
+            .json(&serde_json::json!({"prompt": "analyze"})),
+    )
+    .await;
+    assert_eq!(stream.events.len(), 500);
+    for (i, event) in stream.events.iter().enumerate() {
+        assert_eq!(event["seq"], i as u64, "in order");
+    }
+    assert_eq!(stream.last()["type"], "result");
+    let stats = e2b.settled(Duration::from_secs(5)).await;
+    assert_eq!((stats.created, stats.killed, stats.alive), (1, 1, 0));
+}

@@ -6,7 +6,8 @@
 //! ([`crate::runs::log`]), and the stream follows that log like every later
 //! reader does ([`reattach`]). When the client leaves, the platform's
 //! deadline comes or the server stops, the stream ends and the sandbox is
-//! left running; only the run's own end (or a cancel) destroys it.
+//! left running. Only the run's own end (or a cancel) ends the sandbox, and
+//! only after a linger, so that every reader can read to the end.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,7 +21,9 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use crate::lines::LineSplitter;
+use bytes::Buf as _;
+
+use crate::lines::{LineTooLong, MAX_LINE_LEN};
 use crate::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, ProcessStream, SandboxError, layout};
 
 /// Where the log lives: outside the user's home, so no `outputs` glob
@@ -131,20 +133,17 @@ pub(crate) fn follower(until: SystemTime) -> ProcessSpec {
     }
 }
 
-/// What one log line is.
+/// What one log line other than an SDK message's is.
 #[derive(Debug, PartialEq, Eq)]
 enum Record {
-    Message(Bytes),
     Stderr(Bytes),
     Cancel,
     Exit(ExitStatus),
 }
 
-fn record(line: Bytes) -> Record {
-    let body = |line: &Bytes| line.slice(2..);
-    match line.as_ref() {
-        [RECORD, b'o', ..] => Record::Message(body(&line)),
-        [RECORD, b'e', ..] => Record::Stderr(body(&line)),
+fn record(line: &[u8]) -> Record {
+    match line {
+        [RECORD, b'e', body @ ..] => Record::Stderr(with_newline(body)),
         [RECORD, b'c', ..] => Record::Cancel,
         [RECORD, b't', ..] => Record::Exit(ExitStatus {
             code: Some(124),
@@ -162,52 +161,23 @@ fn record(line: Bytes) -> Record {
                 ),
             })
         }
-        _ => Record::Stderr(line),
+        _ => Record::Stderr(with_newline(line)),
     }
 }
 
-/// The follower's output as the process events of the runner: each record
-/// becomes one whole line of stdout or stderr, and the exit record the
-/// runner's exit. A follower that ends before the exit record (the sandbox
-/// went away, the log was removed) is a cut stream.
+/// The follower's output as the process events of the runner: the SDK
+/// messages as stdout, the stderr records and stray lines as stderr, in
+/// their order, and the exit record as the runner's exit. A follower that
+/// ends before the exit record (the sandbox went away, the log was removed)
+/// is a cut stream.
 pub(crate) fn decode(follower: ProcessStream) -> ProcessStream {
-    let mut lines = LineSplitter::new();
-    let mut ended = false;
-    let mut cancelled = false;
+    let mut decoder = Decoder::default();
     follower
         .flat_map(move |event| {
-            let events: Vec<Result<ProcessEvent, SandboxError>> = match (ended, event) {
+            let events = match (decoder.ended, event) {
                 (true, _) => Vec::new(),
                 (false, Err(e)) => vec![Err(e)],
-                (false, Ok(ProcessEvent::Stdout(chunk))) => match lines.push(&chunk) {
-                    Ok(lines) => {
-                        let mut out = Vec::with_capacity(lines.len());
-                        for line in lines {
-                            let event = match record(line) {
-                                Record::Message(body) => ProcessEvent::Stdout(with_newline(&body)),
-                                Record::Stderr(body) => ProcessEvent::Stderr(with_newline(&body)),
-                                Record::Cancel => {
-                                    cancelled = true;
-                                    continue;
-                                }
-                                Record::Exit(mut status) => {
-                                    ended = true;
-                                    if cancelled {
-                                        status.status = CANCELLED.to_owned();
-                                    }
-                                    out.push(Ok(ProcessEvent::Exited(status)));
-                                    break;
-                                }
-                            };
-                            out.push(Ok(event));
-                        }
-                        out
-                    }
-                    Err(e) => vec![Err(SandboxError::Other {
-                        op: "read the run's event log",
-                        message: e.to_string(),
-                    })],
-                },
+                (false, Ok(ProcessEvent::Stdout(chunk))) => decoder.push(&chunk),
                 // The follower's own diagnostics are not the run's.
                 (false, Ok(ProcessEvent::Stderr(chunk))) => {
                     tracing::warn!(
@@ -227,6 +197,67 @@ pub(crate) fn decode(follower: ProcessStream) -> ProcessStream {
             futures::stream::iter(events)
         })
         .boxed()
+}
+
+/// The log's lines, decoded as they come.
+#[derive(Debug, Default)]
+struct Decoder {
+    /// Bytes of a line not yet ended.
+    buf: BytesMut,
+    /// The exit record came: nothing after it counts.
+    ended: bool,
+    /// A cancel record came before the exit.
+    cancelled: bool,
+}
+
+impl Decoder {
+    /// The events of the lines `chunk` completes. The SDK messages in a row
+    /// become one stdout chunk, copied once: the relay cuts it into lines
+    /// again, so a detached run's lines cost it about what a live runner's
+    /// do.
+    fn push(&mut self, chunk: &[u8]) -> Vec<Result<ProcessEvent, SandboxError>> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut messages = BytesMut::new();
+        let mut start = 0;
+        while let Some(at) = memchr::memchr(b'\n', &self.buf[start..]) {
+            let line = &self.buf[start..start + at];
+            start += at + 1;
+            if let [RECORD, b'o', body @ ..] = line {
+                messages.extend_from_slice(body);
+                messages.extend_from_slice(b"\n");
+                continue;
+            }
+            if !messages.is_empty() {
+                out.push(Ok(ProcessEvent::Stdout(messages.split().freeze())));
+            }
+            match record(line) {
+                Record::Stderr(line) => out.push(Ok(ProcessEvent::Stderr(line))),
+                Record::Cancel => self.cancelled = true,
+                Record::Exit(mut status) => {
+                    if self.cancelled {
+                        status.status = CANCELLED.to_owned();
+                    }
+                    out.push(Ok(ProcessEvent::Exited(status)));
+                    self.ended = true;
+                    self.buf.clear();
+                    return out;
+                }
+            }
+        }
+        if !messages.is_empty() {
+            out.push(Ok(ProcessEvent::Stdout(messages.freeze())));
+        }
+        self.buf.advance(start);
+        if self.buf.len() > MAX_LINE_LEN {
+            self.ended = true;
+            out.push(Err(SandboxError::Other {
+                op: "read the run's event log",
+                message: LineTooLong.to_string(),
+            }));
+        }
+        out
+    }
 }
 
 fn with_newline(body: &[u8]) -> Bytes {
@@ -282,6 +313,28 @@ mod tests {
                 Ok(err("warning\n")),
                 Ok(err("Segmentation fault\n")),
                 Ok(out("{\"type\":\"result\"}\n")),
+                Ok(ProcessEvent::Exited(ExitStatus {
+                    code: Some(0),
+                    status: "exit status: 0".into()
+                })),
+            ]
+        );
+    }
+
+    #[test]
+    fn messages_in_a_row_are_one_chunk_and_lines_may_straddle_chunks() {
+        let got = events(
+            &[
+                b"\x1eo{\"a\":1}\n\x1eo{\"b\"",
+                b":2}\n\x1eo{\"c\":3}\n\x1ex0\n",
+            ],
+            Some(0),
+        );
+        assert_eq!(
+            got,
+            [
+                Ok(out("{\"a\":1}\n")),
+                Ok(out("{\"b\":2}\n{\"c\":3}\n")),
                 Ok(ProcessEvent::Exited(ExitStatus {
                     code: Some(0),
                     status: "exit status: 0".into()

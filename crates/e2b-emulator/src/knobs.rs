@@ -28,6 +28,12 @@ pub struct Knobs {
     /// Answer starts of the runner with generated output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<Synthetic>,
+    /// Have a real process print the synthetic output (`cat` of a file in
+    /// the sandbox) instead of answering from memory, as a runner's stdout
+    /// comes through a pipe: the baseline a detached run's log, which a
+    /// follower process reads back, is measured against.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub synthetic_process: bool,
     /// The `Retry-After` (seconds) of injected 429s; 1 when unset, as a
     /// rate limiter always names a wait.
     #[serde(skip_serializing_if = "Option::is_none")]

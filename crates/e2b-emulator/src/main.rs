@@ -127,6 +127,7 @@ impl Args {
                 .zip(self.synthetic_bytes)
                 .map(|(lines, bytes)| Synthetic { lines, bytes }),
             retry_after_secs: Some(self.retry_after),
+            synthetic_process: false,
         }
     }
 

@@ -39,6 +39,9 @@ use crate::{Emulator, Entry, synthetic};
 /// Frames in flight to a client; a slow client slows the process.
 pub(super) const FRAME_BUFFER: usize = 16;
 
+/// Where the synthetic output is written for `cat` to print.
+const SYNTHETIC_OUTPUT: &str = "/tmp/.synthetic-output";
+
 /// Pids for synthetic runs, far above real ones so they never collide.
 static SYNTHETIC_PID: AtomicU32 = AtomicU32::new(4_000_000);
 
@@ -60,9 +63,13 @@ pub(super) async fn start(
     };
     let timeout = header_number(&headers, "connect-timeout-ms").map(Duration::from_millis);
     let keepalive = Some(keepalive_interval(&headers));
-    let (synthetic, cut_after) = {
+    let (synthetic, via_process, cut_after) = {
         let mut knobs = emulator.knobs();
-        (knobs.synthetic, knobs.take_stream_cut())
+        (
+            knobs.synthetic,
+            knobs.synthetic_process,
+            knobs.take_stream_cut(),
+        )
     };
 
     let config = request.process;
@@ -86,6 +93,30 @@ pub(super) async fn start(
             });
             let events = futures::stream::iter([Ok(exited)]).boxed();
             (SYNTHETIC_PID.fetch_add(1, Ordering::Relaxed), events)
+        }
+        Some(spec) if is_synthetic && via_process => {
+            // The output from a file, through `cat`'s stdout: one real
+            // process and pipe, as a runner's output comes.
+            let output: Vec<u8> = synthetic::output(spec).collect::<Vec<_>>().await.concat();
+            if let Err(e) = entry
+                .sandbox
+                .write(SYNTHETIC_OUTPUT.to_owned(), output.into())
+                .await
+            {
+                return stream_error("internal", e.to_string());
+            }
+            let spec = ProcessSpec {
+                cmd: "cat".to_owned(),
+                args: vec![SYNTHETIC_OUTPUT.to_owned()],
+                envs: environment(&emulator, &entry, std::collections::BTreeMap::new()),
+                cwd: HOME.to_owned(),
+                stdin: false,
+                ..ProcessSpec::default()
+            };
+            match entry.sandbox.spawn(spec) {
+                Ok((pid, events, _control)) => (pid, events),
+                Err(e) => return stream_error("internal", e.to_string()),
+            }
         }
         Some(spec) if is_synthetic => {
             let exited = ProcessEvent::Exited(ExitStatus {
