@@ -554,3 +554,43 @@ async fn runs_are_listed_and_a_cancel_ends_every_reader_and_the_sandbox() {
     let (_, list) = get_json(client.get(format!("{}/runs", product.url()))).await;
     assert_eq!(list["runs"].as_array().map(Vec::len), Some(0), "{list}");
 }
+
+#[tokio::test]
+async fn the_run_s_own_timeout_ends_a_detached_run_in_its_sandbox() {
+    // An agent that never stops: only the run's `timeout` ends it, and the
+    // wrapper in the sandbox enforces that, with nobody attached.
+    let model = ModelServer::start(Script::EndlessBash).await;
+    let product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    let first = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({"prompt": "go", "detach": true, "timeout": 8})),
+        Some(1),
+    )
+    .await;
+    let run_id = first.events[0].1["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    // The client left at once; a reader from another instance sees the end.
+    let other = product.another_instance(&[], &[]).await;
+    let rest = read(client.get(events_url(&other.url, &run_id)), None).await;
+    assert!(rest.done, "{}", rest.body);
+    let n = rest.events.len();
+    let (_, error) = &rest.events[n - 2];
+    assert_eq!(error["type"], "error", "{}", rest.body);
+    assert_eq!(error["error_type"], "timeout", "{error}");
+    assert_eq!(rest.events[n - 1].1["status"], "error");
+    let (_, status) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
+    assert_eq!(status["status"], "failed", "{status}");
+    let stats = product.emulator_settled().await.expect("emulator");
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+}
