@@ -1,4 +1,5 @@
-//! The one HTTP application every door serves: `POST /query`, `GET /health`.
+//! The one HTTP application every door serves: `POST /query`, the `/runs`
+//! routes of detached runs, `GET /health`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -160,7 +161,7 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn not_found() -> Response {
-    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; use POST /query or GET /health"}});
+    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; the routes are POST /query, the /runs routes and GET /health (GET /openapi.json lists them)"}});
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 

@@ -71,7 +71,7 @@ pub struct Cli {
 enum Command {
     /// Run an agent on a prompt (the default: `ds "prompt"` is `ds query "prompt"`).
     Query(QueryArgs),
-    /// Serve the HTTP API (POST /query, GET /health).
+    /// Serve the HTTP API (POST /query, the /runs routes, GET /health).
     Serve(ServeArgs),
 }
 
