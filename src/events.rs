@@ -10,7 +10,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One event of a run, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub(crate) enum RunEvent {
 }
 
 /// `{"type":"run","run_id","expires_at"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct RunStarted {
     /// The run's id.
     pub run_id: String,
@@ -46,7 +46,7 @@ pub(crate) struct RunStarted {
 }
 
 /// `{"type":"detached","run_id","last_event_id","resume"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Detached {
     /// The run's id.
     pub run_id: String,
@@ -57,7 +57,7 @@ pub(crate) struct Detached {
 }
 
 /// The last event of every run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Done {
     /// `success`, or `error` when an `error` event came before.
     pub status: DoneStatus,
@@ -66,7 +66,7 @@ pub(crate) struct Done {
 }
 
 /// How a run ended, as the `done` event says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum DoneStatus {
     /// The agent finished with a result.
@@ -98,7 +98,7 @@ impl Phase {
 }
 
 /// Why a run failed after its stream began.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum ErrorKind {
     /// The request's `timeout` or the platform's deadline ended the run.
@@ -120,7 +120,7 @@ pub(crate) enum ErrorKind {
 }
 
 /// The run's one `error` event: `{"type":"error","error_type","error","request_id"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct RunError {
     /// Why the run failed, as `error_type`.
     #[serde(rename = "error_type")]
@@ -175,6 +175,34 @@ impl RunEvent {
                 kind: "detached",
                 body: detached,
             }),
+        }
+    }
+}
+
+impl RunEvent {
+    /// The event a line of the API's JSON is: the inverse of
+    /// [`RunEvent::to_json`], for a client of the API (`ds attach`). What is
+    /// not one of the server's own events is an agent message.
+    pub(crate) fn from_json(line: Bytes) -> RunEvent {
+        #[derive(Deserialize)]
+        struct StderrLine {
+            data: String,
+        }
+        let server = |kind: &str| -> Option<RunEvent> {
+            Some(match kind {
+                "stderr" => {
+                    RunEvent::Stderr(serde_json::from_slice::<StderrLine>(&line).ok()?.data)
+                }
+                "error" => RunEvent::Error(serde_json::from_slice(&line).ok()?),
+                "done" => RunEvent::Done(serde_json::from_slice(&line).ok()?),
+                "run" => RunEvent::Run(serde_json::from_slice(&line).ok()?),
+                "detached" => RunEvent::Detached(serde_json::from_slice(&line).ok()?),
+                _ => return None,
+            })
+        };
+        match message_type(&line).as_deref().and_then(server) {
+            Some(event) => event,
+            None => RunEvent::Agent(line),
         }
     }
 }
@@ -270,6 +298,35 @@ impl Redactor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_reads_back_from_its_json() {
+        let events = [
+            RunEvent::Agent(Bytes::from_static(br#"{"type":"assistant","x":1}"#)),
+            RunEvent::Stderr("warn: x".into()),
+            RunEvent::Error(RunError {
+                kind: ErrorKind::Cancelled,
+                message: "the run was cancelled".into(),
+                request_id: "r".into(),
+            }),
+            RunEvent::Done(Done {
+                status: DoneStatus::Error,
+                request_id: "r".into(),
+            }),
+            RunEvent::Run(RunStarted {
+                run_id: "run_0".into(),
+                expires_at: "2026-12-05T00:00:00Z".into(),
+            }),
+            RunEvent::Detached(Detached {
+                run_id: "run_0".into(),
+                last_event_id: 7,
+                resume: "/runs/run_0/events".into(),
+            }),
+        ];
+        for event in events {
+            assert_eq!(RunEvent::from_json(event.to_json()), event);
+        }
+    }
 
     #[test]
     fn agent_lines_pass_through_unchanged() {

@@ -594,3 +594,120 @@ async fn the_run_s_own_timeout_ends_a_detached_run_in_its_sandbox() {
         "{stats:?}"
     );
 }
+
+/// `ds` with the product's environment (so, without `--server`, it asks
+/// the same E2B), in an empty folder; its exit code, stdout and stderr.
+async fn ds(product: &common::product::Product, args: &[&str]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = tokio::process::Command::new(common::serve::DS)
+        .args(args)
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(product.env())
+        .output()
+        .await
+        .expect("run ds");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn ds_lists_attaches_to_and_cancels_runs_on_a_server_and_on_e2b_directly() {
+    let model = ModelServer::start(Script::Bash {
+        command: "sleep 4 && echo later > later.txt".to_owned(),
+    })
+    .await;
+    let product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    let started = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({"prompt": "go", "detach": true})),
+        Some(1),
+    )
+    .await;
+    let run_id = started.events[0].1["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+
+    // Through the server.
+    let server = product.url().to_owned();
+    let (code, out, err) = ds(&product, &["runs", "--server", &server, "--json-output"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let listed: Value =
+        serde_json::from_str(out.lines().next().unwrap_or_default()).expect("a JSON line");
+    assert_eq!(listed["run_id"], run_id.as_str(), "{out}");
+    let (code, out, err) = ds(
+        &product,
+        &[
+            "attach",
+            &run_id,
+            "--from",
+            "1",
+            "--server",
+            &server,
+            "--json-output",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    assert_ne!(lines[0]["type"], "run", "--from 1 skips the run event");
+    assert!(lines.iter().any(|e| e["type"] == "result"), "{out}");
+    assert_eq!(lines.last().map(|e| e["type"].clone()), Some(json!("done")));
+
+    // Directly against E2B, with no server: another run, listed and
+    // cancelled by `ds` alone.
+    let second = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({"prompt": "again", "detach": true})),
+        Some(1),
+    )
+    .await;
+    let second_id = second.events[0].1["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    let (code, out, err) = ds(&product, &["runs"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&second_id), "{out}\n{err}");
+    let (code, _, err) = ds(&product, &["cancel", &second_id]).await;
+    assert_eq!(code, Some(0), "{err}");
+    // Its agent is still in its 4 s command.
+    assert!(err.contains("cancelled"), "{err}");
+    let (code, _, err) = ds(
+        &product,
+        &["attach", "run_00000000000000000000000000000000"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "an unknown run: {err}");
+    assert!(err.contains("no such run"), "{err}");
+
+    // `ds "..." --detach` runs one itself, on E2B, and shows it to the end.
+    let (code, out, err) = ds(&product, &["go", "--detach", "--json-output"]).await;
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    let first: Value = serde_json::from_str(out.lines().next().unwrap_or_default()).expect("JSON");
+    assert_eq!(first["type"], "run", "{out}");
+    // A local sandbox would end with `ds`: refused, before any sandbox.
+    let (code, _, err) = ds(&product, &["go", "--detach", "--sandbox", "local"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--detach needs an E2B sandbox"), "{err}");
+
+    let stats = product.emulator_settled().await.expect("emulator");
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (3, 3, 0),
+        "{stats:?}"
+    );
+}

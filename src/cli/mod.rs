@@ -23,6 +23,7 @@ use crate::settings::{Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
 use crate::shutdown::Shutdown;
 
 mod render;
+mod runs;
 mod serve;
 
 /// Exit codes, as documented in `ds --help` and the README.
@@ -46,7 +47,8 @@ The sandbox is E2B when an E2B key is set, else a local bubblewrap sandbox
 (override with --sandbox or SANDSTORM_SANDBOX).
 
 Exit status: 0 success, 1 the agent run failed, 2 bad usage or input, 130 interrupted
-(Ctrl-C), 143 terminated (SIGTERM); either destroys the sandbox first.";
+(Ctrl-C), 143 terminated (SIGTERM); either destroys the sandbox first, unless the run
+is detached (--detach, ds attach).";
 
 /// The `ds` command line: a subcommand, or a query to run.
 #[derive(Debug, Parser)]
@@ -73,6 +75,62 @@ enum Command {
     Query(QueryArgs),
     /// Serve the HTTP API (POST /query, the /runs routes, GET /health).
     Serve(ServeArgs),
+    /// List your detached runs that still have a sandbox, newest first.
+    Runs(RunsArgs),
+    /// Show a detached run's events until it ends; Ctrl-C leaves it going.
+    Attach(AttachArgs),
+    /// Cancel a detached run.
+    Cancel(CancelArgs),
+}
+
+/// Where the `/runs` commands ask: a deployed server, or E2B directly.
+#[derive(Debug, Args)]
+struct RemoteArgs {
+    /// A deployed Sandstorm to ask [default: E2B directly, from here; the
+    /// runs of local sandboxes are only in the `ds serve` that made them].
+    #[arg(long, value_name = "URL", env = "SANDSTORM_SERVER")]
+    server: Option<String>,
+    /// The server's bearer token.
+    #[arg(long, value_name = "TOKEN", env = "SANDSTORM_API_TOKEN", hide_env_values = true, value_parser = secret)]
+    token: Option<Secret>,
+    /// The E2B key of your own that started the runs, if one did (sent as
+    /// x-e2b-api-key; runs started with another key are not found).
+    #[arg(long, value_name = "KEY", value_parser = secret)]
+    e2b_api_key: Option<Secret>,
+    /// Print JSON instead of readable text.
+    #[arg(long)]
+    json_output: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunsArgs {
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
+struct AttachArgs {
+    /// The run's id (from its `run` event, `x-run-id` or `ds runs`).
+    run_id: String,
+    /// Show only the events after this event id.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    from: u64,
+    /// Also show the runner's stderr lines.
+    #[arg(short, long, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Only the agent's answer (and errors).
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
+struct CancelArgs {
+    /// The run's id.
+    run_id: String,
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +166,10 @@ struct QueryArgs {
     /// Save the files the agent made (see --outputs) under DIR.
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
+    /// Keep the run going when ds stops reading it (Ctrl-C), for `ds
+    /// attach` to read on (E2B only: a local sandbox ends with ds).
+    #[arg(long)]
+    detach: bool,
     #[command(flatten)]
     keys: KeyArgs,
     #[command(flatten)]
@@ -186,6 +248,9 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::Serve(args)) => serve_command(args).await,
         Some(Command::Query(args)) => query_command(args).await,
+        Some(Command::Runs(args)) => runs_command(args).await,
+        Some(Command::Attach(args)) => attach_command(args).await,
+        Some(Command::Cancel(args)) => cancel_command(args).await,
         None => query_command(cli.query).await,
     };
     match result {
@@ -284,15 +349,23 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         timeout: Some(args.timeout),
         files: (!files.is_empty()).then_some(files),
         outputs,
-        // The CLI's runs end with it; detached runs are the server's.
-        detach: Some(false),
+        detach: Some(args.detach),
     };
+    if args.detach && settings.sandbox.provider.name != e2b::PROVIDER.name {
+        return Err(Fatal::usage(
+            "--detach needs an E2B sandbox: a local sandbox ends with ds (run ds serve for that)",
+        ));
+    }
     let query = request
         .validate(Naming::Flags)
         .map_err(|e| Fatal::usage(e.to_string()))?;
+    // A detached run belongs to the E2B key given on the command line, if
+    // one was, as a request's own key makes it its own on a server.
+    let owner = crate::runs::owner(query.keys.sandbox(e2b::CREDENTIAL.field));
     let state = state(settings)?;
     let request_id = uuid::Uuid::new_v4().simple().to_string();
-    let plan = crate::plan::prepare(state.settings(), query, request_id, None, None)
+    let caller = args.detach.then_some(&owner);
+    let plan = crate::plan::prepare(state.settings(), query, request_id, None, caller)
         .await
         .map_err(|e| Fatal::usage(e.to_string()))?;
     // Ctrl-C and SIGTERM end a CLI run through `render::follow`.
@@ -313,8 +386,68 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     let options = render::Options {
         mode,
         output_dir: args.output_dir,
+        on_interrupt: if args.detach {
+            render::OnInterrupt::Leave
+        } else {
+            render::OnInterrupt::EndRun
+        },
     };
     Ok(render::follow(handle, options).await)
+}
+
+/// The endpoint the `/runs` commands ask, and the headers that say who asks.
+fn endpoint(
+    remote: &RemoteArgs,
+) -> Result<(runs::Endpoint, Vec<(http::HeaderName, http::HeaderValue)>), Fatal> {
+    crate::telemetry::init(crate::telemetry::Format::Text, "warn");
+    let state = match remote.server {
+        Some(_) => None,
+        None => Some(state(settings(None, true)?)?),
+    };
+    let mut headers = Vec::new();
+    if let Some(key) = &remote.e2b_api_key {
+        let value = http::HeaderValue::from_str(key.expose())
+            .map_err(|_| Fatal::usage("--e2b-api-key is not a valid header value"))?;
+        headers.push((http::HeaderName::from_static("x-e2b-api-key"), value));
+    }
+    // In this process too, the router asks for the token it is set up with.
+    if remote.server.is_none()
+        && let Some(token) = &remote.token
+    {
+        let value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| Fatal::usage("the token is not a valid header value"))?;
+        headers.push((http::header::AUTHORIZATION, value));
+    }
+    let endpoint = runs::Endpoint::new(remote.server.clone(), remote.token.clone(), state)?;
+    Ok((endpoint, headers))
+}
+
+async fn runs_command(args: RunsArgs) -> Result<u8, Fatal> {
+    let (endpoint, headers) = endpoint(&args.remote)?;
+    runs::list(&endpoint, &headers, args.remote.json_output).await
+}
+
+async fn cancel_command(args: CancelArgs) -> Result<u8, Fatal> {
+    let (endpoint, headers) = endpoint(&args.remote)?;
+    runs::cancel(&endpoint, &args.run_id, &headers, args.remote.json_output).await
+}
+
+async fn attach_command(args: AttachArgs) -> Result<u8, Fatal> {
+    let (endpoint, headers) = endpoint(&args.remote)?;
+    let mode = if args.remote.json_output {
+        render::Mode::Json
+    } else {
+        render::Mode::Human {
+            verbose: args.verbose,
+            quiet: args.quiet,
+        }
+    };
+    let options = render::Options {
+        mode,
+        output_dir: None,
+        on_interrupt: render::OnInterrupt::Leave,
+    };
+    runs::attach(endpoint, &args.run_id, args.from, headers, options).await
 }
 
 fn config_outputs(settings: &Settings) -> Option<&Vec<String>> {

@@ -35,6 +35,18 @@ pub(super) struct Options {
     pub(super) mode: Mode,
     /// Where `file` events are saved, if anywhere.
     pub(super) output_dir: Option<PathBuf>,
+    /// What Ctrl-C and SIGTERM do to the run.
+    pub(super) on_interrupt: OnInterrupt,
+}
+
+/// What an interrupted `ds` does to the run it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnInterrupt {
+    /// The run ends with `ds`: its sandbox is destroyed first.
+    EndRun,
+    /// The run goes on in its sandbox (a detached run): `ds` only stops
+    /// reading, and says how to read on.
+    Leave,
 }
 
 /// What the run produced, for the exit code and the summary.
@@ -43,6 +55,11 @@ struct Tally {
     result: Option<Value>,
     failed: bool,
     saved: usize,
+    /// A detached run's id, from its `run` event.
+    run_id: Option<String>,
+    /// The id of the last event shown: a detached run's events are
+    /// numbered from 1, every one but progress and `detached`.
+    last_event_id: u64,
 }
 
 /// Prints events until the run ends; returns the exit code. Ctrl-C or
@@ -64,16 +81,36 @@ pub(super) async fn follow(handle: RunHandle, options: Options) -> u8 {
             event = events.recv() => event,
             code = stopped(terminate.as_mut()) => {
                 spinner.clear();
-                anstream::eprintln!("\n{DIM}interrupted: destroying the sandbox…{DIM:#}");
                 drop(events);
-                let _ = finished.await;
+                match (options.on_interrupt, &tally.run_id) {
+                    (OnInterrupt::Leave, Some(run)) => {
+                        finished.abort();
+                        anstream::eprintln!(
+                            "\n{DIM}left the run; it goes on in its sandbox. Read on with:{DIM:#}\n  \
+                             ds attach {run} --from {}",
+                            tally.last_event_id
+                        );
+                    }
+                    _ => {
+                        anstream::eprintln!("\n{DIM}interrupted: destroying the sandbox…{DIM:#}");
+                        let _ = finished.await;
+                    }
+                }
                 return code;
             }
         };
         let Some(event) = event else { break };
-        if let RunEvent::Progress(phase) = &event {
-            spinner.show(phase.describe());
-            continue;
+        match &event {
+            RunEvent::Progress(phase) => {
+                spinner.show(phase.describe());
+                continue;
+            }
+            RunEvent::Detached(_) => {}
+            RunEvent::Run(run) => {
+                tally.run_id = Some(run.run_id.clone());
+                tally.last_event_id += 1;
+            }
+            _ => tally.last_event_id += 1,
         }
         spinner.clear();
         let message = match &event {

@@ -308,6 +308,12 @@ impl Product {
         }
     }
 
+    /// The environment `ds serve` started with: a `ds` command with it
+    /// talks to the same sandboxes.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
     /// The server's base URL.
     pub fn url(&self) -> &str {
         &self.server.url

@@ -1,0 +1,437 @@
+//! `ds runs`, `ds attach` and `ds cancel`: detached runs from the command
+//! line.
+//!
+//! They speak the HTTP API's `/runs` routes, to a deployed endpoint
+//! (`--server URL`, with `SANDSTORM_API_TOKEN`) or, without one, to the
+//! same router called in this process: like every instance of the server,
+//! `ds` keeps nothing and finds a run through E2B. `ds attach` reads on
+//! across the server's deadlines: a `detached` event is followed by a new
+//! request from the last event it showed.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tower::ServiceExt as _;
+
+use super::{Fatal, exit, render};
+use crate::app::{self, AppState};
+use crate::events::{ErrorKind, RunError, RunEvent};
+use crate::run::RunHandle;
+use crate::secret::Secret;
+
+/// How many times `ds attach` tries again after a stream that was cut
+/// (neither `done` nor `detached`), waiting a second more each time.
+const RECONNECTS: u32 = 3;
+
+/// Where the `/runs` routes are answered.
+pub(super) enum Endpoint {
+    /// A deployed server, with its bearer token if there is one.
+    Remote {
+        base: String,
+        token: Option<Secret>,
+        http: reqwest::Client,
+    },
+    /// The router, called in this process.
+    Direct(Router),
+}
+
+/// An answer: its status and its body, as it arrives.
+struct Answer {
+    status: StatusCode,
+    body: BoxStream<'static, Result<Bytes, String>>,
+}
+
+impl Endpoint {
+    /// `--server URL` when given, else the router over `state`.
+    pub(super) fn new(
+        server: Option<String>,
+        token: Option<Secret>,
+        state: Option<AppState>,
+    ) -> Result<Self, Fatal> {
+        match (server, state) {
+            (Some(base), _) => Ok(Endpoint::Remote {
+                base: base.trim_end_matches('/').to_owned(),
+                token,
+                http: reqwest::Client::new(),
+            }),
+            (None, Some(state)) => Ok(Endpoint::Direct(app::app(state))),
+            (None, None) => Err(Fatal::usage("no --server and no sandbox provider to ask")),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Answer, Fatal> {
+        match self {
+            Endpoint::Remote { base, token, http } => {
+                let mut request = http.request(method, format!("{base}{path}"));
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                if let Some(token) = token {
+                    request = request.bearer_auth(token.expose());
+                }
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|e| Fatal::usage(format!("cannot reach {base}: {e}")))?;
+                Ok(Answer {
+                    status: response.status(),
+                    body: response
+                        .bytes_stream()
+                        .map(|r| r.map_err(|e| e.to_string()))
+                        .boxed(),
+                })
+            }
+            Endpoint::Direct(router) => {
+                let mut request = Request::builder().method(method).uri(path);
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                let request = request
+                    .body(Body::empty())
+                    .map_err(|e| Fatal::usage(format!("bad request {path}: {e}")))?;
+                let response = match router.clone().oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                Ok(Answer {
+                    status: response.status(),
+                    body: response
+                        .into_body()
+                        .into_data_stream()
+                        .map(|r| r.map_err(|e| e.to_string()))
+                        .boxed(),
+                })
+            }
+        }
+    }
+
+    /// A JSON answer, or the API's error message as a [`Fatal`].
+    async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Value, Fatal> {
+        let answer = self.send(method, path, headers).await?;
+        let status = answer.status;
+        let body: Vec<Bytes> = answer
+            .body
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| Fatal::usage(format!("the answer was cut: {e}")))?;
+        let body: Value = serde_json::from_slice(&body.concat()).unwrap_or_default();
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(refusal(status, &body))
+        }
+    }
+}
+
+/// The API's error body as `ds`'s error, with a hint for the usual case.
+fn refusal(status: StatusCode, body: &Value) -> Fatal {
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("no message")
+        .to_owned();
+    let hint = if status == StatusCode::NOT_FOUND {
+        " (runs of a local sandbox live in the `ds serve` that started them: use --server)"
+    } else {
+        ""
+    };
+    Fatal {
+        code: if status == StatusCode::NOT_FOUND {
+            exit::RUN_FAILED
+        } else {
+            exit::USAGE
+        },
+        message: format!("{message} (HTTP {}){hint}", status.as_u16()),
+    }
+}
+
+/// `ds runs`.
+pub(super) async fn list(
+    endpoint: &Endpoint,
+    headers: &[(HeaderName, HeaderValue)],
+    json: bool,
+) -> Result<u8, Fatal> {
+    let body = endpoint.json(Method::GET, "/runs", headers).await?;
+    let runs = body["runs"].as_array().cloned().unwrap_or_default();
+    if json {
+        for run in &runs {
+            println!("{run}");
+        }
+        return Ok(exit::OK);
+    }
+    if runs.is_empty() {
+        eprintln!("no detached runs");
+    }
+    for run in &runs {
+        let cost = run["total_cost_usd"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |c| format!("${c:.4}"));
+        let prompt: String = run["prompt"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(50)
+            .collect();
+        println!(
+            "{}  {:<9}  {}  {:>3} turns  {:>8}  {}",
+            run["run_id"].as_str().unwrap_or_default(),
+            run["status"].as_str().unwrap_or_default(),
+            run["created_at"].as_str().unwrap_or_default(),
+            run["turns"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            cost,
+            prompt.replace('\n', " "),
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `ds cancel`.
+pub(super) async fn cancel(
+    endpoint: &Endpoint,
+    run: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    json: bool,
+) -> Result<u8, Fatal> {
+    let path = format!("/runs/{}/cancel", path_segment(run)?);
+    let status = endpoint.json(Method::POST, &path, headers).await?;
+    if json {
+        println!("{status}");
+    } else {
+        eprintln!("{run}: {}", status["status"].as_str().unwrap_or("unknown"));
+    }
+    Ok(exit::OK)
+}
+
+/// `ds attach`: the run's events after `from`, until it ends, as `ds`
+/// shows a run's; Ctrl-C leaves the run going.
+pub(super) async fn attach(
+    endpoint: Endpoint,
+    run: &str,
+    from: u64,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    options: render::Options,
+) -> Result<u8, Fatal> {
+    let path = format!("/runs/{}/events", path_segment(run)?);
+    // The first request answers here: an unknown run is an error, not an
+    // empty stream.
+    let first = endpoint
+        .send(Method::GET, &path, &with_last_event(&headers, from))
+        .await?;
+    if !first.status.is_success() {
+        let body: Vec<Bytes> = first.body.filter_map(|r| async { r.ok() }).collect().await;
+        let body: Value = serde_json::from_slice(&body.concat()).unwrap_or_default();
+        return Err(refusal(first.status, &body));
+    }
+    let (tx, events) = mpsc::channel(crate::run::EVENT_BUFFER);
+    let finished = tokio::spawn(async move {
+        follow(endpoint, path, headers, first, from, tx).await;
+    });
+    Ok(render::follow(RunHandle { events, finished }, options).await)
+}
+
+/// A run id as one path segment: only what an id can hold.
+fn path_segment(run: &str) -> Result<&str, Fatal> {
+    if !run.is_empty() && run.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Ok(run)
+    } else {
+        Err(Fatal::usage(format!(
+            "{run:?} is not a run id (run_ and 32 hex digits)"
+        )))
+    }
+}
+
+fn with_last_event(
+    headers: &[(HeaderName, HeaderValue)],
+    last: u64,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = headers.to_vec();
+    headers.push((
+        HeaderName::from_static("last-event-id"),
+        HeaderValue::from(last),
+    ));
+    headers.push((
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    ));
+    headers
+}
+
+/// Reads the run's events into `tx`, asking again after each `detached`
+/// event (and, a few times, after a cut stream), until `done`.
+async fn follow(
+    endpoint: Endpoint,
+    path: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    first: Answer,
+    from: u64,
+    tx: mpsc::Sender<RunEvent>,
+) {
+    let mut last = from;
+    let mut answer = Some(first);
+    let mut retries = 0;
+    loop {
+        let current = match answer.take() {
+            Some(answer) => answer,
+            None => match endpoint
+                .send(Method::GET, &path, &with_last_event(&headers, last))
+                .await
+            {
+                Ok(answer) if answer.status.is_success() => answer,
+                Ok(answer) => {
+                    let _ = tx
+                        .send(lost(&format!(
+                            "the server answered HTTP {}",
+                            answer.status.as_u16()
+                        )))
+                        .await;
+                    return;
+                }
+                Err(fatal) => {
+                    let _ = tx.send(lost(&fatal.message)).await;
+                    return;
+                }
+            },
+        };
+        match read(current, &mut last, &tx).await {
+            Ended::Done | Ended::Gone => return,
+            Ended::Detached => retries = 0,
+            Ended::Cut(why) => {
+                retries += 1;
+                if retries > RECONNECTS {
+                    let _ = tx.send(lost(&why)).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(u64::from(retries))).await;
+            }
+        }
+    }
+}
+
+/// The error event `ds attach` shows when it cannot read on. The run may
+/// still be going; only this view of it ended.
+fn lost(why: &str) -> RunEvent {
+    RunEvent::Error(RunError {
+        kind: ErrorKind::StreamCut,
+        message: format!("lost the run's events: {why}; the run may go on (ds attach again)"),
+        request_id: String::new(),
+    })
+}
+
+/// How one stream of a run ended.
+enum Ended {
+    /// The run's `done`.
+    Done,
+    /// A `detached` event: ask again.
+    Detached,
+    /// The stream stopped without either.
+    Cut(String),
+    /// Nobody reads any more.
+    Gone,
+}
+
+/// Reads one SSE stream, passing its events on and keeping the last id.
+async fn read(answer: Answer, last: &mut u64, tx: &mpsc::Sender<RunEvent>) -> Ended {
+    let mut body = answer.body;
+    let mut buffer = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => return Ended::Cut(e),
+        };
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = find_blank_line(&buffer) {
+            let block = buffer.split_to(end + 2);
+            let Some((id, data)) = parse_event(&block) else {
+                continue;
+            };
+            let event = RunEvent::from_json(data);
+            if let RunEvent::Detached(_) = event {
+                return Ended::Detached;
+            }
+            if let Some(id) = id {
+                *last = (*last).max(id);
+            }
+            let done = matches!(event, RunEvent::Done(_));
+            if tx.send(event).await.is_err() {
+                return Ended::Gone;
+            }
+            if done {
+                return Ended::Done;
+            }
+        }
+    }
+    Ended::Cut("the stream ended before the run did".to_owned())
+}
+
+fn find_blank_line(buffer: &[u8]) -> Option<usize> {
+    buffer.windows(2).position(|w| w == b"\n\n")
+}
+
+/// One SSE event's `id` and `data` (the server writes one `data` line per
+/// event, with no carriage returns); `None` for a comment (keepalive).
+fn parse_event(block: &[u8]) -> Option<(Option<u64>, Bytes)> {
+    let mut id = None;
+    let mut data: Option<Vec<u8>> = None;
+    for line in block.split(|&b| b == b'\n') {
+        if let Some(value) = line.strip_prefix(b"data:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            let data = data.get_or_insert_with(Vec::new);
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(value);
+        } else if let Some(value) = line.strip_prefix(b"id:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            id = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        }
+    }
+    data.map(|data| (id, Bytes::from(data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_read_with_their_ids_and_comments_are_skipped() {
+        assert_eq!(
+            parse_event(b"data: {\"type\":\"run\"}\nid: 1\n\n"),
+            Some((Some(1), Bytes::from_static(b"{\"type\":\"run\"}")))
+        );
+        assert_eq!(parse_event(b": keepalive\n\n"), None);
+        assert_eq!(
+            parse_event(b"data: {}\n\n"),
+            Some((None, Bytes::from_static(b"{}")))
+        );
+    }
+
+    #[test]
+    fn only_run_ids_go_into_a_path() {
+        assert!(path_segment("run_0123456789abcdef0123456789abcdef").is_ok());
+        for bad in ["", "../health", "run_1/cancel", "a b", "run?x"] {
+            assert!(path_segment(bad).is_err(), "{bad:?}");
+        }
+    }
+}
