@@ -152,9 +152,7 @@ impl KeyEnv {
             vertex_credentials,
         }
     }
-}
 
-impl KeyEnv {
     /// Every value it holds that a run's environment can carry, for a
     /// reader of a run that this request did not start to scrub.
     pub(crate) fn values(&self) -> impl Iterator<Item = &str> {

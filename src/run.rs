@@ -455,7 +455,8 @@ impl SandboxGuard {
         self.sandbox = Some(sandbox);
     }
 
-    /// Leaves the sandbox running: a detached run's end destroys it.
+    /// Leaves the sandbox running: a detached run's end, whoever reads it,
+    /// ends the sandbox (after the linger).
     pub(crate) fn release(mut self) {
         self.sandbox = None;
     }
