@@ -86,8 +86,8 @@ pub(crate) struct DetachPlan {
 /// Builds a run's plan from a validated query: the config, the keys, the
 /// deadline. Everything that can refuse the run happens here, before a
 /// sandbox exists. `caller` is who may reach the run again if it is
-/// detached (see [`runs::owner`](crate::runs::owner)); without one (the
-/// CLI) a run is never detached.
+/// detached (see [`runs::owner`](crate::runs::owner)); without one a run
+/// is never detached (the CLI gives one only with `--detach`).
 pub(crate) async fn prepare(
     settings: &Settings,
     query: Query,
