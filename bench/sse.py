@@ -91,13 +91,18 @@ async def stream_query(
     (announcing itself on `on_first_event`), so the server keeps the stream
     open and its buffers fill.
     """
+    return await stream_request(host, port, _post_query(host, port, payload), hold, on_first_event)
+
+
+def _post_query(host: str, port: int, payload: dict) -> bytes:
+    """The whole `POST /query` request for `payload`."""
     body = json.dumps(payload).encode()
     head = (
         b"POST /query HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
         b"Accept: text/event-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
         % (host.encode(), port, len(body))
     )
-    return await stream_request(host, port, head + body, hold, on_first_event)
+    return head + body
 
 
 async def stream_get(host: str, port: int, path: str) -> StreamResult:
@@ -219,14 +224,9 @@ async def get_status(host: str, port: int, path: str) -> int:
 async def start_detached(host: str, port: int, payload: dict) -> str:
     """POSTs a detached query, reads up to its `run` event, and leaves: the
     run goes on. Returns the run's id."""
-    body = json.dumps(dict(payload, detach=True)).encode()
     reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
     try:
-        writer.write(
-            b"POST /query HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (host.encode(), port, len(body))
-            + body
-        )
+        writer.write(_post_query(host, port, dict(payload, detach=True)))
         await writer.drain()
         seen = b""
         while b'"type":"run"' not in seen or b"\n\n" not in seen[seen.find(b'"type":"run"') :]:

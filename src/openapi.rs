@@ -299,11 +299,11 @@ mod tests {
             ApiError::Internal("d".into()),
             ApiError::Overloaded,
         ];
-        for error in errors {
+        let documented = |path: &str, responses: &Value, error: &ApiError| {
             let status = error.status().as_u16().to_string();
             assert!(
                 responses[&status].is_object(),
-                "status {status} is documented"
+                "status {status} is documented for {path}"
             );
             assert!(
                 kinds
@@ -313,9 +313,12 @@ mod tests {
                 "error type {} is documented",
                 error.kind()
             );
+        };
+        for error in &errors {
+            documented("/query", responses, error);
         }
         // And those only `/runs/{id}/events` answers, under it.
-        let responses = &doc["paths"]["/runs/{id}/events"]["get"]["responses"];
+        let runs = &doc["paths"]["/runs/{id}/events"]["get"]["responses"];
         for error in [
             ApiError::NoSuchRun,
             ApiError::Provider {
@@ -324,19 +327,7 @@ mod tests {
             ApiError::Unauthorized,
             ApiError::invalid("after", "m"),
         ] {
-            let status = error.status().as_u16().to_string();
-            assert!(
-                responses[&status].is_object(),
-                "status {status} is documented for /runs/{{id}}/events"
-            );
-            assert!(
-                kinds
-                    .as_array()
-                    .expect("enum")
-                    .contains(&json!(error.kind())),
-                "error type {} is documented",
-                error.kind()
-            );
+            documented("/runs/{id}/events", runs, &error);
         }
     }
 

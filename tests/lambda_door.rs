@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -184,17 +184,51 @@ async fn the_invocation_request_id_names_the_run_and_its_logs() {
 
 // --- A short deadline, through a Runtime API written here -----------------
 
-/// One invocation's request and what the function streamed back.
+/// One invocation: its request id, its deadline (ms since 1970) and its
+/// event.
+type Invocation = (String, u64, serde_json::Value);
+/// One streamed response: its headers and its body, chunk by chunk.
+type Streamed = (HeaderMap, mpsc::UnboundedReceiver<bytes::Bytes>);
+
+/// A Runtime API that hands out invocations as the test queues them, each
+/// with its own deadline, and passes each streamed response back. With
+/// nothing queued, a poll waits, as Lambda freezes the environment between
+/// invocations.
 struct RuntimeApi {
-    invocation: Mutex<Option<(String, u64, serde_json::Value)>>,
-    responses: mpsc::UnboundedSender<(HeaderMap, mpsc::UnboundedReceiver<bytes::Bytes>)>,
+    queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<Invocation>>,
+    responses: mpsc::UnboundedSender<Streamed>,
+}
+
+/// The Runtime API on loopback: its address as `AWS_LAMBDA_RUNTIME_API`
+/// takes it (host:port), where to queue invocations, and the responses.
+async fn runtime_api() -> (
+    String,
+    mpsc::UnboundedSender<Invocation>,
+    mpsc::UnboundedReceiver<Streamed>,
+) {
+    let (queue, invocations) = mpsc::unbounded_channel();
+    let (responses_tx, responses) = mpsc::unbounded_channel();
+    let api = Arc::new(RuntimeApi {
+        queue: tokio::sync::Mutex::new(invocations),
+        responses: responses_tx,
+    });
+    let app = axum::Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(invocation_response),
+        )
+        .with_state(api);
+    let url = serve_router(app).await;
+    let address = url
+        .strip_prefix("http://")
+        .expect("an http:// URL")
+        .to_owned();
+    (address, queue, responses)
 }
 
 async fn next_invocation(State(api): State<Arc<RuntimeApi>>) -> axum::response::Response {
-    let taken = api.invocation.lock().expect("lock").take();
-    let Some((id, deadline_ms, event)) = taken else {
-        // One invocation only: later polls wait (as Lambda freezes the
-        // environment between invocations).
+    let Some((id, deadline_ms, event)) = api.queue.lock().await.recv().await else {
         std::future::pending::<()>().await;
         unreachable!()
     };
@@ -279,27 +313,14 @@ async fn a_short_invocation_deadline_ends_the_run_with_a_timeout_event() {
             .as_millis(),
     )
     .expect("milliseconds since 1970 fit in u64");
-    let (responses_tx, mut responses) = mpsc::unbounded_channel();
-    let api = Arc::new(RuntimeApi {
-        invocation: Mutex::new(Some((
+    let (runtime_api, queue, mut responses) = runtime_api().await;
+    queue
+        .send((
             "a5a0b6a1-5f0e-4b5e-8f6e-0d6c3f0b1c2d".to_owned(),
             deadline_ms,
             function_url_event(&serde_json::json!({"prompt": "go"})),
-        ))),
-        responses: responses_tx,
-    });
-    let app = axum::Router::new()
-        .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
-        .route(
-            "/2018-06-01/runtime/invocation/{id}/response",
-            post(invocation_response),
-        )
-        .with_state(api);
-    let runtime_api = serve_router(app).await;
-    let runtime_api = runtime_api
-        .strip_prefix("http://")
-        .expect("an http:// URL")
-        .to_owned();
+        ))
+        .expect("queue the invocation");
 
     let mut env = door_env(&e2b);
     env.extend([
@@ -389,51 +410,6 @@ fn find_index(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 // --- A detached run across invocations -------------------------------------
 
-/// A Runtime API that hands out invocations as the test queues them, each
-/// with its own deadline, and passes each streamed response back.
-struct Invocations {
-    queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, u64, serde_json::Value)>>,
-    responses: mpsc::UnboundedSender<(HeaderMap, mpsc::UnboundedReceiver<bytes::Bytes>)>,
-}
-
-async fn next_queued(State(api): State<Arc<Invocations>>) -> axum::response::Response {
-    let Some((id, deadline_ms, event)) = api.queue.lock().await.recv().await else {
-        std::future::pending::<()>().await;
-        unreachable!()
-    };
-    (
-        [
-            ("lambda-runtime-aws-request-id", id),
-            ("lambda-runtime-deadline-ms", deadline_ms.to_string()),
-            (
-                "lambda-runtime-invoked-function-arn",
-                "arn:aws:lambda:us-east-1:123456789012:function:sandstorm".to_owned(),
-            ),
-            (
-                "lambda-runtime-trace-id",
-                "Root=1-00000000-000000000000000000000000".to_owned(),
-            ),
-        ],
-        axum::Json(event),
-    )
-        .into_response()
-}
-
-async fn queued_response(
-    State(api): State<Arc<Invocations>>,
-    Path(_id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> StatusCode {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let _ = api.responses.send((headers, rx));
-    let mut frames = body.into_data_stream();
-    while let Some(Ok(chunk)) = frames.next().await {
-        let _ = tx.send(chunk);
-    }
-    StatusCode::ACCEPTED
-}
-
 /// A Function URL event for any request.
 fn function_url_request(
     method: &str,
@@ -460,8 +436,8 @@ fn function_url_request(
 /// One invocation's answer: its SSE events (id, JSON; the `detached`
 /// event's id is 0) and the raw body.
 async fn invoke(
-    queue: &mpsc::UnboundedSender<(String, u64, serde_json::Value)>,
-    responses: &mut mpsc::UnboundedReceiver<(HeaderMap, mpsc::UnboundedReceiver<bytes::Bytes>)>,
+    queue: &mpsc::UnboundedSender<Invocation>,
+    responses: &mut mpsc::UnboundedReceiver<Streamed>,
     event: serde_json::Value,
     lasts: Duration,
 ) -> (serde_json::Value, Vec<(u64, serde_json::Value)>) {
@@ -524,24 +500,7 @@ async fn a_detached_run_outlives_invocations_and_later_ones_read_every_event_onc
     options.work_root = Some(work.path().to_owned());
     let e2b = emulator::start_with(options).await;
 
-    let (queue, invocations) = mpsc::unbounded_channel();
-    let (responses_tx, mut responses) = mpsc::unbounded_channel();
-    let api = Arc::new(Invocations {
-        queue: tokio::sync::Mutex::new(invocations),
-        responses: responses_tx,
-    });
-    let app = axum::Router::new()
-        .route("/2018-06-01/runtime/invocation/next", get(next_queued))
-        .route(
-            "/2018-06-01/runtime/invocation/{id}/response",
-            post(queued_response),
-        )
-        .with_state(api);
-    let runtime_api = serve_router(app).await;
-    let runtime_api = runtime_api
-        .strip_prefix("http://")
-        .expect("an http:// URL")
-        .to_owned();
+    let (runtime_api, queue, mut responses) = runtime_api().await;
     let mut env: Vec<(&str, String)> = door_env(&e2b);
     let offline = common::product::offline_env();
     env.extend(offline.iter().map(|(k, v)| (k.as_str(), v.clone())));

@@ -375,14 +375,7 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         Shutdown::never(),
         crate::runs::registry::Registry::default(),
     );
-    let mode = if args.json_output {
-        render::Mode::Json
-    } else {
-        render::Mode::Human {
-            verbose: args.verbose,
-            quiet: args.quiet,
-        }
-    };
+    let mode = render::Mode::new(args.json_output, args.verbose, args.quiet);
     let options = render::Options {
         mode,
         output_dir: args.output_dir,
@@ -434,14 +427,7 @@ async fn cancel_command(args: CancelArgs) -> Result<u8, Fatal> {
 
 async fn attach_command(args: AttachArgs) -> Result<u8, Fatal> {
     let (endpoint, headers) = endpoint(&args.remote)?;
-    let mode = if args.remote.json_output {
-        render::Mode::Json
-    } else {
-        render::Mode::Human {
-            verbose: args.verbose,
-            quiet: args.quiet,
-        }
-    };
+    let mode = render::Mode::new(args.remote.json_output, args.verbose, args.quiet);
     let options = render::Options {
         mode,
         output_dir: None,

@@ -31,6 +31,17 @@ pub(super) enum Mode {
     Human { verbose: bool, quiet: bool },
 }
 
+impl Mode {
+    /// `--json-output`, else readable text as `-v` and `-q` ask.
+    pub(super) fn new(json: bool, verbose: bool, quiet: bool) -> Self {
+        if json {
+            Mode::Json
+        } else {
+            Mode::Human { verbose, quiet }
+        }
+    }
+}
+
 pub(super) struct Options {
     pub(super) mode: Mode,
     /// Where `file` events are saved, if anywhere.
