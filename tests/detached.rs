@@ -29,6 +29,23 @@ const LINGER_SECS: &str = "2";
 /// A turn of a read loop that never ends fails the test instead.
 const READS: usize = 30;
 
+/// `ds serve` on `chain` for `model`, whose finished runs linger only
+/// [`LINGER_SECS`], so a test sees their sandboxes go.
+fn serve(chain: Chain, model: &ModelServer) -> Serve {
+    Serve::new(chain, model).env("SANDSTORM_RUN_LINGER", LINGER_SECS)
+}
+
+/// Starts a detached run of `body` on `base` and leaves after its `run`
+/// event, as a client that goes away; the run's id.
+async fn start_and_leave(client: &reqwest::Client, base: &str, body: Value) -> String {
+    let started = read(client.post(format!("{base}/query")).json(&body), Some(1)).await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    started.events[0].1["run_id"]
+        .as_str()
+        .expect("a run event first")
+        .to_owned()
+}
+
 /// What one client read of a run's stream.
 #[derive(Debug)]
 struct Read {
@@ -238,23 +255,15 @@ async fn only_the_owner_finds_a_run_and_strangers_learn_nothing() {
         command: SLOW_COMMAND.to_owned(),
     })
     .await;
-    let product = Serve::new(Chain::E2b, &model)
-        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
-        .start()
-        .await;
+    let product = serve(Chain::E2b, &model).start().await;
     let other = product.another_instance(&[], &[]).await;
     let client = reqwest::Client::new();
-    let first = read(
-        client
-            .post(format!("{}/query", product.url()))
-            .json(&json!({"prompt": "go", "detach": true})),
-        Some(1),
+    let run_id = start_and_leave(
+        &client,
+        product.url(),
+        json!({"prompt": "go", "detach": true}),
     )
     .await;
-    let run_id = first.events[0].1["run_id"]
-        .as_str()
-        .expect("run_id")
-        .to_owned();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let unknown = format!("run_{}", "0".repeat(32));
@@ -310,10 +319,7 @@ async fn a_local_detached_run_goes_on_when_its_client_leaves_and_is_read_again()
         command: "sleep 3 && echo later > later.txt".to_owned(),
     })
     .await;
-    let product = Serve::new(Chain::Local, &model)
-        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
-        .start()
-        .await;
+    let product = serve(Chain::Local, &model).start().await;
     let client = reqwest::Client::new();
 
     // A run without detach: no ids, no run id, as before.
@@ -461,23 +467,15 @@ async fn get_json(request: reqwest::RequestBuilder) -> (u16, Value) {
 async fn runs_are_listed_and_a_cancel_ends_every_reader_and_the_sandbox() {
     // An agent that never stops on its own.
     let model = ModelServer::start(Script::EndlessBash).await;
-    let product = Serve::new(Chain::E2b, &model)
-        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
-        .start()
-        .await;
+    let product = serve(Chain::E2b, &model).start().await;
     let other = product.another_instance(&[], &[]).await;
     let client = reqwest::Client::new();
-    let started = read(
-        client
-            .post(format!("{}/query", product.url()))
-            .json(&json!({"prompt": "sleep for a minute", "detach": true})),
-        Some(1),
+    let run_id = start_and_leave(
+        &client,
+        product.url(),
+        json!({"prompt": "sleep for a minute", "detach": true}),
     )
     .await;
-    let run_id = started.events[0].1["run_id"]
-        .as_str()
-        .expect("run_id")
-        .to_owned();
 
     // A reader on the other instance, from the start, until the end.
     let reader = tokio::spawn(read(client.get(events_url(&other.url, &run_id)), None));
@@ -560,22 +558,14 @@ async fn the_run_s_own_timeout_ends_a_detached_run_in_its_sandbox() {
     // An agent that never stops: only the run's `timeout` ends it, and the
     // wrapper in the sandbox enforces that, with nobody attached.
     let model = ModelServer::start(Script::EndlessBash).await;
-    let product = Serve::new(Chain::E2b, &model)
-        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
-        .start()
-        .await;
+    let product = serve(Chain::E2b, &model).start().await;
     let client = reqwest::Client::new();
-    let first = read(
-        client
-            .post(format!("{}/query", product.url()))
-            .json(&json!({"prompt": "go", "detach": true, "timeout": 8})),
-        Some(1),
+    let run_id = start_and_leave(
+        &client,
+        product.url(),
+        json!({"prompt": "go", "detach": true, "timeout": 8}),
     )
     .await;
-    let run_id = first.events[0].1["run_id"]
-        .as_str()
-        .expect("run_id")
-        .to_owned();
     // The client left at once; a reader from another instance sees the end.
     let other = product.another_instance(&[], &[]).await;
     let rest = read(client.get(events_url(&other.url, &run_id)), None).await;
@@ -620,22 +610,14 @@ async fn ds_lists_attaches_to_and_cancels_runs_on_a_server_and_on_e2b_directly()
         command: "sleep 4 && echo later > later.txt".to_owned(),
     })
     .await;
-    let product = Serve::new(Chain::E2b, &model)
-        .env("SANDSTORM_RUN_LINGER", LINGER_SECS)
-        .start()
-        .await;
+    let product = serve(Chain::E2b, &model).start().await;
     let client = reqwest::Client::new();
-    let started = read(
-        client
-            .post(format!("{}/query", product.url()))
-            .json(&json!({"prompt": "go", "detach": true})),
-        Some(1),
+    let run_id = start_and_leave(
+        &client,
+        product.url(),
+        json!({"prompt": "go", "detach": true}),
     )
     .await;
-    let run_id = started.events[0].1["run_id"]
-        .as_str()
-        .expect("run_id")
-        .to_owned();
 
     // Through the server.
     let server = product.url().to_owned();
@@ -668,17 +650,12 @@ async fn ds_lists_attaches_to_and_cancels_runs_on_a_server_and_on_e2b_directly()
 
     // Directly against E2B, with no server: another run, listed and
     // cancelled by `ds` alone.
-    let second = read(
-        client
-            .post(format!("{}/query", product.url()))
-            .json(&json!({"prompt": "again", "detach": true})),
-        Some(1),
+    let second_id = start_and_leave(
+        &client,
+        product.url(),
+        json!({"prompt": "again", "detach": true}),
     )
     .await;
-    let second_id = second.events[0].1["run_id"]
-        .as_str()
-        .expect("run_id")
-        .to_owned();
     let (code, out, err) = ds(&product, &["runs"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains(&second_id), "{out}\n{err}");
@@ -710,4 +687,37 @@ async fn ds_lists_attaches_to_and_cancels_runs_on_a_server_and_on_e2b_directly()
         (3, 3, 0),
         "{stats:?}"
     );
+}
+
+#[tokio::test]
+async fn sandstorm_json_detach_is_the_default_a_request_can_turn_off() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let product = serve(Chain::Local, &model)
+        .config(json!({"detach": true}))
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    let detached = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({"prompt": "go"})),
+        None,
+    )
+    .await;
+    assert_eq!(detached.events[0].1["type"], "run", "{}", detached.body);
+    assert!(detached.done, "{}", detached.body);
+    let plain = client
+        .post(format!("{}/query", product.url()))
+        .json(&json!({"prompt": "go", "detach": false}))
+        .send()
+        .await
+        .expect("POST /query");
+    assert!(plain.headers().get("x-run-id").is_none());
+    let text = plain.text().await.expect("the plain stream");
+    assert!(text.contains("\"type\":\"done\""), "{text}");
+    assert!(
+        !text.lines().any(|line| line.starts_with("id:")),
+        "detach: false wins over sandstorm.json: {text}"
+    );
+    product.assert_sandboxes_destroyed(2).await;
 }
