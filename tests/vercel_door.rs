@@ -182,7 +182,11 @@ fn vercel_json_routes_both_paths_to_functions_that_cargo_builds() {
     // behind api/query.rs serves a run's events too.
     for (source, function) in [
         ("/query", "api/query.rs"),
+        ("/runs", "api/query.rs"),
+        ("/runs/:id", "api/query.rs"),
+        ("/runs/:id/cancel", "api/query.rs"),
         ("/runs/:id/events", "api/query.rs"),
+        ("/runs/:id/messages", "api/query.rs"),
         ("/health", "api/health.rs"),
     ] {
         let rewrites = config["rewrites"].as_array().expect("rewrites");
