@@ -1,13 +1,16 @@
 /**
  * Sandstorm event-log follower: runs inside the sandbox as
- * `node follow.mjs LOG [UNTIL]`, for a detached run.
+ * `node follow.mjs LOG [UNTIL] [TURN]`, for a detached run.
  *
  * Prints the run's event log (see runner.mjs, record mode) from its first
- * byte, then whatever is appended, and exits once it has printed the exit
- * record the run's wrapper appends when the runner ends (RS and `x` or
- * `t`). Every reader of a run, the first and each one that reattaches, reads
- * the log this way, from the start, so they all see the same records in the
- * same order and the server numbers the events alike.
+ * byte, then whatever is appended, and exits at the end of the log once the
+ * last line there is an exit record (RS and `x` or `t`, which a turn's
+ * wrapper appends when its runner ends) and it has printed at least TURN of
+ * them (default 1): a run's later turns append to the same log, and the
+ * reader of a follow-up waits for that turn's end. Every reader of a run,
+ * the first and each one that reattaches, reads the log this way, from the
+ * start, so they all see the same records in the same order and the server
+ * numbers the events alike.
  *
  * UNTIL (Unix time in milliseconds) is when its reader's stream ends at the
  * latest: it then exits too, so readers that come and go (a client on a
@@ -53,33 +56,46 @@ async function write(bytes) {
 /** An exit record that starts a line other than the first. */
 const EXIT_MARKERS = [Buffer.from("\n\x1ex", "latin1"), Buffer.from("\n\x1et", "latin1")];
 
-/**
- * Where the exit record's line ends in `lines` (whole lines, from a line's
- * start), as the index of its newline; -1 when there is none.
- */
-function exitRecordEnd(lines) {
-  let at = lines[0] === RS && EXIT_KINDS.has(lines[1]) ? 0 : -1;
+function isExitRecord(lines, start) {
+  return lines[start] === RS && EXIT_KINDS.has(lines[start + 1]);
+}
+
+/** How many exit records `lines` (whole lines, from a line's start) holds. */
+function countExitRecords(lines) {
+  let count = isExitRecord(lines, 0) ? 1 : 0;
   for (const marker of EXIT_MARKERS) {
-    const found = at === 0 ? -1 : lines.indexOf(marker);
-    if (found >= 0 && (at < 0 || found + 1 < at)) at = found + 1;
+    for (let at = lines.indexOf(marker); at >= 0; at = lines.indexOf(marker, at + 1)) count += 1;
   }
-  return at < 0 ? -1 : lines.indexOf(NEWLINE, at);
+  return count;
+}
+
+/** Whether the last of `lines` (whole lines, ending in a newline) is an exit record. */
+function endsWithExitRecord(lines) {
+  return isExitRecord(lines, lines.lastIndexOf(NEWLINE, lines.length - 2) + 1);
 }
 
 async function main() {
   const path = process.argv[2];
-  if (!path) throw new Error("usage: node follow.mjs LOG [UNTIL]");
+  if (!path) throw new Error("usage: node follow.mjs LOG [UNTIL] [TURN]");
   const until = Number(process.argv[3] ?? Infinity);
   if (Number.isNaN(until)) throw new Error(`UNTIL must be a Unix time in milliseconds`);
+  const turn = Number(process.argv[4] ?? 1);
+  if (!Number.isInteger(turn) || turn < 1) throw new Error(`TURN must be a whole number from 1`);
   // Its reader is gone by then; nothing it printed would be read.
   setTimeout(() => process.exit(0), Math.min(Math.max(until - Date.now(), 0), 2 ** 31 - 1)).unref();
   const file = await openWhenThere(path);
   let pending = Buffer.alloc(0);
   let position = 0;
+  let exits = 0;
+  let atExit = false;
   for (;;) {
     const buffer = Buffer.allocUnsafe(CHUNK);
     const { bytesRead } = await file.read(buffer, 0, CHUNK, position);
     if (bytesRead === 0) {
+      if (atExit && pending.length === 0 && exits >= turn) {
+        await new Promise((resolve) => process.stdout.write("", resolve));
+        process.exit(0);
+      }
       await sleep(POLL_MS);
       continue;
     }
@@ -87,17 +103,14 @@ async function main() {
     const data = pending.length ? Buffer.concat([pending, buffer.subarray(0, bytesRead)]) : buffer.subarray(0, bytesRead);
     const cut = data.lastIndexOf(NEWLINE) + 1;
     // Whole lines go out as they are, many at a time; a line still being
-    // written waits for its end. Only the exit record's is looked for, a
-    // line at a time.
+    // written waits for its end. Only exit records are looked for.
     const lines = data.subarray(0, cut);
     pending = Buffer.from(data.subarray(cut));
-    const end = exitRecordEnd(lines);
-    if (end >= 0) {
-      await write(lines.subarray(0, end + 1));
-      await new Promise((resolve) => process.stdout.write("", resolve));
-      process.exit(0);
+    if (lines.length) {
+      exits += countExitRecords(lines);
+      atExit = endsWithExitRecord(lines);
+      await write(lines);
     }
-    if (lines.length) await write(lines);
   }
 }
 

@@ -37,6 +37,10 @@ const FIELDS = {
     || 'an object {"type":"json_schema","schema":{...}}',
   agents: (v) => isObject(v) || "an object of agent definitions",
   mcp_servers: (v) => isObject(v) || "an object of MCP server configs",
+  // A follow-up turn: the SDK session to carry on (its transcript is in
+  // ~/.claude), and whether to branch from it instead.
+  resume: (v) => typeof v === "string" && /^[0-9a-zA-Z-]{1,128}$/.test(v) || "an SDK session id",
+  fork_session: (v) => typeof v === "boolean" || "a boolean",
   outputs: (v) => isObject(v) && Array.isArray(v.patterns) && v.patterns.every((p) => typeof p === "string")
     && [v.max_files, v.max_file_bytes, v.max_total_bytes].every((n) => Number.isInteger(n) && n >= 0)
     || 'an object {"patterns":[...],"max_files":N,"max_file_bytes":N,"max_total_bytes":N}',
@@ -100,6 +104,8 @@ function toOptions(config, abortController) {
   if (config.output_format != null) options.outputFormat = config.output_format;
   if (config.agents != null) options.agents = config.agents;
   if (config.mcp_servers != null) options.mcpServers = config.mcp_servers;
+  if (config.resume != null) options.resume = config.resume;
+  if (config.fork_session != null) options.forkSession = config.fork_session;
   return options;
 }
 

@@ -116,6 +116,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}", get(run_status).delete(cancel_run))
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/events", get(run_events))
+        .route("/runs/{id}/messages", post(run_messages))
         .route(HEALTH_PATH, get(health))
         .route("/openapi.json", get(openapi_document))
         .fallback(not_found)
@@ -168,7 +169,9 @@ async fn not_found() -> Response {
 async fn query(State(state): State<AppState>, request: Request) -> Response {
     let request_id = request_id(request.headers());
     match start_query(&state, request, &request_id).await {
-        Ok(Started { events, run: None }) => {
+        Ok(Started {
+            events, run: None, ..
+        }) => {
             let mut response = sse(events, None).into_response();
             set_request_id(&mut response, &request_id);
             response
@@ -176,8 +179,9 @@ async fn query(State(state): State<AppState>, request: Request) -> Response {
         Ok(Started {
             events,
             run: Some(run),
+            after,
         }) => {
-            let mut response = sse(events, Some(Numbering::from_start())).into_response();
+            let mut response = sse(events, Some(Numbering::after(after))).into_response();
             set_request_id(&mut response, &request_id);
             if let Ok(value) = HeaderValue::from_str(&run) {
                 response.headers_mut().insert("x-run-id", value);
@@ -193,19 +197,24 @@ async fn query(State(state): State<AppState>, request: Request) -> Response {
     }
 }
 
-/// A run that has begun: its events, and its id when it is detached.
+/// A run (or a turn of one) that has begun: its events, its id when it is
+/// detached, and the id of the last event before its stream.
 struct Started {
     events: tokio::sync::mpsc::Receiver<RunEvent>,
     run: Option<String>,
+    after: u64,
 }
 
-/// Everything that can refuse a request happens here, before a sandbox
-/// exists; past this point failures are in-band events.
-async fn start_query(
-    state: &AppState,
-    request: Request,
-    request_id: &str,
-) -> Result<Started, ApiError> {
+/// A request with a query body, authorized and read: the body validated,
+/// and when the platform cuts the response.
+struct QueryRequest {
+    query: Query,
+    headers: HeaderMap,
+    platform_deadline: Option<Instant>,
+}
+
+/// Everything every request with a query body is refused for.
+async fn read_query(state: &AppState, request: Request) -> Result<QueryRequest, ApiError> {
     let arrived = Instant::now();
     let settings = &state.settings;
     auth::check(
@@ -220,9 +229,35 @@ async fn start_query(
         .get::<PlatformDeadline>()
         .map(|d| d.0)
         .or_else(|| settings.max_duration.map(|d| arrived + d));
+    let headers = request.headers().clone();
     let body = read_body(request, settings.max_body_bytes).await?;
     let query = Query::from_json(&body, &settings.sandbox.credential_fields)?;
-    let caller = runs::owner(runs::brought_credential(settings, &query.keys).as_ref());
+    Ok(QueryRequest {
+        query,
+        headers,
+        platform_deadline,
+    })
+}
+
+/// Everything that can refuse a request happens here, before a sandbox
+/// exists; past this point failures are in-band events.
+async fn start_query(
+    state: &AppState,
+    request: Request,
+    request_id: &str,
+) -> Result<Started, ApiError> {
+    let settings = &state.settings;
+    let QueryRequest {
+        query,
+        platform_deadline,
+        ..
+    } = read_query(state, request).await?;
+    let brought = runs::brought_credential(settings, &query.keys);
+    if let Some(run) = query.resume.clone() {
+        let caller = runs::Caller::bringing(brought);
+        return resume(state, query, &run, &caller, request_id, platform_deadline).await;
+    }
+    let caller = runs::owner(brought.as_ref());
     let plan = plan::prepare(
         settings,
         query,
@@ -241,7 +276,126 @@ async fn start_query(
     Ok(Started {
         events: handle.events,
         run,
+        after: 0,
     })
+}
+
+/// `POST /query {"resume": "<run id>"}`: the run's next turn, or with
+/// `fork_session` a new run that branches from it.
+async fn resume(
+    state: &AppState,
+    mut query: Query,
+    run: &str,
+    caller: &runs::Caller,
+    request_id: &str,
+    platform_deadline: Option<Instant>,
+) -> Result<Started, ApiError> {
+    let settings = &state.settings;
+    let found = runs::find(
+        settings,
+        state.provider.as_ref(),
+        &state.registry,
+        run,
+        caller,
+        platform_deadline,
+    )
+    .await?;
+    query.resume = None;
+    if std::mem::take(&mut query.fork_session) {
+        let plan = runs::turn::fork(
+            settings,
+            found,
+            query,
+            request_id.to_owned(),
+            platform_deadline,
+            caller.owner(),
+        )
+        .await?;
+        let run = plan.detach.as_ref().map(|d| d.run.to_string());
+        let handle = run::spawn(
+            state.provider.clone(),
+            plan,
+            state.shutdown.clone(),
+            state.registry.clone(),
+        );
+        return Ok(Started {
+            events: handle.events,
+            run,
+            after: 0,
+        });
+    }
+    let context = runs::turn::Context {
+        settings,
+        registry: state.registry.clone(),
+        shutdown: state.shutdown.clone(),
+        platform_deadline,
+    };
+    let begun = runs::turn::follow_up(context, found, query, request_id.to_owned()).await?;
+    Ok(Started {
+        events: begun.handle.events,
+        run: Some(begun.run_id),
+        after: begun.after,
+    })
+}
+
+/// `POST /runs/{id}/messages`: a follow-up turn of a run, streamed like
+/// `/query`, its events numbered on from the turn before.
+async fn run_messages(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let request_id = request_id(request.headers());
+    let started = async {
+        let QueryRequest {
+            mut query,
+            headers,
+            platform_deadline,
+        } = read_query(&state, request).await?;
+        if query.resume.is_some() {
+            return Err(ApiError::invalid(
+                "resume",
+                "resume names the run to continue on POST /query; here the path names it",
+            ));
+        }
+        if query.fork_session {
+            return Err(ApiError::invalid(
+                "fork_session",
+                "a fork is a new run: POST /query with resume and fork_session",
+            ));
+        }
+        let settings = &state.settings;
+        // The run's owner's credential, from the header or the body, is
+        // also the turn's.
+        let header = runs::Caller::of(settings, &headers);
+        let brought = header
+            .brought()
+            .cloned()
+            .or_else(|| runs::brought_credential(settings, &query.keys));
+        if let (Some(key), Some(credential)) = (&brought, settings.sandbox.provider.credential) {
+            query.keys.set_sandbox(credential.field, key.clone());
+        }
+        let caller = runs::Caller::bringing(brought);
+        query.resume = Some(id.clone());
+        resume(&state, query, &id, &caller, &request_id, platform_deadline).await
+    }
+    .await;
+    match started {
+        Ok(Started { events, run, after }) => {
+            let mut response = sse(events, Some(Numbering::after(after))).into_response();
+            set_request_id(&mut response, &request_id);
+            if let Some(value) = run.and_then(|run| HeaderValue::from_str(&run).ok()) {
+                response.headers_mut().insert("x-run-id", value);
+            }
+            response
+        }
+        Err(error) => {
+            tracing::info!(%request_id, status = %error.status(), error = %error, "follow-up refused");
+            let mut response = error.into_response();
+            set_request_id(&mut response, &request_id);
+            response
+        }
+    }
 }
 
 /// `GET /runs/{id}/events`: a run's events from the start, or after
@@ -267,7 +421,7 @@ async fn run_events(
             state.provider.as_ref(),
             &state.registry,
             &id,
-            &headers,
+            &runs::Caller::of(settings, &headers),
             platform_deadline,
         )
         .await?;
@@ -318,9 +472,7 @@ async fn run_status(
         let found = find_run(&state, &id, &headers).await?;
         let info = runs::status::read(found.sandbox.as_ref(), &found.follow)
             .await
-            .map_err(|e| ApiError::Provider {
-                message: format!("could not read the run's status: {e}"),
-            })?;
+            .map_err(|e| runs::provider_error(&e))?;
         Ok(serde_json::to_value(info).unwrap_or_default())
     })
     .await
@@ -350,7 +502,7 @@ async fn find_run(
         state.provider.as_ref(),
         &state.registry,
         id,
-        headers,
+        &runs::Caller::of(&state.settings, headers),
         None,
     )
     .await
@@ -439,10 +591,6 @@ struct Numbering {
 }
 
 impl Numbering {
-    fn from_start() -> Self {
-        Numbering::after(0)
-    }
-
     fn after(after: u64) -> Self {
         Numbering { next: 1, after }
     }

@@ -58,6 +58,10 @@ pub struct SandstormConfig {
     /// Whether runs are detached unless a request says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detach: Option<bool>,
+    /// Seconds a run's sandbox is kept after a turn for a follow-up,
+    /// unless a request says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<u64>,
 }
 
 /// Structured output: the SDK validates the agent's answer against `schema`.
@@ -234,6 +238,17 @@ impl SandstormConfig {
         };
         if self.max_turns == Some(0) {
             return Err(field_error("max_turns".into(), "must be at least 1"));
+        }
+        if let Some(keep_alive) = self.keep_alive
+            && keep_alive > crate::request::MAX_KEEP_ALIVE_SECS
+        {
+            return Err(field_error(
+                "keep_alive".into(),
+                &format!(
+                    "must be between 0 and {} seconds, got {keep_alive}",
+                    crate::request::MAX_KEEP_ALIVE_SECS
+                ),
+            ));
         }
         if let Some(outputs) = &self.outputs {
             crate::outputs::validate_patterns(outputs)

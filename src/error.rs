@@ -66,6 +66,19 @@ pub enum ApiError {
     /// the same (404).
     #[error("no such run")]
     NoSuchRun,
+    /// A follow-up turn came while one is running (409).
+    #[error("{message}")]
+    TurnRunning {
+        /// What is running, and what to do.
+        message: String,
+    },
+    /// The run takes no more turns: it is over and its sandbox is going or
+    /// gone (410).
+    #[error("{message}")]
+    RunOver {
+        /// Why, and what to do instead.
+        message: String,
+    },
     /// The sandbox provider could not be asked (it is down, or refused the
     /// key); the message says which (502).
     #[error("{message}")]
@@ -99,6 +112,8 @@ impl ApiError {
             ApiError::Config { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NoSuchRun => StatusCode::NOT_FOUND,
+            ApiError::TurnRunning { .. } => StatusCode::CONFLICT,
+            ApiError::RunOver { .. } => StatusCode::GONE,
             ApiError::Provider { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -116,6 +131,8 @@ impl ApiError {
             ApiError::Internal(_) => "internal_error",
             ApiError::Overloaded => "overloaded",
             ApiError::NoSuchRun => "not_found",
+            ApiError::TurnRunning { .. } => "turn_running",
+            ApiError::RunOver { .. } => "run_over",
             ApiError::Provider { .. } => "sandbox_error",
         }
     }

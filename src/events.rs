@@ -33,6 +33,9 @@ pub(crate) enum RunEvent {
     /// sandbox: the platform's deadline came, the server is stopping, or the
     /// connection to the sandbox was lost. The last event of such a stream.
     Detached(Detached),
+    /// A follow-up turn of a detached run begins: the events of the turn
+    /// before ended with its `done`, and this turn's follow.
+    Turn(TurnStarted),
 }
 
 /// `{"type":"run","run_id","expires_at"}`.
@@ -43,6 +46,17 @@ pub(crate) struct RunStarted {
     /// RFC 3339, UTC: when the run's sandbox is destroyed if nothing else
     /// ends it first.
     pub expires_at: String,
+}
+
+/// `{"type":"turn","run_id","turn","request_id"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TurnStarted {
+    /// The run's id.
+    pub run_id: String,
+    /// Which turn: 2 for the first follow-up.
+    pub turn: u32,
+    /// The request id of the follow-up that began it.
+    pub request_id: String,
 }
 
 /// `{"type":"detached","run_id","last_event_id","resume"}`.
@@ -119,6 +133,20 @@ pub(crate) enum ErrorKind {
     Cancelled,
 }
 
+impl ErrorKind {
+    /// Whether the runner's exit was read when a turn ended so: its own
+    /// failures, a cancel and its timeout; not a fault on the way to it.
+    pub(crate) fn ends_a_runner(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::RunnerFailed
+                | ErrorKind::RunnerError
+                | ErrorKind::Cancelled
+                | ErrorKind::Timeout
+        )
+    }
+}
+
 /// The run's one `error` event: `{"type":"error","error_type","error","request_id"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct RunError {
@@ -175,6 +203,10 @@ impl RunEvent {
                 kind: "detached",
                 body: detached,
             }),
+            RunEvent::Turn(turn) => json_bytes(&Tagged {
+                kind: "turn",
+                body: turn,
+            }),
         }
     }
 }
@@ -197,6 +229,7 @@ impl RunEvent {
                 "done" => RunEvent::Done(serde_json::from_slice(&line).ok()?),
                 "run" => RunEvent::Run(serde_json::from_slice(&line).ok()?),
                 "detached" => RunEvent::Detached(serde_json::from_slice(&line).ok()?),
+                "turn" => RunEvent::Turn(serde_json::from_slice(&line).ok()?),
                 _ => return None,
             })
         };

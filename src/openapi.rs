@@ -167,6 +167,9 @@ mod tests {
                 "files" => json!({"data/a.csv": "a,b\n"}),
                 "outputs" => json!(["output/**", "*.png"]),
                 "detach" => json!(true),
+                "keep_alive" => json!(60),
+                "resume" => json!("run_00000000000000000000000000000000"),
+                "fork_session" => json!(true),
                 other => panic!("no example value for the new field {other:?}; add one here"),
             };
             body.insert(name.clone(), value);
@@ -187,6 +190,10 @@ mod tests {
         assert_eq!(p["max_turns"]["maximum"], u32::MAX);
         assert_eq!(p["files"]["maxProperties"], MAX_FILES);
         assert_eq!(p["outputs"]["maxItems"], MAX_PATTERNS);
+        assert_eq!(
+            p["keep_alive"]["maximum"],
+            crate::request::MAX_KEEP_ALIVE_SECS
+        );
         let described = |field: &str, text: String| {
             let description = p[field]["description"].as_str().expect("description");
             assert!(
@@ -274,9 +281,12 @@ mod tests {
             | ApiError::Unauthorized
             | ApiError::Config { .. }
             | ApiError::Internal(_)
-            | ApiError::Overloaded => (),
-            // Only `/runs` answers these; see the test below.
-            ApiError::NoSuchRun | ApiError::Provider { .. } => (),
+            | ApiError::Overloaded
+            // `/query` answers these for `resume`, as `/runs` does.
+            | ApiError::NoSuchRun
+            | ApiError::Provider { .. }
+            | ApiError::TurnRunning { .. }
+            | ApiError::RunOver { .. } => (),
         };
         let errors = [
             ApiError::invalid("f", "m"),
@@ -298,6 +308,16 @@ mod tests {
             },
             ApiError::Internal("d".into()),
             ApiError::Overloaded,
+            ApiError::NoSuchRun,
+            ApiError::Provider {
+                message: "m".into(),
+            },
+            ApiError::TurnRunning {
+                message: "m".into(),
+            },
+            ApiError::RunOver {
+                message: "m".into(),
+            },
         ];
         let documented = |path: &str, responses: &Value, error: &ApiError| {
             let status = error.status().as_u16().to_string();
@@ -314,8 +334,13 @@ mod tests {
                 error.kind()
             );
         };
+        // A follow-up turn is refused as `/query` is, and then some.
+        let messages = &doc["paths"]["/runs/{id}/messages"]["post"]["responses"];
         for error in &errors {
             documented("/query", responses, error);
+            if !matches!(error, ApiError::Overloaded) {
+                documented("/runs/{id}/messages", messages, error);
+            }
         }
         // And those only `/runs/{id}/events` answers, under it.
         let runs = &doc["paths"]["/runs/{id}/events"]["get"]["responses"];
@@ -357,6 +382,7 @@ mod tests {
             ("done", "DoneEvent"),
             ("run", "RunEvent"),
             ("detached", "DetachedEvent"),
+            ("turn", "TurnEvent"),
         ] {
             assert_eq!(schemas[schema]["properties"]["type"]["const"], kind);
             let listed = schemas["Event"]["anyOf"]

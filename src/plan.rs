@@ -81,6 +81,8 @@ pub(crate) struct DetachPlan {
     pub expires_at: String,
     /// How long its sandbox stays once the run is over.
     pub linger: Duration,
+    /// How long its sandbox is kept after a turn for a follow-up.
+    pub keep_alive: Duration,
 }
 
 /// Builds a run's plan from a validated query: the config, the keys, the
@@ -105,7 +107,15 @@ pub(crate) async fn prepare(
         settings.sandbox.provider.credential,
     )
     .await?;
-    let detach = query.detach.or(config.detach).unwrap_or(false);
+    let keep_alive = query
+        .keep_alive
+        .or(config.keep_alive.map(Duration::from_secs))
+        .unwrap_or_default();
+    // A run kept for follow-ups needs an id to come back to: it is
+    // detached unless the request says otherwise.
+    let detach = query
+        .detach
+        .unwrap_or_else(|| config.detach.unwrap_or(false) || !keep_alive.is_zero());
     let timeout = query.timeout;
     let plan = build(
         request_id,
@@ -120,10 +130,26 @@ pub(crate) async fn prepare(
             let run = RunId::generate().map_err(|e| ApiError::Config {
                 message: e.to_string(),
             })?;
-            Ok(plan.detached(run, owner, timeout, platform_deadline, settings.run_linger))
+            let lifetime = Lifetime {
+                linger: settings.run_linger,
+                keep_alive,
+                max: settings.run_max_lifetime,
+            };
+            Ok(plan.detached(run, owner, timeout, platform_deadline, lifetime))
         }
         _ => Ok(plan),
     }
+}
+
+/// How long a detached run's sandbox is kept, and for what.
+#[derive(Debug, Clone, Copy)]
+struct Lifetime {
+    /// After the run is over, for readers to read to the end.
+    linger: Duration,
+    /// After each turn, for a follow-up (0: none).
+    keep_alive: Duration,
+    /// The longest a run kept for follow-ups lives in all.
+    max: Duration,
 }
 
 impl RunPlan {
@@ -138,12 +164,20 @@ impl RunPlan {
         owner: &Secret,
         timeout: Duration,
         platform_deadline: Option<Instant>,
-        linger: Duration,
+        kept: Lifetime,
     ) -> Self {
         let now = Instant::now();
         let lifetime = timeout + SANDBOX_GRACE;
         let started = std::time::SystemTime::now();
-        let expires_at = humantime::format_rfc3339_seconds(started + lifetime).to_string();
+        // A run kept for follow-ups may live as long as the provider's plan
+        // allows; each turn and each idle time sets its sandbox's lifetime
+        // within that.
+        let run_lifetime = if kept.keep_alive.is_zero() {
+            lifetime
+        } else {
+            kept.max.max(lifetime)
+        };
+        let expires_at = humantime::format_rfc3339_seconds(started + run_lifetime).to_string();
         let created_at = humantime::format_rfc3339_seconds(started).to_string();
         self.sandbox.lifetime = lifetime;
         let sealed = self
@@ -155,6 +189,12 @@ impl RunPlan {
         metadata.extend(run_id::metadata(&run, owner));
         metadata.insert(runs::EXPIRES_KEY.to_owned(), expires_at.clone());
         metadata.insert(runs::CREATED_KEY.to_owned(), created_at.clone());
+        if !kept.keep_alive.is_zero() {
+            metadata.insert(
+                runs::KEEP_ALIVE_KEY.to_owned(),
+                kept.keep_alive.as_secs().to_string(),
+            );
+        }
         // So that listing the caller's runs can name them; without a
         // credential (local sandboxes) the server's registry does.
         if let Some(sealed) = sealed {
@@ -178,7 +218,8 @@ impl RunPlan {
             run,
             created_at,
             expires_at,
-            linger,
+            linger: kept.linger,
+            keep_alive: kept.keep_alive,
         });
         self
     }

@@ -23,6 +23,10 @@ pub const MAX_FILES_BYTES: usize = 10_000_000;
 /// The allowed `timeout` range in seconds, and its default.
 pub(crate) const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 5..=3600;
 pub(crate) const DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// The longest `keep_alive`, in seconds: a day, E2B's longest sandbox
+/// lifetime. A run's own lifetime (`SANDSTORM_RUN_MAX_LIFETIME`) bounds it
+/// further.
+pub(crate) const MAX_KEEP_ALIVE_SECS: u64 = 86_400;
 /// Longest accepted upload path; the Linux limit.
 const MAX_PATH_BYTES: usize = 4096;
 const MAX_NAME_BYTES: usize = 255;
@@ -64,6 +68,15 @@ pub(crate) struct QueryRequest {
     /// Whether the run goes on when its client goes away.
     #[serde(default)]
     pub detach: Option<bool>,
+    /// Seconds the sandbox is kept after a turn for a follow-up.
+    #[serde(default, deserialize_with = "whole_number")]
+    pub keep_alive: Option<u64>,
+    /// The run this request is a follow-up turn of (0.9.2's field).
+    #[serde(default)]
+    pub resume: Option<String>,
+    /// With `resume`: a new run whose SDK session branches from that run's.
+    #[serde(default)]
+    pub fork_session: Option<bool>,
 }
 
 /// Redacted: keys show as `***` and sandbox keys by field name only; files
@@ -91,6 +104,9 @@ impl std::fmt::Debug for QueryRequest {
             .field("files", &files)
             .field("outputs", &self.outputs)
             .field("detach", &self.detach)
+            .field("keep_alive", &self.keep_alive)
+            .field("resume", &self.resume.as_ref().map(|_| "***"))
+            .field("fork_session", &self.fork_session)
             .finish()
     }
 }
@@ -148,6 +164,13 @@ pub struct Query {
     pub outputs: Option<Vec<String>>,
     /// Detach; `None` falls back to sandstorm.json's, then to no.
     pub detach: Option<bool>,
+    /// Keep the sandbox after a turn; `None` falls back to sandstorm.json's,
+    /// then to 0 (not kept).
+    pub keep_alive: Option<Duration>,
+    /// The run to continue (or, with `fork_session`, to branch from).
+    pub resume: Option<String>,
+    /// Branch from `resume`'s session in a new run instead of continuing it.
+    pub fork_session: bool,
 }
 
 /// One uploaded file, its path normalized and relative to `/home/user`.
@@ -366,6 +389,45 @@ impl QueryRequest {
                 ),
             ));
         }
+        if let Some(keep_alive) = self.keep_alive
+            && keep_alive > MAX_KEEP_ALIVE_SECS
+        {
+            return Err(ApiError::invalid(
+                "keep_alive",
+                format!(
+                    "{} must be between 0 and {MAX_KEEP_ALIVE_SECS} seconds, got {keep_alive}",
+                    naming.name("keep_alive")
+                ),
+            ));
+        }
+        if self.keep_alive.is_some_and(|k| k > 0) && self.detach == Some(false) {
+            return Err(ApiError::invalid(
+                "keep_alive",
+                format!(
+                    "{} keeps a run for follow-ups, which only a detached run has; \
+                     leave out detach or set it to true",
+                    naming.name("keep_alive")
+                ),
+            ));
+        }
+        if let Some(resume) = &self.resume
+            && resume.trim().is_empty()
+        {
+            return Err(ApiError::invalid(
+                "resume",
+                format!("{} must be a run id when given", naming.name("resume")),
+            ));
+        }
+        if self.fork_session == Some(true) && self.resume.is_none() {
+            return Err(ApiError::invalid(
+                "fork_session",
+                format!(
+                    "{} branches from the run given as {}, and none was",
+                    naming.name("fork_session"),
+                    naming.name("resume")
+                ),
+            ));
+        }
         let files = validate_files(self.files.unwrap_or_default())?;
         if let Some(outputs) = &self.outputs {
             crate::outputs::validate_patterns(outputs).map_err(|why| {
@@ -393,6 +455,9 @@ impl QueryRequest {
             files,
             outputs: self.outputs,
             detach: self.detach,
+            keep_alive: self.keep_alive.map(Duration::from_secs),
+            resume: self.resume,
+            fork_session: self.fork_session.unwrap_or(false),
         })
     }
 }

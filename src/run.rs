@@ -208,7 +208,7 @@ async fn create_detached(
 
 /// Turns process output into events until the process exits.
 async fn relay(
-    mut output: crate::sandbox::ProcessStream,
+    mut output: futures::stream::BoxStream<'_, Result<ProcessEvent, SandboxError>>,
     redactor: &Redactor,
     outputs: Option<&OutputPlan>,
     tx: &mpsc::Sender<RunEvent>,

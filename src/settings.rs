@@ -33,6 +33,9 @@ pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// following its log, and clients whose stream detached just before the
 /// end, can read the end too.
 pub(crate) const DEFAULT_RUN_LINGER: Duration = Duration::from_secs(60);
+/// A day: the longest sandbox lifetime E2B's Pro plan allows (Hobby's is
+/// an hour; set `SANDSTORM_RUN_MAX_LIFETIME` to match).
+pub(crate) const DEFAULT_RUN_MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 
 /// How long a client of `ds serve` has to send a request head, by default.
 pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,6 +162,10 @@ pub struct Settings {
     /// provider ends it (`SANDSTORM_RUN_LINGER`, seconds; 0 destroys it at
     /// once).
     pub run_linger: Duration,
+    /// The longest a detached run kept for follow-ups (`keep_alive`) may
+    /// live, turns and idle time together (`SANDSTORM_RUN_MAX_LIFETIME`,
+    /// seconds): the sandbox lifetime the provider's plan allows.
+    pub run_max_lifetime: Duration,
     /// What `ds serve` allows its client connections.
     pub connections: ConnectionSettings,
     /// What key resolution needs from the environment.
@@ -180,6 +187,7 @@ impl std::fmt::Debug for Settings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("run_linger", &self.run_linger)
+            .field("run_max_lifetime", &self.run_max_lifetime)
             .field("connections", &self.connections)
             .field("keys", &self.keys)
             .field("sandbox", &self.sandbox)
@@ -229,6 +237,13 @@ impl Settings {
             Some(v) => Duration::from_secs(parse_number("SANDSTORM_RUN_LINGER", v)?),
             None => DEFAULT_RUN_LINGER,
         };
+        let run_max_lifetime = match env.get("SANDSTORM_RUN_MAX_LIFETIME") {
+            Some(v) => match parse_number("SANDSTORM_RUN_MAX_LIFETIME", v)? {
+                0 => return Err("SANDSTORM_RUN_MAX_LIFETIME must be at least 1 second".to_owned()),
+                secs => Duration::from_secs(secs),
+            },
+            None => DEFAULT_RUN_MAX_LIFETIME,
+        };
         let connections = connection_settings(env)?;
         let sandbox = sandbox_settings(env, cwd, sandbox)?;
         Ok(Settings {
@@ -241,6 +256,7 @@ impl Settings {
             max_body_bytes,
             shutdown_timeout,
             run_linger,
+            run_max_lifetime,
             connections,
             sandbox,
             key_source: None,

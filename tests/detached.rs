@@ -576,7 +576,7 @@ async fn the_run_s_own_timeout_ends_a_detached_run_in_its_sandbox() {
     assert_eq!(error["error_type"], "timeout", "{error}");
     assert_eq!(rest.events[n - 1].1["status"], "error");
     let (_, status) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
-    assert_eq!(status["status"], "failed", "{status}");
+    assert_eq!(status["status"], "expired", "{status}");
     let stats = product.emulator_settled().await.expect("emulator");
     assert_eq!(
         (stats.created, stats.killed, stats.alive),
@@ -719,5 +719,249 @@ async fn sandstorm_json_detach_is_the_default_a_request_can_turn_off() {
         !text.lines().any(|line| line.starts_with("id:")),
         "detach: false wins over sandstorm.json: {text}"
     );
+    product.assert_sandboxes_destroyed(2).await;
+}
+
+/// The text of every message of a recorded model request, in order.
+fn conversation(request: &common::model_server::RecordedRequest) -> String {
+    request.body["messages"].to_string()
+}
+
+#[tokio::test]
+async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_instance() {
+    let model = ModelServer::start(Script::Bash {
+        command: "echo from-turn-one | tee notes.txt".to_owned(),
+    })
+    .await;
+    let product = serve(Chain::E2b, &model).start().await;
+    let other = product.another_instance(&[], &[]).await;
+    let client = reqwest::Client::new();
+
+    // Turn 1, its sandbox kept for a follow-up.
+    let first = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({
+                "prompt": "write the notes",
+                "keep_alive": 120,
+                "outputs": ["notes.txt"],
+            })),
+        None,
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(first.done, "{}", first.body);
+    let run_id = first.run_id_header.clone().expect("x-run-id");
+    let (code, status) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["status"], "idle", "{status}");
+    let last = first.events.last().expect("events").0;
+    assert_eq!(status["last_event_id"], last, "{status}");
+    let turn_one_requests = model.agent_requests().len();
+
+    // Turn 2, on the instance that did not start the run.
+    let second = read(
+        client
+            .post(format!("{}/runs/{run_id}/messages", other.url))
+            .json(&json!({"prompt": "what did you write?", "files": {"extra.txt": "x"}})),
+        None,
+    )
+    .await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.run_id_header.as_deref(), Some(run_id.as_str()));
+    assert!(second.done, "{}", second.body);
+    let n = last + second.events.len() as u64;
+    assert_eq!(ids(&second.events), (last + 1..=n).collect::<Vec<_>>());
+    let (_, turn) = &second.events[0];
+    assert_eq!(turn["type"], "turn", "{turn}");
+    assert_eq!(turn["turn"], 2);
+    assert_eq!(turn["run_id"], run_id.as_str());
+    let (_, done) = second.events.last().expect("done");
+    assert_eq!(done["status"], "success", "{}", second.body);
+    // The model saw the whole conversation: the first prompt, its tool
+    // call and what the command printed.
+    let requests = model.agent_requests();
+    let resumed = requests[turn_one_requests..]
+        .iter()
+        .find(|r| conversation(r).contains("what did you write?"))
+        .unwrap_or_else(|| panic!("no request of turn 2:\n{}", model.describe_requests()));
+    let seen = conversation(resumed);
+    assert!(
+        seen.contains("write the notes") && seen.contains("from-turn-one"),
+        "turn 2's request lacks turn 1's prompt or tool result"
+    );
+    // The file the first turn wrote is still there: the run's outputs
+    // send it back again.
+    let file = second
+        .events
+        .iter()
+        .find(|(_, e)| e["type"] == "file")
+        .unwrap_or_else(|| panic!("no file event: {}", second.body));
+    assert_eq!(file.1["path"], "notes.txt");
+
+    // A replay from the start is both turns, the same ids and bytes.
+    let replay = read(client.get(events_url(product.url(), &run_id)), None).await;
+    let both: Vec<_> = first.events.iter().chain(&second.events).cloned().collect();
+    assert_eq!(replay.events, both);
+
+    // 0.9.2's `resume` on /query is the next turn.
+    let third = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({"prompt": "and once more", "resume": run_id})),
+        None,
+    )
+    .await;
+    assert_eq!(third.status, 200, "{}", third.body);
+    assert_eq!(third.events[0].0, n + 1);
+    assert_eq!(third.events[0].1["turn"], 3, "{}", third.body);
+    assert!(third.done, "{}", third.body);
+    let n = n + third.events.len() as u64;
+
+    // `ds continue`, straight to E2B with no server between.
+    let (code, out, err) = ds(
+        &product,
+        &["continue", &run_id, "a fourth", "--json-output"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    assert_eq!(
+        (lines[0]["type"].as_str(), lines[0]["turn"].as_u64()),
+        (Some("turn"), Some(4)),
+        "{out}"
+    );
+    assert_eq!(
+        lines.last().map(|e| e["status"].clone()),
+        Some(json!("success")),
+        "{out}"
+    );
+    let n = n + lines.len() as u64;
+
+    // A fork is a new run in a new sandbox, its session branched from the
+    // old one's; the old run is untouched.
+    let before_fork = model.agent_requests().len();
+    let fork = read(
+        client.post(format!("{}/query", other.url)).json(&json!({
+            "prompt": "branch off",
+            "resume": run_id,
+            "fork_session": true,
+            "detach": true,
+        })),
+        None,
+    )
+    .await;
+    assert_eq!(fork.status, 200, "{}", fork.body);
+    assert!(fork.done, "{}", fork.body);
+    let fork_id = fork.run_id_header.clone().expect("the fork's run id");
+    assert_ne!(fork_id, run_id);
+    assert_eq!(fork.events[0].0, 1);
+    let requests = model.agent_requests();
+    let forked = requests[before_fork..]
+        .iter()
+        .find(|r| conversation(r).contains("branch off"))
+        .unwrap_or_else(|| panic!("no request of the fork:\n{}", model.describe_requests()));
+    assert!(
+        conversation(forked).contains("a fourth"),
+        "the fork's request lacks the old run's conversation"
+    );
+    let (_, status) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
+    assert_eq!(status["status"], "idle", "{status}");
+    assert_eq!(status["last_event_id"], n, "{status}");
+
+    // Ending an idle run destroys its sandbox.
+    let (code, ended) = get_json(client.delete(format!("{}/runs/{run_id}", other.url))).await;
+    assert_eq!(code, 200, "{ended}");
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    // Also on the instance whose registry still held it.
+    let (code, gone) = get_json(client.get(format!("{}/runs/{run_id}", product.url()))).await;
+    assert_eq!(code, 404, "{gone}");
+    let (code, _) = get_json(client.delete(format!("{}/runs/{fork_id}", product.url()))).await;
+    assert_eq!(code, 200);
+    let stats = product.emulator_settled().await.expect("emulator");
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (2, 2, 0),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_follow_up_is_refused_while_a_turn_runs_and_once_the_run_is_over() {
+    let model = ModelServer::start(Script::EndlessBash).await;
+    let product = serve(Chain::Local, &model).start().await;
+    let client = reqwest::Client::new();
+    let messages = |run_id: &str| format!("{}/runs/{run_id}/messages", product.url());
+
+    let kept = start_and_leave(
+        &client,
+        product.url(),
+        json!({"prompt": "loop", "keep_alive": 60}),
+    )
+    .await;
+    let (code, refused) = get_json(
+        client
+            .post(messages(&kept))
+            .json(&json!({"prompt": "next"})),
+    )
+    .await;
+    assert_eq!(code, 409, "{refused}");
+    assert_eq!(refused["error"]["type"], "turn_running", "{refused}");
+    // What a run is started with, a follow-up cannot change.
+    let (code, refused) = get_json(
+        client
+            .post(messages(&kept))
+            .json(&json!({"prompt": "next", "outputs": ["*.txt"]})),
+    )
+    .await;
+    assert_eq!(code, 422, "{refused}");
+    assert_eq!(refused["error"]["field"], "outputs", "{refused}");
+    // Cancelled, the run takes no more turns.
+    let (code, cancelled) = get_json(client.delete(format!("{}/runs/{kept}", product.url()))).await;
+    assert_eq!(
+        (code, cancelled["status"].as_str()),
+        (200, Some("cancelled")),
+        "{cancelled}"
+    );
+    let (code, refused) = get_json(
+        client
+            .post(messages(&kept))
+            .json(&json!({"prompt": "next"})),
+    )
+    .await;
+    assert_eq!(code, 410, "{refused}");
+    assert_eq!(refused["error"]["type"], "run_over", "{refused}");
+
+    // A run started without keep_alive is over with its turn.
+    let once = start_and_leave(
+        &client,
+        product.url(),
+        json!({"prompt": "loop", "detach": true, "timeout": 5}),
+    )
+    .await;
+    let rest = read(client.get(events_url(product.url(), &once)), None).await;
+    assert!(rest.done, "{}", rest.body);
+    let (_, status) = get_json(client.get(format!("{}/runs/{once}", product.url()))).await;
+    assert_eq!(status["status"], "expired", "{status}");
+    let (code, refused) = get_json(
+        client
+            .post(messages(&once))
+            .json(&json!({"prompt": "next"})),
+    )
+    .await;
+    assert_eq!(code, 410, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("keep_alive"), "{refused}");
+    // An id nobody started is no run.
+    let (code, _) = get_json(
+        client
+            .post(messages("run_0000000000000000000000000000000000"))
+            .json(&json!({"prompt": "next"})),
+    )
+    .await;
+    assert_eq!(code, 404);
     product.assert_sandboxes_destroyed(2).await;
 }

@@ -92,14 +92,15 @@ async fn every_ds_query_in_the_readme_runs_against_the_emulator() {
     })
     .await;
     let e2b = emulator::start(Knobs::default()).await;
-    // Queries only: `serve` is the test below, and `runs`, `attach` and
-    // `cancel` name runs that do not exist here (tests/detached.rs runs them).
+    // Queries only: `serve` is the test below, and `runs`, `attach`,
+    // `continue` and `cancel` name runs that do not exist here
+    // (tests/detached.rs runs them).
     let queries: Vec<Vec<String>> = ds_commands()
         .into_iter()
         .filter(|words| {
-            words
-                .get(1)
-                .is_some_and(|w| !["serve", "runs", "attach", "cancel"].contains(&w.as_str()))
+            words.get(1).is_some_and(|w| {
+                !["serve", "runs", "attach", "continue", "cancel"].contains(&w.as_str())
+            })
         })
         .collect();
     assert!(queries.len() >= 8, "{queries:?}");

@@ -79,6 +79,8 @@ enum Command {
     Runs(RunsArgs),
     /// Show a detached run's events until it ends; Ctrl-C leaves it going.
     Attach(AttachArgs),
+    /// Send a follow-up turn to a run kept for one (started with keep_alive).
+    Continue(ContinueArgs),
     /// Cancel a detached run.
     Cancel(CancelArgs),
 }
@@ -115,6 +117,34 @@ struct AttachArgs {
     /// Show only the events after this event id.
     #[arg(long, value_name = "N", default_value_t = 0)]
     from: u64,
+    /// Also show the runner's stderr lines.
+    #[arg(short, long, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Only the agent's answer (and errors).
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
+struct ContinueArgs {
+    /// The run's id.
+    run_id: String,
+    /// The follow-up for the agent, which sees the whole conversation so far.
+    prompt: String,
+    /// Model for this turn (overrides the run's).
+    #[arg(short, long)]
+    model: Option<String>,
+    /// Maximum agent turns for this turn.
+    #[arg(long)]
+    max_turns: Option<u32>,
+    /// Seconds this turn may take (within what is left of the run's lifetime).
+    #[arg(short, long, default_value_t = crate::request::DEFAULT_TIMEOUT_SECS)]
+    timeout: u64,
+    /// Upload a text file to /home/user/<name> (repeatable).
+    #[arg(short, long = "file", value_name = "PATH")]
+    files: Vec<PathBuf>,
     /// Also show the runner's stderr lines.
     #[arg(short, long, conflicts_with = "quiet")]
     verbose: bool,
@@ -250,6 +280,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Query(args)) => query_command(args).await,
         Some(Command::Runs(args)) => runs_command(args).await,
         Some(Command::Attach(args)) => attach_command(args).await,
+        Some(Command::Continue(args)) => continue_command(args).await,
         Some(Command::Cancel(args)) => cancel_command(args).await,
         None => query_command(cli.query).await,
     };
@@ -350,6 +381,7 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         files: (!files.is_empty()).then_some(files),
         outputs,
         detach: Some(args.detach),
+        ..QueryRequest::default()
     };
     if args.detach && settings.sandbox.provider.name != e2b::PROVIDER.name {
         return Err(Fatal::usage(
@@ -434,6 +466,28 @@ async fn attach_command(args: AttachArgs) -> Result<u8, Fatal> {
         on_interrupt: render::OnInterrupt::Leave,
     };
     runs::attach(endpoint, &args.run_id, args.from, headers, options).await
+}
+
+async fn continue_command(args: ContinueArgs) -> Result<u8, Fatal> {
+    let files = read_files(&args.files)?;
+    let mut turn = serde_json::json!({"prompt": args.prompt, "timeout": args.timeout});
+    if !files.is_empty() {
+        turn["files"] = serde_json::json!(files);
+    }
+    if let Some(model) = args.model {
+        turn["model"] = model.into();
+    }
+    if let Some(max_turns) = args.max_turns {
+        turn["max_turns"] = max_turns.into();
+    }
+    let (endpoint, headers) = endpoint(&args.remote)?;
+    let mode = render::Mode::new(args.remote.json_output, args.verbose, args.quiet);
+    let options = render::Options {
+        mode,
+        output_dir: None,
+        on_interrupt: render::OnInterrupt::Leave,
+    };
+    runs::continue_run(endpoint, &args.run_id, &turn, headers, options).await
 }
 
 fn config_outputs(settings: &Settings) -> Option<&Vec<String>> {

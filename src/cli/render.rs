@@ -273,6 +273,9 @@ fn human(event: &RunEvent, message: Option<&Value>, verbose: bool, quiet: bool) 
                 detached.resume
             );
         }
+        RunEvent::Turn(turn) => {
+            anstream::eprintln!("{DIM}turn {} of run {}{DIM:#}", turn.turn, turn.run_id);
+        }
     }
 }
 

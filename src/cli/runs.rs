@@ -1,5 +1,5 @@
-//! `ds runs`, `ds attach` and `ds cancel`: detached runs from the command
-//! line.
+//! `ds runs`, `ds attach`, `ds continue` and `ds cancel`: detached runs
+//! from the command line.
 //!
 //! They speak the HTTP API's `/runs` routes, to a deployed endpoint
 //! (`--server URL`, with `SANDSTORM_API_TOKEN`) or, without one, to the
@@ -72,11 +72,26 @@ impl Endpoint {
         path: &str,
         headers: &[(HeaderName, HeaderValue)],
     ) -> Result<Answer, Fatal> {
+        self.send_body(method, path, headers, Bytes::new()).await
+    }
+
+    async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+    ) -> Result<Answer, Fatal> {
         match self {
             Endpoint::Remote { base, token, http } => {
                 let mut request = http.request(method, format!("{base}{path}"));
                 for (name, value) in headers {
                     request = request.header(name, value);
+                }
+                if !body.is_empty() {
+                    request = request
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(body);
                 }
                 if let Some(token) = token {
                     request = request.bearer_auth(token.expose());
@@ -98,8 +113,11 @@ impl Endpoint {
                 for (name, value) in headers {
                     request = request.header(name, value);
                 }
+                if !body.is_empty() {
+                    request = request.header(header::CONTENT_TYPE, "application/json");
+                }
                 let request = request
-                    .body(Body::empty())
+                    .body(Body::from(body))
                     .map_err(|e| Fatal::usage(format!("bad request {path}: {e}")))?;
                 let response = match router.clone().oneshot(request).await {
                     Ok(response) => response,
@@ -237,6 +255,50 @@ pub(super) async fn attach(
     let first = endpoint
         .send(Method::GET, &path, &with_last_event(&headers, from))
         .await?;
+    show(endpoint, path, headers, first, from, options).await
+}
+
+/// `ds continue`: a follow-up turn of a run kept for one (`keep_alive`),
+/// shown as `ds attach` shows a run, from the turn's first event.
+pub(super) async fn continue_run(
+    endpoint: Endpoint,
+    run: &str,
+    turn: &Value,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    options: render::Options,
+) -> Result<u8, Fatal> {
+    let run = path_segment(run)?;
+    let body = Bytes::from(turn.to_string());
+    let mut sent = headers.clone();
+    sent.push((
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    ));
+    let first = endpoint
+        .send_body(Method::POST, &format!("/runs/{run}/messages"), &sent, body)
+        .await?;
+    // A stream that detaches reads on from the run's events.
+    show(
+        endpoint,
+        format!("/runs/{run}/events"),
+        headers,
+        first,
+        0,
+        options,
+    )
+    .await
+}
+
+/// Shows a run's stream that `first` began, reading on from `path` after
+/// each `detached` event; a refusal is `ds`'s error.
+async fn show(
+    endpoint: Endpoint,
+    path: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    first: Answer,
+    from: u64,
+    options: render::Options,
+) -> Result<u8, Fatal> {
     if !first.status.is_success() {
         let body: Vec<Bytes> = first.body.filter_map(|r| async { r.ok() }).collect().await;
         let body: Value = serde_json::from_slice(&body.concat()).unwrap_or_default();
@@ -339,7 +401,8 @@ fn lost(why: &str) -> RunEvent {
 
 /// How one stream of a run ended.
 enum Ended {
-    /// The run's `done`.
+    /// The stream ended after a `done`: the run's last turn so far is over
+    /// (a run with follow-ups has a `done` after each turn).
     Done,
     /// A `detached` event: ask again.
     Detached,
@@ -353,6 +416,7 @@ enum Ended {
 async fn read(answer: Answer, last: &mut u64, tx: &mpsc::Sender<RunEvent>) -> Ended {
     let mut body = answer.body;
     let mut buffer = BytesMut::new();
+    let mut done = false;
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
@@ -371,16 +435,17 @@ async fn read(answer: Answer, last: &mut u64, tx: &mpsc::Sender<RunEvent>) -> En
             if let Some(id) = id {
                 *last = (*last).max(id);
             }
-            let done = matches!(event, RunEvent::Done(_));
+            done = matches!(event, RunEvent::Done(_));
             if tx.send(event).await.is_err() {
                 return Ended::Gone;
             }
-            if done {
-                return Ended::Done;
-            }
         }
     }
-    Ended::Cut("the stream ended before the run did".to_owned())
+    if done {
+        Ended::Done
+    } else {
+        Ended::Cut("the stream ended before the run did".to_owned())
+    }
 }
 
 fn find_blank_line(buffer: &[u8]) -> Option<usize> {

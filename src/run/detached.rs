@@ -20,10 +20,11 @@ use tracing::{Instrument, info, warn};
 use super::{EVENT_BUFFER, FINAL_EVENT_GRACE, RunHandle, SandboxGuard, Stop, create_detached};
 use crate::events::{
     Detached, Done, DoneStatus, ErrorKind, Phase, Redactor, RunError, RunEvent, RunStarted,
+    TurnStarted,
 };
 use crate::outputs::OutputPlan;
 use crate::plan::{DetachPlan, RunPlan};
-use crate::runs::log;
+use crate::runs::log::{self, LogItem, LogStream};
 use crate::runs::registry::{Registered, Registry};
 use crate::sandbox::{Sandbox, SandboxProvider};
 use crate::shutdown::Shutdown;
@@ -50,6 +51,19 @@ pub(crate) struct Follow {
     /// How long the sandbox stays once the run is over (0: destroyed at
     /// once).
     pub linger: Duration,
+    /// How long the sandbox is kept after a turn for a follow-up (0: the
+    /// run is over with its first turn).
+    pub keep_alive: Duration,
+    /// The turn whose end this reader waits for, at least.
+    pub turn: u32,
+}
+
+impl Follow {
+    /// When the run's sandbox goes at the latest.
+    pub(crate) fn ends_at(&self) -> std::time::SystemTime {
+        humantime::parse_rfc3339(&self.run.expires_at)
+            .unwrap_or_else(|_| std::time::SystemTime::now())
+    }
 }
 
 /// Starts a detached run on its own task.
@@ -107,6 +121,8 @@ async fn execute(
         deadline: plan.deadline,
         digest: detach.run.digest(),
         linger: detach.linger,
+        keep_alive: detach.keep_alive,
+        turn: 1,
     };
     let mut guard = SandboxGuard::new(plan.request_id.clone());
     let started = tokio::select! {
@@ -124,7 +140,15 @@ async fn execute(
         Err(stop) => {
             guard.destroy().await;
             registry.remove(&follow.digest);
-            finish(Ending::Finished(Some(stop)), None, &follow, &tx, &registry).await;
+            let first = LastTurn::first(&follow);
+            finish(
+                Ending::Finished(Some(stop), first),
+                None,
+                &follow,
+                &tx,
+                &registry,
+            )
+            .await;
         }
     }
 }
@@ -178,10 +202,29 @@ async fn start(
     Ok(sandbox)
 }
 
+/// The last turn a reader read.
+#[derive(Debug, Clone)]
+pub(crate) struct LastTurn {
+    /// 1 for the run's first.
+    pub number: u32,
+    /// The request that began it, whose id its `error` and `done` carry.
+    pub request_id: String,
+}
+
+impl LastTurn {
+    fn first(follow: &Follow) -> Self {
+        LastTurn {
+            number: 1,
+            request_id: follow.request_id.clone(),
+        }
+    }
+}
+
 /// How a reader's stream ended.
 enum Ending {
-    /// The run is over: successfully, or with the stop that ended it.
-    Finished(Option<Stop>),
+    /// The run's last turn so far is over: successfully, or with the stop
+    /// that ended it.
+    Finished(Option<Stop>, LastTurn),
     /// The stream ends; the run goes on.
     Detached,
     /// The client left; the run goes on.
@@ -200,35 +243,112 @@ async fn read(
     let until =
         std::time::SystemTime::now() + follow.deadline.saturating_duration_since(Instant::now());
     let relayed = async {
-        let output = sandbox.start(log::follower(until)).await?;
-        super::relay(
-            log::decode(output),
-            &follow.redactor,
-            follow.outputs.as_ref(),
-            tx,
-        )
-        .await
+        let output = sandbox
+            .start(log::follower(until, follow.turn))
+            .await
+            .map_err(Stop::from);
+        match output {
+            Ok(output) => relay_turns(log::decode(output), follow, tx).await,
+            Err(stop) => (Err(stop), LastTurn::first(follow)),
+        }
     };
     tokio::select! {
         biased;
         () = tx.closed() => Ending::ClientGone,
         () = tokio::time::sleep_until(follow.deadline) => Ending::Detached,
         () = shutdown.triggered() => Ending::Detached,
-        result = relayed => match result {
-            Ok(()) => Ending::Finished(None),
+        (result, last) = relayed => match result {
+            Ok(()) => Ending::Finished(None, last),
             Err(Stop::ClientGone) => Ending::ClientGone,
             // The way to the sandbox broke, not the run.
             Err(Stop::Failed(ErrorKind::StreamCut | ErrorKind::Sandbox, message)) => {
                 warn!(error = %message, "lost the run's event log; the run goes on");
                 Ending::Detached
             }
-            Err(stop) => Ending::Finished(Some(stop)),
+            Err(stop) => Ending::Finished(Some(stop), last),
         },
     }
 }
 
-/// Ends a reader's stream. A finished run's sandbox is destroyed (the
-/// reader that sees the end does it) and leaves the registry.
+/// Relays every turn of a run's log, in order. A turn that another one
+/// follows ends as its own stream did (its `error`, if any, and `done`),
+/// and the next begins with a `turn` event. Returns how the last turn so
+/// far ended, and which it was.
+async fn relay_turns(
+    mut log: LogStream,
+    follow: &Follow,
+    tx: &mpsc::Sender<RunEvent>,
+) -> (Result<(), Stop>, LastTurn) {
+    let mut last = LastTurn::first(follow);
+    loop {
+        let ended = super::relay(
+            log::turn(&mut log),
+            &follow.redactor,
+            follow.outputs.as_ref(),
+            tx,
+        )
+        .await;
+        // Only a turn whose runner's exit was read can have a turn after
+        // it; the rest stopped inside it.
+        let exited = match &ended {
+            Ok(()) => true,
+            Err(Stop::Failed(kind, _)) => kind.ends_a_runner(),
+            Err(Stop::ClientGone) => false,
+        };
+        if !exited {
+            return (ended, last);
+        }
+        let request_id = match log.next().await {
+            None => return (ended, last),
+            Some(Ok(LogItem::Turn(request_id))) => request_id,
+            // The decoder gives nothing else between turns.
+            Some(Ok(LogItem::Runner(_))) => return (ended, last),
+            Some(Err(e)) => return (Err(e.into()), last),
+        };
+        for event in closing_events(ended.err(), follow, &last.request_id) {
+            if tx.send(event).await.is_err() {
+                return (Err(Stop::ClientGone), last);
+            }
+        }
+        last = LastTurn {
+            number: last.number + 1,
+            request_id,
+        };
+        let turn = RunEvent::Turn(TurnStarted {
+            run_id: follow.run.run_id.clone(),
+            turn: last.number,
+            request_id: last.request_id.clone(),
+        });
+        if tx.send(turn).await.is_err() {
+            return (Err(Stop::ClientGone), last);
+        }
+    }
+}
+
+/// The events that end a turn: its `error`, if it failed, and `done`.
+fn closing_events(stop: Option<Stop>, follow: &Follow, request_id: &str) -> Vec<RunEvent> {
+    let mut events = Vec::with_capacity(2);
+    let status = match stop {
+        None | Some(Stop::ClientGone) => DoneStatus::Success,
+        Some(Stop::Failed(kind, message)) => {
+            events.push(RunEvent::Error(RunError {
+                kind,
+                message: follow.redactor.redact_str(&message),
+                request_id: request_id.to_owned(),
+            }));
+            DoneStatus::Error
+        }
+    };
+    events.push(RunEvent::Done(Done {
+        status,
+        request_id: request_id.to_owned(),
+    }));
+    events
+}
+
+/// Ends a reader's stream. When the run's last turn so far is over, its
+/// sandbox is kept for a follow-up or ends after the linger (the reader
+/// that sees the end sees to it), before the `done`.
 async fn finish(
     ending: Ending,
     sandbox: Option<Arc<dyn Sandbox>>,
@@ -236,7 +356,7 @@ async fn finish(
     tx: &mpsc::Sender<RunEvent>,
     registry: &Registry,
 ) {
-    let stop = match ending {
+    let (stop, last) = match ending {
         Ending::ClientGone => {
             info!("client went away; the detached run goes on");
             return;
@@ -252,31 +372,29 @@ async fn finish(
                 .await;
             return;
         }
-        Ending::Finished(stop) => stop,
+        Ending::Finished(Some(Stop::ClientGone), _) => return,
+        Ending::Finished(stop, last) => (stop, last),
     };
-    let status = match stop {
-        None => DoneStatus::Success,
-        Some(Stop::ClientGone) => return,
-        Some(Stop::Failed(kind, message)) => {
-            let error = RunError {
-                kind,
-                message: follow.redactor.redact_str(&message),
-                request_id: follow.request_id.clone(),
-            };
-            warn!(kind = ?error.kind, error = %error.message, "detached run failed");
-            let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(RunEvent::Error(error))).await;
-            DoneStatus::Error
-        }
-    };
+    let cancelled = matches!(stop, Some(Stop::Failed(ErrorKind::Cancelled, _)));
+    if let Some(Stop::Failed(kind, message)) = &stop {
+        warn!(?kind, error = %follow.redactor.redact_str(message), turn = last.number, "detached run's turn failed");
+    }
+    let mut closing = closing_events(stop, follow, &last.request_id);
+    let done = closing.pop();
+    for event in closing {
+        let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(event)).await;
+    }
     let sandbox = sandbox.or_else(|| registry.get(&follow.digest).map(|r| r.sandbox));
     if let Some(sandbox) = sandbox {
-        linger(sandbox, follow, registry).await;
+        if follow.keep_alive.is_zero() || cancelled {
+            linger(sandbox, follow, registry).await;
+        } else {
+            keep(sandbox, follow, registry, last.number).await;
+        }
     }
-    let done = RunEvent::Done(Done {
-        status,
-        request_id: follow.request_id.clone(),
-    });
-    let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(done)).await;
+    if let Some(done) = done {
+        let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(done)).await;
+    }
 }
 
 /// The end of a finished run's sandbox: in `follow.linger`, by the
@@ -298,19 +416,101 @@ pub(crate) async fn linger(sandbox: Arc<dyn Sandbox>, follow: &Follow, registry:
     super::destroy_logged(sandbox.as_ref(), &follow.request_id).await;
 }
 
+/// Keeps an idle run's sandbox for `keep_alive` (within the run's
+/// lifetime) so that a follow-up can come: the sandbox's lifetime, by the
+/// provider's own clock, is set to that.
+///
+/// A follow-up may have begun turn `turn + 1` meanwhile and set the
+/// lifetime its turn needs; it claims the turn's marker before it does. So
+/// once the lifetime is set here, a marker means that follow-up may have
+/// come first, and its lifetime (which the marker holds) is set again.
+async fn keep(sandbox: Arc<dyn Sandbox>, follow: &Follow, registry: &Registry, turn: u32) {
+    let left = follow
+        .ends_at()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let keep = follow.keep_alive.min(left);
+    if keep.is_zero() {
+        return linger(sandbox, follow, registry).await;
+    }
+    if let Err(e) = sandbox.expire_in(keep).await {
+        warn!(error = %e, "could not keep the sandbox for a follow-up; ending the run");
+        return linger(sandbox, follow, registry).await;
+    }
+    registry.set_expiry(&follow.digest, keep);
+    info!(
+        sandbox = sandbox.id(),
+        ?keep,
+        turn,
+        "turn over; the sandbox is kept for a follow-up"
+    );
+    if let Ok(marker) = sandbox.read_file(&log::turn_marker(turn + 1)).await {
+        let next_turn_ends = std::str::from_utf8(&marker)
+            .ok()
+            .and_then(|secs| secs.trim().parse::<u64>().ok())
+            .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs));
+        if let Some(lifetime) =
+            next_turn_ends.and_then(|ends| ends.duration_since(std::time::SystemTime::now()).ok())
+        {
+            if let Err(e) = sandbox.expire_in(lifetime).await {
+                warn!(error = %e, "could not give the next turn its lifetime back");
+            }
+            registry.set_expiry(&follow.digest, lifetime);
+        }
+    }
+}
+
 /// What a run's log adds up to, read whole: its status.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
-    /// The events a reader gets from the log (not the `run`, `error` and
-    /// `done` events around them).
+    /// The events a reader gets from the log after the `run` event, up to
+    /// the last turn's own closing events (not counted).
     pub events: u64,
-    /// `None` while the run goes on; then `Some(None)` when it succeeded,
-    /// or the kind of its error.
+    /// How the last turn ended: `None` while it goes on; then `Some(None)`
+    /// when it succeeded, or the kind of its error.
     pub outcome: Option<Option<ErrorKind>>,
-    /// The `result` message, once there is one.
-    pub result: Option<serde_json::Value>,
-    /// The model the SDK's init message names.
+    /// How many turns the run has had.
+    pub turns: u32,
+    /// The results' `num_turns`, summed over the run's turns.
+    pub num_turns: Option<u64>,
+    /// The results' `total_cost_usd`, summed over the run's turns.
+    pub total_cost_usd: Option<f64>,
+    /// The model the SDK's first init message names.
     pub model: Option<String>,
+    /// The SDK session of the last turn, which a follow-up resumes.
+    pub session_id: Option<String>,
+}
+
+impl Tally {
+    fn count(&mut self, event: &RunEvent) {
+        self.events += 1;
+        let RunEvent::Agent(line) = event else {
+            return;
+        };
+        match crate::events::message_type(line).as_deref() {
+            Some("result") => {
+                let result: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+                if let Some(turns) = result["num_turns"].as_u64() {
+                    *self.num_turns.get_or_insert(0) += turns;
+                }
+                if let Some(cost) = result["total_cost_usd"].as_f64() {
+                    *self.total_cost_usd.get_or_insert(0.0) += cost;
+                }
+            }
+            Some("system") => {
+                let message: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+                if message["subtype"] == "init" {
+                    if self.model.is_none() {
+                        self.model = message["model"].as_str().map(str::to_owned);
+                    }
+                    if let Some(session) = message["session_id"].as_str() {
+                        self.session_id = Some(session.to_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Replays `log` (the whole event log, as read) through the relay, as a
@@ -318,38 +518,21 @@ pub(crate) struct Tally {
 pub(crate) async fn tally(log: bytes::Bytes, follow: &Follow) -> Tally {
     let output = futures::stream::iter([Ok(crate::sandbox::ProcessEvent::Stdout(log))]).boxed();
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
-    let redactor = follow.redactor.clone();
-    let outputs = follow.outputs.clone();
+    let follow = follow.clone();
     // `tx` goes with the relay, so the count ends when the relay does.
-    let relayed =
-        async move { super::relay(log::decode(output), &redactor, outputs.as_ref(), &tx).await };
+    let relayed = async move { relay_turns(log::decode(output), &follow, &tx).await };
     let counted = async {
         let mut tally = Tally::default();
         while let Some(event) = rx.recv().await {
-            tally.events += 1;
-            let RunEvent::Agent(line) = &event else {
-                continue;
-            };
-            match crate::events::message_type(line).as_deref() {
-                Some("result") if tally.result.is_none() => {
-                    tally.result = serde_json::from_slice(line).ok();
-                }
-                Some("system") if tally.model.is_none() => {
-                    let message: serde_json::Value =
-                        serde_json::from_slice(line).unwrap_or_default();
-                    if message["subtype"] == "init" {
-                        tally.model = message["model"].as_str().map(str::to_owned);
-                    }
-                }
-                _ => {}
-            }
+            tally.count(&event);
         }
         tally
     };
-    let (relayed, mut tally) = tokio::join!(relayed, counted);
+    let ((relayed, last), mut tally) = tokio::join!(relayed, counted);
+    tally.turns = last.number;
     tally.outcome = match relayed {
         Ok(()) => Some(None),
-        // The log just stops: the run has not ended yet.
+        // The log just stops: the turn has not ended yet.
         Err(Stop::Failed(ErrorKind::StreamCut, _) | Stop::ClientGone) => None,
         Err(Stop::Failed(kind, _)) => Some(Some(kind)),
     };

@@ -15,6 +15,12 @@
 //! message, or `e` and a stderr line, or `x` and the runner's exit code, or
 //! `t` when the run's `timeout` ended it. A line without RS is something the
 //! runner's process printed outside the SDK (a crash), kept as stderr.
+//!
+//! A run has turns: a follow-up appends `n` and its request id, then its
+//! runner's records, then its exit. A follower stops at the end of the log
+//! once it has seen the exit of the turn its reader waits for, so a reader
+//! gets every turn there is, and the one that started a turn gets that
+//! turn's end.
 
 use std::time::{Duration, SystemTime};
 
@@ -46,6 +52,8 @@ pub(crate) const TIMED_OUT: &str = "the run's timeout ended the runner";
 pub(crate) const CANCELLED: &str = "the run was cancelled";
 /// Where the wrapper keeps the pid of the runner's `timeout`, for a cancel.
 const RUNNER_PID: &str = "/tmp/.sandstorm/runner.pid";
+/// What starts a follow-up turn's record: RS and `n`, then its request id.
+const TURN_RECORD: &str = "\\036n";
 
 /// How long `timeout` waits after its TERM before it kills the runner.
 const KILL_AFTER_SECS: u64 = 5;
@@ -111,12 +119,69 @@ pub(crate) fn canceller() -> ProcessSpec {
     }
 }
 
+/// The marker a follow-up turn claims before it begins: made with
+/// `noclobber`, so of two follow-ups that both saw the run idle only one
+/// begins the turn. It holds when the turn's sandbox lifetime ends (Unix
+/// seconds), for a reader that ends the turn before.
+pub(crate) fn turn_marker(turn: u32) -> String {
+    format!("{}/turn-{turn}", log_dir())
+}
+
+/// Why a follow-up could not begin its turn.
+pub(crate) const TURN_TAKEN: i32 = 3;
+
+/// What begins follow-up turn `turn`: claims its marker (exit
+/// [`TURN_TAKEN`] when another follow-up has), then appends its turn
+/// record. Run to its end before the turn's runner starts, so every
+/// follower that sees the runner's records has seen the turn begin.
+pub(crate) fn turn_beginner(turn: u32, request_id: &str, lifetime_ends: SystemTime) -> ProcessSpec {
+    let ends = lifetime_ends
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    // The request id goes through "$1", never through the script's text.
+    let script = format!(
+        "set -C\n\
+         echo {ends} > {marker} 2>/dev/null || exit {TURN_TAKEN}\n\
+         printf '{TURN_RECORD}%s\\n' \"$1\" >> {EVENT_LOG}\n",
+        marker = turn_marker(turn),
+    );
+    ProcessSpec {
+        cmd: "sh".to_owned(),
+        args: vec![
+            "-c".to_owned(),
+            script,
+            "sh".to_owned(),
+            request_id.to_owned(),
+        ],
+        cwd: layout::HOME.to_owned(),
+        ..ProcessSpec::default()
+    }
+}
+
+/// What ends, in the log, a turn whose runner could not be started: a
+/// stderr record that says why, and a failed exit.
+pub(crate) fn turn_failed(message: &str) -> ProcessSpec {
+    let script = format!("printf '\\036e%s\\n\\036x1\\n' \"$1\" >> {EVENT_LOG}\n");
+    ProcessSpec {
+        cmd: "sh".to_owned(),
+        args: vec![
+            "-c".to_owned(),
+            script,
+            "sh".to_owned(),
+            message.replace('\n', " "),
+        ],
+        cwd: layout::HOME.to_owned(),
+        ..ProcessSpec::default()
+    }
+}
+
 /// How long a follower outlives its reader's deadline at most.
 const FOLLOWER_MARGIN: Duration = Duration::from_secs(5);
 
 /// A follower of the log, for one reader whose stream ends at `until`: it
-/// ends itself shortly after, whether or not anyone still reads it.
-pub(crate) fn follower(until: SystemTime) -> ProcessSpec {
+/// ends itself shortly after, whether or not anyone still reads it. It
+/// reads to the end of the log, and waits there until turn `turn` is over.
+pub(crate) fn follower(until: SystemTime, turn: u32) -> ProcessSpec {
     let until = until + FOLLOWER_MARGIN;
     let until_ms = until
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -127,6 +192,7 @@ pub(crate) fn follower(until: SystemTime) -> ProcessSpec {
             FOLLOW_SCRIPT.to_owned(),
             EVENT_LOG.to_owned(),
             until_ms.to_string(),
+            turn.to_string(),
         ],
         cwd: layout::HOME.to_owned(),
         ..ProcessSpec::default()
@@ -139,12 +205,16 @@ enum Record {
     Stderr(Bytes),
     Cancel,
     Exit(ExitStatus),
+    Turn(String),
 }
 
 fn record(line: &[u8]) -> Record {
     match line {
         [RECORD, b'e', body @ ..] => Record::Stderr(with_newline(body)),
         [RECORD, b'c', ..] => Record::Cancel,
+        [RECORD, b'n', request_id @ ..] => {
+            Record::Turn(String::from_utf8_lossy(request_id).trim().to_owned())
+        }
         [RECORD, b't', ..] => Record::Exit(ExitStatus {
             code: Some(124),
             status: TIMED_OUT.to_owned(),
@@ -165,16 +235,29 @@ fn record(line: &[u8]) -> Record {
     }
 }
 
-/// The follower's output as the process events of the runner: the SDK
-/// messages as stdout, the stderr records and stray lines as stderr, in
-/// their order, and the exit record as the runner's exit. A follower that
-/// ends before the exit record (the sandbox went away, the log was removed)
-/// is a cut stream.
-pub(crate) fn decode(follower: ProcessStream) -> ProcessStream {
+/// What a decoded log holds: each turn's runner output, as the process
+/// events of a runner, and between turns the start of the next one.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LogItem {
+    /// Output of the current turn's runner, or its exit.
+    Runner(ProcessEvent),
+    /// A follow-up turn begins, started by the request with this id.
+    Turn(String),
+}
+
+/// A decoded log.
+pub(crate) type LogStream = futures::stream::BoxStream<'static, Result<LogItem, SandboxError>>;
+
+/// The follower's output as what the runners printed: the SDK messages as
+/// stdout, the stderr records and stray lines as stderr, in their order,
+/// the exit record as the runner's exit, and each later turn's record. A
+/// follower that ends within a turn (the sandbox went away, the log was
+/// removed) is a cut stream; one that ends between turns has read them all.
+pub(crate) fn decode(follower: ProcessStream) -> LogStream {
     let mut decoder = Decoder::default();
     follower
         .flat_map(move |event| {
-            let events = match (decoder.ended, event) {
+            let events = match (decoder.failed, event) {
                 (true, _) => Vec::new(),
                 (false, Err(e)) => vec![Err(e)],
                 (false, Ok(ProcessEvent::Stdout(chunk))) => decoder.push(&chunk),
@@ -186,6 +269,7 @@ pub(crate) fn decode(follower: ProcessStream) -> ProcessStream {
                     );
                     Vec::new()
                 }
+                (false, Ok(ProcessEvent::Exited(_))) if decoder.between_turns => Vec::new(),
                 (false, Ok(ProcessEvent::Exited(status))) => {
                     tracing::warn!(
                         status = %status.status,
@@ -199,13 +283,31 @@ pub(crate) fn decode(follower: ProcessStream) -> ProcessStream {
         .boxed()
 }
 
+/// The runner events of one turn of a decoded log, up to its exit: what
+/// the relay reads. The log goes on after it with the next turn, if any.
+pub(crate) fn turn(
+    log: &mut LogStream,
+) -> futures::stream::BoxStream<'_, Result<ProcessEvent, SandboxError>> {
+    log.filter_map(|item| {
+        std::future::ready(match item {
+            Ok(LogItem::Runner(event)) => Some(Ok(event)),
+            Ok(LogItem::Turn(_)) => None,
+            Err(e) => Some(Err(e)),
+        })
+    })
+    .boxed()
+}
+
 /// The log's lines, decoded as they come.
 #[derive(Debug, Default)]
 struct Decoder {
     /// Bytes of a line not yet ended.
     buf: BytesMut,
-    /// The exit record came: nothing after it counts.
-    ended: bool,
+    /// A turn's exit record came, and the next turn's record has not:
+    /// nothing but that counts.
+    between_turns: bool,
+    /// The log cannot be read on.
+    failed: bool,
     /// A cancel record came before the exit.
     cancelled: bool,
 }
@@ -215,7 +317,7 @@ impl Decoder {
     /// become one stdout chunk, copied once: the relay cuts it into lines
     /// again, so a detached run's lines cost it about what a live runner's
     /// do.
-    fn push(&mut self, chunk: &[u8]) -> Vec<Result<ProcessEvent, SandboxError>> {
+    fn push(&mut self, chunk: &[u8]) -> Vec<Result<LogItem, SandboxError>> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         let mut messages = BytesMut::new();
@@ -223,34 +325,46 @@ impl Decoder {
         while let Some(at) = memchr::memchr(b'\n', &self.buf[start..]) {
             let line = &self.buf[start..start + at];
             start += at + 1;
+            if self.between_turns {
+                // A cancel that came too late, or anything else after an
+                // exit, belongs to no turn.
+                if let Record::Turn(request_id) = record(line) {
+                    self.between_turns = false;
+                    self.cancelled = false;
+                    out.push(Ok(LogItem::Turn(request_id)));
+                }
+                continue;
+            }
             if let [RECORD, b'o', body @ ..] = line {
                 messages.extend_from_slice(body);
                 messages.extend_from_slice(b"\n");
                 continue;
             }
             if !messages.is_empty() {
-                out.push(Ok(ProcessEvent::Stdout(messages.split().freeze())));
+                out.push(Ok(LogItem::Runner(ProcessEvent::Stdout(
+                    messages.split().freeze(),
+                ))));
             }
             match record(line) {
-                Record::Stderr(line) => out.push(Ok(ProcessEvent::Stderr(line))),
+                Record::Stderr(line) => out.push(Ok(LogItem::Runner(ProcessEvent::Stderr(line)))),
                 Record::Cancel => self.cancelled = true,
+                // Only ever after an exit; one here is not a turn's start.
+                Record::Turn(_) => {}
                 Record::Exit(mut status) => {
                     if self.cancelled {
                         status.status = CANCELLED.to_owned();
                     }
-                    out.push(Ok(ProcessEvent::Exited(status)));
-                    self.ended = true;
-                    self.buf.clear();
-                    return out;
+                    out.push(Ok(LogItem::Runner(ProcessEvent::Exited(status))));
+                    self.between_turns = true;
                 }
             }
         }
         if !messages.is_empty() {
-            out.push(Ok(ProcessEvent::Stdout(messages.freeze())));
+            out.push(Ok(LogItem::Runner(ProcessEvent::Stdout(messages.freeze()))));
         }
         self.buf.advance(start);
         if self.buf.len() > MAX_LINE_LEN {
-            self.ended = true;
+            self.failed = true;
             out.push(Err(SandboxError::Other {
                 op: "read the run's event log",
                 message: LineTooLong.to_string(),
@@ -271,7 +385,7 @@ fn with_newline(body: &[u8]) -> Bytes {
 mod tests {
     use super::*;
 
-    fn events(chunks: &[&[u8]], exit: Option<i32>) -> Vec<Result<ProcessEvent, String>> {
+    fn events(chunks: &[&[u8]], exit: Option<i32>) -> Vec<Result<LogItem, String>> {
         let mut input: Vec<Result<ProcessEvent, SandboxError>> = chunks
             .iter()
             .map(|c| Ok(ProcessEvent::Stdout(Bytes::copy_from_slice(c))))
@@ -289,12 +403,19 @@ mod tests {
             .collect()
     }
 
-    fn out(text: &str) -> ProcessEvent {
-        ProcessEvent::Stdout(Bytes::from(text.to_owned()))
+    fn out(text: &str) -> LogItem {
+        LogItem::Runner(ProcessEvent::Stdout(Bytes::from(text.to_owned())))
     }
 
-    fn err(text: &str) -> ProcessEvent {
-        ProcessEvent::Stderr(Bytes::from(text.to_owned()))
+    fn err(text: &str) -> LogItem {
+        LogItem::Runner(ProcessEvent::Stderr(Bytes::from(text.to_owned())))
+    }
+
+    fn exited(code: i32, status: &str) -> LogItem {
+        LogItem::Runner(ProcessEvent::Exited(ExitStatus {
+            code: Some(code),
+            status: status.to_owned(),
+        }))
     }
 
     #[test]
@@ -313,10 +434,7 @@ mod tests {
                 Ok(err("warning\n")),
                 Ok(err("Segmentation fault\n")),
                 Ok(out("{\"type\":\"result\"}\n")),
-                Ok(ProcessEvent::Exited(ExitStatus {
-                    code: Some(0),
-                    status: "exit status: 0".into()
-                })),
+                Ok(exited(0, "exit status: 0")),
             ]
         );
     }
@@ -335,10 +453,7 @@ mod tests {
             [
                 Ok(out("{\"a\":1}\n")),
                 Ok(out("{\"b\":2}\n{\"c\":3}\n")),
-                Ok(ProcessEvent::Exited(ExitStatus {
-                    code: Some(0),
-                    status: "exit status: 0".into()
-                })),
+                Ok(exited(0, "exit status: 0")),
             ]
         );
     }
@@ -346,28 +461,41 @@ mod tests {
     #[test]
     fn the_timeout_record_says_the_run_s_timeout_ended_it() {
         let got = events(&[b"\x1et\n"], Some(0));
-        assert_eq!(
-            got,
-            [Ok(ProcessEvent::Exited(ExitStatus {
-                code: Some(124),
-                status: TIMED_OUT.into()
-            }))]
-        );
+        assert_eq!(got, [Ok(exited(124, TIMED_OUT))]);
     }
 
     #[test]
     fn an_exit_after_a_cancel_record_says_the_run_was_cancelled() {
         let got = events(&[b"\x1eo{}\n\x1ec\n\x1ex143\n"], Some(0));
+        assert_eq!(got, [Ok(out("{}\n")), Ok(exited(143, CANCELLED))]);
+    }
+
+    #[test]
+    fn later_turns_follow_their_records_and_nothing_between_turns_counts() {
+        let got = events(
+            &[
+                b"\x1eo{\"a\":1}\n\x1ex0\n\x1ec\nstray\n\x1enreq-2\n",
+                b"\x1eo{\"b\":2}\n\x1ex0\n",
+            ],
+            Some(0),
+        );
         assert_eq!(
             got,
             [
-                Ok(out("{}\n")),
-                Ok(ProcessEvent::Exited(ExitStatus {
-                    code: Some(143),
-                    status: CANCELLED.into()
-                }))
+                Ok(out("{\"a\":1}\n")),
+                Ok(exited(0, "exit status: 0")),
+                Ok(LogItem::Turn("req-2".into())),
+                Ok(out("{\"b\":2}\n")),
+                Ok(exited(0, "exit status: 0")),
             ]
         );
+    }
+
+    #[test]
+    fn a_follower_that_ends_inside_a_later_turn_is_a_cut_stream() {
+        let got = events(&[b"\x1ex0\n\x1enreq-2\n\x1eo{}\n"], Some(0));
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[3].as_ref().is_err_and(|e| e.contains("cut")), "{got:?}");
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::settings::Settings;
 pub mod log;
 pub(crate) mod registry;
 pub(crate) mod status;
+pub(crate) mod turn;
 
 use registry::Registry;
 use status::{RunInfo, Status};
@@ -44,6 +45,9 @@ pub(crate) const EXPIRES_KEY: &str = "sandstorm_expires_at";
 pub(crate) const CREATED_KEY: &str = "sandstorm_created_at";
 /// The metadata key of the request id that started the run.
 pub(crate) const REQUEST_KEY: &str = "sandstorm_request_id";
+/// The metadata key of how long the run is kept after a turn (seconds),
+/// when it is.
+pub(crate) const KEEP_ALIVE_KEY: &str = "sandstorm_keep_alive";
 
 /// Who owns runs started without a credential of the caller's own: every
 /// holder of the endpoint's bearer token (or anyone, on an open endpoint)
@@ -111,7 +115,7 @@ pub(crate) struct Found {
 }
 
 /// Who is asking, as far as runs go.
-struct Caller {
+pub(crate) struct Caller {
     /// The sandbox credential the request brought itself, if any.
     brought: Option<Secret>,
     /// The owner it acts as, and its digest.
@@ -120,8 +124,13 @@ struct Caller {
 }
 
 impl Caller {
-    fn of(settings: &Settings, headers: &HeaderMap) -> Self {
-        let brought = credential_header(settings, headers);
+    /// A `/runs` request's caller: its credential comes in a header.
+    pub(crate) fn of(settings: &Settings, headers: &HeaderMap) -> Self {
+        Caller::bringing(credential_header(settings, headers))
+    }
+
+    /// A caller that brought `brought` (a `/query` body's own credential).
+    pub(crate) fn bringing(brought: Option<Secret>) -> Self {
         let owner = owner(brought.as_ref());
         let owner_digest = run_id::owner_digest(&owner);
         Caller {
@@ -129,6 +138,16 @@ impl Caller {
             owner,
             owner_digest,
         }
+    }
+
+    /// The owner it acts as.
+    pub(crate) fn owner(&self) -> &Secret {
+        &self.owner
+    }
+
+    /// The sandbox credential it brought itself, if any.
+    pub(crate) fn brought(&self) -> Option<&Secret> {
+        self.brought.as_ref()
     }
 
     fn owns(&self, owner_digest: &str) -> bool {
@@ -167,11 +186,10 @@ pub(crate) async fn find(
     provider: &dyn SandboxProvider,
     registry: &Registry,
     id: &str,
-    headers: &HeaderMap,
+    caller: &Caller,
     stream_deadline: Option<Instant>,
 ) -> Result<Found, ApiError> {
     let run = RunId::parse(id).map_err(|_| ApiError::NoSuchRun)?;
-    let caller = Caller::of(settings, headers);
     let deadline =
         stream_deadline.map(|d| d.checked_sub(DETACH_MARGIN).unwrap_or_else(Instant::now));
     if let Some(registered) = registry.get(&run.digest()) {
@@ -191,7 +209,7 @@ pub(crate) async fn find(
         .map_err(|e| caller.refusal(&e))?
         .ok_or(ApiError::NoSuchRun)?;
     reach(
-        settings, provider, &caller, &run, &summary, credential, deadline,
+        settings, provider, caller, &run, &summary, credential, deadline,
     )
     .await
 }
@@ -314,6 +332,8 @@ async fn reach(
         deadline: deadline.unwrap_or(expires),
         digest: run.digest(),
         linger: settings.run_linger,
+        keep_alive: Duration::from_secs(metadata(KEEP_ALIVE_KEY).parse().unwrap_or(0)),
+        turn: 1,
     };
     Ok(Found { sandbox, follow })
 }
@@ -324,13 +344,20 @@ const CANCEL_WAIT: Duration = Duration::from_secs(15);
 
 /// Cancels a run: a cancel record in its log (so every reader ends with a
 /// `cancelled` error), TERM to the runner, and once the runner is gone the
-/// sandbox ends as a finished run's does. A run that is over already is
-/// left as it is. Answers with the run's status.
+/// sandbox ends as a finished run's does. An idle run (kept for a
+/// follow-up) ends at once: its sandbox is destroyed. A run that is over
+/// already is left as it is. Answers with the run's status.
 pub(crate) async fn cancel(found: Found, registry: &Registry) -> Result<RunInfo, ApiError> {
     let Found { sandbox, follow } = found;
-    let before = status::read(sandbox.as_ref(), &follow)
+    let mut before = status::read(sandbox.as_ref(), &follow)
         .await
         .map_err(|e| provider_error(&e))?;
+    if before.status == Status::Idle {
+        registry.remove(&follow.digest);
+        sandbox.destroy().await.map_err(|e| provider_error(&e))?;
+        before.status = Status::Cancelled;
+        return Ok(before);
+    }
     if before.status != Status::Running {
         return Ok(before);
     }
@@ -360,7 +387,12 @@ pub(crate) async fn cancel(found: Found, registry: &Registry) -> Result<RunInfo,
     Ok(after)
 }
 
-fn provider_error(e: &SandboxError) -> ApiError {
+/// What a failure to reach a found run's sandbox means to the caller: a
+/// sandbox that has gone since (another instance ended the run) is no run.
+pub(crate) fn provider_error(e: &SandboxError) -> ApiError {
+    if e.sandbox_gone() {
+        return ApiError::NoSuchRun;
+    }
     ApiError::Provider {
         message: format!("could not reach the run's sandbox: {e}"),
     }

@@ -65,6 +65,17 @@ impl Registry {
         });
     }
 
+    /// Sets a run's stay to `lifetime` from now, longer or shorter, as its
+    /// sandbox's.
+    pub(crate) fn set_expiry(&self, digest: &str, lifetime: std::time::Duration) {
+        let expires = Instant::now() + lifetime;
+        self.with(|runs| {
+            if let Some(run) = runs.get_mut(digest) {
+                run.expires = expires;
+            }
+        });
+    }
+
     /// Every run whose sandbox's lifetime is not over.
     pub(crate) fn all(&self) -> Vec<Registered> {
         let now = Instant::now();

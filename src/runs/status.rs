@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 
+use crate::events::ErrorKind;
 use crate::run::detached::{Follow, Tally, tally};
 use crate::runs::log::EVENT_LOG;
 use crate::sandbox::{Sandbox, SandboxError, layout};
@@ -21,12 +22,17 @@ const PROMPT_CHARS: usize = 200;
 pub(crate) enum Status {
     /// The agent is working.
     Running,
+    /// A turn is over and the sandbox is kept (`keep_alive`) for a
+    /// follow-up.
+    Idle,
     /// The agent finished with a result.
     Succeeded,
     /// The run ended with an error event.
     Failed,
     /// `POST /runs/{id}/cancel` or `DELETE /runs/{id}` ended it.
     Cancelled,
+    /// The run's `timeout` ended it.
+    Expired,
 }
 
 /// A run, as `GET /runs/{id}` shows it.
@@ -40,9 +46,11 @@ pub(crate) struct RunInfo {
     pub created_at: String,
     /// When its sandbox goes away at the latest (RFC 3339, UTC).
     pub expires_at: String,
-    /// The result's `num_turns`, once there is a result.
+    /// The results' `num_turns`, once there is a result, summed over the
+    /// run's turns.
     pub turns: Option<u64>,
-    /// The result's `total_cost_usd`, once there is a result.
+    /// The results' `total_cost_usd`, once there is a result, summed over
+    /// the run's turns.
     pub total_cost_usd: Option<f64>,
     /// The id of the run's last event so far.
     pub last_event_id: u64,
@@ -54,6 +62,16 @@ pub(crate) struct RunInfo {
 
 /// Reads the run's status from its sandbox.
 pub(crate) async fn read(sandbox: &dyn Sandbox, follow: &Follow) -> Result<RunInfo, SandboxError> {
+    let tally = tally_of(sandbox, follow).await?;
+    let prompt = follow.redactor.redact_str(&prompt(sandbox).await);
+    Ok(info(follow, &tally, prompt))
+}
+
+/// The run's log, read whole and added up.
+pub(crate) async fn tally_of(
+    sandbox: &dyn Sandbox,
+    follow: &Follow,
+) -> Result<Tally, SandboxError> {
     // A run whose runner has not started yet has no log: nothing but its
     // `run` event so far.
     let log = match sandbox.read_file(EVENT_LOG).await {
@@ -63,17 +81,25 @@ pub(crate) async fn read(sandbox: &dyn Sandbox, follow: &Follow) -> Result<RunIn
         }
         Err(e) => return Err(e),
     };
-    let prompt = follow.redactor.redact_str(&prompt(sandbox).await);
+    Ok(tally(log, follow).await)
+}
+
+/// What a tally of the run's log says about it.
+pub(crate) fn info(follow: &Follow, tally: &Tally, prompt: String) -> RunInfo {
     let Tally {
         events,
         outcome,
-        result,
-        model,
-    } = tally(log, follow).await;
+        num_turns,
+        total_cost_usd,
+        ref model,
+        ..
+    } = *tally;
     let status = match outcome {
         None => Status::Running,
+        Some(Some(ErrorKind::Cancelled)) => Status::Cancelled,
+        Some(_) if !follow.keep_alive.is_zero() => Status::Idle,
         Some(None) => Status::Succeeded,
-        Some(Some(crate::events::ErrorKind::Cancelled)) => Status::Cancelled,
+        Some(Some(ErrorKind::Timeout)) => Status::Expired,
         Some(Some(_)) => Status::Failed,
     };
     // The `run` event, the relayed ones, and once it is over the `error`
@@ -83,17 +109,17 @@ pub(crate) async fn read(sandbox: &dyn Sandbox, follow: &Follow) -> Result<RunIn
         Some(None) => 1,
         Some(Some(_)) => 2,
     };
-    Ok(RunInfo {
+    RunInfo {
         run_id: follow.run.run_id.clone(),
         status,
         created_at: follow.created_at.clone(),
         expires_at: follow.run.expires_at.clone(),
-        turns: result.as_ref().and_then(|r| r["num_turns"].as_u64()),
-        total_cost_usd: result.as_ref().and_then(|r| r["total_cost_usd"].as_f64()),
+        turns: num_turns,
+        total_cost_usd,
         last_event_id: 1 + events + closing,
-        model,
+        model: model.clone(),
         prompt,
-    })
+    }
 }
 
 /// The prompt's first [`PROMPT_CHARS`] characters, from the config the

@@ -369,4 +369,19 @@ impl SandboxError {
             other => other,
         }
     }
+
+    /// Whether the sandbox no longer exists: E2B answers for a sandbox it
+    /// does not know with 404 from its API and 502 "... was not found"
+    /// from its proxy to envd.
+    pub fn sandbox_gone(&self) -> bool {
+        match self.cause() {
+            SandboxError::Status { status: 404, .. } => true,
+            SandboxError::Status {
+                status: 502,
+                message,
+                ..
+            } => message.contains("not found"),
+            _ => false,
+        }
+    }
 }
