@@ -168,33 +168,39 @@ async fn not_found() -> Response {
 
 async fn query(State(state): State<AppState>, request: Request) -> Response {
     let request_id = request_id(request.headers());
-    match start_query(&state, request, &request_id).await {
+    let started = start_query(&state, request, &request_id).await;
+    started_response(started, &request_id, "query rejected")
+}
+
+/// The answer to a request that starts a run or a turn: its events (with
+/// ids and `x-run-id` when it is detached), or why it was refused.
+fn started_response(
+    started: Result<Started, ApiError>,
+    request_id: &str,
+    refused: &'static str,
+) -> Response {
+    let mut response = match started {
         Ok(Started {
             events, run: None, ..
-        }) => {
-            let mut response = sse(events, None).into_response();
-            set_request_id(&mut response, &request_id);
-            response
-        }
+        }) => sse(events, None).into_response(),
         Ok(Started {
             events,
             run: Some(run),
             after,
         }) => {
             let mut response = sse(events, Some(Numbering::after(after))).into_response();
-            set_request_id(&mut response, &request_id);
             if let Ok(value) = HeaderValue::from_str(&run) {
                 response.headers_mut().insert("x-run-id", value);
             }
             response
         }
         Err(error) => {
-            tracing::info!(%request_id, status = %error.status(), error = %error, "query rejected");
-            let mut response = error.into_response();
-            set_request_id(&mut response, &request_id);
-            response
+            tracing::info!(%request_id, status = %error.status(), error = %error, "{refused}");
+            error.into_response()
         }
-    }
+    };
+    set_request_id(&mut response, request_id);
+    response
 }
 
 /// A run (or a turn of one) that has begun: its events, its id when it is
@@ -380,22 +386,7 @@ async fn run_messages(
         resume(&state, query, &id, &caller, &request_id, platform_deadline).await
     }
     .await;
-    match started {
-        Ok(Started { events, run, after }) => {
-            let mut response = sse(events, Some(Numbering::after(after))).into_response();
-            set_request_id(&mut response, &request_id);
-            if let Some(value) = run.and_then(|run| HeaderValue::from_str(&run).ok()) {
-                response.headers_mut().insert("x-run-id", value);
-            }
-            response
-        }
-        Err(error) => {
-            tracing::info!(%request_id, status = %error.status(), error = %error, "follow-up refused");
-            let mut response = error.into_response();
-            set_request_id(&mut response, &request_id);
-            response
-        }
-    }
+    started_response(started, &request_id, "follow-up refused")
 }
 
 /// `GET /runs/{id}/events`: a run's events from the start, or after
