@@ -27,8 +27,6 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use bytes::Buf as _;
-
 use crate::lines::{LineTooLong, MAX_LINE_LEN};
 use crate::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, ProcessStream, SandboxError, layout};
 
@@ -179,14 +177,18 @@ pub(crate) fn turn_failed(message: &str) -> ProcessSpec {
 const FOLLOWER_MARGIN: Duration = Duration::from_secs(5);
 
 /// A follower of the log, for one reader whose stream ends at `until`: it
-/// ends itself shortly after, whether or not anyone still reads it. It
-/// reads to the end of the log, and waits there until turn `turn` is over.
+/// ends itself shortly after, whether or not anyone still reads it, and its
+/// sandbox ends it then if it cannot (its writes block on a reader that
+/// stopped reading). It reads to the end of the log, and waits there until
+/// turn `turn` is over.
 pub(crate) fn follower(until: SystemTime, turn: u32) -> ProcessSpec {
     let until = until + FOLLOWER_MARGIN;
     let until_ms = until
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis());
+    let lifetime = until.duration_since(SystemTime::now()).unwrap_or_default() + FOLLOWER_MARGIN;
     ProcessSpec {
+        timeout: Some(lifetime),
         cmd: "node".to_owned(),
         args: vec![
             FOLLOW_SCRIPT.to_owned(),
@@ -314,55 +316,83 @@ struct Decoder {
 
 impl Decoder {
     /// The events of the lines `chunk` completes. The SDK messages in a row
-    /// become one stdout chunk, copied once: the relay cuts it into lines
-    /// again, so a detached run's lines cost it about what a live runner's
-    /// do.
+    /// become one stdout chunk, their record marks left out: their bytes are
+    /// copied once here, and the relay cuts them into lines again as it
+    /// does a live runner's. A line that straddles chunks is put together
+    /// first; the others are read where they lie.
     fn push(&mut self, chunk: &[u8]) -> Vec<Result<LogItem, SandboxError>> {
-        self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         let mut messages = BytesMut::new();
-        let mut start = 0;
-        while let Some(at) = memchr::memchr(b'\n', &self.buf[start..]) {
-            let line = &self.buf[start..start + at];
-            start += at + 1;
-            if self.between_turns {
-                // A cancel that came too late, or anything else after an
-                // exit, belongs to no turn.
-                if let Record::Turn(request_id) = record(line) {
-                    self.between_turns = false;
-                    self.cancelled = false;
-                    out.push(Ok(LogItem::Turn(request_id)));
-                }
-                continue;
-            }
-            if let [RECORD, b'o', body @ ..] = line {
-                messages.extend_from_slice(body);
-                messages.extend_from_slice(b"\n");
-                continue;
-            }
-            if !messages.is_empty() {
-                out.push(Ok(LogItem::Runner(ProcessEvent::Stdout(
-                    messages.split().freeze(),
-                ))));
-            }
-            match record(line) {
-                Record::Stderr(line) => out.push(Ok(LogItem::Runner(ProcessEvent::Stderr(line)))),
-                Record::Cancel => self.cancelled = true,
-                // Only ever after an exit; one here is not a turn's start.
-                Record::Turn(_) => {}
-                Record::Exit(mut status) => {
-                    if self.cancelled {
-                        status.status = CANCELLED.to_owned();
-                    }
-                    out.push(Ok(LogItem::Runner(ProcessEvent::Exited(status))));
-                    self.between_turns = true;
-                }
-            }
+        let mut rest = chunk;
+        if !self.buf.is_empty() {
+            let Some(at) = memchr::memchr(b'\n', rest) else {
+                self.buf.extend_from_slice(rest);
+                return self.checked(out);
+            };
+            self.buf.extend_from_slice(&rest[..at]);
+            let line = self.buf.split();
+            self.line(&line, &mut messages, &mut out);
+            rest = &rest[at + 1..];
+        }
+        while let Some(at) = memchr::memchr(b'\n', rest) {
+            self.line(&rest[..at], &mut messages, &mut out);
+            rest = &rest[at + 1..];
         }
         if !messages.is_empty() {
             out.push(Ok(LogItem::Runner(ProcessEvent::Stdout(messages.freeze()))));
         }
-        self.buf.advance(start);
+        self.buf.extend_from_slice(rest);
+        self.checked(out)
+    }
+
+    /// One whole line (without its newline): an SDK message joins
+    /// `messages`; any other record first sends the messages before it.
+    fn line(
+        &mut self,
+        line: &[u8],
+        messages: &mut BytesMut,
+        out: &mut Vec<Result<LogItem, SandboxError>>,
+    ) {
+        if self.between_turns {
+            // A cancel that came too late, or anything else after an exit,
+            // belongs to no turn.
+            if let Record::Turn(request_id) = record(line) {
+                self.between_turns = false;
+                self.cancelled = false;
+                out.push(Ok(LogItem::Turn(request_id)));
+            }
+            return;
+        }
+        if let [RECORD, b'o', body @ ..] = line {
+            messages.extend_from_slice(body);
+            messages.extend_from_slice(b"\n");
+            return;
+        }
+        if !messages.is_empty() {
+            out.push(Ok(LogItem::Runner(ProcessEvent::Stdout(
+                messages.split().freeze(),
+            ))));
+        }
+        match record(line) {
+            Record::Stderr(line) => out.push(Ok(LogItem::Runner(ProcessEvent::Stderr(line)))),
+            Record::Cancel => self.cancelled = true,
+            // Only ever after an exit; one here is not a turn's start.
+            Record::Turn(_) => {}
+            Record::Exit(mut status) => {
+                if self.cancelled {
+                    status.status = CANCELLED.to_owned();
+                }
+                out.push(Ok(LogItem::Runner(ProcessEvent::Exited(status))));
+                self.between_turns = true;
+            }
+        }
+    }
+
+    /// `out`, or the log's end when a line has grown past the limit.
+    fn checked(
+        &mut self,
+        mut out: Vec<Result<LogItem, SandboxError>>,
+    ) -> Vec<Result<LogItem, SandboxError>> {
         if self.buf.len() > MAX_LINE_LEN {
             self.failed = true;
             out.push(Err(SandboxError::Other {
@@ -456,6 +486,36 @@ mod tests {
                 Ok(exited(0, "exit status: 0")),
             ]
         );
+    }
+
+    #[test]
+    fn the_same_log_cut_anywhere_decodes_the_same() {
+        let log: &[u8] =
+            b"\x1eo{\"a\":1}\n\x1eewarn\nstray\n\x1eo{\"b\":2}\n\x1ex0\n\x1enreq-2\n\x1eo{}\n\x1et\n";
+        // Consecutive stdout chunks joined, as the relay sees them.
+        let joined = |items: Vec<Result<LogItem, String>>| {
+            let mut joined: Vec<Result<LogItem, String>> = Vec::new();
+            for item in items {
+                if let (
+                    Some(Ok(LogItem::Runner(ProcessEvent::Stdout(before)))),
+                    Ok(LogItem::Runner(ProcessEvent::Stdout(more))),
+                ) = (joined.last_mut(), &item)
+                {
+                    *before = [before.as_ref(), more.as_ref()].concat().into();
+                    continue;
+                }
+                joined.push(item);
+            }
+            joined
+        };
+        let whole = joined(events(&[log], Some(0)));
+        assert_eq!(whole.len(), 8, "{whole:?}");
+        for one in 1..log.len() {
+            for two in one..log.len() {
+                let cut = joined(events(&[&log[..one], &log[one..two], &log[two..]], Some(0)));
+                assert_eq!(cut, whole, "cut at {one} and {two}");
+            }
+        }
     }
 
     #[test]
