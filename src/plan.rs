@@ -167,7 +167,9 @@ impl RunPlan {
         kept: Lifetime,
     ) -> Self {
         let now = Instant::now();
-        let lifetime = timeout + SANDBOX_GRACE;
+        // A run kept for a follow-up stays `keep_alive` after its turn's
+        // latest end even when no reader sees the end to set that.
+        let lifetime = timeout + SANDBOX_GRACE.max(kept.keep_alive);
         let started = std::time::SystemTime::now();
         // A run kept for follow-ups may live as long as the provider's plan
         // allows; each turn and each idle time sets its sandbox's lifetime

@@ -969,3 +969,48 @@ async fn a_follow_up_is_refused_while_a_turn_runs_and_once_the_run_is_over() {
     .await;
     assert_eq!(code, 404);
 }
+
+#[tokio::test]
+async fn keep_alive_counts_from_the_turn_s_end_however_often_the_run_is_read() {
+    const KEEP_ALIVE: u64 = 8;
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let product = serve(Chain::Local, &model).start().await;
+    let client = reqwest::Client::new();
+    let first = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({"prompt": "go", "keep_alive": KEEP_ALIVE})),
+        None,
+    )
+    .await;
+    assert!(first.done, "{}", first.body);
+    let ended = std::time::Instant::now();
+    let run_id = first.run_id_header.expect("x-run-id");
+    let status = format!("{}/runs/{run_id}", product.url());
+
+    // Readers that reach the end of the idle run, again and again, do not
+    // keep it longer: its idle time counts from the turn's end.
+    for at in [1.5, 3.0, 4.5] {
+        tokio::time::sleep_until((ended + Duration::from_secs_f64(at)).into()).await;
+        let again = read(client.get(events_url(product.url(), &run_id)), None).await;
+        assert!(again.done, "{}", again.body);
+        let (code, body) = get_json(client.get(&status)).await;
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (200, Some("idle")),
+            "{body}"
+        );
+    }
+    // Had each read restarted it, it would stay until 12.5 s after.
+    tokio::time::sleep_until((ended + Duration::from_secs(10)).into()).await;
+    let (code, body) = get_json(client.get(&status)).await;
+    assert_eq!(code, 404, "kept past keep_alive: {body}");
+    let (code, _) = get_json(
+        client
+            .post(format!("{}/runs/{run_id}/messages", product.url()))
+            .json(&json!({"prompt": "too late"})),
+    )
+    .await;
+    assert_eq!(code, 404);
+    product.assert_sandboxes_destroyed(1).await;
+}

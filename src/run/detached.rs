@@ -209,6 +209,8 @@ pub(crate) struct LastTurn {
     pub number: u32,
     /// The request that began it, whose id its `error` and `done` carry.
     pub request_id: String,
+    /// When it ended, as its exit record says.
+    pub ended_at: Option<std::time::SystemTime>,
 }
 
 impl LastTurn {
@@ -216,6 +218,7 @@ impl LastTurn {
         LastTurn {
             number: 1,
             request_id: follow.request_id.clone(),
+            ended_at: None,
         }
     }
 }
@@ -298,12 +301,15 @@ async fn relay_turns(
         if !exited {
             return (ended, last);
         }
-        let request_id = match log.next().await {
-            None => return (ended, last),
-            Some(Ok(LogItem::Turn(request_id))) => request_id,
-            // The decoder gives nothing else between turns.
-            Some(Ok(LogItem::Runner(_))) => return (ended, last),
-            Some(Err(e)) => return (Err(e.into()), last),
+        let request_id = loop {
+            match log.next().await {
+                None => return (ended, last),
+                Some(Ok(LogItem::Ended(at))) => last.ended_at = Some(at),
+                Some(Ok(LogItem::Turn(request_id))) => break request_id,
+                // The decoder gives nothing else between turns.
+                Some(Ok(LogItem::Runner(_))) => return (ended, last),
+                Some(Err(e)) => return (Err(e.into()), last),
+            }
         };
         for event in closing_events(ended.err(), follow, &last.request_id) {
             if tx.send(event).await.is_err() {
@@ -313,6 +319,7 @@ async fn relay_turns(
         last = LastTurn {
             number: last.number + 1,
             request_id,
+            ended_at: None,
         };
         let turn = RunEvent::Turn(TurnStarted {
             run_id: follow.run.run_id.clone(),
@@ -389,7 +396,7 @@ async fn finish(
         if follow.keep_alive.is_zero() || cancelled {
             linger(sandbox, follow, registry).await;
         } else {
-            keep(sandbox, follow, registry, last.number).await;
+            keep(sandbox, follow, registry, &last).await;
         }
     }
     if let Some(done) = done {
@@ -416,20 +423,24 @@ pub(crate) async fn linger(sandbox: Arc<dyn Sandbox>, follow: &Follow, registry:
     super::destroy_logged(sandbox.as_ref(), &follow.request_id).await;
 }
 
-/// Keeps an idle run's sandbox for `keep_alive` (within the run's
-/// lifetime) so that a follow-up can come: the sandbox's lifetime, by the
-/// provider's own clock, is set to that.
+/// Keeps an idle run's sandbox for `keep_alive` from the end of its last
+/// turn (within the run's lifetime) so that a follow-up can come: the
+/// sandbox's lifetime, by the provider's own clock, is set to end then.
+/// Every reader that reaches the end sets the same end, so reading an idle
+/// run does not lengthen it; one that comes after it is over ends it.
 ///
-/// A follow-up may have begun turn `turn + 1` meanwhile and set the
-/// lifetime its turn needs; it claims the turn's marker before it does. So
-/// once the lifetime is set here, a marker means that follow-up may have
-/// come first, and its lifetime (which the marker holds) is set again.
-async fn keep(sandbox: Arc<dyn Sandbox>, follow: &Follow, registry: &Registry, turn: u32) {
-    let left = follow
-        .ends_at()
-        .duration_since(std::time::SystemTime::now())
+/// A follow-up may have begun the next turn meanwhile and set the lifetime
+/// its turn needs; it claims the turn's marker before it does. So once the
+/// lifetime is set here, a marker means that follow-up may have come
+/// first, and its lifetime (which the marker holds) is set again.
+async fn keep(sandbox: Arc<dyn Sandbox>, follow: &Follow, registry: &Registry, last: &LastTurn) {
+    let now = std::time::SystemTime::now();
+    let idle_ends = last.ended_at.map_or(now, |ended| ended.min(now)) + follow.keep_alive;
+    let keep = idle_ends
+        .min(follow.ends_at())
+        .duration_since(now)
         .unwrap_or_default();
-    let keep = follow.keep_alive.min(left);
+    let turn = last.number;
     if keep.is_zero() {
         return linger(sandbox, follow, registry).await;
     }

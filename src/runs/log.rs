@@ -13,7 +13,9 @@
 //!
 //! Each line of the log is one record: RS (0x1e) then `o` and an SDK
 //! message, or `e` and a stderr line, or `x` and the runner's exit code, or
-//! `t` when the run's `timeout` ended it. A line without RS is something the
+//! `t` when the run's `timeout` ended it; an exit record ends with when the
+//! turn ended (Unix seconds, after a space), so a run's idle time counts
+//! from then whoever reads it. A line without RS is something the
 //! runner's process printed outside the SDK (a crash), kept as stderr.
 //!
 //! A run has turns: a follow-up appends `n` and its request id, then its
@@ -71,7 +73,8 @@ pub(crate) fn wrapper(runner: ProcessSpec, run_for: Duration) -> ProcessSpec {
          echo $! > {pid}\n\
          wait $!\n\
          status=$?\n\
-         if [ \"$status\" -eq 124 ]; then printf '\\036t\\n'; else printf '\\036x%d\\n' \"$status\"; fi >> {log}\n",
+         ended=$(date +%s)\n\
+         if [ \"$status\" -eq 124 ]; then printf '\\036t %s\\n' \"$ended\"; else printf '\\036x%d %s\\n' \"$status\" \"$ended\"; fi >> {log}\n",
         dir = log_dir(),
         log = EVENT_LOG,
         pid = RUNNER_PID,
@@ -206,7 +209,7 @@ pub(crate) fn follower(until: SystemTime, turn: u32) -> ProcessSpec {
 enum Record {
     Stderr(Bytes),
     Cancel,
-    Exit(ExitStatus),
+    Exit(ExitStatus, Option<SystemTime>),
     Turn(String),
 }
 
@@ -217,24 +220,44 @@ fn record(line: &[u8]) -> Record {
         [RECORD, b'n', request_id @ ..] => {
             Record::Turn(String::from_utf8_lossy(request_id).trim().to_owned())
         }
-        [RECORD, b't', ..] => Record::Exit(ExitStatus {
-            code: Some(124),
-            status: TIMED_OUT.to_owned(),
-        }),
+        [RECORD, b't', rest @ ..] => Record::Exit(
+            ExitStatus {
+                code: Some(124),
+                status: TIMED_OUT.to_owned(),
+            },
+            ended_at(rest, 0),
+        ),
         [RECORD, b'x', rest @ ..] => {
-            let code = std::str::from_utf8(rest)
-                .ok()
-                .and_then(|c| c.trim().parse::<i32>().ok());
-            Record::Exit(ExitStatus {
-                code,
-                status: code.map_or_else(
-                    || "the runner ended with an unreadable status".to_owned(),
-                    |c| format!("exit status: {c}"),
-                ),
-            })
+            let text = String::from_utf8_lossy(rest);
+            let code = text
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse::<i32>().ok());
+            Record::Exit(
+                ExitStatus {
+                    code,
+                    status: code.map_or_else(
+                        || "the runner ended with an unreadable status".to_owned(),
+                        |c| format!("exit status: {c}"),
+                    ),
+                },
+                ended_at(rest, 1),
+            )
         }
         _ => Record::Stderr(with_newline(line)),
     }
+}
+
+/// When an exit record says its turn ended: its word `word` (after `x`'s
+/// code, or the first after `t`), Unix seconds. Logs written before the
+/// time was added have none.
+fn ended_at(rest: &[u8], word: usize) -> Option<SystemTime> {
+    let seconds = std::str::from_utf8(rest)
+        .ok()?
+        .split_whitespace()
+        .nth(word)?;
+    let seconds = seconds.parse::<u64>().ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
 /// What a decoded log holds: each turn's runner output, as the process
@@ -243,6 +266,8 @@ fn record(line: &[u8]) -> Record {
 pub(crate) enum LogItem {
     /// Output of the current turn's runner, or its exit.
     Runner(ProcessEvent),
+    /// When the turn whose exit came just before ended.
+    Ended(SystemTime),
     /// A follow-up turn begins, started by the request with this id.
     Turn(String),
 }
@@ -293,7 +318,7 @@ pub(crate) fn turn(
     log.filter_map(|item| {
         std::future::ready(match item {
             Ok(LogItem::Runner(event)) => Some(Ok(event)),
-            Ok(LogItem::Turn(_)) => None,
+            Ok(LogItem::Turn(_) | LogItem::Ended(_)) => None,
             Err(e) => Some(Err(e)),
         })
     })
@@ -378,11 +403,12 @@ impl Decoder {
             Record::Cancel => self.cancelled = true,
             // Only ever after an exit; one here is not a turn's start.
             Record::Turn(_) => {}
-            Record::Exit(mut status) => {
+            Record::Exit(mut status, ended) => {
                 if self.cancelled {
                     status.status = CANCELLED.to_owned();
                 }
                 out.push(Ok(LogItem::Runner(ProcessEvent::Exited(status))));
+                out.extend(ended.map(|at| Ok(LogItem::Ended(at))));
                 self.between_turns = true;
             }
         }
@@ -516,6 +542,22 @@ mod tests {
                 assert_eq!(cut, whole, "cut at {one} and {two}");
             }
         }
+    }
+
+    #[test]
+    fn an_exit_record_s_time_comes_after_the_exit() {
+        let ended = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let got = events(&[b"\x1ex3 1700000000\n\x1enr\n\x1et 1700000000\n"], Some(0));
+        assert_eq!(
+            got,
+            [
+                Ok(exited(3, "exit status: 3")),
+                Ok(LogItem::Ended(ended)),
+                Ok(LogItem::Turn("r".into())),
+                Ok(exited(124, TIMED_OUT)),
+                Ok(LogItem::Ended(ended)),
+            ]
+        );
     }
 
     #[test]

@@ -117,7 +117,9 @@ pub(crate) async fn follow_up(
     let timeout = query
         .timeout
         .min(left.saturating_sub(TURN_GRACE).max(LEAST_TURN));
-    let lifetime = (timeout + TURN_GRACE).min(left);
+    // Its sandbox stays `keep_alive` past the turn's latest end even when
+    // no reader sees the end to set that.
+    let lifetime = (timeout + TURN_GRACE.max(follow.keep_alive)).min(left);
     query.timeout = timeout;
     let overrides = ConfigOverrides {
         model: query.model.clone(),
