@@ -804,7 +804,25 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
     let both: Vec<_> = first.events.iter().chain(&second.events).cloned().collect();
     assert_eq!(replay.events, both);
 
-    // 0.9.2's `resume` on /query is the next turn.
+    // Another tenant's key finds no run to continue, on either route.
+    let (code, refused) = get_json(
+        client
+            .post(format!("{}/runs/{run_id}/messages", other.url))
+            .header("x-e2b-api-key", "e2b_another_tenant_key")
+            .json(&json!({"prompt": "let me in"})),
+    )
+    .await;
+    assert_eq!(code, 404, "{refused}");
+    let (code, refused) = get_json(client.post(format!("{}/query", other.url)).json(&json!({
+        "prompt": "let me in",
+        "resume": run_id,
+        "e2b_api_key": "e2b_another_tenant_key",
+    })))
+    .await;
+    assert_eq!(code, 404, "{refused}");
+
+    // 0.9.2's `resume` on /query is the next turn, with the same checks.
+    let before_resume = model.agent_requests().len();
     let third = read(
         client
             .post(format!("{}/query", product.url()))
@@ -816,6 +834,24 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
     assert_eq!(third.events[0].0, n + 1);
     assert_eq!(third.events[0].1["turn"], 3, "{}", third.body);
     assert!(third.done, "{}", third.body);
+    let requests = model.agent_requests();
+    let resumed = requests[before_resume..]
+        .iter()
+        .find(|r| conversation(r).contains("and once more"))
+        .unwrap_or_else(|| panic!("no request of turn 3:\n{}", model.describe_requests()));
+    assert!(
+        conversation(resumed).contains("write the notes")
+            && conversation(resumed).contains("what did you write?"),
+        "turn 3's request lacks the earlier turns' prompts"
+    );
+    assert!(
+        third
+            .events
+            .iter()
+            .any(|(_, e)| e["type"] == "file" && e["path"] == "notes.txt"),
+        "turn 1's file is gone by turn 3: {}",
+        third.body
+    );
     let n = n + third.events.len() as u64;
 
     // `ds continue`, straight to E2B with no server between.
