@@ -134,6 +134,7 @@ pub(crate) async fn prepare(
                 linger: settings.run_linger,
                 keep_alive,
                 max: settings.run_max_lifetime,
+                pause_idle: settings.pause_idle,
             };
             Ok(plan.detached(run, owner, timeout, platform_deadline, lifetime))
         }
@@ -150,6 +151,8 @@ struct Lifetime {
     keep_alive: Duration,
     /// The longest a run kept for follow-ups lives in all.
     max: Duration,
+    /// Whether an idle run's sandbox is paused, where the provider can.
+    pause_idle: bool,
 }
 
 impl RunPlan {
@@ -182,6 +185,9 @@ impl RunPlan {
         let expires_at = humantime::format_rfc3339_seconds(started + run_lifetime).to_string();
         let created_at = humantime::format_rfc3339_seconds(started).to_string();
         self.sandbox.lifetime = lifetime;
+        // Idle, it is paused instead (if the provider can pause; see
+        // `run::detached`), and its lifetime running out pauses it too.
+        self.sandbox.pause_at_end = kept.pause_idle && !kept.keep_alive.is_zero();
         let sealed = self
             .sandbox
             .credential
@@ -282,6 +288,7 @@ pub(crate) fn build(
                 .as_ref()
                 .map(NetworkConfig::policy)
                 .unwrap_or_default(),
+            pause_at_end: false,
         },
         files: upload(query, agent_config, keys.files),
         process: ProcessSpec {

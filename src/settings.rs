@@ -166,6 +166,9 @@ pub struct Settings {
     /// live, turns and idle time together (`SANDSTORM_RUN_MAX_LIFETIME`,
     /// seconds): the sandbox lifetime the provider's plan allows.
     pub run_max_lifetime: Duration,
+    /// Whether an idle run kept for a follow-up is paused, on a provider
+    /// that can pause (`SANDSTORM_PAUSE_IDLE`, default on).
+    pub pause_idle: bool,
     /// What `ds serve` allows its client connections.
     pub connections: ConnectionSettings,
     /// What key resolution needs from the environment.
@@ -188,6 +191,7 @@ impl std::fmt::Debug for Settings {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("run_linger", &self.run_linger)
             .field("run_max_lifetime", &self.run_max_lifetime)
+            .field("pause_idle", &self.pause_idle)
             .field("connections", &self.connections)
             .field("keys", &self.keys)
             .field("sandbox", &self.sandbox)
@@ -244,6 +248,18 @@ impl Settings {
             },
             None => DEFAULT_RUN_MAX_LIFETIME,
         };
+        let pause_idle = match env.get("SANDSTORM_PAUSE_IDLE") {
+            None => true,
+            Some(v) => match v.trim() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                other => {
+                    return Err(format!(
+                        "SANDSTORM_PAUSE_IDLE must be 1 or 0 (true or false), got {other:?}"
+                    ));
+                }
+            },
+        };
         let connections = connection_settings(env)?;
         let sandbox = sandbox_settings(env, cwd, sandbox)?;
         Ok(Settings {
@@ -257,6 +273,7 @@ impl Settings {
             shutdown_timeout,
             run_linger,
             run_max_lifetime,
+            pause_idle,
             connections,
             sandbox,
             key_source: None,

@@ -1050,3 +1050,106 @@ async fn keep_alive_counts_from_the_turn_s_end_however_often_the_run_is_read() {
     assert_eq!(code, 404);
     product.assert_sandboxes_destroyed(1).await;
 }
+
+/// The emulator's sandboxes in `state` (E2B's list, as the SDKs call it).
+async fn sandboxes_in(product: &common::product::Product, state: &str) -> Vec<Value> {
+    let env = product.env();
+    reqwest::Client::new()
+        .get(format!("{}/v2/sandboxes?state={state}", env["E2B_API_URL"]))
+        .header("X-API-Key", env["E2B_API_KEY"].as_str())
+        .send()
+        .await
+        .expect("list the emulator's sandboxes")
+        .json()
+        .await
+        .expect("a JSON list")
+}
+
+/// Waits until the emulator holds exactly one sandbox, paused.
+async fn wait_until_paused(product: &common::product::Product) -> Value {
+    for _ in 0..100 {
+        if let [paused] = sandboxes_in(product, "paused").await.as_slice() {
+            return paused.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the idle run's sandbox was not paused within 20 s");
+}
+
+#[tokio::test]
+async fn an_idle_run_s_e2b_sandbox_is_paused_resumed_for_a_follow_up_and_ended_past_keep_alive() {
+    const KEEP_ALIVE: u64 = 8;
+    let model = ModelServer::start(Script::Bash {
+        command: "echo kept-while-paused | tee notes.txt".to_owned(),
+    })
+    .await;
+    let product = serve(Chain::E2b, &model).start().await;
+    let other = product.another_instance(&[], &[]).await;
+    let client = reqwest::Client::new();
+    let first = read(
+        client
+            .post(format!("{}/query", product.url()))
+            .json(&json!({
+                "prompt": "write the notes",
+                "keep_alive": KEEP_ALIVE,
+                "outputs": ["notes.txt"],
+            })),
+        None,
+    )
+    .await;
+    assert!(first.done, "{}", first.body);
+    let run_id = first.run_id_header.expect("x-run-id");
+
+    // After the linger (2 s here), the idle run's sandbox is paused.
+    let sandbox = wait_until_paused(&product).await["sandboxID"].clone();
+    // Reading it from another instance resumes it to read it.
+    let (code, status) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
+    assert_eq!(
+        (code, status["status"].as_str()),
+        (200, Some("idle")),
+        "{status}"
+    );
+
+    // A follow-up resumes it: the same sandbox, its files, its session.
+    let second = read(
+        client
+            .post(format!("{}/runs/{run_id}/messages", other.url))
+            .json(&json!({"prompt": "what did you write?"})),
+        None,
+    )
+    .await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert!(second.done, "{}", second.body);
+    assert_eq!(
+        second.events.last().map(|(_, e)| e["status"].clone()),
+        Some(json!("success"))
+    );
+    assert!(
+        second
+            .events
+            .iter()
+            .any(|(_, e)| e["type"] == "file" && e["path"] == "notes.txt"),
+        "{}",
+        second.body
+    );
+    // Idle again, it is paused again; once it has been paused past
+    // keep_alive, the instance that finds it so ends it.
+    let paused = wait_until_paused(&product).await;
+    assert_eq!(paused["sandboxID"], sandbox, "the same sandbox all along");
+    let paused_at = humantime::parse_rfc3339_weak(paused["endAt"].as_str().expect("endAt"))
+        .expect("an RFC 3339 endAt");
+    let over = paused_at + Duration::from_secs(KEEP_ALIVE + 1);
+    tokio::time::sleep(
+        over.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+    .await;
+    let (code, body) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
+    assert_eq!(code, 404, "{body}");
+    let stats = product.emulator_settled().await.expect("emulator");
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+}

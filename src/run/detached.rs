@@ -56,6 +56,9 @@ pub(crate) struct Follow {
     pub keep_alive: Duration,
     /// The turn whose end this reader waits for, at least.
     pub turn: u32,
+    /// Its sandbox is paused while idle, and pauses rather than ends when
+    /// its lifetime runs out.
+    pub pauses: bool,
 }
 
 impl Follow {
@@ -103,12 +106,19 @@ pub(crate) fn reattach(
 
 async fn execute(
     provider: Arc<dyn SandboxProvider>,
-    plan: RunPlan,
+    mut plan: RunPlan,
     detach: DetachPlan,
     tx: mpsc::Sender<RunEvent>,
     mut shutdown: Shutdown,
     registry: Registry,
 ) {
+    // Only a provider that can pause keeps an idle run paused.
+    plan.sandbox.pause_at_end &= provider.can_pause();
+    if plan.sandbox.pause_at_end {
+        plan.sandbox
+            .metadata
+            .insert(crate::runs::PAUSES_KEY.to_owned(), "1".to_owned());
+    }
     let follow = Follow {
         run: RunStarted {
             run_id: detach.run.to_string(),
@@ -123,6 +133,7 @@ async fn execute(
         linger: detach.linger,
         keep_alive: detach.keep_alive,
         turn: 1,
+        pauses: plan.sandbox.pause_at_end,
     };
     let mut guard = SandboxGuard::new(plan.request_id.clone());
     let started = tokio::select! {
@@ -409,7 +420,9 @@ async fn finish(
 /// and nobody has to come back to destroy it; at once when there is no
 /// linger or the provider cannot be told.
 pub(crate) async fn linger(sandbox: Arc<dyn Sandbox>, follow: &Follow, registry: &Registry) {
-    if !follow.linger.is_zero() {
+    // A sandbox that pauses at the end of its lifetime would be paused,
+    // not ended, by one: it is ended at once.
+    if !follow.linger.is_zero() && !follow.pauses {
         match sandbox.expire_in(follow.linger).await {
             Ok(()) => {
                 info!(sandbox = sandbox.id(), linger = ?follow.linger, "run over; its sandbox ends after the linger");
@@ -444,14 +457,27 @@ async fn keep(sandbox: Arc<dyn Sandbox>, follow: &Follow, registry: &Registry, l
     if keep.is_zero() {
         return linger(sandbox, follow, registry).await;
     }
-    if let Err(e) = sandbox.expire_in(keep).await {
+    // A sandbox that pauses at its end runs on only for the linger, so
+    // that readers can read the end, then pauses; a follow-up or a reader
+    // resumes it, and whoever finds it paused past `keep_alive` ends it
+    // (`runs::reap`). The registry cannot reach it paused.
+    let running = if follow.pauses {
+        registry.remove(&follow.digest);
+        keep.min(follow.linger.max(Duration::from_secs(1)))
+    } else {
+        keep
+    };
+    if let Err(e) = sandbox.expire_in(running).await {
         warn!(error = %e, "could not keep the sandbox for a follow-up; ending the run");
         return linger(sandbox, follow, registry).await;
     }
-    registry.set_expiry(&follow.digest, keep);
+    if !follow.pauses {
+        registry.set_expiry(&follow.digest, keep);
+    }
     info!(
         sandbox = sandbox.id(),
         ?keep,
+        paused_after = ?follow.pauses.then_some(running),
         turn,
         "turn over; the sandbox is kept for a follow-up"
     );

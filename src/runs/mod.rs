@@ -48,6 +48,8 @@ pub(crate) const REQUEST_KEY: &str = "sandstorm_request_id";
 /// The metadata key of how long the run is kept after a turn (seconds),
 /// when it is.
 pub(crate) const KEEP_ALIVE_KEY: &str = "sandstorm_keep_alive";
+/// The metadata key set (`1`) when the run's sandbox is paused while idle.
+pub(crate) const PAUSES_KEY: &str = "sandstorm_pauses";
 
 /// Who owns runs started without a credential of the caller's own: every
 /// holder of the endpoint's bearer token (or anyone, on an open endpoint)
@@ -208,6 +210,9 @@ pub(crate) async fn find(
         .await
         .map_err(|e| caller.refusal(&e))?
         .ok_or(ApiError::NoSuchRun)?;
+    if reap(provider, &summary, credential.clone()).await {
+        return Err(ApiError::NoSuchRun);
+    }
     reach(
         settings, provider, caller, &run, &summary, credential, deadline,
     )
@@ -246,7 +251,9 @@ pub(crate) async fn list(
         let Some(run) = unsealed(&summary, credential.as_ref()) else {
             continue;
         };
-        if found.iter().any(|f| f.follow.digest == run.digest()) {
+        if found.iter().any(|f| f.follow.digest == run.digest())
+            || reap(provider, &summary, credential.clone()).await
+        {
             continue;
         }
         // A sandbox that went away since it was listed is not a run any
@@ -276,6 +283,58 @@ pub(crate) async fn list(
     Ok(runs)
 }
 
+/// Whether a listed run's sandbox is paused while it is idle.
+fn pauses(summary: &SandboxSummary) -> bool {
+    summary.metadata.get(PAUSES_KEY).is_some_and(|v| v == "1")
+}
+
+/// Ends a listed run's sandbox that has been paused past its `keep_alive`,
+/// or past the run's lifetime: nothing else ends a paused sandbox, so
+/// whichever instance finds one so does. E2B lists a paused sandbox's
+/// `endAt` as when it was paused, which is after its turn ended, so the
+/// run is never ended early. `true` when it was ended.
+async fn reap(
+    provider: &dyn SandboxProvider,
+    summary: &SandboxSummary,
+    credential: Option<Secret>,
+) -> bool {
+    if !summary.paused || !pauses(summary) {
+        return false;
+    }
+    let now = std::time::SystemTime::now();
+    let at = |text: &str| humantime::parse_rfc3339_weak(text).ok();
+    let keep_alive = Duration::from_secs(
+        summary
+            .metadata
+            .get(KEEP_ALIVE_KEY)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    let idle_over = at(&summary.end_at).is_some_and(|paused| paused + keep_alive < now);
+    let run_over = summary
+        .metadata
+        .get(EXPIRES_KEY)
+        .and_then(|expires| at(expires))
+        .is_some_and(|expires| expires < now);
+    if !(idle_over || run_over) {
+        return false;
+    }
+    match provider.kill(&summary.id, credential).await {
+        Ok(()) => {
+            tracing::info!(sandbox = %summary.id, "ended a run's sandbox paused past its keep_alive");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(sandbox = %summary.id, error = %e, "could not end a run's sandbox paused past its keep_alive");
+            false
+        }
+    }
+}
+
+/// How long a reader resumes a paused run's sandbox for: time to read it;
+/// the end of that lifetime pauses it again.
+const RESUMED_FOR_READING: Duration = Duration::from_secs(30);
+
 /// The run id a listed sandbox's metadata holds sealed, if `key` opens it.
 fn unsealed(summary: &SandboxSummary, key: Option<&Secret>) -> Option<RunId> {
     let sealed = summary.metadata.get(run_id::SEALED_KEY)?;
@@ -304,10 +363,15 @@ async fn reach(
     // Reading a run must not lengthen its sandbox's life (a finished run's
     // linger above all). E2B's connect only ever lengthens a running
     // sandbox's timeout, so asking for a second leaves it as it is. (Zero
-    // would mean the provider's default, five minutes.)
+    // would mean the provider's default, five minutes.) A paused one is
+    // resumed for long enough to be read, and pauses again after.
     let spec = SandboxSpec {
         credential,
-        lifetime: Duration::from_secs(1),
+        lifetime: if summary.paused {
+            RESUMED_FOR_READING
+        } else {
+            Duration::from_secs(1)
+        },
         ..SandboxSpec::default()
     };
     let sandbox = provider
@@ -334,6 +398,7 @@ async fn reach(
         linger: settings.run_linger,
         keep_alive: Duration::from_secs(metadata(KEEP_ALIVE_KEY).parse().unwrap_or(0)),
         turn: 1,
+        pauses: pauses(summary),
     };
     Ok(Found { sandbox, follow })
 }

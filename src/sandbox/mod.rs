@@ -43,6 +43,9 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Where the sandbox may connect to.
     pub network: NetworkPolicy,
+    /// Paused rather than ended when its lifetime runs out (E2B's
+    /// `autoPause`), by a provider that can pause ([`SandboxProvider::can_pause`]).
+    pub pause_at_end: bool,
 }
 
 /// Caps on what one sandbox may use. Where a provider enforces each one is
@@ -180,6 +183,22 @@ pub trait SandboxProvider: Send + Sync + 'static {
 
     /// Makes a fresh sandbox for one run.
     async fn create(&self, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError>;
+
+    /// Whether its sandboxes can be paused, and made to pause rather than
+    /// end at their lifetime ([`SandboxSpec::pause_at_end`]).
+    fn can_pause(&self) -> bool {
+        false
+    }
+
+    /// Ends sandbox `id`, running or paused, without resuming it first.
+    /// One that is gone already is not an error.
+    async fn kill(&self, id: &str, credential: Option<Secret>) -> Result<(), SandboxError> {
+        let _ = (id, credential);
+        Err(SandboxError::Unsupported {
+            provider: self.name(),
+            op: "kill",
+        })
+    }
 
     /// Attaches to sandbox `id`, made earlier by this provider, perhaps in
     /// another process: the way a run outlives the request that started

@@ -184,6 +184,27 @@ def test_pause_stops_every_process_and_connect_resumes_them(emulator):
         Sandbox.kill(sbx.sandbox_id)
 
 
+def test_a_sandbox_made_to_pause_on_timeout_is_paused_not_killed(emulator):
+    sbx = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"})
+    try:
+        sbx.files.write("/home/user/kept.txt", "still here\n")
+        started = time.time()
+        deadline = started + 15
+        while Sandbox.get_info(sbx.sandbox_id).state != SandboxState.PAUSED:
+            assert time.time() < deadline, "not paused at its timeout"
+            time.sleep(0.2)
+        # Paused, not killed: it is listed, its endAt is when it paused.
+        paused = Sandbox.list(query=SandboxQuery(state=[SandboxState.PAUSED])).next_items()
+        listed = [s for s in paused if s.sandbox_id == sbx.sandbox_id]
+        assert len(listed) == 1
+        assert listed[0].end_at.timestamp() >= started + 1.5
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
+        assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING
+        assert resumed.files.read("/home/user/kept.txt") == "still here\n"
+    finally:
+        Sandbox.kill(sbx.sandbox_id)
+
+
 def test_a_filesystem_pause_keeps_files_but_not_processes(emulator):
     sbx = Sandbox.create(timeout=120)
     try:

@@ -315,11 +315,17 @@ async fn create_sandbox(emulator: Emulator, body: axum::body::Bytes, api: Api) -
         envd_version: emulator.inner.envd_version.clone(),
         sandbox,
         paused: std::sync::atomic::AtomicBool::new(false),
+        auto_pause: new.auto_pause == Some(true),
         transition: tokio::sync::Mutex::new(()),
         processes: Default::default(),
     });
     lock(&emulator.inner.sandboxes).insert(entry.id.clone(), entry.clone());
     emulator.inner.stats.created();
+    if entry.auto_pause {
+        // Its timeout is the emulator's to act on, not the sandbox's.
+        entry.sandbox.clear_lifetime();
+        tokio::spawn(pause::at_timeout(emulator.clone(), entry.clone()));
+    }
     tokio::spawn(forget_when_expired(emulator, entry.clone()));
     let json = sandbox_json(&entry);
     let mut response = (StatusCode::CREATED, axum::Json(json.clone())).into_response();
@@ -494,7 +500,10 @@ pub(super) fn end_in(entry: &Entry, timeout: Duration, how: End) {
         return;
     }
     *end = new_end;
-    entry.sandbox.set_lifetime(timeout);
+    // An `autoPause` sandbox is paused at its end by `pause::at_timeout`.
+    if !entry.auto_pause {
+        entry.sandbox.set_lifetime(timeout);
+    }
 }
 
 /// A JSON request body, or the 400 that says why it is not one.

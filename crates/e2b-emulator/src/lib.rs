@@ -175,6 +175,8 @@ pub(crate) struct Entry {
     pub(crate) sandbox: Arc<LocalSandbox>,
     /// Paused (its processes stopped, envd unreachable) or running.
     pub(crate) paused: std::sync::atomic::AtomicBool,
+    /// Create's `autoPause`: its timeout pauses it instead of killing it.
+    pub(crate) auto_pause: bool,
     /// Held through a pause or a resume, so the two never interleave.
     pub(crate) transition: tokio::sync::Mutex<()>,
     /// Its processes that clients can attach to (`Process/Connect`).

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::control::{self, End};
 use super::stats::route;
-use super::{Emulator, EmulatorError, Entry};
+use super::{Emulator, EmulatorError, Entry, lock};
 
 /// E2B's resume lifetime when the request names none (`ResumedSandbox`).
 const DEFAULT_RESUME_TIMEOUT: Duration = Duration::from_secs(15);
@@ -59,27 +59,59 @@ pub(super) async fn pause(
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
-    let _transition = entry.transition.lock().await;
-    if is_paused(&entry) {
-        return EmulatorError::new(
+    match pause_entry(&entry, request.memory != Some(false)).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => EmulatorError::new(
             StatusCode::CONFLICT,
             format!("Error pausing sandbox - sandbox '{id}' is already paused"),
         )
-        .into_response();
+        .into_response(),
+        Err(message) => {
+            tracing::warn!(sandbox = %id, %message, "pausing failed");
+            EmulatorError::new(StatusCode::INTERNAL_SERVER_ERROR, "Error pausing sandbox")
+                .into_response()
+        }
     }
-    let signal = if request.memory == Some(false) {
-        "KILL"
-    } else {
-        "STOP"
-    };
-    if let Err(message) = signal_every_process(&entry, signal).await {
-        tracing::warn!(sandbox = %id, %message, "pausing failed");
-        return EmulatorError::new(StatusCode::INTERNAL_SERVER_ERROR, "Error pausing sandbox")
-            .into_response();
+}
+
+/// Pauses `entry`, keeping its processes' memory or not; `false` when it
+/// was paused already. Its clock stops, and its `endAt` becomes the time it
+/// was paused, as E2B lists a paused sandbox.
+async fn pause_entry(entry: &Entry, memory: bool) -> Result<bool, String> {
+    let _transition = entry.transition.lock().await;
+    if is_paused(entry) {
+        return Ok(false);
     }
+    signal_every_process(entry, if memory { "STOP" } else { "KILL" }).await?;
     entry.paused.store(true, Ordering::SeqCst);
     entry.sandbox.clear_lifetime();
-    StatusCode::NO_CONTENT.into_response()
+    *lock(&entry.end_at) = std::time::SystemTime::now();
+    Ok(true)
+}
+
+/// How often an `autoPause` sandbox's end is looked at.
+const AUTO_PAUSE_TICK: Duration = Duration::from_millis(100);
+
+/// E2B's `autoPause`: when a sandbox created with it reaches its end (which
+/// set-timeout and connect move), it is paused instead of killed, and
+/// again after each resume. Ends with the sandbox.
+pub(super) async fn at_timeout(emulator: Emulator, entry: std::sync::Arc<Entry>) {
+    loop {
+        tokio::time::sleep(AUTO_PAUSE_TICK).await;
+        let alive = emulator
+            .entry(&entry.id)
+            .is_some_and(|current| std::sync::Arc::ptr_eq(&current, &entry));
+        if !alive {
+            return;
+        }
+        let due = std::time::SystemTime::now() >= *lock(&entry.end_at);
+        if due
+            && !is_paused(&entry)
+            && let Err(message) = pause_entry(&entry, true).await
+        {
+            tracing::warn!(sandbox = %entry.id, %message, "pausing at the timeout failed");
+        }
+    }
 }
 
 /// The deprecated resume: 201 with the sandbox, or 409 when it runs.

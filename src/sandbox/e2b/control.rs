@@ -37,9 +37,14 @@ pub(crate) async fn create(
     api_key: &Secret,
     lifetime: Duration,
     metadata: &BTreeMap<String, String>,
+    pause_at_end: bool,
 ) -> Result<Sandbox, SandboxError> {
     let lifetime = lifetime.min(options.max_timeout);
-    let body = new_sandbox(&options.template, lifetime, metadata);
+    let mut body = new_sandbox(&options.template, lifetime, metadata);
+    // As the SDKs' `lifecycle: {on_timeout: "pause"}` asks for it.
+    if pause_at_end {
+        body.auto_pause = Some(true);
+    }
     let (url, body) = (&format!("{}/v2/sandboxes", options.api_url), &body);
     // Lowercase letters, digits and hyphens: the SDKs' rule for the key.
     let key = &uuid::Uuid::new_v4().to_string();

@@ -171,10 +171,21 @@ impl SandboxProvider for E2bProvider {
             &api_key,
             lifetime,
             &spec.metadata,
+            spec.pause_at_end,
         )
         .await?;
         tracing::debug!(sandbox = %created.sandbox_id, envd = %created.envd_version, "e2b sandbox created");
         Ok(self.sandbox(created, api_key, lifetime))
+    }
+
+    fn can_pause(&self) -> bool {
+        // The local stack's one sandbox is never created here.
+        !self.shared.options.debug
+    }
+
+    async fn kill(&self, id: &str, credential: Option<Secret>) -> Result<(), SandboxError> {
+        let api_key = self.api_key(credential, "destroy")?;
+        control::kill(&self.shared.http, &self.shared.options, &api_key, id).await
     }
 
     async fn connect(&self, id: &str, spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
