@@ -215,7 +215,7 @@ impl RunPlan {
                 content: Bytes::from_static(runs::log::FOLLOW_SOURCE.as_bytes()),
             },
         );
-        self.process = runs::log::wrapper(self.process, timeout);
+        self.process = runs::log::wrapper(self.process, timeout, 1);
         // With no platform deadline the stream lasts as long as the run,
         // which the wrapper's `timeout` ends; this is only the backstop.
         self.deadline = platform_deadline.map_or(now + lifetime, |platform| {

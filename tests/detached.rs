@@ -1153,3 +1153,48 @@ async fn an_idle_run_s_e2b_sandbox_is_paused_resumed_for_a_follow_up_and_ended_p
         "{stats:?}"
     );
 }
+
+#[tokio::test]
+async fn a_cancel_that_comes_before_the_runner_starts_still_stops_it() {
+    // An agent that never stops on its own: only the cancel ends it.
+    let model = ModelServer::start(Script::EndlessBash).await;
+    let product = serve(Chain::E2b, &model).start().await;
+    let client = reqwest::Client::new();
+    // The sandbox holds the runner's start for 3 s: the cancel below comes
+    // in between, before there is a runner to signal.
+    let knobs = client
+        .post(format!("{}/_emulator/config", product.env()["E2B_API_URL"]))
+        .json(&json!({"runner_start_delay_ms": 3000}))
+        .send()
+        .await
+        .expect("configure the emulator");
+    assert!(knobs.status().is_success());
+    let run_id = start_and_leave(
+        &client,
+        product.url(),
+        json!({"prompt": "loop", "detach": true}),
+    )
+    .await;
+    let (code, cancelled) =
+        get_json(client.delete(format!("{}/runs/{run_id}", product.url()))).await;
+    assert_eq!(
+        (code, cancelled["status"].as_str()),
+        (200, Some("cancelled")),
+        "{cancelled}"
+    );
+    let rest = read(client.get(events_url(product.url(), &run_id)), None).await;
+    assert!(rest.done, "{}", rest.body);
+    let n = rest.events.len();
+    assert_eq!(
+        rest.events[n - 2].1["error_type"],
+        "cancelled",
+        "{}",
+        rest.body
+    );
+    let stats = product.emulator_settled().await.expect("emulator");
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+}

@@ -59,18 +59,20 @@ const TURN_RECORD: &str = "\\036n";
 const KILL_AFTER_SECS: u64 = 5;
 const RECORD: u8 = 0x1e;
 
-/// The wrapper: runs `runner` under `timeout` with its output appended to
-/// the log, then appends the exit record. `run_for` is the run's own
-/// `timeout`; nothing else ends a detached run but a cancel.
-pub(crate) fn wrapper(runner: ProcessSpec, run_for: Duration) -> ProcessSpec {
+/// The wrapper of turn `turn`: runs `runner` under `timeout` with its
+/// output appended to the log, then appends the exit record. `run_for` is
+/// the turn's own `timeout`; nothing else ends a detached run but a cancel.
+pub(crate) fn wrapper(runner: ProcessSpec, run_for: Duration, turn: u32) -> ProcessSpec {
     // The runner's argv goes through "$@", never through the script's text,
     // so nothing in it is ever parsed by the shell.
     // In the background so that its pid can be kept: a cancel TERMs
-    // `timeout`, which passes the signal on to the runner.
+    // `timeout`, which passes the signal on to the runner. A cancel that
+    // came before the pid was kept left its marker, and is carried out here.
     let script = format!(
         "mkdir -p {dir} && : >> {log} || exit 1\n\
          timeout -k {KILL_AFTER_SECS} {secs} \"$@\" >> {log} 2>&1 &\n\
          echo $! > {pid}\n\
+         [ -e {cancelled} ] && kill -TERM $!\n\
          wait $!\n\
          status=$?\n\
          ended=$(date +%s)\n\
@@ -78,6 +80,7 @@ pub(crate) fn wrapper(runner: ProcessSpec, run_for: Duration) -> ProcessSpec {
         dir = log_dir(),
         log = EVENT_LOG,
         pid = RUNNER_PID,
+        cancelled = cancel_marker(turn),
         secs = run_for.as_secs().max(1),
     );
     let mut args = vec!["-c".to_owned(), script, "sh".to_owned(), runner.cmd];
@@ -104,13 +107,24 @@ fn log_dir() -> &'static str {
     EVENT_LOG.rsplit_once('/').map_or("/tmp", |(dir, _)| dir)
 }
 
-/// What cancels a run: a cancel record in the log, so every reader knows
-/// why the runner ends, then TERM to the runner's `timeout`.
-pub(crate) fn canceller() -> ProcessSpec {
+/// Where a cancel of turn `turn` leaves its mark, for a wrapper that has
+/// not kept its runner's pid yet.
+fn cancel_marker(turn: u32) -> String {
+    format!("{}/cancel-{turn}", log_dir())
+}
+
+/// What cancels turn `turn` of a run: its marker, so a runner not started
+/// yet is stopped as it starts; a cancel record in the log, so every
+/// reader knows why the runner ends; then TERM to the runner's `timeout`.
+pub(crate) fn canceller(turn: u32) -> ProcessSpec {
     let script = format!(
-        "printf '\\036c\\n' >> {EVENT_LOG}\n\
-         kill -TERM \"$(cat {RUNNER_PID})\" 2>/dev/null\n\
-         exit 0\n"
+        "mkdir -p {dir}\n\
+         : > {marker}\n\
+         printf '\\036c\\n' >> {EVENT_LOG}\n\
+         kill -TERM \"$(cat {RUNNER_PID} 2>/dev/null)\" 2>/dev/null\n\
+         exit 0\n",
+        dir = log_dir(),
+        marker = cancel_marker(turn),
     );
     ProcessSpec {
         cmd: "sh".to_owned(),
@@ -616,7 +630,7 @@ mod tests {
             cwd: "/home/user".into(),
             ..ProcessSpec::default()
         };
-        let spec = wrapper(runner, Duration::from_secs(300));
+        let spec = wrapper(runner, Duration::from_secs(300), 1);
         assert_eq!(spec.cmd, "sh");
         assert_eq!(
             &spec.args[2..],

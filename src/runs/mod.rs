@@ -414,7 +414,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(15);
 /// already is left as it is. Answers with the run's status.
 pub(crate) async fn cancel(found: Found, registry: &Registry) -> Result<RunInfo, ApiError> {
     let Found { sandbox, follow } = found;
-    let mut before = status::read(sandbox.as_ref(), &follow)
+    let (mut before, tally) = status::read_tallied(sandbox.as_ref(), &follow)
         .await
         .map_err(|e| provider_error(&e))?;
     if before.status == Status::Idle {
@@ -427,7 +427,7 @@ pub(crate) async fn cancel(found: Found, registry: &Registry) -> Result<RunInfo,
         return Ok(before);
     }
     let mut canceller = sandbox
-        .start(log::canceller())
+        .start(log::canceller(tally.turns))
         .await
         .map_err(|e| provider_error(&e))?;
     while canceller.next().await.is_some() {}

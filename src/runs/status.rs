@@ -62,9 +62,17 @@ pub(crate) struct RunInfo {
 
 /// Reads the run's status from its sandbox.
 pub(crate) async fn read(sandbox: &dyn Sandbox, follow: &Follow) -> Result<RunInfo, SandboxError> {
+    read_tallied(sandbox, follow).await.map(|(info, _)| info)
+}
+
+/// The run's status, and the tally of its log it comes from.
+pub(crate) async fn read_tallied(
+    sandbox: &dyn Sandbox,
+    follow: &Follow,
+) -> Result<(RunInfo, Tally), SandboxError> {
     let tally = tally_of(sandbox, follow).await?;
     let prompt = follow.redactor.redact_str(&prompt(sandbox).await);
-    Ok(info(follow, &tally, prompt))
+    Ok((info(follow, &tally, prompt), tally))
 }
 
 /// The run's log, read whole and added up.

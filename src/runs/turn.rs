@@ -320,7 +320,7 @@ async fn start_runner(
     sandbox.upload(files).await?;
     let mut runner = plan.process;
     runner.args.push(path);
-    let mut output = sandbox.start(log::wrapper(runner, timeout)).await?;
+    let mut output = sandbox.start(log::wrapper(runner, timeout, turn)).await?;
     // Nobody reads the wrapper: the log is the turn's output.
     tokio::spawn(async move { while output.next().await.is_some() {} });
     Ok(())

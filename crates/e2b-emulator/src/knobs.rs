@@ -34,6 +34,11 @@ pub struct Knobs {
     /// follower process reads back, is measured against.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub synthetic_process: bool,
+    /// Hold every start of the agent runner this long before starting it,
+    /// as a slow sandbox would: how a test reaches a run between its `run`
+    /// event and its runner's start.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub runner_start_delay_ms: u64,
     /// The `Retry-After` (seconds) of injected 429s; 1 when unset, as a
     /// rate limiter always names a wait.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +138,14 @@ fn take<T: Copy>(slot: &mut Option<T>, count: impl Fn(&mut T) -> &mut u32) -> Op
         *slot = None;
     }
     Some(taken)
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -128,6 +128,8 @@ impl Args {
                 .map(|(lines, bytes)| Synthetic { lines, bytes }),
             retry_after_secs: Some(self.retry_after),
             synthetic_process: false,
+            // For tests, through /_emulator/config.
+            runner_start_delay_ms: 0,
         }
     }
 

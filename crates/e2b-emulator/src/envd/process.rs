@@ -63,16 +63,20 @@ pub(super) async fn start(
     };
     let timeout = header_number(&headers, "connect-timeout-ms").map(Duration::from_millis);
     let keepalive = Some(keepalive_interval(&headers));
-    let (synthetic, via_process, cut_after) = {
+    let (synthetic, via_process, cut_after, runner_delay) = {
         let mut knobs = emulator.knobs();
         (
             knobs.synthetic,
             knobs.synthetic_process,
             knobs.take_stream_cut(),
+            knobs.runner_start_delay_ms,
         )
     };
 
     let config = request.process;
+    if runner_delay > 0 && synthetic::is_runner(&config.cmd, &config.args) {
+        tokio::time::sleep(Duration::from_millis(runner_delay)).await;
+    }
     let is_synthetic = synthetic.is_some() && synthetic::is_runner(&config.cmd, &config.args);
     // A detached run's wrapper: its runner writes the event log, not stdout.
     let records = config
