@@ -210,6 +210,7 @@ impl Naming {
             (Naming::Flags, "model") => "--model",
             (Naming::Flags, "outputs") => "--outputs",
             (Naming::Flags, "files") => "-f",
+            (Naming::Flags, "keep_alive") => "--keep-alive",
             (Naming::Flags, field) => field,
         }
     }

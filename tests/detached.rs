@@ -908,6 +908,31 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
     assert_eq!(status["status"], "idle", "{status}");
     assert_eq!(status["last_event_id"], n, "{status}");
 
+    // From the command line alone: `ds --detach --keep-alive`, then
+    // `ds continue` and `ds cancel`, straight to E2B.
+    let (code, out, err) = ds(
+        &product,
+        &["go", "--detach", "--keep-alive", "60", "--json-output"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    let started: Value =
+        serde_json::from_str(out.lines().next().unwrap_or_default()).expect("JSON");
+    let cli_run = started["run_id"]
+        .as_str()
+        .expect("a run event first")
+        .to_owned();
+    let (code, out, err) = ds(
+        &product,
+        &["continue", &cli_run, "and then", "--json-output"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    assert!(out.contains("\"type\":\"turn\""), "{out}");
+    let (code, _, err) = ds(&product, &["cancel", &cli_run]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+
     // Ending an idle run destroys its sandbox.
     let (code, ended) = get_json(client.delete(format!("{}/runs/{run_id}", other.url))).await;
     assert_eq!(code, 200, "{ended}");
@@ -920,7 +945,7 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
     let stats = product.emulator_settled().await.expect("emulator");
     assert_eq!(
         (stats.created, stats.killed, stats.alive),
-        (2, 2, 0),
+        (3, 3, 0),
         "{stats:?}"
     );
 }

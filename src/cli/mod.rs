@@ -200,6 +200,10 @@ struct QueryArgs {
     /// attach` to read on (E2B only: a local sandbox ends with ds).
     #[arg(long)]
     detach: bool,
+    /// Keep the run's sandbox SECS after the agent's turn for a follow-up
+    /// (`ds continue`); paused meanwhile. Needs --detach.
+    #[arg(long, value_name = "SECS", requires = "detach")]
+    keep_alive: Option<u64>,
     #[command(flatten)]
     keys: KeyArgs,
     #[command(flatten)]
@@ -381,6 +385,7 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         files: (!files.is_empty()).then_some(files),
         outputs,
         detach: Some(args.detach),
+        keep_alive: args.keep_alive,
         ..QueryRequest::default()
     };
     if args.detach && settings.sandbox.provider.name != e2b::PROVIDER.name {
