@@ -3,7 +3,9 @@
 //! A deployed endpoint spends its owner's API money and runs arbitrary
 //! agent code, so when a token is configured (`SANDSTORM_API_TOKEN`, from
 //! the environment or the AWS secret) every query must carry it. During a
-//! rotation `SANDSTORM_API_TOKEN_PREVIOUS` is accepted too.
+//! rotation `SANDSTORM_API_TOKEN_PREVIOUS` is accepted too. Python
+//! Sandstorm's names for the two (`SANDSTORM_API_KEY`,
+//! `SANDSTORM_API_KEY_PREVIOUS`) count the same.
 
 use axum::http::{HeaderMap, header};
 use subtle::ConstantTimeEq;
@@ -19,6 +21,11 @@ use crate::settings::AuthSettings;
 pub(crate) const TOKEN_VARIABLES: [&str; 2] =
     ["SANDSTORM_API_TOKEN", "SANDSTORM_API_TOKEN_PREVIOUS"];
 
+/// Python Sandstorm 0.9.2's names for the same two tokens, in the same
+/// order: a deployment moved over with them set must not become an open
+/// endpoint.
+pub(crate) const TOKEN_ALIASES: [&str; 2] = ["SANDSTORM_API_KEY", "SANDSTORM_API_KEY_PREVIOUS"];
+
 /// Admits or refuses one request, before its body is read.
 pub(crate) async fn check(
     settings: &AuthSettings,
@@ -29,14 +36,18 @@ pub(crate) async fn check(
     if tokens.is_empty()
         && let Some(source) = source
     {
-        for name in TOKEN_VARIABLES {
-            if let Some(token) = source
+        for (name, alias) in TOKEN_VARIABLES.into_iter().zip(TOKEN_ALIASES) {
+            let mut token = source
                 .get(name)
                 .await
-                .map_err(|e| ApiError::Config { message: e.0 })?
-            {
-                tokens.push(token);
+                .map_err(|e| ApiError::Config { message: e.0 })?;
+            if token.is_none() {
+                token = source
+                    .get(alias)
+                    .await
+                    .map_err(|e| ApiError::Config { message: e.0 })?;
             }
+            tokens.extend(token);
         }
     }
     if tokens.is_empty() {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::TOKEN_VARIABLES;
+use crate::auth::{TOKEN_ALIASES, TOKEN_VARIABLES};
 use crate::config::sandbox::{CPU_SECONDS, DISK_MB, LimitField, MEMORY_MB, PROCESSES};
 use crate::config::{ConfigError, LimitsConfig, SandstormConfig};
 use crate::env::EnvVars;
@@ -211,8 +211,7 @@ impl Settings {
     ) -> Result<Self, String> {
         let config_path = env.get("SANDSTORM_CONFIG").map(PathBuf::from);
         let config = SandstormConfig::load(config_path.as_deref(), cwd).map(Arc::new);
-        let cors_origins = env
-            .get("SANDSTORM_CORS_ORIGINS")
+        let cors_origins = aliased(env, "SANDSTORM_CORS_ORIGINS", "CORS_ORIGINS")?
             .map(|v| {
                 v.split(',')
                     .map(|o| o.trim().to_owned())
@@ -263,7 +262,7 @@ impl Settings {
         let connections = connection_settings(env)?;
         let sandbox = sandbox_settings(env, cwd, sandbox)?;
         Ok(Settings {
-            auth: auth_settings(env, profile),
+            auth: auth_settings(env, profile)?,
             keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
             cwd: cwd.to_path_buf(),
             config,
@@ -303,14 +302,29 @@ fn connection_settings(env: &EnvVars) -> Result<ConnectionSettings, String> {
     })
 }
 
-fn auth_settings(env: &EnvVars, profile: Profile) -> AuthSettings {
+fn auth_settings(env: &EnvVars, profile: Profile) -> Result<AuthSettings, String> {
     let anonymous_by_default = profile == Profile::Server;
-    AuthSettings {
-        tokens: TOKEN_VARIABLES
-            .into_iter()
-            .filter_map(|name| env.get(name).map(Secret::new))
-            .collect(),
+    let mut tokens = Vec::new();
+    for (name, alias) in TOKEN_VARIABLES.into_iter().zip(TOKEN_ALIASES) {
+        tokens.extend(aliased(env, name, alias)?.map(Secret::new));
+    }
+    Ok(AuthSettings {
+        tokens,
         allow_anonymous: anonymous_by_default || env.flag("SANDSTORM_ALLOW_ANONYMOUS"),
+    })
+}
+
+/// The value of `name`, or of `alias` (Python Sandstorm 0.9.2's name for
+/// it) when `name` is not set. Both set to different values is an error:
+/// which one was meant cannot be guessed, and neither value is shown.
+fn aliased<'a>(env: &'a EnvVars, name: &str, alias: &str) -> Result<Option<&'a str>, String> {
+    match (env.get(name), env.get(alias)) {
+        (Some(value), Some(other)) if value != other => Err(format!(
+            "{name} and {alias} (Python Sandstorm's name for it) are both set, to different \
+             values; set only one"
+        )),
+        (Some(value), _) | (None, Some(value)) => Ok(Some(value)),
+        (None, None) => Ok(None),
     }
 }
 
@@ -527,5 +541,49 @@ mod tests {
         );
         let open = build(&[("SANDSTORM_ALLOW_ANONYMOUS", "1")], serverless).expect("settings");
         assert!(open.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn python_sandstorm_s_names_for_the_tokens_and_cors_are_aliases() {
+        let tokens = |pairs: &[(&str, &str)]| -> Vec<String> {
+            build(pairs, Profile::Server)
+                .expect("settings")
+                .auth
+                .tokens
+                .iter()
+                .map(|t| t.expose().to_owned())
+                .collect()
+        };
+        assert_eq!(tokens(&[("SANDSTORM_API_KEY", "k1")]), ["k1"]);
+        assert_eq!(
+            tokens(&[
+                ("SANDSTORM_API_KEY", "k1"),
+                ("SANDSTORM_API_KEY_PREVIOUS", "k0")
+            ]),
+            ["k1", "k0"]
+        );
+        assert_eq!(
+            tokens(&[("SANDSTORM_API_TOKEN", "k1"), ("SANDSTORM_API_KEY", "k1")]),
+            ["k1"]
+        );
+        let clash = build(
+            &[
+                ("SANDSTORM_API_TOKEN", "token-one"),
+                ("SANDSTORM_API_KEY", "token-two"),
+            ],
+            Profile::Server,
+        )
+        .expect_err("two different tokens");
+        assert!(
+            clash.contains("SANDSTORM_API_TOKEN") && clash.contains("SANDSTORM_API_KEY"),
+            "{clash}"
+        );
+        assert!(
+            !clash.contains("token-one") && !clash.contains("token-two"),
+            "{clash}"
+        );
+        let cors =
+            build(&[("CORS_ORIGINS", "https://a.example")], Profile::Server).expect("settings");
+        assert_eq!(cors.cors_origins, ["https://a.example"]);
     }
 }

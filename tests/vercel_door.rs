@@ -144,6 +144,16 @@ async fn queries_need_a_token_unless_anonymous_access_is_turned_on() {
         .await
         .expect("response");
     assert_eq!(no_bearer.status(), 401);
+    // Python Sandstorm 0.9.2's name for the token closes the door as well.
+    let mut with_old_name = env.clone();
+    with_old_name.push(("SANDSTORM_API_KEY", "door-token-1234".to_owned()));
+    let moved = start_function(env!("CARGO_BIN_EXE_vercel-query"), &with_old_name).await;
+    let no_bearer = moved
+        .post(serde_json::json!({"prompt": "go"}))
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(no_bearer.status(), 401);
     assert_eq!(e2b.stats().created, 0, "no sandbox for a refusal");
     let stream = open
         .query(
