@@ -272,6 +272,12 @@ async fn start_query(
         Some(&caller),
     )
     .await?;
+    Ok(spawn(state, plan))
+}
+
+/// Starts a planned run: its events from the first, and its id when it is
+/// detached.
+fn spawn(state: &AppState, plan: plan::RunPlan) -> Started {
     let run = plan.detach.as_ref().map(|d| d.run.to_string());
     let handle = run::spawn(
         state.provider.clone(),
@@ -279,11 +285,11 @@ async fn start_query(
         state.shutdown.clone(),
         state.registry.clone(),
     );
-    Ok(Started {
+    Started {
         events: handle.events,
         run,
         after: 0,
-    })
+    }
 }
 
 /// `POST /query {"resume": "<run id>"}`: the run's next turn, or with
@@ -317,18 +323,7 @@ async fn resume(
             caller.owner(),
         )
         .await?;
-        let run = plan.detach.as_ref().map(|d| d.run.to_string());
-        let handle = run::spawn(
-            state.provider.clone(),
-            plan,
-            state.shutdown.clone(),
-            state.registry.clone(),
-        );
-        return Ok(Started {
-            events: handle.events,
-            run,
-            after: 0,
-        });
+        return Ok(spawn(state, plan));
     }
     let context = runs::turn::Context {
         settings,

@@ -114,6 +114,16 @@ async fn read(request: reqwest::RequestBuilder, keep: Option<usize>) -> Read {
     read
 }
 
+/// Fails unless the emulator made `created` sandboxes and killed every one.
+async fn assert_every_sandbox_killed(product: &common::product::Product, created: u64) {
+    let stats = product.emulator_settled().await.expect("emulator");
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (created, created, 0),
+        "{stats:?}"
+    );
+}
+
 fn ids(events: &[(u64, Value)]) -> Vec<u64> {
     events.iter().map(|(id, _)| *id).collect()
 }
@@ -305,12 +315,7 @@ async fn only_the_owner_finds_a_run_and_strangers_learn_nothing() {
     .await;
     assert!(rest.done, "{}", rest.body);
     assert_eq!(rest.events.first().map(|(id, _)| *id), Some(2));
-    let stats = product.emulator_settled().await.expect("emulator");
-    assert_eq!(
-        (stats.created, stats.killed, stats.alive),
-        (1, 1, 0),
-        "{stats:?}"
-    );
+    assert_every_sandbox_killed(&product, 1).await;
 }
 
 #[tokio::test]
@@ -541,12 +546,7 @@ async fn runs_are_listed_and_a_cancel_ends_every_reader_and_the_sandbox() {
     assert_eq!(cancelled["last_event_id"], n as u64);
 
     // Created = killed; then the run is gone for everyone.
-    let stats = product.emulator_settled().await.expect("emulator");
-    assert_eq!(
-        (stats.created, stats.killed, stats.alive),
-        (1, 1, 0),
-        "{stats:?}"
-    );
+    assert_every_sandbox_killed(&product, 1).await;
     let (code, _) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
     assert_eq!(code, 404);
     let (_, list) = get_json(client.get(format!("{}/runs", product.url()))).await;
@@ -577,12 +577,7 @@ async fn the_run_s_own_timeout_ends_a_detached_run_in_its_sandbox() {
     assert_eq!(rest.events[n - 1].1["status"], "error");
     let (_, status) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
     assert_eq!(status["status"], "expired", "{status}");
-    let stats = product.emulator_settled().await.expect("emulator");
-    assert_eq!(
-        (stats.created, stats.killed, stats.alive),
-        (1, 1, 0),
-        "{stats:?}"
-    );
+    assert_every_sandbox_killed(&product, 1).await;
 }
 
 /// `ds` with the product's environment (so, without `--server`, it asks
@@ -681,12 +676,7 @@ async fn ds_lists_attaches_to_and_cancels_runs_on_a_server_and_on_e2b_directly()
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--detach needs an E2B sandbox"), "{err}");
 
-    let stats = product.emulator_settled().await.expect("emulator");
-    assert_eq!(
-        (stats.created, stats.killed, stats.alive),
-        (3, 3, 0),
-        "{stats:?}"
-    );
+    assert_every_sandbox_killed(&product, 3).await;
 }
 
 #[tokio::test]
@@ -942,12 +932,7 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
     assert_eq!(code, 404, "{gone}");
     let (code, _) = get_json(client.delete(format!("{}/runs/{fork_id}", product.url()))).await;
     assert_eq!(code, 200);
-    let stats = product.emulator_settled().await.expect("emulator");
-    assert_eq!(
-        (stats.created, stats.killed, stats.alive),
-        (3, 3, 0),
-        "{stats:?}"
-    );
+    assert_every_sandbox_killed(&product, 3).await;
 }
 
 #[tokio::test]
@@ -1171,12 +1156,7 @@ async fn an_idle_run_s_e2b_sandbox_is_paused_resumed_for_a_follow_up_and_ended_p
     .await;
     let (code, body) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
     assert_eq!(code, 404, "{body}");
-    let stats = product.emulator_settled().await.expect("emulator");
-    assert_eq!(
-        (stats.created, stats.killed, stats.alive),
-        (1, 1, 0),
-        "{stats:?}"
-    );
+    assert_every_sandbox_killed(&product, 1).await;
 }
 
 #[tokio::test]
@@ -1216,10 +1196,5 @@ async fn a_cancel_that_comes_before_the_runner_starts_still_stops_it() {
         "{}",
         rest.body
     );
-    let stats = product.emulator_settled().await.expect("emulator");
-    assert_eq!(
-        (stats.created, stats.killed, stats.alive),
-        (1, 1, 0),
-        "{stats:?}"
-    );
+    assert_every_sandbox_killed(&product, 1).await;
 }

@@ -126,9 +126,19 @@ pub(crate) fn canceller(turn: u32) -> ProcessSpec {
         dir = log_dir(),
         marker = cancel_marker(turn),
     );
+    shell(script, None)
+}
+
+/// `sh -c script`, with `arg` as its `$1`: a value that comes from outside
+/// goes there, never into the script's text.
+fn shell(script: String, arg: Option<String>) -> ProcessSpec {
+    let mut args = vec!["-c".to_owned(), script];
+    if let Some(arg) = arg {
+        args.extend(["sh".to_owned(), arg]);
+    }
     ProcessSpec {
         cmd: "sh".to_owned(),
-        args: vec!["-c".to_owned(), script],
+        args,
         cwd: layout::HOME.to_owned(),
         ..ProcessSpec::default()
     }
@@ -160,34 +170,14 @@ pub(crate) fn turn_beginner(turn: u32, request_id: &str, lifetime_ends: SystemTi
          printf '{TURN_RECORD}%s\\n' \"$1\" >> {EVENT_LOG}\n",
         marker = turn_marker(turn),
     );
-    ProcessSpec {
-        cmd: "sh".to_owned(),
-        args: vec![
-            "-c".to_owned(),
-            script,
-            "sh".to_owned(),
-            request_id.to_owned(),
-        ],
-        cwd: layout::HOME.to_owned(),
-        ..ProcessSpec::default()
-    }
+    shell(script, Some(request_id.to_owned()))
 }
 
 /// What ends, in the log, a turn whose runner could not be started: a
 /// stderr record that says why, and a failed exit.
 pub(crate) fn turn_failed(message: &str) -> ProcessSpec {
     let script = format!("printf '\\036e%s\\n\\036x1\\n' \"$1\" >> {EVENT_LOG}\n");
-    ProcessSpec {
-        cmd: "sh".to_owned(),
-        args: vec![
-            "-c".to_owned(),
-            script,
-            "sh".to_owned(),
-            message.replace('\n', " "),
-        ],
-        cwd: layout::HOME.to_owned(),
-        ..ProcessSpec::default()
-    }
+    shell(script, Some(message.replace('\n', " ")))
 }
 
 /// How long a follower outlives its reader's deadline at most.

@@ -135,16 +135,8 @@ pub(crate) async fn follow_up(
     }
     context.registry.set_expiry(&follow.digest, lifetime);
     let session = tally.session_id.as_deref().filter(|s| is_session_id(s));
-    if let Err(e) = start_runner(
-        &sandbox,
-        plan.clone_for_turn(),
-        turn,
-        session,
-        overrides,
-        timeout,
-    )
-    .await
-    {
+    let (share, redactor) = TurnFiles::of(plan);
+    if let Err(e) = start_runner(&sandbox, share, turn, session, overrides, timeout).await {
         let message = format!("could not start turn {turn}: {e}");
         end_in_log(&sandbox, &message).await;
         return Err(provider_error(&e));
@@ -152,7 +144,7 @@ pub(crate) async fn follow_up(
     tracing::info!(%run_id, turn, "follow-up turn started");
 
     follow.turn = turn;
-    follow.redactor = plan.redactor;
+    follow.redactor = redactor;
     follow.deadline = context.platform_deadline.map_or_else(
         || Instant::now() + lifetime,
         |platform| {
@@ -342,21 +334,22 @@ struct TurnFiles {
     process: crate::sandbox::ProcessSpec,
 }
 
-impl RunPlan {
-    fn clone_for_turn(&self) -> TurnFiles {
-        let (config, files): (Vec<_>, Vec<_>) = self
+impl TurnFiles {
+    /// The turn's share of `plan`, and what its stream redacts.
+    fn of(plan: RunPlan) -> (Self, crate::events::Redactor) {
+        let (config, files): (Vec<_>, Vec<_>) = plan
             .files
-            .iter()
-            .cloned()
+            .into_iter()
             .partition(|f| f.path == layout::AGENT_CONFIG);
-        TurnFiles {
+        let share = TurnFiles {
             files,
             config: config
                 .into_iter()
                 .next()
                 .map(|f| f.content)
                 .unwrap_or_default(),
-            process: self.process.clone(),
-        }
+            process: plan.process,
+        };
+        (share, plan.redactor)
     }
 }
