@@ -83,11 +83,23 @@ async fn pause_entry(entry: &Entry, memory: bool) -> Result<bool, String> {
         return Ok(false);
     }
     signal_every_process(entry, if memory { "STOP" } else { "KILL" }).await?;
+    if !memory {
+        // E2B answers once the snapshot is taken, and a resume from disk
+        // alone boots afresh: no killed process may still be listed then.
+        let until = tokio::time::Instant::now() + KILLED_GONE_WITHIN;
+        while !entry.sandbox.processes().is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     entry.paused.store(true, Ordering::SeqCst);
     entry.sandbox.clear_lifetime();
     *lock(&entry.end_at) = std::time::SystemTime::now();
     Ok(true)
 }
+
+/// How long a memory-less pause waits for the processes it killed to be
+/// gone.
+const KILLED_GONE_WITHIN: Duration = Duration::from_secs(5);
 
 /// How often an `autoPause` sandbox's end is looked at.
 const AUTO_PAUSE_TICK: Duration = Duration::from_millis(100);
