@@ -32,18 +32,26 @@ const FIELDS = {
   cwd: (v) => typeof v === "string" && v.startsWith("/") || "an absolute path",
   model: (v) => typeof v === "string" && v.length > 0 || "a non-empty string",
   max_turns: (v) => Number.isInteger(v) && v > 0 || "a positive integer",
-  system_prompt: (v) => typeof v === "string" || "a string",
+  system_prompt: (v) => typeof v === "string"
+    || isObject(v) && v.type === "preset" && v.preset === "claude_code"
+      && (v.append === undefined || typeof v.append === "string")
+    || 'a string or {"type":"preset","preset":"claude_code","append":"..."}',
   output_format: (v) => isObject(v) && v.type === "json_schema" && isObject(v.schema)
     || 'an object {"type":"json_schema","schema":{...}}',
   agents: (v) => isObject(v) || "an object of agent definitions",
   mcp_servers: (v) => isObject(v) || "an object of MCP server configs",
+  allowed_tools: (v) => Array.isArray(v) && v.every((t) => typeof t === "string" && t.length > 0)
+    || "an array of tool names",
+  max_budget_usd: (v) => typeof v === "number" && Number.isFinite(v) && v > 0 || "a positive number",
+  has_skills: (v) => typeof v === "boolean" || "a boolean",
   // A follow-up turn: the SDK session to carry on (its transcript is in
   // ~/.claude), and whether to branch from it instead.
   resume: (v) => typeof v === "string" && /^[0-9a-zA-Z-]{1,128}$/.test(v) || "an SDK session id",
   fork_session: (v) => typeof v === "boolean" || "a boolean",
   outputs: (v) => isObject(v) && Array.isArray(v.patterns) && v.patterns.every((p) => typeof p === "string")
     && [v.max_files, v.max_file_bytes, v.max_total_bytes].every((n) => Number.isInteger(n) && n >= 0)
-    || 'an object {"patterns":[...],"max_files":N,"max_file_bytes":N,"max_total_bytes":N}',
+    && (v.changed_only === undefined || typeof v.changed_only === "boolean")
+    || 'an object {"patterns":[...],"max_files":N,"max_file_bytes":N,"max_total_bytes":N,"changed_only":B}',
 };
 
 function isObject(v) {
@@ -85,8 +93,10 @@ function toOptions(config, abortController) {
     // The sandbox is the security boundary; nobody is there to approve tools.
     permissionMode: "bypassPermissions",
     allowDangerouslySkipPermissions: true,
-    // ~/.claude/settings.json, written by the server (permissions, env).
-    settingSources: ["user"],
+    // ~/.claude/settings.json, written by the server (permissions, env);
+    // with skills, the project's too, which is where the SDK finds them
+    // (/home/user/.claude/skills, the cwd's).
+    settingSources: config.has_skills ? ["user", "project"] : ["user"],
     abortController,
     // The CLI's own stderr is for diagnosis only; keep it off stdout (or,
     // in record mode, mark it as stderr in the log).
@@ -103,7 +113,23 @@ function toOptions(config, abortController) {
   if (config.max_turns != null) options.maxTurns = config.max_turns;
   if (config.output_format != null) options.outputFormat = config.output_format;
   if (config.agents != null) options.agents = config.agents;
-  if (config.mcp_servers != null) options.mcpServers = config.mcp_servers;
+  if (config.mcp_servers != null) {
+    options.mcpServers = config.mcp_servers;
+    // Over stdin rather than on Claude Code's command line, where any
+    // process of the sandbox could read the servers' env and headers (the
+    // tokens `${VAR}` filled in). The CLI is always the SDK's own bundled
+    // one (or the local sandbox's copy of it), which reads them there.
+    options.mcpServersDelivery = "initialize";
+  }
+  if (config.allowed_tools != null) {
+    // `tools` is what the model sees; `allowedTools` alone would only
+    // pre-approve these and leave every other built-in tool in view. MCP
+    // tools are not built-ins: their servers come and go with
+    // `mcp_servers`, and they stay approved here.
+    options.tools = config.allowed_tools.filter((name) => !name.startsWith("mcp__"));
+    options.allowedTools = config.allowed_tools;
+  }
+  if (config.max_budget_usd != null) options.maxBudgetUsd = config.max_budget_usd;
   if (config.resume != null) options.resume = config.resume;
   if (config.fork_session != null) options.forkSession = config.fork_session;
   return options;
@@ -173,22 +199,28 @@ async function exit(code) {
 /**
  * Output files: after the result, every regular file under `root` whose path
  * (relative to root) matches a pattern is sent as a `file` line, base64 and
- * binary-safe. A file over a limit is never skipped silently: it gets a
- * `warning` line that names it and the limit.
+ * binary-safe; with `changed_only` ("auto"), only the files created or
+ * changed since `since` (ms). A file over a size limit is never skipped
+ * silently: it gets a `warning` line that names it and the limit. Files
+ * past the count limit get one warning that counts them: with "auto" they
+ * can be a whole `node_modules`.
  */
-async function emitOutputs(root, outputs) {
+async function emitOutputs(root, outputs, since) {
   const matchers = outputs.patterns.map(globToRegExp);
   const paths = (await listFiles(root))
     .filter((p) => matchers.some((m) => m.test(p)))
     .sort();
   let sent = 0;
   let total = 0;
+  let overCount = 0;
   for (const path of paths) {
     const full = join(root, path);
     const info = await lstat(full).catch(() => null);
     if (info == null || !info.isFile()) continue;
+    // ctime too: a file moved into place or made executable is changed.
+    if (outputs.changed_only && Math.max(info.mtimeMs, info.ctimeMs) < since) continue;
     if (sent >= outputs.max_files) {
-      await emit({ type: "warning", path, message: `${path} not sent: the limit is ${outputs.max_files} output files` });
+      overCount += 1;
       continue;
     }
     if (info.size > outputs.max_file_bytes) {
@@ -207,6 +239,9 @@ async function emitOutputs(root, outputs) {
     sent += 1;
     total += content.length;
     await emit({ type: "file", path, size: content.length, mime: mimeOf(path), content_base64: content.toString("base64") });
+  }
+  if (overCount > 0) {
+    await emit({ type: "warning", message: `${overCount} more output files not sent: the limit is ${outputs.max_files} output files` });
   }
 }
 
@@ -310,6 +345,8 @@ async function fail(err) {
 }
 
 async function main() {
+  // Before the config is read: everything the user uploaded is older.
+  const started = Date.now();
   const config = await loadConfig(process.argv[2] ?? DEFAULT_CONFIG);
   const abortController = new AbortController();
   for (const signal of ["SIGTERM", "SIGINT"]) {
@@ -325,7 +362,7 @@ async function main() {
     // The first result ends the run. Background subagents can produce a
     // second one later; nobody is waiting for it.
     if (message.type === "result") {
-      if (config.outputs != null) await emitOutputs(config.cwd ?? DEFAULT_CWD, config.outputs);
+      if (config.outputs != null) await emitOutputs(config.cwd ?? DEFAULT_CWD, config.outputs, started);
       return exit(0);
     }
   }

@@ -55,6 +55,11 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// The state of a router serving `settings` with `provider`.
     pub fn new(settings: Settings, provider: Arc<dyn SandboxProvider>) -> Self {
+        if let Ok(config) = &settings.config {
+            for (field, why) in config.inert_fields() {
+                tracing::warn!(field, "sandstorm.json: `{field}` does nothing yet: {why}");
+            }
+        }
         let openapi = openapi::document(&settings.sandbox.credential_fields).into();
         AppState {
             settings: Arc::new(settings),
@@ -157,8 +162,33 @@ async fn openapi_document(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// `GET /health`, and with `?deep=true` the checks a run depends on.
+async fn health(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let deep = query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("deep="))
+        .next_back();
+    let deep = match deep {
+        None | Some("false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(_) => {
+            return ApiError::invalid("deep", "deep must be true or false").into_response();
+        }
+    };
+    if !deep {
+        return Json(crate::health::shallow()).into_response();
+    }
+    let settings = &state.settings;
+    if let Err(e) = auth::check(&settings.auth, &headers, settings.key_source.as_deref()).await {
+        return e.into_response();
+    }
+    Json(crate::health::deep(settings, state.provider.as_ref()).await).into_response()
 }
 
 async fn not_found() -> Response {

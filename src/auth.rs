@@ -26,6 +26,23 @@ pub(crate) const TOKEN_VARIABLES: [&str; 2] =
 /// endpoint.
 pub(crate) const TOKEN_ALIASES: [&str; 2] = ["SANDSTORM_API_KEY", "SANDSTORM_API_KEY_PREVIOUS"];
 
+/// The shortest bearer token accepted, as Python Sandstorm 0.9.2 has it: a
+/// token anyone could guess makes auth a formality.
+pub(crate) const MIN_TOKEN_CHARS: usize = 32;
+
+/// Refuses a token shorter than [`MIN_TOKEN_CHARS`]; the message names
+/// the variable it came from, never the token.
+pub(crate) fn long_enough(variable: &str, token: &str) -> Result<(), String> {
+    let chars = token.chars().count();
+    if chars < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "{variable} must be at least {MIN_TOKEN_CHARS} characters long, and it has {chars}; \
+             make one with `openssl rand -hex 32`"
+        ));
+    }
+    Ok(())
+}
+
 /// Admits or refuses one request, before its body is read.
 pub(crate) async fn check(
     settings: &AuthSettings,
@@ -41,11 +58,17 @@ pub(crate) async fn check(
                 .get(name)
                 .await
                 .map_err(|e| ApiError::Config { message: e.0 })?;
+            let mut given = name;
             if token.is_none() {
                 token = source
                     .get(alias)
                     .await
                     .map_err(|e| ApiError::Config { message: e.0 })?;
+                given = alias;
+            }
+            if let Some(token) = &token {
+                long_enough(given, token.expose())
+                    .map_err(|message| ApiError::Config { message })?;
             }
             tokens.extend(token);
         }

@@ -12,9 +12,15 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub(crate) mod placeholders;
+pub(crate) mod prompt;
 pub(crate) mod sandbox;
+pub(crate) mod skills;
+pub(crate) mod triggers;
 
+pub use prompt::{PresetPrompt, SystemPrompt};
 pub use sandbox::{LimitsConfig, NetworkConfig};
+pub use skills::{SkillFiles, Skills};
 
 /// The file name looked up in the working directory.
 pub(crate) const FILE_NAME: &str = "sandstorm.json";
@@ -23,9 +29,13 @@ pub(crate) const FILE_NAME: &str = "sandstorm.json";
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandstormConfig {
-    /// The agent's system prompt, in place of the SDK's default.
+    /// The agent's system prompt: a string in place of the SDK's default,
+    /// or the SDK's Claude Code preset with text appended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_prompt: Option<String>,
+    pub system_prompt: Option<SystemPrompt>,
+    /// Text added to the system prompt (or, alone, the whole of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt_append: Option<String>,
     /// The model, unless a request names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -36,6 +46,16 @@ pub struct SandstormConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_turns: Option<u32>,
+    /// Seconds a run may take, unless a request says (5 to 3600).
+    #[serde(
+        default,
+        deserialize_with = "crate::request::whole_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<u64>,
+    /// The only tools the model sees, unless a request names its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tools: Option<Vec<String>>,
     /// Structured output the agent's answer must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<OutputFormat>,
@@ -47,7 +67,7 @@ pub struct SandstormConfig {
     pub mcp_servers: Option<BTreeMap<String, McpServer>>,
     /// Default output globs for requests that give none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outputs: Option<Vec<String>>,
+    pub outputs: Option<crate::outputs::Outputs>,
     /// Caps on each run's sandbox, over the server's `SANDSTORM_SANDBOX_*`
     /// settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,6 +75,20 @@ pub struct SandstormConfig {
     /// The domains each run's sandbox may reach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// The folder of skills, relative to sandstorm.json's folder; by
+    /// default `.claude/skills` there, when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skills_dir: Option<String>,
+    /// The sandbox's image already holds skills: the SDK looks for them
+    /// even when no skill is uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_skills: Option<bool>,
+    /// Where to tell that a run ended. Checked, but not acted on yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Runs fired by webhooks and schedules. Checked, but not acted on yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<Vec<Value>>,
     /// Whether runs are detached unless a request says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detach: Option<bool>,
@@ -62,6 +96,9 @@ pub struct SandstormConfig {
     /// unless a request says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<u64>,
+    /// The skills read from `skills_dir` when the file was loaded.
+    #[serde(skip)]
+    pub skills: Skills,
 }
 
 /// Structured output: the SDK validates the agent's answer against `schema`.
@@ -97,6 +134,24 @@ pub struct AgentDefinition {
     /// Its model; the SDK's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Tools it may not use.
+    #[serde(
+        default,
+        rename = "disallowedTools",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disallowed_tools: Option<Vec<String>>,
+    /// Skills loaded into its context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skills: Option<Vec<String>>,
+    /// Its own turn limit.
+    #[serde(
+        default,
+        rename = "maxTurns",
+        deserialize_with = "crate::request::whole_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_turns: Option<u32>,
 }
 
 /// An MCP server, in the SDK's own shape: `stdio` (the default when `type`
@@ -191,14 +246,67 @@ impl SandstormConfig {
             Some(p) => (p.to_path_buf(), true),
             None => (cwd.join(FILE_NAME), false),
         };
-        match std::fs::read(&path) {
-            Ok(bytes) => Self::parse(&bytes, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
-            Err(e) => Err(ConfigError::Unreadable {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            }),
+        let mut config = match std::fs::read(&path) {
+            Ok(bytes) => Self::parse(&bytes, &path)?,
+            // No sandstorm.json, no skills either: a `.claude/skills` in
+            // whatever folder ds runs in (a home folder's own, say) is not
+            // meant for every sandbox.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default());
+            }
+            Err(e) => {
+                return Err(ConfigError::Unreadable {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let folder = path.parent().unwrap_or(cwd);
+        config.skills = config.read_skills(folder, &path)?;
+        Ok(config)
+    }
+
+    /// The skills of `skills_dir`, relative to `folder` (sandstorm.json's);
+    /// without one, those of `.claude/skills` there, if it exists.
+    fn read_skills(&self, folder: &Path, path: &Path) -> Result<Skills, ConfigError> {
+        let field_error = |message: String| ConfigError::Field {
+            path: path.display().to_string(),
+            field: "skills_dir".into(),
+            message,
+        };
+        let (dir, shown) = match &self.skills_dir {
+            Some(dir) => (folder.join(dir), dir.as_str()),
+            None => (folder.join(skills::DEFAULT_DIR), skills::DEFAULT_DIR),
+        };
+        if !dir.is_dir() {
+            return match &self.skills_dir {
+                Some(_) => Err(field_error(format!(
+                    "{shown} is not a folder (it is read relative to {})",
+                    folder.display()
+                ))),
+                None => Ok(Skills::new()),
+            };
         }
+        skills::load(&dir, shown).map_err(field_error)
+    }
+
+    /// The fields that are read but do nothing yet, each with why; the
+    /// server warns of them at start-up.
+    pub fn inert_fields(&self) -> Vec<(&'static str, &'static str)> {
+        let mut inert = Vec::new();
+        if self.webhook_url.is_some() {
+            inert.push((
+                "webhook_url",
+                "run webhooks arrive with triggers and webhooks; nothing is sent yet",
+            ));
+        }
+        if self.triggers.as_ref().is_some_and(|t| !t.is_empty()) {
+            inert.push((
+                "triggers",
+                "triggers arrive with triggers and webhooks; none fires yet",
+            ));
+        }
+        inert
     }
 
     /// Parses and checks sandstorm.json's bytes; `path` names the file in
@@ -213,6 +321,17 @@ impl SandstormConfig {
             return Err(ConfigError::Syntax {
                 path: shown,
                 message: format!("expected a JSON object, found {}", kind_of(&value)),
+            });
+        }
+        // Python Sandstorm 0.9.2's Slack channels: named, so the refusal
+        // says why rather than calling the field unknown.
+        if value.get("channels").is_some() {
+            return Err(ConfigError::Field {
+                path: shown,
+                field: "channels".into(),
+                message: "Slack channels are not supported yet; remove `channels` \
+                          (see docs/migrating-from-python.md)"
+                    .into(),
             });
         }
         let config: Self = serde_path_to_error::deserialize(&value).map_err(|e| {
@@ -239,6 +358,46 @@ impl SandstormConfig {
         if self.max_turns == Some(0) {
             return Err(field_error("max_turns".into(), "must be at least 1"));
         }
+        if let Some(timeout) = self.timeout
+            && !crate::request::TIMEOUT_RANGE.contains(&timeout)
+        {
+            return Err(field_error(
+                "timeout".into(),
+                &format!(
+                    "must be between {} and {} seconds, got {timeout}",
+                    crate::request::TIMEOUT_RANGE.start(),
+                    crate::request::TIMEOUT_RANGE.end()
+                ),
+            ));
+        }
+        if let Some(model) = &self.model
+            && model.trim().is_empty()
+        {
+            return Err(field_error("model".into(), "must not be empty"));
+        }
+        for (name, agent) in self.agents.iter().flatten() {
+            if agent.max_turns == Some(0) {
+                return Err(field_error(
+                    format!("agents.{name}.maxTurns"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (index, tool) in self.allowed_tools.iter().flatten().enumerate() {
+            if tool.trim().is_empty() {
+                return Err(field_error(
+                    format!("allowed_tools[{index}]"),
+                    "must be a tool name",
+                ));
+            }
+        }
+        if let Some(url) = &self.webhook_url {
+            triggers::check_webhook_url(url)
+                .map_err(|why| field_error("webhook_url".into(), &why))?;
+        }
+        if let Some(list) = &self.triggers {
+            triggers::check(list).map_err(|(field, why)| field_error(field, &why))?;
+        }
         if let Some(keep_alive) = self.keep_alive
             && keep_alive > crate::request::MAX_KEEP_ALIVE_SECS
         {
@@ -251,7 +410,8 @@ impl SandstormConfig {
             ));
         }
         if let Some(outputs) = &self.outputs {
-            crate::outputs::validate_patterns(outputs)
+            outputs
+                .validate()
                 .map_err(|why| field_error("outputs".into(), &why))?;
         }
         if let Some(limits) = &self.limits {

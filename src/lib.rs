@@ -36,6 +36,7 @@ pub mod doors;
 pub mod env;
 mod error;
 mod events;
+mod health;
 mod json_field;
 pub mod keys;
 pub mod lines;

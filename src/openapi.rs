@@ -170,6 +170,20 @@ mod tests {
                 "keep_alive" => json!(60),
                 "resume" => json!("run_00000000000000000000000000000000"),
                 "fork_session" => json!(true),
+                "output_format" => json!({"type": "json_schema", "schema": {"type": "object"}}),
+                "allowed_tools" => json!(["Read", "Bash"]),
+                // Names of sandstorm.json's are checked when the run is
+                // planned; here, their shape.
+                "allowed_mcp_servers" | "allowed_agents" => json!(["reviewer"]),
+                "allowed_skills" => json!(["owasp-top-10"]),
+                "extra_agents" => {
+                    json!({"reviewer": {"description": "Reviews", "prompt": "Review"}})
+                }
+                "extra_skills" => json!({"owasp-top-10": "# OWASP"}),
+                "max_budget_usd" => json!(0.5),
+                "team_id" | "user_id" | "channel_id" => json!("T123"),
+                // Documented only to say it is refused, with why.
+                "remember" => continue,
                 other => panic!("no example value for the new field {other:?}; add one here"),
             };
             body.insert(name.clone(), value);
@@ -185,7 +199,12 @@ mod tests {
         assert_eq!(p["prompt"]["maxLength"], MAX_PROMPT_CHARS);
         assert_eq!(p["timeout"]["minimum"], *TIMEOUT_RANGE.start());
         assert_eq!(p["timeout"]["maximum"], *TIMEOUT_RANGE.end());
-        assert_eq!(p["timeout"]["default"], DEFAULT_TIMEOUT_SECS);
+        assert!(
+            p["timeout"]["description"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(&format!("else {DEFAULT_TIMEOUT_SECS}."))),
+            "timeout's default is described"
+        );
         assert_eq!(p["max_turns"]["minimum"], 1);
         assert_eq!(p["max_turns"]["maximum"], u32::MAX);
         assert_eq!(p["files"]["maxProperties"], MAX_FILES);

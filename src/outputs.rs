@@ -1,9 +1,13 @@
 //! Output files: the files the agent made, streamed back as `file` events.
 //!
-//! A request (or sandstorm.json) names globs relative to `/home/user`. After
-//! the agent's `result`, the runner sends each matching file as
-//! `{"type":"file","path","size","mime","content_base64"}` and each file over
-//! a limit as a `warning` that names it.
+//! A request (or sandstorm.json) names globs relative to `/home/user`, or
+//! `"auto"`: every file the run created or changed there, as Python
+//! Sandstorm 0.9.2 sends back. After the agent's `result`, the runner sends
+//! each such file, and the client gets it as
+//! `{"type":"file","name","relative_path","path","size","mime","data"}`
+//! (0.9.2's `name`, `relative_path` and `data`, base64, beside our `path`,
+//! which is the same as `relative_path`); each file over a limit is a
+//! `warning` that names it.
 //!
 //! The runner lives inside the sandbox the agent controls, so the relay
 //! believes none of it: [`OutputCheck`] reads each output line strictly,
@@ -47,6 +51,70 @@ pub(crate) const DEFAULT_LIMITS: OutputLimits = OutputLimits {
     max_total_bytes: 25 * 1024 * 1024,
 };
 
+/// `outputs`: which files come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outputs {
+    /// Every file the run created or changed under `/home/user`, hidden
+    /// ones aside.
+    Auto,
+    /// The files these globs (relative to `/home/user`) match.
+    Globs(Vec<String>),
+}
+
+/// The name of [`Outputs::Auto`] in JSON and on the command line.
+pub(crate) const AUTO: &str = "auto";
+
+impl Outputs {
+    /// Checks the globs; the error names the pattern.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        match self {
+            Outputs::Auto => Ok(()),
+            Outputs::Globs(patterns) => validate_patterns(patterns),
+        }
+    }
+
+    /// What the run asks of the runner, within `limits`; `None` when
+    /// nothing is to come back (an empty list).
+    pub(crate) fn plan(&self, limits: OutputLimits) -> Option<OutputPlan> {
+        match self {
+            Outputs::Auto => Some(OutputPlan {
+                patterns: vec!["**".to_owned()],
+                limits,
+                changed_only: true,
+            }),
+            Outputs::Globs(patterns) if patterns.is_empty() => None,
+            Outputs::Globs(patterns) => Some(OutputPlan {
+                patterns: patterns.clone(),
+                limits,
+                changed_only: false,
+            }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Outputs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(word) if word == AUTO => Ok(Outputs::Auto),
+            list @ serde_json::Value::Array(_) => Vec::<String>::deserialize(list)
+                .map(Outputs::Globs)
+                .map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom(
+                "expected \"auto\" or a list of globs relative to /home/user",
+            )),
+        }
+    }
+}
+
+impl Serialize for Outputs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Outputs::Auto => s.serialize_str(AUTO),
+            Outputs::Globs(patterns) => patterns.serialize(s),
+        }
+    }
+}
+
 /// Checks the globs of `outputs`; the error names the pattern.
 pub(crate) fn validate_patterns(patterns: &[String]) -> Result<(), String> {
     if patterns.len() > MAX_PATTERNS {
@@ -85,6 +153,9 @@ pub(crate) struct OutputRequest<'a> {
     /// `patterns`.
     #[serde(flatten)]
     pub limits: OutputLimits,
+    /// Only files created or changed since the runner started.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub changed_only: bool,
 }
 
 /// What a run asked to get back: its globs, and the limits.
@@ -94,6 +165,19 @@ pub(crate) struct OutputPlan {
     pub patterns: Vec<String>,
     /// The limits on what comes back.
     pub limits: OutputLimits,
+    /// Only files the run created or changed (`"auto"`).
+    pub changed_only: bool,
+}
+
+impl OutputPlan {
+    /// What the runner is told.
+    pub(crate) fn request(&self) -> OutputRequest<'_> {
+        OutputRequest {
+            patterns: &self.patterns,
+            limits: self.limits,
+            changed_only: self.changed_only,
+        }
+    }
 }
 
 /// The relay's count of what has gone out, to hold the runner to the limits.
@@ -196,11 +280,16 @@ struct WarningLine {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum OutputEvent<'a> {
+    /// `name`, `relative_path` and `data` are Python Sandstorm 0.9.2's
+    /// names, so its clients save the file; `path` is ours, the same as
+    /// `relative_path`. The content is sent once, as `data`.
     File {
+        name: &'a str,
+        relative_path: &'a str,
         path: &'a str,
         size: usize,
         mime: &'a str,
-        content_base64: &'a str,
+        data: &'a str,
     },
     Warning {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -285,10 +374,12 @@ impl OutputCheck {
         };
         Vetted::Send(
             OutputEvent::File {
+                name: path.rsplit('/').next().unwrap_or(path),
+                relative_path: path,
                 path,
                 size: content.len(),
                 mime,
-                content_base64: &file.content_base64,
+                data: &file.content_base64,
             }
             .to_bytes(),
         )

@@ -5,25 +5,25 @@
 //! [`prepare`] is the one way into a run for every door: the HTTP handler
 //! and the CLI both call it with a validated [`Query`].
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::{AgentDefinition, McpServer, NetworkConfig, OutputFormat, SandstormConfig};
+use crate::config::{NetworkConfig, SandstormConfig};
 use crate::error::ApiError;
 use crate::events::Redactor;
 use crate::keys::{self, ResolvedKeys};
-use crate::outputs::{DEFAULT_LIMITS, OutputPlan, OutputRequest};
-use crate::request::Query;
+use crate::outputs::{DEFAULT_LIMITS, OutputPlan};
+use crate::request::{DEFAULT_TIMEOUT_SECS, Query};
 use crate::run_id::{self, RunId};
 use crate::runs;
 use crate::sandbox::layout;
 use crate::sandbox::{Limits, ProcessSpec, SandboxFile, SandboxSpec};
 use crate::secret::Secret;
 use crate::settings::Settings;
+
+mod agent;
 
 /// The runner, embedded so the server always runs the runner it was built
 /// with, whatever the sandbox image holds.
@@ -116,7 +116,13 @@ pub(crate) async fn prepare(
     let detach = query
         .detach
         .unwrap_or_else(|| config.detach.unwrap_or(false) || !keep_alive.is_zero());
-    let timeout = query.timeout;
+    let timeout = timeout_of(&query, config);
+    let env = |name: &str| {
+        settings
+            .config_env
+            .get(name)
+            .map(|value| value.expose().to_owned())
+    };
     let plan = build(
         request_id,
         &query,
@@ -124,7 +130,8 @@ pub(crate) async fn prepare(
         settings.sandbox.limits,
         keys,
         platform_deadline,
-    );
+        &env,
+    )?;
     match caller {
         Some(owner) if detach => {
             let run = RunId::generate().map_err(|e| ApiError::Config {
@@ -233,27 +240,6 @@ impl RunPlan {
     }
 }
 
-/// What `runner.mjs` reads from `agent_config.json`.
-#[derive(Debug, Serialize)]
-struct AgentConfig<'a> {
-    prompt: &'a str,
-    cwd: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_turns: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system_prompt: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    output_format: Option<&'a OutputFormat>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    agents: Option<&'a BTreeMap<String, AgentDefinition>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mcp_servers: Option<&'a BTreeMap<String, McpServer>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outputs: Option<OutputRequest<'a>>,
-}
-
 /// Builds the plan of one run. `limits` are the server's caps on a
 /// sandbox, which sandstorm.json's `limits` override one by one.
 /// `platform_deadline` is when the hosting platform cuts the response
@@ -265,22 +251,35 @@ pub(crate) fn build(
     limits: Limits,
     keys: ResolvedKeys,
     platform_deadline: Option<Instant>,
-) -> RunPlan {
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunPlan, ApiError> {
     let now = Instant::now();
-    let (deadline, deadline_reason) = deadline(now, query.timeout, platform_deadline);
+    let timeout = timeout_of(query, config);
+    let (deadline, deadline_reason) = deadline(now, timeout, platform_deadline);
     let budget = deadline.saturating_duration_since(now);
     // Request values override sandstorm.json.
     let outputs = query
         .outputs
-        .as_deref()
-        .or(config.outputs.as_deref())
-        .filter(|patterns| !patterns.is_empty());
-    let agent_config = agent_config(query, config, outputs);
-    let redactor = redactor(&keys);
-    RunPlan {
+        .as_ref()
+        .or(config.outputs.as_ref())
+        .and_then(|outputs| outputs.plan(DEFAULT_LIMITS));
+    let agent = agent::build(
+        query,
+        config,
+        env,
+        outputs.as_ref().map(OutputPlan::request),
+    )?;
+    let redactor = redactor(&keys, &agent.secrets);
+    Ok(RunPlan {
         sandbox: SandboxSpec {
             lifetime: budget + SANDBOX_GRACE,
-            metadata: [("sandstorm_request_id".to_owned(), request_id.clone())].into(),
+            metadata: std::iter::once((runs::REQUEST_KEY.to_owned(), request_id.clone()))
+                .chain(
+                    query.labels.iter().map(|(name, value)| {
+                        (format!("{}{name}", runs::LABEL_PREFIX), value.clone())
+                    }),
+                )
+                .collect(),
             credential: keys.sandbox,
             limits: config.limits.map_or(limits, |given| given.over(limits)),
             network: config
@@ -290,7 +289,7 @@ pub(crate) fn build(
                 .unwrap_or_default(),
             pause_at_end: false,
         },
-        files: upload(query, agent_config, keys.files),
+        files: upload(query, agent.config, agent.skill_files, keys.files),
         process: ProcessSpec {
             cmd: "node".into(),
             args: vec![layout::RUNNER_SCRIPT.to_owned()],
@@ -304,13 +303,18 @@ pub(crate) fn build(
         deadline,
         deadline_reason,
         redactor,
-        outputs: outputs.map(|patterns| OutputPlan {
-            patterns: patterns.to_vec(),
-            limits: DEFAULT_LIMITS,
-        }),
+        outputs,
         detach: None,
         request_id,
-    }
+    })
+}
+
+/// How long the run may take: the request's `timeout`, else
+/// sandstorm.json's, else [`DEFAULT_TIMEOUT_SECS`].
+pub(crate) fn timeout_of(query: &Query, config: &SandstormConfig) -> Duration {
+    query
+        .timeout
+        .unwrap_or_else(|| Duration::from_secs(config.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS)))
 }
 
 /// When the run must end, and why that would be, in the client's words: its
@@ -333,31 +337,15 @@ fn deadline(
     }
 }
 
-/// `agent_config.json`: the prompt and everything sandstorm.json and the
-/// request say about the agent.
-fn agent_config(query: &Query, config: &SandstormConfig, outputs: Option<&[String]>) -> Bytes {
-    let agent_config = AgentConfig {
-        prompt: &query.prompt,
-        cwd: layout::HOME,
-        model: query.model.as_deref().or(config.model.as_deref()),
-        max_turns: query.max_turns.or(config.max_turns),
-        system_prompt: config.system_prompt.as_deref(),
-        output_format: config.output_format.as_ref(),
-        agents: config.agents.as_ref(),
-        mcp_servers: config.mcp_servers.as_ref(),
-        outputs: outputs.map(|patterns| OutputRequest {
-            patterns,
-            limits: DEFAULT_LIMITS,
-        }),
-    };
-    // Serializing plain strings, numbers and maps cannot fail.
-    serde_json::to_vec(&agent_config).unwrap_or_default().into()
-}
-
 /// The one upload: the runner, its config, the SDK settings, the keys'
-/// files, then the user's files.
-fn upload(query: &Query, agent_config: Bytes, key_files: Vec<SandboxFile>) -> Vec<SandboxFile> {
-    let mut files = Vec::with_capacity(query.files.len() + 3 + key_files.len());
+/// files, the skills, then the user's files.
+fn upload(
+    query: &Query,
+    agent_config: Bytes,
+    skill_files: Vec<SandboxFile>,
+    key_files: Vec<SandboxFile>,
+) -> Vec<SandboxFile> {
+    let mut files = Vec::with_capacity(query.files.len() + 3 + key_files.len() + skill_files.len());
     files.push(SandboxFile {
         path: layout::RUNNER_SCRIPT.to_owned(),
         content: Bytes::from_static(RUNNER_SCRIPT.as_bytes()),
@@ -371,6 +359,7 @@ fn upload(query: &Query, agent_config: Bytes, key_files: Vec<SandboxFile>) -> Ve
         content: Bytes::from_static(SDK_SETTINGS.as_bytes()),
     });
     files.extend(key_files);
+    files.extend(skill_files);
     files.extend(query.files.iter().map(|f| SandboxFile {
         path: layout::home_path(&f.path),
         content: Bytes::from(f.content.clone()),
@@ -380,12 +369,13 @@ fn upload(query: &Query, agent_config: Bytes, key_files: Vec<SandboxFile>) -> Ve
 
 /// Scrubs every key value of the run (and the Vertex credentials) from what
 /// the client sees, including the runner's environment values.
-fn redactor(keys: &ResolvedKeys) -> Redactor {
+fn redactor(keys: &ResolvedKeys, filled: &[String]) -> Redactor {
     let secrets = keys
         .runner_env
         .values()
         .map(String::as_str)
-        .chain(keys.secrets.iter().map(|s| s.expose()));
+        .chain(keys.secrets.iter().map(|s| s.expose()))
+        .chain(filled.iter().map(String::as_str));
     Redactor::new(secrets)
 }
 
@@ -393,6 +383,10 @@ fn redactor(keys: &ResolvedKeys) -> Redactor {
 mod tests {
     use super::*;
     use crate::request::QueryRequest;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
 
     fn query(json: &serde_json::Value) -> Query {
         Query::from_json(json.to_string().as_bytes(), &[]).expect("valid")
@@ -412,7 +406,7 @@ mod tests {
         let config = SandstormConfig {
             model: Some("opus".into()),
             max_turns: Some(20),
-            system_prompt: Some("be brief".into()),
+            system_prompt: Some(crate::config::SystemPrompt::Text("be brief".into())),
             ..Default::default()
         };
         let q = query(&serde_json::json!({"prompt":"p","model":"haiku"}));
@@ -423,7 +417,9 @@ mod tests {
             Limits::DEFAULT,
             ResolvedKeys::default(),
             None,
-        );
+            &no_env,
+        )
+        .expect("plan");
         let c = agent_config(&plan);
         assert_eq!(c["model"], "haiku");
         assert_eq!(c["max_turns"], 20);
@@ -442,7 +438,9 @@ mod tests {
             Limits::DEFAULT,
             ResolvedKeys::default(),
             None,
-        );
+            &no_env,
+        )
+        .expect("plan");
         let paths: Vec<&str> = plan.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -472,7 +470,9 @@ mod tests {
             server,
             ResolvedKeys::default(),
             None,
-        );
+            &no_env,
+        )
+        .expect("plan");
         assert_eq!(plan.sandbox.limits, server);
         assert_eq!(plan.sandbox.network.allow, None);
 
@@ -489,7 +489,9 @@ mod tests {
             server,
             ResolvedKeys::default(),
             None,
-        );
+            &no_env,
+        )
+        .expect("plan");
         assert_eq!(
             plan.sandbox.limits,
             Limits {
@@ -519,7 +521,9 @@ mod tests {
             Limits::DEFAULT,
             ResolvedKeys::default(),
             None,
-        );
+            &no_env,
+        )
+        .expect("plan");
         assert_eq!(plan.process.cmd, "node");
         assert_eq!(plan.process.args, ["/opt/agent-runner/runner.mjs"]);
         assert_eq!(plan.process.cwd, "/home/user");
@@ -550,7 +554,9 @@ mod tests {
             Limits::DEFAULT,
             ResolvedKeys::default(),
             None,
-        );
+            &no_env,
+        )
+        .expect("plan");
         assert_eq!(plan.process.cmd, "node", "a bare name, found by PATH");
         assert!(
             !plan.process.envs.contains_key("PATH"),
@@ -570,7 +576,9 @@ mod tests {
             Limits::DEFAULT,
             ResolvedKeys::default(),
             None,
-        );
+            &no_env,
+        )
+        .expect("plan");
         assert!(plan.deadline >= before + Duration::from_secs(100));
         assert!(plan.deadline_reason.contains("100 s"));
 
@@ -582,7 +590,9 @@ mod tests {
             Limits::DEFAULT,
             ResolvedKeys::default(),
             Some(platform),
-        );
+            &no_env,
+        )
+        .expect("plan");
         assert_eq!(plan.deadline, platform - PLATFORM_MARGIN);
         assert!(plan.deadline_reason.contains("platform"));
         assert!(plan.sandbox.lifetime >= Duration::from_secs(20));

@@ -9,8 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 
+use crate::config::{AgentDefinition, OutputFormat, skills};
 use crate::error::ApiError;
 use crate::json_field;
+use crate::outputs::Outputs;
 use crate::sandbox::provider::Credential;
 use crate::secret::Secret;
 
@@ -27,6 +29,8 @@ pub(crate) const DEFAULT_TIMEOUT_SECS: u64 = 300;
 /// lifetime. A run's own lifetime (`SANDSTORM_RUN_MAX_LIFETIME`) bounds it
 /// further.
 pub(crate) const MAX_KEEP_ALIVE_SECS: u64 = 86_400;
+/// The longest run label (`team_id`, `user_id`, `channel_id`), in bytes.
+pub(crate) const MAX_LABEL_BYTES: usize = 128;
 /// Longest accepted upload path; the Linux limit.
 const MAX_PATH_BYTES: usize = 4096;
 const MAX_NAME_BYTES: usize = 255;
@@ -62,9 +66,10 @@ pub(crate) struct QueryRequest {
     /// Text files to upload, by path relative to the sandbox's home.
     #[serde(default)]
     pub files: Option<BTreeMap<String, String>>,
-    /// Globs (relative to /home/user) of files to send back after the run.
+    /// Files to send back after the run: `"auto"`, or globs relative to
+    /// /home/user.
     #[serde(default)]
-    pub outputs: Option<Vec<String>>,
+    pub outputs: Option<Outputs>,
     /// Whether the run goes on when its client goes away.
     #[serde(default)]
     pub detach: Option<bool>,
@@ -77,6 +82,64 @@ pub(crate) struct QueryRequest {
     /// With `resume`: a new run whose SDK session branches from that run's.
     #[serde(default)]
     pub fork_session: Option<bool>,
+    /// Structured output, over sandstorm.json's; `{}` turns it off.
+    #[serde(default)]
+    pub output_format: Option<OutputFormatChoice>,
+    /// The only tools the model sees, over sandstorm.json's.
+    #[serde(default)]
+    pub allowed_tools: Option<Vec<String>>,
+    /// The MCP servers of sandstorm.json this run gets, by name.
+    #[serde(default)]
+    pub allowed_mcp_servers: Option<Vec<String>>,
+    /// The skills (sandstorm.json's and `extra_skills`) this run gets.
+    #[serde(default)]
+    pub allowed_skills: Option<Vec<String>>,
+    /// The subagents (sandstorm.json's and `extra_agents`) this run gets.
+    #[serde(default)]
+    pub allowed_agents: Option<Vec<String>>,
+    /// Subagents of this run only, beside sandstorm.json's.
+    #[serde(default)]
+    pub extra_agents: Option<BTreeMap<String, AgentDefinition>>,
+    /// Skills of this run only: name to `SKILL.md` text.
+    #[serde(default)]
+    pub extra_skills: Option<BTreeMap<String, String>>,
+    /// The most the run may spend, in US dollars, as the SDK counts it.
+    #[serde(default)]
+    pub max_budget_usd: Option<f64>,
+    /// A label recorded with the run (Python Sandstorm's team scope).
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// A label recorded with the run (Python Sandstorm's user scope).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// A label recorded with the run (Python Sandstorm's Slack channel).
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    /// Python Sandstorm's memory; refused with why.
+    #[serde(default)]
+    pub remember: Option<serde_json::Value>,
+}
+
+/// `output_format` in a request: a format, or `{}` to turn off
+/// sandstorm.json's (as Python Sandstorm 0.9.2 reads an empty object).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputFormatChoice {
+    /// No structured output, whatever sandstorm.json says.
+    Off,
+    /// This format.
+    Format(OutputFormat),
+}
+
+impl<'de> Deserialize<'de> for OutputFormatChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        if value.as_object().is_some_and(serde_json::Map::is_empty) {
+            return Ok(OutputFormatChoice::Off);
+        }
+        OutputFormat::deserialize(value)
+            .map(OutputFormatChoice::Format)
+            .map_err(de::Error::custom)
+    }
 }
 
 /// Redacted: keys show as `***` and sandbox keys by field name only; files
@@ -107,6 +170,30 @@ impl std::fmt::Debug for QueryRequest {
             .field("keep_alive", &self.keep_alive)
             .field("resume", &self.resume.as_ref().map(|_| "***"))
             .field("fork_session", &self.fork_session)
+            .field("output_format", &self.output_format.is_some())
+            .field("allowed_tools", &self.allowed_tools)
+            .field("allowed_mcp_servers", &self.allowed_mcp_servers)
+            .field("allowed_skills", &self.allowed_skills)
+            .field("allowed_agents", &self.allowed_agents)
+            .field(
+                "extra_agents",
+                &self
+                    .extra_agents
+                    .as_ref()
+                    .map(|a| a.keys().collect::<Vec<_>>()),
+            )
+            .field(
+                "extra_skills",
+                &self
+                    .extra_skills
+                    .as_ref()
+                    .map(|s| s.keys().collect::<Vec<_>>()),
+            )
+            .field("max_budget_usd", &self.max_budget_usd)
+            .field("team_id", &self.team_id)
+            .field("user_id", &self.user_id)
+            .field("channel_id", &self.channel_id)
+            .field("remember", &self.remember.is_some())
             .finish()
     }
 }
@@ -156,12 +243,13 @@ pub struct Query {
     pub model: Option<String>,
     /// Maximum turns, overriding sandstorm.json's.
     pub max_turns: Option<u32>,
-    /// How long the run may take.
-    pub timeout: Duration,
+    /// How long the run may take; `None` falls back to sandstorm.json's,
+    /// then to [`DEFAULT_TIMEOUT_SECS`].
+    pub timeout: Option<Duration>,
     /// The files to upload.
     pub files: Vec<UserFile>,
-    /// Output globs; `None` falls back to sandstorm.json's.
-    pub outputs: Option<Vec<String>>,
+    /// Output files; `None` falls back to sandstorm.json's.
+    pub outputs: Option<Outputs>,
     /// Detach; `None` falls back to sandstorm.json's, then to no.
     pub detach: Option<bool>,
     /// Keep the sandbox after a turn; `None` falls back to sandstorm.json's,
@@ -171,6 +259,33 @@ pub struct Query {
     pub resume: Option<String>,
     /// Branch from `resume`'s session in a new run instead of continuing it.
     pub fork_session: bool,
+    /// What the request says about the agent, over sandstorm.json.
+    pub agent: AgentChoices,
+    /// Labels recorded with the run, by name (`team_id`, ...).
+    pub labels: BTreeMap<&'static str, String>,
+}
+
+/// What a request narrows or adds to sandstorm.json's agent. Names in the
+/// `allowed_*` lists are checked against the config when the run is
+/// planned; everything else here is checked already.
+#[derive(Debug, Clone, Default)]
+pub struct AgentChoices {
+    /// Structured output, over sandstorm.json's.
+    pub output_format: Option<OutputFormatChoice>,
+    /// The only tools the model sees, over sandstorm.json's.
+    pub allowed_tools: Option<Vec<String>>,
+    /// sandstorm.json's MCP servers to keep, by name.
+    pub allowed_mcp_servers: Option<Vec<String>>,
+    /// Skills to keep, by name.
+    pub allowed_skills: Option<Vec<String>>,
+    /// Subagents to keep, by name.
+    pub allowed_agents: Option<Vec<String>>,
+    /// The request's own subagents.
+    pub extra_agents: BTreeMap<String, AgentDefinition>,
+    /// The request's own skills: name to `SKILL.md` text.
+    pub extra_skills: BTreeMap<String, String>,
+    /// The SDK's spending cap for the run, in US dollars.
+    pub max_budget_usd: Option<f64>,
 }
 
 /// One uploaded file, its path normalized and relative to `/home/user`.
@@ -378,8 +493,18 @@ impl QueryRequest {
                 format!("{} must be at least 1", naming.name("max_turns")),
             ));
         }
-        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
-        if !TIMEOUT_RANGE.contains(&timeout) {
+        if self.remember.is_some() {
+            return Err(ApiError::invalid(
+                "remember",
+                "remember (Python Sandstorm's memory) is not supported: text remembered from \
+                 one run and put into the prompts of later ones is a standing prompt \
+                 injection, and there is no store to keep it per tenant yet",
+            ));
+        }
+        let timeout = self.timeout;
+        if let Some(timeout) = timeout
+            && !TIMEOUT_RANGE.contains(&timeout)
+        {
             return Err(ApiError::invalid(
                 "timeout",
                 format!(
@@ -429,9 +554,43 @@ impl QueryRequest {
                 ),
             ));
         }
+        let labels = validate_labels([
+            ("team_id", self.team_id),
+            ("user_id", self.user_id),
+            ("channel_id", self.channel_id),
+        ])?;
+        let agent = AgentChoices {
+            output_format: self.output_format,
+            allowed_tools: validate_names("allowed_tools", self.allowed_tools, |_| true)?,
+            allowed_mcp_servers: validate_names(
+                "allowed_mcp_servers",
+                self.allowed_mcp_servers,
+                |_| true,
+            )?,
+            allowed_skills: validate_names(
+                "allowed_skills",
+                self.allowed_skills,
+                skills::valid_name,
+            )?,
+            allowed_agents: validate_names("allowed_agents", self.allowed_agents, |_| true)?,
+            extra_agents: validate_extra_agents(self.extra_agents.unwrap_or_default())?,
+            extra_skills: validate_extra_skills(self.extra_skills.unwrap_or_default())?,
+            max_budget_usd: validate_budget(self.max_budget_usd)?,
+        };
+        let extra_skill_bytes: usize = agent.extra_skills.values().map(String::len).sum();
+        let files_bytes: usize = self.files.iter().flatten().map(|(_, c)| c.len()).sum();
+        if extra_skill_bytes + files_bytes > MAX_FILES_BYTES && extra_skill_bytes > 0 {
+            return Err(ApiError::TooLarge {
+                field: Some("extra_skills".into()),
+                message: format!(
+                    "files and extra_skills total {} bytes; the limit is {MAX_FILES_BYTES} bytes",
+                    extra_skill_bytes + files_bytes
+                ),
+            });
+        }
         let files = validate_files(self.files.unwrap_or_default())?;
         if let Some(outputs) = &self.outputs {
-            crate::outputs::validate_patterns(outputs).map_err(|why| {
+            outputs.validate().map_err(|why| {
                 let message = match naming {
                     Naming::Fields => why,
                     Naming::Flags => format!("{}: {why}", naming.name("outputs")),
@@ -452,13 +611,15 @@ impl QueryRequest {
             keys,
             model: self.model,
             max_turns: self.max_turns,
-            timeout: Duration::from_secs(timeout),
+            timeout: timeout.map(Duration::from_secs),
             files,
             outputs: self.outputs,
             detach: self.detach,
             keep_alive: self.keep_alive.map(Duration::from_secs),
             resume: self.resume,
             fork_session: self.fork_session.unwrap_or(false),
+            agent,
+            labels,
         })
     }
 }
@@ -494,6 +655,112 @@ where
             "expected a whole number of at least 0, got {number}"
         ))),
     }
+}
+
+/// A list of names: each non-empty, and (`valid`) of the right shape.
+fn validate_names(
+    field: &'static str,
+    names: Option<Vec<String>>,
+    valid: impl Fn(&str) -> bool,
+) -> Result<Option<Vec<String>>, ApiError> {
+    for (index, name) in names.iter().flatten().enumerate() {
+        if name.trim().is_empty() || !valid(name) {
+            return Err(ApiError::invalid(
+                format!("{field}[{index}]"),
+                format!("{field}[{index}]: {name:?} is not a valid name"),
+            ));
+        }
+    }
+    Ok(names)
+}
+
+/// Inline subagents: named like sandstorm.json's, each with a description
+/// and a prompt (serde checked their shape).
+fn validate_extra_agents(
+    agents: BTreeMap<String, AgentDefinition>,
+) -> Result<BTreeMap<String, AgentDefinition>, ApiError> {
+    for (name, agent) in &agents {
+        if !skills::valid_name(name) {
+            return Err(ApiError::invalid(
+                format!("extra_agents.{name}"),
+                format!(
+                    "extra_agents: {name:?} is not a valid agent name (1 to 64 letters, \
+                     digits, '-' or '_')"
+                ),
+            ));
+        }
+        if agent.description.trim().is_empty() || agent.prompt.trim().is_empty() {
+            return Err(ApiError::invalid(
+                format!("extra_agents.{name}"),
+                format!("extra_agents.{name}: description and prompt must not be empty"),
+            ));
+        }
+        if agent.max_turns == Some(0) {
+            return Err(ApiError::invalid(
+                format!("extra_agents.{name}.maxTurns"),
+                format!("extra_agents.{name}.maxTurns must be at least 1"),
+            ));
+        }
+    }
+    Ok(agents)
+}
+
+/// Inline skills: each a valid folder name with a non-empty `SKILL.md`.
+fn validate_extra_skills(
+    skills: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    for (name, text) in &skills {
+        if !skills::valid_name(name) {
+            return Err(ApiError::invalid(
+                format!("extra_skills.{name}"),
+                format!(
+                    "extra_skills: {name:?} is not a valid skill name (1 to 64 letters, \
+                     digits, '-' or '_')"
+                ),
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err(ApiError::invalid(
+                format!("extra_skills.{name}"),
+                format!("extra_skills.{name}: the SKILL.md text must not be empty"),
+            ));
+        }
+    }
+    Ok(skills)
+}
+
+/// A spending cap: a finite amount above zero.
+fn validate_budget(budget: Option<f64>) -> Result<Option<f64>, ApiError> {
+    match budget {
+        Some(usd) if !usd.is_finite() || usd <= 0.0 => Err(ApiError::invalid(
+            "max_budget_usd",
+            format!("max_budget_usd must be more than 0 US dollars, got {usd}"),
+        )),
+        budget => Ok(budget),
+    }
+}
+
+/// Labels: short, printable, and not empty when given; they end up in
+/// sandbox metadata and run listings.
+fn validate_labels(
+    labels: [(&'static str, Option<String>); 3],
+) -> Result<BTreeMap<&'static str, String>, ApiError> {
+    let mut valid = BTreeMap::new();
+    for (field, value) in labels {
+        let Some(value) = value else { continue };
+        if value.is_empty() || value.len() > MAX_LABEL_BYTES || value.chars().any(char::is_control)
+        {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{field} must be 1 to {MAX_LABEL_BYTES} bytes of printable text, got {} bytes",
+                    value.len()
+                ),
+            ));
+        }
+        valid.insert(field, value);
+    }
+    Ok(valid)
 }
 
 /// An empty key means "not given", as in the original.

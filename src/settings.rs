@@ -7,14 +7,15 @@
 //! file) is resolved here, once, so request handling never looks at the
 //! environment or the disk for settings.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{TOKEN_ALIASES, TOKEN_VARIABLES};
+use crate::auth::{self, TOKEN_ALIASES, TOKEN_VARIABLES};
 use crate::config::sandbox::{CPU_SECONDS, DISK_MB, LimitField, MEMORY_MB, PROCESSES};
-use crate::config::{ConfigError, LimitsConfig, SandstormConfig};
+use crate::config::{ConfigError, LimitsConfig, SandstormConfig, placeholders};
 use crate::env::EnvVars;
 use crate::keys::{KeyEnv, KeySource};
 use crate::sandbox::provider::{
@@ -146,6 +147,10 @@ pub struct Settings {
     /// The loaded sandstorm.json, or why it could not be loaded: a door that
     /// cannot refuse to start answers every `/query` with this error.
     pub config: Result<Arc<SandstormConfig>, ConfigError>,
+    /// The variables sandstorm.json's MCP servers name in `${VAR}`
+    /// placeholders, with their values (from the environment or `.env`)
+    /// when set; filled in when a run is planned.
+    pub config_env: BTreeMap<String, Secret>,
     /// Who may call `/query`.
     pub auth: AuthSettings,
     /// Allowed CORS origins; empty means no cross-origin access.
@@ -184,6 +189,7 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("cwd", &self.cwd)
             .field("config", &self.config)
+            .field("config_env", &self.config_env.keys().collect::<Vec<_>>())
             .field("auth", &self.auth)
             .field("cors_origins", &self.cors_origins)
             .field("max_duration", &self.max_duration)
@@ -211,6 +217,18 @@ impl Settings {
     ) -> Result<Self, String> {
         let config_path = env.get("SANDSTORM_CONFIG").map(PathBuf::from);
         let config = SandstormConfig::load(config_path.as_deref(), cwd).map(Arc::new);
+        let config_env = config
+            .as_ref()
+            .map(|config| {
+                placeholders::variables(config.mcp_servers.iter().flatten().map(|(_, s)| s))
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|name| {
+                let value = env.get(&name)?;
+                Some((name, Secret::new(value)))
+            })
+            .collect();
         let cors_origins = aliased(env, "SANDSTORM_CORS_ORIGINS", "CORS_ORIGINS")?
             .map(|v| {
                 v.split(',')
@@ -266,6 +284,7 @@ impl Settings {
             keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
             cwd: cwd.to_path_buf(),
             config,
+            config_env,
             cors_origins,
             max_duration,
             max_body_bytes,
@@ -306,7 +325,12 @@ fn auth_settings(env: &EnvVars, profile: Profile) -> Result<AuthSettings, String
     let anonymous_by_default = profile == Profile::Server;
     let mut tokens = Vec::new();
     for (name, alias) in TOKEN_VARIABLES.into_iter().zip(TOKEN_ALIASES) {
-        tokens.extend(aliased(env, name, alias)?.map(Secret::new));
+        let Some(token) = aliased(env, name, alias)? else {
+            continue;
+        };
+        let given = if env.get(name).is_some() { name } else { alias };
+        auth::long_enough(given, token)?;
+        tokens.push(Secret::new(token));
     }
     Ok(AuthSettings {
         tokens,
@@ -554,22 +578,37 @@ mod tests {
                 .map(|t| t.expose().to_owned())
                 .collect()
         };
-        assert_eq!(tokens(&[("SANDSTORM_API_KEY", "k1")]), ["k1"]);
         assert_eq!(
-            tokens(&[
-                ("SANDSTORM_API_KEY", "k1"),
-                ("SANDSTORM_API_KEY_PREVIOUS", "k0")
-            ]),
-            ["k1", "k0"]
+            tokens(&[("SANDSTORM_API_KEY", "k1-0123456789abcdef0123456789abcdef")]),
+            ["k1-0123456789abcdef0123456789abcdef"]
         );
         assert_eq!(
-            tokens(&[("SANDSTORM_API_TOKEN", "k1"), ("SANDSTORM_API_KEY", "k1")]),
-            ["k1"]
+            tokens(&[
+                ("SANDSTORM_API_KEY", "k1-0123456789abcdef0123456789abcdef"),
+                (
+                    "SANDSTORM_API_KEY_PREVIOUS",
+                    "k0-0123456789abcdef0123456789abcdef"
+                )
+            ]),
+            [
+                "k1-0123456789abcdef0123456789abcdef",
+                "k0-0123456789abcdef0123456789abcdef"
+            ]
+        );
+        assert_eq!(
+            tokens(&[
+                ("SANDSTORM_API_TOKEN", "k1-0123456789abcdef0123456789abcdef"),
+                ("SANDSTORM_API_KEY", "k1-0123456789abcdef0123456789abcdef")
+            ]),
+            ["k1-0123456789abcdef0123456789abcdef"]
         );
         let clash = build(
             &[
-                ("SANDSTORM_API_TOKEN", "token-one"),
-                ("SANDSTORM_API_KEY", "token-two"),
+                (
+                    "SANDSTORM_API_TOKEN",
+                    "token-one-0123456789abcdef0123456789",
+                ),
+                ("SANDSTORM_API_KEY", "token-two-0123456789abcdef0123456789"),
             ],
             Profile::Server,
         )
@@ -579,9 +618,29 @@ mod tests {
             "{clash}"
         );
         assert!(
-            !clash.contains("token-one") && !clash.contains("token-two"),
+            !clash.contains("token-one-0123456789abcdef0123456789")
+                && !clash.contains("token-two-0123456789abcdef0123456789"),
             "{clash}"
         );
+        let short = build(
+            &[("SANDSTORM_API_KEY", "short-token-31-characters-long!")],
+            Profile::Server,
+        )
+        .expect_err("too short");
+        assert!(
+            short.contains("SANDSTORM_API_KEY") && short.contains("32 characters"),
+            "{short}"
+        );
+        assert!(!short.contains("short-token"), "{short}");
+        let short = build(
+            &[
+                ("SANDSTORM_API_TOKEN", "k1-0123456789abcdef0123456789abcdef"),
+                ("SANDSTORM_API_TOKEN_PREVIOUS", "old"),
+            ],
+            Profile::Server,
+        )
+        .expect_err("a short previous token too");
+        assert!(short.contains("SANDSTORM_API_TOKEN_PREVIOUS"), "{short}");
         let cors =
             build(&[("CORS_ORIGINS", "https://a.example")], Profile::Server).expect("settings");
         assert_eq!(cors.cors_origins, ["https://a.example"]);

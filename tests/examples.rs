@@ -26,7 +26,7 @@ use serde_json::Value;
 
 /// The bearer token the server requires; the examples read it from
 /// SANDSTORM_API_TOKEN.
-const TOKEN: &str = "examples-token-3b8e61f0c2";
+const TOKEN: &str = "examples-token-3b8e61f0c2-0123456789";
 /// What the scripted agent runs in the sandbox, next to the uploaded data.csv.
 const MAKE_REPORT: &str = "{ echo '# Sales'; cat data.csv; } > report.md && echo written";
 /// report.md as the agent makes it from the example's data.csv.
@@ -224,7 +224,7 @@ fn every_query_example_gets_its_events_and_the_report_back() {
         .unwrap_or_else(|| panic!("query.sh printed no file event:\n{}", curl.stdout));
     assert_eq!(file["path"], "report.md");
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(file["content_base64"].as_str().expect("base64"))
+        .decode(file["data"].as_str().expect("base64"))
         .expect("valid base64");
     assert_eq!(bytes, REPORT.as_bytes());
     assert_events_match_the_openapi_document(&events(&curl.stdout));

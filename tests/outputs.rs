@@ -27,7 +27,7 @@ fn nums() -> String {
 
 fn decode(file: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
-        .decode(file["content_base64"].as_str().expect("content_base64"))
+        .decode(file["data"].as_str().expect("data"))
         .expect("valid base64")
 }
 

@@ -26,7 +26,7 @@ use sandstorm::env::EnvVars;
 use sandstorm::keys::KeySource;
 use tokio::process::Command;
 
-const TOKEN: &str = "token-from-the-secret-5678";
+const TOKEN: &str = "token-from-the-secret-5678-0123456789";
 
 struct Moto {
     url: String,

@@ -136,7 +136,10 @@ async fn queries_need_a_token_unless_anonymous_access_is_turned_on() {
 
     // With a token: a bearer is required, and enough.
     let mut with_token = env.clone();
-    with_token.push(("SANDSTORM_API_TOKEN", "door-token-1234".to_owned()));
+    with_token.push((
+        "SANDSTORM_API_TOKEN",
+        "door-token-1234-0123456789abcdef0123".to_owned(),
+    ));
     let open = start_function(env!("CARGO_BIN_EXE_vercel-query"), &with_token).await;
     let no_bearer = open
         .post(serde_json::json!({"prompt": "go"}))
@@ -146,7 +149,10 @@ async fn queries_need_a_token_unless_anonymous_access_is_turned_on() {
     assert_eq!(no_bearer.status(), 401);
     // Python Sandstorm 0.9.2's name for the token closes the door as well.
     let mut with_old_name = env.clone();
-    with_old_name.push(("SANDSTORM_API_KEY", "door-token-1234".to_owned()));
+    with_old_name.push((
+        "SANDSTORM_API_KEY",
+        "door-token-1234-0123456789abcdef0123".to_owned(),
+    ));
     let moved = start_function(env!("CARGO_BIN_EXE_vercel-query"), &with_old_name).await;
     let no_bearer = moved
         .post(serde_json::json!({"prompt": "go"}))
@@ -158,7 +164,7 @@ async fn queries_need_a_token_unless_anonymous_access_is_turned_on() {
     let stream = open
         .query(
             open.post(serde_json::json!({"prompt": "go"}))
-                .bearer_auth("door-token-1234"),
+                .bearer_auth("door-token-1234-0123456789abcdef0123"),
         )
         .await;
     stream.assert_complete(3);

@@ -53,7 +53,7 @@ while (true) {
         throw new Error(`refusing to write outside ${out}: ${event.path}`);
       }
       await mkdir(dirname(target), { recursive: true });
-      await writeFile(target, Buffer.from(event.content_base64, "base64"));
+      await writeFile(target, Buffer.from(event.data, "base64"));
       console.log(`saved ${target} (${event.size} bytes)`);
     } else {
       console.log(data);

@@ -39,7 +39,7 @@ with httpx.Client(timeout=httpx.Timeout(10.0, read=60.0)) as client:
                 if not target.is_relative_to(out):
                     sys.exit(f"refusing to write outside {out}: {event['path']}")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(base64.b64decode(event["content_base64"]))
+                target.write_bytes(base64.b64decode(event["data"]))
                 print(f"saved {target} ({event['size']} bytes)")
             else:
                 print(sse.data)

@@ -534,7 +534,7 @@ async fn no_key_value_appears_in_logs_errors_or_events() {
     const ANTHROPIC: &str = "sk-ant-hygiene-AAAA1111";
     const SANDBOX_KEY: &str = "sandbox-hygiene-BBBB2222";
     const OPENROUTER: &str = "sk-or-hygiene-CCCC3333";
-    const TOKEN: &str = "tok-hygiene-DDDD4444";
+    const TOKEN: &str = "tok-hygiene-DDDD4444-0123456789abcd";
     let logs = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())
@@ -617,7 +617,7 @@ async fn no_key_value_appears_in_logs_errors_or_events() {
 
 #[test]
 fn debug_of_everything_that_holds_a_key_redacts_it() {
-    const KEY: &str = "sk-ant-debug-EEEE5555";
+    const KEY: &str = "sk-ant-debug-EEEE5555-0123456789abcd";
     let credentials = crate::sandbox::provider::credential_fields(PROVIDERS);
     let mut body =
         serde_json::json!({"prompt": "p", "anthropic_api_key": KEY, "files": {"a": KEY}});
@@ -640,7 +640,9 @@ fn debug_of_everything_that_holds_a_key_redacts_it() {
             secrets: vec![KEY.into()],
         },
         None,
-    );
+        &|_| None,
+    )
+    .expect("plan");
     let state = AppState::new(
         settings.clone(),
         Arc::new(Scripted::new(vec![], Then::Exit(0))),
@@ -665,7 +667,7 @@ async fn file_events_pass_only_when_outputs_were_asked_for() {
     let text = h.stream(r#"{"prompt":"hi","outputs":["output/**"]}"#).await;
     let sent = events(&text);
     assert_eq!(sent[1]["type"], "file");
-    assert_eq!(sent[1]["content_base64"], "aGk=");
+    assert_eq!(sent[1]["data"], "aGk=");
 
     // Without `outputs`, a runner that sends files anyway is not believed.
     let h = harness(script(), Then::Exit(0));

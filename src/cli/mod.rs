@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{self, AppState};
 use crate::doors::PROVIDERS;
 use crate::env::EnvVars;
+use crate::outputs::Outputs;
 use crate::request::{Naming, QueryRequest};
 use crate::sandbox::provider::Setup;
 use crate::sandbox::{e2b, local};
@@ -139,9 +140,10 @@ struct ContinueArgs {
     /// Maximum agent turns for this turn.
     #[arg(long)]
     max_turns: Option<u32>,
-    /// Seconds this turn may take (within what is left of the run's lifetime).
-    #[arg(short, long, default_value_t = crate::request::DEFAULT_TIMEOUT_SECS)]
-    timeout: u64,
+    /// Seconds this turn may take, within what is left of the run's
+    /// lifetime [default: the server's sandstorm.json `timeout`, else 300].
+    #[arg(short, long)]
+    timeout: Option<u64>,
     /// Upload a text file to /home/user/<name> (repeatable).
     #[arg(short, long = "file", value_name = "PATH")]
     files: Vec<PathBuf>,
@@ -174,9 +176,10 @@ struct QueryArgs {
     /// Maximum conversation turns (overrides sandstorm.json).
     #[arg(long)]
     max_turns: Option<u32>,
-    /// Sandbox lifetime in seconds (5-3600).
-    #[arg(short, long, default_value_t = crate::request::DEFAULT_TIMEOUT_SECS)]
-    timeout: u64,
+    /// Seconds the run may take, 5-3600 [default: sandstorm.json's
+    /// `timeout`, else 300].
+    #[arg(short, long)]
+    timeout: Option<u64>,
     /// Print every event as one JSON line instead of readable text.
     #[arg(long)]
     json_output: bool,
@@ -189,8 +192,9 @@ struct QueryArgs {
     /// Only the agent's answer (and errors): no tool lines, spinner or summary.
     #[arg(short, long)]
     quiet: bool,
-    /// A glob, relative to /home/user, of files to bring back (repeatable;
-    /// default: `outputs` in sandstorm.json, or output/** with --output-dir).
+    /// A glob, relative to /home/user, of files to bring back (repeatable),
+    /// or `auto` for every file the run created or changed [default:
+    /// `outputs` in sandstorm.json, or output/** with --output-dir].
     #[arg(long = "outputs", value_name = "GLOB")]
     outputs: Vec<String>,
     /// Save the files the agent made (see --outputs) under DIR.
@@ -360,12 +364,13 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         args.sandbox.sandbox.as_deref(),
         args.json_output || args.quiet,
     )?;
-    let outputs = match (&args.output_dir, args.outputs.is_empty()) {
-        (_, false) => Some(args.outputs),
+    let outputs = match (&args.output_dir, args.outputs.as_slice()) {
+        (_, [word]) if word == crate::outputs::AUTO => Some(Outputs::Auto),
+        (_, [_, ..]) => Some(Outputs::Globs(args.outputs)),
         // Saving with nothing configured: the convention of the original's
         // examples, which tell the agent to write to /home/user/output/.
-        (Some(_), true) if config_outputs(&settings).is_none() => {
-            Some(vec!["output/**".to_owned()])
+        (Some(_), []) if config_outputs(&settings).is_none() => {
+            Some(Outputs::Globs(vec!["output/**".to_owned()]))
         }
         _ => None,
     };
@@ -381,7 +386,7 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
             .collect(),
         model: args.model,
         max_turns: args.max_turns,
-        timeout: Some(args.timeout),
+        timeout: args.timeout,
         files: (!files.is_empty()).then_some(files),
         outputs,
         detach: Some(args.detach),
@@ -475,7 +480,10 @@ async fn attach_command(args: AttachArgs) -> Result<u8, Fatal> {
 
 async fn continue_command(args: ContinueArgs) -> Result<u8, Fatal> {
     let files = read_files(&args.files)?;
-    let mut turn = serde_json::json!({"prompt": args.prompt, "timeout": args.timeout});
+    let mut turn = serde_json::json!({"prompt": args.prompt});
+    if let Some(timeout) = args.timeout {
+        turn["timeout"] = timeout.into();
+    }
     if !files.is_empty() {
         turn["files"] = serde_json::json!(files);
     }
@@ -495,7 +503,7 @@ async fn continue_command(args: ContinueArgs) -> Result<u8, Fatal> {
     runs::continue_run(endpoint, &args.run_id, &turn, headers, options).await
 }
 
-fn config_outputs(settings: &Settings) -> Option<&Vec<String>> {
+fn config_outputs(settings: &Settings) -> Option<&Outputs> {
     settings
         .config
         .as_ref()

@@ -357,7 +357,7 @@ fn save(dir: &Path, file: &Value) -> Result<PathBuf, String> {
     let relative =
         crate::request::normalize_path(raw).map_err(|why| format!("output file refused: {why}"))?;
     let content = base64::engine::general_purpose::STANDARD
-        .decode(file["content_base64"].as_str().unwrap_or_default())
+        .decode(file["data"].as_str().unwrap_or_default())
         .map_err(|e| format!("output file {raw:?} is not valid base64: {e}"))?;
     let target = dir.join(&relative);
     if let Some(parent) = target.parent() {
@@ -399,8 +399,7 @@ mod tests {
     #[test]
     fn saved_files_stay_inside_the_output_dir() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file =
-            |path: &str| serde_json::json!({"type":"file","path":path,"content_base64":"AAEC/w=="});
+        let file = |path: &str| serde_json::json!({"type":"file","path":path,"data":"AAEC/w=="});
         let saved = save(dir.path(), &file("charts/a.png")).expect("saved");
         assert_eq!(std::fs::read(saved).expect("read"), [0, 1, 2, 255]);
         for escape in ["../evil", "/etc/passwd", "a/../../evil"] {

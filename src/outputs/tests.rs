@@ -36,6 +36,7 @@ fn check(patterns: &[&str]) -> OutputCheck {
     OutputCheck::new(Some(&OutputPlan {
         patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
         limits: DEFAULT_LIMITS,
+        changed_only: false,
     }))
 }
 
@@ -81,8 +82,8 @@ fn a_file_the_run_asked_for_is_sent_as_the_server_writes_it() {
     let event = sent(check.file(&line, &Redactor::default()));
     assert_eq!(
         event,
-        serde_json::json!({"type":"file","path":"output/a.txt","size":2,
-            "mime":"application/octet-stream","content_base64":"aGk="})
+        serde_json::json!({"type":"file","name":"a.txt","relative_path":"output/a.txt",
+            "path":"output/a.txt","size":2,"mime":"application/octet-stream","data":"aGk="})
     );
 }
 

@@ -25,7 +25,7 @@ fn rejected(body: &str) -> ApiError {
 fn a_minimal_request_gets_the_defaults() {
     let q = parse(r#"{"prompt":"hi"}"#).expect("valid");
     assert_eq!(q.prompt, "hi");
-    assert_eq!(q.timeout, Duration::from_secs(300));
+    assert_eq!(q.timeout, None, "left to sandstorm.json, then 300");
     assert!(q.files.is_empty());
     assert!(q.model.is_none() && q.max_turns.is_none());
 }
@@ -45,7 +45,7 @@ fn every_field_of_the_original_is_accepted() {
     );
     assert_eq!(q.model.as_deref(), Some("opus"));
     assert_eq!(q.max_turns, Some(7));
-    assert_eq!(q.timeout, Duration::from_secs(60));
+    assert_eq!(q.timeout, Some(Duration::from_secs(60)));
     assert_eq!(q.files[0].path, "a.txt");
 }
 
@@ -200,7 +200,7 @@ fn two_names_for_one_path_are_refused() {
 #[test]
 fn whole_numbers_may_be_written_as_floats() {
     let q = parse(r#"{"prompt":"p","timeout":14.0,"max_turns":3.0}"#).expect("valid");
-    assert_eq!(q.timeout, Duration::from_secs(14));
+    assert_eq!(q.timeout, Some(Duration::from_secs(14)));
     assert_eq!(q.max_turns, Some(3));
     for bad in [
         r#""timeout":14.5"#,

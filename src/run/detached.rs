@@ -59,6 +59,8 @@ pub(crate) struct Follow {
     /// Its sandbox is paused while idle, and pauses rather than ends when
     /// its lifetime runs out.
     pub pauses: bool,
+    /// The labels it was started with (`team_id`, ...), by name.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Follow {
@@ -134,6 +136,7 @@ async fn execute(
         keep_alive: detach.keep_alive,
         turn: 1,
         pauses: plan.sandbox.pause_at_end,
+        labels: crate::runs::labels(&plan.sandbox.metadata),
     };
     let mut guard = SandboxGuard::new(plan.request_id.clone());
     let started = tokio::select! {

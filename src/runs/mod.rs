@@ -50,6 +50,19 @@ pub(crate) const REQUEST_KEY: &str = "sandstorm_request_id";
 pub(crate) const KEEP_ALIVE_KEY: &str = "sandstorm_keep_alive";
 /// The metadata key set (`1`) when the run's sandbox is paused while idle.
 pub(crate) const PAUSES_KEY: &str = "sandstorm_pauses";
+/// The prefix of a run label's metadata key (`sandstorm_label_team_id`).
+pub(crate) const LABEL_PREFIX: &str = "sandstorm_label_";
+
+/// The run labels (`team_id`, ...) in a sandbox's metadata, by name.
+pub(crate) fn labels(metadata: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    metadata
+        .iter()
+        .filter_map(|(key, value)| {
+            let name = key.strip_prefix(LABEL_PREFIX)?;
+            Some((name.to_owned(), value.clone()))
+        })
+        .collect()
+}
 
 /// Who owns runs started without a credential of the caller's own: every
 /// holder of the endpoint's bearer token (or anyone, on an open endpoint)
@@ -399,6 +412,7 @@ async fn reach(
         keep_alive: Duration::from_secs(metadata(KEEP_ALIVE_KEY).parse().unwrap_or(0)),
         turn: 1,
         pauses: pauses(summary),
+        labels: labels(&summary.metadata),
     };
     Ok(Found { sandbox, follow })
 }
@@ -481,5 +495,8 @@ async fn outputs_of(sandbox: &dyn Sandbox) -> Option<OutputPlan> {
     config.outputs.map(|o| OutputPlan {
         patterns: o.patterns,
         limits: o.limits,
+        // The runner's business: the relay checks every file it sends
+        // against the same globs and limits either way.
+        changed_only: false,
     })
 }

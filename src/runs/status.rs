@@ -58,6 +58,10 @@ pub(crate) struct RunInfo {
     pub model: Option<String>,
     /// The prompt's first 200 characters.
     pub prompt: String,
+    /// The labels it was started with (`team_id`, `user_id`,
+    /// `channel_id`), by name; left out when none.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Reads the run's status from its sandbox.
@@ -127,6 +131,7 @@ pub(crate) fn info(follow: &Follow, tally: &Tally, prompt: String) -> RunInfo {
         last_event_id: 1 + events + closing,
         model: model.clone(),
         prompt,
+        labels: follow.labels.clone(),
     }
 }
 

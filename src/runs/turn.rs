@@ -114,13 +114,19 @@ pub(crate) async fn follow_up(
         });
     }
     // The turn and its readers' grace fit in what is left of the run.
-    let timeout = query
-        .timeout
-        .min(left.saturating_sub(TURN_GRACE).max(LEAST_TURN));
+    let config = context
+        .settings
+        .config
+        .as_ref()
+        .map_err(|e| ApiError::Config {
+            message: format!("sandstorm.json is invalid: {e}"),
+        })?;
+    let timeout =
+        plan::timeout_of(&query, config).min(left.saturating_sub(TURN_GRACE).max(LEAST_TURN));
     // Its sandbox stays `keep_alive` past the turn's latest end even when
     // no reader sees the end to set that.
     let lifetime = (timeout + TURN_GRACE.max(follow.keep_alive)).min(left);
-    query.timeout = timeout;
+    query.timeout = Some(timeout);
     let overrides = ConfigOverrides {
         model: query.model.clone(),
         max_turns: query.max_turns,

@@ -130,6 +130,8 @@ pub struct Serve {
     chain: Chain,
     env: BTreeMap<String, String>,
     config: Option<Value>,
+    /// More files for the server's working directory, by relative path.
+    files: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Serve {
@@ -140,7 +142,15 @@ impl Serve {
             chain,
             env: base_env(model),
             config: None,
+            files: Vec::new(),
         }
+    }
+
+    /// Writes `content` at `path` (relative) in the server's working
+    /// directory, beside sandstorm.json.
+    pub fn file(mut self, path: impl Into<PathBuf>, content: impl Into<Vec<u8>>) -> Self {
+        self.files.push((path.into(), content.into()));
+        self
     }
 
     /// Writes `config` as sandstorm.json in the server's working directory.
@@ -169,6 +179,13 @@ impl Serve {
         if let Some(config) = &self.config {
             std::fs::write(dirs.cwd().join("sandstorm.json"), config.to_string())
                 .expect("write sandstorm.json");
+        }
+        for (path, content) in &self.files {
+            let path = dirs.cwd().join(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("create a folder for a server file");
+            }
+            std::fs::write(&path, content).expect("write a server file");
         }
         let mut env = self.env;
         env.insert("TMPDIR".to_owned(), dirs.tmp().display().to_string());
