@@ -255,7 +255,8 @@ struct ServeArgs {
     /// interface (and set SANDSTORM_API_TOKEN when you do).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    #[arg(long, default_value_t = 8000)]
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(short, long, default_value_t = 8000)]
     port: u16,
     #[command(flatten)]
     sandbox: SandboxArg,
