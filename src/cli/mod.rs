@@ -22,6 +22,7 @@ use crate::secret::Secret;
 use crate::settings::{Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
 use crate::shutdown::Shutdown;
 
+mod doctor;
 mod render;
 mod runs;
 mod serve;
@@ -83,6 +84,17 @@ enum Command {
     Continue(ContinueArgs),
     /// Cancel a detached run.
     Cancel(CancelArgs),
+    /// Check keys, sandbox, sandstorm.json and the runner before a run.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit status: 0 when no check failed (warnings do not count), 1 otherwise.")]
+struct DoctorArgs {
+    /// Also ask the E2B API (one request, with your E2B key) whether it is
+    /// reachable and accepts the key.
+    #[arg(long)]
+    deep: bool,
 }
 
 /// Where the `/runs` commands ask: a deployed server, or E2B directly.
@@ -287,6 +299,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Attach(args)) => attach_command(args).await,
         Some(Command::Continue(args)) => continue_command(args).await,
         Some(Command::Cancel(args)) => cancel_command(args).await,
+        Some(Command::Doctor(args)) => doctor::doctor(args.deep).await,
         None => query_command(cli.query).await,
     };
     match result {
