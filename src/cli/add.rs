@@ -92,7 +92,7 @@ fn status(config: Option<&Ordered>, toolpack: &Toolpack) -> &'static str {
 }
 
 /// `ds add --list`.
-pub(super) fn list(cwd: &Path) -> Result<u8, Fatal> {
+pub(super) fn list(cwd: &Path) -> u8 {
     // A broken file only loses the status column; say why once, at the end.
     let (config, problem) = match read_config(cwd) {
         Ok(config) => (config, None),
@@ -107,7 +107,7 @@ pub(super) fn list(cwd: &Path) -> Result<u8, Fatal> {
     if let Some(problem) = problem {
         eprintln!("note: no status shown: {problem}");
     }
-    Ok(exit::OK)
+    exit::OK
 }
 
 /// `ds add NAME [--force]` in `cwd`.

@@ -105,6 +105,9 @@ struct DoctorArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 written, 2 an unknown starter or a file that exists (named; --force overwrites)."
+)]
 struct InitArgs {
     /// The starter (see --list) [default: general-assistant].
     #[arg(value_name = "STARTER")]
@@ -121,6 +124,10 @@ struct InitArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 added (or already there), 2 an unknown toolpack, a sandstorm.json that is \
+not a JSON object, or a different server of that name (--force replaces it)."
+)]
 struct AddArgs {
     /// The toolpack (see --list).
     #[arg(value_name = "TOOLPACK", required_unless_present = "list")]
@@ -563,7 +570,7 @@ fn add_command(args: &AddArgs) -> Result<u8, Fatal> {
     let cwd = working_dir()?;
     match &args.toolpack {
         Some(name) if !args.list => add::add(&cwd, name, args.force),
-        _ => add::list(&cwd),
+        _ => Ok(add::list(&cwd)),
     }
 }
 
