@@ -55,7 +55,7 @@ pub(crate) const PROVIDER_ENV_KEYS: &[&str] = &[
 
 /// Any of these selects a provider that authenticates without an
 /// Anthropic key.
-const PROVIDER_TOGGLES: &[&str] = &[
+pub(crate) const PROVIDER_TOGGLES: &[&str] = &[
     "CLAUDE_CODE_USE_VERTEX",
     "CLAUDE_CODE_USE_BEDROCK",
     "CLAUDE_CODE_USE_FOUNDRY",

@@ -92,14 +92,18 @@ async fn every_ds_query_in_the_readme_runs_against_the_emulator() {
     })
     .await;
     let e2b = emulator::start(Knobs::default()).await;
-    // Queries only: `serve` is the test below, and `runs`, `attach`,
+    // Queries only: `serve` is the test below, `runs`, `attach`,
     // `continue` and `cancel` name runs that do not exist here
-    // (tests/detached.rs runs them).
+    // (tests/detached.rs runs them), and `init`, `add` and `doctor` run in
+    // tests/cli_helpers.rs.
     let queries: Vec<Vec<String>> = ds_commands()
         .into_iter()
         .filter(|words| {
             words.get(1).is_some_and(|w| {
-                !["serve", "runs", "attach", "continue", "cancel"].contains(&w.as_str())
+                ![
+                    "serve", "runs", "attach", "continue", "cancel", "init", "add", "doctor",
+                ]
+                .contains(&w.as_str())
             })
         })
         .collect();

@@ -23,6 +23,10 @@ use crate::secret::Secret;
 use crate::settings::{Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
 use crate::shutdown::Shutdown;
 
+mod add;
+mod doctor;
+mod init;
+mod ordered;
 mod render;
 mod runs;
 mod serve;
@@ -84,6 +88,57 @@ enum Command {
     Continue(ContinueArgs),
     /// Cancel a detached run.
     Cancel(CancelArgs),
+    /// Check keys, sandbox, sandstorm.json and the runner before a run.
+    Doctor(DoctorArgs),
+    /// Start a project from a starter: sandstorm.json, README.md, .env.example.
+    Init(InitArgs),
+    /// Add an MCP server toolpack (Linear, Notion, ...) to sandstorm.json.
+    Add(AddArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Exit status: 0 when no check failed (warnings do not count), 1 otherwise.")]
+struct DoctorArgs {
+    /// Also ask the E2B API (one request, with your E2B key) whether it is
+    /// reachable and accepts the key.
+    #[arg(long)]
+    deep: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 written, 2 an unknown starter or a file that exists (named; --force overwrites)."
+)]
+struct InitArgs {
+    /// The starter (see --list) [default: general-assistant].
+    #[arg(value_name = "STARTER")]
+    starter: Option<String>,
+    /// Where to write it [default: a new folder named after the starter].
+    #[arg(value_name = "DIRECTORY")]
+    directory: Option<PathBuf>,
+    /// List the starters and exit.
+    #[arg(long, conflicts_with_all = ["starter", "directory", "force"])]
+    list: bool,
+    /// Overwrite files the starter writes when they already exist.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 added (or already there), 2 an unknown toolpack, a sandstorm.json that is \
+not a JSON object, or a different server of that name (--force replaces it)."
+)]
+struct AddArgs {
+    /// The toolpack (see --list).
+    #[arg(value_name = "TOOLPACK", required_unless_present = "list")]
+    toolpack: Option<String>,
+    /// List the toolpacks, and whether each is in ./sandstorm.json.
+    #[arg(long, conflicts_with_all = ["toolpack", "force"])]
+    list: bool,
+    /// Replace an MCP server of the same name that differs.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Where the `/runs` commands ask: a deployed server, or E2B directly.
@@ -259,7 +314,8 @@ struct ServeArgs {
     /// interface (and set SANDSTORM_API_TOKEN when you do).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    #[arg(long, default_value_t = 8000)]
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(short, long, default_value_t = 8000)]
     port: u16,
     #[command(flatten)]
     sandbox: SandboxArg,
@@ -290,6 +346,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Attach(args)) => attach_command(args).await,
         Some(Command::Continue(args)) => continue_command(args).await,
         Some(Command::Cancel(args)) => cancel_command(args).await,
+        Some(Command::Doctor(args)) => doctor::doctor(args.deep).await,
+        Some(Command::Init(args)) => init_command(&args),
+        Some(Command::Add(args)) => add_command(&args),
         None => query_command(cli.query).await,
     };
     match result {
@@ -501,6 +560,30 @@ async fn continue_command(args: ContinueArgs) -> Result<u8, Fatal> {
         on_interrupt: render::OnInterrupt::Leave,
     };
     runs::continue_run(endpoint, &args.run_id, &turn, headers, options).await
+}
+
+fn init_command(args: &InitArgs) -> Result<u8, Fatal> {
+    if args.list {
+        return Ok(init::list());
+    }
+    init::init(
+        &working_dir()?,
+        args.starter.as_deref(),
+        args.directory.as_deref(),
+        args.force,
+    )
+}
+
+fn add_command(args: &AddArgs) -> Result<u8, Fatal> {
+    let cwd = working_dir()?;
+    match &args.toolpack {
+        Some(name) if !args.list => add::add(&cwd, name, args.force),
+        _ => Ok(add::list(&cwd)),
+    }
+}
+
+fn working_dir() -> Result<PathBuf, Fatal> {
+    std::env::current_dir().map_err(|e| Fatal::usage(format!("no working directory: {e}")))
 }
 
 fn config_outputs(settings: &Settings) -> Option<&Outputs> {

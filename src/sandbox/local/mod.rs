@@ -68,17 +68,18 @@ mod setup;
 pub mod shim;
 
 pub use fs::FsError;
+pub(crate) use install::{SDK_PACKAGE, is_installed};
 pub use process::ProcessControl;
 pub use rustix::process::Signal;
-pub(crate) use setup::PROVIDER;
+pub(crate) use setup::{PROVIDER, bwrap_path, pinned_sdk_version, runner_dir};
 
 /// util-linux's `setpriv`: it gives bwrap the sandbox's host uid when we
 /// are root, and ties bwrap's life to ours from its first instruction
 /// (`--pdeathsig`), so a SIGKILL of this process at any moment leaves no
 /// sandbox behind.
-const SETPRIV: &str = "/usr/bin/setpriv";
+pub(crate) const SETPRIV: &str = "/usr/bin/setpriv";
 /// util-linux's `nsenter`, which joins a process to a sandbox.
-const NSENTER: &str = "/usr/bin/nsenter";
+pub(crate) const NSENTER: &str = "/usr/bin/nsenter";
 /// How long a new sandbox may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 

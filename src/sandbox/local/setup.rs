@@ -39,9 +39,7 @@ fn build_provider(settings: &ProviderSettings) -> Result<Arc<dyn SandboxProvider
     let checkout = settings.executable().and_then(checkout_runner_dir);
     let runner_dir = prepare_runner_dir(settings, checkout)?;
     install::ensure_installed(&runner_dir, settings.setup()).map_err(|e| e.to_string())?;
-    let bwrap = settings
-        .get("SANDSTORM_BWRAP")
-        .map_or_else(|| PathBuf::from(DEFAULT_BWRAP), PathBuf::from);
+    let bwrap = bwrap_path(settings);
     // The door's own executable runs the in-sandbox shim: `ds` has it.
     let shim = settings
         .executable()
@@ -70,19 +68,40 @@ fn checkout_runner_dir(exe: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Finds the runner folder, creating it when needed: `SANDSTORM_RUNNER_DIR`;
-/// else the checkout's `runner/` (see [`checkout_runner_dir`]); else a
-/// folder in the user's cache that this fills with the embedded manifest
-/// and lock, for `npm ci` to install into.
-fn prepare_runner_dir(
+/// The bubblewrap binary local sandboxes start.
+pub(crate) fn bwrap_path(settings: &ProviderSettings) -> PathBuf {
+    settings
+        .get("SANDSTORM_BWRAP")
+        .map_or_else(|| PathBuf::from(DEFAULT_BWRAP), PathBuf::from)
+}
+
+/// The runner folder a local sandbox would use, found as
+/// [`prepare_runner_dir`] finds it but without creating or writing
+/// anything (for `ds doctor`, which only looks).
+pub(crate) fn runner_dir(settings: &ProviderSettings) -> Result<PathBuf, String> {
+    let checkout = settings.executable().and_then(checkout_runner_dir);
+    locate_runner_dir(settings, checkout).map(|(dir, _)| dir)
+}
+
+/// The `@anthropic-ai/claude-agent-sdk` version the embedded manifest pins.
+pub(crate) fn pinned_sdk_version() -> Option<String> {
+    let manifest: serde_json::Value = serde_json::from_str(PACKAGE_JSON).ok()?;
+    manifest["dependencies"][install::SDK_PACKAGE]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Where the runner folder is, and whether it is the cache folder this
+/// binary fills itself.
+fn locate_runner_dir(
     settings: &ProviderSettings,
     checkout: Option<PathBuf>,
-) -> Result<PathBuf, String> {
+) -> Result<(PathBuf, bool), String> {
     if let Some(dir) = settings.get("SANDSTORM_RUNNER_DIR") {
-        return Ok(settings.cwd().join(dir));
+        return Ok((settings.cwd().join(dir), false));
     }
     if let Some(dir) = checkout {
-        return Ok(dir);
+        return Ok((dir, false));
     }
     let cache = settings
         .get("XDG_CACHE_HOME")
@@ -92,6 +111,21 @@ fn prepare_runner_dir(
     let dir = cache
         .join("sandstorm")
         .join(format!("runner-{}", env!("CARGO_PKG_VERSION")));
+    Ok((dir, true))
+}
+
+/// Finds the runner folder, creating it when needed: `SANDSTORM_RUNNER_DIR`;
+/// else the checkout's `runner/` (see [`checkout_runner_dir`]); else a
+/// folder in the user's cache that this fills with the embedded manifest
+/// and lock, for `npm ci` to install into.
+fn prepare_runner_dir(
+    settings: &ProviderSettings,
+    checkout: Option<PathBuf>,
+) -> Result<PathBuf, String> {
+    let (dir, cache) = locate_runner_dir(settings, checkout)?;
+    if !cache {
+        return Ok(dir);
+    }
     let write = |name: &str, content: &str| {
         std::fs::write(dir.join(name), content)
             .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))
