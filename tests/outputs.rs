@@ -163,3 +163,64 @@ async fn ds_output_dir_saves_the_files() {
     );
     assert!(output.stderr.contains("2 files saved"), "{}", output.dump());
 }
+
+/// Changes one uploaded file, leaves another alone, makes new ones (and
+/// hidden ones), then 25 more in a folder that sorts last.
+const CHANGE_FILES: &str = "echo more >> notes/edit.md \
+    && mkdir -p deep/nested zz .cache \
+    && echo report > report.md \
+    && echo x > deep/nested/x.txt \
+    && echo hidden > .cache/y \
+    && echo secret > deep/.secret \
+    && for i in $(seq 1 25); do echo $i > zz/f$i.txt; done \
+    && echo made";
+
+#[tokio::test]
+async fn outputs_auto_sends_back_what_the_run_created_or_changed_as_0_9_2_does() {
+    let model = ModelServer::start(Script::Bash {
+        command: CHANGE_FILES.into(),
+    })
+    .await;
+    let mut product = Serve::new(Chain::Local, &model)
+        .config(json!({"outputs": "auto"}))
+        .start()
+        .await;
+    let events = product
+        .query(json!({"prompt": "change files", "files": {
+            "data/in.csv": "a,b\n", "notes/edit.md": "# Notes\n"
+        }}))
+        .await;
+    assert_eq!(events.result()["subtype"], "success", "{}", events.dump());
+    let files = events.of_type("file");
+    let paths: Vec<&str> = files.iter().filter_map(|f| f["path"].as_str()).collect();
+    // 20 files come back (the limit), in path order: the three the run
+    // made or changed first, then the first 17 of zz/. Not the untouched
+    // upload, nor anything hidden.
+    assert_eq!(paths.len(), 20, "{}", events.dump());
+    assert_eq!(
+        paths[..3],
+        ["deep/nested/x.txt", "notes/edit.md", "report.md"]
+    );
+    assert!(
+        paths[3..].iter().all(|p| p.starts_with("zz/f")),
+        "{paths:?}"
+    );
+    let edited = files[1];
+    assert_eq!(edited["name"], "edit.md");
+    assert_eq!(edited["relative_path"], "notes/edit.md");
+    assert_eq!(decode(edited), b"# Notes\nmore\n");
+    assert_eq!(
+        edited.get("content_base64"),
+        None,
+        "the content is sent once"
+    );
+    // The other 8 are counted in one warning, not one each.
+    let warnings = events.of_type("warning");
+    assert_eq!(warnings.len(), 1, "{}", events.dump());
+    let message = warnings[0]["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("8 more output files not sent"),
+        "{message}"
+    );
+    product.assert_sandboxes_destroyed(1).await;
+}

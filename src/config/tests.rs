@@ -244,3 +244,98 @@ fn a_bad_allow_entry_is_named_by_its_index() {
     let (field, _) = field_of(r#"{"network": {"allow": "pypi.org"}}"#);
     assert_eq!(field, "network.allow");
 }
+
+#[test]
+fn python_sandstorm_s_fields_load() {
+    let config = parse(
+        r#"{
+        "system_prompt": {"type": "preset", "preset": "claude_code", "append": "Be brief."},
+        "system_prompt_append": "Cite sources.",
+        "allowed_tools": ["Read", "Glob", "mcp__linear__*"],
+        "timeout": 600,
+        "skills_dir": "skills",
+        "template_skills": true,
+        "webhook_url": "https://hooks.example.com/done",
+        "triggers": [{"name": "daily", "type": "cron", "schedule": "0 9 * * *", "prompt": "Go"}],
+        "outputs": "auto"
+    }"#,
+    )
+    .expect("valid");
+    assert!(matches!(
+        config.system_prompt,
+        Some(SystemPrompt::Preset(_))
+    ));
+    assert_eq!(config.timeout, Some(600));
+    assert_eq!(config.outputs, Some(crate::outputs::Outputs::Auto));
+    assert_eq!(
+        config
+            .inert_fields()
+            .iter()
+            .map(|(f, _)| *f)
+            .collect::<Vec<_>>(),
+        ["webhook_url", "triggers"]
+    );
+}
+
+#[test]
+fn each_bad_value_of_python_sandstorm_s_fields_names_its_field() {
+    for (json, field) in [
+        (
+            r#"{"system_prompt": {"type": "preset", "preset": "other"}}"#,
+            "system_prompt",
+        ),
+        (r#"{"timeout": 4}"#, "timeout"),
+        (r#"{"timeout": 3601}"#, "timeout"),
+        (r#"{"allowed_tools": ["Read", " "]}"#, "allowed_tools[1]"),
+        (r#"{"allowed_tools": "Read"}"#, "allowed_tools"),
+        (r#"{"template_skills": "yes"}"#, "template_skills"),
+        (r#"{"webhook_url": "hooks.example.com"}"#, "webhook_url"),
+        (
+            r#"{"triggers": [{"name": "x", "type": "cron", "schedule": "daily", "prompt": "p"}]}"#,
+            "triggers[0].schedule",
+        ),
+        (r#"{"agents": [{"name": "a"}]}"#, "agents"),
+        (
+            r#"{"agents": {"a": {"description": "d", "prompt": "p", "maxTurns": 0}}}"#,
+            "agents.a.maxTurns",
+        ),
+        (r#"{"model": " "}"#, "model"),
+    ] {
+        let (got, message) = field_of(json);
+        assert_eq!(got, field, "{json}: {message}");
+    }
+}
+
+#[test]
+fn slack_channels_are_refused_saying_so() {
+    let (field, message) = field_of(r#"{"channels": {"C123": {"prompt": "x"}}}"#);
+    assert_eq!(field, "channels");
+    assert!(
+        message.contains("Slack") && message.contains("not supported"),
+        "{message}"
+    );
+}
+
+#[test]
+fn skills_come_from_skills_dir_or_beside_an_existing_sandstorm_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let skill = dir.path().join(".claude/skills/owasp/SKILL.md");
+    std::fs::create_dir_all(skill.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&skill, "# OWASP").expect("write");
+    // No sandstorm.json: a stray .claude/skills is not anyone's config.
+    let config = SandstormConfig::load(None, dir.path()).expect("loads");
+    assert!(config.skills.is_empty());
+    // With one, the default folder beside it.
+    std::fs::write(dir.path().join(FILE_NAME), "{}").expect("write");
+    let config = SandstormConfig::load(None, dir.path()).expect("loads");
+    assert_eq!(config.skills.keys().collect::<Vec<_>>(), ["owasp"]);
+    // A skills_dir that is not there is an error naming it.
+    std::fs::write(dir.path().join(FILE_NAME), r#"{"skills_dir": "nope"}"#).expect("write");
+    match SandstormConfig::load(None, dir.path()) {
+        Err(ConfigError::Field { field, message, .. }) => {
+            assert_eq!(field, "skills_dir");
+            assert!(message.contains("nope"), "{message}");
+        }
+        other => panic!("expected a skills_dir error, got {other:?}"),
+    }
+}

@@ -218,3 +218,159 @@ fn narrow<T>(
     entries.retain(|name, _| allowed.iter().any(|a| a == name));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Query;
+
+    fn query(json: &serde_json::Value) -> Query {
+        Query::from_json(json.to_string().as_bytes(), &[]).expect("valid")
+    }
+
+    fn config(json: &serde_json::Value) -> SandstormConfig {
+        let mut config = SandstormConfig::parse(
+            json.to_string().as_bytes(),
+            std::path::Path::new("sandstorm.json"),
+        )
+        .expect("valid");
+        config.skills = [(
+            "owasp".to_owned(),
+            [("SKILL.md".to_owned(), Bytes::from_static(b"# OWASP"))].into(),
+        )]
+        .into();
+        config
+    }
+
+    fn env(name: &str) -> Option<String> {
+        (name == "TOKEN").then(|| "tok-value-123".to_owned())
+    }
+
+    fn built(query: &Query, config: &SandstormConfig) -> (serde_json::Value, Agent) {
+        let agent = build(query, config, &env, None).expect("built");
+        let json = serde_json::from_slice(&agent.config).expect("json");
+        (json, agent)
+    }
+
+    fn servers() -> serde_json::Value {
+        serde_json::json!({
+            "kept": {"type": "http", "url": "https://mcp.example.com", "headers": {"A": "Bearer ${TOKEN}"}},
+            "unset": {"command": "npx", "env": {"K": "${NOT_SET}"}}
+        })
+    }
+
+    #[test]
+    fn a_name_that_is_not_there_is_refused_naming_it_and_the_names_there_are() {
+        let config = config(&serde_json::json!({"mcp_servers": servers(),
+            "agents": {"a": {"description": "d", "prompt": "p"}}}));
+        for (field, name, there) in [
+            ("allowed_mcp_servers", "kep", "kept, unset"),
+            ("allowed_agents", "b", "a"),
+            ("allowed_skills", "style", "owasp"),
+        ] {
+            let q = query(&serde_json::json!({"prompt": "p", field: ["kept", name]}));
+            let q = match field {
+                "allowed_mcp_servers" => q,
+                _ => query(&serde_json::json!({"prompt": "p", field: [name],
+                                              "allowed_mcp_servers": ["kept"]})),
+            };
+            let e = build(&q, &config, &env, None).expect_err("refused");
+            let at = if field == "allowed_mcp_servers" { 1 } else { 0 };
+            assert_eq!(e.field(), Some(format!("{field}[{at}]").as_str()), "{e}");
+            let message = e.to_string();
+            assert!(
+                message.contains(name) && message.contains(there),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn placeholders_are_filled_only_for_the_servers_the_run_keeps() {
+        let config = config(&serde_json::json!({"mcp_servers": servers()}));
+        // Both servers: the unset variable stops the run, named.
+        let e = build(
+            &query(&serde_json::json!({"prompt": "p"})),
+            &config,
+            &env,
+            None,
+        )
+        .expect_err("a variable is missing");
+        assert!(matches!(e, ApiError::Config { .. }));
+        assert!(e.to_string().contains("NOT_SET"), "{e}");
+        // Only the one whose variable is set: filled, and its value kept
+        // for redaction.
+        let (json, agent) = built(
+            &query(&serde_json::json!({"prompt": "p", "allowed_mcp_servers": ["kept"]})),
+            &config,
+        );
+        assert_eq!(
+            json["mcp_servers"],
+            serde_json::json!({"kept": {"type": "http", "url": "https://mcp.example.com",
+                                        "headers": {"A": "Bearer tok-value-123"}}})
+        );
+        assert_eq!(agent.secrets, ["tok-value-123"]);
+        // None at all.
+        let (json, _) = built(
+            &query(&serde_json::json!({"prompt": "p", "allowed_mcp_servers": []})),
+            &config,
+        );
+        assert_eq!(json["mcp_servers"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn extras_join_and_replace_and_skills_bring_the_skill_tool_to_config_tools() {
+        let config = config(&serde_json::json!({
+            "allowed_tools": ["Read"],
+            "agents": {"a": {"description": "config a", "prompt": "p"}}
+        }));
+        let q = query(&serde_json::json!({"prompt": "p",
+            "extra_agents": {"a": {"description": "request a", "prompt": "p"},
+                             "b": {"description": "b", "prompt": "p"}},
+            "extra_skills": {"style": "# Style"}}));
+        let (json, agent) = built(&q, &config);
+        assert_eq!(json["agents"]["a"]["description"], "request a");
+        assert_eq!(json["agents"]["b"]["description"], "b");
+        assert_eq!(json["allowed_tools"], serde_json::json!(["Read", "Skill"]));
+        assert_eq!(json["has_skills"], true);
+        let paths: Vec<&str> = agent.skill_files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/home/user/.claude/skills/owasp/SKILL.md",
+                "/home/user/.claude/skills/style/SKILL.md"
+            ]
+        );
+        // A request's own tools are taken as they are.
+        let q = query(&serde_json::json!({"prompt": "p", "allowed_tools": ["Bash"]}));
+        assert_eq!(
+            built(&q, &config).0["allowed_tools"],
+            serde_json::json!(["Bash"])
+        );
+        // Narrowed to no skills: none uploaded, no project settings.
+        let q = query(&serde_json::json!({"prompt": "p", "allowed_skills": []}));
+        let (json, agent) = built(&q, &config);
+        assert!(agent.skill_files.is_empty());
+        assert_eq!(json.get("has_skills"), None);
+        assert_eq!(json["allowed_tools"], serde_json::json!(["Read"]));
+    }
+
+    #[test]
+    fn the_request_s_output_format_wins_and_an_empty_one_turns_it_off() {
+        let config = config(&serde_json::json!({
+            "output_format": {"type": "json_schema", "schema": {"title": "config"}},
+            "system_prompt": "Be brief.", "system_prompt_append": "Cite."
+        }));
+        let (json, _) = built(&query(&serde_json::json!({"prompt": "p"})), &config);
+        assert_eq!(json["output_format"]["schema"]["title"], "config");
+        assert_eq!(json["system_prompt"], "Be brief.\n\nCite.");
+        let q = query(&serde_json::json!({"prompt": "p", "output_format":
+            {"type": "json_schema", "schema": {"title": "request"}}}));
+        assert_eq!(
+            built(&q, &config).0["output_format"]["schema"]["title"],
+            "request"
+        );
+        let q = query(&serde_json::json!({"prompt": "p", "output_format": {}}));
+        assert_eq!(built(&q, &config).0.get("output_format"), None);
+    }
+}

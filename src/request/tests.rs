@@ -263,3 +263,107 @@ fn a_number_that_does_not_fit_says_so() {
     assert_eq!(e.status(), StatusCode::BAD_REQUEST);
     assert!(e.to_string().contains("number out of range"), "{e}");
 }
+
+#[test]
+fn python_sandstorm_s_fields_are_taken_and_checked() {
+    let q = parse(
+        r##"{"prompt":"p","output_format":{"type":"json_schema","schema":{"type":"object"}},
+            "allowed_tools":["Read"],"allowed_mcp_servers":[],"allowed_skills":["s-1"],
+            "allowed_agents":["a"],"extra_agents":{"a":{"description":"d","prompt":"p","maxTurns":3}},
+            "extra_skills":{"s-1":"# S"},"max_budget_usd":0.25,
+            "team_id":"T1","user_id":"U1","channel_id":"C1"}"##,
+    )
+    .expect("valid");
+    assert!(matches!(
+        q.agent.output_format,
+        Some(OutputFormatChoice::Format(_))
+    ));
+    assert_eq!(q.agent.allowed_mcp_servers.as_deref(), Some(&[][..]));
+    assert_eq!(q.agent.extra_agents["a"].max_turns, Some(3));
+    assert_eq!(q.agent.max_budget_usd, Some(0.25));
+    assert_eq!(
+        q.labels.into_iter().collect::<Vec<_>>(),
+        [
+            ("channel_id", "C1".to_owned()),
+            ("team_id", "T1".to_owned()),
+            ("user_id", "U1".to_owned())
+        ]
+    );
+    // `{}` turns sandstorm.json's structured output off, as in 0.9.2.
+    let q = parse(r#"{"prompt":"p","output_format":{}}"#).expect("valid");
+    assert_eq!(q.agent.output_format, Some(OutputFormatChoice::Off));
+}
+
+#[test]
+fn each_bad_value_of_python_sandstorm_s_fields_names_its_field() {
+    for (body, field) in [
+        (r#"{"output_format":{"type":"xml"}}"#, "output_format"),
+        (r#"{"allowed_tools":["Read",""]}"#, "allowed_tools[1]"),
+        (r#"{"allowed_skills":["a b"]}"#, "allowed_skills[0]"),
+        (r#"{"extra_skills":{"a b":"x"}}"#, "extra_skills.a b"),
+        (r#"{"extra_skills":{"s":"  "}}"#, "extra_skills.s"),
+        (
+            r#"{"extra_agents":{"a":{"description":"d"}}}"#,
+            "extra_agents.a.prompt",
+        ),
+        (
+            r#"{"extra_agents":{"a":{"description":"d","prompt":"p","colour":1}}}"#,
+            "extra_agents.a.colour",
+        ),
+        (
+            r#"{"extra_agents":{"a":{"description":"d","prompt":"p","maxTurns":0}}}"#,
+            "extra_agents.a.maxTurns",
+        ),
+        (r#"{"max_budget_usd":0}"#, "max_budget_usd"),
+        (r#"{"max_budget_usd":-1.5}"#, "max_budget_usd"),
+        (r#"{"team_id":""}"#, "team_id"),
+        (r#"{"user_id":"a\nb"}"#, "user_id"),
+    ] {
+        let mut full: serde_json::Value = serde_json::from_str(body).expect("json");
+        full["prompt"] = "p".into();
+        let e = rejected(&full.to_string());
+        assert_eq!(e.field(), Some(field), "{body}: {e}");
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    }
+    let long = format!(
+        r#"{{"prompt":"p","channel_id":"{}"}}"#,
+        "c".repeat(MAX_LABEL_BYTES + 1)
+    );
+    assert!(rejected(&long).to_string().contains("128 bytes"));
+}
+
+#[test]
+fn remember_is_refused_saying_memory_is_not_supported_and_why() {
+    let e = rejected(r#"{"prompt":"p","remember":"I like tabs"}"#);
+    assert_eq!(e.field(), Some("remember"));
+    assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let message = e.to_string();
+    assert!(message.contains("not supported"), "{message}");
+    assert!(message.contains("prompt injection"), "{message}");
+    // null is the same as leaving it out.
+    assert!(parse(r#"{"prompt":"p","remember":null}"#).is_ok());
+}
+
+#[test]
+fn extra_skills_count_toward_the_upload_limit() {
+    let half = "x".repeat(MAX_FILES_BYTES / 2 + 1);
+    let body = serde_json::json!({
+        "prompt": "p",
+        "files": {"a.txt": half},
+        "extra_skills": {"s": half},
+    });
+    let e = rejected(&body.to_string());
+    assert_eq!(e.field(), Some("extra_skills"));
+    assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[test]
+fn outputs_is_auto_or_a_list_of_globs() {
+    let q = parse(r#"{"prompt":"p","outputs":"auto"}"#).expect("valid");
+    assert_eq!(q.outputs, Some(Outputs::Auto));
+    let q = parse(r#"{"prompt":"p","outputs":["*.md"]}"#).expect("valid");
+    assert_eq!(q.outputs, Some(Outputs::Globs(vec!["*.md".to_owned()])));
+    let e = rejected(r#"{"prompt":"p","outputs":"everything"}"#);
+    assert_eq!(e.field(), Some("outputs"));
+    assert!(e.to_string().contains(r#""auto""#), "{e}");
+}
