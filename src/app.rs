@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -33,7 +34,9 @@ pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// The shared state of the application.
 #[derive(Clone)]
 pub struct AppState {
-    settings: Arc<Settings>,
+    /// Swapped whole by `ds serve --reload`; each request reads the
+    /// settings of the moment it starts.
+    settings: Arc<ArcSwap<Settings>>,
     provider: Arc<dyn SandboxProvider>,
     /// `/openapi.json`, with the sandbox providers' credential fields.
     openapi: Arc<str>,
@@ -46,7 +49,7 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("settings", &self.settings)
+            .field("settings", &self.settings.load())
             .field("provider", &self.provider.name())
             .finish_non_exhaustive()
     }
@@ -55,14 +58,10 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// The state of a router serving `settings` with `provider`.
     pub fn new(settings: Settings, provider: Arc<dyn SandboxProvider>) -> Self {
-        if let Ok(config) = &settings.config {
-            for (field, why) in config.inert_fields() {
-                tracing::warn!(field, "sandstorm.json: `{field}` does nothing yet: {why}");
-            }
-        }
+        warn_of_inert_fields(&settings);
         let openapi = openapi::document(&settings.sandbox.credential_fields).into();
         AppState {
-            settings: Arc::new(settings),
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
             provider,
             openapi,
             shutdown: Shutdown::never(),
@@ -77,14 +76,31 @@ impl AppState {
         self
     }
 
-    /// The settings it serves with.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    /// The settings it serves with now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Serves every later request with `settings` (`ds serve --reload`).
+    /// The sandbox provider, the listening address and CORS stay as they
+    /// were built.
+    pub fn reload(&self, settings: Settings) {
+        warn_of_inert_fields(&settings);
+        self.settings.store(Arc::new(settings));
     }
 
     /// The sandbox provider runs use.
     pub fn provider(&self) -> &Arc<dyn SandboxProvider> {
         &self.provider
+    }
+}
+
+/// Start-up warnings for what sandstorm.json says that does nothing yet.
+fn warn_of_inert_fields(settings: &Settings) {
+    if let Ok(config) = &settings.config {
+        for (field, why) in config.inert_fields() {
+            tracing::warn!(field, "sandstorm.json: `{field}` does nothing yet: {why}");
+        }
     }
 }
 
@@ -114,7 +130,7 @@ pub(crate) const HEALTH_PATH: &str = "/health";
 
 /// Builds the router. Every door and every test goes through here.
 pub fn app(state: AppState) -> Router {
-    let settings = state.settings.clone();
+    let settings = state.settings();
     let mut router = Router::new()
         .route("/query", post(query))
         .route("/runs", get(list_runs))
@@ -184,7 +200,8 @@ async fn health(
     if !deep {
         return Json(crate::health::shallow()).into_response();
     }
-    let settings = &state.settings;
+    let current = state.settings();
+    let settings = &*current;
     if let Err(e) = auth::check(&settings.auth, &headers, settings.key_source.as_deref()).await {
         return e.into_response();
     }
@@ -252,7 +269,8 @@ struct QueryRequest {
 /// Everything every request with a query body is refused for.
 async fn read_query(state: &AppState, request: Request) -> Result<QueryRequest, ApiError> {
     let arrived = Instant::now();
-    let settings = &state.settings;
+    let current = state.settings();
+    let settings = &*current;
     auth::check(
         &settings.auth,
         request.headers(),
@@ -282,7 +300,8 @@ async fn start_query(
     request: Request,
     request_id: &str,
 ) -> Result<Started, ApiError> {
-    let settings = &state.settings;
+    let current = state.settings();
+    let settings = &*current;
     let QueryRequest {
         query,
         platform_deadline,
@@ -332,7 +351,8 @@ async fn resume(
     request_id: &str,
     platform_deadline: Option<Instant>,
 ) -> Result<Started, ApiError> {
-    let settings = &state.settings;
+    let current = state.settings();
+    let settings = &*current;
     let found = runs::find(
         settings,
         state.provider.as_ref(),
@@ -395,7 +415,8 @@ async fn run_messages(
                 "a fork is a new run: POST /query with resume and fork_session",
             ));
         }
-        let settings = &state.settings;
+        let current = state.settings();
+        let settings = &*current;
         // The run's owner's credential, from the header or the body, is
         // also the turn's.
         let header = runs::Caller::of(settings, &headers);
@@ -425,7 +446,8 @@ async fn run_events(
 ) -> Response {
     let request_id = request_id(&headers);
     let arrived = Instant::now();
-    let settings = &state.settings;
+    let current = state.settings();
+    let settings = &*current;
     let found = async {
         auth::check(&settings.auth, &headers, settings.key_source.as_deref()).await?;
         let after = runs::after(&headers, query.as_deref())?;
@@ -467,7 +489,7 @@ async fn run_events(
 async fn list_runs(State(state): State<AppState>, headers: HeaderMap) -> Response {
     run_json(&state, &headers, "list runs", async {
         let runs = runs::list(
-            &state.settings,
+            &state.settings(),
             state.provider.as_ref(),
             &state.registry,
             &headers,
@@ -514,11 +536,11 @@ async fn find_run(
     headers: &HeaderMap,
 ) -> Result<runs::Found, ApiError> {
     runs::find(
-        &state.settings,
+        &state.settings(),
         state.provider.as_ref(),
         &state.registry,
         id,
-        &runs::Caller::of(&state.settings, headers),
+        &runs::Caller::of(&state.settings(), headers),
         None,
     )
     .await
@@ -532,7 +554,8 @@ async fn run_json(
     answer: impl Future<Output = Result<serde_json::Value, ApiError>>,
 ) -> Response {
     let request_id = request_id(headers);
-    let settings = &state.settings;
+    let current = state.settings();
+    let settings = &*current;
     let checked = auth::check(&settings.auth, headers, settings.key_source.as_deref()).await;
     let answered = match checked {
         Ok(()) => answer.await,

@@ -175,3 +175,168 @@ async fn synthetic_output_through_a_real_process_arrives_whole() {
     let stats = e2b.settled(Duration::from_secs(5)).await;
     assert_eq!((stats.created, stats.killed, stats.alive), (1, 1, 0));
 }
+
+/// `GET /health?deep=true`, with `token` as the bearer if any: the status
+/// and the JSON body.
+async fn deep_health(server: &Server, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new().get(format!("{}/health?deep=true", server.url));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("GET /health?deep=true");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn deep_health_checks_keys_config_and_e2b_behind_the_token_and_says_why_it_is_degraded() {
+    const TOKEN: &str = "health-token-0123456789abcdef012345";
+    let e2b = emulator::start(synthetic(3, 100)).await;
+    let server = DsServe::e2b(&e2b)
+        .env("SANDSTORM_API_TOKEN", TOKEN)
+        .start()
+        .await;
+    // The plain check stays open and checks nothing.
+    let plain: serde_json::Value = reqwest::get(format!("{}/health", server.url))
+        .await
+        .expect("GET /health")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(plain["status"], "ok");
+    assert_eq!(plain.get("checks"), None);
+    // The deep one needs the token.
+    assert_eq!(deep_health(&server, None).await.0, 401);
+    let (status, body) = deep_health(&server, Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["checks"],
+        serde_json::json!({"keys": true, "config": true, "sandbox": true}),
+        "{body}"
+    );
+    assert_eq!(body["status"], "ok", "{body}");
+
+    // No model key, and E2B unreachable: degraded, each with its reason,
+    // and neither key's value anywhere.
+    let closed = common::http::Refused::new();
+    let server = DsServe::e2b(&e2b)
+        .env("SANDSTORM_API_TOKEN", TOKEN)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env("E2B_API_URL", closed.url())
+        .start()
+        .await;
+    let (status, body) = deep_health(&server, Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(
+        body["checks"],
+        serde_json::json!({"keys": false, "config": true, "sandbox": false}),
+        "{body}"
+    );
+    let reason = body["reason"].as_str().expect("a reason");
+    assert!(reason.contains("ANTHROPIC_API_KEY"), "{reason}");
+    assert!(reason.contains("sandbox: e2b"), "{reason}");
+    let text = body.to_string();
+    for secret in [E2B_KEY, TOKEN] {
+        assert!(!text.contains(secret), "a key in the health body: {text}");
+    }
+}
+
+/// `POST /query` asking for the subagent `x` (which only a sandstorm.json
+/// that defines it has), with `token` if any: the status.
+async fn asks_for_agent_x(server: &Server, token: Option<&str>) -> u16 {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/query", server.url))
+        .json(&serde_json::json!({"prompt": "p", "allowed_agents": ["x"]}));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("POST /query");
+    let status = response.status().as_u16();
+    // Read to the end: an accepted run is over before the next request.
+    let _ = response.bytes().await;
+    status
+}
+
+/// Polls `check` for up to 10 s, until it gives `want`.
+async fn eventually(want: u16, mut check: impl AsyncFnMut() -> u16) -> u16 {
+    let mut got = check().await;
+    for _ in 0..40 {
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        got = check().await;
+    }
+    got
+}
+
+#[tokio::test]
+async fn serve_reload_applies_a_valid_change_and_keeps_the_config_over_an_invalid_one() {
+    const TOKEN: &str = "reload-token-0123456789abcdef012345";
+    let e2b = emulator::start(synthetic(3, 100)).await;
+    let dir = tempfile::tempdir().expect("a working folder");
+    let config = dir.path().join("sandstorm.json");
+    std::fs::write(&config, "{}").expect("write sandstorm.json");
+    let server = DsServe::new(["serve", "--sandbox", "e2b", "--reload"])
+        .envs(e2b.env())
+        .current_dir(dir.path())
+        .start()
+        .await;
+    assert_eq!(asks_for_agent_x(&server, None).await, 422, "no agent x yet");
+
+    // A valid change serves the next run.
+    std::fs::write(
+        &config,
+        r#"{"agents": {"x": {"description": "X", "prompt": "Be x."}}}"#,
+    )
+    .expect("write sandstorm.json");
+    assert_eq!(
+        eventually(200, async || asks_for_agent_x(&server, None).await).await,
+        200,
+        "the new sandstorm.json was not applied:\n{}",
+        server.log()
+    );
+
+    // An invalid one is logged, and the config in use stays.
+    std::fs::write(&config, r#"{"agents": {"x": {"prompt": 3}}}"#).expect("write");
+    let mut logged = false;
+    for _ in 0..40 {
+        logged = server.log().contains("keeping");
+        if logged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        logged,
+        "the invalid change was not logged:\n{}",
+        server.log()
+    );
+    assert!(server.log().contains("agents.x"), "{}", server.log());
+    assert_eq!(
+        asks_for_agent_x(&server, None).await,
+        200,
+        "the old config stays"
+    );
+
+    // .env too: 0.9.2's token name in it closes the endpoint (once
+    // sandstorm.json loads again: a reload takes both or neither).
+    std::fs::write(
+        &config,
+        r#"{"agents": {"x": {"description": "X", "prompt": "Be x."}}}"#,
+    )
+    .expect("write sandstorm.json");
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("SANDSTORM_API_KEY={TOKEN}\n"),
+    )
+    .expect("write .env");
+    assert_eq!(
+        eventually(401, async || asks_for_agent_x(&server, None).await).await,
+        401,
+        "the token in .env was not applied:\n{}",
+        server.log()
+    );
+    assert_eq!(asks_for_agent_x(&server, Some(TOKEN)).await, 200);
+}

@@ -317,6 +317,11 @@ struct ServeArgs {
     /// Port to listen on (0 picks a free one; the address is printed).
     #[arg(short, long, default_value_t = 8000)]
     port: u16,
+    /// Watch sandstorm.json and .env: a change that loads serves the next
+    /// runs; one that does not is logged and the old settings stay. The
+    /// address, CORS and the sandbox provider need a restart.
+    #[arg(long)]
+    reload: bool,
     #[command(flatten)]
     sandbox: SandboxArg,
 }
@@ -405,7 +410,16 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
     let bound = settings.shutdown_timeout;
     let connections = settings.connections;
     let (trigger, shutdown) = Shutdown::channel();
+    let cwd = settings.cwd.clone();
     let state = state(settings)?.with_shutdown(shutdown);
+    if args.reload {
+        let mut files = vec![cwd.join(crate::config::FILE_NAME), cwd.join(".env")];
+        files.extend(std::env::var_os("SANDSTORM_CONFIG").map(|p| cwd.join(p)));
+        let flag = args.sandbox.sandbox.clone();
+        serve::reload::watch(state.clone(), files, move || {
+            self::settings(flag.as_deref(), true).map_err(|fatal| fatal.message)
+        });
+    }
     serve::serve(addr, app::app(state), trigger, bound, connections)
         .await
         .map_err(|e| Fatal {
@@ -466,7 +480,7 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     let state = state(settings)?;
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let caller = args.detach.then_some(&owner);
-    let plan = crate::plan::prepare(state.settings(), query, request_id, None, caller)
+    let plan = crate::plan::prepare(&state.settings(), query, request_id, None, caller)
         .await
         .map_err(|e| Fatal::usage(e.to_string()))?;
     // Ctrl-C and SIGTERM end a CLI run through `render::follow`.

@@ -23,6 +23,7 @@ use crate::shutdown::ShutdownTrigger;
 mod accept;
 mod connection;
 mod open_files;
+pub(super) mod reload;
 
 /// How long runs ended by the bound get to send their last events and
 /// destroy their sandboxes before the process exits anyway.
