@@ -340,3 +340,32 @@ async fn serve_reload_applies_a_valid_change_and_keeps_the_config_over_an_invali
     );
     assert_eq!(asks_for_agent_x(&server, Some(TOKEN)).await, 200);
 }
+
+#[tokio::test]
+async fn webhook_url_and_triggers_load_and_ds_serve_warns_they_do_nothing_yet() {
+    let e2b = emulator::start(synthetic(3, 100)).await;
+    let dir = tempfile::tempdir().expect("a working folder");
+    std::fs::write(
+        dir.path().join("sandstorm.json"),
+        r#"{"webhook_url": "https://hooks.example.com/done",
+            "triggers": [{"name": "daily", "type": "cron", "schedule": "0 9 * * 1-5",
+                          "prompt": "Write the digest"}]}"#,
+    )
+    .expect("write sandstorm.json");
+    let server = DsServe::e2b(&e2b).current_dir(dir.path()).start().await;
+    let mut log = server.log();
+    for _ in 0..20 {
+        if log.contains("`triggers` does nothing yet") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log = server.log();
+    }
+    assert!(log.contains("`webhook_url` does nothing yet"), "{log}");
+    assert!(log.contains("`triggers` does nothing yet"), "{log}");
+    // And it serves.
+    let health = reqwest::get(format!("{}/health", server.url))
+        .await
+        .expect("GET /health");
+    assert_eq!(health.status(), 200);
+}

@@ -25,7 +25,8 @@ pub(crate) fn check(triggers: &[Value]) -> Result<(), (String, String)> {
         if !is_slug(name) {
             return Err((
                 at("name"),
-                "must be 1 to 64 lowercase letters, digits, '-' or '_'".into(),
+                "must be 1 to 64 letters, digits, '-' or '_', starting with a letter or digit"
+                    .into(),
             ));
         }
         if !names.insert(name) {
@@ -48,6 +49,15 @@ pub(crate) fn check(triggers: &[Value]) -> Result<(), (String, String)> {
                         "must start with / and hold only letters, digits, '-', '_' and \
                          single slashes"
                             .into(),
+                    ));
+                }
+                if let Some(route) = RESERVED
+                    .iter()
+                    .find(|r| path == **r || path.starts_with(&format!("{r}/")))
+                {
+                    return Err((
+                        at("path"),
+                        format!("{path:?} is under {route}, a route of ours"),
                     ));
                 }
                 if !paths.insert(path) {
@@ -93,12 +103,27 @@ pub(crate) fn check_webhook_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// Paths a webhook trigger may not take: our routes, and Python
+/// Sandstorm's own (`/slack`, `/webhooks`).
+const RESERVED: [&str; 6] = [
+    "/query",
+    "/runs",
+    "/health",
+    "/openapi.json",
+    "/slack",
+    "/webhooks",
+];
+
+/// A trigger's name, as Python Sandstorm 0.9.2 has it.
 fn is_slug(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
+    name.len() <= 64
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn is_path_char(c: char) -> bool {
@@ -142,6 +167,18 @@ mod tests {
         assert_eq!(
             field_of(json!([hook(json!({"name": "A b"}))])),
             "triggers[0].name"
+        );
+        assert_eq!(
+            field_of(json!([hook(json!({"name": "-a"}))])),
+            "triggers[0].name"
+        );
+        assert_eq!(
+            field_of(json!([hook(json!({"path": "/runs/x"}))])),
+            "triggers[0].path"
+        );
+        assert_eq!(
+            field_of(json!([hook(json!({"path": "/health"}))])),
+            "triggers[0].path"
         );
         assert_eq!(
             field_of(json!([hook(json!({"prompt": " "}))])),
