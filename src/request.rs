@@ -674,21 +674,27 @@ fn validate_names(
     Ok(names)
 }
 
+/// The name of an inline agent or skill (`kind`) in `field`: a folder name
+/// in the sandbox for a skill, and the same rule for both.
+fn inline_name(field: &str, kind: &str, name: &str) -> Result<(), ApiError> {
+    if skills::valid_name(name) {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        format!("{field}.{name}"),
+        format!(
+            "{field}: {name:?} is not a valid {kind} name (1 to 64 letters, digits, '-' or '_')"
+        ),
+    ))
+}
+
 /// Inline subagents: named like sandstorm.json's, each with a description
 /// and a prompt (serde checked their shape).
 fn validate_extra_agents(
     agents: BTreeMap<String, AgentDefinition>,
 ) -> Result<BTreeMap<String, AgentDefinition>, ApiError> {
     for (name, agent) in &agents {
-        if !skills::valid_name(name) {
-            return Err(ApiError::invalid(
-                format!("extra_agents.{name}"),
-                format!(
-                    "extra_agents: {name:?} is not a valid agent name (1 to 64 letters, \
-                     digits, '-' or '_')"
-                ),
-            ));
-        }
+        inline_name("extra_agents", "agent", name)?;
         if agent.description.trim().is_empty() || agent.prompt.trim().is_empty() {
             return Err(ApiError::invalid(
                 format!("extra_agents.{name}"),
@@ -710,15 +716,7 @@ fn validate_extra_skills(
     skills: BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>, ApiError> {
     for (name, text) in &skills {
-        if !skills::valid_name(name) {
-            return Err(ApiError::invalid(
-                format!("extra_skills.{name}"),
-                format!(
-                    "extra_skills: {name:?} is not a valid skill name (1 to 64 letters, \
-                     digits, '-' or '_')"
-                ),
-            ));
-        }
+        inline_name("extra_skills", "skill", name)?;
         if text.trim().is_empty() {
             return Err(ApiError::invalid(
                 format!("extra_skills.{name}"),
