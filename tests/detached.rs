@@ -970,6 +970,14 @@ async fn a_follow_up_is_refused_while_a_turn_runs_and_once_the_run_is_over() {
     .await;
     assert_eq!(code, 422, "{refused}");
     assert_eq!(refused["error"]["field"], "outputs", "{refused}");
+    let (code, refused) = get_json(
+        client
+            .post(messages(&kept))
+            .json(&json!({"prompt": "next", "team_id": "T2"})),
+    )
+    .await;
+    assert_eq!(code, 422, "{refused}");
+    assert_eq!(refused["error"]["field"], "team_id", "{refused}");
     // Cancelled, the run takes no more turns.
     let (code, cancelled) = get_json(client.delete(format!("{}/runs/{kept}", product.url()))).await;
     assert_eq!(

@@ -234,6 +234,10 @@ fn refuse_run_fields(query: &Query) -> Result<(), ApiError> {
         ("keep_alive", query.keep_alive.is_some()),
         ("detach", query.detach == Some(false)),
         ("fork_session", query.fork_session),
+        // Labels are the run's, in its sandbox's metadata.
+        ("team_id", query.labels.contains_key("team_id")),
+        ("user_id", query.labels.contains_key("user_id")),
+        ("channel_id", query.labels.contains_key("channel_id")),
     ];
     match fixed.into_iter().find(|(_, given)| *given) {
         Some((field, _)) => Err(ApiError::invalid(
