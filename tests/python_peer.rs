@@ -321,9 +321,12 @@ async fn the_python_client_of_0_9_2_runs_with_every_field_it_sends() {
     let model = ModelServer::start(Script::StructuredOutput { output: answer() }).await;
     let product = start(&model).await;
 
+    // Kept for a follow-up, which `resume` sends below.
+    let mut body = request(&echo_server());
+    body["keep_alive"] = json!(120);
     let events = tokio::task::spawn_blocking({
         let url = product.url().to_owned();
-        move || python_client(&url, &request(&echo_server()))
+        move || python_client(&url, &body)
     })
     .await
     .expect("the client's thread");
@@ -348,6 +351,25 @@ async fn the_python_client_of_0_9_2_runs_with_every_field_it_sends() {
         listed["labels"],
         json!({"team_id": "T-peer", "user_id": "U-peer", "channel_id": "C-peer"}),
         "{listed}"
+    );
+
+    // resume (0.9.2's field; here a run id): the run's next turn, through
+    // the same client, in the same SDK session.
+    let follow_up = json!({"prompt": "And the tests?", "resume": run_id,
+                           "allowed_mcp_servers": ["echo"]});
+    let turn = tokio::task::spawn_blocking({
+        let url = product.url().to_owned();
+        move || python_client(&url, &follow_up)
+    })
+    .await
+    .expect("the client's thread");
+    assert_eq!(turn.events[0]["type"], "turn", "{}", turn.dump());
+    assert_eq!(turn.result()["subtype"], "success", "{}", turn.dump());
+    let last = model.agent_requests().pop().expect("a request of turn 2");
+    let conversation = last.body["messages"].to_string();
+    assert!(
+        conversation.contains("Review the change.") && conversation.contains("And the tests?"),
+        "turn 2 carries turn 1's conversation: {conversation}"
     );
 
     // The client's health(), and no token: 401.
