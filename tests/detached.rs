@@ -1206,3 +1206,42 @@ async fn a_cancel_that_comes_before_the_runner_starts_still_stops_it() {
     );
     assert_every_sandbox_killed(&product, 1).await;
 }
+
+#[tokio::test]
+async fn a_value_filled_into_an_mcp_server_is_redacted_for_a_reader_on_another_instance() {
+    const TOKEN: &str = "mcp-token-from-the-environment-4821";
+    // The agent prints the config its runner read, MCP servers and all.
+    let model = ModelServer::start(Script::Bash {
+        command: "cat /opt/agent-runner/agent_config.json".into(),
+    })
+    .await;
+    let product = Serve::new(Chain::E2b, &model)
+        .config(json!({"mcp_servers": {"tracker": {
+            "command": "node", "args": ["-e", "0"], "env": {"TRACKER_TOKEN": "${TRACKER_TOKEN}"}
+        }}}))
+        .env("TRACKER_TOKEN", TOKEN)
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    let run_id = start_and_leave(
+        &client,
+        product.url(),
+        json!({"prompt": "show the config", "detach": true}),
+    )
+    .await;
+    // A second instance, which knows the variable as every instance of a
+    // deployment does, reads the whole run.
+    let other = product.another_instance(&[], &[]).await;
+    let read = read(client.get(events_url(&other.url, &run_id)), None).await;
+    assert!(read.done, "{}", read.body);
+    assert!(
+        read.body.contains("TRACKER_TOKEN") && read.body.contains("[REDACTED]"),
+        "the agent printed the server's env: {}",
+        read.body
+    );
+    assert!(
+        !read.body.contains(TOKEN),
+        "the token reached a reader: {}",
+        read.body
+    );
+}

@@ -399,10 +399,13 @@ async fn reach(
         },
         created_at: metadata(CREATED_KEY),
         request_id: metadata(REQUEST_KEY),
+        // The values `${VAR}` filled into MCP servers too: the run's agent
+        // could print them into the log, as it could a key.
         redactor: Redactor::new(
             settings
                 .keys
                 .values()
+                .chain(settings.config_env.values().map(Secret::expose))
                 .chain(caller.brought.as_ref().map(Secret::expose)),
         ),
         outputs,
