@@ -139,8 +139,20 @@ impl Runtime {
         })
     }
 
+    /// Writes `name` unless it already holds `content`. A file that is
+    /// right is left alone: replacing it (even with the same bytes) while
+    /// another provider's bwrap is bind-mounting it makes that sandbox
+    /// fail to start ("Unable to find .../etc/group (deleted)"), and every
+    /// `ds` process and every provider shares this folder.
     fn write_public(&self, name: &str, content: &str) -> Result<PathBuf, String> {
         let path = self.dir.join(name);
+        let current = std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| m.is_file() && m.mode() & 0o777 == 0o644)
+            .and_then(|_| std::fs::read(&path).ok());
+        if current.as_deref() == Some(content.as_bytes()) {
+            return Ok(path);
+        }
         let temp = self
             .dir
             .join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
@@ -276,6 +288,24 @@ fn stage(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A provider starting beside a running one must not replace the files
+    /// the running one's sandboxes bind-mount: the same inode stays.
+    #[test]
+    fn a_shared_file_that_is_right_is_not_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = Runtime {
+            dir: dir.path().to_owned(),
+        };
+        let first = runtime.write_public("group", GROUP).expect("written");
+        let inode = std::fs::metadata(&first).expect("meta").ino();
+        let again = runtime.write_public("group", GROUP).expect("again");
+        assert_eq!(std::fs::metadata(&again).expect("meta").ino(), inode);
+        // A stale one is replaced.
+        std::fs::write(&first, "stale").expect("write");
+        runtime.write_public("group", GROUP).expect("fixed");
+        assert_eq!(std::fs::read_to_string(&first).expect("read"), GROUP);
+    }
 
     #[test]
     fn what_others_cannot_reach_is_staged_readable() {
