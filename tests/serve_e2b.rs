@@ -369,3 +369,15 @@ async fn webhook_url_and_triggers_load_and_ds_serve_warns_they_do_nothing_yet() 
         .expect("GET /health");
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn deep_health_of_a_local_sandbox_server_is_ok_with_nothing_to_reach() {
+    let server = DsServe::new(["serve", "--sandbox", "local"])
+        .env("ANTHROPIC_API_KEY", common::keys::ANTHROPIC_KEY)
+        .start()
+        .await;
+    let (status, body) = deep_health(&server, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["checks"]["sandbox"], true, "{body}");
+}
