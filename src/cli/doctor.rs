@@ -14,7 +14,10 @@ use super::{Fatal, exit};
 use crate::config::{FILE_NAME, SandstormConfig};
 use crate::doors::PROVIDERS;
 use crate::env::EnvVars;
-use crate::keys::{ANTHROPIC_KEY_VARIABLE, OPENROUTER_KEY_VARIABLE, PROVIDER_TOGGLES};
+use crate::keys::{
+    self, ANTHROPIC_KEY_VARIABLE, KeyEnv, OPENROUTER_KEY_VARIABLE, PROVIDER_TOGGLES,
+};
+use crate::request::RequestKeys;
 use crate::sandbox::provider::{ProviderSettings, Setup};
 use crate::sandbox::{SandboxError, SandboxProvider, e2b, local};
 use crate::settings::{Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
@@ -148,7 +151,7 @@ pub(super) async fn doctor(deep: bool) -> Result<u8, Fatal> {
     };
     let local_used = provider == Some(local::PROVIDER.name);
 
-    checks.push(model_key(&env, &origin));
+    checks.push(model_key(&env, &cwd, &origin).await);
     checks.push(e2b_key(&env, provider, &origin));
     checks.push(match &settings {
         Ok(settings) => sandbox_line(&env, settings),
@@ -186,55 +189,38 @@ pub(super) async fn doctor(deep: bool) -> Result<u8, Fatal> {
     })
 }
 
-/// The model's credentials, by the rules a run resolves them with
-/// (`keys::resolve`): a key, a provider switch, or a custom endpoint.
-fn model_key(env: &EnvVars, origin: &dyn Fn(&str) -> &'static str) -> Check {
+/// The model's credentials. Whether they do is the run's own key
+/// resolution's call (`keys::resolve`, with no request keys), so the two
+/// cannot drift; this only says where they come from, or what to set.
+async fn model_key(env: &EnvVars, cwd: &Path, origin: &dyn Fn(&str) -> &'static str) -> Check {
     const WHAT: &str = "model key";
-    if env.get(ANTHROPIC_KEY_VARIABLE).is_some() {
-        return Check::ok(
-            WHAT,
-            format!(
-                "{ANTHROPIC_KEY_VARIABLE} is set {}",
-                origin(ANTHROPIC_KEY_VARIABLE)
-            ),
-        );
-    }
-    if let Some(toggle) = PROVIDER_TOGGLES.iter().find(|t| env.flag(t)) {
-        if *toggle == "CLAUDE_CODE_USE_VERTEX"
-            && env.get("GOOGLE_APPLICATION_CREDENTIALS").is_none()
-        {
-            return Check::fail(
-                WHAT,
-                "CLAUDE_CODE_USE_VERTEX is on but GOOGLE_APPLICATION_CREDENTIALS is not set",
-                "set GOOGLE_APPLICATION_CREDENTIALS to the path of your GCP service account JSON key",
-            );
-        }
-        return Check::ok(WHAT, format!("{toggle} is on {}", origin(toggle)));
-    }
-    let base_url = env.get("ANTHROPIC_BASE_URL").is_some();
-    let openrouter = env.get(OPENROUTER_KEY_VARIABLE).is_some();
-    match (base_url, openrouter) {
-        (true, true) => Check::ok(
-            WHAT,
-            format!("{OPENROUTER_KEY_VARIABLE} is set, with ANTHROPIC_BASE_URL"),
-        ),
-        (true, false) => Check::ok(WHAT, "ANTHROPIC_BASE_URL is set (a custom endpoint)"),
-        (false, true) => Check::fail(
-            WHAT,
-            format!("{OPENROUTER_KEY_VARIABLE} is set but ANTHROPIC_BASE_URL is not"),
-            "set ANTHROPIC_BASE_URL=https://openrouter.ai/api in the environment or .env",
-        ),
-        (false, false) => Check::fail(
-            WHAT,
-            format!(
-                "none of {ANTHROPIC_KEY_VARIABLE}, {OPENROUTER_KEY_VARIABLE}, {} is set",
-                PROVIDER_TOGGLES.join(", ")
-            ),
+    let keys = KeyEnv::resolve(|name| env.get(name), &[], cwd);
+    if let Err(e) = keys::resolve(&RequestKeys::default(), &keys, None, None).await {
+        let fix = if env.get(OPENROUTER_KEY_VARIABLE).is_some() {
+            "set ANTHROPIC_BASE_URL=https://openrouter.ai/api in the environment or .env".to_owned()
+        } else if env.flag("CLAUDE_CODE_USE_VERTEX") {
+            "set GOOGLE_APPLICATION_CREDENTIALS to the path of your GCP service account JSON key"
+                .to_owned()
+        } else {
             format!(
                 "set {ANTHROPIC_KEY_VARIABLE} in the environment or in .env here (see .env.example)"
-            ),
-        ),
+            )
+        };
+        return Check::fail(WHAT, e.to_string(), fix);
     }
+    let detail = if env.get(ANTHROPIC_KEY_VARIABLE).is_some() {
+        format!(
+            "{ANTHROPIC_KEY_VARIABLE} is set {}",
+            origin(ANTHROPIC_KEY_VARIABLE)
+        )
+    } else if let Some(toggle) = PROVIDER_TOGGLES.iter().find(|t| env.flag(t)) {
+        format!("{toggle} is on {}", origin(toggle))
+    } else if env.get(OPENROUTER_KEY_VARIABLE).is_some() {
+        format!("{OPENROUTER_KEY_VARIABLE} is set, with ANTHROPIC_BASE_URL")
+    } else {
+        "ANTHROPIC_BASE_URL is set (a custom endpoint)".to_owned()
+    };
+    Check::ok(WHAT, detail)
 }
 
 fn e2b_key(env: &EnvVars, provider: Option<&str>, origin: &dyn Fn(&str) -> &'static str) -> Check {
@@ -533,8 +519,8 @@ mod tests {
         check.status
     }
 
-    #[test]
-    fn model_key_follows_the_rules_a_run_resolves_keys_by() {
+    #[tokio::test]
+    async fn model_key_follows_the_rules_a_run_resolves_keys_by() {
         let origin = |_: &str| "in the environment";
         let cases: &[(&[(&str, &str)], Status)] = &[
             (&[], Status::Fail),
@@ -547,9 +533,10 @@ mod tests {
             (&[("CLAUDE_CODE_USE_BEDROCK", "1")], Status::Ok),
             (&[("CLAUDE_CODE_USE_BEDROCK", "0")], Status::Fail),
             (&[("CLAUDE_CODE_USE_VERTEX", "1")], Status::Fail),
+            (&[("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")], Status::Ok),
         ];
         for (pairs, want) in cases {
-            let check = model_key(&env(pairs), &origin);
+            let check = model_key(&env(pairs), Path::new("."), &origin).await;
             assert_eq!(status_of(&check), *want, "{pairs:?}: {}", check.line());
             assert_eq!(check.fix.is_some(), *want != Status::Ok, "{}", check.line());
         }
