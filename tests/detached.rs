@@ -132,6 +132,37 @@ fn events_url(base: &str, run_id: &str) -> String {
     format!("{base}/runs/{run_id}/events")
 }
 
+/// A first turn that writes notes.txt, kept `keep_alive` seconds for a
+/// follow-up and asking for the file back, read to its end.
+async fn write_notes_and_keep(client: &reqwest::Client, base: &str, keep_alive: u64) -> Read {
+    let first = read(
+        client.post(format!("{base}/query")).json(&json!({
+            "prompt": "write the notes",
+            "keep_alive": keep_alive,
+            "outputs": ["notes.txt"],
+        })),
+        None,
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(first.done, "{}", first.body);
+    first
+}
+
+/// A follow-up turn of `run_id` sent to `base`, read to its end.
+async fn follow_up(client: &reqwest::Client, base: &str, run_id: &str, body: Value) -> Read {
+    let turn = read(
+        client
+            .post(format!("{base}/runs/{run_id}/messages"))
+            .json(&body),
+        None,
+    )
+    .await;
+    assert_eq!(turn.status, 200, "{}", turn.body);
+    assert!(turn.done, "{}", turn.body);
+    turn
+}
+
 #[tokio::test]
 async fn a_detached_run_outlives_the_deadline_and_another_instance_reads_on_exactly_once() {
     let model = ModelServer::start(Script::Bash {
@@ -728,19 +759,7 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
     let client = reqwest::Client::new();
 
     // Turn 1, its sandbox kept for a follow-up.
-    let first = read(
-        client
-            .post(format!("{}/query", product.url()))
-            .json(&json!({
-                "prompt": "write the notes",
-                "keep_alive": 120,
-                "outputs": ["notes.txt"],
-            })),
-        None,
-    )
-    .await;
-    assert_eq!(first.status, 200, "{}", first.body);
-    assert!(first.done, "{}", first.body);
+    let first = write_notes_and_keep(&client, product.url(), 120).await;
     let run_id = first.run_id_header.clone().expect("x-run-id");
     let (code, status) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
     assert_eq!(code, 200, "{status}");
@@ -750,16 +769,14 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
     let turn_one_requests = model.agent_requests().len();
 
     // Turn 2, on the instance that did not start the run.
-    let second = read(
-        client
-            .post(format!("{}/runs/{run_id}/messages", other.url))
-            .json(&json!({"prompt": "what did you write?", "files": {"extra.txt": "x"}})),
-        None,
+    let second = follow_up(
+        &client,
+        &other.url,
+        &run_id,
+        json!({"prompt": "what did you write?", "files": {"extra.txt": "x"}}),
     )
     .await;
-    assert_eq!(second.status, 200, "{}", second.body);
     assert_eq!(second.run_id_header.as_deref(), Some(run_id.as_str()));
-    assert!(second.done, "{}", second.body);
     let n = last + second.events.len() as u64;
     assert_eq!(ids(&second.events), (last + 1..=n).collect::<Vec<_>>());
     let (_, turn) = &second.events[0];
@@ -1104,18 +1121,7 @@ async fn an_idle_run_s_e2b_sandbox_is_paused_resumed_for_a_follow_up_and_ended_p
     let product = serve(Chain::E2b, &model).start().await;
     let other = product.another_instance(&[], &[]).await;
     let client = reqwest::Client::new();
-    let first = read(
-        client
-            .post(format!("{}/query", product.url()))
-            .json(&json!({
-                "prompt": "write the notes",
-                "keep_alive": KEEP_ALIVE,
-                "outputs": ["notes.txt"],
-            })),
-        None,
-    )
-    .await;
-    assert!(first.done, "{}", first.body);
+    let first = write_notes_and_keep(&client, product.url(), KEEP_ALIVE).await;
     let run_id = first.run_id_header.expect("x-run-id");
 
     // After the linger (2 s here), the idle run's sandbox is paused.
@@ -1129,15 +1135,13 @@ async fn an_idle_run_s_e2b_sandbox_is_paused_resumed_for_a_follow_up_and_ended_p
     );
 
     // A follow-up resumes it: the same sandbox, its files, its session.
-    let second = read(
-        client
-            .post(format!("{}/runs/{run_id}/messages", other.url))
-            .json(&json!({"prompt": "what did you write?"})),
-        None,
+    let second = follow_up(
+        &client,
+        &other.url,
+        &run_id,
+        json!({"prompt": "what did you write?"}),
     )
     .await;
-    assert_eq!(second.status, 200, "{}", second.body);
-    assert!(second.done, "{}", second.body);
     assert_eq!(
         second.events.last().map(|(_, e)| e["status"].clone()),
         Some(json!("success"))
