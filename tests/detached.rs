@@ -132,19 +132,26 @@ fn events_url(base: &str, run_id: &str) -> String {
     format!("{base}/runs/{run_id}/events")
 }
 
+/// `POST /query` with `body`, read to its end; it must answer 200.
+async fn post_query(client: &reqwest::Client, base: &str, body: Value) -> Read {
+    let started = read(client.post(format!("{base}/query")).json(&body), None).await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    started
+}
+
 /// A first turn that writes notes.txt, kept `keep_alive` seconds for a
 /// follow-up and asking for the file back, read to its end.
 async fn write_notes_and_keep(client: &reqwest::Client, base: &str, keep_alive: u64) -> Read {
-    let first = read(
-        client.post(format!("{base}/query")).json(&json!({
+    let first = post_query(
+        client,
+        base,
+        json!({
             "prompt": "write the notes",
             "keep_alive": keep_alive,
             "outputs": ["notes.txt"],
-        })),
-        None,
+        }),
     )
     .await;
-    assert_eq!(first.status, 200, "{}", first.body);
     assert!(first.done, "{}", first.body);
     first
 }
@@ -180,14 +187,12 @@ async fn a_detached_run_outlives_the_deadline_and_another_instance_reads_on_exac
         .await;
     let client = reqwest::Client::new();
 
-    let first = read(
-        client
-            .post(format!("{}/query", product.url()))
-            .json(&json!({"prompt": "go", "detach": true})),
-        None,
+    let first = post_query(
+        &client,
+        product.url(),
+        json!({"prompt": "go", "detach": true}),
     )
     .await;
-    assert_eq!(first.status, 200, "{}", first.body);
     let (first_id, run) = first.events.first().cloned().expect("a first event");
     assert_eq!(
         (first_id, run["type"].as_str()),
@@ -830,14 +835,12 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
 
     // 0.9.2's `resume` on /query is the next turn, with the same checks.
     let before_resume = model.agent_requests().len();
-    let third = read(
-        client
-            .post(format!("{}/query", product.url()))
-            .json(&json!({"prompt": "and once more", "resume": run_id})),
-        None,
+    let third = post_query(
+        &client,
+        product.url(),
+        json!({"prompt": "and once more", "resume": run_id}),
     )
     .await;
-    assert_eq!(third.status, 200, "{}", third.body);
     assert_eq!(third.events[0].0, n + 1);
     assert_eq!(third.events[0].1["turn"], 3, "{}", third.body);
     assert!(third.done, "{}", third.body);
