@@ -22,7 +22,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -30,9 +30,13 @@ use reqwest::Url;
 
 use super::dial::CONNECT_TIMEOUT;
 use super::{Body, Direction, Meter, boxed, metered, strip_hop_by_hop};
+
+mod upstream;
+
 use crate::keys::ANTHROPIC_KEY_VARIABLE;
 use crate::sandbox::SandboxError;
 use crate::secret::Secret;
+pub(crate) use upstream::ModelAuth;
 
 /// The bearer-token variable the Agent SDK reads.
 const AUTH_TOKEN_VARIABLE: &str = "ANTHROPIC_AUTH_TOKEN";
@@ -45,16 +49,7 @@ const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 /// it for one.
 const TOKEN_PREFIX: &str = "sk-ant-sandstorm-placeholder-";
 /// Anthropic's API-key header.
-const X_API_KEY: &str = "x-api-key";
-
-/// How the upstream is authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ModelAuth {
-    /// `x-api-key: <key>` (Anthropic).
-    ApiKey(Secret),
-    /// `Authorization: Bearer <token>` (a custom endpoint, OpenRouter).
-    Bearer(Secret),
-}
+pub(super) const X_API_KEY: &str = "x-api-key";
 
 /// Where one process's model requests go, with what credential.
 #[derive(Clone, PartialEq, Eq)]
@@ -247,27 +242,14 @@ pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
         parts.headers.remove(name);
     }
     parts.headers.remove(X_API_KEY);
-    let (name, value) = match &route.auth {
-        ModelAuth::ApiKey(key) => (
-            HeaderName::from_static(X_API_KEY),
-            HeaderValue::from_str(key.expose()),
-        ),
-        ModelAuth::Bearer(token) => (
-            header::AUTHORIZATION,
-            HeaderValue::try_from(format!("Bearer {}", token.expose())),
-        ),
-    };
-    let Ok(mut value) = value else {
-        tracing::warn!("the model credential is not a valid header value");
+    if let Err(e) = route.auth.apply(&mut parts.headers) {
+        tracing::warn!(error = %e, "the model credential could not be applied");
         return error(
             StatusCode::BAD_GATEWAY,
             "api_error",
-            "sandstorm model endpoint: the configured model credential is not a valid \
-             header value",
+            &format!("sandstorm model endpoint: {e}"),
         );
-    };
-    value.set_sensitive(true);
-    parts.headers.insert(name, value);
+    }
 
     let meter = Meter::new("model", target);
     let sent = routes

@@ -1,0 +1,44 @@
+//! How the model endpoint authenticates to the real provider: the
+//! credential it holds for a route, and how a request carries it.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::X_API_KEY;
+use crate::secret::Secret;
+
+/// How the upstream is authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ModelAuth {
+    /// `x-api-key: <key>` (Anthropic).
+    ApiKey(Secret),
+    /// `Authorization: Bearer <token>` (a custom endpoint, OpenRouter).
+    Bearer(Secret),
+}
+
+/// Why a credential could not go on a request; names no secret.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthError {
+    /// The credential holds bytes a header may not.
+    #[error("the configured model credential is not a valid header value")]
+    NotAHeader,
+}
+
+impl ModelAuth {
+    /// Puts the credential on a request whose own credentials were removed.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) -> Result<(), AuthError> {
+        let (name, value) = match self {
+            ModelAuth::ApiKey(key) => (
+                HeaderName::from_static(X_API_KEY),
+                HeaderValue::from_str(key.expose()),
+            ),
+            ModelAuth::Bearer(token) => (
+                header::AUTHORIZATION,
+                HeaderValue::try_from(format!("Bearer {}", token.expose())),
+            ),
+        };
+        let mut value = value.map_err(|_| AuthError::NotAHeader)?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+        Ok(())
+    }
+}
