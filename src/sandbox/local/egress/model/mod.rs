@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use reqwest::Url;
 
@@ -48,6 +48,9 @@ const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 /// so a client that checks the shape is content, and named so nobody takes
 /// it for one.
 const TOKEN_PREFIX: &str = "sk-ant-sandstorm-placeholder-";
+/// The largest request body the endpoint takes: the Messages API's own
+/// limit is 32 MB.
+const MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 /// Anthropic's API-key header.
 pub(super) const X_API_KEY: &str = "x-api-key";
 
@@ -227,6 +230,28 @@ pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
         );
     };
     let (mut parts, body) = request.into_parts();
+    // Held whole: a signature (SigV4) covers the body's hash, and the
+    // spend cap reads the model it names before anything goes upstream.
+    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                &format!(
+                    "sandstorm model endpoint: a request body may hold at most {} MiB",
+                    MAX_REQUEST_BODY / (1024 * 1024)
+                ),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "sandstorm model endpoint: the request body could not be read",
+            );
+        }
+    };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let Some(url) = upstream_url(&route.base_url, path_and_query) else {
         return error(
@@ -242,7 +267,11 @@ pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
         parts.headers.remove(name);
     }
     parts.headers.remove(X_API_KEY);
-    if let Err(e) = route.auth.apply(&mut parts.headers) {
+    if let Err(e) = route
+        .auth
+        .apply(&parts.method, &url, &mut parts.headers, &body)
+        .await
+    {
         tracing::warn!(error = %e, "the model credential could not be applied");
         return error(
             StatusCode::BAD_GATEWAY,
@@ -257,7 +286,11 @@ pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
         .client
         .request(parts.method, url)
         .headers(parts.headers)
-        .body(reqwest::Body::wrap(metered(body, &meter, Direction::Up)))
+        .body(reqwest::Body::wrap(metered(
+            Full::new(body),
+            &meter,
+            Direction::Up,
+        )))
         .send()
         .await;
     let response = match sent {

@@ -1,7 +1,9 @@
 //! How the model endpoint authenticates to the real provider: the
 //! credential it holds for a route, and how a request carries it.
 
+use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::Url;
 
 use super::X_API_KEY;
 use crate::secret::Secret;
@@ -25,7 +27,17 @@ pub(crate) enum AuthError {
 
 impl ModelAuth {
     /// Puts the credential on a request whose own credentials were removed.
-    pub(crate) fn apply(&self, headers: &mut HeaderMap) -> Result<(), AuthError> {
+    /// The method, URL and whole body are there for schemes that sign the
+    /// request (SigV4).
+    // Async for the schemes that fetch a token first (Vertex).
+    #[allow(clippy::unused_async)]
+    pub(crate) async fn apply(
+        &self,
+        _method: &Method,
+        _url: &Url,
+        headers: &mut HeaderMap,
+        _body: &[u8],
+    ) -> Result<(), AuthError> {
         let (name, value) = match self {
             ModelAuth::ApiKey(key) => (
                 HeaderName::from_static(X_API_KEY),
