@@ -53,6 +53,18 @@ pub struct SandstormConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<u64>,
+    /// The most a run's model calls may cost, in US dollars; a request may
+    /// lower it, never raise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    /// The most tokens a run's model calls may use; a request may lower
+    /// it, never raise it.
+    #[serde(
+        default,
+        deserialize_with = "crate::request::whole_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_tokens: Option<u64>,
     /// The only tools the model sees, unless a request names its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_tools: Option<Vec<String>>,
@@ -357,6 +369,17 @@ impl SandstormConfig {
         };
         if self.max_turns == Some(0) {
             return Err(field_error("max_turns".into(), "must be at least 1"));
+        }
+        if self.max_tokens == Some(0) {
+            return Err(field_error("max_tokens".into(), "must be at least 1"));
+        }
+        if let Some(usd) = self.max_cost_usd
+            && (!usd.is_finite() || usd <= 0.0)
+        {
+            return Err(field_error(
+                "max_cost_usd".into(),
+                &format!("must be more than 0 US dollars, got {usd}"),
+            ));
         }
         if let Some(timeout) = self.timeout
             && !crate::request::TIMEOUT_RANGE.contains(&timeout)

@@ -12,8 +12,10 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::spend::Spend;
+
 /// One event of a run, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum RunEvent {
     /// The run reached a new phase before the agent started. For the CLI's
     /// spinner; the HTTP API does not send it.
@@ -71,12 +73,23 @@ pub(crate) struct Detached {
 }
 
 /// The last event of every run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Done {
     /// `success`, or `error` when an `error` event came before.
     pub status: DoneStatus,
     /// The run's request id.
     pub request_id: String,
+    /// What Sandstorm itself counted, where it could.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandstorm: Option<DoneNotes>,
+}
+
+/// `done.sandstorm`: what the server counted of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct DoneNotes {
+    /// The model calls as the model endpoint counted them, beside the
+    /// SDK's own `total_cost_usd` in the `result` event.
+    pub spend: Spend,
 }
 
 /// How a run ended, as the `done` event says it.
@@ -131,6 +144,9 @@ pub(crate) enum ErrorKind {
     Shutdown,
     /// A detached run was cancelled (`POST /runs/{id}/cancel`).
     Cancelled,
+    /// A cap on model spend (`max_cost_usd`, `max_tokens`) was reached and
+    /// the model endpoint refused the next call.
+    BudgetExceeded,
 }
 
 impl ErrorKind {
@@ -143,6 +159,7 @@ impl ErrorKind {
                 | ErrorKind::RunnerError
                 | ErrorKind::Cancelled
                 | ErrorKind::Timeout
+                | ErrorKind::BudgetExceeded
         )
     }
 }
@@ -345,6 +362,17 @@ mod tests {
             RunEvent::Done(Done {
                 status: DoneStatus::Error,
                 request_id: "r".into(),
+                sandstorm: Some(DoneNotes {
+                    spend: Spend {
+                        calls: 3,
+                        refused_calls: 1,
+                        input_tokens: 300,
+                        output_tokens: 60,
+                        cost_usd: 0.0018,
+                        exceeded: Some(crate::spend::Cap::MaxCostUsd(0.001)),
+                        ..Spend::default()
+                    },
+                }),
             }),
             RunEvent::Run(RunStarted {
                 run_id: "run_0".into(),
@@ -390,6 +418,7 @@ mod tests {
         let done = RunEvent::Done(Done {
             status: DoneStatus::Success,
             request_id: "req-1".into(),
+            sandstorm: None,
         });
         let json: serde_json::Value = serde_json::from_slice(&done.to_json()).expect("json");
         assert_eq!(

@@ -51,5 +51,6 @@ pub mod sandbox;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;
+pub mod spend;
 pub mod sync;
 pub mod telemetry;

@@ -180,7 +180,8 @@ mod tests {
                     json!({"reviewer": {"description": "Reviews", "prompt": "Review"}})
                 }
                 "extra_skills" => json!({"owasp-top-10": "# OWASP"}),
-                "max_budget_usd" => json!(0.5),
+                "max_budget_usd" | "max_cost_usd" => json!(0.5),
+                "max_tokens" => json!(100_000),
                 "team_id" | "user_id" | "channel_id" => json!("T123"),
                 // Documented only to say it is refused, with why.
                 "remember" => continue,
@@ -427,7 +428,8 @@ mod tests {
             | ErrorKind::RunnerError
             | ErrorKind::OutputTooLarge
             | ErrorKind::Shutdown
-            | ErrorKind::Cancelled => (),
+            | ErrorKind::Cancelled
+            | ErrorKind::BudgetExceeded => (),
         };
         for kind in [
             ErrorKind::Timeout,
@@ -438,6 +440,7 @@ mod tests {
             ErrorKind::OutputTooLarge,
             ErrorKind::Shutdown,
             ErrorKind::Cancelled,
+            ErrorKind::BudgetExceeded,
         ] {
             let name = serde_json::to_value(kind).expect("kind");
             assert!(

@@ -5,6 +5,7 @@
 //! [`prepare`] is the one way into a run for every door: the HTTP handler
 //! and the CLI both call it with a validated [`Query`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,8 @@ use crate::sandbox::layout;
 use crate::sandbox::{Limits, ProcessSpec, SandboxFile, SandboxSpec};
 use crate::secret::Secret;
 use crate::settings::Settings;
+use crate::spend::prices::PRICES_VARIABLE;
+use crate::spend::{Caps, SpendMeter};
 
 mod agent;
 
@@ -117,6 +120,7 @@ pub(crate) async fn prepare(
         .detach
         .unwrap_or_else(|| config.detach.unwrap_or(false) || !keep_alive.is_zero());
     let timeout = timeout_of(&query, config);
+    let spend = spend_meter(settings, config, &query)?;
     let env = |name: &str| {
         settings
             .config_env
@@ -132,6 +136,8 @@ pub(crate) async fn prepare(
         platform_deadline,
         &env,
     )?;
+    let mut plan = plan;
+    plan.process.spend = spend;
     match caller {
         Some(owner) if detach => {
             let run = RunId::generate().map_err(|e| ApiError::Config {
@@ -147,6 +153,57 @@ pub(crate) async fn prepare(
         }
         _ => Ok(plan),
     }
+}
+
+/// The run's spend meter, with its caps: sandstorm.json's, lowered by the
+/// request's. `None` when the provider does not meter model calls, and
+/// then a cap is refused rather than promised and not kept. A cost cap
+/// needs a price for the model the run names.
+fn spend_meter(
+    settings: &Settings,
+    config: &SandstormConfig,
+    query: &Query,
+) -> Result<Option<Arc<SpendMeter>>, ApiError> {
+    let caps = Caps {
+        max_cost_usd: config.max_cost_usd,
+        max_tokens: config.max_tokens,
+    }
+    .stricter(query.caps);
+    let provider = settings.sandbox.provider;
+    if !provider.meters_model {
+        return match (caps.max_cost_usd, caps.max_tokens) {
+            (None, None) => Ok(None),
+            (cost, _) => {
+                let field = if cost.is_some() {
+                    "max_cost_usd"
+                } else {
+                    "max_tokens"
+                };
+                Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "{field} needs a sandbox provider whose model endpoint counts every call, \
+                         and the {} provider has none yet (see docs/security.md); use the local \
+                         sandbox, or max_budget_usd, which the SDK counts",
+                        provider.name
+                    ),
+                ))
+            }
+        };
+    }
+    if caps.max_cost_usd.is_some()
+        && let Some(model) = query.model.as_ref().or(config.model.as_ref())
+        && settings.prices.get(model).is_none()
+    {
+        return Err(ApiError::invalid(
+            "max_cost_usd",
+            format!(
+                "max_cost_usd needs the model's price, and {model:?} has none; add it to \
+                 {PRICES_VARIABLE} (US dollars per million tokens)"
+            ),
+        ));
+    }
+    Ok(Some(SpendMeter::new(caps, settings.prices.clone())))
 }
 
 /// How long a detached run's sandbox is kept, and for what.
@@ -299,6 +356,8 @@ pub(crate) fn build(
             // The runner reads its config from a file, never from stdin.
             stdin: false,
             tag: None,
+            // Set by `prepare`, which knows the provider and the prices.
+            spend: None,
         },
         deadline,
         deadline_reason,

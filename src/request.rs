@@ -15,6 +15,7 @@ use crate::json_field;
 use crate::outputs::Outputs;
 use crate::sandbox::provider::Credential;
 use crate::secret::Secret;
+use crate::spend::Caps;
 
 /// The longest prompt, in characters (as the original).
 pub(crate) const MAX_PROMPT_CHARS: usize = 1_000_000;
@@ -106,6 +107,14 @@ pub(crate) struct QueryRequest {
     /// The most the run may spend, in US dollars, as the SDK counts it.
     #[serde(default)]
     pub max_budget_usd: Option<f64>,
+    /// The most the run's model calls may cost, in US dollars, as the
+    /// model endpoint counts them: a hard cap the agent cannot get around.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+    /// The most tokens the run's model calls may use, input, output and
+    /// cache together; enforced like `max_cost_usd`.
+    #[serde(default, deserialize_with = "whole_number")]
+    pub max_tokens: Option<u64>,
     /// A label recorded with the run (Python Sandstorm's team scope).
     #[serde(default)]
     pub team_id: Option<String>,
@@ -164,6 +173,8 @@ impl std::fmt::Debug for QueryRequest {
             .field("model", &self.model)
             .field("max_turns", &self.max_turns)
             .field("timeout", &self.timeout)
+            .field("max_cost_usd", &self.max_cost_usd)
+            .field("max_tokens", &self.max_tokens)
             .field("files", &files)
             .field("outputs", &self.outputs)
             .field("detach", &self.detach)
@@ -261,6 +272,8 @@ pub struct Query {
     pub fork_session: bool,
     /// What the request says about the agent, over sandstorm.json.
     pub agent: AgentChoices,
+    /// The request's caps on model spend; sandstorm.json's may be stricter.
+    pub caps: Caps,
     /// Labels recorded with the run, by name (`team_id`, ...).
     pub labels: BTreeMap<&'static str, String>,
 }
@@ -326,6 +339,8 @@ impl Naming {
             (Naming::Flags, "outputs") => "--outputs",
             (Naming::Flags, "files") => "-f",
             (Naming::Flags, "keep_alive") => "--keep-alive",
+            (Naming::Flags, "max_cost_usd") => "--max-cost-usd",
+            (Naming::Flags, "max_tokens") => "--max-tokens",
             (Naming::Flags, field) => field,
         }
     }
@@ -493,6 +508,18 @@ impl QueryRequest {
                 format!("{} must be at least 1", naming.name("max_turns")),
             ));
         }
+        let caps = Caps {
+            max_cost_usd: validate_cost_cap(naming.name("max_cost_usd"), self.max_cost_usd)?,
+            max_tokens: match self.max_tokens {
+                Some(0) => {
+                    return Err(ApiError::invalid(
+                        "max_tokens",
+                        format!("{} must be at least 1", naming.name("max_tokens")),
+                    ));
+                }
+                tokens => tokens,
+            },
+        };
         if self.remember.is_some() {
             return Err(ApiError::invalid(
                 "remember",
@@ -619,6 +646,7 @@ impl QueryRequest {
             resume: self.resume,
             fork_session: self.fork_session.unwrap_or(false),
             agent,
+            caps,
             labels,
         })
     }
@@ -735,6 +763,17 @@ fn validate_budget(budget: Option<f64>) -> Result<Option<f64>, ApiError> {
             format!("max_budget_usd must be more than 0 US dollars, got {usd}"),
         )),
         budget => Ok(budget),
+    }
+}
+
+/// A cost cap (`max_cost_usd`, or its flag): a finite amount above zero.
+pub(crate) fn validate_cost_cap(name: &str, usd: Option<f64>) -> Result<Option<f64>, ApiError> {
+    match usd {
+        Some(usd) if !usd.is_finite() || usd <= 0.0 => Err(ApiError::invalid(
+            "max_cost_usd",
+            format!("{name} must be more than 0 US dollars, got {usd}"),
+        )),
+        usd => Ok(usd),
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, info, warn};
 
 use crate::events::{
-    Done, DoneStatus, ErrorKind, Phase, Redactor, RunError, RunEvent, message_type,
+    Done, DoneNotes, DoneStatus, ErrorKind, Phase, Redactor, RunError, RunEvent, message_type,
 };
 use crate::lines::LineSplitter;
 use crate::outputs::{OutputCheck, OutputPlan, Vetted};
@@ -29,6 +29,7 @@ use crate::plan::RunPlan;
 use crate::runs::registry::Registry;
 use crate::sandbox::{ProcessEvent, Sandbox, SandboxError, SandboxProvider, SandboxSpec};
 use crate::shutdown::Shutdown;
+use crate::spend::Spend;
 
 pub(crate) mod detached;
 pub(crate) mod shape;
@@ -109,6 +110,19 @@ async fn execute(
         },
     };
 
+    // A cap that refused a call is why the run ended, whatever the agent
+    // made of the refusal.
+    let spend = plan.process.spend.as_ref().map(|meter| meter.spend());
+    let outcome = match (outcome, spend.as_ref().and_then(Spend::exceeded_message)) {
+        (Outcome::Completed, Some(message)) => fail(ErrorKind::BudgetExceeded, message),
+        (Outcome::Failed(e), Some(message))
+            if matches!(e.kind, ErrorKind::RunnerFailed | ErrorKind::RunnerError) =>
+        {
+            fail(ErrorKind::BudgetExceeded, message)
+        }
+        (outcome, _) => outcome,
+    };
+
     match &outcome {
         Outcome::Completed => info!(elapsed = ?started.elapsed(), "run completed"),
         Outcome::ClientGone => info!(elapsed = ?started.elapsed(), "client went away"),
@@ -129,6 +143,7 @@ async fn execute(
         let done = RunEvent::Done(Done {
             status,
             request_id: plan.request_id.clone(),
+            sandstorm: spend.map(|spend| DoneNotes { spend }),
         });
         let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(done)).await;
     }

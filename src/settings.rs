@@ -23,6 +23,8 @@ use crate::sandbox::provider::{
 };
 use crate::sandbox::{Limits, SandboxProvider};
 use crate::secret::Secret;
+use crate::spend::PriceTable;
+use crate::spend::prices::PRICES_VARIABLE;
 
 /// The default limit on a `/query` body. File contents are limited to 10 MB
 /// and prompts to 1,000,000 characters; JSON escaping can double a text.
@@ -182,6 +184,9 @@ pub struct Settings {
     pub sandbox: SandboxSettings,
     /// Keys looked up after the environment (AWS Secrets Manager).
     pub key_source: Option<Arc<dyn KeySource>>,
+    /// The model prices spending caps go by: the list, with
+    /// `SANDSTORM_MODEL_PRICES` over it.
+    pub prices: Arc<PriceTable>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -202,6 +207,7 @@ impl std::fmt::Debug for Settings {
             .field("keys", &self.keys)
             .field("sandbox", &self.sandbox)
             .field("key_source", &self.key_source.is_some())
+            .field("prices", &self.prices)
             .finish()
     }
 }
@@ -278,6 +284,7 @@ impl Settings {
             },
         };
         let connections = connection_settings(env)?;
+        let prices = Arc::new(PriceTable::new(env.get(PRICES_VARIABLE))?);
         let sandbox = sandbox_settings(env, cwd, sandbox)?;
         Ok(Settings {
             auth: auth_settings(env, profile)?,
@@ -295,6 +302,7 @@ impl Settings {
             connections,
             sandbox,
             key_source: None,
+            prices,
         })
     }
 }

@@ -73,6 +73,7 @@ fn runner() -> ProcessSpec {
         timeout: Some(Duration::from_secs(30)),
         stdin: false,
         tag: None,
+        spend: None,
     }
 }
 

@@ -303,6 +303,7 @@ async fn our_process_start_matches_an_sdk() {
                 // As `commands.run` does: stdin closed.
                 stdin: false,
                 tag: None,
+                spend: None,
             })
             .await
             .expect("our client starts the process");

@@ -190,7 +190,10 @@ async fn a_run_streams_each_line_as_one_sse_event_in_order_then_ends() {
         text,
         format!(
             "data: {SYSTEM}\n\ndata: {{\"type\":\"assistant\",\"n\":1}}\n\ndata: {RESULT}\n\n\
-             data: {{\"type\":\"done\",\"status\":\"success\",\"request_id\":\"{request_id}\"}}\n\n"
+             data: {{\"type\":\"done\",\"status\":\"success\",\"request_id\":\"{request_id}\",\
+             \"sandstorm\":{{\"spend\":{{\"calls\":0,\"refused_calls\":0,\"input_tokens\":0,\
+             \"output_tokens\":0,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\
+             \"cost_usd\":0.0}}}}}}\n\n"
         )
     );
     assert_eq!(h.counters.created.load(Ordering::SeqCst), 1);

@@ -235,6 +235,15 @@ struct QueryArgs {
     /// `timeout`, else 300].
     #[arg(short, long)]
     timeout: Option<u64>,
+    /// A hard cap on what the run's model calls cost, in US dollars: the
+    /// model endpoint refuses the call after the one that reached it
+    /// (sandstorm.json's `max_cost_usd` wins when lower).
+    #[arg(long, value_name = "USD")]
+    max_cost_usd: Option<f64>,
+    /// A hard cap on the tokens the run's model calls use, input, output
+    /// and cache together (sandstorm.json's `max_tokens` wins when lower).
+    #[arg(long, value_name = "TOKENS")]
+    max_tokens: Option<u64>,
     /// Print every event as one JSON line instead of readable text.
     #[arg(long)]
     json_output: bool,
@@ -460,6 +469,8 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         model: args.model,
         max_turns: args.max_turns,
         timeout: args.timeout,
+        max_cost_usd: args.max_cost_usd,
+        max_tokens: args.max_tokens,
         files: (!files.is_empty()).then_some(files),
         outputs,
         detach: Some(args.detach),

@@ -339,3 +339,20 @@ fn skills_come_from_skills_dir_or_beside_an_existing_sandstorm_json() {
         other => panic!("expected a skills_dir error, got {other:?}"),
     }
 }
+
+#[test]
+fn spending_caps_are_checked() {
+    let config = parse(r#"{"max_cost_usd": 2.5, "max_tokens": 1000000}"#).expect("valid");
+    assert_eq!(
+        (config.max_cost_usd, config.max_tokens),
+        (Some(2.5), Some(1_000_000))
+    );
+    for (json, field) in [
+        (r#"{"max_cost_usd": 0}"#, "max_cost_usd"),
+        (r#"{"max_cost_usd": -3}"#, "max_cost_usd"),
+        (r#"{"max_tokens": 0}"#, "max_tokens"),
+        (r#"{"max_tokens": 2.5}"#, "max_tokens"),
+    ] {
+        assert_eq!(field_of(json).0, field, "{json}");
+    }
+}

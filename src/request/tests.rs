@@ -271,6 +271,7 @@ fn python_sandstorm_s_fields_are_taken_and_checked() {
             "allowed_tools":["Read"],"allowed_mcp_servers":[],"allowed_skills":["s-1"],
             "allowed_agents":["a"],"extra_agents":{"a":{"description":"d","prompt":"p","maxTurns":3}},
             "extra_skills":{"s-1":"# S"},"max_budget_usd":0.25,
+            "max_cost_usd":1.5,"max_tokens":200000.0,
             "team_id":"T1","user_id":"U1","channel_id":"C1"}"##,
     )
     .expect("valid");
@@ -281,6 +282,13 @@ fn python_sandstorm_s_fields_are_taken_and_checked() {
     assert_eq!(q.agent.allowed_mcp_servers.as_deref(), Some(&[][..]));
     assert_eq!(q.agent.extra_agents["a"].max_turns, Some(3));
     assert_eq!(q.agent.max_budget_usd, Some(0.25));
+    assert_eq!(
+        q.caps,
+        crate::spend::Caps {
+            max_cost_usd: Some(1.5),
+            max_tokens: Some(200_000)
+        }
+    );
     assert_eq!(
         q.labels.into_iter().collect::<Vec<_>>(),
         [
@@ -316,6 +324,11 @@ fn each_bad_value_of_python_sandstorm_s_fields_names_its_field() {
         ),
         (r#"{"max_budget_usd":0}"#, "max_budget_usd"),
         (r#"{"max_budget_usd":-1.5}"#, "max_budget_usd"),
+        (r#"{"max_cost_usd":0}"#, "max_cost_usd"),
+        (r#"{"max_cost_usd":"1"}"#, "max_cost_usd"),
+        (r#"{"max_tokens":0}"#, "max_tokens"),
+        (r#"{"max_tokens":1.5}"#, "max_tokens"),
+        (r#"{"max_tokens":-1}"#, "max_tokens"),
         (r#"{"team_id":""}"#, "team_id"),
         (r#"{"user_id":"a\nb"}"#, "user_id"),
     ] {

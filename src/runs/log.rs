@@ -100,6 +100,7 @@ pub(crate) fn wrapper(runner: ProcessSpec, run_for: Duration, turn: u32) -> Proc
         timeout: Some(run_for + Duration::from_secs(2 * KILL_AFTER_SECS)),
         tag: Some(RUN_TAG.to_owned()),
         stdin: false,
+        spend: runner.spend,
     }
 }
 

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::secret::Secret;
+use crate::spend::SpendMeter;
 
 pub mod e2b;
 pub(crate) mod layout;
@@ -127,6 +128,10 @@ pub struct ProcessSpec {
     /// so a process that reads stdin waits until it is killed or times
     /// out. Off (the default), stdin is empty and reads end at once.
     pub stdin: bool,
+    /// The run's model spend meter: a provider that serves a keyless model
+    /// endpoint ([`ProviderDeclaration::meters_model`](provider::ProviderDeclaration::meters_model)) counts the process's
+    /// model calls with it and enforces its caps. Others ignore it.
+    pub spend: Option<Arc<SpendMeter>>,
 }
 
 impl fmt::Debug for ProcessSpec {
@@ -139,6 +144,7 @@ impl fmt::Debug for ProcessSpec {
             .field("cwd", &self.cwd)
             .field("timeout", &self.timeout)
             .field("tag", &self.tag)
+            .field("spend", &self.spend)
             .field("stdin", &self.stdin)
             .finish()
     }

@@ -74,6 +74,11 @@ pub struct ProviderDeclaration {
     /// Whether it can run in a serverless function (no local machine to
     /// speak of: no bubblewrap, no room for node_modules).
     pub serverless: bool,
+    /// Whether its sandboxes reach the model only through an endpoint that
+    /// holds the credential, counts every call with the process's
+    /// [`ProcessSpec::spend`](super::ProcessSpec::spend) and refuses calls
+    /// past its caps. Only then can a run have a spending cap.
+    pub meters_model: bool,
     /// Builds the provider.
     pub build: BuildProvider,
 }

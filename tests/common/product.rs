@@ -416,6 +416,8 @@ async fn watch_sandboxes<T>(dir: &Path, work: impl Future<Output = T>) -> (T, us
 #[derive(Debug)]
 pub struct Events {
     pub events: Vec<Value>,
+    /// The closing `done` event (`Null` for `--json-output`, which has none).
+    pub done: Value,
     /// The stream (or `--json-output`) as received, for text searches.
     pub raw: String,
     /// The most sandbox directories that existed at once during the run.
@@ -439,6 +441,7 @@ impl Events {
         let events = run.to_vec();
         Events {
             events,
+            done: done.clone(),
             raw: text.to_owned(),
             sandboxes_seen,
         }
@@ -455,6 +458,7 @@ impl Events {
             .collect();
         Events {
             events,
+            done: Value::Null,
             raw: text.to_owned(),
             sandboxes_seen: 0,
         }

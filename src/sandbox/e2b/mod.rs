@@ -79,6 +79,8 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
     credential: Some(CREDENTIAL),
     variables: options::VARIABLES,
     serverless: true,
+    // Not yet: the model key goes into the sandbox (see docs/security.md).
+    meters_model: false,
     build: build_provider,
 };
 

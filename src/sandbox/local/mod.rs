@@ -544,13 +544,16 @@ impl LocalSandbox {
         // The model key stays here: the process gets a placeholder that
         // only this sandbox's endpoint accepts, while the process lives.
         let mut envs = spec.envs.clone();
-        let route =
-            egress::keyless(&mut envs, &self.routes, &join::endpoint()).map_err(|message| {
-                SandboxError::Other {
-                    op: "start",
-                    message,
-                }
-            })?;
+        let route = egress::keyless(
+            &mut envs,
+            &self.routes,
+            &join::endpoint(),
+            spec.spend.clone(),
+        )
+        .map_err(|message| SandboxError::Other {
+            op: "start",
+            message,
+        })?;
         let command = join::command(&join::Join {
             init_pid: self.init_pid,
             limits: &self.limits,

@@ -32,6 +32,8 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
         "HOME",
     ],
     serverless: false,
+    // The host side serves every sandbox's model endpoint.
+    meters_model: true,
     build: build_provider,
 };
 

@@ -40,6 +40,7 @@ const ACME: ProviderDeclaration = ProviderDeclaration {
     }),
     variables: &["ACME_REGION"],
     serverless: true,
+    meters_model: false,
     build: build_acme,
 };
 

@@ -148,6 +148,8 @@ pub(super) async fn start(
                 stdin: request.stdin != Some(false),
                 // Tags are envd's to keep: `attach` holds them.
                 tag: None,
+                // envd hands the model key to the process as it is given.
+                spend: None,
             };
             match entry.sandbox.spawn(spec) {
                 Ok((pid, events, _control)) => (pid, events),

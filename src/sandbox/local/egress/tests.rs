@@ -511,6 +511,7 @@ fn register(routes: &ModelRoutes, addr: SocketAddr, auth: ModelAuth) -> RouteGua
     routes.register(ModelRoute {
         base_url: format!("http://{addr}/api").parse().expect("url"),
         auth,
+        spend: None,
     })
 }
 

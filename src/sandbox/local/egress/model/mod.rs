@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use reqwest::Url;
@@ -36,6 +36,8 @@ mod upstream;
 use crate::keys::ANTHROPIC_KEY_VARIABLE;
 use crate::sandbox::SandboxError;
 use crate::secret::Secret;
+use crate::spend::usage::UsageReader;
+use crate::spend::{Refusal, SpendMeter};
 pub(crate) use upstream::ModelAuth;
 
 /// The bearer-token variable the Agent SDK reads.
@@ -55,13 +57,15 @@ const MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 pub(super) const X_API_KEY: &str = "x-api-key";
 
 /// Where one process's model requests go, with what credential.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub(crate) struct ModelRoute {
     /// The API's base, e.g. `https://api.anthropic.com`; a path prefix
     /// (`https://openrouter.ai/api`) is kept before the request's path.
     pub(crate) base_url: Url,
     /// The real credential.
     pub(crate) auth: ModelAuth,
+    /// The run's tally and caps, when its spend is metered.
+    pub(crate) spend: Option<Arc<SpendMeter>>,
 }
 
 impl fmt::Debug for ModelRoute {
@@ -78,6 +82,7 @@ impl fmt::Debug for ModelRoute {
                 ),
             )
             .field("auth", &self.auth)
+            .field("spend", &self.spend)
             .finish()
     }
 }
@@ -178,6 +183,9 @@ impl Drop for RouteGuard {
 /// key). A variable that is empty stays empty: the SDK reads empty as
 /// unset, and that is what it was told.
 ///
+/// Every model call through the route is counted by `spend`, and refused
+/// once one of its caps is reached.
+///
 /// Returns `None`, leaving `envs` untouched, when neither variable holds a
 /// key: the process then runs as it would without the endpoint. An error
 /// when `ANTHROPIC_BASE_URL` is not an http(s) URL: the key must not go in
@@ -186,6 +194,7 @@ pub(crate) fn keyless(
     envs: &mut BTreeMap<String, String>,
     routes: &ModelRoutes,
     endpoint: &str,
+    spend: Option<Arc<SpendMeter>>,
 ) -> Result<Option<RouteGuard>, String> {
     let value = |name: &str| envs.get(name).filter(|v| !v.is_empty());
     let auth = if let Some(token) = value(AUTH_TOKEN_VARIABLE) {
@@ -208,7 +217,11 @@ pub(crate) fn keyless(
             ));
         }
     };
-    let guard = routes.register(ModelRoute { base_url, auth });
+    let guard = routes.register(ModelRoute {
+        base_url,
+        auth,
+        spend,
+    });
     for name in [ANTHROPIC_KEY_VARIABLE, AUTH_TOKEN_VARIABLE] {
         if let Some(value) = envs.get_mut(name).filter(|v| !v.is_empty()) {
             guard.token().clone_into(value);
@@ -280,6 +293,20 @@ pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
         );
     }
 
+    // A call the run pays for: its spend is counted, and a cap may refuse
+    // it. Counting tokens and listing models cost nothing.
+    let billed = route
+        .spend
+        .as_ref()
+        .filter(|_| parts.method == Method::POST && !parts.uri.path().ends_with("count_tokens"));
+    let requested = billed.and_then(|_| requested_model(parts.uri.path(), &body));
+    if let Some(spend) = billed
+        && let Err(refusal) = spend.admit(requested.as_deref())
+    {
+        tracing::info!(reason = %refusal, "refused a model call");
+        return refused(&refusal);
+    }
+
     let meter = Meter::new("model", target);
     let sent = routes
         .inner
@@ -307,7 +334,95 @@ pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
     meter.answered(response.status());
     let (mut parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, boxed(metered(body, &meter, Direction::Down)))
+    let body = metered(body, &meter, Direction::Down);
+    let Some(spend) = billed else {
+        return Response::from_parts(parts, boxed(body));
+    };
+    let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let reader = UsageReader::new(
+        header(header::CONTENT_TYPE),
+        header(header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+    );
+    let mut tap = UsageTap {
+        spend: spend.clone(),
+        requested,
+        reader: Some(reader),
+    };
+    let body = body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            tap.push(data);
+        }
+        frame
+    });
+    Response::from_parts(parts, boxed(body))
+}
+
+/// Feeds one answer to its usage reader, and counts the call with the
+/// run's meter as soon as the answer is complete, or when it is dropped
+/// unfinished (the agent hung up): what was used until then is paid for.
+struct UsageTap {
+    spend: Arc<SpendMeter>,
+    requested: Option<String>,
+    reader: Option<UsageReader>,
+}
+
+impl UsageTap {
+    fn push(&mut self, chunk: &[u8]) {
+        if let Some(reader) = &mut self.reader
+            && reader.push(chunk)
+        {
+            self.record();
+        }
+    }
+
+    fn record(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            self.spend
+                .record(self.requested.as_deref(), &reader.finish());
+        }
+    }
+}
+
+impl Drop for UsageTap {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+/// The model a call names: `model` in its JSON body (the Messages API), or
+/// in its path (`/model/{id}/invoke` on Bedrock, `/models/{id}:rawPredict`
+/// on Vertex).
+fn requested_model(path: &str, body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        model: Option<String>,
+    }
+    if let Ok(Named { model: Some(model) }) = serde_json::from_slice(body) {
+        return Some(model);
+    }
+    let mut segments = path.split('/');
+    segments.find(|s| *s == "model" || *s == "models")?;
+    let id = segments.next()?.replace("%3A", ":").replace("%3a", ":");
+    let id = id.split_once(":raw").map_or(id.as_str(), |(id, _)| id);
+    let id = id.split_once(":streamRaw").map_or(id, |(id, _)| id);
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+/// The answer to a call a cap or a missing price stopped. A reached cap is
+/// Anthropic's `billing_error` (402), which the SDK reports and does not
+/// retry; `x-should-retry: false` says so to any client.
+fn refused(refusal: &Refusal) -> Response<Body> {
+    let (status, kind) = match refusal {
+        Refusal::CapReached { .. } => (StatusCode::PAYMENT_REQUIRED, "billing_error"),
+        Refusal::Unpriced { .. } | Refusal::NoModel => {
+            (StatusCode::BAD_REQUEST, "invalid_request_error")
+        }
+    };
+    let mut response = error(status, kind, &format!("sandstorm: {refusal}"));
+    response
+        .headers_mut()
+        .insert("x-should-retry", HeaderValue::from_static("false"));
+    response
 }
 
 /// The tokens a request offers: `x-api-key`, then a bearer token.

@@ -20,7 +20,7 @@ fn routes() -> ModelRoutes {
 fn an_api_key_becomes_a_placeholder() {
     let routes = routes();
     let mut envs = env(&[("ANTHROPIC_API_KEY", "sk-ant-real"), ("OTHER", "kept")]);
-    let guard = keyless(&mut envs, &routes, ENDPOINT)
+    let guard = keyless(&mut envs, &routes, ENDPOINT, None)
         .expect("a valid base URL")
         .expect("keyless");
     let token = guard.token().to_owned();
@@ -49,7 +49,7 @@ fn a_bearer_token_wins_and_an_empty_key_stays_empty() {
         ("ANTHROPIC_AUTH_TOKEN", "sk-or-real"),
         ("ANTHROPIC_BASE_URL", "https://openrouter.ai/api"),
     ]);
-    let guard = keyless(&mut envs, &routes, ENDPOINT)
+    let guard = keyless(&mut envs, &routes, ENDPOINT, None)
         .expect("a valid base URL")
         .expect("keyless");
     assert_eq!(
@@ -72,7 +72,7 @@ fn both_keys_set_means_bearer_upstream_and_placeholders_in_both() {
         ("ANTHROPIC_API_KEY", "sk-ant-real"),
         ("ANTHROPIC_AUTH_TOKEN", "tok-real"),
     ]);
-    let guard = keyless(&mut envs, &routes, ENDPOINT)
+    let guard = keyless(&mut envs, &routes, ENDPOINT, None)
         .expect("a valid base URL")
         .expect("keyless");
     assert_eq!(envs["ANTHROPIC_API_KEY"], guard.token());
@@ -94,7 +94,7 @@ fn no_key_or_a_bad_base_url_leaves_the_environment_alone() {
     ] {
         let mut envs = env(pairs);
         assert!(
-            keyless(&mut envs, &routes, ENDPOINT)
+            keyless(&mut envs, &routes, ENDPOINT, None)
                 .expect("no error")
                 .is_none(),
             "{pairs:?}"
@@ -106,7 +106,7 @@ fn no_key_or_a_bad_base_url_leaves_the_environment_alone() {
             ("ANTHROPIC_API_KEY", "sk-ant-real"),
             ("ANTHROPIC_BASE_URL", bad),
         ]);
-        let err = keyless(&mut envs, &routes, ENDPOINT).expect_err(bad);
+        let err = keyless(&mut envs, &routes, ENDPOINT, None).expect_err(bad);
         assert!(
             err.contains("ANTHROPIC_BASE_URL") && !err.contains(bad),
             "{err}"
@@ -121,6 +121,7 @@ fn a_route_lives_as_long_as_its_guard() {
     let route = ModelRoute {
         base_url: Url::parse("https://api.anthropic.com").expect("url"),
         auth: ModelAuth::ApiKey(Secret::new("k")),
+        spend: None,
     };
     let first = routes.register(route.clone());
     let second = routes.clone().register(route);
@@ -137,6 +138,7 @@ fn debug_output_holds_no_secret() {
     let route = ModelRoute {
         base_url: Url::parse("https://user:hunter2@proxy.test/api?key=sk-in-query").expect("url"),
         auth: ModelAuth::Bearer(Secret::new("sk-ant-very-secret")),
+        spend: None,
     };
     let routes = routes();
     let guard = routes.register(route.clone());

@@ -1,0 +1,230 @@
+//! The hard spending cap, end to end: `ds serve` with a local sandbox, the
+//! real runner and Agent SDK, and the scripted model.
+//!
+//! The model endpoint on the host is the only way the agent reaches the
+//! model with the key, so it counts every call, the SDK's and the agent's
+//! own, and refuses the first call after a cap is reached. These tests
+//! check which call that is against the scripted model's own record of
+//! what reached it, and what the client is told.
+//!
+//! Needs bubblewrap and `npm ci --prefix runner`.
+
+mod common;
+
+use common::model_server::{ModelServer, RecordedRequest, Script};
+use common::product::{Chain, Events, Product, Serve};
+use serde_json::{Value, json};
+
+/// The scripted model reports these for every answer.
+const INPUT_TOKENS: u64 = 100;
+const OUTPUT_TOKENS: u64 = 20;
+const TOKENS_PER_CALL: u64 = INPUT_TOKENS + OUTPUT_TOKENS;
+
+/// List prices in US dollars per million tokens (input, output) of the
+/// models the SDK asks for in these runs.
+fn list_price(model: &str) -> (f64, f64) {
+    if model.contains("haiku-4-5") {
+        (1.0, 5.0)
+    } else if model.contains("sonnet-4-5") {
+        (3.0, 15.0)
+    } else {
+        panic!("a call for {model}, which these tests do not price")
+    }
+}
+
+/// The calls that reached the model and cost something: every POST to the
+/// Messages API but token counts.
+fn billed(model: &ModelServer) -> Vec<RecordedRequest> {
+    model
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/v1/messages"))
+        .collect()
+}
+
+fn cost_of(request: &RecordedRequest) -> f64 {
+    let (input, output) = list_price(request.model().unwrap_or_default());
+    (INPUT_TOKENS as f64 * input + OUTPUT_TOKENS as f64 * output) / 1e6
+}
+
+fn budget_error(events: &Events) -> &Value {
+    let errors = events.of_type("error");
+    assert_eq!(errors.len(), 1, "{}", events.dump());
+    assert_eq!(
+        errors[0]["error_type"],
+        "budget_exceeded",
+        "{}",
+        events.dump()
+    );
+    errors[0]
+}
+
+/// `POST /query` that may be refused: its status and JSON body.
+async fn post(product: &Product, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/query", product.url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /query");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_cost_cap_refuses_the_call_after_the_one_that_crossed_it() {
+    let model = ModelServer::start(Script::EndlessBash).await;
+    let mut product = Serve::new(Chain::Local, &model).start().await;
+    let cap = 0.002;
+
+    let events = product
+        .query(json!({
+            "prompt": "loop",
+            "model": "claude-sonnet-4-5",
+            "max_cost_usd": cap,
+            "max_turns": 100,
+        }))
+        .await;
+
+    let error = budget_error(&events);
+    let message = error["error"].as_str().unwrap_or_default();
+    assert!(message.contains("max_cost_usd of $0.002"), "{message}");
+    assert!(message.contains("refused the next call"), "{message}");
+
+    // The last call that reached the model is the one that crossed the cap.
+    let calls = billed(&model);
+    let costs: Vec<f64> = calls.iter().map(cost_of).collect();
+    let total: f64 = costs.iter().sum();
+    let before_last: f64 = costs[..costs.len() - 1].iter().sum();
+    assert!(
+        before_last < cap && total >= cap,
+        "the cap of ${cap} was crossed at ${before_last} → ${total} over {} calls:\n{}",
+        calls.len(),
+        model.describe_requests()
+    );
+
+    // The endpoint's tally agrees with the model's record, and says why.
+    let spend = &events.done["sandstorm"]["spend"];
+    assert_eq!(spend["calls"], calls.len(), "{spend}");
+    assert!(spend["refused_calls"].as_u64() >= Some(1), "{spend}");
+    let counted = spend["cost_usd"].as_f64().expect("cost_usd");
+    assert!((counted - total).abs() < 1e-9, "{counted} vs {total}");
+    assert_eq!(
+        spend["exceeded"],
+        json!({"cap": "max_cost_usd", "limit": cap})
+    );
+    assert_eq!(
+        spend["input_tokens"],
+        INPUT_TOKENS * calls.len() as u64,
+        "{spend}"
+    );
+    assert!(
+        message.contains(&format!("over {} model calls", calls.len())),
+        "{message}"
+    );
+    product.assert_sandboxes_destroyed(1).await;
+}
+
+/// What the agent runs: twelve Messages calls of its own with curl, with
+/// the placeholder key it was given, each printing its status.
+const CURL_LOOP: &str = "for i in $(seq 1 12); do curl -s -o /dev/null -w '%{http_code} ' \
+     -H \"x-api-key: $ANTHROPIC_API_KEY\" -H 'content-type: application/json' \
+     -H 'anthropic-version: 2023-06-01' \
+     -d '{\"model\":\"claude-haiku-4-5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}' \
+     \"$ANTHROPIC_BASE_URL/v1/messages\"; done";
+
+#[tokio::test]
+async fn an_agent_calling_the_endpoint_itself_is_held_to_the_token_cap() {
+    let model = ModelServer::start(Script::Bash {
+        command: CURL_LOOP.into(),
+    })
+    .await;
+    let mut product = Serve::new(Chain::Local, &model).start().await;
+    let cap = 6 * TOKENS_PER_CALL;
+
+    let events = product
+        .query(json!({"prompt": "call the model yourself", "max_tokens": cap}))
+        .await;
+
+    // The agent's own calls got answers until the cap, then 402s.
+    let results = events.tool_results();
+    assert_eq!(results.len(), 1, "{}", events.dump());
+    let statuses: Vec<&str> = results[0].0.split_whitespace().collect();
+    assert_eq!(statuses.len(), 12, "{statuses:?}");
+    let answered = statuses.iter().take_while(|s| **s == "200").count();
+    assert!(
+        statuses[answered..].iter().all(|s| *s == "402"),
+        "after the first refusal every call is refused: {statuses:?}"
+    );
+
+    // Exactly as many calls reached the model as the cap allows: the
+    // SDK's, then the agent's, until the tally reached the cap.
+    let calls = billed(&model);
+    assert_eq!(
+        calls.len() as u64,
+        cap / TOKENS_PER_CALL,
+        "{}",
+        model.describe_requests()
+    );
+    assert!(answered >= 1, "{statuses:?}");
+    let error = budget_error(&events);
+    let message = error["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("max_tokens of {cap}")),
+        "{message}"
+    );
+    let spend = &events.done["sandstorm"]["spend"];
+    assert_eq!(spend["calls"], calls.len(), "{spend}");
+    // The agent's refused curls, and the SDK's call after them.
+    assert!(
+        spend["refused_calls"].as_u64() > Some((12 - answered) as u64),
+        "{spend}"
+    );
+    product.assert_sandboxes_destroyed(1).await;
+}
+
+#[tokio::test]
+async fn a_cap_that_cannot_hold_is_refused_before_the_run() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+
+    // A model with no price cannot have a cost cap...
+    let local = Serve::new(Chain::Local, &model).start().await;
+    let (status, body) = post(
+        &local,
+        json!({"prompt": "go", "model": "claude-unreleased-9", "max_cost_usd": 1}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "max_cost_usd", "{body}");
+    let detail = body.to_string();
+    assert!(detail.contains("claude-unreleased-9"), "{detail}");
+    assert!(detail.contains("SANDSTORM_MODEL_PRICES"), "{detail}");
+    drop(local);
+
+    // ...until the operator prices it.
+    let mut priced = Serve::new(Chain::Local, &model)
+        .env(
+            "SANDSTORM_MODEL_PRICES",
+            r#"{"claude-unreleased-9": {"input": 1, "output": 5, "cache_write": 1.25, "cache_read": 0.1}}"#,
+        )
+        .start()
+        .await;
+    let events = priced
+        .query(json!({"prompt": "go", "model": "claude-unreleased-9", "max_cost_usd": 1}))
+        .await;
+    assert_eq!(events.result()["subtype"], "success", "{}", events.dump());
+    let spend = &events.done["sandstorm"]["spend"];
+    assert!(spend["cost_usd"].as_f64() > Some(0.0), "{spend}");
+    assert!(spend.get("exceeded").is_none(), "{spend}");
+    drop(priced);
+
+    // A provider whose sandbox holds the key cannot enforce a cap: the
+    // request is refused rather than promised a cap that would not hold.
+    let e2b = Serve::new(Chain::E2b, &model).start().await;
+    for field in ["max_cost_usd", "max_tokens"] {
+        let (status, body) = post(&e2b, json!({"prompt": "go", field: 1})).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+        assert!(body.to_string().contains("e2b"), "{body}");
+    }
+}
