@@ -88,6 +88,13 @@ pub(crate) enum Refusal {
     /// A cost cap is set and the call names no model to price.
     #[error("the run has a max_cost_usd, and this call names no model to price")]
     NoModel,
+    /// A cap is set and an earlier answer's usage could not be read, so the
+    /// spend is no longer known: the cap fails closed.
+    #[error(
+        "the run has a spending cap, and the usage of an earlier model answer could not be \
+         read, so its spend is unknown; no more model calls are made"
+    )]
+    Unmetered,
 }
 
 /// The spend in words, for errors: `spent $0.0123 and 4,500 tokens over 3
@@ -120,6 +127,9 @@ pub(crate) struct Spend {
     pub calls: u64,
     /// Calls refused because a cap was reached.
     pub refused_calls: u64,
+    /// Calls answered upstream whose usage could not be read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unmetered_calls: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cache_creation_input_tokens: u64,
@@ -204,6 +214,10 @@ impl SpendMeter {
                 spend: tally.summary(),
             });
         }
+        let capped = self.caps.max_cost_usd.is_some() || self.caps.max_tokens.is_some();
+        if capped && tally.unmetered_calls > 0 {
+            return Err(Refusal::Unmetered);
+        }
         if self.caps.max_cost_usd.is_some() {
             let model = model.ok_or(Refusal::NoModel)?;
             if self.prices.get(model).is_none() {
@@ -216,9 +230,15 @@ impl SpendMeter {
     }
 
     /// Counts one answered call. `requested` is the model the request
-    /// named, used when the answer names none.
-    pub(crate) fn record(&self, requested: Option<&str>, reading: &Reading) {
+    /// named, used when the answer names none. A successful answer whose
+    /// usage could not be read counts as unmetered; a failed one (an API
+    /// error) cost nothing.
+    pub(crate) fn record(&self, requested: Option<&str>, reading: &Reading, succeeded: bool) {
         if !reading.saw_usage {
+            if succeeded {
+                tracing::warn!("a model answer's usage could not be read");
+                crate::sync::lock(&self.tally).unmetered_calls += 1;
+            }
             return;
         }
         let model = reading.model.as_deref().or(requested);
@@ -248,6 +268,11 @@ impl SpendMeter {
     pub(crate) fn spend(&self) -> Spend {
         crate::sync::lock(&self.tally).clone()
     }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What one call cost at `price`.

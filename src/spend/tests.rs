@@ -165,7 +165,7 @@ fn a_cost_cap_refuses_the_call_after_the_one_that_crossed_it() {
         meter
             .admit(Some("claude-haiku-4-5"))
             .expect("under the cap");
-        meter.record(None, &reading("claude-haiku-4-5", 100, 20));
+        meter.record(None, &reading("claude-haiku-4-5", 100, 20), true);
     }
     let refusal = meter
         .admit(Some("claude-haiku-4-5"))
@@ -197,9 +197,9 @@ fn a_token_cap_counts_every_token() {
         table(),
     );
     meter.admit(Some("anything")).expect("first call");
-    meter.record(None, &reading("unpriced", 100, 20));
+    meter.record(None, &reading("unpriced", 100, 20), true);
     meter.admit(None).expect("120 of 240");
-    meter.record(None, &reading("unpriced", 100, 20));
+    meter.record(None, &reading("unpriced", 100, 20), true);
     assert!(matches!(
         meter.admit(None),
         Err(Refusal::CapReached {
@@ -253,4 +253,78 @@ fn the_stricter_cap_wins() {
             max_tokens: Some(100)
         }
     );
+}
+
+#[test]
+fn an_answer_whose_usage_cannot_be_read_closes_a_capped_run() {
+    let unread = super::usage::Reading::default();
+    let capped = SpendMeter::new(
+        Caps {
+            max_cost_usd: None,
+            max_tokens: Some(1_000_000),
+        },
+        table(),
+    );
+    // An API error cost nothing; a success that cannot be read might have.
+    capped.record(None, &unread, false);
+    capped.admit(None).expect("an error answer costs nothing");
+    capped.record(None, &unread, true);
+    assert_eq!(capped.admit(None), Err(Refusal::Unmetered));
+    assert_eq!(capped.spend().unmetered_calls, 1);
+
+    let uncapped = SpendMeter::new(Caps::default(), table());
+    uncapped.record(None, &unread, true);
+    assert!(
+        uncapped.admit(None).is_ok(),
+        "without a cap nothing is refused"
+    );
+}
+
+/// An AWS event stream frame as Bedrock sends one: the event, base64, in
+/// a `{"bytes": …}` payload with one header. CRCs are left zero: they are
+/// not checked.
+fn aws_frame(event: &str) -> Vec<u8> {
+    use base64::Engine;
+    let payload = format!(
+        r#"{{"bytes":"{}"}}"#,
+        base64::engine::general_purpose::STANDARD.encode(event)
+    );
+    let header = b"\x0b:event-type\x07\x00\x05chunk";
+    let total = 12 + header.len() + payload.len() + 4;
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&u32::try_from(total).expect("small").to_be_bytes());
+    frame.extend_from_slice(&u32::try_from(header.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(header);
+    frame.extend_from_slice(payload.as_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame
+}
+
+#[test]
+fn a_bedrock_event_stream_is_read_across_any_chunking() {
+    let stream: Vec<u8> = [
+        r#"{"type":"message_start","message":{"model":"claude-haiku-4-5","usage":{"input_tokens":40,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+        r#"{"type":"message_delta","usage":{"output_tokens":9}}"#,
+        r#"{"type":"message_stop"}"#,
+    ]
+    .iter()
+    .flat_map(|event| aws_frame(event))
+    .collect();
+    for size in [1, 5, 100, stream.len()] {
+        let mut reader = UsageReader::new(Some("application/vnd.amazon.eventstream"), None);
+        let completed: usize = stream
+            .chunks(size)
+            .map(|chunk| usize::from(reader.push(chunk)))
+            .sum();
+        assert_eq!(completed, 1, "chunks of {size}");
+        let reading = reader.finish();
+        assert_eq!(
+            (reading.usage.input_tokens, reading.usage.output_tokens),
+            (40, 9),
+            "chunks of {size}"
+        );
+        assert_eq!(reading.model.as_deref(), Some("claude-haiku-4-5"));
+    }
 }

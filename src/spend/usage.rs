@@ -1,6 +1,8 @@
 //! Reading what one model call used from its answer, as the answer streams
 //! past: `usage` in a JSON message, or in the `message_start` and
-//! `message_delta` events of a server-sent event stream.
+//! `message_delta` events of a server-sent event stream (Anthropic, Vertex,
+//! Foundry, OpenRouter) or of an AWS event stream (Bedrock's
+//! `invoke-with-response-stream`, whose frames carry the same events).
 //!
 //! The reader sees each chunk once and keeps only the line it is in the
 //! middle of, and only while that line could be a usage event: the text of
@@ -14,6 +16,8 @@ const MAX_EVENT_LINE: usize = 64 * 1024;
 /// The largest JSON answer read for its usage. A Messages answer holds at
 /// most the call's `max_tokens` of text, well under this.
 const MAX_JSON_ANSWER: usize = 16 * 1024 * 1024;
+/// The largest AWS event stream frame read; Bedrock's carry one event.
+const MAX_AWS_FRAME: usize = 1024 * 1024;
 
 /// Tokens one call used, as the API reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -109,6 +113,8 @@ enum Framing {
         body: Vec<u8>,
         expected: Option<usize>,
     },
+    /// `application/vnd.amazon.eventstream`: the frame being read.
+    AwsEvents { frame: Vec<u8> },
     /// Anything else: nothing to read.
     Opaque,
 }
@@ -136,6 +142,7 @@ impl UsageReader {
                 body: Vec::new(),
                 expected: content_length,
             },
+            "application/vnd.amazon.eventstream" => Framing::AwsEvents { frame: Vec::new() },
             _ => Framing::Opaque,
         };
         UsageReader {
@@ -189,6 +196,22 @@ impl UsageReader {
                     self.framing = Framing::Opaque;
                 }
             }
+            Framing::AwsEvents { frame } => {
+                frame.extend_from_slice(chunk);
+                loop {
+                    match aws_frame(frame) {
+                        AwsFrame::Whole(length) => {
+                            read_aws_payload(&frame[..length], &mut self.reading);
+                            frame.drain(..length);
+                        }
+                        AwsFrame::Partial => break,
+                        AwsFrame::Malformed => {
+                            self.framing = Framing::Opaque;
+                            break;
+                        }
+                    }
+                }
+            }
             Framing::Opaque => {}
         }
         self.reading.complete && !was_complete
@@ -209,6 +232,68 @@ impl UsageReader {
 
 /// One `data:` line of an event stream.
 fn read_event_line(line: &[u8], reading: &mut Reading) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if let Some(data) = line.strip_prefix(b"data:") {
+        read_event(data, reading);
+    }
+}
+
+/// How much of an AWS event stream frame is there.
+enum AwsFrame {
+    /// A whole frame of this many bytes starts the buffer.
+    Whole(usize),
+    /// More bytes are needed.
+    Partial,
+    /// Not a frame, or one too large to be Bedrock's.
+    Malformed,
+}
+
+/// The big-endian `u32` at `at`, as a length.
+fn length_at(buffer: &[u8], at: usize) -> Option<usize> {
+    let bytes: [u8; 4] = buffer.get(at..at + 4)?.try_into().ok()?;
+    usize::try_from(u32::from_be_bytes(bytes)).ok()
+}
+
+/// A frame is its total length (4 bytes, big-endian), its headers'
+/// length (4), a CRC of those (4), the headers, the payload, and a CRC of
+/// the whole (4). The CRCs are not checked: the answer is passed on as it
+/// came, and a broken frame only means its usage goes unread.
+fn aws_frame(buffer: &[u8]) -> AwsFrame {
+    let (Some(total), Some(headers)) = (length_at(buffer, 0), length_at(buffer, 4)) else {
+        return AwsFrame::Partial;
+    };
+    if total < 16 + headers || total > MAX_AWS_FRAME {
+        return AwsFrame::Malformed;
+    }
+    if buffer.len() < total {
+        return AwsFrame::Partial;
+    }
+    AwsFrame::Whole(total)
+}
+
+/// One whole frame, whose payload is `{"bytes": "<base64 of one event>"}`.
+fn read_aws_payload(frame: &[u8], reading: &mut Reading) {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Chunk {
+        bytes: String,
+    }
+    let Some(headers) = length_at(frame, 4) else {
+        return;
+    };
+    let Some(payload) = frame.get(12 + headers..frame.len().saturating_sub(4)) else {
+        return;
+    };
+    let Ok(chunk) = serde_json::from_slice::<Chunk>(payload) else {
+        return;
+    };
+    if let Ok(event) = base64::engine::general_purpose::STANDARD.decode(chunk.bytes) {
+        read_event(&event, reading);
+    }
+}
+
+/// One event of the Messages API's stream, as JSON.
+fn read_event(data: &[u8], reading: &mut Reading) {
     #[derive(Deserialize)]
     struct Event {
         #[serde(rename = "type")]
@@ -218,10 +303,6 @@ fn read_event_line(line: &[u8], reading: &mut Reading) {
         #[serde(default)]
         usage: Option<PartialUsage>,
     }
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Some(data) = line.strip_prefix(b"data:") else {
-        return;
-    };
     // Only the events that carry usage are parsed.
     let wanted = [
         &b"message_start"[..],

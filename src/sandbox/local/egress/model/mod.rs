@@ -298,7 +298,7 @@ pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
     let billed = route
         .spend
         .as_ref()
-        .filter(|_| parts.method == Method::POST && !parts.uri.path().ends_with("count_tokens"));
+        .filter(|_| is_model_call(&parts.method, parts.uri.path()));
     let requested = billed.and_then(|_| requested_model(parts.uri.path(), &body));
     if let Some(spend) = billed
         && let Err(refusal) = spend.admit(requested.as_deref())
@@ -346,6 +346,7 @@ pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
     let mut tap = UsageTap {
         spend: spend.clone(),
         requested,
+        succeeded: parts.status.is_success(),
         reader: Some(reader),
     };
     let body = body.map_frame(move |frame| {
@@ -363,6 +364,8 @@ pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
 struct UsageTap {
     spend: Arc<SpendMeter>,
     requested: Option<String>,
+    /// Whether the upstream answered 2xx.
+    succeeded: bool,
     reader: Option<UsageReader>,
 }
 
@@ -378,7 +381,7 @@ impl UsageTap {
     fn record(&mut self) {
         if let Some(reader) = self.reader.take() {
             self.spend
-                .record(self.requested.as_deref(), &reader.finish());
+                .record(self.requested.as_deref(), &reader.finish(), self.succeeded);
         }
     }
 }
@@ -387,6 +390,20 @@ impl Drop for UsageTap {
     fn drop(&mut self) {
         self.record();
     }
+}
+
+/// Whether a request is a call the run pays for: a Messages call
+/// (`/v1/messages`, under any base path), or Bedrock's and Vertex's ways of
+/// making one. Token counts, model lists and anything else pass uncounted.
+fn is_model_call(method: &Method, path: &str) -> bool {
+    const CALLS: [&str; 5] = [
+        "/v1/messages",
+        "/invoke",
+        "/invoke-with-response-stream",
+        ":rawPredict",
+        ":streamRawPredict",
+    ];
+    method == Method::POST && CALLS.iter().any(|call| path.ends_with(call))
 }
 
 /// The model a call names: `model` in its JSON body (the Messages API), or
@@ -417,6 +434,7 @@ fn refused(refusal: &Refusal) -> Response<Body> {
         Refusal::Unpriced { .. } | Refusal::NoModel => {
             (StatusCode::BAD_REQUEST, "invalid_request_error")
         }
+        Refusal::Unmetered => (StatusCode::BAD_GATEWAY, "api_error"),
     };
     let mut response = error(status, kind, &format!("sandstorm: {refusal}"));
     response
