@@ -40,6 +40,7 @@ mod health;
 mod json_field;
 pub mod keys;
 pub mod lines;
+pub mod model_proxy;
 mod openapi;
 mod outputs;
 mod plan;

@@ -170,7 +170,7 @@ fn spend_meter(
     }
     .stricter(query.caps);
     let provider = settings.sandbox.provider;
-    if !provider.meters_model {
+    if !(provider.meters_model)(&settings.sandbox.options) {
         return match (caps.max_cost_usd, caps.max_tokens) {
             (None, None) => Ok(None),
             (cost, _) => {
@@ -183,8 +183,9 @@ fn spend_meter(
                     field,
                     format!(
                         "{field} needs a sandbox provider whose model endpoint counts every call, \
-                         and the {} provider has none yet (see docs/security.md); use the local \
-                         sandbox, or max_budget_usd, which the SDK counts",
+                         and the {} provider has none with these settings (on e2b, set \
+                         SANDSTORM_E2B_MODEL_PROXY=1 with a template that has the proxy; see \
+                         docs/security.md); max_budget_usd is the SDK's own count",
                         provider.name
                     ),
                 ))

@@ -197,6 +197,22 @@ impl SpendMeter {
         })
     }
 
+    /// The run's caps.
+    pub(crate) fn caps(&self) -> Caps {
+        self.caps
+    }
+
+    /// The prices the meter goes by.
+    pub(crate) fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
+
+    /// Takes over a tally counted elsewhere: by the model proxy inside an
+    /// E2B sandbox, which reports it when its run ends.
+    pub(crate) fn absorb(&self, spend: Spend) {
+        *crate::sync::lock(&self.tally) = spend;
+    }
+
     /// Decides whether a call for `model` (from its request body) may go
     /// upstream.
     pub(crate) fn admit(&self, model: Option<&str>) -> Result<(), Refusal> {

@@ -133,13 +133,36 @@ const CURL_LOOP: &str = "for i in $(seq 1 12); do curl -s -o /dev/null -w '%{htt
      -d '{\"model\":\"claude-haiku-4-5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}' \
      \"$ANTHROPIC_BASE_URL/v1/messages\"; done";
 
+/// `ds serve` on `chain`; for E2B with the template's model proxy on, and
+/// the model's address open to the sandbox's egress proxy, which is the
+/// emulated VM's only way out, as the internet is a real one's.
+fn keyless(chain: Chain, model: &ModelServer) -> Serve {
+    let serve = Serve::new(chain, model);
+    match chain {
+        Chain::Local => serve,
+        Chain::E2b => serve.env("SANDSTORM_E2B_MODEL_PROXY", "1").env(
+            "SANDSTORM_EGRESS_OPEN",
+            &format!("127.0.0.1:{}", model.port()),
+        ),
+    }
+}
+
 #[tokio::test]
 async fn an_agent_calling_the_endpoint_itself_is_held_to_the_token_cap() {
+    agent_calling_the_endpoint_is_held_to_the_token_cap(Chain::Local).await;
+}
+
+#[tokio::test]
+async fn an_agent_calling_the_e2b_model_proxy_itself_is_held_to_the_token_cap() {
+    agent_calling_the_endpoint_is_held_to_the_token_cap(Chain::E2b).await;
+}
+
+async fn agent_calling_the_endpoint_is_held_to_the_token_cap(chain: Chain) {
     let model = ModelServer::start(Script::Bash {
         command: CURL_LOOP.into(),
     })
     .await;
-    let mut product = Serve::new(Chain::Local, &model).start().await;
+    let mut product = keyless(chain, &model).start().await;
     let cap = 6 * TOKENS_PER_CALL;
 
     let events = product
@@ -227,4 +250,61 @@ async fn a_cap_that_cannot_hold_is_refused_before_the_run() {
         assert_eq!(body["error"]["field"], field, "{body}");
         assert!(body.to_string().contains("e2b"), "{body}");
     }
+}
+
+/// What the agent looks for: the model key, in its own environment, in
+/// every process's it can read, in the files it can read, and through
+/// sudo. The key's tail is put together in the shell, so that the command's
+/// own text (which the SDK writes to its transcript) does not hold it.
+fn probe(key: &str) -> String {
+    let (a, b) = key[key.len() - 12..].split_at(6);
+    format!(
+        "a={a}; b={b}; needle=$a$b; \
+         echo env:$(env | grep -c $needle); \
+         echo environ:$(grep -l -s $needle /proc/*/environ | wc -l); \
+         echo files:$(grep -r -l -s $needle /home /tmp /opt /etc /run /var 2>/dev/null | wc -l); \
+         if sudo -n true 2>/dev/null; then echo sudo:yes; else echo sudo:no; fi; \
+         echo base:$ANTHROPIC_BASE_URL"
+    )
+}
+
+#[tokio::test]
+async fn the_e2b_sandbox_holds_no_key_and_the_model_gets_the_real_one() {
+    let model = ModelServer::start(Script::Bash {
+        command: probe(common::product::ANTHROPIC_KEY),
+    })
+    .await;
+    let mut product = keyless(Chain::E2b, &model).start().await;
+
+    let events = product.query(json!({"prompt": "look for the key"})).await;
+
+    assert_eq!(events.result()["subtype"], "success", "{}", events.dump());
+    let results = events.tool_results();
+    assert_eq!(results.len(), 1, "{}", events.dump());
+    let found = &results[0].0;
+    for line in [
+        "env:0",
+        "environ:0",
+        "files:0",
+        "sudo:no",
+        "base:http://127.0.0.1:880",
+    ] {
+        assert!(found.lines().any(|l| l == line), "no {line:?} in {found}");
+    }
+    // Every call reached the model with the real key, which only the proxy
+    // held.
+    let requests = model.agent_requests();
+    assert!(!requests.is_empty(), "{}", model.describe_requests());
+    for request in &requests {
+        assert_eq!(
+            request.header("x-api-key"),
+            Some(common::product::ANTHROPIC_KEY),
+            "{}",
+            model.describe_requests()
+        );
+    }
+    // The proxy's tally came back from inside the sandbox.
+    let spend = &events.done["sandstorm"]["spend"];
+    assert_eq!(spend["calls"], billed(&model).len(), "{spend}");
+    product.assert_sandboxes_destroyed(1).await;
 }

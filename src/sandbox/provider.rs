@@ -77,8 +77,9 @@ pub struct ProviderDeclaration {
     /// Whether its sandboxes reach the model only through an endpoint that
     /// holds the credential, counts every call with the process's
     /// [`ProcessSpec::spend`](super::ProcessSpec::spend) and refuses calls
-    /// past its caps. Only then can a run have a spending cap.
-    pub meters_model: bool,
+    /// past its caps, with these settings. Only then can a run have a
+    /// spending cap.
+    pub meters_model: fn(&ProviderSettings) -> bool,
     /// Builds the provider.
     pub build: BuildProvider,
 }

@@ -165,6 +165,36 @@ impl PriceTable {
         Ok(PriceTable { overrides })
     }
 
+    /// The overrides, as [`PRICES_VARIABLE`] holds them; `None` without.
+    pub(crate) fn overrides_json(&self) -> Option<String> {
+        #[derive(serde::Serialize)]
+        struct Out {
+            input: f64,
+            output: f64,
+            cache_write: f64,
+            cache_write_1h: f64,
+            cache_read: f64,
+        }
+        if self.overrides.is_empty() {
+            return None;
+        }
+        let out: BTreeMap<&String, Out> = self
+            .overrides
+            .iter()
+            .map(|(model, p)| {
+                let out = Out {
+                    input: p.input,
+                    output: p.output,
+                    cache_write: p.cache_write,
+                    cache_write_1h: p.cache_write_1h(),
+                    cache_read: p.cache_read,
+                };
+                (model, out)
+            })
+            .collect();
+        serde_json::to_string(&out).ok()
+    }
+
     /// The price of `model`, if it has one.
     pub(crate) fn get(&self, model: &str) -> Option<Price> {
         let id = base_id(model);

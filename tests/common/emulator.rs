@@ -48,7 +48,16 @@ pub fn binary() -> PathBuf {
 pub fn options() -> EmulatorOptions {
     let mut options = EmulatorOptions::new(runner_dir(), binary());
     options.api_key = sandstorm::secret::Secret::new(E2B_KEY);
+    options.root_commands = [(MODEL_PROXY.to_owned(), model_proxy_binary())].into();
     options
+}
+
+/// Where the template installs the model proxy.
+pub const MODEL_PROXY: &str = "/usr/local/bin/sandstorm-model-proxy";
+
+/// This build's model proxy, which stands in for the template's.
+pub fn model_proxy_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sandstorm-model-proxy"))
 }
 
 /// Knobs that answer every run with `lines` synthetic lines of `bytes`
@@ -163,7 +172,9 @@ pub fn binary_command() -> Command {
     let mut command = Command::new(binary());
     command
         .args(["--port", "0", "--api-key", E2B_KEY, "--runner-dir"])
-        .arg(runner_dir());
+        .arg(runner_dir())
+        .arg("--root-command")
+        .arg(format!("{MODEL_PROXY}={}", model_proxy_binary().display()));
     command
 }
 

@@ -307,11 +307,21 @@ impl Product {
                 (queries, queries, 0),
                 "every sandbox the emulator created must be killed: {stats:?}"
             );
-            for route in ["create", "upload", "start"] {
+            // With the template's model proxy, each runner has its proxy
+            // started beside it.
+            let proxied = self
+                .env
+                .get("SANDSTORM_E2B_MODEL_PROXY")
+                .is_some_and(|v| v == "1");
+            for (route, per_query) in [
+                ("create", 1),
+                ("upload", 1),
+                ("start", if proxied { 2 } else { 1 }),
+            ] {
                 assert_eq!(
                     stats.requests.get(route).copied().unwrap_or(0),
-                    queries,
-                    "one {route} per query: {:?}",
+                    queries * per_query,
+                    "{per_query} {route} per query: {:?}",
                     stats.requests
                 );
             }

@@ -101,6 +101,12 @@ pub struct EmulatorOptions {
     pub templates: BTreeSet<String>,
     /// The `envdVersion` create and connect report.
     pub envd_version: String,
+    /// What the template runs as root, by its path in the template, with
+    /// the host file that stands in for it (`/usr/local/bin/sandstorm-model-proxy`
+    /// → `target/debug/sandstorm-model-proxy`). A Start as root of anything
+    /// else is refused. Root processes run beside the sandbox, out of its
+    /// user's reach, and only when the emulator itself runs as root.
+    pub root_commands: BTreeMap<String, PathBuf>,
 }
 
 /// A fresh key in E2B's shape: `e2b_` and 40 hex digits.
@@ -126,6 +132,7 @@ impl EmulatorOptions {
             max_timeout_secs: DEFAULT_MAX_TIMEOUT_SECS,
             templates: DEFAULT_TEMPLATES.iter().map(|&t| t.to_owned()).collect(),
             envd_version: DEFAULT_ENVD_VERSION.to_owned(),
+            root_commands: BTreeMap::new(),
         }
     }
 }
@@ -154,6 +161,7 @@ struct Inner {
     max_timeout_secs: u64,
     templates: BTreeSet<String>,
     envd_version: String,
+    root_commands: BTreeMap<String, PathBuf>,
     /// v2 creates by `Idempotency-Key`.
     idempotency: Mutex<HashMap<String, control::Idempotent>>,
 }
@@ -202,6 +210,7 @@ impl Emulator {
                 max_timeout_secs: options.max_timeout_secs,
                 templates: options.templates,
                 envd_version: options.envd_version,
+                root_commands: options.root_commands,
                 idempotency: Mutex::new(HashMap::new()),
             }),
         })

@@ -102,6 +102,24 @@ struct Args {
     /// features on it).
     #[arg(long, value_name = "VERSION", default_value = e2b_emulator::DEFAULT_ENVD_VERSION)]
     envd_version: String,
+    /// A file the template runs as root, and the host file that stands in
+    /// for it: `/usr/local/bin/sandstorm-model-proxy=target/debug/sandstorm-model-proxy`
+    /// (repeatable). Root processes run beside the sandbox, and only when
+    /// the emulator runs as root.
+    #[arg(long = "root-command", value_name = "PATH=HOST_PATH", value_parser = root_command)]
+    root_commands: Vec<(String, PathBuf)>,
+}
+
+/// `PATH=HOST_PATH`.
+fn root_command(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((path, host)) if path.starts_with('/') && !host.is_empty() => {
+            Ok((path.to_owned(), PathBuf::from(host)))
+        }
+        _ => Err(format!(
+            "expected PATH=HOST_PATH with an absolute PATH in the template, got {text:?}"
+        )),
+    }
 }
 
 impl Args {
@@ -210,6 +228,7 @@ async fn serve() -> std::io::Result<()> {
         max_timeout_secs: args.max_timeout,
         templates: args.templates()?,
         envd_version: args.envd_version.clone(),
+        root_commands: args.root_commands.iter().cloned().collect(),
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     // Tests and scripts read the bound address (port 0 picks one) from

@@ -10,7 +10,7 @@ use reqwest::multipart::{Form, Part};
 
 use super::E2bSandbox;
 use super::http::{self, PROVIDER};
-use super::process::process_stream;
+use super::process::process_stream_with_pid;
 use crate::sandbox::{ProcessRef, ProcessSpec, ProcessStream, SandboxError, SandboxFile};
 
 /// envd before 0.4.0 had no default user; the SDKs name `user` explicitly
@@ -20,6 +20,17 @@ const DEFAULT_USER: &str = "user";
 /// `DEFAULT_USER` with an empty password in HTTP Basic form (`user:`),
 /// which is how an old envd learns the user of a process.
 const LEGACY_USER_AUTHORIZATION: &str = "Basic dXNlcjo=";
+/// `root:` in HTTP Basic form: envd runs the process as root.
+const ROOT_AUTHORIZATION: &str = "Basic cm9vdDo=";
+
+/// Who a process runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RunAs {
+    /// The template's user, `user`: everything the agent runs.
+    User,
+    /// root: only the model proxy, which must be out of the agent's reach.
+    Root,
+}
 
 /// Connect caps `Connect-Timeout-Ms` at ten digits.
 const MAX_CONNECT_TIMEOUT_MS: u128 = 9_999_999_999;
@@ -142,6 +153,16 @@ impl E2bSandbox {
         &self,
         process: ProcessSpec,
     ) -> Result<ProcessStream, SandboxError> {
+        Ok(self.start_process_as(process, RunAs::User).await?.1)
+    }
+
+    /// [`start_process`](Self::start_process) as `run_as`, with the
+    /// process's pid inside the sandbox (from the stream's first event).
+    pub(super) async fn start_process_as(
+        &self,
+        process: ProcessSpec,
+        run_as: RunAs,
+    ) -> Result<(u32, ProcessStream), SandboxError> {
         let message = StartRequest {
             process: ProcessConfig {
                 cmd: process.cmd,
@@ -154,7 +175,7 @@ impl E2bSandbox {
             stdin: Some(process.stdin),
             tag: process.tag,
         };
-        self.process_stream("start", "Start", &message, process.timeout)
+        self.process_stream("start", "Start", &message, process.timeout, run_as)
             .await
     }
 
@@ -174,8 +195,16 @@ impl E2bSandbox {
                 tag: Some(tag),
             },
         };
-        self.process_stream("attach", "Connect", &ConnectRequest { process }, None)
-            .await
+        let (_, stream) = self
+            .process_stream(
+                "attach",
+                "Connect",
+                &ConnectRequest { process },
+                None,
+                RunAs::User,
+            )
+            .await?;
+        Ok(stream)
     }
 
     /// One of envd's process streams: `method` of the process service with
@@ -186,7 +215,8 @@ impl E2bSandbox {
         method: &str,
         message: &impl serde::Serialize,
         lifetime: Option<std::time::Duration>,
-    ) -> Result<ProcessStream, SandboxError> {
+        run_as: RunAs,
+    ) -> Result<(u32, ProcessStream), SandboxError> {
         let options = &self.shared.options;
         let payload = serde_json::to_vec(message).map_err(|e| SandboxError::Other {
             op,
@@ -217,11 +247,17 @@ impl E2bSandbox {
                 HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX)),
             );
         }
-        if self.legacy_user {
-            headers.insert(
-                AUTHORIZATION,
-                HeaderValue::from_static(LEGACY_USER_AUTHORIZATION),
-            );
+        match run_as {
+            RunAs::Root => {
+                headers.insert(AUTHORIZATION, HeaderValue::from_static(ROOT_AUTHORIZATION));
+            }
+            RunAs::User if self.legacy_user => {
+                headers.insert(
+                    AUTHORIZATION,
+                    HeaderValue::from_static(LEGACY_USER_AUTHORIZATION),
+                );
+            }
+            RunAs::User => {}
         }
 
         let response = self
@@ -247,10 +283,11 @@ impl E2bSandbox {
                 ),
             });
         }
-        Ok(process_stream(
+        process_stream_with_pid(
             response.into_body().into_data_stream(),
             options.stream_idle_timeout,
-        ))
+        )
+        .await
     }
 }
 

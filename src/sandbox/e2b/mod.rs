@@ -56,6 +56,7 @@ use crate::secret::Secret;
 mod control;
 mod envd;
 mod http;
+mod keyless;
 mod options;
 #[cfg(test)]
 mod padded_download_tests;
@@ -79,8 +80,8 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
     credential: Some(CREDENTIAL),
     variables: options::VARIABLES,
     serverless: true,
-    // Not yet: the model key goes into the sandbox (see docs/security.md).
-    meters_model: false,
+    // With the template's model proxy (see `keyless`).
+    meters_model: |settings| options::model_proxy(settings).unwrap_or(false),
     build: build_provider,
 };
 
@@ -361,7 +362,11 @@ impl Sandbox for E2bSandbox {
     }
 
     async fn start(&self, process: ProcessSpec) -> Result<ProcessStream, SandboxError> {
-        self.start_process(process).await
+        if self.shared.options.model_proxy {
+            keyless::start(self, process).await
+        } else {
+            self.start_process(process).await
+        }
     }
 
     async fn read_file(&self, path: &str) -> Result<Bytes, SandboxError> {

@@ -22,7 +22,13 @@ pub(super) const VARIABLES: &[&str] = &[
     "E2B_DEBUG",
     "E2B_MAX_TIMEOUT",
     "SANDSTORM_TEMPLATE",
+    MODEL_PROXY_VARIABLE,
 ];
+
+/// Turns on the template's model proxy: the model key stays out of the
+/// sandbox, and runs may have spending caps. Needs a template built from
+/// this version's `template/`.
+pub(crate) const MODEL_PROXY_VARIABLE: &str = "SANDSTORM_E2B_MODEL_PROXY";
 
 /// E2B's limit on a sandbox's lifetime on the Pro plan: one hour. The
 /// Hobby plan allows less; `E2B_MAX_TIMEOUT` says what the plan allows.
@@ -74,6 +80,10 @@ pub struct E2bOptions {
     pub stream_idle_timeout: Duration,
     /// Retries of create, set-timeout and kill.
     pub retry: RetryPolicy,
+    /// `SANDSTORM_E2B_MODEL_PROXY`: start the template's model proxy beside
+    /// each process that holds a model key, and give the process only a
+    /// placeholder (see `keyless`).
+    pub model_proxy: bool,
 }
 
 /// Bounded exponential backoff with jitter, within a budget of waiting.
@@ -124,6 +134,7 @@ impl E2bOptions {
         if let Some(raw) = settings.get("E2B_MAX_TIMEOUT").filter(|v| !v.is_empty()) {
             options.max_timeout = parse_max_timeout(raw)?;
         }
+        options.model_proxy = model_proxy(settings)?;
         Ok(options)
     }
 
@@ -154,6 +165,7 @@ impl E2bOptions {
             keepalive_interval: Duration::from_secs(50),
             stream_idle_timeout: Duration::from_secs(120),
             retry: RetryPolicy::default(),
+            model_proxy: false,
         }
     }
 
@@ -188,6 +200,19 @@ impl E2bOptions {
         } else {
             format!("https://{ENVD_PORT}-{sandbox_id}.{domain}")
         }
+    }
+}
+
+/// Whether [`MODEL_PROXY_VARIABLE`] turns the model proxy on: `1` or `0`
+/// (`true`, `false`), off when unset.
+pub(crate) fn model_proxy(settings: &ProviderSettings) -> Result<bool, String> {
+    match settings.get(MODEL_PROXY_VARIABLE).map(str::trim) {
+        None | Some("") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => Err(format!(
+            "{MODEL_PROXY_VARIABLE} must be 1 or 0 (true or false), got {other:?}"
+        )),
     }
 }
 

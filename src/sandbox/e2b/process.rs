@@ -26,17 +26,53 @@ const OP: &str = "start";
 /// Connect error if envd sent one, [`SandboxError::StreamCut`] if the
 /// body stopped (cleanly, mid-frame, or on a transport error) before the
 /// process's end was reported, or went silent past `idle_timeout`.
+#[cfg(test)]
 pub(crate) fn process_stream<S, E>(body: S, idle_timeout: Duration) -> ProcessStream
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: Display + Send,
 {
-    let reader = Reader {
+    events(Reader {
         body: Box::pin(body),
         decoder: FrameDecoder::new(),
         idle_timeout,
         finished: false,
+        pid: None,
+    })
+}
+
+/// [`process_stream`], after reading the stream's first event, which
+/// gives the process's pid: 0 when the stream has none (a `Connect`, or
+/// output before it), which no real process has.
+pub(crate) async fn process_stream_with_pid<S, E>(
+    body: S,
+    idle_timeout: Duration,
+) -> Result<(u32, ProcessStream), SandboxError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Display + Send,
+{
+    let mut reader = Reader {
+        body: Box::pin(body),
+        decoder: FrameDecoder::new(),
+        idle_timeout,
+        finished: false,
+        pid: None,
     };
+    let first = reader.first_frame().await?;
+    let pid = reader.pid.unwrap_or(0);
+    let rest = events(reader);
+    Ok(match first {
+        Some(event) => (pid, futures::stream::iter([Ok(event)]).chain(rest).boxed()),
+        None => (pid, rest),
+    })
+}
+
+fn events<S, E>(reader: Reader<S>) -> ProcessStream
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Display + Send,
+{
     futures::stream::unfold(reader, |mut reader| async move {
         if reader.finished {
             return None;
@@ -53,6 +89,8 @@ struct Reader<S> {
     decoder: FrameDecoder,
     idle_timeout: Duration,
     finished: bool,
+    /// The pid from the `start` event, once read.
+    pid: Option<u32>,
 }
 
 impl<S, E> Reader<S>
@@ -60,6 +98,33 @@ where
     S: Stream<Item = Result<Bytes, E>>,
     E: Display,
 {
+    /// Reads the first message: the `start` event, whose pid it keeps, or
+    /// (from a stream without one) the first event there is.
+    async fn first_frame(&mut self) -> Result<Option<ProcessEvent>, SandboxError> {
+        loop {
+            let frame = self
+                .decoder
+                .next_frame()
+                .map_err(|e| protocol(e.to_string()))?;
+            if let Some(frame) = frame {
+                if frame.is_end_stream() {
+                    return Err(end_of_stream(&frame.payload));
+                }
+                let message: StartResponse = serde_json::from_slice(&frame.payload)
+                    .map_err(|e| protocol(format!("unreadable process event: {e}")))?;
+                if let Some(start) = message.event.start {
+                    self.pid = Some(start.pid);
+                    return Ok(None);
+                }
+                match decode_message(&frame.payload)? {
+                    Some(event) => return Ok(Some(event)),
+                    None => continue,
+                }
+            }
+            self.read_more().await?;
+        }
+    }
+
     /// The next output or exit event, reading more of the body only when no
     /// whole frame is buffered.
     async fn next_event(&mut self) -> Result<ProcessEvent, SandboxError> {
@@ -77,24 +142,32 @@ where
                     None => continue,
                 }
             }
-            match tokio::time::timeout(self.idle_timeout, self.body.next()).await {
-                Ok(Some(Ok(chunk))) => self.decoder.push(&chunk),
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "envd process stream broke");
-                    return Err(SandboxError::StreamCut);
+            self.read_more().await?;
+        }
+    }
+
+    /// Reads the next chunk of the body into the decoder.
+    async fn read_more(&mut self) -> Result<(), SandboxError> {
+        match tokio::time::timeout(self.idle_timeout, self.body.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                self.decoder.push(&chunk);
+                Ok(())
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "envd process stream broke");
+                Err(SandboxError::StreamCut)
+            }
+            Ok(None) => {
+                if let Err(e) = self.decoder.finish() {
+                    tracing::warn!(error = %e, "envd process stream ended mid-frame");
+                } else {
+                    tracing::warn!("envd process stream ended before the process did");
                 }
-                Ok(None) => {
-                    if let Err(e) = self.decoder.finish() {
-                        tracing::warn!(error = %e, "envd process stream ended mid-frame");
-                    } else {
-                        tracing::warn!("envd process stream ended before the process did");
-                    }
-                    return Err(SandboxError::StreamCut);
-                }
-                Err(_) => {
-                    tracing::warn!(after = ?self.idle_timeout, "envd process stream went silent");
-                    return Err(SandboxError::StreamCut);
-                }
+                Err(SandboxError::StreamCut)
+            }
+            Err(_) => {
+                tracing::warn!(after = ?self.idle_timeout, "envd process stream went silent");
+                Err(SandboxError::StreamCut)
             }
         }
     }

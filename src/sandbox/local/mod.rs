@@ -56,12 +56,12 @@ use super::{
 };
 
 mod bwrap;
-mod egress;
+pub(crate) mod egress;
 mod fs;
 mod identity;
 mod install;
 mod join;
-mod process;
+pub(crate) mod process;
 mod runtime;
 mod seccomp;
 mod setup;
@@ -587,6 +587,67 @@ impl LocalSandbox {
             cmd: spec.cmd,
             args: spec.args,
             cwd,
+        };
+        processes.running.insert(pid, (info, control.clone()));
+        Ok((pid, ReceiverStream::new(rx).boxed(), control))
+    }
+
+    /// Starts `program` beside the sandbox rather than in it: on the host,
+    /// in the sandbox's network namespace only, as `nobody` with the one
+    /// capability of listening on a port below 1024. This is how the E2B
+    /// emulator runs what a template runs as root (the model proxy): out
+    /// of the sandbox user's reach, on the sandbox's loopback, with the
+    /// sandbox's only way out (its egress proxy) as its network. Only a
+    /// server running as root can do this.
+    pub fn spawn_beside(
+        &self,
+        program: &std::path::Path,
+        args: &[String],
+        envs: &std::collections::BTreeMap<String, String>,
+        timeout: Option<Duration>,
+    ) -> Result<(u32, ProcessStream, ProcessControl), SandboxError> {
+        let refuse = |message: String| SandboxError::Other {
+            op: "start",
+            message,
+        };
+        if !rustix::process::geteuid().is_root() {
+            return Err(refuse(
+                "only a server running as root can start a process beside a sandbox".to_owned(),
+            ));
+        }
+        let proxy = join::endpoint();
+        let mut command = tokio::process::Command::new(NSENTER);
+        command
+            .arg(format!("--target={}", self.init_pid))
+            .args(["--net", "--", SETPRIV])
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .args([
+                "--inh-caps=-all,+net_bind_service",
+                "--ambient-caps=+net_bind_service",
+                "--bounding-set=-all,+net_bind_service",
+                "--",
+            ])
+            .arg(program)
+            .args(args)
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", SANDBOX_PATH)
+            .env("HTTP_PROXY", &proxy)
+            .env("HTTPS_PROXY", &proxy)
+            .env("NO_PROXY", "localhost,::1")
+            .envs(envs);
+        let mut processes = self.lock();
+        if processes.closed {
+            return Err(refuse(format!("sandbox {} has been destroyed", self.id)));
+        }
+        let (pid, rx, control) = process::spawn(command, timeout, Arc::new(()), None, false)
+            .map_err(|e| refuse(format!("could not run {NSENTER}: {e}")))?;
+        processes.running.retain(|_, (_, c)| !c.is_done());
+        let info = ProcessInfo {
+            pid,
+            cmd: program.display().to_string(),
+            args: args.to_vec(),
+            cwd: "/".to_owned(),
         };
         processes.running.insert(pid, (info, control.clone()));
         Ok((pid, ReceiverStream::new(rx).boxed(), control))

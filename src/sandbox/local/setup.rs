@@ -33,7 +33,7 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
     ],
     serverless: false,
     // The host side serves every sandbox's model endpoint.
-    meters_model: true,
+    meters_model: |_| true,
     build: build_provider,
 };
 

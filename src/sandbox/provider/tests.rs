@@ -40,7 +40,7 @@ const ACME: ProviderDeclaration = ProviderDeclaration {
     }),
     variables: &["ACME_REGION"],
     serverless: true,
-    meters_model: false,
+    meters_model: |_| false,
     build: build_acme,
 };
 

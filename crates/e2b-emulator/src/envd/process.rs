@@ -74,6 +74,7 @@ pub(super) async fn start(
     };
 
     let config = request.process;
+    let as_root = runs_as_root(&headers);
     if runner_delay > 0 && synthetic::is_runner(&config.cmd, &config.args) {
         tokio::time::sleep(Duration::from_millis(runner_delay)).await;
     }
@@ -133,6 +134,35 @@ pub(super) async fn start(
                 .boxed();
             (SYNTHETIC_PID.fetch_add(1, Ordering::Relaxed), events)
         }
+        _ if as_root => {
+            // A root process of the template's (the model proxy) runs
+            // beside the sandbox, out of its user's reach; nothing else
+            // may run as root here.
+            let Some(program) = emulator.inner.root_commands.get(&config.cmd) else {
+                return stream_error(
+                    "permission_denied",
+                    format!(
+                        "the emulator runs as root only its template's root commands ({}), not \
+                         {:?}",
+                        emulator
+                            .inner
+                            .root_commands
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        config.cmd
+                    ),
+                );
+            };
+            match entry
+                .sandbox
+                .spawn_beside(program, &config.args, &config.envs, timeout)
+            {
+                Ok((pid, events, _control)) => (pid, events),
+                Err(e) => return stream_error("internal", e.to_string()),
+            }
+        }
         _ => {
             let cwd = match checked_cwd(&emulator, &entry, config.cwd).await {
                 Ok(cwd) => cwd,
@@ -164,6 +194,21 @@ pub(super) async fn start(
     let (tx, rx) = mpsc::channel(FRAME_BUFFER);
     tokio::spawn(relay(tx, pid, events, keepalive, cut_after, entry, live));
     connect_stream(Body::from_stream(ReceiverStream::new(rx)))
+}
+
+/// Whether the request names root as its user: `Authorization: Basic`
+/// with `root:` (how the SDKs and envd say who runs a process).
+fn runs_as_root(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .is_some_and(|credentials| credentials.split(|b| *b == b':').next() == Some(b"root"))
 }
 
 /// envd's keepalive interval when `Keepalive-Ping-Interval` names none.

@@ -63,7 +63,10 @@ mod policy;
 mod proxy;
 
 use dial::{Resolve, SystemResolver};
-pub(crate) use model::{ModelRoutes, keyless};
+pub(crate) use model::{
+    CREDENTIAL_VARIABLES, ModelRoute, ModelRoutes, keyless, new_token, placeholders,
+    serve as serve_model,
+};
 pub(crate) use openings::{OPEN_VARIABLE, Opening, parse_openings};
 pub(crate) use policy::EgressRules;
 

@@ -131,7 +131,12 @@ impl ModelRoutes {
     /// Registers `route` under a fresh placeholder token; the route lives
     /// as long as the returned guard.
     pub(crate) fn register(&self, route: ModelRoute) -> RouteGuard {
-        let token = format!("{TOKEN_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        self.register_as(new_token(), route)
+    }
+
+    /// Registers `route` under `token`, one made elsewhere with
+    /// [`new_token`] (the E2B model proxy gets its run's from the server).
+    pub(crate) fn register_as(&self, token: String, route: ModelRoute) -> RouteGuard {
         crate::sync::lock(&self.inner.routes).insert(token.clone(), Arc::new(route));
         RouteGuard {
             routes: self.clone(),
@@ -196,44 +201,88 @@ pub(crate) fn keyless(
     endpoint: &str,
     spend: Option<Arc<SpendMeter>>,
 ) -> Result<Option<RouteGuard>, String> {
-    let value = |name: &str| envs.get(name).filter(|v| !v.is_empty());
-    let auth = if let Some(token) = value(AUTH_TOKEN_VARIABLE) {
-        ModelAuth::Bearer(Secret::new(token.as_str()))
-    } else {
-        match value(ANTHROPIC_KEY_VARIABLE) {
-            Some(key) => ModelAuth::ApiKey(Secret::new(key.as_str())),
-            None => return Ok(None),
-        }
+    let Some(route) = ModelRoute::from_env(envs, spend)? else {
+        return Ok(None);
     };
-    let base = value(BASE_URL_VARIABLE).map_or(DEFAULT_BASE_URL, String::as_str);
-    let base_url = match Url::parse(base) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
-        // The key must not go in, and the run cannot work without it:
-        // refuse, saying why (the value itself may hold credentials).
-        Ok(_) | Err(_) => {
-            return Err(format!(
-                "{BASE_URL_VARIABLE} is not an http(s) URL, so no model endpoint can be made \
-                 for the sandbox; fix it in the server's environment"
-            ));
-        }
-    };
-    let guard = routes.register(ModelRoute {
-        base_url,
-        auth,
-        spend,
-    });
+    let guard = routes.register(route);
+    placeholders(envs, guard.token(), endpoint);
+    Ok(Some(guard))
+}
+
+/// The variables that hold the model credential and say where it goes:
+/// what a model endpoint needs from a process's environment, and what the
+/// process no longer gets.
+pub(crate) const CREDENTIAL_VARIABLES: [&str; 3] = [
+    ANTHROPIC_KEY_VARIABLE,
+    AUTH_TOKEN_VARIABLE,
+    BASE_URL_VARIABLE,
+];
+
+impl ModelRoute {
+    /// The route a process environment calls for: `ANTHROPIC_AUTH_TOKEN`
+    /// as a bearer token when set, else `ANTHROPIC_API_KEY`, to
+    /// `ANTHROPIC_BASE_URL` or Anthropic's API. `None` when no variable
+    /// holds a key; an error when the base URL is not an http(s) URL.
+    pub(crate) fn from_env(
+        envs: &BTreeMap<String, String>,
+        spend: Option<Arc<SpendMeter>>,
+    ) -> Result<Option<ModelRoute>, String> {
+        // A placeholder another endpoint handed out is not a key: it must
+        // reach that endpoint as it is (an E2B runner under the emulator,
+        // whose sandboxes are local ones, holds its model proxy's).
+        let value = |name: &str| {
+            envs.get(name)
+                .filter(|v| !v.is_empty() && !v.starts_with(TOKEN_PREFIX))
+        };
+        let auth = if let Some(token) = value(AUTH_TOKEN_VARIABLE) {
+            ModelAuth::Bearer(Secret::new(token.as_str()))
+        } else {
+            match value(ANTHROPIC_KEY_VARIABLE) {
+                Some(key) => ModelAuth::ApiKey(Secret::new(key.as_str())),
+                None => return Ok(None),
+            }
+        };
+        let base = value(BASE_URL_VARIABLE).map_or(DEFAULT_BASE_URL, String::as_str);
+        let base_url = match Url::parse(base) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
+            // The key must not go in, and the run cannot work without it:
+            // refuse, saying why (the value itself may hold credentials).
+            Ok(_) | Err(_) => {
+                return Err(format!(
+                    "{BASE_URL_VARIABLE} is not an http(s) URL, so no model endpoint can be \
+                     made for the sandbox; fix it in the server's environment"
+                ));
+            }
+        };
+        Ok(Some(ModelRoute {
+            base_url,
+            auth,
+            spend,
+        }))
+    }
+}
+
+/// Puts `token` in each key variable that holds a key (an empty one stays
+/// empty: the SDK reads empty as unset) and points `ANTHROPIC_BASE_URL` at
+/// `endpoint`.
+pub(crate) fn placeholders(envs: &mut BTreeMap<String, String>, token: &str, endpoint: &str) {
     for name in [ANTHROPIC_KEY_VARIABLE, AUTH_TOKEN_VARIABLE] {
         if let Some(value) = envs.get_mut(name).filter(|v| !v.is_empty()) {
-            guard.token().clone_into(value);
+            token.clone_into(value);
         }
     }
     envs.insert(BASE_URL_VARIABLE.to_owned(), endpoint.to_owned());
-    Ok(Some(guard))
+}
+
+/// A fresh placeholder token: shaped like an Anthropic key, 122 random
+/// bits.
+pub(crate) fn new_token() -> String {
+    format!("{TOKEN_PREFIX}{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Answers one origin-form request: finds the route by its token and
 /// relays the request upstream with the real credential.
-pub(super) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> Response<Body> {
+pub(crate) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> Response<Body> {
     let Some(route) = tokens(request.headers()).find_map(|token| routes.get(token)) else {
         return error(
             StatusCode::UNAUTHORIZED,

@@ -1,0 +1,295 @@
+//! `sandstorm-model-proxy`: the keyless model endpoint inside an E2B
+//! sandbox.
+//!
+//! A local sandbox's model endpoint lives on the host. An E2B sandbox is a
+//! VM far from the server, and the server may be a Lambda invocation that
+//! ends long before a detached run does, so the endpoint has to live in the
+//! VM, out of the agent's reach. The template installs this binary, and
+//! for each runner the E2B provider starts it through envd **as root**,
+//! with the real credential in its own environment, right after it started
+//! the runner **as `user`** with a placeholder token and
+//! `ANTHROPIC_BASE_URL=http://127.0.0.1:880`:
+//!
+//! - The agent runs as `user`, without sudo (the template removes it). It
+//!   can see the proxy in `/proc`, but not read its environment, memory or
+//!   files: they belong to root, and the kernel lets a process read another
+//!   uid's `/proc/<pid>/environ` and `mem` only with `CAP_SYS_PTRACE`.
+//! - Port 880 is below 1024: only root may listen there, so no process of
+//!   the agent's can stand in for the endpoint, even between turns.
+//! - The endpoint serves only its run's token, counts every call with the
+//!   run's caps ([`crate::spend`]), and ends when the process it watches
+//!   (the runner, or a detached run's wrapper) ends: a call after that
+//!   finds nothing listening. It then prints what it counted as its last
+//!   line, `{"spend":{...}}`, on its own stdout, which only envd (root)
+//!   holds, so the server reads a tally the agent could not have written.
+//!
+//! Its configuration comes in its environment (`SANDSTORM_PROXY_*`, the
+//! model variables of [`CREDENTIAL_VARIABLES`] and
+//! [`PRICES_VARIABLE`](crate::spend::prices::PRICES_VARIABLE)), which only
+//! root can read.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::sandbox::local::egress::{ModelRoute, ModelRoutes, serve_model};
+use crate::sandbox::local::process::ExitWatch;
+use crate::spend::prices::PRICES_VARIABLE;
+use crate::spend::{Caps, PriceTable, Spend, SpendMeter};
+
+pub(crate) use crate::sandbox::local::egress::CREDENTIAL_VARIABLES;
+
+/// Where the proxy listens, inside the sandbox.
+pub(crate) const LISTEN: &str = "127.0.0.1:880";
+/// Where the template installs the binary.
+pub(crate) const BINARY: &str = "/usr/local/bin/sandstorm-model-proxy";
+/// The run's placeholder token, which the runner holds as its key.
+pub(crate) const TOKEN_VARIABLE: &str = "SANDSTORM_PROXY_TOKEN";
+/// The pid of the process whose end ends the proxy.
+pub(crate) const WATCH_PID_VARIABLE: &str = "SANDSTORM_PROXY_WATCH_PID";
+/// The run's caps, as JSON: `{"max_cost_usd": 1.5, "max_tokens": 100000}`.
+pub(crate) const CAPS_VARIABLE: &str = "SANDSTORM_PROXY_CAPS";
+/// Overrides [`LISTEN`] (the E2B emulator's tests).
+pub(crate) const LISTEN_VARIABLE: &str = "SANDSTORM_PROXY_LISTEN";
+
+/// How often a connection's request head must arrive, and how long an idle
+/// keep-alive connection stays.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the proxy may take to be told its process ended.
+const WATCH_FOREVER: Duration = Duration::from_secs(60 * 60 * 24 * 30);
+
+/// The caps as they travel in [`CAPS_VARIABLE`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CapsJson {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+}
+
+impl From<Caps> for CapsJson {
+    fn from(caps: Caps) -> Self {
+        CapsJson {
+            max_cost_usd: caps.max_cost_usd,
+            max_tokens: caps.max_tokens,
+        }
+    }
+}
+
+/// The proxy's last line: what it counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Report {
+    pub spend: Spend,
+}
+
+/// Everything the proxy is told, read from its environment.
+struct ProxyConfig {
+    listen: SocketAddr,
+    token: String,
+    watch_pid: u32,
+    caps: Caps,
+    prices: PriceTable,
+    route_env: BTreeMap<String, String>,
+}
+
+impl ProxyConfig {
+    fn from_env(env: &BTreeMap<String, String>) -> Result<ProxyConfig, String> {
+        let get = |name: &str| env.get(name).filter(|v| !v.is_empty());
+        let listen = get(LISTEN_VARIABLE)
+            .map_or(LISTEN, String::as_str)
+            .parse()
+            .map_err(|e| format!("{LISTEN_VARIABLE}: not an address: {e}"))?;
+        let token = get(TOKEN_VARIABLE)
+            .cloned()
+            .ok_or_else(|| format!("{TOKEN_VARIABLE} is not set"))?;
+        let watch_pid = get(WATCH_PID_VARIABLE)
+            .ok_or_else(|| format!("{WATCH_PID_VARIABLE} is not set"))?
+            .parse()
+            .map_err(|e| format!("{WATCH_PID_VARIABLE}: not a pid: {e}"))?;
+        let caps: CapsJson = match get(CAPS_VARIABLE) {
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| format!("{CAPS_VARIABLE}: {e}"))?
+            }
+            None => CapsJson::default(),
+        };
+        let prices = PriceTable::new(get(PRICES_VARIABLE).map(String::as_str))?;
+        let route_env = CREDENTIAL_VARIABLES
+            .iter()
+            .filter_map(|name| Some(((*name).to_owned(), get(name)?.clone())))
+            .collect();
+        Ok(ProxyConfig {
+            listen,
+            token,
+            watch_pid,
+            caps: Caps {
+                max_cost_usd: caps.max_cost_usd,
+                max_tokens: caps.max_tokens,
+            },
+            prices,
+            route_env,
+        })
+    }
+}
+
+/// The binary's `main`: serves until the watched process ends, then
+/// prints the [`Report`]. Exit status 2 for a configuration it cannot
+/// use, 1 when it cannot listen.
+pub fn main() -> ExitCode {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = match ProxyConfig::from_env(&env) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sandstorm-model-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sandstorm-model-proxy: no runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(report) => {
+            // One line, the last: the server reads it when the run ends.
+            match serde_json::to_string(&report) {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("sandstorm-model-proxy: no report: {e}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sandstorm-model-proxy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: ProxyConfig) -> Result<Report, String> {
+    let meter = SpendMeter::new(config.caps, Arc::new(config.prices));
+    let route = ModelRoute::from_env(&config.route_env, Some(meter.clone()))?
+        .ok_or("no model credential (ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN) is set")?;
+    let routes = ModelRoutes::new().map_err(|e| e.to_string())?;
+    let route = routes.register_as(config.token, route);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    // A process that is gone already (or never was) ends the run at once.
+    let ended = async {
+        match ExitWatch::open(config.watch_pid) {
+            Ok(watch) => while !watch.exited_within(WATCH_FOREVER).await {},
+            Err(e) => eprintln!(
+                "sandstorm-model-proxy: cannot watch pid {}: {e}",
+                config.watch_pid
+            ),
+        }
+    };
+    tokio::select! {
+        () = ended => {}
+        () = accept(listener, routes) => {}
+    }
+    // Every connection task is dropped with the runtime; the token is
+    // worthless from here on.
+    drop(route);
+    Ok(Report {
+        spend: meter.spend(),
+    })
+}
+
+async fn accept(listener: TcpListener, routes: ModelRoutes) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let routes = routes.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let routes = routes.clone();
+                        async move { Ok::<_, Infallible>(serve_model(request, &routes).await) }
+                    });
+                    let served = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "a model proxy connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("sandstorm-model-proxy: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_configuration_comes_from_the_environment() {
+        let config = ProxyConfig::from_env(&env(&[
+            (TOKEN_VARIABLE, "sk-ant-sandstorm-placeholder-x"),
+            (WATCH_PID_VARIABLE, "42"),
+            (CAPS_VARIABLE, r#"{"max_tokens": 100}"#),
+            ("ANTHROPIC_API_KEY", "sk-ant-real"),
+            ("PATH", "/bin"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.listen.to_string(), LISTEN);
+        assert_eq!(config.watch_pid, 42);
+        assert_eq!(config.caps.max_tokens, Some(100));
+        assert_eq!(
+            config.route_env.keys().collect::<Vec<_>>(),
+            ["ANTHROPIC_API_KEY"]
+        );
+    }
+
+    #[test]
+    fn a_missing_or_bad_setting_is_named() {
+        for (pairs, named) in [
+            (vec![(WATCH_PID_VARIABLE, "1")], TOKEN_VARIABLE),
+            (vec![(TOKEN_VARIABLE, "t")], WATCH_PID_VARIABLE),
+            (
+                vec![(TOKEN_VARIABLE, "t"), (WATCH_PID_VARIABLE, "x")],
+                WATCH_PID_VARIABLE,
+            ),
+            (
+                vec![
+                    (TOKEN_VARIABLE, "t"),
+                    (WATCH_PID_VARIABLE, "1"),
+                    (CAPS_VARIABLE, r#"{"max_dollars": 1}"#),
+                ],
+                CAPS_VARIABLE,
+            ),
+        ] {
+            let Err(e) = ProxyConfig::from_env(&env(&pairs)) else {
+                panic!("{pairs:?} was accepted");
+            };
+            assert!(e.contains(named), "{e}");
+        }
+    }
+}
