@@ -10,7 +10,7 @@ use reqwest::multipart::{Form, Part};
 
 use super::E2bSandbox;
 use super::http::{self, PROVIDER};
-use super::process::process_stream_with_pid;
+use super::process::{process_stream, process_stream_with_pid};
 use crate::sandbox::{ProcessRef, ProcessSpec, ProcessStream, SandboxError, SandboxFile};
 
 /// envd before 0.4.0 had no default user; the SDKs name `user` explicitly
@@ -283,11 +283,14 @@ impl E2bSandbox {
                 ),
             });
         }
-        process_stream_with_pid(
-            response.into_body().into_data_stream(),
-            options.stream_idle_timeout,
-        )
-        .await
+        let body = response.into_body().into_data_stream();
+        if method == "Start" {
+            process_stream_with_pid(body, options.stream_idle_timeout).await
+        } else {
+            // A Connect to a quiet process may send nothing for a long
+            // while: it is returned at once, without a pid.
+            Ok((0, process_stream(body, options.stream_idle_timeout)))
+        }
     }
 }
 

@@ -26,7 +26,6 @@ const OP: &str = "start";
 /// Connect error if envd sent one, [`SandboxError::StreamCut`] if the
 /// body stopped (cleanly, mid-frame, or on a transport error) before the
 /// process's end was reported, or went silent past `idle_timeout`.
-#[cfg(test)]
 pub(crate) fn process_stream<S, E>(body: S, idle_timeout: Duration) -> ProcessStream
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
