@@ -917,6 +917,9 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
     let (_, status) = get_json(client.get(format!("{}/runs/{run_id}", other.url))).await;
     assert_eq!(status["status"], "idle", "{status}");
     assert_eq!(status["last_event_id"], n, "{status}");
+    // The fork is over and lingers for LINGER_SECS: end it while it does.
+    let (code, _) = get_json(client.delete(format!("{}/runs/{fork_id}", product.url()))).await;
+    assert_eq!(code, 200);
 
     // From the command line alone: `ds --detach --keep-alive`, then
     // `ds continue` and `ds cancel`, straight to E2B.
@@ -950,8 +953,6 @@ async fn a_follow_up_turn_resumes_the_session_in_the_same_sandbox_from_any_insta
     // Also on the instance whose registry still held it.
     let (code, gone) = get_json(client.get(format!("{}/runs/{run_id}", product.url()))).await;
     assert_eq!(code, 404, "{gone}");
-    let (code, _) = get_json(client.delete(format!("{}/runs/{fork_id}", product.url()))).await;
-    assert_eq!(code, 200);
     assert_every_sandbox_killed(&product, 3).await;
 }
 
