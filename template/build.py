@@ -7,13 +7,40 @@ is unset), or the value of SANDSTORM_TEMPLATE.
 """
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from e2b import Template, default_build_logger
 
 from template import template
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def build_model_proxy() -> None:
+    """The model proxy, static (musl), so it runs on the template's Debian
+    whatever this machine's libc is. Needs `rustup target add
+    x86_64-unknown-linux-musl` once."""
+    command = [
+        "cargo", "build", "--release", "--locked",
+        "--target", "x86_64-unknown-linux-musl",
+        "--bin", "sandstorm-model-proxy",
+    ]
+    if subprocess.run(command, cwd=REPO).returncode != 0:
+        sys.exit(
+            "could not build sandstorm-model-proxy for x86_64-unknown-linux-musl; "
+            "install the target with: rustup target add x86_64-unknown-linux-musl"
+        )
+    built = REPO / "target/x86_64-unknown-linux-musl/release/sandstorm-model-proxy"
+    staged = REPO / "template/bin/sandstorm-model-proxy"
+    staged.parent.mkdir(exist_ok=True)
+    shutil.copy2(built, staged)
+
 
 def main() -> None:
+    build_model_proxy()
     name = os.environ.get("SANDSTORM_TEMPLATE") or "sandstorm"
     Template.build(
         template,

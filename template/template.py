@@ -7,9 +7,15 @@ runner/package.json and nowhere else. The server uploads runner.mjs and
 agent_config.json into that folder for each request, which is why it
 belongs to the sandbox user, `user`.
 
+It also carries the model proxy, `sandstorm-model-proxy`, which the server
+starts as root beside each runner so that the model key never enters the
+sandbox (docs/security.md), and it takes sudo away from `user`: the agent
+runs as `user`, and must not become root and read the proxy's key.
+
 Built with E2B's template SDK; see build.py and README.md beside this file.
 """
 
+import os
 from pathlib import Path
 
 from e2b import Template
@@ -19,6 +25,15 @@ from e2b import Template
 REPO = Path(__file__).resolve().parent.parent
 
 RUNNER_DIR = "/opt/agent-runner"
+
+# The model proxy as build.py builds and stages it (static, for any Linux),
+# relative to the repository root. Staged outside target/, which the SDK
+# ignores as Docker does (.dockerignore); the template's tests point at
+# another file.
+MODEL_PROXY_BUILD = os.environ.get(
+    "SANDSTORM_MODEL_PROXY_BUILD", "template/bin/sandstorm-model-proxy"
+)
+MODEL_PROXY = "/usr/local/bin/sandstorm-model-proxy"
 
 template = (
     Template(file_context_path=REPO)
@@ -45,5 +60,24 @@ template = (
         f"cd {RUNNER_DIR} && npm ls @anthropic-ai/claude-agent-sdk"
         " && node --version && git --version && rg --version"
         " && curl --version && python3 --version"
+    )
+    # Root's own, readable and runnable by all: it holds no secret, the
+    # key comes in its environment when it starts.
+    .copy(MODEL_PROXY_BUILD, MODEL_PROXY, user="root", mode=0o755)
+    # No way to root for the agent: no sudo, no group that grants it, and
+    # no password that `su` would take.
+    .run_cmd(
+        "(gpasswd -d user sudo || true)"
+        " && rm -f /etc/sudoers.d/user /etc/sudoers.d/90-user"
+        " && (apt-get purge -y --auto-remove sudo || true)"
+        " && passwd -l root"
+        f" && test -x {MODEL_PROXY}",
+        user="root",
+    )
+    # Fails the build if `user` can still become root.
+    .run_cmd(
+        "if sudo -n true 2>/dev/null || su -c true root </dev/null 2>/dev/null;"
+        " then echo 'user can become root' >&2; exit 1; fi",
+        user="user",
     )
 )

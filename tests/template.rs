@@ -54,9 +54,13 @@ fn rendered_template() -> (Value, String) {
                   from e2b import Template\n\
                   print(json.dumps({'json': json.loads(Template.to_json(template)),\n\
                   'context': template._template._file_context_path}))\n";
+    // The template copies the static build that build.py stages; the SDK
+    // hashes what it would upload, so a file that exists stands in for it.
+    let proxy = "src/bin/model_proxy.rs";
     let output = Command::new(&python)
         .current_dir(repo())
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("SANDSTORM_MODEL_PROXY_BUILD", proxy)
         .args(["-c", script])
         .output()
         .expect("run python");
@@ -116,12 +120,19 @@ fn the_template_installs_runner_s_own_lock_with_npm_ci_at_opt_agent_runner() {
         .collect();
     let dest = format!("{RUNNER_DIR}/");
     assert_eq!(
-        copies,
+        copies[..2],
         [
             ("runner/package.json", dest.as_str(), "user"),
             ("runner/package-lock.json", dest.as_str(), "user"),
         ],
-        "the template copies runner/'s manifest and lock, owned by the sandbox user, and nothing else"
+        "the template copies runner/'s manifest and lock, owned by the sandbox user"
+    );
+    assert_eq!(copies.len(), 3, "and one more file: {copies:?}");
+    assert!(
+        copies[2].0 == "src/bin/model_proxy.rs"
+            && copies[2].1 == "/usr/local/bin/sandstorm-model-proxy"
+            && copies[2].2 == "root",
+        "the model proxy, owned by root, where the server starts it: {copies:?}"
     );
 
     let runs: Vec<(&str, Option<&str>)> = steps(&template, "RUN")
@@ -175,6 +186,24 @@ fn the_template_installs_runner_s_own_lock_with_npm_ci_at_opt_agent_runner() {
         );
     }
     assert_eq!(template["fromImage"], "node:24-bookworm-slim", "Node 24");
+
+    // The agent's user cannot become root: sudo goes, root's password is
+    // locked, and the build fails if either still works.
+    let root_steps: Vec<&str> = runs
+        .iter()
+        .filter(|(_, user)| *user == Some("root"))
+        .map(|(command, _)| *command)
+        .collect();
+    assert!(
+        root_steps.iter().any(|c| c.contains("apt-get purge -y --auto-remove sudo")
+            && c.contains("passwd -l root")),
+        "{root_steps:?}"
+    );
+    let last = runs.last().expect("steps");
+    assert!(
+        last.0.contains("sudo -n true") && last.0.contains("exit 1") && last.1 == Some("user"),
+        "the last step checks, as user, that sudo is gone: {last:?}"
+    );
 }
 
 #[test]
