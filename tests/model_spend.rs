@@ -308,3 +308,87 @@ async fn the_e2b_sandbox_holds_no_key_and_the_model_gets_the_real_one() {
     assert_eq!(spend["calls"], billed(&model).len(), "{spend}");
     product.assert_sandboxes_destroyed(1).await;
 }
+
+/// Turn 1's agent leaves a process behind that calls the model with the
+/// turn's placeholder after the turn has ended, and writes the status.
+const LATE_CALL: &str = "setsid -f sh -c 'sleep 3; curl -s -o /dev/null -w \"%{http_code}\" \
+     -H \"x-api-key: $ANTHROPIC_API_KEY\" -H \"content-type: application/json\" \
+     -H \"anthropic-version: 2023-06-01\" \
+     -d \"{\\\"model\\\":\\\"claude-haiku-4-5\\\",\\\"max_tokens\\\":5,\\\"messages\\\":[{\\\"role\\\":\\\"user\\\",\\\"content\\\":\\\"late\\\"}]}\" \
+     \"$ANTHROPIC_BASE_URL/v1/messages\" > /home/user/late.txt' > /dev/null 2>&1; echo left";
+
+#[tokio::test]
+async fn the_local_endpoint_refuses_a_turn_s_token_once_the_turn_is_over() {
+    a_turn_s_token_dies_with_the_turn(Chain::Local).await;
+}
+
+#[tokio::test]
+async fn the_e2b_model_proxy_refuses_a_turn_s_token_once_the_turn_is_over() {
+    a_turn_s_token_dies_with_the_turn(Chain::E2b).await;
+}
+
+async fn a_turn_s_token_dies_with_the_turn(chain: Chain) {
+    use base64::Engine;
+    let model = ModelServer::start(Script::Bash {
+        command: LATE_CALL.into(),
+    })
+    .await;
+    let product = keyless(chain, &model).start().await;
+    let client = reqwest::Client::new();
+    let first = client
+        .post(format!("{}/query", product.url()))
+        .json(&json!({
+            "prompt": "leave a late caller",
+            "keep_alive": 120,
+            // Outputs are the run's: turn 2 brings back what the late caller wrote.
+            "outputs": ["late.txt"],
+        }))
+        .send()
+        .await
+        .expect("POST /query");
+    assert_eq!(first.status(), 200);
+    let first = common::sse::json_events(&first.text().await.expect("turn 1"));
+    let run_id = first
+        .iter()
+        .find_map(|e| e["run_id"].as_str().filter(|_| e["type"] == "run"))
+        .unwrap_or_else(|| panic!("no run event: {first:?}"))
+        .to_owned();
+    assert!(first.iter().any(|e| e["type"] == "done"), "{first:?}");
+    let calls_after_turn_one = billed(&model).len();
+
+    // The late caller fires while the run idles between turns.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let second = client
+        .post(format!("{}/runs/{run_id}/messages", product.url()))
+        .json(&json!({"prompt": "what did it get?"}))
+        .send()
+        .await
+        .expect("POST /runs/{id}/messages");
+    assert_eq!(second.status(), 200);
+    let second = common::sse::json_events(&second.text().await.expect("turn 2"));
+    let file = second
+        .iter()
+        .find(|e| e["type"] == "file")
+        .unwrap_or_else(|| panic!("late.txt did not come back: {second:?}"));
+    let status = base64::engine::general_purpose::STANDARD
+        .decode(file["data"].as_str().expect("data"))
+        .expect("base64");
+    let status = String::from_utf8_lossy(&status);
+    // Refused (401) by a later endpoint, or nothing listening (000): never
+    // an answer.
+    assert!(
+        status == "401" || status == "000",
+        "the late call got {status}"
+    );
+    assert!(
+        billed(&model)[calls_after_turn_one..]
+            .iter()
+            .all(|r| !r.body.to_string().contains("\"late\"")),
+        "the late call reached the model:\n{}",
+        model.describe_requests()
+    );
+    let _ = client
+        .delete(format!("{}/runs/{run_id}", product.url()))
+        .send()
+        .await;
+}

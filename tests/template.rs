@@ -195,8 +195,10 @@ fn the_template_installs_runner_s_own_lock_with_npm_ci_at_opt_agent_runner() {
         .map(|(command, _)| *command)
         .collect();
     assert!(
-        root_steps.iter().any(|c| c.contains("apt-get purge -y --auto-remove sudo")
-            && c.contains("passwd -l root")),
+        root_steps
+            .iter()
+            .any(|c| c.contains("apt-get purge -y --auto-remove sudo")
+                && c.contains("passwd -l root")),
         "{root_steps:?}"
     );
     let last = runs.last().expect("steps");
