@@ -44,7 +44,7 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -89,6 +89,7 @@ const UPSTREAM_VARIABLE: &str = "SANDSTORM_BENCH_UPSTREAM";
 async fn model_endpoint_added_latency_and_memory_per_call() {
     let (_upstream, upstream_url) = start_upstream().await;
     let provider = provider();
+    let started = Instant::now();
     let figures = tokio::time::timeout(TIME_LIMIT, async {
         let memory = memory(&provider, &upstream_url).await;
         let latency = latency(&provider, &upstream_url).await;
@@ -104,6 +105,8 @@ async fn model_endpoint_added_latency_and_memory_per_call() {
         "paused_calls": PAUSED_CALLS,
         "pause_ms": PAUSE.as_millis(),
         "held": HELD,
+        "answer_bytes": FIRST_EVENT.len() + LATER_EVENTS.iter().map(|e| e.len()).sum::<usize>(),
+        "elapsed_s": started.elapsed().as_secs_f64(),
         "figures": figures,
     });
     println!("{figures}");
@@ -179,7 +182,7 @@ impl Times {
                 .collect()
         };
         let (first, end) = (list("first_us"), list("end_us"));
-        let p50 = percentile(&end, 50.0);
+        let p50 = percentile(&end, 50);
         self.first.extend(first);
         self.end.extend(end);
         p50
@@ -445,29 +448,29 @@ fn rss_kib() -> u64 {
 
 // --- statistics ---------------------------------------------------------------
 
-/// Nearest-rank percentile of `values`.
-fn percentile(values: &[f64], p: f64) -> f64 {
+/// Nearest-rank percentile `p` (0 to 100) of `values`.
+fn percentile(values: &[f64], p: usize) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    let rank = (p * sorted.len()).div_ceil(100);
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn summary(values: &[f64]) -> Value {
     json!({
         "n": values.len(),
-        "p50": percentile(values, 50.0),
-        "p90": percentile(values, 90.0),
-        "p99": percentile(values, 99.0),
-        "min": percentile(values, 0.0),
-        "max": percentile(values, 100.0),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "min": percentile(values, 0),
+        "max": percentile(values, 100),
     })
 }
 
 /// Percentile by percentile, what `through` took over `direct`.
 fn added(through: &[f64], direct: &[f64]) -> Value {
-    let at = |p| percentile(through, p) - percentile(direct, p);
-    json!({ "p50": at(50.0), "p90": at(90.0), "p99": at(99.0) })
+    let at = |p: usize| percentile(through, p) - percentile(direct, p);
+    json!({ "p50": at(50), "p90": at(90), "p99": at(99) })
 }
 
 // --- the upstream -------------------------------------------------------------
@@ -494,13 +497,14 @@ async fn upstream() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
-    println!("listening on {}", listener.local_addr().expect("an address"));
+    println!(
+        "listening on {}",
+        listener.local_addr().expect("an address")
+    );
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, upstream_app())
-        .await
-        .expect("serve");
+    axum::serve(listener, upstream_app()).await.expect("serve");
 }
 
 /// The answer's events, as the Messages API streams them.
@@ -587,7 +591,9 @@ async fn messages(State(s): State<Upstream>, headers: HeaderMap, body: Bytes) ->
         }
         stream::iter(LATER_EVENTS.map(|e| Ok::<_, Infallible>(Bytes::from_static(e.as_bytes()))))
     };
-    let first = stream::iter([Ok::<_, Infallible>(Bytes::from_static(FIRST_EVENT.as_bytes()))]);
+    let first = stream::iter([Ok::<_, Infallible>(Bytes::from_static(
+        FIRST_EVENT.as_bytes(),
+    ))]);
     let events = first.chain(stream::once(wait).flatten());
     (
         [(header::CONTENT_TYPE, "text/event-stream")],
@@ -599,8 +605,8 @@ async fn messages(State(s): State<Upstream>, headers: HeaderMap, body: Bytes) ->
 #[test]
 fn percentiles_are_nearest_rank() {
     let values: Vec<f64> = (1..=100).map(f64::from).collect();
-    assert_eq!(percentile(&values, 50.0), 50.0);
-    assert_eq!(percentile(&values, 99.0), 99.0);
-    assert_eq!(percentile(&values, 0.0), 1.0);
-    assert_eq!(percentile(&values, 100.0), 100.0);
+    assert_eq!(percentile(&values, 50), 50.0);
+    assert_eq!(percentile(&values, 99), 99.0);
+    assert_eq!(percentile(&values, 0), 1.0);
+    assert_eq!(percentile(&values, 100), 100.0);
 }
