@@ -803,7 +803,7 @@ PROXY_NODELAY = {
 
 
 def us(value: float) -> str:
-    return f"{value:,.0f}"
+    return f"{value:,.0f}".replace("-", "−")
 
 
 def proxy_section(d, r):
@@ -876,30 +876,46 @@ def proxy_section(d, r):
     else:
         d.p(f"A first byte came through the endpoint only after the pause ({us(slowest)} µs): the endpoint held an answer back.")
     d.p()
-    stalled = lat["endpoint_added_us"]["end"]["p90"] > STALL_US or max(per_round) > STALL_US
+    late = (streaming["endpoint"]["end_us"]["p50"] - streaming["direct"]["end_us"]["p50"]) / 1e3
+    over = lambda key: lat[key]["end_us"].get("over_10ms")  # noqa: E731
+    stalled = (
+        lat["endpoint_added_us"]["end"]["p99"] > STALL_US
+        or max(per_round) > STALL_US
+        or late * 1e3 > STALL_US
+    )
     if stalled:
         hit = sum(1 for x in per_round if x > STALL_US)
         fix = PROXY_NODELAY
-        late = (streaming["endpoint"]["end_us"]["p50"] - streaming["direct"]["end_us"]["p50"]) / 1e3
+        facts = []
+        if over("endpoint") is not None:
+            facts.append(
+                f"{over('endpoint')} of the {n:,} calls through the endpoint took over 10 ms "
+                f"(direct: {over('direct')}; without meter: {over('endpoint_unmetered')})"
+            )
+        if hit:
+            facts.append(f"in {hit} of {len(per_round)} rounds even the p50 did")
+        facts.append(f"the paused answers ended {late:.1f} ms after the direct ones at p50")
+        facts = "; ".join(facts)
         d.p(
-            f"Some calls through the endpoint take about 40 ms more: in {hit} of "
-            f"{len(per_round)} rounds even the p50 did, and the paused answers ended "
-            f"{late:.1f} ms after the direct ones. It is Nagle's algorithm meeting a delayed "
-            "ACK. The sandbox's bridge (`src/sandbox/local/shim.rs`, `bridge`) does not set "
-            "`TCP_NODELAY` on the connections it accepts, so when an answer reaches it in more "
-            "than one piece its second write waits until the client has acknowledged the "
-            "first, and the client, which sends nothing until the answer is whole, holds that "
-            "ACK for its 40 ms delayed-ACK timer. Whether an answer comes in one piece or more "
-            "depends on timing, so the stall comes and goes by connection, and the p50 verdict "
-            "depends on how many rounds it hits. The same benchmark with "
+            "Some calls through the endpoint take about 40 ms more. "
+            f"{facts[:1].upper() + facts[1:]}. It is Nagle's algorithm meeting a delayed ACK. The sandbox's "
+            "bridge (`src/sandbox/local/shim.rs`, `bridge`) does not set `TCP_NODELAY` on the "
+            "connections it accepts, so a write it makes while the client has not yet "
+            "acknowledged the last waits for that ACK, and the client, which sends nothing "
+            "until the answer is whole, holds the ACK for its 40 ms delayed-ACK timer. A fast "
+            "answer stalls when it reaches the bridge in more than one piece, which depends on "
+            "timing, so the stall comes and goes by connection (and the p50 verdict depends on "
+            "how many rounds it hits); a paused one always does, since its later events come "
+            "after the first was sent. A model's real answer is the paused case: its events "
+            "come tens of ms apart, so each can wait up to 40 ms, and the Agent SDK's calls "
+            "take this path. The same benchmark with "
             "`let _ = inbound.set_nodelay(true);` after the bridge's `accept` (measured by hand "
             f"on {fix['date']} at `{fix['commit']}` plus that line, not committed): added "
             f"{us(fix['added_end']['p50'])} µs at p50 and {us(fix['added_end']['p90'])} µs at "
             f"p90, every round between {us(min(fix['added_p50_per_round']))} and "
             f"{us(max(fix['added_p50_per_round']))} µs at p50, and the paused answers ended "
             f"{(fix['paused_end_p50']['endpoint'] - fix['paused_end_p50']['direct']) / 1e3:.1f} ms "
-            "after the direct ones. The Agent SDK's calls take the same path, so they can "
-            "stall the same way."
+            "after the direct ones."
         )
         d.p()
     rss = mem["rss_kib"]
