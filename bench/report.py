@@ -851,9 +851,10 @@ def proxy_section(d, r):
     d.p(
         "Added at p50 (whole call), round by round: "
         + ", ".join(us(x) for x in per_round)
-        + f" µs; the median of the rounds is {us(med(per_round))} µs. At p99 both paths "
-        "show the busy machine more than the endpoint (the client, the upstream and the "
-        "endpoint share its 2 cores with whatever else runs), so the added p99 says little."
+        + f" µs; the median of the rounds is {us(med(per_round))} µs. The tails of both "
+        "paths also carry the machine's scheduling (the client, the upstream and the endpoint "
+        "share its 2 cores with whatever else runs): a direct call's p99 is "
+        f"{us(lat['direct']['end_us']['p99'])} µs, its slowest {us(lat['direct']['end_us']['max'])} µs."
     )
     d.p()
     paused = proxy["paused_calls"]
