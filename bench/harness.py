@@ -6,7 +6,9 @@ servers run against the same E2B emulator (synthetic runner), with the same
 client, in the same session, their runs interleaved so that drift on the
 machine hits both alike. The local sandbox start-up section (issue 9) times
 the emulator's own sandboxes instead, now and, with `--before-emulator`,
-before issue 9 (see bench/startup.py).
+before issue 9 (see bench/startup.py). The model endpoint section (issue
+14) takes the figures of tests/bench_model_endpoint.rs, which bench/run
+runs in release.
 
 Raw figures go to bench/results.json, which is kept in git: a run with
 `--only` measures those phases and merges them into it, so the other
@@ -45,8 +47,11 @@ RELAY = dict(lines=100_000, bytes_=500)  # relay throughput
 CONCURRENT = {"typical": dict(lines=10, bytes_=500), "stalled": dict(lines=1_000, bytes_=500)}
 
 # Phases, in the order they run. `size` reads the built binaries, `load`
-# takes bench/run's tests/load.rs figures; the rest measure.
-PHASES = ("cold", "lambda", "overhead", "trips", "relay", "detached", "memory", "size", "load", "local")
+# and `proxy` take the figures of tests bench/run ran (tests/load.rs,
+# tests/bench_model_endpoint.rs); the rest measure.
+PHASES = ("cold", "lambda", "overhead", "trips", "relay", "detached", "memory", "size", "load", "local", "proxy")
+# The phases that need the E2B emulator running.
+EMULATOR_PHASES = {"cold", "lambda", "overhead", "trips", "relay", "detached", "memory", "local"}
 # The phases that run the original, so need its virtualenv.
 THEIRS_PHASES = {"cold", "overhead", "trips", "relay", "memory", "size"}
 # Local start-up: counted runs per emulator (at least), after uncounted ones.
@@ -516,6 +521,7 @@ async def main() -> None:
     parser.add_argument("--theirs-streams", type=int, default=1000, help="concurrent streams for the original (0: skip)")
     parser.add_argument("--bootstrap", type=Path, help="the Lambda bootstrap binary (absent: not measured)")
     parser.add_argument("--load-figures", type=Path, help="tests/load.rs figures (JSON) to include")
+    parser.add_argument("--proxy-figures", type=Path, help="tests/bench_model_endpoint.rs figures (JSON) to include")
     parser.add_argument("--out", type=Path, help="where to write the markdown (default REPO/BENCHMARKS.md)")
     parser.add_argument(
         "--only",
@@ -567,7 +573,7 @@ async def main() -> None:
         results["sizes"] = sizes(setup)
     started = time.perf_counter()
     busy = busy_cores(2.0)
-    emu = Emulator(setup)
+    emu = Emulator(setup) if phases & EMULATOR_PHASES else None
     try:
         if "cold" in phases:
             log("cold start")
@@ -605,10 +611,14 @@ async def main() -> None:
             before = args.before_emulator.resolve() if args.before_emulator else None
             results["local"] = local_startup(setup, emu, before, args.before_commit, max(args.runs, LOCAL_RUNS))
     finally:
-        emu.stop()
+        if emu is not None:
+            emu.stop()
     elapsed = time.perf_counter() - started
     if "load" in phases and args.load_figures and args.load_figures.exists():
         results["load"] = json.loads(args.load_figures.read_text())
+    if "proxy" in phases and args.proxy_figures and args.proxy_figures.exists():
+        results["proxy"] = json.loads(args.proxy_figures.read_text())
+        elapsed += results["proxy"].get("elapsed_s", 0)  # bench/run ran it before the harness
     # When and where each phase on file was measured: a partial run leaves
     # the others' as they were.
     m = results["machine"]

@@ -189,7 +189,9 @@ impl fmt::Debug for SpendMeter {
 }
 
 impl SpendMeter {
-    pub(crate) fn new(caps: Caps, prices: Arc<PriceTable>) -> Arc<SpendMeter> {
+    /// A fresh tally for one run, held to `caps`, pricing its calls by
+    /// `prices`.
+    pub fn new(caps: Caps, prices: Arc<PriceTable>) -> Arc<SpendMeter> {
         Arc::new(SpendMeter {
             caps,
             prices,
