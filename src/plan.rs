@@ -108,6 +108,7 @@ pub(crate) async fn prepare(
         &settings.keys,
         settings.key_source.as_deref(),
         settings.sandbox.provider.credential,
+        settings.sandbox.provider.keeps_cloud_credentials,
     )
     .await?;
     let keep_alive = query
