@@ -503,10 +503,25 @@ fn a_key_file_that_is_not_one_is_refused_without_quoting_it() {
     ]);
     let e = keyless(&mut envs, &routes, ENDPOINT, None).expect_err("not a key file");
     assert!(
-        e.contains("service account") && !e.contains("not-base64-secret"),
+        e.contains("failed to deserialize ApplicationCredentials") && !e.contains("not-base64"),
         "{e}"
     );
     assert!(!envs.contains_key(crate::keys::VERTEX_SERVICE_ACCOUNT_VARIABLE));
+    // A key file whose key is not one.
+    let mut envs = env(&[
+        ("CLAUDE_CODE_USE_VERTEX", "1"),
+        ("CLOUD_ML_REGION", "us-east5"),
+        (
+            crate::keys::VERTEX_SERVICE_ACCOUNT_VARIABLE,
+            r#"{"private_key": "-----BEGIN PRIVATE KEY-----\nbm90LWEta2V5LXNlY3JldA==\n-----END PRIVATE KEY-----\n",
+                "client_email": "a@b", "token_uri": "https://t"}"#,
+        ),
+    ]);
+    let e = keyless(&mut envs, &routes, ENDPOINT, None).expect_err("not a key");
+    assert!(
+        e.contains("cannot be used: ") && !e.contains("bm90LWEt"),
+        "{e}"
+    );
 }
 
 #[test]

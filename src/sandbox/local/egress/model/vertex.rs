@@ -87,15 +87,29 @@ impl Accounts {
         if let Some(auth) = by_file.get(json) {
             return Ok(auth.clone());
         }
-        let account = CustomServiceAccount::from_json(json).map_err(|_| {
-            "the Vertex service account (GOOGLE_APPLICATION_CREDENTIALS) is not a service \
-             account key file with a PKCS#8 private key"
-                .to_owned()
+        let account = CustomServiceAccount::from_json(json).map_err(|e| {
+            format!(
+                "the Vertex service account (GOOGLE_APPLICATION_CREDENTIALS) cannot be used: {}",
+                what_failed(&e)
+            )
         })?;
         let auth = VertexAuth {
             account: Arc::new(account),
         };
         by_file.insert(json.to_owned(), auth.clone());
         Ok(auth)
+    }
+}
+
+/// What went wrong, in `gcp_auth`'s own fixed words only: the errors' sources
+/// (a JSON parse error, say) may quote the key file.
+fn what_failed(error: &gcp_auth::Error) -> &'static str {
+    match error {
+        gcp_auth::Error::Http(what, _)
+        | gcp_auth::Error::Io(what, _)
+        | gcp_auth::Error::Json(what, _)
+        | gcp_auth::Error::Other(what, _)
+        | gcp_auth::Error::Str(what) => what,
+        gcp_auth::Error::NoAuthMethod(..) => "no authentication method",
     }
 }
