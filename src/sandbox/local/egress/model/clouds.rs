@@ -28,7 +28,9 @@
 //! - Vertex: `POST /projects/{p}/locations/{r}/publishers/anthropic/models/
 //!   {m}:streamRawPredict` under `https://{r}-aiplatform.googleapis.com/v1`
 //!   (`aiplatform.googleapis.com` for `global`, `aiplatform.{us,eu}.rep.
-//!   googleapis.com` for `us` and `eu`), `r` being `CLOUD_ML_REGION`.
+//!   googleapis.com` for `us` and `eu`), `r` being `CLOUD_ML_REGION`, or
+//!   a model's own `VERTEX_REGION_CLAUDE_*` (same base URL, another
+//!   location in the path).
 //! - Foundry: Anthropic's own `POST /v1/messages` under
 //!   `https://{resource}.services.ai.azure.com/anthropic`, the resource
 //!   from `ANTHROPIC_FOUNDRY_RESOURCE`, the key from
@@ -179,22 +181,62 @@ pub(super) fn route(
             None => {
                 let region = value("CLOUD_ML_REGION")
                     .ok_or("Vertex needs CLOUD_ML_REGION, the region of its endpoint")?;
-                let host = match region {
-                    "global" => "aiplatform.googleapis.com".to_owned(),
-                    "us" | "eu" => format!("aiplatform.{region}.rep.googleapis.com"),
-                    _ if is_gcp_region(region) => format!("{region}-aiplatform.googleapis.com"),
-                    _ => {
-                        return Err("CLOUD_ML_REGION is not a Google Cloud region such as \
-                                    us-east5"
-                            .to_owned());
-                    }
-                };
+                let host = vertex_host(region)
+                    .ok_or("CLOUD_ML_REGION is not a Google Cloud region such as us-east5")?;
                 known(&format!("https://{host}/v1"))?
             }
         };
         return Ok(Some((&VERTEX, url, auth)));
     }
     Ok(None)
+}
+
+/// On a cloud's own endpoint, the host that answers `path` when it is not
+/// the base URL's:
+///
+/// - Bedrock's inference-profile and model lists go to its control plane,
+///   `bedrock.{region}`, not the runtime, `bedrock-runtime.{region}`.
+/// - A Vertex call goes to the host of the location its path names
+///   (`/projects/{p}/locations/{r}/...`): the CLI sends a model with a
+///   region of its own (`VERTEX_REGION_CLAUDE_*`) there, through its one
+///   base URL.
+///
+/// An operator's own base URL answers everything.
+pub(super) fn host_for(base: &Url, path: &str) -> Option<String> {
+    let host = base.host_str()?;
+    if let Some(rest) = host
+        .strip_prefix("bedrock-runtime.")
+        .filter(|rest| rest.ends_with(".amazonaws.com"))
+    {
+        let control = ["/inference-profiles", "/foundation-models"]
+            .iter()
+            .any(|prefix| path.starts_with(prefix));
+        return control.then(|| format!("bedrock.{rest}"));
+    }
+    let vertex = host == "aiplatform.googleapis.com"
+        || host.ends_with("-aiplatform.googleapis.com")
+        || matches!(
+            host,
+            "aiplatform.us.rep.googleapis.com" | "aiplatform.eu.rep.googleapis.com"
+        );
+    if !vertex {
+        return None;
+    }
+    let mut segments = path.split(['/', '?']);
+    segments.find(|segment| *segment == "locations")?;
+    let wanted = vertex_host(segments.next()?)?;
+    (wanted != host).then_some(wanted)
+}
+
+/// Vertex AI's host for a region, as the CLI's Vertex client picks it;
+/// `None` for what is not a region name.
+fn vertex_host(region: &str) -> Option<String> {
+    match region {
+        "global" => Some("aiplatform.googleapis.com".to_owned()),
+        "us" | "eu" => Some(format!("aiplatform.{region}.rep.googleapis.com")),
+        _ if is_gcp_region(region) => Some(format!("{region}-aiplatform.googleapis.com")),
+        _ => None,
+    }
 }
 
 /// The operator's base URL for a provider, which must be http(s). The

@@ -84,29 +84,17 @@ pub(crate) struct ModelRoute {
 }
 
 impl ModelRoute {
-    /// The base a request's path goes under: the route's own, except for
-    /// Bedrock's inference-profile and model lists on its default endpoint,
-    /// which the control plane (`bedrock.{region}`) answers rather than the
-    /// runtime (`bedrock-runtime.{region}`). Claude Code asks both through
-    /// its one base URL.
+    /// The base a request's path goes under: the route's own, or on a
+    /// cloud's own endpoint the host that answers that path
+    /// ([`clouds::host_for`]).
     fn base_for(&self, path: &str) -> Cow<'_, Url> {
-        let control = ["/inference-profiles", "/foundation-models"]
-            .iter()
-            .any(|prefix| path.starts_with(prefix));
-        let runtime = self
-            .base_url
-            .host_str()
-            .and_then(|host| host.strip_prefix("bedrock-runtime."))
-            .filter(|rest| rest.ends_with(".amazonaws.com"));
-        match runtime {
-            Some(rest) if control => {
-                let mut url = self.base_url.clone();
-                match url.set_host(Some(&format!("bedrock.{rest}"))) {
-                    Ok(()) => Cow::Owned(url),
-                    Err(_) => Cow::Borrowed(&self.base_url),
-                }
-            }
-            _ => Cow::Borrowed(&self.base_url),
+        let Some(host) = clouds::host_for(&self.base_url, path) else {
+            return Cow::Borrowed(&self.base_url);
+        };
+        let mut url = self.base_url.clone();
+        match url.set_host(Some(&host)) {
+            Ok(()) => Cow::Owned(url),
+            Err(_) => Cow::Borrowed(&self.base_url),
         }
     }
 }

@@ -601,3 +601,50 @@ fn bedrocks_lists_go_to_its_control_plane() {
         "https://vpce.example.test/bedrock"
     );
 }
+
+#[test]
+fn a_vertex_call_goes_to_the_host_of_its_location() {
+    let route = |base: &str| ModelRoute {
+        base_url: Url::parse(base).expect("url"),
+        auth: ModelAuth::ApiKey(Secret::new("k")),
+        spend: None,
+    };
+    let call = |location: &str| {
+        format!("/projects/p/locations/{location}/publishers/anthropic/models/m:streamRawPredict")
+    };
+    let default = route("https://us-east5-aiplatform.googleapis.com/v1");
+    for (location, base) in [
+        ("us-east5", "https://us-east5-aiplatform.googleapis.com/v1"),
+        (
+            "europe-west1",
+            "https://europe-west1-aiplatform.googleapis.com/v1",
+        ),
+        ("global", "https://aiplatform.googleapis.com/v1"),
+        ("eu", "https://aiplatform.eu.rep.googleapis.com/v1"),
+        // Not a region: the route's own host, never one made of it.
+        (
+            "evil.test%2F",
+            "https://us-east5-aiplatform.googleapis.com/v1",
+        ),
+        (
+            "x.evil.test",
+            "https://us-east5-aiplatform.googleapis.com/v1",
+        ),
+    ] {
+        assert_eq!(
+            default.base_for(&call(location)).as_str(),
+            base,
+            "{location}"
+        );
+    }
+    let global = route("https://aiplatform.googleapis.com/v1");
+    assert_eq!(
+        global.base_for(&call("us-east5")).as_str(),
+        "https://us-east5-aiplatform.googleapis.com/v1"
+    );
+    let own = route("http://127.0.0.1:9/v1");
+    assert_eq!(
+        own.base_for(&call("europe-west1")).as_str(),
+        "http://127.0.0.1:9/v1"
+    );
+}
