@@ -5,6 +5,11 @@
 //! SigV4 signature botocore agrees with, an access token the service
 //! account earned from a loopback OAuth server, the Foundry key.
 //!
+//! The last test runs the pinned Claude Code itself inside the sandbox,
+//! told to skip its own auth, and checks that what it sends (Bedrock's
+//! inference-profile list and model call, Vertex's streamRawPredict)
+//! arrives authenticated.
+//!
 //! Every upstream is on 127.0.0.1: the provider's base URL variables name
 //! them on the host, as an operator's private endpoint would be named.
 
@@ -181,25 +186,52 @@ async fn bedrock_keys_stay_out_and_requests_arrive_signed() {
     assert!(authorization.starts_with(&scope), "{authorization}");
     assert_eq!(seen.header("x-amz-security-token"), Some(session));
 
-    // The signature is the one AWS would compute: botocore signs what
-    // arrived, at the time it says, and must get the same.
+    assert_botocore_agrees(
+        addr,
+        &seen,
+        &Keys {
+            region: "eu-west-1",
+            key_id,
+            secret,
+            session: Some(session),
+        },
+    );
+}
+
+/// The AWS keys a test gave the endpoint.
+struct Keys<'a> {
+    region: &'a str,
+    key_id: &'a str,
+    secret: &'a str,
+    session: Option<&'a str>,
+}
+
+/// The signature on `seen` is the one AWS would compute: botocore signs
+/// what arrived (the headers we sign, the body, the path as sent), at the
+/// time it says, and must get the same `Authorization`. Skipped without
+/// the repository's `.venv` (scripts/setup makes it).
+fn assert_botocore_agrees(addr: SocketAddr, seen: &Seen, keys: &Keys<'_>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv/bin/python");
     if !python.is_file() {
         eprintln!("no .venv (scripts/setup makes it): the signature's shape was checked only");
         return;
     }
-    let time = epoch_seconds(date);
+    let date = seen.header("x-amz-date").expect("x-amz-date");
+    let headers = match seen.header("content-type") {
+        Some(content_type) => json!({ "content-type": content_type }),
+        None => json!({}),
+    };
     let case = json!([{
-        "method": "POST",
+        "method": seen.method.as_str(),
         "url": format!("http://{addr}{}", seen.uri),
-        "headers": { "content-type": seen.header("content-type").expect("content-type") },
+        "headers": headers,
         "body": String::from_utf8_lossy(&seen.body),
-        "time": time,
-        "region": "eu-west-1",
-        "access_key_id": key_id,
-        "secret_access_key": secret,
-        "session_token": session,
+        "time": epoch_seconds(date),
+        "region": keys.region,
+        "access_key_id": keys.key_id,
+        "secret_access_key": keys.secret,
+        "session_token": keys.session,
     }]);
     let mut child = Command::new(python)
         .arg(root.join("tests/fixtures/sigv4/botocore_sign.py"))
@@ -215,7 +247,13 @@ async fn bedrock_keys_stay_out_and_requests_arrive_signed() {
     let output = child.wait_with_output().expect("python ends");
     assert!(output.status.success());
     let theirs: Value = serde_json::from_slice(&output.stdout).expect("json");
-    assert_eq!(theirs[0]["authorization"], authorization);
+    assert_eq!(
+        theirs[0]["authorization"],
+        seen.header("authorization").unwrap_or_default(),
+        "{} {}",
+        seen.method,
+        seen.uri
+    );
 }
 
 /// `20251206T000000Z` as seconds since the epoch.
@@ -446,4 +484,97 @@ async fn foundry_keys_stay_out_and_requests_carry_the_key() {
     assert_eq!(seen.uri, "/anthropic/v1/messages?beta=true");
     assert_eq!(seen.header("x-api-key"), Some(key));
     assert_eq!(seen.header("authorization"), None);
+}
+
+/// Runs the pinned Claude Code inside a fresh sandbox, once, with `envs`
+/// and the offline settings; its answer does not matter, only what
+/// reached the upstream.
+async fn run_the_cli(envs: &[(&str, &str)]) -> String {
+    let sb = sandbox().await;
+    let mut all: BTreeMap<String, String> = common::runner::OFFLINE_ENV
+        .iter()
+        .chain(envs)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    all.insert("CLAUDE_CODE_MAX_RETRIES".to_owned(), "0".to_owned());
+    let spec = ProcessSpec {
+        envs: all,
+        ..sh("\"$SANDSTORM_CLAUDE_CODE\" -p hi --max-turns 1; echo \"exit $?\"")
+    };
+    let out = run(&*sb, spec).await;
+    sb.destroy().await.expect("destroy");
+    format!("{}{}", out.stdout(), out.stderr())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_cli_reaches_bedrock_signed_and_vertex_with_the_token() {
+    let (addr, log) = upstream().await;
+    let output = run_the_cli(&[
+        ("CLAUDE_CODE_USE_BEDROCK", "1"),
+        ("AWS_REGION", "us-west-2"),
+        ("AWS_ACCESS_KEY_ID", "AKIASANDSTORMCLI0001"),
+        ("AWS_SECRET_ACCESS_KEY", "cli-secret-access-key"),
+        (
+            "ANTHROPIC_BEDROCK_BASE_URL",
+            &format!("http://{addr}/bedrock"),
+        ),
+    ])
+    .await;
+    let seen = std::mem::take(&mut *lock(&log));
+    let calls: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.uri.starts_with("/bedrock/model/") && s.method == Method::POST)
+        .collect();
+    assert!(
+        !calls.is_empty(),
+        "no model call arrived: {seen:?}\n{output}"
+    );
+    // Every request, the inference-profile list (a GET) as the calls.
+    for request in &seen {
+        assert_botocore_agrees(
+            addr,
+            request,
+            &Keys {
+                region: "us-west-2",
+                key_id: "AKIASANDSTORMCLI0001",
+                secret: "cli-secret-access-key",
+                session: None,
+            },
+        );
+    }
+
+    let oauth = OAuth::default();
+    let oauth_addr = serve(
+        Router::new()
+            .route("/token", post(grant))
+            .with_state(oauth.clone()),
+    )
+    .await;
+    let token_uri = format!("http://{oauth_addr}/token");
+    let account = service_account(&token_uri);
+    *lock(&oauth.public_key) = account.public_key.clone();
+    *lock(&oauth.token_uri) = token_uri;
+    let output = run_the_cli(&[
+        ("CLAUDE_CODE_USE_VERTEX", "1"),
+        ("CLOUD_ML_REGION", "us-east5"),
+        ("ANTHROPIC_VERTEX_PROJECT_ID", "sandstorm-test"),
+        ("ANTHROPIC_VERTEX_BASE_URL", &format!("http://{addr}/v1")),
+        (SERVICE_ACCOUNT_VARIABLE, &account.key_file),
+    ])
+    .await;
+    let seen = std::mem::take(&mut *lock(&log));
+    assert!(
+        seen.iter().any(|s| s.uri.starts_with(
+            "/v1/projects/sandstorm-test/locations/us-east5/publishers/anthropic/models/"
+        ) && s.uri.ends_with(":streamRawPredict")),
+        "no model call arrived: {seen:?}\n{output}"
+    );
+    for request in &seen {
+        assert_eq!(
+            request.header("authorization"),
+            Some(format!("Bearer {ACCESS_TOKEN}").as_str()),
+            "{}",
+            request.uri
+        );
+    }
 }
