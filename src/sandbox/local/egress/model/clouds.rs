@@ -96,6 +96,12 @@ pub(super) const VERTEX: Cloud = Cloud {
     host_only: &["GOOGLE_APPLICATION_CREDENTIALS"],
 };
 
+/// A cloud's route: which cloud, its upstream, its credential.
+type Found = Option<(&'static Cloud, Url, ModelAuth)>;
+
+/// A variable's value; empty counts as unset, as in the CLI.
+type Lookup<'a> = dyn Fn(&str) -> Option<&'a str> + 'a;
+
 /// The cloud provider's route for an environment, and which cloud it is:
 /// `None` when no cloud is switched on, or the one that is has no
 /// credential here (the process then runs as it would without the
@@ -105,90 +111,103 @@ pub(super) fn route(
     envs: &BTreeMap<String, String>,
     service_account: Option<&str>,
     accounts: &Accounts,
-) -> Result<Option<(&'static Cloud, Url, ModelAuth)>, String> {
+) -> Result<Found, String> {
     let value = |name: &str| envs.get(name).map(String::as_str).filter(|v| !v.is_empty());
     let on = |cloud: &Cloud| value(cloud.switch).is_some_and(switched_on);
-    let configured = |cloud: &Cloud| {
-        value(cloud.base_url)
-            .map(|v| base(cloud.base_url, v))
-            .transpose()
-    };
-
     if on(&BEDROCK) {
-        let region = value("AWS_REGION")
-            .or_else(|| value("AWS_DEFAULT_REGION"))
-            .unwrap_or("us-east-1");
-        if !is_aws_region(region) {
-            return Err("AWS_REGION is not an AWS region name such as us-east-1".to_owned());
-        }
-        let auth = if let Some(token) = value("AWS_BEARER_TOKEN_BEDROCK") {
-            ModelAuth::Bearer(Secret::new(token))
-        } else {
-            match (value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY")) {
-                (Some(id), Some(secret)) => ModelAuth::Bedrock(AwsSigner {
-                    region: region.to_owned(),
-                    access_key_id: Secret::new(id),
-                    secret_access_key: Secret::new(secret),
-                    session_token: value("AWS_SESSION_TOKEN").map(Secret::new),
-                }),
-                _ => return Ok(None),
-            }
-        };
-        let url = match configured(&BEDROCK)? {
-            Some(url) => url,
-            None => known(&format!("https://bedrock-runtime.{region}.amazonaws.com"))?,
-        };
-        return Ok(Some((&BEDROCK, url, auth)));
-    }
-    if on(&FOUNDRY) {
-        let auth = if let Some(token) = value("ANTHROPIC_FOUNDRY_AUTH_TOKEN") {
-            ModelAuth::Bearer(Secret::new(token))
-        } else {
-            match value("ANTHROPIC_FOUNDRY_API_KEY").or_else(|| value("AZURE_API_KEY")) {
-                Some(key) => ModelAuth::ApiKey(Secret::new(key)),
-                None => return Ok(None),
-            }
-        };
-        let url = match configured(&FOUNDRY)? {
-            Some(url) => url,
-            None => {
-                let resource = value("ANTHROPIC_FOUNDRY_RESOURCE")
-                    .or_else(|| value("AZURE_FOUNDRY_RESOURCE"))
-                    .ok_or(
-                        "Foundry needs ANTHROPIC_FOUNDRY_RESOURCE or ANTHROPIC_FOUNDRY_BASE_URL",
-                    )?;
-                if !is_foundry_resource(resource) {
-                    return Err("ANTHROPIC_FOUNDRY_RESOURCE is not a Foundry resource name \
-                                (letters, digits and hyphens)"
-                        .to_owned());
-                }
-                known(&format!(
-                    "https://{resource}.services.ai.azure.com/anthropic"
-                ))?
-            }
-        };
-        return Ok(Some((&FOUNDRY, url, auth)));
-    }
-    if on(&VERTEX) {
+        bedrock(&value)
+    } else if on(&FOUNDRY) {
+        foundry(&value)
+    } else if on(&VERTEX) {
         // Without the key file's contents (a provider that uploads the
         // file instead) the CLI authenticates itself, as before.
-        let Some(json) = service_account else {
-            return Ok(None);
-        };
-        let auth = ModelAuth::Vertex(accounts.get(json)?);
-        let url = match configured(&VERTEX)? {
-            Some(url) => url,
-            None => {
-                let region = value("CLOUD_ML_REGION")
-                    .ok_or("Vertex needs CLOUD_ML_REGION, the region of its endpoint")?;
-                let host = vertex_host(region)
-                    .ok_or("CLOUD_ML_REGION is not a Google Cloud region such as us-east5")?;
-                known(&format!("https://{host}/v1"))?
-            }
-        };
-        return Ok(Some((&VERTEX, url, auth)));
+        match service_account {
+            Some(json) => vertex(&value, json, accounts),
+            None => Ok(None),
+        }
+    } else {
+        Ok(None)
     }
-    Ok(None)
+}
+
+/// Bedrock: SigV4 with the AWS keys, or a Bedrock API key as bearer.
+fn bedrock(value: &Lookup<'_>) -> Result<Found, String> {
+    let region = value("AWS_REGION")
+        .or_else(|| value("AWS_DEFAULT_REGION"))
+        .unwrap_or("us-east-1");
+    if !is_aws_region(region) {
+        return Err("AWS_REGION is not an AWS region name such as us-east-1".to_owned());
+    }
+    let auth = if let Some(token) = value("AWS_BEARER_TOKEN_BEDROCK") {
+        ModelAuth::Bearer(Secret::new(token))
+    } else {
+        match (value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY")) {
+            (Some(id), Some(secret)) => ModelAuth::Bedrock(AwsSigner {
+                region: region.to_owned(),
+                access_key_id: Secret::new(id),
+                secret_access_key: Secret::new(secret),
+                session_token: value("AWS_SESSION_TOKEN").map(Secret::new),
+            }),
+            _ => return Ok(None),
+        }
+    };
+    let url = match configured(&BEDROCK, value)? {
+        Some(url) => url,
+        None => known(&format!("https://bedrock-runtime.{region}.amazonaws.com"))?,
+    };
+    Ok(Some((&BEDROCK, url, auth)))
+}
+
+/// Foundry: its key as `x-api-key`, or an Entra ID token as bearer.
+fn foundry(value: &Lookup<'_>) -> Result<Found, String> {
+    let auth = if let Some(token) = value("ANTHROPIC_FOUNDRY_AUTH_TOKEN") {
+        ModelAuth::Bearer(Secret::new(token))
+    } else {
+        match value("ANTHROPIC_FOUNDRY_API_KEY").or_else(|| value("AZURE_API_KEY")) {
+            Some(key) => ModelAuth::ApiKey(Secret::new(key)),
+            None => return Ok(None),
+        }
+    };
+    let url = match configured(&FOUNDRY, value)? {
+        Some(url) => url,
+        None => {
+            let resource = value("ANTHROPIC_FOUNDRY_RESOURCE")
+                .or_else(|| value("AZURE_FOUNDRY_RESOURCE"))
+                .ok_or("Foundry needs ANTHROPIC_FOUNDRY_RESOURCE or ANTHROPIC_FOUNDRY_BASE_URL")?;
+            if !is_foundry_resource(resource) {
+                return Err("ANTHROPIC_FOUNDRY_RESOURCE is not a Foundry resource name \
+                            (letters, digits and hyphens)"
+                    .to_owned());
+            }
+            known(&format!(
+                "https://{resource}.services.ai.azure.com/anthropic"
+            ))?
+        }
+    };
+    Ok(Some((&FOUNDRY, url, auth)))
+}
+
+/// Vertex: the service account's access tokens as bearer.
+fn vertex(value: &Lookup<'_>, json: &str, accounts: &Accounts) -> Result<Found, String> {
+    let auth = ModelAuth::Vertex(accounts.get(json)?);
+    let url = match configured(&VERTEX, value)? {
+        Some(url) => url,
+        None => {
+            let region = value("CLOUD_ML_REGION")
+                .ok_or("Vertex needs CLOUD_ML_REGION, the region of its endpoint")?;
+            let host = vertex_host(region)
+                .ok_or("CLOUD_ML_REGION is not a Google Cloud region such as us-east5")?;
+            known(&format!("https://{host}/v1"))?
+        }
+    };
+    Ok(Some((&VERTEX, url, auth)))
+}
+
+/// The operator's own base URL for `cloud`, when one is set.
+fn configured(cloud: &Cloud, value: &Lookup<'_>) -> Result<Option<Url>, String> {
+    value(cloud.base_url)
+        .map(|v| base(cloud.base_url, v))
+        .transpose()
 }
 
 /// On a cloud's own endpoint, the host that answers `path` when it is not
