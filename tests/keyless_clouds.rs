@@ -218,10 +218,20 @@ fn assert_botocore_agrees(addr: SocketAddr, seen: &Seen, keys: &Keys<'_>) {
         return;
     }
     let date = seen.header("x-amz-date").expect("x-amz-date");
-    let headers = match seen.header("content-type") {
-        Some(content_type) => json!({ "content-type": content_type }),
-        None => json!({}),
-    };
+    // The headers we sign, less those botocore adds itself.
+    let headers: serde_json::Map<String, Value> = seen
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            *name == "content-type"
+                || (name.as_str().starts_with("x-amz-")
+                    && !matches!(name.as_str(), "x-amz-date" | "x-amz-security-token"))
+        })
+        .map(|(name, value)| {
+            let value = value.to_str().expect("text").to_owned();
+            (name.as_str().to_owned(), Value::String(value))
+        })
+        .collect();
     let case = json!([{
         "method": seen.method.as_str(),
         "url": format!("http://{addr}{}", seen.uri),

@@ -48,11 +48,11 @@ impl AwsSigner {
     /// `x-amz-date` and, with temporary keys, `x-amz-security-token`.
     ///
     /// Only `host` (from `url`), `content-type` and the `x-amz-*` headers
-    /// are signed: the rest of what the agent sent (`anthropic-beta`,
-    /// `x-stainless-*`, `accept-encoding`) passes unsigned, so the HTTP
-    /// client or a proxy on the way may add to or rewrite them without
-    /// breaking the signature. AWS requires only `host` and the `x-amz-*`
-    /// headers to be signed.
+    /// (the client's, such as the AWS SDK's `x-amz-user-agent`, and the
+    /// signer's own) are signed, which is what AWS requires: the rest of
+    /// what the agent sent (`anthropic-beta`, `x-stainless-*`,
+    /// `accept-encoding`) passes unsigned, so the HTTP client or a proxy on
+    /// the way may add to or rewrite them without breaking the signature.
     pub(crate) fn sign(
         &self,
         method: &Method,
@@ -82,10 +82,11 @@ impl AwsSigner {
             .map_err(|_| AuthError::Signing)?
             .into();
         let signed: Vec<(&str, &str)> = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| (header::CONTENT_TYPE.as_str(), v))
-            .into_iter()
+            .iter()
+            .filter(|(name, _)| {
+                *name == header::CONTENT_TYPE || name.as_str().starts_with("x-amz-")
+            })
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
             .collect();
         let request = SignableRequest::new(
             method.as_str(),
