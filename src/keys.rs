@@ -40,10 +40,20 @@ pub(crate) const PROVIDER_ENV_KEYS: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
-    // Microsoft Azure AI Foundry
+    // Microsoft Azure AI Foundry. Claude Code 2.1.332 reads the
+    // ANTHROPIC_FOUNDRY_ names; the AZURE_ ones are the original's, which
+    // the local sandbox's model endpoint takes as the same values.
     "CLAUDE_CODE_USE_FOUNDRY",
+    "ANTHROPIC_FOUNDRY_RESOURCE",
+    "ANTHROPIC_FOUNDRY_API_KEY",
     "AZURE_FOUNDRY_RESOURCE",
     "AZURE_API_KEY",
+    // Each cloud's endpoint, when it is not the provider's own (a private
+    // endpoint, a gateway). On a local sandbox these name the model
+    // endpoint's upstream; the sandbox gets the endpoint's own.
+    "ANTHROPIC_BEDROCK_BASE_URL",
+    "ANTHROPIC_VERTEX_BASE_URL",
+    "ANTHROPIC_FOUNDRY_BASE_URL",
     // Custom base URL (proxy, self-hosted, OpenRouter)
     "ANTHROPIC_BASE_URL",
     "ANTHROPIC_AUTH_TOKEN",
@@ -68,6 +78,16 @@ pub(crate) const FORWARD_ENV_VAR: &str = "SANDSTORM_FORWARD_ENV";
 /// Where the Vertex service-account file is placed, relative to the
 /// sandbox's home.
 const GCP_CREDENTIALS_FILE: &str = ".config/gcloud/service_account.json";
+
+/// Carries the Vertex service-account file's contents in a run's
+/// environment to a sandbox provider whose model endpoint holds the cloud
+/// providers' credentials
+/// ([`ProviderDeclaration::keeps_cloud_credentials`]): the local sandbox's
+/// endpoint takes it out before the process starts, and trades it for
+/// access tokens itself.
+///
+/// [`ProviderDeclaration::keeps_cloud_credentials`]: crate::sandbox::provider::ProviderDeclaration::keeps_cloud_credentials
+pub(crate) const VERTEX_SERVICE_ACCOUNT_VARIABLE: &str = "SANDSTORM_VERTEX_SERVICE_ACCOUNT";
 
 /// A source of keys consulted after the environment (AWS Secrets Manager).
 /// Values are looked up by variable name.
@@ -215,12 +235,18 @@ async fn lookup(
 }
 
 /// Resolves the keys of one run. `sandbox` is the chosen provider's
-/// credential, if it needs one.
+/// credential, if it needs one; `cloud_keys_on_host` says the provider's
+/// model endpoint holds the cloud providers' credentials on the host (the
+/// local sandbox; [`ProviderDeclaration::keeps_cloud_credentials`]), so the
+/// Vertex key file is handed to it in the environment instead of uploaded.
+///
+/// [`ProviderDeclaration::keeps_cloud_credentials`]: crate::sandbox::provider::ProviderDeclaration::keeps_cloud_credentials
 pub(crate) async fn resolve(
     given: &RequestKeys,
     env: &KeyEnv,
     source: Option<&dyn KeySource>,
     sandbox: Option<Credential>,
+    cloud_keys_on_host: bool,
 ) -> Result<ResolvedKeys, ApiError> {
     let anthropic = lookup(
         given.anthropic.as_ref(),
@@ -303,15 +329,20 @@ pub(crate) async fn resolve(
         let content = credentials
             .clone()
             .map_err(|message| ApiError::Config { message })?;
-        secrets.push(Secret::new(String::from_utf8_lossy(&content).into_owned()));
-        files.push(SandboxFile {
-            path: layout::home_path(GCP_CREDENTIALS_FILE),
-            content,
-        });
-        runner_env.insert(
-            "GOOGLE_APPLICATION_CREDENTIALS".to_owned(),
-            layout::home_path(GCP_CREDENTIALS_FILE),
-        );
+        let json = String::from_utf8_lossy(&content).into_owned();
+        secrets.push(Secret::new(json.as_str()));
+        if cloud_keys_on_host {
+            runner_env.insert(VERTEX_SERVICE_ACCOUNT_VARIABLE.to_owned(), json);
+        } else {
+            files.push(SandboxFile {
+                path: layout::home_path(GCP_CREDENTIALS_FILE),
+                content,
+            });
+            runner_env.insert(
+                "GOOGLE_APPLICATION_CREDENTIALS".to_owned(),
+                layout::home_path(GCP_CREDENTIALS_FILE),
+            );
+        }
     }
     Ok(ResolvedKeys {
         runner_env,

@@ -5,6 +5,7 @@
 //! [`prepare`] is the one way into a run for every door: the HTTP handler
 //! and the CLI both call it with a validated [`Query`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::config::{NetworkConfig, SandstormConfig};
+use crate::env::switched_on;
 use crate::error::ApiError;
 use crate::events::Redactor;
 use crate::keys::{self, ResolvedKeys};
@@ -108,6 +110,7 @@ pub(crate) async fn prepare(
         &settings.keys,
         settings.key_source.as_deref(),
         settings.sandbox.provider.credential,
+        settings.sandbox.provider.keeps_cloud_credentials,
     )
     .await?;
     let keep_alive = query
@@ -120,7 +123,7 @@ pub(crate) async fn prepare(
         .detach
         .unwrap_or_else(|| config.detach.unwrap_or(false) || !keep_alive.is_zero());
     let timeout = timeout_of(&query, config);
-    let spend = spend_meter(settings, config, &query)?;
+    let spend = spend_meter(settings, config, &query, &keys.runner_env)?;
     let env = |name: &str| {
         settings
             .config_env
@@ -163,6 +166,7 @@ fn spend_meter(
     settings: &Settings,
     config: &SandstormConfig,
     query: &Query,
+    runner_env: &BTreeMap<String, String>,
 ) -> Result<Option<Arc<SpendMeter>>, ApiError> {
     let caps = Caps {
         max_cost_usd: config.max_cost_usd,
@@ -170,7 +174,14 @@ fn spend_meter(
     }
     .stricter(query.caps);
     let provider = settings.sandbox.provider;
-    if !(provider.meters_model)(&settings.sandbox.options) {
+    // A cloud provider's credential reaches the model around an endpoint
+    // that does not hold it.
+    let cloud = keys::PROVIDER_TOGGLES
+        .iter()
+        .any(|toggle| runner_env.get(*toggle).is_some_and(|v| switched_on(v)));
+    let metered = (provider.meters_model)(&settings.sandbox.options)
+        && (!cloud || provider.keeps_cloud_credentials);
+    if !metered {
         return match (caps.max_cost_usd, caps.max_tokens) {
             (None, None) => Ok(None),
             (cost, _) => {
@@ -183,8 +194,9 @@ fn spend_meter(
                     field,
                     format!(
                         "{field} needs a sandbox provider whose model endpoint counts every call, \
-                         and the {} provider has none with these settings (on e2b, set \
-                         SANDSTORM_E2B_MODEL_PROXY=1 with a template that has the proxy; see \
+                         and the {} provider has none with these settings (on e2b: \
+                         SANDSTORM_E2B_MODEL_PROXY=1 with a template that has the proxy, and an \
+                         Anthropic or custom endpoint rather than Bedrock, Vertex or Foundry; see \
                          docs/security.md); max_budget_usd is the SDK's own count",
                         provider.name
                     ),

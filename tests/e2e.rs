@@ -74,6 +74,7 @@ through_both_chains!(
     a_model_500_ends_the_run_and_the_sandbox,
     the_agent_reaches_an_opened_host_through_the_proxy_and_nothing_else,
     the_agent_cannot_write_into_the_runners_or_claude_codes_channels,
+    a_foundry_key_stays_on_the_host_and_reaches_foundry_as_x_api_key,
 );
 
 /// A request with the CSV upload.
@@ -459,6 +460,57 @@ async fn an_openrouter_key_in_the_request_is_sent_as_a_bearer_token(chain: Chain
 
     assert_success(&events);
     assert_bearer_only(&model, REQUEST_OPENROUTER_KEY);
+    assert_one_sandbox_came_and_went(&product, &events).await;
+}
+
+/// Claude Code itself, switched to Azure AI Foundry, inside the sandbox:
+/// told to skip its own auth, it sends no key, and reaches the model
+/// through the endpoint with the token in its base URL's path. (The E2B
+/// chain's emulator makes local sandboxes, so the key stays out there too;
+/// on E2B itself it still goes in.)
+async fn a_foundry_key_stays_on_the_host_and_reaches_foundry_as_x_api_key(chain: Chain) {
+    const FOUNDRY_KEY: &str = "foundry-e2e-key-5d1e09";
+    let model = ModelServer::start(Script::Bash {
+        command: "cat data.csv && echo \"key=[$ANTHROPIC_FOUNDRY_API_KEY$AZURE_API_KEY] \
+                  base=$ANTHROPIC_FOUNDRY_BASE_URL\""
+            .into(),
+    })
+    .await;
+    let mut product = Serve::new(chain, &model)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env("CLAUDE_CODE_USE_FOUNDRY", "1")
+        .env("ANTHROPIC_FOUNDRY_API_KEY", FOUNDRY_KEY)
+        .env("ANTHROPIC_FOUNDRY_BASE_URL", &model.url())
+        .start()
+        .await;
+
+    let events = product.query(query(json!({}))).await;
+
+    assert_success(&events);
+    let requests = model.message_requests();
+    assert!(!requests.is_empty(), "the model was never called");
+    for request in &requests {
+        assert_eq!(
+            request.header("x-api-key"),
+            Some(FOUNDRY_KEY),
+            "{:?}",
+            request.headers
+        );
+        // The CLI's skip-auth dummy goes no further than the endpoint.
+        assert_eq!(
+            request.header("authorization"),
+            None,
+            "{:?}",
+            request.headers
+        );
+    }
+    let results = events.tool_results();
+    assert!(
+        results
+            .iter()
+            .any(|(t, _)| t.contains("key=[] base=http://127.0.0.1:3128/sandstorm/")),
+        "{results:?}"
+    );
     assert_one_sandbox_came_and_went(&product, &events).await;
 }
 

@@ -195,7 +195,7 @@ pub(super) async fn doctor(deep: bool) -> Result<u8, Fatal> {
 async fn model_key(env: &EnvVars, cwd: &Path, origin: &dyn Fn(&str) -> &'static str) -> Check {
     const WHAT: &str = "model key";
     let keys = KeyEnv::resolve(|name| env.get(name), &[], cwd);
-    if let Err(e) = keys::resolve(&RequestKeys::default(), &keys, None, None).await {
+    if let Err(e) = keys::resolve(&RequestKeys::default(), &keys, None, None, false).await {
         let fix = if env.get(OPENROUTER_KEY_VARIABLE).is_some() {
             "set ANTHROPIC_BASE_URL=https://openrouter.ai/api in the environment or .env".to_owned()
         } else if env.flag("CLAUDE_CODE_USE_VERTEX") {

@@ -29,7 +29,7 @@ fn keys(anthropic: Option<&str>, openrouter: Option<&str>, sandbox: Option<&str>
 }
 
 async fn resolve_ok(given: RequestKeys, env: KeyEnv) -> ResolvedKeys {
-    resolve(&given, &env, None, Some(SANDBOX))
+    resolve(&given, &env, None, Some(SANDBOX), false)
         .await
         .expect("resolves")
 }
@@ -82,6 +82,7 @@ async fn the_secret_comes_after_the_environment() {
         &env(&[("ANTHROPIC_API_KEY", "sk-env")]),
         Some(&source),
         Some(SANDBOX),
+        false,
     )
     .await
     .expect("resolves");
@@ -183,15 +184,58 @@ async fn vertex_uploads_the_credentials_file() {
     );
     // Read once, at start-up: the file may go away afterwards.
     drop(dir);
-    let r = resolve(&keys(None, None, Some("e")), &env, None, Some(SANDBOX))
-        .await
-        .expect("resolves");
+    let r = resolve(
+        &keys(None, None, Some("e")),
+        &env,
+        None,
+        Some(SANDBOX),
+        false,
+    )
+    .await
+    .expect("resolves");
     let in_sandbox = "/home/user/.config/gcloud/service_account.json";
     assert_eq!(r.runner_env["GOOGLE_APPLICATION_CREDENTIALS"], in_sandbox);
     assert_eq!(r.files.len(), 1);
     assert_eq!(r.files[0].path, in_sandbox);
     assert_eq!(&r.files[0].content[..], br#"{"type":"service_account"}"#);
     // Its contents are a secret like the keys.
+    assert!(
+        r.secrets
+            .iter()
+            .any(|s| s.expose() == r#"{"type":"service_account"}"#)
+    );
+}
+
+/// A provider that keeps the model's credentials on the host gets the key
+/// file's contents in the environment, for its model endpoint to take out;
+/// nothing is uploaded and no variable points into the sandbox.
+#[tokio::test]
+async fn vertex_hands_the_key_file_to_a_keyless_provider() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("sa.json"), br#"{"type":"service_account"}"#).expect("write");
+    let env = env_in(
+        &[
+            ("CLAUDE_CODE_USE_VERTEX", "1"),
+            ("CLOUD_ML_REGION", "us-east5"),
+            ("GOOGLE_APPLICATION_CREDENTIALS", "sa.json"),
+        ],
+        dir.path(),
+    );
+    let r = resolve(
+        &keys(None, None, Some("e")),
+        &env,
+        None,
+        Some(SANDBOX),
+        true,
+    )
+    .await
+    .expect("resolves");
+    assert!(r.files.is_empty());
+    assert!(!r.runner_env.contains_key("GOOGLE_APPLICATION_CREDENTIALS"));
+    assert_eq!(
+        r.runner_env[crate::keys::VERTEX_SERVICE_ACCOUNT_VARIABLE],
+        r#"{"type":"service_account"}"#
+    );
     assert!(
         r.secrets
             .iter()
@@ -206,6 +250,7 @@ async fn vertex_without_a_credentials_file_says_what_to_set() {
         &env(&[("CLAUDE_CODE_USE_VERTEX", "1")]),
         None,
         Some(SANDBOX),
+        false,
     )
     .await
     .expect_err("needs credentials");
@@ -217,9 +262,15 @@ async fn vertex_without_a_credentials_file_says_what_to_set() {
 
 #[tokio::test]
 async fn a_missing_anthropic_key_names_the_field_and_the_variable() {
-    let e = resolve(&keys(None, None, Some("e")), &env(&[]), None, Some(SANDBOX))
-        .await
-        .expect_err("missing");
+    let e = resolve(
+        &keys(None, None, Some("e")),
+        &env(&[]),
+        None,
+        Some(SANDBOX),
+        false,
+    )
+    .await
+    .expect_err("missing");
     assert_eq!(e.field(), Some("anthropic_api_key"));
     assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
     assert!(e.to_string().contains("ANTHROPIC_API_KEY"), "{e}");
@@ -227,13 +278,19 @@ async fn a_missing_anthropic_key_names_the_field_and_the_variable() {
 
 #[tokio::test]
 async fn a_missing_sandbox_credential_is_an_error_only_for_a_provider_that_needs_one() {
-    let e = resolve(&keys(Some("k"), None, None), &env(&[]), None, Some(SANDBOX))
-        .await
-        .expect_err("missing");
+    let e = resolve(
+        &keys(Some("k"), None, None),
+        &env(&[]),
+        None,
+        Some(SANDBOX),
+        false,
+    )
+    .await
+    .expect_err("missing");
     assert_eq!(e.field(), Some("acme_api_key"));
     assert!(e.to_string().contains("ACME_API_KEY"), "{e}");
     assert!(
-        resolve(&keys(Some("k"), None, None), &env(&[]), None, None)
+        resolve(&keys(Some("k"), None, None), &env(&[]), None, None, false)
             .await
             .is_ok()
     );
@@ -246,6 +303,7 @@ async fn an_openrouter_key_without_a_base_url_explains_itself() {
         &env(&[]),
         None,
         Some(SANDBOX),
+        false,
     )
     .await
     .expect_err("missing base url");

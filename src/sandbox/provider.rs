@@ -80,6 +80,11 @@ pub struct ProviderDeclaration {
     /// past its caps, with these settings. Only then can a run have a
     /// spending cap.
     pub meters_model: fn(&ProviderSettings) -> bool,
+    /// Whether its model endpoint also holds the cloud providers'
+    /// credentials (Bedrock's AWS keys, the Vertex service account,
+    /// Foundry's key), so that key resolution hands the Vertex key file to
+    /// it in the run's environment rather than uploading it.
+    pub keeps_cloud_credentials: bool,
     /// Builds the provider.
     pub build: BuildProvider,
 }
@@ -91,6 +96,7 @@ impl fmt::Debug for ProviderDeclaration {
             .field("credential", &self.credential)
             .field("variables", &self.variables)
             .field("serverless", &self.serverless)
+            .field("keeps_cloud_credentials", &self.keeps_cloud_credentials)
             .finish_non_exhaustive()
     }
 }

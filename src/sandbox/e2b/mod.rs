@@ -82,6 +82,9 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
     serverless: true,
     // With the template's model proxy (see `keyless`).
     meters_model: |settings| options::model_proxy(settings).unwrap_or(false),
+    // Its model proxy holds the Anthropic key only: the cloud providers'
+    // credentials, the Vertex key file among them, still go in.
+    keeps_cloud_credentials: false,
     build: build_provider,
 };
 

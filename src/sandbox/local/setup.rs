@@ -34,6 +34,9 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
     serverless: false,
     // The host side serves every sandbox's model endpoint.
     meters_model: |_| true,
+    // Its model endpoint signs for Bedrock and trades the Vertex service
+    // account for tokens on the host (egress::model::clouds).
+    keeps_cloud_credentials: true,
     build: build_provider,
 };
 

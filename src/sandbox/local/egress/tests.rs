@@ -660,3 +660,61 @@ async fn an_unreachable_model_api_is_a_502_in_anthropics_shape() {
     assert_eq!(json["error"]["type"], "api_error");
     assert!(!body.contains("sk-ant-real-key"));
 }
+
+/// The clouds' clients, told to skip their own auth, send no credential:
+/// the token comes in the base URL's path and goes no further.
+#[tokio::test]
+async fn a_token_in_the_path_names_the_route_and_stays_here() {
+    let (addr, mut seen, chunks) = model_server().await;
+    drop(chunks);
+    let routes = routes();
+    let guard = register(
+        &routes,
+        addr,
+        ModelAuth::ApiKey(Secret::new("foundry-real")),
+    );
+    let proxy = Proxy::start(None, "", routes.clone());
+    // Foundry's client sends this dummy when it skips its auth.
+    let mut request = model_request(("authorization", "Bearer skip-foundry-auth"));
+    *request.uri_mut() = format!("/sandstorm/{}/v1/messages?beta=true", guard.token())
+        .parse()
+        .expect("uri");
+    let (status, _, body) = proxy.send(request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = within("the upstream's request", seen.recv())
+        .await
+        .expect("seen");
+    assert_eq!(seen.uri, "/api/v1/messages?beta=true");
+    assert_eq!(seen.headers["x-api-key"], "foundry-real");
+    assert!(seen.headers.get("authorization").is_none());
+}
+
+#[tokio::test]
+async fn a_wrong_or_dead_token_in_the_path_gets_a_401() {
+    let (addr, mut seen, _chunks) = model_server().await;
+    let routes = routes();
+    let guard = register(&routes, addr, ModelAuth::ApiKey(Secret::new("k-real")));
+    let token = guard.token().to_owned();
+    let proxy = Proxy::start(None, "", routes.clone());
+    let request = |path: &str| {
+        // A valid header token does not rescue a path that names another.
+        let mut request = model_request(("x-api-key", &token));
+        *request.uri_mut() = path.parse().expect("uri");
+        request
+    };
+    for path in [
+        "/sandstorm/sk-ant-sandstorm-placeholder-0000/v1/messages".to_owned(),
+        "/sandstorm/".to_owned(),
+        format!("/sandstorm/{token}x/v1/messages"),
+    ] {
+        let (status, _, body) = proxy.send(request(&path)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+        assert!(body.contains("authentication_error"), "{body}");
+    }
+    drop(guard);
+    let (status, _, _) = proxy
+        .send(request(&format!("/sandstorm/{token}/v1/messages")))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(seen.try_recv().is_err(), "nothing reached the upstream");
+}

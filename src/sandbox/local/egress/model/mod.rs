@@ -12,18 +12,26 @@
 //! [`RouteGuard`] drops: the endpoint serves only its own run, and only
 //! while that run lives.
 //!
-//! The upstream is the operator's configuration (Anthropic, or a custom
-//! `ANTHROPIC_BASE_URL` such as OpenRouter), so it is not subject to the
-//! sandbox's address policy. Tokens are 122 random bits: looking one up in
-//! a hash map leaks nothing worth timing.
+//! The cloud providers (Amazon Bedrock, Google Vertex AI, Azure AI
+//! Foundry) work the same way ([`clouds`]): their keys, the Vertex service
+//! account included, stay here; the CLI is told to skip its own
+//! authentication and to use a base URL that carries the token in its path
+//! (`/sandstorm/<token>/...`), and the endpoint signs (SigV4) or puts the
+//! key or access token on.
+//!
+//! The upstream is the operator's configuration (Anthropic, a custom
+//! `ANTHROPIC_BASE_URL` such as OpenRouter, a cloud provider), so it is not
+//! subject to the sandbox's address policy. Tokens are 122 random bits:
+//! looking one up in a hash map leaks nothing worth timing.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use reqwest::Url;
@@ -31,9 +39,12 @@ use reqwest::Url;
 use super::dial::CONNECT_TIMEOUT;
 use super::{Body, Direction, Meter, boxed, metered, strip_hop_by_hop};
 
+mod clouds;
+mod sigv4;
 mod upstream;
+mod vertex;
 
-use crate::keys::ANTHROPIC_KEY_VARIABLE;
+use crate::keys::{ANTHROPIC_KEY_VARIABLE, VERTEX_SERVICE_ACCOUNT_VARIABLE};
 use crate::sandbox::SandboxError;
 use crate::secret::Secret;
 use crate::spend::usage::UsageReader;
@@ -55,6 +66,10 @@ const TOKEN_PREFIX: &str = "sk-ant-sandstorm-placeholder-";
 const MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 /// Anthropic's API-key header.
 pub(super) const X_API_KEY: &str = "x-api-key";
+/// What starts a path that carries its token: `/sandstorm/<token>/...`.
+/// The cloud providers' CLI clients send no credential header when told to
+/// skip their own authentication, so their base URL carries it.
+pub(super) const PATH_TOKEN_PREFIX: &str = "/sandstorm/";
 
 /// Where one process's model requests go, with what credential.
 #[derive(Clone)]
@@ -66,6 +81,22 @@ pub(crate) struct ModelRoute {
     pub(crate) auth: ModelAuth,
     /// The run's tally and caps, when its spend is metered.
     pub(crate) spend: Option<Arc<SpendMeter>>,
+}
+
+impl ModelRoute {
+    /// The base a request's path goes under: the route's own, or on a
+    /// cloud's own endpoint the host that answers that path
+    /// ([`clouds::host_for`]).
+    fn base_for(&self, path: &str) -> Cow<'_, Url> {
+        let Some(host) = clouds::host_for(&self.base_url, path) else {
+            return Cow::Borrowed(&self.base_url);
+        };
+        let mut url = self.base_url.clone();
+        match url.set_host(Some(&host)) {
+            Ok(()) => Cow::Owned(url),
+            Err(_) => Cow::Borrowed(&self.base_url),
+        }
+    }
 }
 
 impl fmt::Debug for ModelRoute {
@@ -97,6 +128,8 @@ pub(crate) struct ModelRoutes {
 struct Inner {
     routes: Mutex<HashMap<String, Arc<ModelRoute>>>,
     client: reqwest::Client,
+    /// Vertex token sources, shared by every run of one service account.
+    vertex: vertex::Accounts,
 }
 
 impl fmt::Debug for ModelRoutes {
@@ -124,6 +157,7 @@ impl ModelRoutes {
             inner: Arc::new(Inner {
                 routes: Mutex::new(HashMap::new()),
                 client,
+                vertex: vertex::Accounts::default(),
             }),
         })
     }
@@ -176,31 +210,67 @@ impl Drop for RouteGuard {
 }
 
 /// Turns a process environment keyless: registers a route to its model API
-/// with its real credential, puts the route's placeholder token in each
-/// key variable that holds a key, and points `ANTHROPIC_BASE_URL` at
-/// `endpoint` (the sandbox's proxy port, `http://127.0.0.1:3128`). The
-/// route lives as long as the returned guard: keep it for the process's
-/// life.
+/// with its real credential, leaves the process a placeholder token in its
+/// place, and points the client at `endpoint` (the sandbox's proxy port,
+/// `http://127.0.0.1:3128`). The route lives as long as the returned guard:
+/// keep it for the process's life.
 ///
-/// The credential is `ANTHROPIC_AUTH_TOKEN` as a bearer token when it is
-/// set, else `ANTHROPIC_API_KEY` as `x-api-key`, as the key resolution
-/// leaves them (with a custom endpoint and a token it empties the API
-/// key). A variable that is empty stays empty: the SDK reads empty as
-/// unset, and that is what it was told.
+/// A cloud provider that is switched on wins, as in the CLI ([`clouds`]):
+/// its credentials (every cloud's) and the Anthropic key variables leave
+/// the environment, its skip-auth switch is set, and its base URL variable
+/// becomes `endpoint/sandstorm/<token>`.
+///
+/// Otherwise the credential is `ANTHROPIC_AUTH_TOKEN` as a bearer token
+/// when it is set, else `ANTHROPIC_API_KEY` as `x-api-key`, as the key
+/// resolution leaves them (with a custom endpoint and a token it empties
+/// the API key); the placeholder goes in each of them that holds a key,
+/// and `ANTHROPIC_BASE_URL` becomes `endpoint`. A variable that is empty
+/// stays empty: the SDK reads empty as unset, and that is what it was told.
 ///
 /// Every model call through the route is counted by `spend`, and refused
 /// once one of its caps is reached.
 ///
-/// Returns `None`, leaving `envs` untouched, when neither variable holds a
-/// key: the process then runs as it would without the endpoint. An error
-/// when `ANTHROPIC_BASE_URL` is not an http(s) URL: the key must not go in
-/// and the model cannot be reached without it.
+/// [`VERTEX_SERVICE_ACCOUNT_VARIABLE`], the Vertex key file's contents for
+/// a provider that keeps them on the host, never stays.
+///
+/// Returns `None`, leaving `envs` otherwise untouched, when there is no
+/// credential to keep: the process then runs as it would without the
+/// endpoint. An error when a base URL is not an http(s) URL or a region is
+/// malformed: the key must not go in and the model cannot be reached
+/// without it.
 pub(crate) fn keyless(
     envs: &mut BTreeMap<String, String>,
     routes: &ModelRoutes,
     endpoint: &str,
     spend: Option<Arc<SpendMeter>>,
 ) -> Result<Option<RouteGuard>, String> {
+    let service_account = envs.remove(VERTEX_SERVICE_ACCOUNT_VARIABLE);
+    if let Some((cloud, base_url, auth)) =
+        clouds::route(envs, service_account.as_deref(), &routes.inner.vertex)?
+    {
+        let guard = routes.register(ModelRoute {
+            base_url,
+            auth,
+            spend,
+        });
+        let credentials = [&clouds::BEDROCK, &clouds::FOUNDRY, &clouds::VERTEX]
+            .into_iter()
+            .flat_map(|cloud| cloud.host_only.iter().copied());
+        for name in credentials.chain([ANTHROPIC_KEY_VARIABLE, AUTH_TOKEN_VARIABLE]) {
+            envs.remove(name);
+        }
+        envs.insert(cloud.skip_auth.to_owned(), "1".to_owned());
+        envs.insert(
+            cloud.base_url.to_owned(),
+            format!(
+                "{}{PATH_TOKEN_PREFIX}{}",
+                endpoint.trim_end_matches('/'),
+                guard.token()
+            ),
+        );
+        return Ok(Some(guard));
+    }
+
     let Some(route) = ModelRoute::from_env(envs, spend)? else {
         return Ok(None);
     };
@@ -283,7 +353,8 @@ pub(crate) fn new_token() -> String {
 /// Answers one origin-form request: finds the route by its token and
 /// relays the request upstream with the real credential.
 pub(crate) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> Response<Body> {
-    let Some(route) = tokens(request.headers()).find_map(|token| routes.get(token)) else {
+    let (mut parts, body) = request.into_parts();
+    let Some(route) = route_of(&mut parts.uri, &parts.headers, routes) else {
         return error(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
@@ -291,7 +362,6 @@ pub(crate) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
              (it is valid only while its run lives)",
         );
     };
-    let (mut parts, body) = request.into_parts();
     // Held whole: a signature (SigV4) covers the body's hash, and the
     // spend cap reads the model it names before anything goes upstream.
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
@@ -315,7 +385,7 @@ pub(crate) async fn serve(request: Request<Incoming>, routes: &ModelRoutes) -> R
         }
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let Some(url) = upstream_url(&route.base_url, path_and_query) else {
+    let Some(url) = upstream_url(&route.base_for(path_and_query), path_and_query) else {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -490,6 +560,33 @@ fn refused(refusal: &Refusal) -> Response<Body> {
         .headers_mut()
         .insert("x-should-retry", HeaderValue::from_static("false"));
     response
+}
+
+/// The route a request names: by the token in its path, which is then
+/// stripped from `uri`, or for a path without one by a token in its
+/// headers.
+fn route_of(uri: &mut Uri, headers: &HeaderMap, routes: &ModelRoutes) -> Option<Arc<ModelRoute>> {
+    let Some((token, rest)) = path_token(uri) else {
+        return tokens(headers).find_map(|token| routes.get(token));
+    };
+    let route = routes.get(&token)?;
+    *uri = rest;
+    Some(route)
+}
+
+/// `/sandstorm/<token>/rest?query` as the token and `/rest?query`; `None`
+/// for a path that does not start with [`PATH_TOKEN_PREFIX`].
+fn path_token(uri: &Uri) -> Option<(String, Uri)> {
+    let after = uri.path().strip_prefix(PATH_TOKEN_PREFIX)?;
+    let (token, rest) = match after.find('/') {
+        Some(slash) => after.split_at(slash),
+        None => (after, "/"),
+    };
+    let rest = match uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
+    };
+    Some((token.to_owned(), Uri::try_from(rest).ok()?))
 }
 
 /// The tokens a request offers: `x-api-key`, then a bearer token.
