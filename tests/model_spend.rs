@@ -73,8 +73,17 @@ async fn post(product: &Product, body: Value) -> (u16, Value) {
 
 #[tokio::test]
 async fn a_cost_cap_refuses_the_call_after_the_one_that_crossed_it() {
+    cost_cap_refuses_the_call_after_the_one_that_crossed_it(Chain::Local).await;
+}
+
+#[tokio::test]
+async fn the_e2b_model_proxy_refuses_the_call_after_the_one_that_crossed_the_cost_cap() {
+    cost_cap_refuses_the_call_after_the_one_that_crossed_it(Chain::E2b).await;
+}
+
+async fn cost_cap_refuses_the_call_after_the_one_that_crossed_it(chain: Chain) {
     let model = ModelServer::start(Script::EndlessBash).await;
-    let mut product = Serve::new(Chain::Local, &model).start().await;
+    let mut product = keyless(chain, &model).start().await;
     let cap = 0.002;
 
     let events = product
@@ -287,11 +296,21 @@ fn probe(key: &str) -> String {
 
 #[tokio::test]
 async fn the_e2b_sandbox_holds_no_key_and_the_model_gets_the_real_one() {
+    sandbox_holds_no_key_and_the_model_gets_the_real_one(Chain::E2b, "http://127.0.0.1:880").await;
+}
+
+#[tokio::test]
+async fn the_local_sandbox_holds_no_key_and_the_model_gets_the_real_one() {
+    sandbox_holds_no_key_and_the_model_gets_the_real_one(Chain::Local, "http://127.0.0.1:3128")
+        .await;
+}
+
+async fn sandbox_holds_no_key_and_the_model_gets_the_real_one(chain: Chain, endpoint: &str) {
     let model = ModelServer::start(Script::Bash {
         command: probe(common::product::ANTHROPIC_KEY),
     })
     .await;
-    let mut product = keyless(Chain::E2b, &model).start().await;
+    let mut product = keyless(chain, &model).start().await;
 
     let events = product.query(json!({"prompt": "look for the key"})).await;
 
@@ -299,13 +318,8 @@ async fn the_e2b_sandbox_holds_no_key_and_the_model_gets_the_real_one() {
     let results = events.tool_results();
     assert_eq!(results.len(), 1, "{}", events.dump());
     let found = &results[0].0;
-    for line in [
-        "env:0",
-        "environ:0",
-        "files:0",
-        "sudo:no",
-        "base:http://127.0.0.1:880",
-    ] {
+    let base = format!("base:{endpoint}");
+    for line in ["env:0", "environ:0", "files:0", "sudo:no", base.as_str()] {
         assert!(found.lines().any(|l| l == line), "no {line:?} in {found}");
     }
     // Every call reached the model with the real key, which only the proxy
