@@ -63,6 +63,45 @@ pub(crate) const PROVIDER_ENV_KEYS: &[&str] = &[
     "ANTHROPIC_DEFAULT_HAIKU_MODEL",
 ];
 
+/// The variables that carry the Anthropic credential (or a custom
+/// endpoint's token).
+const ANTHROPIC_CREDENTIALS: &[&str] = &[ANTHROPIC_KEY_VARIABLE, "ANTHROPIC_AUTH_TOKEN"];
+
+/// The variables that carry a cloud provider's credential, or point at it
+/// (the Vertex service-account file).
+const CLOUD_CREDENTIALS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_BEARER_TOKEN_BEDROCK",
+    "ANTHROPIC_FOUNDRY_API_KEY",
+    "ANTHROPIC_FOUNDRY_AUTH_TOKEN",
+    "AZURE_API_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+];
+
+/// The credential variables of `runner_env` that will be in the sandbox:
+/// those the provider's model endpoint does not hold instead. What the
+/// run's `system` event reports as `sandstorm.credentials_in_sandbox`.
+pub(crate) fn credentials_in_sandbox(
+    runner_env: &BTreeMap<String, String>,
+    anthropic_held: bool,
+    cloud_held: bool,
+) -> Vec<String> {
+    let mut names: Vec<&str> = Vec::new();
+    if !anthropic_held {
+        names.extend(ANTHROPIC_CREDENTIALS);
+    }
+    if !cloud_held {
+        names.extend(CLOUD_CREDENTIALS);
+    }
+    names
+        .into_iter()
+        .filter(|name| runner_env.get(*name).is_some_and(|v| !v.is_empty()))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Any of these selects a provider that authenticates without an
 /// Anthropic key.
 pub(crate) const PROVIDER_TOGGLES: &[&str] = &[

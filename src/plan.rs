@@ -73,6 +73,9 @@ pub(crate) struct RunPlan {
     pub outputs: Option<OutputPlan>,
     /// Set when the run goes on without its client.
     pub detach: Option<DetachPlan>,
+    /// The credential variables that go into the sandbox: what the run's
+    /// `system` event reports (`sandstorm.credentials_in_sandbox`).
+    pub credentials_in_sandbox: Vec<String>,
 }
 
 /// What makes a run detached.
@@ -124,6 +127,12 @@ pub(crate) async fn prepare(
         .unwrap_or_else(|| config.detach.unwrap_or(false) || !keep_alive.is_zero());
     let timeout = timeout_of(&query, config);
     let spend = spend_meter(settings, config, &query, &keys.runner_env)?;
+    let provider = settings.sandbox.provider;
+    let credentials_in_sandbox = keys::credentials_in_sandbox(
+        &keys.runner_env,
+        (provider.meters_model)(&settings.sandbox.options),
+        provider.keeps_cloud_credentials,
+    );
     let env = |name: &str| {
         settings
             .config_env
@@ -141,6 +150,14 @@ pub(crate) async fn prepare(
     )?;
     let mut plan = plan;
     plan.process.spend = spend;
+    if !credentials_in_sandbox.is_empty() {
+        // Names only; any instance that reads the run back reports them.
+        plan.sandbox.metadata.insert(
+            runs::CREDENTIALS_KEY.to_owned(),
+            credentials_in_sandbox.join(","),
+        );
+    }
+    plan.credentials_in_sandbox = credentials_in_sandbox;
     match caller {
         Some(owner) if detach => {
             let run = RunId::generate().map_err(|e| ApiError::Config {
@@ -377,6 +394,7 @@ pub(crate) fn build(
         redactor,
         outputs,
         detach: None,
+        credentials_in_sandbox: Vec::new(),
         request_id,
     })
 }

@@ -192,7 +192,14 @@ async fn drive(
     sandbox.upload(plan.files.clone()).await?;
     progress(Phase::StartingAgent).await?;
     let output = sandbox.start(plan.process.clone()).await?;
-    relay(output, &plan.redactor, plan.outputs.as_ref(), tx).await
+    relay(
+        output,
+        &plan.redactor,
+        plan.outputs.as_ref(),
+        &plan.credentials_in_sandbox,
+        tx,
+    )
+    .await
 }
 
 /// Creates a sandbox on its own task. If the run is abandoned meanwhile
@@ -226,13 +233,14 @@ async fn relay(
     mut output: futures::stream::BoxStream<'_, Result<ProcessEvent, SandboxError>>,
     redactor: &Redactor,
     outputs: Option<&OutputPlan>,
+    credentials_in_sandbox: &[String],
     tx: &mpsc::Sender<RunEvent>,
 ) -> Result<(), Stop> {
     let send = |event| async move { tx.send(event).await.map_err(|_| Stop::ClientGone) };
     let mut stdout = LineSplitter::new();
     let mut stderr = LineSplitter::new();
     let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
-    let mut agent = AgentState::new(OutputCheck::new(outputs));
+    let mut agent = AgentState::new(OutputCheck::new(outputs), credentials_in_sandbox);
 
     while let Some(event) = output.next().await {
         match event? {
@@ -300,15 +308,20 @@ struct AgentState {
     runner_error: Option<String>,
     /// The check on output files and warnings.
     outputs: OutputCheck,
+    /// The credential variables in the sandbox, told in the first `system`
+    /// event's `sandstorm` field; `None` once told, or when there are none.
+    credentials_in_sandbox: Option<Vec<String>>,
 }
 
 impl AgentState {
-    fn new(outputs: OutputCheck) -> Self {
+    fn new(outputs: OutputCheck, credentials_in_sandbox: &[String]) -> Self {
         AgentState {
             shape: Shape::default(),
             saw_result: false,
             runner_error: None,
             outputs,
+            credentials_in_sandbox: (!credentials_in_sandbox.is_empty())
+                .then(|| credentials_in_sandbox.to_vec()),
         }
     }
 
@@ -328,6 +341,7 @@ impl AgentState {
             }
         };
         let line = match admitted {
+            Admitted::Message if kind.as_deref() == Some("system") => self.told(line),
             Admitted::Message => line,
             Admitted::Result => {
                 self.saw_result = true;
@@ -348,6 +362,39 @@ impl AgentState {
             }
         };
         Some(RunEvent::Agent(redactor.redact(line)))
+    }
+
+    /// `line` (a `system` event), with `sandstorm.credentials_in_sandbox`
+    /// added when it is the session's `init` and credentials went in.
+    fn told(&mut self, line: bytes::Bytes) -> bytes::Bytes {
+        let Some(names) = &self.credentials_in_sandbox else {
+            return line;
+        };
+        #[derive(serde::Deserialize)]
+        struct Init {
+            subtype: Option<String>,
+        }
+        let Ok(init) = serde_json::from_slice::<Init>(&line) else {
+            return line;
+        };
+        if init.subtype.as_deref() != Some("init") {
+            return line;
+        }
+        let body = line.trim_ascii_end();
+        let Some(open) = body.strip_suffix(b"}") else {
+            return line;
+        };
+        // Added at the end, so the SDK's own bytes stay as they were, and
+        // a `sandstorm` field already there (the agent's word) is
+        // overridden: JSON readers keep a repeated key's last value.
+        let field = serde_json::json!({ "credentials_in_sandbox": names });
+        let mut told = Vec::with_capacity(line.len() + 64);
+        told.extend_from_slice(open);
+        told.extend_from_slice(b",\"sandstorm\":");
+        told.extend_from_slice(field.to_string().as_bytes());
+        told.push(b'}');
+        self.credentials_in_sandbox = None;
+        bytes::Bytes::from(told)
     }
 
     fn verdict(

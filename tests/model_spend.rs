@@ -318,6 +318,11 @@ async fn sandbox_holds_no_key_and_the_model_gets_the_real_one(chain: Chain, endp
     let results = events.tool_results();
     assert_eq!(results.len(), 1, "{}", events.dump());
     let found = &results[0].0;
+    assert!(
+        events.init().get("sandstorm").is_none(),
+        "no credential went in, and the system event says none: {}",
+        events.init()
+    );
     let base = format!("base:{endpoint}");
     for line in ["env:0", "environ:0", "files:0", "sudo:no", base.as_str()] {
         assert!(found.lines().any(|l| l == line), "no {line:?} in {found}");
@@ -422,4 +427,21 @@ async fn a_turn_s_token_dies_with_the_turn(chain: Chain) {
         .delete(format!("{}/runs/{run_id}", product.url()))
         .send()
         .await;
+}
+
+#[tokio::test]
+async fn the_system_event_names_the_credentials_that_went_into_the_sandbox() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    // E2B without the model proxy: the key goes in, as in the original.
+    let mut product = Serve::new(Chain::E2b, &model).start().await;
+    let events = product.query(json!({"prompt": "go"})).await;
+    assert_eq!(
+        events.init()["sandstorm"],
+        json!({"credentials_in_sandbox": ["ANTHROPIC_API_KEY"]}),
+        "{}",
+        events.init()
+    );
+    // The SDK's own fields are all still there.
+    assert!(events.init()["session_id"].is_string(), "{}", events.init());
+    assert_eq!(events.of_type("system").len(), 1, "{}", events.dump());
 }

@@ -309,3 +309,30 @@ async fn an_openrouter_key_without_a_base_url_explains_itself() {
     .expect_err("missing base url");
     assert!(e.to_string().contains("ANTHROPIC_BASE_URL"), "{e}");
 }
+
+#[test]
+fn the_credentials_in_the_sandbox_are_those_no_endpoint_holds() {
+    let env: BTreeMap<String, String> = [
+        ("ANTHROPIC_API_KEY", "sk-ant-x"),
+        ("ANTHROPIC_AUTH_TOKEN", ""),
+        ("AWS_ACCESS_KEY_ID", "AKID"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("AWS_REGION", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(
+        credentials_in_sandbox(&env, false, false),
+        [
+            "ANTHROPIC_API_KEY",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY"
+        ]
+    );
+    assert_eq!(
+        credentials_in_sandbox(&env, true, false),
+        ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    );
+    assert!(credentials_in_sandbox(&env, true, true).is_empty());
+}

@@ -61,6 +61,8 @@ pub(crate) struct Follow {
     pub pauses: bool,
     /// The labels it was started with (`team_id`, ...), by name.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The credential variables in its sandbox, for its `system` events.
+    pub credentials_in_sandbox: Vec<String>,
 }
 
 impl Follow {
@@ -137,6 +139,7 @@ async fn execute(
         turn: 1,
         pauses: plan.sandbox.pause_at_end,
         labels: crate::runs::labels(&plan.sandbox.metadata),
+        credentials_in_sandbox: plan.credentials_in_sandbox.clone(),
     };
     let mut guard = SandboxGuard::new(plan.request_id.clone());
     let started = tokio::select! {
@@ -302,6 +305,7 @@ async fn relay_turns(
             log::turn(&mut log),
             &follow.redactor,
             follow.outputs.as_ref(),
+            &follow.credentials_in_sandbox,
             tx,
         )
         .await;

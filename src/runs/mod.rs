@@ -52,6 +52,23 @@ pub(crate) const KEEP_ALIVE_KEY: &str = "sandstorm_keep_alive";
 pub(crate) const PAUSES_KEY: &str = "sandstorm_pauses";
 /// The prefix of a run label's metadata key (`sandstorm_label_team_id`).
 pub(crate) const LABEL_PREFIX: &str = "sandstorm_label_";
+/// Metadata: the credential variables in the sandbox, comma-separated
+/// (names, never values).
+pub(crate) const CREDENTIALS_KEY: &str = "sandstorm_credentials_in_sandbox";
+
+/// The credential variables a run's metadata says are in its sandbox.
+pub(crate) fn credentials_in_sandbox(metadata: &BTreeMap<String, String>) -> Vec<String> {
+    metadata
+        .get(CREDENTIALS_KEY)
+        .map(|names| {
+            names
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// The run labels (`team_id`, ...) in a sandbox's metadata, by name.
 pub(crate) fn labels(metadata: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -416,6 +433,7 @@ async fn reach(
         turn: 1,
         pauses: pauses(summary),
         labels: labels(&summary.metadata),
+        credentials_in_sandbox: credentials_in_sandbox(&summary.metadata),
     };
     Ok(Found { sandbox, follow })
 }
