@@ -101,32 +101,32 @@ where
     /// (from a stream without one) the first event there is.
     async fn first_frame(&mut self) -> Result<Option<ProcessEvent>, SandboxError> {
         loop {
-            let frame = self
-                .decoder
-                .next_frame()
-                .map_err(|e| protocol(e.to_string()))?;
-            if let Some(frame) = frame {
-                if frame.is_end_stream() {
-                    return Err(end_of_stream(&frame.payload));
-                }
-                let message: StartResponse = serde_json::from_slice(&frame.payload)
-                    .map_err(|e| protocol(format!("unreadable process event: {e}")))?;
-                if let Some(start) = message.event.start {
-                    self.pid = Some(start.pid);
-                    return Ok(None);
-                }
-                match decode_message(&frame.payload)? {
-                    Some(event) => return Ok(Some(event)),
-                    None => continue,
-                }
+            let payload = self.next_payload().await?;
+            let message: StartResponse = serde_json::from_slice(&payload)
+                .map_err(|e| protocol(format!("unreadable process event: {e}")))?;
+            if let Some(start) = message.event.start {
+                self.pid = Some(start.pid);
+                return Ok(None);
             }
-            self.read_more().await?;
+            if let Some(event) = decode_message(&payload)? {
+                return Ok(Some(event));
+            }
         }
     }
 
-    /// The next output or exit event, reading more of the body only when no
-    /// whole frame is buffered.
+    /// The next output or exit event.
     async fn next_event(&mut self) -> Result<ProcessEvent, SandboxError> {
+        loop {
+            if let Some(event) = decode_message(&self.next_payload().await?)? {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// The next message's payload, reading more of the body only when no
+    /// whole frame is buffered; the end-of-stream frame is an error here,
+    /// as it comes before the process's end only when something failed.
+    async fn next_payload(&mut self) -> Result<Bytes, SandboxError> {
         loop {
             let frame = self
                 .decoder
@@ -136,10 +136,7 @@ where
                 if frame.is_end_stream() {
                     return Err(end_of_stream(&frame.payload));
                 }
-                match decode_message(&frame.payload)? {
-                    Some(event) => return Ok(event),
-                    None => continue,
-                }
+                return Ok(frame.payload);
             }
             self.read_more().await?;
         }
