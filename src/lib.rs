@@ -36,6 +36,7 @@ pub mod doors;
 pub mod env;
 mod error;
 mod events;
+pub mod exit_watch;
 mod health;
 mod json_field;
 pub mod keys;

@@ -24,10 +24,9 @@ use futures::StreamExt;
 use super::E2bSandbox;
 use super::envd::RunAs;
 use crate::model_proxy::{
-    BINARY, CAPS_VARIABLE, CREDENTIAL_VARIABLES, CapsJson, LISTEN, Report, TOKEN_VARIABLE,
-    WATCH_PID_VARIABLE,
+    BINARY, CAPS_VARIABLE, CREDENTIAL_VARIABLES, CapsJson, LISTEN, ModelRoute, Report,
+    TOKEN_VARIABLE, WATCH_PID_VARIABLE, new_token, placeholders,
 };
-use crate::sandbox::local::egress::{ModelRoute, new_token, placeholders};
 use crate::sandbox::{ProcessEvent, ProcessSpec, ProcessStream, SandboxError};
 use crate::spend::SpendMeter;
 use crate::spend::prices::PRICES_VARIABLE;

@@ -56,12 +56,12 @@ use super::{
 };
 
 mod bwrap;
-pub(crate) mod egress;
+mod egress;
 mod fs;
 mod identity;
 mod install;
 mod join;
-pub(crate) mod process;
+mod process;
 mod runtime;
 mod seccomp;
 mod setup;
@@ -133,7 +133,7 @@ pub struct LocalProvider {
     layout: bwrap::Layout,
     identities: identity::Identities,
     openings: Vec<egress::Opening>,
-    routes: egress::ModelRoutes,
+    routes: crate::model_proxy::ModelRoutes,
 }
 
 impl LocalProvider {
@@ -194,7 +194,7 @@ impl LocalProvider {
             layout,
             identities,
             openings,
-            routes: egress::ModelRoutes::new()?,
+            routes: crate::model_proxy::ModelRoutes::new()?,
         })
     }
 
@@ -270,7 +270,7 @@ impl LocalProvider {
         socket: &Path,
         limits: &Limits,
         home: &Arc<Home>,
-    ) -> Result<(ProcessControl, u32, process::ExitWatch), SandboxError> {
+    ) -> Result<(ProcessControl, u32, crate::exit_watch::ExitWatch), SandboxError> {
         let mut command = tokio::process::Command::new(SETPRIV);
         if let Some(uid) = home.identity.leased {
             command.args([
@@ -316,7 +316,7 @@ impl LocalProvider {
         // bwrap has not reaped its child, so the pid is still that child's
         // when the pidfd is opened.
         let found = sandbox_init_pid(bwrap_pid).and_then(|pid| {
-            let watch = process::ExitWatch::open(pid).ok()?;
+            let watch = crate::exit_watch::ExitWatch::open(pid).ok()?;
             Some((pid, watch))
         });
         let Some((init_pid, init_exit)) = found else {
@@ -486,10 +486,10 @@ pub struct LocalSandbox {
     /// bwrap, holding the namespaces; killing it ends the sandbox.
     init: ProcessControl,
     /// The sandbox's pid 1, gone only when the whole namespace is.
-    init_exit: process::ExitWatch,
+    init_exit: crate::exit_watch::ExitWatch,
     /// The sandbox's egress proxy and model endpoint; gone at destroy.
     egress: Mutex<Option<egress::EgressServer>>,
-    routes: egress::ModelRoutes,
+    routes: crate::model_proxy::ModelRoutes,
     processes: Mutex<Processes>,
     /// When the sandbox expires; `None` means never.
     deadline: watch::Sender<Option<tokio::time::Instant>>,
@@ -544,7 +544,7 @@ impl LocalSandbox {
         // The model key stays here: the process gets a placeholder that
         // only this sandbox's endpoint accepts, while the process lives.
         let mut envs = spec.envs.clone();
-        let route = egress::keyless(
+        let route = crate::model_proxy::keyless(
             &mut envs,
             &self.routes,
             &join::endpoint(),

@@ -37,36 +37,30 @@
 //! destroying a sandbox must do.
 
 use std::convert::Infallible;
-use std::error::Error;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as HttpBody, Incoming};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::model_proxy::ModelRoutes;
+
 mod address;
 mod dial;
-mod model;
 mod openings;
 mod policy;
 mod proxy;
 
 use dial::{Resolve, SystemResolver};
-pub(crate) use model::{
-    CREDENTIAL_VARIABLES, ModelRoute, ModelRoutes, keyless, new_token, placeholders,
-    serve as serve_model,
-};
 pub(crate) use openings::{OPEN_VARIABLE, Opening, parse_openings};
 pub(crate) use policy::EgressRules;
 
@@ -79,9 +73,9 @@ const READ_BUFFER: usize = 64 * 1024;
 /// cannot spend the host's memory and file descriptors on connections.
 const MAX_CONNECTIONS: usize = 256;
 
-/// A response body of any of the three kinds.
-pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
-type BoxError = Box<dyn Error + Send + Sync>;
+pub(crate) use crate::model_proxy::relay::{
+    Body, Direction, Meter, boxed, metered, strip_hop_by_hop,
+};
 
 /// One sandbox's egress server. Dropping it stops the accept loop and
 /// closes every connection and tunnel it serves.
@@ -202,7 +196,7 @@ async fn dispatch(request: Request<Incoming>, connection: Arc<Connection>) -> Re
     } else if request.uri().scheme().is_some() {
         proxy::forward(request, &connection).await
     } else {
-        model::serve(request, &connection.shared.routes).await
+        crate::model_proxy::serve(request, &connection.shared.routes).await
     }
 }
 
@@ -215,123 +209,6 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-fn boxed<B>(body: B) -> Body
-where
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    body.map_err(Into::into).boxed_unsync()
-}
-
-/// Headers that describe one hop rather than the message (RFC 9110 7.6.1),
-/// plus what a client says to its proxy: none of them travels on.
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes the hop-by-hop headers, those the `Connection` header names,
-/// and every `Proxy-*` header (`Proxy-Connection` included).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP) {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy {
-        headers.remove(name);
-    }
-}
-
-/// Counts the bytes of one request each way, and logs them with its
-/// destination and verdict when both bodies are done with (never a header
-/// or a body).
-#[derive(Debug)]
-struct Meter {
-    kind: &'static str,
-    target: String,
-    /// The upstream's status, once it answered.
-    status: AtomicU16,
-    up: AtomicU64,
-    down: AtomicU64,
-}
-
-impl Meter {
-    fn new(kind: &'static str, target: String) -> Arc<Meter> {
-        Arc::new(Meter {
-            kind,
-            target,
-            status: AtomicU16::new(0),
-            up: AtomicU64::new(0),
-            down: AtomicU64::new(0),
-        })
-    }
-}
-
-impl Meter {
-    fn answered(&self, status: StatusCode) {
-        self.status.store(status.as_u16(), Ordering::Relaxed);
-    }
-}
-
-impl Drop for Meter {
-    fn drop(&mut self) {
-        tracing::debug!(
-            kind = self.kind,
-            target = %self.target,
-            status = self.status.load(Ordering::Relaxed),
-            up = self.up.load(Ordering::Relaxed),
-            down = self.down.load(Ordering::Relaxed),
-            "egress request done"
-        );
-    }
-}
-
-/// Which way a metered body flows.
-#[derive(Debug, Clone, Copy)]
-enum Direction {
-    Up,
-    Down,
-}
-
-/// `body`, counting its data into `meter`.
-fn metered<B>(
-    body: B,
-    meter: &Arc<Meter>,
-    direction: Direction,
-) -> impl HttpBody<Data = Bytes, Error = B::Error> + Send + Sync + 'static
-where
-    B: HttpBody<Data = Bytes> + Send + Sync + 'static,
-{
-    let meter = meter.clone();
-    body.map_frame(move |frame| {
-        if let Some(data) = frame.data_ref() {
-            let counter = match direction {
-                Direction::Up => &meter.up,
-                Direction::Down => &meter.down,
-            };
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        frame
-    })
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::dial::Resolve;
-use super::model::{ModelAuth, ModelRoute, RouteGuard};
 use super::{Body, EgressRules, EgressServer, ModelRoutes, boxed, parse_openings, serve_with};
+use crate::model_proxy::{ModelAuth, ModelRoute, RouteGuard};
 use crate::sandbox::NetworkPolicy;
 use crate::secret::Secret;
 

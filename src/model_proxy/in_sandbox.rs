@@ -41,12 +41,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::sandbox::local::egress::{ModelRoute, ModelRoutes, serve_model};
-use crate::sandbox::local::process::ExitWatch;
+use super::{CREDENTIAL_VARIABLES, ModelRoute, ModelRoutes, serve as serve_model};
+use crate::exit_watch::ExitWatch;
 use crate::spend::prices::PRICES_VARIABLE;
 use crate::spend::{Caps, PriceTable, Spend, SpendMeter};
-
-pub(crate) use crate::sandbox::local::egress::CREDENTIAL_VARIABLES;
 
 /// Where the proxy listens, inside the sandbox.
 pub(crate) const LISTEN: &str = "127.0.0.1:880";

@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 
 use super::*;
 
-const CASES: &str = include_str!("../../../../../tests/fixtures/sigv4/cases.json");
-const VECTORS: &str = include_str!("../../../../../tests/fixtures/sigv4/vectors.json");
+const CASES: &str = include_str!("../../tests/fixtures/sigv4/cases.json");
+const VECTORS: &str = include_str!("../../tests/fixtures/sigv4/vectors.json");
 const SCRIPT: &str = "tests/fixtures/sigv4/botocore_sign.py";
 
 fn cases() -> Vec<Value> {

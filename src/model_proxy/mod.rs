@@ -1,6 +1,11 @@
-//! The keyless model endpoint: the agent calls the model through the
-//! proxy's port with a placeholder token, and the host puts the real key
-//! on.
+//! The keyless model endpoint: the agent calls the model through it with
+//! a placeholder token, and the endpoint puts the real credential on.
+//!
+//! It runs wherever the agent cannot: on the host for a local sandbox
+//! (behind the sandbox's egress bridge, `src/sandbox/local/egress/`), and
+//! in an E2B VM as root ([`in_sandbox`], the `sandstorm-model-proxy`
+//! binary). Either way every model call of a run passes through it, so it
+//! is also where the run's spending caps hold ([`crate::spend`]).
 //!
 //! Each started process gets its own [`ModelRoute`], registered under a
 //! fresh random token ([`ModelRoutes::register`]); [`keyless`] puts that
@@ -36,13 +41,19 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use reqwest::Url;
 
-use super::dial::CONNECT_TIMEOUT;
-use super::{Body, Direction, Meter, boxed, metered, strip_hop_by_hop};
+use relay::{Body, Direction, Meter, boxed, metered, strip_hop_by_hop};
 
 mod clouds;
+mod in_sandbox;
+pub(crate) mod relay;
 mod sigv4;
 mod upstream;
 mod vertex;
+
+pub use in_sandbox::main;
+pub(crate) use in_sandbox::{
+    BINARY, CAPS_VARIABLE, CapsJson, LISTEN, Report, TOKEN_VARIABLE, WATCH_PID_VARIABLE,
+};
 
 use crate::keys::{ANTHROPIC_KEY_VARIABLE, VERTEX_SERVICE_ACCOUNT_VARIABLE};
 use crate::sandbox::SandboxError;
@@ -55,6 +66,8 @@ pub(crate) use upstream::ModelAuth;
 const AUTH_TOKEN_VARIABLE: &str = "ANTHROPIC_AUTH_TOKEN";
 /// The variable that points the Agent SDK at its API.
 const BASE_URL_VARIABLE: &str = "ANTHROPIC_BASE_URL";
+/// How long a connection to the upstream may take to open.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Where the SDK goes without `ANTHROPIC_BASE_URL`.
 const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 /// What every placeholder token starts with: shaped like an Anthropic key,
