@@ -25,7 +25,7 @@ use crate::sandbox::layout;
 use crate::sandbox::{Limits, ProcessSpec, SandboxFile, SandboxSpec};
 use crate::secret::Secret;
 use crate::settings::Settings;
-use crate::spend::prices::PRICES_VARIABLE;
+use crate::spend::prices::{self, PRICES_VARIABLE};
 use crate::spend::{Caps, SpendMeter};
 
 mod agent;
@@ -223,6 +223,7 @@ fn spend_meter(
     }
     if caps.max_cost_usd.is_some()
         && let Some(model) = query.model.as_ref().or(config.model.as_ref())
+        && !prices::is_alias(model)
         && settings.prices.get(model).is_none()
     {
         return Err(ApiError::invalid(

@@ -248,6 +248,16 @@ async fn a_cap_that_cannot_hold_is_refused_before_the_run() {
     let spend = &events.done["sandstorm"]["spend"];
     assert!(spend["cost_usd"].as_f64() > Some(0.0), "{spend}");
     assert!(spend.get("exceeded").is_none(), "{spend}");
+    // An alias is priced as the id the SDK resolves it to, on each call.
+    let events = priced
+        .query(json!({"prompt": "go", "model": "sonnet", "max_cost_usd": 1}))
+        .await;
+    assert_eq!(events.result()["subtype"], "success", "{}", events.dump());
+    assert!(
+        events.done["sandstorm"]["spend"]["cost_usd"].as_f64() > Some(0.0),
+        "{}",
+        events.done
+    );
     drop(priced);
 
     // A provider whose sandbox holds the key cannot enforce a cap: the

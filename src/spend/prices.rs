@@ -206,6 +206,15 @@ impl PriceTable {
     }
 }
 
+/// Whether `model` is one of Claude Code's aliases (`sonnet`, `opus`,
+/// `haiku`, `opusplan`, `default`, with or without `[1m]`), which the SDK
+/// resolves to a full id: the endpoint prices that id on each call.
+pub(crate) fn is_alias(model: &str) -> bool {
+    let name = model.trim().to_ascii_lowercase();
+    let name = name.strip_suffix("[1m]").unwrap_or(&name);
+    matches!(name, "sonnet" | "opus" | "haiku" | "opusplan" | "default")
+}
+
 /// A model id as the table knows it: lower case, without the provider's
 /// wrapping (`us.anthropic.` … `-v1:0`, `…@20250929`) and without a date
 /// suffix.

@@ -38,6 +38,23 @@ fn model_ids_lose_their_provider_wrapping_and_date() {
 }
 
 #[test]
+fn aliases_are_told_from_ids() {
+    for alias in [
+        "sonnet",
+        "Opus",
+        "haiku",
+        "opusplan",
+        "sonnet[1m]",
+        "default",
+    ] {
+        assert!(super::prices::is_alias(alias), "{alias}");
+    }
+    for id in ["claude-sonnet-4-5", "sonnet-x", "anthropic/claude-opus-4.5"] {
+        assert!(!super::prices::is_alias(id), "{id}");
+    }
+}
+
+#[test]
 fn known_models_have_list_prices_and_overrides_win() {
     let list = PriceTable::default();
     let sonnet = list.get("claude-sonnet-4-5-20250929").expect("priced");
