@@ -126,20 +126,23 @@ pub(crate) async fn prepare(
         .detach
         .unwrap_or_else(|| config.detach.unwrap_or(false) || !keep_alive.is_zero());
     let timeout = timeout_of(&query, config);
-    let spend = spend_meter(settings, config, &query, &keys.runner_env)?;
     let provider = settings.sandbox.provider;
-    let credentials_in_sandbox = keys::credentials_in_sandbox(
-        &keys.runner_env,
-        (provider.meters_model)(&settings.sandbox.options),
-        provider.keeps_cloud_credentials,
-    );
+    // Whether the provider's endpoint holds the Anthropic credential, and
+    // the cloud providers'; both the cap and the init event go by them.
+    let holds = Held {
+        anthropic: (provider.meters_model)(&settings.sandbox.options),
+        cloud: provider.keeps_cloud_credentials,
+    };
+    let spend = spend_meter(settings, config, &query, &keys.runner_env, holds)?;
+    let credentials_in_sandbox =
+        keys::credentials_in_sandbox(&keys.runner_env, holds.anthropic, holds.cloud);
     let env = |name: &str| {
         settings
             .config_env
             .get(name)
             .map(|value| value.expose().to_owned())
     };
-    let plan = build(
+    let mut plan = build(
         request_id,
         &query,
         config,
@@ -148,7 +151,6 @@ pub(crate) async fn prepare(
         platform_deadline,
         &env,
     )?;
-    let mut plan = plan;
     plan.process.spend = spend;
     if !credentials_in_sandbox.is_empty() {
         // Names only; any instance that reads the run back reports them.
@@ -184,6 +186,7 @@ fn spend_meter(
     config: &SandstormConfig,
     query: &Query,
     runner_env: &BTreeMap<String, String>,
+    holds: Held,
 ) -> Result<Option<Arc<SpendMeter>>, ApiError> {
     let caps = Caps {
         max_cost_usd: config.max_cost_usd,
@@ -196,8 +199,7 @@ fn spend_meter(
     let cloud = keys::PROVIDER_TOGGLES
         .iter()
         .any(|toggle| runner_env.get(*toggle).is_some_and(|v| switched_on(v)));
-    let metered = (provider.meters_model)(&settings.sandbox.options)
-        && (!cloud || provider.keeps_cloud_credentials);
+    let metered = holds.anthropic && (!cloud || holds.cloud);
     if !metered {
         return match (caps.max_cost_usd, caps.max_tokens) {
             (None, None) => Ok(None),
@@ -235,6 +237,17 @@ fn spend_meter(
         ));
     }
     Ok(Some(SpendMeter::new(caps, settings.prices.clone())))
+}
+
+/// Which credentials the provider's model endpoint holds, so that they
+/// stay out of the sandbox.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// The Anthropic key or a custom endpoint's token; the endpoint then
+    /// also counts every call, so the run may have a spending cap.
+    anthropic: bool,
+    /// Bedrock's, Vertex's and Foundry's.
+    cloud: bool,
 }
 
 /// How long a detached run's sandbox is kept, and for what.

@@ -59,10 +59,10 @@ pub(crate) const CAPS_VARIABLE: &str = "SANDSTORM_PROXY_CAPS";
 /// Overrides [`LISTEN`] (the E2B emulator's tests).
 pub(crate) const LISTEN_VARIABLE: &str = "SANDSTORM_PROXY_LISTEN";
 
-/// How often a connection's request head must arrive, and how long an idle
-/// keep-alive connection stays.
+/// How long a connection has to send a whole request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the proxy may take to be told its process ended.
+/// How long one wait on the watched process lasts; the proxy waits again
+/// until the process has ended.
 const WATCH_FOREVER: Duration = Duration::from_secs(60 * 60 * 24 * 30);
 
 /// The caps as they travel in [`CAPS_VARIABLE`].
