@@ -59,6 +59,14 @@ fn budget_error(events: &Events) -> &Value {
     errors[0]
 }
 
+/// A POST that must answer 200 with an event stream: its events, read to
+/// the end.
+async fn post_events(client: &reqwest::Client, url: String, body: Value) -> Vec<Value> {
+    let response = client.post(&url).json(&body).send().await.expect("POST");
+    assert_eq!(response.status(), 200, "POST {url}");
+    common::sse::json_events(&response.text().await.expect("the event stream"))
+}
+
 /// `POST /query` that may be refused: its status and JSON body.
 async fn post(product: &Product, body: Value) -> (u16, Value) {
     let response = reqwest::Client::new()
@@ -381,19 +389,17 @@ async fn a_turn_s_token_dies_with_the_turn(chain: Chain) {
     .await;
     let product = keyless(chain, &model).start().await;
     let client = reqwest::Client::new();
-    let first = client
-        .post(format!("{}/query", product.url()))
-        .json(&json!({
+    let first = post_events(
+        &client,
+        format!("{}/query", product.url()),
+        json!({
             "prompt": "leave a late caller",
             "keep_alive": 120,
             // Outputs are the run's: turn 2 brings back what the late caller wrote.
             "outputs": ["late.txt"],
-        }))
-        .send()
-        .await
-        .expect("POST /query");
-    assert_eq!(first.status(), 200);
-    let first = common::sse::json_events(&first.text().await.expect("turn 1"));
+        }),
+    )
+    .await;
     let run_id = first
         .iter()
         .find_map(|e| e["run_id"].as_str().filter(|_| e["type"] == "run"))
@@ -404,14 +410,12 @@ async fn a_turn_s_token_dies_with_the_turn(chain: Chain) {
 
     // The late caller fires while the run idles between turns.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    let second = client
-        .post(format!("{}/runs/{run_id}/messages", product.url()))
-        .json(&json!({"prompt": "what did it get?"}))
-        .send()
-        .await
-        .expect("POST /runs/{id}/messages");
-    assert_eq!(second.status(), 200);
-    let second = common::sse::json_events(&second.text().await.expect("turn 2"));
+    let second = post_events(
+        &client,
+        format!("{}/runs/{run_id}/messages", product.url()),
+        json!({"prompt": "what did it get?"}),
+    )
+    .await;
     let file = second
         .iter()
         .find(|e| e["type"] == "file")

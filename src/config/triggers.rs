@@ -163,59 +163,46 @@ mod tests {
             }
             t
         };
-        assert_eq!(field_of(json!([1])), "triggers[0]");
-        assert_eq!(
-            field_of(json!([hook(json!({"name": "A b"}))])),
-            "triggers[0].name"
-        );
-        assert_eq!(
-            field_of(json!([hook(json!({"name": "-a"}))])),
-            "triggers[0].name"
-        );
-        assert_eq!(
-            field_of(json!([hook(json!({"path": "/runs/x"}))])),
-            "triggers[0].path"
-        );
-        assert_eq!(
-            field_of(json!([hook(json!({"path": "/health"}))])),
-            "triggers[0].path"
-        );
-        assert_eq!(
-            field_of(json!([hook(json!({"prompt": " "}))])),
-            "triggers[0].prompt"
-        );
-        assert_eq!(
-            field_of(json!([hook(json!({"type": "email"}))])),
-            "triggers[0].type"
-        );
-        assert_eq!(
-            field_of(json!([hook(json!({"path": "a"}))])),
-            "triggers[0].path"
-        );
-        assert_eq!(
-            field_of(json!([hook(json!({"path": "/a//b"}))])),
-            "triggers[0].path"
-        );
-        assert_eq!(
-            field_of(json!([hook(json!({"secret": 1}))])),
-            "triggers[0].secret"
-        );
-        assert_eq!(
-            field_of(json!([hook(json!({})), hook(json!({"name": "b"}))])),
-            "triggers[1].path"
-        );
-        assert_eq!(
-            field_of(json!([hook(json!({})), hook(json!({"path": "/b"}))])),
-            "triggers[1].name"
-        );
-        assert_eq!(
-            field_of(json!([{"name": "c", "type": "cron", "schedule": "daily", "prompt": "p"}])),
-            "triggers[0].schedule"
-        );
-        assert_eq!(
-            field_of(json!([{"name": "r", "type": "reaction", "emoji": "eyes", "prompt": "p"}])),
-            "triggers[0].type"
-        );
+        let one_field_wrong = [
+            (json!({"name": "A b"}), "name"),
+            (json!({"name": "-a"}), "name"),
+            (json!({"path": "/runs/x"}), "path"),
+            (json!({"path": "/health"}), "path"),
+            (json!({"prompt": " "}), "prompt"),
+            (json!({"type": "email"}), "type"),
+            (json!({"path": "a"}), "path"),
+            (json!({"path": "/a//b"}), "path"),
+            (json!({"secret": 1}), "secret"),
+        ];
+        for (extra, field) in one_field_wrong {
+            assert_eq!(
+                field_of(json!([hook(extra.clone())])),
+                format!("triggers[0].{field}"),
+                "{extra}"
+            );
+        }
+        for (triggers, field) in [
+            (json!([1]), "triggers[0]"),
+            // The second of two triggers repeats the first's path, or name.
+            (
+                json!([hook(json!({})), hook(json!({"name": "b"}))]),
+                "triggers[1].path",
+            ),
+            (
+                json!([hook(json!({})), hook(json!({"path": "/b"}))]),
+                "triggers[1].name",
+            ),
+            (
+                json!([{"name": "c", "type": "cron", "schedule": "daily", "prompt": "p"}]),
+                "triggers[0].schedule",
+            ),
+            (
+                json!([{"name": "r", "type": "reaction", "emoji": "eyes", "prompt": "p"}]),
+                "triggers[0].type",
+            ),
+        ] {
+            assert_eq!(field_of(triggers.clone()), field, "{triggers}");
+        }
     }
 
     #[test]
