@@ -167,8 +167,13 @@ class Emulator:
     `binary`, another build of it (the local start-up section's "before")."""
 
     def __init__(self, setup: Setup, binary: Path | None = None, log_name: str = "emulator.log") -> None:
+        argv = [str(binary or setup.emulator_bin), "--port", "0", "--api-key", E2B_KEY, "--runner-dir", str(setup.repo / "runner")]
+        if binary is None:
+            # The template's model proxy, which `ds serve` starts as root
+            # beside each runner; the emulator runs this build for it.
+            proxy = setup.emulator_bin.parent / "sandstorm-model-proxy"
+            argv += ["--root-command", f"/usr/local/bin/sandstorm-model-proxy={proxy}"]
         binary = binary or setup.emulator_bin
-        argv = [str(binary), "--port", "0", "--api-key", E2B_KEY, "--runner-dir", str(setup.repo / "runner")]
         # Sandbox folders on tmpfs: removing one on a journaled disk costs
         # 3-25 ms, which both servers would wait for on every kill.
         shm = Path("/dev/shm")

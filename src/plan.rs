@@ -214,7 +214,8 @@ fn spend_meter(
                     format!(
                         "{field} needs a sandbox provider whose model endpoint counts every call, \
                          and the {} provider has none with these settings (on e2b: \
-                         SANDSTORM_E2B_MODEL_PROXY=1 with a template that has the proxy, and an \
+                         the template's model proxy, not turned off with \
+                         SANDSTORM_E2B_MODEL_PROXY=0, and an \
                          Anthropic or custom endpoint rather than Bedrock, Vertex or Foundry; see \
                          docs/security.md); max_budget_usd is the SDK's own count",
                         provider.name

@@ -431,6 +431,8 @@ async fn the_vercel_door_detaches_before_max_duration_and_reads_on() {
     let work = tempfile::tempdir().expect("emulator folder");
     let mut options = emulator::options();
     options.work_root = Some(work.path().to_owned());
+    // The VM's model proxy reaches the model, as a real one does.
+    options.egress_open = Some(format!("127.0.0.1:{}", model.port()));
     let e2b = emulator::start_with(options).await;
     let offline = common::product::offline_env();
     let mut env = door_env(&e2b);

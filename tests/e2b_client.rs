@@ -31,6 +31,9 @@ use sandstorm::secret::Secret;
 
 use fake::{Fake, StartAnswer};
 
+/// Where the template installs its model proxy.
+const MODEL_PROXY: &str = "/usr/local/bin/sandstorm-model-proxy";
+
 /// The fake's access tokens start with this; the emulator's are random.
 const TOKEN_PREFIX: &str = "envd-token-";
 
@@ -386,7 +389,15 @@ async fn a_failed_start_is_not_sent_again() {
         matches!(events.last(), Some(Err(_))),
         "a cut start ends in an error: {events:?}"
     );
-    assert_eq!(fake.count("POST", "/process.Process/Start"), 2);
+    // The runner was started once more, for the second try; its model
+    // proxy beside it once.
+    let started: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/process.Process/Start")
+        .map(|r| fake::start_request(r).process.cmd)
+        .collect();
+    assert_eq!(started, ["node", "node", MODEL_PROXY], "{started:?}");
     sandbox.destroy().await.expect("destroyed");
 }
 
@@ -429,6 +440,22 @@ async fn create_that_hangs_times_out_per_attempt_then_fails() {
         "create timed out after 300ms; gave up after 2 attempts"
     );
     assert_eq!(emu.requests("create"), 2);
+}
+
+#[tokio::test]
+async fn a_template_without_the_model_proxy_fails_the_start_and_names_the_way_out() {
+    let mut options = emulator::options();
+    options.root_commands.clear();
+    let emu = Emu::with(options).await;
+    let sandbox = create(&provider(&emu.url)).await.expect("created");
+    let Err(err) = sandbox.start(runner()).await else {
+        panic!("started without a model proxy for the key");
+    };
+    let text = err.to_string();
+    assert!(text.contains(MODEL_PROXY), "{text}");
+    assert!(text.contains("SANDSTORM_E2B_MODEL_PROXY=0"), "{text}");
+    assert_no_secrets(&format!("{err} {err:?}"));
+    sandbox.destroy().await.expect("destroyed");
 }
 
 #[tokio::test]
@@ -632,6 +659,7 @@ async fn the_wire_shape_of_a_run_matches_the_sdks() {
             "POST /v2/sandboxes".to_owned(),
             "POST /files".to_owned(),
             "POST /process.Process/Start".to_owned(),
+            "POST /process.Process/Start".to_owned(),
             "GET /files".to_owned(),
             format!("DELETE /sandboxes/{id}"),
         ]
@@ -658,12 +686,12 @@ async fn the_wire_shape_of_a_run_matches_the_sdks() {
     assert_eq!(body.get("allow_internet_access"), None, "{body}");
     assert!(!create.header("idempotency-key").is_empty());
     assert_eq!(body["metadata"]["request_id"], "req-1");
-    assert_eq!(seen[4].header("x-api-key"), KEY);
+    assert_eq!(seen[5].header("x-api-key"), KEY);
 
     // envd: routed by header and authorized by the token create returned;
     // never the API key.
     let token = format!("{TOKEN_PREFIX}{id}");
-    for envd in &seen[1..4] {
+    for envd in &seen[1..5] {
         assert_eq!(envd.header("e2b-sandbox-id"), id);
         assert_eq!(envd.header("e2b-sandbox-port"), "49983");
         assert_eq!(envd.header("x-access-token"), token);
@@ -698,9 +726,31 @@ async fn the_wire_shape_of_a_run_matches_the_sdks() {
     assert_eq!(request.process.cmd, "node");
     assert_eq!(request.process.args, ["/opt/agent-runner/runner.mjs"]);
     assert_eq!(request.process.cwd.as_deref(), Some("/home/user"));
-    assert_eq!(request.process.envs["ANTHROPIC_API_KEY"], "sk-ant-test");
     // As the SDKs send it: no stdin pipe left open.
     assert_eq!(request.stdin, Some(false));
+    // As the template's default user (no Basic user named), holding a
+    // placeholder that points at the model proxy, never the key.
+    assert_eq!(start.header("authorization"), "");
+    let placeholder = &request.process.envs["ANTHROPIC_API_KEY"];
+    assert!(
+        placeholder.starts_with("sk-ant-sandstorm-placeholder-"),
+        "{placeholder}"
+    );
+    assert_eq!(
+        request.process.envs["ANTHROPIC_BASE_URL"],
+        "http://127.0.0.1:880"
+    );
+
+    // Then the template's model proxy, as root, with the key, the
+    // placeholder it answers to and the runner's pid (which the fake's
+    // start event gave), whose end ends it.
+    let proxy = &seen[3];
+    assert_eq!(proxy.header("authorization"), "Basic cm9vdDo=");
+    let proxy = fake::start_request(proxy).process;
+    assert_eq!(proxy.cmd, MODEL_PROXY);
+    assert_eq!(proxy.envs["ANTHROPIC_API_KEY"], "sk-ant-test");
+    assert_eq!(&proxy.envs["SANDSTORM_PROXY_TOKEN"], placeholder);
+    assert_eq!(proxy.envs["SANDSTORM_PROXY_WATCH_PID"], "4242");
 }
 
 #[tokio::test]

@@ -41,6 +41,9 @@ const SMALL: Limits = Limits {
     cpu_seconds: 60,
 };
 
+/// The model endpoint a local sandbox's process is pointed at.
+const LOCAL_MODEL_ENDPOINT: &str = "http://127.0.0.1:3128";
+
 #[derive(Debug, Clone, Copy)]
 enum Target {
     Local,
@@ -55,6 +58,10 @@ struct Maker {
     emulator: Option<(Process, String)>,
     /// Whether whoever makes the sandboxes is root.
     as_root: bool,
+    /// Where a process's model calls go instead of the model: the host's
+    /// endpoint behind the local sandbox's proxy port, or the E2B
+    /// template's model proxy.
+    model_endpoint: &'static str,
 }
 
 impl Maker {
@@ -67,6 +74,7 @@ impl Maker {
                     provider: Arc::new(provider),
                     emulator: None,
                     as_root: rustix::process::geteuid().is_root(),
+                    model_endpoint: LOCAL_MODEL_ENDPOINT,
                 }
             }
             Target::Emulator => {
@@ -99,11 +107,20 @@ impl Maker {
         let (process, url) = emu::start_binary(command).await;
         let mut options = E2bOptions::local(&url, E2B_KEY);
         options.template = "sandstorm-test".into();
+        // Only an emulator running as root can run the template's model
+        // proxy as root; without it, its local sandbox keeps the key out
+        // the local way.
+        options.model_proxy = as_root;
         let provider = E2bProvider::new(options).expect("E2B client");
         Maker {
             provider: Arc::new(provider),
             emulator: Some((process, url)),
             as_root,
+            model_endpoint: if as_root {
+                "http://127.0.0.1:880"
+            } else {
+                LOCAL_MODEL_ENDPOINT
+            },
         }
     }
 
@@ -592,7 +609,7 @@ async fn env_shows_no_model_key(maker: &Maker) {
     );
     assert!(env.contains("ANTHROPIC_API_KEY="), "{env}");
     assert!(
-        env.contains("ANTHROPIC_BASE_URL=http://127.0.0.1:3128"),
+        env.contains(&format!("ANTHROPIC_BASE_URL={}", maker.model_endpoint)),
         "{env}"
     );
     sb.destroy().await.expect("destroy");

@@ -498,6 +498,8 @@ async fn a_detached_run_outlives_invocations_and_later_ones_read_every_event_onc
     let work = tempfile::tempdir().expect("emulator folder");
     let mut options = emulator::options();
     options.work_root = Some(work.path().to_owned());
+    // The VM's model proxy reaches the model, as a real one does.
+    options.egress_open = Some(format!("127.0.0.1:{}", model.port()));
     let e2b = emulator::start_with(options).await;
 
     let (runtime_api, queue, mut responses) = runtime_api().await;

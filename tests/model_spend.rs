@@ -270,7 +270,10 @@ async fn a_cap_that_cannot_hold_is_refused_before_the_run() {
 
     // A provider whose sandbox holds the key cannot enforce a cap: the
     // request is refused rather than promised a cap that would not hold.
-    let e2b = Serve::new(Chain::E2b, &model).start().await;
+    let e2b = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_E2B_MODEL_PROXY", "0")
+        .start()
+        .await;
     for field in ["max_cost_usd", "max_tokens"] {
         let (status, body) = post(&e2b, json!({"prompt": "go", field: 1})).await;
         assert_eq!(status, 422, "{body}");
@@ -446,8 +449,12 @@ async fn a_turn_s_token_dies_with_the_turn(chain: Chain) {
 #[tokio::test]
 async fn the_system_event_names_the_credentials_that_went_into_the_sandbox() {
     let model = ModelServer::start(Script::bash_write_file()).await;
-    // E2B without the model proxy: the key goes in, as in the original.
-    let mut product = Serve::new(Chain::E2b, &model).start().await;
+    // E2B with the model proxy turned off: the key goes in, as in the
+    // original.
+    let mut product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_E2B_MODEL_PROXY", "0")
+        .start()
+        .await;
     let events = product.query(json!({"prompt": "go"})).await;
     assert_eq!(
         events.init()["sandstorm"],
@@ -458,4 +465,15 @@ async fn the_system_event_names_the_credentials_that_went_into_the_sandbox() {
     // The SDK's own fields are all still there.
     assert!(events.init()["session_id"].is_string(), "{}", events.init());
     assert_eq!(events.of_type("system").len(), 1, "{}", events.dump());
+    drop(product);
+
+    // By default the template's model proxy holds it, and nothing went in.
+    let mut product = Serve::new(Chain::E2b, &model).start().await;
+    let events = product.query(json!({"prompt": "go"})).await;
+    assert_eq!(events.result()["subtype"], "success", "{}", events.dump());
+    assert!(
+        events.init().get("sandstorm").is_none(),
+        "{}",
+        events.init()
+    );
 }

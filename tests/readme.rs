@@ -91,7 +91,10 @@ async fn every_ds_query_in_the_readme_runs_against_the_emulator() {
         command: "mkdir -p output && echo chart > output/chart.png && echo readme-ok".into(),
     })
     .await;
-    let e2b = emulator::start(Knobs::default()).await;
+    // The VM's model proxy reaches the model, as a real one does.
+    let mut options = emulator::options();
+    options.egress_open = Some(format!("127.0.0.1:{}", model.port()));
+    let e2b = emulator::start_with(options).await;
     // Queries only: `serve` is the test below, `runs`, `attach`,
     // `continue` and `cancel` name runs that do not exist here
     // (tests/detached.rs runs them), and `init`, `add` and `doctor` run in

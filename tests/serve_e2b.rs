@@ -27,7 +27,7 @@ async fn start_ds_serve(e2b: &emulator::RunningEmulator) -> Server {
 }
 
 #[tokio::test]
-async fn a_query_with_two_files_streams_every_line_in_order_with_four_e2b_calls() {
+async fn a_query_with_two_files_streams_every_line_in_order_with_five_e2b_calls() {
     let e2b = emulator::start(synthetic(500, 300)).await;
     let server = start_ds_serve(&e2b).await;
     let stream = read_stream(
@@ -48,9 +48,10 @@ async fn a_query_with_two_files_streams_every_line_in_order_with_four_e2b_calls(
     }
     assert_eq!(events[499]["type"], "result");
 
-    // The run's task destroys the sandbox before it ends the stream.
+    // The run's task destroys the sandbox before it ends the stream. The
+    // runner and its model proxy: two starts.
     let stats = e2b.stats();
-    for (route, count) in [("create", 1), ("upload", 1), ("start", 1), ("kill", 1)] {
+    for (route, count) in [("create", 1), ("upload", 1), ("start", 2), ("kill", 1)] {
         assert_eq!(
             stats.requests.get(route).copied().unwrap_or(0),
             count,
@@ -147,8 +148,8 @@ async fn a_detached_synthetic_run_streams_every_line_through_the_event_log() {
     }
     assert_eq!(stream.last()["type"], "result");
     let stats = e2b.settled(Duration::from_secs(5)).await;
-    // The wrapper and the follower: two starts.
-    assert_eq!(stats.requests.get("start").copied(), Some(2), "{stats:?}");
+    // The wrapper, its model proxy and the follower: three starts.
+    assert_eq!(stats.requests.get("start").copied(), Some(3), "{stats:?}");
     assert_eq!((stats.created, stats.killed, stats.alive), (1, 1, 0));
 }
 

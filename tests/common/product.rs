@@ -95,6 +95,16 @@ fn base_env(model: &ModelServer) -> BTreeMap<String, String> {
     env
 }
 
+/// `host:port` of an http URL on loopback, as an egress opening.
+fn authority(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    Some(format!(
+        "{}:{}",
+        url.host_str()?,
+        url.port_or_known_default()?
+    ))
+}
+
 /// Folders of one product instance, removed on drop: `cwd` (where
 /// sandstorm.json and the user's files live), `tmp` (the `ds` process's
 /// `TMPDIR`, where local sandboxes are made) and `e2b` (the emulator's
@@ -193,8 +203,16 @@ impl Serve {
             Chain::E2b => {
                 let mut options = emulator::options();
                 options.work_root = Some(dirs.e2b());
-                // The emulator's sandboxes get the server's openings.
-                options.egress_open = env.get("SANDSTORM_EGRESS_OPEN").cloned();
+                // The emulator's sandboxes get the server's openings, or
+                // else the model's address: a real VM reaches the model
+                // API over the internet, and so does its model proxy here.
+                let model = env.get("ANTHROPIC_BASE_URL").and_then(|url| authority(url));
+                let openings: Vec<&str> = [env.get("SANDSTORM_EGRESS_OPEN"), model.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str)
+                    .collect();
+                options.egress_open = Some(openings.join(",")).filter(|o| !o.is_empty());
                 let emulator = emulator::start_with(options).await;
                 env.insert("E2B_API_URL".to_owned(), emulator.url.clone());
                 env.insert("E2B_SANDBOX_URL".to_owned(), emulator.url.clone());
@@ -307,12 +325,12 @@ impl Product {
                 (queries, queries, 0),
                 "every sandbox the emulator created must be killed: {stats:?}"
             );
-            // With the template's model proxy, each runner has its proxy
-            // started beside it.
+            // With the template's model proxy (on unless turned off), each
+            // runner has its proxy started beside it.
             let proxied = self
                 .env
                 .get("SANDSTORM_E2B_MODEL_PROXY")
-                .is_some_and(|v| v == "1");
+                .is_none_or(|v| v != "0");
             for (route, per_query) in [
                 ("create", 1),
                 ("upload", 1),

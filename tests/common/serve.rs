@@ -189,6 +189,16 @@ impl StackBuilder {
                 "200".to_owned(),
             ];
         }
+        // The VM's model proxy reaches the model, as a real one does.
+        let model = self
+            .env
+            .iter()
+            .find(|(name, _)| name == "ANTHROPIC_BASE_URL")
+            .and_then(|(_, url)| reqwest::Url::parse(url).ok())
+            .and_then(|url| Some(format!("{}:{}", url.host_str()?, url.port()?)));
+        if let Some(model) = model {
+            args.extend(["--egress-open".to_owned(), model]);
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut command = emulator::binary_command_in(&work_root, &args);
         command.env("RUST_LOG", "warn");

@@ -86,8 +86,9 @@ pub(super) async fn start(
                 op: "start",
                 message: format!(
                     "the template's model proxy ({BINARY}) did not start, so the agent \
-                     cannot reach the model without its key; rebuild the template \
-                     (template/README.md): {e}"
+                     cannot reach the model without its key; build the template from this \
+                     version's template/ (template/README.md), or set \
+                     SANDSTORM_E2B_MODEL_PROXY=0 to let the key into the sandbox: {e}"
                 ),
             });
         }

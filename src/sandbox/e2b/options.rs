@@ -25,9 +25,9 @@ pub(super) const VARIABLES: &[&str] = &[
     MODEL_PROXY_VARIABLE,
 ];
 
-/// Turns on the template's model proxy: the model key stays out of the
-/// sandbox, and runs may have spending caps. Needs a template built from
-/// this version's `template/`.
+/// `0` turns off the template's model proxy, which is on by default: the
+/// model key then enters the sandbox, and runs may not have spending caps.
+/// The proxy needs a template built from this version's `template/`.
 pub(crate) const MODEL_PROXY_VARIABLE: &str = "SANDSTORM_E2B_MODEL_PROXY";
 
 /// E2B's limit on a sandbox's lifetime on the Pro plan: one hour. The
@@ -80,9 +80,9 @@ pub struct E2bOptions {
     pub stream_idle_timeout: Duration,
     /// Retries of create, set-timeout and kill.
     pub retry: RetryPolicy,
-    /// `SANDSTORM_E2B_MODEL_PROXY`: start the template's model proxy beside
-    /// each process that holds a model key, and give the process only a
-    /// placeholder (see `keyless`).
+    /// `SANDSTORM_E2B_MODEL_PROXY` (on unless `0`): start the template's
+    /// model proxy beside each process that holds a model key, and give the
+    /// process only a placeholder (see `keyless`).
     pub model_proxy: bool,
 }
 
@@ -165,7 +165,7 @@ impl E2bOptions {
             keepalive_interval: Duration::from_secs(50),
             stream_idle_timeout: Duration::from_secs(120),
             retry: RetryPolicy::default(),
-            model_proxy: false,
+            model_proxy: true,
         }
     }
 
@@ -203,12 +203,12 @@ impl E2bOptions {
     }
 }
 
-/// Whether [`MODEL_PROXY_VARIABLE`] turns the model proxy on: `1` or `0`
-/// (`true`, `false`), off when unset.
+/// Whether [`MODEL_PROXY_VARIABLE`] leaves the model proxy on: `1` or `0`
+/// (`true`, `false`), on when unset. Off is the Python original's way, the
+/// key in the sandbox's environment, for a template without the proxy.
 pub(crate) fn model_proxy(settings: &ProviderSettings) -> Result<bool, String> {
     match settings.get(MODEL_PROXY_VARIABLE).map(str::trim) {
-        None | Some("") => Ok(false),
-        Some("1" | "true" | "yes" | "on") => Ok(true),
+        None | Some("" | "1" | "true" | "yes" | "on") => Ok(true),
         Some("0" | "false" | "no" | "off") => Ok(false),
         Some(other) => Err(format!(
             "{MODEL_PROXY_VARIABLE} must be 1 or 0 (true or false), got {other:?}"
@@ -264,6 +264,18 @@ mod tests {
             assert!(err.contains("E2B_MAX_TIMEOUT"), "{err}");
             assert!(err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn the_model_proxy_is_on_unless_turned_off_and_a_bad_value_names_the_variable() {
+        assert!(options(&[]).model_proxy);
+        assert!(options(&[(MODEL_PROXY_VARIABLE, "")]).model_proxy);
+        assert!(options(&[(MODEL_PROXY_VARIABLE, "1")]).model_proxy);
+        assert!(!options(&[(MODEL_PROXY_VARIABLE, "0")]).model_proxy);
+        assert!(!options(&[(MODEL_PROXY_VARIABLE, "false")]).model_proxy);
+        let err = try_options(&[(MODEL_PROXY_VARIABLE, "maybe")]).expect_err("maybe");
+        assert!(err.contains(MODEL_PROXY_VARIABLE), "{err}");
+        assert!(err.contains("maybe"), "{err}");
     }
 
     #[test]
