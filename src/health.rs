@@ -58,7 +58,7 @@ pub(crate) async fn deep(settings: &Settings, provider: &dyn SandboxProvider) ->
         &settings.keys,
         settings.key_source.as_deref(),
         settings.sandbox.provider.credential,
-        settings.sandbox.provider.keeps_cloud_credentials,
+        (settings.sandbox.provider.keeps_cloud_credentials)(&settings.sandbox.options),
     )
     .await;
     let credential = match resolved {

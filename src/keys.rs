@@ -122,8 +122,8 @@ const GCP_CREDENTIALS_FILE: &str = ".config/gcloud/service_account.json";
 /// environment to a sandbox provider whose model endpoint holds the cloud
 /// providers' credentials
 /// ([`ProviderDeclaration::keeps_cloud_credentials`]): the local sandbox's
-/// endpoint takes it out before the process starts, and trades it for
-/// access tokens itself.
+/// endpoint, or the E2B model proxy it is handed to, takes it out before
+/// the process starts, and trades it for access tokens itself.
 ///
 /// [`ProviderDeclaration::keeps_cloud_credentials`]: crate::sandbox::provider::ProviderDeclaration::keeps_cloud_credentials
 pub(crate) const VERTEX_SERVICE_ACCOUNT_VARIABLE: &str = "SANDSTORM_VERTEX_SERVICE_ACCOUNT";
@@ -274,9 +274,10 @@ async fn lookup(
 }
 
 /// Resolves the keys of one run. `sandbox` is the chosen provider's
-/// credential, if it needs one; `cloud_keys_on_host` says the provider's
-/// model endpoint holds the cloud providers' credentials on the host (the
-/// local sandbox; [`ProviderDeclaration::keeps_cloud_credentials`]), so the
+/// credential, if it needs one; `cloud_keys_held` says the provider's
+/// model endpoint holds the cloud providers' credentials (the local
+/// sandbox, E2B with its model proxy;
+/// [`ProviderDeclaration::keeps_cloud_credentials`]), so the
 /// Vertex key file is handed to it in the environment instead of uploaded.
 ///
 /// [`ProviderDeclaration::keeps_cloud_credentials`]: crate::sandbox::provider::ProviderDeclaration::keeps_cloud_credentials
@@ -285,7 +286,7 @@ pub(crate) async fn resolve(
     env: &KeyEnv,
     source: Option<&dyn KeySource>,
     sandbox: Option<Credential>,
-    cloud_keys_on_host: bool,
+    cloud_keys_held: bool,
 ) -> Result<ResolvedKeys, ApiError> {
     let anthropic = lookup(
         given.anthropic.as_ref(),
@@ -370,7 +371,7 @@ pub(crate) async fn resolve(
             .map_err(|message| ApiError::Config { message })?;
         let json = String::from_utf8_lossy(&content).into_owned();
         secrets.push(Secret::new(json.as_str()));
-        if cloud_keys_on_host {
+        if cloud_keys_held {
             runner_env.insert(VERTEX_SERVICE_ACCOUNT_VARIABLE.to_owned(), json);
         } else {
             files.push(SandboxFile {

@@ -108,12 +108,19 @@ pub(crate) async fn prepare(
     let config = settings.config.as_ref().map_err(|e| ApiError::Config {
         message: format!("sandstorm.json is invalid: {e}"),
     })?;
+    let provider = settings.sandbox.provider;
+    // Whether the provider's endpoint holds the Anthropic credential, and
+    // the cloud providers'; the keys, the cap and the init event go by them.
+    let holds = Held {
+        anthropic: (provider.meters_model)(&settings.sandbox.options),
+        cloud: (provider.keeps_cloud_credentials)(&settings.sandbox.options),
+    };
     let keys = keys::resolve(
         &query.keys,
         &settings.keys,
         settings.key_source.as_deref(),
-        settings.sandbox.provider.credential,
-        settings.sandbox.provider.keeps_cloud_credentials,
+        provider.credential,
+        holds.cloud,
     )
     .await?;
     let keep_alive = query
@@ -126,13 +133,6 @@ pub(crate) async fn prepare(
         .detach
         .unwrap_or_else(|| config.detach.unwrap_or(false) || !keep_alive.is_zero());
     let timeout = timeout_of(&query, config);
-    let provider = settings.sandbox.provider;
-    // Whether the provider's endpoint holds the Anthropic credential, and
-    // the cloud providers'; both the cap and the init event go by them.
-    let holds = Held {
-        anthropic: (provider.meters_model)(&settings.sandbox.options),
-        cloud: provider.keeps_cloud_credentials,
-    };
     let spend = spend_meter(settings, config, &query, &keys.runner_env, holds)?;
     let credentials_in_sandbox =
         keys::credentials_in_sandbox(&keys.runner_env, holds.anthropic, holds.cloud);
@@ -215,8 +215,7 @@ fn spend_meter(
                         "{field} needs a sandbox provider whose model endpoint counts every call, \
                          and the {} provider has none with these settings (on e2b: \
                          the template's model proxy, not turned off with \
-                         SANDSTORM_E2B_MODEL_PROXY=0, and an \
-                         Anthropic or custom endpoint rather than Bedrock, Vertex or Foundry; see \
+                         SANDSTORM_E2B_MODEL_PROXY=0; see \
                          docs/security.md); max_budget_usd is the SDK's own count",
                         provider.name
                     ),
@@ -495,6 +494,70 @@ mod tests {
 
     fn query(json: &serde_json::Value) -> Query {
         Query::from_json(json.to_string().as_bytes(), &[]).expect("valid")
+    }
+
+    /// The server's settings on `sandbox`, from `pairs` (a cwd without a
+    /// sandstorm.json).
+    fn settings(sandbox: &str, pairs: &[(&str, &str)]) -> Settings {
+        let choice = crate::settings::SandboxChoice {
+            catalog: &[
+                &crate::sandbox::e2b::PROVIDER,
+                &crate::sandbox::local::PROVIDER,
+            ],
+            requested: Some(sandbox),
+            setup: crate::sandbox::provider::Setup::CheckOnly,
+            executable: None,
+        };
+        Settings::build(
+            &crate::env::EnvVars::from_pairs(pairs.iter().copied()),
+            std::path::Path::new("/nonexistent"),
+            crate::settings::Profile::Server,
+            choice,
+        )
+        .expect("valid settings")
+    }
+
+    #[tokio::test]
+    async fn a_cloud_run_on_e2b_may_have_a_cap_and_keeps_its_keys_out_with_the_model_proxy() {
+        let bedrock = [
+            ("E2B_API_KEY", "e2b_test"),
+            ("CLAUDE_CODE_USE_BEDROCK", "1"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret"),
+        ];
+        let capped = || query(&serde_json::json!({"prompt": "p", "max_tokens": 1000}));
+        let with_proxy = settings(
+            "e2b",
+            &[bedrock.as_slice(), &[("SANDSTORM_E2B_MODEL_PROXY", "1")]].concat(),
+        );
+        let plan = prepare(&with_proxy, capped(), "r".into(), None, None)
+            .await
+            .expect("the cap is kept");
+        assert!(plan.process.spend.is_some());
+        assert_eq!(plan.credentials_in_sandbox, Vec::<String>::new());
+
+        let without = settings(
+            "e2b",
+            &[bedrock.as_slice(), &[("SANDSTORM_E2B_MODEL_PROXY", "0")]].concat(),
+        );
+        let Err(e) = prepare(&without, capped(), "r".into(), None, None).await else {
+            panic!("a cap the sandbox's keys could get around was accepted");
+        };
+        assert!(e.to_string().contains("max_tokens"), "{e}");
+        let plan = prepare(
+            &without,
+            query(&serde_json::json!({"prompt": "p"})),
+            "r".into(),
+            None,
+            None,
+        )
+        .await
+        .expect("no cap, no refusal");
+        assert_eq!(
+            plan.credentials_in_sandbox,
+            ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+        );
     }
 
     fn agent_config(plan: &RunPlan) -> serde_json::Value {

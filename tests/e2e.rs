@@ -504,11 +504,17 @@ async fn a_foundry_key_stays_on_the_host_and_reaches_foundry_as_x_api_key(chain:
             request.headers
         );
     }
+    // The sandbox's endpoint: the host's behind the local proxy port, or
+    // the E2B template's model proxy.
+    let endpoint = match chain {
+        Chain::Local => "http://127.0.0.1:3128",
+        Chain::E2b => "http://127.0.0.1:880",
+    };
     let results = events.tool_results();
     assert!(
         results
             .iter()
-            .any(|(t, _)| t.contains("key=[] base=http://127.0.0.1:3128/sandstorm/")),
+            .any(|(t, _)| t.contains(&format!("key=[] base={endpoint}/sandstorm/"))),
         "{results:?}"
     );
     assert_one_sandbox_came_and_went(&product, &events).await;

@@ -1,9 +1,13 @@
-//! The cloud providers' credentials stay out of a local sandbox (#14): a
-//! process started with Bedrock's, Vertex's or Foundry's variables sees
-//! none of their secrets, and a model request made from inside reaches a
-//! loopback stand-in for the provider carrying the real credential: a
-//! SigV4 signature botocore agrees with, an access token the service
-//! account earned from a loopback OAuth server, the Foundry key.
+//! The cloud providers' credentials stay out of a sandbox (#14), local and
+//! E2B (the emulator, with the template's model proxy): a process started
+//! with Bedrock's, Vertex's or Foundry's variables sees none of their
+//! secrets, in its environment, any process's it can read, or any file it
+//! can read, and a model request made from inside reaches a loopback
+//! stand-in for the provider carrying the real credential: a SigV4
+//! signature botocore agrees with, an access token the service account
+//! earned from a loopback OAuth server, the Foundry key. On E2B a capped
+//! Bedrock run through `ds serve` is accepted and reports no credential in
+//! the sandbox.
 //!
 //! The last test runs the pinned Claude Code itself inside the sandbox,
 //! told to skip its own auth, and checks that what it sends (Bedrock's
@@ -33,9 +37,14 @@ use axum::response::IntoResponse;
 use axum::routing::{any, post};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::emulator::RunningEmulator;
+use common::keys::E2B_KEY;
+use common::model_server::{ModelServer, Script};
+use common::product::{Chain, Serve};
 use common::sandbox::{run, sh};
+use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider};
 use sandstorm::sandbox::local::{LocalOptions, LocalProvider};
-use sandstorm::sandbox::{ProcessSpec, Sandbox, SandboxSpec};
+use sandstorm::sandbox::{ProcessSpec, Sandbox, SandboxProvider, SandboxSpec};
 use serde_json::{Value, json};
 
 /// Where the runner's environment carries a Vertex key file's contents to
@@ -102,47 +111,153 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn sandbox() -> Arc<dyn Sandbox> {
-    let options = LocalOptions::new(common::runner::runner_dir(), common::emulator::binary());
-    LocalProvider::new(options)
-        .expect("local provider (bubblewrap: apt-get install -y bubblewrap)")
-        .create(SandboxSpec::default())
-        .await
-        .expect("create sandbox")
+/// A sandbox, and on E2B the emulator it lives in, which must outlive it.
+struct Sandboxed {
+    sandbox: Arc<dyn Sandbox>,
+    _emulator: Option<RunningEmulator>,
 }
 
-/// Runs `env`, then a model request with curl from inside, in a fresh
-/// sandbox whose process has `envs`; returns the environment it saw and
-/// curl's status line.
-async fn env_and_request(envs: &[(&str, &str)], curl: &str) -> (String, String) {
-    let sb = sandbox().await;
+/// A fresh sandbox on `chain`. On E2B: the emulator with the model proxy
+/// on, and `upstream` (the stand-in provider) open to the sandbox's egress
+/// proxy, the emulated proxy's only way out, as the internet is a real
+/// VM's.
+async fn sandbox(chain: Chain, upstream: SocketAddr) -> Sandboxed {
+    match chain {
+        Chain::Local => {
+            let options =
+                LocalOptions::new(common::runner::runner_dir(), common::emulator::binary());
+            let sandbox = LocalProvider::new(options)
+                .expect("local provider (bubblewrap: apt-get install -y bubblewrap)")
+                .create(SandboxSpec::default())
+                .await
+                .expect("create sandbox");
+            Sandboxed {
+                sandbox,
+                _emulator: None,
+            }
+        }
+        Chain::E2b => {
+            let mut options = common::emulator::options();
+            options.egress_open = Some(upstream.to_string());
+            let emulator = common::emulator::start_with(options).await;
+            let mut options = E2bOptions::local(&emulator.url, E2B_KEY);
+            options.model_proxy = true;
+            let sandbox = E2bProvider::new(options)
+                .expect("E2B client")
+                .create(SandboxSpec::default())
+                .await
+                .expect("create sandbox");
+            Sandboxed {
+                sandbox,
+                _emulator: Some(emulator),
+            }
+        }
+    }
+}
+
+/// Where the sandbox's process reaches the model endpoint, with the token
+/// in the path.
+fn endpoint(chain: Chain) -> &'static str {
+    match chain {
+        Chain::Local => "http://127.0.0.1:3128/sandstorm/",
+        Chain::E2b => "http://127.0.0.1:880/sandstorm/",
+    }
+}
+
+/// What a sandbox's process saw, and what its model request got.
+struct Inside {
+    env: String,
+    /// One line per secret: how many readable `/proc/*/environ` and how
+    /// many readable files hold it.
+    probes: String,
+    status: String,
+}
+
+/// Runs `env`, looks for each of `secrets` in every process's environment
+/// and every file it can read, then makes a model request with curl from
+/// inside, in a fresh sandbox on `chain` whose process has `envs`.
+async fn env_and_request(
+    chain: Chain,
+    upstream: SocketAddr,
+    envs: &[(&str, &str)],
+    secrets: &[&str],
+    curl: &str,
+) -> Inside {
+    let sb = sandbox(chain, upstream).await;
     let spec = ProcessSpec {
         envs: envs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect::<BTreeMap<_, _>>(),
         ..sh(&format!(
-            "env; echo '--- curl'; curl -sS -m 20 -o /dev/null -w 'HTTP %{{http_code}}' \
-             -H 'content-type: application/json' -d '{{\"max_tokens\":1}}' {curl}"
+            "env; echo '--- probe'; {}; echo '--- curl'; \
+             curl -sS -m 20 -o /dev/null -w 'HTTP %{{http_code}}' \
+             -H 'content-type: application/json' -d '{{\"max_tokens\":1}}' {curl}",
+            probe(secrets)
         ))
     };
-    let out = run(&*sb, spec).await;
-    sb.destroy().await.expect("destroy");
+    let out = run(&*sb.sandbox, spec).await;
+    sb.sandbox.destroy().await.expect("destroy");
     let stdout = out.stdout();
-    let (env, status) = stdout
+    let (env, rest) = stdout
+        .split_once("--- probe\n")
+        .unwrap_or_else(|| panic!("no probe: {stdout} {}", out.stderr()));
+    let (probes, status) = rest
         .split_once("--- curl\n")
         .unwrap_or_else(|| panic!("no curl line: {stdout} {}", out.stderr()));
-    (env.to_owned(), format!("{status} {}", out.stderr()))
+    Inside {
+        env: env.to_owned(),
+        probes: probes.to_owned(),
+        status: format!("{status} {}", out.stderr()),
+    }
 }
 
-fn assert_hidden(env: &str, secrets: &[&str]) {
+/// A shell line per secret that counts the readable environs and files
+/// holding it. Each secret is put together in the shell, so that the
+/// command's own text does not hold it.
+fn probe(secrets: &[&str]) -> String {
+    let lines: Vec<String> = secrets
+        .iter()
+        .map(|secret| {
+            let (a, b) = secret.split_at(secret.len() / 2);
+            format!(
+                "a='{a}'; b='{b}'; echo \"$(grep -l -s -F \"$a$b\" /proc/*/environ | wc -l) \
+                 $(grep -r -l -s -F \"$a$b\" /home /tmp /opt /etc /run /var 2>/dev/null \
+                 | wc -l)\""
+            )
+        })
+        .collect();
+    lines.join("; ")
+}
+
+/// None of `secrets` is in the environment, and no readable environ or
+/// file holds one of `probed`.
+fn assert_hidden(seen: &Inside, secrets: &[&str], probed: &[&str]) {
     for secret in secrets {
-        assert!(!env.contains(secret), "{secret} is inside:\n{env}");
+        assert!(
+            !seen.env.contains(secret),
+            "{secret} is inside:\n{}",
+            seen.env
+        );
+    }
+    let counts: Vec<&str> = seen.probes.lines().collect();
+    assert_eq!(counts.len(), probed.len(), "{}", seen.probes);
+    for (secret, count) in probed.iter().zip(counts) {
+        assert_eq!(count.trim(), "0 0", "{secret} (environs, files)");
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bedrock_keys_stay_out_and_requests_arrive_signed() {
+    bedrock_keys_stay_out_and_requests_arrive_signed_on(Chain::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bedrock_keys_stay_out_of_an_e2b_sandbox_and_its_proxy_signs() {
+    bedrock_keys_stay_out_and_requests_arrive_signed_on(Chain::E2b).await;
+}
+
+async fn bedrock_keys_stay_out_and_requests_arrive_signed_on(chain: Chain) {
     let (addr, log) = upstream().await;
     let base = format!("http://{addr}/bedrock");
     let (key_id, secret, session) = (
@@ -150,7 +265,9 @@ async fn bedrock_keys_stay_out_and_requests_arrive_signed() {
         "e2e-secret-access-key-0000000000000000000",
         "e2e-session-token//+=",
     );
-    let (env, status) = env_and_request(
+    let inside = env_and_request(
+        chain,
+        addr,
         &[
             ("CLAUDE_CODE_USE_BEDROCK", "1"),
             ("AWS_REGION", "eu-west-1"),
@@ -159,21 +276,32 @@ async fn bedrock_keys_stay_out_and_requests_arrive_signed() {
             ("AWS_SESSION_TOKEN", session),
             ("ANTHROPIC_BEDROCK_BASE_URL", &base),
         ],
+        &[key_id, secret, session],
         "\"$ANTHROPIC_BEDROCK_BASE_URL/model/anthropic.claude-x-v1%3A0/invoke\"",
     )
     .await;
-    assert_hidden(&env, &[key_id, secret, session, &addr.to_string()]);
+    assert_hidden(
+        &inside,
+        &[key_id, secret, session, &addr.to_string()],
+        &[key_id, secret, session],
+    );
     for kept in [
         "CLAUDE_CODE_USE_BEDROCK=1\n",
         "AWS_REGION=eu-west-1\n",
         "CLAUDE_CODE_SKIP_BEDROCK_AUTH=1\n",
-        "ANTHROPIC_BEDROCK_BASE_URL=http://127.0.0.1:3128/sandstorm/",
+        &format!("ANTHROPIC_BEDROCK_BASE_URL={}", endpoint(chain)),
     ] {
-        assert!(env.contains(kept), "{kept} missing:\n{env}");
+        assert!(inside.env.contains(kept), "{kept} missing:\n{}", inside.env);
     }
-    assert!(status.starts_with("HTTP 200"), "{status}");
+    assert!(inside.status.starts_with("HTTP 200"), "{}", inside.status);
 
     let seen = lock(&log).pop().expect("the request arrived");
+    assert_signed(addr, &seen, key_id, secret, session);
+}
+
+/// `seen` is the stand-in's Bedrock call, SigV4-signed with the keys for
+/// eu-west-1, as botocore would sign it.
+fn assert_signed(addr: SocketAddr, seen: &Seen, key_id: &str, secret: &str, session: &str) {
     assert_eq!(seen.method, Method::POST);
     assert_eq!(seen.uri, "/bedrock/model/anthropic.claude-x-v1%3A0/invoke");
     let authorization = seen.header("authorization").expect("signed");
@@ -188,7 +316,7 @@ async fn bedrock_keys_stay_out_and_requests_arrive_signed() {
 
     assert_botocore_agrees(
         addr,
-        &seen,
+        seen,
         &Keys {
             region: "eu-west-1",
             key_id,
@@ -286,6 +414,8 @@ fn epoch_seconds(date: &str) -> u64 {
 /// key file pointing at `token_uri`.
 struct ServiceAccount {
     key_file: String,
+    /// One line of the private key's PEM: what to look for inside.
+    key_line: String,
     public_key: Vec<u8>,
 }
 
@@ -313,6 +443,7 @@ fn service_account(token_uri: &str) -> ServiceAccount {
     .to_string();
     ServiceAccount {
         key_file,
+        key_line: lines[1].to_owned(),
         public_key: aws_lc_rs::signature::KeyPair::public_key(&key)
             .as_ref()
             .to_vec(),
@@ -403,6 +534,15 @@ fn check_grant(oauth: &OAuth, body: &[u8]) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn vertex_gets_no_key_file_and_requests_carry_the_accounts_token() {
+    vertex_gets_no_key_file_on(Chain::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vertex_gets_no_key_file_in_an_e2b_sandbox_and_its_proxy_holds_the_account() {
+    vertex_gets_no_key_file_on(Chain::E2b).await;
+}
+
+async fn vertex_gets_no_key_file_on(chain: Chain) {
     let oauth = OAuth::default();
     let oauth_addr = serve(
         Router::new()
@@ -417,7 +557,9 @@ async fn vertex_gets_no_key_file_and_requests_carry_the_accounts_token() {
     let (addr, log) = upstream().await;
     let base = format!("http://{addr}/v1");
 
-    let (env, status) = env_and_request(
+    let inside = env_and_request(
+        chain,
+        addr,
         &[
             ("CLAUDE_CODE_USE_VERTEX", "1"),
             ("CLOUD_ML_REGION", "us-east5"),
@@ -425,11 +567,12 @@ async fn vertex_gets_no_key_file_and_requests_carry_the_accounts_token() {
             ("ANTHROPIC_VERTEX_BASE_URL", &base),
             (SERVICE_ACCOUNT_VARIABLE, &account.key_file),
         ],
+        &[&account.key_line, CLIENT_EMAIL],
         "\"$ANTHROPIC_VERTEX_BASE_URL/projects/sandstorm-test/locations/us-east5/publishers/anthropic/models/claude-x:streamRawPredict\"",
     )
     .await;
     assert_hidden(
-        &env,
+        &inside,
         &[
             "PRIVATE KEY",
             CLIENT_EMAIL,
@@ -438,22 +581,36 @@ async fn vertex_gets_no_key_file_and_requests_carry_the_accounts_token() {
             ACCESS_TOKEN,
             &addr.to_string(),
         ],
+        &[&account.key_line, CLIENT_EMAIL],
     );
     for kept in [
         "CLAUDE_CODE_USE_VERTEX=1\n",
         "CLOUD_ML_REGION=us-east5\n",
         "ANTHROPIC_VERTEX_PROJECT_ID=sandstorm-test\n",
         "CLAUDE_CODE_SKIP_VERTEX_AUTH=1\n",
-        "ANTHROPIC_VERTEX_BASE_URL=http://127.0.0.1:3128/sandstorm/",
+        &format!("ANTHROPIC_VERTEX_BASE_URL={}", endpoint(chain)),
     ] {
-        assert!(env.contains(kept), "{kept} missing:\n{env}");
+        assert!(inside.env.contains(kept), "{kept} missing:\n{}", inside.env);
+    }
+    if chain == Chain::E2b {
+        // The emulated proxy's only way out is the sandbox's egress proxy,
+        // which gcp_auth's token client does not use (a real VM's root
+        // reaches the token endpoint directly): the proxy holds the
+        // account and tried for a token (502), where one without the
+        // account would have no route for the token (401) or not run.
+        assert!(inside.status.starts_with("HTTP 502"), "{}", inside.status);
+        assert!(
+            lock(&log).is_empty(),
+            "nothing went upstream unauthenticated"
+        );
+        return;
     }
     assert_eq!(
         *lock(&oauth.refused),
         Vec::<String>::new(),
         "the grant was refused"
     );
-    assert!(status.starts_with("HTTP 200"), "{status}");
+    assert!(inside.status.starts_with("HTTP 200"), "{}", inside.status);
     assert_eq!(*lock(&oauth.granted), 1);
     let seen = lock(&log).pop().expect("the request arrived");
     assert_eq!(
@@ -468,28 +625,40 @@ async fn vertex_gets_no_key_file_and_requests_carry_the_accounts_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foundry_keys_stay_out_and_requests_carry_the_key() {
+    foundry_keys_stay_out_on(Chain::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foundry_keys_stay_out_of_an_e2b_sandbox_and_its_proxy_adds_the_key() {
+    foundry_keys_stay_out_on(Chain::E2b).await;
+}
+
+async fn foundry_keys_stay_out_on(chain: Chain) {
     let (addr, log) = upstream().await;
     let base = format!("http://{addr}/anthropic");
     let key = "foundry-e2e-key-0123456789";
-    let (env, status) = env_and_request(
+    let inside = env_and_request(
+        chain,
+        addr,
         &[
             ("CLAUDE_CODE_USE_FOUNDRY", "1"),
             ("AZURE_API_KEY", key),
             ("AZURE_FOUNDRY_RESOURCE", "my-resource"),
             ("ANTHROPIC_FOUNDRY_BASE_URL", &base),
         ],
+        &[key],
         "\"$ANTHROPIC_FOUNDRY_BASE_URL/v1/messages?beta=true\" -H 'authorization: Bearer skip-foundry-auth'",
     )
     .await;
-    assert_hidden(&env, &[key, "my-resource", &addr.to_string()]);
+    assert_hidden(&inside, &[key, "my-resource", &addr.to_string()], &[key]);
     for kept in [
         "CLAUDE_CODE_USE_FOUNDRY=1\n",
         "CLAUDE_CODE_SKIP_FOUNDRY_AUTH=1\n",
-        "ANTHROPIC_FOUNDRY_BASE_URL=http://127.0.0.1:3128/sandstorm/",
+        &format!("ANTHROPIC_FOUNDRY_BASE_URL={}", endpoint(chain)),
     ] {
-        assert!(env.contains(kept), "{kept} missing:\n{env}");
+        assert!(inside.env.contains(kept), "{kept} missing:\n{}", inside.env);
     }
-    assert!(status.starts_with("HTTP 200"), "{status}");
+    assert!(inside.status.starts_with("HTTP 200"), "{}", inside.status);
     let seen = lock(&log).pop().expect("the request arrived");
     assert_eq!(seen.uri, "/anthropic/v1/messages?beta=true");
     assert_eq!(seen.header("x-api-key"), Some(key));
@@ -500,7 +669,8 @@ async fn foundry_keys_stay_out_and_requests_carry_the_key() {
 /// and the offline settings; its answer does not matter, only what
 /// reached the upstream.
 async fn run_the_cli(envs: &[(&str, &str)]) -> String {
-    let sb = sandbox().await;
+    let unused = SocketAddr::from(([127, 0, 0, 1], 9));
+    let sb = sandbox(Chain::Local, unused).await.sandbox;
     let mut all: BTreeMap<String, String> = common::runner::OFFLINE_ENV
         .iter()
         .chain(envs)
@@ -585,6 +755,68 @@ async fn the_real_cli_reaches_bedrock_signed_and_vertex_with_the_token() {
             Some(format!("Bearer {ACCESS_TOKEN}").as_str()),
             "{}",
             request.uri
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capped_bedrock_run_on_e2b_keeps_its_keys_in_the_proxy() {
+    // The whole product: `ds serve --sandbox e2b` with the model proxy on,
+    // Bedrock switched on, and the run capped. The scripted Anthropic
+    // model is only there to satisfy the product's harness: with Bedrock
+    // on, the CLI goes to the stand-in.
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let (addr, log) = upstream().await;
+    let (key_id, secret, session) = (
+        "AKIASANDSTORMSERVE01",
+        "serve-secret-access-key-000000000000000",
+        "serve-session-token//+=",
+    );
+    let mut product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_E2B_MODEL_PROXY", "1")
+        .env("SANDSTORM_EGRESS_OPEN", &addr.to_string())
+        .env("CLAUDE_CODE_USE_BEDROCK", "1")
+        .env("AWS_REGION", "eu-west-1")
+        .env("AWS_ACCESS_KEY_ID", key_id)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_SESSION_TOKEN", session)
+        .env(
+            "ANTHROPIC_BEDROCK_BASE_URL",
+            &format!("http://{addr}/bedrock"),
+        )
+        .start()
+        .await;
+
+    // Accepted (not 422): the proxy counts every call with the AWS keys.
+    let events = product
+        .query(json!({"prompt": "go", "max_tokens": 100_000}))
+        .await;
+    assert_eq!(
+        events.init().get("sandstorm"),
+        None,
+        "no credential went in: {}",
+        events.init()
+    );
+    let dump = events.dump();
+    for value in [key_id, secret, session] {
+        assert!(!dump.contains(value), "{value} in the events");
+    }
+    let seen = std::mem::take(&mut *lock(&log));
+    let calls: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.uri.starts_with("/bedrock/model/") && s.method == Method::POST)
+        .collect();
+    assert!(!calls.is_empty(), "no model call arrived: {seen:?}\n{dump}");
+    for request in &seen {
+        assert_botocore_agrees(
+            addr,
+            request,
+            &Keys {
+                region: "eu-west-1",
+                key_id,
+                secret,
+                session: Some(session),
+            },
         );
     }
 }

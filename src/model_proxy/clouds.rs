@@ -58,9 +58,15 @@ pub(super) struct Cloud {
     /// The variable that replaces its endpoint: the upstream on the host,
     /// the endpoint's port with the token in the sandbox.
     pub(super) base_url: &'static str,
-    /// Credentials and what only the host needs: never in the sandbox.
+    /// Credentials and what only the model endpoint needs: never in the
+    /// sandbox's process.
     pub(super) host_only: &'static [&'static str],
+    /// What else [`route`] reads of it, and the process keeps: its region.
+    pub(super) settings: &'static [&'static str],
 }
+
+/// Every cloud, in the order the CLI picks one.
+const CLOUDS: [&Cloud; 3] = [&BEDROCK, &FOUNDRY, &VERTEX];
 
 pub(super) const BEDROCK: Cloud = Cloud {
     switch: "CLAUDE_CODE_USE_BEDROCK",
@@ -72,6 +78,7 @@ pub(super) const BEDROCK: Cloud = Cloud {
         "AWS_SESSION_TOKEN",
         "AWS_BEARER_TOKEN_BEDROCK",
     ],
+    settings: &["AWS_REGION", "AWS_DEFAULT_REGION"],
 };
 
 pub(super) const FOUNDRY: Cloud = Cloud {
@@ -87,6 +94,7 @@ pub(super) const FOUNDRY: Cloud = Cloud {
         "ANTHROPIC_FOUNDRY_RESOURCE",
         "AZURE_FOUNDRY_RESOURCE",
     ],
+    settings: &[],
 };
 
 pub(super) const VERTEX: Cloud = Cloud {
@@ -94,7 +102,27 @@ pub(super) const VERTEX: Cloud = Cloud {
     skip_auth: "CLAUDE_CODE_SKIP_VERTEX_AUTH",
     base_url: "ANTHROPIC_VERTEX_BASE_URL",
     host_only: &["GOOGLE_APPLICATION_CREDENTIALS"],
+    settings: &["CLOUD_ML_REGION"],
 };
+
+/// Every variable [`route`] reads: what a model endpoint elsewhere (the
+/// E2B sandbox's model proxy) needs to make the same route.
+pub(super) fn variables() -> impl Iterator<Item = &'static str> {
+    CLOUDS.into_iter().flat_map(|cloud| {
+        [cloud.switch, cloud.base_url]
+            .into_iter()
+            .chain(cloud.host_only.iter().copied())
+            .chain(cloud.settings.iter().copied())
+    })
+}
+
+/// Every cloud's credentials: none stays with the process, whichever
+/// cloud it uses.
+pub(super) fn credentials() -> impl Iterator<Item = &'static str> {
+    CLOUDS
+        .into_iter()
+        .flat_map(|cloud| cloud.host_only.iter().copied())
+}
 
 /// A cloud's route: which cloud, its upstream, its credential.
 type Found = Option<(&'static Cloud, Url, ModelAuth)>;

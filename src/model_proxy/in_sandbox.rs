@@ -8,7 +8,9 @@
 //! for each runner the E2B provider starts it through envd **as root**,
 //! with the real credential in its own environment, right after it started
 //! the runner **as `user`** with a placeholder token and
-//! `ANTHROPIC_BASE_URL=http://127.0.0.1:880`:
+//! `ANTHROPIC_BASE_URL=http://127.0.0.1:880` (for a cloud provider, its
+//! skip-auth switch and its base URL variable pointing there with the
+//! token in the path, as on the host: [`split`](super::split)):
 //!
 //! - The agent runs as `user`, without sudo (the template removes it). It
 //!   can see the proxy in `/proc`, but not read its environment, memory or
@@ -24,9 +26,11 @@
 //!   holds, so the server reads a tally the agent could not have written.
 //!
 //! Its configuration comes in its environment (`SANDSTORM_PROXY_*`, the
-//! model variables of [`CREDENTIAL_VARIABLES`] and
+//! route's variables of [`Split::config`](super::Split::config), the
+//! Vertex key file's contents among them, and
 //! [`PRICES_VARIABLE`](crate::spend::prices::PRICES_VARIABLE)), which only
-//! root can read.
+//! root can read. It makes its route with the host's own code
+//! ([`ModelRoute::from_config`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -41,7 +45,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use super::{CREDENTIAL_VARIABLES, ModelRoute, ModelRoutes, serve as serve_model};
+use super::{ModelRoute, ModelRoutes, route_config, serve as serve_model};
 use crate::exit_watch::ExitWatch;
 use crate::spend::prices::PRICES_VARIABLE;
 use crate::spend::{Caps, PriceTable, Spend, SpendMeter};
@@ -121,10 +125,7 @@ impl ProxyConfig {
             None => CapsJson::default(),
         };
         let prices = PriceTable::new(get(PRICES_VARIABLE).map(String::as_str))?;
-        let route_env = CREDENTIAL_VARIABLES
-            .iter()
-            .filter_map(|name| Some(((*name).to_owned(), get(name)?.clone())))
-            .collect();
+        let route_env = route_config(env);
         Ok(ProxyConfig {
             listen,
             token,
@@ -179,9 +180,12 @@ pub fn main() -> ExitCode {
 
 async fn run(config: ProxyConfig) -> Result<Report, String> {
     let meter = SpendMeter::new(config.caps, Arc::new(config.prices));
-    let route = ModelRoute::from_env(&config.route_env, Some(meter.clone()))?
-        .ok_or("no model credential (ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN) is set")?;
     let routes = ModelRoutes::new().map_err(|e| e.to_string())?;
+    let route = ModelRoute::from_config(&config.route_env, routes.accounts(), Some(meter.clone()))?
+        .ok_or(
+            "no model credential (ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN, or a cloud \
+             provider's) is set",
+        )?;
     let route = routes.register_as(config.token, route);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -254,6 +258,9 @@ mod tests {
             (WATCH_PID_VARIABLE, "42"),
             (CAPS_VARIABLE, r#"{"max_tokens": 100}"#),
             ("ANTHROPIC_API_KEY", "sk-ant-real"),
+            ("CLAUDE_CODE_USE_BEDROCK", "1"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIAREAL"),
             ("PATH", "/bin"),
         ]))
         .expect("valid");
@@ -262,7 +269,12 @@ mod tests {
         assert_eq!(config.caps.max_tokens, Some(100));
         assert_eq!(
             config.route_env.keys().collect::<Vec<_>>(),
-            ["ANTHROPIC_API_KEY"]
+            [
+                "ANTHROPIC_API_KEY",
+                "AWS_ACCESS_KEY_ID",
+                "AWS_REGION",
+                "CLAUDE_CODE_USE_BEDROCK"
+            ]
         );
     }
 

@@ -8,9 +8,11 @@
 //! is also where the run's spending caps hold ([`crate::spend`]).
 //!
 //! Each started process gets its own [`ModelRoute`], registered under a
-//! fresh random token ([`ModelRoutes::register`]); [`keyless`] puts that
-//! token where the key variables were and points `ANTHROPIC_BASE_URL` at
-//! the sandbox's proxy port. A request that arrives with a known token is
+//! fresh random token. [`split`] puts that token where the key variables
+//! were, points the client at the sandbox's proxy port, and keeps what the
+//! route is made from; [`keyless`] registers the route on the host, and in
+//! an E2B VM the model proxy makes the same route from the same variables
+//! ([`ModelRoute::from_config`]). A request that arrives with a known token is
 //! sent on to the route's upstream with the token swapped for the real
 //! credential, and the answer streams back unbuffered, so server-sent
 //! events reach the agent as they come. The route goes away when its
@@ -61,6 +63,7 @@ use crate::secret::Secret;
 use crate::spend::usage::UsageReader;
 use crate::spend::{Refusal, SpendMeter};
 pub(crate) use upstream::ModelAuth;
+pub(crate) use vertex::Accounts;
 
 /// The bearer-token variable the Agent SDK reads.
 const AUTH_TOKEN_VARIABLE: &str = "ANTHROPIC_AUTH_TOKEN";
@@ -177,18 +180,24 @@ impl ModelRoutes {
 
     /// Registers `route` under a fresh placeholder token; the route lives
     /// as long as the returned guard.
+    #[cfg(test)]
     pub(crate) fn register(&self, route: ModelRoute) -> RouteGuard {
         self.register_as(new_token(), route)
     }
 
-    /// Registers `route` under `token`, one made elsewhere with
-    /// [`new_token`] (the E2B model proxy gets its run's from the server).
+    /// Registers `route` under `token`, one made elsewhere by [`split`]
+    /// (the E2B model proxy gets its run's from the server).
     pub(crate) fn register_as(&self, token: String, route: ModelRoute) -> RouteGuard {
         crate::sync::lock(&self.inner.routes).insert(token.clone(), Arc::new(route));
         RouteGuard {
             routes: self.clone(),
             token,
         }
+    }
+
+    /// The Vertex token sources its routes share.
+    pub(crate) fn accounts(&self) -> &vertex::Accounts {
+        &self.inner.vertex
     }
 
     /// The route registered under `token`, while its guard lives.
@@ -205,6 +214,7 @@ pub(crate) struct RouteGuard {
 
 impl RouteGuard {
     /// The placeholder token the process gets instead of the key.
+    #[cfg(test)]
     pub(crate) fn token(&self) -> &str {
         &self.token
     }
@@ -226,7 +236,40 @@ impl Drop for RouteGuard {
 /// with its real credential, leaves the process a placeholder token in its
 /// place, and points the client at `endpoint` (the sandbox's proxy port,
 /// `http://127.0.0.1:3128`). The route lives as long as the returned guard:
-/// keep it for the process's life.
+/// keep it for the process's life. See [`split`] for what the process
+/// keeps; every model call through the route is counted by `spend`, and
+/// refused once one of its caps is reached.
+///
+/// Returns `None` when there is no credential to keep, and an error when
+/// the configuration is unusable, as [`split`] does.
+pub(crate) fn keyless(
+    envs: &mut BTreeMap<String, String>,
+    routes: &ModelRoutes,
+    endpoint: &str,
+    spend: Option<Arc<SpendMeter>>,
+) -> Result<Option<RouteGuard>, String> {
+    let Some(split) = split(envs, endpoint, &routes.inner.vertex, spend)? else {
+        return Ok(None);
+    };
+    Ok(Some(routes.register_as(split.token, split.route)))
+}
+
+/// A process environment split in two by [`split`]: the process keeps the
+/// rest, with `token` in it.
+pub(crate) struct Split {
+    /// The placeholder the process holds instead of the credential.
+    pub(crate) token: String,
+    /// The variables the route is made from ([`ModelRoute::from_config`]):
+    /// what a model endpoint in the sandbox (the E2B model proxy) is given
+    /// to make the same route.
+    pub(crate) config: BTreeMap<String, String>,
+    /// The route, made here from `config`.
+    pub(crate) route: ModelRoute,
+}
+
+/// Splits a process environment into its model route's configuration and
+/// the environment the process runs with instead, which calls the model
+/// through `endpoint` with a fresh placeholder token.
 ///
 /// A cloud provider that is switched on wins, as in the CLI ([`clouds`]):
 /// its credentials (every cloud's) and the Anthropic key variables leave
@@ -240,73 +283,111 @@ impl Drop for RouteGuard {
 /// and `ANTHROPIC_BASE_URL` becomes `endpoint`. A variable that is empty
 /// stays empty: the SDK reads empty as unset, and that is what it was told.
 ///
-/// Every model call through the route is counted by `spend`, and refused
-/// once one of its caps is reached.
-///
 /// [`VERTEX_SERVICE_ACCOUNT_VARIABLE`], the Vertex key file's contents for
-/// a provider that keeps them on the host, never stays.
+/// a provider whose endpoint keeps them, never stays.
 ///
 /// Returns `None`, leaving `envs` otherwise untouched, when there is no
 /// credential to keep: the process then runs as it would without the
 /// endpoint. An error when a base URL is not an http(s) URL or a region is
 /// malformed: the key must not go in and the model cannot be reached
 /// without it.
-pub(crate) fn keyless(
+pub(crate) fn split(
     envs: &mut BTreeMap<String, String>,
-    routes: &ModelRoutes,
     endpoint: &str,
+    accounts: &vertex::Accounts,
     spend: Option<Arc<SpendMeter>>,
-) -> Result<Option<RouteGuard>, String> {
-    let service_account = envs.remove(VERTEX_SERVICE_ACCOUNT_VARIABLE);
-    if let Some((cloud, base_url, auth)) =
-        clouds::route(envs, service_account.as_deref(), &routes.inner.vertex)?
-    {
-        let guard = routes.register(ModelRoute {
+) -> Result<Option<Split>, String> {
+    let config = route_config(envs);
+    envs.remove(VERTEX_SERVICE_ACCOUNT_VARIABLE);
+    let Some((cloud, route)) = routed(&config, accounts, spend)? else {
+        return Ok(None);
+    };
+    let token = new_token();
+    match cloud {
+        Some(cloud) => {
+            for name in clouds::credentials().chain([ANTHROPIC_KEY_VARIABLE, AUTH_TOKEN_VARIABLE]) {
+                envs.remove(name);
+            }
+            envs.insert(cloud.skip_auth.to_owned(), "1".to_owned());
+            envs.insert(
+                cloud.base_url.to_owned(),
+                format!(
+                    "{}{PATH_TOKEN_PREFIX}{token}",
+                    endpoint.trim_end_matches('/')
+                ),
+            );
+        }
+        None => placeholders(envs, &token, endpoint),
+    }
+    Ok(Some(Split {
+        token,
+        config,
+        route,
+    }))
+}
+
+/// The variables of `envs` a route is made from, set and not empty: the
+/// Anthropic ones ([`CREDENTIAL_VARIABLES`]), every cloud's, and the Vertex
+/// key file's contents.
+fn route_config(envs: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    CREDENTIAL_VARIABLES
+        .into_iter()
+        .chain(clouds::variables())
+        .chain([VERTEX_SERVICE_ACCOUNT_VARIABLE])
+        .filter_map(|name| {
+            let value = envs.get(name).filter(|v| !v.is_empty())?;
+            Some((name.to_owned(), value.clone()))
+        })
+        .collect()
+}
+
+/// The route `config` calls for, and the cloud it goes to (`None`:
+/// Anthropic's API or a custom endpoint).
+fn routed(
+    config: &BTreeMap<String, String>,
+    accounts: &vertex::Accounts,
+    spend: Option<Arc<SpendMeter>>,
+) -> Result<Option<(Option<&'static clouds::Cloud>, ModelRoute)>, String> {
+    let service_account = config
+        .get(VERTEX_SERVICE_ACCOUNT_VARIABLE)
+        .map(String::as_str);
+    if let Some((cloud, base_url, auth)) = clouds::route(config, service_account, accounts)? {
+        let route = ModelRoute {
             base_url,
             auth,
             spend,
-        });
-        let credentials = [&clouds::BEDROCK, &clouds::FOUNDRY, &clouds::VERTEX]
-            .into_iter()
-            .flat_map(|cloud| cloud.host_only.iter().copied());
-        for name in credentials.chain([ANTHROPIC_KEY_VARIABLE, AUTH_TOKEN_VARIABLE]) {
-            envs.remove(name);
-        }
-        envs.insert(cloud.skip_auth.to_owned(), "1".to_owned());
-        envs.insert(
-            cloud.base_url.to_owned(),
-            format!(
-                "{}{PATH_TOKEN_PREFIX}{}",
-                endpoint.trim_end_matches('/'),
-                guard.token()
-            ),
-        );
-        return Ok(Some(guard));
+        };
+        return Ok(Some((Some(cloud), route)));
     }
-
-    let Some(route) = ModelRoute::from_env(envs, spend)? else {
-        return Ok(None);
-    };
-    let guard = routes.register(route);
-    placeholders(envs, guard.token(), endpoint);
-    Ok(Some(guard))
+    Ok(ModelRoute::from_env(config, spend)?.map(|route| (None, route)))
 }
 
-/// The variables that hold the model credential and say where it goes:
-/// what a model endpoint needs from a process's environment, and what the
-/// process no longer gets.
-pub(crate) const CREDENTIAL_VARIABLES: [&str; 3] = [
+/// The variables that hold the Anthropic credential and say where it goes.
+const CREDENTIAL_VARIABLES: [&str; 3] = [
     ANTHROPIC_KEY_VARIABLE,
     AUTH_TOKEN_VARIABLE,
     BASE_URL_VARIABLE,
 ];
 
 impl ModelRoute {
-    /// The route a process environment calls for: `ANTHROPIC_AUTH_TOKEN`
+    /// The route a [`Split::config`] calls for, made the way [`split`]
+    /// made it: the model proxy in an E2B sandbox makes its run's with
+    /// this. `None` when it holds no credential.
+    pub(crate) fn from_config(
+        config: &BTreeMap<String, String>,
+        accounts: &vertex::Accounts,
+        spend: Option<Arc<SpendMeter>>,
+    ) -> Result<Option<ModelRoute>, String> {
+        Ok(routed(config, accounts, spend)?.map(|(_, route)| route))
+    }
+}
+
+impl ModelRoute {
+    /// The Anthropic route a process environment calls for: `ANTHROPIC_AUTH_TOKEN`
     /// as a bearer token when set, else `ANTHROPIC_API_KEY`, to
     /// `ANTHROPIC_BASE_URL` or Anthropic's API. `None` when no variable
     /// holds a key; an error when the base URL is not an http(s) URL.
-    pub(crate) fn from_env(
+    fn from_env(
         envs: &BTreeMap<String, String>,
         spend: Option<Arc<SpendMeter>>,
     ) -> Result<Option<ModelRoute>, String> {
@@ -348,7 +429,7 @@ impl ModelRoute {
 /// Puts `token` in each key variable that holds a key (an empty one stays
 /// empty: the SDK reads empty as unset) and points `ANTHROPIC_BASE_URL` at
 /// `endpoint`.
-pub(crate) fn placeholders(envs: &mut BTreeMap<String, String>, token: &str, endpoint: &str) {
+fn placeholders(envs: &mut BTreeMap<String, String>, token: &str, endpoint: &str) {
     for name in [ANTHROPIC_KEY_VARIABLE, AUTH_TOKEN_VARIABLE] {
         if let Some(value) = envs.get_mut(name).filter(|v| !v.is_empty()) {
             token.clone_into(value);
@@ -359,7 +440,7 @@ pub(crate) fn placeholders(envs: &mut BTreeMap<String, String>, token: &str, end
 
 /// A fresh placeholder token: shaped like an Anthropic key, 122 random
 /// bits.
-pub(crate) fn new_token() -> String {
+fn new_token() -> String {
     format!("{TOKEN_PREFIX}{}", uuid::Uuid::new_v4().simple())
 }
 

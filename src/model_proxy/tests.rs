@@ -648,3 +648,63 @@ fn a_vertex_call_goes_to_the_host_of_its_location() {
         "http://127.0.0.1:9/v1"
     );
 }
+
+#[test]
+fn the_split_config_makes_the_same_route_elsewhere() {
+    // What the E2B model proxy does with its environment: the route it
+    // makes from the split's variables alone is the one the host made.
+    let accounts = Accounts::default();
+    let account = service_account("https://oauth2.googleapis.com/token");
+    let cases = [
+        env(&[("ANTHROPIC_API_KEY", "sk-ant-real"), ("OTHER", "x")]),
+        env(&[
+            ("ANTHROPIC_AUTH_TOKEN", "or-real"),
+            ("ANTHROPIC_BASE_URL", "https://openrouter.ai/api"),
+        ]),
+        env(&[
+            ("CLAUDE_CODE_USE_BEDROCK", "1"),
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIAREAL"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-real"),
+            ("AWS_SESSION_TOKEN", "aws-session-real"),
+            ("ANTHROPIC_API_KEY", "sk-ant-real"),
+        ]),
+        env(&[
+            ("CLAUDE_CODE_USE_FOUNDRY", "1"),
+            ("AZURE_API_KEY", "azure-real"),
+            ("AZURE_FOUNDRY_RESOURCE", "my-resource"),
+        ]),
+        env(&[
+            ("CLAUDE_CODE_USE_VERTEX", "1"),
+            ("CLOUD_ML_REGION", "us-east5"),
+            ("ANTHROPIC_VERTEX_PROJECT_ID", "p"),
+            (crate::keys::VERTEX_SERVICE_ACCOUNT_VARIABLE, &account),
+        ]),
+    ];
+    for mut envs in cases {
+        let before = envs.clone();
+        let split = split(&mut envs, ENDPOINT, &accounts, None)
+            .expect("valid")
+            .expect("a credential");
+        let elsewhere = ModelRoute::from_config(&split.config, &accounts, None)
+            .expect("valid")
+            .expect("a credential");
+        assert_eq!(elsewhere.base_url, split.route.base_url, "{before:?}");
+        assert_eq!(elsewhere.auth, split.route.auth, "{before:?}");
+        // The config holds what the route is made of, nothing else.
+        assert!(!split.config.contains_key("OTHER"));
+        assert!(!split.config.contains_key("ANTHROPIC_VERTEX_PROJECT_ID"));
+        assert!(split.config.values().all(|v| !v.contains(&split.token)));
+        // And the process none of the credentials.
+        for secret in [
+            "sk-ant-real",
+            "or-real",
+            "aws-secret-real",
+            "AKIAREAL",
+            "azure-real",
+            &account,
+        ] {
+            assert!(envs.values().all(|v| v != secret), "{secret} stayed");
+        }
+    }
+}

@@ -82,9 +82,10 @@ pub struct ProviderDeclaration {
     pub meters_model: fn(&ProviderSettings) -> bool,
     /// Whether its model endpoint also holds the cloud providers'
     /// credentials (Bedrock's AWS keys, the Vertex service account,
-    /// Foundry's key), so that key resolution hands the Vertex key file to
-    /// it in the run's environment rather than uploading it.
-    pub keeps_cloud_credentials: bool,
+    /// Foundry's key) with these settings, so that key resolution hands the
+    /// Vertex key file to it in the run's environment rather than
+    /// uploading it, and a run on a cloud may have a spending cap.
+    pub keeps_cloud_credentials: fn(&ProviderSettings) -> bool,
     /// Builds the provider.
     pub build: BuildProvider,
 }
@@ -96,7 +97,6 @@ impl fmt::Debug for ProviderDeclaration {
             .field("credential", &self.credential)
             .field("variables", &self.variables)
             .field("serverless", &self.serverless)
-            .field("keeps_cloud_credentials", &self.keeps_cloud_credentials)
             .finish_non_exhaustive()
     }
 }

@@ -2,10 +2,15 @@
 //!
 //! A process whose environment holds a model key (the runner, or a
 //! detached run's wrapper around it) is started in two steps. First the
-//! process itself, as `user`, with a fresh placeholder token where the key
-//! was and `ANTHROPIC_BASE_URL` pointing at the model proxy's port. Then
-//! the template's model proxy ([`crate::model_proxy`]), as root, with the
-//! real credential, the token, the run's caps, and the pid of the process
+//! process itself, as `user`, with the environment a local sandbox's
+//! process gets ([`split`]): a fresh placeholder token where the key was
+//! and `ANTHROPIC_BASE_URL` pointing at the model proxy's port, or for a
+//! cloud provider (Bedrock, Vertex, Foundry) none of its credentials, its
+//! skip-auth switch, and its base URL variable pointing there with the
+//! token in the path. Then the template's model proxy
+//! ([`crate::model_proxy`]), as root, with what the route is made from
+//! (the real credential, a cloud's region and endpoint, the Vertex key
+//! file's contents), the token, the run's caps, and the pid of the process
 //! it serves, whose end ends it. The runner's first model call comes after
 //! the SDK has loaded, well after the proxy listens; one that came sooner
 //! would be retried by the SDK like any refused connection.
@@ -24,8 +29,7 @@ use futures::StreamExt;
 use super::E2bSandbox;
 use super::envd::RunAs;
 use crate::model_proxy::{
-    BINARY, CAPS_VARIABLE, CREDENTIAL_VARIABLES, CapsJson, LISTEN, ModelRoute, Report,
-    TOKEN_VARIABLE, WATCH_PID_VARIABLE, new_token, placeholders,
+    BINARY, CAPS_VARIABLE, CapsJson, LISTEN, Report, TOKEN_VARIABLE, WATCH_PID_VARIABLE, split,
 };
 use crate::sandbox::{ProcessEvent, ProcessSpec, ProcessStream, SandboxError};
 use crate::spend::SpendMeter;
@@ -40,22 +44,23 @@ pub(super) async fn start(
     sandbox: &E2bSandbox,
     mut process: ProcessSpec,
 ) -> Result<ProcessStream, SandboxError> {
-    let holds_key = ModelRoute::from_env(&process.envs, None)
-        .map_err(|message| SandboxError::Other {
-            op: "start",
-            message,
-        })?
-        .is_some();
-    if !holds_key {
+    // The route made here only checks the configuration; the proxy makes
+    // its own from the same variables.
+    let split = split(
+        &mut process.envs,
+        &format!("http://{LISTEN}"),
+        &sandbox.shared.vertex,
+        None,
+    )
+    .map_err(|message| SandboxError::Other {
+        op: "start",
+        message,
+    })?;
+    let Some(split) = split else {
         return sandbox.start_process(process).await;
-    }
-    let token = new_token();
-    let mut proxy_env: BTreeMap<String, String> = CREDENTIAL_VARIABLES
-        .iter()
-        .filter_map(|name| Some(((*name).to_owned(), process.envs.get(*name)?.clone())))
-        .collect();
-    placeholders(&mut process.envs, &token, &format!("http://{LISTEN}"));
-    proxy_env.insert(TOKEN_VARIABLE.to_owned(), token);
+    };
+    let mut proxy_env: BTreeMap<String, String> = split.config;
+    proxy_env.insert(TOKEN_VARIABLE.to_owned(), split.token);
     let meter = process.spend.clone();
     if let Some(meter) = &meter {
         let caps = serde_json::to_string(&CapsJson::from(meter.caps())).map_err(|e| {

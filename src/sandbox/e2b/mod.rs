@@ -82,9 +82,9 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
     serverless: true,
     // With the template's model proxy (see `keyless`).
     meters_model: |settings| options::model_proxy(settings).unwrap_or(false),
-    // Its model proxy holds the Anthropic key only: the cloud providers'
-    // credentials, the Vertex key file among them, still go in.
-    keeps_cloud_credentials: false,
+    // Its model proxy holds the cloud providers' credentials too, the
+    // Vertex key file among them; without it they go in.
+    keeps_cloud_credentials: |settings| options::model_proxy(settings).unwrap_or(false),
     build: build_provider,
 };
 
@@ -103,6 +103,9 @@ struct Shared {
     /// File reads only: HTTP/1.1 (see `http::file_client`).
     files: reqwest::Client,
     streams: stream_client::StreamClient,
+    /// Vertex service accounts, parsed once each to check a run's before
+    /// its model proxy gets it (see `keyless`).
+    vertex: crate::model_proxy::Accounts,
 }
 
 /// Creates E2B sandboxes. Cheap to clone; clones share one connection pool.
@@ -133,6 +136,7 @@ impl E2bProvider {
                 http,
                 files,
                 streams,
+                vertex: crate::model_proxy::Accounts::default(),
             }),
         })
     }

@@ -36,7 +36,7 @@ pub(crate) const PROVIDER: ProviderDeclaration = ProviderDeclaration {
     meters_model: |_| true,
     // Its model endpoint signs for Bedrock and trades the Vertex service
     // account for tokens on the host (egress::model::clouds).
-    keeps_cloud_credentials: true,
+    keeps_cloud_credentials: |_| true,
     build: build_provider,
 };
 

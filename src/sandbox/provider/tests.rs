@@ -41,7 +41,7 @@ const ACME: ProviderDeclaration = ProviderDeclaration {
     variables: &["ACME_REGION"],
     serverless: true,
     meters_model: |_| false,
-    keeps_cloud_credentials: false,
+    keeps_cloud_credentials: |_| false,
     build: build_acme,
 };
 
