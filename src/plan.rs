@@ -402,6 +402,7 @@ pub(crate) fn build(
             tag: None,
             // Set by `prepare`, which knows the provider and the prices.
             spend: None,
+            spend_record: None,
         },
         deadline,
         deadline_reason,

@@ -110,17 +110,15 @@ async fn execute(
         },
     };
 
-    // A cap that refused a call is why the run ended, whatever the agent
-    // made of the refusal.
     let spend = plan.process.spend.as_ref().map(|meter| meter.spend());
-    let outcome = match (outcome, spend.as_ref().and_then(Spend::exceeded_message)) {
-        (Outcome::Completed, Some(message)) => fail(ErrorKind::BudgetExceeded, message),
-        (Outcome::Failed(e), Some(message))
-            if matches!(e.kind, ErrorKind::RunnerFailed | ErrorKind::RunnerError) =>
-        {
-            fail(ErrorKind::BudgetExceeded, message)
-        }
-        (outcome, _) => outcome,
+    let ended = match &outcome {
+        Outcome::Completed => Some(None),
+        Outcome::Failed(e) => Some(Some(e.kind)),
+        Outcome::ClientGone => None,
+    };
+    let outcome = match ended.and_then(|ended| budget_exceeded(ended, spend.as_ref())) {
+        Some(message) => fail(ErrorKind::BudgetExceeded, message),
+        None => outcome,
     };
 
     match &outcome {
@@ -148,6 +146,18 @@ async fn execute(
         let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(done)).await;
     }
     // Dropping `tx` here ends the client's stream, after the destroy.
+}
+
+/// Whether a run (or a detached run's turn) that ended so (`None`: it
+/// succeeded) ends with `budget_exceeded` instead, given the endpoint's
+/// tally: a cap that refused a call is why it ended, whatever the agent
+/// made of the refusal. The error's message when it does.
+pub(crate) fn budget_exceeded(ended: Option<ErrorKind>, spend: Option<&Spend>) -> Option<String> {
+    let message = spend?.exceeded_message()?;
+    match ended {
+        None | Some(ErrorKind::RunnerFailed | ErrorKind::RunnerError) => Some(message),
+        Some(_) => None,
+    }
 }
 
 /// Why the relay stopped early.

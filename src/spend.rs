@@ -172,11 +172,36 @@ impl Spend {
     }
 }
 
+/// A run's tally as a reader of a detached run finds it beside its log:
+/// what the endpoint counted so far, and whether it has stopped counting
+/// (the process it served has ended). The in-sandbox proxy keeps it in a
+/// file only root can write ([`RECORD_DIR`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpendRecord {
+    pub(crate) spend: Spend,
+    /// The endpoint has stopped: nothing more will be counted.
+    #[serde(rename = "final")]
+    pub(crate) complete: bool,
+}
+
+/// Where the endpoint of a detached run keeps its [`SpendRecord`]s, one a
+/// turn, inside the sandbox: a folder of root's (0755) in `/run`, where
+/// only root may make one, so the agent (`user`) can read the records but
+/// neither write, replace nor remove them.
+pub const RECORD_DIR: &str = "/run/sandstorm/spend";
+
+/// Where turn `turn`'s [`SpendRecord`] is kept.
+pub(crate) fn record_path(turn: u32) -> String {
+    format!("{RECORD_DIR}/turn-{turn}.json")
+}
+
 /// One run's tally and caps, shared by every call of the run.
 pub struct SpendMeter {
     caps: Caps,
     prices: Arc<PriceTable>,
     tally: Mutex<Spend>,
+    /// Told of every change to the tally, for whoever keeps a record of it.
+    changed: tokio::sync::Notify,
 }
 
 impl fmt::Debug for SpendMeter {
@@ -196,6 +221,7 @@ impl SpendMeter {
             caps,
             prices,
             tally: Mutex::new(Spend::default()),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -227,6 +253,7 @@ impl SpendMeter {
         if let Some(cap) = reached {
             tally.refused_calls += 1;
             tally.exceeded.get_or_insert(cap);
+            self.changed.notify_one();
             return Err(Refusal::CapReached {
                 cap,
                 spend: tally.summary(),
@@ -256,6 +283,7 @@ impl SpendMeter {
             if succeeded {
                 tracing::warn!("a model answer's usage could not be read");
                 crate::sync::lock(&self.tally).unmetered_calls += 1;
+                self.changed.notify_one();
             }
             return;
         }
@@ -280,6 +308,14 @@ impl SpendMeter {
                     .insert(model.unwrap_or("(unnamed)").to_owned());
             }
         }
+        drop(tally);
+        self.changed.notify_one();
+    }
+
+    /// Resolves at the next change to the tally, or at once when one came
+    /// since the last call: for one task that keeps a record of it.
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// The tally so far.

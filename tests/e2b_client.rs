@@ -77,6 +77,7 @@ fn runner() -> ProcessSpec {
         stdin: false,
         tag: None,
         spend: None,
+        spend_record: None,
     }
 }
 

@@ -304,6 +304,7 @@ async fn our_process_start_matches_an_sdk() {
                 stdin: false,
                 tag: None,
                 spend: None,
+                spend_record: None,
             })
             .await
             .expect("our client starts the process");

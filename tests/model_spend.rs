@@ -462,3 +462,113 @@ async fn the_system_event_names_the_credentials_that_went_into_the_sandbox() {
         events.init()
     );
 }
+
+/// The agent's curl loop, then its try at the endpoint's record of the
+/// turn: a forged tally of nothing written over it, moved over it, and
+/// the record removed; then what it sees of the folder.
+fn curl_loop_then_forge() -> String {
+    let forged = r#"{"spend":{"calls":0,"refused_calls":0,"input_tokens":0,"output_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cost_usd":0},"final":true}"#;
+    format!(
+        "{CURL_LOOP}; echo; f=/run/sandstorm/spend/turn-1.json; echo '{forged}' > /tmp/forged; \
+         cp /tmp/forged $f; echo '{forged}' > $f; mv -f /tmp/forged $f; rm -f $f; \
+         mkdir -p /run/sandstorm/spend/x; ls -ld /run/sandstorm/spend; ls -l $f"
+    )
+}
+
+#[tokio::test]
+async fn a_local_detached_run_tells_every_reader_its_spend_and_cap() {
+    detached_run_tells_every_reader_its_spend_and_cap(Chain::Local).await;
+}
+
+#[tokio::test]
+async fn an_e2b_detached_run_tells_every_reader_its_spend_and_cap() {
+    detached_run_tells_every_reader_its_spend_and_cap(Chain::E2b).await;
+}
+
+/// A detached run's end, read again after its first stream ended, is an
+/// attached run's: `budget_exceeded` and the endpoint's tally, which the
+/// agent could not forge.
+async fn detached_run_tells_every_reader_its_spend_and_cap(chain: Chain) {
+    let model = ModelServer::start(Script::Bash {
+        command: curl_loop_then_forge(),
+    })
+    .await;
+    let product = keyless(chain, &model).start().await;
+    let client = reqwest::Client::new();
+    let cap = 6 * TOKENS_PER_CALL;
+
+    let read = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.expect("the request");
+        assert_eq!(response.status(), 200);
+        Events::from_sse(&response.text().await.expect("the event stream"))
+    };
+    let first =
+        read(client.post(format!("{}/query", product.url())).json(
+            &json!({"prompt": "call the model yourself", "max_tokens": cap, "detach": true}),
+        ))
+        .await;
+    let run_id = first.of_type("run")[0]["run_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run event: {}", first.dump()))
+        .to_owned();
+    // A later reader, after the first stream has ended.
+    let later = read(client.get(format!("{}/runs/{run_id}/events", product.url()))).await;
+
+    let calls = billed(&model);
+    assert_eq!(
+        calls.len() as u64,
+        cap / TOKENS_PER_CALL,
+        "{}",
+        model.describe_requests()
+    );
+    for (reader, events) in [("first", &first), ("later", &later)] {
+        let error = budget_error(events);
+        let message = error["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("max_tokens of {cap}")),
+            "{reader}: {message}"
+        );
+        assert!(
+            message.contains(&format!("over {} model calls", calls.len())),
+            "{reader}: {message}"
+        );
+        let spend = &events.done["sandstorm"]["spend"];
+        assert_eq!(spend["calls"], calls.len(), "{reader}: {spend}");
+        assert_eq!(
+            spend["input_tokens"],
+            INPUT_TOKENS * calls.len() as u64,
+            "{reader}: {spend}"
+        );
+        assert_eq!(
+            spend["output_tokens"],
+            OUTPUT_TOKENS * calls.len() as u64,
+            "{reader}: {spend}"
+        );
+        assert!(
+            spend["refused_calls"].as_u64() >= Some(1),
+            "{reader}: {spend}"
+        );
+        assert_eq!(
+            spend["exceeded"],
+            json!({"cap": "max_tokens", "limit": cap}),
+            "{reader}: {spend}"
+        );
+        assert_eq!(events.done["status"], "error", "{reader}");
+    }
+    // On E2B the record is in the sandbox, in a folder of root's the agent
+    // could read and not write.
+    if chain == Chain::E2b {
+        let results = later.tool_results();
+        let seen = &results[0].0;
+        assert!(
+            seen.lines()
+                .any(|l| l.starts_with("drwxr-xr-x") && l.contains("/run/sandstorm/spend")),
+            "{seen}"
+        );
+        assert!(seen.contains("turn-1.json"), "the record is gone: {seen}");
+    }
+    let _ = client
+        .delete(format!("{}/runs/{run_id}", product.url()))
+        .send()
+        .await;
+}

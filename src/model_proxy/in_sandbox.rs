@@ -25,6 +25,13 @@
 //!   line, `{"spend":{...}}`, on its own stdout, which only envd (root)
 //!   holds, so the server reads a tally the agent could not have written.
 //!
+//! - For a detached run, whose server may be gone when it ends, it also
+//!   keeps its tally in the file [`RECORD_VARIABLE`] names, in a folder of
+//!   root's ([`RECORD_DIR`](crate::spend::RECORD_DIR)): rewritten whole
+//!   (a new file renamed over the old) after every call it counts or
+//!   refuses, and marked final when it ends. Any reader of the run reads
+//!   it there; the agent can read it, not write it.
+//!
 //! Its configuration comes in its environment (`SANDSTORM_PROXY_*`, the
 //! route's variables of [`Split::config`](super::Split::config), the
 //! Vertex key file's contents among them, and
@@ -48,7 +55,7 @@ use tokio::net::TcpListener;
 use super::{ModelRoute, ModelRoutes, route_config, serve as serve_model};
 use crate::exit_watch::ExitWatch;
 use crate::spend::prices::PRICES_VARIABLE;
-use crate::spend::{Caps, PriceTable, Spend, SpendMeter};
+use crate::spend::{Caps, PriceTable, Spend, SpendMeter, SpendRecord};
 
 /// Where the proxy listens, inside the sandbox.
 pub(crate) const LISTEN: &str = "127.0.0.1:880";
@@ -60,6 +67,9 @@ pub(crate) const TOKEN_VARIABLE: &str = "SANDSTORM_PROXY_TOKEN";
 pub(crate) const WATCH_PID_VARIABLE: &str = "SANDSTORM_PROXY_WATCH_PID";
 /// The run's caps, as JSON: `{"max_cost_usd": 1.5, "max_tokens": 100000}`.
 pub(crate) const CAPS_VARIABLE: &str = "SANDSTORM_PROXY_CAPS";
+/// Where to keep the tally for readers of a detached run (see the module
+/// doc); none is kept without it.
+pub(crate) const RECORD_VARIABLE: &str = "SANDSTORM_PROXY_RECORD";
 /// Overrides [`LISTEN`] (the E2B emulator's tests).
 pub(crate) const LISTEN_VARIABLE: &str = "SANDSTORM_PROXY_LISTEN";
 
@@ -102,6 +112,7 @@ struct ProxyConfig {
     caps: Caps,
     prices: PriceTable,
     route_env: BTreeMap<String, String>,
+    record: Option<std::path::PathBuf>,
 }
 
 impl ProxyConfig {
@@ -136,6 +147,7 @@ impl ProxyConfig {
             },
             prices,
             route_env,
+            record: get(RECORD_VARIABLE).map(std::path::PathBuf::from),
         })
     }
 }
@@ -186,6 +198,21 @@ async fn run(config: ProxyConfig) -> Result<Report, String> {
             "no model credential (ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN, or a cloud \
              provider's) is set",
         )?;
+    let record = match &config.record {
+        Some(path) => Some(Record::open(path)?),
+        None => None,
+    };
+    // Kept from the first moment, so a reader finds a record (of nothing
+    // yet) as soon as the run has one.
+    let keeper = record.clone().map(|record| {
+        let meter = meter.clone();
+        tokio::spawn(async move {
+            loop {
+                record.write(&meter.spend(), false);
+                meter.changed().await;
+            }
+        })
+    });
     let route = routes.register_as(config.token, route);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -207,9 +234,94 @@ async fn run(config: ProxyConfig) -> Result<Report, String> {
     // Every connection task is dropped with the runtime; the token is
     // worthless from here on.
     drop(route);
+    // No await from here on: on this one-thread runtime the keeper cannot
+    // write again after the final record.
+    if let Some(keeper) = keeper {
+        keeper.abort();
+    }
+    if let Some(record) = &record {
+        record.write(&meter.spend(), true);
+    }
     Ok(Report {
         spend: meter.spend(),
     })
+}
+
+/// The file a detached run's tally is kept in.
+#[derive(Debug, Clone)]
+struct Record {
+    path: std::path::PathBuf,
+    /// Written first, then renamed over `path`: a reader never sees half a
+    /// record.
+    scratch: std::path::PathBuf,
+}
+
+impl Record {
+    /// Makes the record's folder (0755) if need be, and checks that it is
+    /// a folder of ours that nobody else may write: one the agent made
+    /// first, or a link it planted, is refused.
+    fn open(path: &std::path::Path) -> Result<Record, String> {
+        use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+        let dir = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .ok_or_else(|| format!("{RECORD_VARIABLE}: {} has no folder", path.display()))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| format!("{RECORD_VARIABLE}: {} names no file", path.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        let meta = std::fs::symlink_metadata(dir)
+            .map_err(|e| format!("cannot check {}: {e}", dir.display()))?;
+        let ours = meta.uid() == rustix::process::geteuid().as_raw();
+        if !meta.is_dir() || !ours || meta.permissions().mode() & 0o022 != 0 {
+            return Err(format!(
+                "{} is not a folder only this proxy's user may write; no tally can be kept there",
+                dir.display()
+            ));
+        }
+        let mut scratch = name.to_os_string();
+        scratch.push(".new");
+        Ok(Record {
+            path: path.to_owned(),
+            scratch: dir.join(scratch),
+        })
+    }
+
+    /// Replaces the record with `spend`; `complete` once nothing more will
+    /// be counted. A failure is said on stderr and the run goes on.
+    fn write(&self, spend: &Spend, complete: bool) {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let record = SpendRecord {
+            spend: spend.clone(),
+            complete,
+        };
+        let written = serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                let _ = std::fs::remove_file(&self.scratch);
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(&self.scratch)?;
+                // Whatever the umask: readable by all, so the server may
+                // read it as any user.
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+                file.write_all(&json)?;
+                std::fs::rename(&self.scratch, &self.path)
+            });
+        if let Err(e) = written {
+            eprintln!(
+                "sandstorm-model-proxy: cannot keep the tally in {}: {e}",
+                self.path.display()
+            );
+        }
+    }
 }
 
 async fn accept(listener: TcpListener, routes: ModelRoutes) {

@@ -54,7 +54,8 @@ mod vertex;
 
 pub use in_sandbox::main;
 pub(crate) use in_sandbox::{
-    BINARY, CAPS_VARIABLE, CapsJson, LISTEN, Report, TOKEN_VARIABLE, WATCH_PID_VARIABLE,
+    BINARY, CAPS_VARIABLE, CapsJson, LISTEN, RECORD_VARIABLE, Report, TOKEN_VARIABLE,
+    WATCH_PID_VARIABLE,
 };
 
 use crate::keys::{ANTHROPIC_KEY_VARIABLE, VERTEX_SERVICE_ACCOUNT_VARIABLE};

@@ -19,8 +19,8 @@ use tracing::{Instrument, info, warn};
 
 use super::{EVENT_BUFFER, FINAL_EVENT_GRACE, RunHandle, SandboxGuard, Stop, create_detached};
 use crate::events::{
-    Detached, Done, DoneStatus, ErrorKind, Phase, Redactor, RunError, RunEvent, RunStarted,
-    TurnStarted,
+    Detached, Done, DoneNotes, DoneStatus, ErrorKind, Phase, Redactor, RunError, RunEvent,
+    RunStarted, TurnStarted,
 };
 use crate::outputs::OutputPlan;
 use crate::plan::{DetachPlan, RunPlan};
@@ -28,6 +28,7 @@ use crate::runs::log::{self, LogItem, LogStream};
 use crate::runs::registry::{Registered, Registry};
 use crate::sandbox::{Sandbox, SandboxProvider};
 use crate::shutdown::Shutdown;
+use crate::spend::Spend;
 
 /// What a reader needs to turn a run's log into its events: the same for
 /// the first reader and every later one, so the events come out the same.
@@ -268,7 +269,9 @@ async fn read(
             .await
             .map_err(Stop::from);
         match output {
-            Ok(output) => relay_turns(log::decode(output), follow, tx).await,
+            Ok(output) => {
+                relay_turns(log::decode(output), follow, tx, Some(sandbox.as_ref())).await
+            }
             Err(stop) => (Err(stop), LastTurn::first(follow)),
         }
     };
@@ -291,13 +294,14 @@ async fn read(
 }
 
 /// Relays every turn of a run's log, in order. A turn that another one
-/// follows ends as its own stream did (its `error`, if any, and `done`),
-/// and the next begins with a `turn` event. Returns how the last turn so
-/// far ended, and which it was.
+/// follows ends as its own stream did (its `error`, if any, and `done`,
+/// with the tally `tallies` keeps of it), and the next begins with a
+/// `turn` event. Returns how the last turn so far ended, and which it was.
 async fn relay_turns(
     mut log: LogStream,
     follow: &Follow,
     tx: &mpsc::Sender<RunEvent>,
+    tallies: Option<&dyn Sandbox>,
 ) -> (Result<(), Stop>, LastTurn) {
     let mut last = LastTurn::first(follow);
     loop {
@@ -329,7 +333,8 @@ async fn relay_turns(
                 Some(Err(e)) => return (Err(e.into()), last),
             }
         };
-        for event in closing_events(ended.err(), follow, &last.request_id) {
+        let spend = turn_spend(tallies, last.number, true).await;
+        for event in closing_events(ended.err(), follow, &last.request_id, spend) {
             if tx.send(event).await.is_err() {
                 return (Err(Stop::ClientGone), last);
             }
@@ -350,8 +355,57 @@ async fn relay_turns(
     }
 }
 
-/// The events that end a turn: its `error`, if it failed, and `done`.
-fn closing_events(stop: Option<Stop>, follow: &Follow, request_id: &str) -> Vec<RunEvent> {
+/// How long a reader at a turn's end waits for the model endpoint to say
+/// its tally is final: it ends with the turn's wrapper, just after the
+/// wrapper wrote the exit record the reader has read.
+const RECORD_WAIT: Duration = Duration::from_secs(5);
+
+/// The model endpoint's tally of turn `turn`, kept in the sandbox where the
+/// agent cannot write ([`Sandbox::read_spend`]); `None` when the turn had
+/// no metering endpoint. With `wait`, the final one if it comes within
+/// [`RECORD_WAIT`].
+async fn turn_spend(sandbox: Option<&dyn Sandbox>, turn: u32, wait: bool) -> Option<Spend> {
+    let sandbox = sandbox?;
+    let path = crate::spend::record_path(turn);
+    let until = Instant::now() + if wait { RECORD_WAIT } else { Duration::ZERO };
+    loop {
+        let record = match sandbox.read_spend(&path).await {
+            Ok(record) => record?,
+            Err(e) => {
+                warn!(error = %e, turn, "could not read the turn's spend record");
+                return None;
+            }
+        };
+        if record.complete || Instant::now() >= until {
+            if wait && !record.complete {
+                warn!(
+                    turn,
+                    "the model endpoint's tally is not final; reporting it as it is"
+                );
+            }
+            return Some(record.spend);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The events that end a turn: its `error`, if it failed, and `done`,
+/// with the endpoint's tally (`spend`), as an attached run's end: a cap
+/// that refused a call is why the turn ended ([`super::budget_exceeded`]).
+fn closing_events(
+    stop: Option<Stop>,
+    follow: &Follow,
+    request_id: &str,
+    spend: Option<Spend>,
+) -> Vec<RunEvent> {
+    let ended = match &stop {
+        None | Some(Stop::ClientGone) => None,
+        Some(Stop::Failed(kind, _)) => Some(*kind),
+    };
+    let stop = match super::budget_exceeded(ended, spend.as_ref()) {
+        Some(message) => Some(Stop::Failed(ErrorKind::BudgetExceeded, message)),
+        None => stop,
+    };
     let mut events = Vec::with_capacity(2);
     let status = match stop {
         None | Some(Stop::ClientGone) => DoneStatus::Success,
@@ -367,9 +421,7 @@ fn closing_events(stop: Option<Stop>, follow: &Follow, request_id: &str) -> Vec<
     events.push(RunEvent::Done(Done {
         status,
         request_id: request_id.to_owned(),
-        // A log any server may read holds no count this server could vouch
-        // for; the cap itself still holds (docs/security.md).
-        sandstorm: None,
+        sandstorm: spend.map(|spend| DoneNotes { spend }),
     }));
     events
 }
@@ -403,11 +455,12 @@ async fn finish(
         Ending::Finished(Some(Stop::ClientGone), _) => return,
         Ending::Finished(stop, last) => (stop, last),
     };
+    let spend = turn_spend(sandbox.as_deref(), last.number, true).await;
     let cancelled = matches!(stop, Some(Stop::Failed(ErrorKind::Cancelled, _)));
     if let Some(Stop::Failed(kind, message)) = &stop {
         warn!(?kind, error = %follow.redactor.redact_str(message), turn = last.number, "detached run's turn failed");
     }
-    let mut closing = closing_events(stop, follow, &last.request_id);
+    let mut closing = closing_events(stop, follow, &last.request_id, spend);
     let done = closing.pop();
     for event in closing {
         let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(event)).await;
@@ -561,13 +614,15 @@ impl Tally {
 }
 
 /// Replays `log` (the whole event log, as read) through the relay, as a
-/// reader would, and adds up what comes out.
-pub(crate) async fn tally(log: bytes::Bytes, follow: &Follow) -> Tally {
+/// reader would, with the turns' tallies from `sandbox`, and adds up what
+/// comes out.
+pub(crate) async fn tally(log: bytes::Bytes, follow: &Follow, sandbox: &dyn Sandbox) -> Tally {
     let output = futures::stream::iter([Ok(crate::sandbox::ProcessEvent::Stdout(log))]).boxed();
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
     let follow = follow.clone();
     // `tx` goes with the relay, so the count ends when the relay does.
-    let relayed = async move { relay_turns(log::decode(output), &follow, &tx).await };
+    let relayed =
+        async move { relay_turns(log::decode(output), &follow, &tx, Some(sandbox)).await };
     let counted = async {
         let mut tally = Tally::default();
         while let Some(event) = rx.recv().await {
@@ -583,5 +638,12 @@ pub(crate) async fn tally(log: bytes::Bytes, follow: &Follow) -> Tally {
         Err(Stop::Failed(ErrorKind::StreamCut, _) | Stop::ClientGone) => None,
         Err(Stop::Failed(kind, _)) => Some(Some(kind)),
     };
+    // The last turn's end, as its readers tell it.
+    if let Some(ended) = tally.outcome
+        && let Some(spend) = turn_spend(Some(sandbox), last.number, false).await
+        && super::budget_exceeded(ended, Some(&spend)).is_some()
+    {
+        tally.outcome = Some(Some(ErrorKind::BudgetExceeded));
+    }
     tally
 }

@@ -101,6 +101,7 @@ pub(crate) fn wrapper(runner: ProcessSpec, run_for: Duration, turn: u32) -> Proc
         tag: Some(RUN_TAG.to_owned()),
         stdin: false,
         spend: runner.spend,
+        spend_record: Some(crate::spend::record_path(turn)),
     }
 }
 

@@ -93,7 +93,7 @@ pub(crate) async fn tally_of(
         }
         Err(e) => return Err(e),
     };
-    Ok(tally(log, follow).await)
+    Ok(tally(log, follow, sandbox).await)
 }
 
 /// What a tally of the run's log says about it.

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::secret::Secret;
-use crate::spend::SpendMeter;
+use crate::spend::{SpendMeter, SpendRecord};
 
 pub mod e2b;
 pub(crate) mod layout;
@@ -132,6 +132,9 @@ pub struct ProcessSpec {
     /// endpoint ([`ProviderDeclaration::meters_model`](provider::ProviderDeclaration::meters_model)) counts the process's
     /// model calls with it and enforces its caps. Others ignore it.
     pub spend: Option<Arc<SpendMeter>>,
+    /// Where, inside the sandbox, the endpoint keeps `spend`'s tally for
+    /// later readers ([`Sandbox::read_spend`]): a detached run's turn.
+    pub spend_record: Option<String>,
 }
 
 impl fmt::Debug for ProcessSpec {
@@ -145,6 +148,7 @@ impl fmt::Debug for ProcessSpec {
             .field("timeout", &self.timeout)
             .field("tag", &self.tag)
             .field("spend", &self.spend)
+            .field("spend_record", &self.spend_record)
             .field("stdin", &self.stdin)
             .finish()
     }
@@ -272,6 +276,15 @@ pub trait Sandbox: Send + Sync + 'static {
 
     /// Reads one file's bytes.
     async fn read_file(&self, path: &str) -> Result<Bytes, SandboxError>;
+
+    /// The tally a metering model endpoint keeps at `record` (a process's
+    /// [`ProcessSpec::spend_record`]), read as the agent could not have
+    /// written it; `None` when there is none (no endpoint metered the
+    /// process, or the provider keeps none).
+    async fn read_spend(&self, record: &str) -> Result<Option<SpendRecord>, SandboxError> {
+        let _ = record;
+        Ok(None)
+    }
 
     /// Kills the sandbox and everything in it. Destroying a sandbox that is
     /// already gone is not an error.

@@ -475,6 +475,11 @@ impl Events {
         }
     }
 
+    /// Parses an SSE body read elsewhere (a detached run's reader).
+    pub fn from_sse(text: &str) -> Self {
+        Self::parse(text, 0)
+    }
+
     /// Parses `--json-output`: every line must be one JSON event.
     pub fn parse_lines(text: &str) -> Self {
         let events = text

@@ -198,6 +198,7 @@ impl Emulator {
         local.work_root = options.work_root;
         local.bwrap = options.bwrap;
         local.egress_open = options.egress_open;
+        local.root_commands = options.root_commands.clone();
         let provider = LocalProvider::new(local)?;
         Ok(Emulator {
             inner: Arc::new(Inner {

@@ -132,13 +132,26 @@ impl E2bSandbox {
     /// `GET /files?path=...`: the file's raw bytes, over HTTP/1.1 (see
     /// [`http::file_client`]).
     pub(super) async fn download(&self, path: &str) -> Result<bytes::Bytes, SandboxError> {
-        let request = self
+        self.download_as(path, RunAs::User).await
+    }
+
+    /// [`download`](Self::download) as `run_as`: root reads what only root
+    /// writes (the model proxy's spend records) as envd's root.
+    pub(super) async fn download_as(
+        &self,
+        path: &str,
+        run_as: RunAs,
+    ) -> Result<bytes::Bytes, SandboxError> {
+        let mut request = self
             .shared
             .files
             .get(format!("{}/files", self.envd_url))
             .headers(self.envd_headers("read_file")?)
-            .query(&[("path", path)])
-            .query(self.user_query());
+            .query(&[("path", path)]);
+        request = match run_as {
+            RunAs::Root => request.header(AUTHORIZATION, ROOT_AUTHORIZATION),
+            RunAs::User => request.query(self.user_query()),
+        };
         let answer = http::call(request, "read_file", self.shared.options.request_timeout).await?;
         if !answer.status.is_success() {
             return Err(self.envd_failure("read_file", answer.status, &answer.body));

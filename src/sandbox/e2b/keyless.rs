@@ -29,11 +29,12 @@ use futures::StreamExt;
 use super::E2bSandbox;
 use super::envd::RunAs;
 use crate::model_proxy::{
-    BINARY, CAPS_VARIABLE, CapsJson, LISTEN, Report, TOKEN_VARIABLE, WATCH_PID_VARIABLE, split,
+    BINARY, CAPS_VARIABLE, CapsJson, LISTEN, RECORD_VARIABLE, Report, TOKEN_VARIABLE,
+    WATCH_PID_VARIABLE, split,
 };
 use crate::sandbox::{ProcessEvent, ProcessSpec, ProcessStream, SandboxError};
-use crate::spend::SpendMeter;
 use crate::spend::prices::PRICES_VARIABLE;
+use crate::spend::{SpendMeter, SpendRecord};
 
 /// How long the proxy has, once its process ended, to report and exit.
 const REPORT_WAIT: Duration = Duration::from_secs(5);
@@ -73,6 +74,9 @@ pub(super) async fn start(
         if let Some(prices) = meter.prices().overrides_json() {
             proxy_env.insert(PRICES_VARIABLE.to_owned(), prices);
         }
+    }
+    if let Some(record) = &process.spend_record {
+        proxy_env.insert(RECORD_VARIABLE.to_owned(), record.clone());
     }
     let timeout = process.timeout;
     let (pid, output) = sandbox.start_process_as(process, RunAs::User).await?;
@@ -127,6 +131,19 @@ fn with_report(
             }
         })
         .boxed()
+}
+
+/// The tally a proxy keeps at `record` for a detached run's readers, read
+/// as root; `None` when there is none (no proxy served the turn).
+pub(super) async fn read_record(
+    sandbox: &E2bSandbox,
+    record: &str,
+) -> Result<Option<SpendRecord>, SandboxError> {
+    match sandbox.download_as(record, RunAs::Root).await {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(SandboxError::Status { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The proxy's last stdout line, read to the proxy's end.

@@ -380,6 +380,13 @@ impl Sandbox for E2bSandbox {
         self.download(path).await
     }
 
+    async fn read_spend(
+        &self,
+        record: &str,
+    ) -> Result<Option<crate::spend::SpendRecord>, SandboxError> {
+        keyless::read_record(self, record).await
+    }
+
     async fn attach(&self, process: ProcessRef) -> Result<ProcessStream, SandboxError> {
         self.attach_process(process).await
     }

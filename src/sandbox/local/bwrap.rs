@@ -130,7 +130,17 @@ pub(crate) struct Layout {
     /// The shared runner install (`node_modules`, `package.json`).
     runner_shared: Vec<(PathBuf, String)>,
     shared: Shared,
+    /// What runs beside the sandbox as its "root" (the E2B emulator's
+    /// model proxy): each host binary, bound read-only at
+    /// [`ROOT_COMMANDS`]`/<n>`, and the folder of root's that such a
+    /// process writes ([`crate::spend::RECORD_DIR`]). Empty: neither.
+    pub(crate) beside: Vec<PathBuf>,
 }
+
+/// Where the binaries that run beside the sandbox are bound, numbered in
+/// the order of [`Layout::beside`]: a template's root commands are in the
+/// VM too, readable by its user.
+pub(crate) const ROOT_COMMANDS: &str = "/opt/sandstorm/root";
 
 impl Layout {
     /// Reads the host's root layout. Missing folders are left out, so the
@@ -169,6 +179,7 @@ impl Layout {
             etc,
             runner_shared,
             shared,
+            beside: Vec::new(),
         }
     }
 
@@ -178,6 +189,9 @@ impl Layout {
         reach: impl Fn(&Path) -> Result<PathBuf, String>,
     ) -> Result<(), String> {
         for (path, _) in &mut self.runner_shared {
+            *path = reach(path)?;
+        }
+        for path in &mut self.beside {
             *path = reach(path)?;
         }
         Ok(())
@@ -211,6 +225,14 @@ impl Layout {
         }
         a.push2("--dir", "/etc");
         for path in &self.etc {
+            // Folders bwrap makes on the way are its user's, 0700 unless
+            // told: one beside the sandbox (another uid) must read them too.
+            if !self.beside.is_empty()
+                && let Some(parent) = path.parent().filter(|p| *p != Path::new("/etc"))
+            {
+                a.push2("--perms", "0755");
+                a.push2("--dir", parent);
+            }
             a.push3("--ro-bind", path, path);
         }
         a.push3("--ro-bind", &self.shared.passwd, "/etc/passwd");
@@ -250,7 +272,24 @@ impl Layout {
         if let Some(claude_code) = &self.shared.claude_code {
             a.push3("--ro-bind", claude_code, CLAUDE_CODE);
         }
+        if !self.beside.is_empty() {
+            a.push2("--perms", "0755");
+            a.push2("--dir", "/run/sandstorm");
+        }
         a.push3("--ro-bind", socket, EGRESS_SOCKET);
+        if !self.beside.is_empty() {
+            for (n, path) in self.beside.iter().enumerate() {
+                a.push3("--ro-bind", path, format!("{ROOT_COMMANDS}/{n}"));
+            }
+            // Read-write, but a folder of the beside processes' uid, 0755:
+            // the sandbox's user may read it, not write it, as `user` in
+            // the VM may not write a folder of root's.
+            a.push3(
+                "--bind",
+                root.join(super::fs::SPEND_TREE),
+                crate::spend::RECORD_DIR,
+            );
+        }
         // The root itself is a bwrap tmpfs: make it read-only too, so the
         // only writable places are the capped tmpfs mounts.
         a.push2("--remount-ro", "/");
@@ -321,6 +360,7 @@ mod tests {
                 passwd: "/rt/passwd".into(),
                 group: "/rt/group".into(),
             },
+            beside: Vec::new(),
         }
     }
 

@@ -39,6 +39,10 @@ pub(crate) const HOME_TREE: &str = "home";
 pub(crate) const RUNNER_TREE: &str = "runner";
 /// See [`HOME_TREE`].
 pub(crate) const TMP_TREE: &str = "tmp";
+/// The folder of root's that a process beside the sandbox writes (the
+/// E2B emulator's model proxy, its spend records): read here, never
+/// written, and only there when something runs beside the sandbox.
+pub(crate) const SPEND_TREE: &str = "spend";
 
 /// Where inside the sandbox each tree appears: the layout every provider
 /// shares, plus the sandbox's own `/tmp`.
@@ -134,6 +138,7 @@ pub(crate) fn resolve(path: &str) -> Result<Resolved<'_>, FsError> {
         (HOME_TREE, HOME_MOUNT),
         (RUNNER_TREE, RUNNER_MOUNT),
         (TMP_TREE, TMP_MOUNT),
+        (SPEND_TREE, crate::spend::RECORD_DIR),
     ]
     .into_iter()
     .find_map(|(tree, mount)| under(mount).map(|rest| (tree, rest)))
@@ -189,7 +194,10 @@ impl Roots {
         path: &str,
         op: impl FnOnce() -> Result<T, FsError> + Send,
     ) -> Result<T, FsError> {
-        let Some(uid) = self.owner.filter(|_| tree != RUNNER_TREE) else {
+        let Some(uid) = self
+            .owner
+            .filter(|_| tree != RUNNER_TREE && tree != SPEND_TREE)
+        else {
             return op();
         };
         std::thread::scope(|scope| {
@@ -220,6 +228,11 @@ fn become_user(uid: u32) -> Result<(), Errno> {
 /// Writes `content` to `path` in the sandbox, creating parent folders.
 pub(crate) fn write(roots: &Roots, path: &str, content: &[u8]) -> Result<(), FsError> {
     let resolved = resolve(path)?;
+    if resolved.tree == SPEND_TREE {
+        return Err(FsError::OutsideSandbox {
+            path: path.to_owned(),
+        });
+    }
     roots.as_owner(resolved.tree, path, || {
         write_at(roots, &resolved, path, content)
     })
@@ -305,6 +318,7 @@ fn open_tree(roots: &Roots, tree: &str, path: &str) -> Result<OwnedFd, FsError> 
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let opened = match tree {
         RUNNER_TREE => rustix::fs::open(roots.host.join(RUNNER_TREE), flags, Mode::empty()),
+        SPEND_TREE => rustix::fs::open(roots.host.join(SPEND_TREE), flags, Mode::empty()),
         TMP_TREE => rustix::fs::openat(&*roots.sandbox, "tmp", flags, Mode::empty()),
         _ => rustix::fs::openat(&*roots.sandbox, "home/user", flags, Mode::empty()),
     };

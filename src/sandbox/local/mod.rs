@@ -39,7 +39,7 @@
 //! and the lifetime ([`LocalSandbox::set_lifetime`],
 //! [`LocalSandbox::stopped`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -87,6 +87,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) const SANDBOX_PATH: &str =
     "/opt/sandstorm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The uid (and gid) of what runs beside a sandbox: `nobody`, which owns
+/// nothing else, and is no sandbox's.
+const BESIDE_UID: u32 = 65_534;
+
 /// How to build local sandboxes.
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
@@ -107,6 +111,12 @@ pub struct LocalOptions {
     /// Private addresses the egress proxy may reach after all
     /// (`SANDSTORM_EGRESS_OPEN`, e.g. `10.0.0.0/8,127.0.0.1:8443`).
     pub egress_open: Option<String>,
+    /// What a sandbox's "root" runs beside it ([`LocalSandbox::spawn_beside`]),
+    /// by the path it has in a VM (the E2B emulator's template's root
+    /// commands): each binary is bound into every sandbox, which also
+    /// gets the folder of root's they write. Needs a server running as
+    /// root.
+    pub root_commands: BTreeMap<String, PathBuf>,
 }
 
 impl LocalOptions {
@@ -120,6 +130,7 @@ impl LocalOptions {
             shim,
             uids: None,
             egress_open: None,
+            root_commands: BTreeMap::new(),
         }
     }
 }
@@ -175,6 +186,10 @@ impl LocalProvider {
             .shared(&options.shim, &options.runner_dir, others)
             .map_err(setup_error)?;
         let mut layout = bwrap::Layout::detect(&options.runner_dir, shared);
+        // Only root can run anything beside a sandbox.
+        if rustix::process::geteuid().is_root() {
+            layout.beside = options.root_commands.values().cloned().collect();
+        }
         let wanted = options.work_root.clone().unwrap_or_else(std::env::temp_dir);
         let work_root = if others {
             layout
@@ -251,6 +266,8 @@ impl LocalProvider {
             egress: Mutex::new(Some(egress)),
             routes: self.routes.clone(),
             processes: Mutex::new(Processes::default()),
+            beside: self.options.root_commands.keys().cloned().collect(),
+            records: Mutex::new(BTreeMap::new()),
             deadline,
             state,
         });
@@ -400,6 +417,14 @@ fn prepare_dir(root: &Path, layout: &bwrap::Layout, owner: Option<u32>) -> std::
         root.join(fs::RUNNER_TREE),
         std::fs::Permissions::from_mode(0o755),
     )?;
+    // The folder of root's: owned by the uid that runs beside the sandbox,
+    // so the sandbox's own user may read it and not write it.
+    if !layout.beside.is_empty() {
+        let spend = root.join(fs::SPEND_TREE);
+        std::fs::create_dir(&spend)?;
+        std::fs::set_permissions(&spend, std::fs::Permissions::from_mode(0o755))?;
+        std::os::unix::fs::chown(&spend, Some(BESIDE_UID), Some(BESIDE_UID))?;
+    }
     // Mount points for the shared runner install: bwrap cannot create them
     // inside the read-only runner bind.
     for (name, is_dir) in layout.runner_mount_points() {
@@ -491,6 +516,13 @@ pub struct LocalSandbox {
     egress: Mutex<Option<egress::EgressServer>>,
     routes: crate::model_proxy::ModelRoutes,
     processes: Mutex<Processes>,
+    /// The VM paths of what may run beside it, in the order
+    /// [`bwrap::ROOT_COMMANDS`] numbers their binaries.
+    beside: Vec<String>,
+    /// The meters of the processes started with a spend record, by the
+    /// record's path, and whether each process has ended: the host's
+    /// endpoint keeps a local run's tally, so its readers read it here.
+    records: Mutex<BTreeMap<String, (Arc<crate::spend::SpendMeter>, ProcessControl)>>,
     /// When the sandbox expires; `None` means never.
     deadline: watch::Sender<Option<tokio::time::Instant>>,
     state: watch::Sender<State>,
@@ -589,19 +621,36 @@ impl LocalSandbox {
             cwd,
         };
         processes.running.insert(pid, (info, control.clone()));
+        if let (Some(meter), Some(record)) = (spec.spend, spec.spend_record) {
+            crate::sync::lock(&self.records).insert(record, (meter, control.clone()));
+        }
         Ok((pid, ReceiverStream::new(rx).boxed(), control))
     }
 
-    /// Starts `program` beside the sandbox rather than in it: on the host,
-    /// in the sandbox's network namespace only, as `nobody` with the one
-    /// capability of listening on a port below 1024. This is how the E2B
-    /// emulator runs what a template runs as root (the model proxy): out
-    /// of the sandbox user's reach, on the sandbox's loopback, with the
-    /// sandbox's only way out (its egress proxy) as its network. Only a
-    /// server running as root can do this.
+    /// The tally kept at `record` by the host's endpoint, for a process
+    /// started with it; final once the process has ended.
+    pub(crate) fn spend_record(&self, record: &str) -> Option<crate::spend::SpendRecord> {
+        let records = crate::sync::lock(&self.records);
+        let (meter, control) = records.get(record)?;
+        Some(crate::spend::SpendRecord {
+            spend: meter.spend(),
+            complete: control.is_done(),
+        })
+    }
+
+    /// Starts `program` (one of [`LocalOptions::root_commands`], by its
+    /// VM path) beside the sandbox rather than in it: outside its pid
+    /// namespace, in its network and mount namespaces, as `nobody` with
+    /// the one capability of listening on a port below 1024. This is how
+    /// the E2B emulator runs what a template runs as root (the model
+    /// proxy): out of the sandbox user's reach, on the sandbox's loopback,
+    /// with the sandbox's only way out (its egress proxy) as its network,
+    /// and the sandbox's files as its files, where it alone may write the
+    /// folder of root's ([`crate::spend::RECORD_DIR`]). Only a server
+    /// running as root can do this.
     pub fn spawn_beside(
         &self,
-        program: &std::path::Path,
+        program: &str,
         args: &[String],
         envs: &std::collections::BTreeMap<String, String>,
         timeout: Option<Duration>,
@@ -615,19 +664,27 @@ impl LocalSandbox {
                 "only a server running as root can start a process beside a sandbox".to_owned(),
             ));
         }
+        let Some(n) = self.beside.iter().position(|p| p == program) else {
+            return Err(refuse(format!(
+                "{program} is not a command this sandbox runs beside it"
+            )));
+        };
+        let bound = format!("{}/{n}", bwrap::ROOT_COMMANDS);
         let proxy = join::endpoint();
         let mut command = tokio::process::Command::new(NSENTER);
         command
             .arg(format!("--target={}", self.init_pid))
-            .args(["--net", "--", SETPRIV])
-            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .args(["--net", "--mount", "--", SETPRIV])
+            .arg(format!("--reuid={BESIDE_UID}"))
+            .arg(format!("--regid={BESIDE_UID}"))
+            .arg("--clear-groups")
             .args([
                 "--inh-caps=-all,+net_bind_service",
                 "--ambient-caps=+net_bind_service",
                 "--bounding-set=-all,+net_bind_service",
                 "--",
             ])
-            .arg(program)
+            .arg(&bound)
             .args(args)
             .current_dir("/")
             .env_clear()
@@ -645,7 +702,7 @@ impl LocalSandbox {
         processes.running.retain(|_, (_, c)| !c.is_done());
         let info = ProcessInfo {
             pid,
-            cmd: program.display().to_string(),
+            cmd: program.to_owned(),
             args: args.to_vec(),
             cwd: "/".to_owned(),
         };
@@ -821,6 +878,13 @@ impl Sandbox for LocalSandbox {
         self.read(path.to_owned())
             .await
             .map_err(|e| fs_error("read_file", &e))
+    }
+
+    async fn read_spend(
+        &self,
+        record: &str,
+    ) -> Result<Option<crate::spend::SpendRecord>, SandboxError> {
+        Ok(self.spend_record(record))
     }
 
     async fn destroy(&self) -> Result<(), SandboxError> {

@@ -138,7 +138,7 @@ pub(super) async fn start(
             // A root process of the template's (the model proxy) runs
             // beside the sandbox, out of its user's reach; nothing else
             // may run as root here.
-            let Some(program) = emulator.inner.root_commands.get(&config.cmd) else {
+            if !emulator.inner.root_commands.contains_key(&config.cmd) {
                 return stream_error(
                     "permission_denied",
                     format!(
@@ -154,10 +154,10 @@ pub(super) async fn start(
                         config.cmd
                     ),
                 );
-            };
+            }
             match entry
                 .sandbox
-                .spawn_beside(program, &config.args, &config.envs, timeout)
+                .spawn_beside(&config.cmd, &config.args, &config.envs, timeout)
             {
                 Ok((pid, events, _control)) => (pid, events),
                 Err(e) => return stream_error("internal", e.to_string()),
@@ -180,6 +180,7 @@ pub(super) async fn start(
                 tag: None,
                 // envd hands the model key to the process as it is given.
                 spend: None,
+                spend_record: None,
             };
             match entry.sandbox.spawn(spec) {
                 Ok((pid, events, _control)) => (pid, events),
