@@ -140,8 +140,7 @@ async fn sandbox(chain: Chain, upstream: SocketAddr) -> Sandboxed {
             let mut options = common::emulator::options();
             options.egress_open = Some(upstream.to_string());
             let emulator = common::emulator::start_with(options).await;
-            let mut options = E2bOptions::local(&emulator.url, E2B_KEY);
-            options.model_proxy = true;
+            let options = E2bOptions::local(&emulator.url, E2B_KEY);
             let sandbox = E2bProvider::new(options)
                 .expect("E2B client")
                 .create(SandboxSpec::default())
@@ -773,7 +772,6 @@ async fn a_capped_bedrock_run_on_e2b_keeps_its_keys_in_the_proxy() {
         "serve-session-token//+=",
     );
     let mut product = Serve::new(Chain::E2b, &model)
-        .env("SANDSTORM_E2B_MODEL_PROXY", "1")
         .env("SANDSTORM_EGRESS_OPEN", &addr.to_string())
         .env("CLAUDE_CODE_USE_BEDROCK", "1")
         .env("AWS_REGION", "eu-west-1")

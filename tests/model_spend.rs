@@ -91,7 +91,7 @@ async fn the_e2b_model_proxy_refuses_the_call_after_the_one_that_crossed_the_cos
 
 async fn cost_cap_refuses_the_call_after_the_one_that_crossed_it(chain: Chain) {
     let model = ModelServer::start(Script::EndlessBash).await;
-    let mut product = keyless(chain, &model).start().await;
+    let mut product = Serve::new(chain, &model).start().await;
     let cap = 0.002;
 
     let events = product
@@ -150,20 +150,6 @@ const CURL_LOOP: &str = "for i in $(seq 1 12); do curl -s -o /dev/null -w '%{htt
      -d '{\"model\":\"claude-haiku-4-5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}' \
      \"$ANTHROPIC_BASE_URL/v1/messages\"; done";
 
-/// `ds serve` on `chain`; for E2B with the template's model proxy on, and
-/// the model's address open to the sandbox's egress proxy, which is the
-/// emulated VM's only way out, as the internet is a real one's.
-fn keyless(chain: Chain, model: &ModelServer) -> Serve {
-    let serve = Serve::new(chain, model);
-    match chain {
-        Chain::Local => serve,
-        Chain::E2b => serve.env("SANDSTORM_E2B_MODEL_PROXY", "1").env(
-            "SANDSTORM_EGRESS_OPEN",
-            &format!("127.0.0.1:{}", model.port()),
-        ),
-    }
-}
-
 #[tokio::test]
 async fn an_agent_calling_the_endpoint_itself_is_held_to_the_token_cap() {
     agent_calling_the_endpoint_is_held_to_the_token_cap(Chain::Local).await;
@@ -179,7 +165,7 @@ async fn agent_calling_the_endpoint_is_held_to_the_token_cap(chain: Chain) {
         command: CURL_LOOP.into(),
     })
     .await;
-    let mut product = keyless(chain, &model).start().await;
+    let mut product = Serve::new(chain, &model).start().await;
     let cap = 6 * TOKENS_PER_CALL;
 
     let events = product
@@ -316,7 +302,7 @@ async fn sandbox_holds_no_key_and_the_model_gets_the_real_one(chain: Chain, endp
         command: probe(common::product::ANTHROPIC_KEY),
     })
     .await;
-    let mut product = keyless(chain, &model).start().await;
+    let mut product = Serve::new(chain, &model).start().await;
 
     let events = product.query(json!({"prompt": "look for the key"})).await;
 
@@ -375,7 +361,7 @@ async fn a_turn_s_token_dies_with_the_turn(chain: Chain) {
         command: LATE_CALL.into(),
     })
     .await;
-    let product = keyless(chain, &model).start().await;
+    let product = Serve::new(chain, &model).start().await;
     let client = reqwest::Client::new();
     let first = post_events(
         &client,
@@ -493,7 +479,7 @@ async fn detached_run_tells_every_reader_its_spend_and_cap(chain: Chain) {
         command: curl_loop_then_forge(),
     })
     .await;
-    let product = keyless(chain, &model).start().await;
+    let product = Serve::new(chain, &model).start().await;
     let client = reqwest::Client::new();
     let cap = 6 * TOKENS_PER_CALL;
 
