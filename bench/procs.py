@@ -16,6 +16,8 @@ from pathlib import Path
 
 E2B_KEY = "e2b_0123abcd"
 ANTHROPIC_KEY = "sk-bench-0000"
+# The E2B template duvo-sandstorm 0.4.0 names in its create calls.
+THEIR_TEMPLATE = "work-43ca/sandstorm"
 
 
 def free_port() -> int:
@@ -169,6 +171,9 @@ class Emulator:
     def __init__(self, setup: Setup, binary: Path | None = None, log_name: str = "emulator.log") -> None:
         argv = [str(binary or setup.emulator_bin), "--port", "0", "--api-key", E2B_KEY, "--runner-dir", str(setup.repo / "runner")]
         if binary is None:
+            # The template the original creates its sandboxes from; E2B
+            # (and the emulator) refuse a template they do not know.
+            argv += ["--template", THEIR_TEMPLATE]
             # The template's model proxy, which `ds serve` starts as root
             # beside each runner; the emulator runs this build for it.
             proxy = setup.emulator_bin.parent / "sandstorm-model-proxy"

@@ -36,6 +36,9 @@ use crate::sandbox::{ProcessEvent, ProcessSpec, ProcessStream, SandboxError};
 use crate::spend::prices::PRICES_VARIABLE;
 use crate::spend::{SpendMeter, SpendRecord};
 
+/// The most of the proxy's stderr that is logged.
+const MAX_SAID: usize = 4096;
+
 /// How long the proxy has, once its process ended, to report and exit.
 const REPORT_WAIT: Duration = Duration::from_secs(5);
 
@@ -149,17 +152,24 @@ pub(super) async fn read_record(
 /// The proxy's last stdout line, read to the proxy's end.
 async fn read_report(mut proxy: ProcessStream) -> Option<Report> {
     let mut stdout = Vec::new();
+    // What it said on stderr, logged once as a whole (envd cuts it into
+    // chunks anywhere), and only so much of it.
+    let mut said = Vec::new();
     while let Some(event) = proxy.next().await {
         match event {
             Ok(ProcessEvent::Stdout(chunk)) => stdout.extend_from_slice(&chunk),
             Ok(ProcessEvent::Stderr(chunk)) => {
-                tracing::warn!(
-                    output = %String::from_utf8_lossy(&chunk).trim_end(),
-                    "the model proxy said"
-                );
+                let room = MAX_SAID.saturating_sub(said.len());
+                said.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             Ok(ProcessEvent::Exited(_)) | Err(_) => break,
         }
+    }
+    if !said.is_empty() {
+        tracing::warn!(
+            output = %String::from_utf8_lossy(&said).trim_end(),
+            "the model proxy said"
+        );
     }
     let text = String::from_utf8_lossy(&stdout);
     let line = text.lines().rev().find(|line| !line.trim().is_empty())?;
