@@ -20,6 +20,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth;
 use crate::error::ApiError;
 use crate::events::RunEvent;
+use crate::history::History;
 use crate::request::Query;
 use crate::runs::{self, registry::Registry};
 use crate::sandbox::SandboxProvider;
@@ -44,6 +45,8 @@ pub struct AppState {
     shutdown: Shutdown,
     /// The detached runs started here.
     registry: Registry,
+    /// Where runs are recorded, if they are.
+    history: History,
 }
 
 impl std::fmt::Debug for AppState {
@@ -66,7 +69,16 @@ impl AppState {
             openapi,
             shutdown: Shutdown::never(),
             registry: Registry::default(),
+            history: History::off(),
         }
+    }
+
+    /// The same state, its runs recorded in `history` (the door opens it
+    /// from the settings).
+    #[must_use]
+    pub(crate) fn with_history(mut self, history: History) -> Self {
+        self.history = history;
+        self
     }
 
     /// The same state, its runs ended by `shutdown` (`ds serve`'s bound).
@@ -87,6 +99,11 @@ impl AppState {
     pub fn reload(&self, settings: Settings) {
         warn_of_inert_fields(&settings);
         self.settings.store(Arc::new(settings));
+    }
+
+    /// Where runs are recorded.
+    pub(crate) fn history(&self) -> &History {
+        &self.history
     }
 
     /// The sandbox provider runs use.
@@ -333,6 +350,7 @@ fn spawn(state: &AppState, plan: plan::RunPlan) -> Started {
         plan,
         state.shutdown.clone(),
         state.registry.clone(),
+        &state.history,
     );
     Started {
         events: handle.events,
@@ -468,12 +486,16 @@ async fn run_events(
     .await;
     let mut response = match found {
         Ok((found, after)) => {
+            let recording = state
+                .history
+                .reading(&found.follow.run.run_id, &found.follow.created_at);
             let handle = run::detached::reattach(
                 found.sandbox,
                 found.follow,
                 state.shutdown.clone(),
                 state.registry.clone(),
             );
+            let handle = crate::history::tap::tap(recording, handle);
             sse(handle.events, Some(Numbering::after(after))).into_response()
         }
         Err(error) => {

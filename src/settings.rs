@@ -187,6 +187,8 @@ pub struct Settings {
     /// The model prices spending caps go by: the list, with
     /// `SANDSTORM_MODEL_PRICES` over it.
     pub prices: Arc<PriceTable>,
+    /// Where runs are recorded, if they are.
+    pub history: HistorySettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -208,6 +210,7 @@ impl std::fmt::Debug for Settings {
             .field("sandbox", &self.sandbox)
             .field("key_source", &self.key_source.is_some())
             .field("prices", &self.prices)
+            .field("history", &self.history)
             .finish()
     }
 }
@@ -286,6 +289,7 @@ impl Settings {
         let connections = connection_settings(env)?;
         let prices = Arc::new(PriceTable::new(env.get(PRICES_VARIABLE))?);
         let sandbox = sandbox_settings(env, cwd, sandbox)?;
+        let history = history_settings(env, cwd, profile)?;
         Ok(Settings {
             auth: auth_settings(env, profile)?,
             keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
@@ -303,8 +307,75 @@ impl Settings {
             sandbox,
             key_source: None,
             prices,
+            history,
         })
     }
+}
+
+/// Where the run history is kept, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySettings {
+    /// The SQLite file; `None` keeps no history.
+    pub path: Option<PathBuf>,
+    /// How long a record is kept; `None` keeps it for good.
+    pub retention: Option<Duration>,
+}
+
+/// How long a record is kept unless `SANDSTORM_HISTORY_RETENTION_DAYS`
+/// says otherwise.
+const DEFAULT_HISTORY_RETENTION_DAYS: u64 = 30;
+
+/// `SANDSTORM_HISTORY` (`0` turns it off), `SANDSTORM_HISTORY_PATH` (the
+/// file, relative to `cwd`) and `SANDSTORM_HISTORY_RETENTION_DAYS` (`0`
+/// keeps records for good). A server keeps its history under the user's
+/// data folder by default (`$XDG_DATA_HOME/sandstorm/history.db`, else
+/// `~/.local/share/...`); a serverless door has no file that outlives an
+/// instance, so it keeps none unless given a path.
+fn history_settings(
+    env: &EnvVars,
+    cwd: &Path,
+    profile: Profile,
+) -> Result<HistorySettings, String> {
+    let on = match env.get("SANDSTORM_HISTORY").map(str::trim) {
+        None | Some("1" | "true" | "yes" | "on") => true,
+        Some("0" | "false" | "no" | "off") => false,
+        Some(other) => {
+            return Err(format!(
+                "SANDSTORM_HISTORY must be 1 or 0 (true or false), got {other:?}"
+            ));
+        }
+    };
+    let retention = match env.get("SANDSTORM_HISTORY_RETENTION_DAYS") {
+        None => Some(DEFAULT_HISTORY_RETENTION_DAYS),
+        Some(v) => match parse_number("SANDSTORM_HISTORY_RETENTION_DAYS", v)? {
+            0 => None,
+            days => Some(days),
+        },
+    }
+    .map(|days| Duration::from_secs(days.saturating_mul(24 * 3600)));
+    let given = env
+        .get("SANDSTORM_HISTORY_PATH")
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| cwd.join(p));
+    let default = || {
+        let data = env
+            .get("XDG_DATA_HOME")
+            .filter(|d| Path::new(d).is_absolute())
+            .map(PathBuf::from)
+            .or_else(|| {
+                env.get("HOME")
+                    .filter(|h| Path::new(h).is_absolute())
+                    .map(|h| Path::new(h).join(".local/share"))
+            })?;
+        Some(data.join("sandstorm/history.db"))
+    };
+    let path = match (on, given, profile) {
+        (false, _, _) => None,
+        (true, Some(path), _) => Some(path),
+        (true, None, Profile::Server) => default(),
+        (true, None, Profile::Serverless { .. }) => None,
+    };
+    Ok(HistorySettings { path, retention })
 }
 
 fn connection_settings(env: &EnvVars) -> Result<ConnectionSettings, String> {

@@ -406,7 +406,8 @@ fn settings(flag: Option<&str>, quiet_notice: bool) -> Result<Settings, Fatal> {
 
 fn state(settings: Settings) -> Result<AppState, Fatal> {
     let provider = settings.sandbox.build_provider().map_err(Fatal::usage)?;
-    Ok(AppState::new(settings, provider))
+    let history = crate::history::open(&settings.history);
+    Ok(AppState::new(settings, provider).with_history(history))
 }
 
 async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
@@ -500,6 +501,7 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         plan,
         Shutdown::never(),
         crate::runs::registry::Registry::default(),
+        state.history(),
     );
     let mode = render::Mode::new(args.json_output, args.verbose, args.quiet);
     let options = render::Options {
