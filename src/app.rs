@@ -20,7 +20,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth;
 use crate::error::ApiError;
 use crate::events::RunEvent;
-use crate::history::History;
+use crate::history::{self, History};
 use crate::request::Query;
 use crate::runs::{self, registry::Registry};
 use crate::sandbox::SandboxProvider;
@@ -507,33 +507,60 @@ async fn run_events(
     response
 }
 
-/// `GET /runs`: the caller's runs that still have a sandbox, newest first.
-async fn list_runs(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// `GET /runs`: the caller's runs, newest first: a page of the history,
+/// and on the first page the runs that still have a sandbox.
+async fn list_runs(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     run_json(&state, &headers, "list runs", async {
-        let runs = runs::list(
-            &state.settings(),
-            state.provider.as_ref(),
-            &state.registry,
-            &headers,
-        )
-        .await?;
-        Ok(serde_json::json!({ "runs": runs }))
+        let wanted = history::api::ListQuery::parse(query.as_deref())?;
+        let settings = state.settings();
+        // Later pages are the history's alone: the live runs came first.
+        let live = if wanted.cursor.is_none() {
+            runs::list(
+                &settings,
+                state.provider.as_ref(),
+                &state.registry,
+                &headers,
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
+        let caller = runs::Caller::of(&settings, &headers);
+        let page = history::api::page(&state.history, caller.owner_digest(), &wanted).await?;
+        Ok(history::api::merged(live, page, &wanted))
     })
     .await
 }
 
-/// `GET /runs/{id}`: what the run is doing.
+/// `GET /runs/{id}`: what the run is doing, from its sandbox while it has
+/// one, over its record; a finished run's record.
 async fn run_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     run_json(&state, &headers, "read a run's status", async {
-        let found = find_run(&state, &id, &headers).await?;
-        let info = runs::status::read(found.sandbox.as_ref(), &found.follow)
-            .await
-            .map_err(|e| runs::provider_error(&e))?;
-        Ok(serde_json::to_value(info).unwrap_or_default())
+        let settings = state.settings();
+        let caller = runs::Caller::of(&settings, &headers);
+        let record = history::api::record(&state.history, caller.owner_digest(), &id);
+        let info = match find_run(&state, &id, &headers).await {
+            Ok(found) => Some(
+                runs::status::read(found.sandbox.as_ref(), &found.follow)
+                    .await
+                    .map_err(|e| runs::provider_error(&e))?,
+            ),
+            Err(ApiError::NoSuchRun) => None,
+            Err(e) => return Err(e),
+        };
+        let record = record.await;
+        if record.is_none() && info.is_none() {
+            return Err(ApiError::NoSuchRun);
+        }
+        Ok(history::api::shown(record.as_ref(), info.as_ref()))
     })
     .await
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
+pub(crate) mod api;
 pub(crate) mod record;
 pub(crate) mod sqlite;
 pub(crate) mod tap;

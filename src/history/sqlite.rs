@@ -96,6 +96,7 @@ impl SqliteStore {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // map_err hands it over owned
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }

@@ -1,0 +1,251 @@
+//! Run history end to end: `ds serve` with a local sandbox, the real runner
+//! and Agent SDK, the scripted model, and the history in a real SQLite
+//! file that outlives the server.
+//!
+//! Needs bubblewrap and `npm ci --prefix runner`.
+
+mod common;
+
+use common::keys::ANTHROPIC_KEY;
+use common::model_server::{ModelServer, Script};
+use common::product::{Chain, Product, Serve};
+use serde_json::{Value, json};
+
+/// The scripted model reports these for every answer.
+const TOKENS_PER_CALL: u64 = 120;
+
+fn serve(model: &ModelServer, db: &std::path::Path) -> Serve {
+    Serve::new(Chain::Local, model).env("SANDSTORM_HISTORY_PATH", &db.display().to_string())
+}
+
+/// `GET path` on the server: its status and JSON body.
+async fn get(product: &Product, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("{}{path}", product.url()))
+        .await
+        .expect("GET");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// The runs `GET path` lists, asserting it answered 200.
+async fn listed(product: &Product, path: &str) -> (Vec<Value>, Option<String>) {
+    let (status, body) = get(product, path).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    let runs = body["runs"].as_array().cloned().unwrap_or_default();
+    (runs, body["next_cursor"].as_str().map(str::to_owned))
+}
+
+/// The record is written off the run's path: wait for it to land.
+async fn record_of(product: &Product, run_id: &str) -> Value {
+    for _ in 0..100 {
+        let (status, body) = get(product, &format!("/runs/{run_id}")).await;
+        if status == 200 && body["status"] != "running" {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no finished record of {run_id}:\n{}", product.log());
+}
+
+#[tokio::test]
+async fn a_runs_record_survives_a_restart_of_the_server() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("data/history.db");
+
+    let prompt = format!("write the file, please. {}", "x".repeat(70 * 1024));
+    let run_id = {
+        let mut product = serve(&model, &db).start().await;
+        let events = product
+            .query(json!({
+                "prompt": prompt,
+                "team_id": "blue",
+                "user_id": "u-7",
+                "channel_id": "c-1",
+            }))
+            .await;
+        assert_eq!(events.done["status"], "success", "{}", events.dump());
+        let (runs, _) = listed(&product, "/runs").await;
+        assert_eq!(runs.len(), 1, "{runs:?}\n{}", product.log());
+        let run_id = runs[0]["run_id"].as_str().expect("a run id").to_owned();
+        let record = record_of(&product, &run_id).await;
+        let result = events.result();
+        // What the record says is what the run did.
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["turns"], result["num_turns"], "{record}");
+        assert_eq!(
+            record["total_cost_usd"], result["total_cost_usd"],
+            "{record}"
+        );
+        assert_eq!(record["model"], events.init()["model"], "{record}");
+        assert_eq!(record["session_id"], result["session_id"], "{record}");
+        assert_eq!(
+            record["usage"]["output_tokens"], result["usage"]["output_tokens"],
+            "{record}"
+        );
+        run_id
+    };
+    assert!(db.exists(), "the history is a file");
+
+    // A new server on the same file.
+    let product = serve(&model, &db).start().await;
+    let (runs, next) = listed(&product, "/runs").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["run_id"], run_id.as_str());
+    assert_eq!(runs[0]["status"], "succeeded");
+    assert!(next.is_none());
+    let (status, record) = get(&product, &format!("/runs/{run_id}")).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(
+        record["labels"],
+        json!({"team_id": "blue", "user_id": "u-7", "channel_id": "c-1"})
+    );
+    assert_eq!(record["detached"], false);
+    assert!(
+        record["ended_at"].is_string() && record["duration_ms"].is_u64(),
+        "{record}"
+    );
+    // The prompt is kept whole up to 64 KiB, and says it was cut.
+    assert_eq!(record["prompt"].as_str().map(str::len), Some(64 * 1024));
+    assert_eq!(record["prompt_truncated"], true);
+    // The effective config is there, and no key is.
+    assert!(record["config"].is_object(), "{record}");
+    let text = record.to_string();
+    assert!(!text.contains(ANTHROPIC_KEY), "a key in the record: {text}");
+    assert!(!text.contains("owner"), "{text}");
+    // The sandbox it ran in.
+    assert!(record["sandbox_id"].is_string(), "{record}");
+}
+
+/// What the agent runs: Messages calls of its own with curl, past a cap.
+const CURL_LOOP: &str = "for i in $(seq 1 8); do curl -s -o /dev/null -w '%{http_code} ' \
+     -H \"x-api-key: $ANTHROPIC_API_KEY\" -H 'content-type: application/json' \
+     -H 'anthropic-version: 2023-06-01' \
+     -d '{\"model\":\"claude-haiku-4-5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}' \
+     \"$ANTHROPIC_BASE_URL/v1/messages\"; done";
+
+#[tokio::test]
+async fn a_run_ended_by_its_token_cap_is_recorded_as_budget_exceeded() {
+    let model = ModelServer::start(Script::Bash {
+        command: CURL_LOOP.into(),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut product = serve(&model, &dir.path().join("h.db")).start().await;
+    let cap = 3 * TOKENS_PER_CALL;
+    let events = product
+        .query(json!({"prompt": "call the model yourself", "max_tokens": cap}))
+        .await;
+    assert_eq!(events.of_type("error")[0]["error_type"], "budget_exceeded");
+    let (runs, _) = listed(&product, "/runs?status=failed").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let record = record_of(&product, runs[0]["run_id"].as_str().expect("id")).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["error_type"], "budget_exceeded", "{record}");
+    let spend = &events.done["sandstorm"]["spend"];
+    assert_eq!(&record["spend"], spend, "{record}");
+    assert_eq!(
+        record["spend"]["exceeded"],
+        json!({"cap": "max_tokens", "limit": cap})
+    );
+    let (succeeded, _) = listed(&product, "/runs?status=succeeded").await;
+    assert!(succeeded.is_empty(), "{succeeded:?}");
+}
+
+#[tokio::test]
+async fn lists_filter_page_and_refuse_bad_input_by_name() {
+    let model = ModelServer::start(Script::Bash {
+        command: "true".into(),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut product = serve(&model, &dir.path().join("h.db")).start().await;
+    let before = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    for team in ["red", "blue", "blue"] {
+        let events = product
+            .query(json!({"prompt": "hi", "team_id": team}))
+            .await;
+        assert_eq!(events.done["status"], "success", "{}", events.dump());
+    }
+    // Newest first, two at a time.
+    let (first, next) = listed(&product, "/runs?limit=2").await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    let next = next.expect("a second page");
+    let (second, last) = listed(&product, &format!("/runs?limit=2&cursor={next}")).await;
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(last.is_none());
+    let created = |run: &Value| run["created_at"].as_str().unwrap_or_default().to_owned();
+    assert!(created(&first[0]) >= created(&first[1]));
+    assert!(created(&first[1]) >= created(&second[0]));
+    assert_eq!(second[0]["labels"]["team_id"], "red", "the oldest is last");
+    let all: std::collections::BTreeSet<_> = first
+        .iter()
+        .chain(&second)
+        .map(|r| r["run_id"].to_string())
+        .collect();
+    assert_eq!(all.len(), 3);
+
+    let (blue, _) = listed(&product, "/runs?team_id=blue").await;
+    assert_eq!(blue.len(), 2);
+    let (since, _) = listed(&product, &format!("/runs?since={before}")).await;
+    assert_eq!(since.len(), 3);
+    let (none, _) = listed(&product, "/runs?since=2999-01-01T00:00:00Z").await;
+    assert!(none.is_empty());
+
+    for (query, field) in [
+        ("status=done", "status"),
+        ("since=yesterday", "since"),
+        ("limit=0", "limit"),
+        ("limit=1000", "limit"),
+        ("cursor=bm90LW91cnM", "cursor"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, body) = get(&product, &format!("/runs?{query}")).await;
+        // Invalid values are 422s naming the field, as a bad `/query` is.
+        assert_eq!(status, 422, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+    }
+    let (status, _) = get(&product, "/runs/run_00000000000000000000000000000000").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_history_that_cannot_be_opened_fails_no_run() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A folder where the file should be.
+    let mut product = serve(&model, dir.path()).start().await;
+    let events = product.query(json!({"prompt": "write the file"})).await;
+    assert_eq!(events.done["status"], "success", "{}", events.dump());
+    assert!(
+        product
+            .log()
+            .contains("run history: the store cannot be opened"),
+        "{}",
+        product.log()
+    );
+}
+
+#[tokio::test]
+async fn a_locked_history_fails_no_run_and_the_log_says_so() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("h.db");
+    let mut product = serve(&model, &db).start().await;
+    // Another process holds the file's write lock for the whole run: every
+    // write the server tries times out on it.
+    let lock = rusqlite::Connection::open(&db).expect("open");
+    lock.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let events = product.query(json!({"prompt": "write the file"})).await;
+    assert_eq!(events.done["status"], "success", "{}", events.dump());
+    for _ in 0..100 {
+        if product
+            .log()
+            .contains("run history: the store failed a write")
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the log does not say the store failed:\n{}", product.log());
+}
