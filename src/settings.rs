@@ -724,4 +724,60 @@ mod tests {
             build(&[("CORS_ORIGINS", "https://a.example")], Profile::Server).expect("settings");
         assert_eq!(cors.cors_origins, ["https://a.example"]);
     }
+
+    #[test]
+    fn history_lives_under_the_users_data_folder_unless_told_otherwise() {
+        let path =
+            |pairs: &[(&str, &str)], profile| build(pairs, profile).expect("settings").history.path;
+        let server = Profile::Server;
+        assert_eq!(
+            path(&[("XDG_DATA_HOME", "/data"), ("HOME", "/home/u")], server),
+            Some(PathBuf::from("/data/sandstorm/history.db"))
+        );
+        assert_eq!(
+            path(&[("HOME", "/home/u")], server),
+            Some(PathBuf::from("/home/u/.local/share/sandstorm/history.db"))
+        );
+        assert_eq!(path(&[], server), None, "no home, no default");
+        assert_eq!(
+            path(&[("HOME", "/home/u"), ("SANDSTORM_HISTORY", "0")], server),
+            None
+        );
+        assert_eq!(
+            path(&[("SANDSTORM_HISTORY_PATH", "/var/h.db")], server),
+            Some(PathBuf::from("/var/h.db"))
+        );
+        let serverless = Profile::Serverless { max_duration: None };
+        assert_eq!(path(&[("HOME", "/home/u")], serverless), None);
+        assert_eq!(
+            path(&[("SANDSTORM_HISTORY_PATH", "/tmp/h.db")], serverless),
+            Some(PathBuf::from("/tmp/h.db"))
+        );
+    }
+
+    #[test]
+    fn history_retention_is_days_and_zero_keeps_records_for_good() {
+        let retention = |pairs: &[(&str, &str)]| {
+            build(pairs, Profile::Server)
+                .expect("settings")
+                .history
+                .retention
+        };
+        assert_eq!(retention(&[]), Some(Duration::from_secs(30 * 24 * 3600)));
+        assert_eq!(
+            retention(&[("SANDSTORM_HISTORY_RETENTION_DAYS", "7")]),
+            Some(Duration::from_secs(7 * 24 * 3600))
+        );
+        assert_eq!(
+            retention(&[("SANDSTORM_HISTORY_RETENTION_DAYS", "0")]),
+            None
+        );
+        for (name, bad) in [
+            ("SANDSTORM_HISTORY_RETENTION_DAYS", "a week"),
+            ("SANDSTORM_HISTORY", "maybe"),
+        ] {
+            let e = build(&[(name, bad)], Profile::Server).expect_err("refused");
+            assert!(e.contains(name), "{e}");
+        }
+    }
 }

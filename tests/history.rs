@@ -8,7 +8,7 @@ mod common;
 
 use common::keys::ANTHROPIC_KEY;
 use common::model_server::{ModelServer, Script};
-use common::product::{Chain, Product, Serve};
+use common::product::{Chain, Cli, Product, Serve};
 use serde_json::{Value, json};
 
 /// The scripted model reports these for every answer.
@@ -115,6 +115,30 @@ async fn a_runs_record_survives_a_restart_of_the_server() {
     assert!(!text.contains("owner"), "{text}");
     // The sandbox it ran in.
     assert!(record["sandbox_id"].is_string(), "{record}");
+
+    // `ds runs` reads the same file, with no server.
+    drop(product);
+    let cli = || {
+        Cli::new(&model)
+            .without_sandbox_flag()
+            .env("SANDSTORM_HISTORY_PATH", &db.display().to_string())
+    };
+    let out = cli().run(&["runs", "--json-output"]).await;
+    assert!(out.status.success(), "{}", out.dump());
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", out.dump());
+    assert_eq!(lines[0]["run_id"], run_id.as_str());
+    assert_eq!(lines[0]["turns"], record["turns"]);
+    let out = cli().run(&["runs", "--status", "failed"]).await;
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(out.stdout.is_empty(), "{}", out.dump());
+    let out = cli().run(&["runs", "--limit", "0"]).await;
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(out.stderr.contains("limit"), "{}", out.dump());
 }
 
 /// What the agent runs: Messages calls of its own with curl, past a cap.

@@ -80,7 +80,8 @@ enum Command {
     Query(QueryArgs),
     /// Serve the HTTP API (POST /query, the /runs routes, GET /health).
     Serve(ServeArgs),
-    /// List your detached runs that still have a sandbox, newest first.
+    /// List your runs, newest first: the run history (this machine's, or
+    /// the server's with --server) and the runs that still have a sandbox.
     Runs(RunsArgs),
     /// Show a detached run's events until it ends; Ctrl-C leaves it going.
     Attach(AttachArgs),
@@ -162,8 +163,53 @@ struct RemoteArgs {
 
 #[derive(Debug, Args)]
 struct RunsArgs {
+    /// Only runs in this status (running, idle, succeeded, failed,
+    /// cancelled, expired).
+    #[arg(long)]
+    status: Option<String>,
+    /// Only runs started at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only runs with this team_id label.
+    #[arg(long, value_name = "ID")]
+    team_id: Option<String>,
+    /// Only runs with this user_id label.
+    #[arg(long, value_name = "ID")]
+    user_id: Option<String>,
+    /// Only runs with this channel_id label.
+    #[arg(long, value_name = "ID")]
+    channel_id: Option<String>,
+    /// The most runs to show from the history.
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// Where to go on from: the cursor an earlier `ds runs` printed.
+    #[arg(long)]
+    cursor: Option<String>,
     #[command(flatten)]
     remote: RemoteArgs,
+}
+
+impl RunsArgs {
+    /// The filters as `GET /runs`'s query string; the server checks them.
+    fn query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        let limit = self.limit.map(|n| n.to_string());
+        let pairs = [
+            ("status", self.status.as_deref()),
+            ("since", self.since.as_deref()),
+            ("team_id", self.team_id.as_deref()),
+            ("user_id", self.user_id.as_deref()),
+            ("channel_id", self.channel_id.as_deref()),
+            ("limit", limit.as_deref()),
+            ("cursor", self.cursor.as_deref()),
+        ];
+        for (name, value) in pairs {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
+        }
+        query.finish()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -545,7 +591,7 @@ fn endpoint(
 
 async fn runs_command(args: RunsArgs) -> Result<u8, Fatal> {
     let (endpoint, headers) = endpoint(&args.remote)?;
-    runs::list(&endpoint, &headers, args.remote.json_output).await
+    runs::list(&endpoint, &args.query(), &headers, args.remote.json_output).await
 }
 
 async fn cancel_command(args: CancelArgs) -> Result<u8, Fatal> {

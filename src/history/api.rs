@@ -215,7 +215,10 @@ pub(crate) fn merged(live: Vec<RunInfo>, page: Page, wanted: &ListQuery) -> Valu
         .filter(|run| wanted.wants(run))
         .map(|run| (run.run_id.clone(), run))
         .collect();
-    let Page { runs: records, next } = page;
+    let Page {
+        runs: records,
+        next,
+    } = page;
     let mut runs: Vec<Value> = records
         .iter()
         .map(|record| {
