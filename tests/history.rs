@@ -273,3 +273,32 @@ async fn a_locked_history_fails_no_run_and_the_log_says_so() {
     }
     panic!("the log does not say the store failed:\n{}", product.log());
 }
+
+#[tokio::test]
+async fn a_detached_run_is_recorded_with_its_own_id_and_end() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The sandbox goes with the run's end: what is read after is the record.
+    let mut product = serve(&model, &dir.path().join("h.db"))
+        .env("SANDSTORM_RUN_LINGER", "0")
+        .start()
+        .await;
+    let events = product
+        .query(json!({"prompt": "write the file", "detach": true, "user_id": "u-1"}))
+        .await;
+    assert_eq!(events.done["status"], "success", "{}", events.dump());
+    let run_id = events.of_type("run")[0]["run_id"]
+        .as_str()
+        .expect("a run id")
+        .to_owned();
+    let record = record_of(&product, &run_id).await;
+    assert_eq!(record["detached"], true, "{record}");
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert!(record["ended_at"].is_string(), "{record}");
+    assert_eq!(record["turns"], events.result()["num_turns"], "{record}");
+    assert_eq!(record["labels"], json!({"user_id": "u-1"}), "{record}");
+    // Listed once, though both its sandbox and the history know it.
+    let (runs, _) = listed(&product, "/runs?user_id=u-1").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["run_id"], run_id.as_str());
+}
