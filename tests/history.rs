@@ -302,3 +302,29 @@ async fn a_detached_run_is_recorded_with_its_own_id_and_end() {
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0]["run_id"], run_id.as_str());
 }
+
+#[tokio::test]
+async fn a_ds_run_is_recorded_before_ds_exits_and_ds_runs_shows_it() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("h.db").display().to_string();
+    let out = Cli::new(&model)
+        .env("SANDSTORM_HISTORY_PATH", &db)
+        .run(&["write the file"])
+        .await;
+    assert!(out.status.success(), "{}", out.dump());
+    let out = Cli::new(&model)
+        .without_sandbox_flag()
+        .env("SANDSTORM_HISTORY_PATH", &db)
+        .run(&["runs", "--json-output", "--status", "succeeded"])
+        .await;
+    assert!(out.status.success(), "{}", out.dump());
+    let runs: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(runs.len(), 1, "{}", out.dump());
+    assert_eq!(runs[0]["status"], "succeeded", "{}", out.dump());
+    assert!(runs[0]["turns"].is_u64(), "{}", out.dump());
+}

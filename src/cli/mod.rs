@@ -549,6 +549,7 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         crate::runs::registry::Registry::default(),
         state.history(),
     );
+    let history = state.history().clone();
     let mode = render::Mode::new(args.json_output, args.verbose, args.quiet);
     let options = render::Options {
         mode,
@@ -559,8 +560,15 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
             render::OnInterrupt::EndRun
         },
     };
-    Ok(render::follow(handle, options).await)
+    let code = render::follow(handle, options).await;
+    // The run's end is queued before its `done` is shown; let it land
+    // before `ds` exits.
+    history.settle(HISTORY_SETTLE).await;
+    Ok(code)
 }
+
+/// How long `ds` waits at exit for its run's record to be written.
+const HISTORY_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The endpoint the `/runs` commands ask, and the headers that say who asks.
 fn endpoint(

@@ -104,6 +104,8 @@ enum Write {
         run_id: String,
         ending: Box<RunEnding>,
     },
+    /// Answered once every write before it is done.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The history as runs and handlers see it: a store, or none (history is
@@ -165,6 +167,21 @@ impl History {
         });
     }
 
+    /// Waits, up to `within`, for the writes queued so far to land: for a
+    /// process that is about to exit (`ds` after its run).
+    pub(crate) async fn settle(&self, within: Duration) {
+        let Some(inner) = &self.inner else { return };
+        let (done, landed) = tokio::sync::oneshot::channel();
+        let settled = async {
+            if inner.writes.send(Write::Flush(done)).await.is_ok() {
+                let _ = landed.await;
+            }
+        };
+        if tokio::time::timeout(within, settled).await.is_err() {
+            tracing::warn!("run history: the last writes did not land before exit");
+        }
+    }
+
     /// Records a run's end.
     pub(crate) fn ended(&self, run_id: &str, ending: RunEnding) {
         self.send(Write::Ended {
@@ -214,10 +231,27 @@ async fn write(
                 continue;
             }
         };
-        let (what, done) = match &write {
-            Write::Started(record) => ("start", store.started(record)),
-            Write::Sandbox { run_id, sandbox_id } => ("sandbox", store.sandbox(run_id, sandbox_id)),
-            Write::Ended { run_id, ending } => ("end", store.ended(run_id, ending)),
+        let write = match write {
+            // Every write before it is done: the writer is in order.
+            Write::Flush(answer) => {
+                let _ = answer.send(());
+                continue;
+            }
+            write => write,
+        };
+        let what = match &write {
+            Write::Started(_) => "start",
+            Write::Sandbox { .. } => "sandbox",
+            Write::Ended { .. } => "end",
+            Write::Flush(_) => "flush",
+        };
+        let done = async {
+            match &write {
+                Write::Started(record) => store.started(record).await,
+                Write::Sandbox { run_id, sandbox_id } => store.sandbox(run_id, sandbox_id).await,
+                Write::Ended { run_id, ending } => store.ended(run_id, ending).await,
+                Write::Flush(_) => Ok(()),
+            }
         };
         match tokio::time::timeout(WRITE_TIMEOUT, done).await {
             Ok(Ok(())) => {}

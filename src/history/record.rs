@@ -322,17 +322,18 @@ impl Recorder {
 
     /// The ending, stamped `ended_at` and `duration_ms`; `client_gone`
     /// marks an attached run whose client left before its `done`.
-    pub(crate) fn ending(mut self, started: SystemTime, client_gone: bool) -> RunEnding {
+    pub(crate) fn ending(&self, started: SystemTime, client_gone: bool) -> RunEnding {
         let now = SystemTime::now();
+        let mut ending = self.ending.clone();
         if client_gone && !self.done {
-            self.ending.status = Some(RecordStatus::Failed);
-            self.ending.error_type = Some("client_gone".to_owned());
+            ending.status = Some(RecordStatus::Failed);
+            ending.error_type = Some("client_gone".to_owned());
         }
-        self.ending.ended_at = humantime::format_rfc3339_millis(now).to_string();
-        self.ending.duration_ms = now
+        ending.ended_at = humantime::format_rfc3339_millis(now).to_string();
+        ending.duration_ms = now
             .duration_since(started)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.ending
+        ending
     }
 }
 

@@ -123,24 +123,26 @@ pub(crate) fn tap(recording: Option<Recording>, handle: RunHandle) -> RunHandle 
     let (tx, events) = mpsc::channel(EVENT_BUFFER);
     tokio::spawn(async move {
         let mut recorder = Recorder::default();
-        let mut client_gone = false;
         loop {
             let event = tokio::select! {
                 biased;
-                () = tx.closed() => {
-                    client_gone = true;
-                    break;
-                }
+                () = tx.closed() => break,
                 event = inner.recv() => event,
             };
             let Some(event) = event else { break };
             recorder.observe(&event);
+            let done = matches!(event, RunEvent::Done(_));
+            // Recorded before the client gets the `done`, so a client that
+            // exits on it (`ds`) can wait for the write to land. Each turn
+            // of a run kept for follow-ups ends with one: the last says how
+            // the run ended.
+            if done {
+                let ending = recorder.ending(recording.started, false);
+                recording.history.ended(&recording.run_id, ending);
+            }
             // The run bounds how long its last events wait for a client
             // that does not read; the tap keeps that bound.
-            let last = matches!(
-                event,
-                RunEvent::Error(_) | RunEvent::Done(_) | RunEvent::Detached(_)
-            );
+            let last = done || matches!(event, RunEvent::Error(_) | RunEvent::Detached(_));
             let sent = if last {
                 matches!(
                     tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(event)).await,
@@ -150,15 +152,15 @@ pub(crate) fn tap(recording: Option<Recording>, handle: RunHandle) -> RunHandle 
                 tx.send(event).await.is_ok()
             };
             if !sent && !last {
-                client_gone = true;
                 break;
             }
         }
         // Dropping the run's receiver now tells it its client is gone.
         drop(inner);
-        let ended = recorder.saw_done() || !recording.detached;
-        if ended {
-            let ending = recorder.ending(recording.started, client_gone || !recording.detached);
+        // An attached run is over with its stream, `done` or not (its
+        // client left); a detached one goes on in its sandbox.
+        if !recorder.saw_done() && !recording.detached {
+            let ending = recorder.ending(recording.started, true);
             recording.history.ended(&recording.run_id, ending);
         }
     });
