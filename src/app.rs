@@ -94,8 +94,8 @@ impl AppState {
     }
 
     /// Serves every later request with `settings` (`ds serve --reload`).
-    /// The sandbox provider, the listening address and CORS stay as they
-    /// were built.
+    /// The sandbox provider, the listening address, CORS and the run
+    /// history stay as they were built.
     pub fn reload(&self, settings: Settings) {
         warn_of_inert_fields(&settings);
         self.settings.store(Arc::new(settings));
@@ -399,9 +399,14 @@ async fn resume(
         shutdown: state.shutdown.clone(),
         platform_deadline,
     };
+    let created_at = found.follow.created_at.clone();
     let begun = runs::turn::follow_up(context, found, query, request_id.to_owned()).await?;
+    // The turn's reader reads the run from its start: its last `done` says
+    // how the run stands, summed over every turn.
+    let recording = state.history.reading(&begun.run_id, &created_at);
+    let handle = history::tap::tap(recording, begun.handle);
     Ok(Started {
-        events: begun.handle.events,
+        events: handle.events,
         run: Some(begun.run_id),
         after: begun.after,
     })
