@@ -328,3 +328,66 @@ async fn a_ds_run_is_recorded_before_ds_exits_and_ds_runs_shows_it() {
     assert_eq!(runs[0]["status"], "succeeded", "{}", out.dump());
     assert!(runs[0]["turns"].is_u64(), "{}", out.dump());
 }
+
+/// A POST that answers an event stream: the `x-run-id` and its events.
+async fn post_events(url: String, body: Value) -> (Option<String>, Vec<Value>) {
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200, "POST {url}");
+    let run_id = response
+        .headers()
+        .get("x-run-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = response.text().await.expect("the event stream");
+    (run_id, common::sse::json_events(&text))
+}
+
+fn num_turns(events: &[Value]) -> u64 {
+    events
+        .iter()
+        .filter(|e| e["type"] == "result")
+        .filter_map(|e| e["num_turns"].as_u64())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_follow_up_turn_updates_the_record_with_both_turns() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let product = serve(&model, &dir.path().join("h.db"))
+        .env("SANDSTORM_RUN_LINGER", "0")
+        .start()
+        .await;
+    let (run_id, first) = post_events(
+        format!("{}/query", product.url()),
+        json!({"prompt": "write the file", "keep_alive": 60}),
+    )
+    .await;
+    let run_id = run_id.expect("x-run-id");
+    let (_, second) = post_events(
+        format!("{}/runs/{run_id}/messages", product.url()),
+        json!({"prompt": "once more"}),
+    )
+    .await;
+    assert_eq!(second.last().map(|d| &d["status"]), Some(&json!("success")));
+    // Ended now, so that what is read after is the record alone.
+    let response = reqwest::Client::new()
+        .delete(format!("{}/runs/{run_id}", product.url()))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status(), 200);
+    let record = record_of(&product, &run_id).await;
+    assert!(record.get("expires_at").is_none(), "live fields: {record}");
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(
+        record["turns"].as_u64(),
+        Some(num_turns(&first) + num_turns(&second)),
+        "{record}"
+    );
+}
