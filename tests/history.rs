@@ -391,3 +391,33 @@ async fn a_follow_up_turn_updates_the_record_with_both_turns() {
         "{record}"
     );
 }
+
+#[tokio::test]
+async fn the_recorded_config_holds_no_secret_filled_into_it() {
+    const TOKEN: &str = "mcp-token-from-the-environment-4821";
+    let model = ModelServer::start(Script::Bash {
+        command: "true".into(),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut product = serve(&model, &dir.path().join("h.db"))
+        .config(json!({"mcp_servers": {"tracker": {
+            "command": "node", "args": ["-e", "0"], "env": {"TRACKER_TOKEN": "${TRACKER_TOKEN}"}
+        }}}))
+        .env("TRACKER_TOKEN", TOKEN)
+        .start()
+        .await;
+    let events = product
+        .query(json!({"prompt": format!("the token is {TOKEN}")}))
+        .await;
+    assert!(events.done.is_object(), "{}", events.dump());
+    let (runs, _) = listed(&product, "/runs").await;
+    let record = record_of(&product, runs[0]["run_id"].as_str().expect("id")).await;
+    let text = record.to_string();
+    // The server is there, its secret value is not: not in the config, not
+    // in the prompt.
+    assert!(text.contains("TRACKER_TOKEN"), "{text}");
+    assert!(text.contains("[REDACTED]"), "{text}");
+    assert!(!text.contains(TOKEN), "a secret in the record: {text}");
+    assert!(!text.contains(ANTHROPIC_KEY), "a key in the record: {text}");
+}
