@@ -579,6 +579,9 @@ async fn cancel_run(
     run_json(&state, &headers, "cancel a run", async {
         let found = find_run(&state, &id, &headers).await?;
         let info = runs::cancel(found, &state.registry).await?;
+        if info.status == runs::status::Status::Cancelled {
+            state.history.cancelled(&info.run_id, &info.created_at);
+        }
         Ok(serde_json::to_value(info).unwrap_or_default())
     })
     .await

@@ -37,14 +37,19 @@ async fn listed(product: &Product, path: &str) -> (Vec<Value>, Option<String>) {
 
 /// The record is written off the run's path: wait for it to land.
 async fn record_of(product: &Product, run_id: &str) -> Value {
+    record_when(product, run_id, |status| status != "running").await
+}
+
+/// The run's record once its status is one `wanted` takes.
+async fn record_when(product: &Product, run_id: &str, wanted: impl Fn(&str) -> bool) -> Value {
     for _ in 0..100 {
         let (status, body) = get(product, &format!("/runs/{run_id}")).await;
-        if status == 200 && body["status"] != "running" {
+        if status == 200 && body["status"].as_str().is_some_and(&wanted) {
             return body;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    panic!("no finished record of {run_id}:\n{}", product.log());
+    panic!("no such record of {run_id}:\n{}", product.log());
 }
 
 #[tokio::test]
@@ -356,7 +361,7 @@ fn num_turns(events: &[Value]) -> u64 {
 }
 
 #[tokio::test]
-async fn a_follow_up_turn_updates_the_record_with_both_turns() {
+async fn a_follow_up_turn_and_a_cancel_update_the_record() {
     let model = ModelServer::start(Script::bash_write_file()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let product = serve(&model, &dir.path().join("h.db"))
@@ -382,9 +387,11 @@ async fn a_follow_up_turn_updates_the_record_with_both_turns() {
         .await
         .expect("DELETE");
     assert_eq!(response.status(), 200);
-    let record = record_of(&product, &run_id).await;
+    let record = record_when(&product, &run_id, |s| s == "cancelled").await;
     assert!(record.get("expires_at").is_none(), "live fields: {record}");
-    assert_eq!(record["status"], "succeeded", "{record}");
+    // The cancel ended it; the turns' figures stay.
+    assert_eq!(record["status"], "cancelled", "{record}");
+    assert_eq!(record["error_type"], "cancelled", "{record}");
     assert_eq!(
         record["turns"].as_u64(),
         Some(num_turns(&first) + num_turns(&second)),

@@ -182,6 +182,25 @@ impl History {
         }
     }
 
+    /// Records that a cancel ended the run started at `created_at` (RFC
+    /// 3339): an idle run's cancel ends it with no event for a tap to see.
+    pub(crate) fn cancelled(&self, run_id: &str, created_at: &str) {
+        let now = SystemTime::now();
+        let started = humantime::parse_rfc3339_weak(created_at).unwrap_or(now);
+        self.ended(
+            run_id,
+            RunEnding {
+                status: Some(RecordStatus::Cancelled),
+                ended_at: humantime::format_rfc3339_millis(now).to_string(),
+                duration_ms: now
+                    .duration_since(started)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                error_type: Some("cancelled".to_owned()),
+                ..RunEnding::default()
+            },
+        );
+    }
+
     /// Records a run's end.
     pub(crate) fn ended(&self, run_id: &str, ending: RunEnding) {
         self.send(Write::Ended {

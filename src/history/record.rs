@@ -176,19 +176,24 @@ pub(crate) struct RunEnding {
 }
 
 impl RunRecord {
-    /// The record with `ending` laid over it: what the events did not tell
-    /// (no init message, so no model) keeps what the start knew.
+    /// The record with `ending` laid over it. What the ending does not
+    /// tell keeps what the record knew: the model asked for when the SDK
+    /// never said, the figures of the turns before when a cancel ends an
+    /// idle run. The error type is always the ending's: a turn that
+    /// succeeded after one that failed leaves the run without one.
     pub(crate) fn end(&mut self, ending: RunEnding) {
         self.status = ending.status.unwrap_or(self.status);
         self.ended_at = Some(ending.ended_at);
         self.duration_ms = Some(ending.duration_ms);
         self.model = ending.model.or(self.model.take());
-        self.turns = ending.turns;
-        self.total_cost_usd = ending.total_cost_usd;
-        self.usage = ending.usage;
-        self.spend = ending.spend;
-        self.outputs = ending.outputs;
-        self.session_id = ending.session_id;
+        self.turns = ending.turns.or(self.turns);
+        self.total_cost_usd = ending.total_cost_usd.or(self.total_cost_usd);
+        self.usage = ending.usage.or(self.usage);
+        self.spend = ending.spend.or(self.spend.take());
+        if !ending.outputs.is_empty() {
+            self.outputs = ending.outputs;
+        }
+        self.session_id = ending.session_id.or(self.session_id.take());
         self.error_type = ending.error_type;
     }
 
