@@ -280,8 +280,22 @@ impl Recorder {
 
     fn agent(&mut self, line: &[u8]) {
         let kind = message_type(line);
-        let wanted = matches!(kind.as_deref(), Some("system" | "result" | "file"));
-        if !wanted {
+        if kind.as_deref() == Some("file") {
+            // Only its name: a file event carries the file, base64, and
+            // need not be built whole.
+            #[derive(Deserialize)]
+            struct Named {
+                path: Option<String>,
+                name: Option<String>,
+            }
+            if let Ok(Named { path, name }) = serde_json::from_slice::<Named>(line)
+                && let Some(name) = path.or(name)
+            {
+                self.ending.outputs.push(name);
+            }
+            return;
+        }
+        if !matches!(kind.as_deref(), Some("system" | "result")) {
             return;
         }
         let message: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
@@ -310,11 +324,6 @@ impl Recorder {
                     sum.cache_read_input_tokens += count("cache_read_input_tokens");
                 }
                 self.ending.session_id = text("session_id").or(self.ending.session_id.take());
-            }
-            Some("file") => {
-                if let Some(name) = text("path").or_else(|| text("name")) {
-                    self.ending.outputs.push(name);
-                }
             }
             _ => {}
         }
