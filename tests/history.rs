@@ -462,3 +462,43 @@ async fn the_recorded_config_holds_no_secret_filled_into_it() {
     assert!(!text.contains(TOKEN), "a secret in the record: {text}");
     assert!(!text.contains(ANTHROPIC_KEY), "a key in the record: {text}");
 }
+
+#[tokio::test]
+async fn a_record_is_its_owners_alone() {
+    let model = ModelServer::start(Script::Bash {
+        command: "true".into(),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut product = Serve::new(Chain::E2b, &model)
+        .env(
+            "SANDSTORM_HISTORY_PATH",
+            &dir.path().join("h.db").display().to_string(),
+        )
+        .start()
+        .await;
+    let events = product.query(json!({"prompt": "hi"})).await;
+    assert_eq!(events.done["status"], "success", "{}", events.dump());
+    let (runs, _) = listed(&product, "/runs").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run_id = runs[0]["run_id"].as_str().expect("id").to_owned();
+    record_of(&product, &run_id).await;
+
+    // Another tenant, with an E2B key of its own, sees none of it.
+    let client = reqwest::Client::new();
+    let stranger = |path: String| {
+        client
+            .get(format!("{}{path}", product.url()))
+            .header("x-e2b-api-key", "e2b_another_tenant_key")
+            .send()
+    };
+    let listed: Value = stranger("/runs".to_owned())
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(listed["runs"], json!([]), "{listed}");
+    let response = stranger(format!("/runs/{run_id}")).await.expect("GET");
+    assert_eq!(response.status(), 404);
+}
