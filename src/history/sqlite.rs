@@ -62,6 +62,17 @@ impl SqliteStore {
                 StoreError::Backend(format!("cannot make {}: {e}", folder.display()))
             })?;
         }
+        // Prompts are the users' words: the file is the server user's
+        // alone, and SQLite gives its -wal and -shm files the same mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        }
         let mut connection = Connection::open(path).map_err(backend)?;
         connection.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
         // WAL answers with the mode it is in; a file system that cannot

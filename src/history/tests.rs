@@ -165,6 +165,19 @@ async fn the_sweep_deletes_only_runs_past_the_retention() {
 }
 
 #[test]
+fn the_file_is_readable_by_its_owner_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("history.db");
+    drop(SqliteStore::open(&path).expect("open"));
+    let mode = std::fs::metadata(&path)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+}
+
+#[test]
 fn a_path_that_cannot_hold_a_database_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A folder where the file should be.
