@@ -20,6 +20,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth;
 use crate::error::ApiError;
 use crate::events::RunEvent;
+use crate::history::{self, History};
 use crate::request::Query;
 use crate::runs::{self, registry::Registry};
 use crate::sandbox::SandboxProvider;
@@ -44,6 +45,8 @@ pub struct AppState {
     shutdown: Shutdown,
     /// The detached runs started here.
     registry: Registry,
+    /// Where runs are recorded, if they are.
+    history: History,
 }
 
 impl std::fmt::Debug for AppState {
@@ -66,7 +69,16 @@ impl AppState {
             openapi,
             shutdown: Shutdown::never(),
             registry: Registry::default(),
+            history: History::off(),
         }
+    }
+
+    /// The same state, its runs recorded in `history` (the door opens it
+    /// from the settings).
+    #[must_use]
+    pub(crate) fn with_history(mut self, history: History) -> Self {
+        self.history = history;
+        self
     }
 
     /// The same state, its runs ended by `shutdown` (`ds serve`'s bound).
@@ -82,11 +94,16 @@ impl AppState {
     }
 
     /// Serves every later request with `settings` (`ds serve --reload`).
-    /// The sandbox provider, the listening address and CORS stay as they
-    /// were built.
+    /// The sandbox provider, the listening address, CORS and the run
+    /// history stay as they were built.
     pub fn reload(&self, settings: Settings) {
         warn_of_inert_fields(&settings);
         self.settings.store(Arc::new(settings));
+    }
+
+    /// Where runs are recorded.
+    pub(crate) fn history(&self) -> &History {
+        &self.history
     }
 
     /// The sandbox provider runs use.
@@ -333,6 +350,7 @@ fn spawn(state: &AppState, plan: plan::RunPlan) -> Started {
         plan,
         state.shutdown.clone(),
         state.registry.clone(),
+        &state.history,
     );
     Started {
         events: handle.events,
@@ -381,9 +399,14 @@ async fn resume(
         shutdown: state.shutdown.clone(),
         platform_deadline,
     };
+    let created_at = found.follow.created_at.clone();
     let begun = runs::turn::follow_up(context, found, query, request_id.to_owned()).await?;
+    // The turn's reader reads the run from its start: its last `done` says
+    // how the run stands, summed over every turn.
+    let recording = state.history.reading(&begun.run_id, &created_at);
+    let handle = history::tap::tap(recording, begun.handle);
     Ok(Started {
-        events: begun.handle.events,
+        events: handle.events,
         run: Some(begun.run_id),
         after: begun.after,
     })
@@ -468,12 +491,16 @@ async fn run_events(
     .await;
     let mut response = match found {
         Ok((found, after)) => {
+            let recording = state
+                .history
+                .reading(&found.follow.run.run_id, &found.follow.created_at);
             let handle = run::detached::reattach(
                 found.sandbox,
                 found.follow,
                 state.shutdown.clone(),
                 state.registry.clone(),
             );
+            let handle = crate::history::tap::tap(recording, handle);
             sse(handle.events, Some(Numbering::after(after))).into_response()
         }
         Err(error) => {
@@ -485,33 +512,60 @@ async fn run_events(
     response
 }
 
-/// `GET /runs`: the caller's runs that still have a sandbox, newest first.
-async fn list_runs(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// `GET /runs`: the caller's runs, newest first: a page of the history,
+/// and on the first page the runs that still have a sandbox.
+async fn list_runs(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     run_json(&state, &headers, "list runs", async {
-        let runs = runs::list(
-            &state.settings(),
-            state.provider.as_ref(),
-            &state.registry,
-            &headers,
-        )
-        .await?;
-        Ok(serde_json::json!({ "runs": runs }))
+        let wanted = history::api::ListQuery::parse(query.as_deref())?;
+        let settings = state.settings();
+        // Later pages are the history's alone: the live runs came first.
+        let live = if wanted.cursor.is_none() {
+            runs::list(
+                &settings,
+                state.provider.as_ref(),
+                &state.registry,
+                &headers,
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
+        let caller = runs::Caller::of(&settings, &headers);
+        let page = history::api::page(&state.history, caller.owner_digest(), &wanted).await?;
+        Ok(history::api::merged(live, page, &wanted))
     })
     .await
 }
 
-/// `GET /runs/{id}`: what the run is doing.
+/// `GET /runs/{id}`: what the run is doing, from its sandbox while it has
+/// one, over its record; a finished run's record.
 async fn run_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     run_json(&state, &headers, "read a run's status", async {
-        let found = find_run(&state, &id, &headers).await?;
-        let info = runs::status::read(found.sandbox.as_ref(), &found.follow)
-            .await
-            .map_err(|e| runs::provider_error(&e))?;
-        Ok(serde_json::to_value(info).unwrap_or_default())
+        let settings = state.settings();
+        let caller = runs::Caller::of(&settings, &headers);
+        let record = history::api::record(&state.history, caller.owner_digest(), &id);
+        let info = match find_run(&state, &id, &headers).await {
+            Ok(found) => Some(
+                runs::status::read(found.sandbox.as_ref(), &found.follow)
+                    .await
+                    .map_err(|e| runs::provider_error(&e))?,
+            ),
+            Err(ApiError::NoSuchRun) => None,
+            Err(e) => return Err(e),
+        };
+        let record = record.await;
+        if record.is_none() && info.is_none() {
+            return Err(ApiError::NoSuchRun);
+        }
+        Ok(history::api::shown(record.as_ref(), info.as_ref()))
     })
     .await
 }
@@ -525,6 +579,9 @@ async fn cancel_run(
     run_json(&state, &headers, "cancel a run", async {
         let found = find_run(&state, &id, &headers).await?;
         let info = runs::cancel(found, &state.registry).await?;
+        if info.status == runs::status::Status::Cancelled {
+            state.history.cancelled(&info.run_id, &info.created_at);
+        }
         Ok(serde_json::to_value(info).unwrap_or_default())
     })
     .await

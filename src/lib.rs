@@ -38,6 +38,7 @@ mod error;
 mod events;
 pub mod exit_watch;
 mod health;
+mod history;
 mod json_field;
 pub mod keys;
 pub mod lines;

@@ -76,6 +76,10 @@ pub(crate) struct RunPlan {
     /// The credential variables that go into the sandbox: what the run's
     /// `system` event reports (`sandstorm.credentials_in_sandbox`).
     pub credentials_in_sandbox: Vec<String>,
+    /// The run's history record as it starts, until the run takes it.
+    pub record: Option<crate::history::RunRecord>,
+    /// Where the run's later history writes go, once it is recorded.
+    pub recording: Option<crate::history::tap::Recording>,
 }
 
 /// What makes a run detached.
@@ -160,7 +164,11 @@ pub(crate) async fn prepare(
         );
     }
     plan.credentials_in_sandbox = credentials_in_sandbox;
-    match caller {
+    // An attached run is recorded as the endpoint's (or as the key it was
+    // given with on the command line): who lists runs is who sees it.
+    let owner_digest =
+        crate::run_id::owner_digest(&caller.cloned().unwrap_or_else(|| runs::owner(None)));
+    let mut plan = match caller {
         Some(owner) if detach => {
             let run = RunId::generate().map_err(|e| ApiError::Config {
                 message: e.to_string(),
@@ -171,10 +179,12 @@ pub(crate) async fn prepare(
                 max: settings.run_max_lifetime,
                 pause_idle: settings.pause_idle,
             };
-            Ok(plan.detached(run, owner, timeout, platform_deadline, lifetime))
+            plan.detached(run, owner, timeout, platform_deadline, lifetime)
         }
-        _ => Ok(plan),
-    }
+        _ => plan,
+    };
+    plan.record = crate::history::tap::planned(&plan, &query, owner_digest);
+    Ok(plan)
 }
 
 /// The run's spend meter, with its caps: sandstorm.json's, lowered by the
@@ -410,6 +420,8 @@ pub(crate) fn build(
         outputs,
         detach: None,
         credentials_in_sandbox: Vec::new(),
+        record: None,
+        recording: None,
         request_id,
     })
 }

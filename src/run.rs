@@ -23,6 +23,7 @@ use tracing::{Instrument, info, warn};
 use crate::events::{
     Done, DoneNotes, DoneStatus, ErrorKind, Phase, Redactor, RunError, RunEvent, message_type,
 };
+use crate::history::History;
 use crate::lines::LineSplitter;
 use crate::outputs::{OutputCheck, OutputPlan, Vetted};
 use crate::plan::RunPlan;
@@ -44,7 +45,7 @@ const STDERR_TAIL: usize = 20;
 /// What a run ended by the server's shutdown bound tells its client.
 const SHUTDOWN_MESSAGE: &str = "the server is shutting down and could not wait for the run to end";
 /// How long a final error event may wait for a client that is not reading.
-const FINAL_EVENT_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const FINAL_EVENT_GRACE: Duration = Duration::from_secs(1);
 
 /// A started run.
 pub(crate) struct RunHandle {
@@ -63,14 +64,19 @@ pub(crate) fn spawn(
     mut plan: RunPlan,
     shutdown: Shutdown,
     registry: Registry,
+    history: &History,
 ) -> RunHandle {
-    if let Some(detach) = plan.detach.take() {
-        return detached::spawn(provider, plan, detach, shutdown, registry);
-    }
-    let (tx, events) = mpsc::channel(EVENT_BUFFER);
-    let span = tracing::info_span!("run", request_id = %plan.request_id);
-    let finished = tokio::spawn(execute(provider, plan, tx, shutdown).instrument(span));
-    RunHandle { events, finished }
+    let recording = history.begin(plan.record.take());
+    plan.recording.clone_from(&recording);
+    let handle = if let Some(detach) = plan.detach.take() {
+        detached::spawn(provider, plan, detach, shutdown, registry)
+    } else {
+        let (tx, events) = mpsc::channel(EVENT_BUFFER);
+        let span = tracing::info_span!("run", request_id = %plan.request_id);
+        let finished = tokio::spawn(execute(provider, plan, tx, shutdown).instrument(span));
+        RunHandle { events, finished }
+    };
+    crate::history::tap::tap(recording, handle)
 }
 
 /// How a run ended, for the log and the final event.
@@ -197,6 +203,9 @@ async fn drive(
         provider = provider.name(),
         "sandbox created"
     );
+    if let Some(recording) = &plan.recording {
+        recording.sandbox(sandbox.id());
+    }
 
     progress(Phase::Uploading).await?;
     sandbox.upload(plan.files.clone()).await?;

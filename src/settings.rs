@@ -187,6 +187,8 @@ pub struct Settings {
     /// The model prices spending caps go by: the list, with
     /// `SANDSTORM_MODEL_PRICES` over it.
     pub prices: Arc<PriceTable>,
+    /// Where runs are recorded, if they are.
+    pub history: HistorySettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -208,6 +210,7 @@ impl std::fmt::Debug for Settings {
             .field("sandbox", &self.sandbox)
             .field("key_source", &self.key_source.is_some())
             .field("prices", &self.prices)
+            .field("history", &self.history)
             .finish()
     }
 }
@@ -286,6 +289,7 @@ impl Settings {
         let connections = connection_settings(env)?;
         let prices = Arc::new(PriceTable::new(env.get(PRICES_VARIABLE))?);
         let sandbox = sandbox_settings(env, cwd, sandbox)?;
+        let history = history_settings(env, cwd, profile)?;
         Ok(Settings {
             auth: auth_settings(env, profile)?,
             keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
@@ -303,8 +307,75 @@ impl Settings {
             sandbox,
             key_source: None,
             prices,
+            history,
         })
     }
+}
+
+/// Where the run history is kept, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySettings {
+    /// The SQLite file; `None` keeps no history.
+    pub path: Option<PathBuf>,
+    /// How long a record is kept; `None` keeps it for good.
+    pub retention: Option<Duration>,
+}
+
+/// How long a record is kept unless `SANDSTORM_HISTORY_RETENTION_DAYS`
+/// says otherwise.
+const DEFAULT_HISTORY_RETENTION_DAYS: u64 = 30;
+
+/// `SANDSTORM_HISTORY` (`0` turns it off), `SANDSTORM_HISTORY_PATH` (the
+/// file, relative to `cwd`) and `SANDSTORM_HISTORY_RETENTION_DAYS` (`0`
+/// keeps records for good). A server keeps its history under the user's
+/// data folder by default (`$XDG_DATA_HOME/sandstorm/history.db`, else
+/// `~/.local/share/...`); a serverless door has no file that outlives an
+/// instance, so it keeps none unless given a path.
+fn history_settings(
+    env: &EnvVars,
+    cwd: &Path,
+    profile: Profile,
+) -> Result<HistorySettings, String> {
+    let on = match env.get("SANDSTORM_HISTORY").map(str::trim) {
+        None | Some("1" | "true" | "yes" | "on") => true,
+        Some("0" | "false" | "no" | "off") => false,
+        Some(other) => {
+            return Err(format!(
+                "SANDSTORM_HISTORY must be 1 or 0 (true or false), got {other:?}"
+            ));
+        }
+    };
+    let retention = match env.get("SANDSTORM_HISTORY_RETENTION_DAYS") {
+        None => Some(DEFAULT_HISTORY_RETENTION_DAYS),
+        Some(v) => match parse_number("SANDSTORM_HISTORY_RETENTION_DAYS", v)? {
+            0 => None,
+            days => Some(days),
+        },
+    }
+    .map(|days| Duration::from_secs(days.saturating_mul(24 * 3600)));
+    let given = env
+        .get("SANDSTORM_HISTORY_PATH")
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| cwd.join(p));
+    let default = || {
+        let data = env
+            .get("XDG_DATA_HOME")
+            .filter(|d| Path::new(d).is_absolute())
+            .map(PathBuf::from)
+            .or_else(|| {
+                env.get("HOME")
+                    .filter(|h| Path::new(h).is_absolute())
+                    .map(|h| Path::new(h).join(".local/share"))
+            })?;
+        Some(data.join("sandstorm/history.db"))
+    };
+    let path = match (on, given, profile) {
+        (false, _, _) => None,
+        (true, Some(path), _) => Some(path),
+        (true, None, Profile::Server) => default(),
+        (true, None, Profile::Serverless { .. }) => None,
+    };
+    Ok(HistorySettings { path, retention })
 }
 
 fn connection_settings(env: &EnvVars) -> Result<ConnectionSettings, String> {
@@ -652,5 +723,61 @@ mod tests {
         let cors =
             build(&[("CORS_ORIGINS", "https://a.example")], Profile::Server).expect("settings");
         assert_eq!(cors.cors_origins, ["https://a.example"]);
+    }
+
+    #[test]
+    fn history_lives_under_the_users_data_folder_unless_told_otherwise() {
+        let path =
+            |pairs: &[(&str, &str)], profile| build(pairs, profile).expect("settings").history.path;
+        let server = Profile::Server;
+        assert_eq!(
+            path(&[("XDG_DATA_HOME", "/data"), ("HOME", "/home/u")], server),
+            Some(PathBuf::from("/data/sandstorm/history.db"))
+        );
+        assert_eq!(
+            path(&[("HOME", "/home/u")], server),
+            Some(PathBuf::from("/home/u/.local/share/sandstorm/history.db"))
+        );
+        assert_eq!(path(&[], server), None, "no home, no default");
+        assert_eq!(
+            path(&[("HOME", "/home/u"), ("SANDSTORM_HISTORY", "0")], server),
+            None
+        );
+        assert_eq!(
+            path(&[("SANDSTORM_HISTORY_PATH", "/var/h.db")], server),
+            Some(PathBuf::from("/var/h.db"))
+        );
+        let serverless = Profile::Serverless { max_duration: None };
+        assert_eq!(path(&[("HOME", "/home/u")], serverless), None);
+        assert_eq!(
+            path(&[("SANDSTORM_HISTORY_PATH", "/tmp/h.db")], serverless),
+            Some(PathBuf::from("/tmp/h.db"))
+        );
+    }
+
+    #[test]
+    fn history_retention_is_days_and_zero_keeps_records_for_good() {
+        let retention = |pairs: &[(&str, &str)]| {
+            build(pairs, Profile::Server)
+                .expect("settings")
+                .history
+                .retention
+        };
+        assert_eq!(retention(&[]), Some(Duration::from_secs(30 * 24 * 3600)));
+        assert_eq!(
+            retention(&[("SANDSTORM_HISTORY_RETENTION_DAYS", "7")]),
+            Some(Duration::from_secs(7 * 24 * 3600))
+        );
+        assert_eq!(
+            retention(&[("SANDSTORM_HISTORY_RETENTION_DAYS", "0")]),
+            None
+        );
+        for (name, bad) in [
+            ("SANDSTORM_HISTORY_RETENTION_DAYS", "a week"),
+            ("SANDSTORM_HISTORY", "maybe"),
+        ] {
+            let e = build(&[(name, bad)], Profile::Server).expect_err("refused");
+            assert!(e.contains(name), "{e}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::process::run;
-use common::serve::start_stack;
+use common::serve::StackBuilder;
 use common::tools::{manifest_dir, tool};
 
 /// The pinned package, as in tests/python/requirements.txt.
@@ -29,11 +29,17 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 #[test]
 fn schemathesis_finds_the_server_true_to_its_openapi_document() {
     let schemathesis = tool("schemathesis", SCHEMATHESIS);
-    let stack = start_stack(5);
-    let config = manifest_dir().join("tests/schemathesis/schemathesis.toml");
     // Its working folder is a temporary one, so nothing it writes lands in
     // the repository.
     let scratch = tempfile::tempdir().expect("tempdir");
+    // With a run history, so that GET /runs and GET /runs/{id} answer with
+    // records as well as live runs.
+    let history = scratch.path().join("history.db");
+    let stack = StackBuilder::default()
+        .synthetic(5)
+        .env("SANDSTORM_HISTORY_PATH", &history.display().to_string())
+        .start();
+    let config = manifest_dir().join("tests/schemathesis/schemathesis.toml");
     let mut command = Command::new(&schemathesis);
     command
         .current_dir(scratch.path())

@@ -80,7 +80,8 @@ enum Command {
     Query(QueryArgs),
     /// Serve the HTTP API (POST /query, the /runs routes, GET /health).
     Serve(ServeArgs),
-    /// List your detached runs that still have a sandbox, newest first.
+    /// List your runs, newest first: the run history (this machine's, or
+    /// the server's with --server) and the runs that still have a sandbox.
     Runs(RunsArgs),
     /// Show a detached run's events until it ends; Ctrl-C leaves it going.
     Attach(AttachArgs),
@@ -162,8 +163,53 @@ struct RemoteArgs {
 
 #[derive(Debug, Args)]
 struct RunsArgs {
+    /// Only runs in this status (running, idle, succeeded, failed,
+    /// cancelled, expired).
+    #[arg(long)]
+    status: Option<String>,
+    /// Only runs started at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only runs with this team_id label.
+    #[arg(long, value_name = "ID")]
+    team_id: Option<String>,
+    /// Only runs with this user_id label.
+    #[arg(long, value_name = "ID")]
+    user_id: Option<String>,
+    /// Only runs with this channel_id label.
+    #[arg(long, value_name = "ID")]
+    channel_id: Option<String>,
+    /// The most runs to show from the history.
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+    /// Where to go on from: the cursor an earlier `ds runs` printed.
+    #[arg(long)]
+    cursor: Option<String>,
     #[command(flatten)]
     remote: RemoteArgs,
+}
+
+impl RunsArgs {
+    /// The filters as `GET /runs`'s query string; the server checks them.
+    fn query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        let limit = self.limit.map(|n| n.to_string());
+        let pairs = [
+            ("status", self.status.as_deref()),
+            ("since", self.since.as_deref()),
+            ("team_id", self.team_id.as_deref()),
+            ("user_id", self.user_id.as_deref()),
+            ("channel_id", self.channel_id.as_deref()),
+            ("limit", limit.as_deref()),
+            ("cursor", self.cursor.as_deref()),
+        ];
+        for (name, value) in pairs {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
+        }
+        query.finish()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -406,7 +452,8 @@ fn settings(flag: Option<&str>, quiet_notice: bool) -> Result<Settings, Fatal> {
 
 fn state(settings: Settings) -> Result<AppState, Fatal> {
     let provider = settings.sandbox.build_provider().map_err(Fatal::usage)?;
-    Ok(AppState::new(settings, provider))
+    let history = crate::history::open(&settings.history);
+    Ok(AppState::new(settings, provider).with_history(history))
 }
 
 async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
@@ -500,7 +547,9 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         plan,
         Shutdown::never(),
         crate::runs::registry::Registry::default(),
+        state.history(),
     );
+    let history = state.history().clone();
     let mode = render::Mode::new(args.json_output, args.verbose, args.quiet);
     let options = render::Options {
         mode,
@@ -511,8 +560,15 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
             render::OnInterrupt::EndRun
         },
     };
-    Ok(render::follow(handle, options).await)
+    let code = render::follow(handle, options).await;
+    // The run's end is queued before its `done` is shown; let it land
+    // before `ds` exits.
+    history.settle(HISTORY_SETTLE).await;
+    Ok(code)
 }
+
+/// How long `ds` waits at exit for its run's record to be written.
+const HISTORY_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The endpoint the `/runs` commands ask, and the headers that say who asks.
 fn endpoint(
@@ -543,7 +599,7 @@ fn endpoint(
 
 async fn runs_command(args: RunsArgs) -> Result<u8, Fatal> {
     let (endpoint, headers) = endpoint(&args.remote)?;
-    runs::list(&endpoint, &headers, args.remote.json_output).await
+    runs::list(&endpoint, &args.query(), &headers, args.remote.json_output).await
 }
 
 async fn cancel_command(args: CancelArgs) -> Result<u8, Fatal> {

@@ -181,22 +181,36 @@ fn refusal(status: StatusCode, body: &Value) -> Fatal {
     }
 }
 
-/// `ds runs`.
+/// `ds runs`: one line a run, newest first; `query` is `GET /runs`'s
+/// query string (the filters and the page).
 pub(super) async fn list(
     endpoint: &Endpoint,
+    query: &str,
     headers: &[(HeaderName, HeaderValue)],
     json: bool,
 ) -> Result<u8, Fatal> {
-    let body = endpoint.json(Method::GET, "/runs", headers).await?;
+    let path = if query.is_empty() {
+        "/runs".to_owned()
+    } else {
+        format!("/runs?{query}")
+    };
+    let body = endpoint.json(Method::GET, &path, headers).await?;
     let runs = body["runs"].as_array().cloned().unwrap_or_default();
+    // On stderr, so that stdout stays one run a line.
+    let more = || {
+        if let Some(cursor) = body["next_cursor"].as_str() {
+            eprintln!("more: ds runs --cursor {cursor}");
+        }
+    };
     if json {
         for run in &runs {
             println!("{run}");
         }
+        more();
         return Ok(exit::OK);
     }
     if runs.is_empty() {
-        eprintln!("no detached runs");
+        eprintln!("no runs");
     }
     for run in &runs {
         let cost = run["total_cost_usd"]
@@ -220,6 +234,7 @@ pub(super) async fn list(
             prompt.replace('\n', " "),
         );
     }
+    more();
     Ok(exit::OK)
 }
 

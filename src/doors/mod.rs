@@ -124,7 +124,7 @@ async fn key_source(
 }
 
 /// The router of a serverless door: [`serverless_settings`], the E2B
-/// provider, and [`app::app`].
+/// provider, the run history its settings ask for, and [`app::app`].
 pub async fn serverless_app(
     env: EnvVars,
     cwd: &Path,
@@ -132,7 +132,12 @@ pub async fn serverless_app(
 ) -> Result<Router, String> {
     let settings = serverless_settings(env, cwd, platform).await?;
     let provider = settings.sandbox.build_provider()?;
-    Ok(app::app(AppState::new(settings, provider)))
+    // Off unless SANDSTORM_HISTORY_PATH names a file: an instance's own
+    // disk does not outlive it (a shared table is issue 17's next step).
+    let history = crate::history::open(&settings.history);
+    Ok(app::app(
+        AppState::new(settings, provider).with_history(history),
+    ))
 }
 
 /// Converts a deadline in milliseconds since the Unix epoch (Lambda's

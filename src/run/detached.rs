@@ -207,6 +207,9 @@ async fn start(
         provider = provider.name(),
         "sandbox created for a detached run"
     );
+    if let Some(recording) = &plan.recording {
+        recording.sandbox(sandbox.id());
+    }
     // The run's id once its sandbox exists: from here on any instance finds
     // the run by it, and the run no longer needs its client.
     let _ = tx.send(RunEvent::Run(follow.run.clone())).await;

@@ -177,6 +177,11 @@ impl Caller {
         &self.owner
     }
 
+    /// The digest of the owner it acts as: whose history it reads.
+    pub(crate) fn owner_digest(&self) -> &str {
+        &self.owner_digest
+    }
+
     /// The sandbox credential it brought itself, if any.
     pub(crate) fn brought(&self) -> Option<&Secret> {
         self.brought.as_ref()

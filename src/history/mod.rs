@@ -1,0 +1,304 @@
+//! Run history: a record of every run, kept after its stream and its
+//! sandbox are gone (issue 17).
+//!
+//! The handler stays stateless: the history lives in a database behind one
+//! small trait, [`RunStore`]. SQLite ([`sqlite`]) is the embedded one for
+//! `ds serve` and the CLI; a serverless door's table can implement the same
+//! trait, which is why its methods are async and its cursor is a string the
+//! store alone reads.
+//!
+//! A run never waits on its history: [`History`] hands each write to one
+//! writer task through a bounded queue and goes on. A full queue, a store
+//! that is down or slow, a write that fails: each is logged (without the
+//! record, which may hold a prompt) and the run carries on as if there
+//! were no history at all. One writer keeps a run's writes in order, so
+//! its end never lands before its start.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+pub(crate) mod api;
+pub(crate) mod record;
+pub(crate) mod sqlite;
+pub(crate) mod tap;
+
+pub(crate) use record::{RecordStatus, RunEnding, RunRecord};
+
+/// Why a store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// A cursor this store did not hand out.
+    #[error("cursor is not one this server handed out")]
+    BadCursor,
+    /// The database failed.
+    #[error("the history store failed: {0}")]
+    Backend(String),
+}
+
+/// Which runs a list wants. Every field narrows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Filter {
+    /// Only runs in this status.
+    pub(crate) status: Option<RecordStatus>,
+    /// Only runs started at or after this time.
+    pub(crate) since: Option<SystemTime>,
+    /// Only runs with these labels, by name.
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
+}
+
+/// One page of a list, newest first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Page {
+    /// The runs.
+    pub(crate) runs: Vec<RunRecord>,
+    /// Where the next page starts, when there is one: opaque to callers.
+    pub(crate) next: Option<String>,
+}
+
+/// A database of run records.
+#[async_trait::async_trait]
+pub(crate) trait RunStore: Send + Sync + std::fmt::Debug {
+    /// Writes a run's record when it starts (or replaces it).
+    async fn started(&self, record: &RunRecord) -> Result<(), StoreError>;
+    /// Lays a run's ending over its record; a run it has no record of is
+    /// left alone (it started on an instance with another store).
+    async fn ended(&self, run_id: &str, ending: &RunEnding) -> Result<(), StoreError>;
+    /// Notes the sandbox a run got.
+    async fn sandbox(&self, run_id: &str, sandbox_id: &str) -> Result<(), StoreError>;
+    /// The record of `run_id`, if `owner` (a digest) owns it.
+    async fn get(&self, owner: &str, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// `owner`'s runs that `filter` wants, newest first, at most `limit`,
+    /// from `cursor` (a [`Page::next`] of this store) on.
+    async fn list(
+        &self,
+        owner: &str,
+        filter: &Filter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+    /// Deletes the runs started before `before`; how many it deleted.
+    async fn sweep(&self, before: SystemTime) -> Result<u64, StoreError>;
+}
+
+/// How many writes may wait for the store before new ones are dropped
+/// (and logged): a store that has stopped answering must not hold memory
+/// without bound.
+const QUEUE: usize = 256;
+/// How long one write may take before the writer gives up on it and goes
+/// on with the next.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the writer sweeps out runs past the retention.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// One write for the writer task.
+#[derive(Debug)]
+enum Write {
+    Started(Box<RunRecord>),
+    Sandbox {
+        run_id: String,
+        sandbox_id: String,
+    },
+    Ended {
+        run_id: String,
+        ending: Box<RunEnding>,
+    },
+    /// Answered once every write before it is done.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The history as runs and handlers see it: a store, or none (history is
+/// off). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct History {
+    inner: Option<Arc<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn RunStore>,
+    writes: mpsc::Sender<Write>,
+}
+
+impl History {
+    /// No history: nothing is written, lists show live runs only.
+    pub(crate) fn off() -> Self {
+        History::default()
+    }
+
+    /// A history kept in `store`, its writes made by a task spawned here
+    /// (so this needs a Tokio runtime), which also sweeps out runs older
+    /// than `retention` when one is given.
+    pub(crate) fn spawn(store: Arc<dyn RunStore>, retention: Option<Duration>) -> Self {
+        let (writes, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(write(store.clone(), queue, retention));
+        History {
+            inner: Some(Arc::new(Inner { store, writes })),
+        }
+    }
+
+    /// The store, when history is on.
+    pub(crate) fn store(&self) -> Option<&Arc<dyn RunStore>> {
+        self.inner.as_ref().map(|inner| &inner.store)
+    }
+
+    fn send(&self, write: Write) {
+        let Some(inner) = &self.inner else { return };
+        if let Err(e) = inner.writes.try_send(write) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "its queue is full",
+                mpsc::error::TrySendError::Closed(_) => "its writer has stopped",
+            };
+            tracing::warn!(why, "run history: a write was dropped; the run goes on");
+        }
+    }
+
+    /// Records a run's start.
+    pub(crate) fn started(&self, record: RunRecord) {
+        self.send(Write::Started(Box::new(record)));
+    }
+
+    /// Records the sandbox a run got.
+    pub(crate) fn sandbox(&self, run_id: &str, sandbox_id: &str) {
+        self.send(Write::Sandbox {
+            run_id: run_id.to_owned(),
+            sandbox_id: sandbox_id.to_owned(),
+        });
+    }
+
+    /// Waits, up to `within`, for the writes queued so far to land: for a
+    /// process that is about to exit (`ds` after its run).
+    pub(crate) async fn settle(&self, within: Duration) {
+        let Some(inner) = &self.inner else { return };
+        let (done, landed) = tokio::sync::oneshot::channel();
+        let settled = async {
+            if inner.writes.send(Write::Flush(done)).await.is_ok() {
+                let _ = landed.await;
+            }
+        };
+        if tokio::time::timeout(within, settled).await.is_err() {
+            tracing::warn!("run history: the last writes did not land before exit");
+        }
+    }
+
+    /// Records that a cancel ended the run started at `created_at` (RFC
+    /// 3339): an idle run's cancel ends it with no event for a tap to see.
+    pub(crate) fn cancelled(&self, run_id: &str, created_at: &str) {
+        let now = SystemTime::now();
+        let started = humantime::parse_rfc3339_weak(created_at).unwrap_or(now);
+        self.ended(
+            run_id,
+            RunEnding {
+                status: Some(RecordStatus::Cancelled),
+                ended_at: humantime::format_rfc3339_millis(now).to_string(),
+                duration_ms: now
+                    .duration_since(started)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                error_type: Some("cancelled".to_owned()),
+                ..RunEnding::default()
+            },
+        );
+    }
+
+    /// Records a run's end.
+    pub(crate) fn ended(&self, run_id: &str, ending: RunEnding) {
+        self.send(Write::Ended {
+            run_id: run_id.to_owned(),
+            ending: Box::new(ending),
+        });
+    }
+}
+
+/// The history `settings` ask for: the SQLite file opened (made if need
+/// be) and its writer started. A file that cannot be opened is logged and
+/// leaves history off: the server serves runs all the same.
+pub(crate) fn open(settings: &crate::settings::HistorySettings) -> History {
+    let Some(path) = &settings.path else {
+        return History::off();
+    };
+    match sqlite::SqliteStore::open(path) {
+        Ok(store) => {
+            tracing::info!(path = %path.display(), "run history: recording runs");
+            History::spawn(Arc::new(store), settings.retention)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "run history: the store cannot be opened; runs go unrecorded");
+            History::off()
+        }
+    }
+}
+
+/// The writer: one write at a time, each bounded by [`WRITE_TIMEOUT`], and
+/// the retention sweep between them.
+async fn write(
+    store: Arc<dyn RunStore>,
+    mut queue: mpsc::Receiver<Write>,
+    retention: Option<Duration>,
+) {
+    let mut sweeps = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        let write = tokio::select! {
+            write = queue.recv() => match write {
+                Some(write) => write,
+                None => return,
+            },
+            _ = sweeps.tick(), if retention.is_some() => {
+                if let Some(keep) = retention {
+                    sweep(store.as_ref(), keep).await;
+                }
+                continue;
+            }
+        };
+        let write = match write {
+            // Every write before it is done: the writer is in order.
+            Write::Flush(answer) => {
+                let _ = answer.send(());
+                continue;
+            }
+            write => write,
+        };
+        let what = match &write {
+            Write::Started(_) => "start",
+            Write::Sandbox { .. } => "sandbox",
+            Write::Ended { .. } => "end",
+            Write::Flush(_) => "flush",
+        };
+        let done = async {
+            match &write {
+                Write::Started(record) => store.started(record).await,
+                Write::Sandbox { run_id, sandbox_id } => store.sandbox(run_id, sandbox_id).await,
+                Write::Ended { run_id, ending } => store.ended(run_id, ending).await,
+                Write::Flush(_) => Ok(()),
+            }
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, done).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(what, error = %e, "run history: the store failed a write; the run goes on");
+            }
+            Err(_) => tracing::warn!(
+                what,
+                timeout = ?WRITE_TIMEOUT,
+                "run history: the store did not answer a write in time; the run goes on"
+            ),
+        }
+    }
+}
+
+async fn sweep(store: &dyn RunStore, keep: Duration) {
+    let Some(before) = SystemTime::now().checked_sub(keep) else {
+        return;
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, store.sweep(before)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(deleted)) => {
+            tracing::info!(deleted, "run history: swept out runs past the retention")
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "run history: the retention sweep failed"),
+        Err(_) => tracing::warn!("run history: the retention sweep did not finish in time"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::sqlite::SqliteStore;
+use super::*;
+
+fn record(run_id: &str, owner: &str, created_ms: u64) -> RunRecord {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(created_ms);
+    RunRecord {
+        run_id: run_id.to_owned(),
+        owner: owner.to_owned(),
+        status: RecordStatus::Running,
+        detached: false,
+        created_at: humantime::format_rfc3339_millis(at).to_string(),
+        ended_at: None,
+        duration_ms: None,
+        request_id: "req".into(),
+        model: Some("asked".into()),
+        turns: None,
+        total_cost_usd: None,
+        usage: None,
+        spend: None,
+        prompt: "hello".into(),
+        prompt_truncated: false,
+        config: serde_json::json!({"model": "asked"}),
+        outputs: Vec::new(),
+        session_id: None,
+        error_type: None,
+        labels: BTreeMap::new(),
+        sandbox_id: None,
+    }
+}
+
+fn store(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("nested/history.db")).expect("open")
+}
+
+#[tokio::test]
+async fn a_record_survives_reopening_the_file_with_its_ending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = store(&dir);
+        store
+            .started(&record("run_a", "me", 1_000))
+            .await
+            .expect("start");
+        store.sandbox("run_a", "sbx-1").await.expect("sandbox");
+        let ending = RunEnding {
+            status: Some(RecordStatus::Succeeded),
+            ended_at: "2026-01-01T00:00:01.000Z".into(),
+            duration_ms: 1000,
+            model: Some("claude-x".into()),
+            turns: Some(3),
+            total_cost_usd: Some(0.25),
+            session_id: Some("s".into()),
+            ..RunEnding::default()
+        };
+        store.ended("run_a", &ending).await.expect("end");
+        // A run this store never saw is no error.
+        store
+            .ended("run_unknown", &ending)
+            .await
+            .expect("end of another");
+    }
+    let store = store(&dir);
+    let got = store.get("me", "run_a").await.expect("get").expect("found");
+    assert_eq!(got.status, RecordStatus::Succeeded);
+    assert_eq!(got.model.as_deref(), Some("claude-x"));
+    assert_eq!(got.turns, Some(3));
+    assert_eq!(got.total_cost_usd, Some(0.25));
+    assert_eq!(got.sandbox_id.as_deref(), Some("sbx-1"));
+    assert_eq!(got.duration_ms, Some(1000));
+    assert!(
+        store
+            .get("someone else", "run_a")
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn lists_go_newest_first_by_pages_and_filters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir);
+    for i in 0..5u64 {
+        let mut r = record(&format!("run_{i}"), "me", 1_000 + i * 10);
+        if i % 2 == 0 {
+            r.status = RecordStatus::Failed;
+            r.labels.insert("team_id".into(), "blue".into());
+        }
+        store.started(&r).await.expect("start");
+    }
+    store
+        .started(&record("run_x", "other", 5_000))
+        .await
+        .expect("start");
+
+    let first = store
+        .list("me", &Filter::default(), None, 2)
+        .await
+        .expect("list");
+    let ids = |page: &Page| {
+        page.runs
+            .iter()
+            .map(|r| r.run_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&first), ["run_4", "run_3"]);
+    let second = store
+        .list("me", &Filter::default(), first.next.as_deref(), 2)
+        .await
+        .expect("list");
+    assert_eq!(ids(&second), ["run_2", "run_1"]);
+    let third = store
+        .list("me", &Filter::default(), second.next.as_deref(), 2)
+        .await
+        .expect("list");
+    assert_eq!(ids(&third), ["run_0"]);
+    assert!(third.next.is_none());
+
+    let failed = Filter {
+        status: Some(RecordStatus::Failed),
+        ..Filter::default()
+    };
+    let page = store.list("me", &failed, None, 10).await.expect("list");
+    assert_eq!(ids(&page), ["run_4", "run_2", "run_0"]);
+    let blue = Filter {
+        labels: BTreeMap::from([("team_id".to_owned(), "blue".to_owned())]),
+        since: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_020)),
+        ..Filter::default()
+    };
+    let page = store.list("me", &blue, None, 10).await.expect("list");
+    assert_eq!(ids(&page), ["run_4", "run_2"]);
+
+    for bad in ["", "not base64!", "bm9jb2xvbg", "eDpydW5fMQ"] {
+        let e = store
+            .list("me", &Filter::default(), Some(bad), 2)
+            .await
+            .expect_err(bad);
+        assert!(matches!(e, StoreError::BadCursor), "{bad}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_only_runs_past_the_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir);
+    store
+        .started(&record("run_old", "me", 1_000))
+        .await
+        .expect("start");
+    store
+        .started(&record("run_new", "me", 9_000))
+        .await
+        .expect("start");
+    let deleted = store
+        .sweep(SystemTime::UNIX_EPOCH + Duration::from_millis(5_000))
+        .await
+        .expect("sweep");
+    assert_eq!(deleted, 1);
+    assert!(store.get("me", "run_old").await.expect("get").is_none());
+    assert!(store.get("me", "run_new").await.expect("get").is_some());
+}
+
+#[test]
+fn the_file_is_readable_by_its_owner_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("history.db");
+    drop(SqliteStore::open(&path).expect("open"));
+    let mode = std::fs::metadata(&path)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+}
+
+#[test]
+fn a_path_that_cannot_hold_a_database_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A folder where the file should be.
+    let e = SqliteStore::open(dir.path()).expect_err("a folder");
+    assert!(matches!(e, StoreError::Backend(_)));
+    // A file that is not a database.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![b'x'; 4096]).expect("write");
+    assert!(SqliteStore::open(&junk).is_err());
+    // A schema from a newer build.
+    let newer = dir.path().join("newer.db");
+    drop(SqliteStore::open(&newer).expect("open"));
+    let connection = rusqlite::Connection::open(&newer).expect("open");
+    connection
+        .execute_batch("PRAGMA user_version = 99")
+        .expect("pragma");
+    drop(connection);
+    assert!(SqliteStore::open(&newer).is_err());
+}
+
+/// A store that never answers, counting the writes it was asked for.
+#[derive(Debug, Default)]
+struct Stuck {
+    asked: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl RunStore for Stuck {
+    async fn started(&self, _: &RunRecord) -> Result<(), StoreError> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        std::future::pending().await
+    }
+    async fn ended(&self, _: &str, _: &RunEnding) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    async fn sandbox(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    async fn get(&self, _: &str, _: &str) -> Result<Option<RunRecord>, StoreError> {
+        std::future::pending().await
+    }
+    async fn list(
+        &self,
+        _: &str,
+        _: &Filter,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<Page, StoreError> {
+        std::future::pending().await
+    }
+    async fn sweep(&self, _: SystemTime) -> Result<u64, StoreError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_store_never_holds_up_the_writes_of_a_run() {
+    let stuck = std::sync::Arc::new(Stuck::default());
+    let history = History::spawn(stuck.clone(), None);
+    // Far more writes than the queue holds: every call returns at once.
+    let began = tokio::time::Instant::now();
+    for i in 0..(QUEUE * 4) {
+        history.started(record(&format!("run_{i}"), "me", 1));
+        history.ended(&format!("run_{i}"), RunEnding::default());
+    }
+    assert_eq!(began.elapsed(), Duration::ZERO);
+    // The writer gives up on each write after its timeout and goes on.
+    tokio::time::sleep(WRITE_TIMEOUT * 3 + Duration::from_millis(10)).await;
+    assert!(stuck.asked.load(Ordering::SeqCst) >= 2);
+}
