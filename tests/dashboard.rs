@@ -180,6 +180,9 @@ async fn in_a_browser_the_runs_are_listed_followed_live_and_cancelled() {
         finished_run(&product, "Write a haiku about sandstorms into poem.md"),
         finished_run(&product, "Summarize <b>report.csv</b> <img src=x>"),
     );
+    // A live run's `created_at` comes from its sandbox, to the second: one
+    // started in the same second as the runs above would list behind them.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let run_id = slow_detached_run(&product).await;
 
     let images = artifacts();

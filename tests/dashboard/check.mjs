@@ -78,7 +78,13 @@ try {
   const rows = page.locator("#runs-body tr");
   check((await rows.count()) === 3, `three runs listed, got ${await rows.count()}`);
   const first = await rows.first().getAttribute("data-run-id");
-  check(first === runId, `the newest run (the live one) comes first, got ${first}`);
+  if (first !== runId) {
+    const listed = await page.evaluate(async (t) => {
+      const r = await fetch("/runs", { headers: { Authorization: "Bearer " + t } });
+      return (await r.json()).runs.map((run) => [run.run_id, run.status, run.created_at]);
+    }, token);
+    throw new Error(`the newest run (the live one) comes first: ${JSON.stringify(listed)}`);
+  }
   const statuses = await page.locator("#runs-body .status").allTextContents();
   check(
     JSON.stringify(statuses) === JSON.stringify(["running", "succeeded", "succeeded"]),
@@ -99,8 +105,6 @@ try {
   await page.click('#filters button:text-is("all")');
   await page.waitForFunction(() => document.querySelectorAll("#runs-body tr").length === 3, null, { timeout: WAIT });
   await page.screenshot({ path: join(artifacts, "list-desktop.png"), fullPage: true });
-  await mkdir(dirname(readmeImage), { recursive: true });
-  await copyFile(join(artifacts, "list-desktop.png"), readmeImage);
 
   await openLive(page);
   await page.screenshot({ path: join(artifacts, "live-desktop.png"), fullPage: true });
@@ -140,6 +144,9 @@ try {
   check(!seen.urls.some((u) => u.includes(token)), "the token was in a URL");
   check(!seen.console.some((line) => line.includes(token)), "the token was logged");
   check(seen.errors.length === 0, `page errors: ${seen.errors.join("; ")}`);
+  // The README's picture is replaced only by a run that passed.
+  await mkdir(dirname(readmeImage), { recursive: true });
+  await copyFile(join(artifacts, "list-desktop.png"), readmeImage);
   console.log(`dashboard: ok (${seen.urls.length} requests)`);
 } catch (error) {
   if (page) await page.screenshot({ path: join(artifacts, "failure.png"), fullPage: true }).catch(() => {});
