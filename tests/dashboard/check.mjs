@@ -106,6 +106,24 @@ try {
   await page.waitForFunction(() => document.querySelectorAll("#runs-body tr").length === 3, null, { timeout: WAIT });
   await page.screenshot({ path: join(artifacts, "list-desktop.png"), fullPage: true });
 
+  // Pages: the list asks for 50 at a time; asked for 2, it shows "More",
+  // which brings the third with the server's next_cursor.
+  await page.route(/\/runs\?limit=50/, (route) => route.continue({ url: route.request().url().replace("limit=50", "limit=2") }));
+  await page.click("#refresh");
+  await page.waitForFunction(() => document.querySelectorAll("#runs-body tr").length === 2, null, { timeout: WAIT });
+  await page.click("#more");
+  await page.waitForFunction(() => document.querySelectorAll("#runs-body tr").length === 3, null, { timeout: WAIT });
+  await page.locator("#more").waitFor({ state: "hidden", timeout: WAIT });
+  await page.unroute(/\/runs\?limit=50/);
+
+  // A finished attached run: its record, and no events to follow.
+  await page.click('#runs-body td.prompt a:text-is("Write a haiku about sandstorms into poem.md")');
+  await page.locator("#run-status", { hasText: "succeeded" }).waitFor({ timeout: WAIT });
+  await page.locator("#live-state", { hasText: "not live" }).waitFor({ timeout: WAIT });
+  check(!(await page.locator("#cancel").isVisible()), "no cancel button on a finished run");
+  await page.click("a.back");
+  await page.locator(`tr[data-run-id="${runId}"]`).waitFor({ timeout: WAIT });
+
   await openLive(page);
   await page.screenshot({ path: join(artifacts, "live-desktop.png"), fullPage: true });
 
