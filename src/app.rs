@@ -1,5 +1,5 @@
 //! The one HTTP application every door serves: `POST /query`, the `/runs`
-//! routes of detached runs, `GET /health`.
+//! routes of detached runs, `GET /health`, and the dashboard at `GET /`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use crate::runs::{self, registry::Registry};
 use crate::sandbox::SandboxProvider;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use crate::{openapi, plan, run};
+use crate::{dashboard, openapi, plan, run};
 
 /// How often an idle stream gets a comment line, so proxies and clients
 /// keep the connection open while the agent thinks.
@@ -157,6 +157,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/messages", post(run_messages))
         .route(HEALTH_PATH, get(health))
         .route("/openapi.json", get(openapi_document))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .with_state(state);
     if !settings.cors_origins.is_empty() {
@@ -226,7 +227,7 @@ async fn health(
 }
 
 async fn not_found() -> Response {
-    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; the routes are POST /query, the /runs routes and GET /health (GET /openapi.json lists them)"}});
+    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; the routes are POST /query, the /runs routes, GET /health and the dashboard at GET / (GET /openapi.json lists them)"}});
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 

@@ -32,6 +32,7 @@ pub mod app;
 mod auth;
 pub mod cli;
 pub mod config;
+mod dashboard;
 pub mod doors;
 pub mod env;
 mod error;

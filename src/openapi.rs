@@ -129,6 +129,7 @@ mod tests {
             ("/query", "post"),
             ("/health", "get"),
             ("/openapi.json", "get"),
+            ("/", "get"),
         ] {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }

@@ -204,6 +204,9 @@ fn vercel_json_routes_both_paths_to_functions_that_cargo_builds() {
         ("/runs/:id/events", "api/query.rs"),
         ("/runs/:id/messages", "api/query.rs"),
         ("/health", "api/health.rs"),
+        // The dashboard and its assets.
+        ("/", "api/query.rs"),
+        ("/dashboard/:file", "api/query.rs"),
     ] {
         let rewrites = config["rewrites"].as_array().expect("rewrites");
         let destination = format!("/{}", function.trim_end_matches(".rs"));

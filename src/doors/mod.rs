@@ -303,6 +303,40 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_serverless_router_serves_the_dashboard_to_anyone_and_the_api_to_the_token() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = "t".repeat(crate::auth::MIN_TOKEN_CHARS);
+        for platform in [Platform::Lambda, Platform::Vercel] {
+            let router = serverless_app(
+                env(&[("SANDSTORM_API_TOKEN", &token), ("E2B_API_KEY", "e2b_test")]),
+                dir.path(),
+                platform,
+            )
+            .await
+            .expect("router");
+            let status = |path: &str| {
+                let request = http::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .expect("request");
+                let router = router.clone();
+                async move {
+                    let response = router.oneshot(request).await.expect("response");
+                    let csp = response.headers().contains_key("content-security-policy");
+                    (response.status().as_u16(), csp)
+                }
+            };
+            assert_eq!(status("/").await, (200, true), "{platform:?}");
+            assert_eq!(
+                status("/dashboard/app.js").await,
+                (200, true),
+                "{platform:?}"
+            );
+            assert_eq!(status("/runs").await, (401, false), "{platform:?}");
+        }
+    }
+
     #[test]
     fn api_prefixes_are_stripped() {
         let request = |uri: &str| http::Request::get(uri).body(()).expect("request");
