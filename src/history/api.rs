@@ -195,10 +195,12 @@ pub(crate) fn shown(record: Option<&RunRecord>, live: Option<&RunInfo>) -> Value
         shown.as_object_mut(),
         live.and_then(|l| serde_json::to_value(l).ok()),
     ) {
-        // The sandbox's short prompt would hide the record's whole one.
-        let keep_prompt = record.is_some();
+        // The sandbox's short prompt would hide the record's whole one,
+        // and its start time, to the second, the record's to the
+        // millisecond (by which runs of one second are put in order).
+        let kept_from_record = record.is_some();
         for (key, value) in live {
-            if keep_prompt && key == "prompt" {
+            if kept_from_record && matches!(key.as_str(), "prompt" | "created_at") {
                 continue;
             }
             object.insert(key, value);

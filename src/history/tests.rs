@@ -248,3 +248,45 @@ async fn a_stuck_store_never_holds_up_the_writes_of_a_run() {
     tokio::time::sleep(WRITE_TIMEOUT * 3 + Duration::from_millis(10)).await;
     assert!(stuck.asked.load(Ordering::SeqCst) >= 2);
 }
+
+#[test]
+fn a_live_run_keeps_its_records_start_to_the_millisecond_and_its_order() {
+    // Two runs started in one second: the later one is listed first, though
+    // the sandbox of the earlier (still live) one tells its start to the
+    // second only.
+    let earlier = record("run_early", "me", 5_100);
+    let later = record("run_late", "me", 5_900);
+    let live = crate::runs::status::RunInfo {
+        run_id: "run_early".into(),
+        status: crate::runs::status::Status::Running,
+        created_at: "1970-01-01T00:00:05Z".into(),
+        expires_at: "1970-01-01T01:00:05Z".into(),
+        turns: None,
+        total_cost_usd: None,
+        last_event_id: 3,
+        model: None,
+        prompt: "hel".into(),
+        labels: BTreeMap::new(),
+    };
+    let shown = api::shown(Some(&earlier), Some(&live));
+    assert_eq!(shown["created_at"], earlier.created_at);
+    assert_eq!(shown["prompt"], "hello");
+    assert_eq!(shown["last_event_id"], 3);
+
+    let page = Page {
+        runs: vec![later, earlier],
+        next: None,
+    };
+    let listed = api::merged(
+        vec![live],
+        page,
+        &api::ListQuery::parse(None).expect("none"),
+    );
+    let order: Vec<&str> = listed["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter_map(|run| run["run_id"].as_str())
+        .collect();
+    assert_eq!(order, ["run_late", "run_early"]);
+}
