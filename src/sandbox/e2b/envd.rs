@@ -176,6 +176,16 @@ impl E2bSandbox {
         process: ProcessSpec,
         run_as: RunAs,
     ) -> Result<(u32, ProcessStream), SandboxError> {
+        self.start_call(process, run_as)?.send().await
+    }
+
+    /// [`start_process_as`](Self::start_process_as), made ready to be sent
+    /// later or from a task of its own.
+    pub(super) fn start_call(
+        &self,
+        process: ProcessSpec,
+        run_as: RunAs,
+    ) -> Result<ProcessCall, SandboxError> {
         let message = StartRequest {
             process: ProcessConfig {
                 cmd: process.cmd,
@@ -188,8 +198,7 @@ impl E2bSandbox {
             stdin: Some(process.stdin),
             tag: process.tag,
         };
-        self.process_stream("start", "Start", &message, process.timeout, run_as)
-            .await
+        self.process_call("start", "Start", &message, process.timeout, run_as)
     }
 
     /// `POST /process.Process/Connect`: the same stream as a start's, for a
@@ -209,27 +218,29 @@ impl E2bSandbox {
             },
         };
         let (_, stream) = self
-            .process_stream(
+            .process_call(
                 "attach",
                 "Connect",
                 &ConnectRequest { process },
                 None,
                 RunAs::User,
-            )
+            )?
+            .send()
             .await?;
         Ok(stream)
     }
 
-    /// One of envd's process streams: `method` of the process service with
-    /// `message`, and `lifetime` as the process's deadline when starting.
-    async fn process_stream(
+    /// One of envd's process streams, made ready: `method` of the process
+    /// service with `message`, and `lifetime` as the process's deadline
+    /// when starting.
+    fn process_call(
         &self,
         op: &'static str,
         method: &str,
         message: &impl serde::Serialize,
         lifetime: Option<std::time::Duration>,
         run_as: RunAs,
-    ) -> Result<(u32, ProcessStream), SandboxError> {
+    ) -> Result<ProcessCall, SandboxError> {
         let options = &self.shared.options;
         let payload = serde_json::to_vec(message).map_err(|e| SandboxError::Other {
             op,
@@ -272,16 +283,51 @@ impl E2bSandbox {
             }
             RunAs::User => {}
         }
+        Ok(ProcessCall {
+            op,
+            starts: method == "Start",
+            request,
+            shared: self.shared.clone(),
+            secrets: self.secrets().cloned().collect(),
+        })
+    }
+}
 
-        let response = self
-            .shared
+/// One envd process call, ready to send: everything it needs, owned, so it
+/// can go out from a task of its own (the model proxy's start, sent while
+/// its runner's output is already being read).
+pub(super) struct ProcessCall {
+    op: &'static str,
+    /// A `Start`, whose stream begins with the process's pid; otherwise a
+    /// `Connect`.
+    starts: bool,
+    request: ::http::Request<bytes::Bytes>,
+    shared: std::sync::Arc<super::Shared>,
+    /// What an error message must never contain.
+    secrets: Vec<crate::secret::Secret>,
+}
+
+impl ProcessCall {
+    /// Sends the call and returns the process's stream, with its pid for a
+    /// `Start` (0 for a `Connect`, returned at once).
+    pub(super) async fn send(self) -> Result<(u32, ProcessStream), SandboxError> {
+        let ProcessCall {
+            op,
+            starts,
+            request,
+            shared,
+            secrets,
+        } = self;
+        let options = &shared.options;
+        let response = shared
             .streams
             .open(request, op, options.request_timeout)
             .await?;
         let status = response.status();
         if status != StatusCode::OK {
             let body = http::error_body(response.into_body().into_data_stream()).await;
-            return Err(self.envd_failure(op, status, &body));
+            let secrets: Vec<_> = secrets.iter().collect();
+            return Err(http::status_error(op, status, &body, false, &secrets));
         }
         let content_type = response
             .headers()
@@ -297,7 +343,7 @@ impl E2bSandbox {
             });
         }
         let body = response.into_body().into_data_stream();
-        if method == "Start" {
+        if starts {
             process_stream_with_pid(body, options.stream_idle_timeout).await
         } else {
             // A Connect to a quiet process may send nothing for a long

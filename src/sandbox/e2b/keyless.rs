@@ -11,9 +11,17 @@
 //! ([`crate::model_proxy`]), as root, with what the route is made from
 //! (the real credential, a cloud's region and endpoint, the Vertex key
 //! file's contents), the token, the run's caps, and the pid of the process
-//! it serves, whose end ends it. The runner's first model call comes after
-//! the SDK has loaded, well after the proxy listens; one that came sooner
-//! would be retried by the SDK like any refused connection.
+//! it serves, whose end ends it. That second start needs the first's pid,
+//! so it cannot go out with it; for a process whose stream is read (an
+//! attached run's runner) it goes out from a task of its own while the
+//! output already flows, so the first event waits for neither envd's
+//! spawn nor the round trip. A detached turn's wrapper, whose stream
+//! nobody reads, waits for it, so that a proxy that cannot start fails the
+//! turn's start where the turn records why. The runner's first model call
+//! comes after the SDK has loaded, well after the proxy listens; one that
+//! came sooner would be retried by the SDK like any refused connection. A
+//! proxy that cannot start ends the process's stream with an error that
+//! says why.
 //!
 //! The proxy's own stream is read when the process ends: its last line is
 //! the spend it counted, which goes into the run's meter before the
@@ -82,6 +90,8 @@ pub(super) async fn start(
         proxy_env.insert(RECORD_VARIABLE.to_owned(), record.clone());
     }
     let timeout = process.timeout;
+    // A detached turn's wrapper keeps its tally where later readers find it.
+    let detached_wrapper = process.spend_record.is_some();
     let (pid, output) = sandbox.start_process_as(process, RunAs::User).await?;
     proxy_env.insert(WATCH_PID_VARIABLE.to_owned(), pid.to_string());
     let proxy = ProcessSpec {
@@ -91,49 +101,146 @@ pub(super) async fn start(
         timeout,
         ..ProcessSpec::default()
     };
-    let proxy = match sandbox.start_process_as(proxy, RunAs::Root).await {
-        Ok((_, proxy)) => proxy,
-        Err(e) => {
-            return Err(SandboxError::Other {
-                op: "start",
-                message: format!(
-                    "the template's model proxy ({BINARY}) did not start, so the agent \
-                     cannot reach the model without its key; build the template from this \
-                     version's template/ (template/README.md), or set \
-                     SANDSTORM_E2B_MODEL_PROXY=0 to let the key into the sandbox: {e}"
-                ),
-            });
-        }
-    };
-    Ok(with_report(output, proxy, meter))
+    if detached_wrapper {
+        // Nobody reads a detached turn's wrapper: a proxy that did not start
+        // must fail the turn's start, where the turn records why.
+        let proxy = match sandbox.start_process_as(proxy, RunAs::Root).await {
+            Ok((_, proxy)) => proxy,
+            Err(e) => return Err(not_started(&e)),
+        };
+        return Ok(with_report(output, Proxy::Started(proxy), meter));
+    }
+    // Sent from a task of its own, so that the runner's output flows while
+    // it goes out (envd's spawn and a round trip that the first event need
+    // not wait for), and it goes out whether or not that output is read.
+    let call = sandbox.start_call(proxy, RunAs::Root)?;
+    let start = AbortOnDrop(tokio::spawn(call.send()));
+    Ok(with_report(output, Proxy::Starting(start), meter))
 }
 
-/// `output`, with the proxy's report put into `meter` just before the
-/// process's end.
+/// A task that ends when its handle is dropped: a run that ended does not
+/// leave its proxy's start going.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a proxy's start came back.
+type Started = Result<(u32, ProcessStream), SandboxError>;
+
+/// The model proxy beside a process, as far as the process's stream knows.
+enum Proxy {
+    /// Its start is on its way.
+    Starting(AbortOnDrop<Started>),
+    /// It runs; its stream ends with its report.
+    Started(ProcessStream),
+    /// Read, or never started.
+    Gone,
+}
+
+/// What one turn of the combined stream comes to.
+enum Step {
+    Started(Started),
+    Output(Option<Result<ProcessEvent, SandboxError>>),
+}
+
+/// `output`, while the proxy's start completes beside it: a start that
+/// fails ends the stream with an error saying why the agent cannot reach
+/// the model; a proxy that started gives its report to `meter` just before
+/// the process's end is passed on.
 fn with_report(
     output: ProcessStream,
-    proxy: ProcessStream,
+    proxy: Proxy,
     meter: Option<Arc<SpendMeter>>,
 ) -> ProcessStream {
-    let mut proxy = Some(proxy);
-    output
-        .then(move |event| {
-            let ending = matches!(event, Ok(ProcessEvent::Exited(_)));
-            let proxy = if ending { proxy.take() } else { None };
-            let meter = meter.clone();
-            async move {
-                if let (Some(proxy), Some(meter)) = (proxy, meter) {
-                    match tokio::time::timeout(REPORT_WAIT, read_report(proxy)).await {
-                        Ok(Some(report)) => meter.absorb(report.spend),
-                        Ok(None) | Err(_) => {
-                            tracing::warn!("the model proxy ended without its spend report");
+    futures::stream::unfold(
+        (output, proxy, meter),
+        |(mut output, mut proxy, meter)| async move {
+            loop {
+                let step = match &mut proxy {
+                    Proxy::Starting(start) => tokio::select! {
+                        started = &mut start.0 => Step::Started(started.unwrap_or_else(|e| {
+                            Err(SandboxError::Other { op: "start", message: e.to_string() })
+                        })),
+                        event = output.next() => Step::Output(event),
+                    },
+                    Proxy::Started(_) | Proxy::Gone => Step::Output(output.next().await),
+                };
+                match step {
+                    Step::Started(Ok((_, started))) => proxy = Proxy::Started(started),
+                    Step::Started(Err(e)) => {
+                        // Nothing more of this process is passed on: its
+                        // run ends here, with the reason.
+                        let rest = futures::stream::empty().boxed();
+                        return Some((Err(not_started(&e)), (rest, Proxy::Gone, None)));
+                    }
+                    Step::Output(None) => return None,
+                    Step::Output(Some(event)) => {
+                        if !matches!(event, Ok(ProcessEvent::Exited(_))) {
+                            return Some((event, (output, proxy, meter)));
                         }
+                        // The process ended: its proxy's start has come
+                        // back by now, or soon. One that failed is why the
+                        // process could not do its work, and is said
+                        // instead of its end.
+                        let stream = match std::mem::replace(&mut proxy, Proxy::Gone) {
+                            Proxy::Starting(start) => match started_within(start).await {
+                                Ok(stream) => stream,
+                                Err(e) => {
+                                    let rest = (output, Proxy::Gone, None);
+                                    return Some((Err(not_started(&e)), rest));
+                                }
+                            },
+                            Proxy::Started(stream) => Some(stream),
+                            Proxy::Gone => None,
+                        };
+                        if let (Some(stream), Some(meter)) = (stream, &meter) {
+                            absorb_report(stream, meter).await;
+                        }
+                        return Some((event, (output, Proxy::Gone, meter)));
                     }
                 }
-                event
             }
-        })
-        .boxed()
+        },
+    )
+    .boxed()
+}
+
+/// Why the agent cannot reach the model: the proxy did not start.
+fn not_started(e: &SandboxError) -> SandboxError {
+    SandboxError::Other {
+        op: "start",
+        message: format!(
+            "the template's model proxy ({BINARY}) did not start, so the agent cannot reach \
+             the model without its key; build the template from this version's template/ \
+             (template/README.md), or set SANDSTORM_E2B_MODEL_PROXY=0 to let the key into \
+             the sandbox: {e}"
+        ),
+    }
+}
+
+/// The proxy's stream once its start has come back, if it does within
+/// [`REPORT_WAIT`] (`None` if not); its start's error if it failed.
+async fn started_within(
+    mut start: AbortOnDrop<Started>,
+) -> Result<Option<ProcessStream>, SandboxError> {
+    match tokio::time::timeout(REPORT_WAIT, &mut start.0).await {
+        Ok(Ok(Ok((_, stream)))) => Ok(Some(stream)),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_)) | Err(_) => Ok(None),
+    }
+}
+
+/// Puts the proxy's report into `meter`, waiting for the proxy's end for
+/// at most [`REPORT_WAIT`].
+async fn absorb_report(proxy: ProcessStream, meter: &SpendMeter) {
+    match tokio::time::timeout(REPORT_WAIT, read_report(proxy)).await {
+        Ok(Some(report)) => meter.absorb(report.spend),
+        Ok(None) | Err(_) => tracing::warn!("the model proxy ended without its spend report"),
+    }
 }
 
 /// The tally a proxy keeps at `record` for a detached run's readers, read
