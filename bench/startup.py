@@ -66,6 +66,8 @@ class E2bClient:
             "Content-Type": "application/connect+json",
             "Connect-Protocol-Version": "1",
             "E2b-Sandbox-Id": sandbox_id,
+            # E2B's edge routes by both, and refuses one without the other.
+            "E2b-Sandbox-Port": "49983",
             "X-Access-Token": token,
         }
         response = self._call("POST", "/process.Process/Start", ENVELOPE.pack(0, len(message)) + message, headers)
