@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 pub(crate) mod api;
+#[cfg(feature = "aws-dynamodb")]
+pub(crate) mod dynamodb;
 pub(crate) mod record;
 pub(crate) mod sqlite;
 pub(crate) mod tap;
@@ -119,6 +121,8 @@ pub(crate) struct History {
 struct Inner {
     store: Arc<dyn RunStore>,
     writes: mpsc::Sender<Write>,
+    /// How long a run's `done` waits for its end's write, if it waits.
+    settle_ends: Option<Duration>,
 }
 
 impl History {
@@ -134,7 +138,30 @@ impl History {
         let (writes, queue) = mpsc::channel(QUEUE);
         tokio::spawn(write(store.clone(), queue, retention));
         History {
-            inner: Some(Arc::new(Inner { store, writes })),
+            inner: Some(Arc::new(Inner {
+                store,
+                writes,
+                settle_ends: None,
+            })),
+        }
+    }
+
+    /// The same history, where a run's end is written before its client
+    /// gets its `done`, waiting at most `within`: for a door whose platform
+    /// may freeze the process once a response is over. Call it on a
+    /// history just spawned.
+    pub(crate) fn settling_ends(mut self, within: Duration) -> Self {
+        if let Some(inner) = self.inner.as_mut().and_then(Arc::get_mut) {
+            inner.settle_ends = Some(within);
+        }
+        self
+    }
+
+    /// Waits for the writes so far when this history settles ends (see
+    /// [`History::settling_ends`]).
+    pub(crate) async fn settle_end(&self) {
+        if let Some(within) = self.inner.as_ref().and_then(|inner| inner.settle_ends) {
+            self.settle(within).await;
         }
     }
 
