@@ -113,6 +113,7 @@ async fn key_source(
 }
 
 #[cfg(not(feature = "aws-secrets"))]
+#[allow(clippy::unused_async)] // the same signature as with the feature
 async fn key_source(
     env: &EnvVars,
 ) -> Result<Option<std::sync::Arc<dyn crate::keys::KeySource>>, String> {
