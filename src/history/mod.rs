@@ -3,9 +3,9 @@
 //!
 //! The handler stays stateless: the history lives in a database behind one
 //! small trait, [`RunStore`]. SQLite ([`sqlite`]) is the embedded one for
-//! `ds serve` and the CLI; a serverless door's table can implement the same
-//! trait, which is why its methods are async and its cursor is a string the
-//! store alone reads.
+//! `ds serve` and the CLI; DynamoDB (`dynamodb`, feature `aws-dynamodb`) is
+//! the serverless doors' table, shared by every instance. Hence the trait's
+//! async methods and a cursor that is a string the store alone reads.
 //!
 //! A run never waits on its history: [`History`] hands each write to one
 //! writer task through a bounded queue and goes on. A full queue, a store
