@@ -621,79 +621,6 @@ async fn a_detached_run_outlives_invocations_and_later_ones_read_every_event_onc
 
 // --- The run history in DynamoDB --------------------------------------------
 
-/// The history table's name in these tests.
-const HISTORY_TABLE: &str = "sandstorm-runs";
-
-/// The history table in moto, as template.yaml declares it: `run_id` the
-/// key, the `by-owner` index on `owner` and `created` with every attribute
-/// projected, TTL on `expires_at`.
-async fn create_history_table(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-        Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
-    };
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-        .build();
-    let client = aws_sdk_dynamodb::Client::from_conf(config);
-    let attribute = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .expect("attribute")
-    };
-    let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .expect("key")
-    };
-    client
-        .create_table()
-        .table_name(HISTORY_TABLE)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute("run_id"))
-        .attribute_definitions(attribute("owner"))
-        .attribute_definitions(attribute("created"))
-        .key_schema(key("run_id", KeyType::Hash))
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name("by-owner")
-                .key_schema(key("owner", KeyType::Hash))
-                .key_schema(key("created", KeyType::Range))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::All)
-                        .build(),
-                )
-                .build()
-                .expect("index"),
-        )
-        .send()
-        .await
-        .expect("create the history table in moto");
-    client
-        .update_time_to_live()
-        .table_name(HISTORY_TABLE)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name("expires_at")
-                .enabled(true)
-                .build()
-                .expect("ttl"),
-        )
-        .send()
-        .await
-        .expect("turn TTL on");
-    client
-}
-
 /// The bootstrap under the Runtime API written here, pointed at `e2b` and
 /// at the history table on `aws`, and the Runtime API's two ends.
 async fn bootstrap_with_history(
@@ -708,7 +635,10 @@ async fn bootstrap_with_history(
     let mut env = door_env(e2b);
     env.extend(common::moto::aws_env(aws));
     env.extend([
-        ("SANDSTORM_HISTORY_TABLE", HISTORY_TABLE.to_owned()),
+        (
+            "SANDSTORM_HISTORY_TABLE",
+            common::moto::HISTORY_TABLE.to_owned(),
+        ),
         ("AWS_LAMBDA_RUNTIME_API", runtime_api),
         ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".to_owned()),
@@ -752,7 +682,7 @@ async fn get_through(
 #[tokio::test]
 async fn the_lambda_door_records_its_runs_in_dynamodb_and_answers_from_there() {
     let moto = common::moto::start().await;
-    let dynamodb = create_history_table(&moto.url).await;
+    let dynamodb = common::moto::create_history_table(&moto.url).await;
     let e2b = emulator::start(synthetic(5, 200)).await;
     let (function, queue, mut responses) = bootstrap_with_history(&e2b, &moto.url).await;
 
@@ -801,7 +731,7 @@ async fn the_lambda_door_records_its_runs_in_dynamodb_and_answers_from_there() {
     // (30 days) after its start.
     let item = dynamodb
         .get_item()
-        .table_name(HISTORY_TABLE)
+        .table_name(common::moto::HISTORY_TABLE)
         .key(
             "run_id",
             aws_sdk_dynamodb::types::AttributeValue::S(run_id.clone()),
@@ -826,7 +756,7 @@ async fn the_lambda_door_records_its_runs_in_dynamodb_and_answers_from_there() {
 #[tokio::test]
 async fn a_history_table_that_is_down_fails_no_run() {
     let moto = common::moto::start().await;
-    create_history_table(&moto.url).await;
+    common::moto::create_history_table(&moto.url).await;
     let url = moto.url.clone();
     // Stopped before the run: every write and read of the history fails.
     drop(moto);
