@@ -195,7 +195,8 @@ impl History {
     }
 
     /// Waits, up to `within`, for the writes queued so far to land: for a
-    /// process that is about to exit (`ds` after its run).
+    /// process that is about to exit (`ds` after its run), or a serverless
+    /// run before its `done` (see [`History::settling_ends`]).
     pub(crate) async fn settle(&self, within: Duration) {
         let Some(inner) = &self.inner else { return };
         let (done, landed) = tokio::sync::oneshot::channel();
@@ -205,7 +206,12 @@ impl History {
             }
         };
         if tokio::time::timeout(within, settled).await.is_err() {
-            tracing::warn!("run history: the last writes did not land before exit");
+            // `ds` about to exit, or a serverless run about to send its
+            // `done`: either way the writes go on without waiting.
+            tracing::warn!(
+                ?within,
+                "run history: the writes queued so far did not land in time"
+            );
         }
     }
 
