@@ -315,8 +315,12 @@ impl Settings {
 /// Where the run history is kept, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistorySettings {
-    /// The SQLite file; `None` keeps no history.
+    /// The SQLite file; `None` keeps no history in a file.
     pub path: Option<PathBuf>,
+    /// The DynamoDB table (`SANDSTORM_HISTORY_TABLE`), which a door with
+    /// AWS support opens instead of a file: the serverless doors' history,
+    /// shared by every instance.
+    pub table: Option<String>,
     /// How long a record is kept; `None` keeps it for good.
     pub retention: Option<Duration>,
 }
@@ -326,11 +330,13 @@ pub struct HistorySettings {
 const DEFAULT_HISTORY_RETENTION_DAYS: u64 = 30;
 
 /// `SANDSTORM_HISTORY` (`0` turns it off), `SANDSTORM_HISTORY_PATH` (the
-/// file, relative to `cwd`) and `SANDSTORM_HISTORY_RETENTION_DAYS` (`0`
-/// keeps records for good). A server keeps its history under the user's
-/// data folder by default (`$XDG_DATA_HOME/sandstorm/history.db`, else
+/// file, relative to `cwd`), `SANDSTORM_HISTORY_TABLE` (a DynamoDB table
+/// instead of a file) and `SANDSTORM_HISTORY_RETENTION_DAYS` (`0` keeps
+/// records for good). A server keeps its history under the user's data
+/// folder by default (`$XDG_DATA_HOME/sandstorm/history.db`, else
 /// `~/.local/share/...`); a serverless door has no file that outlives an
-/// instance, so it keeps none unless given a path.
+/// instance, so it keeps none unless given a table or a path. A table and
+/// a path together are refused: only one of them would be written.
 fn history_settings(
     env: &EnvVars,
     cwd: &Path,
@@ -369,13 +375,31 @@ fn history_settings(
             })?;
         Some(data.join("sandstorm/history.db"))
     };
+    let table = env
+        .get("SANDSTORM_HISTORY_TABLE")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    if table.is_some() && given.is_some() {
+        return Err(
+            "SANDSTORM_HISTORY_TABLE and SANDSTORM_HISTORY_PATH are both set; set one: \
+             the history goes to a DynamoDB table or to an SQLite file"
+                .to_owned(),
+        );
+    }
     let path = match (on, given, profile) {
         (false, _, _) => None,
         (true, Some(path), _) => Some(path),
+        (true, None, _) if table.is_some() => None,
         (true, None, Profile::Server) => default(),
         (true, None, Profile::Serverless { .. }) => None,
     };
-    Ok(HistorySettings { path, retention })
+    let table = table.filter(|_| on);
+    Ok(HistorySettings {
+        path,
+        table,
+        retention,
+    })
 }
 
 fn connection_settings(env: &EnvVars) -> Result<ConnectionSettings, String> {
@@ -753,6 +777,39 @@ mod tests {
             path(&[("SANDSTORM_HISTORY_PATH", "/tmp/h.db")], serverless),
             Some(PathBuf::from("/tmp/h.db"))
         );
+    }
+
+    #[test]
+    fn a_history_table_replaces_the_file_and_a_path_beside_it_is_refused() {
+        let history = |pairs: &[(&str, &str)], profile| build(pairs, profile).map(|s| s.history);
+        let serverless = Profile::Serverless { max_duration: None };
+        for profile in [Profile::Server, serverless] {
+            let table = history(
+                &[("SANDSTORM_HISTORY_TABLE", "runs"), ("HOME", "/home/u")],
+                profile,
+            )
+            .expect("settings");
+            assert_eq!(table.table.as_deref(), Some("runs"), "{profile:?}");
+            assert_eq!(table.path, None, "{profile:?}: no file beside the table");
+            let off = history(
+                &[
+                    ("SANDSTORM_HISTORY_TABLE", "runs"),
+                    ("SANDSTORM_HISTORY", "0"),
+                ],
+                profile,
+            )
+            .expect("settings");
+            assert_eq!((off.table, off.path), (None, None), "{profile:?}");
+            let both = history(
+                &[
+                    ("SANDSTORM_HISTORY_TABLE", "runs"),
+                    ("SANDSTORM_HISTORY_PATH", "/tmp/h.db"),
+                ],
+                profile,
+            )
+            .expect_err("refused");
+            assert!(both.contains("SANDSTORM_HISTORY_TABLE"), "{both}");
+        }
     }
 
     #[test]

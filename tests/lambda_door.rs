@@ -433,14 +433,14 @@ fn function_url_request(
     event
 }
 
-/// One invocation's answer: its SSE events (id, JSON; the `detached`
-/// event's id is 0) and the raw body.
-async fn invoke(
+/// One invocation's answer: its prelude (status and headers) and its
+/// body, read to the end.
+async fn invoke_raw(
     queue: &mpsc::UnboundedSender<Invocation>,
     responses: &mut mpsc::UnboundedReceiver<Streamed>,
     event: serde_json::Value,
     lasts: Duration,
-) -> (serde_json::Value, Vec<(u64, serde_json::Value)>) {
+) -> (serde_json::Value, Vec<u8>) {
     let deadline_ms = u64::try_from(
         (SystemTime::now() + lasts)
             .duration_since(UNIX_EPOCH)
@@ -464,9 +464,21 @@ async fn invoke(
     }
     let split = find_index(&raw, &[0u8; 8]).expect("the prelude ends with eight NUL bytes");
     let prelude: serde_json::Value = serde_json::from_slice(&raw[..split]).expect("prelude");
+    (prelude, raw.split_off(split + 8))
+}
+
+/// One invocation's answer: its SSE events (id, JSON; the `detached`
+/// event's id is 0) and the raw body.
+async fn invoke(
+    queue: &mpsc::UnboundedSender<Invocation>,
+    responses: &mut mpsc::UnboundedReceiver<Streamed>,
+    event: serde_json::Value,
+    lasts: Duration,
+) -> (serde_json::Value, Vec<(u64, serde_json::Value)>) {
+    let (prelude, body) = invoke_raw(queue, responses, event, lasts).await;
     let mut decoder = sse::Decoder::new();
     let events = decoder
-        .feed(&raw[split + 8..])
+        .feed(&body)
         .into_iter()
         .map(|event| {
             let value = event.json();
@@ -604,5 +616,193 @@ async fn a_detached_run_outlives_invocations_and_later_ones_read_every_event_onc
         (1, 1, 0),
         "{stats:?}"
     );
+    drop(function);
+}
+
+// --- The run history in DynamoDB --------------------------------------------
+
+/// The bootstrap under the Runtime API written here, pointed at `e2b` and
+/// at the history table on `aws`, and the Runtime API's two ends.
+async fn bootstrap_with_history(
+    e2b: &common::emulator::RunningEmulator,
+    aws: &str,
+) -> (
+    Process,
+    mpsc::UnboundedSender<Invocation>,
+    mpsc::UnboundedReceiver<Streamed>,
+) {
+    let (runtime_api, queue, responses) = runtime_api().await;
+    let mut env = door_env(e2b);
+    env.extend(common::moto::aws_env(aws));
+    env.extend([
+        (
+            "SANDSTORM_HISTORY_TABLE",
+            common::moto::HISTORY_TABLE.to_owned(),
+        ),
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api),
+        ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+    ]);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"));
+    command.current_dir(manifest_dir());
+    (spawn_quiet(command, &env), queue, responses)
+}
+
+/// A query through the door, read to its end: its status and events.
+async fn query_through(
+    queue: &mpsc::UnboundedSender<Invocation>,
+    responses: &mut mpsc::UnboundedReceiver<Streamed>,
+    query: &serde_json::Value,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let request = function_url_request(
+        "POST",
+        "/query",
+        &[("content-type", "application/json")],
+        Some(query),
+    );
+    let (prelude, body) = invoke_raw(queue, responses, request, Duration::from_secs(60)).await;
+    (prelude, sse::json_events(&String::from_utf8_lossy(&body)))
+}
+
+/// `GET path` through the door: its status and JSON body.
+async fn get_through(
+    queue: &mpsc::UnboundedSender<Invocation>,
+    responses: &mut mpsc::UnboundedReceiver<Streamed>,
+    path: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let request = function_url_request("GET", path, &[], None);
+    let (prelude, body) = invoke_raw(queue, responses, request, Duration::from_secs(30)).await;
+    (
+        prelude["statusCode"].clone(),
+        serde_json::from_slice(&body).unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn the_lambda_door_records_its_runs_in_dynamodb_and_answers_from_there() {
+    let moto = common::moto::start().await;
+    let dynamodb = common::moto::create_history_table(&moto.url).await;
+    let e2b = emulator::start(synthetic(5, 200)).await;
+    let (function, queue, mut responses) = bootstrap_with_history(&e2b, &moto.url).await;
+
+    let (prelude, events) = query_through(
+        &queue,
+        &mut responses,
+        &serde_json::json!({"prompt": "go", "team_id": "blue"}),
+    )
+    .await;
+    assert_eq!(
+        prelude["statusCode"],
+        200,
+        "{prelude}\n{}",
+        function.output()
+    );
+    let (_, done) = sse::split_closing(&events);
+    assert_eq!(
+        done.map(|d| d["status"].clone()),
+        Some("success".into()),
+        "{events:?}"
+    );
+
+    // The door lands a run's end before its `done`: the list says how it
+    // ended at once.
+    let (status, list) = get_through(&queue, &mut responses, "/runs").await;
+    assert_eq!(status, 200, "{list}\n{}", function.output());
+    let runs = list["runs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(runs.len(), 1, "{list}\n{}", function.output());
+    assert_eq!(runs[0]["status"], "succeeded", "{list}");
+    let run_id = runs[0]["run_id"].as_str().expect("a run id").to_owned();
+    let (status, filtered) = get_through(&queue, &mut responses, "/runs?team_id=red").await;
+    assert_eq!(status, 200, "{filtered}");
+    assert_eq!(filtered["runs"], serde_json::json!([]), "{filtered}");
+
+    let (status, record) = get_through(&queue, &mut responses, &format!("/runs/{run_id}")).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["prompt"], "go", "{record}");
+    assert_eq!(record["labels"], serde_json::json!({"team_id": "blue"}));
+    assert!(record["ended_at"].is_string(), "{record}");
+    assert!(record["duration_ms"].is_u64(), "{record}");
+    assert!(record["sandbox_id"].is_string(), "{record}");
+    assert!(record.get("owner").is_none(), "the owner is never shown");
+
+    // In the table: one item, whose TTL is the door's default retention
+    // (30 days) after its start.
+    let item = dynamodb
+        .get_item()
+        .table_name(common::moto::HISTORY_TABLE)
+        .key(
+            "run_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(run_id.clone()),
+        )
+        .send()
+        .await
+        .expect("get the item");
+    let item = item.item().expect("the run's item");
+    let number = |name: &str| match item.get(name) {
+        Some(aws_sdk_dynamodb::types::AttributeValue::N(n)) => n.parse::<u64>().ok(),
+        _ => None,
+    };
+    let created = humantime::parse_rfc3339_weak(record["created_at"].as_str().expect("created"))
+        .expect("RFC 3339")
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    assert_eq!(number("expires_at"), Some(created + 30 * 86_400));
+    drop(function);
+}
+
+#[tokio::test]
+async fn a_history_table_that_is_down_fails_no_run() {
+    let moto = common::moto::start().await;
+    common::moto::create_history_table(&moto.url).await;
+    let url = moto.url.clone();
+    // Stopped before the run: every write and read of the history fails.
+    drop(moto);
+    let e2b = emulator::start(synthetic(5, 200)).await;
+    let (function, queue, mut responses) = bootstrap_with_history(&e2b, &url).await;
+
+    let started = Instant::now();
+    let (prelude, events) =
+        query_through(&queue, &mut responses, &serde_json::json!({"prompt": "go"})).await;
+    assert_eq!(
+        prelude["statusCode"],
+        200,
+        "{prelude}\n{}",
+        function.output()
+    );
+    let (lines, done) = sse::split_closing(&events);
+    assert_eq!(
+        done.map(|d| d["status"].clone()),
+        Some("success".into()),
+        "{events:?}\n{}",
+        function.output()
+    );
+    assert_eq!(
+        lines.last().map(|l| l["type"].clone()),
+        Some("result".into())
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the run took {:?}",
+        started.elapsed()
+    );
+
+    // The log says so.
+    let said = tokio::time::timeout(Duration::from_secs(20), async {
+        while !function.output().contains("run history: the store") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(said.is_ok(), "no word of the store:\n{}", function.output());
+
+    // A list still answers, with what is live (nothing).
+    let (status, list) = get_through(&queue, &mut responses, "/runs").await;
+    assert_eq!(status, 200, "{list}\n{}", function.output());
+    assert_eq!(list["runs"], serde_json::json!([]), "{list}");
+    let stats = e2b.settled(SETTLE).await;
+    assert_eq!((stats.created, stats.killed), (1, 1), "{stats:?}");
     drop(function);
 }

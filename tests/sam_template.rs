@@ -2,7 +2,8 @@
 //! `cfn-lint` on the SAM template, then AWS's SAM translator turns it into
 //! the CloudFormation `sam deploy` would create, which is linted too and
 //! checked for what matters: a streaming Function URL, the Lambda settings,
-//! and a role that can read the one secret and nothing else.
+//! the history table, and a role that can read the one secret and make the
+//! history store's calls on its table, and nothing else.
 
 mod common;
 
@@ -128,7 +129,7 @@ fn the_deployed_function_streams_from_a_public_url_and_reads_only_its_secret() {
             grants.push((actions, statement["Resource"].to_string(), condition));
         }
     }
-    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert_eq!(grants.len(), 4, "{grants:?}");
     assert_eq!(grants[0].0, ["secretsmanager:GetSecretValue"]);
     assert!(
         grants[0].1.contains("\"Ref\":\"SecretArn\""),
@@ -139,6 +140,86 @@ fn the_deployed_function_streams_from_a_public_url_and_reads_only_its_secret() {
     assert_eq!(grants[1].0, ["kms:Decrypt"]);
     assert!(grants[1].1.contains("SecretKmsKeyArn"), "{}", grants[1].1);
     assert_eq!(grants[1].2, Some("HasKmsKey"));
+    // The history: the store's four calls, on its table and its index,
+    // and nothing broader.
+    assert_eq!(
+        grants[2].0,
+        [
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:GetItem"
+        ]
+    );
+    assert_eq!(grants[2].1, r#"{"Fn::GetAtt":["HistoryTable","Arn"]}"#);
+    assert_eq!(grants[2].2, None);
+    assert_eq!(grants[3].0, ["dynamodb:Query"]);
+    assert_eq!(
+        grants[3].1,
+        r#"{"Fn::Sub":"${HistoryTable.Arn}/index/by-owner"}"#
+    );
+    assert_eq!(grants[3].2, None);
+}
+
+#[test]
+fn the_history_table_is_the_one_the_store_reads_and_its_records_expire() {
+    let (_, cloudformation) = transformed();
+    let tables = of_type(&cloudformation, "AWS::DynamoDB::Table");
+    assert_eq!(tables.len(), 1);
+    let (id, table) = tables[0];
+    assert_eq!(id, "HistoryTable");
+    // A table of prompts outlives the stack that made it.
+    assert_eq!(table["DeletionPolicy"], "Retain");
+    assert_eq!(table["UpdateReplacePolicy"], "Retain");
+    let properties = &table["Properties"];
+    assert_eq!(properties["BillingMode"], "PAY_PER_REQUEST");
+    // The keys src/history/dynamodb.rs reads and writes.
+    assert_eq!(
+        properties["KeySchema"],
+        json!([{"AttributeName": "run_id", "KeyType": "HASH"}])
+    );
+    let indexes = properties["GlobalSecondaryIndexes"]
+        .as_array()
+        .expect("indexes");
+    assert_eq!(indexes.len(), 1);
+    assert_eq!(indexes[0]["IndexName"], "by-owner");
+    assert_eq!(
+        indexes[0]["KeySchema"],
+        json!([
+            {"AttributeName": "owner", "KeyType": "HASH"},
+            {"AttributeName": "created", "KeyType": "RANGE"}
+        ])
+    );
+    assert_eq!(indexes[0]["Projection"], json!({"ProjectionType": "ALL"}));
+    for attribute in properties["AttributeDefinitions"]
+        .as_array()
+        .expect("attributes")
+    {
+        assert_eq!(attribute["AttributeType"], "S", "{attribute}");
+    }
+    assert_eq!(
+        properties["TimeToLiveSpecification"],
+        json!({"AttributeName": "expires_at", "Enabled": true})
+    );
+    assert_eq!(
+        properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
+        true
+    );
+
+    // The function is told the table and the retention.
+    let functions = of_type(&cloudformation, "AWS::Lambda::Function");
+    let variables = &functions[0].1["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        variables["SANDSTORM_HISTORY_TABLE"],
+        json!({"Ref": "HistoryTable"})
+    );
+    assert_eq!(
+        variables["SANDSTORM_HISTORY_RETENTION_DAYS"],
+        json!({"Ref": "HistoryRetentionDays"})
+    );
+    assert_eq!(
+        cloudformation["Parameters"]["HistoryRetentionDays"]["Default"],
+        30
+    );
 }
 
 #[test]
@@ -155,4 +236,36 @@ fn cargo_lambda_builds_the_bootstrap_with_its_feature() {
         .expect("section body");
     assert!(section.contains("features = [\"lambda\"]"), "{section}");
     assert!(section.contains("bin = [\"bootstrap\"]"), "{section}");
+}
+
+/// Vercel and a `cargo lambda deploy` get the history's rights from
+/// infra/iam-policy-history.json: the same calls as the template's role.
+#[test]
+fn the_history_policy_for_the_other_doors_grants_what_the_template_grants() {
+    let text = std::fs::read_to_string(manifest_dir().join("infra/iam-policy-history.json"))
+        .expect("read the policy");
+    let policy: Value = serde_json::from_str(&text).expect("JSON");
+    let statements = policy["Statement"].as_array().expect("statements");
+    assert_eq!(statements.len(), 2, "{policy}");
+    assert_eq!(
+        statements[0]["Action"],
+        json!([
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:GetItem"
+        ])
+    );
+    assert!(
+        statements[0]["Resource"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(":table/TABLE_NAME")),
+        "{policy}"
+    );
+    assert_eq!(statements[1]["Action"], "dynamodb:Query");
+    assert!(
+        statements[1]["Resource"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(":table/TABLE_NAME/index/by-owner")),
+        "{policy}"
+    );
 }

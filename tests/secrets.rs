@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use common::doors::{SETTLE, door_command, start_vercel_function};
+use common::doors::{SETTLE, start_vercel_function};
 use common::emulator::{self, RunningEmulator, synthetic};
 use common::http::serve_router;
 use common::keys::{ANTHROPIC_KEY, E2B_KEY};
-use common::process::Process;
 use common::stream::read_stream;
 use common::tools::{MOTO_PIP, manifest_dir, tool};
 use sandstorm::app::{self, AppState};
@@ -27,24 +26,6 @@ use sandstorm::keys::KeySource;
 use tokio::process::Command;
 
 const TOKEN: &str = "token-from-the-secret-5678-0123456789";
-
-struct Moto {
-    url: String,
-    _proc: Process,
-}
-
-/// `moto_server` on port 0; it prints the address it got
-/// (` * Running on http://127.0.0.1:PORT`).
-async fn start_moto() -> Moto {
-    let mut command = door_command(tool("moto_server", MOTO_PIP), None::<(&str, &str)>);
-    command.args(["-H", "127.0.0.1", "-p", "0"]);
-    let (proc, url) = Process::start("moto_server", command, Duration::from_secs(60), |line| {
-        let (_, rest) = line.split_once("Running on ")?;
-        rest.split_whitespace().next().map(str::to_owned)
-    })
-    .await;
-    Moto { url, _proc: proc }
-}
 
 /// The variables that point the AWS SDK at `endpoint` with dummy
 /// credentials (moto checks no signature).
@@ -135,7 +116,7 @@ async fn emulator_taking_only(key: &str, knobs: emulator::Knobs) -> RunningEmula
 
 #[tokio::test]
 async fn keys_and_the_token_come_from_the_secret_with_one_call_for_many_queries() {
-    let moto = start_moto().await;
+    let moto = common::moto::start().await;
     create_secret(&moto.url, "sandstorm/prod", &the_secret()).await;
     // The emulator takes only the secret's E2B key: a query that succeeds
     // used it.
@@ -174,7 +155,7 @@ async fn keys_and_the_token_come_from_the_secret_with_one_call_for_many_queries(
 
 #[tokio::test]
 async fn concurrent_first_use_makes_one_call_and_a_stale_cache_another() {
-    let moto = start_moto().await;
+    let moto = common::moto::start().await;
     create_secret(&moto.url, "sandstorm/ttl", &the_secret()).await;
     let mut env = aws_env(&moto.url);
     env.push(("SANDSTORM_SECRET_ID", "sandstorm/ttl".to_owned()));
@@ -214,7 +195,7 @@ async fn concurrent_first_use_makes_one_call_and_a_stale_cache_another() {
 
 #[tokio::test]
 async fn a_missing_secret_is_a_config_error_that_names_it() {
-    let moto = start_moto().await;
+    let moto = common::moto::start().await;
     let e2b = emulator::start(synthetic(3, 100)).await;
     let env = keyless_env(&e2b, &moto.url, "sandstorm/missing");
     let url = serve(&env, source(&env).await).await;
@@ -239,7 +220,7 @@ async fn a_missing_secret_is_a_config_error_that_names_it() {
 
 #[tokio::test]
 async fn a_secret_that_is_not_json_is_named_without_its_value() {
-    let moto = start_moto().await;
+    let moto = common::moto::start().await;
     create_secret(&moto.url, "sandstorm/plain", "sk-ant-a-bare-key-0000").await;
     let mut env = aws_env(&moto.url);
     env.push(("SANDSTORM_SECRET_ID", "sandstorm/plain".to_owned()));
@@ -280,7 +261,7 @@ async fn access_denied_is_named_with_the_permission_to_grant() {
 
 #[tokio::test]
 async fn the_vercel_door_reads_its_keys_from_the_secret() {
-    let moto = start_moto().await;
+    let moto = common::moto::start().await;
     create_secret(&moto.url, "sandstorm/door", &the_secret()).await;
     let e2b = emulator_taking_only(E2B_KEY, synthetic(5, 200)).await;
     let env = keyless_env(&e2b, &moto.url, "sandstorm/door");
@@ -305,7 +286,7 @@ async fn the_vercel_door_reads_its_keys_from_the_secret() {
 
 #[tokio::test]
 async fn put_secret_py_stores_the_keys_from_the_environment() {
-    let moto = start_moto().await;
+    let moto = common::moto::start().await;
     let python = tool("python3", MOTO_PIP);
     let mut env = aws_env(&moto.url);
     env.extend([

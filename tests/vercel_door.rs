@@ -267,3 +267,49 @@ fn build_sh_turns_the_vercel_feature_on_for_vercels_build_only() {
     // Running it again (once per function) changes nothing more.
     assert_eq!(run(Some("1")), on_vercel);
 }
+
+/// Vercel keeps no disk either: the same DynamoDB table as Lambda, through
+/// the same AWS variables, records its runs and answers `/runs`.
+#[tokio::test]
+async fn the_function_records_its_runs_in_the_shared_dynamodb_table() {
+    let moto = common::moto::start().await;
+    common::moto::create_history_table(&moto.url).await;
+    let e2b = emulator::start(synthetic(5, 200)).await;
+    let mut env = door_env(&e2b);
+    env.extend(common::moto::aws_env(&moto.url));
+    env.push((
+        "SANDSTORM_HISTORY_TABLE",
+        common::moto::HISTORY_TABLE.to_owned(),
+    ));
+    let function = start_function(env!("CARGO_BIN_EXE_vercel-query"), &env).await;
+
+    let stream = function
+        .query(function.post(serde_json::json!({"prompt": "go", "user_id": "u-7"})))
+        .await;
+    assert_eq!(stream.status, 200);
+    let client = reqwest::Client::new();
+    let list: serde_json::Value = client
+        .get(format!("{}/api/runs?user_id=u-7", function.url))
+        .send()
+        .await
+        .expect("GET /runs")
+        .json()
+        .await
+        .expect("JSON");
+    let runs = list["runs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(runs.len(), 1, "{list}\n{}", function.proc.output());
+    assert_eq!(runs[0]["status"], "succeeded", "{list}");
+    let run_id = runs[0]["run_id"].as_str().expect("a run id");
+    let record: serde_json::Value = client
+        .get(format!("{}/runs/{run_id}", function.url))
+        .send()
+        .await
+        .expect("GET /runs/{id}")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(record["prompt"], "go", "{record}");
+    assert_eq!(record["labels"], serde_json::json!({"user_id": "u-7"}));
+    let stats = e2b.settled(SETTLE).await;
+    assert_eq!((stats.created, stats.killed), (1, 1), "{stats:?}");
+}

@@ -451,6 +451,14 @@ fn settings(flag: Option<&str>, quiet_notice: bool) -> Result<Settings, Fatal> {
 }
 
 fn state(settings: Settings) -> Result<AppState, Fatal> {
+    if settings.history.table.is_some() {
+        // The table is the serverless doors' history; `ds` has its file,
+        // and quietly recording nowhere would be worse than refusing.
+        return Err(Fatal::usage(
+            "SANDSTORM_HISTORY_TABLE is read by the serverless doors (Lambda, Vercel); \
+             ds keeps its history in an SQLite file (SANDSTORM_HISTORY_PATH)",
+        ));
+    }
     let provider = settings.sandbox.build_provider().map_err(Fatal::usage)?;
     let history = crate::history::open(&settings.history);
     Ok(AppState::new(settings, provider).with_history(history))

@@ -16,10 +16,13 @@ use tokio::time::Instant;
 
 use crate::app::{self, AppState};
 use crate::env::EnvVars;
+use crate::history::History;
 use crate::sandbox::provider::{Catalog, Setup};
 use crate::sandbox::{e2b, local};
-use crate::settings::{Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
+use crate::settings::{HistorySettings, Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
 
+#[cfg(any(feature = "aws-secrets", feature = "aws-dynamodb"))]
+mod aws;
 #[cfg(feature = "aws-secrets")]
 pub mod secrets;
 
@@ -110,6 +113,7 @@ async fn key_source(
 }
 
 #[cfg(not(feature = "aws-secrets"))]
+#[allow(clippy::unused_async)] // the same signature as with the feature
 async fn key_source(
     env: &EnvVars,
 ) -> Result<Option<std::sync::Arc<dyn crate::keys::KeySource>>, String> {
@@ -130,14 +134,73 @@ pub async fn serverless_app(
     cwd: &Path,
     platform: Platform,
 ) -> Result<Router, String> {
-    let settings = serverless_settings(env, cwd, platform).await?;
+    let settings = serverless_settings(env.clone(), cwd, platform).await?;
     let provider = settings.sandbox.build_provider()?;
-    // Off unless SANDSTORM_HISTORY_PATH names a file: an instance's own
-    // disk does not outlive it (a shared table is issue 17's next step).
-    let history = crate::history::open(&settings.history);
+    // Off unless SANDSTORM_HISTORY_TABLE names a table (or
+    // SANDSTORM_HISTORY_PATH a file): an instance's own disk does not
+    // outlive it.
+    let history = serverless_history(&env, &settings.history)
+        .await?
+        .settling_ends(SETTLE_ENDS);
     Ok(app::app(
         AppState::new(settings, provider).with_history(history),
     ))
+}
+
+/// How long a run's `done` waits for its record's end to land on a
+/// serverless door. The platform may freeze the instance as soon as the
+/// response ends (Lambda does), and a write left in the queue would then
+/// wait for the next invocation, or for ever. One write takes milliseconds;
+/// a store that is down costs the client at most this, never the run.
+const SETTLE_ENDS: Duration = Duration::from_secs(2);
+
+/// How long one DynamoDB call of the history may take, retries included:
+/// under the history writer's own bound, so the SDK's error is the one
+/// logged.
+#[cfg(feature = "aws-dynamodb")]
+const HISTORY_CALL_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The history of a serverless door: the DynamoDB table
+/// `SANDSTORM_HISTORY_TABLE` names, else what [`crate::history::open`]
+/// makes of its settings. A table with no region to find it in is a
+/// start-up error; a table that is down later is only logged.
+#[cfg(feature = "aws-dynamodb")]
+async fn serverless_history(env: &EnvVars, settings: &HistorySettings) -> Result<History, String> {
+    let Some(table) = &settings.table else {
+        return Ok(crate::history::open(settings));
+    };
+    let config = aws::sdk_config(env, HISTORY_CALL_TIMEOUT).await;
+    if config.region().is_none() {
+        return Err(format!(
+            "SANDSTORM_HISTORY_TABLE is set to {table:?} but no AWS region is configured; \
+             set AWS_REGION"
+        ));
+    }
+    let mut client = aws_sdk_dynamodb::config::Builder::from(&config);
+    if let Some(url) = aws::endpoint(env, "AWS_ENDPOINT_URL_DYNAMODB") {
+        client = client.endpoint_url(url);
+    }
+    let store = crate::history::dynamodb::DynamoDbStore::new(
+        aws_sdk_dynamodb::Client::from_conf(client.build()),
+        table.clone(),
+        settings.retention,
+    );
+    tracing::info!(table = %table, "run history: recording runs in DynamoDB");
+    // No sweep: the store's records carry their TTL.
+    Ok(History::spawn(std::sync::Arc::new(store), None))
+}
+
+#[cfg(not(feature = "aws-dynamodb"))]
+#[allow(clippy::unused_async)] // the same signature as with the feature
+async fn serverless_history(_env: &EnvVars, settings: &HistorySettings) -> Result<History, String> {
+    match &settings.table {
+        Some(_) => Err(
+            "SANDSTORM_HISTORY_TABLE is set but this build has no DynamoDB support; \
+             build with --features aws-dynamodb"
+                .into(),
+        ),
+        None => Ok(crate::history::open(settings)),
+    }
 }
 
 /// Converts a deadline in milliseconds since the Unix epoch (Lambda's

@@ -19,10 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::config::{Credentials, Region};
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
 use tokio::sync::Mutex;
@@ -144,43 +141,22 @@ impl SecretsManagerSource {
             })?),
             None => DEFAULT_TTL,
         };
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(OPERATION_TIMEOUT)
-                .build(),
-        );
-        if let Some(region) = env
-            .get("AWS_REGION")
-            .or_else(|| env.get("AWS_DEFAULT_REGION"))
-        {
-            loader = loader.region(Region::new(region.to_owned()));
-        }
-        if let Some(url) = env
-            .get("AWS_ENDPOINT_URL_SECRETS_MANAGER")
-            .or_else(|| env.get("AWS_ENDPOINT_URL"))
-        {
-            loader = loader.endpoint_url(url);
-        }
-        if let (Some(id), Some(key)) = (
-            env.get("AWS_ACCESS_KEY_ID"),
-            env.get("AWS_SECRET_ACCESS_KEY"),
-        ) {
-            loader = loader.credentials_provider(Credentials::new(
-                id,
-                key,
-                env.get("AWS_SESSION_TOKEN").map(str::to_owned),
-                None,
-                "environment",
-            ));
-        }
-        let config = loader.load().await;
+        let config = super::aws::sdk_config(env, OPERATION_TIMEOUT).await;
         if config.region().is_none() {
             return Err(format!(
                 "SANDSTORM_SECRET_ID is set to {secret_id:?} but no AWS region is configured; \
                  set AWS_REGION"
             ));
         }
-        Ok(Some(Self::new(Client::new(&config), secret_id, ttl)))
+        let mut client = aws_sdk_secretsmanager::config::Builder::from(&config);
+        if let Some(url) = super::aws::endpoint(env, "AWS_ENDPOINT_URL_SECRETS_MANAGER") {
+            client = client.endpoint_url(url);
+        }
+        Ok(Some(Self::new(
+            Client::from_conf(client.build()),
+            secret_id,
+            ttl,
+        )))
     }
 
     /// The secret this source reads.

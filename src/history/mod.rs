@@ -3,9 +3,9 @@
 //!
 //! The handler stays stateless: the history lives in a database behind one
 //! small trait, [`RunStore`]. SQLite ([`sqlite`]) is the embedded one for
-//! `ds serve` and the CLI; a serverless door's table can implement the same
-//! trait, which is why its methods are async and its cursor is a string the
-//! store alone reads.
+//! `ds serve` and the CLI; DynamoDB (`dynamodb`, feature `aws-dynamodb`) is
+//! the serverless doors' table, shared by every instance. Hence the trait's
+//! async methods and a cursor that is a string the store alone reads.
 //!
 //! A run never waits on its history: [`History`] hands each write to one
 //! writer task through a bounded queue and goes on. A full queue, a store
@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 pub(crate) mod api;
+#[cfg(feature = "aws-dynamodb")]
+pub(crate) mod dynamodb;
 pub(crate) mod record;
 pub(crate) mod sqlite;
 pub(crate) mod tap;
@@ -119,6 +121,8 @@ pub(crate) struct History {
 struct Inner {
     store: Arc<dyn RunStore>,
     writes: mpsc::Sender<Write>,
+    /// How long a run's `done` waits for its end's write, if it waits.
+    settle_ends: Option<Duration>,
 }
 
 impl History {
@@ -134,7 +138,30 @@ impl History {
         let (writes, queue) = mpsc::channel(QUEUE);
         tokio::spawn(write(store.clone(), queue, retention));
         History {
-            inner: Some(Arc::new(Inner { store, writes })),
+            inner: Some(Arc::new(Inner {
+                store,
+                writes,
+                settle_ends: None,
+            })),
+        }
+    }
+
+    /// The same history, where a run's end is written before its client
+    /// gets its `done`, waiting at most `within`: for a door whose platform
+    /// may freeze the process once a response is over. Call it on a
+    /// history just spawned.
+    pub(crate) fn settling_ends(mut self, within: Duration) -> Self {
+        if let Some(inner) = self.inner.as_mut().and_then(Arc::get_mut) {
+            inner.settle_ends = Some(within);
+        }
+        self
+    }
+
+    /// Waits for the writes so far when this history settles ends (see
+    /// [`History::settling_ends`]).
+    pub(crate) async fn settle_end(&self) {
+        if let Some(within) = self.inner.as_ref().and_then(|inner| inner.settle_ends) {
+            self.settle(within).await;
         }
     }
 
@@ -168,7 +195,8 @@ impl History {
     }
 
     /// Waits, up to `within`, for the writes queued so far to land: for a
-    /// process that is about to exit (`ds` after its run).
+    /// process that is about to exit (`ds` after its run), or a serverless
+    /// run before its `done` (see [`History::settling_ends`]).
     pub(crate) async fn settle(&self, within: Duration) {
         let Some(inner) = &self.inner else { return };
         let (done, landed) = tokio::sync::oneshot::channel();
@@ -178,7 +206,12 @@ impl History {
             }
         };
         if tokio::time::timeout(within, settled).await.is_err() {
-            tracing::warn!("run history: the last writes did not land before exit");
+            // `ds` about to exit, or a serverless run about to send its
+            // `done`: either way the writes go on without waiting.
+            tracing::warn!(
+                ?within,
+                "run history: the writes queued so far did not land in time"
+            );
         }
     }
 

@@ -139,6 +139,8 @@ pub(crate) fn tap(recording: Option<Recording>, handle: RunHandle) -> RunHandle 
             if done {
                 let ending = recorder.ending(recording.started, false);
                 recording.history.ended(&recording.run_id, ending);
+                // On a serverless door, before the response can end.
+                recording.history.settle_end().await;
             }
             // The run bounds how long its last events wait for a client
             // that does not read; the tap keeps that bound.

@@ -290,3 +290,105 @@ fn a_live_run_keeps_its_records_start_to_the_millisecond_and_its_order() {
         .collect();
     assert_eq!(order, ["run_late", "run_early"]);
 }
+
+/// A store whose writes take a while, noting each once it has landed.
+#[derive(Debug, Default)]
+struct Slow {
+    landed: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl Slow {
+    fn landed(&self) -> Vec<&'static str> {
+        self.landed.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    async fn land(&self, after: Duration, what: &'static str) -> Result<(), StoreError> {
+        tokio::time::sleep(after).await;
+        if let Ok(mut landed) = self.landed.lock() {
+            landed.push(what);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl RunStore for Slow {
+    async fn started(&self, _: &RunRecord) -> Result<(), StoreError> {
+        self.land(Duration::from_millis(50), "start").await
+    }
+    async fn ended(&self, _: &str, _: &RunEnding) -> Result<(), StoreError> {
+        self.land(Duration::from_millis(200), "end").await
+    }
+    async fn sandbox(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        self.land(Duration::ZERO, "sandbox").await
+    }
+    async fn get(&self, _: &str, _: &str) -> Result<Option<RunRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn list(
+        &self,
+        _: &str,
+        _: &Filter,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<Page, StoreError> {
+        Ok(Page::default())
+    }
+    async fn sweep(&self, _: SystemTime) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+/// The tap of a run whose events the test sends.
+fn tapped(history: &History) -> (mpsc::Sender<crate::events::RunEvent>, crate::run::RunHandle) {
+    let recording = history.begin(Some(record("run_a", "me", 1)));
+    let (events, inner) = mpsc::channel(4);
+    let handle = crate::run::RunHandle {
+        events: inner,
+        finished: tokio::spawn(async {}),
+    };
+    (events, tap::tap(recording, handle))
+}
+
+fn done() -> crate::events::RunEvent {
+    crate::events::RunEvent::Done(crate::events::Done {
+        status: crate::events::DoneStatus::Success,
+        request_id: "r".into(),
+        sandstorm: None,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_settling_history_lands_a_runs_end_before_its_client_gets_done() {
+    // What a serverless door asks for: the platform may freeze the process
+    // once the response is over, so the end must have landed by then.
+    let slow = std::sync::Arc::new(Slow::default());
+    let history = History::spawn(slow.clone(), None).settling_ends(Duration::from_secs(2));
+    let (events, mut handle) = tapped(&history);
+    events.send(done()).await.expect("send");
+    let got = handle.events.recv().await.expect("the done");
+    assert!(matches!(got, crate::events::RunEvent::Done(_)));
+    assert_eq!(slow.landed(), ["start", "end"]);
+
+    // A server's history does not wait: the done comes first.
+    let slow = std::sync::Arc::new(Slow::default());
+    let history = History::spawn(slow.clone(), None);
+    let (events, mut handle) = tapped(&history);
+    events.send(done()).await.expect("send");
+    handle.events.recv().await.expect("the done");
+    assert!(!slow.landed().contains(&"end"), "{:?}", slow.landed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_is_down_holds_a_done_no_longer_than_the_bound() {
+    let history = History::spawn(std::sync::Arc::new(Stuck::default()), None)
+        .settling_ends(Duration::from_secs(2));
+    let began = tokio::time::Instant::now();
+    history.ended("run_a", RunEnding::default());
+    history.settle_end().await;
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}

@@ -10,7 +10,8 @@
 //! - [`sse`]: the one server-sent-events parser; [`stream`]: a `/query`
 //!   answer read to its end with timings; [`http`]: an in-process router
 //!   on loopback, a raw `GET`, an address that refuses connections;
-//! - [`doors`]: what the serverless door tests share;
+//! - [`doors`]: what the serverless door tests share; [`moto`]: AWS's
+//!   services as moto's server emulates them;
 //! - [`model_server`], [`runner`], [`messages`], [`product`]: the scripted
 //!   model, the real runner offline, the Agent SDK's messages, and the
 //!   whole product as a user runs it (end-to-end tests);
@@ -28,6 +29,7 @@ pub mod http;
 pub mod keys;
 pub mod messages;
 pub mod model_server;
+pub mod moto;
 pub mod process;
 pub mod product;
 pub mod runner;

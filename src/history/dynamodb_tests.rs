@@ -1,0 +1,484 @@
+//! The DynamoDB store against `moto_server` (PyPI `moto[server]`, which
+//! scripts/setup installs into `.venv`) on loopback: the SDK's real
+//! requests, the table as template.yaml makes it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use super::*;
+use crate::history::{Filter, RecordStatus, RunEnding, RunRecord, RunStore, StoreError};
+
+/// `moto_server` on a port of its choosing; killed when dropped.
+struct Moto {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+fn moto_server() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    if venv.is_file() {
+        return venv;
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("moto_server"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "moto_server is not installed; install it with scripts/setup (PyPI moto[server])"
+            )
+        })
+}
+
+/// Starts moto and waits for the address it prints
+/// (` * Running on http://127.0.0.1:PORT`).
+async fn start_moto() -> Moto {
+    let mut child = tokio::process::Command::new(moto_server())
+        .args(["-H", "127.0.0.1", "-p", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start moto_server");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for out in [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child
+            .stderr
+            .take()
+            .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = rx.recv().await {
+            if let Some((_, rest)) = line.split_once("Running on ")
+                && let Some(url) = rest.split_whitespace().next()
+            {
+                return url.to_owned();
+            }
+        }
+        panic!("moto_server ended before it said where it listens");
+    })
+    .await
+    .expect("moto_server starts within a minute");
+    Moto { url, _child: child }
+}
+
+fn client(endpoint: &str) -> Client {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .build();
+    Client::from_conf(config)
+}
+
+/// The table as template.yaml declares it.
+async fn create_table(client: &Client, table: &str) {
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .expect("attribute")
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .expect("key")
+    };
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute(KEY))
+        .attribute_definitions(attribute(OWNER))
+        .attribute_definitions(attribute(CREATED))
+        .key_schema(key(KEY, KeyType::Hash))
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(INDEX)
+                .key_schema(key(OWNER, KeyType::Hash))
+                .key_schema(key(CREATED, KeyType::Range))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .expect("index"),
+        )
+        .send()
+        .await
+        .expect("create the table in moto");
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name(EXPIRES)
+                .enabled(true)
+                .build()
+                .expect("ttl"),
+        )
+        .send()
+        .await
+        .expect("turn TTL on");
+}
+
+async fn store(moto: &Moto, retention: Option<Duration>) -> (DynamoDbStore, Client) {
+    let client = client(&moto.url);
+    create_table(&client, "runs").await;
+    (
+        DynamoDbStore::new(client.clone(), "runs", retention),
+        client,
+    )
+}
+
+fn record(run_id: &str, owner: &str, created_ms: u64) -> RunRecord {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(created_ms);
+    RunRecord {
+        run_id: run_id.to_owned(),
+        owner: owner.to_owned(),
+        status: RecordStatus::Running,
+        detached: false,
+        created_at: humantime::format_rfc3339_millis(at).to_string(),
+        ended_at: None,
+        duration_ms: None,
+        request_id: "req".into(),
+        model: Some("asked".into()),
+        turns: None,
+        total_cost_usd: None,
+        usage: None,
+        spend: None,
+        prompt: "hello".into(),
+        prompt_truncated: false,
+        config: serde_json::json!({"model": "asked", "max_turns": 1.0, "deep": {"a": [1, {"b": null}]}}),
+        outputs: Vec::new(),
+        session_id: None,
+        error_type: None,
+        labels: BTreeMap::new(),
+        sandbox_id: None,
+    }
+}
+
+/// Now, as milliseconds since 1970: records here start in the present, so
+/// that retention does not hide them.
+fn now_ms() -> u64 {
+    millis(SystemTime::now())
+}
+
+fn ids(page: &Page) -> Vec<&str> {
+    page.runs.iter().map(|r| r.run_id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_record_takes_its_sandbox_and_ending_in_place() {
+    let moto = start_moto().await;
+    let (store, client) = store(&moto, None).await;
+    let mut started = record("run_a", "me", now_ms());
+    started.error_type = Some("an earlier turn's".into());
+    started.labels.insert("team_id".into(), "blue".into());
+    store.started(&started).await.expect("start");
+    store.sandbox("run_a", "sbx-1").await.expect("sandbox");
+    let ending = RunEnding {
+        status: Some(RecordStatus::Succeeded),
+        ended_at: "2026-01-01T00:00:01.000Z".into(),
+        duration_ms: 1000,
+        model: None,
+        turns: Some(3),
+        total_cost_usd: Some(0.25),
+        usage: Some(crate::history::record::TokenUsage {
+            input_tokens: 10,
+            output_tokens: 3,
+            ..Default::default()
+        }),
+        outputs: vec!["out/report.md".into()],
+        session_id: Some("s".into()),
+        ..RunEnding::default()
+    };
+    store.ended("run_a", &ending).await.expect("end");
+
+    let got = store.get("me", "run_a").await.expect("get").expect("found");
+    // What the store read back is what the same ending does in memory.
+    let mut expected = started.clone();
+    expected.sandbox_id = Some("sbx-1".into());
+    expected.end(ending.clone());
+    assert_eq!(got, expected);
+    assert_eq!(
+        got.model.as_deref(),
+        Some("asked"),
+        "kept: the ending had none"
+    );
+    assert_eq!(got.error_type, None, "cleared: the ending had none");
+    // The config is the JSON it was, numbers and all.
+    assert_eq!(got.config, started.config);
+    assert_eq!(got.config["max_turns"].as_f64(), Some(1.0));
+
+    // Someone else's, or no one's: nothing.
+    assert!(store.get("other", "run_a").await.expect("get").is_none());
+    assert!(store.get("me", "run_none").await.expect("get").is_none());
+
+    // An ending or a sandbox of a run the table never saw creates nothing.
+    store
+        .ended("run_unknown", &ending)
+        .await
+        .expect("end of another");
+    store
+        .sandbox("run_unknown", "sbx-2")
+        .await
+        .expect("sandbox of another");
+    let item = client
+        .get_item()
+        .table_name("runs")
+        .key(KEY, AttributeValue::S("run_unknown".into()))
+        .send()
+        .await
+        .expect("get item");
+    assert!(item.item().is_none(), "{item:?}");
+}
+
+#[tokio::test]
+async fn lists_go_newest_first_by_pages_and_filters_for_their_owner_alone() {
+    let moto = start_moto().await;
+    let (store, _) = store(&moto, Some(Duration::from_secs(86_400))).await;
+    let base = now_ms() - 60_000;
+    for i in 0..7u64 {
+        let mut r = record(&format!("run_{i}"), "me", base + i * 10);
+        if i % 2 == 0 {
+            r.status = RecordStatus::Failed;
+            r.labels.insert("team_id".into(), "blue".into());
+        }
+        store.started(&r).await.expect("start");
+    }
+    // Two runs in one millisecond: the id orders them.
+    store
+        .started(&record("run_tie_a", "me", base + 100))
+        .await
+        .expect("start");
+    store
+        .started(&record("run_tie_b", "me", base + 100))
+        .await
+        .expect("start");
+    store
+        .started(&record("run_x", "other", base + 1_000))
+        .await
+        .expect("start");
+
+    // Page after page, each from the cursor of the one before.
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list("me", &Filter::default(), cursor.as_deref(), 3)
+            .await
+            .expect("list");
+        assert!(page.runs.len() <= 3);
+        all.extend(ids(&page).into_iter().map(str::to_owned));
+        pages += 1;
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(pages < 10, "the pages never end");
+    }
+    assert_eq!(
+        all,
+        [
+            "run_tie_b",
+            "run_tie_a",
+            "run_6",
+            "run_5",
+            "run_4",
+            "run_3",
+            "run_2",
+            "run_1",
+            "run_0"
+        ]
+    );
+    assert_eq!(pages, 3, "nine runs, three a page, and no empty page after");
+
+    // Filters: status, a label, since; each page of them full.
+    let failed = Filter {
+        status: Some(RecordStatus::Failed),
+        ..Filter::default()
+    };
+    let first = store.list("me", &failed, None, 2).await.expect("list");
+    assert_eq!(ids(&first), ["run_6", "run_4"]);
+    let second = store
+        .list("me", &failed, first.next.as_deref(), 2)
+        .await
+        .expect("list");
+    assert_eq!(ids(&second), ["run_2", "run_0"]);
+    assert!(second.next.is_none());
+    let mut blue = Filter::default();
+    blue.labels.insert("team_id".into(), "blue".into());
+    let page = store.list("me", &blue, None, 10).await.expect("list");
+    assert_eq!(ids(&page), ["run_6", "run_4", "run_2", "run_0"]);
+    blue.labels.insert("user_id".into(), "u-1".into());
+    let page = store.list("me", &blue, None, 10).await.expect("list");
+    assert!(page.runs.is_empty() && page.next.is_none());
+    let since = Filter {
+        since: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(base + 50)),
+        ..Filter::default()
+    };
+    let page = store.list("me", &since, None, 10).await.expect("list");
+    assert_eq!(ids(&page), ["run_tie_b", "run_tie_a", "run_6", "run_5"]);
+    // A cursor from before `since` leaves nothing to list.
+    let old = store
+        .list("me", &Filter::default(), None, 8)
+        .await
+        .expect("list");
+    let page = store
+        .list("me", &since, old.next.as_deref(), 10)
+        .await
+        .expect("list");
+    assert!(page.runs.is_empty(), "{:?}", ids(&page));
+
+    // Someone else sees their own, and my cursor shows them nothing of mine.
+    let theirs = store
+        .list("other", &Filter::default(), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(ids(&theirs), ["run_x"]);
+    let page = store
+        .list("other", &Filter::default(), cursor.as_deref(), 10)
+        .await
+        .expect("list");
+    assert!(page.runs.iter().all(|r| r.owner == "other"));
+
+    // A cursor that is not ours is refused.
+    for bad in ["nope!", "bm90IG91cnM", ""] {
+        let refused = store.list("me", &Filter::default(), Some(bad), 3).await;
+        assert!(matches!(refused, Err(StoreError::BadCursor)), "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn retention_is_the_ttl_attribute_and_an_expired_run_is_hidden() {
+    let moto = start_moto().await;
+    let (store, client) = store(&moto, Some(Duration::from_secs(7 * 86_400))).await;
+    let created = now_ms();
+    store
+        .started(&record("run_kept", "me", created))
+        .await
+        .expect("start");
+    let item = client
+        .get_item()
+        .table_name("runs")
+        .key(KEY, AttributeValue::S("run_kept".into()))
+        .send()
+        .await
+        .expect("get item");
+    let expires = match item.item().and_then(|i| i.get(EXPIRES)) {
+        Some(AttributeValue::N(n)) => n.parse::<u64>().expect("seconds"),
+        other => panic!("no TTL attribute: {other:?}"),
+    };
+    assert_eq!(expires, created / 1000 + 7 * 86_400);
+
+    // Started longer ago than the retention: TTL's to delete, and until
+    // it does, no read shows it.
+    let old = now_ms() - 8 * 86_400 * 1000;
+    store
+        .started(&record("run_old", "me", old))
+        .await
+        .expect("start");
+    assert!(store.get("me", "run_old").await.expect("get").is_none());
+    let page = store
+        .list("me", &Filter::default(), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(ids(&page), ["run_kept"]);
+    assert_eq!(store.sweep(SystemTime::now()).await.expect("sweep"), 0);
+
+    // No retention, no TTL attribute.
+    let forever = DynamoDbStore::new(client.clone(), "runs", None);
+    forever
+        .started(&record("run_forever", "me", old))
+        .await
+        .expect("start");
+    let item = client
+        .get_item()
+        .table_name("runs")
+        .key(KEY, AttributeValue::S("run_forever".into()))
+        .send()
+        .await
+        .expect("get item");
+    assert!(item.item().is_some_and(|i| !i.contains_key(EXPIRES)));
+    assert!(
+        forever
+            .get("me", "run_forever")
+            .await
+            .expect("get")
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_filter_that_keeps_few_reads_on_until_the_page_is_full() {
+    let moto = start_moto().await;
+    let (store, _) = store(&moto, None).await;
+    let base = now_ms() - 600_000;
+    // 250 runs, every 50th failed: more than one query's read.
+    for i in 0..250u64 {
+        let mut r = record(&format!("run_{i:03}"), "me", base + i);
+        if i % 50 == 0 {
+            r.status = RecordStatus::Failed;
+        }
+        store.started(&r).await.expect("start");
+    }
+    let failed = Filter {
+        status: Some(RecordStatus::Failed),
+        ..Filter::default()
+    };
+    let page = store.list("me", &failed, None, 4).await.expect("list");
+    assert_eq!(ids(&page), ["run_200", "run_150", "run_100", "run_050"]);
+    let rest = store
+        .list("me", &failed, page.next.as_deref(), 4)
+        .await
+        .expect("list");
+    assert_eq!(ids(&rest), ["run_000"]);
+    assert!(rest.next.is_none());
+}
+
+#[tokio::test]
+async fn a_store_that_is_gone_is_an_error_not_a_hang() {
+    let moto = start_moto().await;
+    let (store, _) = store(&moto, None).await;
+    drop(moto);
+    let failed = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.started(&record("run_a", "me", now_ms())),
+    )
+    .await
+    .expect("an answer");
+    assert!(matches!(failed, Err(StoreError::Backend(_))), "{failed:?}");
+}
