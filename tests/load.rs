@@ -82,16 +82,24 @@ async fn five_hundred_concurrent_queries_stream_completely_and_leak_no_sandbox()
         (STREAMS as u64, STREAMS as u64, 0),
         "created, killed, alive: {stats:?}"
     );
-    // Two starts a query: the runner, and the template's model proxy
-    // beside it.
-    for (route, per_query) in [("create", 1), ("upload", 1), ("start", 2), ("kill", 1)] {
+    for route in ["create", "upload", "kill"] {
         assert_eq!(
             stats.requests.get(route).copied().unwrap_or(0),
-            per_query * STREAMS as u64,
+            STREAMS as u64,
             "{route} calls in {:?}",
             stats.requests
         );
     }
+    // The runner's start, and the template's model proxy's beside it. The
+    // synthetic runner ends at once, and a proxy start still on its way
+    // when its runner has ended (and for a while after, under this load)
+    // is dropped: nothing could have called the model through it.
+    let starts = stats.requests.get("start").copied().unwrap_or(0);
+    assert!(
+        (STREAMS as u64..=2 * STREAMS as u64).contains(&starts),
+        "start calls in {:?}",
+        stats.requests
+    );
 
     let peak_rss_kib = proc_status_kib(pid, "VmHWM");
     // Every client is gone and every sandbox killed: what the server keeps
