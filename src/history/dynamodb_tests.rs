@@ -2,7 +2,6 @@
 //! scripts/setup installs into `.venv`) on loopback: the SDK's real
 //! requests, the table as template.yaml makes it.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
@@ -162,30 +161,12 @@ async fn store(moto: &Moto, retention: Option<Duration>) -> (DynamoDbStore, Clie
     )
 }
 
+/// The history tests' record, with a config deep and numbered enough to
+/// show it comes back as it went in.
 fn record(run_id: &str, owner: &str, created_ms: u64) -> RunRecord {
-    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(created_ms);
     RunRecord {
-        run_id: run_id.to_owned(),
-        owner: owner.to_owned(),
-        status: RecordStatus::Running,
-        detached: false,
-        created_at: humantime::format_rfc3339_millis(at).to_string(),
-        ended_at: None,
-        duration_ms: None,
-        request_id: "req".into(),
-        model: Some("asked".into()),
-        turns: None,
-        total_cost_usd: None,
-        usage: None,
-        spend: None,
-        prompt: "hello".into(),
-        prompt_truncated: false,
         config: serde_json::json!({"model": "asked", "max_turns": 1.0, "deep": {"a": [1, {"b": null}]}}),
-        outputs: Vec::new(),
-        session_id: None,
-        error_type: None,
-        labels: BTreeMap::new(),
-        sandbox_id: None,
+        ..crate::history::tests::record(run_id, owner, created_ms)
     }
 }
 
