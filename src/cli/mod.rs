@@ -560,12 +560,16 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
             self::settings(flag.as_deref(), true).map_err(|fatal| fatal.message)
         });
     }
-    serve::serve(addr, app::app(state), trigger, bound, connections)
-        .await
-        .map_err(|e| Fatal {
-            code: exit::RUN_FAILED,
-            message: e,
-        })?;
+    let history = state.history().clone();
+    let served = serve::serve(addr, app::app(state), trigger, bound, connections).await;
+    // The runs that a stop ended queued their ends before their clients
+    // got `done`: write them before the process goes, or the history would
+    // keep them `running`.
+    history.settle(HISTORY_SETTLE).await;
+    served.map_err(|e| Fatal {
+        code: exit::RUN_FAILED,
+        message: e,
+    })?;
     Ok(exit::OK)
 }
 
