@@ -27,7 +27,7 @@ use crate::sandbox::SandboxProvider;
 use crate::secret::Secret;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use crate::{dashboard, openapi, plan, replay, run};
+use crate::{dashboard, openapi, plan, replay, run, telemetry};
 
 /// How often an idle stream gets a comment line, so proxies and clients
 /// keep the connection open while the agent thinks.
@@ -335,8 +335,8 @@ async fn start_query(
     let settings = &*current;
     let QueryRequest {
         query,
+        headers,
         platform_deadline,
-        ..
     } = read_query(state, request).await?;
     let brought = runs::brought_credential(settings, &query.keys);
     if let Some(run) = query.resume.clone() {
@@ -344,7 +344,7 @@ async fn start_query(
         return resume(state, query, &run, &caller, request_id, platform_deadline).await;
     }
     let caller = runs::owner(brought.as_ref());
-    let plan = plan::prepare(
+    let mut plan = plan::prepare(
         settings,
         query,
         request_id.to_owned(),
@@ -352,6 +352,7 @@ async fn start_query(
         Some(&caller),
     )
     .await?;
+    plan.trace_parent = telemetry::context::from_headers(&headers);
     Ok(spawn(state, plan))
 }
 
@@ -507,11 +508,12 @@ async fn replay_run(
             platform_deadline,
         };
         let replay::Replaying {
-            plan,
+            mut plan,
             original,
             replay,
             forked,
         } = replay::prepare(context, &id, overrides, &caller, request_id.clone()).await?;
+        plan.trace_parent = telemetry::context::from_headers(&headers);
         let started = spawn(&state, plan);
         Ok(Started {
             events: replay::report::reporting(started.events, original, replay, forked),

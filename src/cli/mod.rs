@@ -540,8 +540,21 @@ fn state(settings: Settings) -> Result<AppState, Fatal> {
     Ok(AppState::new(settings, provider).with_history(history))
 }
 
+/// Logging, and OpenTelemetry export when the environment or `.env` sets
+/// an OTLP endpoint.
+fn telemetry(default: &str) -> crate::telemetry::Telemetry {
+    let mut env = EnvVars::from_pairs(std::env::vars());
+    // A `.env` that cannot be read is reported by `settings`.
+    if let Ok(cwd) = std::env::current_dir() {
+        let _ = env.fill_from_dotenv(&cwd.join(".env"));
+    }
+    crate::telemetry::init_from(crate::telemetry::Format::Text, default, &|name| {
+        env.get(name).map(str::to_owned)
+    })
+}
+
 async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
-    crate::telemetry::init(crate::telemetry::Format::Text, "info");
+    let telemetry = telemetry("info");
     let settings = settings(args.sandbox.sandbox.as_deref(), false)?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
@@ -566,6 +579,7 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
     // got `done`: write them before the process goes, or the history would
     // keep them `running`.
     history.settle(HISTORY_SETTLE).await;
+    telemetry.flush().await;
     served.map_err(|e| Fatal {
         code: exit::RUN_FAILED,
         message: e,
@@ -574,7 +588,7 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
 }
 
 async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
-    crate::telemetry::init(crate::telemetry::Format::Text, "warn");
+    let telemetry = telemetry("warn");
     let prompt = args.prompt.unwrap_or_default();
     let files = read_files(&args.files)?;
     let settings = settings(
@@ -651,8 +665,9 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     };
     let code = render::follow(handle, options).await;
     // The run's end is queued before its `done` is shown; let it land
-    // before `ds` exits.
+    // before `ds` exits, and its spans go.
     history.settle(HISTORY_SETTLE).await;
+    telemetry.flush().await;
     Ok(code)
 }
 
@@ -663,7 +678,7 @@ const HISTORY_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 fn endpoint(
     remote: &RemoteArgs,
 ) -> Result<(runs::Endpoint, Vec<(http::HeaderName, http::HeaderValue)>), Fatal> {
-    crate::telemetry::init(crate::telemetry::Format::Text, "warn");
+    telemetry("warn");
     let state = match remote.server {
         Some(_) => None,
         None => Some(state(settings(None, true)?)?),

@@ -89,6 +89,7 @@ impl Endpoint {
     pub(super) async fn settle(&self) {
         if let Endpoint::Direct { history, .. } = self {
             history.settle(HISTORY_SETTLE).await;
+            crate::telemetry::Telemetry::active().flush().await;
         }
     }
 
