@@ -172,6 +172,16 @@ async fn phoenix_harness_reads_back_spans_sent_over_otlp_http_and_grpc() {
         assert!(phoenix.spans(project).await.is_empty(), "{project}");
     }
 
+    // The screenshot tooling for the docs, on request: the HTTP trace with
+    // its attribute-laden span selected.
+    if let Some(out) = std::env::var_os("SANDSTORM_PHOENIX_SCREENSHOT") {
+        phoenix.screenshot(
+            &http.trace_id,
+            Some("harness.step"),
+            std::path::Path::new(&out),
+        );
+    }
+
     assert_eq!(
         phoenix.sockets_off_loopback(),
         [],

@@ -253,6 +253,41 @@ impl Phoenix {
         ]
     }
 
+    /// Saves a PNG of trace `trace_id` in Phoenix's UI to `out`, through
+    /// Debian's chromium (`CHROMIUM` overrides the path) and
+    /// tests/observability/screenshot.mjs; with `span`, that span is
+    /// selected, so its details show. For the docs' pictures: not part of
+    /// any test run by default, it needs chromium and
+    /// tests/observability/node_modules (scripts/setup).
+    pub fn screenshot(&self, trace_id: &str, span: Option<&str>, out: &std::path::Path) {
+        let chromium =
+            std::env::var_os("CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), PathBuf::from);
+        assert!(
+            chromium.exists(),
+            "{} is missing: apt-get install chromium (scripts/setup)",
+            chromium.display()
+        );
+        let observability = manifest_dir().join("tests/observability");
+        assert!(
+            observability.join("node_modules/playwright-core").is_dir(),
+            "playwright-core is missing: npm ci --prefix tests/observability (scripts/setup)"
+        );
+        let mut command = Command::new("node");
+        command
+            .arg(observability.join("screenshot.mjs"))
+            .arg(self.ui_url())
+            .arg(trace_id)
+            .arg(out)
+            .args(span)
+            .env("CHROMIUM", &chromium);
+        let (status, stdout, stderr) = process::run(command, Duration::from_secs(120));
+        assert!(
+            status.success(),
+            "screenshot.mjs: {status}\n{stdout}\n{stderr}"
+        );
+        eprint!("{stdout}");
+    }
+
     /// Its working directory (SQLite database and all).
     pub fn working_dir(&self) -> PathBuf {
         self.dir.path().to_owned()
