@@ -48,8 +48,9 @@
 //! attributes, events}`. Ids are lowercase hex; times RFC 3339 in UTC, to
 //! the microsecond. What Phoenix does to attributes on the way:
 //! - they are stored nested at each `.` and flattened again for the
-//!   answer, so keys read back as sent, values with their JSON types
-//!   (arrays of strings stay arrays);
+//!   answer, so keys read back as sent (also `a` beside `a.b`), values
+//!   with their JSON types (arrays of strings stay arrays; the UI shows
+//!   them as `key.0`, `key.1`);
 //! - `openinference.span.kind` leaves the attributes and becomes
 //!   `span_kind` (`UNKNOWN` without it);
 //! - a span with `gen_ai.*` attributes gets OpenInference ones
@@ -61,7 +62,8 @@
 //!
 //! Phoenix stores spans in batches: they show up a moment after the
 //! export returns. [`Phoenix::wait_for_spans`] and its kin poll, bounded.
-//! Phoenix takes traces only: OTLP metrics and logs are not received.
+//! Phoenix takes traces only, and over HTTP only as protobuf: OTLP
+//! metrics and logs get 405, OTLP/JSON 415.
 
 use std::path::PathBuf;
 use std::process::Command;
