@@ -861,6 +861,16 @@ async fn a_runs_spans_reach_the_collector_before_its_invocation_ends() {
             "{name} is in another trace"
         );
     }
+    // The function's JSON log lines inside the run carry its trace.
+    let trace_id = root["traceId"].as_str().expect("a hex trace id");
+    assert!(
+        watch
+            .proc
+            .output()
+            .contains(&format!("\"trace_id\":\"{trace_id}\"")),
+        "no log line carries trace {trace_id}:\n{}",
+        watch.proc.output()
+    );
     // The metrics went with them.
     assert!(
         collector

@@ -189,3 +189,189 @@ async fn phoenix_harness_reads_back_spans_sent_over_otlp_http_and_grpc() {
     );
     eprintln!("harness check done in {:?}", started.elapsed());
 }
+
+/// What the agent's command prints: the trace context its process got.
+const ECHO_TRACEPARENT: &str = "echo tp=$TRACEPARENT";
+
+/// The project the product's spans are filed under in Phoenix.
+const PROJECT: &str = "sandstorm-product";
+
+/// `ds serve` (E2B emulator, scripted model) exporting its traces to
+/// Phoenix and its metrics to a plain OTLP receiver.
+async fn traced_serve(
+    phoenix: &Phoenix,
+    metrics: &common::otlp::Receiver,
+    model: &common::model_server::ModelServer,
+) -> common::product::Product {
+    common::product::Serve::new(common::product::Chain::E2b, model)
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            &format!("{}/v1/traces", phoenix.otlp_http_endpoint()),
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            &format!("x-project-name={PROJECT}"),
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            &format!("{}/v1/metrics", metrics.url),
+        )
+        .env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .env("OTEL_SERVICE_NAME", "sandstorm-under-test")
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn a_query_through_ds_serve_is_one_trace_under_the_callers_span() {
+    let phoenix = Phoenix::start().await;
+    let metrics = common::otlp::Receiver::start().await;
+    let model = common::model_server::ModelServer::start(common::model_server::Script::Bash {
+        command: ECHO_TRACEPARENT.to_owned(),
+    })
+    .await;
+    let product = traced_serve(&phoenix, &metrics, &model).await;
+    let prompt = "print the trace context, then report";
+    let response = reqwest::Client::new()
+        .post(format!("{}/query", product.url()))
+        .header(
+            "traceparent",
+            format!("00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"),
+        )
+        .json(&json!({"prompt": prompt, "model": "claude-sonnet-4-5"}))
+        .send()
+        .await
+        .expect("POST /query");
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id")
+        .to_owned();
+    let events = common::sse::json_events(&response.text().await.expect("the stream"));
+    let result = events
+        .iter()
+        .find(|e| e["type"] == "result")
+        .unwrap_or_else(|| panic!("no result: {events:?}\n{}", product.log()))
+        .clone();
+
+    let root = phoenix
+        .wait_for_span(PROJECT, "sandstorm.run", ARRIVE_WITHIN)
+        .await;
+    let spans = phoenix.wait_for_count(PROJECT, 7, ARRIVE_WITHIN).await;
+    // A child of the caller's span, in the caller's trace.
+    assert_eq!(root.trace_id, CALLER_TRACE_ID, "{root:#?}");
+    assert_eq!(root.parent_id.as_deref(), Some(CALLER_SPAN_ID), "{root:#?}");
+    assert!(
+        spans.iter().all(|s| s.trace_id == CALLER_TRACE_ID),
+        "{spans:#?}"
+    );
+    // The tree: the sandbox's steps and the relay under the run, the
+    // outputs under the relay.
+    let mut under_root: Vec<String> = children(&spans, &root)
+        .into_iter()
+        .map(|s| s.name.clone())
+        .collect();
+    under_root.sort();
+    for name in [
+        "relay",
+        "sandbox.create",
+        "sandbox.destroy",
+        "sandbox.start",
+        "sandbox.upload",
+    ] {
+        assert!(
+            under_root.iter().any(|n| n == name),
+            "{name} is not under the run: {under_root:?}"
+        );
+    }
+    let relay = named(&spans, "relay");
+    let messages: Vec<&str> = relay
+        .events
+        .iter()
+        .filter(|e| e.name == "agent.message")
+        .filter_map(|e| e.attributes["sandstorm.message.type"].as_str())
+        .collect();
+    for kind in ["system", "assistant", "user", "result"] {
+        assert!(
+            messages.contains(&kind),
+            "no {kind} message on the relay: {messages:?}"
+        );
+    }
+    // The attributes say what the run did.
+    let attribute = |key: &str| root.attribute(key).cloned().unwrap_or_default();
+    assert_eq!(attribute("sandstorm.request.id"), json!(request_id));
+    assert_eq!(attribute("sandstorm.sandbox.provider"), json!("e2b"));
+    assert!(attribute("sandstorm.sandbox.id").is_string(), "{root:#?}");
+    assert!(attribute("sandstorm.run.id").is_string(), "{root:#?}");
+    assert_eq!(
+        attribute("gen_ai.request.model"),
+        json!("claude-sonnet-4-5")
+    );
+    assert_eq!(attribute("gen_ai.operation.name"), json!("invoke_agent"));
+    assert_eq!(attribute("sandstorm.status"), json!("succeeded"));
+    assert_eq!(attribute("sandstorm.turns"), result["num_turns"]);
+    assert_eq!(attribute("sandstorm.cost_usd"), result["total_cost_usd"]);
+    assert_eq!(
+        attribute("gen_ai.usage.input_tokens"),
+        result["usage"]["input_tokens"]
+    );
+    assert_eq!(
+        attribute("gen_ai.usage.output_tokens"),
+        result["usage"]["output_tokens"]
+    );
+    assert_eq!(attribute("sandstorm.tool_calls.Bash"), json!(1));
+    // No key, and not the prompt (SANDSTORM_TRACE_PROMPTS is not set).
+    let everything =
+        serde_json::to_string(&spans.iter().map(|s| &s.attributes).collect::<Vec<_>>())
+            .expect("JSON");
+    for secret in product
+        .env()
+        .values()
+        .filter(|v| v.len() >= 16 && v.contains("key"))
+    {
+        assert!(
+            !everything.contains(secret.as_str()),
+            "a key is in the spans"
+        );
+    }
+    for key in [common::keys::ANTHROPIC_KEY, common::keys::E2B_KEY] {
+        assert!(!everything.contains(key), "a key is in the spans");
+    }
+    assert!(!everything.contains(prompt), "the prompt is in the spans");
+
+    // The agent's process got the run's trace context.
+    let printed = events
+        .iter()
+        .find(|e| e["type"] == "user")
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(
+        printed.contains(&format!("tp=00-{CALLER_TRACE_ID}-")),
+        "the agent's TRACEPARENT is not the run's trace: {printed}"
+    );
+
+    // The metrics went to the metrics receiver.
+    let wanted = [
+        "sandstorm.runs.started",
+        "sandstorm.runs.finished",
+        "sandstorm.run.duration",
+        "sandstorm.run.time_to_first_event",
+        "sandstorm.e2b.call.duration",
+        "sandstorm.relay.events",
+        "sandstorm.cost",
+        "sandstorm.tokens",
+    ];
+    let arrived = metrics
+        .wait_for(Duration::from_secs(20), |r| {
+            let names = r.metric_names();
+            wanted.iter().all(|w| names.iter().any(|n| n == w))
+        })
+        .await;
+    assert!(arrived, "metrics: {:?}", metrics.metric_names());
+
+    if let Some(out) = std::env::var_os("SANDSTORM_PHOENIX_RUN_SCREENSHOT") {
+        phoenix.screenshot(CALLER_TRACE_ID, Some("sandstorm.run"), out.as_ref());
+    }
+}

@@ -62,7 +62,9 @@ try {
   await page.getByText(traceId, { exact: true }).first().waitFor({ timeout: WAIT });
   await page.waitForLoadState("networkidle", { timeout: WAIT });
   if (spanName) {
-    await page.getByText(spanName, { exact: true }).first().click({ timeout: WAIT });
+    // The last match: the trace drawer's, over the project's span list
+    // (whose row the drawer covers).
+    await page.getByText(spanName, { exact: true }).last().click({ timeout: WAIT });
     // Selected, its name shows twice: in the tree and over its details.
     await page.waitForFunction(
       (name) => [...document.querySelectorAll("body *")].filter((e) => e.childElementCount === 0 && e.textContent === name).length >= 2,
