@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 pub(crate) mod api;
 #[cfg(feature = "aws-dynamodb")]
 pub(crate) mod dynamodb;
+pub(crate) mod events;
 pub(crate) mod record;
 pub(crate) mod sqlite;
 pub(crate) mod tap;
