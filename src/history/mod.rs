@@ -81,8 +81,16 @@ pub(crate) trait RunStore: Send + Sync + std::fmt::Debug {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page, StoreError>;
-    /// Deletes the runs started before `before`; how many it deleted.
+    /// Deletes the runs started before `before`, and their events; how
+    /// many runs it deleted.
     async fn sweep(&self, before: SystemTime) -> Result<u64, StoreError>;
+    /// Keeps `blob` (see [`events`]) as `run_id`'s events, unless what it
+    /// keeps of them is longer: every snapshot of a run extends the one
+    /// before, so a shorter one is an older one (a reader that stopped
+    /// between two turns). A run it has no record of is left alone.
+    async fn keep_events(&self, run_id: &str, blob: &[u8]) -> Result<(), StoreError>;
+    /// The events kept of `run_id`, if `owner` (a digest) owns it.
+    async fn kept_events(&self, owner: &str, run_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// How many writes may wait for the store before new ones are dropped
@@ -336,3 +344,6 @@ async fn sweep(store: &dyn RunStore, keep: Duration) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod stored_tests;
