@@ -1,10 +1,14 @@
-//! A run's stored events (`SANDSTORM_STORE_EVENTS`) in the SQLite store.
+//! A run's stored events (`SANDSTORM_STORE_EVENTS`) in the SQLite store,
+//! and the tap that keeps them.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use super::events::{Reader, Stored};
 use super::sqlite::SqliteStore;
-use super::tests::record;
+use super::tests::{Slow, Stuck, record, tapped};
 use super::*;
+use crate::events::RunEvent;
 
 fn store(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("history.db")).expect("open")
@@ -115,4 +119,124 @@ async fn a_file_of_the_first_schema_gains_the_events_table() {
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .expect("version");
     assert_eq!(version, 2);
+}
+
+fn agent(json: &str) -> RunEvent {
+    RunEvent::Agent(bytes::Bytes::copy_from_slice(json.as_bytes()))
+}
+
+fn done() -> RunEvent {
+    RunEvent::Done(crate::events::Done {
+        status: crate::events::DoneStatus::Success,
+        request_id: "r".into(),
+        sandstorm: None,
+    })
+}
+
+/// Sends `events` through a tap of `history` and reads them all back out,
+/// as its client would.
+async fn through_the_tap(history: &History, events: Vec<RunEvent>) {
+    let (tx, mut handle) = tapped(history);
+    let sent = tokio::spawn(async move {
+        for event in events {
+            tx.send(event).await.expect("send");
+        }
+    });
+    while handle.events.recv().await.is_some() {}
+    sent.await.expect("sent");
+    history.settle(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_tap_keeps_what_the_client_got_when_events_are_stored_and_nothing_else() {
+    let events = || {
+        vec![
+            RunEvent::Progress(crate::events::Phase::CreatingSandbox),
+            agent(r#"{"type":"system","subtype":"init"}"#),
+            RunEvent::Stderr("a warning".into()),
+            done(),
+        ]
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = std::sync::Arc::new(store(&dir));
+    let history = History::spawn(store.clone(), None).storing_events(Some(1 << 20));
+    through_the_tap(&history, events()).await;
+    let blob = store
+        .kept_events("me", "run_a")
+        .await
+        .expect("read")
+        .expect("events kept");
+    let items: Vec<Stored> = Reader::new(blob)
+        .expect("ours")
+        .collect::<Result<_, _>>()
+        .expect("items");
+    let sent = events();
+    assert_eq!(
+        items,
+        [
+            Stored::Event {
+                id: 1,
+                json: sent[1].to_json().to_vec()
+            },
+            Stored::Event {
+                id: 2,
+                json: sent[2].to_json().to_vec()
+            },
+            Stored::Event {
+                id: 3,
+                json: sent[3].to_json().to_vec()
+            },
+        ]
+    );
+
+    // Off, as by default: the record, and no events.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = std::sync::Arc::new(self::store(&dir));
+    let history = History::spawn(store.clone(), None);
+    through_the_tap(&history, events()).await;
+    assert!(store.get("me", "run_a").await.expect("read").is_some());
+    assert_eq!(store.kept_events("me", "run_a").await.expect("read"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_settling_history_lands_a_runs_events_before_its_client_gets_done() {
+    // What a serverless door asks for: once the response is over, the
+    // platform may freeze the process before a later write.
+    let slow = std::sync::Arc::new(Slow::default());
+    let history = History::spawn(slow.clone(), None)
+        .settling_ends(Duration::from_secs(2))
+        .storing_events(Some(1 << 20));
+    let (tx, mut handle) = tapped(&history);
+    tx.send(agent(r#"{"type":"result"}"#)).await.expect("send");
+    tx.send(done()).await.expect("send");
+    while let Some(event) = handle.events.recv().await {
+        if matches!(event, RunEvent::Done(_)) {
+            break;
+        }
+    }
+    assert_eq!(slow.landed(), ["start", "end", "events"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_waiting_for_a_stuck_store_take_a_bounded_memory() {
+    let history =
+        History::spawn(std::sync::Arc::new(Stuck::default()), None).storing_events(Some(16 << 20));
+    let queued = || {
+        history
+            .inner
+            .as_ref()
+            .map(|inner| inner.queued_event_bytes.load(Ordering::SeqCst))
+    };
+    const BLOB: usize = 8 << 20;
+    for _ in 0..12 {
+        history.keep_events("run_a", vec![0; BLOB]);
+    }
+    // The writer holds one, the queue the rest that fit; the others were
+    // dropped at once.
+    let waiting = queued().expect("history is on");
+    assert!(waiting <= QUEUED_EVENT_BYTES, "{waiting} bytes wait");
+    assert!(waiting >= QUEUED_EVENT_BYTES - BLOB, "{waiting} bytes wait");
+    // Each write gives up in time, and gives its bytes back.
+    tokio::time::sleep(WRITE_TIMEOUT * 12).await;
+    assert_eq!(queued(), Some(0));
 }
