@@ -404,6 +404,7 @@ mod tests {
             ("run", "RunEvent"),
             ("detached", "DetachedEvent"),
             ("turn", "TurnEvent"),
+            ("omitted", "OmittedEvent"),
         ] {
             assert_eq!(schemas[schema]["properties"]["type"]["const"], kind);
             let listed = schemas["Event"]["anyOf"]
