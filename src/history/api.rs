@@ -187,13 +187,16 @@ pub(crate) async fn record(history: &History, owner: &str, run_id: &str) -> Opti
 }
 
 /// The events the history kept of `owner`'s run, ready to be read; `None`
-/// when it kept none (or events are not kept). A store that fails, or a
-/// blob that is not one of ours, is logged and answers as if it had none.
+/// when it kept none. With stored events off, none are read either: those
+/// kept before stay hidden until the retention takes them. A store that
+/// fails, or a blob that is not one of ours, is logged and answers as if
+/// it had none.
 pub(crate) async fn kept_events(
     history: &History,
     owner: &str,
     run_id: &str,
 ) -> Option<super::events::Reader> {
+    history.events_cap()?;
     let store = history.store()?;
     let blob = match store.kept_events(owner, run_id).await {
         Ok(blob) => blob?,
