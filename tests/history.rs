@@ -659,3 +659,68 @@ async fn stored_events_replay_after_a_restart_as_their_clients_got_them() {
     let (status, _) = get(&product, &format!("/runs/{attached_id}")).await;
     assert_eq!(status, 200);
 }
+
+/// A POST that answers an event stream, read whole: its body.
+async fn post_raw(url: String, body: Value) -> String {
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200, "POST {url}");
+    response.text().await.expect("the event stream")
+}
+
+#[tokio::test]
+async fn a_runs_stored_events_hold_every_turn() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let product = serve(&model, &dir.path().join("h.db"))
+        .env("SANDSTORM_STORE_EVENTS", "1")
+        .env("SANDSTORM_RUN_LINGER", "0")
+        .start()
+        .await;
+    let first = post_raw(
+        format!("{}/query", product.url()),
+        json!({"prompt": "write the file", "files": {"data.csv": "a,b\n"}, "keep_alive": 60}),
+    )
+    .await;
+    let run_id = common::sse::json_events(&first)[0]["run_id"]
+        .as_str()
+        .expect("the run event")
+        .to_owned();
+    let second = post_raw(
+        format!("{}/runs/{run_id}/messages", product.url()),
+        json!({"prompt": "once more"}),
+    )
+    .await;
+    // Ended now: what is read after is what the history kept.
+    let response = reqwest::Client::new()
+        .delete(format!("{}/runs/{run_id}", product.url()))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status(), 200);
+    // Both turns, each with its `done`, numbered as their streams were.
+    let mut both = numbered(&first);
+    both.extend(numbered(&second));
+    let dones = both
+        .iter()
+        .filter(|(_, data)| data.contains(r#""type":"done""#))
+        .count();
+    assert_eq!(dones, 2, "{both:?}");
+    // The second turn's write lands off its stream's path: read until it
+    // has.
+    let mut stored = Vec::new();
+    for _ in 0..50 {
+        let (source, body) = stored_events(&product, &run_id, &[]).await;
+        assert_eq!(source, "history");
+        stored = numbered(&body);
+        if stored == both {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, both);
+}
