@@ -181,10 +181,12 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static("x-e2b-api-key"),
         ])
-        // A browser client needs the id of the run it just started.
+        // A browser client needs the id of the run it just started, and
+        // whether the events it reads are live or stored.
         .expose_headers([
             HeaderName::from_static("x-run-id"),
             HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-events-source"),
         ])
 }
 
