@@ -39,6 +39,16 @@ use super::{DynamoDbStore, EXPIRES, KEY, OWNER, StoreError, backend, expired, no
 /// The most bytes of events in one item: under DynamoDB's 400 KB, with
 /// room for the key and the other attributes.
 pub(super) const CHUNK: usize = 350 * 1024;
+/// The most chunks a run's events take: the largest cap
+/// (`SANDSTORM_STORE_EVENTS_MAX_BYTES`) and the endings kept past it. A
+/// chunk 0 that claims more is not one this store wrote, and is not
+/// followed into millions of reads.
+const MAX_CHUNKS: usize = 64;
+// Room for the largest cap, with a megabyte of endings past it to spare.
+const _: () = assert!(
+    (*crate::settings::STORE_EVENTS_MAX_BYTES_RANGE.end() + (1 << 20)).div_ceil(CHUNK)
+        <= MAX_CHUNKS
+);
 /// A chunk's bytes (B).
 const DATA: &str = "events";
 /// The whole blob's length in bytes (N), on every chunk.
@@ -201,7 +211,7 @@ impl DynamoDbStore {
                 return Ok(None);
             }
             let (Some(chunks), Some(bytes), Some(AttributeValue::S(wanted))) = (
-                number(&head, CHUNKS),
+                number(&head, CHUNKS).filter(|n| (1..=MAX_CHUNKS).contains(n)),
                 number(&head, BYTES),
                 head.get(DIGEST),
             ) else {
