@@ -24,9 +24,10 @@ use crate::history::{self, History};
 use crate::request::Query;
 use crate::runs::{self, registry::Registry};
 use crate::sandbox::SandboxProvider;
+use crate::secret::Secret;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use crate::{dashboard, openapi, plan, run};
+use crate::{dashboard, openapi, plan, replay, run, telemetry};
 
 /// How often an idle stream gets a comment line, so proxies and clients
 /// keep the connection open while the agent thinks.
@@ -155,6 +156,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/messages", post(run_messages))
+        .route("/runs/{id}/replay", post(replay_run))
         .route(HEALTH_PATH, get(health))
         .route("/openapi.json", get(openapi_document))
         .merge(dashboard::routes())
@@ -288,6 +290,22 @@ struct QueryRequest {
 
 /// Everything every request with a query body is refused for.
 async fn read_query(state: &AppState, request: Request) -> Result<QueryRequest, ApiError> {
+    let current = state.settings();
+    let (body, headers, platform_deadline) = read_request(state, request).await?;
+    let query = Query::from_json(&body, &current.sandbox.credential_fields)?;
+    Ok(QueryRequest {
+        query,
+        headers,
+        platform_deadline,
+    })
+}
+
+/// A request with a JSON body, authorized: the body, the headers, and when
+/// the platform cuts the response.
+async fn read_request(
+    state: &AppState,
+    request: Request,
+) -> Result<(bytes::Bytes, HeaderMap, Option<Instant>), ApiError> {
     let arrived = Instant::now();
     let current = state.settings();
     let settings = &*current;
@@ -305,12 +323,7 @@ async fn read_query(state: &AppState, request: Request) -> Result<QueryRequest, 
         .or_else(|| settings.max_duration.map(|d| arrived + d));
     let headers = request.headers().clone();
     let body = read_body(request, settings.max_body_bytes).await?;
-    let query = Query::from_json(&body, &settings.sandbox.credential_fields)?;
-    Ok(QueryRequest {
-        query,
-        headers,
-        platform_deadline,
-    })
+    Ok((body, headers, platform_deadline))
 }
 
 /// Everything that can refuse a request happens here, before a sandbox
@@ -324,8 +337,8 @@ async fn start_query(
     let settings = &*current;
     let QueryRequest {
         query,
+        headers,
         platform_deadline,
-        ..
     } = read_query(state, request).await?;
     let brought = runs::brought_credential(settings, &query.keys);
     if let Some(run) = query.resume.clone() {
@@ -333,7 +346,7 @@ async fn start_query(
         return resume(state, query, &run, &caller, request_id, platform_deadline).await;
     }
     let caller = runs::owner(brought.as_ref());
-    let plan = plan::prepare(
+    let mut plan = plan::prepare(
         settings,
         query,
         request_id.to_owned(),
@@ -341,6 +354,7 @@ async fn start_query(
         Some(&caller),
     )
     .await?;
+    plan.trace_parent = telemetry::context::from_headers(&headers);
     Ok(spawn(state, plan))
 }
 
@@ -459,6 +473,57 @@ async fn run_messages(
     }
     .await;
     started_response(started, &request_id, "follow-up refused")
+}
+
+/// `POST /runs/{id}/replay`: the recorded run again, with the body's
+/// `/query` fields over its recorded request, streamed like `/query`; its
+/// last events are the `replay` report and `done`.
+async fn replay_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let request_id = request_id(request.headers());
+    let started = async {
+        let (body, headers, platform_deadline) = read_request(&state, request).await?;
+        let overrides = replay::request::Overrides::parse(&body)?;
+        let current = state.settings();
+        let settings = &*current;
+        // Whose run it is: the credential in the header, else the body's,
+        // as for a follow-up turn.
+        let brought = runs::Caller::of(settings, &headers)
+            .brought()
+            .cloned()
+            .or_else(|| {
+                let field = settings.sandbox.provider.credential?.field;
+                overrides
+                    .text(field)
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new)
+            });
+        let caller = runs::Caller::bringing(brought);
+        let context = replay::Context {
+            settings,
+            provider: state.provider.as_ref(),
+            registry: &state.registry,
+            history: &state.history,
+            platform_deadline,
+        };
+        let replay::Replaying {
+            mut plan,
+            original,
+            replay,
+            forked,
+        } = replay::prepare(context, &id, overrides, &caller, request_id.clone()).await?;
+        plan.trace_parent = telemetry::context::from_headers(&headers);
+        let started = spawn(&state, plan);
+        Ok(Started {
+            events: replay::report::reporting(started.events, original, replay, forked),
+            ..started
+        })
+    }
+    .await;
+    started_response(started, &request_id, "replay refused")
 }
 
 /// What `GET /runs/{id}/events` answers from.
@@ -731,6 +796,9 @@ impl Numbering {
                 detached.last_event_id = (self.next - 1).max(self.after);
                 Some(data(&RunEvent::Detached(detached)))
             }
+            // Not part of the run either: a reader of the run's log does
+            // not get it, so it takes no id of the run's.
+            event @ RunEvent::Replay(_) => Some(data(&event)),
             event => {
                 let id = self.next;
                 self.next += 1;

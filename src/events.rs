@@ -38,6 +38,10 @@ pub(crate) enum RunEvent {
     /// A follow-up turn of a detached run begins: the events of the turn
     /// before ended with its `done`, and this turn's follow.
     Turn(TurnStarted),
+    /// A replay's comparison with the run it replays, just before its
+    /// `done`. Not part of the run: a later reader of the run's events
+    /// does not get it.
+    Replay(Box<crate::replay::report::ReplayReport>),
 }
 
 /// `{"type":"run","run_id","expires_at"}`.
@@ -224,6 +228,10 @@ impl RunEvent {
                 kind: "turn",
                 body: turn,
             }),
+            RunEvent::Replay(report) => json_bytes(&Tagged {
+                kind: "replay",
+                body: report,
+            }),
         }
     }
 }
@@ -247,6 +255,7 @@ impl RunEvent {
                 "run" => RunEvent::Run(serde_json::from_slice(&line).ok()?),
                 "detached" => RunEvent::Detached(serde_json::from_slice(&line).ok()?),
                 "turn" => RunEvent::Turn(serde_json::from_slice(&line).ok()?),
+                "replay" => RunEvent::Replay(serde_json::from_slice(&line).ok()?),
                 _ => return None,
             })
         };

@@ -47,6 +47,7 @@ pub mod model_proxy;
 mod openapi;
 mod outputs;
 mod plan;
+mod replay;
 pub mod request;
 mod run;
 pub mod run_id;

@@ -357,10 +357,14 @@ mod tests {
         };
         // A follow-up turn is refused as `/query` is, and then some.
         let messages = &doc["paths"]["/runs/{id}/messages"]["post"]["responses"];
+        // A replay is refused as a follow-up is: it reads a run, then
+        // plans one.
+        let replay = &doc["paths"]["/runs/{id}/replay"]["post"]["responses"];
         for error in &errors {
             documented("/query", responses, error);
             if !matches!(error, ApiError::Overloaded) {
                 documented("/runs/{id}/messages", messages, error);
+                documented("/runs/{id}/replay", replay, error);
             }
         }
         // And those only `/runs/{id}/events` answers, under it.
@@ -404,6 +408,7 @@ mod tests {
             ("run", "RunEvent"),
             ("detached", "DetachedEvent"),
             ("turn", "TurnEvent"),
+            ("replay", "ReplayEvent"),
             ("omitted", "OmittedEvent"),
         ] {
             assert_eq!(schemas[schema]["properties"]["type"]["const"], kind);

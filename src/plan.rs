@@ -80,6 +80,11 @@ pub(crate) struct RunPlan {
     pub record: Option<crate::history::RunRecord>,
     /// Where the run's later history writes go, once it is recorded.
     pub recording: Option<crate::history::tap::Recording>,
+    /// The caller's trace (its `traceparent`), which the run's trace joins.
+    pub trace_parent: opentelemetry::Context,
+    /// The prompt as the run's span shows it: only with
+    /// `SANDSTORM_TRACE_PROMPTS=1`, and redacted.
+    pub traced_prompt: Option<String>,
 }
 
 /// What makes a run detached.
@@ -138,8 +143,18 @@ pub(crate) async fn prepare(
         .unwrap_or_else(|| config.detach.unwrap_or(false) || !keep_alive.is_zero());
     let timeout = timeout_of(&query, config);
     let spend = spend_meter(settings, config, &query, &keys.runner_env, holds)?;
-    let credentials_in_sandbox =
+    let mut credentials_in_sandbox =
         keys::credentials_in_sandbox(&keys.runner_env, holds.anthropic, holds.cloud);
+    let mut keys = keys;
+    // The agent's own telemetry: its OTLP headers are a credential in the
+    // sandbox, named as one and scrubbed like a key.
+    if let Some(headers) = settings
+        .agent_telemetry
+        .get(crate::telemetry::agent::HEADERS)
+    {
+        credentials_in_sandbox.push(crate::telemetry::agent::HEADERS.to_owned());
+        keys.secrets.push(Secret::new(headers));
+    }
     let env = |name: &str| {
         settings
             .config_env
@@ -156,6 +171,7 @@ pub(crate) async fn prepare(
         &env,
     )?;
     plan.process.spend = spend;
+    plan.process.envs.extend(settings.agent_telemetry.clone());
     if !credentials_in_sandbox.is_empty() {
         // Names only; any instance that reads the run back reports them.
         plan.sandbox.metadata.insert(
@@ -184,6 +200,9 @@ pub(crate) async fn prepare(
         _ => plan,
     };
     plan.record = crate::history::tap::planned(&plan, &query, owner_digest);
+    if crate::telemetry::Telemetry::active().traces_prompts() {
+        plan.traced_prompt = Some(plan.redactor.redact_str(&query.prompt));
+    }
     Ok(plan)
 }
 
@@ -422,6 +441,8 @@ pub(crate) fn build(
         credentials_in_sandbox: Vec::new(),
         record: None,
         recording: None,
+        trace_parent: opentelemetry::Context::new(),
+        traced_prompt: None,
         request_id,
     })
 }

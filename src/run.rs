@@ -18,7 +18,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, info, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::events::{
     Done, DoneNotes, DoneStatus, ErrorKind, Phase, Redactor, RunError, RunEvent, message_type,
@@ -31,6 +32,7 @@ use crate::runs::registry::Registry;
 use crate::sandbox::{ProcessEvent, Sandbox, SandboxError, SandboxProvider, SandboxSpec};
 use crate::shutdown::Shutdown;
 use crate::spend::Spend;
+use crate::telemetry;
 
 pub(crate) mod detached;
 pub(crate) mod shape;
@@ -66,17 +68,45 @@ pub(crate) fn spawn(
     registry: Registry,
     history: &History,
 ) -> RunHandle {
+    let started = Instant::now();
+    let span = telemetry::run::span(&run_facts(&plan, provider.name()), &plan.trace_parent);
+    // The agent's own tracing joins the run's trace.
+    plan.process
+        .envs
+        .extend(telemetry::context::to_env(&span.context()));
     let recording = history.begin(plan.record.take());
     plan.recording.clone_from(&recording);
     let handle = if let Some(detach) = plan.detach.take() {
-        detached::spawn(provider, plan, detach, shutdown, registry)
+        detached::spawn(provider, plan, detach, shutdown, registry, span.clone())
     } else {
         let (tx, events) = mpsc::channel(EVENT_BUFFER);
-        let span = tracing::info_span!("run", request_id = %plan.request_id);
-        let finished = tokio::spawn(execute(provider, plan, tx, shutdown).instrument(span));
+        let finished = tokio::spawn(execute(provider, plan, tx, shutdown).instrument(span.clone()));
         RunHandle { events, finished }
     };
-    crate::history::tap::tap(recording, handle)
+    let handle = crate::history::tap::tap(recording, handle);
+    telemetry::run::traced(span, handle, started)
+}
+
+/// What the run's root span starts with.
+fn run_facts(plan: &RunPlan, provider: &'static str) -> telemetry::run::RunFacts {
+    let model = plan
+        .files
+        .iter()
+        .find(|f| f.path == crate::sandbox::layout::AGENT_CONFIG)
+        .and_then(|f| serde_json::from_slice::<serde_json::Value>(&f.content).ok())
+        .and_then(|config| config["model"].as_str().map(str::to_owned));
+    telemetry::run::RunFacts {
+        request_id: plan.request_id.clone(),
+        run_id: plan
+            .detach
+            .as_ref()
+            .map(|d| d.run.to_string())
+            .or_else(|| plan.record.as_ref().map(|r| r.run_id.clone())),
+        provider,
+        model,
+        prompt: plan.traced_prompt.clone(),
+        detached: plan.detach.is_some(),
+    }
 }
 
 /// How a run ended, for the log and the final event.
@@ -142,7 +172,10 @@ async fn execute(
             Some(DoneStatus::Error)
         }
     };
-    guard.destroy().await;
+    guard
+        .destroy()
+        .instrument(info_span!("sandbox.destroy"))
+        .await;
     if let Some(status) = status {
         let done = RunEvent::Done(Done {
             status,
@@ -194,7 +227,9 @@ async fn drive(
             .map_err(|_| Stop::ClientGone)
     };
     progress(Phase::CreatingSandbox).await?;
-    let sandbox = create_detached(provider, plan.sandbox.clone(), &plan.request_id).await?;
+    let sandbox = create_detached(provider, plan.sandbox.clone(), &plan.request_id)
+        .instrument(info_span!("sandbox.create"))
+        .await?;
     // No await between receiving the sandbox and arming the guard: a
     // cancellation cannot slip in and lose it.
     guard.arm(sandbox.clone());
@@ -206,11 +241,18 @@ async fn drive(
     if let Some(recording) = &plan.recording {
         recording.sandbox(sandbox.id());
     }
+    tracing::Span::current().set_attribute("sandstorm.sandbox.id", sandbox.id().to_owned());
 
     progress(Phase::Uploading).await?;
-    sandbox.upload(plan.files.clone()).await?;
+    sandbox
+        .upload(plan.files.clone())
+        .instrument(info_span!("sandbox.upload", files = plan.files.len()))
+        .await?;
     progress(Phase::StartingAgent).await?;
-    let output = sandbox.start(plan.process.clone()).await?;
+    let output = sandbox
+        .start(plan.process.clone())
+        .instrument(info_span!("sandbox.start"))
+        .await?;
     relay(
         output,
         &plan.redactor,
@@ -218,6 +260,7 @@ async fn drive(
         &plan.credentials_in_sandbox,
         tx,
     )
+    .instrument(info_span!("relay"))
     .await
 }
 
@@ -260,6 +303,8 @@ async fn relay(
     let mut stderr = LineSplitter::new();
     let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
     let mut agent = AgentState::new(OutputCheck::new(outputs), credentials_in_sandbox);
+    // From the agent's result to the runner's exit: the output files.
+    let mut outputs_span = None;
 
     while let Some(event) = output.next().await {
         match event? {
@@ -270,6 +315,10 @@ async fn relay(
                 drop(chunk);
                 for line in lines {
                     if let Some(event) = agent.accept(line, redactor) {
+                        telemetry::run::agent_message(&event);
+                        if outputs.is_some() && outputs_span.is_none() && agent.saw_result {
+                            outputs_span = Some(info_span!("outputs"));
+                        }
                         send(event).await?;
                     }
                 }
@@ -533,17 +582,22 @@ impl SandboxGuard {
     }
 
     pub(crate) fn arm(&mut self, sandbox: Arc<dyn Sandbox>) {
+        telemetry::metrics::metrics().sandboxes_alive.add(1, &[]);
         self.sandbox = Some(sandbox);
     }
 
     /// Leaves the sandbox running: a detached run's end, whoever reads it,
     /// ends the sandbox (after the linger).
     pub(crate) fn release(mut self) {
-        self.sandbox = None;
+        // The sandbox lives on; whoever ends it no longer counts here.
+        if self.sandbox.take().is_some() {
+            telemetry::metrics::metrics().sandboxes_alive.add(-1, &[]);
+        }
     }
 
     pub(crate) async fn destroy(mut self) {
         if let Some(sandbox) = self.sandbox.take() {
+            telemetry::metrics::metrics().sandboxes_alive.add(-1, &[]);
             destroy_logged(sandbox.as_ref(), &self.request_id).await;
         }
     }
@@ -552,6 +606,7 @@ impl SandboxGuard {
 impl Drop for SandboxGuard {
     fn drop(&mut self) {
         if let Some(sandbox) = self.sandbox.take() {
+            telemetry::metrics::metrics().sandboxes_alive.add(-1, &[]);
             let request_id = std::mem::take(&mut self.request_id);
             // Outside a runtime (process exit) there is nothing left to run
             // the destroy on; the provider's own lifetime limit reaps it.

@@ -189,6 +189,9 @@ pub struct Settings {
     pub prices: Arc<PriceTable>,
     /// Where runs are recorded, if they are.
     pub history: HistorySettings,
+    /// What a runner gets so the agent exports its own telemetry
+    /// (`SANDSTORM_AGENT_TELEMETRY=1`); empty otherwise.
+    pub agent_telemetry: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -211,6 +214,11 @@ impl std::fmt::Debug for Settings {
             .field("key_source", &self.key_source.is_some())
             .field("prices", &self.prices)
             .field("history", &self.history)
+            // Names only: the agent's OTLP headers are a credential.
+            .field(
+                "agent_telemetry",
+                &self.agent_telemetry.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -290,6 +298,8 @@ impl Settings {
         let prices = Arc::new(PriceTable::new(env.get(PRICES_VARIABLE))?);
         let sandbox = sandbox_settings(env, cwd, sandbox)?;
         let history = history_settings(env, cwd, profile)?;
+        let agent_telemetry =
+            crate::telemetry::agent::env(&|name| env.get(name).map(str::to_owned))?;
         Ok(Settings {
             auth: auth_settings(env, profile)?,
             keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
@@ -308,6 +318,7 @@ impl Settings {
             key_source: None,
             prices,
             history,
+            agent_telemetry,
         })
     }
 }

@@ -734,6 +734,7 @@ mod shutdown {
             .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
             .env("SANDSTORM_SHUTDOWN_TIMEOUT", "1")
             .env("TMPDIR", tmp.path())
+            .env("SANDSTORM_HISTORY_PATH", tmp.path().join("h.db"))
             .start()
             .await;
         let request = reqwest::Client::new()
@@ -773,5 +774,14 @@ mod shutdown {
                 .expect("ds serve exits after its bound");
         assert!(status.success(), "{status:?}: {}", server.log());
         assert_eq!(sandboxes(), 0, "the sandbox was destroyed");
+        // The history says how the stop ended the run: it was written
+        // before the process went.
+        let db = rusqlite::Connection::open(tmp.path().join("h.db")).expect("the history");
+        let record: String = db
+            .query_row("SELECT record FROM runs", [], |row| row.get(0))
+            .expect("the run's record");
+        let record: Value = serde_json::from_str(&record).expect("JSON");
+        assert_eq!(record["status"], "failed", "{record}");
+        assert_eq!(record["error_type"], "shutdown", "{record}");
     }
 }

@@ -822,6 +822,71 @@ async fn a_history_table_that_is_down_fails_no_run() {
 }
 
 #[tokio::test]
+async fn a_runs_spans_reach_the_collector_before_its_invocation_ends() {
+    let e2b = emulator::start(synthetic(20, 100)).await;
+    let collector = common::otlp::Receiver::start().await;
+    let mut env = door_env(&e2b);
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.clone()));
+    env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_owned()));
+    let watch = cargo_lambda_watch(&env).await;
+
+    let stream = watch.query(serde_json::json!({"prompt": "go"})).await;
+    assert_eq!(stream.status, 200, "{}", watch.proc.output());
+    let request_id = stream
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id")
+        .to_owned();
+
+    // Read the moment the response is over, when Lambda may freeze the
+    // function: every span of the run is here already. The flush waits for
+    // the collector's answer, so they came before the response's end; the
+    // batch processor on its own would send them five seconds later.
+    let spans = collector.spans();
+    let root = spans
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| span["name"] == "sandstorm.run")
+        .unwrap_or_else(|| {
+            panic!(
+                "no run span arrived before the response ended: {spans:?}\n{}",
+                watch.proc.output()
+            )
+        });
+    assert_eq!(
+        common::otlp::attribute(root, "sandstorm.request.id"),
+        Some(serde_json::json!(request_id))
+    );
+    for name in [
+        "sandbox.create",
+        "sandbox.upload",
+        "sandbox.start",
+        "relay",
+        "sandbox.destroy",
+    ] {
+        let span = spans
+            .iter()
+            .map(|(_, span)| span)
+            .find(|span| span["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} span: {spans:?}"));
+        assert_eq!(
+            span["traceId"], root["traceId"],
+            "{name} is in another trace"
+        );
+    }
+    // The metrics went with them.
+    assert!(
+        collector
+            .metric_names()
+            .iter()
+            .any(|m| m == "sandstorm.runs.finished"),
+        "{:?}",
+        collector.metric_names()
+    );
+}
+
+#[tokio::test]
 async fn the_lambda_door_keeps_a_runs_events_in_dynamodb_when_asked_to() {
     let moto = common::moto::start().await;
     let dynamodb = common::moto::create_history_table(&moto.url).await;

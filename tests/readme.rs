@@ -96,15 +96,16 @@ async fn every_ds_query_in_the_readme_runs_against_the_emulator() {
     options.egress_open = Some(format!("127.0.0.1:{}", model.port()));
     let e2b = emulator::start_with(options).await;
     // Queries only: `serve` is the test below, `runs`, `attach`,
-    // `continue` and `cancel` name runs that do not exist here
-    // (tests/detached.rs runs them), and `init`, `add` and `doctor` run in
-    // tests/cli_helpers.rs.
+    // `continue`, `cancel` and `replay` name runs that do not exist here
+    // (tests/detached.rs and tests/replay.rs run them), and `init`, `add`
+    // and `doctor` run in tests/cli_helpers.rs.
     let queries: Vec<Vec<String>> = ds_commands()
         .into_iter()
         .filter(|words| {
             words.get(1).is_some_and(|w| {
                 ![
-                    "serve", "runs", "attach", "continue", "cancel", "init", "add", "doctor",
+                    "serve", "runs", "attach", "continue", "cancel", "replay", "init", "add",
+                    "doctor",
                 ]
                 .contains(&w.as_str())
             })

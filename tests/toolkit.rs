@@ -113,6 +113,51 @@ async fn the_listening_ports_of_a_child_are_read_from_the_kernel() {
     assert_eq!(common::process::listening_ports(process.pid()), [port]);
 }
 
+#[test]
+fn the_sockets_of_a_process_are_read_from_the_kernel_with_both_ends() {
+    use common::process::{Socket, sockets};
+    use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+    let unspecified_v4: SocketAddr = "0.0.0.0:0".parse().expect("an address");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listening = listener.local_addr().expect("its address");
+    let client = TcpStream::connect(listening).expect("connect");
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    let mut expected = vec![
+        Socket {
+            tcp: true,
+            local: listening,
+            remote: unspecified_v4,
+            listening: true,
+        },
+        Socket {
+            tcp: true,
+            local: client.local_addr().expect("its address"),
+            remote: listening,
+            listening: false,
+        },
+        Socket {
+            tcp: false,
+            local: udp.local_addr().expect("its address"),
+            remote: unspecified_v4,
+            listening: false,
+        },
+    ];
+    // IPv6 where the machine has it.
+    let v6 = TcpListener::bind("[::1]:0").ok();
+    if let Some(v6) = &v6 {
+        expected.push(Socket {
+            tcp: true,
+            local: v6.local_addr().expect("its address"),
+            remote: "[::]:0".parse().expect("an address"),
+            listening: true,
+        });
+    }
+    let found = sockets(std::process::id());
+    for socket in &expected {
+        assert!(found.contains(socket), "{socket:?} not in {found:#?}");
+    }
+}
+
 /// The scripted provider (`testing` feature) behind the real router on a
 /// real socket: no bubblewrap, no E2B, and the stream reads back whole.
 #[cfg(feature = "testing")]

@@ -89,6 +89,9 @@ enum Command {
     Continue(ContinueArgs),
     /// Cancel a detached run.
     Cancel(CancelArgs),
+    /// Run a recorded run again, with another model, budget or tools, and
+    /// compare the two (cost, turns, duration, result) in a markdown table.
+    Replay(ReplayArgs),
     /// Check keys, sandbox, sandstorm.json and the runner before a run.
     Doctor(DoctorArgs),
     /// Start a project from a starter: sandstorm.json, README.md, .env.example.
@@ -259,6 +262,78 @@ struct ContinueArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+The replay forks the run's SDK session while its sandbox is still there (a detached run, \
+running or kept with keep_alive); otherwise it runs the recorded prompt and request again. \
+The history keeps file names, not contents: pass a run's files again with -f.
+
+Exit status: 0 when the replay succeeded, 1 when it failed, 2 for a bad argument or a run \
+that cannot be replayed.")]
+struct ReplayArgs {
+    /// The run's id (from `ds runs`).
+    run_id: String,
+    /// Model for the replay (overrides the recorded run's).
+    #[arg(short, long)]
+    model: Option<String>,
+    /// A hard cap on what the replay's model calls cost, in US dollars:
+    /// the model endpoint refuses the call past it (the replay's
+    /// max_cost_usd).
+    #[arg(long, value_name = "USD")]
+    budget: Option<f64>,
+    /// The only tools the model sees, comma-separated (Read,Bash,Write).
+    #[arg(long, value_name = "TOOLS", value_delimiter = ',')]
+    allowed_tools: Option<Vec<String>>,
+    /// Maximum conversation turns (overrides the recorded run's).
+    #[arg(long)]
+    max_turns: Option<u32>,
+    /// A text file to upload to /home/user/<name> (repeatable): the
+    /// recorded run's files, again.
+    #[arg(short, long = "file", value_name = "PATH")]
+    files: Vec<PathBuf>,
+    /// Write the comparison to FILE instead of stderr.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Anthropic API key for the replay (else the server's).
+    #[arg(long, value_name = "KEY", value_parser = secret)]
+    anthropic_api_key: Option<Secret>,
+    /// OpenRouter API key for the replay (else the server's).
+    #[arg(long, value_name = "KEY", value_parser = secret)]
+    openrouter_api_key: Option<Secret>,
+    /// Also show the runner's stderr lines.
+    #[arg(short, long, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Only the agent's answer, errors and the comparison.
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+impl ReplayArgs {
+    /// The replay's body: the `/query` fields it changes.
+    fn overrides(&self) -> Result<serde_json::Value, Fatal> {
+        let mut body = serde_json::Map::new();
+        let mut set = |name: &str, value: serde_json::Value| {
+            if !value.is_null() {
+                body.insert(name.to_owned(), value);
+            }
+        };
+        set("model", serde_json::json!(self.model));
+        set("max_cost_usd", serde_json::json!(self.budget));
+        set("allowed_tools", serde_json::json!(self.allowed_tools));
+        set("max_turns", serde_json::json!(self.max_turns));
+        let files = read_files(&self.files)?;
+        if !files.is_empty() {
+            set("files", serde_json::json!(files));
+        }
+        let key = |key: &Option<Secret>| serde_json::json!(key.as_ref().map(Secret::expose));
+        set("anthropic_api_key", key(&self.anthropic_api_key));
+        set("openrouter_api_key", key(&self.openrouter_api_key));
+        Ok(serde_json::Value::Object(body))
+    }
+}
+
+#[derive(Debug, Args)]
 struct CancelArgs {
     /// The run's id.
     run_id: String,
@@ -406,6 +481,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Attach(args)) => attach_command(args).await,
         Some(Command::Continue(args)) => continue_command(args).await,
         Some(Command::Cancel(args)) => cancel_command(args).await,
+        Some(Command::Replay(args)) => replay_command(args).await,
         Some(Command::Doctor(args)) => doctor::doctor(args.deep).await,
         Some(Command::Init(args)) => init_command(&args),
         Some(Command::Add(args)) => add_command(&args),
@@ -464,8 +540,21 @@ fn state(settings: Settings) -> Result<AppState, Fatal> {
     Ok(AppState::new(settings, provider).with_history(history))
 }
 
+/// Logging, and OpenTelemetry export when the environment or `.env` sets
+/// an OTLP endpoint.
+fn telemetry(default: &str) -> crate::telemetry::Telemetry {
+    let mut env = EnvVars::from_pairs(std::env::vars());
+    // A `.env` that cannot be read is reported by `settings`.
+    if let Ok(cwd) = std::env::current_dir() {
+        let _ = env.fill_from_dotenv(&cwd.join(".env"));
+    }
+    crate::telemetry::init_from(crate::telemetry::Format::Text, default, &|name| {
+        env.get(name).map(str::to_owned)
+    })
+}
+
 async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
-    crate::telemetry::init(crate::telemetry::Format::Text, "info");
+    let telemetry = telemetry("info");
     let settings = settings(args.sandbox.sandbox.as_deref(), false)?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
@@ -484,17 +573,22 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
             self::settings(flag.as_deref(), true).map_err(|fatal| fatal.message)
         });
     }
-    serve::serve(addr, app::app(state), trigger, bound, connections)
-        .await
-        .map_err(|e| Fatal {
-            code: exit::RUN_FAILED,
-            message: e,
-        })?;
+    let history = state.history().clone();
+    let served = serve::serve(addr, app::app(state), trigger, bound, connections).await;
+    // The runs that a stop ended queued their ends before their clients
+    // got `done`: write them before the process goes, or the history would
+    // keep them `running`.
+    history.settle(HISTORY_SETTLE).await;
+    telemetry.flush().await;
+    served.map_err(|e| Fatal {
+        code: exit::RUN_FAILED,
+        message: e,
+    })?;
     Ok(exit::OK)
 }
 
 async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
-    crate::telemetry::init(crate::telemetry::Format::Text, "warn");
+    let telemetry = telemetry("warn");
     let prompt = args.prompt.unwrap_or_default();
     let files = read_files(&args.files)?;
     let settings = settings(
@@ -561,6 +655,7 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     let mode = render::Mode::new(args.json_output, args.verbose, args.quiet);
     let options = render::Options {
         mode,
+        report_to: None,
         output_dir: args.output_dir,
         on_interrupt: if args.detach {
             render::OnInterrupt::Leave
@@ -570,8 +665,9 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     };
     let code = render::follow(handle, options).await;
     // The run's end is queued before its `done` is shown; let it land
-    // before `ds` exits.
+    // before `ds` exits, and its spans go.
     history.settle(HISTORY_SETTLE).await;
+    telemetry.flush().await;
     Ok(code)
 }
 
@@ -582,7 +678,7 @@ const HISTORY_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 fn endpoint(
     remote: &RemoteArgs,
 ) -> Result<(runs::Endpoint, Vec<(http::HeaderName, http::HeaderValue)>), Fatal> {
-    crate::telemetry::init(crate::telemetry::Format::Text, "warn");
+    telemetry("warn");
     let state = match remote.server {
         Some(_) => None,
         None => Some(state(settings(None, true)?)?),
@@ -612,7 +708,22 @@ async fn runs_command(args: RunsArgs) -> Result<u8, Fatal> {
 
 async fn cancel_command(args: CancelArgs) -> Result<u8, Fatal> {
     let (endpoint, headers) = endpoint(&args.remote)?;
-    runs::cancel(&endpoint, &args.run_id, &headers, args.remote.json_output).await
+    let code = runs::cancel(&endpoint, &args.run_id, &headers, args.remote.json_output).await;
+    // The cancel is recorded in this process's history, off its path.
+    endpoint.settle().await;
+    code
+}
+
+async fn replay_command(args: ReplayArgs) -> Result<u8, Fatal> {
+    let overrides = args.overrides()?;
+    let (endpoint, headers) = endpoint(&args.remote)?;
+    let options = render::Options {
+        mode: render::Mode::new(args.remote.json_output, args.verbose, args.quiet),
+        output_dir: None,
+        on_interrupt: render::OnInterrupt::Leave,
+        report_to: args.output,
+    };
+    runs::replay(endpoint, &args.run_id, &overrides, headers, options).await
 }
 
 async fn attach_command(args: AttachArgs) -> Result<u8, Fatal> {
@@ -620,6 +731,7 @@ async fn attach_command(args: AttachArgs) -> Result<u8, Fatal> {
     let mode = render::Mode::new(args.remote.json_output, args.verbose, args.quiet);
     let options = render::Options {
         mode,
+        report_to: None,
         output_dir: None,
         on_interrupt: render::OnInterrupt::Leave,
     };
@@ -645,6 +757,7 @@ async fn continue_command(args: ContinueArgs) -> Result<u8, Fatal> {
     let mode = render::Mode::new(args.remote.json_output, args.verbose, args.quiet);
     let options = render::Options {
         mode,
+        report_to: None,
         output_dir: None,
         on_interrupt: render::OnInterrupt::Leave,
     };

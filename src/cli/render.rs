@@ -48,6 +48,9 @@ pub(super) struct Options {
     pub(super) output_dir: Option<PathBuf>,
     /// What Ctrl-C and SIGTERM do to the run.
     pub(super) on_interrupt: OnInterrupt,
+    /// Where a replay's report is written; `None` shows it on stderr
+    /// (readable mode; JSON mode has it as an event).
+    pub(super) report_to: Option<PathBuf>,
 }
 
 /// What an interrupted `ds` does to the run it shows.
@@ -69,8 +72,10 @@ struct Tally {
     /// A detached run's id, from its `run` event.
     run_id: Option<String>,
     /// The id of the last event shown: a detached run's events are
-    /// numbered from 1, every one but progress and `detached`.
+    /// numbered from 1, every one but progress, `detached` and `replay`.
     last_event_id: u64,
+    /// A replay's report, in markdown.
+    report: Option<String>,
 }
 
 /// Prints events until the run ends; returns the exit code. Ctrl-C or
@@ -117,6 +122,7 @@ pub(super) async fn follow(handle: RunHandle, options: Options) -> u8 {
                 continue;
             }
             RunEvent::Detached(_) => {}
+            RunEvent::Replay(report) => tally.report = Some(report.markdown.clone()),
             RunEvent::Run(run) => {
                 tally.run_id = Some(run.run_id.clone());
                 tally.last_event_id += 1;
@@ -166,10 +172,29 @@ pub(super) async fn follow(handle: RunHandle, options: Options) -> u8 {
     if let (Mode::Human { quiet: false, .. }, Some(result)) = (&options.mode, &tally.result) {
         summary(result, started, tally.saved, options.output_dir.as_deref());
     }
+    if let Some(markdown) = &tally.report {
+        report(markdown, &options);
+    }
     if tally.result.is_none() || tally.failed {
         exit::RUN_FAILED
     } else {
         exit::OK
+    }
+}
+
+/// A replay's report: to its file when one is named, else on stderr in
+/// readable mode (as 0.9.2's `ds replay` shows it).
+fn report(markdown: &str, options: &Options) {
+    match &options.report_to {
+        Some(path) => match std::fs::write(path, markdown) {
+            Ok(()) => anstream::eprintln!("{DIM}report written to {}{DIM:#}", path.display()),
+            Err(e) => anstream::eprintln!(
+                "{WARN}warning: the report could not be written to {}: {e}{WARN:#}\n{markdown}",
+                path.display()
+            ),
+        },
+        None if matches!(options.mode, Mode::Human { .. }) => anstream::eprintln!("\n{markdown}"),
+        None => {}
     }
 }
 
@@ -251,7 +276,8 @@ fn human(event: &RunEvent, message: Option<&Value>, verbose: bool, quiet: bool) 
         }
         RunEvent::Stderr(line) if verbose => anstream::eprintln!("{DIM}  {line}{DIM:#}"),
         // The summary says how the run ended; `done` is for machines.
-        RunEvent::Stderr(_) | RunEvent::Progress(_) | RunEvent::Done(_) => {}
+        // A replay's report comes after the summary (see `report`).
+        RunEvent::Stderr(_) | RunEvent::Progress(_) | RunEvent::Done(_) | RunEvent::Replay(_) => {}
         RunEvent::Error(error) => {
             anstream::eprintln!(
                 "{BAD}error:{BAD:#} {} {DIM}(request {}){DIM:#}",

@@ -1,5 +1,5 @@
-//! `ds runs`, `ds attach`, `ds continue` and `ds cancel`: detached runs
-//! from the command line.
+//! `ds runs`, `ds attach`, `ds continue`, `ds cancel` and `ds replay`: the
+//! `/runs` routes from the command line.
 //!
 //! They speak the HTTP API's `/runs` routes, to a deployed endpoint
 //! (`--server URL`, with `SANDSTORM_API_TOKEN`) or, without one, to the
@@ -23,6 +23,7 @@ use tower::ServiceExt as _;
 use super::{Fatal, exit, render};
 use crate::app::{self, AppState};
 use crate::events::{ErrorKind, RunError, RunEvent};
+use crate::history::History;
 use crate::run::RunHandle;
 use crate::secret::Secret;
 
@@ -38,15 +39,29 @@ pub(super) enum Endpoint {
         token: Option<Secret>,
         http: reqwest::Client,
     },
-    /// The router, called in this process.
-    Direct(Router),
+    /// The router, called in this process, and the history it records
+    /// to, whose writes must land before `ds` exits.
+    Direct { router: Router, history: History },
 }
 
-/// An answer: its status and its body, as it arrives.
+/// An answer: its status, the run it names (`x-run-id`), and its body, as
+/// it arrives.
 struct Answer {
     status: StatusCode,
+    run_id: Option<String>,
     body: BoxStream<'static, Result<Bytes, String>>,
 }
+
+/// The run an answer names in `x-run-id`.
+fn run_id_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-run-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// How long `ds` waits at exit for the history's writes to land.
+const HISTORY_SETTLE: Duration = Duration::from_secs(3);
 
 impl Endpoint {
     /// `--server URL` when given, else the router over `state`.
@@ -61,8 +76,20 @@ impl Endpoint {
                 token,
                 http: reqwest::Client::new(),
             }),
-            (None, Some(state)) => Ok(Endpoint::Direct(app::app(state))),
+            (None, Some(state)) => Ok(Endpoint::Direct {
+                history: state.history().clone(),
+                router: app::app(state),
+            }),
             (None, None) => Err(Fatal::usage("no --server and no sandbox provider to ask")),
+        }
+    }
+
+    /// Waits for the writes the router queued to the history (a cancel's,
+    /// a replay's record) before `ds` exits.
+    pub(super) async fn settle(&self) {
+        if let Endpoint::Direct { history, .. } = self {
+            history.settle(HISTORY_SETTLE).await;
+            crate::telemetry::Telemetry::active().flush().await;
         }
     }
 
@@ -102,13 +129,14 @@ impl Endpoint {
                     .map_err(|e| Fatal::usage(format!("cannot reach {base}: {e}")))?;
                 Ok(Answer {
                     status: response.status(),
+                    run_id: run_id_of(response.headers()),
                     body: response
                         .bytes_stream()
                         .map(|r| r.map_err(|e| e.to_string()))
                         .boxed(),
                 })
             }
-            Endpoint::Direct(router) => {
+            Endpoint::Direct { router, .. } => {
                 let mut request = Request::builder().method(method).uri(path);
                 for (name, value) in headers {
                     request = request.header(name, value);
@@ -125,6 +153,7 @@ impl Endpoint {
                 };
                 Ok(Answer {
                     status: response.status(),
+                    run_id: run_id_of(response.headers()),
                     body: response
                         .into_body()
                         .into_data_stream()
@@ -304,6 +333,43 @@ pub(super) async fn continue_run(
     .await
 }
 
+/// `ds replay`: the recorded run again with `overrides` (a replay's body),
+/// shown as `ds` shows a run, its report last. A replay that detaches is
+/// read on from its own events.
+pub(super) async fn replay(
+    endpoint: Endpoint,
+    run: &str,
+    overrides: &Value,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    mut options: render::Options,
+) -> Result<u8, Fatal> {
+    let run = path_segment(run)?;
+    let mut sent = headers.clone();
+    sent.push((
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    ));
+    let body = Bytes::from(overrides.to_string());
+    let first = endpoint
+        .send_body(Method::POST, &format!("/runs/{run}/replay"), &sent, body)
+        .await?;
+    // An attached replay ends with `ds`, as `ds "prompt"` does; a detached
+    // one goes on, as `ds attach` leaves it.
+    let replay = first.run_id.clone().unwrap_or_default();
+    if replay.is_empty() {
+        options.on_interrupt = render::OnInterrupt::EndRun;
+    }
+    show(
+        endpoint,
+        format!("/runs/{replay}/events"),
+        headers,
+        first,
+        0,
+        options,
+    )
+    .await
+}
+
 /// Shows a run's stream that `first` began, reading on from `path` after
 /// each `detached` event; a refusal is `ds`'s error.
 async fn show(
@@ -321,7 +387,8 @@ async fn show(
     }
     let (tx, events) = mpsc::channel(crate::run::EVENT_BUFFER);
     let finished = tokio::spawn(async move {
-        follow(endpoint, path, headers, first, from, tx).await;
+        follow(&endpoint, path, headers, first, from, tx).await;
+        endpoint.settle().await;
     });
     Ok(render::follow(RunHandle { events, finished }, options).await)
 }
@@ -356,7 +423,7 @@ fn with_last_event(
 /// Reads the run's events into `tx`, asking again after each `detached`
 /// event (and, a few times, after a cut stream), until `done`.
 async fn follow(
-    endpoint: Endpoint,
+    endpoint: &Endpoint,
     path: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     first: Answer,

@@ -142,9 +142,17 @@ pub async fn serverless_app(
     let history = serverless_history(&env, &settings.history)
         .await?
         .settling_ends(SETTLE_ENDS);
-    Ok(app::app(
-        AppState::new(settings, provider).with_history(history),
-    ))
+    // Each response flushes the run's spans before it ends (see
+    // `telemetry::flush`).
+    let telemetry = crate::telemetry::Telemetry::active();
+    Ok(
+        app::app(AppState::new(settings, provider).with_history(history)).layer(
+            axum::middleware::map_response(move |response: axum::response::Response| {
+                let telemetry = telemetry.clone();
+                async move { crate::telemetry::flush::at_end(response, telemetry) }
+            }),
+        ),
+    )
 }
 
 /// How long a run's `done` waits for its record's end to land on a

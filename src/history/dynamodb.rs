@@ -51,11 +51,12 @@
 //! Each field of [`RunRecord`] is an attribute of its own, so that an ending
 //! can be laid over the record in place (`SET` what the ending tells,
 //! `REMOVE` an error type it clears), as [`RunRecord::end`] does in memory.
-//! The config snapshot is kept as JSON text: it is any JSON a user wrote,
-//! which DynamoDB would renumber (`1.0` becomes `1`) or refuse (maps nested
-//! deeper than 32). An item holds at most 400 KB; a record past that (a
-//! 64 KiB prompt leaves the config over 300 KB) fails its write, which is
-//! logged like any store failure, and the run goes on.
+//! The config snapshot and the replayable request are kept as JSON text:
+//! they are any JSON a user wrote, which DynamoDB would renumber (`1.0`
+//! becomes `1`) or refuse (maps nested deeper than 32). An item holds at
+//! most 400 KB; a record past that (a 64 KiB prompt and a 64 KiB request
+//! leave the config over 250 KB) fails its write, which is logged like any
+//! store failure, and the run goes on.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -80,8 +81,8 @@ pub(crate) const INDEX: &str = "by-owner";
 /// The TTL attribute: when DynamoDB may delete the run, in seconds since
 /// 1970.
 pub(crate) const EXPIRES: &str = "expires_at";
-/// The record field kept as JSON text (see the module doc).
-const CONFIG: &str = "config";
+/// The record fields kept as JSON text (see the module doc).
+const JSON_TEXT: [&str; 2] = ["config", "request"];
 
 /// The most queries one list makes (see the module doc).
 const MAX_QUERIES: usize = 8;
@@ -229,7 +230,7 @@ fn item_of(
     let mut item: HashMap<String, AttributeValue> = fields
         .iter()
         .filter_map(|(name, value)| {
-            let attribute = if name == CONFIG {
+            let attribute = if JSON_TEXT.contains(&name.as_str()) {
                 AttributeValue::S(value.to_string())
             } else {
                 to_attribute(value)?
@@ -272,7 +273,7 @@ fn record_of(item: &HashMap<String, AttributeValue>) -> Result<RunRecord, StoreE
     for (name, value) in item {
         let value = match name.as_str() {
             OWNER | CREATED | EXPIRES => continue,
-            CONFIG => match value {
+            name if JSON_TEXT.contains(&name) => match value {
                 AttributeValue::S(json) => serde_json::from_str(json).unwrap_or_default(),
                 _ => Value::Null,
             },
@@ -401,6 +402,7 @@ impl RunStore for DynamoDbStore {
             update.set_json("outputs", &ending.outputs);
         }
         update.set_json("session_id", &ending.session_id);
+        update.set_json("result", &ending.result);
         match &ending.error_type {
             Some(error_type) => update.set("error_type", AttributeValue::S(error_type.clone())),
             None => update.remove("error_type"),

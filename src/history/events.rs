@@ -20,7 +20,8 @@
 //! The first line names the format. Each event is its id, a space, and its
 //! JSON exactly as the client got it. An id is the event's place in the
 //! run, as `GET /runs/{id}/events` numbers it: every event but `progress`
-//! (the API never sends it) and `detached` (not part of the run), from 1.
+//! (the API never sends it), `detached` and `replay` (not part of the
+//! run), from 1.
 //! `omitted A B` says that events A to B were left out.
 //!
 //! # The cap
@@ -109,8 +110,13 @@ impl Keeper {
 
     /// Takes in one event, in the order the client gets them.
     pub(crate) fn observe(&mut self, event: &RunEvent) {
-        // Not numbered, as the API's numbering leaves them out.
-        if matches!(event, RunEvent::Progress(_) | RunEvent::Detached(_)) {
+        // Not numbered, as the API's numbering leaves them out: not API
+        // events, or not the run's (a replay's report comes after the tap
+        // anyway).
+        if matches!(
+            event,
+            RunEvent::Progress(_) | RunEvent::Detached(_) | RunEvent::Replay(_)
+        ) {
             return;
         }
         let id = self.next;

@@ -17,6 +17,9 @@ use crate::spend::Spend;
 /// The most of a prompt a record keeps: 0.9.2 keeps it whole, but one
 /// request may carry megabytes and the history is read in lists.
 pub(crate) const PROMPT_CAP: usize = 64 * 1024;
+/// The most of the agent's final answer a record keeps: enough to tell
+/// two runs' answers apart in a list or a replay's report.
+pub(crate) const RESULT_CAP: usize = 4 * 1024;
 
 /// Where a recorded run is. The live ones say what `GET /runs/{id}` says;
 /// a finished one says how it ended.
@@ -146,6 +149,18 @@ pub(crate) struct RunRecord {
     /// The sandbox it ran in, once it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sandbox_id: Option<String>,
+    /// What a replay sends again of the request that started it (see
+    /// `replay::request`): no keys, files by name. `None` when it was too
+    /// large to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) request: Option<serde_json::Value>,
+    /// The run this one replays, when it is a replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) replay_of: Option<String>,
+    /// The agent's final answer (its last `result` message's `result`),
+    /// at most [`RESULT_CAP`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) result: Option<String>,
 }
 
 /// What a run's events told by its end, laid over its record.
@@ -173,6 +188,8 @@ pub(crate) struct RunEnding {
     pub(crate) session_id: Option<String>,
     /// The error's type.
     pub(crate) error_type: Option<String>,
+    /// The last answer, capped.
+    pub(crate) result: Option<String>,
 }
 
 impl RunRecord {
@@ -195,6 +212,7 @@ impl RunRecord {
         }
         self.session_id = ending.session_id.or(self.session_id.take());
         self.error_type = ending.error_type;
+        self.result = ending.result.or(self.result.take());
     }
 
     /// When it started, in milliseconds since the epoch: the order of the
@@ -210,14 +228,20 @@ impl RunRecord {
 /// The prompt as a record keeps it: at most [`PROMPT_CAP`] bytes, cut on
 /// a character boundary; `true` when it was cut.
 pub(crate) fn capped_prompt(prompt: &str) -> (String, bool) {
-    if prompt.len() <= PROMPT_CAP {
-        return (prompt.to_owned(), false);
+    capped(prompt, PROMPT_CAP)
+}
+
+/// `text`, cut to at most `cap` bytes on a character boundary; `true`
+/// when it was cut.
+fn capped(text: &str, cap: usize) -> (String, bool) {
+    if text.len() <= cap {
+        return (text.to_owned(), false);
     }
-    let mut end = PROMPT_CAP;
-    while !prompt.is_char_boundary(end) {
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    (prompt[..end].to_owned(), true)
+    (text[..end].to_owned(), true)
 }
 
 /// The config snapshot a record keeps: the agent config the runner reads
@@ -274,7 +298,8 @@ impl Recorder {
             RunEvent::Progress(_)
             | RunEvent::Stderr(_)
             | RunEvent::Run(_)
-            | RunEvent::Detached(_) => {}
+            | RunEvent::Detached(_)
+            | RunEvent::Replay(_) => {}
         }
     }
 
@@ -324,6 +349,9 @@ impl Recorder {
                     sum.cache_read_input_tokens += count("cache_read_input_tokens");
                 }
                 self.ending.session_id = text("session_id").or(self.ending.session_id.take());
+                if let Some(result) = message["result"].as_str() {
+                    self.ending.result = Some(capped(result, RESULT_CAP).0);
+                }
             }
             _ => {}
         }
@@ -367,7 +395,7 @@ mod tests {
         for event in [
             agent(r#"{"type":"system","subtype":"init","model":"claude-x","session_id":"s1"}"#),
             agent(
-                r#"{"type":"result","num_turns":2,"total_cost_usd":0.5,"session_id":"s1","usage":{"input_tokens":10,"output_tokens":3}}"#,
+                r#"{"type":"result","num_turns":2,"total_cost_usd":0.5,"session_id":"s1","result":"All done.","usage":{"input_tokens":10,"output_tokens":3}}"#,
             ),
             agent(r#"{"type":"file","path":"out/report.md","data":"eA=="}"#),
             RunEvent::Error(RunError {
@@ -397,6 +425,7 @@ mod tests {
         assert_eq!(ending.total_cost_usd, Some(0.5));
         assert_eq!(ending.usage.map(|u| u.input_tokens), Some(10));
         assert_eq!(ending.session_id.as_deref(), Some("s1"));
+        assert_eq!(ending.result.as_deref(), Some("All done."));
         assert_eq!(ending.outputs, ["out/report.md"]);
         assert_eq!(ending.spend.map(|s| s.calls), Some(2));
     }

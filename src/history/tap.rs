@@ -75,6 +75,9 @@ pub(crate) fn planned(plan: &RunPlan, query: &Query, owner_digest: String) -> Op
         error_type: None,
         labels: crate::runs::labels(&plan.sandbox.metadata),
         sandbox_id: None,
+        request: crate::replay::request::recorded(query, &plan.redactor),
+        replay_of: None,
+        result: None,
     })
 }
 

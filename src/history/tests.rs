@@ -30,6 +30,9 @@ pub(super) fn record(run_id: &str, owner: &str, created_ms: u64) -> RunRecord {
         error_type: None,
         labels: BTreeMap::new(),
         sandbox_id: None,
+        request: None,
+        replay_of: None,
+        result: None,
     }
 }
 

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, info, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{EVENT_BUFFER, FINAL_EVENT_GRACE, RunHandle, SandboxGuard, Stop, create_detached};
 use crate::events::{
@@ -74,16 +75,16 @@ impl Follow {
     }
 }
 
-/// Starts a detached run on its own task.
+/// Starts a detached run on its own task, in its root `span`.
 pub(super) fn spawn(
     provider: Arc<dyn SandboxProvider>,
     plan: RunPlan,
     detach: DetachPlan,
     shutdown: Shutdown,
     registry: Registry,
+    span: tracing::Span,
 ) -> RunHandle {
     let (tx, events) = mpsc::channel(EVENT_BUFFER);
-    let span = tracing::info_span!("run", request_id = %plan.request_id, detached = true);
     let finished =
         tokio::spawn(execute(provider, plan, detach, tx, shutdown, registry).instrument(span));
     RunHandle { events, finished }
@@ -152,11 +153,16 @@ async fn execute(
         Ok(sandbox) => {
             // The guard's work is now the run's end, whoever reads it.
             guard.release();
-            let ending = read(&sandbox, &follow, &tx, shutdown).await;
+            let ending = read(&sandbox, &follow, &tx, shutdown)
+                .instrument(tracing::info_span!("relay"))
+                .await;
             finish(ending, Some(sandbox), &follow, &tx, &registry).await;
         }
         Err(stop) => {
-            guard.destroy().await;
+            guard
+                .destroy()
+                .instrument(tracing::info_span!("sandbox.destroy"))
+                .await;
             registry.remove(&follow.digest);
             let first = LastTurn::first(&follow);
             finish(
@@ -186,7 +192,9 @@ async fn start(
         let _ = tx.send(RunEvent::Progress(phase)).await;
     };
     progress(Phase::CreatingSandbox).await;
-    let sandbox = create_detached(provider, plan.sandbox.clone(), &plan.request_id).await?;
+    let sandbox = create_detached(provider, plan.sandbox.clone(), &plan.request_id)
+        .instrument(tracing::info_span!("sandbox.create"))
+        .await?;
     guard.arm(sandbox.clone());
     registry.insert(
         follow.digest.clone(),
@@ -213,10 +221,20 @@ async fn start(
     // The run's id once its sandbox exists: from here on any instance finds
     // the run by it, and the run no longer needs its client.
     let _ = tx.send(RunEvent::Run(follow.run.clone())).await;
+    tracing::Span::current().set_attribute("sandstorm.sandbox.id", sandbox.id().to_owned());
     progress(Phase::Uploading).await;
-    sandbox.upload(plan.files.clone()).await?;
+    sandbox
+        .upload(plan.files.clone())
+        .instrument(tracing::info_span!(
+            "sandbox.upload",
+            files = plan.files.len()
+        ))
+        .await?;
     progress(Phase::StartingAgent).await;
-    let mut output = sandbox.start(plan.process.clone()).await?;
+    let mut output = sandbox
+        .start(plan.process.clone())
+        .instrument(tracing::info_span!("sandbox.start"))
+        .await?;
     // Drained so that a provider which ends a process with its stream (the
     // local one) keeps it; on E2B the process outlives the stream anyway.
     tokio::spawn(async move { while output.next().await.is_some() {} });

@@ -11,7 +11,9 @@
 //!   answer read to its end with timings; [`http`]: an in-process router
 //!   on loopback, a raw `GET`, an address that refuses connections;
 //! - [`doors`]: what the serverless door tests share; [`moto`]: AWS's
-//!   services as moto's server emulates them;
+//!   services as moto's server emulates them; [`phoenix`]: Arize Phoenix,
+//!   an OpenTelemetry receiver whose stored spans tests read back;
+//!   [`otlp`]: a plain OTLP/HTTP receiver (JSON) that keeps what arrived;
 //! - [`model_server`], [`runner`], [`messages`], [`product`]: the scripted
 //!   model, the real runner offline, the Agent SDK's messages, and the
 //!   whole product as a user runs it (end-to-end tests);
@@ -30,6 +32,8 @@ pub mod keys;
 pub mod messages;
 pub mod model_server;
 pub mod moto;
+pub mod otlp;
+pub mod phoenix;
 pub mod process;
 pub mod product;
 pub mod runner;

@@ -221,7 +221,28 @@ pub fn listening_on(line: &str) -> Option<String> {
 /// for a tool started on port 0 that only says which port it was asked
 /// for.
 pub fn listening_ports(pid: u32) -> Vec<u16> {
-    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    sockets(pid)
+        .into_iter()
+        .filter(|socket| socket.tcp && socket.listening)
+        .map(|socket| socket.local.port())
+        .collect()
+}
+
+/// A TCP or UDP socket of a process, as the kernel's socket table shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Socket {
+    pub tcp: bool,
+    pub local: std::net::SocketAddr,
+    /// `0.0.0.0:0` or `[::]:0` for a socket with no peer.
+    pub remote: std::net::SocketAddr,
+    pub listening: bool,
+}
+
+/// Every TCP and UDP socket (IPv4 and IPv6) that process `pid` holds open,
+/// from `/proc/PID/net/{tcp,tcp6,udp,udp6}`, matched by inode to the
+/// process's file descriptors.
+pub fn sockets(pid: u32) -> Vec<Socket> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|fds| {
             fds.filter_map(Result::ok)
                 .filter_map(|fd| std::fs::read_link(fd.path()).ok())
@@ -237,27 +258,60 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
                 .collect()
         })
         .unwrap_or_default();
-    let mut ports = Vec::new();
-    for table in ["tcp", "tcp6"] {
+    let mut sockets = Vec::new();
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
         // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
         for row in text.lines().skip(1) {
             let columns: Vec<&str> = row.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) =
-                (columns.get(1), columns.get(3), columns.get(9))
+            let (Some(local), Some(remote), Some(state), Some(inode)) = (
+                columns.get(1),
+                columns.get(2),
+                columns.get(3),
+                columns.get(9),
+            ) else {
+                continue;
+            };
+            if !inodes.iter().any(|s| s == inode) {
+                continue;
+            }
+            let (Some(local), Some(remote)) = (kernel_address(local), kernel_address(remote))
             else {
                 continue;
             };
+            let tcp = table.starts_with("tcp");
             const LISTEN: &str = "0A";
-            if *state == LISTEN && sockets.iter().any(|s| s == inode) {
-                let port = local
-                    .rsplit_once(':')
-                    .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
-                ports.extend(port);
-            }
+            sockets.push(Socket {
+                tcp,
+                local,
+                remote,
+                listening: tcp && *state == LISTEN,
+            });
         }
     }
-    ports
+    sockets
+}
+
+/// An address as `/proc/net/tcp` writes it: `0100007F:1F90` is
+/// 127.0.0.1:8080. Each 32-bit word of the address is in the host's byte
+/// order, the port in hex.
+fn kernel_address(text: &str) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let (address, port) = text.rsplit_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words = (0..address.len() / 8)
+        .map(|i| u32::from_str_radix(address.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<Vec<u32>>>()?;
+    let mut bytes = Vec::with_capacity(16);
+    for word in &words {
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match words.len() {
+        1 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        4 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// Runs `command` to its end within `limit`, and returns its status,

@@ -126,6 +126,7 @@ pub(crate) async fn call(
             body,
         })
     };
+    let _timed = CallTimer::new(op);
     match tokio::time::timeout(limit, exchange).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) => Err(transport(op, &e, limit)),
@@ -140,10 +141,36 @@ pub(crate) async fn open(
     op: &'static str,
     limit: Duration,
 ) -> Result<Response, SandboxError> {
+    let _timed = CallTimer::new(op);
     match tokio::time::timeout(limit, request.send()).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(transport(op, &e, limit)),
         Err(_) => Err(SandboxError::TimedOut { op, after: limit }),
+    }
+}
+
+/// Records how long an E2B call took (`sandstorm.e2b.call.duration`, by
+/// `call`) when it is dropped: answered, failed or given up.
+struct CallTimer {
+    op: &'static str,
+    started: std::time::Instant,
+}
+
+impl CallTimer {
+    fn new(op: &'static str) -> Self {
+        CallTimer {
+            op,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for CallTimer {
+    fn drop(&mut self) {
+        crate::telemetry::metrics::metrics().e2b_call.record(
+            self.started.elapsed().as_secs_f64(),
+            &[opentelemetry::KeyValue::new("call", self.op)],
+        );
     }
 }
 

@@ -169,6 +169,10 @@ pub(super) async fn forward(request: Request<Incoming>, connection: &Connection)
 /// The client's answer to a dial that failed, logged with its verdict.
 fn refused(kind: &'static str, e: &DialError) -> Response<Body> {
     tracing::debug!(kind, verdict = "refused", reason = %e, "egress request refused");
+    crate::telemetry::metrics::metrics().proxy_denied.add(
+        1,
+        &[opentelemetry::KeyValue::new("sandstorm.egress.kind", kind)],
+    );
     text(e.status(), e.to_string())
 }
 
