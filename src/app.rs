@@ -183,10 +183,12 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static("x-e2b-api-key"),
         ])
-        // A browser client needs the id of the run it just started.
+        // A browser client needs the id of the run it just started, and
+        // whether the events it reads are live or stored.
         .expose_headers([
             HeaderName::from_static("x-run-id"),
             HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-events-source"),
         ])
 }
 
@@ -524,8 +526,17 @@ async fn replay_run(
     started_response(started, &request_id, "replay refused")
 }
 
+/// What `GET /runs/{id}/events` answers from.
+enum EventSource {
+    /// The run's sandbox: its event log, live.
+    Live(runs::Found),
+    /// Its sandbox is gone, and the history kept its events.
+    Stored(history::events::Reader),
+}
+
 /// `GET /runs/{id}/events`: a run's events from the start, or after
-/// `Last-Event-ID` / `?after=N`, then live until it ends.
+/// `Last-Event-ID` / `?after=N`, then live until it ends; once its sandbox
+/// is gone, the events the history kept of it, if it kept them.
 async fn run_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -537,26 +548,46 @@ async fn run_events(
     let arrived = Instant::now();
     let current = state.settings();
     let settings = &*current;
-    let found = async {
+    let source = async {
         auth::check(&settings.auth, &headers, settings.key_source.as_deref()).await?;
         let after = runs::after(&headers, query.as_deref())?;
         let platform_deadline = platform
             .map(|Extension(d)| d.0)
             .or_else(|| settings.max_duration.map(|d| arrived + d));
+        let caller = runs::Caller::of(settings, &headers);
         let found = runs::find(
             settings,
             state.provider.as_ref(),
             &state.registry,
             &id,
-            &runs::Caller::of(settings, &headers),
+            &caller,
             platform_deadline,
         )
-        .await?;
-        Ok::<_, ApiError>((found, after))
+        .await;
+        let source = match found {
+            Ok(found) => EventSource::Live(found),
+            // An attached run is never found live: its kept events are
+            // all there is to read of it, as of a detached one whose
+            // sandbox is gone.
+            Err(ApiError::NoSuchRun) => EventSource::Stored(
+                history::api::kept_events(&state.history, caller.owner_digest(), &id)
+                    .await
+                    .ok_or(ApiError::NoSuchRun)?,
+            ),
+            Err(e) => return Err(e),
+        };
+        Ok::<_, ApiError>((source, after))
     }
     .await;
-    let mut response = match found {
-        Ok((found, after)) => {
+    let mut response = match source {
+        Ok((EventSource::Stored(reader), after)) => {
+            let mut response = stored_sse(reader, after).into_response();
+            response
+                .headers_mut()
+                .insert("x-events-source", HeaderValue::from_static("history"));
+            response
+        }
+        Ok((EventSource::Live(found), after)) => {
             let recording = state
                 .history
                 .reading(&found.follow.run.run_id, &found.follow.created_at);
@@ -795,9 +826,42 @@ fn sse(
             (event, None) => Some(data(&event)),
             (event, Some(numbering)) => numbering.number(event),
         };
-        std::future::ready(event.map(Ok::<_, Infallible>))
+        std::future::ready(event)
     });
-    let sse = Sse::new(stream).keep_alive(
+    event_stream(stream)
+}
+
+/// The response of a run's stored events: those after `after`, each with
+/// the id and the bytes a reader of the live run got, and an `omitted`
+/// event where the cap left some out. A blob that turns out unreadable
+/// part way ends the stream there (the status is sent by then), without a
+/// `done`, as a stream cut short does.
+fn stored_sse(reader: history::events::Reader, after: u64) -> impl IntoResponse {
+    use history::events::Stored;
+    let items = reader
+        .map_while(|item| {
+            item.inspect_err(
+                |e| tracing::warn!(error = %e, "run history: a run's stored events broke off"),
+            )
+            .ok()
+        })
+        .filter_map(move |item| match item {
+            Stored::Event { id, json } => (id > after).then(|| {
+                Event::default()
+                    .data(String::from_utf8_lossy(&json))
+                    .id(id.to_string())
+            }),
+            // Unnumbered, as `detached` is: not an event of the run.
+            Stored::Omitted { first, last } => (last > after).then(|| {
+                Event::default().data(history::events::omitted_json(first.max(after + 1), last))
+            }),
+        });
+    event_stream(futures::stream::iter(items))
+}
+
+/// An SSE response of `events`, with keepalives.
+fn event_stream(events: impl futures::Stream<Item = Event> + Send + 'static) -> impl IntoResponse {
+    let sse = Sse::new(events.map(Ok::<_, Infallible>)).keep_alive(
         KeepAlive::new()
             .interval(KEEPALIVE_INTERVAL)
             .text("keepalive"),

@@ -409,6 +409,7 @@ mod tests {
             ("detached", "DetachedEvent"),
             ("turn", "TurnEvent"),
             ("replay", "ReplayEvent"),
+            ("omitted", "OmittedEvent"),
         ] {
             assert_eq!(schemas[schema]["properties"]["type"]["const"], kind);
             let listed = schemas["Event"]["anyOf"]

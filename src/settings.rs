@@ -334,11 +334,24 @@ pub struct HistorySettings {
     pub table: Option<String>,
     /// How long a record is kept; `None` keeps it for good.
     pub retention: Option<Duration>,
+    /// The most bytes of a finished run's events kept beside its record
+    /// (compressed), when they are kept (`SANDSTORM_STORE_EVENTS`).
+    pub store_events: Option<usize>,
 }
 
 /// How long a record is kept unless `SANDSTORM_HISTORY_RETENTION_DAYS`
 /// says otherwise.
 const DEFAULT_HISTORY_RETENTION_DAYS: u64 = 30;
+
+/// A run's stored events, compressed, unless
+/// `SANDSTORM_STORE_EVENTS_MAX_BYTES` says otherwise: a typical run's take
+/// a few kilobytes; one that prints a lot keeps its first megabyte's worth
+/// and its end.
+pub(crate) const DEFAULT_STORE_EVENTS_MAX_BYTES: usize = 1 << 20;
+/// The bounds of `SANDSTORM_STORE_EVENTS_MAX_BYTES`: under a kilobyte
+/// keeps barely a run's first event; over 16 MiB a run's events would be
+/// a store's largest value by far (DynamoDB splits them into 350 KB items).
+pub(crate) const STORE_EVENTS_MAX_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 << 20;
 
 /// `SANDSTORM_HISTORY` (`0` turns it off), `SANDSTORM_HISTORY_PATH` (the
 /// file, relative to `cwd`), `SANDSTORM_HISTORY_TABLE` (a DynamoDB table
@@ -410,7 +423,41 @@ fn history_settings(
         path,
         table,
         retention,
+        store_events: store_events(env)?,
     })
+}
+
+/// `SANDSTORM_STORE_EVENTS` (`1` keeps a finished run's events in the
+/// history; off by default, since they hold everything the agent said and
+/// read) and `SANDSTORM_STORE_EVENTS_MAX_BYTES` (each run's cap).
+fn store_events(env: &EnvVars) -> Result<Option<usize>, String> {
+    let on = match env.get("SANDSTORM_STORE_EVENTS").map(str::trim) {
+        None | Some("0" | "false" | "no" | "off") => false,
+        Some("1" | "true" | "yes" | "on") => true,
+        Some(other) => {
+            return Err(format!(
+                "SANDSTORM_STORE_EVENTS must be 1 or 0 (true or false), got {other:?}"
+            ));
+        }
+    };
+    let cap = match env.get("SANDSTORM_STORE_EVENTS_MAX_BYTES") {
+        None => DEFAULT_STORE_EVENTS_MAX_BYTES,
+        Some(v) => {
+            let name = "SANDSTORM_STORE_EVENTS_MAX_BYTES";
+            let n = parse_number(name, v)?;
+            usize::try_from(n)
+                .ok()
+                .filter(|n| STORE_EVENTS_MAX_BYTES_RANGE.contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "{name} must be from {} to {} (bytes), got {v:?}",
+                        STORE_EVENTS_MAX_BYTES_RANGE.start(),
+                        STORE_EVENTS_MAX_BYTES_RANGE.end()
+                    )
+                })?
+        }
+    };
+    Ok(on.then_some(cap))
 }
 
 fn connection_settings(env: &EnvVars) -> Result<ConnectionSettings, String> {
@@ -846,6 +893,34 @@ mod tests {
         ] {
             let e = build(&[(name, bad)], Profile::Server).expect_err("refused");
             assert!(e.contains(name), "{e}");
+        }
+    }
+
+    #[test]
+    fn stored_events_are_off_unless_asked_for_and_their_cap_is_checked() {
+        let stored =
+            |pairs: &[(&str, &str)]| build(pairs, Profile::Server).map(|s| s.history.store_events);
+        assert_eq!(stored(&[]), Ok(None));
+        assert_eq!(stored(&[("SANDSTORM_STORE_EVENTS", "0")]), Ok(None));
+        assert_eq!(
+            stored(&[("SANDSTORM_STORE_EVENTS", "1")]),
+            Ok(Some(1 << 20))
+        );
+        assert_eq!(
+            stored(&[
+                ("SANDSTORM_STORE_EVENTS", "true"),
+                ("SANDSTORM_STORE_EVENTS_MAX_BYTES", "4096")
+            ]),
+            Ok(Some(4096))
+        );
+        for (name, bad) in [
+            ("SANDSTORM_STORE_EVENTS", "always"),
+            ("SANDSTORM_STORE_EVENTS_MAX_BYTES", "1MiB"),
+            ("SANDSTORM_STORE_EVENTS_MAX_BYTES", "100"),
+            ("SANDSTORM_STORE_EVENTS_MAX_BYTES", "999999999"),
+        ] {
+            let e = build(&[(name, bad)], Profile::Server).expect_err("refused");
+            assert!(e.contains(name), "{name}={bad}: {e}");
         }
     }
 }

@@ -502,3 +502,225 @@ async fn a_record_is_its_owners_alone() {
     let response = stranger(format!("/runs/{run_id}")).await.expect("GET");
     assert_eq!(response.status(), 404);
 }
+
+/// The events of an SSE body as `(id, data)`: an event's own id, not the
+/// one the parser carries over, and no comment (keepalive).
+fn numbered(body: &str) -> Vec<(Option<String>, String)> {
+    let mut last = None;
+    common::sse::parse(body)
+        .into_iter()
+        .map(|event| {
+            let id = (event.id != last).then(|| event.id.clone()).flatten();
+            last.clone_from(&event.id);
+            (id, event.data)
+        })
+        .collect()
+}
+
+/// `GET /runs/{run_id}/events` with `headers`, once it answers 200 (the
+/// events are written off the run's path): its `x-events-source` and body.
+async fn stored_events(
+    product: &Product,
+    run_id: &str,
+    headers: &[(&str, &str)],
+) -> (String, String) {
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        let mut request = client.get(format!("{}/runs/{run_id}/events", product.url()));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("GET");
+        if response.status() == 200 {
+            let source = response
+                .headers()
+                .get("x-events-source")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            return (source, response.text().await.expect("the stream"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no stored events of {run_id}:\n{}", product.log());
+}
+
+/// Every stored blob in the file, decompressed.
+fn stored_text(db: &std::path::Path) -> String {
+    use std::io::Read as _;
+    let connection = rusqlite::Connection::open(db).expect("open");
+    let mut statement = connection
+        .prepare("SELECT events FROM events")
+        .expect("the events table");
+    let blobs: Vec<Vec<u8>> = statement
+        .query_map([], |row| row.get(0))
+        .expect("query")
+        .map(|row| row.expect("a row"))
+        .collect();
+    let mut text = String::new();
+    for blob in blobs {
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_string(&mut text)
+            .expect("gzip");
+    }
+    text
+}
+
+#[tokio::test]
+async fn stored_events_replay_after_a_restart_as_their_clients_got_them() {
+    // The agent prints a key: its events are redacted, and so are the
+    // stored ones.
+    let model = ModelServer::start(Script::Bash {
+        command: format!(
+            "{} && echo {ANTHROPIC_KEY}",
+            common::model_server::BASH_WRITE_FILE
+        ),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("h.db");
+    let storing = || {
+        serve(&model, &db)
+            .env("SANDSTORM_STORE_EVENTS", "1")
+            .env("SANDSTORM_RUN_LINGER", "0")
+    };
+    let files = json!({"data.csv": "a,b\n1,2\n"});
+    let (attached, detached, attached_id, detached_id) = {
+        let mut product = storing().start().await;
+        let attached = product
+            .query(json!({"prompt": "write the file", "files": files, "outputs": ["*.txt"]}))
+            .await;
+        assert_eq!(attached.done["status"], "success", "{}", attached.dump());
+        let detached = product
+            .query(json!({"prompt": "write the file", "files": files, "detach": true}))
+            .await;
+        assert_eq!(detached.done["status"], "success", "{}", detached.dump());
+        let detached_id = detached.of_type("run")[0]["run_id"]
+            .as_str()
+            .expect("a run id")
+            .to_owned();
+        let (runs, _) = listed(&product, "/runs").await;
+        let attached_id = runs
+            .iter()
+            .filter_map(|run| run["run_id"].as_str())
+            .find(|id| *id != detached_id)
+            .expect("the attached run")
+            .to_owned();
+        // Read back while the server that wrote them runs: the sandboxes
+        // are gone (no linger), so these are the stored events already.
+        for id in [&attached_id, &detached_id] {
+            let (source, _) = stored_events(&product, id, &[]).await;
+            assert_eq!(source, "history");
+        }
+        (attached.raw, detached.raw, attached_id, detached_id)
+    };
+
+    // A new server on the same file.
+    let product = storing().start().await;
+    // A detached run's events come back as its first client got them,
+    // ids and all.
+    let (_, replayed) = stored_events(&product, &detached_id, &[]).await;
+    let first = numbered(&detached);
+    assert!(first.iter().all(|(id, _)| id.is_some()), "{first:?}");
+    assert_eq!(numbered(&replayed), first);
+    // An attached run's, numbered from 1 as a reader of a detached run's
+    // are.
+    let (_, replayed) = stored_events(&product, &attached_id, &[]).await;
+    let first: Vec<(Option<String>, String)> = numbered(&attached)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, data))| (Some((i + 1).to_string()), data))
+        .collect();
+    assert!(
+        first
+            .iter()
+            .any(|(_, data)| data.contains(r#""type":"file""#)),
+        "the output file is among them: {first:?}"
+    );
+    assert_eq!(numbered(&replayed), first);
+    // After an id, as for a live run.
+    let (_, after) = stored_events(&product, &attached_id, &[("last-event-id", "2")]).await;
+    assert_eq!(numbered(&after), first[2..]);
+    // No key, in what is served or in the file.
+    assert!(replayed.contains("[REDACTED]"), "{replayed}");
+    assert!(!replayed.contains(ANTHROPIC_KEY), "a key in the replay");
+    let kept = stored_text(&db);
+    assert!(kept.contains("[REDACTED]"), "{kept}");
+    assert!(!kept.contains(ANTHROPIC_KEY), "a key in the stored events");
+
+    // With the setting off, stored events are not read either: a finished
+    // run's events are not found, as before; its record is.
+    drop(product);
+    let product = serve(&model, &db).start().await;
+    let response = reqwest::get(format!("{}/runs/{attached_id}/events", product.url()))
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 404);
+    let (status, _) = get(&product, &format!("/runs/{attached_id}")).await;
+    assert_eq!(status, 200);
+}
+
+/// A POST that answers an event stream, read whole: its body.
+async fn post_raw(url: String, body: Value) -> String {
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200, "POST {url}");
+    response.text().await.expect("the event stream")
+}
+
+#[tokio::test]
+async fn a_runs_stored_events_hold_every_turn() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let product = serve(&model, &dir.path().join("h.db"))
+        .env("SANDSTORM_STORE_EVENTS", "1")
+        .env("SANDSTORM_RUN_LINGER", "0")
+        .start()
+        .await;
+    let first = post_raw(
+        format!("{}/query", product.url()),
+        json!({"prompt": "write the file", "files": {"data.csv": "a,b\n"}, "keep_alive": 60}),
+    )
+    .await;
+    let run_id = common::sse::json_events(&first)[0]["run_id"]
+        .as_str()
+        .expect("the run event")
+        .to_owned();
+    let second = post_raw(
+        format!("{}/runs/{run_id}/messages", product.url()),
+        json!({"prompt": "once more"}),
+    )
+    .await;
+    // Ended now: what is read after is what the history kept.
+    let response = reqwest::Client::new()
+        .delete(format!("{}/runs/{run_id}", product.url()))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status(), 200);
+    // Both turns, each with its `done`, numbered as their streams were.
+    let mut both = numbered(&first);
+    both.extend(numbered(&second));
+    let dones = both
+        .iter()
+        .filter(|(_, data)| data.contains(r#""type":"done""#))
+        .count();
+    assert_eq!(dones, 2, "{both:?}");
+    // The second turn's write lands off its stream's path: read until it
+    // has.
+    let mut stored = Vec::new();
+    for _ in 0..50 {
+        let (source, body) = stored_events(&product, &run_id, &[]).await;
+        assert_eq!(source, "history");
+        stored = numbered(&body);
+        if stored == both {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, both);
+}

@@ -631,8 +631,22 @@ async fn bootstrap_with_history(
     mpsc::UnboundedSender<Invocation>,
     mpsc::UnboundedReceiver<Streamed>,
 ) {
+    bootstrap_with_history_and(e2b, aws, &[]).await
+}
+
+/// [`bootstrap_with_history`] with `extra` variables.
+async fn bootstrap_with_history_and(
+    e2b: &common::emulator::RunningEmulator,
+    aws: &str,
+    extra: &[(&'static str, String)],
+) -> (
+    Process,
+    mpsc::UnboundedSender<Invocation>,
+    mpsc::UnboundedReceiver<Streamed>,
+) {
     let (runtime_api, queue, responses) = runtime_api().await;
     let mut env = door_env(e2b);
+    env.extend(extra.iter().cloned());
     env.extend(common::moto::aws_env(aws));
     env.extend([
         (
@@ -880,4 +894,72 @@ async fn a_runs_spans_reach_the_collector_before_its_invocation_ends() {
         "{:?}",
         collector.metric_names()
     );
+}
+
+#[tokio::test]
+async fn the_lambda_door_keeps_a_runs_events_in_dynamodb_when_asked_to() {
+    let moto = common::moto::start().await;
+    let dynamodb = common::moto::create_history_table(&moto.url).await;
+    let e2b = emulator::start(synthetic(5, 200)).await;
+    let (function, queue, mut responses) = bootstrap_with_history_and(
+        &e2b,
+        &moto.url,
+        &[("SANDSTORM_STORE_EVENTS", "1".to_owned())],
+    )
+    .await;
+    let (prelude, live) =
+        query_through(&queue, &mut responses, &serde_json::json!({"prompt": "go"})).await;
+    assert_eq!(
+        prelude["statusCode"],
+        200,
+        "{prelude}\n{}",
+        function.output()
+    );
+    let (status, list) = get_through(&queue, &mut responses, "/runs").await;
+    assert_eq!(status, 200, "{list}\n{}", function.output());
+    let run_id = list["runs"][0]["run_id"]
+        .as_str()
+        .expect("a run id")
+        .to_owned();
+
+    // An attached run's sandbox is gone with its end: the door answers
+    // from the table, at once (its `done` waited for the write).
+    let request = function_url_request("GET", &format!("/runs/{run_id}/events"), &[], None);
+    let (prelude, body) =
+        invoke_raw(&queue, &mut responses, request, Duration::from_secs(30)).await;
+    assert_eq!(
+        prelude["statusCode"],
+        200,
+        "{prelude}\n{}",
+        function.output()
+    );
+    assert_eq!(
+        prelude["headers"]["x-events-source"], "history",
+        "{prelude}"
+    );
+    let stored = sse::parse(&String::from_utf8_lossy(&body));
+    let ids: Vec<Option<String>> = stored.iter().map(|e| e.id.clone()).collect();
+    let expected: Vec<Option<String>> = (1..=live.len()).map(|i| Some(i.to_string())).collect();
+    assert_eq!(ids, expected);
+    let data: Vec<serde_json::Value> = stored.iter().map(sse::Event::json).collect();
+    assert_eq!(data, live);
+
+    // The chunk is an item of the table, with the record's TTL.
+    let item = |key: String| {
+        dynamodb
+            .get_item()
+            .table_name(common::moto::HISTORY_TABLE)
+            .key("run_id", aws_sdk_dynamodb::types::AttributeValue::S(key))
+            .send()
+    };
+    let record = item(run_id.clone()).await.expect("get the record");
+    let chunk = item(format!("{run_id}#events#0"))
+        .await
+        .expect("get the chunk");
+    let ttl = |output: &aws_sdk_dynamodb::operation::get_item::GetItemOutput| {
+        output.item().and_then(|i| i.get("expires_at")).cloned()
+    };
+    assert!(ttl(&chunk).is_some(), "{chunk:?}");
+    assert_eq!(ttl(&chunk), ttl(&record));
+    drop(function);
 }

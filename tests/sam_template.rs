@@ -220,6 +220,12 @@ fn the_history_table_is_the_one_the_store_reads_and_its_records_expire() {
         cloudformation["Parameters"]["HistoryRetentionDays"]["Default"],
         30
     );
+    // Stored events are off unless the stack asks for them.
+    assert_eq!(
+        variables["SANDSTORM_STORE_EVENTS"],
+        json!({"Ref": "StoreEvents"})
+    );
+    assert_eq!(cloudformation["Parameters"]["StoreEvents"]["Default"], "0");
 }
 
 #[test]

@@ -29,6 +29,8 @@ use crate::settings::{Profile, SandboxChoice};
 #[path = "../../tests/common/sse.rs"]
 mod sse;
 
+mod stored_events;
+
 fn out(s: &str) -> ProcessEvent {
     ProcessEvent::Stdout(Bytes::copy_from_slice(s.as_bytes()))
 }

@@ -359,6 +359,8 @@ function describe(event) {
       return [{ kind: "done", cls: event.status === "success" ? "done-ok" : "done-bad", text: "Status: " + text(event.status) }];
     case "detached":
       return [];
+    case "omitted":
+      return [{ kind: "omitted", cls: "error", text: text(event.message, "") }];
     default:
       return [{ kind: type, text: "" }];
   }
@@ -411,7 +413,7 @@ async function follow(runId) {
   const controller = new AbortController();
   state.live = controller;
   const path = "/runs/" + encodeURIComponent(runId) + "/events";
-  let last = null, finished = false, quiet = 0;
+  let last = null, finished = false, quiet = 0, stored = false;
   $("live-state").textContent = "· connecting";
   while (!finished && quiet < RECONNECTS && state.live === controller) {
     let progressed = false;
@@ -420,11 +422,13 @@ async function follow(runId) {
       const response = await fetch(path, { headers: { ...headers(), Accept: "text/event-stream", ...extra }, signal: controller.signal, cache: "no-store" });
       if (response.status === 401) throw new SignedOut();
       if (response.status === 404) {
-        $("live-state").textContent = "· not live: the run's sandbox is gone, and its events with it";
+        $("live-state").textContent = "· not live: the run's sandbox is gone, and its events with it (SANDSTORM_STORE_EVENTS=1 keeps them)";
         return;
       }
       if (!response.ok) throw await failure(response);
-      $("live-state").textContent = "· live";
+      // A finished run's events, kept by the history: the same events, not live.
+      stored = response.headers.get("x-events-source") === "history";
+      $("live-state").textContent = stored ? "· stored: the run's sandbox is gone" : "· live";
       await readSse(response, (id, data) => {
         let event;
         try {
@@ -450,7 +454,9 @@ async function follow(runId) {
   }
   if (state.live !== controller) return;
   state.live = null;
-  $("live-state").textContent = finished ? "· finished" : "· the stream ended before the run did";
+  $("live-state").textContent = finished
+    ? (stored ? "· finished (its stored events)" : "· finished")
+    : "· the stream ended before the run did";
 }
 
 async function cancel() {

@@ -195,7 +195,7 @@ async fn serverless_history(env: &EnvVars, settings: &HistorySettings) -> Result
     );
     tracing::info!(table = %table, "run history: recording runs in DynamoDB");
     // No sweep: the store's records carry their TTL.
-    Ok(History::spawn(std::sync::Arc::new(store), None))
+    Ok(History::spawn(std::sync::Arc::new(store), None).storing_events(settings.store_events))
 }
 
 #[cfg(not(feature = "aws-dynamodb"))]

@@ -186,6 +186,30 @@ pub(crate) async fn record(history: &History, owner: &str, run_id: &str) -> Opti
     }
 }
 
+/// The events the history kept of `owner`'s run, ready to be read; `None`
+/// when it kept none. With stored events off, none are read either: those
+/// kept before stay hidden until the retention takes them. A store that
+/// fails, or a blob that is not one of ours, is logged and answers as if
+/// it had none.
+pub(crate) async fn kept_events(
+    history: &History,
+    owner: &str,
+    run_id: &str,
+) -> Option<super::events::Reader> {
+    history.events_cap()?;
+    let store = history.store()?;
+    let blob = match store.kept_events(owner, run_id).await {
+        Ok(blob) => blob?,
+        Err(e) => {
+            tracing::warn!(error = %e, "run history: a read of stored events failed");
+            return None;
+        }
+    };
+    super::events::Reader::new(blob)
+        .inspect_err(|e| tracing::warn!(error = %e, "run history: a run's stored events"))
+        .ok()
+}
+
 /// A record as JSON, with `live` (what the run's sandbox says now) over it.
 pub(crate) fn shown(record: Option<&RunRecord>, live: Option<&RunInfo>) -> Value {
     let mut shown = record

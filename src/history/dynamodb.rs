@@ -42,6 +42,11 @@
 //! (returns 0). TTL deletes within days, not at the second: reads hide an
 //! expired run the table still holds.
 //!
+//! # Stored events
+//! A run's events (`SANDSTORM_STORE_EVENTS`) are items of their own beside
+//! its record's, in chunks under 400 KB, with the record's TTL:
+//! `dynamodb_events.rs` says how.
+//!
 //! # The record's attributes
 //! Each field of [`RunRecord`] is an attribute of its own, so that an ending
 //! can be laid over the record in place (`SET` what the ending tells,
@@ -540,7 +545,18 @@ impl RunStore for DynamoDbStore {
     async fn sweep(&self, _before: SystemTime) -> Result<u64, StoreError> {
         Ok(0)
     }
+
+    async fn keep_events(&self, run_id: &str, blob: &[u8]) -> Result<(), StoreError> {
+        self.put_events(run_id, blob).await
+    }
+
+    async fn kept_events(&self, owner: &str, run_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_events(owner, run_id).await
+    }
 }
+
+#[path = "dynamodb_events.rs"]
+mod events;
 
 #[cfg(test)]
 mod tests {

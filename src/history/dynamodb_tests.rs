@@ -463,3 +463,127 @@ async fn a_store_that_is_gone_is_an_error_not_a_hang() {
     .expect("an answer");
     assert!(matches!(failed, Err(StoreError::Backend(_))), "{failed:?}");
 }
+
+/// Bytes that do not compress or repeat: a blob of stored events as
+/// large as a cap lets it be.
+fn noise(len: usize) -> Vec<u8> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+async fn item_of_key(client: &Client, key: &str) -> Option<HashMap<String, AttributeValue>> {
+    client
+        .get_item()
+        .table_name("runs")
+        .key(KEY, AttributeValue::S(key.to_owned()))
+        .send()
+        .await
+        .expect("get item")
+        .item
+}
+
+#[tokio::test]
+async fn stored_events_go_in_chunks_with_the_records_ttl_for_its_owner_alone() {
+    let moto = start_moto().await;
+    let (store, client) = store(&moto, Some(Duration::from_secs(7 * 86_400))).await;
+    store
+        .started(&record("run_a", "me", now_ms()))
+        .await
+        .expect("start");
+    // Over two items' worth: three chunks.
+    let blob = noise(2 * events::CHUNK + 1000);
+    store.keep_events("run_a", &blob).await.expect("keep");
+    let kept = store.kept_events("me", "run_a").await.expect("read");
+    assert!(kept.as_ref() == Some(&blob), "the blob came back changed");
+
+    let record_item = item_of_key(&client, "run_a").await.expect("the record");
+    for n in 0..3 {
+        let chunk = item_of_key(&client, &events::chunk_key("run_a", n))
+            .await
+            .unwrap_or_else(|| panic!("chunk {n}"));
+        assert_eq!(chunk.get(EXPIRES), record_item.get(EXPIRES), "chunk {n}");
+        assert!(!chunk.contains_key(OWNER), "chunk {n} is in no list");
+    }
+    assert!(
+        item_of_key(&client, &events::chunk_key("run_a", 3))
+            .await
+            .is_none()
+    );
+    // The record is as it was, and lists show the run once.
+    assert!(store.get("me", "run_a").await.expect("get").is_some());
+    let page = store
+        .list("me", &Filter::default(), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(ids(&page), ["run_a"]);
+
+    // Someone else's, or no one's: nothing.
+    assert_eq!(store.kept_events("you", "run_a").await.expect("read"), None);
+    assert_eq!(store.kept_events("me", "run_b").await.expect("read"), None);
+    // A run the table never saw gets none.
+    store.keep_events("run_b", b"blob").await.expect("keep");
+    assert!(
+        item_of_key(&client, &events::chunk_key("run_b", 0))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_shorter_snapshot_never_cuts_down_a_longer_one() {
+    let moto = start_moto().await;
+    let (store, _) = store(&moto, None).await;
+    store
+        .started(&record("run_a", "me", now_ms()))
+        .await
+        .expect("start");
+    let whole = noise(events::CHUNK + 5000);
+    // Turn 1's snapshot, then the whole run's, then a reader that stopped
+    // after turn 1 writes turn 1's again.
+    let turn_1 = &whole[..events::CHUNK / 2];
+    store.keep_events("run_a", turn_1).await.expect("keep");
+    assert_eq!(
+        store
+            .kept_events("me", "run_a")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some(turn_1)
+    );
+    store.keep_events("run_a", &whole).await.expect("keep");
+    store.keep_events("run_a", turn_1).await.expect("keep");
+    let kept = store.kept_events("me", "run_a").await.expect("read");
+    assert!(kept.as_ref() == Some(&whole), "cut down or changed");
+}
+
+#[tokio::test]
+async fn stored_events_that_do_not_match_their_description_are_an_error() {
+    let moto = start_moto().await;
+    let (store, client) = store(&moto, None).await;
+    store
+        .started(&record("run_a", "me", now_ms()))
+        .await
+        .expect("start");
+    store
+        .keep_events("run_a", &noise(events::CHUNK + 10))
+        .await
+        .expect("keep");
+    // Chunk 1 replaced behind the store's back.
+    client
+        .put_item()
+        .table_name("runs")
+        .item(KEY, AttributeValue::S(events::chunk_key("run_a", 1)))
+        .item("events", AttributeValue::B(vec![0; 10].into()))
+        .send()
+        .await
+        .expect("put");
+    let read = store.kept_events("me", "run_a").await;
+    assert!(matches!(read, Err(StoreError::Backend(_))), "{read:?}");
+}

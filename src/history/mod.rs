@@ -13,8 +13,13 @@
 //! record, which may hold a prompt) and the run carries on as if there
 //! were no history at all. One writer keeps a run's writes in order, so
 //! its end never lands before its start.
+//!
+//! With `SANDSTORM_STORE_EVENTS` on, a run's events are kept beside its
+//! record ([`events`]): the tap compresses them as they pass, and hands
+//! each `done`'s snapshot to the same writer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -22,6 +27,7 @@ use tokio::sync::mpsc;
 pub(crate) mod api;
 #[cfg(feature = "aws-dynamodb")]
 pub(crate) mod dynamodb;
+pub(crate) mod events;
 pub(crate) mod record;
 pub(crate) mod sqlite;
 pub(crate) mod tap;
@@ -80,8 +86,16 @@ pub(crate) trait RunStore: Send + Sync + std::fmt::Debug {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page, StoreError>;
-    /// Deletes the runs started before `before`; how many it deleted.
+    /// Deletes the runs started before `before`, and their events; how
+    /// many runs it deleted.
     async fn sweep(&self, before: SystemTime) -> Result<u64, StoreError>;
+    /// Keeps `blob` (see [`events`]) as `run_id`'s events, unless what it
+    /// keeps of them is longer: every snapshot of a run extends the one
+    /// before, so a shorter one is an older one (a reader that stopped
+    /// between two turns). A run it has no record of is left alone.
+    async fn keep_events(&self, run_id: &str, blob: &[u8]) -> Result<(), StoreError>;
+    /// The events kept of `run_id`, if `owner` (a digest) owns it.
+    async fn kept_events(&self, owner: &str, run_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// How many writes may wait for the store before new ones are dropped
@@ -93,6 +107,9 @@ const QUEUE: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the writer sweeps out runs past the retention.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How many bytes of events may wait for the store: [`QUEUE`] writes of a
+/// whole capped run each would be hundreds of megabytes.
+const QUEUED_EVENT_BYTES: usize = 64 << 20;
 
 /// One write for the writer task.
 #[derive(Debug)]
@@ -105,6 +122,10 @@ enum Write {
     Ended {
         run_id: String,
         ending: Box<RunEnding>,
+    },
+    Events {
+        run_id: String,
+        blob: QueuedBlob,
     },
     /// Answered once every write before it is done.
     Flush(tokio::sync::oneshot::Sender<()>),
@@ -123,6 +144,24 @@ struct Inner {
     writes: mpsc::Sender<Write>,
     /// How long a run's `done` waits for its end's write, if it waits.
     settle_ends: Option<Duration>,
+    /// The cap of a run's stored events, when they are stored.
+    events_cap: Option<usize>,
+    /// The bytes of events waiting in the queue.
+    queued_event_bytes: Arc<AtomicUsize>,
+}
+
+/// A run's events on their way to the store, counted in
+/// [`Inner::queued_event_bytes`] until they are written or dropped.
+#[derive(Debug)]
+struct QueuedBlob {
+    blob: Vec<u8>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for QueuedBlob {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.blob.len(), Ordering::Relaxed);
+    }
 }
 
 impl History {
@@ -142,6 +181,8 @@ impl History {
                 store,
                 writes,
                 settle_ends: None,
+                events_cap: None,
+                queued_event_bytes: Arc::new(AtomicUsize::new(0)),
             })),
         }
     }
@@ -155,6 +196,21 @@ impl History {
             inner.settle_ends = Some(within);
         }
         self
+    }
+
+    /// The same history, where a finished run's events are kept, each
+    /// run's up to `cap` bytes (see [`events`]); `None` keeps none. Call it
+    /// on a history just spawned.
+    pub(crate) fn storing_events(mut self, cap: Option<usize>) -> Self {
+        if let Some(inner) = self.inner.as_mut().and_then(Arc::get_mut) {
+            inner.events_cap = cap;
+        }
+        self
+    }
+
+    /// The cap of a run's stored events, when they are stored.
+    pub(crate) fn events_cap(&self) -> Option<usize> {
+        self.inner.as_ref().and_then(|inner| inner.events_cap)
     }
 
     /// Waits for the writes so far when this history settles ends (see
@@ -241,6 +297,27 @@ impl History {
             ending: Box::new(ending),
         });
     }
+
+    /// Keeps a run's events, `blob` (see [`events`]), unless too many bytes
+    /// of events already wait for the store.
+    pub(crate) fn keep_events(&self, run_id: &str, blob: Vec<u8>) {
+        let Some(inner) = &self.inner else { return };
+        let queued = inner.queued_event_bytes.clone();
+        let before = queued.fetch_add(blob.len(), Ordering::Relaxed);
+        // Counted from here on: dropped, the blob gives its bytes back.
+        let blob = QueuedBlob { blob, queued };
+        if before + blob.blob.len() > QUEUED_EVENT_BYTES {
+            tracing::warn!(
+                bytes = blob.blob.len(),
+                "run history: a run's events were not kept: too many wait for the store"
+            );
+            return;
+        }
+        self.send(Write::Events {
+            run_id: run_id.to_owned(),
+            blob,
+        });
+    }
 }
 
 /// The history `settings` ask for: the SQLite file opened (made if need
@@ -252,8 +329,9 @@ pub(crate) fn open(settings: &crate::settings::HistorySettings) -> History {
     };
     match sqlite::SqliteStore::open(path) {
         Ok(store) => {
-            tracing::info!(path = %path.display(), "run history: recording runs");
+            tracing::info!(path = %path.display(), events = settings.store_events.is_some(), "run history: recording runs");
             History::spawn(Arc::new(store), settings.retention)
+                .storing_events(settings.store_events)
         }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "run history: the store cannot be opened; runs go unrecorded");
@@ -295,6 +373,7 @@ async fn write(
             Write::Started(_) => "start",
             Write::Sandbox { .. } => "sandbox",
             Write::Ended { .. } => "end",
+            Write::Events { .. } => "events",
             Write::Flush(_) => "flush",
         };
         let done = async {
@@ -302,6 +381,7 @@ async fn write(
                 Write::Started(record) => store.started(record).await,
                 Write::Sandbox { run_id, sandbox_id } => store.sandbox(run_id, sandbox_id).await,
                 Write::Ended { run_id, ending } => store.ended(run_id, ending).await,
+                Write::Events { run_id, blob } => store.keep_events(run_id, &blob.blob).await,
                 Write::Flush(_) => Ok(()),
             }
         };
@@ -335,3 +415,6 @@ async fn sweep(store: &dyn RunStore, keep: Duration) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod stored_tests;

@@ -1,8 +1,11 @@
 //! The history in an SQLite file: the embedded store of `ds serve` and the
 //! CLI.
 //!
-//! One table: the columns a list filters and orders by, and the whole
-//! record as JSON beside them, so a new record field needs no migration.
+//! One table of runs: the columns a list filters and orders by, and the
+//! whole record as JSON beside them, so a new record field needs no
+//! migration. A run's stored events (`SANDSTORM_STORE_EVENTS`) are a blob
+//! in a table of their own, keyed by the run, read one run at a time and
+//! never by a list; the sweep deletes them with their run.
 //! Migrations go by SQLite's `user_version`. WAL lets `ds runs` read while
 //! a server writes, and the busy timeout makes the two wait for each other
 //! rather than fail. rusqlite is blocking: every call runs on Tokio's
@@ -24,7 +27,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The schema, one step per `user_version`: step `i` takes the file from
 /// version `i` to `i + 1`. Steps are only ever added.
-const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
+pub(super) const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE runs (
         run_id TEXT PRIMARY KEY NOT NULL,
         owner TEXT NOT NULL,
         created_ms INTEGER NOT NULL,
@@ -32,7 +36,14 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
         record TEXT NOT NULL
     );
     CREATE INDEX runs_newest_first ON runs (owner, created_ms DESC, run_id DESC);
-    CREATE INDEX runs_by_age ON runs (created_ms);"];
+    CREATE INDEX runs_by_age ON runs (created_ms);",
+    // No foreign key: `started` replaces a run's row, which a cascade would
+    // take as a delete. The sweep deletes a run's events itself.
+    "CREATE TABLE events (
+        run_id TEXT PRIMARY KEY NOT NULL,
+        events BLOB NOT NULL
+    );",
+];
 
 /// Run records in an SQLite file.
 #[derive(Clone)]
@@ -323,13 +334,55 @@ impl RunStore for SqliteStore {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.with(move |connection| {
-            let deleted = connection
+            let tx = connection.transaction().map_err(backend)?;
+            tx.execute(
+                "DELETE FROM events WHERE run_id IN (SELECT run_id FROM runs WHERE created_ms < ?1)",
+                params![to_i64(ms)],
+            )
+            .map_err(backend)?;
+            let deleted = tx
                 .execute(
                     "DELETE FROM runs WHERE created_ms < ?1",
                     params![to_i64(ms)],
                 )
                 .map_err(backend)?;
+            tx.commit().map_err(backend)?;
             Ok(deleted as u64)
+        })
+        .await
+    }
+
+    async fn keep_events(&self, run_id: &str, blob: &[u8]) -> Result<(), StoreError> {
+        let (run_id, blob) = (run_id.to_owned(), blob.to_vec());
+        self.with(move |connection| {
+            // Only beside a record, and never over a longer blob (see the
+            // trait).
+            connection
+                .execute(
+                    "INSERT INTO events (run_id, events)
+                     SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?1)
+                     ON CONFLICT (run_id) DO UPDATE SET events = excluded.events
+                     WHERE length(excluded.events) >= length(events.events)",
+                    params![run_id, blob],
+                )
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn kept_events(&self, owner: &str, run_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (owner, run_id) = (owner.to_owned(), run_id.to_owned());
+        self.with(move |connection| {
+            connection
+                .query_row(
+                    "SELECT events.events FROM events JOIN runs USING (run_id)
+                     WHERE run_id = ?1 AND runs.owner = ?2",
+                    params![run_id, owner],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(backend)
         })
         .await
     }

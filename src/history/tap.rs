@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 
 use super::History;
+use super::events::Keeper;
 use super::record::{Recorder, RunRecord, capped_prompt, config_snapshot};
 use crate::events::RunEvent;
 use crate::plan::RunPlan;
@@ -115,6 +116,14 @@ impl History {
 /// `done` has passed (or, for an attached run, once its client has gone,
 /// which ends it). A detached run whose stream ends before its `done`
 /// goes on in its sandbox; a reader that sees its end records it.
+///
+/// When the history keeps events, the tap also keeps the run's, and hands
+/// them to the history with each end it records. Every stream a tap sees
+/// starts at the run's first event: a run's own, a reader's (which reads
+/// the run's log from its start whatever `Last-Event-ID` says; the ids
+/// before it are skipped past the tap) and a follow-up turn's (a reader
+/// too). So each `done` a tap sees comes after every event before it, and
+/// what it keeps then is the whole run so far, every turn of it.
 pub(crate) fn tap(recording: Option<Recording>, handle: RunHandle) -> RunHandle {
     let Some(recording) = recording else {
         return handle;
@@ -126,6 +135,8 @@ pub(crate) fn tap(recording: Option<Recording>, handle: RunHandle) -> RunHandle 
     let (tx, events) = mpsc::channel(EVENT_BUFFER);
     tokio::spawn(async move {
         let mut recorder = Recorder::default();
+        // Nothing is kept, or held, unless the history keeps events.
+        let mut keeper = recording.history.events_cap().map(Keeper::new);
         loop {
             let event = tokio::select! {
                 biased;
@@ -134,6 +145,9 @@ pub(crate) fn tap(recording: Option<Recording>, handle: RunHandle) -> RunHandle 
             };
             let Some(event) = event else { break };
             recorder.observe(&event);
+            if let Some(keeper) = keeper.as_mut() {
+                keeper.observe(&event);
+            }
             let done = matches!(event, RunEvent::Done(_));
             // Recorded before the client gets the `done`, so a client that
             // exits on it (`ds`) can wait for the write to land. Each turn
@@ -142,6 +156,9 @@ pub(crate) fn tap(recording: Option<Recording>, handle: RunHandle) -> RunHandle 
             if done {
                 let ending = recorder.ending(recording.started, false);
                 recording.history.ended(&recording.run_id, ending);
+                if let Some(blob) = keeper.as_mut().and_then(Keeper::snapshot) {
+                    recording.history.keep_events(&recording.run_id, blob);
+                }
                 // On a serverless door, before the response can end.
                 recording.history.settle_end().await;
             }

@@ -204,7 +204,7 @@ fn a_path_that_cannot_hold_a_database_is_an_error_not_a_panic() {
 
 /// A store that never answers, counting the writes it was asked for.
 #[derive(Debug, Default)]
-struct Stuck {
+pub(super) struct Stuck {
     asked: AtomicUsize,
 }
 
@@ -233,6 +233,12 @@ impl RunStore for Stuck {
         std::future::pending().await
     }
     async fn sweep(&self, _: SystemTime) -> Result<u64, StoreError> {
+        std::future::pending().await
+    }
+    async fn keep_events(&self, _: &str, _: &[u8]) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    async fn kept_events(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
         std::future::pending().await
     }
 }
@@ -297,12 +303,12 @@ fn a_live_run_keeps_its_records_start_to_the_millisecond_and_its_order() {
 
 /// A store whose writes take a while, noting each once it has landed.
 #[derive(Debug, Default)]
-struct Slow {
+pub(super) struct Slow {
     landed: std::sync::Mutex<Vec<&'static str>>,
 }
 
 impl Slow {
-    fn landed(&self) -> Vec<&'static str> {
+    pub(super) fn landed(&self) -> Vec<&'static str> {
         self.landed.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
@@ -341,10 +347,18 @@ impl RunStore for Slow {
     async fn sweep(&self, _: SystemTime) -> Result<u64, StoreError> {
         Ok(0)
     }
+    async fn keep_events(&self, _: &str, _: &[u8]) -> Result<(), StoreError> {
+        self.land(Duration::from_millis(100), "events").await
+    }
+    async fn kept_events(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// The tap of a run whose events the test sends.
-fn tapped(history: &History) -> (mpsc::Sender<crate::events::RunEvent>, crate::run::RunHandle) {
+pub(super) fn tapped(
+    history: &History,
+) -> (mpsc::Sender<crate::events::RunEvent>, crate::run::RunHandle) {
     let recording = history.begin(Some(record("run_a", "me", 1)));
     let (events, inner) = mpsc::channel(4);
     let handle = crate::run::RunHandle {

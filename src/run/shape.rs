@@ -20,8 +20,8 @@
 //!   `result` and never before, and only then do they pass, each still
 //!   vetted by [`crate::outputs::OutputCheck`].
 //! - The types the server writes itself ([`SERVER_OWNED`]: `done`,
-//!   `stderr`, `stdout`, `progress`, `run`, `detached`, `turn`, `replay`) never
-//!   pass from the runner.
+//!   `stderr`, `stdout`, `progress`, `run`, `detached`, `turn`, `replay`,
+//!   and `omitted` in a run's stored events) never pass from the runner.
 //! - A dropped line is logged at warn by its type, never by its content:
 //!   the type is named only when it is one we know, since an unknown one is
 //!   text the agent chose and could hold a key.
@@ -32,8 +32,8 @@
 /// Event types only the server writes. A runner line that claims one is
 /// dropped: a client must be able to trust that a `done` means the run is
 /// over and a `stderr` came from stderr.
-pub(crate) const SERVER_OWNED: [&str; 8] = [
-    "done", "stderr", "stdout", "progress", "run", "detached", "turn", "replay",
+pub(crate) const SERVER_OWNED: [&str; 9] = [
+    "done", "stderr", "stdout", "progress", "run", "detached", "turn", "replay", "omitted",
 ];
 
 /// How many dropped lines a run logs one by one; beyond that they are only
