@@ -49,9 +49,9 @@ CONCURRENT = {"typical": dict(lines=10, bytes_=500), "stalled": dict(lines=1_000
 # Phases, in the order they run. `size` reads the built binaries, `load`
 # and `proxy` take the figures of tests bench/run ran (tests/load.rs,
 # tests/bench_model_endpoint.rs); the rest measure.
-PHASES = ("cold", "lambda", "overhead", "trips", "relay", "detached", "memory", "size", "load", "local", "proxy")
+PHASES = ("cold", "lambda", "overhead", "trips", "relay", "detached", "memory", "size", "load", "local", "proxy", "otel")
 # The phases that need the E2B emulator running.
-EMULATOR_PHASES = {"cold", "lambda", "overhead", "trips", "relay", "detached", "memory", "local"}
+EMULATOR_PHASES = {"cold", "lambda", "overhead", "trips", "relay", "detached", "memory", "local", "otel"}
 # The phases that run the original, so need its virtualenv.
 THEIRS_PHASES = {"cold", "overhead", "trips", "relay", "memory", "size"}
 # Local start-up: counted runs per emulator (at least), after uncounted ones.
@@ -249,6 +249,84 @@ def check_stream(r, expect_lines: int, label: str) -> None:
             f"{label}: status {r.status}, errors {r.error_events}, result seen {r.saw_result}, "
             f"{r.lines} lines of {expect_lines}; body starts {r.body_head[:300]!r}"
         )
+
+
+class OtlpSink:
+    """An OTLP/HTTP receiver on loopback that takes every export and answers
+    200 at once: what the export costs the server, not the backend's own
+    time. Counts the requests, to show export happened."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (the stdlib's name)
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                sink.requests += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = 0
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.url = f"http://{HOST}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+async def otel(setup: Setup, emu: Emulator, runs: int) -> dict:
+    """Ours only: the same query on two servers, OpenTelemetry export off
+    and on (traces and metrics, http/protobuf, to a loopback sink),
+    alternating. Time to the first event and to the stream's end, and the
+    server's CPU per query."""
+    sink = OtlpSink()
+    servers = {
+        "off": setup.start_server("ours", emu.url),
+        "on": setup.start_server(
+            "ours",
+            emu.url,
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_METRIC_EXPORT_INTERVAL": "1000"},
+        ),
+    }
+    out: dict = {mode: {"first_event_s": [], "end_s": [], "cpu_s": []} for mode in servers}
+    try:
+        emu.configure(**SMALL)
+        for mode in servers:  # warm-up
+            await run_query(servers[mode], query(), SMALL["lines"], f"otel {mode} warm-up")
+            emu.wait_idle()
+        for i in range(runs):
+            modes = ("off", "on") if i % 2 == 0 else ("on", "off")
+            for mode in modes:
+                server = servers[mode]
+                emu.wait_idle()
+                cpu0 = cpu_seconds(server.pid)
+                r = await run_query(server, query(), SMALL["lines"], f"otel {mode}")
+                out[mode]["cpu_s"].append(cpu_seconds(server.pid) - cpu0)
+                out[mode]["first_event_s"].append(r.ttfe)
+                out[mode]["end_s"].append(r.total)
+        # The batch goes within its five-second delay: wait for it, to show
+        # that the "on" server exported.
+        for _ in range(80):
+            if sink.requests:
+                break
+            await asyncio.sleep(0.1)
+        out["exports"] = sink.requests
+        log(f"otel: end off {report.med(out['off']['end_s'])} on {report.med(out['on']['end_s'])}, {sink.requests} exports")
+    finally:
+        for server in servers.values():
+            stop(server.proc)
+        sink.close()
+    return out
 
 
 async def detached(setup: Setup, emu: Emulator, runs: int) -> dict:
@@ -601,6 +679,9 @@ async def main() -> None:
             finally:
                 for s in servers.values():
                     s.stop()
+        if "otel" in phases:
+            log("OpenTelemetry export, off and on")
+            results["otel"] = await otel(setup, emu, max(args.runs, 9))
         if "detached" in phases:
             log("detached runs: the event log's cost, and reattach")
             results["detached"] = await detached(setup, emu, args.runs)

@@ -91,6 +91,7 @@ PHASE_NAMES = {
     "load": "`tests/load.rs`",
     "local": "local sandbox start-up",
     "proxy": "model endpoint",
+    "otel": "OpenTelemetry",
 }
 # More busy cores than this before a run began, and the report says so.
 BUSY = 0.25
@@ -180,6 +181,7 @@ def render(r: dict) -> str:
         size_section(d, r)
     local_section(d, r)
     proxy_section(d, r)
+    otel_section(d, r)
 
     if misses:
         d.p("## Where a target is missed, and why")
@@ -509,6 +511,41 @@ def detached_section(d, r):
             ["to the end of the replay", spread(rr["end_s"], 1000, 1)],
         ],
     )
+
+
+def otel_section(d, r):
+    otel = r.get("otel")
+    if not otel:
+        return
+    w = r["workloads"]["small"]
+    d.p("## 7. OpenTelemetry export (issue 18)")
+    d.p()
+    d.p(
+        f"Ours only. The same query ({w['lines']} lines of {w['bytes_']} bytes, no added E2B "
+        "latency) on two `ds serve`s, alternating: one with export off (no endpoint: nothing is "
+        "built), one exporting every run's trace and the metrics over OTLP/HTTP (protobuf) to a "
+        "loopback receiver that answers at once, so the figures are the server's own cost, not a "
+        "backend's. Spans leave in the background batch, so a query does not wait for the export; "
+        f"the receiver took {otel['exports']} export request{'' if otel['exports'] == 1 else 's'} "
+        "over the runs (the batch goes every five seconds)."
+    )
+    d.p()
+    rows = []
+    for mode in ("off", "on"):
+        f = otel[mode]
+        rows.append(
+            [
+                f"export {mode}",
+                spread(f["first_event_s"], 1000, 2),
+                spread(f["end_s"], 1000, 2),
+                spread(f["cpu_s"], 1000, 2),
+            ]
+        )
+    d.table(["", "first event, ms", "whole query, ms", "server CPU per query, ms"], rows)
+    added = (med(otel["on"]["end_s"]) - med(otel["off"]["end_s"])) * 1000
+    cpu = (med(otel["on"]["cpu_s"]) - med(otel["off"]["cpu_s"])) * 1000
+    d.p(f"Export on adds {added:+.2f} ms to the median query and {cpu:+.2f} ms of server CPU.")
+    d.p()
 
 
 def relay_section(d, r):
