@@ -374,4 +374,27 @@ async fn a_query_through_ds_serve_is_one_trace_under_the_callers_span() {
     if let Some(out) = std::env::var_os("SANDSTORM_PHOENIX_RUN_SCREENSHOT") {
         phoenix.screenshot(CALLER_TRACE_ID, Some("sandstorm.run"), out.as_ref());
     }
+    drop(product);
+
+    // The same over OTLP/gRPC, the project named by a resource attribute.
+    let grpc = common::product::Serve::new(common::product::Chain::E2b, &model)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &phoenix.otlp_grpc_endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "openinference.project.name=sandstorm-grpc",
+        )
+        .start()
+        .await;
+    let events = common::stream::query(grpc.url(), json!({"prompt": "again, over gRPC"})).await;
+    assert!(events.iter().any(|e| e["type"] == "result"), "{events:?}");
+    let root = phoenix
+        .wait_for_span("sandstorm-grpc", "sandstorm.run", ARRIVE_WITHIN)
+        .await;
+    assert_eq!(root.parent_id, None, "no traceparent: a trace of its own");
+    assert_eq!(
+        root.attribute("sandstorm.status").cloned(),
+        Some(json!("succeeded"))
+    );
 }
