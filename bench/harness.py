@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
-from lambda_runtime import RuntimeApi  # noqa: E402
+from lambda_runtime import RuntimeApi, query_event  # noqa: E402
 from procs import Emulator, Server, Setup, cpu_seconds, status_kib, stop  # noqa: E402
 from sse import start_detached, stream_get, stream_query  # noqa: E402
 import startup  # noqa: E402
@@ -322,10 +322,66 @@ async def otel(setup: Setup, emu: Emulator, runs: int) -> dict:
             await asyncio.sleep(0.1)
         out["exports"] = sink.requests
         log(f"otel: end off {report.med(out['off']['end_s'])} on {report.med(out['on']['end_s'])}, {sink.requests} exports")
+        if setup.bootstrap is not None:
+            out["lambda"] = await _lambda_flush(setup, emu, sink, runs)
     finally:
         for server in servers.values():
             stop(server.proc)
         sink.close()
+    return out
+
+
+async def _lambda_flush(setup: Setup, emu: Emulator, sink: OtlpSink, runs: int) -> dict:
+    """The Lambda door's flush: one query invocation per fresh `bootstrap`,
+    export off and on, alternating. From the chunk that carried `done` to
+    the response's end (what the flush adds to the stream's close), and
+    from the process's start to the response's end."""
+    out: dict = {mode: {"close_after_done_s": [], "invocation_s": []} for mode in ("off", "on")}
+    for i in range(runs + 1):  # run 0 of each warms the page cache, not counted
+        for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
+            api = RuntimeApi(query_event(query()))
+            await api.start()
+            env = setup.server_env(emu.url) | {
+                "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{api.port}",
+                "AWS_LAMBDA_FUNCTION_NAME": "sandstorm-bench",
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024",
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_REGION": "us-east-1",
+                # A serverless door asks for a token unless told otherwise.
+                "SANDSTORM_ALLOW_ANONYMOUS": "1",
+            }
+            if mode == "on":
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.url
+            # Without TCP_NODELAY (see the Lambda cold start) the `done`
+            # chunk waits under Nagle and leaves with the body's end, which
+            # would hide when the function wrote it.
+            if (setup.work / "nodelay.so").exists():
+                env["LD_PRELOAD"] = str(setup.work / "nodelay.so")
+            emu.wait_idle()
+            spawned = time.perf_counter()
+            proc = subprocess.Popen(
+                [str(setup.bootstrap)],
+                cwd=setup.work / "cwd",
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                done, _head, status, body = await asyncio.wait_for(api.response, timeout=60)
+                if status != 200 or b'"type":"done"' not in body or api.done_at is None:
+                    raise RuntimeError(f"bootstrap {mode}: status {status}, body starts {body[:300]!r}")
+            finally:
+                stop(proc)
+                await api.close()
+            if i > 0:
+                out[mode]["close_after_done_s"].append(done - api.done_at)
+                out[mode]["invocation_s"].append(done - spawned)
+    log(
+        "lambda flush: close after done off "
+        f"{report.med(out['off']['close_after_done_s']) * 1e3:.2f} ms, on "
+        f"{report.med(out['on']['close_after_done_s']) * 1e3:.2f} ms"
+    )
     return out
 
 

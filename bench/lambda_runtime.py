@@ -23,14 +23,25 @@ PREFIX = "/2018-06-01/runtime"
 
 def health_event(request_id: str) -> dict:
     """A Function URL invocation for `GET /health`."""
-    return {
+    return function_url_event(request_id, "GET", "/health", None)
+
+
+def query_event(body: dict):
+    """A maker of Function URL invocations for `POST /query` with `body`."""
+    return lambda request_id: function_url_event(request_id, "POST", "/query", body)
+
+
+def function_url_event(request_id: str, method: str, path: str, body: dict | None) -> dict:
+    """A Function URL invocation (API Gateway payload v2.0)."""
+    event = {
         "version": "2.0",
         "routeKey": "$default",
-        "rawPath": "/health",
+        "rawPath": path,
         "rawQueryString": "",
         "headers": {
             "host": "bench.lambda-url.us-east-1.on.aws",
-            "accept": "application/json",
+            "accept": "application/json" if body is None else "text/event-stream",
+            "content-type": "application/json",
             "user-agent": "sandstorm-bench",
         },
         "requestContext": {
@@ -39,8 +50,8 @@ def health_event(request_id: str) -> dict:
             "domainName": "bench.lambda-url.us-east-1.on.aws",
             "domainPrefix": "bench",
             "http": {
-                "method": "GET",
-                "path": "/health",
+                "method": method,
+                "path": path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": "127.0.0.1",
                 "userAgent": "sandstorm-bench",
@@ -53,13 +64,21 @@ def health_event(request_id: str) -> dict:
         },
         "isBase64Encoded": False,
     }
+    if body is not None:
+        event["body"] = json.dumps(body)
+    return event
 
 
 class RuntimeApi:
-    """Serves one invocation; `response` resolves to `(time_complete,
-    time_head_arrived, status_code, body_bytes)` or raises on an error post."""
+    """Serves one invocation (`event` makes it from the request id: `GET
+    /health` by default); `response` resolves to `(time_complete,
+    time_head_arrived, status_code, body_bytes)` or raises on an error post.
+    `done_at` is when the chunk that carried a `done` event arrived, if
+    one did."""
 
-    def __init__(self) -> None:
+    def __init__(self, event=health_event) -> None:
+        self.event = event
+        self.done_at: float | None = None
         self.request_id = str(uuid.uuid4())
         self.response: asyncio.Future = asyncio.get_running_loop().create_future()
         self._served = False
@@ -93,7 +112,7 @@ class RuntimeApi:
                     name, sep, value = h.partition(b":")
                     if sep:
                         headers[name.strip().lower().decode()] = value.strip().decode()
-                body = await _read_body(reader, headers)
+                body = await _read_body(reader, headers, self._chunk)
                 await self._handle(method, path, body, head_at, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
@@ -106,7 +125,7 @@ class RuntimeApi:
             if self._served:
                 await asyncio.Event().wait()  # no more work: park forever
             self._served = True
-            event = json.dumps(health_event(self.request_id)).encode()
+            event = json.dumps(self.event(self.request_id)).encode()
             deadline = int(time.time() * 1000) + 60_000
             _respond(
                 writer,
@@ -132,6 +151,10 @@ class RuntimeApi:
             _respond(writer, 404, b'{"errorMessage":"unknown path"}')
         await writer.drain()
 
+    def _chunk(self, chunk: bytes) -> None:
+        if self.done_at is None and b'"type":"done"' in chunk:
+            self.done_at = time.perf_counter()
+
 
 def _split_streamed(body: bytes) -> tuple[int, bytes]:
     """A streamed response is `prelude JSON` + 8 NULs + body; a buffered
@@ -149,7 +172,7 @@ def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, headers: di
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], on_chunk=None) -> bytes:
     if "chunked" in headers.get("transfer-encoding", "").lower():
         parts = []
         while True:
@@ -160,6 +183,8 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
                     pass
                 return b"".join(parts)
             parts.append(await reader.readexactly(size))
+            if on_chunk is not None:
+                on_chunk(parts[-1])
             await reader.readexactly(2)
     length = int(headers.get("content-length", "0"))
     return await reader.readexactly(length) if length else b""

@@ -546,6 +546,28 @@ def otel_section(d, r):
     cpu = (med(otel["on"]["cpu_s"]) - med(otel["off"]["cpu_s"])) * 1000
     d.p(f"Export on adds {added:+.2f} ms to the median query and {cpu:+.2f} ms of server CPU.")
     d.p()
+    flush = otel.get("lambda")
+    if flush:
+        d.p(
+            "The Lambda door flushes the exporters as each response's body ends (after `done`, "
+            "before Lambda may freeze the function). One query invocation per fresh `bootstrap` "
+            "under the Runtime API emulator, export off and on, alternating, with `TCP_NODELAY` "
+            "forced by `bench/nodelay.c` (else the `done` chunk waits under Nagle and leaves with "
+            "the body's end): the time from the chunk that carried `done` to the response's end "
+            "is what the flush adds to the stream's close; no event waits for it."
+        )
+        d.p()
+        d.table(
+            ["", "`done` to the response's end, ms", "process start to the response's end, ms"],
+            [
+                [
+                    f"export {mode}",
+                    spread(flush[mode]["close_after_done_s"], 1000, 2),
+                    spread(flush[mode]["invocation_s"], 1000, 1),
+                ]
+                for mode in ("off", "on")
+            ],
+        )
 
 
 def relay_section(d, r):
