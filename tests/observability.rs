@@ -376,7 +376,9 @@ async fn a_query_through_ds_serve_is_one_trace_under_the_callers_span() {
     }
     drop(product);
 
-    // The same over OTLP/gRPC, the project named by a resource attribute.
+    // The same over OTLP/gRPC, the project named by a resource attribute,
+    // and with SANDSTORM_TRACE_PROMPTS=1 the prompt on the span, redacted:
+    // the key in it is not.
     let grpc = common::product::Serve::new(common::product::Chain::E2b, &model)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &phoenix.otlp_grpc_endpoint())
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
@@ -385,9 +387,14 @@ async fn a_query_through_ds_serve_is_one_trace_under_the_callers_span() {
             "OTEL_RESOURCE_ATTRIBUTES",
             "openinference.project.name=sandstorm-grpc",
         )
+        .env("SANDSTORM_TRACE_PROMPTS", "1")
         .start()
         .await;
-    let events = common::stream::query(grpc.url(), json!({"prompt": "again, over gRPC"})).await;
+    let prompt = format!(
+        "again, over gRPC; the key is {}",
+        common::keys::ANTHROPIC_KEY
+    );
+    let events = common::stream::query(grpc.url(), json!({"prompt": prompt})).await;
     assert!(events.iter().any(|e| e["type"] == "result"), "{events:?}");
     let root = phoenix
         .wait_for_span("sandstorm-grpc", "sandstorm.run", ARRIVE_WITHIN)
@@ -397,4 +404,10 @@ async fn a_query_through_ds_serve_is_one_trace_under_the_callers_span() {
         root.attribute("sandstorm.status").cloned(),
         Some(json!("succeeded"))
     );
+    let traced = root.str_attribute("sandstorm.prompt");
+    assert!(
+        traced.starts_with("again, over gRPC; the key is "),
+        "{traced}"
+    );
+    assert!(!traced.contains(common::keys::ANTHROPIC_KEY), "{traced}");
 }
