@@ -72,7 +72,8 @@ struct Tally {
     /// A detached run's id, from its `run` event.
     run_id: Option<String>,
     /// The id of the last event shown: a detached run's events are
-    /// numbered from 1, every one but progress, `detached` and `replay`.
+    /// numbered from 1, every one but progress, `detached`, `replay` and
+    /// `omitted`.
     last_event_id: u64,
     /// A replay's report, in markdown.
     report: Option<String>,
@@ -123,6 +124,10 @@ pub(super) async fn follow(handle: RunHandle, options: Options) -> u8 {
             }
             RunEvent::Detached(_) => {}
             RunEvent::Replay(report) => tally.report = Some(report.markdown.clone()),
+            // A stored run's note of what its cap left out: not an event of
+            // the run, so it has no id.
+            RunEvent::Agent(line)
+                if crate::events::message_type(line).as_deref() == Some("omitted") => {}
             RunEvent::Run(run) => {
                 tally.run_id = Some(run.run_id.clone());
                 tally.last_event_id += 1;
@@ -271,6 +276,13 @@ fn human(event: &RunEvent, message: Option<&Value>, verbose: bool, quiet: bool) 
                     anstream::eprintln!("{WARN}warning: {text}{WARN:#}");
                 }
                 Some("stdout") => println!("{}", message["data"].as_str().unwrap_or_default()),
+                // A stored run's events past the history's cap.
+                Some("omitted") => {
+                    let text = message["message"]
+                        .as_str()
+                        .unwrap_or("events were left out");
+                    anstream::eprintln!("{WARN}{text}{WARN:#}");
+                }
                 _ => {}
             }
         }
