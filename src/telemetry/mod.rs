@@ -119,6 +119,12 @@ pub fn init_from(format: Format, default: &str, env: &dyn Fn(&str) -> Option<Str
         // A second init (tests, embedding) keeps the first.
         return active.clone();
     }
+    if tracing::dispatcher::has_been_set() {
+        // Someone else's subscriber is the process's: ours could not be
+        // installed, and exporters built for it would only be dropped
+        // (whose shutdown waits on a task of this very runtime).
+        return ACTIVE.get_or_init(Telemetry::default).clone();
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let (providers, problem) = match export::settings(env) {
         Ok(None) => (None, None),
