@@ -195,43 +195,45 @@ struct StderrBody<'a> {
 }
 
 impl RunEvent {
+    /// The `type` of a server event; `None` for an agent message, whose
+    /// type is in its line.
+    pub(crate) fn server_type(&self) -> Option<&'static str> {
+        Some(match self {
+            RunEvent::Agent(_) => return None,
+            RunEvent::Progress(_) => "progress",
+            RunEvent::Stderr(_) => "stderr",
+            RunEvent::Error(_) => "error",
+            RunEvent::Done(_) => "done",
+            RunEvent::Run(_) => "run",
+            RunEvent::Detached(_) => "detached",
+            RunEvent::Turn(_) => "turn",
+            RunEvent::Replay(_) => "replay",
+        })
+    }
+
     /// The event as one line of JSON, the payload of an SSE `data:` field
     /// and of a `--json-output` line.
     pub(crate) fn to_json(&self) -> Bytes {
+        let kind = self.server_type().unwrap_or_default();
         match self {
             RunEvent::Progress(phase) => json_bytes(&serde_json::json!({
-                "type": "progress",
+                "type": kind,
                 "phase": phase.describe(),
             })),
             RunEvent::Agent(line) => line.clone(),
             RunEvent::Stderr(data) => json_bytes(&Tagged {
-                kind: "stderr",
+                kind,
                 body: &StderrBody { data },
             }),
-            RunEvent::Error(error) => json_bytes(&Tagged {
-                kind: "error",
-                body: error,
-            }),
-            RunEvent::Done(done) => json_bytes(&Tagged {
-                kind: "done",
-                body: done,
-            }),
-            RunEvent::Run(run) => json_bytes(&Tagged {
-                kind: "run",
-                body: run,
-            }),
+            RunEvent::Error(error) => json_bytes(&Tagged { kind, body: error }),
+            RunEvent::Done(done) => json_bytes(&Tagged { kind, body: done }),
+            RunEvent::Run(run) => json_bytes(&Tagged { kind, body: run }),
             RunEvent::Detached(detached) => json_bytes(&Tagged {
-                kind: "detached",
+                kind,
                 body: detached,
             }),
-            RunEvent::Turn(turn) => json_bytes(&Tagged {
-                kind: "turn",
-                body: turn,
-            }),
-            RunEvent::Replay(report) => json_bytes(&Tagged {
-                kind: "replay",
-                body: report,
-            }),
+            RunEvent::Turn(turn) => json_bytes(&Tagged { kind, body: turn }),
+            RunEvent::Replay(report) => json_bytes(&Tagged { kind, body: report }),
         }
     }
 }

@@ -143,7 +143,7 @@ impl Figures {
                 kind.unwrap_or_else(|| "agent".to_owned())
             }
             RunEvent::Progress(_) => return,
-            other => message_type(&other.to_json()).unwrap_or_default(),
+            other => other.server_type().unwrap_or_default().to_owned(),
         };
         metrics()
             .relay_events
