@@ -498,11 +498,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 /// Reads the environment and `.env`, picks the sandbox, loads sandstorm.json.
 fn settings(flag: Option<&str>, quiet_notice: bool) -> Result<Settings, Fatal> {
-    let cwd =
-        std::env::current_dir().map_err(|e| Fatal::usage(format!("no working directory: {e}")))?;
-    let mut env = EnvVars::from_pairs(std::env::vars());
-    env.fill_from_dotenv(&cwd.join(".env"))
-        .map_err(|e| Fatal::usage(e.to_string()))?;
+    let (cwd, env) = environment()?;
     let executable = std::env::current_exe().ok();
     let choice = SandboxChoice {
         catalog: PROVIDERS,
@@ -543,14 +539,21 @@ fn state(settings: Settings) -> Result<AppState, Fatal> {
 /// Logging, and OpenTelemetry export when the environment or `.env` sets
 /// an OTLP endpoint.
 fn telemetry(default: &str) -> crate::telemetry::Telemetry {
-    let mut env = EnvVars::from_pairs(std::env::vars());
-    // A `.env` that cannot be read is reported by `settings`.
-    if let Ok(cwd) = std::env::current_dir() {
-        let _ = env.fill_from_dotenv(&cwd.join(".env"));
-    }
+    // A `.env` that cannot be read is reported by `settings`; until then
+    // the process's own environment decides.
+    let env = environment().map_or_else(|_| EnvVars::from_pairs(std::env::vars()), |(_, env)| env);
     crate::telemetry::init_from(crate::telemetry::Format::Text, default, &|name| {
         env.get(name).map(str::to_owned)
     })
+}
+
+/// The working directory, and the environment with its `.env` filled in.
+fn environment() -> Result<(PathBuf, EnvVars), Fatal> {
+    let cwd = working_dir()?;
+    let mut env = EnvVars::from_pairs(std::env::vars());
+    env.fill_from_dotenv(&cwd.join(".env"))
+        .map_err(|e| Fatal::usage(e.to_string()))?;
+    Ok((cwd, env))
 }
 
 async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
