@@ -362,6 +362,7 @@ async fn a_query_through_ds_serve_is_one_trace_under_the_callers_span() {
         "sandstorm.relay.events",
         "sandstorm.cost",
         "sandstorm.tokens",
+        "sandstorm.sandboxes.alive",
     ];
     let arrived = metrics
         .wait_for(Duration::from_secs(20), |r| {
