@@ -320,7 +320,9 @@ impl RunPlan {
             kept.max.max(lifetime)
         };
         let expires_at = humantime::format_rfc3339_seconds(started + run_lifetime).to_string();
-        let created_at = humantime::format_rfc3339_seconds(started).to_string();
+        // To the millisecond, as history records are: runs started within
+        // one second are still put in the order they started.
+        let created_at = humantime::format_rfc3339_millis(started).to_string();
         self.sandbox.lifetime = lifetime;
         // Idle, it is paused instead (if the provider can pause; see
         // `run::detached`), and its lifetime running out pauses it too.
@@ -591,6 +593,40 @@ mod tests {
         assert_eq!(
             plan.credentials_in_sandbox,
             ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_detached_run_is_stamped_to_the_millisecond_so_runs_of_one_second_keep_their_order() {
+        let server = settings(
+            "e2b",
+            &[
+                ("E2B_API_KEY", "e2b_test"),
+                ("ANTHROPIC_API_KEY", "sk-ant-test"),
+            ],
+        );
+        let owner = Secret::new("an-owner-token".to_owned());
+        let plan = prepare(
+            &server,
+            query(&serde_json::json!({"prompt": "p", "detach": true})),
+            "r".into(),
+            None,
+            Some(&owner),
+        )
+        .await
+        .expect("a detached run");
+        let detach = plan.detach.as_ref().expect("detached");
+        // `2026-12-06T07:58:53.064Z`: the history's records are stamped so
+        // too, and the run list puts a live run among them by this time.
+        let fraction = detach
+            .created_at
+            .strip_suffix('Z')
+            .and_then(|at| at.rsplit_once('.'))
+            .map(|(_, millis)| millis.len());
+        assert_eq!(fraction, Some(3), "{}", detach.created_at);
+        assert_eq!(
+            plan.sandbox.metadata.get(runs::CREATED_KEY),
+            Some(&detach.created_at)
         );
     }
 

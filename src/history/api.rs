@@ -220,8 +220,8 @@ pub(crate) fn shown(record: Option<&RunRecord>, live: Option<&RunInfo>) -> Value
         live.and_then(|l| serde_json::to_value(l).ok()),
     ) {
         // The sandbox's short prompt would hide the record's whole one,
-        // and its start time, to the second, the record's to the
-        // millisecond (by which runs of one second are put in order).
+        // and the record's start time is the one its page was ordered by
+        // (a sandbox made before start times had milliseconds has none).
         let kept_from_record = record.is_some();
         for (key, value) in live {
             if kept_from_record && matches!(key.as_str(), "prompt" | "created_at") {

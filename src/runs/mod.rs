@@ -313,7 +313,7 @@ pub(crate) async fn list(
             runs.push(info);
         }
     }
-    // RFC 3339 in UTC with whole seconds sorts as text.
+    // RFC 3339 in UTC, to the millisecond, sorts as text.
     runs.sort_by(|a, b| b.created_at.cmp(&a.created_at));
     Ok(runs)
 }
