@@ -27,7 +27,7 @@ use crate::sandbox::SandboxProvider;
 use crate::secret::Secret;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use crate::{dashboard, openapi, plan, replay, run, telemetry};
+use crate::{dashboard, openapi, plan, replay, run, telemetry, triggers};
 
 /// How often an idle stream gets a comment line, so proxies and clients
 /// keep the connection open while the agent thinks.
@@ -48,6 +48,8 @@ pub struct AppState {
     registry: Registry,
     /// Where runs are recorded, if they are.
     history: History,
+    /// The counts each trigger's limits go by.
+    trigger_limits: triggers::limits::Limiter,
 }
 
 impl std::fmt::Debug for AppState {
@@ -71,6 +73,7 @@ impl AppState {
             shutdown: Shutdown::never(),
             registry: Registry::default(),
             history: History::off(),
+            trigger_limits: triggers::limits::Limiter::default(),
         }
     }
 
@@ -111,13 +114,43 @@ impl AppState {
     pub fn provider(&self) -> &Arc<dyn SandboxProvider> {
         &self.provider
     }
+
+    /// The counts each trigger's limits go by.
+    pub(crate) fn trigger_limits(&self) -> &triggers::limits::Limiter {
+        &self.trigger_limits
+    }
+
+    /// Starts a planned run with this state's provider, shutdown, registry
+    /// and history.
+    pub(crate) fn start_run(&self, plan: plan::RunPlan) -> run::RunHandle {
+        run::spawn(
+            self.provider.clone(),
+            plan,
+            self.shutdown.clone(),
+            self.registry.clone(),
+            &self.history,
+        )
+    }
 }
 
-/// Start-up warnings for what sandstorm.json says that does nothing yet.
+/// Start-up warnings for what sandstorm.json says that does nothing yet,
+/// and for webhook triggers anyone may call.
 fn warn_of_inert_fields(settings: &Settings) {
     if let Ok(config) = &settings.config {
         for (field, why) in config.inert_fields() {
             tracing::warn!(field, "sandstorm.json: `{field}` does nothing yet: {why}");
+        }
+    }
+    for trigger in settings.triggers.all() {
+        if let triggers::Source::Webhook {
+            path, public: true, ..
+        } = &trigger.definition.source
+        {
+            tracing::warn!(
+                trigger = %trigger.definition.name,
+                %path,
+                "webhook trigger is public: anyone who knows its URL can start runs"
+            );
         }
     }
 }
@@ -159,8 +192,10 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/replay", post(replay_run))
         .route(HEALTH_PATH, get(health))
         .route("/openapi.json", get(openapi_document))
+        .route("/triggers", get(triggers::route::list))
+        .route("/triggers/fire/{name}", post(triggers::route::fire_by_hand))
         .merge(dashboard::routes())
-        .fallback(not_found)
+        .fallback(trigger_or_not_found)
         .with_state(state);
     if !settings.cors_origins.is_empty() {
         router = router.layer(cors(&settings.cors_origins));
@@ -230,8 +265,16 @@ async fn health(
     Json(crate::health::deep(settings, state.provider.as_ref()).await).into_response()
 }
 
-async fn not_found() -> Response {
-    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; the routes are POST /query, the /runs routes, GET /health and the dashboard at GET / (GET /openapi.json lists them)"}});
+/// A webhook trigger's path (sandstorm.json's of the moment), or 404.
+async fn trigger_or_not_found(State(state): State<AppState>, request: Request) -> Response {
+    match triggers::route::webhook(&state, request).await {
+        Some(response) => response,
+        None => not_found(),
+    }
+}
+
+fn not_found() -> Response {
+    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; the routes are POST /query, the /runs routes, the /triggers routes and webhook triggers' paths, GET /health and the dashboard at GET / (GET /openapi.json lists them)"}});
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
@@ -362,13 +405,7 @@ async fn start_query(
 /// detached.
 fn spawn(state: &AppState, plan: plan::RunPlan) -> Started {
     let run = plan.detach.as_ref().map(|d| d.run.to_string());
-    let handle = run::spawn(
-        state.provider.clone(),
-        plan,
-        state.shutdown.clone(),
-        state.registry.clone(),
-        &state.history,
-    );
+    let handle = state.start_run(plan);
     Started {
         events: handle.events,
         run,
@@ -728,7 +765,7 @@ async fn run_json(
 
 /// The whole body, up to `limit` bytes. Only a body over the limit is a
 /// 413; a client that resets or stalls mid-body gets a 400 that says so.
-async fn read_body(request: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn read_body(request: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(request.into_body(), limit)
         .await
         .map_err(|error| {
@@ -871,7 +908,7 @@ fn event_stream(events: impl futures::Stream<Item = Event> + Send + 'static) -> 
 }
 
 /// A client's `x-request-id` when it is short and printable, else a new one.
-fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

@@ -98,7 +98,7 @@ pub struct SandstormConfig {
     /// Where to tell that a run ended. Checked, but not acted on yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
-    /// Runs fired by webhooks and schedules. Checked, but not acted on yet.
+    /// Runs fired by webhooks and schedules (see [`crate::triggers`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers: Option<Vec<Value>>,
     /// Whether runs are detached unless a request says otherwise.
@@ -312,12 +312,6 @@ impl SandstormConfig {
                 "run webhooks arrive with triggers and webhooks; nothing is sent yet",
             ));
         }
-        if self.triggers.as_ref().is_some_and(|t| !t.is_empty()) {
-            inert.push((
-                "triggers",
-                "triggers arrive with triggers and webhooks; none fires yet",
-            ));
-        }
         inert
     }
 
@@ -419,7 +413,8 @@ impl SandstormConfig {
                 .map_err(|why| field_error("webhook_url".into(), &why))?;
         }
         if let Some(list) = &self.triggers {
-            triggers::check(list).map_err(|(field, why)| field_error(field, &why))?;
+            crate::triggers::definition::parse(list)
+                .map_err(|(field, why)| field_error(field, &why))?;
         }
         if let Some(keep_alive) = self.keep_alive
             && keep_alive > crate::request::MAX_KEEP_ALIVE_SECS

@@ -86,6 +86,15 @@ pub enum ApiError {
         /// What failed.
         message: String,
     },
+    /// A trigger started as many runs as its limits allow; the message
+    /// names the limit (429, with `Retry-After`).
+    #[error("{message}")]
+    TooManyRuns {
+        /// Which limit, and when to try again.
+        message: String,
+        /// Seconds until a start may be taken again.
+        retry_after_secs: u64,
+    },
     /// Anything else: the client sees a generic message, the log the detail
     /// (500).
     #[error("internal error: {0}")]
@@ -115,6 +124,7 @@ impl ApiError {
             ApiError::TurnRunning { .. } => StatusCode::CONFLICT,
             ApiError::RunOver { .. } => StatusCode::GONE,
             ApiError::Provider { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::TooManyRuns { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -134,6 +144,7 @@ impl ApiError {
             ApiError::TurnRunning { .. } => "turn_running",
             ApiError::RunOver { .. } => "run_over",
             ApiError::Provider { .. } => "sandbox_error",
+            ApiError::TooManyRuns { .. } => "too_many_runs",
         }
     }
 
@@ -192,6 +203,16 @@ impl IntoResponse for ApiError {
             tracing::error!(%detail, "request failed");
         }
         let mut response = (self.status(), Json(self.body())).into_response();
+        if let ApiError::TooManyRuns {
+            retry_after_secs, ..
+        } = &self
+        {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(retry_after_secs.max(&1).to_owned()),
+            );
+            return response;
+        }
         let (name, value) = match self {
             ApiError::Unauthorized => (http::header::WWW_AUTHENTICATE, "Bearer"),
             ApiError::Overloaded => (http::header::RETRY_AFTER, RETRY_AFTER_SECS),

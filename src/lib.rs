@@ -59,3 +59,4 @@ pub mod shutdown;
 pub mod spend;
 pub mod sync;
 pub mod telemetry;
+pub mod triggers;

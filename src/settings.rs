@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::auth::{self, TOKEN_ALIASES, TOKEN_VARIABLES};
 use crate::config::sandbox::{CPU_SECONDS, DISK_MB, LimitField, MEMORY_MB, PROCESSES};
@@ -25,6 +25,7 @@ use crate::sandbox::{Limits, SandboxProvider};
 use crate::secret::Secret;
 use crate::spend::PriceTable;
 use crate::spend::prices::PRICES_VARIABLE;
+use crate::triggers::Triggers;
 
 /// The default limit on a `/query` body. File contents are limited to 10 MB
 /// and prompts to 1,000,000 characters; JSON escaping can double a text.
@@ -192,6 +193,12 @@ pub struct Settings {
     /// What a runner gets so the agent exports its own telemetry
     /// (`SANDSTORM_AGENT_TELEMETRY=1`); empty otherwise.
     pub agent_telemetry: BTreeMap<String, String>,
+    /// sandstorm.json's triggers, their secrets read from the environment.
+    pub triggers: Arc<Triggers>,
+    /// Where `ds serve`'s scheduler clock starts, instead of now
+    /// (`SANDSTORM_TEST_CLOCK_START`, RFC 3339): tests fire a cron trigger
+    /// without waiting for its time.
+    pub test_clock_start: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -219,6 +226,8 @@ impl std::fmt::Debug for Settings {
                 "agent_telemetry",
                 &self.agent_telemetry.keys().collect::<Vec<_>>(),
             )
+            .field("triggers", &self.triggers)
+            .field("test_clock_start", &self.test_clock_start)
             .finish()
     }
 }
@@ -300,6 +309,28 @@ impl Settings {
         let history = history_settings(env, cwd, profile)?;
         let agent_telemetry =
             crate::telemetry::agent::env(&|name| env.get(name).map(str::to_owned))?;
+        let triggers = match &config {
+            Ok(config) => {
+                let definitions = config
+                    .triggers
+                    .as_deref()
+                    .map(crate::triggers::definition::parse)
+                    .transpose()
+                    // Checked when the file was loaded.
+                    .map_err(|(field, why)| format!("sandstorm.json {field}: {why}"))?
+                    .unwrap_or_default();
+                Triggers::resolve(&definitions, &|name| env.get(name).map(str::to_owned))?
+            }
+            Err(_) => Triggers::default(),
+        };
+        let test_clock_start = env
+            .get("SANDSTORM_TEST_CLOCK_START")
+            .map(|v| {
+                humantime::parse_rfc3339_weak(v).map_err(|_| {
+                    format!("SANDSTORM_TEST_CLOCK_START must be an RFC 3339 time, got {v:?}")
+                })
+            })
+            .transpose()?;
         Ok(Settings {
             auth: auth_settings(env, profile)?,
             keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
@@ -319,6 +350,8 @@ impl Settings {
             prices,
             history,
             agent_telemetry,
+            triggers: Arc::new(triggers),
+            test_clock_start,
         })
     }
 }

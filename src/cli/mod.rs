@@ -22,6 +22,7 @@ use crate::sandbox::{e2b, local};
 use crate::secret::Secret;
 use crate::settings::{Profile, SANDBOX_VARIABLE, SandboxChoice, Settings};
 use crate::shutdown::Shutdown;
+use crate::triggers::scheduler::Clock;
 
 mod add;
 mod doctor;
@@ -577,7 +578,15 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
         });
     }
     let history = state.history().clone();
+    // Cron triggers fire here on the server's own clock (the serverless
+    // doors use their platform's scheduler instead).
+    let clock = state
+        .settings()
+        .test_clock_start
+        .map_or_else(Clock::system, Clock::starting_at);
+    let scheduler = crate::triggers::scheduler::start(state.clone(), clock);
     let served = serve::serve(addr, app::app(state), trigger, bound, connections).await;
+    scheduler.abort();
     // The runs that a stop ended queued their ends before their clients
     // got `done`: write them before the process goes, or the history would
     // keep them `running`.

@@ -70,6 +70,38 @@ pub(crate) fn variables<'a>(servers: impl IntoIterator<Item = &'a McpServer>) ->
     names
 }
 
+/// `text` with its placeholders filled from `lookup`, and the values that
+/// came from it. The error is the variable that is set nowhere and has no
+/// default.
+pub(crate) fn fill_text(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, Vec<String>), String> {
+    let mut values = Vec::new();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for placeholder in placeholders(text) {
+        out.push_str(&text[last..placeholder.span.start]);
+        match (lookup(placeholder.name), placeholder.default) {
+            (Some(value), _) => {
+                out.push_str(&value);
+                values.push(value);
+            }
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => return Err(placeholder.name.to_owned()),
+        }
+        last = placeholder.span.end;
+    }
+    out.push_str(&text[last..]);
+    Ok((out, values))
+}
+
+/// `text` with its placeholders filled from `lookup`; the error is the
+/// variable that is set nowhere and has no default.
+pub(crate) fn fill(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    fill_text(text, lookup).map(|(filled, _)| filled)
+}
+
 /// Each string of a server.
 fn strings(server: &McpServer) -> Vec<&String> {
     match server {
@@ -102,28 +134,14 @@ pub(crate) fn resolve(
 ) -> Result<Resolved, String> {
     let mut values = Vec::new();
     let mut fill = |field: &str, text: &str| -> Result<String, String> {
-        let mut out = String::with_capacity(text.len());
-        let mut last = 0;
-        for placeholder in placeholders(text) {
-            out.push_str(&text[last..placeholder.span.start]);
-            match (lookup(placeholder.name), placeholder.default) {
-                (Some(value), _) => {
-                    out.push_str(&value);
-                    values.push(value);
-                }
-                (None, Some(default)) => out.push_str(default),
-                (None, None) => {
-                    return Err(format!(
-                        "mcp_servers.{name}.{field} needs the environment variable {}, which is \
-                         not set (set it, or give a default as ${{{}:-default}})",
-                        placeholder.name, placeholder.name
-                    ));
-                }
-            }
-            last = placeholder.span.end;
-        }
-        out.push_str(&text[last..]);
-        Ok(out)
+        let (filled, from_env) = fill_text(text, &lookup).map_err(|variable| {
+            format!(
+                "mcp_servers.{name}.{field} needs the environment variable {variable}, which is \
+                 not set (set it, or give a default as ${{{variable}:-default}})"
+            )
+        })?;
+        values.extend(from_env);
+        Ok(filled)
     };
     let map = |field: &str,
                values: &BTreeMap<String, String>,

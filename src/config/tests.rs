@@ -273,7 +273,7 @@ fn python_sandstorm_s_fields_load() {
             .iter()
             .map(|(f, _)| *f)
             .collect::<Vec<_>>(),
-        ["webhook_url", "triggers"]
+        ["webhook_url"]
     );
 }
 
