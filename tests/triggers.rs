@@ -386,3 +386,115 @@ async fn a_cron_trigger_fires_on_the_servers_clock_at_its_time_in_its_zone() {
     let stats = product.emulator_settled().await.expect("the emulator");
     assert_eq!(stats.created, 1, "{stats:?}");
 }
+
+#[tokio::test]
+async fn ds_triggers_lists_them_and_fires_one_by_hand_here_and_on_a_server() {
+    let model = ModelServer::start(Script::Bash {
+        command: "echo by-hand".to_owned(),
+    })
+    .await;
+    let config = config().to_string();
+
+    // In this process, on a local sandbox: listed, then fired and followed
+    // to its end.
+    let cli = || {
+        common::product::Cli::new(&model)
+            .without_sandbox_flag()
+            .env("SANDSTORM_SANDBOX", "local")
+            .env("GH_WEBHOOK_SECRET", SECRET)
+            .file("sandstorm.json", &config)
+    };
+    let listed = cli().run(&["triggers", "list"]).await;
+    assert!(listed.status.success(), "{}", listed.dump());
+    for line in [
+        "triage",
+        "POST /triggers/github-issue (secret required)",
+        "0 9 * * MON-FRI Europe/Prague",
+    ] {
+        assert!(listed.stdout.contains(line), "{line}: {}", listed.dump());
+    }
+    let fired = cli()
+        .run(&[
+            "triggers",
+            "fire",
+            "triage",
+            "--body",
+            &issue_opened().to_string(),
+        ])
+        .await;
+    assert!(fired.status.success(), "{}", fired.dump());
+    assert!(
+        fired.stderr.contains("trigger triage fired: run_"),
+        "{}",
+        fired.dump()
+    );
+    assert!(fired.sandboxes_left.is_empty(), "{}", fired.dump());
+    // No GitHub headers by hand: {{headers.x-github-event}} is empty.
+    prompt_received_by(&model, "Triage acme/web#42 ( opened by octocat)").await;
+
+    // On a server: the token, not the trigger's secret; the run's id back.
+    let product = serve(&model)
+        .env(
+            "SANDSTORM_API_TOKEN",
+            "operator-token-for-the-trigger-tests-0123",
+        )
+        .start()
+        .await;
+    let remote = cli()
+        .run(&[
+            "triggers",
+            "fire",
+            "one-at-a-time",
+            "--body",
+            "{\"n\": 7}",
+            "--server",
+            product.url(),
+            "--token",
+            "operator-token-for-the-trigger-tests-0123",
+        ])
+        .await;
+    assert!(remote.status.success(), "{}", remote.dump());
+    let run_id = remote.stdout.trim().to_owned();
+    assert!(run_id.starts_with("run_"), "{}", remote.dump());
+    prompt_received(&model, &product, "Serial work:").await;
+    let unknown = cli()
+        .run(&[
+            "triggers",
+            "fire",
+            "nope",
+            "--server",
+            product.url(),
+            "--token",
+            "operator-token-for-the-trigger-tests-0123",
+        ])
+        .await;
+    assert!(!unknown.status.success(), "{}", unknown.dump());
+    assert!(
+        unknown.stderr.contains("no trigger is named \"nope\"")
+            && unknown.stderr.contains("triage"),
+        "{}",
+        unknown.dump()
+    );
+    // Without the token, the server refuses.
+    let (status, _, _) = call(&product, "/triggers/fire/triage", b"{}", &[]).await;
+    assert_eq!(status, 401);
+}
+
+/// As [`prompt_received`], with no server log to show.
+async fn prompt_received_by(model: &ModelServer, marker: &str) -> String {
+    for _ in 0..600 {
+        if let Some(prompt) = model
+            .agent_requests()
+            .iter()
+            .map(prompt_of)
+            .find(|p| p.contains(marker))
+        {
+            return prompt;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the model never received {marker:?}:\n{}",
+        model.describe_requests()
+    );
+}

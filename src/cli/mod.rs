@@ -31,6 +31,7 @@ mod ordered;
 mod render;
 mod runs;
 mod serve;
+mod triggers;
 
 /// Exit codes, as documented in `ds --help` and the README.
 pub(crate) mod exit {
@@ -93,12 +94,68 @@ enum Command {
     /// Run a recorded run again, with another model, budget or tools, and
     /// compare the two (cost, turns, duration, result) in a markdown table.
     Replay(ReplayArgs),
+    /// List sandstorm.json's triggers, or fire one by hand.
+    #[command(subcommand)]
+    Triggers(TriggersCommand),
     /// Check keys, sandbox, sandstorm.json and the runner before a run.
     Doctor(DoctorArgs),
     /// Start a project from a starter: sandstorm.json, README.md, .env.example.
     Init(InitArgs),
     /// Add an MCP server toolpack (Linear, Notion, ...) to sandstorm.json.
     Add(AddArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TriggersCommand {
+    /// Each trigger: what fires it (a webhook's path, a cron schedule and
+    /// its zone) and, for cron, its next fire time.
+    List(TriggersListArgs),
+    /// Fire a trigger now, as its webhook or schedule would, with the
+    /// server's token in place of its secret. Here, the run is followed to
+    /// its end; with --server, its id is printed for `ds attach`.
+    Fire(TriggersFireArgs),
+}
+
+#[derive(Debug, Args)]
+struct TriggersListArgs {
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
+struct TriggersFireArgs {
+    /// The trigger's name in sandstorm.json.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// The payload its prompt template reads as {{body.*}}: JSON, or
+    /// @FILE to read it from a file.
+    #[arg(long, value_name = "JSON")]
+    body: Option<String>,
+    /// Show tool calls and their results in full.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Show only the agent's answer.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+impl TriggersFireArgs {
+    /// `--body`, read and checked.
+    fn payload(&self) -> Result<Option<serde_json::Value>, Fatal> {
+        let Some(body) = &self.body else {
+            return Ok(None);
+        };
+        let text = match body.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| Fatal::usage(format!("--body {body}: {e}")))?,
+            None => body.clone(),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Fatal::usage(format!("--body is not JSON: {e}")))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -483,6 +540,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Continue(args)) => continue_command(args).await,
         Some(Command::Cancel(args)) => cancel_command(args).await,
         Some(Command::Replay(args)) => replay_command(args).await,
+        Some(Command::Triggers(command)) => triggers_command(command).await,
         Some(Command::Doctor(args)) => doctor::doctor(args.deep).await,
         Some(Command::Init(args)) => init_command(&args),
         Some(Command::Add(args)) => add_command(&args),
@@ -748,6 +806,28 @@ async fn attach_command(args: AttachArgs) -> Result<u8, Fatal> {
         on_interrupt: render::OnInterrupt::Leave,
     };
     runs::attach(endpoint, &args.run_id, args.from, headers, options).await
+}
+
+async fn triggers_command(command: TriggersCommand) -> Result<u8, Fatal> {
+    match command {
+        TriggersCommand::List(args) => {
+            let (endpoint, headers) = endpoint(&args.remote)?;
+            triggers::list(&endpoint, &headers, args.remote.json_output).await
+        }
+        TriggersCommand::Fire(args) => {
+            let payload = args.payload()?;
+            let (endpoint, headers) = endpoint(&args.remote)?;
+            let options = render::Options {
+                mode: render::Mode::new(args.remote.json_output, args.verbose, args.quiet),
+                report_to: None,
+                output_dir: None,
+                // As `ds attach`: an E2B run goes on (a local sandbox
+                // cannot outlive `ds`).
+                on_interrupt: render::OnInterrupt::Leave,
+            };
+            triggers::fire(endpoint, &args.name, payload.as_ref(), headers, options).await
+        }
+    }
 }
 
 async fn continue_command(args: ContinueArgs) -> Result<u8, Fatal> {

@@ -171,7 +171,19 @@ impl Endpoint {
         path: &str,
         headers: &[(HeaderName, HeaderValue)],
     ) -> Result<Value, Fatal> {
-        let answer = self.send(method, path, headers).await?;
+        self.json_with(method, path, headers, Bytes::new()).await
+    }
+
+    /// The JSON answer to a request with a JSON `body` (none when empty),
+    /// or the API's error message as a [`Fatal`].
+    pub(super) async fn json_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+    ) -> Result<Value, Fatal> {
+        let answer = self.send_body(method, path, headers, body).await?;
         let status = answer.status;
         let body: Vec<Bytes> = answer
             .body
