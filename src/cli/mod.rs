@@ -95,7 +95,7 @@ enum Command {
     /// compare the two (cost, turns, duration, result) in a markdown table.
     Replay(ReplayArgs),
     /// List sandstorm.json's triggers, or fire one by hand.
-    #[command(subcommand)]
+    #[command(subcommand, visible_alias = "trigger")]
     Triggers(TriggersCommand),
     /// Check keys, sandbox, sandstorm.json and the runner before a run.
     Doctor(DoctorArgs),
@@ -113,6 +113,7 @@ enum TriggersCommand {
     /// Fire a trigger now, as its webhook or schedule would, with the
     /// server's token in place of its secret. Here, the run is followed to
     /// its end; with --server, its id is printed for `ds attach`.
+    #[command(visible_alias = "test")]
     Fire(TriggersFireArgs),
 }
 
