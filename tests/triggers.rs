@@ -203,6 +203,14 @@ async fn a_github_webhook_starts_a_run_whose_prompt_the_model_receives_filled_in
         headers.get("x-run-id").and_then(|v| v.to_str().ok()),
         Some(run_id.as_str())
     );
+    // Answered once the runner started, not before: a serverless
+    // invocation is frozen when it answers.
+    let at_answer = product.emulator_now().expect("the emulator");
+    assert_eq!(at_answer.created, 1, "{at_answer:?}");
+    assert!(
+        at_answer.requests.get("start").copied().unwrap_or(0) >= 1,
+        "{at_answer:?}"
+    );
 
     let prompt = prompt_received(&model, &product, "Triage acme/web#42").await;
     assert!(

@@ -85,8 +85,8 @@ pub(super) async fn fire(
         return Ok(exit::OK);
     }
     eprintln!("trigger {name} fired: {run_id}");
-    // The run is known by its id once its sandbox exists, a moment after
-    // the trigger answered.
+    // The server answers once the run's agent has started, or after a
+    // minute of trying: a run still starting is not known by its id yet.
     let status_path = format!("/runs/{run_id}");
     let started = tokio::time::Instant::now();
     while endpoint

@@ -8,7 +8,7 @@
 //! trigger's concurrency, and what lets the history and the completion
 //! notice see how it ended, with no client connected.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use serde_json::Value;
@@ -19,6 +19,7 @@ use super::limits::{Going, Refused};
 use super::template::{self, Sources};
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::events::RunEvent;
 use crate::request::Query;
 use crate::run::RunHandle;
 use crate::{plan, runs, telemetry};
@@ -108,14 +109,58 @@ pub(crate) async fn fire(
         request_id = %call.request_id,
         "trigger fired"
     );
-    let handle = state.start_run(plan);
-    tokio::spawn(follow(
-        handle,
-        going,
-        definition.name.clone(),
-        run_id.clone(),
-    ));
-    Ok(Fired { run_id })
+    let mut handle = state.start_run(plan);
+    // Answered once the runner has started, not before: a serverless
+    // invocation is frozen when it answers, and with it a sandbox still
+    // being made or uploaded to.
+    let wait = call.platform_deadline.map_or(START_LIMIT, |deadline| {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .min(START_LIMIT)
+    });
+    let started = tokio::time::timeout(wait, until_started(&mut handle.events)).await;
+    let trigger = definition.name.clone();
+    let answer = match started {
+        Ok(Start::Started) => Ok(Fired {
+            run_id: run_id.clone(),
+        }),
+        Ok(Start::Failed(message)) => Err(ApiError::Provider {
+            message: format!("trigger {trigger:?}: its run did not start: {message}"),
+        }),
+        Err(_) => {
+            tracing::warn!(%trigger, %run_id, ?wait, "trigger's run still starting; answered");
+            Ok(Fired {
+                run_id: run_id.clone(),
+            })
+        }
+    };
+    tokio::spawn(follow(handle, going, trigger, run_id));
+    answer
+}
+
+/// The longest a trigger's call waits for its run to start.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+/// How a run's start went.
+enum Start {
+    /// The runner is going (its first event arrived).
+    Started,
+    /// It ended before the runner began, for this reason.
+    Failed(String),
+}
+
+/// Reads a run's events until the runner's first: the sandbox exists, the
+/// upload is in and the runner has started. Progress and the `run` event
+/// come before that.
+async fn until_started(events: &mut tokio::sync::mpsc::Receiver<RunEvent>) -> Start {
+    while let Some(event) = events.recv().await {
+        match event {
+            RunEvent::Progress(_) | RunEvent::Run(_) => {}
+            RunEvent::Error(error) => return Start::Failed(error.message),
+            _ => return Start::Started,
+        }
+    }
+    Start::Failed("its events ended before it started".into())
 }
 
 /// Reads a trigger's run to its end, holding its place in the trigger's

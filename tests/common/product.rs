@@ -386,6 +386,11 @@ impl Product {
             .await
     }
 
+    /// The E2B emulator's counts at this moment, for [`Chain::E2b`].
+    pub fn emulator_now(&self) -> Option<super::emulator::Snapshot> {
+        self.emulator.as_ref().map(RunningEmulator::stats)
+    }
+
     /// The E2B emulator's counts, for [`Chain::E2b`].
     pub async fn emulator_settled(&self) -> Option<super::emulator::Snapshot> {
         match &self.emulator {
