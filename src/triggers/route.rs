@@ -30,11 +30,17 @@ pub(crate) async fn webhook(state: &AppState, request: Request) -> Option<Respon
     let settings = state.settings();
     let trigger = settings.triggers.at_path(request.uri().path())?.clone();
     if request.method() != Method::POST {
+        let body = json!({"error": {
+            "type": "method_not_allowed",
+            "message": format!("trigger {:?} takes POST only", trigger.definition.name),
+        }});
         return Some(
-            ApiError::BadRequest {
-                message: format!("trigger {:?} takes POST only", trigger.definition.name),
-            }
-            .into_response(),
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                [(header::ALLOW, "POST")],
+                Json(body),
+            )
+                .into_response(),
         );
     }
     let request_id = crate::app::request_id(request.headers());
