@@ -259,6 +259,14 @@ async fn a_wrong_secret_is_refused_before_any_sandbox_exists() {
             "the secret is in the answer"
         );
     }
+    let get = reqwest::get(format!("{}/triggers/github-issue", product.url()))
+        .await
+        .expect("GET the trigger");
+    assert_eq!(get.status().as_u16(), 405);
+    assert_eq!(
+        get.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
     // The shared-secret header of Python Sandstorm 0.9.2 is taken too.
     let (status, _, answer) = call(
         &product,
