@@ -1,5 +1,6 @@
 //! The one HTTP application every door serves: `POST /query`, the `/runs`
-//! routes of detached runs, `GET /health`, and the dashboard at `GET /`.
+//! routes of detached runs, `GET /health`, E2B's lifecycle webhooks at
+//! `POST /webhooks/e2b`, and the dashboard at `GET /`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -63,6 +64,7 @@ impl AppState {
     /// The state of a router serving `settings` with `provider`.
     pub fn new(settings: Settings, provider: Arc<dyn SandboxProvider>) -> Self {
         warn_of_inert_fields(&settings);
+        crate::lifecycle::announce(&settings);
         let openapi = openapi::document(&settings.sandbox.credential_fields).into();
         AppState {
             settings: Arc::new(ArcSwap::from_pointee(settings)),
@@ -158,6 +160,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/messages", post(run_messages))
         .route("/runs/{id}/replay", post(replay_run))
         .route(HEALTH_PATH, get(health))
+        .route(crate::lifecycle::PATH, post(crate::lifecycle::receive))
         .route("/openapi.json", get(openapi_document))
         .merge(dashboard::routes())
         .fallback(not_found)
@@ -231,7 +234,7 @@ async fn health(
 }
 
 async fn not_found() -> Response {
-    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; the routes are POST /query, the /runs routes, GET /health and the dashboard at GET / (GET /openapi.json lists them)"}});
+    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; the routes are POST /query, the /runs routes, GET /health, POST /webhooks/e2b and the dashboard at GET / (GET /openapi.json lists them)"}});
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
@@ -728,7 +731,7 @@ async fn run_json(
 
 /// The whole body, up to `limit` bytes. Only a body over the limit is a
 /// 413; a client that resets or stalls mid-body gets a 400 that says so.
-async fn read_body(request: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn read_body(request: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(request.into_body(), limit)
         .await
         .map_err(|error| {

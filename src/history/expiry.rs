@@ -64,11 +64,7 @@ pub(crate) async fn expired(
     let Some(store) = history.store() else {
         return Ok(None);
     };
-    let started = store.started_at(&run.owner, run.created_ms).await?;
-    let Some(run_id) = started
-        .into_iter()
-        .find(|id| RunId::parse(id).is_ok_and(|id| id.digest() == run.run_digest))
-    else {
+    let Some(run_id) = run_id(history, run).await? else {
         return Ok(None);
     };
     let started_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(run.created_ms);
@@ -82,6 +78,23 @@ pub(crate) async fn expired(
         ..RunEnding::default()
     };
     store.end_if_running(&run_id, &ending).await
+}
+
+/// The id of the run `run` names, if the history has its record.
+///
+/// # Errors
+/// When the store fails.
+pub(crate) async fn run_id(
+    history: &History,
+    run: &SandboxRun,
+) -> Result<Option<String>, StoreError> {
+    let Some(store) = history.store() else {
+        return Ok(None);
+    };
+    let started = store.started_at(&run.owner, run.created_ms).await?;
+    Ok(started
+        .into_iter()
+        .find(|id| RunId::parse(id).is_ok_and(|id| id.digest() == run.run_digest)))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use super::sqlite::SqliteStore;
 use super::*;
 
 /// A running record of `owner`'s, started `created_ms` after the epoch.
-pub(super) fn record(run_id: &str, owner: &str, created_ms: u64) -> RunRecord {
+pub(crate) fn record(run_id: &str, owner: &str, created_ms: u64) -> RunRecord {
     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(created_ms);
     RunRecord {
         run_id: run_id.to_owned(),
