@@ -109,6 +109,11 @@ impl AppState {
         &self.history
     }
 
+    /// The detached runs started here.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The sandbox provider runs use.
     pub fn provider(&self) -> &Arc<dyn SandboxProvider> {
         &self.provider
@@ -653,11 +658,15 @@ async fn run_status(
         let caller = runs::Caller::of(&settings, &headers);
         let record = history::api::record(&state.history, caller.owner_digest(), &id);
         let info = match find_run(&state, &id, &headers).await {
-            Ok(found) => Some(
-                runs::status::read(found.sandbox.as_ref(), &found.follow)
-                    .await
-                    .map_err(|e| runs::provider_error(&e))?,
-            ),
+            Ok(found) => match runs::status::read(found.sandbox.as_ref(), &found.follow).await {
+                Ok(info) => Some(info),
+                // Its sandbox went (killed behind this server's back) since
+                // it was found: the record says what became of the run.
+                Err(e) => match runs::provider_error(&e) {
+                    ApiError::NoSuchRun => None,
+                    other => return Err(other),
+                },
+            },
             Err(ApiError::NoSuchRun) => None,
             Err(e) => return Err(e),
         };

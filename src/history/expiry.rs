@@ -31,6 +31,11 @@ pub(crate) struct SandboxRun {
 }
 
 impl SandboxRun {
+    /// The digest of the run's id.
+    pub(crate) fn run_digest(&self) -> &str {
+        &self.run_digest
+    }
+
     /// The run `metadata` names; `None` for a sandbox that holds no
     /// detached run of ours (an attached run's, or someone else's).
     pub(crate) fn of(metadata: &BTreeMap<String, String>) -> Option<Self> {

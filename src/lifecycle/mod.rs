@@ -152,22 +152,25 @@ impl IntoResponse for LifecycleError {
 /// Says at start-up how the route will treat what arrives.
 pub(crate) fn announce(settings: &Settings) {
     let lifecycle = &settings.lifecycle;
-    match (lifecycle.secret_variable, lifecycle.insecure) {
-        (Some(variable), _) if variable == LEGACY_WEBHOOK_SECRET_VARIABLE => tracing::info!(
+    match (&lifecycle.secret, lifecycle.secret_variable) {
+        (Some(_), Some(variable)) if variable == LEGACY_WEBHOOK_SECRET_VARIABLE => tracing::info!(
             "E2B lifecycle webhooks: {PATH} checks e2b-signature with {variable} (Python \
              Sandstorm's name); set {E2B_WEBHOOK_SECRET_VARIABLE} to keep it apart from the \
              completion webhooks' secret"
         ),
-        (Some(variable), _) => {
+        (Some(_), Some(variable)) => {
             tracing::info!("E2B lifecycle webhooks: {PATH} checks e2b-signature with {variable}");
         }
-        (None, true) => tracing::warn!(
+        (Some(_), None) => tracing::info!(
+            "E2B lifecycle webhooks: {PATH} checks e2b-signature with the secret registered at start"
+        ),
+        (None, _) if lifecycle.insecure => tracing::warn!(
             "E2B lifecycle webhooks: {E2B_WEBHOOK_INSECURE_VARIABLE}=1 and no secret: {PATH} \
              accepts unsigned events, and anyone who can reach it can mark runs expired"
         ),
         // The AWS secret may hold it; it is read when an event comes.
-        (None, false) if settings.key_source.is_some() => {}
-        (None, false) => tracing::info!(
+        (None, _) if settings.key_source.is_some() => {}
+        (None, _) => tracing::info!(
             "E2B lifecycle webhooks: {PATH} answers 503 until {E2B_WEBHOOK_SECRET_VARIABLE} is set"
         ),
     }
@@ -250,6 +253,9 @@ async fn handle(state: &AppState, request: Request) -> Result<Outcome, Lifecycle
     let mut what = "accepted";
     let run = match &sandbox_run {
         Some(run) if event.kind == events::KILLED => {
+            // Started here, the run is in this process's registry, which
+            // would go on handing out its dead sandbox.
+            state.registry().remove(run.run_digest());
             // A run that ended a moment ago here has its end queued.
             history.settle(SETTLE).await;
             let ended = ended_at(&event.timestamp);

@@ -48,12 +48,18 @@ struct Harness {
 }
 
 fn harness(pairs: &[(&str, &str)]) -> Harness {
+    harness_with(pairs, |_| {})
+}
+
+fn harness_with(pairs: &[(&str, &str)], tweak: impl FnOnce(&mut Settings)) -> Harness {
+    let mut settings = settings(pairs);
+    tweak(&mut settings);
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SqliteStore::open(&dir.path().join("history.db")).expect("open"));
     let history = History::spawn(store.clone(), None);
     let provider = Arc::new(Scripted::new(Vec::new(), Then::Exit(0)));
     Harness {
-        router: app(AppState::new(settings(pairs), provider).with_history(history)),
+        router: app(AppState::new(settings, provider).with_history(history)),
         store,
         _dir: dir,
     }
@@ -293,5 +299,32 @@ fn every_answer_is_in_the_openapi_document() {
             "error type {} is documented",
             error.kind()
         );
+    }
+}
+
+/// An AWS secret, as the serverless doors read it, holding `name`.
+struct OneSecret(&'static str, &'static str);
+
+#[async_trait::async_trait]
+impl crate::keys::KeySource for OneSecret {
+    async fn get(&self, name: &str) -> Result<Option<Secret>, crate::keys::KeySourceError> {
+        Ok((name == self.0).then(|| Secret::new(self.1)))
+    }
+}
+
+#[tokio::test]
+async fn a_serverless_door_reads_the_secret_from_its_aws_secret() {
+    for name in ["SANDSTORM_E2B_WEBHOOK_SECRET", "SANDSTORM_WEBHOOK_SECRET"] {
+        let h = harness_with(&[], |settings| {
+            settings.key_source = Some(Arc::new(OneSecret(name, SECRET)));
+        });
+        let owner = Secret::new("owner");
+        let (id, metadata) = h.running_run(&owner, 1_700_000_000_000).await;
+        let body = killed(&metadata);
+        let (status, answer) = h.post(&body, None).await;
+        assert_eq!(status, 401, "{name}: the secret is there: {answer}");
+        let (status, answer) = h.post(&body, Some(&signed(&body))).await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        assert_eq!(h.status(&owner, &id).await, RecordStatus::Expired, "{name}");
     }
 }
