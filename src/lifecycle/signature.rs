@@ -55,7 +55,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// 0.9.2's signature of `body`: what `ds webhook test --legacy` sends.
+/// 0.9.2's signature of `body`, as its `ds webhook test` made it: for tests.
 #[cfg(test)]
 pub(crate) fn hmac_header(secret: &Secret, body: &[u8]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes());
