@@ -5,7 +5,7 @@ The values come from your environment, never from the command line (where
 other users of the machine could read them):
 
     ANTHROPIC_API_KEY, E2B_API_KEY, OPENROUTER_API_KEY, SANDSTORM_API_TOKEN,
-    SANDSTORM_API_TOKEN_PREVIOUS
+    SANDSTORM_API_TOKEN_PREVIOUS, SANDSTORM_E2B_WEBHOOK_SECRET
 
 Only the ones that are set are stored; the secret's shape is
 infra/secret-shape.json. With --generate-token and no SANDSTORM_API_TOKEN, a
@@ -32,6 +32,7 @@ KEYS = (
     "OPENROUTER_API_KEY",
     "SANDSTORM_API_TOKEN",
     "SANDSTORM_API_TOKEN_PREVIOUS",
+    "SANDSTORM_E2B_WEBHOOK_SECRET",
 )
 
 

@@ -1,5 +1,6 @@
 //! The one HTTP application every door serves: `POST /query`, the `/runs`
-//! routes of detached runs, `GET /health`, and the dashboard at `GET /`.
+//! routes of detached runs, `GET /health`, E2B's lifecycle webhooks at
+//! `POST /webhooks/e2b`, and the dashboard at `GET /`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -65,6 +66,7 @@ impl AppState {
     /// The state of a router serving `settings` with `provider`.
     pub fn new(settings: Settings, provider: Arc<dyn SandboxProvider>) -> Self {
         warn_of_inert_fields(&settings);
+        crate::lifecycle::announce(&settings);
         let openapi = openapi::document(&settings.sandbox.credential_fields).into();
         AppState {
             settings: Arc::new(ArcSwap::from_pointee(settings)),
@@ -108,6 +110,11 @@ impl AppState {
     /// Where runs are recorded.
     pub(crate) fn history(&self) -> &History {
         &self.history
+    }
+
+    /// The detached runs started here.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The sandbox provider runs use.
@@ -191,6 +198,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/messages", post(run_messages))
         .route("/runs/{id}/replay", post(replay_run))
         .route(HEALTH_PATH, get(health))
+        .route(crate::lifecycle::PATH, post(crate::lifecycle::receive))
         .route("/openapi.json", get(openapi_document))
         .route("/triggers", get(triggers::route::list))
         .route("/triggers/fire/{name}", post(triggers::route::fire_by_hand))
@@ -274,7 +282,7 @@ async fn trigger_or_not_found(State(state): State<AppState>, request: Request) -
 }
 
 fn not_found() -> Response {
-    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; the routes are POST /query, the /runs routes, the /triggers routes and webhook triggers' paths, GET /health and the dashboard at GET / (GET /openapi.json lists them)"}});
+    let body = serde_json::json!({"error": {"type": "not_found", "message": "no such route; the routes are POST /query, the /runs routes, the /triggers routes and webhook triggers' paths, GET /health, POST /webhooks/e2b and the dashboard at GET / (GET /openapi.json lists them)"}});
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
@@ -687,11 +695,15 @@ async fn run_status(
         let caller = runs::Caller::of(&settings, &headers);
         let record = history::api::record(&state.history, caller.owner_digest(), &id);
         let info = match find_run(&state, &id, &headers).await {
-            Ok(found) => Some(
-                runs::status::read(found.sandbox.as_ref(), &found.follow)
-                    .await
-                    .map_err(|e| runs::provider_error(&e))?,
-            ),
+            Ok(found) => match runs::status::read(found.sandbox.as_ref(), &found.follow).await {
+                Ok(info) => Some(info),
+                // Its sandbox went (killed behind this server's back) since
+                // it was found: the record says what became of the run.
+                Err(e) => match runs::provider_error(&e) {
+                    ApiError::NoSuchRun => None,
+                    other => return Err(other),
+                },
+            },
             Err(ApiError::NoSuchRun) => None,
             Err(e) => return Err(e),
         };

@@ -101,6 +101,11 @@ pub struct SandstormConfig {
     /// Runs fired by webhooks and schedules (see [`crate::triggers`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers: Option<Vec<Value>>,
+    /// This server's public URL for E2B's lifecycle webhooks (0.9.2's
+    /// `webhook_url`): `ds serve` registers it with E2B at start and
+    /// deletes it at exit (`/webhooks/e2b` is appended when missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2b_webhook_url: Option<String>,
     /// Whether runs are detached unless a request says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detach: Option<bool>,
@@ -309,7 +314,8 @@ impl SandstormConfig {
         if self.webhook_url.is_some() {
             inert.push((
                 "webhook_url",
-                "run webhooks arrive with triggers and webhooks; nothing is sent yet",
+                "run webhooks arrive with triggers and webhooks; nothing is sent yet (Python \
+                 Sandstorm's `webhook_url`, E2B's lifecycle webhook, is `e2b_webhook_url` here)",
             ));
         }
         inert
@@ -411,6 +417,10 @@ impl SandstormConfig {
         if let Some(url) = &self.webhook_url {
             triggers::check_webhook_url(url)
                 .map_err(|why| field_error("webhook_url".into(), &why))?;
+        }
+        if let Some(url) = &self.e2b_webhook_url {
+            triggers::check_webhook_url(url)
+                .map_err(|why| field_error("e2b_webhook_url".into(), &why))?;
         }
         if let Some(list) = &self.triggers {
             crate::triggers::definition::parse(list)

@@ -42,6 +42,7 @@ mod health;
 mod history;
 mod json_field;
 pub mod keys;
+pub(crate) mod lifecycle;
 pub mod lines;
 pub mod model_proxy;
 mod openapi;

@@ -199,6 +199,8 @@ pub struct Settings {
     /// (`SANDSTORM_TEST_CLOCK_START`, RFC 3339): tests fire a cron trigger
     /// without waiting for its time.
     pub test_clock_start: Option<SystemTime>,
+    /// How `POST /webhooks/e2b` checks E2B's lifecycle events.
+    pub lifecycle: LifecycleSettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -228,6 +230,7 @@ impl std::fmt::Debug for Settings {
             )
             .field("triggers", &self.triggers)
             .field("test_clock_start", &self.test_clock_start)
+            .field("lifecycle", &self.lifecycle)
             .finish()
     }
 }
@@ -331,6 +334,7 @@ impl Settings {
                 })
             })
             .transpose()?;
+        let lifecycle = LifecycleSettings::from_env(env);
         Ok(Settings {
             auth: auth_settings(env, profile)?,
             keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
@@ -352,7 +356,47 @@ impl Settings {
             agent_telemetry,
             triggers: Arc::new(triggers),
             test_clock_start,
+            lifecycle,
         })
+    }
+}
+
+/// The secret E2B signs its lifecycle webhooks with: the one registered
+/// with `ds webhook register`.
+pub const E2B_WEBHOOK_SECRET_VARIABLE: &str = "SANDSTORM_E2B_WEBHOOK_SECRET";
+/// Python Sandstorm 0.9.2's name for it, read when the first is not set.
+pub const LEGACY_WEBHOOK_SECRET_VARIABLE: &str = "SANDSTORM_WEBHOOK_SECRET";
+/// `1` accepts unsigned lifecycle events when no secret is set.
+pub const E2B_WEBHOOK_INSECURE_VARIABLE: &str = "SANDSTORM_E2B_WEBHOOK_INSECURE";
+
+/// How `POST /webhooks/e2b` checks what arrives (see `lifecycle`).
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleSettings {
+    /// The secret E2B signs with: [`E2B_WEBHOOK_SECRET_VARIABLE`], else
+    /// [`LEGACY_WEBHOOK_SECRET_VARIABLE`] (0.9.2's name). The serverless
+    /// doors also look both names up in their AWS secret.
+    pub secret: Option<Secret>,
+    /// Which of the two variables the secret came from.
+    pub secret_variable: Option<&'static str>,
+    /// [`E2B_WEBHOOK_INSECURE_VARIABLE`]: with no secret anywhere, accept
+    /// unsigned events rather than answer 503.
+    pub insecure: bool,
+}
+
+impl LifecycleSettings {
+    fn from_env(env: &EnvVars) -> Self {
+        let found = [E2B_WEBHOOK_SECRET_VARIABLE, LEGACY_WEBHOOK_SECRET_VARIABLE]
+            .into_iter()
+            .find_map(|name| {
+                env.get(name)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (name, Secret::new(v)))
+            });
+        LifecycleSettings {
+            secret_variable: found.as_ref().map(|(name, _)| *name),
+            secret: found.map(|(_, secret)| secret),
+            insecure: env.flag(E2B_WEBHOOK_INSECURE_VARIABLE),
+        }
     }
 }
 
@@ -955,5 +999,34 @@ mod tests {
             let e = build(&[(name, bad)], Profile::Server).expect_err("refused");
             assert!(e.contains(name), "{name}={bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_lifecycle_secret_is_ours_else_python_sandstorm_s_and_unsigned_events_are_opt_in() {
+        let none = build(&[], Profile::Server).expect("settings").lifecycle;
+        assert!(none.secret.is_none() && !none.insecure);
+        let legacy = build(&[("SANDSTORM_WEBHOOK_SECRET", "old")], Profile::Server)
+            .expect("settings")
+            .lifecycle;
+        assert_eq!(legacy.secret.as_ref().map(Secret::expose), Some("old"));
+        assert_eq!(legacy.secret_variable, Some("SANDSTORM_WEBHOOK_SECRET"));
+        let both = build(
+            &[
+                ("SANDSTORM_WEBHOOK_SECRET", "old"),
+                ("SANDSTORM_E2B_WEBHOOK_SECRET", "new"),
+                ("SANDSTORM_E2B_WEBHOOK_INSECURE", "1"),
+            ],
+            Profile::Server,
+        )
+        .expect("settings")
+        .lifecycle;
+        assert_eq!(both.secret.as_ref().map(Secret::expose), Some("new"));
+        assert_eq!(both.secret_variable, Some("SANDSTORM_E2B_WEBHOOK_SECRET"));
+        assert!(both.insecure);
+        assert!(!format!("{both:?}").contains("new\""), "{both:?}");
+        let empty = build(&[("SANDSTORM_E2B_WEBHOOK_SECRET", "")], Profile::Server)
+            .expect("settings")
+            .lifecycle;
+        assert!(empty.secret.is_none(), "an empty value is no secret");
     }
 }

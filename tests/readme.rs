@@ -97,15 +97,16 @@ async fn every_ds_query_in_the_readme_runs_against_the_emulator() {
     let e2b = emulator::start_with(options).await;
     // Queries only: `serve` is the test below, `runs`, `attach`,
     // `continue`, `cancel` and `replay` name runs that do not exist here
-    // (tests/detached.rs and tests/replay.rs run them), and `init`, `add`
-    // and `doctor` run in tests/cli_helpers.rs.
+    // (tests/detached.rs and tests/replay.rs run them), `init`, `add`
+    // and `doctor` run in tests/cli_helpers.rs, and `webhook` in
+    // tests/lifecycle_webhooks.rs.
     let queries: Vec<Vec<String>> = ds_commands()
         .into_iter()
         .filter(|words| {
             words.get(1).is_some_and(|w| {
                 ![
                     "serve", "runs", "attach", "continue", "cancel", "replay", "init", "add",
-                    "doctor",
+                    "doctor", "webhook",
                 ]
                 .contains(&w.as_str())
             })

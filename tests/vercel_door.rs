@@ -204,6 +204,8 @@ fn vercel_json_routes_both_paths_to_functions_that_cargo_builds() {
         ("/runs/:id/events", "api/query.rs"),
         ("/runs/:id/messages", "api/query.rs"),
         ("/health", "api/health.rs"),
+        // E2B's lifecycle webhooks.
+        ("/webhooks/e2b", "api/query.rs"),
         // The dashboard and its assets.
         ("/", "api/query.rs"),
         ("/dashboard/:file", "api/query.rs"),

@@ -32,6 +32,7 @@ mod render;
 mod runs;
 mod serve;
 mod triggers;
+mod webhook;
 
 /// Exit codes, as documented in `ds --help` and the README.
 pub(crate) mod exit {
@@ -103,6 +104,9 @@ enum Command {
     Init(InitArgs),
     /// Add an MCP server toolpack (Linear, Notion, ...) to sandstorm.json.
     Add(AddArgs),
+    /// Manage E2B lifecycle webhooks: register this server with E2B, list,
+    /// delete, or send a signed test event.
+    Webhook(webhook::WebhookArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -545,6 +549,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Doctor(args)) => doctor::doctor(args.deep).await,
         Some(Command::Init(args)) => init_command(&args),
         Some(Command::Add(args)) => add_command(&args),
+        Some(Command::Webhook(args)) => {
+            telemetry("warn");
+            webhook::webhook(args).await
+        }
         None => query_command(cli.query).await,
     };
     match result {
@@ -618,7 +626,14 @@ fn environment() -> Result<(PathBuf, EnvVars), Fatal> {
 
 async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
     let telemetry = telemetry("info");
-    let settings = settings(args.sandbox.sandbox.as_deref(), false)?;
+    let mut settings = settings(args.sandbox.sandbox.as_deref(), false)?;
+    // sandstorm.json's `e2b_webhook_url`: registered with E2B while this
+    // server runs, its secret the one events are checked with.
+    let (_, env) = environment()?;
+    let e2b_webhook = webhook::ServePlan::prepare(&mut settings, &env);
+    let made_secret = e2b_webhook
+        .as_ref()
+        .and_then(|plan| plan.made_secret.clone());
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
@@ -633,7 +648,13 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
         files.extend(std::env::var_os("SANDSTORM_CONFIG").map(|p| cwd.join(p)));
         let flag = args.sandbox.sandbox.clone();
         serve::reload::watch(state.clone(), files, move || {
-            self::settings(flag.as_deref(), true).map_err(|fatal| fatal.message)
+            let mut settings =
+                self::settings(flag.as_deref(), true).map_err(|fatal| fatal.message)?;
+            // The secret made for this process is the one E2B signs with.
+            if settings.lifecycle.secret.is_none() {
+                settings.lifecycle.secret.clone_from(&made_secret);
+            }
+            Ok(settings)
         });
     }
     let history = state.history().clone();
@@ -644,8 +665,12 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
         .test_clock_start
         .map_or_else(Clock::system, Clock::starting_at);
     let scheduler = crate::triggers::scheduler::start(state.clone(), clock);
+    let registration = e2b_webhook.map(webhook::ServePlan::start);
     let served = serve::serve(addr, app::app(state), trigger, bound, connections).await;
     scheduler.abort();
+    if let Some(registration) = registration {
+        registration.end().await;
+    }
     // The runs that a stop ended queued their ends before their clients
     // got `done`: write them before the process goes, or the history would
     // keep them `running`.

@@ -256,6 +256,7 @@ fn python_sandstorm_s_fields_load() {
         "skills_dir": "skills",
         "template_skills": true,
         "webhook_url": "https://hooks.example.com/done",
+        "e2b_webhook_url": "https://sandstorm.example.com",
         "triggers": [{"name": "daily", "type": "cron", "schedule": "0 9 * * *", "prompt": "Go"}],
         "outputs": "auto"
     }"#,
@@ -290,6 +291,10 @@ fn each_bad_value_of_python_sandstorm_s_fields_names_its_field() {
         (r#"{"allowed_tools": "Read"}"#, "allowed_tools"),
         (r#"{"template_skills": "yes"}"#, "template_skills"),
         (r#"{"webhook_url": "hooks.example.com"}"#, "webhook_url"),
+        (
+            r#"{"e2b_webhook_url": "ftp://sandstorm.example.com"}"#,
+            "e2b_webhook_url",
+        ),
         (
             r#"{"triggers": [{"name": "x", "type": "cron", "schedule": "daily", "prompt": "p"}]}"#,
             "triggers[0].schedule",

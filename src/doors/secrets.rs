@@ -39,6 +39,7 @@ pub const SECRET_KEYS: &[&str] = &[
     crate::keys::OPENROUTER_KEY_VARIABLE,
     crate::auth::TOKEN_VARIABLES[0],
     crate::auth::TOKEN_VARIABLES[1],
+    crate::settings::E2B_WEBHOOK_SECRET_VARIABLE,
 ];
 
 /// An upper bound on one `GetSecretValue` with its retries, so that an

@@ -20,6 +20,13 @@
 //! list needs no `GetItem` per run. An index is eventually consistent: a run
 //! may reach a list a moment after its write, which a history can afford.
 //!
+//! A sandbox's lifecycle event names its detached run by its owner's digest
+//! and its start, to the millisecond ([`RunStore::started_at`]): a `Query`
+//! of the same index for the sort keys that begin with that start. The run
+//! is then marked expired ([`RunStore::end_if_running`]) by one
+//! `UpdateItem` whose condition is its `running` status, so a run that
+//! ended meanwhile keeps its ending; it answers the item as it became.
+//!
 //! The other filters (status, labels) are on attributes outside the keys:
 //! DynamoDB applies them after it has read a page, so a page can come back
 //! with fewer runs than asked for, or none. The store reads on, page after
@@ -63,12 +70,12 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-use super::{Filter, Page, RunEnding, RunRecord, RunStore, StoreError};
+use super::{Filter, Page, RecordStatus, RunEnding, RunRecord, RunStore, StoreError};
 
 /// The table's partition key: the run's id.
 pub(crate) const KEY: &str = "run_id";
@@ -337,6 +344,36 @@ impl Update {
     }
 }
 
+/// The update that lays `ending` over a record, as [`RunRecord::end`] does
+/// in memory: what the ending does not tell keeps what the record knew,
+/// but the error type is always the ending's.
+fn ending_update(ending: &RunEnding) -> Update {
+    let mut update = Update::default();
+    if let Some(status) = ending.status {
+        update.set("status", AttributeValue::S(status.as_str().to_owned()));
+    }
+    update.set("ended_at", AttributeValue::S(ending.ended_at.clone()));
+    update.set(
+        "duration_ms",
+        AttributeValue::N(ending.duration_ms.to_string()),
+    );
+    update.set_json("model", &ending.model);
+    update.set_json("turns", ending.turns);
+    update.set_json("total_cost_usd", ending.total_cost_usd);
+    update.set_json("usage", ending.usage);
+    update.set_json("spend", &ending.spend);
+    if !ending.outputs.is_empty() {
+        update.set_json("outputs", &ending.outputs);
+    }
+    update.set_json("session_id", &ending.session_id);
+    update.set_json("result", &ending.result);
+    match &ending.error_type {
+        Some(error_type) => update.set("error_type", AttributeValue::S(error_type.clone())),
+        None => update.remove("error_type"),
+    }
+    update
+}
+
 impl DynamoDbStore {
     /// Applies `update` to `run_id`'s item, if the table has one.
     async fn update(&self, run_id: &str, mut update: Update, what: &str) -> Result<(), StoreError> {
@@ -381,33 +418,8 @@ impl RunStore for DynamoDbStore {
     }
 
     async fn ended(&self, run_id: &str, ending: &RunEnding) -> Result<(), StoreError> {
-        // What RunRecord::end does in memory: what the ending does not tell
-        // keeps what the record knew, but the error type is always the
-        // ending's.
-        let mut update = Update::default();
-        if let Some(status) = ending.status {
-            update.set("status", AttributeValue::S(status.as_str().to_owned()));
-        }
-        update.set("ended_at", AttributeValue::S(ending.ended_at.clone()));
-        update.set(
-            "duration_ms",
-            AttributeValue::N(ending.duration_ms.to_string()),
-        );
-        update.set_json("model", &ending.model);
-        update.set_json("turns", ending.turns);
-        update.set_json("total_cost_usd", ending.total_cost_usd);
-        update.set_json("usage", ending.usage);
-        update.set_json("spend", &ending.spend);
-        if !ending.outputs.is_empty() {
-            update.set_json("outputs", &ending.outputs);
-        }
-        update.set_json("session_id", &ending.session_id);
-        update.set_json("result", &ending.result);
-        match &ending.error_type {
-            Some(error_type) => update.set("error_type", AttributeValue::S(error_type.clone())),
-            None => update.remove("error_type"),
-        }
-        self.update(run_id, update, "UpdateItem (end)").await
+        self.update(run_id, ending_update(ending), "UpdateItem (end)")
+            .await
     }
 
     async fn sandbox(&self, run_id: &str, sandbox_id: &str) -> Result<(), StoreError> {
@@ -552,6 +564,91 @@ impl RunStore for DynamoDbStore {
 
     async fn kept_events(&self, owner: &str, run_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get_events(owner, run_id).await
+    }
+
+    /// A `Query` of the owner's index for the sort keys that begin with
+    /// the start (`<ms, 20 digits>#`): exactly the runs of that
+    /// millisecond.
+    async fn started_at(&self, owner: &str, created_ms: u64) -> Result<Vec<String>, StoreError> {
+        let names = HashMap::from([
+            ("#owner".to_owned(), OWNER.to_owned()),
+            ("#created".to_owned(), CREATED.to_owned()),
+            ("#run".to_owned(), KEY.to_owned()),
+        ]);
+        let values = HashMap::from([
+            (":owner".to_owned(), AttributeValue::S(owner.to_owned())),
+            (
+                ":start".to_owned(),
+                AttributeValue::S(format!("{}#", sort_bound(created_ms))),
+            ),
+        ]);
+        let mut runs = Vec::new();
+        let mut start = None;
+        for _ in 0..MAX_QUERIES {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(INDEX)
+                .key_condition_expression("#owner = :owner AND begins_with(#created, :start)")
+                .projection_expression("#run")
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| backend("Query (start)", &e))?;
+            runs.extend(
+                output
+                    .items()
+                    .iter()
+                    .filter_map(|item| text(item, KEY).map(str::to_owned)),
+            );
+            start = output.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(runs)
+    }
+
+    /// One `UpdateItem` whose condition is the record's `running` status,
+    /// answering the item as it became.
+    async fn end_if_running(
+        &self,
+        run_id: &str,
+        ending: &RunEnding,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        let mut update = ending_update(ending);
+        let key = update.name(KEY);
+        let status = update.name("status");
+        update.values.insert(
+            ":running".to_owned(),
+            AttributeValue::S(RecordStatus::Running.as_str().to_owned()),
+        );
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, AttributeValue::S(run_id.to_owned()))
+            .update_expression(update.expression())
+            .condition_expression(format!("attribute_exists({key}) AND {status} = :running"))
+            .set_expression_attribute_names(Some(update.names))
+            .set_expression_attribute_values(Some(update.values))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match sent {
+            Ok(output) => output.attributes().map(record_of).transpose(),
+            // Ended meanwhile, or never seen here: left as it is.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(backend("UpdateItem (end if running)", &e)),
+        }
     }
 }
 

@@ -587,3 +587,90 @@ async fn stored_events_that_do_not_match_their_description_are_an_error() {
     let read = store.kept_events("me", "run_a").await;
     assert!(matches!(read, Err(StoreError::Backend(_))), "{read:?}");
 }
+
+#[tokio::test]
+async fn a_sandbox_s_run_is_found_by_its_start_and_expired_only_while_running() {
+    let moto = start_moto().await;
+    let (store, client) = store(&moto, None).await;
+    let at = now_ms();
+    for (run_id, owner, created_ms) in [
+        ("run_a", "me", at),
+        ("run_b", "me", at),
+        ("run_c", "me", at + 1),
+        ("run_d", "you", at),
+    ] {
+        store
+            .started(&record(run_id, owner, created_ms))
+            .await
+            .expect("start");
+    }
+    let mut found = store.started_at("me", at).await.expect("query");
+    found.sort();
+    assert_eq!(found, ["run_a", "run_b"], "that owner's, that millisecond");
+    assert!(
+        store
+            .started_at("me", at + 2)
+            .await
+            .expect("query")
+            .is_empty()
+    );
+
+    let expiry = RunEnding {
+        status: Some(RecordStatus::Expired),
+        ended_at: "2026-01-01T00:01:00.000Z".into(),
+        duration_ms: 60_000,
+        error_type: Some("sandbox_killed".into()),
+        ..RunEnding::default()
+    };
+    let expired = store
+        .end_if_running("run_a", &expiry)
+        .await
+        .expect("update")
+        .expect("it was running");
+    let mut expected = record("run_a", "me", at);
+    expected.end(expiry.clone());
+    assert_eq!(expired, expected, "the item as the write left it");
+    assert_eq!(store.get("me", "run_a").await.expect("get"), Some(expected));
+    // Not again, and not over another ending.
+    assert_eq!(
+        store
+            .end_if_running("run_a", &expiry)
+            .await
+            .expect("update"),
+        None
+    );
+    let succeeded = RunEnding {
+        status: Some(RecordStatus::Succeeded),
+        ended_at: "2026-01-01T00:00:30.000Z".into(),
+        duration_ms: 30_000,
+        result: Some("done".into()),
+        ..RunEnding::default()
+    };
+    store.ended("run_b", &succeeded).await.expect("end");
+    assert_eq!(
+        store
+            .end_if_running("run_b", &expiry)
+            .await
+            .expect("update"),
+        None
+    );
+    let kept = store.get("me", "run_b").await.expect("get").expect("found");
+    assert_eq!(kept.status, RecordStatus::Succeeded);
+    assert_eq!(kept.result.as_deref(), Some("done"));
+    // A run the table never saw is not created.
+    assert_eq!(
+        store
+            .end_if_running("run_unknown", &expiry)
+            .await
+            .expect("update"),
+        None
+    );
+    let item = client
+        .get_item()
+        .table_name("runs")
+        .key(KEY, AttributeValue::S("run_unknown".into()))
+        .send()
+        .await
+        .expect("get item");
+    assert!(item.item().is_none(), "{item:?}");
+}

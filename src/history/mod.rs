@@ -28,6 +28,7 @@ pub(crate) mod api;
 #[cfg(feature = "aws-dynamodb")]
 pub(crate) mod dynamodb;
 pub(crate) mod events;
+pub(crate) mod expiry;
 pub(crate) mod record;
 pub(crate) mod sqlite;
 pub(crate) mod tap;
@@ -96,6 +97,19 @@ pub(crate) trait RunStore: Send + Sync + std::fmt::Debug {
     async fn keep_events(&self, run_id: &str, blob: &[u8]) -> Result<(), StoreError>;
     /// The events kept of `run_id`, if `owner` (a digest) owns it.
     async fn kept_events(&self, owner: &str, run_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The ids of `owner`'s runs started at `created_ms` (milliseconds
+    /// since 1970): how a sandbox's metadata, which names its run only by
+    /// digests and its start, leads to the run's record (see [`expiry`]).
+    async fn started_at(&self, owner: &str, created_ms: u64) -> Result<Vec<String>, StoreError>;
+    /// Lays `ending` over `run_id`'s record only while it is `running`, in
+    /// one conditional write, so that a run that ended meanwhile keeps its
+    /// ending; the record as it now is, or `None` when it was not running
+    /// (or the store never saw it).
+    async fn end_if_running(
+        &self,
+        run_id: &str,
+        ending: &RunEnding,
+    ) -> Result<Option<RunRecord>, StoreError>;
 }
 
 /// How many writes may wait for the store before new ones are dropped
@@ -414,7 +428,7 @@ async fn sweep(store: &dyn RunStore, keep: Duration) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 mod stored_tests;

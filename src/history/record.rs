@@ -37,7 +37,9 @@ pub(crate) enum RecordStatus {
     Failed,
     /// A cancel ended it.
     Cancelled,
-    /// Its timeout ended it.
+    /// Its timeout ended it, or its sandbox ended (killed, or its
+    /// lifetime ran out) while its record still said `running`: E2B's
+    /// lifecycle webhook tells (`history::expiry`).
     Expired,
 }
 

@@ -386,4 +386,55 @@ impl RunStore for SqliteStore {
         })
         .await
     }
+
+    async fn started_at(&self, owner: &str, created_ms: u64) -> Result<Vec<String>, StoreError> {
+        let owner = owner.to_owned();
+        self.with(move |connection| {
+            // `runs_newest_first` (owner, created_ms, ...) answers this.
+            let mut statement = connection
+                .prepare("SELECT run_id FROM runs WHERE owner = ?1 AND created_ms = ?2")
+                .map_err(backend)?;
+            let rows = statement
+                .query_map(params![owner, to_i64(created_ms)], |row| row.get(0))
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn end_if_running(
+        &self,
+        run_id: &str,
+        ending: &RunEnding,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        let (run_id, ending) = (run_id.to_owned(), ending.clone());
+        self.with(move |connection| {
+            let tx = connection.transaction().map_err(backend)?;
+            let found: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT owner, record FROM runs WHERE run_id = ?1 AND status = 'running'",
+                    params![run_id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some((owner, text)) = found else {
+                return Ok(None);
+            };
+            let mut record = row_record(owner, &text)?;
+            record.end(ending);
+            // The condition again: the write is what decides, whatever
+            // another process wrote since the read.
+            let changed = tx
+                .execute(
+                    "UPDATE runs SET status = ?2, record = ?3
+                     WHERE run_id = ?1 AND status = 'running'",
+                    params![run_id, record.status.as_str(), encode(&record)?],
+                )
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok((changed == 1).then_some(record))
+        })
+        .await
+    }
 }

@@ -6,7 +6,7 @@ use super::sqlite::SqliteStore;
 use super::*;
 
 /// A running record of `owner`'s, started `created_ms` after the epoch.
-pub(super) fn record(run_id: &str, owner: &str, created_ms: u64) -> RunRecord {
+pub(crate) fn record(run_id: &str, owner: &str, created_ms: u64) -> RunRecord {
     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(created_ms);
     RunRecord {
         run_id: run_id.to_owned(),
@@ -241,6 +241,16 @@ impl RunStore for Stuck {
     async fn kept_events(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
         std::future::pending().await
     }
+    async fn started_at(&self, _: &str, _: u64) -> Result<Vec<String>, StoreError> {
+        std::future::pending().await
+    }
+    async fn end_if_running(
+        &self,
+        _: &str,
+        _: &RunEnding,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        std::future::pending().await
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -351,6 +361,16 @@ impl RunStore for Slow {
         self.land(Duration::from_millis(100), "events").await
     }
     async fn kept_events(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    async fn started_at(&self, _: &str, _: u64) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn end_if_running(
+        &self,
+        _: &str,
+        _: &RunEnding,
+    ) -> Result<Option<RunRecord>, StoreError> {
         Ok(None)
     }
 }

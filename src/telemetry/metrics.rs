@@ -32,6 +32,9 @@ pub(crate) struct Metrics {
     /// `sandstorm.proxy.denied`: connections the local sandbox's egress
     /// proxy refused, by reason.
     pub proxy_denied: Counter<u64>,
+    /// `sandstorm.webhook.events`: E2B lifecycle events received, by type
+    /// and outcome (0.9.2's name).
+    pub webhook_events: Counter<u64>,
 }
 
 /// The instruments. Made on first use, from the meter provider
@@ -84,6 +87,10 @@ pub(crate) fn metrics() -> &'static Metrics {
             proxy_denied: meter
                 .u64_counter("sandstorm.proxy.denied")
                 .with_description("Connections the egress proxy refused")
+                .build(),
+            webhook_events: meter
+                .u64_counter("sandstorm.webhook.events")
+                .with_description("E2B lifecycle events received, by type and outcome")
                 .build(),
         }
     })

@@ -18,6 +18,7 @@
 //!   model, the real runner offline, the Agent SDK's messages, and the
 //!   whole product as a user runs it (end-to-end tests);
 //! - [`sandbox`]: processes in any sandbox, read to their end;
+//! - [`receiver`]: a webhook receiver on loopback that keeps what arrived;
 //! - [`tools`]: repository paths and the pinned tools from PyPI.
 #![allow(
     dead_code,
@@ -36,6 +37,7 @@ pub mod otlp;
 pub mod phoenix;
 pub mod process;
 pub mod product;
+pub mod receiver;
 pub mod runner;
 pub mod sandbox;
 pub mod serve;

@@ -22,7 +22,9 @@ use subtle::ConstantTimeEq;
 use super::knobs::CreateFaultMode;
 use super::pause;
 use super::stats::route;
+use super::webhooks::{self, Details};
 use super::{Emulator, EmulatorError, Entry, lock};
+use e2b_wire::events;
 
 /// E2B's default sandbox lifetime when create names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -307,6 +309,7 @@ async fn create_sandbox(emulator: Emulator, body: axum::body::Bytes, api: Api) -
         metadata: new.metadata,
         env_vars: new.env_vars,
         started_at,
+        execution_id: uuid::Uuid::new_v4().to_string(),
         end_at: std::sync::Mutex::new(started_at + timeout),
         // E2B issues a token only to a secure sandbox: every v2 one, and
         // a v1 one when create asks for `secure`.
@@ -321,6 +324,7 @@ async fn create_sandbox(emulator: Emulator, body: axum::body::Bytes, api: Api) -
     });
     lock(&emulator.inner.sandboxes).insert(entry.id.clone(), entry.clone());
     emulator.inner.stats.created();
+    webhooks::publish(&emulator, &entry, events::CREATED, Details::default());
     if entry.auto_pause {
         // Its timeout is the emulator's to act on, not the sandbox's.
         entry.sandbox.clear_lifetime();
@@ -352,6 +356,15 @@ async fn forget_when_expired(emulator: Emulator, entry: Arc<Entry>) {
         };
         if removed {
             emulator.inner.stats.killed();
+            webhooks::publish(
+                &emulator,
+                &entry,
+                events::KILLED,
+                Details {
+                    kill_reason: Some(events::KILL_REASON_TIMEOUT),
+                    ..Details::default()
+                },
+            );
         }
     }
 }
@@ -423,6 +436,15 @@ async fn kill(State(emulator): State<Emulator>, Path(id): Path<String>) -> Respo
     };
     destroy(&entry).await;
     emulator.inner.stats.killed();
+    webhooks::publish(
+        &emulator,
+        &entry,
+        events::KILLED,
+        Details {
+            kill_reason: Some(events::KILL_REASON_REQUEST),
+            ..Details::default()
+        },
+    );
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -443,7 +465,9 @@ async fn set_timeout(
     emulator.inner.stats.request(route::TIMEOUT);
     match sandbox_and_body::<SetTimeout>(&emulator, &id, &body) {
         Ok((entry, SetTimeout { timeout })) => {
-            end_in(&entry, Duration::from_secs(timeout), End::Replace);
+            if let Some(end) = end_in(&entry, Duration::from_secs(timeout), End::Replace) {
+                updated(&emulator, &entry, end);
+            }
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => e.into_response(),
@@ -460,11 +484,13 @@ async fn connect(
         Ok((entry, ConnectSandbox { timeout })) => {
             // A paused sandbox is resumed (201), for `timeout` or E2B's
             // default; a running one answers 200 and only ever lives longer.
-            if pause::resume_if_paused(&entry, timeout.map(Duration::from_secs)).await {
+            if pause::resume_if_paused(&emulator, &entry, timeout.map(Duration::from_secs)).await {
                 return (StatusCode::CREATED, axum::Json(sandbox_json(&entry))).into_response();
             }
-            if let Some(timeout) = timeout {
-                end_in(&entry, Duration::from_secs(timeout), End::NoEarlier);
+            if let Some(timeout) = timeout
+                && let Some(end) = end_in(&entry, Duration::from_secs(timeout), End::NoEarlier)
+            {
+                updated(&emulator, &entry, end);
             }
             axum::Json(sandbox_json(&entry)).into_response()
         }
@@ -492,18 +518,34 @@ pub(super) enum End {
     NoEarlier,
 }
 
-/// Sets the sandbox to end `timeout` from now, as `how` allows.
-pub(super) fn end_in(entry: &Entry, timeout: Duration, how: End) {
+/// Sets the sandbox to end `timeout` from now, as `how` allows; its new
+/// end, when it moved.
+pub(super) fn end_in(entry: &Entry, timeout: Duration, how: End) -> Option<SystemTime> {
     let new_end = SystemTime::now() + timeout;
     let mut end = lock(&entry.end_at);
     if how == End::NoEarlier && new_end <= *end {
-        return;
+        return None;
     }
     *end = new_end;
     // An `autoPause` sandbox is paused at its end by `pause::at_timeout`.
     if !entry.auto_pause {
         entry.sandbox.set_lifetime(timeout);
     }
+    Some(new_end)
+}
+
+/// A running sandbox's timeout changed: E2B publishes an `updated` event
+/// with its new end.
+fn updated(emulator: &Emulator, entry: &Entry, end: SystemTime) {
+    webhooks::publish(
+        emulator,
+        entry,
+        events::UPDATED,
+        Details {
+            set_timeout: Some(end),
+            ..Details::default()
+        },
+    );
 }
 
 /// A JSON request body, or the 400 that says why it is not one.

@@ -11,6 +11,9 @@
 //! `e2b-wire` crate, which our E2B client uses too, so the two cannot
 //! drift apart.
 //!
+//! Sandbox lifecycle events go to the webhooks registered at
+//! `/events/webhooks`, signed as E2B signs them (see [`webhooks`]).
+//!
 //! Besides E2B's own API it serves `/_emulator/stats` (counters for tests)
 //! and `/_emulator/config` (latency, faults and the synthetic runner, see
 //! [`knobs`]).
@@ -48,9 +51,11 @@ pub mod knobs;
 mod pause;
 mod stats;
 mod synthetic;
+mod webhooks;
 
 pub use knobs::Knobs;
 pub use stats::Snapshot;
+pub use webhooks::DeliveryRetry;
 
 /// The envd version the emulator reports by default. The SDKs switch
 /// features on it; 0.5.7 is the first with octet-stream uploads.
@@ -107,6 +112,9 @@ pub struct EmulatorOptions {
     /// else is refused. Root processes run beside the sandbox, out of its
     /// user's reach, and only when the emulator itself runs as root.
     pub root_commands: BTreeMap<String, PathBuf>,
+    /// How a lifecycle event delivery that failed is retried: E2B's three
+    /// more attempts, 10 s apart, by default.
+    pub webhook_retry: DeliveryRetry,
 }
 
 /// A fresh key in E2B's shape: `e2b_` and 40 hex digits.
@@ -133,6 +141,7 @@ impl EmulatorOptions {
             templates: DEFAULT_TEMPLATES.iter().map(|&t| t.to_owned()).collect(),
             envd_version: DEFAULT_ENVD_VERSION.to_owned(),
             root_commands: BTreeMap::new(),
+            webhook_retry: DeliveryRetry::default(),
         }
     }
 }
@@ -164,6 +173,8 @@ struct Inner {
     root_commands: BTreeMap<String, PathBuf>,
     /// v2 creates by `Idempotency-Key`.
     idempotency: Mutex<HashMap<String, control::Idempotent>>,
+    /// The lifecycle webhooks registered, and their deliveries.
+    webhooks: webhooks::Webhooks,
 }
 
 /// One emulated E2B sandbox.
@@ -174,6 +185,8 @@ pub(crate) struct Entry {
     /// Default environment of every process (E2B's `envVars`).
     pub(crate) env_vars: BTreeMap<String, String>,
     pub(crate) started_at: SystemTime,
+    /// This run of the sandbox, as its lifecycle events name it.
+    pub(crate) execution_id: String,
     pub(crate) end_at: Mutex<SystemTime>,
     /// What envd calls must send in `X-Access-Token`; `None` for a sandbox
     /// created without `secure`, whose envd asks for no token (as E2B's).
@@ -200,6 +213,12 @@ impl Emulator {
         local.egress_open = options.egress_open;
         local.root_commands = options.root_commands.clone();
         let provider = LocalProvider::new(local)?;
+        let webhooks = webhooks::Webhooks::new(options.webhook_retry).map_err(|e| {
+            sandstorm::sandbox::SandboxError::Other {
+                op: "building the webhook delivery client",
+                message: e.to_string(),
+            }
+        })?;
         Ok(Emulator {
             inner: Arc::new(Inner {
                 provider,
@@ -213,6 +232,7 @@ impl Emulator {
                 envd_version: options.envd_version,
                 root_commands: options.root_commands,
                 idempotency: Mutex::new(HashMap::new()),
+                webhooks,
             }),
         })
     }
@@ -228,7 +248,8 @@ impl Emulator {
         *lock(&self.inner.knobs) = knobs;
     }
 
-    /// Kills every sandbox (on shutdown).
+    /// Kills every sandbox (on shutdown). No lifecycle event is sent: the
+    /// emulator is going, and its deliveries with it.
     pub async fn shutdown(&self) {
         let entries: Vec<Arc<Entry>> = lock(&self.inner.sandboxes)
             .drain()
@@ -250,10 +271,13 @@ impl Emulator {
 
 /// The whole emulator as one router.
 pub fn app(emulator: Emulator) -> Router {
-    let control = control::routes().route_layer(middleware::from_fn_with_state(
-        emulator.clone(),
-        control::require_api_key,
-    ));
+    let control =
+        control::routes()
+            .merge(webhooks::routes())
+            .route_layer(middleware::from_fn_with_state(
+                emulator.clone(),
+                control::require_api_key,
+            ));
     Router::new()
         .merge(control)
         .merge(envd::routes())

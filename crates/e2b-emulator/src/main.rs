@@ -108,6 +108,10 @@ struct Args {
     /// the emulator runs as root.
     #[arg(long = "root-command", value_name = "PATH=HOST_PATH", value_parser = root_command)]
     root_commands: Vec<(String, PathBuf)>,
+    /// Milliseconds between the attempts of a lifecycle webhook delivery
+    /// that failed (three more attempts, as E2B makes).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    webhook_retry_delay_ms: u64,
 }
 
 /// `PATH=HOST_PATH`.
@@ -229,6 +233,10 @@ async fn serve() -> std::io::Result<()> {
         templates: args.templates()?,
         envd_version: args.envd_version.clone(),
         root_commands: args.root_commands.iter().cloned().collect(),
+        webhook_retry: e2b_emulator::DeliveryRetry {
+            delay: std::time::Duration::from_millis(args.webhook_retry_delay_ms),
+            ..e2b_emulator::DeliveryRetry::default()
+        },
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     // Tests and scripts read the bound address (port 0 picks one) from

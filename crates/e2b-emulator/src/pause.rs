@@ -22,7 +22,9 @@ use serde::Deserialize;
 
 use super::control::{self, End};
 use super::stats::route;
+use super::webhooks::{self, Details};
 use super::{Emulator, EmulatorError, Entry, lock};
+use e2b_wire::events;
 
 /// E2B's resume lifetime when the request names none (`ResumedSandbox`).
 const DEFAULT_RESUME_TIMEOUT: Duration = Duration::from_secs(15);
@@ -59,7 +61,7 @@ pub(super) async fn pause(
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
-    match pause_entry(&entry, request.memory != Some(false)).await {
+    match pause_entry(&emulator, &entry, request.memory != Some(false)).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => EmulatorError::new(
             StatusCode::CONFLICT,
@@ -77,7 +79,7 @@ pub(super) async fn pause(
 /// Pauses `entry`, keeping its processes' memory or not; `false` when it
 /// was paused already. Its clock stops, and its `endAt` becomes the time it
 /// was paused, as E2B lists a paused sandbox.
-async fn pause_entry(entry: &Entry, memory: bool) -> Result<bool, String> {
+async fn pause_entry(emulator: &Emulator, entry: &Entry, memory: bool) -> Result<bool, String> {
     let _transition = entry.transition.lock().await;
     if is_paused(entry) {
         return Ok(false);
@@ -94,6 +96,7 @@ async fn pause_entry(entry: &Entry, memory: bool) -> Result<bool, String> {
     entry.paused.store(true, Ordering::SeqCst);
     entry.sandbox.clear_lifetime();
     *lock(&entry.end_at) = std::time::SystemTime::now();
+    webhooks::publish(emulator, entry, events::PAUSED, Details::default());
     Ok(true)
 }
 
@@ -119,7 +122,7 @@ pub(super) async fn at_timeout(emulator: Emulator, entry: std::sync::Arc<Entry>)
         let due = std::time::SystemTime::now() >= *lock(&entry.end_at);
         if due
             && !is_paused(&entry)
-            && let Err(message) = pause_entry(&entry, true).await
+            && let Err(message) = pause_entry(&emulator, &entry, true).await
         {
             tracing::warn!(sandbox = %entry.id, %message, "pausing at the timeout failed");
         }
@@ -137,7 +140,7 @@ pub(super) async fn resume(
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
-    if resume_if_paused(&entry, request.timeout.map(Duration::from_secs)).await {
+    if resume_if_paused(&emulator, &entry, request.timeout.map(Duration::from_secs)).await {
         (
             StatusCode::CREATED,
             axum::Json(control::sandbox_json(&entry)),
@@ -154,7 +157,11 @@ pub(super) async fn resume(
 
 /// Resumes `entry` for `timeout` (E2B's 15 s default) if it is paused;
 /// whether it was. Used by connect too, which resumes as it attaches.
-pub(super) async fn resume_if_paused(entry: &Entry, timeout: Option<Duration>) -> bool {
+pub(super) async fn resume_if_paused(
+    emulator: &Emulator,
+    entry: &Entry,
+    timeout: Option<Duration>,
+) -> bool {
     let _transition = entry.transition.lock().await;
     if !is_paused(entry) {
         return false;
@@ -170,6 +177,7 @@ pub(super) async fn resume_if_paused(entry: &Entry, timeout: Option<Duration>) -
         timeout.unwrap_or(DEFAULT_RESUME_TIMEOUT),
         End::Replace,
     );
+    webhooks::publish(emulator, entry, events::RESUMED, Details::default());
     true
 }
 

@@ -25,6 +25,11 @@ pub(crate) mod route {
     pub(crate) const SIGNAL: &str = "signal";
     pub(crate) const PROCESS_LIST: &str = "process_list";
     pub(crate) const PROCESS_CONNECT: &str = "process_connect";
+    pub(crate) const WEBHOOK_REGISTER: &str = "webhook_register";
+    pub(crate) const WEBHOOK_LIST: &str = "webhook_list";
+    pub(crate) const WEBHOOK_GET: &str = "webhook_get";
+    pub(crate) const WEBHOOK_UPDATE: &str = "webhook_update";
+    pub(crate) const WEBHOOK_DELETE: &str = "webhook_delete";
 }
 
 #[derive(Debug, Default)]

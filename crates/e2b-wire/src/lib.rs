@@ -7,7 +7,9 @@
 //! - [`control`]: the control plane's JSON bodies (create, connect,
 //!   set-timeout, list, errors), `spec/openapi.yml`;
 //! - [`connect`]: the Connect RPC streaming envelope envd frames messages in;
-//! - [`envd`]: envd's process and file messages in the Connect JSON codec.
+//! - [`envd`]: envd's process and file messages in the Connect JSON codec;
+//! - [`events`]: sandbox lifecycle events, the webhooks that deliver them,
+//!   and how E2B signs a delivery.
 //!
 //! ```
 //! use e2b_wire::connect::{FLAG_MESSAGE, FrameDecoder, encode};
@@ -27,3 +29,4 @@
 pub mod connect;
 pub mod control;
 pub mod envd;
+pub mod events;

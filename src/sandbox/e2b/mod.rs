@@ -63,6 +63,7 @@ mod padded_download_tests;
 mod process;
 mod retry;
 mod stream_client;
+pub mod webhooks;
 
 pub use options::{E2bOptions, RetryPolicy};
 
