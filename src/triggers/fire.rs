@@ -8,10 +8,11 @@
 //! trigger's concurrency, and what lets the history and the completion
 //! notice see how it ended, with no client connected.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use serde_json::Value;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Trigger;
@@ -19,6 +20,7 @@ use super::limits::{Going, Refused};
 use super::template::{self, Sources};
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::events::RunEvent;
 use crate::request::Query;
 use crate::run::RunHandle;
 use crate::{plan, runs, telemetry};
@@ -55,6 +57,73 @@ pub(crate) async fn fire(
     state: &AppState,
     trigger: &Trigger,
     call: Call,
+) -> Result<Fired, ApiError> {
+    start(state, trigger, call, None).await
+}
+
+/// How long [`fire_until_started`] waits for the run's record to be
+/// written.
+const RECORD_SETTLE: Duration = Duration::from_secs(2);
+
+/// How a trigger's run began, as its first event past the sandbox's
+/// making says.
+#[derive(Debug)]
+enum Began {
+    /// Its runner printed: it runs in its sandbox and needs this process
+    /// no more.
+    Running,
+    /// It ended before its runner printed; why.
+    Failed(String),
+}
+
+/// [`fire`], answering only once the run runs in its sandbox (or failed
+/// to get there), waiting at most `within`.
+///
+/// A serverless platform may freeze the function as soon as it answers,
+/// and with it the tasks that make the run's sandbox and start its runner;
+/// a platform's scheduler is answered once the run no longer needs them.
+/// A run that failed to start is an error, so the platform sees the
+/// invocation fail.
+pub(crate) async fn fire_until_started(
+    state: &AppState,
+    trigger: &Trigger,
+    call: Call,
+    within: Duration,
+) -> Result<Fired, ApiError> {
+    let (began, beginning) = oneshot::channel();
+    let fired = start(state, trigger, call, Some(began)).await?;
+    let began = tokio::time::timeout(within, beginning).await;
+    // The run's record too must land before the platform freezes us.
+    state.history().settle(RECORD_SETTLE).await;
+    match began {
+        Ok(Ok(Began::Running)) => Ok(fired),
+        Ok(Ok(Began::Failed(why))) => Err(ApiError::Provider {
+            message: format!(
+                "trigger {:?}: run {} ended before its agent started: {why}",
+                trigger.definition.name, fired.run_id
+            ),
+        }),
+        Ok(Err(_)) => Err(ApiError::Internal(format!(
+            "trigger {:?}: run {}: its events ended with no word of its start",
+            trigger.definition.name, fired.run_id
+        ))),
+        Err(_) => {
+            tracing::warn!(
+                trigger = %trigger.definition.name,
+                run_id = %fired.run_id,
+                ?within,
+                "trigger's run has not started its agent yet; answering anyway"
+            );
+            Ok(fired)
+        }
+    }
+}
+
+async fn start(
+    state: &AppState,
+    trigger: &Trigger,
+    call: Call,
+    began: Option<oneshot::Sender<Began>>,
 ) -> Result<Fired, ApiError> {
     let definition = &trigger.definition;
     let going = state
@@ -114,13 +183,20 @@ pub(crate) async fn fire(
         going,
         definition.name.clone(),
         run_id.clone(),
+        began,
     ));
     Ok(Fired { run_id })
 }
 
 /// Reads a trigger's run to its end, holding its place in the trigger's
-/// concurrency until then.
-async fn follow(handle: RunHandle, going: Going, trigger: String, run_id: String) {
+/// concurrency until then; tells `began` how it began.
+async fn follow(
+    handle: RunHandle,
+    going: Going,
+    trigger: String,
+    run_id: String,
+    mut began: Option<oneshot::Sender<Began>>,
+) {
     let RunHandle {
         mut events,
         finished,
@@ -129,6 +205,18 @@ async fn follow(handle: RunHandle, going: Going, trigger: String, run_id: String
     while let Some(event) = events.recv().await {
         if let Some(kind) = event.server_type() {
             ended = Some(kind);
+        }
+        let beginning = match &event {
+            // The sandbox is being made, or is made: not started yet.
+            RunEvent::Progress(_) | RunEvent::Run(_) => None,
+            RunEvent::Error(error) => Some(Began::Failed(error.message.clone())),
+            RunEvent::Done(_) => Some(Began::Failed("the run ended".to_owned())),
+            _ => Some(Began::Running),
+        };
+        if let Some(beginning) = beginning
+            && let Some(began) = began.take()
+        {
+            let _ = began.send(beginning);
         }
     }
     let _ = finished.await;

@@ -4,13 +4,14 @@
 //! sandstorm.json's `triggers` declares them ([`definition`]). A webhook
 //! trigger answers `POST <path>` ([`route`]); a cron trigger fires on the
 //! platform's scheduler: EventBridge Scheduler on Lambda ([`eventbridge`]),
-//! Vercel Cron on Vercel ([`vercel_cron`]), and on `ds
+//! Vercel Cron on Vercel ([`vercel_cron`], [`cron_route`]), and on `ds
 //! serve` its own [`scheduler`]. However it fires, a
 //! trigger starts a detached run here ([`fire`]), within its limits
 //! ([`limits`]), with its prompt filled from what fired it
 //! ([`template`]).
 
 pub(crate) mod cron_fields;
+pub(crate) mod cron_route;
 pub mod definition;
 pub mod eventbridge;
 pub(crate) mod fire;

@@ -269,7 +269,7 @@ fn describe(trigger: &Trigger, now: chrono::DateTime<chrono::Utc>, going: u32) -
     shown
 }
 
-fn names(triggers: &super::Triggers) -> String {
+pub(super) fn names(triggers: &super::Triggers) -> String {
     let names: Vec<&str> = triggers
         .all()
         .iter()
@@ -282,7 +282,10 @@ fn names(triggers: &super::Triggers) -> String {
     }
 }
 
-fn deadline(request: &Request, max_duration: Option<std::time::Duration>) -> Option<Instant> {
+pub(super) fn deadline(
+    request: &Request,
+    max_duration: Option<std::time::Duration>,
+) -> Option<Instant> {
     request
         .extensions()
         .get::<PlatformDeadline>()
