@@ -30,6 +30,7 @@ mod init;
 mod ordered;
 mod render;
 mod runs;
+mod schedules;
 mod serve;
 
 /// Exit codes, as documented in `ds --help` and the README.
@@ -99,6 +100,9 @@ enum Command {
     Init(InitArgs),
     /// Add an MCP server toolpack (Linear, Notion, ...) to sandstorm.json.
     Add(AddArgs),
+    /// Write (or --check) the Lambda and Vercel schedules of sandstorm.json's
+    /// cron triggers: EventBridge Scheduler in template.yaml, crons in vercel.json.
+    Schedules(schedules::SchedulesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -486,6 +490,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Doctor(args)) => doctor::doctor(args.deep).await,
         Some(Command::Init(args)) => init_command(&args),
         Some(Command::Add(args)) => add_command(&args),
+        Some(Command::Schedules(args)) => schedules::schedules(&args),
         None => query_command(cli.query).await,
     };
     match result {
