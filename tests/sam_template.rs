@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Command;
 
-use common::process::run;
+use common::doors::ds_schedules;
 use common::tools::{CFN_LINT_PIP, manifest_dir, tool};
 use serde_json::{Value, json};
 
@@ -280,20 +280,6 @@ fn the_history_policy_for_the_other_doors_grants_what_the_template_grants() {
             .is_some_and(|r| r.ends_with(":table/TABLE_NAME/index/by-owner")),
         "{policy}"
     );
-}
-
-/// `ds schedules ARGS` in `dir`, with none of this process's environment
-/// but PATH: its status and what it said.
-fn ds_schedules(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
-    command
-        .arg("schedules")
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    let (status, stdout, stderr) = run(command, std::time::Duration::from_secs(60));
-    (status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
 }
 
 /// The repository has no sandstorm.json, so no cron triggers: its template
