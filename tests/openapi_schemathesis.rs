@@ -38,6 +38,9 @@ fn schemathesis_finds_the_server_true_to_its_openapi_document() {
     let stack = StackBuilder::default()
         .synthetic(5)
         .env("SANDSTORM_HISTORY_PATH", &history.display().to_string())
+        // So GET /triggers/cron/{name} answers callers without it (401)
+        // rather than refusing every call (503).
+        .env("CRON_SECRET", "cron-secret-schemathesis-0123456789")
         .start();
     let config = manifest_dir().join("tests/schemathesis/schemathesis.toml");
     let mut command = Command::new(&schemathesis);
@@ -59,10 +62,10 @@ fn schemathesis_finds_the_server_true_to_its_openapi_document() {
     );
     // Every operation was exercised, not skipped: POST /query, GET /health,
     // GET /runs, GET and DELETE /runs/{id}, POST /runs/{id}/cancel, GET
-    // /runs/{id}/events, POST /runs/{id}/messages, POST /runs/{id}/replay
-    // and the dashboard, GET /.
+    // /runs/{id}/events, POST /runs/{id}/messages, POST /runs/{id}/replay,
+    // GET /triggers/cron/{name} and the dashboard, GET /.
     assert!(
-        stdout.contains("Tested: 10"),
+        stdout.contains("Tested: 11"),
         "schemathesis tested fewer operations than the document has:\n{stdout}"
     );
 }

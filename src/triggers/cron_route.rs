@@ -43,8 +43,16 @@ pub(crate) async fn fire(
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
-    let settings = state.settings();
     let request_id = crate::app::request_id(request.headers());
+    let mut response = answer(&state, &name, request, &request_id).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn answer(state: &AppState, name: &str, request: Request, request_id: &str) -> Response {
+    let settings = state.settings();
     let Some(secret) = &settings.cron_secret else {
         tracing::warn!(trigger = %name, %request_id, "cron call refused: CRON_SECRET is not set");
         return refusal(
@@ -72,7 +80,7 @@ pub(crate) async fn fire(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
     }
-    let Some(trigger) = settings.triggers.named(&name).cloned() else {
+    let Some(trigger) = settings.triggers.named(name).cloned() else {
         return ApiError::invalid(
             "name",
             format!(
@@ -110,7 +118,7 @@ pub(crate) async fn fire(
         .into_response();
     };
     let fired_at = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    if !overlap && state.trigger_limits().going(&name) > 0 {
+    if !overlap && state.trigger_limits().going(name) > 0 {
         tracing::warn!(trigger = %name, due = %fired_at, "cron call skipped: the trigger's previous run still goes");
         return Json(json!({
             "status": "skipped",
@@ -126,9 +134,9 @@ pub(crate) async fn fire(
         headers: request.headers().clone(),
         fired_at: due.into(),
         platform_deadline,
-        request_id: request_id.clone(),
+        request_id: request_id.to_owned(),
     };
-    let mut response = match fire::fire_until_started(&state, &trigger, call, START_WAIT).await {
+    match fire::fire_until_started(state, &trigger, call, START_WAIT).await {
         Ok(fired) => {
             let mut response = (
                 StatusCode::ACCEPTED,
@@ -150,11 +158,7 @@ pub(crate) async fn fire(
             tracing::warn!(trigger = %name, %request_id, status = %error.status(), %error, "cron fire refused");
             error.into_response()
         }
-    };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", value);
     }
-    response
 }
 
 fn refusal(status: StatusCode, kind: &str, message: &str) -> Response {
