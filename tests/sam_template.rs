@@ -405,3 +405,66 @@ fn schedules_made_from_sandstorm_json_pass_cfn_lint_and_the_sam_translator() {
         "{said}"
     );
 }
+
+/// docs/triggers-platforms.md stays true: its `ds schedules` commands
+/// parse, and its sandstorm.json example is a valid one with a cron trigger
+/// EventBridge can express.
+#[test]
+fn the_platform_docs_commands_parse_and_their_example_loads() {
+    use clap::Parser;
+    let text = std::fs::read_to_string(manifest_dir().join("docs/triggers-platforms.md"))
+        .expect("docs/triggers-platforms.md");
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut open: Option<(String, String)> = None;
+    for line in text.lines() {
+        match &mut open {
+            None => {
+                if let Some(lang) = line.strip_prefix("```") {
+                    open = Some((lang.to_owned(), String::new()));
+                }
+            }
+            Some((lang, body)) => {
+                if line == "```" {
+                    blocks.push((std::mem::take(lang), std::mem::take(body)));
+                    open = None;
+                } else {
+                    body.push_str(line);
+                    body.push('\n');
+                }
+            }
+        }
+    }
+    let mut commands = 0;
+    for (_, body) in blocks.iter().filter(|(lang, _)| lang == "bash") {
+        for line in body.lines().filter(|l| l.starts_with("ds ")) {
+            let words: Vec<String> = shlex::split(line)
+                .expect("balanced quotes")
+                .into_iter()
+                .take_while(|w| !w.starts_with('#'))
+                .collect();
+            if let Err(e) = sandstorm::cli::Cli::try_parse_from(&words) {
+                panic!("{line:?} does not parse: {e}");
+            }
+            commands += 1;
+        }
+    }
+    assert!(commands >= 5, "only {commands} ds commands");
+    let (_, example) = blocks
+        .iter()
+        .find(|(lang, _)| lang == "json")
+        .expect("a sandstorm.json example");
+    let config =
+        sandstorm::config::SandstormConfig::parse(example.as_bytes(), std::path::Path::new("doc"))
+            .expect("a valid sandstorm.json");
+    let definitions =
+        sandstorm::triggers::definition::parse(config.triggers.as_deref().unwrap_or(&[]))
+            .expect("valid triggers");
+    assert_eq!(definitions.len(), 1);
+    let sandstorm::triggers::Source::Cron { schedule, .. } = &definitions[0].source else {
+        panic!("a cron trigger")
+    };
+    assert_eq!(
+        sandstorm::triggers::eventbridge::expression(schedule).as_deref(),
+        Ok("cron(0 9 ? * MON-FRI *)")
+    );
+}
