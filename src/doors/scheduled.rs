@@ -280,6 +280,8 @@ pub async fn fire(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     /// What EventBridge Scheduler delivers for an input `ds schedules`
@@ -333,6 +335,102 @@ mod tests {
         ] {
             assert_eq!(classify(event).ok(), Some(Invocation::Http), "{event}");
         }
+    }
+
+    /// The door's state for a sandstorm.json with a weekday-morning cron
+    /// trigger in Prague and a webhook, on a clock set to `now`.
+    async fn door(now: &str) -> (AppState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("sandstorm.json"),
+            json!({"triggers": [
+                {"name": "daily-digest", "type": "cron", "schedule": "0 9 * * MON-FRI",
+                 "timezone": "Europe/Prague", "jitter": 90, "prompt": "Write the digest"},
+                {"name": "hook", "type": "webhook", "path": "/hook", "public": true,
+                 "prompt": "p"}
+            ]})
+            .to_string(),
+        )
+        .expect("write sandstorm.json");
+        let env = crate::env::EnvVars::from_pairs([
+            ("E2B_API_KEY", "e2b_test"),
+            // Nothing here reaches E2B: a call would fail the test.
+            ("E2B_API_URL", "http://127.0.0.1:9"),
+            ("SANDSTORM_TEST_CLOCK_START", now),
+        ]);
+        let serverless = crate::doors::serverless(env, dir.path(), crate::doors::Platform::Lambda)
+            .await
+            .expect("the door's application");
+        (serverless.state, dir)
+    }
+
+    fn scheduled(trigger: &str, at: &str) -> ScheduledFire {
+        ScheduledFire {
+            trigger: trigger.into(),
+            scheduled_time: DateTime::parse_from_rfc3339(at)
+                .expect("time")
+                .with_timezone(&Utc),
+            execution_id: Some("e1".into()),
+            attempt: Some("1".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trigger_this_function_does_not_have_as_cron_fails_the_invocation() {
+        let (state, _dir) = door("2026-12-07T08:00:30Z").await;
+        for name in ["weekly", "hook"] {
+            let error = fire(&state, &scheduled(name, "2026-12-07T08:00:00Z"), None, "r1")
+                .await
+                .expect_err(name);
+            assert_eq!(error.kind(), "Sandstorm.NoSuchTrigger", "{error}");
+            assert!(error.to_string().contains("daily-digest"), "{error}");
+        }
+    }
+
+    /// 09:00 in Prague is 08:00 UTC in December: a schedule that fired
+    /// at 09:00 UTC was made from another sandstorm.json.
+    #[tokio::test]
+    async fn a_time_the_schedule_is_not_due_at_fails_the_invocation() {
+        let (state, _dir) = door("2026-12-07T09:00:30Z").await;
+        let error = fire(
+            &state,
+            &scheduled("daily-digest", "2026-12-07T09:00:00Z"),
+            None,
+            "r1",
+        )
+        .await
+        .expect_err("not due");
+        assert_eq!(error.kind(), "Sandstorm.NotDue", "{error}");
+        assert!(error.to_string().contains("--check"), "{error}");
+    }
+
+    /// Ten minutes and the 2-minute window (90 s of jitter) after 08:00:
+    /// a delivery at 08:11:59 is still on time, and one at 08:12:01 is
+    /// missed, answered without a run and without failing.
+    #[tokio::test]
+    async fn a_delivery_too_late_is_missed_not_failed() {
+        let (state, _dir) = door("2026-12-07T08:12:01Z").await;
+        let answer = fire(
+            &state,
+            &scheduled("daily-digest", "2026-12-07T08:00:00Z"),
+            None,
+            "r1",
+        )
+        .await
+        .expect("answered");
+        assert_eq!(answer["status"], "missed", "{answer}");
+        assert_eq!(answer["execution_id"], "e1", "{answer}");
+        let (state, _dir) = door("2026-12-07T08:11:59Z").await;
+        let on_time = fire(
+            &state,
+            &scheduled("daily-digest", "2026-12-07T08:00:00Z"),
+            None,
+            "r1",
+        )
+        .await;
+        // On time, so it fires: and E2B, which is nowhere, fails it.
+        let error = on_time.expect_err("E2B is unreachable");
+        assert_eq!(error.kind(), "Sandstorm.RunNotStarted", "{error}");
     }
 
     #[test]
