@@ -202,6 +202,7 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_document))
         .route("/triggers", get(triggers::route::list))
         .route("/triggers/fire/{name}", post(triggers::route::fire_by_hand))
+        .route("/triggers/cron/{name}", get(triggers::cron_route::fire))
         .merge(dashboard::routes())
         .fallback(trigger_or_not_found)
         .with_state(state);

@@ -95,11 +95,11 @@ pub(crate) async fn check(
 /// Constant time in the token's content, so response timing does not reveal
 /// how much of a guess was right. (A length mismatch returns early; the
 /// length of a token is not a secret worth protecting.)
-fn matches(expected: &Secret, presented: &str) -> bool {
+pub(crate) fn matches(expected: &Secret, presented: &str) -> bool {
     bool::from(expected.expose().as_bytes().ct_eq(presented.as_bytes()))
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme

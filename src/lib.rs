@@ -33,6 +33,7 @@ mod auth;
 pub mod cli;
 pub mod config;
 mod dashboard;
+pub mod deploy;
 pub mod doors;
 pub mod env;
 mod error;

@@ -195,6 +195,10 @@ pub struct Settings {
     pub agent_telemetry: BTreeMap<String, String>,
     /// sandstorm.json's triggers, their secrets read from the environment.
     pub triggers: Arc<Triggers>,
+    /// The bearer token a scheduler sends to `GET /triggers/cron/{name}`
+    /// (`CRON_SECRET`, which Vercel Cron sends as it is); the route is
+    /// refused without one.
+    pub cron_secret: Option<Secret>,
     /// Where `ds serve`'s scheduler clock starts, instead of now
     /// (`SANDSTORM_TEST_CLOCK_START`, RFC 3339): tests fire a cron trigger
     /// without waiting for its time.
@@ -229,6 +233,7 @@ impl std::fmt::Debug for Settings {
                 &self.agent_telemetry.keys().collect::<Vec<_>>(),
             )
             .field("triggers", &self.triggers)
+            .field("cron_secret", &self.cron_secret)
             .field("test_clock_start", &self.test_clock_start)
             .field("lifecycle", &self.lifecycle)
             .finish()
@@ -355,6 +360,7 @@ impl Settings {
             history,
             agent_telemetry,
             triggers: Arc::new(triggers),
+            cron_secret: cron_secret(env)?,
             test_clock_start,
             lifecycle,
         })
@@ -398,6 +404,26 @@ impl LifecycleSettings {
             insecure: env.flag(E2B_WEBHOOK_INSECURE_VARIABLE),
         }
     }
+}
+
+/// The fewest characters `CRON_SECRET` may have: Vercel's advice for it.
+pub(crate) const MIN_CRON_SECRET_CHARS: usize = 16;
+
+/// `CRON_SECRET`: the bearer of `GET /triggers/cron/{name}`. A short one
+/// stops the door at start-up, as a short API token does; its value is
+/// never shown.
+fn cron_secret(env: &EnvVars) -> Result<Option<Secret>, String> {
+    let Some(secret) = env.get("CRON_SECRET") else {
+        return Ok(None);
+    };
+    let chars = secret.trim().chars().count();
+    if chars < MIN_CRON_SECRET_CHARS {
+        return Err(format!(
+            "CRON_SECRET must be at least {MIN_CRON_SECRET_CHARS} characters (it has {chars}); \
+             make one with `openssl rand -hex 32`"
+        ));
+    }
+    Ok(Some(Secret::new(secret.trim())))
 }
 
 /// Where the run history is kept, and for how long.
@@ -971,6 +997,30 @@ mod tests {
             let e = build(&[(name, bad)], Profile::Server).expect_err("refused");
             assert!(e.contains(name), "{e}");
         }
+    }
+
+    #[test]
+    fn a_cron_secret_is_optional_and_a_short_one_is_refused_unshown() {
+        assert!(
+            build(&[], Profile::Server)
+                .expect("settings")
+                .cron_secret
+                .is_none()
+        );
+        let secret = "cron-secret-0123456789";
+        let set = build(&[("CRON_SECRET", secret)], Profile::Server).expect("settings");
+        assert_eq!(set.cron_secret.as_ref().map(Secret::expose), Some(secret));
+        assert!(
+            !format!("{set:?}").contains(secret),
+            "Debug shows no secret"
+        );
+        let short =
+            build(&[("CRON_SECRET", "short-secret")], Profile::Server).expect_err("too short");
+        assert!(
+            short.contains("CRON_SECRET") && short.contains("16"),
+            "{short}"
+        );
+        assert!(!short.contains("short-secret"), "{short}");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! call the Function URL route against the E2B emulator in synthetic-runner
 //! mode. `cargo lambda watch` sends a fixed deadline in 1970, so the deadline
 //! test drives the binary through a Runtime API written here instead, which
-//! gives the invocation a real, short deadline.
+//! gives the invocation a real, short deadline. A cron trigger's
+//! EventBridge Scheduler event, as recorded, goes through `cargo lambda
+//! invoke`.
 
 mod common;
 
@@ -17,9 +19,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use common::doors::{SETTLE, door_command, door_env, port_below_ephemeral_range};
+use common::doors::{
+    SETTLE, agent_texts, door_command, door_env, port_below_ephemeral_range, real_runner_env,
+};
 use common::emulator::{self, Knobs, StreamCut, synthetic};
 use common::http::serve_router;
+use common::model_server::{ModelServer, Script};
 use common::process::{self, Process};
 use common::sse;
 use common::stream::{Stream, read_stream};
@@ -29,6 +34,8 @@ use tokio::sync::mpsc;
 
 struct Watch {
     url: String,
+    /// Where it takes invocations (`cargo lambda invoke --invoke-port`).
+    port: u16,
     proc: Process,
 }
 
@@ -112,7 +119,7 @@ async fn try_cargo_lambda_watch(env: &[(&str, String)]) -> Option<Watch> {
         .await
         .unwrap_or_else(|e| panic!("health: {e}\n{}", proc.output()));
     assert_eq!(health.status(), 200, "{}", proc.output());
-    Some(Watch { url, proc })
+    Some(Watch { url, port, proc })
 }
 
 #[tokio::test]
@@ -126,6 +133,108 @@ async fn the_function_url_streams_every_line_in_order_before_the_run_ends() {
     stream
         .assert_whole_run(&e2b, destroyed, LINES, "lambda", || watch.proc.output())
         .await;
+}
+
+/// The Lambda door turns a recorded EventBridge Scheduler event into a
+/// run. tests/data/lambda/eventbridge_scheduler.json is what EventBridge
+/// Scheduler delivers for the input `ds schedules --sam` writes for the
+/// daily digest of tests/fixtures/schedules/sandstorm.json (09:00 on
+/// weekdays in Prague), its context attributes filled in as AWS fills
+/// them, for Monday 7 December 2026. `cargo lambda invoke --data-file`
+/// sends it to the function under `cargo lambda watch`, whose clock is set
+/// just after that time. The invocation answers once the run's agent has
+/// started, with the run's id; the real runner's SDK sends the scripted
+/// model the trigger's prompt, filled in with the fire time; and the same
+/// function still serves HTTP: `GET /runs/{id}` finds the run.
+#[tokio::test]
+async fn the_lambda_door_turns_a_recorded_eventbridge_scheduler_event_into_a_run() {
+    let model = ModelServer::start(Script::Bash {
+        command: "echo digest-written".into(),
+    })
+    .await;
+    let (e2b, mut env) = real_runner_env(&model).await;
+    env.extend([
+        (
+            "SANDSTORM_CONFIG",
+            manifest_dir()
+                .join("tests/fixtures/schedules/sandstorm.json")
+                .display()
+                .to_string(),
+        ),
+        // The fixture's webhook trigger reads its secret from here.
+        (
+            "GITHUB_WEBHOOK_SECRET",
+            "github-webhook-secret-for-tests".to_owned(),
+        ),
+        (
+            "SANDSTORM_TEST_CLOCK_START",
+            "2026-12-07T08:00:40Z".to_owned(),
+        ),
+        ("SANDSTORM_RUN_LINGER", "10".to_owned()),
+    ]);
+    let watch = cargo_lambda_watch(&env).await;
+
+    let mut invoke = door_command(
+        tool("cargo-lambda", CARGO_LAMBDA_PIP),
+        std::iter::empty::<(&str, &str)>(),
+    );
+    invoke
+        .args(["lambda", "invoke", "bootstrap", "--data-file"])
+        .arg(manifest_dir().join("tests/data/lambda/eventbridge_scheduler.json"))
+        .args(["--invoke-address", "127.0.0.1", "--invoke-port"])
+        .arg(watch.port.to_string())
+        .args(["--output-format", "json"]);
+    let (status, stdout, stderr) =
+        tokio::task::spawn_blocking(move || process::run(invoke, Duration::from_secs(300)))
+            .await
+            .expect("cargo lambda invoke ran");
+    assert!(
+        status.success(),
+        "cargo lambda invoke: {stdout}\n{stderr}\n--- cargo lambda watch:\n{}",
+        watch.proc.output()
+    );
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", watch.proc.output()));
+    assert_eq!(answer["status"], "accepted", "{answer}");
+    assert_eq!(answer["trigger"], "daily-digest", "{answer}");
+    assert_eq!(answer["scheduled_time"], "2026-12-07T08:00:00Z", "{answer}");
+    assert_eq!(answer["execution_id"], "d32c5kddcf5bb8c3", "{answer}");
+    let run_id = answer["run_id"].as_str().expect("a run id").to_owned();
+    // It answered once the run no longer needed it: its sandbox made and
+    // its runner started (a platform may freeze the function from here on).
+    assert_eq!(e2b.stats().created, 1);
+    assert!(e2b.requests("start") >= 1, "{:?}", e2b.stats());
+    // HTTP, in the same function: the run the schedule started, while its
+    // sandbox is there (this door keeps no history to answer from after).
+    let run: serde_json::Value = reqwest::get(format!("{}/runs/{run_id}", watch.url))
+        .await
+        .expect("GET /runs/{id}")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(run["run_id"], run_id.as_str(), "{run}");
+
+    let prompt = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let texts = agent_texts(&model);
+            if texts.contains("Write the daily digest for") {
+                return texts;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the model never got the prompt:\n{}\n{}",
+            model.describe_requests(),
+            watch.proc.output()
+        )
+    });
+    assert!(prompt.contains("2026-12-07T08:00:00Z"), "{prompt}");
+
+    let stats = e2b.settled(Duration::from_secs(120)).await;
+    assert_eq!((stats.created, stats.killed), (1, 1), "{stats:?}");
 }
 
 #[tokio::test]

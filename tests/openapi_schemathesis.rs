@@ -41,6 +41,9 @@ fn schemathesis_finds_the_server_true_to_its_openapi_document() {
         // So that POST /webhooks/e2b reads what it is sent rather than
         // refuse it unsigned: the body's schema is what is checked.
         .env("SANDSTORM_E2B_WEBHOOK_INSECURE", "1")
+        // So GET /triggers/cron/{name} answers callers without it (401)
+        // rather than refusing every call (503).
+        .env("CRON_SECRET", "cron-secret-schemathesis-0123456789")
         .start();
     let config = manifest_dir().join("tests/schemathesis/schemathesis.toml");
     let mut command = Command::new(&schemathesis);
@@ -63,9 +66,9 @@ fn schemathesis_finds_the_server_true_to_its_openapi_document() {
     // Every operation was exercised, not skipped: POST /query, GET /health,
     // GET /runs, GET and DELETE /runs/{id}, POST /runs/{id}/cancel, GET
     // /runs/{id}/events, POST /runs/{id}/messages, POST /runs/{id}/replay,
-    // POST /webhooks/e2b and the dashboard, GET /.
+    // POST /webhooks/e2b, GET /triggers/cron/{name} and the dashboard, GET /.
     assert!(
-        stdout.contains("Tested: 13"),
+        stdout.contains("Tested: 14"),
         "schemathesis tested fewer operations than the document has:\n{stdout}"
     );
 }

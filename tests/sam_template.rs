@@ -9,6 +9,7 @@ mod common;
 
 use std::process::Command;
 
+use common::doors::ds_schedules;
 use common::tools::{CFN_LINT_PIP, manifest_dir, tool};
 use serde_json::{Value, json};
 
@@ -30,9 +31,14 @@ fn cfn_lint(path: &std::path::Path) {
 
 /// The SAM template and its CloudFormation, from tests/sam/transform.py.
 fn transformed() -> (Value, Value) {
+    transformed_at(&manifest_dir().join("template.yaml"))
+}
+
+/// The SAM template at `path` and its CloudFormation.
+fn transformed_at(path: &std::path::Path) -> (Value, Value) {
     let output = Command::new(tool("python3", SAM_TRANSLATOR_PIP))
         .arg(manifest_dir().join("tests/sam/transform.py"))
-        .arg(manifest_dir().join("template.yaml"))
+        .arg(path)
         .output()
         .expect("run python3");
     assert!(
@@ -273,5 +279,192 @@ fn the_history_policy_for_the_other_doors_grants_what_the_template_grants() {
             .as_str()
             .is_some_and(|r| r.ends_with(":table/TABLE_NAME/index/by-owner")),
         "{policy}"
+    );
+}
+
+/// The repository has no sandstorm.json, so no cron triggers: its template
+/// holds the empty block, and `--check` (what CI runs) agrees.
+#[test]
+fn the_repositorys_template_matches_its_sandstorm_json() {
+    let (code, said) = ds_schedules(manifest_dir(), &["--sam", "--check"]);
+    assert_eq!(code, 0, "{said}");
+    let template = std::fs::read_to_string(manifest_dir().join("template.yaml")).expect("read");
+    assert!(template.contains("  # BEGIN ds schedules"), "{template}");
+}
+
+/// A sandstorm.json with two cron triggers (one at 09:00 on weekdays in
+/// Prague with 90 s of jitter, one every 15 minutes in UTC) and a webhook:
+/// `ds schedules --sam` writes two schedules and their role into a copy of
+/// template.yaml, which cfn-lint and the SAM translator take, and which
+/// invoke the function with what the Lambda door reads.
+#[test]
+fn schedules_made_from_sandstorm_json_pass_cfn_lint_and_the_sam_translator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        manifest_dir().join("template.yaml"),
+        dir.path().join("template.yaml"),
+    )
+    .expect("copy the template");
+    std::fs::copy(
+        manifest_dir().join("tests/fixtures/schedules/sandstorm.json"),
+        dir.path().join("sandstorm.json"),
+    )
+    .expect("copy sandstorm.json");
+    let (code, said) = ds_schedules(dir.path(), &["--sam"]);
+    assert_eq!(code, 0, "{said}");
+    let (code, said) = ds_schedules(dir.path(), &["--sam", "--check"]);
+    assert_eq!(code, 0, "{said}");
+    let path = dir.path().join("template.yaml");
+    cfn_lint(&path);
+    let (_, cloudformation) = transformed_at(&path);
+    let out = dir.path().join("transformed.json");
+    std::fs::write(&out, cloudformation.to_string()).expect("write");
+    cfn_lint(&out);
+
+    let resources = &cloudformation["Resources"];
+    let schedules = of_type(&cloudformation, "AWS::Scheduler::Schedule");
+    assert_eq!(
+        schedules.len(),
+        2,
+        "one per cron trigger, none for the webhook"
+    );
+    let digest = &resources["SandstormScheduleDailyDigest"]["Properties"];
+    assert_eq!(digest["ScheduleExpression"], "cron(0 9 ? * MON-FRI *)");
+    assert_eq!(digest["ScheduleExpressionTimezone"], "Europe/Prague");
+    assert_eq!(
+        digest["FlexibleTimeWindow"],
+        json!({"Mode": "FLEXIBLE", "MaximumWindowInMinutes": 2}),
+        "90 s of jitter, in whole minutes"
+    );
+    let heartbeat = &resources["SandstormScheduleHeartbeat"]["Properties"];
+    assert_eq!(heartbeat["ScheduleExpression"], "cron(0/15 * * * ? *)");
+    assert_eq!(heartbeat["ScheduleExpressionTimezone"], "UTC");
+    assert_eq!(heartbeat["FlexibleTimeWindow"], json!({"Mode": "OFF"}));
+    for (name, schedule) in [("daily-digest", digest), ("heartbeat", heartbeat)] {
+        let target = &schedule["Target"];
+        assert_eq!(
+            target["Arn"],
+            json!({"Fn::GetAtt": ["SandstormFunction", "Arn"]})
+        );
+        assert_eq!(
+            target["RoleArn"],
+            json!({"Fn::GetAtt": ["SandstormScheduleRole", "Arn"]})
+        );
+        let input: Value =
+            serde_json::from_str(target["Input"].as_str().expect("an input")).expect("JSON");
+        assert_eq!(
+            input,
+            json!({
+                "sandstorm_trigger": name,
+                "scheduled_time": "<aws.scheduler.scheduled-time>",
+                "execution_id": "<aws.scheduler.execution-id>",
+                "attempt": "<aws.scheduler.attempt-number>",
+            })
+        );
+        assert!(target["RetryPolicy"]["MaximumEventAgeInSeconds"].is_u64());
+    }
+
+    // The role EventBridge Scheduler assumes: trusted by that service in
+    // this account only, and able to invoke the one function, nothing else.
+    let role = &resources["SandstormScheduleRole"]["Properties"];
+    assert_eq!(
+        role["AssumeRolePolicyDocument"]["Statement"],
+        json!([{
+            "Effect": "Allow",
+            "Principal": {"Service": "scheduler.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+        }])
+    );
+    let policies = role["Policies"].as_array().expect("policies");
+    assert_eq!(policies.len(), 1);
+    assert_eq!(
+        policies[0]["PolicyDocument"]["Statement"],
+        json!([{
+            "Effect": "Allow",
+            "Action": "lambda:InvokeFunction",
+            "Resource": {"Fn::GetAtt": ["SandstormFunction", "Arn"]}
+        }])
+    );
+    assert!(role.get("ManagedPolicyArns").is_none(), "{role}");
+    // The function's own role is untouched beside it.
+    assert_eq!(of_type(&cloudformation, "AWS::IAM::Role").len(), 2);
+
+    // A schedule edited by hand: --check fails and names it.
+    let template = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(
+        &path,
+        template.replace("cron(0/15 * * * ? *)", "cron(0/5 * * * ? *)"),
+    )
+    .expect("write");
+    let (code, said) = ds_schedules(dir.path(), &["--sam", "--check"]);
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("SandstormScheduleHeartbeat differs")
+            && said.contains("cron(0/15 * * * ? *)"),
+        "{said}"
+    );
+}
+
+/// docs/triggers-platforms.md stays true: its `ds schedules` commands
+/// parse, and its sandstorm.json example is a valid one with a cron trigger
+/// EventBridge can express.
+#[test]
+fn the_platform_docs_commands_parse_and_their_example_loads() {
+    use clap::Parser;
+    let text = std::fs::read_to_string(manifest_dir().join("docs/triggers-platforms.md"))
+        .expect("docs/triggers-platforms.md");
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut open: Option<(String, String)> = None;
+    for line in text.lines() {
+        match &mut open {
+            None => {
+                if let Some(lang) = line.strip_prefix("```") {
+                    open = Some((lang.to_owned(), String::new()));
+                }
+            }
+            Some((lang, body)) => {
+                if line == "```" {
+                    blocks.push((std::mem::take(lang), std::mem::take(body)));
+                    open = None;
+                } else {
+                    body.push_str(line);
+                    body.push('\n');
+                }
+            }
+        }
+    }
+    let mut commands = 0;
+    for (_, body) in blocks.iter().filter(|(lang, _)| lang == "bash") {
+        for line in body.lines().filter(|l| l.starts_with("ds ")) {
+            let words: Vec<String> = shlex::split(line)
+                .expect("balanced quotes")
+                .into_iter()
+                .take_while(|w| !w.starts_with('#'))
+                .collect();
+            if let Err(e) = sandstorm::cli::Cli::try_parse_from(&words) {
+                panic!("{line:?} does not parse: {e}");
+            }
+            commands += 1;
+        }
+    }
+    assert!(commands >= 5, "only {commands} ds commands");
+    let (_, example) = blocks
+        .iter()
+        .find(|(lang, _)| lang == "json")
+        .expect("a sandstorm.json example");
+    let config =
+        sandstorm::config::SandstormConfig::parse(example.as_bytes(), std::path::Path::new("doc"))
+            .expect("a valid sandstorm.json");
+    let definitions =
+        sandstorm::triggers::definition::parse(config.triggers.as_deref().unwrap_or(&[]))
+            .expect("valid triggers");
+    assert_eq!(definitions.len(), 1);
+    let sandstorm::triggers::Source::Cron { schedule, .. } = &definitions[0].source else {
+        panic!("a cron trigger")
+    };
+    assert_eq!(
+        sandstorm::triggers::eventbridge::expression(schedule).as_deref(),
+        Ok("cron(0 9 ? * MON-FRI *)")
     );
 }

@@ -343,7 +343,7 @@ async fn serve_reload_applies_a_valid_change_and_keeps_the_config_over_an_invali
 }
 
 #[tokio::test]
-async fn webhook_url_and_triggers_load_and_ds_serve_warns_they_do_nothing_yet() {
+async fn webhook_url_and_triggers_load_and_ds_serve_lists_the_triggers() {
     let e2b = emulator::start(synthetic(3, 100)).await;
     let dir = tempfile::tempdir().expect("a working folder");
     std::fs::write(
@@ -354,16 +354,19 @@ async fn webhook_url_and_triggers_load_and_ds_serve_warns_they_do_nothing_yet() 
     )
     .expect("write sandstorm.json");
     let server = DsServe::e2b(&e2b).current_dir(dir.path()).start().await;
-    let mut log = server.log();
-    for _ in 0..20 {
-        if log.contains("`triggers` does nothing yet") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        log = server.log();
-    }
-    assert!(log.contains("`webhook_url` does nothing yet"), "{log}");
-    assert!(log.contains("`triggers` does nothing yet"), "{log}");
+    let listed: serde_json::Value = reqwest::get(format!("{}/triggers", server.url))
+        .await
+        .expect("GET /triggers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(listed["triggers"][0]["name"], "daily", "{listed}");
+    assert_eq!(listed["triggers"][0]["schedule"], "0 9 * * 1-5", "{listed}");
+    assert!(
+        !server.log().contains("`triggers` does nothing yet"),
+        "{}",
+        server.log()
+    );
     // And it serves.
     let health = reqwest::get(format!("{}/health", server.url))
         .await

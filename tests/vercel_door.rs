@@ -2,14 +2,18 @@
 //! server on `127.0.0.1:$VERCEL_DEV_PORT` (Vercel's proxy, and `vercel dev`,
 //! call it there). Queries go to the E2B emulator in synthetic-runner mode.
 //! The deploy files (`vercel.json`, `build.sh`) are checked against the
-//! code they configure.
+//! code they configure. A cron trigger is fired as Vercel Cron calls it,
+//! with the real runner and a scripted model.
 
 mod common;
 
 use std::time::Duration;
 
-use common::doors::{SETTLE, door_env, start_vercel_function};
+use common::doors::{
+    SETTLE, agent_texts, door_env, ds_schedules, real_runner_env, start_vercel_function,
+};
 use common::emulator::{self, synthetic};
+use common::model_server::{ModelServer, Script};
 use common::process::Process;
 use common::stream::{Stream, read_stream};
 use common::tools::manifest_dir;
@@ -209,6 +213,12 @@ fn vercel_json_routes_both_paths_to_functions_that_cargo_builds() {
         // The dashboard and its assets.
         ("/", "api/query.rs"),
         ("/dashboard/:file", "api/query.rs"),
+        ("/runs/:id/replay", "api/query.rs"),
+        ("/openapi.json", "api/query.rs"),
+        // The triggers, and the cron jobs' paths.
+        ("/triggers", "api/query.rs"),
+        ("/triggers/fire/:name", "api/query.rs"),
+        ("/triggers/cron/:name", "api/query.rs"),
     ] {
         let rewrites = config["rewrites"].as_array().expect("rewrites");
         let destination = format!("/{}", function.trim_end_matches(".rs"));
@@ -313,5 +323,175 @@ async fn the_function_records_its_runs_in_the_shared_dynamodb_table() {
     assert_eq!(record["prompt"], "go", "{record}");
     assert_eq!(record["labels"], serde_json::json!({"user_id": "u-7"}));
     let stats = e2b.settled(SETTLE).await;
+    assert_eq!((stats.created, stats.killed), (1, 1), "{stats:?}");
+}
+
+/// The repository has no sandstorm.json: its vercel.json has no crons and
+/// every route's rewrite, as `--check` (what CI runs) says. For a
+/// sandstorm.json with cron triggers, `ds schedules --vercel` writes one
+/// cron job each, in Vercel's form (five fields, numbers only, UTC), and a
+/// rewrite for the webhook trigger's path; an edited job fails `--check`.
+#[test]
+fn vercel_json_matches_sandstorm_json_and_its_crons_are_vercels() {
+    let (code, said) = ds_schedules(manifest_dir(), &["--vercel", "--check"]);
+    assert_eq!(code, 0, "{said}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        manifest_dir().join("vercel.json"),
+        dir.path().join("vercel.json"),
+    )
+    .expect("copy vercel.json");
+    std::fs::copy(
+        manifest_dir().join("tests/fixtures/schedules/sandstorm.json"),
+        dir.path().join("sandstorm.json"),
+    )
+    .expect("copy sandstorm.json");
+    let (code, said) = ds_schedules(dir.path(), &["--vercel"]);
+    assert_eq!(code, 0, "{said}");
+    // 09:00 in Prague is called at 07:00 and 08:00 UTC: twice a day, which
+    // Vercel's Hobby plan refuses; and jitter is not applied there.
+    assert!(said.contains("Hobby") && said.contains("jitter"), "{said}");
+    let (code, said) = ds_schedules(dir.path(), &["--vercel", "--check"]);
+    assert_eq!(code, 0, "{said}");
+
+    let path = dir.path().join("vercel.json");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let config: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let crons = config["crons"].as_array().expect("crons");
+    let jobs: Vec<(&str, &str)> = crons
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().expect("a path"),
+                c["schedule"].as_str().expect("a schedule"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        jobs,
+        [
+            ("/triggers/cron/daily-digest", "0 7,8 * * 1-5"),
+            ("/triggers/cron/heartbeat", "*/15 * * * *"),
+        ]
+    );
+    for (path, schedule) in jobs {
+        let fields: Vec<&str> = schedule.split(' ').collect();
+        assert_eq!(fields.len(), 5, "{path}: {schedule}");
+        assert!(
+            fields
+                .iter()
+                .all(|f| f.chars().all(|c| c.is_ascii_digit() || "*,-/".contains(c))),
+            "{path}: {schedule} is not numbers only"
+        );
+    }
+    let rewrites = config["rewrites"].as_array().expect("rewrites");
+    assert!(
+        rewrites.contains(
+            &serde_json::json!({"source": "/github/issues", "destination": "/api/query"})
+        )
+    );
+
+    std::fs::write(&path, text.replace("0 7,8 * * 1-5", "0 8 * * 1-5")).expect("write");
+    let (code, said) = ds_schedules(dir.path(), &["--vercel", "--check"]);
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("/triggers/cron/daily-digest has schedule \"0 8 * * 1-5\""),
+        "{said}"
+    );
+}
+
+const CRON_SECRET: &str = "vercel-cron-secret-0123456789";
+
+/// The daily digest, 09:00 on weekdays in Prague, called as Vercel Cron
+/// calls it: with `CRON_SECRET` as a bearer, by `vercel-cron/1.0`, at
+/// 08:00 UTC on a Monday in December (the function's clock is set there).
+/// Without the secret, or with another, the call is refused and no sandbox
+/// is made; with it, the run starts and the scripted model gets the
+/// trigger's prompt, filled in with the fire time.
+#[tokio::test]
+async fn vercel_cron_with_the_cron_secret_fires_the_trigger_and_nothing_else_does() {
+    let model = ModelServer::start(Script::Bash {
+        command: "echo digest-written".into(),
+    })
+    .await;
+    let (e2b, mut env) = real_runner_env(&model).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sandstorm.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"triggers": [{
+            "name": "daily-digest", "type": "cron", "schedule": "0 9 * * MON-FRI",
+            "timezone": "Europe/Prague",
+            "prompt": "Write the daily digest for {{trigger.fired_at}}"
+        }]})
+        .to_string(),
+    )
+    .expect("write sandstorm.json");
+    env.extend([
+        ("SANDSTORM_CONFIG", config.display().to_string()),
+        ("CRON_SECRET", CRON_SECRET.to_owned()),
+        (
+            "SANDSTORM_TEST_CLOCK_START",
+            "2026-12-07T08:00:20Z".to_owned(),
+        ),
+        ("SANDSTORM_RUN_LINGER", "0".to_owned()),
+    ]);
+    let function = start_function(env!("CARGO_BIN_EXE_vercel-query"), &env).await;
+    let url = format!("{}/triggers/cron/daily-digest", function.url);
+    let client = reqwest::Client::new();
+
+    for bearer in [None, Some("vercel-cron-secret-0123456780")] {
+        let mut call = client.get(&url).header("user-agent", "vercel-cron/1.0");
+        if let Some(bearer) = bearer {
+            call = call.bearer_auth(bearer);
+        }
+        let refused = call.send().await.expect("response");
+        assert_eq!(refused.status(), 401, "{bearer:?}");
+    }
+    assert_eq!(e2b.stats().created, 0, "no sandbox for a refused call");
+
+    let answer = client
+        .get(&url)
+        .header("user-agent", "vercel-cron/1.0")
+        .bearer_auth(CRON_SECRET)
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(answer.status(), 202, "{}", function.proc.output());
+    let run_id_header = answer
+        .headers()
+        .get("x-run-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: serde_json::Value = answer.json().await.expect("JSON");
+    assert_eq!(body["status"], "accepted", "{body}");
+    assert_eq!(body["fired_at"], "2026-12-07T08:00:00Z", "{body}");
+    assert_eq!(run_id_header.as_deref(), body["run_id"].as_str(), "{body}");
+    // It answered once the run no longer needed it: its sandbox made and
+    // its runner started (a platform may freeze the function from here on).
+    assert_eq!(e2b.stats().created, 1);
+    assert!(e2b.requests("start") >= 1, "{:?}", e2b.stats());
+
+    // The answer came once the agent ran; the model gets the prompt.
+    let prompt = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let texts = agent_texts(&model);
+            if texts.contains("Write the daily digest for") {
+                return texts;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the model never got the prompt:\n{}\n{}",
+            model.describe_requests(),
+            function.proc.output()
+        )
+    });
+    assert!(prompt.contains("2026-12-07T08:00:00Z"), "{prompt}");
+    let stats = e2b.settled(Duration::from_secs(120)).await;
     assert_eq!((stats.created, stats.killed), (1, 1), "{stats:?}");
 }

@@ -1,21 +1,45 @@
 //! The AWS Lambda door: the shared router under lambda_http's streaming
-//! runtime, behind a Function URL with `InvokeMode: RESPONSE_STREAM`.
+//! runtime, behind a Function URL with `InvokeMode: RESPONSE_STREAM`; and
+//! the cron triggers' EventBridge Scheduler schedules, whose invocations
+//! are no HTTP events.
 //!
-//! Its only work of its own: it gives each request its invocation's
-//! deadline as a [`PlatformDeadline`], so a run ends itself (an `error`
-//! event of type `timeout`, the sandbox destroyed) before Lambda cuts the
-//! stream; and it uses the invocation's request id as the run's request id
-//! when the client sends none, so events and CloudWatch lines match.
+//! Its work of its own:
+//! - it tells a schedule's invocation from an HTTP one
+//!   ([`doors::scheduled::classify`]): the first fires the trigger
+//!   ([`doors::scheduled::fire`]) and answers with JSON once the run has
+//!   started, or fails the invocation; the second goes to lambda_http's
+//!   adapter and the router, streamed, as before;
+//! - it gives each request its invocation's deadline as a
+//!   [`PlatformDeadline`], so a run ends itself (an `error` event of type
+//!   `timeout`, the sandbox destroyed) before Lambda cuts the stream; and it
+//!   uses the invocation's request id as the run's request id when the
+//!   client sends none, so events and CloudWatch lines match.
 
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use lambda_http::tower::ServiceBuilder;
-use lambda_http::{Request, RequestExt, run_with_streaming_response};
-use sandstorm::app::PlatformDeadline;
+use bytes::Bytes;
+use futures::Stream;
+use lambda_http::lambda_runtime::{
+    self, Diagnostic, FunctionResponse, LambdaEvent, StreamResponse,
+};
+use lambda_http::request::LambdaRequest;
+use lambda_http::tower::{ServiceBuilder, ServiceExt};
+use lambda_http::{Request, RequestExt, Service, StreamAdapter, service_fn};
+use sandstorm::app::{AppState, PlatformDeadline};
+use sandstorm::doors::scheduled::{self, Invocation};
 use sandstorm::doors::{self, Platform};
 use sandstorm::env::EnvVars;
 use sandstorm::telemetry::{self, Format};
+// lambda_http turns on serde_json's `raw_value`: the event stays text
+// until it is known to be HTTP.
+use serde_json::value::RawValue;
+
+/// A streamed answer's body, whatever the router's body type.
+type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, axum::Error>> + Send>>;
+/// What an invocation answers: a schedule's JSON, or an HTTP stream.
+type Answer = FunctionResponse<serde_json::Value, BodyStream>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,21 +48,77 @@ async fn main() -> ExitCode {
     // sandstorm.json is found.
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/var/task".into());
     let env = EnvVars::from_pairs(std::env::vars());
-    let router = match doors::serverless_app(env, &cwd, Platform::Lambda).await {
-        Ok(router) => router,
+    let serverless = match doors::serverless(env, &cwd, Platform::Lambda).await {
+        Ok(serverless) => serverless,
         Err(error) => {
             tracing::error!(%error, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    let service = ServiceBuilder::new()
-        .map_request(|request| with_invocation(request, SystemTime::now()))
-        .service(router);
-    match doors::keep_running(|| run_with_streaming_response(service.clone())).await {
+    let http = StreamAdapter::from(
+        ServiceBuilder::new()
+            .map_request(|request| with_invocation(request, SystemTime::now()))
+            .service(serverless.router),
+    );
+    let state = serverless.state;
+    let handler = service_fn(move |event| invoke(state.clone(), http.clone(), event));
+    match doors::keep_running(|| lambda_runtime::run(handler.clone())).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "the Lambda runtime stopped");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// One invocation: a schedule's fires its trigger, anything else is an
+/// HTTP event for `http` (lambda_http's streaming adapter of the router).
+async fn invoke<S, B>(
+    state: AppState,
+    http: S,
+    event: LambdaEvent<Box<RawValue>>,
+) -> Result<Answer, Diagnostic>
+where
+    S: Service<LambdaEvent<LambdaRequest>, Response = StreamResponse<B>>,
+    S::Error: std::fmt::Display,
+    B: Stream<Item = Result<Bytes, axum::Error>> + Send + 'static,
+{
+    let LambdaEvent { payload, context } = event;
+    let failed = |error: &scheduled::ScheduledError| {
+        tracing::error!(%error, kind = error.kind(), "scheduled invocation failed");
+        Diagnostic {
+            error_type: error.kind().to_owned(),
+            error_message: error.to_string(),
+        }
+    };
+    match scheduled::classify(payload.get()) {
+        Ok(Invocation::Scheduled(fire)) => {
+            let deadline = doors::deadline_from_epoch_ms(context.deadline, SystemTime::now());
+            scheduled::fire(&state, &fire, deadline, &context.request_id)
+                .await
+                .map(FunctionResponse::BufferedResponse)
+                .map_err(|error| failed(&error))
+        }
+        Err(error) => Err(failed(&error)),
+        Ok(Invocation::Http) => {
+            // What lambda_http itself does with the event, and its error
+            // when the event is none it serves.
+            let request: LambdaRequest =
+                serde_json::from_str(payload.get()).map_err(|e| Diagnostic {
+                    error_type: "Sandstorm.UnknownEvent".to_owned(),
+                    error_message: format!("neither an HTTP event nor a schedule's input: {e}"),
+                })?;
+            let response = http
+                .oneshot(LambdaEvent::new(request, context))
+                .await
+                .map_err(|e| Diagnostic {
+                    error_type: "Sandstorm.Http".to_owned(),
+                    error_message: e.to_string(),
+                })?;
+            Ok(FunctionResponse::StreamingResponse(StreamResponse {
+                metadata_prelude: response.metadata_prelude,
+                stream: Box::pin(response.stream),
+            }))
         }
     }
 }
@@ -223,6 +303,75 @@ mod tests {
         let request = with_invocation(Request::from(event(FUNCTION_URL)), now());
         assert!(deadline(&request).is_none());
         assert_eq!(request_id(&request), None);
+    }
+
+    /// Both kinds of invocation through the one handler: a schedule's is
+    /// read as such (its trigger looked up, and this sandstorm.json has no
+    /// such trigger: the invocation fails, naming both), an HTTP one is
+    /// streamed from the router.
+    #[tokio::test]
+    async fn a_schedules_invocation_is_fired_and_an_http_one_is_streamed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("sandstorm.json"),
+            r#"{"triggers": [{"name": "weekly", "type": "cron", "schedule": "0 9 * * MON",
+                              "prompt": "Write the weekly report"}]}"#,
+        )
+        .expect("write sandstorm.json");
+        let serverless = doors::serverless(
+            EnvVars::from_pairs([
+                ("E2B_API_KEY", "e2b_test"),
+                ("SANDSTORM_ALLOW_ANONYMOUS", "1"),
+            ]),
+            dir.path(),
+            Platform::Lambda,
+        )
+        .await
+        .expect("the door's application");
+        let http = StreamAdapter::from(serverless.router.clone());
+        let scheduled = RawValue::from_string(
+            include_str!("../../tests/data/lambda/eventbridge_scheduler.json").to_owned(),
+        )
+        .expect("JSON");
+        let error = invoke(
+            serverless.state.clone(),
+            http.clone(),
+            LambdaEvent::new(scheduled, context(NOW_MS + 60_000)),
+        )
+        .await
+        .err()
+        .expect("no such trigger here");
+        assert_eq!(error.error_type, "Sandstorm.NoSuchTrigger");
+        assert!(
+            error.error_message.contains("\"daily-digest\"")
+                && error.error_message.contains("weekly"),
+            "{error:?}"
+        );
+
+        let mut health: serde_json::Value = serde_json::from_str(FUNCTION_URL).expect("JSON");
+        health["rawPath"] = "/health".into();
+        health["requestContext"]["http"]["method"] = "GET".into();
+        health["requestContext"]["http"]["path"] = "/health".into();
+        health["body"] = serde_json::Value::Null;
+        let event = RawValue::from_string(health.to_string()).expect("JSON");
+        let answer = invoke(
+            serverless.state,
+            http,
+            LambdaEvent::new(event, context(NOW_MS + 60_000)),
+        )
+        .await
+        .expect("answered");
+        let FunctionResponse::StreamingResponse(response) = answer else {
+            panic!("an HTTP event is answered with a stream");
+        };
+        assert_eq!(response.metadata_prelude.status_code, 200);
+        let body: Vec<Bytes> = futures::StreamExt::collect::<Vec<_>>(response.stream)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("the body");
+        let body: serde_json::Value = serde_json::from_slice(&body.concat()).expect("JSON");
+        assert_eq!(body["status"], "ok", "{body}");
     }
 
     /// The tests above attach the context by hand; this one lets

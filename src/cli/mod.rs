@@ -30,6 +30,7 @@ mod init;
 mod ordered;
 mod render;
 mod runs;
+mod schedules;
 mod serve;
 mod triggers;
 mod webhook;
@@ -107,6 +108,9 @@ enum Command {
     /// Manage E2B lifecycle webhooks: register this server with E2B, list,
     /// delete, or send a signed test event.
     Webhook(webhook::WebhookArgs),
+    /// Write (or --check) the Lambda and Vercel schedules of sandstorm.json's
+    /// cron triggers: EventBridge Scheduler in template.yaml, crons in vercel.json.
+    Schedules(schedules::SchedulesArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -553,6 +557,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             telemetry("warn");
             webhook::webhook(args).await
         }
+        Some(Command::Schedules(args)) => schedules::schedules(&args),
         None => query_command(cli.query).await,
     };
     match result {

@@ -23,6 +23,7 @@ use crate::settings::{HistorySettings, Profile, SANDBOX_VARIABLE, SandboxChoice,
 
 #[cfg(any(feature = "aws-secrets", feature = "aws-dynamodb"))]
 mod aws;
+pub mod scheduled;
 #[cfg(feature = "aws-secrets")]
 pub mod secrets;
 
@@ -134,6 +135,26 @@ pub async fn serverless_app(
     cwd: &Path,
     platform: Platform,
 ) -> Result<Router, String> {
+    Ok(serverless(env, cwd, platform).await?.router)
+}
+
+/// A serverless door's application: its router, and the state behind it
+/// for what comes in other than HTTP (the Lambda door's scheduled
+/// invocations, [`scheduled`]).
+#[derive(Debug, Clone)]
+pub struct Serverless {
+    /// What the router serves from.
+    pub state: AppState,
+    /// What serves HTTP.
+    pub router: Router,
+}
+
+/// [`serverless_app`], with its state.
+pub async fn serverless(
+    env: EnvVars,
+    cwd: &Path,
+    platform: Platform,
+) -> Result<Serverless, String> {
     let settings = serverless_settings(env.clone(), cwd, platform).await?;
     let provider = settings.sandbox.build_provider()?;
     // Off unless SANDSTORM_HISTORY_TABLE names a table (or
@@ -145,14 +166,14 @@ pub async fn serverless_app(
     // Each response flushes the run's spans before it ends (see
     // `telemetry::flush`).
     let telemetry = crate::telemetry::Telemetry::active();
-    Ok(
-        app::app(AppState::new(settings, provider).with_history(history)).layer(
-            axum::middleware::map_response(move |response: axum::response::Response| {
-                let telemetry = telemetry.clone();
-                async move { crate::telemetry::flush::at_end(response, telemetry) }
-            }),
-        ),
-    )
+    let state = AppState::new(settings, provider).with_history(history);
+    let router = app::app(state.clone()).layer(axum::middleware::map_response(
+        move |response: axum::response::Response| {
+            let telemetry = telemetry.clone();
+            async move { crate::telemetry::flush::at_end(response, telemetry) }
+        },
+    ));
+    Ok(Serverless { state, router })
 }
 
 /// How long a run's `done` waits for its record's end to land on a

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use serde_json::Value;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Trigger;
@@ -56,6 +57,73 @@ pub(crate) async fn fire(
     state: &AppState,
     trigger: &Trigger,
     call: Call,
+) -> Result<Fired, ApiError> {
+    start(state, trigger, call, None).await
+}
+
+/// How long [`fire_until_started`] waits for the run's record to be
+/// written.
+const RECORD_SETTLE: Duration = Duration::from_secs(2);
+
+/// How a trigger's run began, as its first event past the sandbox's
+/// making says.
+#[derive(Debug)]
+enum Began {
+    /// Its runner printed: it runs in its sandbox and needs this process
+    /// no more.
+    Running,
+    /// It ended before its runner printed; why.
+    Failed(String),
+}
+
+/// [`fire`], answering only once the run runs in its sandbox (or failed
+/// to get there), waiting at most `within`.
+///
+/// A serverless platform may freeze the function as soon as it answers,
+/// and with it the tasks that make the run's sandbox and start its runner;
+/// a platform's scheduler is answered once the run no longer needs them.
+/// A run that failed to start is an error, so the platform sees the
+/// invocation fail.
+pub(crate) async fn fire_until_started(
+    state: &AppState,
+    trigger: &Trigger,
+    call: Call,
+    within: Duration,
+) -> Result<Fired, ApiError> {
+    let (began, beginning) = oneshot::channel();
+    let fired = start(state, trigger, call, Some(began)).await?;
+    let began = tokio::time::timeout(within, beginning).await;
+    // The run's record too must land before the platform freezes us.
+    state.history().settle(RECORD_SETTLE).await;
+    match began {
+        Ok(Ok(Began::Running)) => Ok(fired),
+        Ok(Ok(Began::Failed(why))) => Err(ApiError::Provider {
+            message: format!(
+                "trigger {:?}: run {} ended before its agent started: {why}",
+                trigger.definition.name, fired.run_id
+            ),
+        }),
+        Ok(Err(_)) => Err(ApiError::Internal(format!(
+            "trigger {:?}: run {}: its events ended with no word of its start",
+            trigger.definition.name, fired.run_id
+        ))),
+        Err(_) => {
+            tracing::warn!(
+                trigger = %trigger.definition.name,
+                run_id = %fired.run_id,
+                ?within,
+                "trigger's run has not started its agent yet; answering anyway"
+            );
+            Ok(fired)
+        }
+    }
+}
+
+async fn start(
+    state: &AppState,
+    trigger: &Trigger,
+    call: Call,
+    began: Option<oneshot::Sender<Began>>,
 ) -> Result<Fired, ApiError> {
     let definition = &trigger.definition;
     let going = state
@@ -109,63 +177,26 @@ pub(crate) async fn fire(
         request_id = %call.request_id,
         "trigger fired"
     );
-    let mut handle = state.start_run(plan);
-    // Answered once the runner has started, not before: a serverless
-    // invocation is frozen when it answers, and with it a sandbox still
-    // being made or uploaded to.
-    let wait = call.platform_deadline.map_or(START_LIMIT, |deadline| {
-        deadline
-            .saturating_duration_since(Instant::now())
-            .min(START_LIMIT)
-    });
-    let started = tokio::time::timeout(wait, until_started(&mut handle.events)).await;
-    let trigger = definition.name.clone();
-    let answer = match started {
-        Ok(Start::Started) => Ok(Fired {
-            run_id: run_id.clone(),
-        }),
-        Ok(Start::Failed(message)) => Err(ApiError::Provider {
-            message: format!("trigger {trigger:?}: its run did not start: {message}"),
-        }),
-        Err(_) => {
-            tracing::warn!(%trigger, %run_id, ?wait, "trigger's run still starting; answered");
-            Ok(Fired {
-                run_id: run_id.clone(),
-            })
-        }
-    };
-    tokio::spawn(follow(handle, going, trigger, run_id));
-    answer
-}
-
-/// The longest a trigger's call waits for its run to start.
-const START_LIMIT: Duration = Duration::from_secs(60);
-
-/// How a run's start went.
-enum Start {
-    /// The runner is going (its first event arrived).
-    Started,
-    /// It ended before the runner began, for this reason.
-    Failed(String),
-}
-
-/// Reads a run's events until the runner's first: the sandbox exists, the
-/// upload is in and the runner has started. Progress and the `run` event
-/// come before that.
-async fn until_started(events: &mut tokio::sync::mpsc::Receiver<RunEvent>) -> Start {
-    while let Some(event) = events.recv().await {
-        match event {
-            RunEvent::Progress(_) | RunEvent::Run(_) => {}
-            RunEvent::Error(error) => return Start::Failed(error.message),
-            _ => return Start::Started,
-        }
-    }
-    Start::Failed("its events ended before it started".into())
+    let handle = state.start_run(plan);
+    tokio::spawn(follow(
+        handle,
+        going,
+        definition.name.clone(),
+        run_id.clone(),
+        began,
+    ));
+    Ok(Fired { run_id })
 }
 
 /// Reads a trigger's run to its end, holding its place in the trigger's
-/// concurrency until then.
-async fn follow(handle: RunHandle, going: Going, trigger: String, run_id: String) {
+/// concurrency until then; tells `began` how it began.
+async fn follow(
+    handle: RunHandle,
+    going: Going,
+    trigger: String,
+    run_id: String,
+    mut began: Option<oneshot::Sender<Began>>,
+) {
     let RunHandle {
         mut events,
         finished,
@@ -174,6 +205,18 @@ async fn follow(handle: RunHandle, going: Going, trigger: String, run_id: String
     while let Some(event) = events.recv().await {
         if let Some(kind) = event.server_type() {
             ended = Some(kind);
+        }
+        let beginning = match &event {
+            // The sandbox is being made, or is made: not started yet.
+            RunEvent::Progress(_) | RunEvent::Run(_) => None,
+            RunEvent::Error(error) => Some(Began::Failed(error.message.clone())),
+            RunEvent::Done(_) => Some(Began::Failed("the run ended".to_owned())),
+            _ => Some(Began::Running),
+        };
+        if let Some(beginning) = beginning
+            && let Some(began) = began.take()
+        {
+            let _ = began.send(beginning);
         }
     }
     let _ = finished.await;

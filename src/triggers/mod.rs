@@ -3,19 +3,24 @@
 //!
 //! sandstorm.json's `triggers` declares them ([`definition`]). A webhook
 //! trigger answers `POST <path>` ([`route`]); a cron trigger fires on the
-//! platform's scheduler: EventBridge Scheduler on Lambda, Vercel Cron on
-//! Vercel, and on `ds serve` its own [`scheduler`]. However it fires, a
+//! platform's scheduler: EventBridge Scheduler on Lambda ([`eventbridge`]),
+//! Vercel Cron on Vercel ([`vercel_cron`], [`cron_route`]), and on `ds
+//! serve` its own [`scheduler`]. However it fires, a
 //! trigger starts a detached run here ([`fire`]), within its limits
 //! ([`limits`]), with its prompt filled from what fired it
 //! ([`template`]).
 
+pub(crate) mod cron_fields;
+pub(crate) mod cron_route;
 pub mod definition;
+pub mod eventbridge;
 pub(crate) mod fire;
 pub(crate) mod limits;
 pub(crate) mod route;
 pub mod schedule;
 pub(crate) mod scheduler;
 pub mod template;
+pub mod vercel_cron;
 pub mod verify;
 
 pub use definition::{Definition, Source};

@@ -157,7 +157,15 @@ pub(crate) async fn fire_by_hand(
 /// Fires and answers `202 {"status":"accepted","trigger","run_id"}` (Python
 /// Sandstorm 0.9.2's answer, with the run's id), or why not.
 async fn accepted(state: &AppState, trigger: &Trigger, call: Call, request_id: &str) -> Response {
-    let mut response = match fire::fire(state, trigger, call).await {
+    // Answered once the runner has started, not before: a serverless
+    // invocation is frozen when it answers, and with it a sandbox still
+    // being made or uploaded to.
+    let within = call.platform_deadline.map_or(START_LIMIT, |deadline| {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .min(START_LIMIT)
+    });
+    let mut response = match fire::fire_until_started(state, trigger, call, within).await {
         Ok(fired) => {
             let mut response = (
                 StatusCode::ACCEPTED,
@@ -190,6 +198,9 @@ async fn accepted(state: &AppState, trigger: &Trigger, call: Call, request_id: &
     }
     response
 }
+
+/// The longest a webhook's call waits for its run to start.
+const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The call's payload: JSON, or GitHub's form encoding
 /// (`payload=<json>`); an empty body is no payload.
@@ -275,7 +286,7 @@ fn describe(trigger: &Trigger, now: chrono::DateTime<chrono::Utc>, going: u32) -
     shown
 }
 
-fn names(triggers: &super::Triggers) -> String {
+pub(super) fn names(triggers: &super::Triggers) -> String {
     let names: Vec<&str> = triggers
         .all()
         .iter()
@@ -288,7 +299,10 @@ fn names(triggers: &super::Triggers) -> String {
     }
 }
 
-fn deadline(request: &Request, max_duration: Option<std::time::Duration>) -> Option<Instant> {
+pub(super) fn deadline(
+    request: &Request,
+    max_duration: Option<std::time::Duration>,
+) -> Option<Instant> {
     request
         .extensions()
         .get::<PlatformDeadline>()

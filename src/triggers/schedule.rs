@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -68,6 +68,13 @@ impl Schedule {
         self.zone
     }
 
+    /// The expression as croner read it: the platforms' schedules are
+    /// made from these fields ([`super::cron_fields`]), so they mean what
+    /// `ds serve`'s scheduler means.
+    pub(crate) fn pattern(&self) -> &croner::CronPattern {
+        &self.cron.pattern
+    }
+
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = after.with_timezone(&self.zone);
@@ -78,11 +85,15 @@ impl Schedule {
     }
 
     /// Whether `at`, to the minute, is a fire time: how a platform's
-    /// scheduler that calls at a fire time is checked.
+    /// scheduler that calls at a fire time is checked. It counts fire
+    /// times as [`Schedule::next_after`] does, so a wall-clock time that
+    /// the fall back to winter time repeats is one fire, as on `ds serve`,
+    /// not two.
     pub fn is_due(&self, at: DateTime<Utc>) -> bool {
-        self.cron
-            .is_time_matching(&at.with_timezone(&self.zone))
-            .unwrap_or(false)
+        let Some(minute) = at.with_second(0).and_then(|m| m.with_nanosecond(0)) else {
+            return false;
+        };
+        self.next_after(minute - chrono::TimeDelta::seconds(1)) == Some(minute)
     }
 }
 
@@ -122,7 +133,20 @@ mod tests {
             Some(utc("2026-07-01T07:00:00Z"))
         );
         assert!(schedule.is_due(utc("2026-12-07T08:00:00Z")));
+        assert!(schedule.is_due(utc("2026-12-07T08:00:59Z")));
         assert!(!schedule.is_due(utc("2026-12-07T09:00:00Z")));
+    }
+
+    #[test]
+    fn a_time_the_fall_back_repeats_is_due_once() {
+        // New York falls back on 2026-11-01: 01:30 comes at 05:30 UTC and
+        // again at 06:30 UTC.
+        let schedule = Schedule::parse("30 1 * * *", Some("America/New_York")).expect("valid");
+        let due: Vec<bool> = ["2026-11-01T05:30:00Z", "2026-11-01T06:30:00Z"]
+            .iter()
+            .map(|at| schedule.is_due(utc(at)))
+            .collect();
+        assert_eq!(due.iter().filter(|d| **d).count(), 1, "{due:?}");
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! What the serverless door tests (`lambda_door`, `vercel_door`,
-//! `secrets`) share: the environment of a door, its tools as processes, and
-//! the checks of a streamed run.
+//! `secrets`, `sam_template`) share: the environment of a door, its tools
+//! as processes, the checks of a streamed run, and `ds schedules`.
 
 use std::ffi::OsStr;
 use std::process::Command;
 use std::time::Duration;
 
-use super::emulator::RunningEmulator;
+use super::emulator::{self, RunningEmulator};
+use super::model_server::ModelServer;
 use super::process::{self, Process};
+use super::runner::{OFFLINE_ENV, require_node_modules};
 use super::stream::Stream;
 
 /// How long the leak check waits for the last kill.
@@ -19,6 +21,60 @@ pub fn door_env(e2b: &RunningEmulator) -> Vec<(&'static str, String)> {
     let mut env = e2b.env();
     env.push(("SANDSTORM_ALLOW_ANONYMOUS", "1".to_owned()));
     env
+}
+
+/// An E2B emulator whose sandboxes run the real runner and Agent SDK,
+/// which reach `model` (the scripted model) as a real VM reaches
+/// Anthropic, and the variables that point a door at both: [`door_env`],
+/// the model's URL, and the settings that keep the SDK offline, forwarded
+/// into the sandbox as an operator would (`SANDSTORM_FORWARD_ENV`).
+pub async fn real_runner_env(
+    model: &ModelServer,
+) -> (RunningEmulator, Vec<(&'static str, String)>) {
+    require_node_modules();
+    let mut options = emulator::options();
+    options.egress_open = Some(format!("127.0.0.1:{}", model.port()));
+    let e2b = emulator::start_with(options).await;
+    let mut env = door_env(&e2b);
+    env.push(("ANTHROPIC_BASE_URL", model.url()));
+    // The sandbox sets IS_SANDBOX itself.
+    let offline: Vec<(&'static str, &'static str)> = OFFLINE_ENV
+        .iter()
+        .copied()
+        .filter(|(name, _)| *name != "IS_SANDBOX")
+        .collect();
+    let names: Vec<&str> = offline.iter().map(|(name, _)| *name).collect();
+    env.push(("SANDSTORM_FORWARD_ENV", names.join(",")));
+    env.extend(
+        offline
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned())),
+    );
+    (e2b, env)
+}
+
+/// The text of every agent request `model` got, to look for a prompt in.
+pub fn agent_texts(model: &ModelServer) -> String {
+    model
+        .agent_requests()
+        .iter()
+        .map(|r| r.body["messages"].to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `ds schedules ARGS` in `dir`, with none of this process's environment
+/// but PATH: its exit code and what it printed.
+pub fn ds_schedules(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ds"));
+    command
+        .arg("schedules")
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    let (status, stdout, stderr) = process::run(command, Duration::from_secs(60));
+    (status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
 }
 
 /// `program` with a clean environment plus `env`, and `RUST_LOG=info`.
