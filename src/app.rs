@@ -119,6 +119,21 @@ fn warn_of_inert_fields(settings: &Settings) {
         for (field, why) in config.inert_fields() {
             tracing::warn!(field, "sandstorm.json: `{field}` does nothing yet: {why}");
         }
+        if config.completion_webhook_url().is_some() {
+            let variable = crate::notify::signing::SECRET_VARIABLE;
+            match &settings.notify.secret {
+                Some(Ok(_)) => {}
+                None => tracing::warn!(
+                    field = "webhook_url",
+                    "sandstorm.json: `webhook_url` gets no notices: they are signed with \
+                     {variable}, which is not set"
+                ),
+                Some(Err(why)) => tracing::warn!(
+                    field = "webhook_url",
+                    "sandstorm.json: `webhook_url` gets no notices: {why}"
+                ),
+            }
+        }
     }
 }
 

@@ -44,6 +44,7 @@ mod json_field;
 pub mod keys;
 pub mod lines;
 pub mod model_proxy;
+mod notify;
 mod openapi;
 mod outputs;
 mod plan;

@@ -73,6 +73,8 @@ pub(crate) struct RunPlan {
     pub outputs: Option<OutputPlan>,
     /// Set when the run goes on without its client.
     pub detach: Option<DetachPlan>,
+    /// Where to tell that the run ended, if anywhere.
+    pub notice: Option<crate::notify::NoticePlan>,
     /// The credential variables that go into the sandbox: what the run's
     /// `system` event reports (`sandstorm.credentials_in_sandbox`).
     pub credentials_in_sandbox: Vec<String>,
@@ -199,11 +201,71 @@ pub(crate) async fn prepare(
         }
         _ => plan,
     };
+    plan.notice = notice_plan(settings, config, &query, plan.detach.is_some())?;
     plan.record = crate::history::tap::planned(&plan, &query, owner_digest);
     if crate::telemetry::Telemetry::active().traces_prompts() {
         plan.traced_prompt = Some(plan.redactor.redact_str(&query.prompt));
     }
     Ok(plan)
+}
+
+/// The run's completion webhook, if it has one: the request's
+/// `webhook_url`, else sandstorm.json's. A request's is refused when the
+/// server cannot sign it; sandstorm.json's then sends nothing, as the
+/// server warned at start-up. A detached run's notice needs a process
+/// that stays to watch it, which a serverless door and `ds` are not.
+fn notice_plan(
+    settings: &Settings,
+    config: &SandstormConfig,
+    query: &Query,
+    detached: bool,
+) -> Result<Option<crate::notify::NoticePlan>, ApiError> {
+    let (url, source) = match (&query.webhook_url, config.completion_webhook_url()) {
+        (Some(url), _) => (url.expose(), "the request's webhook_url"),
+        (None, Some(url)) => (url, "sandstorm.json's webhook_url"),
+        (None, None) => return Ok(None),
+    };
+    let from_request = query.webhook_url.is_some();
+    let secret = match &settings.notify.secret {
+        Some(Ok(secret)) => secret.clone(),
+        _ if !from_request => return Ok(None),
+        None => {
+            return Err(ApiError::invalid(
+                "webhook_url",
+                format!(
+                    "webhook_url needs {} set on the server, to sign the run's notice, and it \
+                     is not set",
+                    crate::notify::signing::SECRET_VARIABLE
+                ),
+            ));
+        }
+        Some(Err(why)) => {
+            return Err(ApiError::Config {
+                message: why.clone(),
+            });
+        }
+    };
+    if detached && !settings.notify.sender_stays {
+        return Err(ApiError::invalid(
+            "webhook_url",
+            format!(
+                "{source} asks for a notice when the run ends, and a detached run on a \
+                 serverless door has no process that stays to see its end yet; run it \
+                 attached (detach: false), or through ds serve"
+            ),
+        ));
+    }
+    let url = reqwest::Url::parse(url)
+        .map_err(|_| ApiError::invalid("webhook_url", format!("{source} is not a URL")))?;
+    Ok(Some(crate::notify::NoticePlan {
+        target: crate::notify::Target {
+            url,
+            secret,
+            delays: settings.notify.delays.clone(),
+        },
+        policy: settings.notify.policy,
+        sender_stays: settings.notify.sender_stays,
+    }))
 }
 
 /// The run's spend meter, with its caps: sandstorm.json's, lowered by the
@@ -440,6 +502,7 @@ pub(crate) fn build(
         redactor,
         outputs,
         detach: None,
+        notice: None,
         credentials_in_sandbox: Vec::new(),
         record: None,
         recording: None,
@@ -551,6 +614,106 @@ mod tests {
             choice,
         )
         .expect("valid settings")
+    }
+
+    fn config(json: &serde_json::Value) -> SandstormConfig {
+        SandstormConfig::parse(
+            json.to_string().as_bytes(),
+            std::path::Path::new("sandstorm.json"),
+        )
+        .expect("a valid config")
+    }
+
+    const WEBHOOK_SECRET: (&str, &str) = (
+        "SANDSTORM_WEBHOOK_SECRET",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    );
+
+    #[test]
+    fn a_run_s_webhook_is_the_request_s_over_sandstorm_json_s() {
+        let signed = settings("local", &[WEBHOOK_SECRET]);
+        let config = config(&serde_json::json!({"webhook_url": "https://config.example/done"}));
+        let url = |query: &Query| {
+            notice_plan(&signed, &config, query, false)
+                .expect("planned")
+                .map(|n| n.target.url.to_string())
+        };
+        assert_eq!(
+            url(&query(&serde_json::json!({"prompt": "p"}))).as_deref(),
+            Some("https://config.example/done")
+        );
+        assert_eq!(
+            url(&query(
+                &serde_json::json!({"prompt": "p", "webhook_url": "https://request.example/x"})
+            ))
+            .as_deref(),
+            Some("https://request.example/x")
+        );
+        let plan = notice_plan(
+            &signed,
+            &config,
+            &query(&serde_json::json!({"prompt": "p"})),
+            true,
+        )
+        .expect("planned")
+        .expect("a notice");
+        assert!(plan.sender_stays);
+        assert_eq!(
+            plan.target.delays.len(),
+            crate::notify::delivery::DEFAULT_DELAYS.len()
+        );
+        // 0.9.2's lifecycle address is not where a run's end is told.
+        let lifecycle =
+            self::config(&serde_json::json!({"webhook_url": "https://me.example/webhooks/e2b"}));
+        assert!(
+            notice_plan(
+                &signed,
+                &lifecycle,
+                &query(&serde_json::json!({"prompt": "p"})),
+                false
+            )
+            .expect("planned")
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn a_webhook_the_server_cannot_keep_is_refused_naming_the_field() {
+        let asked = query(&serde_json::json!({"prompt": "p", "webhook_url": "https://r.example/"}));
+        let none = SandstormConfig::default();
+        let unsigned = settings("local", &[]);
+        let error = notice_plan(&unsigned, &none, &asked, false).expect_err("no secret");
+        assert_eq!(error.status(), http::StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            error.to_string().contains("SANDSTORM_WEBHOOK_SECRET"),
+            "{error}"
+        );
+        // sandstorm.json's alone: the server warned at start-up; the run
+        // goes without it.
+        let configured = config(&serde_json::json!({"webhook_url": "https://c.example/"}));
+        let plain = query(&serde_json::json!({"prompt": "p"}));
+        assert!(
+            notice_plan(&unsigned, &configured, &plain, false)
+                .expect("planned")
+                .is_none()
+        );
+        // A secret that cannot sign is the server's fault.
+        let bad = settings("local", &[("SANDSTORM_WEBHOOK_SECRET", "not base64!")]);
+        let error = notice_plan(&bad, &none, &asked, false).expect_err("a bad secret");
+        assert_eq!(error.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!error.to_string().contains("not base64!"), "{error}");
+        // A detached run where nothing stays to see it end.
+        let mut serverless = settings("local", &[WEBHOOK_SECRET]);
+        serverless.notify.sender_stays = false;
+        assert!(notice_plan(&serverless, &none, &asked, false).is_ok());
+        let error = notice_plan(&serverless, &none, &asked, true).expect_err("detached");
+        assert!(error.to_string().contains("detached"), "{error}");
+        assert!(
+            notice_plan(&serverless, &configured, &plain, true)
+                .expect_err("sandstorm.json's too")
+                .to_string()
+                .contains("sandstorm.json's webhook_url"),
+        );
     }
 
     #[tokio::test]

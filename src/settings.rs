@@ -192,6 +192,8 @@ pub struct Settings {
     /// What a runner gets so the agent exports its own telemetry
     /// (`SANDSTORM_AGENT_TELEMETRY=1`); empty otherwise.
     pub agent_telemetry: BTreeMap<String, String>,
+    /// Completion webhooks: their key, where they may go, their retries.
+    pub notify: NotifySettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -214,6 +216,7 @@ impl std::fmt::Debug for Settings {
             .field("key_source", &self.key_source.is_some())
             .field("prices", &self.prices)
             .field("history", &self.history)
+            .field("notify", &self.notify)
             // Names only: the agent's OTLP headers are a credential.
             .field(
                 "agent_telemetry",
@@ -300,6 +303,7 @@ impl Settings {
         let history = history_settings(env, cwd, profile)?;
         let agent_telemetry =
             crate::telemetry::agent::env(&|name| env.get(name).map(str::to_owned))?;
+        let notify = notify_settings(env, profile)?;
         Ok(Settings {
             auth: auth_settings(env, profile)?,
             keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
@@ -319,7 +323,95 @@ impl Settings {
             prices,
             history,
             agent_telemetry,
+            notify,
         })
+    }
+}
+
+/// Completion webhooks' settings (see [`crate::notify`]).
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    /// `SANDSTORM_WEBHOOK_SECRET`, read: `Err` says why it cannot sign.
+    /// Kept rather than refused at start-up, so a server that sends no
+    /// notice starts whatever the variable holds (0.9.2 used it for E2B's
+    /// lifecycle webhooks, in any form).
+    pub(crate) secret: Option<Result<crate::notify::WebhookSecret, String>>,
+    /// Where notices may go (`SANDSTORM_WEBHOOK_ALLOW_PRIVATE`).
+    pub(crate) policy: crate::notify::AddressPolicy,
+    /// The delays between attempts (`SANDSTORM_WEBHOOK_RETRY_DELAYS`).
+    pub(crate) delays: Arc<[Duration]>,
+    /// The process that runs a run stays after its response is over
+    /// (`ds serve`), so it can retry for hours and watch detached runs; a
+    /// serverless function may be frozen then, and `ds` exits.
+    pub(crate) sender_stays: bool,
+}
+
+/// The most attempts' delays `SANDSTORM_WEBHOOK_RETRY_DELAYS` may list.
+const MAX_RETRIES: usize = 20;
+/// The longest all of them may add up to: a day.
+const MAX_RETRYING: Duration = Duration::from_secs(86_400);
+
+fn notify_settings(env: &EnvVars, profile: Profile) -> Result<NotifySettings, String> {
+    let secret = env
+        .get(crate::notify::signing::SECRET_VARIABLE)
+        .filter(|v| !v.trim().is_empty())
+        .map(crate::notify::WebhookSecret::parse);
+    let allow_private = match env.get("SANDSTORM_WEBHOOK_ALLOW_PRIVATE") {
+        // Your own machine's receivers, with `ds serve`; a function's
+        // neighbours are not the caller's to reach.
+        None => profile == Profile::Server,
+        Some(v) => switch("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", v)?,
+    };
+    let delays = match env.get("SANDSTORM_WEBHOOK_RETRY_DELAYS") {
+        None => crate::notify::delivery::DEFAULT_DELAYS.to_vec(),
+        Some(v) => retry_delays(v)?,
+    };
+    Ok(NotifySettings {
+        secret,
+        policy: crate::notify::AddressPolicy { allow_private },
+        delays: delays.into(),
+        sender_stays: profile == Profile::Server,
+    })
+}
+
+/// `SANDSTORM_WEBHOOK_RETRY_DELAYS`: seconds between attempts, comma
+/// separated (`5,300,1800`); `none` for no retry.
+fn retry_delays(value: &str) -> Result<Vec<Duration>, String> {
+    const NAME: &str = "SANDSTORM_WEBHOOK_RETRY_DELAYS";
+    if value.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    let delays = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| positive(NAME, d).map(Duration::from_secs))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.len() > MAX_RETRIES {
+        return Err(format!(
+            "{NAME} lists {} delays; the most is {MAX_RETRIES}",
+            delays.len()
+        ));
+    }
+    let total: Duration = delays.iter().sum();
+    if total > MAX_RETRYING {
+        return Err(format!(
+            "{NAME} adds up to {} seconds; retries end within a day ({} seconds)",
+            total.as_secs(),
+            MAX_RETRYING.as_secs()
+        ));
+    }
+    Ok(delays)
+}
+
+/// A yes-or-no setting: 1 or 0, true or false, yes or no, on or off.
+fn switch(name: &str, value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!(
+            "{name} must be 1 or 0 (true or false), got {other:?}"
+        )),
     }
 }
 
@@ -589,6 +681,58 @@ mod tests {
             profile,
             choice,
         )
+    }
+
+    #[test]
+    fn webhook_settings_follow_the_profile_and_a_bad_value_names_its_variable() {
+        let serverless = Profile::Serverless { max_duration: None };
+        let server = build(&[], Profile::Server).expect("settings");
+        assert!(server.notify.policy.allow_private && server.notify.sender_stays);
+        assert!(server.notify.secret.is_none());
+        assert_eq!(
+            &*server.notify.delays,
+            &crate::notify::delivery::DEFAULT_DELAYS[..]
+        );
+        let function = build(&[], serverless).expect("settings");
+        assert!(!function.notify.policy.allow_private && !function.notify.sender_stays);
+        let opened =
+            build(&[("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "1")], serverless).expect("settings");
+        assert!(opened.notify.policy.allow_private);
+        let quick = build(
+            &[("SANDSTORM_WEBHOOK_RETRY_DELAYS", "1, 2,3")],
+            Profile::Server,
+        )
+        .expect("settings");
+        assert_eq!(
+            &*quick.notify.delays,
+            &[1, 2, 3].map(Duration::from_secs)[..]
+        );
+        let none = build(
+            &[("SANDSTORM_WEBHOOK_RETRY_DELAYS", "none")],
+            Profile::Server,
+        )
+        .expect("settings");
+        assert!(none.notify.delays.is_empty());
+        for (name, bad) in [
+            ("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "maybe"),
+            ("SANDSTORM_WEBHOOK_RETRY_DELAYS", "5,soon"),
+            ("SANDSTORM_WEBHOOK_RETRY_DELAYS", "0"),
+            ("SANDSTORM_WEBHOOK_RETRY_DELAYS", "86400,1"),
+            ("SANDSTORM_WEBHOOK_RETRY_DELAYS", &"1,".repeat(21)),
+        ] {
+            let error = build(&[(name, bad)], Profile::Server).expect_err(bad);
+            assert!(error.contains(name), "{error}");
+        }
+        // A secret that cannot sign does not stop a server that sends no
+        // notice: 0.9.2 kept E2B's lifecycle secret in the same variable.
+        let odd =
+            build(&[("SANDSTORM_WEBHOOK_SECRET", "hunter2")], Profile::Server).expect("settings");
+        assert!(!format!("{odd:?}").contains("hunter2"));
+        let why = odd.notify.secret.expect("read").expect_err("cannot sign");
+        assert!(
+            why.contains("SANDSTORM_WEBHOOK_SECRET") && !why.contains("hunter2"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -643,9 +643,21 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     let state = state(settings)?;
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let caller = args.detach.then_some(&owner);
-    let plan = crate::plan::prepare(&state.settings(), query, request_id, None, caller)
+    let mut plan = crate::plan::prepare(&state.settings(), query, request_id, None, caller)
         .await
         .map_err(|e| Fatal::usage(e.to_string()))?;
+    // `ds` exits once its run is over: a notice gets its first attempt
+    // before the run's `done`, and no retry; a detached run's end, which
+    // `ds` does not stay to see, gets none.
+    if let Some(notice) = plan.notice.as_mut() {
+        notice.sender_stays = false;
+    }
+    if plan.detach.is_some() && plan.notice.take().is_some() {
+        eprintln!(
+            "note: sandstorm.json's webhook_url gets no notice of this run: ds does not stay \
+             to see a detached run end (ds serve does)"
+        );
+    }
     // Ctrl-C and SIGTERM end a CLI run through `render::follow`.
     let handle = crate::run::spawn(
         state.provider().clone(),

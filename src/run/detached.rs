@@ -65,6 +65,9 @@ pub(crate) struct Follow {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The credential variables in its sandbox, for its `system` events.
     pub credentials_in_sandbox: Vec<String>,
+    /// Where its turns' ends are told, when this process knows (it
+    /// started the run).
+    pub notice: Option<crate::notify::NoticePlan>,
 }
 
 impl Follow {
@@ -75,18 +78,33 @@ impl Follow {
     }
 }
 
-/// Starts a detached run on its own task, in its root `span`.
+/// What a detached run is started with besides its plan.
+pub(super) struct Spawned {
+    /// The detached runs of this process.
+    pub registry: Registry,
+    /// The run's root span.
+    pub span: tracing::Span,
+    /// Its completion webhook, if it has one.
+    pub watch: Option<crate::notify::Watch>,
+}
+
+/// Starts a detached run on its own task, in its root span.
 pub(super) fn spawn(
     provider: Arc<dyn SandboxProvider>,
     plan: RunPlan,
     detach: DetachPlan,
     shutdown: Shutdown,
-    registry: Registry,
-    span: tracing::Span,
+    spawned: Spawned,
 ) -> RunHandle {
     let (tx, events) = mpsc::channel(EVENT_BUFFER);
-    let finished =
-        tokio::spawn(execute(provider, plan, detach, tx, shutdown, registry).instrument(span));
+    let Spawned {
+        registry,
+        span,
+        watch,
+    } = spawned;
+    let finished = tokio::spawn(
+        execute(provider, plan, detach, tx, shutdown, registry, watch).instrument(span),
+    );
     RunHandle { events, finished }
 }
 
@@ -117,6 +135,7 @@ async fn execute(
     tx: mpsc::Sender<RunEvent>,
     mut shutdown: Shutdown,
     registry: Registry,
+    watch: Option<crate::notify::Watch>,
 ) {
     // Only a provider that can pause keeps an idle run paused.
     plan.sandbox.pause_at_end &= provider.can_pause();
@@ -142,6 +161,7 @@ async fn execute(
         pauses: plan.sandbox.pause_at_end,
         labels: crate::runs::labels(&plan.sandbox.metadata),
         credentials_in_sandbox: plan.credentials_in_sandbox.clone(),
+        notice: watch.as_ref().map(|w| w.plan.clone()),
     };
     let mut guard = SandboxGuard::new(plan.request_id.clone());
     let started = tokio::select! {
@@ -153,6 +173,16 @@ async fn execute(
         Ok(sandbox) => {
             // The guard's work is now the run's end, whoever reads it.
             guard.release();
+            // Its end is told by a reader of its own, whoever else reads,
+            // where this process stays to read it.
+            if let Some(watch) = watch.filter(|w| w.plan.sender_stays) {
+                crate::notify::watch_detached(
+                    sandbox.clone(),
+                    follow.clone(),
+                    registry.clone(),
+                    watch,
+                );
+            }
             let ending = read(&sandbox, &follow, &tx, shutdown)
                 .instrument(tracing::info_span!("relay"))
                 .await;
@@ -164,6 +194,18 @@ async fn execute(
                 .instrument(tracing::info_span!("sandbox.destroy"))
                 .await;
             registry.remove(&follow.digest);
+            // A run that never began has no log to watch: its end is
+            // told from here.
+            if let Some(watch) = &watch {
+                let mut recorder = crate::notify::notice::NoticeRecorder::default();
+                for event in closing_events(Some(stop.clone()), &follow, &follow.request_id, None) {
+                    recorder.observe(&event);
+                }
+                watch
+                    .plan
+                    .send(&recorder.notice(&watch.subject, false))
+                    .await;
+            }
             let first = LastTurn::first(&follow);
             finish(
                 Ending::Finished(Some(stop), first),

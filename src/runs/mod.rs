@@ -439,6 +439,7 @@ async fn reach(
         pauses: pauses(summary),
         labels: labels(&summary.metadata),
         credentials_in_sandbox: credentials_in_sandbox(&summary.metadata),
+        notice: None,
     };
     Ok(Found { sandbox, follow })
 }

@@ -151,6 +151,27 @@ pub(crate) async fn follow_up(
 
     follow.turn = turn;
     follow.redactor = redactor;
+    // The run's notice plan, where this process started the run, tells
+    // of this turn's end too.
+    if let Some(notice) = follow.notice.clone().filter(|n| n.sender_stays) {
+        let subject = crate::notify::notice::Subject {
+            run_id: run_id.clone(),
+            request_id: request_id.clone(),
+            detached: true,
+            started: humantime::parse_rfc3339_weak(&follow.created_at)
+                .unwrap_or_else(|_| SystemTime::now()),
+            labels: follow.labels.clone(),
+        };
+        crate::notify::watch_detached(
+            sandbox.clone(),
+            follow.clone(),
+            context.registry.clone(),
+            crate::notify::Watch {
+                plan: notice,
+                subject,
+            },
+        );
+    }
     follow.deadline = context.platform_deadline.map_or_else(
         || Instant::now() + lifetime,
         |platform| {
@@ -238,6 +259,8 @@ fn refuse_run_fields(query: &Query) -> Result<(), ApiError> {
         ("team_id", query.labels.contains_key("team_id")),
         ("user_id", query.labels.contains_key("user_id")),
         ("channel_id", query.labels.contains_key("channel_id")),
+        // Its notices go where the run's first request said.
+        ("webhook_url", query.webhook_url.is_some()),
     ];
     match fixed.into_iter().find(|(_, given)| *given) {
         Some((field, _)) => Err(ApiError::invalid(

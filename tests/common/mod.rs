@@ -18,7 +18,9 @@
 //!   model, the real runner offline, the Agent SDK's messages, and the
 //!   whole product as a user runs it (end-to-end tests);
 //! - [`sandbox`]: processes in any sandbox, read to their end;
-//! - [`tools`]: repository paths and the pinned tools from PyPI.
+//! - [`tools`]: repository paths and the pinned tools from PyPI;
+//! - [`webhooks`]: a completion webhook receiver on loopback, and the
+//!   official Standard Webhooks verifier.
 #![allow(
     dead_code,
     unreachable_pub,
@@ -42,3 +44,4 @@ pub mod serve;
 pub mod sse;
 pub mod stream;
 pub mod tools;
+pub mod webhooks;

@@ -1,0 +1,295 @@
+//! Completion webhooks, end to end: `ds serve` as a real process, the real
+//! runner and Agent SDK in the sandbox, a scripted model, and a receiver on
+//! loopback whose every POST the official Standard Webhooks verifier
+//! checks under the server's `SANDSTORM_WEBHOOK_SECRET`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::model_server::{FINAL_TEXT, ModelServer, Script};
+use common::process::{Process, listening_on};
+use common::product::{Chain, Serve};
+use common::sse::Decoder;
+use common::tools::{manifest_dir, tool};
+use common::webhooks::{Receiver, SECRET, verify};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// How long a notice may take to arrive: a run, and the retries' delays.
+const ARRIVES_WITHIN: Duration = Duration::from_secs(120);
+
+/// Starts a detached run of `body` and reads its stream up to the `run`
+/// event, then drops the connection, as a client that goes away; the run's
+/// id.
+async fn start_and_leave(base: &str, body: Value) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/query"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /query");
+    assert_eq!(response.status(), 200);
+    let mut decoder = Decoder::new();
+    let mut stream = response.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(chunk) = stream.next().await {
+            if let Some(event) = decoder.feed(&chunk.expect("read")).into_iter().next() {
+                return event.json();
+            }
+        }
+        panic!("the stream ended before its first event")
+    })
+    .await
+    .expect("the run event within a minute");
+    assert_eq!(first["type"], "run", "{first}");
+    first["run_id"].as_str().expect("a run id").to_owned()
+}
+
+#[tokio::test]
+async fn a_detached_run_s_end_reaches_a_receiver_that_failed_twice_after_its_client_left() {
+    let model = ModelServer::start(Script::Bash {
+        command: "sleep 3 && echo later > later.txt".to_owned(),
+    })
+    .await;
+    let receiver = Receiver::start(vec![500, 503]).await;
+    let product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_WEBHOOK_SECRET", SECRET)
+        .env("SANDSTORM_WEBHOOK_RETRY_DELAYS", "1,1")
+        .env("SANDSTORM_RUN_LINGER", "2")
+        .start()
+        .await;
+
+    let run_id = start_and_leave(
+        product.url(),
+        json!({
+            "prompt": "go",
+            "detach": true,
+            "webhook_url": receiver.url(),
+            "team_id": "blue",
+        }),
+    )
+    .await;
+    // The client is gone, and the run is not over yet.
+    assert!(receiver.received().is_empty());
+
+    let got = receiver.wait_for(3, ARRIVES_WITHIN).await;
+    let answered: Vec<u16> = got.iter().map(|r| r.answered).collect();
+    assert_eq!(answered, [500, 503, 200], "{}", product.log());
+    for received in &got {
+        verify(SECRET, received)
+            .await
+            .unwrap_or_else(|why| panic!("the verifier refused {received:?}: {why}"));
+        assert_eq!(received.header("webhook-id"), got[0].header("webhook-id"));
+        assert_eq!(received.header("content-type"), Some("application/json"));
+    }
+    let notice = got[2].json();
+    assert_eq!(notice["type"], "run.ended", "{notice}");
+    let data = &notice["data"];
+    assert_eq!(data["run_id"], run_id.as_str(), "{notice}");
+    assert_eq!(data["status"], "succeeded", "{notice}");
+    assert_eq!(data["detached"], true, "{notice}");
+    assert_eq!(data["turn"], 1, "{notice}");
+    assert_eq!(data["result"], FINAL_TEXT, "{notice}");
+    assert_eq!(data["labels"]["team_id"], "blue", "{notice}");
+    assert!(data["turns"].as_u64().is_some_and(|t| t >= 1), "{notice}");
+    assert!(
+        data["duration_ms"].as_u64().is_some_and(|ms| ms >= 3000),
+        "{notice}"
+    );
+    // The id is the notice's, not the run's capability.
+    let id = got[0].header("webhook-id").expect("an id");
+    assert!(!id.contains(run_id.trim_start_matches("run_")), "{id}");
+
+    // A body changed on the way is refused: the verifier is no rubber
+    // stamp.
+    let mut forged = got[2].clone();
+    forged.body = String::from_utf8_lossy(&forged.body)
+        .replace("succeeded", "cancelled")
+        .into_bytes()
+        .into();
+    assert!(verify(SECRET, &forged).await.is_err());
+
+    // Taken once, told once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.received().len(), 3);
+    assert!(
+        !product.log().contains("receiver-token"),
+        "the receiver's token is in the server's log:\n{}",
+        product.log()
+    );
+}
+
+#[tokio::test]
+async fn an_attached_run_tells_sandstorm_json_s_receiver_its_structured_output() {
+    let output = json!({ "fruits": 3, "summary": "apples, pears and plums" });
+    let model = ModelServer::start(Script::StructuredOutput {
+        output: output.clone(),
+    })
+    .await;
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "fruits": { "type": "integer" },
+            "summary": { "type": "string" },
+        },
+        "required": ["fruits", "summary"],
+        "additionalProperties": false,
+    });
+    let receiver = Receiver::start(Vec::new()).await;
+    let mut product = Serve::new(Chain::Local, &model)
+        .env("SANDSTORM_WEBHOOK_SECRET", SECRET)
+        .config(json!({
+            "webhook_url": receiver.url(),
+            "output_format": { "type": "json_schema", "schema": schema },
+        }))
+        .start()
+        .await;
+
+    let events = product.query(json!({"prompt": "count the fruit"})).await;
+    assert_eq!(events.result()["structured_output"], output);
+
+    let got = receiver.wait_for(1, ARRIVES_WITHIN).await;
+    let notice = verify(SECRET, &got[0]).await.expect("verified");
+    let data = &notice["data"];
+    assert_eq!(data["status"], "succeeded", "{notice}");
+    assert_eq!(data["detached"], false, "{notice}");
+    assert_eq!(data["structured_output"], output, "{notice}");
+    assert!(
+        data["run_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("run_")),
+        "{notice}"
+    );
+    assert_eq!(
+        data["total_cost_usd"],
+        events.result()["total_cost_usd"],
+        "{notice}"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_url_the_server_cannot_sign_for_is_refused_before_a_sandbox() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let receiver = Receiver::start(Vec::new()).await;
+    let product = Serve::new(Chain::E2b, &model).start().await;
+
+    let answer = reqwest::Client::new()
+        .post(format!("{}/query", product.url()))
+        .json(&json!({"prompt": "go", "webhook_url": receiver.url()}))
+        .send()
+        .await
+        .expect("POST /query");
+    assert_eq!(answer.status(), 422);
+    let body: Value = answer.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["field"], "webhook_url", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("SANDSTORM_WEBHOOK_SECRET"), "{body}");
+    assert!(!message.contains("receiver-token"), "{body}");
+
+    let stats = product.emulator_settled().await.expect("emulator");
+    assert_eq!(stats.created, 0, "{stats:?}");
+    assert!(receiver.received().is_empty());
+}
+
+#[tokio::test]
+async fn the_documented_receiver_takes_a_real_notice_and_refuses_a_forged_one() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let mut receiver = std::process::Command::new(tool("python3", "standardwebhooks==1.3.0"));
+    receiver
+        .arg(manifest_dir().join("docs/examples/webhook_receiver.py"))
+        .env("SANDSTORM_WEBHOOK_SECRET", SECRET)
+        .env("PORT", "0");
+    let (receiver, url) = Process::start(
+        "docs/examples/webhook_receiver.py",
+        receiver,
+        Duration::from_secs(60),
+        listening_on,
+    )
+    .await;
+    let mut product = Serve::new(Chain::Local, &model)
+        .env("SANDSTORM_WEBHOOK_SECRET", SECRET)
+        .start()
+        .await;
+
+    product
+        .query(json!({"prompt": "go", "webhook_url": format!("{url}/done")}))
+        .await;
+    let notice = tokio::time::timeout(ARRIVES_WITHIN, async {
+        loop {
+            if let Some(line) = receiver.output().lines().find(|l| l.starts_with('{')) {
+                return serde_json::from_str::<Value>(line).expect("a JSON line");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no notice printed:\n{}", receiver.output()));
+    assert_eq!(notice["status"], "succeeded", "{notice}");
+    assert_eq!(notice["result"], FINAL_TEXT, "{notice}");
+
+    let forged = reqwest::Client::new()
+        .post(format!("{url}/done"))
+        .header("webhook-id", "msg_forged")
+        .header("webhook-timestamp", "1700000000")
+        .header("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJl")
+        .body(r#"{"type":"run.ended","data":{"status":"succeeded"}}"#)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(forged.status(), 401);
+}
+
+#[tokio::test]
+async fn each_turn_of_a_detached_run_is_told_with_its_own_id() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let receiver = Receiver::start(Vec::new()).await;
+    let product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_WEBHOOK_SECRET", SECRET)
+        .env("SANDSTORM_PAUSE_IDLE", "0")
+        .env("SANDSTORM_RUN_LINGER", "2")
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+
+    let run_id = start_and_leave(
+        product.url(),
+        json!({"prompt": "first", "keep_alive": 60, "webhook_url": receiver.url()}),
+    )
+    .await;
+    let first = receiver.wait_for(1, ARRIVES_WITHIN).await;
+    let turn = client
+        .post(format!("{}/runs/{run_id}/messages", product.url()))
+        .json(&json!({"prompt": "second"}))
+        .send()
+        .await
+        .expect("a follow-up");
+    assert_eq!(turn.status(), 200);
+    // Its client leaves at once: the turn is told all the same.
+    drop(turn);
+    let got = receiver.wait_for(2, ARRIVES_WITHIN).await;
+    let notices: Vec<Value> = got.iter().map(common::webhooks::Received::json).collect();
+    for received in &got {
+        verify(SECRET, received).await.expect("verified");
+    }
+    assert_eq!(first.len(), 1);
+    let turns: Vec<&Value> = notices.iter().map(|n| &n["data"]["turn"]).collect();
+    assert_eq!(turns, [1, 2], "{notices:?}");
+    assert!(
+        notices
+            .iter()
+            .all(|n| n["data"]["run_id"] == run_id.as_str())
+    );
+    assert!(notices.iter().all(|n| n["data"]["status"] == "succeeded"));
+    assert_ne!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    // A follow-up cannot move the run's notices elsewhere.
+    let moved = client
+        .post(format!("{}/runs/{run_id}/messages", product.url()))
+        .json(&json!({"prompt": "third", "webhook_url": "http://127.0.0.1:9/elsewhere"}))
+        .send()
+        .await
+        .expect("a follow-up");
+    assert_eq!(moved.status(), 422);
+    let body: Value = moved.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["field"], "webhook_url", "{body}");
+}
