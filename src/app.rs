@@ -97,9 +97,17 @@ impl AppState {
     /// Serves every later request with `settings` (`ds serve --reload`).
     /// The sandbox provider, the listening address, CORS and the run
     /// history stay as they were built.
-    pub fn reload(&self, settings: Settings) {
+    pub fn reload(&self, mut settings: Settings) {
         warn_of_inert_fields(&settings);
+        // One outbox for the process, whatever the settings.
+        settings.notify.outbox = self.settings.load().notify.outbox.clone();
         self.settings.store(Arc::new(settings));
+    }
+
+    /// The process's completion webhooks in flight, which a stopping
+    /// server settles.
+    pub(crate) fn outbox(&self) -> crate::notify::Outbox {
+        self.settings.load().notify.outbox.clone()
     }
 
     /// Where runs are recorded.
@@ -118,21 +126,6 @@ fn warn_of_inert_fields(settings: &Settings) {
     if let Ok(config) = &settings.config {
         for (field, why) in config.inert_fields() {
             tracing::warn!(field, "sandstorm.json: `{field}` does nothing yet: {why}");
-        }
-        if config.completion_webhook_url().is_some() {
-            let variable = crate::notify::signing::SECRET_VARIABLE;
-            match &settings.notify.secret {
-                Some(Ok(_)) => {}
-                None => tracing::warn!(
-                    field = "webhook_url",
-                    "sandstorm.json: `webhook_url` gets no notices: they are signed with \
-                     {variable}, which is not set"
-                ),
-                Some(Err(why)) => tracing::warn!(
-                    field = "webhook_url",
-                    "sandstorm.json: `webhook_url` gets no notices: {why}"
-                ),
-            }
         }
     }
 }
@@ -430,15 +423,11 @@ async fn resume(
         registry: state.registry.clone(),
         shutdown: state.shutdown.clone(),
         platform_deadline,
+        history: state.history.clone(),
     };
-    let created_at = found.follow.created_at.clone();
     let begun = runs::turn::follow_up(context, found, query, request_id.to_owned()).await?;
-    // The turn's reader reads the run from its start: its last `done` says
-    // how the run stands, summed over every turn.
-    let recording = state.history.reading(&begun.run_id, &created_at);
-    let handle = history::tap::tap(recording, begun.handle);
     Ok(Started {
-        events: handle.events,
+        events: begun.handle.events,
         run: Some(begun.run_id),
         after: begun.after,
     })
@@ -606,6 +595,16 @@ async fn run_events(
             let recording = state
                 .history
                 .reading(&found.follow.run.run_id, &found.follow.created_at);
+            // A run this process started tells its webhook through any of
+            // its readers that sees a turn end: once, whichever is first.
+            let watch = found
+                .follow
+                .notice
+                .clone()
+                .map(|plan| crate::notify::Watch {
+                    plan,
+                    subject: crate::notify::notice::Subject::of(&found.follow),
+                });
             let handle = run::detached::reattach(
                 found.sandbox,
                 found.follow,
@@ -613,6 +612,7 @@ async fn run_events(
                 state.registry.clone(),
             );
             let handle = crate::history::tap::tap(recording, handle);
+            let handle = crate::notify::tap(watch, handle, false);
             sse(handle.events, Some(Numbering::after(after))).into_response()
         }
         Err(error) => {

@@ -326,7 +326,9 @@ impl SandstormConfig {
                 "webhook_url",
                 "it ends in /webhooks/e2b, Python Sandstorm 0.9.2's address for E2B's \
                  sandbox lifecycle events; here webhook_url is where to tell that a run \
-                 ended, and no run's notice is sent there (see docs/webhooks.md)",
+                 ended, and no run's notice is sent there. E2B's lifecycle webhooks are \
+                 registered with e2b_webhook_url or ds webhook register (see \
+                 docs/webhooks.md)",
             ));
         }
         if self.triggers.as_ref().is_some_and(|t| !t.is_empty()) {

@@ -102,6 +102,8 @@ pub(crate) struct DetachPlan {
     pub linger: Duration,
     /// How long its sandbox is kept after a turn for a follow-up.
     pub keep_alive: Duration,
+    /// This process reads it to each turn's end itself ([`crate::run::watch`]).
+    pub watched: bool,
 }
 
 /// Builds a run's plan from a validated query: the config, the keys, the
@@ -202,6 +204,9 @@ pub(crate) async fn prepare(
         _ => plan,
     };
     plan.notice = notice_plan(settings, config, &query, plan.detach.is_some())?;
+    if let Some(detach) = plan.detach.as_mut() {
+        detach.watched = settings.stays_after_response;
+    }
     plan.record = crate::history::tap::planned(&plan, &query, owner_digest);
     if crate::telemetry::Telemetry::active().traces_prompts() {
         plan.traced_prompt = Some(plan.redactor.redact_str(&query.prompt));
@@ -211,9 +216,11 @@ pub(crate) async fn prepare(
 
 /// The run's completion webhook, if it has one: the request's
 /// `webhook_url`, else sandstorm.json's. A request's is refused when the
-/// server cannot sign it; sandstorm.json's then sends nothing, as the
-/// server warned at start-up. A detached run's notice needs a process
-/// that stays to watch it, which a serverless door and `ds` are not.
+/// server cannot sign it (a server whose sandstorm.json has one does not
+/// start without a secret that signs). A host written as an address is
+/// checked against the address policy now, before any sandbox. A detached
+/// run's notice needs a process that stays to watch it, which a
+/// serverless door and `ds` are not.
 fn notice_plan(
     settings: &Settings,
     config: &SandstormConfig,
@@ -245,7 +252,7 @@ fn notice_plan(
             });
         }
     };
-    if detached && !settings.notify.sender_stays {
+    if detached && !settings.stays_after_response {
         return Err(ApiError::invalid(
             "webhook_url",
             format!(
@@ -257,6 +264,16 @@ fn notice_plan(
     }
     let url = reqwest::Url::parse(url)
         .map_err(|_| ApiError::invalid("webhook_url", format!("{source} is not a URL")))?;
+    if let Some(ip) = url
+        .host_str()
+        .and_then(|host| host.trim_matches(['[', ']']).parse().ok())
+        && let Some(why) = settings.notify.policy.refuses(ip)
+    {
+        return Err(ApiError::invalid(
+            "webhook_url",
+            format!("{source}'s host is {why}; notices are not sent there"),
+        ));
+    }
     Ok(Some(crate::notify::NoticePlan {
         target: crate::notify::Target {
             url,
@@ -264,7 +281,8 @@ fn notice_plan(
             delays: settings.notify.delays.clone(),
         },
         policy: settings.notify.policy,
-        sender_stays: settings.notify.sender_stays,
+        sender_stays: settings.stays_after_response,
+        outbox: settings.notify.outbox.clone(),
     }))
 }
 
@@ -429,6 +447,7 @@ impl RunPlan {
             expires_at,
             linger: kept.linger,
             keep_alive: kept.keep_alive,
+            watched: false,
         });
         self
     }
@@ -702,9 +721,28 @@ mod tests {
         let error = notice_plan(&bad, &none, &asked, false).expect_err("a bad secret");
         assert_eq!(error.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!error.to_string().contains("not base64!"), "{error}");
+        // An address notices may not go to, refused before any packet.
+        for (url, allowed) in [
+            ("http://169.254.169.254/latest", false),
+            ("http://[fe80::1]/", false),
+            ("http://127.0.0.1:9/x", true),
+        ] {
+            let asked = query(&serde_json::json!({"prompt": "p", "webhook_url": url}));
+            let mut closed = settings("local", &[WEBHOOK_SECRET]);
+            closed.notify.policy.allow_private = false;
+            let error = notice_plan(&closed, &none, &asked, false).expect_err(url);
+            assert_eq!(error.field(), Some("webhook_url"), "{error}");
+            assert!(error.to_string().contains("not sent there"), "{error}");
+            let open = settings("local", &[WEBHOOK_SECRET]);
+            assert_eq!(
+                notice_plan(&open, &none, &asked, false).is_ok(),
+                allowed,
+                "{url}"
+            );
+        }
         // A detached run where nothing stays to see it end.
         let mut serverless = settings("local", &[WEBHOOK_SECRET]);
-        serverless.notify.sender_stays = false;
+        serverless.stays_after_response = false;
         assert!(notice_plan(&serverless, &none, &asked, false).is_ok());
         let error = notice_plan(&serverless, &none, &asked, true).expect_err("detached");
         assert!(error.to_string().contains("detached"), "{error}");

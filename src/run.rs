@@ -36,6 +36,7 @@ use crate::telemetry;
 
 pub(crate) mod detached;
 pub(crate) mod shape;
+pub(crate) mod watch;
 
 use shape::{Admitted, Shape};
 
@@ -80,24 +81,40 @@ pub(crate) fn spawn(
     });
     let recording = history.begin(plan.record.take());
     plan.recording.clone_from(&recording);
-    let (handle, watch) = if let Some(detach) = plan.detach.take() {
+    // Read to each turn's end by this process, where it stays.
+    let kept = plan
+        .detach
+        .as_ref()
+        .filter(|d| d.watched)
+        .map(|d| watch::Reread {
+            registry: registry.clone(),
+            digest: d.run.digest(),
+            turn: 1,
+            recording: recording.clone(),
+            watch: watch.clone(),
+        });
+    let attached = plan.detach.is_none();
+    let handle = if let Some(detach) = plan.detach.take() {
         let spawned = detached::Spawned {
             registry,
             span: span.clone(),
-            watch,
+            watch: watch.clone(),
         };
-        let handle = detached::spawn(provider, plan, detach, shutdown, spawned);
-        (handle, None)
+        detached::spawn(provider, plan, detach, shutdown, spawned)
     } else {
         let (tx, events) = mpsc::channel(EVENT_BUFFER);
         let finished = tokio::spawn(execute(provider, plan, tx, shutdown).instrument(span.clone()));
-        (RunHandle { events, finished }, watch)
+        RunHandle { events, finished }
     };
     let handle = crate::history::tap::tap(recording, handle);
-    // An attached run's end is told by the tap outside the history's: the
-    // history has its end before the notice goes, so a receiver that reads
-    // the run back finds it ended.
-    let handle = crate::notify::tap(watch, handle);
+    // The notice's tap is outside the history's: the history has the end
+    // before the notice goes, so a receiver that reads the run back finds
+    // it ended. An attached run whose client left is told so.
+    let handle = crate::notify::tap(watch, handle, attached);
+    let handle = match kept {
+        Some(reread) => watch::keep_reading(handle, reread),
+        None => handle,
+    };
     telemetry::run::traced(span, handle, started)
 }
 

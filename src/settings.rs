@@ -194,6 +194,10 @@ pub struct Settings {
     pub agent_telemetry: BTreeMap<String, String>,
     /// Completion webhooks: their key, where they may go, their retries.
     pub notify: NotifySettings,
+    /// The process stays once a response is over (`ds serve`), so it can
+    /// read detached runs to their ends and retry notices for hours; a
+    /// serverless function may be frozen then, and `ds` exits.
+    pub stays_after_response: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -217,6 +221,7 @@ impl std::fmt::Debug for Settings {
             .field("prices", &self.prices)
             .field("history", &self.history)
             .field("notify", &self.notify)
+            .field("stays_after_response", &self.stays_after_response)
             // Names only: the agent's OTLP headers are a credential.
             .field(
                 "agent_telemetry",
@@ -304,6 +309,9 @@ impl Settings {
         let agent_telemetry =
             crate::telemetry::agent::env(&|name| env.get(name).map(str::to_owned))?;
         let notify = notify_settings(env, profile)?;
+        if let Ok(config) = &config {
+            signs_for(config, &notify)?;
+        }
         Ok(Settings {
             auth: auth_settings(env, profile)?,
             keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
@@ -324,6 +332,7 @@ impl Settings {
             history,
             agent_telemetry,
             notify,
+            stays_after_response: profile == Profile::Server,
         })
     }
 }
@@ -338,15 +347,34 @@ pub struct NotifySettings {
     pub(crate) secret: Option<Result<crate::notify::WebhookSecret, String>>,
     /// Where notices may go (`SANDSTORM_WEBHOOK_ALLOW_PRIVATE`).
     pub(crate) policy: crate::notify::AddressPolicy,
-    /// The delays between attempts (`SANDSTORM_WEBHOOK_RETRY_DELAYS`).
+    /// The waits between attempts (`SANDSTORM_WEBHOOK_RETRY_SCHEDULE`).
     pub(crate) delays: Arc<[Duration]>,
-    /// The process that runs a run stays after its response is over
-    /// (`ds serve`), so it can retry for hours and watch detached runs; a
-    /// serverless function may be frozen then, and `ds` exits.
-    pub(crate) sender_stays: bool,
+    /// The process's notices in flight: one per process, which
+    /// `ds serve --reload` hands on to the settings it loads.
+    pub(crate) outbox: crate::notify::Outbox,
 }
 
-/// The most attempts' delays `SANDSTORM_WEBHOOK_RETRY_DELAYS` may list.
+/// Refuses a sandstorm.json whose `webhook_url` asks for notices the
+/// server cannot sign: every run would end untold.
+fn signs_for(config: &SandstormConfig, notify: &NotifySettings) -> Result<(), String> {
+    if config.completion_webhook_url().is_none() {
+        return Ok(());
+    }
+    let variable = crate::notify::signing::SECRET_VARIABLE;
+    match &notify.secret {
+        Some(Ok(_)) => Ok(()),
+        None => Err(format!(
+            "sandstorm.json's webhook_url asks for a notice when each run ends, and notices \
+             are signed with {variable}, which is not set; set it (echo \
+             \"whsec_$(openssl rand -base64 32)\"), or remove webhook_url"
+        )),
+        Some(Err(why)) => Err(format!(
+            "sandstorm.json's webhook_url needs a usable {variable}: {why}"
+        )),
+    }
+}
+
+/// The most retries `SANDSTORM_WEBHOOK_RETRY_SCHEDULE` may list.
 const MAX_RETRIES: usize = 20;
 /// The longest all of them may add up to: a day.
 const MAX_RETRYING: Duration = Duration::from_secs(86_400);
@@ -362,22 +390,22 @@ fn notify_settings(env: &EnvVars, profile: Profile) -> Result<NotifySettings, St
         None => profile == Profile::Server,
         Some(v) => switch("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", v)?,
     };
-    let delays = match env.get("SANDSTORM_WEBHOOK_RETRY_DELAYS") {
+    let delays = match env.get("SANDSTORM_WEBHOOK_RETRY_SCHEDULE") {
         None => crate::notify::delivery::DEFAULT_DELAYS.to_vec(),
-        Some(v) => retry_delays(v)?,
+        Some(v) => retry_schedule(v)?,
     };
     Ok(NotifySettings {
         secret,
         policy: crate::notify::AddressPolicy { allow_private },
         delays: delays.into(),
-        sender_stays: profile == Profile::Server,
+        outbox: crate::notify::Outbox::default(),
     })
 }
 
-/// `SANDSTORM_WEBHOOK_RETRY_DELAYS`: seconds between attempts, comma
-/// separated (`5,300,1800`); `none` for no retry.
-fn retry_delays(value: &str) -> Result<Vec<Duration>, String> {
-    const NAME: &str = "SANDSTORM_WEBHOOK_RETRY_DELAYS";
+/// `SANDSTORM_WEBHOOK_RETRY_SCHEDULE`: the waits between attempts, comma
+/// separated durations (`5s,5m,30m,2h`; `250ms` too); `none` for no retry.
+fn retry_schedule(value: &str) -> Result<Vec<Duration>, String> {
+    const NAME: &str = "SANDSTORM_WEBHOOK_RETRY_SCHEDULE";
     if value.trim() == "none" {
         return Ok(Vec::new());
     }
@@ -385,20 +413,25 @@ fn retry_delays(value: &str) -> Result<Vec<Duration>, String> {
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
-        .map(|d| positive(NAME, d).map(Duration::from_secs))
+        .map(|d| match humantime::parse_duration(d) {
+            Ok(delay) if !delay.is_zero() => Ok(delay),
+            _ => Err(format!(
+                "{NAME} must be durations such as 5s,5m,2h, comma separated (or none); \
+                 {d:?} is not one above zero"
+            )),
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if delays.len() > MAX_RETRIES {
         return Err(format!(
-            "{NAME} lists {} delays; the most is {MAX_RETRIES}",
+            "{NAME} lists {} retries; the most is {MAX_RETRIES}",
             delays.len()
         ));
     }
     let total: Duration = delays.iter().sum();
     if total > MAX_RETRYING {
         return Err(format!(
-            "{NAME} adds up to {} seconds; retries end within a day ({} seconds)",
-            total.as_secs(),
-            MAX_RETRYING.as_secs()
+            "{NAME} adds up to {}; retries end within a day",
+            humantime::format_duration(total)
         ));
     }
     Ok(delays)
@@ -687,44 +720,77 @@ mod tests {
     fn webhook_settings_follow_the_profile_and_a_bad_value_names_its_variable() {
         let serverless = Profile::Serverless { max_duration: None };
         let server = build(&[], Profile::Server).expect("settings");
-        assert!(server.notify.policy.allow_private && server.notify.sender_stays);
+        assert!(server.notify.policy.allow_private && server.stays_after_response);
         assert!(server.notify.secret.is_none());
         assert_eq!(
             &*server.notify.delays,
             &crate::notify::delivery::DEFAULT_DELAYS[..]
         );
         let function = build(&[], serverless).expect("settings");
-        assert!(!function.notify.policy.allow_private && !function.notify.sender_stays);
+        assert!(!function.notify.policy.allow_private && !function.stays_after_response);
         let opened =
             build(&[("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "1")], serverless).expect("settings");
         assert!(opened.notify.policy.allow_private);
-        let quick = build(
-            &[("SANDSTORM_WEBHOOK_RETRY_DELAYS", "1, 2,3")],
-            Profile::Server,
-        )
-        .expect("settings");
+        const SCHEDULE: &str = "SANDSTORM_WEBHOOK_RETRY_SCHEDULE";
+        let quick = build(&[(SCHEDULE, "100ms, 2s,5m")], Profile::Server).expect("settings");
         assert_eq!(
             &*quick.notify.delays,
-            &[1, 2, 3].map(Duration::from_secs)[..]
+            &[
+                Duration::from_millis(100),
+                Duration::from_secs(2),
+                Duration::from_secs(300)
+            ][..]
         );
-        let none = build(
-            &[("SANDSTORM_WEBHOOK_RETRY_DELAYS", "none")],
-            Profile::Server,
-        )
-        .expect("settings");
+        let none = build(&[(SCHEDULE, "none")], Profile::Server).expect("settings");
         assert!(none.notify.delays.is_empty());
         for (name, bad) in [
             ("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "maybe"),
-            ("SANDSTORM_WEBHOOK_RETRY_DELAYS", "5,soon"),
-            ("SANDSTORM_WEBHOOK_RETRY_DELAYS", "0"),
-            ("SANDSTORM_WEBHOOK_RETRY_DELAYS", "86400,1"),
-            ("SANDSTORM_WEBHOOK_RETRY_DELAYS", &"1,".repeat(21)),
+            (SCHEDULE, "5s,soon"),
+            (SCHEDULE, "5"),
+            (SCHEDULE, "0s"),
+            (SCHEDULE, "24h,1s"),
+            (SCHEDULE, &"1s,".repeat(21)),
         ] {
             let error = build(&[(name, bad)], Profile::Server).expect_err(bad);
             assert!(error.contains(name), "{error}");
         }
-        // A secret that cannot sign does not stop a server that sends no
-        // notice: 0.9.2 kept E2B's lifecycle secret in the same variable.
+        // sandstorm.json's webhook_url needs a secret that signs.
+        let dir = tempfile::tempdir().expect("a folder");
+        std::fs::write(
+            dir.path().join("sandstorm.json"),
+            r#"{"webhook_url": "https://hooks.example.com/done"}"#,
+        )
+        .expect("write sandstorm.json");
+        let with_config = |pairs: &[(&str, &str)]| {
+            let choice = SandboxChoice {
+                catalog: PROVIDERS,
+                requested: Some("local"),
+                setup: crate::sandbox::provider::Setup::CheckOnly,
+                executable: None,
+            };
+            let env = EnvVars::from_pairs(pairs.iter().copied());
+            Settings::build(&env, dir.path(), Profile::Server, choice)
+        };
+        let error = with_config(&[]).expect_err("no secret");
+        assert!(
+            error.contains("SANDSTORM_WEBHOOK_SECRET") && error.contains("webhook_url"),
+            "{error}"
+        );
+        let error = with_config(&[("SANDSTORM_WEBHOOK_SECRET", "hunter2")]).expect_err("bad");
+        assert!(
+            error.contains("base64") && !error.contains("hunter2"),
+            "{error}"
+        );
+        assert!(
+            with_config(&[(
+                "SANDSTORM_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            )])
+            .is_ok()
+        );
+        // Without one, a secret that cannot sign does not stop a server that
+        // sends no notice: 0.9.2 kept E2B's lifecycle secret in the same
+        // variable.
         let odd =
             build(&[("SANDSTORM_WEBHOOK_SECRET", "hunter2")], Profile::Server).expect("settings");
         assert!(!format!("{odd:?}").contains("hunter2"));

@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 
 /// How long a notice may take to arrive: a run, and the retries' delays.
 const ARRIVES_WITHIN: Duration = Duration::from_secs(120);
+/// A secret that is not the server's.
+const OTHER_SECRET: &str = "whsec_b3RoZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXM=";
 
 /// Starts a detached run of `body` and reads its stream up to the `run`
 /// event, then drops the connection, as a client that goes away; the run's
@@ -53,10 +55,15 @@ async fn a_detached_run_s_end_reaches_a_receiver_that_failed_twice_after_its_cli
     })
     .await;
     let receiver = Receiver::start(vec![500, 503]).await;
+    let history = tempfile::tempdir().expect("a folder for the history");
     let product = Serve::new(Chain::E2b, &model)
         .env("SANDSTORM_WEBHOOK_SECRET", SECRET)
-        .env("SANDSTORM_WEBHOOK_RETRY_DELAYS", "1,1")
+        .env("SANDSTORM_WEBHOOK_RETRY_SCHEDULE", "1s,1s")
         .env("SANDSTORM_RUN_LINGER", "2")
+        .env(
+            "SANDSTORM_HISTORY_PATH",
+            &history.path().join("history.db").display().to_string(),
+        )
         .start()
         .await;
 
@@ -97,6 +104,11 @@ async fn a_detached_run_s_end_reaches_a_receiver_that_failed_twice_after_its_cli
         data["duration_ms"].as_u64().is_some_and(|ms| ms >= 3000),
         "{notice}"
     );
+    assert_eq!(data["error"], Value::Null, "{notice}");
+    assert!(
+        data["created_at"].as_str() < data["ended_at"].as_str(),
+        "{notice}"
+    );
     // The id is the notice's, not the run's capability.
     let id = got[0].header("webhook-id").expect("an id");
     assert!(!id.contains(run_id.trim_start_matches("run_")), "{id}");
@@ -109,6 +121,19 @@ async fn a_detached_run_s_end_reaches_a_receiver_that_failed_twice_after_its_cli
         .into_bytes()
         .into();
     assert!(verify(SECRET, &forged).await.is_err());
+    // And so is the right body under another secret.
+    assert!(verify(OTHER_SECRET, &got[2]).await.is_err());
+
+    // The server read the run to its end with nobody else reading: its
+    // history says how it ended, and never shows where it was told.
+    let record: Value = reqwest::get(format!("{}/runs/{run_id}", product.url()))
+        .await
+        .expect("GET /runs/{id}")
+        .json()
+        .await
+        .expect("a record");
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert!(!record.to_string().contains("receiver-token"), "{record}");
 
     // Taken once, told once.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -292,4 +317,123 @@ async fn each_turn_of_a_detached_run_is_told_with_its_own_id() {
     assert_eq!(moved.status(), 422);
     let body: Value = moved.json().await.expect("a JSON error");
     assert_eq!(body["error"]["field"], "webhook_url", "{body}");
+}
+
+#[tokio::test]
+async fn a_private_receiver_is_refused_without_the_setting_and_never_sent_to() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let receiver = Receiver::start(Vec::new()).await;
+    let mut product = Serve::new(Chain::Local, &model)
+        .env("SANDSTORM_WEBHOOK_SECRET", SECRET)
+        .env("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "0")
+        .env("SANDSTORM_WEBHOOK_RETRY_SCHEDULE", "none")
+        .start()
+        .await;
+
+    // Written as an address: refused with the request, before a sandbox.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/query", product.url()))
+        .json(&json!({"prompt": "go", "webhook_url": receiver.url()}))
+        .send()
+        .await
+        .expect("POST /query");
+    assert_eq!(answer.status(), 422);
+    let body: Value = answer.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["field"], "webhook_url", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("SANDSTORM_WEBHOOK_ALLOW_PRIVATE")),
+        "{body}"
+    );
+
+    // A name that resolves to it: the run goes, its notice does not, and
+    // the log says why.
+    let by_name = receiver.url().replace("127.0.0.1", "localhost");
+    let events = product
+        .query(json!({"prompt": "go", "webhook_url": by_name}))
+        .await;
+    assert_eq!(events.result()["subtype"], "success");
+    let mut log = product.log();
+    for _ in 0..100 {
+        if log.contains("webhook given up") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log = product.log();
+    }
+    assert!(log.contains("resolves only to"), "{log}");
+    assert!(!log.contains("receiver-token"), "{log}");
+    assert!(receiver.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_stopping_server_gives_a_notice_waiting_for_its_retry_a_last_attempt() {
+    let model = ModelServer::start(Script::bash_write_file()).await;
+    let receiver = Receiver::start(vec![503]).await;
+    let mut product = Serve::new(Chain::Local, &model)
+        .env("SANDSTORM_WEBHOOK_SECRET", SECRET)
+        // The retry would be an hour away.
+        .env("SANDSTORM_WEBHOOK_RETRY_SCHEDULE", "1h")
+        .start()
+        .await;
+    product
+        .query(json!({"prompt": "go", "webhook_url": receiver.url()}))
+        .await;
+    receiver.wait_for(1, ARRIVES_WITHIN).await;
+
+    product.signal(common::process::Signal::TERM);
+    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(got[1].answered, 200);
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    verify(SECRET, &got[1]).await.expect("verified");
+}
+
+#[tokio::test]
+async fn a_run_that_outlasts_its_stream_is_read_to_its_end_and_told() {
+    let model = ModelServer::start(Script::Bash {
+        command: "sleep 7 && echo later > later.txt".to_owned(),
+    })
+    .await;
+    let receiver = Receiver::start(Vec::new()).await;
+    let history = tempfile::tempdir().expect("a folder for the history");
+    let product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_WEBHOOK_SECRET", SECRET)
+        // The stream detaches two seconds before this, while the agent
+        // still works.
+        .env("SANDSTORM_MAX_DURATION", "5")
+        .env("SANDSTORM_RUN_LINGER", "2")
+        .env(
+            "SANDSTORM_HISTORY_PATH",
+            &history.path().join("history.db").display().to_string(),
+        )
+        .start()
+        .await;
+    let text = reqwest::Client::new()
+        .post(format!("{}/query", product.url()))
+        .json(&json!({"prompt": "go", "detach": true, "webhook_url": receiver.url()}))
+        .send()
+        .await
+        .expect("POST /query")
+        .text()
+        .await
+        .expect("the stream");
+    let events = common::sse::json_events(&text);
+    let last = events.last().expect("events");
+    assert_eq!(last["type"], "detached", "{text}");
+    let run_id = last["run_id"].as_str().expect("a run id").to_owned();
+    assert!(receiver.received().is_empty());
+
+    let got = receiver.wait_for(1, ARRIVES_WITHIN).await;
+    let notice = verify(SECRET, &got[0]).await.expect("verified");
+    assert_eq!(notice["data"]["run_id"], run_id.as_str(), "{notice}");
+    assert_eq!(notice["data"]["status"], "succeeded", "{notice}");
+    assert_eq!(notice["data"]["result"], FINAL_TEXT, "{notice}");
+    let record: Value = reqwest::get(format!("{}/runs/{run_id}", product.url()))
+        .await
+        .expect("GET /runs/{id}")
+        .json()
+        .await
+        .expect("a record");
+    assert_eq!(record["status"], "succeeded", "{record}");
 }

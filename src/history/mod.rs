@@ -414,7 +414,7 @@ async fn sweep(store: &dyn RunStore, keep: Duration) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 mod stored_tests;

@@ -2,10 +2,13 @@
 //! signed afresh, and the next attempt after the schedule's delay, until
 //! one is answered 2xx or the schedule is spent.
 //!
-//! The schedule (`SANDSTORM_WEBHOOK_RETRY_DELAYS`) is the delays between
+//! The schedule (`SANDSTORM_WEBHOOK_RETRY_SCHEDULE`) is the waits between
 //! attempts: by default 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 6 h, so the
-//! last of eight attempts comes just under 24 hours after the first. Any
-//! answer but a 2xx is a failure, as is no answer within
+//! last of eight attempts comes just under 24 hours after the first. Each
+//! wait is lengthened by up to a tenth, at random, so that the notices of
+//! a receiver's outage do not all come back at once. Any answer but a 2xx
+//! is a failure (as Standard Webhooks' senders count it: a 4xx may be a
+//! receiver's deploy in progress), as is no answer within
 //! [`ATTEMPT_TIMEOUT`]; a redirect is not followed (the receiver is the URL
 //! the run was given, nowhere else).
 
@@ -17,6 +20,7 @@ use reqwest::Url;
 use tracing::{info, warn};
 
 use super::address::AddressPolicy;
+use super::outbox::{Entry, Outbox};
 use super::signing::WebhookSecret;
 
 /// How long one attempt may take, connection to answer.
@@ -155,8 +159,8 @@ fn without_url(error: reqwest::Error) -> String {
     text
 }
 
-/// One notice on its way: its body, fixed at the first attempt, and how
-/// many attempts it has had.
+/// One notice on its way: its body, fixed at the first attempt, how many
+/// attempts it has had, and its place in the process's outbox.
 #[derive(Debug)]
 pub(crate) struct Delivery {
     sender: Sender,
@@ -164,17 +168,28 @@ pub(crate) struct Delivery {
     id: String,
     body: Bytes,
     attempts: usize,
+    outbox: Outbox,
+    _entry: Entry,
 }
 
 impl Delivery {
-    /// A delivery of `body` as notice `id` to `target`.
-    pub(crate) fn new(sender: Sender, target: Target, id: String, body: Bytes) -> Self {
+    /// A delivery of `body` as notice `id` to `target`, counted in
+    /// `outbox` until it is done.
+    pub(crate) fn new(
+        sender: Sender,
+        target: Target,
+        id: String,
+        body: Bytes,
+        outbox: &Outbox,
+    ) -> Self {
         Delivery {
             sender,
             target,
             id,
             body,
             attempts: 0,
+            outbox: outbox.clone(),
+            _entry: outbox.enter(),
         }
     }
 
@@ -182,77 +197,84 @@ impl Delivery {
     pub(crate) async fn try_once(&mut self) -> bool {
         self.attempts += 1;
         let attempt = self.attempts;
-        match self
+        let outcome = self
             .sender
             .attempt(&self.target, &self.id, &self.body)
-            .await
-        {
+            .await;
+        let counted = if outcome.is_ok() {
+            "delivered"
+        } else {
+            "failed"
+        };
+        crate::telemetry::metrics::metrics()
+            .webhooks
+            .add(1, &[opentelemetry::KeyValue::new("outcome", counted)]);
+        match outcome {
             Ok(()) => {
                 info!(receiver = %shown(&self.target.url), notice = %self.id, attempt, "webhook delivered");
                 true
             }
             Err(e) => {
-                let left = self.target.delays.len() + 1 - attempt.min(self.target.delays.len() + 1);
-                warn!(receiver = %shown(&self.target.url), notice = %self.id, attempt, attempts_left = left, error = %e, "webhook not delivered");
+                let retries_left = self.target.delays.len().saturating_sub(attempt - 1);
+                warn!(receiver = %shown(&self.target.url), notice = %self.id, attempt, retries_left, error = %e, "webhook not delivered");
                 false
             }
         }
     }
 
     /// Attempts until one is taken or the schedule is spent, waiting its
-    /// delay before each; `true` when the notice was taken.
+    /// delay before each; `true` when the notice was taken. When the
+    /// process stops meanwhile, the next attempt is made at once, and is
+    /// the last.
     pub(crate) async fn finish(mut self) -> bool {
         loop {
             if self.attempts > 0 {
                 let Some(delay) = self.target.delays.get(self.attempts - 1).copied() else {
-                    warn!(receiver = %shown(&self.target.url), notice = %self.id, attempts = self.attempts, "webhook given up: every attempt failed");
-                    return false;
+                    return self.given_up("every attempt failed");
                 };
-                tokio::time::sleep(delay).await;
+                let last = tokio::select! {
+                    () = tokio::time::sleep(jittered(delay)) => false,
+                    () = self.outbox.closing() => true,
+                };
+                if last {
+                    return self.try_once().await || self.given_up("the process is stopping");
+                }
             }
             if self.try_once().await {
                 return true;
             }
         }
     }
+
+    fn given_up(&self, why: &'static str) -> bool {
+        crate::telemetry::metrics::metrics()
+            .webhooks
+            .add(1, &[opentelemetry::KeyValue::new("outcome", "given_up")]);
+        warn!(receiver = %shown(&self.target.url), notice = %self.id, attempts = self.attempts, why, "webhook given up");
+        false
+    }
+}
+
+/// `delay`, and up to a tenth more at random.
+fn jittered(delay: Duration) -> Duration {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut byte = [0u8; 1];
+    let fraction = match aws_lc_rs::rand::SystemRandom::new().fill(&mut byte) {
+        Ok(()) => f64::from(byte[0]) / f64::from(u8::MAX),
+        Err(_) => 0.0,
+    };
+    delay + delay.mul_f64(fraction / 10.0)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
-    use axum::http::{HeaderMap, StatusCode};
+    use axum::http::StatusCode;
     use axum::routing::post;
     use base64::Engine as _;
 
     use super::*;
 
-    /// A receiver on loopback that answers each POST with the next status
-    /// of `answers` (then 200), and keeps what it got.
-    async fn receiver(answers: Vec<u16>) -> (Url, Arc<Mutex<Vec<(HeaderMap, Bytes)>>>) {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let answers = Arc::new(Mutex::new(answers.into_iter()));
-        let kept = got.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            post(move |headers: HeaderMap, body: Bytes| {
-                let kept = kept.clone();
-                let answers = answers.clone();
-                async move {
-                    kept.lock().expect("lock").push((headers, body));
-                    let status = answers.lock().expect("lock").next().unwrap_or(200);
-                    StatusCode::from_u16(status).expect("a status")
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let url = Url::parse(&format!("http://{address}/hook?token=abc")).expect("url");
-        (url, got)
-    }
+    use super::super::test_receiver::receiver;
 
     fn target(url: Url, delays: &[u64]) -> Target {
         let secret = base64::engine::general_purpose::STANDARD.encode([3u8; 32]);
@@ -276,6 +298,7 @@ mod tests {
             target.clone(),
             "msg_1".into(),
             Bytes::from_static(b"{}"),
+            &Outbox::default(),
         );
         assert!(delivery.finish().await);
         let got = got.lock().expect("lock");
@@ -296,9 +319,44 @@ mod tests {
     #[tokio::test]
     async fn a_spent_schedule_gives_up() {
         let (url, got) = receiver(vec![500, 500, 500, 500]).await;
-        let delivery = Delivery::new(sender(true), target(url, &[5, 5]), "m".into(), Bytes::new());
+        let outbox = Outbox::default();
+        let delivery = Delivery::new(
+            sender(true),
+            target(url, &[5, 5]),
+            "m".into(),
+            Bytes::new(),
+            &outbox,
+        );
+        assert_eq!(outbox.pending(), 1);
         assert!(!delivery.finish().await);
         assert_eq!(got.lock().expect("lock").len(), 3);
+        assert_eq!(outbox.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stopping_process_makes_the_next_attempt_at_once() {
+        let (url, got) = receiver(vec![500]).await;
+        let outbox = Outbox::default();
+        // The next attempt would be an hour away.
+        let delivery = Delivery::new(
+            sender(true),
+            target(url, &[3_600_000]),
+            "m".into(),
+            Bytes::new(),
+            &outbox,
+        );
+        let delivered = tokio::spawn(delivery.finish());
+        while got.lock().expect("lock").is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            outbox.settle(Duration::from_secs(20)),
+        )
+        .await
+        .expect("settled well within the hour");
+        assert!(delivered.await.expect("joined"));
+        assert_eq!(got.lock().expect("lock").len(), 2);
     }
 
     #[tokio::test]
@@ -352,7 +410,22 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_is_lengthened_by_a_tenth_at_most() {
+        let delay = Duration::from_secs(100);
+        let waits: Vec<Duration> = (0..50).map(|_| jittered(delay)).collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= delay && *w <= Duration::from_secs(110)),
+            "{waits:?}"
+        );
+        assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
+    }
+
+    #[test]
     fn the_default_schedule_ends_within_a_day() {
+        let total: Duration = DEFAULT_DELAYS.iter().map(|d| d.mul_f64(1.1)).sum();
+        assert!(total < Duration::from_secs(26 * 3600), "{total:?}");
         let total: Duration = DEFAULT_DELAYS.iter().sum();
         assert!(total < Duration::from_secs(24 * 3600), "{total:?}");
         assert!(total > Duration::from_secs(23 * 3600), "{total:?}");

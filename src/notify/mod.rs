@@ -6,58 +6,53 @@
 //! lifecycle events. Here it is where Sandstorm tells a receiver of yours
 //! that a run ended (see `docs/webhooks.md`).
 //!
-//! - [`notice`]: what the POST says, gathered from the run's own events;
+//! - [`notice`]: what the POST says, gathered from the run's own events
+//!   (or from its history record, for a run whose end nobody read);
 //! - [`signing`]: Standard Webhooks' signature, under
 //!   `SANDSTORM_WEBHOOK_SECRET`;
 //! - [`delivery`]: the attempts and the retry schedule;
+//! - [`outbox`]: the notices in flight, which a stopping server settles;
 //! - [`address`]: the addresses a notice may not go to.
 //!
 //! **Who sends it.** It must not depend on a client staying connected.
 //! - An attached run ends with its request (its client leaving ends it), so
 //!   the task that runs it sends the notice ([`tap`]). On a serverless door
-//!   the first attempt is made before the client gets `done`, while the
-//!   invocation is sure to be alive; retries go on while the function's
-//!   instance does.
-//! - A detached run on `ds serve` is watched ([`watch_detached`]): a reader
-//!   of its event log of its own, which reads to the turn's end whoever
-//!   else reads or leaves, and sends the notice with the full retry
-//!   schedule. The server's process is the one thing it needs.
+//!   and in `ds` the first attempt is made before the client gets `done`,
+//!   while the process is sure to be alive; retries go on while it does.
+//! - A detached run on `ds serve` is read to each turn's end by a reader of
+//!   the server's own ([`crate::run::watch`]), whoever else reads or
+//!   leaves, which sends the notice with the full retry schedule.
 //! - A detached run on a serverless door has no process that lives as long
 //!   as it does; those are refused a `webhook_url` for now, with a message
 //!   that says so.
+//! - A run whose end no reader saw (its sandbox was killed) is told from
+//!   its history record ([`tell_from_record`]).
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::{Instrument, warn};
 
 use crate::events::RunEvent;
-use crate::run::detached::{Follow, reattach};
 use crate::run::{EVENT_BUFFER, FINAL_EVENT_GRACE, RunHandle};
-use crate::runs::registry::Registry;
-use crate::sandbox::Sandbox;
-use crate::shutdown::Shutdown;
 
 pub(crate) mod address;
 pub(crate) mod delivery;
 pub(crate) mod notice;
+pub(crate) mod outbox;
 pub(crate) mod signing;
 
 pub(crate) use address::AddressPolicy;
 pub(crate) use delivery::Target;
 use delivery::{Delivery, Sender};
 use notice::{Notice, NoticeRecorder, Subject};
+pub(crate) use outbox::Outbox;
 pub(crate) use signing::WebhookSecret;
 
 /// How long a serverless door holds a run's `done` for the notice's first
 /// attempt: within the margin a run keeps before the platform's deadline.
 const FIRST_ATTEMPT_BOUND: Duration = Duration::from_secs(5);
-/// How long a watcher waits before it reads a run's log again, after a
-/// read that ended before the turn did.
-const REREAD_PAUSE: Duration = Duration::from_secs(5);
 
 /// What a run's notice needs, from its plan.
 #[derive(Debug, Clone)]
@@ -69,12 +64,19 @@ pub(crate) struct NoticePlan {
     /// The process stays once the run's response is over (`ds serve`); a
     /// serverless function may be frozen then, and `ds` exits.
     pub sender_stays: bool,
+    /// The process's notices in flight.
+    pub outbox: Outbox,
 }
 
 impl NoticePlan {
     /// Sends `notice`: its first attempt now (awaited), the rest on a task
     /// of their own.
     pub(crate) async fn send(&self, notice: &Notice) {
+        let id = notice.id();
+        if !self.outbox.claim(&id) {
+            tracing::debug!(notice = %id, "webhook told already by another reader");
+            return;
+        }
         let sender = match Sender::new(self.policy) {
             Ok(sender) => sender,
             Err(e) => {
@@ -89,7 +91,8 @@ impl NoticePlan {
                 return;
             }
         };
-        let mut delivery = Delivery::new(sender, self.target.clone(), notice.id(), body);
+        let mut delivery =
+            Delivery::new(sender, self.target.clone(), notice.id(), body, &self.outbox);
         if !self.sender_stays {
             // The first attempt while the process surely lives; cut
             // short, it counts as a failed one.
@@ -104,6 +107,52 @@ impl NoticePlan {
     }
 }
 
+/// Tells `record`'s completion webhook, if the run has one, that turn
+/// `turn` (1 when not known) ended as the record says: for a run whose
+/// end no reader saw, once its record says how it ended (E2B killed its
+/// sandbox while it ran: `expired`). The notice has the id a reader's
+/// notice of the same turn would have, so a receiver told both drops
+/// one. Nothing is sent, and the log says why, when the server has no
+/// usable `SANDSTORM_WEBHOOK_SECRET`.
+#[allow(
+    dead_code,
+    reason = "the E2B lifecycle webhooks (issue 19, part 4) tell killed runs' ends with it"
+)]
+pub(crate) async fn tell_from_record(
+    settings: &crate::settings::Settings,
+    record: &crate::history::RunRecord,
+    turn: u32,
+) {
+    let Some(url) = record.webhook_url.as_deref() else {
+        return;
+    };
+    let secret = match &settings.notify.secret {
+        Some(Ok(secret)) => secret.clone(),
+        _ => {
+            warn!(
+                variable = signing::SECRET_VARIABLE,
+                "a run's webhook is not told: the server has no key to sign with"
+            );
+            return;
+        }
+    };
+    let Ok(url) = reqwest::Url::parse(url) else {
+        warn!("a run's webhook is not told: its recorded URL does not parse");
+        return;
+    };
+    let plan = NoticePlan {
+        target: Target {
+            url,
+            secret,
+            delays: settings.notify.delays.clone(),
+        },
+        policy: settings.notify.policy,
+        sender_stays: settings.stays_after_response,
+        outbox: settings.notify.outbox.clone(),
+    };
+    plan.send(&Notice::from_record(record, turn)).await;
+}
+
 /// A run whose end is to be told: what to send where.
 #[derive(Debug, Clone)]
 pub(crate) struct Watch {
@@ -113,11 +162,13 @@ pub(crate) struct Watch {
     pub subject: Subject,
 }
 
-/// An attached run's events on their way to its client, watched for its
-/// end: its `done`, or the end of its stream without one (its client left,
-/// which ends the run). The notice of a serverless door's run is attempted
-/// before the client gets `done`.
-pub(crate) fn tap(watch: Option<Watch>, handle: RunHandle) -> RunHandle {
+/// A run's events on their way to its reader, watched for each turn's
+/// `done`, whose notice goes out then (a serverless door's and `ds`'s
+/// first attempt before the reader gets the `done`). A notice told already
+/// by another reader of this process is not told again ([`Outbox`]).
+/// `ends_with_reader`: the run is attached, and the end of the stream
+/// without a `done` (its client left) ends it, which is told too.
+pub(crate) fn tap(watch: Option<Watch>, handle: RunHandle, ends_with_reader: bool) -> RunHandle {
     let Some(watch) = watch else {
         return handle;
     };
@@ -139,7 +190,7 @@ pub(crate) fn tap(watch: Option<Watch>, handle: RunHandle) -> RunHandle {
                 let Some(event) = event else { break };
                 recorder.observe(&event);
                 let done = matches!(event, RunEvent::Done(_));
-                if done && !told {
+                if done {
                     told = true;
                     watch
                         .plan
@@ -159,10 +210,10 @@ pub(crate) fn tap(watch: Option<Watch>, handle: RunHandle) -> RunHandle {
                     break;
                 }
             }
-            // Dropping the run's receiver now tells it its client is gone;
-            // the run then ends, and that is the end to tell.
+            // Dropping the run's receiver now tells it its reader is gone;
+            // an attached run then ends, and that is the end to tell.
             drop(inner);
-            if !told {
+            if ends_with_reader && !told {
                 watch
                     .plan
                     .send(&recorder.notice(&watch.subject, true))
@@ -174,61 +225,108 @@ pub(crate) fn tap(watch: Option<Watch>, handle: RunHandle) -> RunHandle {
     RunHandle { events, finished }
 }
 
-/// Watches a detached run's turn `follow.turn` to its end, on a task of
-/// its own: it reads the run's log as any reader does, from the start, to
-/// the turn's `done`, and sends its notice. A read that ends before the
-/// turn does (the connection to the sandbox broke) is begun again, until
-/// the sandbox's lifetime is over; a turn whose end was never read by then
-/// is told as `expired`: its sandbox went before it could say.
-pub(crate) fn watch_detached(
-    sandbox: Arc<dyn Sandbox>,
-    mut follow: Follow,
-    registry: Registry,
-    watch: Watch,
-) {
-    let ends_at = follow.ends_at();
-    let span =
-        tracing::info_span!("webhook.watch", request_id = %follow.request_id, turn = follow.turn);
-    tokio::spawn(
-        async move {
-            loop {
-                // This reader has no platform to detach it: it reads as
-                // long as the sandbox lives.
-                let left = ends_at
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                follow.deadline = Instant::now() + left;
-                let handle = reattach(
-                    sandbox.clone(),
-                    follow.clone(),
-                    Shutdown::never(),
-                    registry.clone(),
-                );
-                let mut events = handle.events;
-                let mut recorder = NoticeRecorder::default();
-                while let Some(event) = events.recv().await {
-                    recorder.observe(&event);
-                    if recorder.saw_done() && recorder.turn() >= follow.turn {
-                        break;
-                    }
+/// A receiver on loopback for the module's tests.
+#[cfg(test)]
+pub(crate) mod test_receiver {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::post;
+    use bytes::Bytes;
+    use reqwest::Url;
+
+    /// What it got: each POST's headers and body.
+    pub(crate) type Got = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+    /// A receiver that answers each POST to `/hook` with the next status
+    /// of `answers` (then 200); its URL (with a token in its query) and
+    /// what it got.
+    pub(crate) async fn receiver(answers: Vec<u16>) -> (Url, Got) {
+        let got: Got = Arc::default();
+        let answers = Arc::new(Mutex::new(answers.into_iter()));
+        let kept = got.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let kept = kept.clone();
+                let answers = answers.clone();
+                async move {
+                    kept.lock().expect("lock").push((headers, body));
+                    let status = answers.lock().expect("lock").next().unwrap_or(200);
+                    StatusCode::from_u16(status).expect("a status")
                 }
-                if recorder.saw_done() {
-                    watch
-                        .plan
-                        .send(&recorder.notice(&watch.subject, false))
-                        .await;
-                    return;
-                }
-                if SystemTime::now() + REREAD_PAUSE >= ends_at {
-                    watch
-                        .plan
-                        .send(&Notice::expired(&watch.subject, follow.turn))
-                        .await;
-                    return;
-                }
-                tokio::time::sleep(REREAD_PAUSE).await;
-            }
-        }
-        .instrument(span),
-    );
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = Url::parse(&format!("http://{address}/hook?token=abc")).expect("url");
+        (url, got)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::RecordStatus;
+
+    fn settings() -> crate::settings::Settings {
+        let choice = crate::settings::SandboxChoice {
+            catalog: crate::doors::PROVIDERS,
+            requested: Some("local"),
+            setup: crate::sandbox::provider::Setup::CheckOnly,
+            executable: None,
+        };
+        let env = crate::env::EnvVars::from_pairs([
+            (
+                "SANDSTORM_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+            ("SANDSTORM_WEBHOOK_RETRY_SCHEDULE", "none"),
+        ]);
+        crate::settings::Settings::build(
+            &env,
+            std::path::Path::new("/nonexistent"),
+            crate::settings::Profile::Server,
+            choice,
+        )
+        .expect("settings")
+    }
+
+    #[tokio::test]
+    async fn a_killed_run_s_record_tells_its_webhook_as_a_reader_would_have() {
+        let (url, got) = test_receiver::receiver(Vec::new()).await;
+        let mut record =
+            crate::history::tests::record("run_0123456789abcdef0123456789abcdef", "o", 1);
+        record.status = RecordStatus::Expired;
+        record.error_type = Some("sandbox_gone".into());
+        record.turns = Some(4);
+        record.webhook_url = Some(url.to_string());
+        let settings = settings();
+        tell_from_record(&settings, &record, 2).await;
+        settings.notify.outbox.settle(Duration::from_secs(10)).await;
+        let first = got.lock().expect("lock").clone();
+        assert_eq!(first.len(), 1);
+        let (headers, body) = &first[0];
+        assert_eq!(
+            headers["webhook-id"],
+            notice::notice_id("run_0123456789abcdef0123456789abcdef", 2).as_str()
+        );
+        let notice: serde_json::Value = serde_json::from_slice(body).expect("json");
+        assert_eq!(notice["data"]["status"], "expired", "{notice}");
+        assert_eq!(notice["data"]["turn"], 2, "{notice}");
+        assert_eq!(notice["data"]["turns"], 4, "{notice}");
+        assert_eq!(notice["data"]["error"]["type"], "sandbox_gone", "{notice}");
+
+        // No URL, nothing sent; nor without a key.
+        record.webhook_url = None;
+        tell_from_record(&settings, &record, 1).await;
+        let mut unsigned = settings.clone();
+        unsigned.notify.secret = None;
+        record.webhook_url = Some(url.to_string());
+        tell_from_record(&unsigned, &record, 1).await;
+        assert_eq!(got.lock().expect("lock").len(), 1);
+    }
 }

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::events::{RunEvent, message_type};
-use crate::history::RecordStatus;
 use crate::history::record::Recorder;
+use crate::history::{RecordStatus, RunRecord};
 
 /// The notice's `type`.
 pub(crate) const RUN_ENDED: &str = "run.ended";
@@ -38,6 +38,20 @@ pub(crate) struct Subject {
     pub started: SystemTime,
     /// Its labels (`team_id`, ...).
     pub labels: BTreeMap<String, String>,
+}
+
+impl Subject {
+    /// A detached run, as a reader of it knows it.
+    pub(crate) fn of(follow: &crate::run::detached::Follow) -> Subject {
+        Subject {
+            run_id: follow.run.run_id.clone(),
+            request_id: follow.request_id.clone(),
+            detached: true,
+            started: humantime::parse_rfc3339_weak(&follow.created_at)
+                .unwrap_or_else(|_| SystemTime::now()),
+            labels: follow.labels.clone(),
+        }
+    }
 }
 
 /// The notice as sent.
@@ -65,8 +79,12 @@ pub(crate) struct NoticeData {
     pub detached: bool,
     /// `succeeded`, `failed`, `cancelled` or `expired`.
     pub status: RecordStatus,
-    /// Why it failed (an `error` event's `error_type`), when it did.
-    pub error_type: Option<String>,
+    /// Why it failed, when it did.
+    pub error: Option<NoticeError>,
+    /// When the run started (RFC 3339, UTC, milliseconds).
+    pub created_at: String,
+    /// When this turn ended.
+    pub ended_at: String,
     /// The model the SDK ran.
     pub model: Option<String>,
     /// The SDK's `num_turns`, summed over the run's turns.
@@ -91,6 +109,23 @@ pub(crate) struct NoticeData {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A failed turn's error: an `error` event's `error_type` and `error`, or
+/// what ended the run without one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct NoticeError {
+    /// `timeout`, `runner_failed`, ..., `client_gone` (an attached run's
+    /// client left, which ends it) or `sandbox_gone`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What happened, with the run's secrets redacted.
+    pub message: String,
+}
+
+/// Why an attached run whose client left ended.
+const CLIENT_GONE: &str = "the client went away before the run ended, which ends an attached run";
+/// Why a run whose sandbox went ended.
+const SANDBOX_GONE: &str = "the run's sandbox went away before the run could say how it ended";
+
 /// Gathers a notice from a run's events, in the order its readers get
 /// them: what the run's record would say ([`Recorder`]), the turn, and the
 /// last result's answer and structured output whole (within caps).
@@ -100,6 +135,10 @@ pub(crate) struct NoticeRecorder {
     turn: u32,
     result: Option<(String, bool)>,
     structured: Option<Structured>,
+    /// The last `error` event's message.
+    error: Option<String>,
+    /// The request that began the turn, for a follow-up turn.
+    turn_request: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,9 +154,12 @@ impl NoticeRecorder {
         match event {
             RunEvent::Turn(turn) => {
                 self.turn = turn.turn;
+                self.turn_request = Some(turn.request_id.clone());
                 self.result = None;
                 self.structured = None;
+                self.error = None;
             }
+            RunEvent::Error(error) => self.error = Some(error.message.clone()),
             RunEvent::Agent(line) if message_type(line).as_deref() == Some("result") => {
                 self.result(line);
             }
@@ -165,18 +207,30 @@ impl NoticeRecorder {
             Some(Structured::Kept(value)) => (Some(value.clone()), false),
             Some(Structured::TooLarge) => (None, true),
         };
+        let error = ending.error_type.map(|kind| {
+            let message = match kind.as_str() {
+                "client_gone" => CLIENT_GONE.to_owned(),
+                _ => self.error.clone().unwrap_or_default(),
+            };
+            NoticeError { kind, message }
+        });
         Notice {
             kind: RUN_ENDED,
             timestamp: ending.ended_at.clone(),
             data: NoticeData {
                 run_id: subject.run_id.clone(),
-                request_id: subject.request_id.clone(),
+                request_id: self
+                    .turn_request
+                    .clone()
+                    .unwrap_or_else(|| subject.request_id.clone()),
                 turn: self.turn(),
                 detached: subject.detached,
                 // Without a `done`, an ending says nothing of how it went:
                 // the run stopped before it could tell.
                 status: ending.status.unwrap_or(RecordStatus::Failed),
-                error_type: ending.error_type,
+                error,
+                created_at: humantime::format_rfc3339_millis(subject.started).to_string(),
+                ended_at: ending.ended_at,
                 model: ending.model,
                 turns: ending.turns,
                 total_cost_usd: ending.total_cost_usd,
@@ -215,8 +269,55 @@ impl Notice {
         };
         let mut notice = recorder.notice(subject, false);
         notice.data.status = RecordStatus::Expired;
-        notice.data.error_type = Some("sandbox_gone".to_owned());
+        notice.data.error = Some(NoticeError {
+            kind: "sandbox_gone".to_owned(),
+            message: SANDBOX_GONE.to_owned(),
+        });
         notice
+    }
+
+    /// The notice of a run whose end no reader saw, from its history
+    /// record as it was laid down (its sandbox killed, say): turn `turn`
+    /// ended as the record says. The record keeps no structured output,
+    /// and at most 4 KiB of the answer.
+    #[allow(dead_code, reason = "see `tell_from_record`")]
+    pub(crate) fn from_record(record: &RunRecord, turn: u32) -> Notice {
+        let ended_at = record
+            .ended_at
+            .clone()
+            .unwrap_or_else(|| humantime::format_rfc3339_millis(SystemTime::now()).to_string());
+        let error = record.error_type.clone().map(|kind| {
+            let message = match kind.as_str() {
+                "client_gone" => CLIENT_GONE.to_owned(),
+                "sandbox_gone" => SANDBOX_GONE.to_owned(),
+                _ if record.status == RecordStatus::Expired => SANDBOX_GONE.to_owned(),
+                _ => format!("the run ended with {kind}; its record and events say more"),
+            };
+            NoticeError { kind, message }
+        });
+        Notice {
+            kind: RUN_ENDED,
+            timestamp: ended_at.clone(),
+            data: NoticeData {
+                run_id: record.run_id.clone(),
+                request_id: record.request_id.clone(),
+                turn: turn.max(1),
+                detached: record.detached,
+                status: record.status,
+                error,
+                created_at: record.created_at.clone(),
+                ended_at,
+                model: record.model.clone(),
+                turns: record.turns,
+                total_cost_usd: record.total_cost_usd,
+                duration_ms: record.duration_ms.unwrap_or_default(),
+                result: record.result.clone(),
+                result_truncated: false,
+                structured_output: None,
+                structured_output_truncated: false,
+                labels: record.labels.clone(),
+            },
+        }
     }
 
     /// The notice's id: the same for every attempt, and for every sender of
@@ -296,6 +397,13 @@ mod tests {
         assert_eq!(data["model"], "claude-x");
         assert_eq!(data["structured_output"]["companies"][0]["name"], "A");
         assert_eq!(data["labels"]["team_id"], "blue");
+        assert_eq!(data["error"], serde_json::Value::Null);
+        assert!(
+            data["created_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+        assert_eq!(data["ended_at"], json["timestamp"]);
         assert!(data.get("result_truncated").is_none(), "{data}");
         assert_eq!(json["timestamp"], notice.timestamp.as_str());
     }
@@ -324,8 +432,13 @@ mod tests {
         }
         let data = recorder.notice(&subject(), false).data;
         assert_eq!(data.turn, 2);
+        assert_eq!(data.request_id, "req-2");
         assert_eq!(data.status, RecordStatus::Expired);
-        assert_eq!(data.error_type.as_deref(), Some("timeout"));
+        let error = data.error.expect("an error");
+        assert_eq!(
+            (error.kind.as_str(), error.message.as_str()),
+            ("timeout", "too long")
+        );
         // The first turn's answer is not the second's.
         assert_eq!(data.result, None);
         assert_eq!(data.structured_output, None);
@@ -336,7 +449,9 @@ mod tests {
     fn an_attached_run_whose_client_left_is_failed_so() {
         let data = NoticeRecorder::default().notice(&subject(), true).data;
         assert_eq!(data.status, RecordStatus::Failed);
-        assert_eq!(data.error_type.as_deref(), Some("client_gone"));
+        let error = data.error.expect("an error");
+        assert_eq!(error.kind, "client_gone");
+        assert!(error.message.contains("client went away"), "{error:?}");
     }
 
     #[test]
@@ -373,6 +488,6 @@ mod tests {
         let data = Notice::expired(&subject(), 2).data;
         assert_eq!(data.status, RecordStatus::Expired);
         assert_eq!(data.turn, 2);
-        assert_eq!(data.error_type.as_deref(), Some("sandbox_gone"));
+        assert_eq!(data.error.map(|e| e.kind).as_deref(), Some("sandbox_gone"));
     }
 }

@@ -173,16 +173,6 @@ async fn execute(
         Ok(sandbox) => {
             // The guard's work is now the run's end, whoever reads it.
             guard.release();
-            // Its end is told by a reader of its own, whoever else reads,
-            // where this process stays to read it.
-            if let Some(watch) = watch.filter(|w| w.plan.sender_stays) {
-                crate::notify::watch_detached(
-                    sandbox.clone(),
-                    follow.clone(),
-                    registry.clone(),
-                    watch,
-                );
-            }
             let ending = read(&sandbox, &follow, &tx, shutdown)
                 .instrument(tracing::info_span!("relay"))
                 .await;
@@ -194,18 +184,6 @@ async fn execute(
                 .instrument(tracing::info_span!("sandbox.destroy"))
                 .await;
             registry.remove(&follow.digest);
-            // A run that never began has no log to watch: its end is
-            // told from here.
-            if let Some(watch) = &watch {
-                let mut recorder = crate::notify::notice::NoticeRecorder::default();
-                for event in closing_events(Some(stop.clone()), &follow, &follow.request_id, None) {
-                    recorder.observe(&event);
-                }
-                watch
-                    .plan
-                    .send(&recorder.notice(&watch.subject, false))
-                    .await;
-            }
             let first = LastTurn::first(&follow);
             finish(
                 Ending::Finished(Some(stop), first),

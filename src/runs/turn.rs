@@ -56,6 +56,8 @@ pub(crate) struct Context<'a> {
     pub registry: Registry,
     pub shutdown: Shutdown,
     pub platform_deadline: Option<Instant>,
+    /// Where the turn's end is recorded.
+    pub history: crate::history::History,
 }
 
 /// Begins the next turn of `found` with `query`'s prompt and files: 409
@@ -151,27 +153,6 @@ pub(crate) async fn follow_up(
 
     follow.turn = turn;
     follow.redactor = redactor;
-    // The run's notice plan, where this process started the run, tells
-    // of this turn's end too.
-    if let Some(notice) = follow.notice.clone().filter(|n| n.sender_stays) {
-        let subject = crate::notify::notice::Subject {
-            run_id: run_id.clone(),
-            request_id: request_id.clone(),
-            detached: true,
-            started: humantime::parse_rfc3339_weak(&follow.created_at)
-                .unwrap_or_else(|_| SystemTime::now()),
-            labels: follow.labels.clone(),
-        };
-        crate::notify::watch_detached(
-            sandbox.clone(),
-            follow.clone(),
-            context.registry.clone(),
-            crate::notify::Watch {
-                plan: notice,
-                subject,
-            },
-        );
-    }
     follow.deadline = context.platform_deadline.map_or_else(
         || Instant::now() + lifetime,
         |platform| {
@@ -180,7 +161,32 @@ pub(crate) async fn follow_up(
                 .unwrap_or_else(Instant::now)
         },
     );
-    let handle = reattach(sandbox, follow, context.shutdown, context.registry);
+    // The run's webhook, where this process started the run and knows it.
+    let watch = follow.notice.clone().map(|plan| crate::notify::Watch {
+        plan,
+        subject: crate::notify::notice::Subject::of(&follow),
+    });
+    let recording = context.history.reading(&run_id, &follow.created_at);
+    let digest = follow.digest.clone();
+    let handle = reattach(sandbox, follow, context.shutdown, context.registry.clone());
+    // The turn's reader reads the run from its start: its last `done` says
+    // how the run stands, summed over every turn.
+    let handle = crate::history::tap::tap(recording.clone(), handle);
+    let handle = crate::notify::tap(watch.clone(), handle, false);
+    // Read to the turn's end by this process, where it stays, whoever
+    // else reads or leaves.
+    let handle = if context.settings.stays_after_response {
+        let reread = crate::run::watch::Reread {
+            registry: context.registry,
+            digest,
+            turn,
+            recording,
+            watch,
+        };
+        crate::run::watch::keep_reading(handle, reread)
+    } else {
+        handle
+    };
     Ok(Begun {
         handle,
         after: info.last_event_id,

@@ -32,6 +32,10 @@ pub(crate) struct Metrics {
     /// `sandstorm.proxy.denied`: connections the local sandbox's egress
     /// proxy refused, by reason.
     pub proxy_denied: Counter<u64>,
+    /// `sandstorm.webhooks`: completion webhook attempts, by `outcome`
+    /// (`delivered`, `failed`, and `given_up` once a notice's last attempt
+    /// failed or it was dropped).
+    pub webhooks: Counter<u64>,
 }
 
 /// The instruments. Made on first use, from the meter provider
@@ -84,6 +88,10 @@ pub(crate) fn metrics() -> &'static Metrics {
             proxy_denied: meter
                 .u64_counter("sandstorm.proxy.denied")
                 .with_description("Connections the egress proxy refused")
+                .build(),
+            webhooks: meter
+                .u64_counter("sandstorm.webhooks")
+                .with_description("Completion webhook attempts, by outcome")
                 .build(),
         }
     })
