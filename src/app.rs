@@ -165,6 +165,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/messages", post(run_messages))
         .route("/runs/{id}/replay", post(replay_run))
+        .route("/runs/{id}/ended", post(run_ended))
         .route(HEALTH_PATH, get(health))
         .route("/openapi.json", get(openapi_document))
         .merge(dashboard::routes())
@@ -477,6 +478,37 @@ async fn run_messages(
     }
     .await;
     started_response(started, &request_id, "follow-up refused")
+}
+
+/// `POST /runs/{id}/ended?turn=N`: a detached run's sandbox says a turn
+/// ended (see [`crate::notify::callback`]). Not behind the API's token:
+/// the call carries the run's own.
+async fn run_ended(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let current = state.settings();
+    let told = crate::notify::callback::turn_ended(
+        &current,
+        state.provider.as_ref(),
+        &state.registry,
+        &state.history,
+        &id,
+        query.as_deref(),
+        &headers,
+    )
+    .await;
+    let mut response = match told {
+        Ok(told) => Json(told).into_response(),
+        Err(error) => {
+            tracing::info!(status = %error.status(), error = %error, "a run's call-back refused");
+            error.into_response()
+        }
+    };
+    set_request_id(&mut response, &request_id(&headers));
+    response
 }
 
 /// `POST /runs/{id}/replay`: the recorded run again, with the body's

@@ -130,6 +130,7 @@ mod tests {
             ("/health", "get"),
             ("/openapi.json", "get"),
             ("/", "get"),
+            ("/runs/{id}/ended", "post"),
         ] {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }

@@ -203,9 +203,35 @@ pub(crate) async fn prepare(
         }
         _ => plan,
     };
-    plan.notice = notice_plan(settings, config, &query, plan.detach.is_some())?;
+    let detached = Detached {
+        is: plan.detach.is_some(),
+        sandbox_tells: holds.anthropic,
+    };
+    plan.notice = notice_plan(settings, config, &query, detached)?;
     if let Some(detach) = plan.detach.as_mut() {
         detach.watched = settings.stays_after_response;
+    }
+    if let (Some(notice), Some(detach)) = (&plan.notice, &plan.detach) {
+        // Any instance that finds the run knows where to tell its turns.
+        if let Some(sealed) = crate::notify::seal::seal_url(
+            &notice.target.secret,
+            &detach.run.digest(),
+            notice.target.url.as_str(),
+        ) {
+            plan.sandbox
+                .metadata
+                .insert(crate::notify::seal::URL_KEY.to_owned(), sealed);
+        }
+        // Nothing of a serverless door is alive when the turn ends: the
+        // sandbox says it.
+        if !settings.stays_after_response {
+            plan.process.callback = crate::notify::seal::callback(
+                settings,
+                &notice.target.secret,
+                detach.run.as_str(),
+                1,
+            );
+        }
     }
     plan.record = crate::history::tap::planned(&plan, &query, owner_digest);
     if crate::telemetry::Telemetry::active().traces_prompts() {
@@ -225,7 +251,7 @@ fn notice_plan(
     settings: &Settings,
     config: &SandstormConfig,
     query: &Query,
-    detached: bool,
+    detached: Detached,
 ) -> Result<Option<crate::notify::NoticePlan>, ApiError> {
     let (url, source) = match (&query.webhook_url, config.completion_webhook_url()) {
         (Some(url), _) => (url.expose(), "the request's webhook_url"),
@@ -252,15 +278,31 @@ fn notice_plan(
             });
         }
     };
-    if detached && !settings.stays_after_response {
-        return Err(ApiError::invalid(
-            "webhook_url",
-            format!(
-                "{source} asks for a notice when the run ends, and a detached run on a \
-                 serverless door has no process that stays to see its end yet; run it \
-                 attached (detach: false), or through ds serve"
-            ),
-        ));
+    if detached.is && !settings.stays_after_response {
+        // The run's sandbox tells this door's public address when a turn
+        // ends: it must know the address, and have its model proxy.
+        if settings.notify.public_url.is_none() {
+            return Err(ApiError::invalid(
+                "webhook_url",
+                format!(
+                    "{source} asks for a notice when the run ends; a detached run on a \
+                     serverless door has its sandbox call back when it ends, at \
+                     SANDSTORM_PUBLIC_URL, which is not set (the function's own URL); set it, \
+                     or run attached (detach: false)"
+                ),
+            ));
+        }
+        if !detached.sandbox_tells {
+            return Err(ApiError::invalid(
+                "webhook_url",
+                format!(
+                    "{source} asks for a notice when the run ends; a detached run on a \
+                     serverless door has its sandbox's model proxy call back when it ends, \
+                     and these settings run none (SANDSTORM_E2B_MODEL_PROXY=0, or no model \
+                     key for it to hold); run attached (detach: false)"
+                ),
+            ));
+        }
     }
     let url = reqwest::Url::parse(url)
         .map_err(|_| ApiError::invalid("webhook_url", format!("{source} is not a URL")))?;
@@ -284,6 +326,14 @@ fn notice_plan(
         sender_stays: settings.stays_after_response,
         outbox: settings.notify.outbox.clone(),
     }))
+}
+
+/// Whether the run is detached, and whether its sandbox can tell its end
+/// (its model endpoint runs in it, out of the agent's reach).
+#[derive(Debug, Clone, Copy)]
+struct Detached {
+    is: bool,
+    sandbox_tells: bool,
 }
 
 /// The run's spend meter, with its caps: sandstorm.json's, lowered by the
@@ -515,6 +565,7 @@ pub(crate) fn build(
             // Set by `prepare`, which knows the provider and the prices.
             spend: None,
             spend_record: None,
+            callback: None,
         },
         deadline,
         deadline_reason,
@@ -643,6 +694,15 @@ mod tests {
         .expect("a valid config")
     }
 
+    const ATTACHED: Detached = Detached {
+        is: false,
+        sandbox_tells: true,
+    };
+    const TOLD: Detached = Detached {
+        is: true,
+        sandbox_tells: true,
+    };
+
     const WEBHOOK_SECRET: (&str, &str) = (
         "SANDSTORM_WEBHOOK_SECRET",
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -653,7 +713,7 @@ mod tests {
         let signed = settings("local", &[WEBHOOK_SECRET]);
         let config = config(&serde_json::json!({"webhook_url": "https://config.example/done"}));
         let url = |query: &Query| {
-            notice_plan(&signed, &config, query, false)
+            notice_plan(&signed, &config, query, ATTACHED)
                 .expect("planned")
                 .map(|n| n.target.url.to_string())
         };
@@ -672,7 +732,7 @@ mod tests {
             &signed,
             &config,
             &query(&serde_json::json!({"prompt": "p"})),
-            true,
+            TOLD,
         )
         .expect("planned")
         .expect("a notice");
@@ -689,7 +749,7 @@ mod tests {
                 &signed,
                 &lifecycle,
                 &query(&serde_json::json!({"prompt": "p"})),
-                false
+                ATTACHED
             )
             .expect("planned")
             .is_none()
@@ -701,7 +761,7 @@ mod tests {
         let asked = query(&serde_json::json!({"prompt": "p", "webhook_url": "https://r.example/"}));
         let none = SandstormConfig::default();
         let unsigned = settings("local", &[]);
-        let error = notice_plan(&unsigned, &none, &asked, false).expect_err("no secret");
+        let error = notice_plan(&unsigned, &none, &asked, ATTACHED).expect_err("no secret");
         assert_eq!(error.status(), http::StatusCode::UNPROCESSABLE_ENTITY);
         assert!(
             error.to_string().contains("SANDSTORM_WEBHOOK_SECRET"),
@@ -712,13 +772,13 @@ mod tests {
         let configured = config(&serde_json::json!({"webhook_url": "https://c.example/"}));
         let plain = query(&serde_json::json!({"prompt": "p"}));
         assert!(
-            notice_plan(&unsigned, &configured, &plain, false)
+            notice_plan(&unsigned, &configured, &plain, ATTACHED)
                 .expect("planned")
                 .is_none()
         );
         // A secret that cannot sign is the server's fault.
         let bad = settings("local", &[("SANDSTORM_WEBHOOK_SECRET", "not base64!")]);
-        let error = notice_plan(&bad, &none, &asked, false).expect_err("a bad secret");
+        let error = notice_plan(&bad, &none, &asked, ATTACHED).expect_err("a bad secret");
         assert_eq!(error.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!error.to_string().contains("not base64!"), "{error}");
         // An address notices may not go to, refused before any packet.
@@ -730,27 +790,120 @@ mod tests {
             let asked = query(&serde_json::json!({"prompt": "p", "webhook_url": url}));
             let mut closed = settings("local", &[WEBHOOK_SECRET]);
             closed.notify.policy.allow_private = false;
-            let error = notice_plan(&closed, &none, &asked, false).expect_err(url);
+            let error = notice_plan(&closed, &none, &asked, ATTACHED).expect_err(url);
             assert_eq!(error.field(), Some("webhook_url"), "{error}");
             assert!(error.to_string().contains("not sent there"), "{error}");
             let open = settings("local", &[WEBHOOK_SECRET]);
             assert_eq!(
-                notice_plan(&open, &none, &asked, false).is_ok(),
+                notice_plan(&open, &none, &asked, ATTACHED).is_ok(),
                 allowed,
                 "{url}"
             );
         }
-        // A detached run where nothing stays to see it end.
+        // A detached run on a serverless door: its sandbox calls back, at
+        // the door's public address, through its model proxy.
         let mut serverless = settings("local", &[WEBHOOK_SECRET]);
         serverless.stays_after_response = false;
-        assert!(notice_plan(&serverless, &none, &asked, false).is_ok());
-        let error = notice_plan(&serverless, &none, &asked, true).expect_err("detached");
-        assert!(error.to_string().contains("detached"), "{error}");
+        assert!(notice_plan(&serverless, &none, &asked, ATTACHED).is_ok());
+        let error = notice_plan(&serverless, &none, &asked, TOLD).expect_err("no address");
         assert!(
-            notice_plan(&serverless, &configured, &plain, true)
+            error.to_string().contains("SANDSTORM_PUBLIC_URL"),
+            "{error}"
+        );
+        assert!(
+            notice_plan(&serverless, &configured, &plain, TOLD)
                 .expect_err("sandstorm.json's too")
                 .to_string()
                 .contains("sandstorm.json's webhook_url"),
+        );
+        let mut addressed = settings(
+            "local",
+            &[
+                WEBHOOK_SECRET,
+                ("SANDSTORM_PUBLIC_URL", "https://f.example"),
+            ],
+        );
+        addressed.stays_after_response = false;
+        assert!(notice_plan(&addressed, &none, &asked, TOLD).is_ok());
+        let unproxied = Detached {
+            is: true,
+            sandbox_tells: false,
+        };
+        let error = notice_plan(&addressed, &none, &asked, unproxied).expect_err("no proxy");
+        assert!(error.to_string().contains("model proxy"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_serverless_detached_run_s_sandbox_knows_how_to_tell_its_end() {
+        let settings = |stays: bool| {
+            let mut s = settings(
+                "e2b",
+                &[
+                    WEBHOOK_SECRET,
+                    ("SANDSTORM_PUBLIC_URL", "https://f.example/base/"),
+                    ("E2B_API_KEY", "e2b_test"),
+                    ("ANTHROPIC_API_KEY", "sk-ant-test"),
+                ],
+            );
+            s.stays_after_response = stays;
+            s
+        };
+        let asked = query(&serde_json::json!({
+            "prompt": "p", "detach": true, "webhook_url": "https://r.example/x?token=receiver"
+        }));
+        let owner = Secret::new("owner");
+        let plan = prepare(
+            &settings(false),
+            asked.clone(),
+            "r".into(),
+            None,
+            Some(&owner),
+        )
+        .await
+        .expect("planned");
+        let run = plan.detach.as_ref().expect("detached").run.clone();
+        let sealed = &plan.sandbox.metadata[crate::notify::seal::URL_KEY];
+        assert!(!sealed.contains("receiver"), "{sealed}");
+        let secret = plan
+            .notice
+            .as_ref()
+            .expect("a notice")
+            .target
+            .secret
+            .clone();
+        assert_eq!(
+            crate::notify::seal::unseal_url(&secret, &run.digest(), sealed).as_deref(),
+            Some("https://r.example/x?token=receiver")
+        );
+        let callback = plan.process.callback.as_ref().expect("a call-back");
+        assert_eq!(
+            callback.url,
+            format!("https://f.example/base/runs/{run}/ended?turn=1")
+        );
+        assert!(crate::notify::seal::is_callback_token(
+            &secret,
+            run.as_str(),
+            callback.token.expose()
+        ));
+        // The token goes to the proxy alone, never to the runner.
+        assert!(
+            !plan
+                .process
+                .envs
+                .values()
+                .any(|v| v == callback.token.expose()),
+            "{:?}",
+            plan.process
+        );
+        // A server that stays reads the run itself: no call-back.
+        let plan = prepare(&settings(true), asked, "r".into(), None, Some(&owner))
+            .await
+            .expect("planned");
+        assert!(plan.process.callback.is_none());
+        assert!(
+            plan.sandbox
+                .metadata
+                .contains_key(crate::notify::seal::URL_KEY)
         );
     }
 

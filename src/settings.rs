@@ -352,6 +352,10 @@ pub struct NotifySettings {
     /// The process's notices in flight: one per process, which
     /// `ds serve --reload` hands on to the settings it loads.
     pub(crate) outbox: crate::notify::Outbox,
+    /// Where a run's sandbox reaches this server to say that a turn ended
+    /// (`SANDSTORM_PUBLIC_URL`): what a serverless door needs to tell a
+    /// detached run's webhook, with nothing of its own alive at the end.
+    pub(crate) public_url: Option<reqwest::Url>,
 }
 
 /// Refuses a sandstorm.json whose `webhook_url` asks for notices the
@@ -399,7 +403,29 @@ fn notify_settings(env: &EnvVars, profile: Profile) -> Result<NotifySettings, St
         policy: crate::notify::AddressPolicy { allow_private },
         delays: delays.into(),
         outbox: crate::notify::Outbox::default(),
+        public_url: public_url(env)?,
     })
+}
+
+/// `SANDSTORM_PUBLIC_URL`: an absolute http(s) URL, without a query.
+fn public_url(env: &EnvVars) -> Result<Option<reqwest::Url>, String> {
+    const NAME: &str = "SANDSTORM_PUBLIC_URL";
+    let Some(value) = env.get(NAME) else {
+        return Ok(None);
+    };
+    match reqwest::Url::parse(value.trim()) {
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some()
+                && url.query().is_none() =>
+        {
+            Ok(Some(url))
+        }
+        _ => Err(format!(
+            "{NAME} must be the server's public address, an http:// or https:// URL \
+             without a query (https://abc.lambda-url.us-east-1.on.aws), got {value:?}"
+        )),
+    }
 }
 
 /// `SANDSTORM_WEBHOOK_RETRY_SCHEDULE`: the waits between attempts, comma
@@ -743,8 +769,19 @@ mod tests {
         );
         let none = build(&[(SCHEDULE, "none")], Profile::Server).expect("settings");
         assert!(none.notify.delays.is_empty());
+        let public = build(
+            &[("SANDSTORM_PUBLIC_URL", "https://f.example/api")],
+            serverless,
+        )
+        .expect("settings");
+        assert_eq!(
+            public.notify.public_url.map(|u| u.to_string()).as_deref(),
+            Some("https://f.example/api")
+        );
         for (name, bad) in [
             ("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "maybe"),
+            ("SANDSTORM_PUBLIC_URL", "f.example"),
+            ("SANDSTORM_PUBLIC_URL", "https://f.example/?x=1"),
             (SCHEDULE, "5s,soon"),
             (SCHEDULE, "5"),
             (SCHEDULE, "0s"),

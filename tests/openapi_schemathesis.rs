@@ -58,11 +58,11 @@ fn schemathesis_finds_the_server_true_to_its_openapi_document() {
         "schemathesis found the server and src/openapi.json disagreeing:\n{stdout}\n{stderr}"
     );
     // Every operation was exercised, not skipped: POST /query, GET /health,
-    // GET /runs, GET and DELETE /runs/{id}, POST /runs/{id}/cancel, GET
-    // /runs/{id}/events, POST /runs/{id}/messages, POST /runs/{id}/replay
-    // and the dashboard, GET /.
+    // GET /runs, GET and DELETE /runs/{id}, POST /runs/{id}/cancel, POST
+    // /runs/{id}/ended, GET /runs/{id}/events, POST /runs/{id}/messages,
+    // POST /runs/{id}/replay and the dashboard, GET /.
     assert!(
-        stdout.contains("Tested: 10"),
+        stdout.contains("Tested: 11"),
         "schemathesis tested fewer operations than the document has:\n{stdout}"
     );
 }

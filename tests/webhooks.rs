@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::emulator;
 use common::model_server::{FINAL_TEXT, ModelServer, Script};
 use common::process::{Process, listening_on};
 use common::product::{Chain, Serve};
@@ -436,4 +437,92 @@ async fn a_run_that_outlasts_its_stream_is_read_to_its_end_and_told() {
         .await
         .expect("a record");
     assert_eq!(record["status"], "succeeded", "{record}");
+}
+
+/// `host:port` of an http URL.
+fn authority(url: &str) -> String {
+    let url = reqwest::Url::parse(url).expect("a URL");
+    format!(
+        "{}:{}",
+        url.host_str().expect("a host"),
+        url.port_or_known_default().expect("a port")
+    )
+}
+
+#[tokio::test]
+async fn a_serverless_detached_run_s_sandbox_calls_back_and_its_notice_goes_out() {
+    let model = ModelServer::start(Script::Bash {
+        command: "sleep 2 && echo later > later.txt".to_owned(),
+    })
+    .await;
+    let receiver = Receiver::start(Vec::new()).await;
+    // The door's address, known before its sandboxes are: the emulator
+    // opens it to them, as a function URL is open to an E2B VM.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the door");
+    let door = format!("http://{}", listener.local_addr().expect("an address"));
+    let mut options = emulator::options();
+    options.egress_open = Some(format!("{},{}", authority(&model.url()), authority(&door)));
+    let e2b = emulator::start_with(options).await;
+    let mut env: Vec<(String, String)> = common::product::offline_env();
+    env.extend(e2b.env().into_iter().map(|(k, v)| (k.to_owned(), v)));
+    env.extend(
+        [
+            ("ANTHROPIC_BASE_URL", model.url().as_str()),
+            ("SANDSTORM_ALLOW_ANONYMOUS", "1"),
+            ("SANDSTORM_WEBHOOK_SECRET", SECRET),
+            ("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "1"),
+            ("SANDSTORM_PUBLIC_URL", door.as_str()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let cwd = tempfile::tempdir().expect("the function's folder");
+    let router = sandstorm::doors::serverless_app(
+        sandstorm::env::EnvVars::from_pairs(env),
+        cwd.path(),
+        sandstorm::doors::Platform::Vercel,
+    )
+    .await
+    .expect("the Vercel door");
+    // Counts the calls the run's sandbox makes.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let router = router.layer(axum::middleware::map_request(
+        move |request: axum::extract::Request| {
+            let counted = counted.clone();
+            async move {
+                if request.uri().path().ends_with("/ended") {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                request
+            }
+        },
+    ));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let run_id = start_and_leave(
+        &door,
+        json!({"prompt": "go", "detach": true, "webhook_url": receiver.url()}),
+    )
+    .await;
+    // Nothing of the door reads the run now; its sandbox will say.
+    let got = receiver.wait_for(1, ARRIVES_WITHIN).await;
+    let notice = verify(SECRET, &got[0]).await.expect("verified");
+    assert_eq!(notice["data"]["run_id"], run_id.as_str(), "{notice}");
+    assert_eq!(notice["data"]["status"], "succeeded", "{notice}");
+    assert_eq!(notice["data"]["result"], FINAL_TEXT, "{notice}");
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    // A call with another run's token, or none, is refused, and tells
+    // nothing.
+    let forged = reqwest::Client::new()
+        .post(format!("{door}/runs/{run_id}/ended?turn=1"))
+        .bearer_auth("0".repeat(64))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(forged.status(), 401);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received().len(), 1);
 }

@@ -38,9 +38,11 @@ use crate::events::RunEvent;
 use crate::run::{EVENT_BUFFER, FINAL_EVENT_GRACE, RunHandle};
 
 pub(crate) mod address;
+pub(crate) mod callback;
 pub(crate) mod delivery;
 pub(crate) mod notice;
 pub(crate) mod outbox;
+pub(crate) mod seal;
 pub(crate) mod signing;
 
 pub(crate) use address::AddressPolicy;
@@ -69,6 +71,56 @@ pub(crate) struct NoticePlan {
 }
 
 impl NoticePlan {
+    /// The plan of a run found again, from the URL sealed in its sandbox's
+    /// metadata (`metadata`); `None` when it has none, or this server
+    /// cannot open it (it has no secret, or another).
+    pub(crate) fn recalled(
+        settings: &crate::settings::Settings,
+        digest: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Option<NoticePlan> {
+        let sealed = metadata.get(seal::URL_KEY)?;
+        let Some(Ok(secret)) = &settings.notify.secret else {
+            return None;
+        };
+        let url = seal::unseal_url(secret, digest, sealed)?;
+        let url = reqwest::Url::parse(&url).ok()?;
+        Some(NoticePlan {
+            target: Target {
+                url,
+                secret: secret.clone(),
+                delays: settings.notify.delays.clone(),
+            },
+            policy: settings.notify.policy,
+            sender_stays: settings.stays_after_response,
+            outbox: settings.notify.outbox.clone(),
+        })
+    }
+
+    /// One attempt at `notice`, now, and nothing more: for a caller that
+    /// will ask again (a run's sandbox calling back); `true` when the
+    /// receiver took it.
+    pub(crate) async fn attempt_once(&self, notice: &Notice) -> bool {
+        let sender = match Sender::new(self.policy) {
+            Ok(sender) => sender,
+            Err(e) => {
+                warn!(error = %e, "webhook not sent");
+                return false;
+            }
+        };
+        let Ok(body) = serde_json::to_vec(notice) else {
+            return false;
+        };
+        let mut delivery = Delivery::new(
+            sender,
+            self.target.clone(),
+            notice.id(),
+            Bytes::from(body),
+            &Outbox::default(),
+        );
+        delivery.try_once().await
+    }
+
     /// Sends `notice`: its first attempt now (awaited), the rest on a task
     /// of their own.
     pub(crate) async fn send(&self, notice: &Notice) {

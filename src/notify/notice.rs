@@ -192,6 +192,12 @@ impl NoticeRecorder {
         self.turn.max(1)
     }
 
+    /// What the run's history record would say of what it saw, for a run
+    /// that started at `started`.
+    pub(crate) fn ending(&self, started: SystemTime) -> crate::history::RunEnding {
+        self.record.ending(started, false)
+    }
+
     /// Whether a `done` ended what it saw.
     pub(crate) fn saw_done(&self) -> bool {
         self.record.saw_done()

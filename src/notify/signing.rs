@@ -73,6 +73,17 @@ impl WebhookSecret {
         context.update(body);
         format!("v1,{}", STANDARD.encode(context.sign().as_ref()))
     }
+
+    /// The HMAC of `message` under this key, for what is not a notice (a
+    /// run's call-back token, the key that seals its URL): a notice's
+    /// signed content always holds two dots before its body, and each
+    /// such message names its purpose and has none.
+    pub(crate) fn tag(&self, message: &str) -> [u8; 32] {
+        let tag = hmac::sign(&self.0, message.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
 }
 
 impl fmt::Debug for WebhookSecret {

@@ -144,7 +144,16 @@ pub(crate) async fn follow_up(
     context.registry.set_expiry(&follow.digest, lifetime);
     let session = tally.session_id.as_deref().filter(|s| is_session_id(s));
     let (share, redactor) = TurnFiles::of(plan);
-    if let Err(e) = start_runner(&sandbox, share, turn, session, overrides, timeout).await {
+    // On a serverless door the turn's sandbox says when it ends.
+    let callback = follow
+        .notice
+        .as_ref()
+        .filter(|_| !context.settings.stays_after_response)
+        .and_then(|n| {
+            crate::notify::seal::callback(context.settings, &n.target.secret, &run_id, turn)
+        });
+    let started = start_runner(&sandbox, share, turn, session, overrides, timeout, callback);
+    if let Err(e) = started.await {
         let message = format!("could not start turn {turn}: {e}");
         end_in_log(&sandbox, &message).await;
         return Err(provider_error(&e));
@@ -324,6 +333,7 @@ async fn start_runner(
     session: Option<&str>,
     overrides: ConfigOverrides,
     timeout: Duration,
+    callback: Option<crate::sandbox::Callback>,
 ) -> Result<(), crate::sandbox::SandboxError> {
     let first = sandbox.read_file(layout::AGENT_CONFIG).await?;
     let mut config: serde_json::Value = serde_json::from_slice(&first).unwrap_or_default();
@@ -351,6 +361,7 @@ async fn start_runner(
     sandbox.upload(files).await?;
     let mut runner = plan.process;
     runner.args.push(path);
+    runner.callback = callback;
     let mut output = sandbox.start(log::wrapper(runner, timeout, turn)).await?;
     // Nobody reads the wrapper: the log is the turn's output.
     tokio::spawn(async move { while output.next().await.is_some() {} });
