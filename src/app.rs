@@ -102,9 +102,17 @@ impl AppState {
     /// Serves every later request with `settings` (`ds serve --reload`).
     /// The sandbox provider, the listening address, CORS and the run
     /// history stay as they were built.
-    pub fn reload(&self, settings: Settings) {
+    pub fn reload(&self, mut settings: Settings) {
         warn_of_inert_fields(&settings);
+        // One outbox for the process, whatever the settings.
+        settings.notify.outbox = self.settings.load().notify.outbox.clone();
         self.settings.store(Arc::new(settings));
+    }
+
+    /// The process's completion webhooks in flight, which a stopping
+    /// server settles.
+    pub(crate) fn outbox(&self) -> crate::notify::Outbox {
+        self.settings.load().notify.outbox.clone()
     }
 
     /// Where runs are recorded.
@@ -197,6 +205,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/messages", post(run_messages))
         .route("/runs/{id}/replay", post(replay_run))
+        .route("/runs/{id}/ended", post(run_ended))
         .route(HEALTH_PATH, get(health))
         .route(crate::lifecycle::PATH, post(crate::lifecycle::receive))
         .route("/openapi.json", get(openapi_document))
@@ -461,15 +470,11 @@ async fn resume(
         registry: state.registry.clone(),
         shutdown: state.shutdown.clone(),
         platform_deadline,
+        history: state.history.clone(),
     };
-    let created_at = found.follow.created_at.clone();
     let begun = runs::turn::follow_up(context, found, query, request_id.to_owned()).await?;
-    // The turn's reader reads the run from its start: its last `done` says
-    // how the run stands, summed over every turn.
-    let recording = state.history.reading(&begun.run_id, &created_at);
-    let handle = history::tap::tap(recording, begun.handle);
     Ok(Started {
-        events: handle.events,
+        events: begun.handle.events,
         run: Some(begun.run_id),
         after: begun.after,
     })
@@ -519,6 +524,37 @@ async fn run_messages(
     }
     .await;
     started_response(started, &request_id, "follow-up refused")
+}
+
+/// `POST /runs/{id}/ended?turn=N`: a detached run's sandbox says a turn
+/// ended (see [`crate::notify::callback`]). Not behind the API's token:
+/// the call carries the run's own.
+async fn run_ended(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let current = state.settings();
+    let told = crate::notify::callback::turn_ended(
+        &current,
+        state.provider.as_ref(),
+        &state.registry,
+        &state.history,
+        &id,
+        query.as_deref(),
+        &headers,
+    )
+    .await;
+    let mut response = match told {
+        Ok(told) => Json(told).into_response(),
+        Err(error) => {
+            tracing::info!(status = %error.status(), error = %error, "a run's call-back refused");
+            error.into_response()
+        }
+    };
+    set_request_id(&mut response, &request_id(&headers));
+    response
 }
 
 /// `POST /runs/{id}/replay`: the recorded run again, with the body's
@@ -637,6 +673,16 @@ async fn run_events(
             let recording = state
                 .history
                 .reading(&found.follow.run.run_id, &found.follow.created_at);
+            // A run this process started tells its webhook through any of
+            // its readers that sees a turn end: once, whichever is first.
+            let watch = found
+                .follow
+                .notice
+                .clone()
+                .map(|plan| crate::notify::Watch {
+                    plan,
+                    subject: crate::notify::notice::Subject::of(&found.follow),
+                });
             let handle = run::detached::reattach(
                 found.sandbox,
                 found.follow,
@@ -644,6 +690,7 @@ async fn run_events(
                 state.registry.clone(),
             );
             let handle = crate::history::tap::tap(recording, handle);
+            let handle = crate::notify::tap(watch, handle, false);
             sse(handle.events, Some(Numbering::after(after))).into_response()
         }
         Err(error) => {

@@ -95,7 +95,8 @@ pub struct SandstormConfig {
     /// even when no skill is uploaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_skills: Option<bool>,
-    /// Where to tell that a run ended. Checked, but not acted on yet.
+    /// Where to tell that a run ended (a completion webhook), unless a
+    /// request says otherwise; see [`SandstormConfig::completion_webhook_url`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     /// Runs fired by webhooks and schedules (see [`crate::triggers`]).
@@ -307,15 +308,32 @@ impl SandstormConfig {
         skills::load(&dir, shown).map_err(field_error)
     }
 
+    /// Where to tell that a run ended, unless a request says: `webhook_url`,
+    /// unless it is 0.9.2's other meaning of the name (the server's own
+    /// `/webhooks/e2b`, where E2B sent its lifecycle events), which would
+    /// have every run's notice posted to the server itself.
+    pub fn completion_webhook_url(&self) -> Option<&str> {
+        let url = self.webhook_url.as_deref()?;
+        let path = reqwest::Url::parse(url)
+            .ok()?
+            .path()
+            .trim_end_matches('/')
+            .to_owned();
+        (!path.ends_with("/webhooks/e2b")).then_some(url)
+    }
+
     /// The fields that are read but do nothing yet, each with why; the
     /// server warns of them at start-up.
     pub fn inert_fields(&self) -> Vec<(&'static str, &'static str)> {
         let mut inert = Vec::new();
-        if self.webhook_url.is_some() {
+        if self.webhook_url.is_some() && self.completion_webhook_url().is_none() {
             inert.push((
                 "webhook_url",
-                "run webhooks arrive with triggers and webhooks; nothing is sent yet (Python \
-                 Sandstorm's `webhook_url`, E2B's lifecycle webhook, is `e2b_webhook_url` here)",
+                "it ends in /webhooks/e2b, Python Sandstorm 0.9.2's address for E2B's \
+                 sandbox lifecycle events; here webhook_url is where to tell that a run \
+                 ended, and no run's notice is sent there. E2B's lifecycle webhooks are \
+                 registered with e2b_webhook_url or ds webhook register (see \
+                 docs/webhooks.md)",
             ));
         }
         inert

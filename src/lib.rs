@@ -46,6 +46,7 @@ pub mod keys;
 pub(crate) mod lifecycle;
 pub mod lines;
 pub mod model_proxy;
+mod notify;
 mod openapi;
 mod outputs;
 mod plan;

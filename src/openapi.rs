@@ -130,6 +130,7 @@ mod tests {
             ("/health", "get"),
             ("/openapi.json", "get"),
             ("/", "get"),
+            ("/runs/{id}/ended", "post"),
         ] {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }
@@ -184,6 +185,7 @@ mod tests {
                 "max_budget_usd" | "max_cost_usd" => json!(0.5),
                 "max_tokens" => json!(100_000),
                 "team_id" | "user_id" | "channel_id" => json!("T123"),
+                "webhook_url" => json!("https://hooks.example.com/run-ended?token=t"),
                 // Documented only to say it is refused, with why.
                 "remember" => continue,
                 other => panic!("no example value for the new field {other:?}; add one here"),
@@ -248,6 +250,23 @@ mod tests {
             );
         }
         assert!(!accepts(json!({"prompt": "x", "max_turns": 0})));
+        assert_eq!(
+            p["webhook_url"]["maxLength"],
+            crate::request::MAX_WEBHOOK_URL_BYTES
+        );
+        let url = |n: usize| format!("https://h.example/{}", "a".repeat(n - 18));
+        assert_eq!(url(100).len(), 100);
+        let max = crate::request::MAX_WEBHOOK_URL_BYTES;
+        assert!(accepts(json!({"prompt": "x", "webhook_url": url(max)})));
+        assert!(!accepts(
+            json!({"prompt": "x", "webhook_url": url(max + 1)})
+        ));
+        assert!(!accepts(
+            json!({"prompt": "x", "webhook_url": "ftp://h.example/"})
+        ));
+        assert!(!accepts(
+            json!({"prompt": "x", "webhook_url": "h.example/done"})
+        ));
         let files = |n: usize| -> Value {
             (0..n)
                 .map(|i| (format!("f{i}"), json!("")))

@@ -73,6 +73,8 @@ pub(crate) struct RunPlan {
     pub outputs: Option<OutputPlan>,
     /// Set when the run goes on without its client.
     pub detach: Option<DetachPlan>,
+    /// Where to tell that the run ended, if anywhere.
+    pub notice: Option<crate::notify::NoticePlan>,
     /// The credential variables that go into the sandbox: what the run's
     /// `system` event reports (`sandstorm.credentials_in_sandbox`).
     pub credentials_in_sandbox: Vec<String>,
@@ -100,6 +102,8 @@ pub(crate) struct DetachPlan {
     pub linger: Duration,
     /// How long its sandbox is kept after a turn for a follow-up.
     pub keep_alive: Duration,
+    /// This process reads it to each turn's end itself ([`crate::run::watch`]).
+    pub watched: bool,
 }
 
 /// Builds a run's plan from a validated query: the config, the keys, the
@@ -199,11 +203,137 @@ pub(crate) async fn prepare(
         }
         _ => plan,
     };
+    let detached = Detached {
+        is: plan.detach.is_some(),
+        sandbox_tells: holds.anthropic,
+    };
+    plan.notice = notice_plan(settings, config, &query, detached)?;
+    if let Some(detach) = plan.detach.as_mut() {
+        detach.watched = settings.stays_after_response;
+    }
+    if let (Some(notice), Some(detach)) = (&plan.notice, &plan.detach) {
+        // Any instance that finds the run knows where to tell its turns.
+        if let Some(sealed) = crate::notify::seal::seal_url(
+            &notice.target.secret,
+            &detach.run.digest(),
+            notice.target.url.as_str(),
+        ) {
+            plan.sandbox
+                .metadata
+                .insert(crate::notify::seal::URL_KEY.to_owned(), sealed);
+        }
+        // Nothing of a serverless door is alive when the turn ends: the
+        // sandbox says it.
+        if !settings.stays_after_response {
+            plan.process.callback = crate::notify::seal::callback(
+                settings,
+                &notice.target.secret,
+                detach.run.as_str(),
+                1,
+            );
+        }
+    }
     plan.record = crate::history::tap::planned(&plan, &query, owner_digest);
     if crate::telemetry::Telemetry::active().traces_prompts() {
         plan.traced_prompt = Some(plan.redactor.redact_str(&query.prompt));
     }
     Ok(plan)
+}
+
+/// The run's completion webhook, if it has one: the request's
+/// `webhook_url`, else sandstorm.json's. A request's is refused when the
+/// server cannot sign it (a server whose sandstorm.json has one does not
+/// start without a secret that signs). A host written as an address is
+/// checked against the address policy now, before any sandbox. A detached
+/// run's notice needs a process that stays to watch it, which a
+/// serverless door and `ds` are not.
+fn notice_plan(
+    settings: &Settings,
+    config: &SandstormConfig,
+    query: &Query,
+    detached: Detached,
+) -> Result<Option<crate::notify::NoticePlan>, ApiError> {
+    let (url, source) = match (&query.webhook_url, config.completion_webhook_url()) {
+        (Some(url), _) => (url.expose(), "the request's webhook_url"),
+        (None, Some(url)) => (url, "sandstorm.json's webhook_url"),
+        (None, None) => return Ok(None),
+    };
+    let from_request = query.webhook_url.is_some();
+    let secret = match &settings.notify.secret {
+        Some(Ok(secret)) => secret.clone(),
+        _ if !from_request => return Ok(None),
+        None => {
+            return Err(ApiError::invalid(
+                "webhook_url",
+                format!(
+                    "webhook_url needs {} set on the server, to sign the run's notice, and it \
+                     is not set",
+                    crate::notify::signing::SECRET_VARIABLE
+                ),
+            ));
+        }
+        Some(Err(why)) => {
+            return Err(ApiError::Config {
+                message: why.clone(),
+            });
+        }
+    };
+    if detached.is && !settings.stays_after_response {
+        // The run's sandbox tells this door's public address when a turn
+        // ends: it must know the address, and have its model proxy.
+        if settings.notify.public_url.is_none() {
+            return Err(ApiError::invalid(
+                "webhook_url",
+                format!(
+                    "{source} asks for a notice when the run ends; a detached run on a \
+                     serverless door has its sandbox call back when it ends, at \
+                     SANDSTORM_PUBLIC_URL, which is not set (the function's own URL); set it, \
+                     or run attached (detach: false)"
+                ),
+            ));
+        }
+        if !detached.sandbox_tells {
+            return Err(ApiError::invalid(
+                "webhook_url",
+                format!(
+                    "{source} asks for a notice when the run ends; a detached run on a \
+                     serverless door has its sandbox's model proxy call back when it ends, \
+                     and these settings run none (SANDSTORM_E2B_MODEL_PROXY=0, or no model \
+                     key for it to hold); run attached (detach: false)"
+                ),
+            ));
+        }
+    }
+    let url = reqwest::Url::parse(url)
+        .map_err(|_| ApiError::invalid("webhook_url", format!("{source} is not a URL")))?;
+    if let Some(ip) = url
+        .host_str()
+        .and_then(|host| host.trim_matches(['[', ']']).parse().ok())
+        && let Some(why) = settings.notify.policy.refuses(ip)
+    {
+        return Err(ApiError::invalid(
+            "webhook_url",
+            format!("{source}'s host is {why}; notices are not sent there"),
+        ));
+    }
+    Ok(Some(crate::notify::NoticePlan {
+        target: crate::notify::Target {
+            url,
+            secret,
+            delays: settings.notify.delays.clone(),
+        },
+        policy: settings.notify.policy,
+        sender_stays: settings.stays_after_response,
+        outbox: settings.notify.outbox.clone(),
+    }))
+}
+
+/// Whether the run is detached, and whether its sandbox can tell its end
+/// (its model endpoint runs in it, out of the agent's reach).
+#[derive(Debug, Clone, Copy)]
+struct Detached {
+    is: bool,
+    sandbox_tells: bool,
 }
 
 /// The run's spend meter, with its caps: sandstorm.json's, lowered by the
@@ -367,6 +497,7 @@ impl RunPlan {
             expires_at,
             linger: kept.linger,
             keep_alive: kept.keep_alive,
+            watched: false,
         });
         self
     }
@@ -434,12 +565,14 @@ pub(crate) fn build(
             // Set by `prepare`, which knows the provider and the prices.
             spend: None,
             spend_record: None,
+            callback: None,
         },
         deadline,
         deadline_reason,
         redactor,
         outputs,
         detach: None,
+        notice: None,
         credentials_in_sandbox: Vec::new(),
         record: None,
         recording: None,
@@ -551,6 +684,227 @@ mod tests {
             choice,
         )
         .expect("valid settings")
+    }
+
+    fn config(json: &serde_json::Value) -> SandstormConfig {
+        SandstormConfig::parse(
+            json.to_string().as_bytes(),
+            std::path::Path::new("sandstorm.json"),
+        )
+        .expect("a valid config")
+    }
+
+    const ATTACHED: Detached = Detached {
+        is: false,
+        sandbox_tells: true,
+    };
+    const TOLD: Detached = Detached {
+        is: true,
+        sandbox_tells: true,
+    };
+
+    const WEBHOOK_SECRET: (&str, &str) = (
+        "SANDSTORM_WEBHOOK_SECRET",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    );
+
+    #[test]
+    fn a_run_s_webhook_is_the_request_s_over_sandstorm_json_s() {
+        let signed = settings("local", &[WEBHOOK_SECRET]);
+        let config = config(&serde_json::json!({"webhook_url": "https://config.example/done"}));
+        let url = |query: &Query| {
+            notice_plan(&signed, &config, query, ATTACHED)
+                .expect("planned")
+                .map(|n| n.target.url.to_string())
+        };
+        assert_eq!(
+            url(&query(&serde_json::json!({"prompt": "p"}))).as_deref(),
+            Some("https://config.example/done")
+        );
+        assert_eq!(
+            url(&query(
+                &serde_json::json!({"prompt": "p", "webhook_url": "https://request.example/x"})
+            ))
+            .as_deref(),
+            Some("https://request.example/x")
+        );
+        let plan = notice_plan(
+            &signed,
+            &config,
+            &query(&serde_json::json!({"prompt": "p"})),
+            TOLD,
+        )
+        .expect("planned")
+        .expect("a notice");
+        assert!(plan.sender_stays);
+        assert_eq!(
+            plan.target.delays.len(),
+            crate::notify::delivery::DEFAULT_DELAYS.len()
+        );
+        // 0.9.2's lifecycle address is not where a run's end is told.
+        let lifecycle =
+            self::config(&serde_json::json!({"webhook_url": "https://me.example/webhooks/e2b"}));
+        assert!(
+            notice_plan(
+                &signed,
+                &lifecycle,
+                &query(&serde_json::json!({"prompt": "p"})),
+                ATTACHED
+            )
+            .expect("planned")
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn a_webhook_the_server_cannot_keep_is_refused_naming_the_field() {
+        let asked = query(&serde_json::json!({"prompt": "p", "webhook_url": "https://r.example/"}));
+        let none = SandstormConfig::default();
+        let unsigned = settings("local", &[]);
+        let error = notice_plan(&unsigned, &none, &asked, ATTACHED).expect_err("no secret");
+        assert_eq!(error.status(), http::StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            error.to_string().contains("SANDSTORM_WEBHOOK_SECRET"),
+            "{error}"
+        );
+        // sandstorm.json's alone: the server warned at start-up; the run
+        // goes without it.
+        let configured = config(&serde_json::json!({"webhook_url": "https://c.example/"}));
+        let plain = query(&serde_json::json!({"prompt": "p"}));
+        assert!(
+            notice_plan(&unsigned, &configured, &plain, ATTACHED)
+                .expect("planned")
+                .is_none()
+        );
+        // A secret that cannot sign is the server's fault.
+        let bad = settings("local", &[("SANDSTORM_WEBHOOK_SECRET", "not base64!")]);
+        let error = notice_plan(&bad, &none, &asked, ATTACHED).expect_err("a bad secret");
+        assert_eq!(error.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!error.to_string().contains("not base64!"), "{error}");
+        // An address notices may not go to, refused before any packet.
+        for (url, allowed) in [
+            ("http://169.254.169.254/latest", false),
+            ("http://[fe80::1]/", false),
+            ("http://127.0.0.1:9/x", true),
+        ] {
+            let asked = query(&serde_json::json!({"prompt": "p", "webhook_url": url}));
+            let mut closed = settings("local", &[WEBHOOK_SECRET]);
+            closed.notify.policy.allow_private = false;
+            let error = notice_plan(&closed, &none, &asked, ATTACHED).expect_err(url);
+            assert_eq!(error.field(), Some("webhook_url"), "{error}");
+            assert!(error.to_string().contains("not sent there"), "{error}");
+            let open = settings("local", &[WEBHOOK_SECRET]);
+            assert_eq!(
+                notice_plan(&open, &none, &asked, ATTACHED).is_ok(),
+                allowed,
+                "{url}"
+            );
+        }
+        // A detached run on a serverless door: its sandbox calls back, at
+        // the door's public address, through its model proxy.
+        let mut serverless = settings("local", &[WEBHOOK_SECRET]);
+        serverless.stays_after_response = false;
+        assert!(notice_plan(&serverless, &none, &asked, ATTACHED).is_ok());
+        let error = notice_plan(&serverless, &none, &asked, TOLD).expect_err("no address");
+        assert!(
+            error.to_string().contains("SANDSTORM_PUBLIC_URL"),
+            "{error}"
+        );
+        assert!(
+            notice_plan(&serverless, &configured, &plain, TOLD)
+                .expect_err("sandstorm.json's too")
+                .to_string()
+                .contains("sandstorm.json's webhook_url"),
+        );
+        let mut addressed = settings(
+            "local",
+            &[
+                WEBHOOK_SECRET,
+                ("SANDSTORM_PUBLIC_URL", "https://f.example"),
+            ],
+        );
+        addressed.stays_after_response = false;
+        assert!(notice_plan(&addressed, &none, &asked, TOLD).is_ok());
+        let unproxied = Detached {
+            is: true,
+            sandbox_tells: false,
+        };
+        let error = notice_plan(&addressed, &none, &asked, unproxied).expect_err("no proxy");
+        assert!(error.to_string().contains("model proxy"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_serverless_detached_run_s_sandbox_knows_how_to_tell_its_end() {
+        let settings = |stays: bool| {
+            let mut s = settings(
+                "e2b",
+                &[
+                    WEBHOOK_SECRET,
+                    ("SANDSTORM_PUBLIC_URL", "https://f.example/base/"),
+                    ("E2B_API_KEY", "e2b_test"),
+                    ("ANTHROPIC_API_KEY", "sk-ant-test"),
+                ],
+            );
+            s.stays_after_response = stays;
+            s
+        };
+        let asked = query(&serde_json::json!({
+            "prompt": "p", "detach": true, "webhook_url": "https://r.example/x?token=receiver"
+        }));
+        let owner = Secret::new("owner");
+        let plan = prepare(
+            &settings(false),
+            asked.clone(),
+            "r".into(),
+            None,
+            Some(&owner),
+        )
+        .await
+        .expect("planned");
+        let run = plan.detach.as_ref().expect("detached").run.clone();
+        let sealed = &plan.sandbox.metadata[crate::notify::seal::URL_KEY];
+        assert!(!sealed.contains("receiver"), "{sealed}");
+        let secret = plan
+            .notice
+            .as_ref()
+            .expect("a notice")
+            .target
+            .secret
+            .clone();
+        assert_eq!(
+            crate::notify::seal::unseal_url(&secret, &run.digest(), sealed).as_deref(),
+            Some("https://r.example/x?token=receiver")
+        );
+        let callback = plan.process.callback.as_ref().expect("a call-back");
+        assert_eq!(
+            callback.url,
+            format!("https://f.example/base/runs/{run}/ended?turn=1")
+        );
+        assert!(crate::notify::seal::is_callback_token(
+            &secret,
+            run.as_str(),
+            callback.token.expose()
+        ));
+        // The token goes to the proxy alone, never to the runner.
+        assert!(
+            !plan
+                .process
+                .envs
+                .values()
+                .any(|v| v == callback.token.expose()),
+            "{:?}",
+            plan.process
+        );
+        // A server that stays reads the run itself: no call-back.
+        let plan = prepare(&settings(true), asked, "r".into(), None, Some(&owner))
+            .await
+            .expect("planned");
+        assert!(plan.process.callback.is_none());
+        assert!(
+            plan.sandbox
+                .metadata
+                .contains_key(crate::notify::seal::URL_KEY)
+        );
     }
 
     #[tokio::test]

@@ -127,6 +127,10 @@ pub(crate) struct QueryRequest {
     /// Python Sandstorm's memory; refused with why.
     #[serde(default)]
     pub remember: Option<serde_json::Value>,
+    /// Where to tell that the run ended (a completion webhook), over
+    /// sandstorm.json's.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
 }
 
 /// `output_format` in a request: a format, or `{}` to turn off
@@ -205,6 +209,8 @@ impl std::fmt::Debug for QueryRequest {
             .field("user_id", &self.user_id)
             .field("channel_id", &self.channel_id)
             .field("remember", &self.remember.is_some())
+            // It may carry a token in its path or query.
+            .field("webhook_url", &self.webhook_url.is_some())
             .finish()
     }
 }
@@ -276,6 +282,10 @@ pub struct Query {
     pub caps: Caps,
     /// Labels recorded with the run, by name (`team_id`, ...).
     pub labels: BTreeMap<&'static str, String>,
+    /// Where to tell that the run ended, over sandstorm.json's: an http or
+    /// https URL, held as a secret because many receivers' URLs carry
+    /// their token.
+    pub webhook_url: Option<Secret>,
 }
 
 /// What a request narrows or adds to sandstorm.json's agent. Names in the
@@ -616,6 +626,15 @@ impl QueryRequest {
             });
         }
         let files = validate_files(self.files.unwrap_or_default())?;
+        let webhook_url = match self.webhook_url {
+            None => None,
+            Some(url) => Some(validate_webhook_url(&url).map_err(|why| {
+                ApiError::invalid(
+                    "webhook_url",
+                    format!("{} {why}", naming.name("webhook_url")),
+                )
+            })?),
+        };
         if let Some(outputs) = &self.outputs {
             outputs.validate().map_err(|why| {
                 let message = match naming {
@@ -648,8 +667,26 @@ impl QueryRequest {
             agent,
             caps,
             labels,
+            webhook_url,
         })
     }
+}
+
+/// The longest `webhook_url`, in bytes.
+pub(crate) const MAX_WEBHOOK_URL_BYTES: usize = 2048;
+
+/// Checks a `webhook_url`: an absolute http or https URL with a host, at
+/// most [`MAX_WEBHOOK_URL_BYTES`]. The reason never repeats the URL,
+/// which may hold a token.
+fn validate_webhook_url(url: &str) -> Result<Secret, String> {
+    if url.len() > MAX_WEBHOOK_URL_BYTES {
+        return Err(format!(
+            "is {} bytes long; the limit is {MAX_WEBHOOK_URL_BYTES}",
+            url.len()
+        ));
+    }
+    crate::config::triggers::check_webhook_url(url)?;
+    Ok(Secret::new(url))
 }
 
 /// A whole number, also when written `14.0`: JSON Schema's `integer` (and

@@ -36,6 +36,7 @@ use crate::telemetry;
 
 pub(crate) mod detached;
 pub(crate) mod shape;
+pub(crate) mod watch;
 
 use shape::{Admitted, Shape};
 
@@ -74,17 +75,75 @@ pub(crate) fn spawn(
     plan.process
         .envs
         .extend(telemetry::context::to_env(&span.context()));
+    let watch = plan.notice.take().map(|notice| crate::notify::Watch {
+        plan: notice,
+        subject: subject(&plan),
+    });
     let recording = history.begin(plan.record.take());
     plan.recording.clone_from(&recording);
+    // Read to each turn's end by this process, where it stays.
+    let kept = plan
+        .detach
+        .as_ref()
+        .filter(|d| d.watched)
+        .map(|d| watch::Reread {
+            registry: registry.clone(),
+            digest: d.run.digest(),
+            turn: 1,
+            recording: recording.clone(),
+            watch: watch.clone(),
+        });
+    let attached = plan.detach.is_none();
     let handle = if let Some(detach) = plan.detach.take() {
-        detached::spawn(provider, plan, detach, shutdown, registry, span.clone())
+        let spawned = detached::Spawned {
+            registry,
+            span: span.clone(),
+            watch: watch.clone(),
+        };
+        detached::spawn(provider, plan, detach, shutdown, spawned)
     } else {
         let (tx, events) = mpsc::channel(EVENT_BUFFER);
         let finished = tokio::spawn(execute(provider, plan, tx, shutdown).instrument(span.clone()));
         RunHandle { events, finished }
     };
     let handle = crate::history::tap::tap(recording, handle);
+    // The notice's tap is outside the history's: the history has the end
+    // before the notice goes, so a receiver that reads the run back finds
+    // it ended. An attached run whose client left is told so.
+    let handle = crate::notify::tap(watch, handle, attached);
+    let handle = match kept {
+        Some(reread) => watch::keep_reading(handle, reread),
+        None => handle,
+    };
     telemetry::run::traced(span, handle, started)
+}
+
+/// Which run a notice tells of: a detached run by its id, an attached one
+/// by its record's (or a fresh one, when it has no record).
+fn subject(plan: &RunPlan) -> crate::notify::notice::Subject {
+    let run_id = plan
+        .detach
+        .as_ref()
+        .map(|d| d.run.to_string())
+        .or_else(|| plan.record.as_ref().map(|r| r.run_id.clone()))
+        .or_else(|| {
+            crate::run_id::RunId::generate()
+                .ok()
+                .map(|id| id.to_string())
+        })
+        .unwrap_or_else(|| plan.request_id.clone());
+    let started = plan
+        .detach
+        .as_ref()
+        .and_then(|d| humantime::parse_rfc3339_weak(&d.created_at).ok())
+        .unwrap_or_else(std::time::SystemTime::now);
+    crate::notify::notice::Subject {
+        run_id,
+        request_id: plan.request_id.clone(),
+        detached: plan.detach.is_some(),
+        started,
+        labels: crate::runs::labels(&plan.sandbox.metadata),
+    }
 }
 
 /// What the run's root span starts with.
@@ -200,6 +259,7 @@ pub(crate) fn budget_exceeded(ended: Option<ErrorKind>, spend: Option<&Spend>) -
 }
 
 /// Why the relay stopped early.
+#[derive(Debug, Clone)]
 enum Stop {
     ClientGone,
     Failed(ErrorKind, String),

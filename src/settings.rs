@@ -205,6 +205,12 @@ pub struct Settings {
     pub test_clock_start: Option<SystemTime>,
     /// How `POST /webhooks/e2b` checks E2B's lifecycle events.
     pub lifecycle: LifecycleSettings,
+    /// Completion webhooks: their key, where they may go, their retries.
+    pub notify: NotifySettings,
+    /// The process stays once a response is over (`ds serve`), so it can
+    /// read detached runs to their ends and retry notices for hours; a
+    /// serverless function may be frozen then, and `ds` exits.
+    pub stays_after_response: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -227,6 +233,8 @@ impl std::fmt::Debug for Settings {
             .field("key_source", &self.key_source.is_some())
             .field("prices", &self.prices)
             .field("history", &self.history)
+            .field("notify", &self.notify)
+            .field("stays_after_response", &self.stays_after_response)
             // Names only: the agent's OTLP headers are a credential.
             .field(
                 "agent_telemetry",
@@ -340,6 +348,10 @@ impl Settings {
             })
             .transpose()?;
         let lifecycle = LifecycleSettings::from_env(env);
+        let notify = notify_settings(env, profile)?;
+        if let Ok(config) = &config {
+            signs_for(config, &notify)?;
+        }
         Ok(Settings {
             auth: auth_settings(env, profile)?,
             keys: KeyEnv::resolve(|name| env.get(name), &sandbox.credential_fields, cwd),
@@ -363,6 +375,8 @@ impl Settings {
             cron_secret: cron_secret(env)?,
             test_clock_start,
             lifecycle,
+            notify,
+            stays_after_response: profile == Profile::Server,
         })
     }
 }
@@ -424,6 +438,143 @@ fn cron_secret(env: &EnvVars) -> Result<Option<Secret>, String> {
         ));
     }
     Ok(Some(Secret::new(secret.trim())))
+}
+
+/// Completion webhooks' settings (see [`crate::notify`]).
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    /// `SANDSTORM_WEBHOOK_SECRET`, read: `Err` says why it cannot sign.
+    /// Kept rather than refused at start-up, so a server that sends no
+    /// notice starts whatever the variable holds (0.9.2 used it for E2B's
+    /// lifecycle webhooks, in any form).
+    pub(crate) secret: Option<Result<crate::notify::WebhookSecret, String>>,
+    /// Where notices may go (`SANDSTORM_WEBHOOK_ALLOW_PRIVATE`).
+    pub(crate) policy: crate::notify::AddressPolicy,
+    /// The waits between attempts (`SANDSTORM_WEBHOOK_RETRY_SCHEDULE`).
+    pub(crate) delays: Arc<[Duration]>,
+    /// The process's notices in flight: one per process, which
+    /// `ds serve --reload` hands on to the settings it loads.
+    pub(crate) outbox: crate::notify::Outbox,
+    /// Where a run's sandbox reaches this server to say that a turn ended
+    /// (`SANDSTORM_PUBLIC_URL`): what a serverless door needs to tell a
+    /// detached run's webhook, with nothing of its own alive at the end.
+    pub(crate) public_url: Option<reqwest::Url>,
+}
+
+/// Refuses a sandstorm.json whose `webhook_url` asks for notices the
+/// server cannot sign: every run would end untold.
+fn signs_for(config: &SandstormConfig, notify: &NotifySettings) -> Result<(), String> {
+    if config.completion_webhook_url().is_none() {
+        return Ok(());
+    }
+    let variable = crate::notify::signing::SECRET_VARIABLE;
+    match &notify.secret {
+        Some(Ok(_)) => Ok(()),
+        None => Err(format!(
+            "sandstorm.json's webhook_url asks for a notice when each run ends, and notices \
+             are signed with {variable}, which is not set; set it (echo \
+             \"whsec_$(openssl rand -base64 32)\"), or remove webhook_url"
+        )),
+        Some(Err(why)) => Err(format!(
+            "sandstorm.json's webhook_url needs a usable {variable}: {why}"
+        )),
+    }
+}
+
+/// The most retries `SANDSTORM_WEBHOOK_RETRY_SCHEDULE` may list.
+const MAX_RETRIES: usize = 20;
+/// The longest all of them may add up to: a day.
+const MAX_RETRYING: Duration = Duration::from_secs(86_400);
+
+fn notify_settings(env: &EnvVars, profile: Profile) -> Result<NotifySettings, String> {
+    let secret = env
+        .get(crate::notify::signing::SECRET_VARIABLE)
+        .filter(|v| !v.trim().is_empty())
+        .map(crate::notify::WebhookSecret::parse);
+    let allow_private = match env.get("SANDSTORM_WEBHOOK_ALLOW_PRIVATE") {
+        // Your own machine's receivers, with `ds serve`; a function's
+        // neighbours are not the caller's to reach.
+        None => profile == Profile::Server,
+        Some(v) => switch("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", v)?,
+    };
+    let delays = match env.get("SANDSTORM_WEBHOOK_RETRY_SCHEDULE") {
+        None => crate::notify::delivery::DEFAULT_DELAYS.to_vec(),
+        Some(v) => retry_schedule(v)?,
+    };
+    Ok(NotifySettings {
+        secret,
+        policy: crate::notify::AddressPolicy { allow_private },
+        delays: delays.into(),
+        outbox: crate::notify::Outbox::default(),
+        public_url: public_url(env)?,
+    })
+}
+
+/// `SANDSTORM_PUBLIC_URL`: an absolute http(s) URL, without a query.
+fn public_url(env: &EnvVars) -> Result<Option<reqwest::Url>, String> {
+    const NAME: &str = "SANDSTORM_PUBLIC_URL";
+    let Some(value) = env.get(NAME) else {
+        return Ok(None);
+    };
+    match reqwest::Url::parse(value.trim()) {
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some()
+                && url.query().is_none() =>
+        {
+            Ok(Some(url))
+        }
+        _ => Err(format!(
+            "{NAME} must be the server's public address, an http:// or https:// URL \
+             without a query (https://abc.lambda-url.us-east-1.on.aws), got {value:?}"
+        )),
+    }
+}
+
+/// `SANDSTORM_WEBHOOK_RETRY_SCHEDULE`: the waits between attempts, comma
+/// separated durations (`5s,5m,30m,2h`; `250ms` too); `none` for no retry.
+fn retry_schedule(value: &str) -> Result<Vec<Duration>, String> {
+    const NAME: &str = "SANDSTORM_WEBHOOK_RETRY_SCHEDULE";
+    if value.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    let delays = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| match humantime::parse_duration(d) {
+            Ok(delay) if !delay.is_zero() => Ok(delay),
+            _ => Err(format!(
+                "{NAME} must be durations such as 5s,5m,2h, comma separated (or none); \
+                 {d:?} is not one above zero"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.len() > MAX_RETRIES {
+        return Err(format!(
+            "{NAME} lists {} retries; the most is {MAX_RETRIES}",
+            delays.len()
+        ));
+    }
+    let total: Duration = delays.iter().sum();
+    if total > MAX_RETRYING {
+        return Err(format!(
+            "{NAME} adds up to {}; retries end within a day",
+            humantime::format_duration(total)
+        ));
+    }
+    Ok(delays)
+}
+
+/// A yes-or-no setting: 1 or 0, true or false, yes or no, on or off.
+fn switch(name: &str, value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!(
+            "{name} must be 1 or 0 (true or false), got {other:?}"
+        )),
+    }
 }
 
 /// Where the run history is kept, and for how long.
@@ -692,6 +843,102 @@ mod tests {
             profile,
             choice,
         )
+    }
+
+    #[test]
+    fn webhook_settings_follow_the_profile_and_a_bad_value_names_its_variable() {
+        let serverless = Profile::Serverless { max_duration: None };
+        let server = build(&[], Profile::Server).expect("settings");
+        assert!(server.notify.policy.allow_private && server.stays_after_response);
+        assert!(server.notify.secret.is_none());
+        assert_eq!(
+            &*server.notify.delays,
+            &crate::notify::delivery::DEFAULT_DELAYS[..]
+        );
+        let function = build(&[], serverless).expect("settings");
+        assert!(!function.notify.policy.allow_private && !function.stays_after_response);
+        let opened =
+            build(&[("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "1")], serverless).expect("settings");
+        assert!(opened.notify.policy.allow_private);
+        const SCHEDULE: &str = "SANDSTORM_WEBHOOK_RETRY_SCHEDULE";
+        let quick = build(&[(SCHEDULE, "100ms, 2s,5m")], Profile::Server).expect("settings");
+        assert_eq!(
+            &*quick.notify.delays,
+            &[
+                Duration::from_millis(100),
+                Duration::from_secs(2),
+                Duration::from_secs(300)
+            ][..]
+        );
+        let none = build(&[(SCHEDULE, "none")], Profile::Server).expect("settings");
+        assert!(none.notify.delays.is_empty());
+        let public = build(
+            &[("SANDSTORM_PUBLIC_URL", "https://f.example/api")],
+            serverless,
+        )
+        .expect("settings");
+        assert_eq!(
+            public.notify.public_url.map(|u| u.to_string()).as_deref(),
+            Some("https://f.example/api")
+        );
+        for (name, bad) in [
+            ("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "maybe"),
+            ("SANDSTORM_PUBLIC_URL", "f.example"),
+            ("SANDSTORM_PUBLIC_URL", "https://f.example/?x=1"),
+            (SCHEDULE, "5s,soon"),
+            (SCHEDULE, "5"),
+            (SCHEDULE, "0s"),
+            (SCHEDULE, "24h,1s"),
+            (SCHEDULE, &"1s,".repeat(21)),
+        ] {
+            let error = build(&[(name, bad)], Profile::Server).expect_err(bad);
+            assert!(error.contains(name), "{error}");
+        }
+        // sandstorm.json's webhook_url needs a secret that signs.
+        let dir = tempfile::tempdir().expect("a folder");
+        std::fs::write(
+            dir.path().join("sandstorm.json"),
+            r#"{"webhook_url": "https://hooks.example.com/done"}"#,
+        )
+        .expect("write sandstorm.json");
+        let with_config = |pairs: &[(&str, &str)]| {
+            let choice = SandboxChoice {
+                catalog: PROVIDERS,
+                requested: Some("local"),
+                setup: crate::sandbox::provider::Setup::CheckOnly,
+                executable: None,
+            };
+            let env = EnvVars::from_pairs(pairs.iter().copied());
+            Settings::build(&env, dir.path(), Profile::Server, choice)
+        };
+        let error = with_config(&[]).expect_err("no secret");
+        assert!(
+            error.contains("SANDSTORM_WEBHOOK_SECRET") && error.contains("webhook_url"),
+            "{error}"
+        );
+        let error = with_config(&[("SANDSTORM_WEBHOOK_SECRET", "hunter2")]).expect_err("bad");
+        assert!(
+            error.contains("base64") && !error.contains("hunter2"),
+            "{error}"
+        );
+        assert!(
+            with_config(&[(
+                "SANDSTORM_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            )])
+            .is_ok()
+        );
+        // Without one, a secret that cannot sign does not stop a server that
+        // sends no notice: 0.9.2 kept E2B's lifecycle secret in the same
+        // variable.
+        let odd =
+            build(&[("SANDSTORM_WEBHOOK_SECRET", "hunter2")], Profile::Server).expect("settings");
+        assert!(!format!("{odd:?}").contains("hunter2"));
+        let why = odd.notify.secret.expect("read").expect_err("cannot sign");
+        assert!(
+            why.contains("SANDSTORM_WEBHOOK_SECRET") && !why.contains("hunter2"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn runner() -> ProcessSpec {
         tag: None,
         spend: None,
         spend_record: None,
+        callback: None,
     }
 }
 

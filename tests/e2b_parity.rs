@@ -305,6 +305,7 @@ async fn our_process_start_matches_an_sdk() {
                 tag: None,
                 spend: None,
                 spend_record: None,
+                callback: None,
             })
             .await
             .expect("our client starts the process");

@@ -64,11 +64,12 @@ fn schemathesis_finds_the_server_true_to_its_openapi_document() {
         "schemathesis found the server and src/openapi.json disagreeing:\n{stdout}\n{stderr}"
     );
     // Every operation was exercised, not skipped: POST /query, GET /health,
-    // GET /runs, GET and DELETE /runs/{id}, POST /runs/{id}/cancel, GET
-    // /runs/{id}/events, POST /runs/{id}/messages, POST /runs/{id}/replay,
-    // POST /webhooks/e2b, GET /triggers/cron/{name} and the dashboard, GET /.
+    // GET /runs, GET and DELETE /runs/{id}, POST /runs/{id}/cancel, POST
+    // /runs/{id}/ended, GET /runs/{id}/events, POST /runs/{id}/messages,
+    // POST /runs/{id}/replay, POST /webhooks/e2b, GET /triggers/cron/{name}
+    // and the dashboard, GET /.
     assert!(
-        stdout.contains("Tested: 14"),
+        stdout.contains("Tested: 15"),
         "schemathesis tested fewer operations than the document has:\n{stdout}"
     );
 }

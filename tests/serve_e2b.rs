@@ -348,7 +348,9 @@ async fn webhook_url_and_triggers_load_and_ds_serve_lists_the_triggers() {
     let dir = tempfile::tempdir().expect("a working folder");
     std::fs::write(
         dir.path().join("sandstorm.json"),
-        r#"{"webhook_url": "https://hooks.example.com/done",
+        // 0.9.2's meaning of webhook_url (E2B's lifecycle events): no
+        // run's notice goes there. A completion URL would need the secret.
+        r#"{"webhook_url": "https://my-server.example.com/webhooks/e2b",
             "triggers": [{"name": "daily", "type": "cron", "schedule": "0 9 * * 1-5",
                           "prompt": "Write the digest"}]}"#,
     )

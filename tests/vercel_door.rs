@@ -207,6 +207,8 @@ fn vercel_json_routes_both_paths_to_functions_that_cargo_builds() {
         ("/runs/:id/cancel", "api/query.rs"),
         ("/runs/:id/events", "api/query.rs"),
         ("/runs/:id/messages", "api/query.rs"),
+        // Where a detached run's sandbox says a turn ended.
+        ("/runs/:id/ended", "api/query.rs"),
         ("/health", "api/health.rs"),
         // E2B's lifecycle webhooks.
         ("/webhooks/e2b", "api/query.rs"),

@@ -671,6 +671,7 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
         .map_or_else(Clock::system, Clock::starting_at);
     let scheduler = crate::triggers::scheduler::start(state.clone(), clock);
     let registration = e2b_webhook.map(webhook::ServePlan::start);
+    let outbox = state.outbox();
     let served = serve::serve(addr, app::app(state), trigger, bound, connections).await;
     scheduler.abort();
     if let Some(registration) = registration {
@@ -680,6 +681,8 @@ async fn serve_command(args: ServeArgs) -> Result<u8, Fatal> {
     // got `done`: write them before the process goes, or the history would
     // keep them `running`.
     history.settle(HISTORY_SETTLE).await;
+    // Notices waiting for a retry get a last attempt now.
+    outbox.settle(NOTICES_SETTLE).await;
     telemetry.flush().await;
     served.map_err(|e| Fatal {
         code: exit::RUN_FAILED,
@@ -741,9 +744,24 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     let state = state(settings)?;
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let caller = args.detach.then_some(&owner);
-    let plan = crate::plan::prepare(&state.settings(), query, request_id, None, caller)
+    let mut plan = crate::plan::prepare(&state.settings(), query, request_id, None, caller)
         .await
         .map_err(|e| Fatal::usage(e.to_string()))?;
+    // `ds` exits once its run is over: a notice gets its first attempt
+    // before the run's `done`, and a last one as `ds` exits; a detached
+    // run, which `ds` does not stay to read to its end, gets none.
+    if let Some(notice) = plan.notice.as_mut() {
+        notice.sender_stays = false;
+    }
+    if let Some(detach) = plan.detach.as_mut() {
+        detach.watched = false;
+    }
+    if plan.detach.is_some() && plan.notice.take().is_some() {
+        eprintln!(
+            "note: sandstorm.json's webhook_url gets no notice of this run: ds does not stay \
+             to see a detached run end (ds serve does)"
+        );
+    }
     // Ctrl-C and SIGTERM end a CLI run through `render::follow`.
     let handle = crate::run::spawn(
         state.provider().clone(),
@@ -753,6 +771,7 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
         state.history(),
     );
     let history = state.history().clone();
+    let outbox = state.outbox();
     let mode = render::Mode::new(args.json_output, args.verbose, args.quiet);
     let options = render::Options {
         mode,
@@ -768,12 +787,16 @@ async fn query_command(args: QueryArgs) -> Result<u8, Fatal> {
     // The run's end is queued before its `done` is shown; let it land
     // before `ds` exits, and its spans go.
     history.settle(HISTORY_SETTLE).await;
+    outbox.settle(NOTICES_SETTLE).await;
     telemetry.flush().await;
     Ok(code)
 }
 
 /// How long `ds` waits at exit for its run's record to be written.
 const HISTORY_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long `ds` and `ds serve` wait at exit for the last attempts of the
+/// notices still waiting for a retry.
+const NOTICES_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The endpoint the `/runs` commands ask, and the headers that say who asks.
 fn endpoint(

@@ -274,8 +274,29 @@ fn python_sandstorm_s_fields_load() {
             .iter()
             .map(|(f, _)| *f)
             .collect::<Vec<_>>(),
-        ["webhook_url"]
+        Vec::<&str>::new()
     );
+    assert_eq!(
+        config.completion_webhook_url(),
+        Some("https://hooks.example.com/done")
+    );
+}
+
+#[test]
+fn python_sandstorm_s_lifecycle_address_is_not_a_completion_webhook() {
+    // 0.9.2 registered sandstorm.json's webhook_url with E2B, for its
+    // lifecycle events, at the server's own /webhooks/e2b.
+    for url in [
+        "https://my-server.example.com/webhooks/e2b",
+        "https://my-server.example.com/webhooks/e2b/",
+    ] {
+        let config = parse(&format!(r#"{{"webhook_url": "{url}"}}"#)).expect("valid");
+        assert_eq!(config.completion_webhook_url(), None, "{url}");
+        let inert = config.inert_fields();
+        assert_eq!(inert.len(), 1, "{inert:?}");
+        assert_eq!(inert[0].0, "webhook_url");
+        assert!(inert[0].1.contains("lifecycle"), "{}", inert[0].1);
+    }
 }
 
 #[test]

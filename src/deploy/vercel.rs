@@ -25,7 +25,7 @@ pub const HEALTH_FUNCTION: &str = "/api/health";
 
 /// The router's routes, as Vercel rewrite sources, and the function each
 /// goes to. A test holds them to the router's.
-pub const ROUTES: [(&str, &str); 15] = [
+pub const ROUTES: [(&str, &str); 16] = [
     ("/query", QUERY_FUNCTION),
     ("/runs", QUERY_FUNCTION),
     ("/runs/:id", QUERY_FUNCTION),
@@ -33,6 +33,7 @@ pub const ROUTES: [(&str, &str); 15] = [
     ("/runs/:id/events", QUERY_FUNCTION),
     ("/runs/:id/messages", QUERY_FUNCTION),
     ("/runs/:id/replay", QUERY_FUNCTION),
+    ("/runs/:id/ended", QUERY_FUNCTION),
     ("/health", HEALTH_FUNCTION),
     ("/webhooks/e2b", QUERY_FUNCTION),
     ("/", QUERY_FUNCTION),

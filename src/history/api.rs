@@ -215,6 +215,11 @@ pub(crate) fn shown(record: Option<&RunRecord>, live: Option<&RunInfo>) -> Value
     let mut shown = record
         .and_then(|r| serde_json::to_value(r).ok())
         .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+    // The receiver's URL may hold its token: the server's to use, not to
+    // show.
+    if let Some(object) = shown.as_object_mut() {
+        object.remove("webhook_url");
+    }
     if let (Some(object), Some(Value::Object(live))) = (
         shown.as_object_mut(),
         live.and_then(|l| serde_json::to_value(l).ok()),

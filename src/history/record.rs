@@ -163,6 +163,12 @@ pub(crate) struct RunRecord {
     /// at most [`RESULT_CAP`] bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) result: Option<String>,
+    /// Its completion webhook, when it has one: kept so that a run whose
+    /// end no reader saw can still be told (`notify::tell_from_record`).
+    /// Stored, never shown: it may hold the receiver's token, and
+    /// [`super::api::shown`] leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) webhook_url: Option<String>,
 }
 
 /// What a run's events told by its end, laid over its record.

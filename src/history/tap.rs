@@ -78,6 +78,7 @@ pub(crate) fn planned(plan: &RunPlan, query: &Query, owner_digest: String) -> Op
         request: crate::replay::request::recorded(query, &plan.redactor),
         replay_of: None,
         result: None,
+        webhook_url: plan.notice.as_ref().map(|n| n.target.url.to_string()),
     })
 }
 

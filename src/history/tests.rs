@@ -33,6 +33,7 @@ pub(crate) fn record(run_id: &str, owner: &str, created_ms: u64) -> RunRecord {
         request: None,
         replay_of: None,
         result: None,
+        webhook_url: None,
     }
 }
 
@@ -429,4 +430,33 @@ async fn a_store_that_is_down_holds_a_done_no_longer_than_the_bound() {
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
+}
+
+#[tokio::test]
+async fn a_run_s_webhook_is_kept_for_its_teller_and_never_shown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir);
+    let mut told = record("run_w", "me", 1_000);
+    told.webhook_url = Some("https://hooks.example.com/x?token=secret-token".into());
+    store.started(&told).await.expect("start");
+    let ending = RunEnding {
+        status: Some(RecordStatus::Expired),
+        ended_at: "2026-01-01T00:00:01.000Z".into(),
+        ..RunEnding::default()
+    };
+    store.ended("run_w", &ending).await.expect("end");
+    let got = store.get("me", "run_w").await.expect("get").expect("found");
+    assert_eq!(got.webhook_url, told.webhook_url);
+    let shown = api::shown(Some(&got), None).to_string();
+    assert!(
+        !shown.contains("secret-token") && !shown.contains("webhook_url"),
+        "{shown}"
+    );
+    let page = store
+        .list("me", &Filter::default(), None, 10)
+        .await
+        .expect("list");
+    let wanted = api::ListQuery::parse(None).expect("no filter");
+    let listed = api::merged(Vec::new(), page, &wanted).to_string();
+    assert!(!listed.contains("secret-token"), "{listed}");
 }

@@ -268,9 +268,11 @@ async fn handle(state: &AppState, request: Request) -> Result<Outcome, Lifecycle
                         %kill_reason,
                         "a run whose sandbox ended while it was running is now expired"
                     );
-                    // completion notice: `record` is how the run ended (its
-                    // status `expired`); the completion webhook (src/notify/)
-                    // goes out here, as it does for any other ending.
+                    // Its completion webhook, as for any other ending: no
+                    // reader saw this one, so it is told from the record.
+                    // (The record does not know which turn was running; a
+                    // run expires in its first unless kept for follow-ups.)
+                    crate::notify::tell_from_record(&settings, &record, 1).await;
                     Some(record.run_id)
                 }
                 Ok(None) => expiry::run_id(history, run).await.ok().flatten(),

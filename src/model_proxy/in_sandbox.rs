@@ -32,6 +32,11 @@
 //!   refuses, and marked final when it ends. Any reader of the run reads
 //!   it there; the agent can read it, not write it.
 //!
+//! - For a detached turn on a serverless door, once the process it watches
+//!   has ended and its final tally is written, it calls the server back
+//!   with the run's token ([`super::callback`]), so that the run's
+//!   completion webhook is told with nothing of the server alive.
+//!
 //! Its configuration comes in its environment (`SANDSTORM_PROXY_*`, the
 //! route's variables of [`Split::config`](super::Split::config), the
 //! Vertex key file's contents among them, and
@@ -52,6 +57,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+use super::callback::Callback;
 use super::{ModelRoute, ModelRoutes, route_config, serve as serve_model};
 use crate::exit_watch::ExitWatch;
 use crate::spend::prices::PRICES_VARIABLE;
@@ -164,6 +170,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let callback = match Callback::from_env(|name| env.get(name).filter(|v| !v.is_empty()).cloned())
+    {
+        Ok(callback) => callback,
+        Err(e) => {
+            eprintln!("sandstorm-model-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -180,6 +194,11 @@ pub fn main() -> ExitCode {
             match serde_json::to_string(&report) {
                 Ok(line) => println!("{line}"),
                 Err(e) => eprintln!("sandstorm-model-proxy: no report: {e}"),
+            }
+            // Then the turn's end, told to a server with nothing alive to
+            // see it: its final tally is written by now.
+            if let Some(callback) = callback {
+                runtime.block_on(callback.call());
             }
             ExitCode::SUCCESS
         }

@@ -45,6 +45,7 @@ use reqwest::Url;
 
 use relay::{Body, Direction, Meter, boxed, metered, strip_hop_by_hop};
 
+mod callback;
 mod clouds;
 mod in_sandbox;
 pub(crate) mod relay;
@@ -52,6 +53,10 @@ mod sigv4;
 mod upstream;
 mod vertex;
 
+pub(crate) use callback::{
+    CALL_FOR as CALLBACK_WINDOW, TOKEN_VARIABLE as CALLBACK_TOKEN_VARIABLE,
+    URL_VARIABLE as CALLBACK_URL_VARIABLE,
+};
 pub use in_sandbox::main;
 pub(crate) use in_sandbox::{
     BINARY, CAPS_VARIABLE, CapsJson, LISTEN, RECORD_VARIABLE, Report, TOKEN_VARIABLE,

@@ -210,6 +210,7 @@ mod tests {
             request,
             replay_of: None,
             result: None,
+            webhook_url: None,
         }
     }
 

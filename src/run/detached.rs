@@ -65,6 +65,9 @@ pub(crate) struct Follow {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The credential variables in its sandbox, for its `system` events.
     pub credentials_in_sandbox: Vec<String>,
+    /// Where its turns' ends are told, when this process knows (it
+    /// started the run).
+    pub notice: Option<crate::notify::NoticePlan>,
 }
 
 impl Follow {
@@ -75,18 +78,33 @@ impl Follow {
     }
 }
 
-/// Starts a detached run on its own task, in its root `span`.
+/// What a detached run is started with besides its plan.
+pub(super) struct Spawned {
+    /// The detached runs of this process.
+    pub registry: Registry,
+    /// The run's root span.
+    pub span: tracing::Span,
+    /// Its completion webhook, if it has one.
+    pub watch: Option<crate::notify::Watch>,
+}
+
+/// Starts a detached run on its own task, in its root span.
 pub(super) fn spawn(
     provider: Arc<dyn SandboxProvider>,
     plan: RunPlan,
     detach: DetachPlan,
     shutdown: Shutdown,
-    registry: Registry,
-    span: tracing::Span,
+    spawned: Spawned,
 ) -> RunHandle {
     let (tx, events) = mpsc::channel(EVENT_BUFFER);
-    let finished =
-        tokio::spawn(execute(provider, plan, detach, tx, shutdown, registry).instrument(span));
+    let Spawned {
+        registry,
+        span,
+        watch,
+    } = spawned;
+    let finished = tokio::spawn(
+        execute(provider, plan, detach, tx, shutdown, registry, watch).instrument(span),
+    );
     RunHandle { events, finished }
 }
 
@@ -117,6 +135,7 @@ async fn execute(
     tx: mpsc::Sender<RunEvent>,
     mut shutdown: Shutdown,
     registry: Registry,
+    watch: Option<crate::notify::Watch>,
 ) {
     // Only a provider that can pause keeps an idle run paused.
     plan.sandbox.pause_at_end &= provider.can_pause();
@@ -142,6 +161,7 @@ async fn execute(
         pauses: plan.sandbox.pause_at_end,
         labels: crate::runs::labels(&plan.sandbox.metadata),
         credentials_in_sandbox: plan.credentials_in_sandbox.clone(),
+        notice: watch.as_ref().map(|w| w.plan.clone()),
     };
     let mut guard = SandboxGuard::new(plan.request_id.clone());
     let started = tokio::select! {
@@ -638,33 +658,56 @@ impl Tally {
 /// reader would, with the turns' tallies from `sandbox`, and adds up what
 /// comes out.
 pub(crate) async fn tally(log: bytes::Bytes, follow: &Follow, sandbox: &dyn Sandbox) -> Tally {
+    replay(log, follow, sandbox, &mut |_| {}).await
+}
+
+/// [`tally`], handing `observe` every event a reader that read the log to
+/// its end would get, the last turn's own `error` and `done` among them
+/// once that turn has ended.
+pub(crate) async fn replay(
+    log: bytes::Bytes,
+    follow: &Follow,
+    sandbox: &dyn Sandbox,
+    observe: &mut (dyn FnMut(&RunEvent) + Send),
+) -> Tally {
     let output = futures::stream::iter([Ok(crate::sandbox::ProcessEvent::Stdout(log))]).boxed();
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
-    let follow = follow.clone();
+    let relaying = follow.clone();
     // `tx` goes with the relay, so the count ends when the relay does.
     let relayed =
-        async move { relay_turns(log::decode(output), &follow, &tx, Some(sandbox)).await };
+        async move { relay_turns(log::decode(output), &relaying, &tx, Some(sandbox)).await };
     let counted = async {
         let mut tally = Tally::default();
         while let Some(event) = rx.recv().await {
             tally.count(&event);
+            observe(&event);
         }
         tally
     };
     let ((relayed, last), mut tally) = tokio::join!(relayed, counted);
     tally.turns = last.number;
-    tally.outcome = match relayed {
+    let stop = match relayed {
         Ok(()) => Some(None),
         // The log just stops: the turn has not ended yet.
         Err(Stop::Failed(ErrorKind::StreamCut, _) | Stop::ClientGone) => None,
-        Err(Stop::Failed(kind, _)) => Some(Some(kind)),
+        Err(stop @ Stop::Failed(..)) => Some(Some(stop)),
+    };
+    tally.outcome = stop.as_ref().map(|stop| match stop {
+        Some(Stop::Failed(kind, _)) => Some(*kind),
+        _ => None,
+    });
+    let Some(stop) = stop else {
+        return tally;
     };
     // The last turn's end, as its readers tell it.
+    let spend = turn_spend(Some(sandbox), last.number, false).await;
     if let Some(ended) = tally.outcome
-        && let Some(spend) = turn_spend(Some(sandbox), last.number, false).await
-        && super::budget_exceeded(ended, Some(&spend)).is_some()
+        && super::budget_exceeded(ended, spend.as_ref()).is_some()
     {
         tally.outcome = Some(Some(ErrorKind::BudgetExceeded));
+    }
+    for event in closing_events(stop, follow, &last.request_id, spend) {
+        observe(&event);
     }
     tally
 }

@@ -102,6 +102,7 @@ pub(crate) fn wrapper(runner: ProcessSpec, run_for: Duration, turn: u32) -> Proc
         stdin: false,
         spend: runner.spend,
         spend_record: Some(crate::spend::record_path(turn)),
+        callback: runner.callback,
     }
 }
 

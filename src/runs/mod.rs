@@ -254,6 +254,34 @@ pub(crate) async fn find(
     .await
 }
 
+/// Run `run`, found for its own sandbox's call-back (see
+/// [`crate::notify::callback`]): by its id alone, with the server's own
+/// sandbox credential. The caller proved it is the run's with the run's
+/// token, not with an owner's credential.
+pub(crate) async fn find_for_callback(
+    settings: &Settings,
+    provider: &dyn SandboxProvider,
+    registry: &Registry,
+    run: &RunId,
+) -> Result<Found, ApiError> {
+    if let Some(registered) = registry.get(&run.digest()) {
+        return Ok(Found {
+            sandbox: registered.sandbox,
+            follow: registered.follow,
+        });
+    }
+    let caller = Caller::bringing(None);
+    let wanted = BTreeMap::from([(run_id::RUN_KEY.to_owned(), run.digest())]);
+    let summary = provider
+        .list(&wanted, None)
+        .await
+        .map_err(|e| caller.refusal(&e))?
+        .into_iter()
+        .next()
+        .ok_or(ApiError::NoSuchRun)?;
+    reach(settings, provider, &caller, run, &summary, None, None).await
+}
+
 /// The runs a caller owns that still have a sandbox, newest first: those
 /// of this process's registry, and those the provider lists by the owner's
 /// digest (their ids unsealed with the caller's credential).
@@ -439,6 +467,7 @@ async fn reach(
         pauses: pauses(summary),
         labels: labels(&summary.metadata),
         credentials_in_sandbox: credentials_in_sandbox(&summary.metadata),
+        notice: crate::notify::NoticePlan::recalled(settings, &run.digest(), &summary.metadata),
     };
     Ok(Found { sandbox, follow })
 }

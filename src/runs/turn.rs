@@ -56,6 +56,8 @@ pub(crate) struct Context<'a> {
     pub registry: Registry,
     pub shutdown: Shutdown,
     pub platform_deadline: Option<Instant>,
+    /// Where the turn's end is recorded.
+    pub history: crate::history::History,
 }
 
 /// Begins the next turn of `found` with `query`'s prompt and files: 409
@@ -142,7 +144,16 @@ pub(crate) async fn follow_up(
     context.registry.set_expiry(&follow.digest, lifetime);
     let session = tally.session_id.as_deref().filter(|s| is_session_id(s));
     let (share, redactor) = TurnFiles::of(plan);
-    if let Err(e) = start_runner(&sandbox, share, turn, session, overrides, timeout).await {
+    // On a serverless door the turn's sandbox says when it ends.
+    let callback = follow
+        .notice
+        .as_ref()
+        .filter(|_| !context.settings.stays_after_response)
+        .and_then(|n| {
+            crate::notify::seal::callback(context.settings, &n.target.secret, &run_id, turn)
+        });
+    let started = start_runner(&sandbox, share, turn, session, overrides, timeout, callback);
+    if let Err(e) = started.await {
         let message = format!("could not start turn {turn}: {e}");
         end_in_log(&sandbox, &message).await;
         return Err(provider_error(&e));
@@ -159,7 +170,32 @@ pub(crate) async fn follow_up(
                 .unwrap_or_else(Instant::now)
         },
     );
-    let handle = reattach(sandbox, follow, context.shutdown, context.registry);
+    // The run's webhook, where this process started the run and knows it.
+    let watch = follow.notice.clone().map(|plan| crate::notify::Watch {
+        plan,
+        subject: crate::notify::notice::Subject::of(&follow),
+    });
+    let recording = context.history.reading(&run_id, &follow.created_at);
+    let digest = follow.digest.clone();
+    let handle = reattach(sandbox, follow, context.shutdown, context.registry.clone());
+    // The turn's reader reads the run from its start: its last `done` says
+    // how the run stands, summed over every turn.
+    let handle = crate::history::tap::tap(recording.clone(), handle);
+    let handle = crate::notify::tap(watch.clone(), handle, false);
+    // Read to the turn's end by this process, where it stays, whoever
+    // else reads or leaves.
+    let handle = if context.settings.stays_after_response {
+        let reread = crate::run::watch::Reread {
+            registry: context.registry,
+            digest,
+            turn,
+            recording,
+            watch,
+        };
+        crate::run::watch::keep_reading(handle, reread)
+    } else {
+        handle
+    };
     Ok(Begun {
         handle,
         after: info.last_event_id,
@@ -238,6 +274,8 @@ fn refuse_run_fields(query: &Query) -> Result<(), ApiError> {
         ("team_id", query.labels.contains_key("team_id")),
         ("user_id", query.labels.contains_key("user_id")),
         ("channel_id", query.labels.contains_key("channel_id")),
+        // Its notices go where the run's first request said.
+        ("webhook_url", query.webhook_url.is_some()),
     ];
     match fixed.into_iter().find(|(_, given)| *given) {
         Some((field, _)) => Err(ApiError::invalid(
@@ -295,6 +333,7 @@ async fn start_runner(
     session: Option<&str>,
     overrides: ConfigOverrides,
     timeout: Duration,
+    callback: Option<crate::sandbox::Callback>,
 ) -> Result<(), crate::sandbox::SandboxError> {
     let first = sandbox.read_file(layout::AGENT_CONFIG).await?;
     let mut config: serde_json::Value = serde_json::from_slice(&first).unwrap_or_default();
@@ -322,6 +361,7 @@ async fn start_runner(
     sandbox.upload(files).await?;
     let mut runner = plan.process;
     runner.args.push(path);
+    runner.callback = callback;
     let mut output = sandbox.start(log::wrapper(runner, timeout, turn)).await?;
     // Nobody reads the wrapper: the log is the turn's output.
     tokio::spawn(async move { while output.next().await.is_some() {} });

@@ -135,6 +135,29 @@ pub struct ProcessSpec {
     /// Where, inside the sandbox, the endpoint keeps `spend`'s tally for
     /// later readers ([`Sandbox::read_spend`]): a detached run's turn.
     pub spend_record: Option<String>,
+    /// What the process's model endpoint says once the process has ended
+    /// (a detached turn's wrapper on a serverless door): a provider whose
+    /// endpoint runs in the sandbox, out of the agent's reach, calls the
+    /// server back ([`Callback`]). Others ignore it.
+    pub callback: Option<Callback>,
+}
+
+/// A call to the server that started a run, made from the run's sandbox
+/// when a turn ends: `POST url` with `Authorization: Bearer token`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Callback {
+    /// The server's `/runs/{id}/ended?turn=N`.
+    pub url: String,
+    /// The run's call-back token.
+    pub token: crate::secret::Secret,
+}
+
+impl fmt::Debug for Callback {
+    // The URL names the run, whose id is its capability; the token is a
+    // secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Callback(***)")
+    }
 }
 
 impl fmt::Debug for ProcessSpec {
@@ -149,6 +172,7 @@ impl fmt::Debug for ProcessSpec {
             .field("tag", &self.tag)
             .field("spend", &self.spend)
             .field("spend_record", &self.spend_record)
+            .field("callback", &self.callback)
             .field("stdin", &self.stdin)
             .finish()
     }

@@ -35,6 +35,10 @@ pub(crate) struct Metrics {
     /// `sandstorm.webhook.events`: E2B lifecycle events received, by type
     /// and outcome (0.9.2's name).
     pub webhook_events: Counter<u64>,
+    /// `sandstorm.webhooks`: completion webhook attempts, by `outcome`
+    /// (`delivered`, `failed`, and `given_up` once a notice's last attempt
+    /// failed or it was dropped).
+    pub webhooks: Counter<u64>,
 }
 
 /// The instruments. Made on first use, from the meter provider
@@ -91,6 +95,10 @@ pub(crate) fn metrics() -> &'static Metrics {
             webhook_events: meter
                 .u64_counter("sandstorm.webhook.events")
                 .with_description("E2B lifecycle events received, by type and outcome")
+                .build(),
+            webhooks: meter
+                .u64_counter("sandstorm.webhooks")
+                .with_description("Completion webhook attempts, by outcome")
                 .build(),
         }
     })

@@ -19,7 +19,9 @@
 //!   whole product as a user runs it (end-to-end tests);
 //! - [`sandbox`]: processes in any sandbox, read to their end;
 //! - [`receiver`]: a webhook receiver on loopback that keeps what arrived;
-//! - [`tools`]: repository paths and the pinned tools from PyPI.
+//! - [`tools`]: repository paths and the pinned tools from PyPI;
+//! - [`webhooks`]: a completion webhook receiver on loopback, and the
+//!   official Standard Webhooks verifier.
 #![allow(
     dead_code,
     unreachable_pub,
@@ -44,3 +46,4 @@ pub mod serve;
 pub mod sse;
 pub mod stream;
 pub mod tools;
+pub mod webhooks;

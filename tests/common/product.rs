@@ -364,6 +364,12 @@ impl Product {
         &self.server.url
     }
 
+    /// Sends `signal` to `ds serve` (SIGTERM: it stops as a deploy stops
+    /// it).
+    pub fn signal(&self, signal: Signal) {
+        self.server.process.signal(signal);
+    }
+
     /// Another `ds serve` beside the first, on the same sandboxes (the same
     /// emulator), sharing nothing else with it: a second instance of a
     /// stateless deployment. `set` and `unset` change its environment.

@@ -37,8 +37,8 @@ use futures::StreamExt;
 use super::E2bSandbox;
 use super::envd::RunAs;
 use crate::model_proxy::{
-    BINARY, CAPS_VARIABLE, CapsJson, LISTEN, RECORD_VARIABLE, Report, TOKEN_VARIABLE,
-    WATCH_PID_VARIABLE, split,
+    BINARY, CALLBACK_TOKEN_VARIABLE, CALLBACK_URL_VARIABLE, CAPS_VARIABLE, CapsJson, LISTEN,
+    RECORD_VARIABLE, Report, TOKEN_VARIABLE, WATCH_PID_VARIABLE, split,
 };
 use crate::sandbox::{ProcessEvent, ProcessSpec, ProcessStream, SandboxError};
 use crate::spend::prices::PRICES_VARIABLE;
@@ -89,7 +89,25 @@ pub(super) async fn start(
     if let Some(record) = &process.spend_record {
         proxy_env.insert(RECORD_VARIABLE.to_owned(), record.clone());
     }
-    let timeout = process.timeout;
+    // The turn's end is the proxy's to tell: the agent cannot read its
+    // environment.
+    let calls_back = process.callback.is_some();
+    if let Some(callback) = process.callback.take() {
+        proxy_env.insert(CALLBACK_URL_VARIABLE.to_owned(), callback.url);
+        proxy_env.insert(
+            CALLBACK_TOKEN_VARIABLE.to_owned(),
+            callback.token.expose().to_owned(),
+        );
+    }
+    // A proxy that calls the server back when its process ends outlives
+    // it by the call's time (the sandbox's own lifetime still bounds it).
+    let timeout = process.timeout.map(|timeout| {
+        if calls_back {
+            timeout + crate::model_proxy::CALLBACK_WINDOW
+        } else {
+            timeout
+        }
+    });
     // A detached turn's wrapper keeps its tally where later readers find it.
     let detached_wrapper = process.spend_record.is_some();
     let (pid, output) = sandbox.start_process_as(process, RunAs::User).await?;

@@ -181,6 +181,7 @@ pub(super) async fn start(
                 // envd hands the model key to the process as it is given.
                 spend: None,
                 spend_record: None,
+                callback: None,
             };
             match entry.sandbox.spawn(spec) {
                 Ok((pid, events, _control)) => (pid, events),
