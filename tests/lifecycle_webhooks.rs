@@ -587,3 +587,55 @@ async fn ds_serve_registers_e2b_webhook_url_while_it_runs() {
     );
     assert_eq!(list().await, json!([]), "{}", server.log());
 }
+
+/// The key completion notices are signed with, in Standard Webhooks' form.
+const NOTICE_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[tokio::test]
+async fn a_run_expired_by_its_killed_sandbox_is_told_to_its_webhook() {
+    let model = ModelServer::start(busy_model()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = common::webhooks::Receiver::start(Vec::new()).await;
+    let product = Serve::new(Chain::E2b, &model)
+        .env(
+            "SANDSTORM_HISTORY_PATH",
+            &dir.path().join("history.db").display().to_string(),
+        )
+        .env("SANDSTORM_E2B_WEBHOOK_SECRET", SECRET)
+        .env("SANDSTORM_WEBHOOK_SECRET", NOTICE_SECRET)
+        .env("SANDSTORM_RUN_LINGER", "60")
+        .start()
+        .await;
+    register_server(&product).await;
+
+    // A detached run with a webhook, whose client leaves at once.
+    let response = reqwest::Client::new()
+        .post(format!("{}/query", product.url()))
+        .json(&json!({"prompt": "go", "detach": true, "webhook_url": receiver.url()}))
+        .send()
+        .await
+        .expect("POST /query");
+    assert_eq!(response.status(), 200);
+    let run_id = response
+        .headers()
+        .get("x-run-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-run-id")
+        .to_owned();
+    drop(response);
+    record_when(&product, &run_id, |s| s == "running").await;
+    let (sandbox, _) = only_sandbox(&product).await;
+
+    kill(&product, &sandbox).await;
+    let expired = record_when(&product, &run_id, |s| s != "running").await;
+    assert_eq!(expired["status"], "expired", "{expired}");
+    let told = receiver.wait_for(1, GUARD).await;
+    let notice = common::webhooks::verify(NOTICE_SECRET, &told[0])
+        .await
+        .unwrap_or_else(|why| panic!("the notice does not verify: {why}"));
+    assert_eq!(notice["data"]["run_id"], run_id.as_str(), "{notice}");
+    assert_eq!(notice["data"]["status"], "expired", "{notice}");
+    // Told once, however many readers saw it end.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 1, "{:?}", receiver.received());
+}
