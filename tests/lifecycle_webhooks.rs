@@ -108,9 +108,14 @@ fn emulator_api(product: &Product, method: reqwest::Method, path: &str) -> reqwe
 /// Starts a detached run and leaves once its `run` event came, as a client
 /// that goes away; the run's id.
 async fn start_and_leave(product: &Product) -> String {
+    start_with_and_leave(product, &json!({"prompt": "go", "detach": true})).await
+}
+
+/// [`start_and_leave`] with `body` as the request.
+async fn start_with_and_leave(product: &Product, body: &Value) -> String {
     let response = reqwest::Client::new()
         .post(format!("{}/query", product.url()))
-        .json(&json!({"prompt": "go", "detach": true}))
+        .json(body)
         .send()
         .await
         .expect("POST /query");
@@ -608,21 +613,13 @@ async fn a_run_expired_by_its_killed_sandbox_is_told_to_its_webhook() {
         .await;
     register_server(&product).await;
 
-    // A detached run with a webhook, whose client leaves at once.
-    let response = reqwest::Client::new()
-        .post(format!("{}/query", product.url()))
-        .json(&json!({"prompt": "go", "detach": true, "webhook_url": receiver.url()}))
-        .send()
-        .await
-        .expect("POST /query");
-    assert_eq!(response.status(), 200);
-    let run_id = response
-        .headers()
-        .get("x-run-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("x-run-id")
-        .to_owned();
-    drop(response);
+    // A detached run with a webhook, whose client leaves once it has the
+    // run's id.
+    let run_id = start_with_and_leave(
+        &product,
+        &json!({"prompt": "go", "detach": true, "webhook_url": receiver.url()}),
+    )
+    .await;
     record_when(&product, &run_id, |s| s == "running").await;
     let (sandbox, _) = only_sandbox(&product).await;
 

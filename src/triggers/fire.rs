@@ -1,9 +1,10 @@
 //! Firing a trigger: its limits, its prompt filled in, and a detached run
-//! started with its run fields, whose id is answered at once.
+//! started with its run fields, whose id is the answer.
 //!
 //! Whatever fired it (a webhook, a schedule, an operator) goes through
-//! [`fire`], so every trigger run is planned, recorded and limited the
-//! same way. The server then reads the run's events itself to the end, on
+//! [`fire`] or [`fire_until_started`], so every trigger run is planned,
+//! recorded and limited the same way. A caller on a serverless platform
+//! (and any webhook's) answers only once the run's agent has started. The server then reads the run's events itself to the end, on
 //! a task of its own: that is what keeps the run counted against the
 //! trigger's concurrency, and what lets the history and the completion
 //! notice see how it ended, with no client connected.
