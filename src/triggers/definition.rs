@@ -43,8 +43,9 @@ pub struct Definition {
     pub wrap_values: bool,
 }
 
-/// What fires a trigger.
-#[derive(Debug, Clone, PartialEq)]
+/// What fires a trigger. Its `Debug` never shows a webhook's secret, which
+/// sandstorm.json may hold written out rather than as `${VAR}`.
+#[derive(Clone, PartialEq)]
 pub enum Source {
     /// `POST <path>` from another system.
     Webhook {
@@ -65,6 +66,33 @@ pub enum Source {
         /// The most random delay added to each fire time.
         jitter: Duration,
     },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Webhook {
+                path,
+                secret,
+                public,
+            } => f
+                .debug_struct("Webhook")
+                .field("path", path)
+                .field("secret", &secret.as_ref().map(|_| "<redacted>"))
+                .field("public", public)
+                .finish(),
+            Source::Cron {
+                schedule,
+                overlap,
+                jitter,
+            } => f
+                .debug_struct("Cron")
+                .field("schedule", schedule)
+                .field("overlap", overlap)
+                .field("jitter", jitter)
+                .finish(),
+        }
+    }
 }
 
 impl Source {
@@ -399,6 +427,16 @@ mod tests {
         assert_eq!(*jitter, Duration::from_secs(30));
         assert_eq!(triggers[1].rate_per_minute, 2);
         assert!(triggers[1].run.is_empty());
+    }
+
+    #[test]
+    fn a_secret_written_out_is_never_shown() {
+        let triggers = parsed(&json!([{"name": "a", "type": "webhook", "path": "/a",
+                                       "secret": "hunter2-written-out", "prompt": "p"}]))
+        .expect("valid");
+        let shown = format!("{triggers:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]
