@@ -361,6 +361,20 @@ async fn read_query(state: &AppState, request: Request) -> Result<QueryRequest, 
     })
 }
 
+/// When the platform cuts the response to `request`: the door's deadline
+/// ([`PlatformDeadline`]), else `max_duration` from its arrival.
+pub(crate) fn platform_deadline(
+    request: &Request,
+    max_duration: Option<Duration>,
+    arrived: Instant,
+) -> Option<Instant> {
+    request
+        .extensions()
+        .get::<PlatformDeadline>()
+        .map(|d| d.0)
+        .or_else(|| max_duration.map(|d| arrived + d))
+}
+
 /// A request with a JSON body, authorized: the body, the headers, and when
 /// the platform cuts the response.
 async fn read_request(
@@ -377,11 +391,7 @@ async fn read_request(
     )
     .await?;
     check_content_type(request.headers())?;
-    let platform_deadline = request
-        .extensions()
-        .get::<PlatformDeadline>()
-        .map(|d| d.0)
-        .or_else(|| settings.max_duration.map(|d| arrived + d));
+    let platform_deadline = platform_deadline(&request, settings.max_duration, arrived);
     let headers = request.headers().clone();
     let body = read_body(request, settings.max_body_bytes).await?;
     Ok((body, headers, platform_deadline))

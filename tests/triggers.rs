@@ -137,8 +137,21 @@ fn prompt_of(request: &RecordedRequest) -> String {
 }
 
 /// Waits until the model has received an agent request whose prompt
-/// contains `marker`, and returns that prompt.
+/// contains `marker`, and returns that prompt; the server's log is shown
+/// if it never comes.
 async fn prompt_received(model: &ModelServer, product: &Product, marker: &str) -> String {
+    match prompt_within(model, marker).await {
+        Some(prompt) => prompt,
+        None => panic!(
+            "the model never received a prompt with {marker:?}:\n{}\n--- ds serve:\n{}",
+            model.describe_requests(),
+            product.log()
+        ),
+    }
+}
+
+/// The first agent request's prompt with `marker`, within a minute.
+async fn prompt_within(model: &ModelServer, marker: &str) -> Option<String> {
     for _ in 0..600 {
         if let Some(prompt) = model
             .agent_requests()
@@ -146,15 +159,11 @@ async fn prompt_received(model: &ModelServer, product: &Product, marker: &str) -
             .map(prompt_of)
             .find(|p| p.contains(marker))
         {
-            return prompt;
+            return Some(prompt);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!(
-        "the model never received a prompt with {marker:?}:\n{}\n--- ds serve:\n{}",
-        model.describe_requests(),
-        product.log()
-    );
+    None
 }
 
 /// The run's status once it is no longer running, from `GET /runs/{id}`.
@@ -446,7 +455,8 @@ async fn ds_triggers_lists_them_and_fires_one_by_hand_here_and_on_a_server() {
     );
     assert!(fired.sandboxes_left.is_empty(), "{}", fired.dump());
     // No GitHub headers by hand: {{headers.x-github-event}} is empty.
-    prompt_received_by(&model, "Triage acme/web#42 ( opened by octocat)").await;
+    let by_hand = prompt_within(&model, "Triage acme/web#42 ( opened by octocat)").await;
+    assert!(by_hand.is_some(), "{}", model.describe_requests());
 
     // On a server: the token, not the trigger's secret; the run's id back.
     let product = serve(&model)
@@ -494,23 +504,4 @@ async fn ds_triggers_lists_them_and_fires_one_by_hand_here_and_on_a_server() {
     // Without the token, the server refuses.
     let (status, _, _) = call(&product, "/triggers/fire/triage", b"{}", &[]).await;
     assert_eq!(status, 401);
-}
-
-/// As [`prompt_received`], with no server log to show.
-async fn prompt_received_by(model: &ModelServer, marker: &str) -> String {
-    for _ in 0..600 {
-        if let Some(prompt) = model
-            .agent_requests()
-            .iter()
-            .map(prompt_of)
-            .find(|p| p.contains(marker))
-        {
-            return prompt;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "the model never received {marker:?}:\n{}",
-        model.describe_requests()
-    );
 }

@@ -128,7 +128,8 @@ async fn answer(state: &AppState, name: &str, request: Request, request_id: &str
         }))
         .into_response();
     }
-    let platform_deadline = super::route::deadline(&request, settings.max_duration);
+    let platform_deadline =
+        crate::app::platform_deadline(&request, settings.max_duration, tokio::time::Instant::now());
     let call = Call {
         body: None,
         headers: request.headers().clone(),

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::fire::{self, Call};
 use super::verify::{self, Refusal};
 use super::{Source, Trigger};
-use crate::app::{AppState, PlatformDeadline};
+use crate::app::AppState;
 use crate::auth;
 use crate::error::ApiError;
 
@@ -44,7 +44,8 @@ pub(crate) async fn webhook(state: &AppState, request: Request) -> Option<Respon
         );
     }
     let request_id = crate::app::request_id(request.headers());
-    let platform_deadline = deadline(&request, settings.max_duration);
+    let platform_deadline =
+        crate::app::platform_deadline(&request, settings.max_duration, Instant::now());
     let headers = request.headers().clone();
     let body = match crate::app::read_body(request, settings.max_body_bytes).await {
         Ok(body) => body,
@@ -134,7 +135,8 @@ pub(crate) async fn fire_by_hand(
         )
         .into_response();
     };
-    let platform_deadline = deadline(&request, settings.max_duration);
+    let platform_deadline =
+        crate::app::platform_deadline(&request, settings.max_duration, Instant::now());
     let headers = request.headers().clone();
     let body = match crate::app::read_body(request, settings.max_body_bytes).await {
         Ok(body) => body,
@@ -297,15 +299,4 @@ pub(super) fn names(triggers: &super::Triggers) -> String {
     } else {
         names.join(", ")
     }
-}
-
-pub(super) fn deadline(
-    request: &Request,
-    max_duration: Option<std::time::Duration>,
-) -> Option<Instant> {
-    request
-        .extensions()
-        .get::<PlatformDeadline>()
-        .map(|d| d.0)
-        .or_else(|| max_duration.map(|d| Instant::now() + d))
 }
