@@ -517,6 +517,133 @@ fn find_index(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+// --- The Runtime API connection ---------------------------------------------
+
+/// Every connection the door opens to the Runtime API sends without Nagle's
+/// algorithm (patches/lambda_runtime_api_client): with it on, a streamed
+/// response's first chunk waited for the ACK of the request head, which the
+/// Runtime API's kernel delays 40 ms. `strace` shows the socket options the
+/// process sets; the door answers one invocation, so the poll's connection
+/// and the streamed response's are both seen.
+#[tokio::test]
+async fn the_runtime_api_connections_send_without_nagle() {
+    let strace = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("strace"))
+        .find(|path| path.is_file())
+        .expect("strace is not installed; install it with scripts/setup (apt-get install strace)");
+    let e2b = emulator::start(synthetic(3, 50)).await;
+    let (runtime_api, queue, mut responses) = runtime_api().await;
+    let port = runtime_api
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .expect("the Runtime API listens on host:port");
+    let far = SystemTime::now() + Duration::from_secs(600);
+    let deadline_ms = u64::try_from(
+        far.duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("milliseconds since 1970 fit in u64");
+    queue
+        .send((
+            "1c7e3f0a-9b2d-4e6f-8a1b-3c5d7e9f0a2b".to_owned(),
+            deadline_ms,
+            function_url_event(&serde_json::json!({"prompt": "go"})),
+        ))
+        .expect("queue the invocation");
+
+    let dir = tempfile::tempdir().expect("a folder for the trace");
+    let trace = dir.path().join("strace.txt");
+    let mut env = door_env(&e2b);
+    env.extend([
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api),
+        ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+    ]);
+    let mut command = std::process::Command::new(strace);
+    command
+        .args(["-f", "-qq", "-e", "trace=connect,setsockopt,close", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_bootstrap"))
+        .current_dir(manifest_dir());
+    let function = spawn_quiet(command, &env);
+
+    let (_, mut body) = tokio::time::timeout(Duration::from_secs(30), responses.recv())
+        .await
+        .expect("the function answers within 30 s")
+        .expect("a response");
+    let mut raw = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), body.recv())
+        .await
+        .expect("the response ends")
+    {
+        raw.extend_from_slice(&chunk);
+    }
+    assert!(
+        find_index(&raw, br#""type":"done""#).is_some(),
+        "the run streamed to its end: {}",
+        String::from_utf8_lossy(&raw)
+    );
+    // Stopping strace (and with it the door) writes out the whole trace.
+    drop(function);
+
+    let trace = std::fs::read_to_string(&trace).expect("strace's output");
+    let connections = runtime_api_nodelay(&trace, port);
+    assert!(
+        connections.len() >= 2,
+        "the door connected to the Runtime API to poll and to answer: {connections:?}\n{trace}"
+    );
+    assert!(
+        connections.iter().all(|nodelay| *nodelay == Some(true)),
+        "every Runtime API connection has TCP_NODELAY on: {connections:?}\n{trace}"
+    );
+}
+
+/// For each connection to `127.0.0.1:port` in an `strace -f` trace of
+/// `connect`, `setsockopt` and `close`: the last `TCP_NODELAY` its socket
+/// was given while open (before or after the connect), `None` if none.
+fn runtime_api_nodelay(trace: &str, port: u16) -> Vec<Option<bool>> {
+    use std::collections::HashMap;
+    let target = format!("htons({port})");
+    // The socket's setting so far, by descriptor, and which connection an
+    // open descriptor to the Runtime API is.
+    let mut setting: HashMap<&str, bool> = HashMap::new();
+    let mut open: HashMap<&str, usize> = HashMap::new();
+    let mut connections = Vec::new();
+    for line in trace.lines() {
+        // "PID  call(fd, ...": the pid, then the call.
+        let Some(call) = line.split_once(' ').map(|(_, rest)| rest.trim_start()) else {
+            continue;
+        };
+        let Some((name, args)) = call.split_once('(') else {
+            continue;
+        };
+        let fd = args.split([',', ')']).next().unwrap_or_default().trim();
+        match name {
+            "setsockopt" if args.contains("TCP_NODELAY") => {
+                let on = args.contains("TCP_NODELAY, [1]");
+                setting.insert(fd, on);
+                if let Some(&index) = open.get(fd) {
+                    connections[index] = Some(on);
+                }
+            }
+            "connect" if args.contains(&target) => {
+                open.insert(fd, connections.len());
+                connections.push(setting.get(fd).copied());
+            }
+            "close" => {
+                setting.remove(fd);
+                open.remove(fd);
+            }
+            _ => {}
+        }
+    }
+    connections
+}
+
 // --- A detached run across invocations -------------------------------------
 
 /// A Function URL event for any request.
