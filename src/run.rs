@@ -369,11 +369,13 @@ async fn relay(
     while let Some(event) = output.next().await {
         match event? {
             ProcessEvent::Stdout(chunk) => {
-                let lines = stdout.push(&chunk).map_err(too_long)?;
-                // The lines are copies; free the chunk before waiting on a
-                // slow client.
+                stdout.feed(&chunk).map_err(too_long)?;
+                // The splitter holds a copy; free the chunk before waiting
+                // on a slow client. Lines are taken one at a time, so while
+                // one waits the rest stay in that copy, not in one of their
+                // own as well.
                 drop(chunk);
-                for line in lines {
+                while let Some(line) = stdout.next_line() {
                     if let Some(event) = agent.accept(line, redactor) {
                         telemetry::run::agent_message(&event);
                         if outputs.is_some() && outputs_span.is_none() && agent.saw_result {
@@ -384,7 +386,9 @@ async fn relay(
                 }
             }
             ProcessEvent::Stderr(chunk) => {
-                for line in stderr.push(&chunk).map_err(too_long)? {
+                stderr.feed(&chunk).map_err(too_long)?;
+                drop(chunk);
+                while let Some(line) = stderr.next_line() {
                     if let Some(event) = stderr_event(&line, redactor, &mut stderr_tail) {
                         send(event).await?;
                     }
