@@ -124,8 +124,10 @@ impl ProcessFrames {
         let mut out = None;
         let result = self.decode_more(&mut out);
         // An empty buffer gives its allocation back: a stream whose reader
-        // waits holds no read's worth of input here.
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
+        // waits holds no read's worth of input here. (Its `capacity()`
+        // cannot tell: it counts from where the bytes taken ended, so it is
+        // 0 when a read filled the allocation exactly.)
+        if self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
         let out = out
@@ -330,6 +332,13 @@ impl ProcessFrames {
             }
         }
         Ok(used)
+    }
+
+    /// Whether the input buffer still has an allocation of its own.
+    #[cfg(test)]
+    fn holds_input(&self) -> bool {
+        // An unallocated buffer points where an empty new one does.
+        self.buf.as_ptr() != BytesMut::new().as_ptr()
     }
 
     /// Call when the body has ended: anything left over means a cut stream.
