@@ -75,6 +75,11 @@ impl LineSplitter {
     pub fn next_line(&mut self) -> Option<Bytes> {
         let Some(pos) = memchr::memchr(b'\n', &self.buf[self.scanned..]) else {
             self.scanned = self.buf.len();
+            if self.buf.is_empty() {
+                // Every line taken: the chunk's allocation goes back rather
+                // than waiting, a chunk's size, for the next one.
+                self.buf = BytesMut::new();
+            }
             return None;
         };
         let end = self.scanned + pos;
@@ -190,6 +195,18 @@ mod tests {
         assert_eq!(s.next_line(), Some(Bytes::from_static(b"done")));
         s.feed(b"\n").expect("closes the line");
         assert_eq!(s.next_line().map(|l| l.len()), Some(MAX_LINE_LEN));
+    }
+
+    #[test]
+    fn a_splitter_whose_lines_are_all_taken_holds_no_buffer() {
+        let mut s = LineSplitter::new();
+        s.feed(&[b"x".repeat(16 * 1024), b"\nend\n".to_vec()].concat())
+            .expect("short");
+        assert!(s.next_line().is_some());
+        assert_eq!(s.next_line(), Some(Bytes::from_static(b"end")));
+        assert_eq!(s.next_line(), None);
+        // An unallocated buffer points where an empty new one does.
+        assert_eq!(s.buf.as_ptr(), BytesMut::new().as_ptr());
     }
 
     #[test]
