@@ -239,7 +239,7 @@ async fn execute(
         let done = RunEvent::Done(Done {
             status,
             request_id: plan.request_id.clone(),
-            sandstorm: spend.map(|spend| DoneNotes { spend }),
+            sandstorm: spend.map(|spend| Box::new(DoneNotes { spend })),
         });
         let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(done)).await;
     }
