@@ -45,6 +45,8 @@ RELAY = dict(lines=100_000, bytes_=500)  # relay throughput
 # Concurrency, two workloads: a short agent run's worth of output, and more
 # than all the buffers between runner and client hold (a stalled client).
 CONCURRENT = {"typical": dict(lines=10, bytes_=500), "stalled": dict(lines=1_000, bytes_=500)}
+# When RSS is read again after a concurrency load, in s after its end.
+AFTER_LOAD_S = (0.5, 2, 5)
 
 # Phases, in the order they run. `size` reads the built binaries, `load`
 # and `proxy` take the figures of tests bench/run ran (tests/load.rs,
@@ -496,6 +498,12 @@ async def concurrent_streams(setup: Setup, side: str, streams: int, workload: di
         except TimeoutError:
             stats, cleanup_s = emu.stats(), None
         peak = status_kib(server.pid, "VmHWM")
+        # What the server gives back once the load has gone: RSS this long
+        # after every sandbox was killed.
+        after = {}
+        for at in AFTER_LOAD_S:
+            await asyncio.sleep(max(0.0, disconnected + (cleanup_s or 0) + at - time.perf_counter()))
+            after[str(at)] = status_kib(server.pid, "VmRSS")
     finally:
         if server is not None:
             server.stop()
@@ -510,6 +518,7 @@ async def concurrent_streams(setup: Setup, side: str, streams: int, workload: di
         "rss_at_hold_kib": at_hold["rss_kib"],
         "alive_at_hold": at_hold["alive"],
         "peak_rss_kib": peak,
+        "after_rss_kib": after,
         "cleanup_s": cleanup_s,
         "created": stats["created"],
         "killed": stats["killed"],
@@ -517,9 +526,10 @@ async def concurrent_streams(setup: Setup, side: str, streams: int, workload: di
     }
 
 
-async def memory(setup: Setup, runs: int, streams: int, theirs_streams: int) -> dict:
+async def memory(setup: Setup, runs: int, streams: int, theirs_streams: int, workloads: list[str]) -> dict:
     out: dict = {s: {name: [] for name in CONCURRENT} for s in SIDES}
-    for name, workload in CONCURRENT.items():
+    for name in workloads:
+        workload = CONCURRENT[name]
         for i in range(runs):
             for side in alternate(i):
                 n = streams if side == "ours" else theirs_streams
@@ -529,7 +539,9 @@ async def memory(setup: Setup, runs: int, streams: int, theirs_streams: int) -> 
                 out[side][name].append(fig)
                 log(
                     f"{n} streams, {name}, {side}: opened {fig['opened']} in {fig['open_s']:.1f} s, "
-                    f"peak {fig['peak_rss_kib'] / 1024:.1f} MiB, alive at hold {fig['alive_at_hold']}, "
+                    f"idle {fig['idle_rss_kib'] / 1024:.1f} MiB, peak {fig['peak_rss_kib'] / 1024:.1f} MiB, "
+                    f"after {', '.join(f'{at} s: {kib / 1024:.1f}' for at, kib in fig['after_rss_kib'].items())} MiB, "
+                    f"alive at hold {fig['alive_at_hold']}, "
                     f"created/killed/alive after {fig['created']}/{fig['killed']}/{fig['alive_after']}"
                 )
     return out
@@ -654,6 +666,11 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (at least 5 for the published file)")
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams for peak RSS (ours)")
     parser.add_argument("--theirs-streams", type=int, default=1000, help="concurrent streams for the original (0: skip)")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(CONCURRENT),
+        help=f"the memory phase's workloads, comma-separated (default: all of {','.join(CONCURRENT)})",
+    )
     parser.add_argument("--bootstrap", type=Path, help="the Lambda bootstrap binary (absent: not measured)")
     parser.add_argument("--load-figures", type=Path, help="tests/load.rs figures (JSON) to include")
     parser.add_argument("--proxy-figures", type=Path, help="tests/bench_model_endpoint.rs figures (JSON) to include")
@@ -678,6 +695,8 @@ async def main() -> None:
     phases = set((args.only or ",".join(PHASES)).split(","))
     if phases - set(PHASES):
         parser.error(f"unknown phases {','.join(sorted(phases - set(PHASES)))}; known: {','.join(PHASES)}")
+    if set(args.workloads.split(",")) - set(CONCURRENT):
+        parser.error(f"unknown workloads in {args.workloads}; known: {','.join(CONCURRENT)}")
     (work / "logs").mkdir(parents=True, exist_ok=True)
     setup = Setup(
         repo=repo,
@@ -696,13 +715,16 @@ async def main() -> None:
     results: dict = {}
     if args.only and results_file.exists():
         results = json.loads(results_file.read_text())
+    # The memory figures on file, for the workloads and sides not run now.
+    memory_on_file = results.get("memory") or {}
     for phase in phases:  # a phase that measures nothing this time (no bootstrap) must not keep old figures
         results.pop(phase, None)
     results["machine"] = machine()
     if phases & {"overhead", "trips", "relay", "detached", "memory"}:
         results["runs"] = args.runs
         results["workloads"] = {"small": SMALL, "relay": RELAY, "concurrent": CONCURRENT, "ten_files": sorted(ten_files())}
-    if phases & THEIRS_PHASES:
+    # The memory phase alone with --theirs-streams 0 runs no original.
+    if phases & THEIRS_PHASES and not (phases == {"memory"} and args.theirs_streams <= 0):
         results["theirs"] = theirs_versions(setup)
     if "size" in phases:
         results["sizes"] = sizes(setup)
@@ -743,7 +765,11 @@ async def main() -> None:
             results["detached"] = await detached(setup, emu, args.runs)
         if "memory" in phases:
             log(f"memory with {args.streams} concurrent streams")
-            results["memory"] = await memory(setup, args.runs, args.streams, args.theirs_streams)
+            results["memory"] = await memory(setup, args.runs, args.streams, args.theirs_streams, args.workloads.split(","))
+            for side, workloads in results["memory"].items():
+                for name, runs in workloads.items():
+                    if not runs:
+                        workloads[name] = memory_on_file.get(side, {}).get(name, [])
         if "local" in phases:
             log("local sandbox start-up")
             before = args.before_emulator.resolve() if args.before_emulator else None

@@ -83,9 +83,11 @@ pub(crate) struct Done {
     pub status: DoneStatus,
     /// The run's request id.
     pub request_id: String,
-    /// What Sandstorm itself counted, where it could.
+    /// What Sandstorm itself counted, where it could. Boxed: inline it
+    /// would make every [`RunEvent`] as large, and every slot of every
+    /// channel events wait in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandstorm: Option<DoneNotes>,
+    pub sandstorm: Option<Box<DoneNotes>>,
 }
 
 /// `done.sandstorm`: what the server counted of the run.
@@ -361,6 +363,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_event_is_small_enough_for_its_channels() {
+        // Every channel an event waits in allocates its slots 32 at a time,
+        // each as large as the largest event: a stalled stream holds a
+        // block of them in every channel on its way. Large payloads are
+        // boxed to keep this down.
+        assert!(
+            std::mem::size_of::<RunEvent>() <= 64,
+            "RunEvent takes {} bytes",
+            std::mem::size_of::<RunEvent>()
+        );
+    }
+
+    #[test]
     fn every_event_reads_back_from_its_json() {
         let events = [
             RunEvent::Agent(Bytes::from_static(br#"{"type":"assistant","x":1}"#)),
@@ -373,7 +388,7 @@ mod tests {
             RunEvent::Done(Done {
                 status: DoneStatus::Error,
                 request_id: "r".into(),
-                sandstorm: Some(DoneNotes {
+                sandstorm: Some(Box::new(DoneNotes {
                     spend: Spend {
                         calls: 3,
                         refused_calls: 1,
@@ -383,7 +398,7 @@ mod tests {
                         exceeded: Some(crate::spend::Cap::MaxCostUsd(0.001)),
                         ..Spend::default()
                     },
-                }),
+                })),
             }),
             RunEvent::Run(RunStarted {
                 run_id: "run_0".into(),

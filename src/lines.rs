@@ -14,8 +14,10 @@ pub(crate) const MAX_LINE_LEN: usize = 64 * 1024 * 1024;
 #[error("an output line exceeded the {MAX_LINE_LEN}-byte limit")]
 pub struct LineTooLong;
 
-/// Turns a stream of chunks into lines: [`LineSplitter::push`] each chunk,
-/// then [`LineSplitter::finish`] for a last line with no newline.
+/// Turns a stream of chunks into lines: [`LineSplitter::feed`] each chunk
+/// and take its lines with [`LineSplitter::next_line`] (or both at once with
+/// [`LineSplitter::push`]), then [`LineSplitter::finish`] for a last line
+/// with no newline.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     buf: BytesMut,
@@ -32,26 +34,60 @@ impl LineSplitter {
 
     /// Adds a chunk and returns the lines it completed, without their `\n`
     /// (and without a trailing `\r`).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, LineTooLong> {
+        self.feed(chunk)?;
+        Ok(std::iter::from_fn(|| self.next_line()).collect())
+    }
+
+    /// Adds a chunk; its lines are then taken one by one with
+    /// [`Self::next_line`]. Refuses the chunk when it leaves a line without
+    /// its newline longer than [`MAX_LINE_LEN`].
+    ///
+    /// A relay that waits on a slow reader between lines holds only this
+    /// buffer, one copy of the output, rather than a copy of every line the
+    /// chunk completed as well.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), LineTooLong> {
+        // The line left open once every whole line is taken: what follows
+        // the chunk's last newline, or, without one, everything held after
+        // the last newline before it.
+        let open = match memchr::memrchr(b'\n', chunk) {
+            Some(last) => chunk.len() - last - 1,
+            None => {
+                let held = &self.buf[self.scanned..];
+                let open_before = memchr::memrchr(b'\n', held)
+                    .map_or(self.buf.len(), |last| held.len() - last - 1);
+                open_before + chunk.len()
+            }
+        };
+        if open > MAX_LINE_LEN {
+            return Err(LineTooLong);
+        }
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// The next whole line fed, without its `\n` (and without a trailing
+    /// `\r`); `None` until a newline comes.
     ///
     /// Each line is copied out rather than sliced from the buffer: a slice
     /// would keep the whole buffer allocation alive for as long as the line
     /// waits for a slow client, and stop the buffer from reusing its space.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, LineTooLong> {
-        self.buf.extend_from_slice(chunk);
-        let mut lines = Vec::new();
-        while let Some(pos) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
-            let end = self.scanned + pos;
-            let line = &self.buf[..end];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            lines.push(Bytes::copy_from_slice(line));
-            self.buf.advance(end + 1);
-            self.scanned = 0;
-        }
-        self.scanned = self.buf.len();
-        if self.buf.len() > MAX_LINE_LEN {
-            return Err(LineTooLong);
-        }
-        Ok(lines)
+    pub fn next_line(&mut self) -> Option<Bytes> {
+        let Some(pos) = memchr::memchr(b'\n', &self.buf[self.scanned..]) else {
+            self.scanned = self.buf.len();
+            if self.buf.is_empty() {
+                // Every line taken: the chunk's allocation goes back rather
+                // than waiting, a chunk's size, for the next one.
+                self.buf = BytesMut::new();
+            }
+            return None;
+        };
+        let end = self.scanned + pos;
+        let line = &self.buf[..end];
+        let line = Bytes::copy_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        self.buf.advance(end + 1);
+        self.scanned = 0;
+        Some(line)
     }
 
     /// The unterminated rest when the stream ends, if any.
@@ -121,6 +157,56 @@ mod tests {
             lines[0].is_unique(),
             "the line shares the splitter's buffer"
         );
+    }
+
+    #[test]
+    fn lines_taken_one_at_a_time_match_lines_pushed_at_every_border() {
+        let input = b"{\"a\":1}\n\n{\"b\":2}\r\nstray text\n{\"c\":3}";
+        for chunk in 1..=input.len() {
+            let mut s = LineSplitter::new();
+            let mut out = Vec::new();
+            for piece in input.chunks(chunk) {
+                s.feed(piece).expect("under limit");
+                // Take at most one line per chunk, so lines wait in the
+                // splitter while later chunks come in.
+                out.extend(s.next_line());
+            }
+            out.extend(std::iter::from_fn(|| s.next_line()));
+            out.extend(s.finish());
+            assert_eq!(out, split_all(input, input.len()), "chunk size {chunk}");
+            assert_eq!(out.len(), 5, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_runaway_line_fed_in_pieces_is_refused_once_past_the_limit() {
+        let mut s = LineSplitter::new();
+        s.feed(b"done\n").expect("short");
+        let half = vec![b'x'; MAX_LINE_LEN / 2];
+        s.feed(&half).expect("under the limit");
+        s.feed(&half).expect("at the limit");
+        assert_eq!(s.feed(b"x"), Err(LineTooLong));
+        assert_eq!(
+            LineTooLong.to_string(),
+            format!("an output line exceeded the {MAX_LINE_LEN}-byte limit")
+        );
+        // The lines before it are still there, and a newline closes the
+        // long line within the limit.
+        assert_eq!(s.next_line(), Some(Bytes::from_static(b"done")));
+        s.feed(b"\n").expect("closes the line");
+        assert_eq!(s.next_line().map(|l| l.len()), Some(MAX_LINE_LEN));
+    }
+
+    #[test]
+    fn a_splitter_whose_lines_are_all_taken_holds_no_buffer() {
+        let mut s = LineSplitter::new();
+        s.feed(&[b"x".repeat(16 * 1024), b"\nend\n".to_vec()].concat())
+            .expect("short");
+        assert!(s.next_line().is_some());
+        assert_eq!(s.next_line(), Some(Bytes::from_static(b"end")));
+        assert_eq!(s.next_line(), None);
+        // An unallocated buffer points where an empty new one does.
+        assert_eq!(s.buf.as_ptr(), BytesMut::new().as_ptr());
     }
 
     #[test]

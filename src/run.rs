@@ -35,6 +35,7 @@ use crate::spend::Spend;
 use crate::telemetry;
 
 pub(crate) mod detached;
+mod queue;
 pub(crate) mod shape;
 pub(crate) mod watch;
 
@@ -42,7 +43,14 @@ use shape::{Admitted, Shape};
 
 /// How many events may wait for a slow client before the relay pauses.
 /// Bounded: a slow client slows the sandbox's output, nothing is dropped.
+/// The relay also bounds their bytes ([`queue`]).
 pub(crate) const EVENT_BUFFER: usize = 64;
+/// How deep the channel is through which a tap (a task that watches a
+/// run's events on their way to its client: history, notices, telemetry,
+/// follow-up turns, replays) passes them on. The run's own queue is where
+/// events wait for a slow client; a deep queue in every tap as well would
+/// only multiply what a stalled stream holds.
+pub(crate) const TAP_BUFFER: usize = 4;
 /// How many stderr lines an error event quotes.
 const STDERR_TAIL: usize = 20;
 /// What a run ended by the server's shutdown bound tells its client.
@@ -239,7 +247,7 @@ async fn execute(
         let done = RunEvent::Done(Done {
             status,
             request_id: plan.request_id.clone(),
-            sandstorm: spend.map(|spend| DoneNotes { spend }),
+            sandstorm: spend.map(|spend| Box::new(DoneNotes { spend })),
         });
         let _ = tokio::time::timeout(FINAL_EVENT_GRACE, tx.send(done)).await;
     }
@@ -358,7 +366,7 @@ async fn relay(
     credentials_in_sandbox: &[String],
     tx: &mpsc::Sender<RunEvent>,
 ) -> Result<(), Stop> {
-    let send = |event| async move { tx.send(event).await.map_err(|_| Stop::ClientGone) };
+    let mut queue = queue::Queue::new(tx);
     let mut stdout = LineSplitter::new();
     let mut stderr = LineSplitter::new();
     let mut stderr_tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL);
@@ -369,24 +377,28 @@ async fn relay(
     while let Some(event) = output.next().await {
         match event? {
             ProcessEvent::Stdout(chunk) => {
-                let lines = stdout.push(&chunk).map_err(too_long)?;
-                // The lines are copies; free the chunk before waiting on a
-                // slow client.
+                stdout.feed(&chunk).map_err(too_long)?;
+                // The splitter holds a copy; free the chunk before waiting
+                // on a slow client. Lines are taken one at a time, so while
+                // one waits the rest stay in that copy, not in one of their
+                // own as well.
                 drop(chunk);
-                for line in lines {
+                while let Some(line) = stdout.next_line() {
                     if let Some(event) = agent.accept(line, redactor) {
                         telemetry::run::agent_message(&event);
                         if outputs.is_some() && outputs_span.is_none() && agent.saw_result {
                             outputs_span = Some(info_span!("outputs"));
                         }
-                        send(event).await?;
+                        queue.send(event).await.map_err(|_| Stop::ClientGone)?;
                     }
                 }
             }
             ProcessEvent::Stderr(chunk) => {
-                for line in stderr.push(&chunk).map_err(too_long)? {
+                stderr.feed(&chunk).map_err(too_long)?;
+                drop(chunk);
+                while let Some(line) = stderr.next_line() {
                     if let Some(event) = stderr_event(&line, redactor, &mut stderr_tail) {
-                        send(event).await?;
+                        queue.send(event).await.map_err(|_| Stop::ClientGone)?;
                     }
                 }
             }
@@ -394,12 +406,12 @@ async fn relay(
                 if let Some(line) = stdout.finish()
                     && let Some(event) = agent.accept(line, redactor)
                 {
-                    send(event).await?;
+                    queue.send(event).await.map_err(|_| Stop::ClientGone)?;
                 }
                 if let Some(line) = stderr.finish()
                     && let Some(event) = stderr_event(&line, redactor, &mut stderr_tail)
                 {
-                    send(event).await?;
+                    queue.send(event).await.map_err(|_| Stop::ClientGone)?;
                 }
                 return agent.verdict(&status, &stderr_tail);
             }

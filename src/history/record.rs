@@ -414,12 +414,12 @@ mod tests {
             RunEvent::Done(Done {
                 status: DoneStatus::Error,
                 request_id: "r".into(),
-                sandstorm: Some(DoneNotes {
+                sandstorm: Some(Box::new(DoneNotes {
                     spend: Spend {
                         calls: 2,
                         ..Spend::default()
                     },
-                }),
+                })),
             }),
         ] {
             recorder.observe(&event);

@@ -11,7 +11,7 @@ use super::record::{Recorder, RunRecord, capped_prompt, config_snapshot};
 use crate::events::RunEvent;
 use crate::plan::RunPlan;
 use crate::request::Query;
-use crate::run::{EVENT_BUFFER, FINAL_EVENT_GRACE, RunHandle};
+use crate::run::{FINAL_EVENT_GRACE, RunHandle, TAP_BUFFER};
 use crate::run_id::RunId;
 use crate::sandbox::layout;
 
@@ -133,7 +133,7 @@ pub(crate) fn tap(recording: Option<Recording>, handle: RunHandle) -> RunHandle 
         events: mut inner,
         finished,
     } = handle;
-    let (tx, events) = mpsc::channel(EVENT_BUFFER);
+    let (tx, events) = mpsc::channel(TAP_BUFFER);
     tokio::spawn(async move {
         let mut recorder = Recorder::default();
         // Nothing is kept, or held, unless the history keeps events.

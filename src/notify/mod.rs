@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, warn};
 
 use crate::events::RunEvent;
-use crate::run::{EVENT_BUFFER, FINAL_EVENT_GRACE, RunHandle};
+use crate::run::{FINAL_EVENT_GRACE, RunHandle, TAP_BUFFER};
 
 pub(crate) mod address;
 pub(crate) mod callback;
@@ -224,7 +224,7 @@ pub(crate) fn tap(watch: Option<Watch>, handle: RunHandle, ends_with_reader: boo
         events: mut inner,
         finished,
     } = handle;
-    let (tx, events) = mpsc::channel(EVENT_BUFFER);
+    let (tx, events) = mpsc::channel(TAP_BUFFER);
     tokio::spawn(
         async move {
             let mut recorder = NoticeRecorder::default();

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::events::RunEvent;
 use crate::history::RunRecord;
 use crate::history::record::{Recorder, RunEnding};
-use crate::run::{EVENT_BUFFER, FINAL_EVENT_GRACE};
+use crate::run::{FINAL_EVENT_GRACE, TAP_BUFFER};
 
 /// How much of each run's answer the markdown quotes.
 const QUOTED_RESULT_CHARS: usize = 200;
@@ -121,7 +121,7 @@ pub(crate) fn reporting(
     replay: Side,
     forked: bool,
 ) -> mpsc::Receiver<RunEvent> {
-    let (tx, events) = mpsc::channel(EVENT_BUFFER);
+    let (tx, events) = mpsc::channel(TAP_BUFFER);
     let started = Instant::now();
     tokio::spawn(async move {
         let mut recorder = Recorder::default();

@@ -462,7 +462,7 @@ fn closing_events(
     events.push(RunEvent::Done(Done {
         status,
         request_id: request_id.to_owned(),
-        sandstorm: spend.map(|spend| DoneNotes { spend }),
+        sandstorm: spend.map(|spend| Box::new(DoneNotes { spend })),
     }));
     events
 }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::detached::reattach;
-use super::{EVENT_BUFFER, RunHandle};
+use super::{RunHandle, TAP_BUFFER};
 use crate::events::RunEvent;
 use crate::history::tap::Recording;
 use crate::notify::Watch;
@@ -63,7 +63,7 @@ pub(crate) fn keep_reading(handle: RunHandle, reread: Reread) -> RunHandle {
         events: mut inner,
         finished,
     } = handle;
-    let (tx, events) = mpsc::channel(EVENT_BUFFER);
+    let (tx, events) = mpsc::channel(TAP_BUFFER);
     tokio::spawn(
         async move {
             let mut client = Some(tx);

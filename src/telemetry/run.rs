@@ -22,7 +22,7 @@ use super::Telemetry;
 use super::metrics::metrics;
 use crate::events::{RunEvent, message_type};
 use crate::history::record::Recorder;
-use crate::run::{EVENT_BUFFER, RunHandle};
+use crate::run::{RunHandle, TAP_BUFFER};
 
 /// What a run's root span starts with, known before it runs.
 #[derive(Debug, Clone, Default)]
@@ -100,7 +100,7 @@ pub(crate) fn traced(span: Span, handle: RunHandle, started: Instant) -> RunHand
         events: mut inner,
         finished,
     } = handle;
-    let (tx, events) = mpsc::channel(EVENT_BUFFER);
+    let (tx, events) = mpsc::channel(TAP_BUFFER);
     tokio::spawn(async move {
         let mut figures = Figures::default();
         while let Some(event) = inner.recv().await {

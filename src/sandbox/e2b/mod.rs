@@ -61,6 +61,7 @@ mod options;
 #[cfg(test)]
 mod padded_download_tests;
 mod process;
+mod process_frames;
 mod retry;
 mod stream_client;
 pub mod webhooks;

@@ -1,6 +1,7 @@
 //! A `process.Process/Start` answer, turned into [`ProcessEvent`]s.
 //!
-//! The body is a run of Connect envelopes carrying `StartResponse` JSON.
+//! The body is a run of Connect envelopes carrying `StartResponse` JSON,
+//! whose output is handed on as it arrives ([`super::process_frames`]).
 //! Chunks are read only when the consumer asks for the next event, so a slow
 //! client slows envd down instead of filling our memory, and the stream
 //! owns the response so it can outlive the call that opened it.
@@ -12,11 +13,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use e2b_wire::connect::FrameDecoder;
 use e2b_wire::envd::{EndOfStream, StartResponse};
 use futures::{Stream, StreamExt};
 
 use super::http::{PROVIDER, connect_code_status};
+use super::process_frames::{Piece, ProcessFrames};
 use crate::sandbox::{ExitStatus, ProcessEvent, ProcessStream, SandboxError};
 
 const OP: &str = "start";
@@ -33,7 +34,7 @@ where
 {
     events(Reader {
         body: Box::pin(body),
-        decoder: FrameDecoder::new(),
+        frames: ProcessFrames::new(),
         idle_timeout,
         finished: false,
         pid: None,
@@ -53,7 +54,7 @@ where
 {
     let mut reader = Reader {
         body: Box::pin(body),
-        decoder: FrameDecoder::new(),
+        frames: ProcessFrames::new(),
         idle_timeout,
         finished: false,
         pid: None,
@@ -85,7 +86,7 @@ where
 
 struct Reader<S> {
     body: Pin<Box<S>>,
-    decoder: FrameDecoder,
+    frames: ProcessFrames,
     idle_timeout: Duration,
     finished: bool,
     /// The pid from the `start` event, once read.
@@ -101,7 +102,10 @@ where
     /// (from a stream without one) the first event there is.
     async fn first_frame(&mut self) -> Result<Option<ProcessEvent>, SandboxError> {
         loop {
-            let payload = self.next_payload().await?;
+            let payload = match self.next_piece().await? {
+                Piece::Message(payload) => payload,
+                output => return Ok(output_event(output)),
+            };
             let message: StartResponse = serde_json::from_slice(&payload)
                 .map_err(|e| protocol(format!("unreadable process event: {e}")))?;
             if let Some(start) = message.event.start {
@@ -117,28 +121,31 @@ where
     /// The next output or exit event.
     async fn next_event(&mut self) -> Result<ProcessEvent, SandboxError> {
         loop {
-            if let Some(event) = decode_message(&self.next_payload().await?)? {
+            let event = match self.next_piece().await? {
+                Piece::Message(payload) => decode_message(&payload)?,
+                output => output_event(output),
+            };
+            if let Some(event) = event {
                 return Ok(event);
             }
         }
     }
 
-    /// The next message's payload, reading more of the body only when no
-    /// whole frame is buffered; the end-of-stream frame is an error here,
-    /// as it comes before the process's end only when something failed.
-    async fn next_payload(&mut self) -> Result<Bytes, SandboxError> {
+    /// The next piece of output or whole message, reading more of the body
+    /// only when none is buffered; the end-of-stream frame is an error
+    /// here, as it comes before the process's end only when something
+    /// failed.
+    async fn next_piece(&mut self) -> Result<Piece, SandboxError> {
         loop {
-            let frame = self
-                .decoder
-                .next_frame()
+            let piece = self
+                .frames
+                .next_piece()
                 .map_err(|e| protocol(e.to_string()))?;
-            if let Some(frame) = frame {
-                if frame.is_end_stream() {
-                    return Err(end_of_stream(&frame.payload));
-                }
-                return Ok(frame.payload);
+            match piece {
+                Some(Piece::EndOfStream(payload)) => return Err(end_of_stream(&payload)),
+                Some(piece) => return Ok(piece),
+                None => self.read_more().await?,
             }
-            self.read_more().await?;
         }
     }
 
@@ -146,7 +153,9 @@ where
     async fn read_more(&mut self) -> Result<(), SandboxError> {
         match tokio::time::timeout(self.idle_timeout, self.body.next()).await {
             Ok(Some(Ok(chunk))) => {
-                self.decoder.push(&chunk);
+                // Copied, and the chunk dropped at once: held, it would
+                // keep the connection's read buffer from being reused.
+                self.frames.push(&chunk);
                 Ok(())
             }
             Ok(Some(Err(e))) => {
@@ -154,7 +163,7 @@ where
                 Err(SandboxError::StreamCut)
             }
             Ok(None) => {
-                if let Err(e) = self.decoder.finish() {
+                if let Err(e) = self.frames.finish() {
                     tracing::warn!(error = %e, "envd process stream ended mid-frame");
                 } else {
                     tracing::warn!("envd process stream ended before the process did");
@@ -166,6 +175,16 @@ where
                 Err(SandboxError::StreamCut)
             }
         }
+    }
+}
+
+/// A piece of output as its event (`None` for a whole message, which
+/// [`decode_message`] reads).
+fn output_event(piece: Piece) -> Option<ProcessEvent> {
+    match piece {
+        Piece::Stdout(bytes) => Some(ProcessEvent::Stdout(bytes)),
+        Piece::Stderr(bytes) => Some(ProcessEvent::Stderr(bytes)),
+        Piece::Message(_) | Piece::EndOfStream(_) => None,
     }
 }
 
@@ -369,10 +388,17 @@ mod tests {
         let mut wire = Vec::new();
         wire.extend_from_slice(&frame(r#"{"event":{"start":{"pid":42}}}"#));
         wire.extend_from_slice(&data("stdout", b"half a li"));
-        let events = events_from(&wire, 7).await;
-        assert!(matches!(events.first(), Some(Ok(ProcessEvent::Stdout(_)))));
-        assert!(matches!(events.last(), Some(Err(SandboxError::StreamCut))));
-        assert_eq!(events.len(), 2);
+        let mut events = events_from(&wire, 7).await;
+        assert!(matches!(events.pop(), Some(Err(SandboxError::StreamCut))));
+        // The output came in pieces, as its chunks did.
+        let mut output = Vec::new();
+        for event in events {
+            let Ok(ProcessEvent::Stdout(piece)) = event else {
+                panic!("expected output, got {event:?}");
+            };
+            output.extend_from_slice(&piece);
+        }
+        assert_eq!(output, b"half a li");
 
         // Cut inside a frame.
         let events = events_from(&wire[..wire.len() - 3], 4).await;

@@ -42,11 +42,12 @@ use super::http;
 use super::options::E2bOptions;
 use crate::sandbox::SandboxError;
 
-/// The most a process stream's connection reads ahead of its consumer.
-/// Twice hyper's minimum: one read still takes a typical output frame
-/// (envd sends up to 32 KiB of output per frame, base64 in JSON) in a few
-/// gulps, and a thousand stalled streams hold 16 MiB here in all.
-pub(crate) const READ_BUFFER: usize = 16 * 1024;
+/// The most a process stream's connection reads ahead of its consumer:
+/// hyper's minimum. Output is decoded as each read arrives
+/// ([`super::process_frames`]), so a read need not hold a whole frame
+/// (envd sends up to 32 KiB of output per frame, about 44 KiB of base64 in
+/// JSON); a thousand stalled streams hold 8 MiB here in all.
+pub(crate) const READ_BUFFER: usize = 8 * 1024;
 
 /// As reqwest: idle connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
