@@ -15,9 +15,16 @@ fn read(name: &str) -> String {
 
 /// The text between the markers, trimmed; the file must hold them once.
 fn summary<'a>(name: &str, text: &'a str) -> &'a str {
-    assert_eq!(text.matches(START).count(), 1, "{name}: expected one {START}");
+    assert_eq!(
+        text.matches(START).count(),
+        1,
+        "{name}: expected one {START}"
+    );
     assert_eq!(text.matches(END).count(), 1, "{name}: expected one {END}");
-    let from = text.find(START).map(|i| i + START.len()).unwrap_or_default();
+    let from = text
+        .find(START)
+        .map(|i| i + START.len())
+        .unwrap_or_default();
     let to = text.find(END).unwrap_or_default();
     assert!(from <= to, "{name}: {END} comes before {START}");
     text[from..to].trim()
@@ -29,7 +36,10 @@ fn readme_summary_is_the_generated_one() {
     let benchmarks = read("BENCHMARKS.md");
     let in_readme = summary("README.md", &readme);
     let in_benchmarks = summary("BENCHMARKS.md", &benchmarks);
-    assert!(!in_benchmarks.is_empty(), "BENCHMARKS.md: the summary paragraph is empty");
+    assert!(
+        !in_benchmarks.is_empty(),
+        "BENCHMARKS.md: the summary paragraph is empty"
+    );
     assert_eq!(
         in_readme, in_benchmarks,
         "README.md's benchmark summary differs from BENCHMARKS.md's: run `bench/run` \
