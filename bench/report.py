@@ -550,7 +550,8 @@ def summary_rows(r):
             [
                 "the model endpoint adds under 1 ms per model call at p50, on loopback",
                 "14, 20",
-                f"{p50:.2f} ms at p50 (p90 {lat['p90'] / 1e3:.2f} ms, p99 {lat['p99'] / 1e3:.2f} ms)",
+                f"{p50:.2f} ms at p50 (p90 {lat['p90'] / 1e3:.2f} ms, p99 {lat['p99'] / 1e3:.2f} ms)"
+                + (f"; {per_call:.0f} KiB of host memory per call in flight" if (per_call := proxy["figures"].get("memory", {}).get("per_call_kib")) else ""),
                 verdict(p50 < PROXY_TARGET_MS),
             ]
         )
