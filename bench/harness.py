@@ -57,7 +57,7 @@ CONCURRENT = {"typical": dict(lines=10, bytes_=500), "stalled": dict(lines=1_000
 # (their 1,000-run step costs about a minute each; --growth-theirs-max).
 GROWTH_STEPS = (1, 10, 100, 1000)
 # RSS after the load, sampled this long after every sandbox was killed.
-AFTER_LOAD_S = (0.5, 2.0, 5.0)
+AFTER_LOAD_S = (0.5, 2, 5)
 
 # Phases, in the order they run. `size` reads the built binaries, `load`
 # and `proxy` take the figures of tests bench/run ran (tests/load.rs,
