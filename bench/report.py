@@ -573,6 +573,16 @@ def summary_rows(r):
     if timing:
         total = fresh_total(timing)
         rows.append([f"`bench/run` regenerates this file within 15 minutes ({'a fresh clone' if timing.get('fresh') else 'this checkout, not fresh'})", "20", f"{total / 60:.1f} min", verdict(total <= FRESH_BUDGET_S) if timing.get("fresh") else "recorded"])
+        if timing.get("fresh") and total > FRESH_BUDGET_S:
+            misses.append(
+                (
+                    "bench_time",
+                    "`bench/run`'s own time",
+                    f"{total / 60:.1f} min on a fresh clone, of which the build {timing['build_s'] / 60:.1f} min and the "
+                    f"measurements {(timing['tests_s'] + timing['harness_s']) / 60:.1f} min: the build decides it. "
+                    + (timing.get("note") or ""),
+                )
+            )
     return rows, misses
 
 
