@@ -16,7 +16,8 @@ from pathlib import Path
 
 E2B_KEY = "e2b_0123abcd"
 ANTHROPIC_KEY = "sk-bench-0000"
-# The E2B template duvo-sandstorm 0.4.0 names in its create calls.
+# The E2B template both originals (duvo-sandstorm 0.4.0 and 0.9.2) name in
+# their create calls (0.9.2: `SANDSTORM_TEMPLATE`, unset, defaults to it).
 THEIR_TEMPLATE = "work-43ca/sandstorm"
 
 
@@ -83,7 +84,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 @dataclass
 class Server:
-    name: str  # "ours" | "theirs"
+    name: str  # "ours", or an original's side ("theirs": 0.4.0, "theirs092": 0.9.2)
     proc: subprocess.Popen
     port: int
     spawned: float  # perf_counter() just before the spawn
@@ -111,7 +112,9 @@ class Setup:
     ds: Path
     bootstrap: Path | None
     emulator_bin: Path
-    theirs_ds: Path
+    # The originals' `ds`, by side ("theirs": 0.4.0, "theirs092": 0.9.2),
+    # each in a virtualenv of its own; only those installed.
+    originals: dict[str, Path]
 
     def server_env(self, emulator_url: str) -> dict[str, str]:
         # The same environment for both: the emulator for both E2B planes,
@@ -134,7 +137,7 @@ class Setup:
         if name == "ours":
             argv = [str(self.ds), "serve", "--port", str(port), "--sandbox", "e2b"]
         else:
-            argv = [str(self.theirs_ds), "serve", "--host", "127.0.0.1", "--port", str(port)]
+            argv = [str(self.originals[name]), "serve", "--host", "127.0.0.1", "--port", str(port)]
         cwd = self.work / "cwd"
         cwd.mkdir(parents=True, exist_ok=True)
         (self.work / "home").mkdir(parents=True, exist_ok=True)
@@ -164,12 +167,29 @@ def _drain(pipe, log) -> None:
             log.flush()
 
 
+def nagle_flag(emulator_bin: Path) -> str | None:
+    """The emulator's flag that makes it answer without `TCP_NODELAY`, if
+    this build has one: the first `--...` word of its `--help` that names
+    nodelay (another change adds it; until then the Nagle rows are left out)."""
+    try:
+        text = subprocess.run([str(emulator_bin), "--help"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for word in text.replace(",", " ").split():
+        if word.startswith("--") and "nodelay" in word.lower().replace("-", "").replace("_", ""):
+            return word.split("=", 1)[0]
+    return None
+
+
 class Emulator:
     """The release `e2b-emulator`, shared by both servers; or, given
     `binary`, another build of it (the local start-up section's "before")."""
 
-    def __init__(self, setup: Setup, binary: Path | None = None, log_name: str = "emulator.log") -> None:
+    def __init__(
+        self, setup: Setup, binary: Path | None = None, log_name: str = "emulator.log", extra_args: list[str] | None = None
+    ) -> None:
         argv = [str(binary or setup.emulator_bin), "--port", "0", "--api-key", E2B_KEY, "--runner-dir", str(setup.repo / "runner")]
+        argv += extra_args or []
         if binary is None:
             # The template the original creates its sandboxes from; E2B
             # (and the emulator) refuse a template they do not know.

@@ -1,8 +1,9 @@
 //! What the keyless model endpoint costs a model call (issue 14): the
 //! latency it adds on loopback, and the host memory an in-flight call
-//! holds. A benchmark, not part of a plain `cargo test`: `bench/run --only
-//! proxy` runs it in release with
-//! `cargo test --release --test bench_model_endpoint -- --ignored --nocapture`
+//! holds. A benchmark, not part of a plain `cargo test`: `bench/run` builds
+//! it in release (`--features sandstorm/lambda`, in the same cargo
+//! invocation as the release binaries), runs it with
+//! `--ignored --nocapture --exact model_endpoint_added_latency_and_memory_per_call`
 //! and takes its figures (one JSON object, printed on a line of its own
 //! and written to the file `SANDSTORM_BENCH_FIGURES` names, when set) into
 //! BENCHMARKS.md. It asserts only that every call succeeded; the figures

@@ -9,8 +9,9 @@
 //! picks them up there for BENCHMARKS.md.
 //!
 //! It is a step of its own, not part of a plain `cargo test`: `.ci/run`
-//! and `bench/run` run it with
-//! `cargo test --all-features --test load -- --ignored`.
+//! runs it with `cargo test --all-features --test load -- --ignored`, and
+//! `bench/run` runs its release build (`--features sandstorm/lambda`) with
+//! `--ignored`.
 //!
 //! The server is the `ds` binary cargo built with this test. `bench/run`
 //! sets `SANDSTORM_LOAD_DS` to the release binary so the published figures
