@@ -3,18 +3,26 @@
 //! is answered, the runner waits in the sandbox until the upload's last
 //! file is in place, and still reads every file; an upload that fails ends
 //! the run with its own error and the sandbox, with nothing left waiting.
-//! The emulator's synthetic runner keeps the same wait, or the benchmarks
-//! would measure a runner that starts before its files.
+//! The emulator's synthetic runner keeps the same wait, or it would stand
+//! in for a runner that starts before its files.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::emulator::{self, Knobs, Snapshot, synthetic};
+use common::keys::E2B_KEY;
 use common::model_server::{ModelServer, Script};
 use common::product::{Chain, Serve};
 use common::serve::DsServe;
 use common::stream::read_stream;
+use futures::StreamExt;
+use sandstorm::runs::log::EVENT_LOG;
+use sandstorm::sandbox::e2b::{E2bOptions, E2bProvider};
+use sandstorm::sandbox::{
+    ProcessEvent, ProcessSpec, SandboxFile, SandboxProvider, SandboxSpec, upload_gate,
+};
 use serde_json::json;
 
 const CSV: &str = "name,qty\napple,3\npear,5\n";
@@ -122,10 +130,95 @@ async fn an_upload_that_fails_ends_the_run_with_its_error_and_leaves_nothing_wai
     assert_eq!((stats.created, stats.killed, stats.alive), (1, 1, 0));
 }
 
-/// The synthetic runner answers only once the upload's files are in: its
-/// first line cannot come before the upload is written.
+/// The synthetic runner, which runs no shell, keeps the gate's wait: it
+/// says nothing (an attached runner) or writes no log (a detached run's
+/// wrapper) until the marker its environment names is uploaded. Driven
+/// through the client's own start and upload, one at a time.
 #[tokio::test]
-async fn the_synthetic_runner_waits_for_the_upload_too() {
+async fn the_synthetic_runner_answers_only_once_its_marker_is_uploaded() {
+    let e2b = emulator::start(synthetic(20, 200)).await;
+    let provider = E2bProvider::new(E2bOptions::local(&e2b.url, E2B_KEY)).expect("client builds");
+    let sandbox = provider
+        .create(SandboxSpec::default())
+        .await
+        .expect("create");
+    let runner = |marker: &str, records: bool| {
+        let mut envs =
+            BTreeMap::from([(upload_gate::MARKER_VARIABLE.to_owned(), marker.to_owned())]);
+        if records {
+            envs.insert("SANDSTORM_EVENT_RECORDS".to_owned(), "1".to_owned());
+        }
+        ProcessSpec {
+            cmd: "node".into(),
+            args: vec!["/opt/agent-runner/runner.mjs".into()],
+            envs,
+            cwd: "/home/user".into(),
+            ..ProcessSpec::default()
+        }
+    };
+    let upload = |path: &str| {
+        vec![SandboxFile {
+            path: path.to_owned(),
+            content: Default::default(),
+        }]
+    };
+
+    let mut output = sandbox
+        .start(runner("/tmp/.sandstorm/uploaded-a", false))
+        .await
+        .expect("start");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), output.next())
+            .await
+            .is_err(),
+        "the synthetic runner spoke before its marker was uploaded"
+    );
+    sandbox
+        .upload(upload("/tmp/.sandstorm/uploaded-a"))
+        .await
+        .expect("upload the marker");
+    let first = tokio::time::timeout(Duration::from_secs(10), output.next())
+        .await
+        .expect("the runner speaks once its marker is in");
+    assert!(
+        matches!(first, Some(Ok(ProcessEvent::Stdout(_)))),
+        "{first:?}"
+    );
+
+    let mut wrapper = sandbox
+        .start(runner("/tmp/.sandstorm/uploaded-b", true))
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        sandbox.read_file(EVENT_LOG).await.is_err(),
+        "the log was written before the marker was uploaded"
+    );
+    sandbox
+        .upload(upload("/tmp/.sandstorm/uploaded-b"))
+        .await
+        .expect("upload the marker");
+    let end = tokio::time::timeout(Duration::from_secs(10), wrapper.next())
+        .await
+        .expect("the wrapper ends once its marker is in");
+    assert!(
+        matches!(&end, Some(Ok(ProcessEvent::Exited(status))) if status.success()),
+        "{end:?}"
+    );
+    assert!(
+        !sandbox
+            .read_file(EVENT_LOG)
+            .await
+            .expect("the log")
+            .is_empty()
+    );
+    sandbox.destroy().await.expect("destroy");
+}
+
+/// A detached run's wrapper goes out behind the same gate and its
+/// synthetic log is read back whole.
+#[tokio::test]
+async fn a_detached_synthetic_run_behind_a_slow_upload_is_read_whole() {
     let mut knobs = synthetic(20, 200);
     knobs.upload_delay_ms = UPLOAD_DELAY_MS;
     let e2b = emulator::start(knobs).await;
@@ -133,31 +226,14 @@ async fn the_synthetic_runner_waits_for_the_upload_too() {
         .env("SANDSTORM_RUN_LINGER", "0")
         .start()
         .await;
-    let url = format!("{}/query", server.url);
-
-    let attached = read_stream(
-        reqwest::Client::new()
-            .post(&url)
-            .json(&json!({"prompt": "go"})),
-    )
-    .await;
-    assert_eq!(attached.events.len(), 20, "{:?}", attached.events);
-    let first = attached.first_event.expect("a first event");
-    assert!(
-        first >= Duration::from_millis(UPLOAD_DELAY_MS),
-        "the first line came {first:?} after the request, before the upload was written"
-    );
-
-    // A detached run's wrapper, under the same gate: its log is written
-    // once the files are in, and read back whole.
     let detached = read_stream(
         reqwest::Client::new()
-            .post(&url)
+            .post(format!("{}/query", server.url))
             .json(&json!({"prompt": "go", "detach": true})),
     )
     .await;
     assert_eq!(detached.events.len(), 21, "the run event and every line");
     assert_eq!(detached.last()["type"], "result");
     let stats = e2b.settled(Duration::from_secs(5)).await;
-    assert_eq!((stats.created, stats.killed, stats.alive), (2, 2, 0));
+    assert_eq!((stats.created, stats.killed, stats.alive), (1, 1, 0));
 }
