@@ -1,4 +1,4 @@
-//! One run: create → upload → start → relay → destroy.
+//! One run: create → upload and start → relay → destroy.
 //!
 //! [`spawn`] starts a run on its own task and returns the receiving end of a
 //! bounded channel of [`RunEvent`]s. The task ends every path out (success,
@@ -311,15 +311,13 @@ async fn drive(
     }
     tracing::Span::current().set_attribute("sandstorm.sandbox.id", sandbox.id().to_owned());
 
+    // Both steps begin now: the upload and the start go out together
+    // where the provider can send them so.
     progress(Phase::Uploading).await?;
-    sandbox
-        .upload(plan.files.clone())
-        .instrument(info_span!("sandbox.upload", files = plan.files.len()))
-        .await?;
     progress(Phase::StartingAgent).await?;
+    // Its `sandbox.upload` and `sandbox.start` spans are the provider's.
     let output = sandbox
-        .start(plan.process.clone())
-        .instrument(info_span!("sandbox.start"))
+        .upload_and_start(plan.files.clone(), plan.process.clone())
         .await?;
     relay(
         output,

@@ -288,7 +288,37 @@ async fn a_run_costs_create_one_upload_one_start_and_a_kill() {
     assert_eq!(started.output("stdout"), b"ab");
     assert_eq!(emu.kill(&sbx).await, 204);
 
-    let stats = emu.stats().await;
+    let mut stats = emu.stats().await;
+    // One after another: each call arrived once the one before was answered.
+    let calls = stats
+        .as_object_mut()
+        .and_then(|stats| stats.remove("calls"))
+        .expect("the call log");
+    let calls: Vec<(&str, &str)> = calls
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| {
+            (
+                c["call"].as_str().unwrap_or_default(),
+                c["moment"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let kill = format!("DELETE /sandboxes/{}", sbx.id);
+    assert_eq!(
+        calls,
+        [
+            ("POST /v2/sandboxes", "arrived"),
+            ("POST /v2/sandboxes", "answered"),
+            ("POST /files", "arrived"),
+            ("POST /files", "answered"),
+            ("POST /process.Process/Start", "arrived"),
+            ("POST /process.Process/Start", "answered"),
+            (kill.as_str(), "arrived"),
+            (kill.as_str(), "answered"),
+        ]
+    );
     assert_eq!(
         stats,
         json!({"created": 1, "killed": 1, "alive": 0,

@@ -242,18 +242,12 @@ async fn start(
     // the run by it, and the run no longer needs its client.
     let _ = tx.send(RunEvent::Run(follow.run.clone())).await;
     tracing::Span::current().set_attribute("sandstorm.sandbox.id", sandbox.id().to_owned());
+    // Both steps begin now, together where the provider can (see
+    // `Sandbox::upload_and_start`).
     progress(Phase::Uploading).await;
-    sandbox
-        .upload(plan.files.clone())
-        .instrument(tracing::info_span!(
-            "sandbox.upload",
-            files = plan.files.len()
-        ))
-        .await?;
     progress(Phase::StartingAgent).await;
     let mut output = sandbox
-        .start(plan.process.clone())
-        .instrument(tracing::info_span!("sandbox.start"))
+        .upload_and_start(plan.files.clone(), plan.process.clone())
         .await?;
     // Drained so that a provider which ends a process with its stream (the
     // local one) keeps it; on E2B the process outlives the stream anyway.

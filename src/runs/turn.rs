@@ -358,11 +358,13 @@ async fn start_runner(
         path: path.clone(),
         content: Bytes::from(serde_json::to_vec(&config).unwrap_or_default()),
     });
-    sandbox.upload(files).await?;
     let mut runner = plan.process;
     runner.args.push(path);
     runner.callback = callback;
-    let mut output = sandbox.start(log::wrapper(runner, timeout, turn)).await?;
+    // Together where the provider can: the turn's runner waits for its files.
+    let mut output = sandbox
+        .upload_and_start(files, log::wrapper(runner, timeout, turn))
+        .await?;
     // Nobody reads the wrapper: the log is the turn's output.
     tokio::spawn(async move { while output.next().await.is_some() {} });
     Ok(())

@@ -1,8 +1,9 @@
 //! The sandbox seam: what a run needs from the place the agent runs in.
 //!
 //! A run asks a [`SandboxProvider`] for a fresh [`Sandbox`], hands it every
-//! file in one [`Sandbox::upload`], starts the runner with
-//! [`Sandbox::start`], relays what the process prints, and destroys the
+//! file and starts the runner with [`Sandbox::upload_and_start`] (one
+//! upload, one start, at once where the provider can: see
+//! [`upload_gate`]), relays what the process prints, and destroys the
 //! sandbox. Providers: [`e2b`] (cloud VMs over REST + envd) and [`local`]
 //! (bubblewrap on this machine). Each one is known to the rest of the
 //! product only through its [`provider::ProviderDeclaration`]; adding
@@ -28,6 +29,7 @@ pub mod local;
 pub mod provider;
 #[cfg(any(test, feature = "testing"))]
 pub mod scripted;
+pub mod upload_gate;
 
 /// What a run asks of a new sandbox.
 #[derive(Debug, Clone, Default)]
@@ -298,6 +300,26 @@ pub trait Sandbox: Send + Sync + 'static {
     /// Starts a process and streams its output.
     async fn start(&self, process: ProcessSpec) -> Result<ProcessStream, SandboxError>;
 
+    /// Writes `files`, then runs `process`, which may read them from its
+    /// first instruction: how a run hands over its files and starts its
+    /// runner. This default uploads, then starts: right where the upload
+    /// is a local write. A provider whose upload and start are each a
+    /// round trip sends both at once, the process held behind an
+    /// [`upload_gate`] until its files are in place. An upload that fails
+    /// fails the call with its error, whatever became of the start. Each
+    /// step is traced as a `sandbox.upload` and a `sandbox.start` span
+    /// (see [`upload_span`]).
+    async fn upload_and_start(
+        &self,
+        files: Vec<SandboxFile>,
+        process: ProcessSpec,
+    ) -> Result<ProcessStream, SandboxError> {
+        use tracing::Instrument as _;
+        let span = upload_span(&files);
+        self.upload(files).instrument(span).await?;
+        self.start(process).instrument(start_span()).await
+    }
+
     /// Reads one file's bytes.
     async fn read_file(&self, path: &str) -> Result<Bytes, SandboxError>;
 
@@ -344,6 +366,17 @@ pub trait Sandbox: Send + Sync + 'static {
             op: "pause",
         })
     }
+}
+
+/// The span of a run's upload, made in the run's: one of the steps
+/// `docs/observability.md` lists.
+pub fn upload_span(files: &[SandboxFile]) -> tracing::Span {
+    tracing::info_span!("sandbox.upload", files = files.len())
+}
+
+/// The span of a run's start of its runner.
+pub fn start_span() -> tracing::Span {
+    tracing::info_span!("sandbox.start")
 }
 
 /// What went wrong talking to a sandbox. Messages are safe to show a client:

@@ -17,7 +17,7 @@ pub use e2b_emulator::knobs::{CreateFault, CreateFaultMode, StreamCut, Synthetic
     unused_imports,
     reason = "re-exported for the test files; each uses some"
 )]
-pub use e2b_emulator::{Emulator, EmulatorOptions, Knobs, Snapshot};
+pub use e2b_emulator::{Emulator, EmulatorOptions, Knobs, Moment, Snapshot};
 
 use super::keys::{ANTHROPIC_KEY, E2B_KEY};
 use super::process::{self, Process};
@@ -102,11 +102,9 @@ async fn serve(
         "http://{}",
         listener.local_addr().expect("emulator address")
     );
-    // As the binary (and envd) does: without TCP_NODELAY a stream's first
-    // frame waits out the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    // As the binary (and envd) does: TCP_NODELAY unless a knob says not.
+    let accepting = emulator.clone();
+    let listener = listener.tap_io(move |tcp| e2b_emulator::accepted(&accepting, tcp));
     let app = wrap(e2b_emulator::app(emulator.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await });
     RunningEmulator { url, emulator }

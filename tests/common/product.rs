@@ -392,6 +392,11 @@ impl Product {
             .await
     }
 
+    /// The E2B emulator, for [`Chain::E2b`]: to turn its knobs.
+    pub fn emulator(&self) -> Option<&RunningEmulator> {
+        self.emulator.as_ref()
+    }
+
     /// The E2B emulator's counts at this moment, for [`Chain::E2b`].
     pub fn emulator_now(&self) -> Option<super::emulator::Snapshot> {
         self.emulator.as_ref().map(RunningEmulator::stats)

@@ -39,10 +39,25 @@ pub struct Knobs {
     /// event and its runner's start.
     #[serde(skip_serializing_if = "is_zero")]
     pub runner_start_delay_ms: u64,
+    /// Hold every upload this long before writing its files, as a large
+    /// upload over a slow link takes: how a test makes a process that was
+    /// started beside its upload start before its files land.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub upload_delay_ms: u64,
+    /// The next this-many uploads write nothing and answer 507, as envd
+    /// does when the sandbox's disk is full.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub upload_failures: u32,
     /// The `Retry-After` (seconds) of injected 429s; 1 when unset, as a
     /// rate limiter always names a wait.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
+    /// Answer without `TCP_NODELAY`, which envd and E2B's edge (Go) set:
+    /// a small write then waits for the client's delayed ACK (about 40 ms),
+    /// so a benchmark can check that none of its figures hangs on one.
+    /// Applies to connections accepted after it is set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_tcp_nodelay: bool,
 }
 
 /// How the next `count` creates fail.
@@ -113,6 +128,16 @@ impl Knobs {
         take(&mut self.stream_cut, |c| &mut c.count).map(|c| c.after_frames)
     }
 
+    /// Takes one upload failure, if any is left.
+    pub(crate) fn take_upload_failure(&mut self) -> bool {
+        if self.upload_failures > 0 {
+            self.upload_failures -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Takes one kill failure, if any is left.
     pub(crate) fn take_kill_failure(&mut self) -> bool {
         if self.kill_failures > 0 {
@@ -148,6 +173,14 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,7 +188,7 @@ mod tests {
     #[test]
     fn faults_fire_count_times_then_stop() {
         let mut knobs: Knobs = serde_json::from_str(
-            r#"{"create_fault":{"mode":"rate_limit","count":2},"kill_failures":1}"#,
+            r#"{"create_fault":{"mode":"rate_limit","count":2},"kill_failures":1,"upload_failures":1}"#,
         )
         .expect("valid config");
         assert_eq!(knobs.take_create_fault(), Some(CreateFaultMode::RateLimit));
@@ -163,6 +196,8 @@ mod tests {
         assert_eq!(knobs.take_create_fault(), None);
         assert!(knobs.take_kill_failure());
         assert!(!knobs.take_kill_failure());
+        assert!(knobs.take_upload_failure());
+        assert!(!knobs.take_upload_failure());
         assert_eq!(knobs, Knobs::default());
     }
 

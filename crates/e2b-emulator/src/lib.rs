@@ -54,7 +54,7 @@ mod synthetic;
 mod webhooks;
 
 pub use knobs::Knobs;
-pub use stats::Snapshot;
+pub use stats::{Call, Moment, Snapshot};
 pub use webhooks::DeliveryRetry;
 
 /// The envd version the emulator reports by default. The SDKs switch
@@ -316,12 +316,8 @@ pub async fn serve_with_shutdown(
         shutdown.await;
         stopping.shutdown().await;
     };
-    // envd and E2B's edge (Go) answer with TCP_NODELAY; without it a stream's
-    // first frame after its headers waits out the client's delayed ACK
-    // (~40 ms), which would swamp what benchmarks measure.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let accepting = emulator.clone();
+    let listener = listener.tap_io(move |tcp| accepted(&accepting, tcp));
     let result = axum::serve(listener, app(emulator.clone()))
         .with_graceful_shutdown(shutdown)
         .await;
@@ -329,14 +325,31 @@ pub async fn serve_with_shutdown(
     result
 }
 
+/// Sets up a connection the emulator accepted: `TCP_NODELAY`, as envd and
+/// E2B's edge (Go) answer, unless the `no_tcp_nodelay` knob says not.
+/// Without it a stream's first frame after its headers waits out the
+/// client's delayed ACK (~40 ms), which would swamp what benchmarks
+/// measure; the knob is there to show that.
+pub fn accepted(emulator: &Emulator, tcp: &mut tokio::net::TcpStream) {
+    let nodelay = !emulator.knobs().no_tcp_nodelay;
+    let _ = tcp.set_nodelay(nodelay);
+}
+
+/// Adds the latency knob's delay to every E2B call, and notes when each
+/// one arrived and was answered (`calls` in the stats).
 async fn add_latency(State(emulator): State<Emulator>, request: Request, next: Next) -> Response {
-    if !request.uri().path().starts_with("/_emulator/") {
-        let latency = emulator.knobs().latency();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
+    if request.uri().path().starts_with("/_emulator/") {
+        return next.run(request).await;
     }
-    next.run(request).await
+    let call = format!("{} {}", request.method(), request.uri().path());
+    emulator.inner.stats.call(&call, stats::Moment::Arrived);
+    let latency = emulator.knobs().latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let response = next.run(request).await;
+    emulator.inner.stats.call(&call, stats::Moment::Answered);
+    response
 }
 
 async fn stats_handler(State(emulator): State<Emulator>) -> axum::Json<Snapshot> {

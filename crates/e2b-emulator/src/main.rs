@@ -77,6 +77,10 @@ struct Args {
     /// Synthetic runner: bytes per line.
     #[arg(long, value_name = "S", requires = "synthetic_lines")]
     synthetic_bytes: Option<usize>,
+    /// Answer without TCP_NODELAY (envd and E2B's edge set it), so that a
+    /// response's small writes wait for the client's delayed ACK.
+    #[arg(long)]
+    no_tcp_nodelay: bool,
     /// Seconds of `Retry-After` on injected 429s.
     #[arg(long, value_name = "SECS", default_value_t = 1)]
     retry_after: u64,
@@ -152,6 +156,10 @@ impl Args {
             synthetic_process: false,
             // For tests, through /_emulator/config.
             runner_start_delay_ms: 0,
+            no_tcp_nodelay: self.no_tcp_nodelay,
+            // For tests, through /_emulator/config.
+            upload_delay_ms: 0,
+            upload_failures: 0,
         }
     }
 

@@ -1,8 +1,10 @@
 //! Counters behind `GET /_emulator/stats`, so tests can assert how many
 //! round trips a client made ("exactly one create, one upload, one start,
-//! one kill") and that nothing leaked.
+//! one kill") and that nothing leaked; and the last calls in the order
+//! they arrived and were answered, so a test can tell which calls a
+//! client had in flight at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use sandstorm::sync::lock;
@@ -42,6 +44,29 @@ struct Counts {
     created: u64,
     killed: u64,
     requests: BTreeMap<&'static str, u64>,
+    calls: VecDeque<Call>,
+}
+
+/// How many calls the stats remember, the oldest forgotten first.
+const CALLS_KEPT: usize = 256;
+
+/// A moment in an E2B call's life, as the emulator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Moment {
+    /// Its request reached the emulator (before the latency knob's wait).
+    Arrived,
+    /// Its answer's head went back (a stream's body may still follow).
+    Answered,
+}
+
+/// One moment of one call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Call {
+    /// Method and path, e.g. `POST /files`.
+    pub call: String,
+    /// What happened to it.
+    pub moment: Moment,
 }
 
 /// The JSON answer of `GET /_emulator/stats`.
@@ -55,11 +80,24 @@ pub struct Snapshot {
     pub alive: u64,
     /// Requests served, by route (`create`, `start`, ...).
     pub requests: BTreeMap<&'static str, u64>,
+    /// The last calls' arrivals and answers, in order.
+    pub calls: Vec<Call>,
 }
 
 impl Stats {
     pub(crate) fn request(&self, route: &'static str) {
         *self.lock().requests.entry(route).or_default() += 1;
+    }
+
+    pub(crate) fn call(&self, call: &str, moment: Moment) {
+        let mut counts = self.lock();
+        if counts.calls.len() == CALLS_KEPT {
+            counts.calls.pop_front();
+        }
+        counts.calls.push_back(Call {
+            call: call.to_owned(),
+            moment,
+        });
     }
 
     pub(crate) fn created(&self) {
@@ -77,6 +115,7 @@ impl Stats {
             killed: counts.killed,
             alive: alive as u64,
             requests: counts.requests,
+            calls: counts.calls.into(),
         }
     }
 

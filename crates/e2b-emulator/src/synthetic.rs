@@ -9,12 +9,53 @@
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 
-use sandstorm::runs::log::{EXIT_RECORD, MESSAGE_RECORD};
+use std::time::{Duration, Instant};
 
+use sandstorm::runs::log::{EXIT_RECORD, MESSAGE_RECORD};
+use sandstorm::sandbox::local::FsError;
+use sandstorm::sandbox::{ExitStatus, ProcessEvent, upload_gate};
+
+use super::Entry;
 use super::knobs::Synthetic;
 
 /// About the 32 KiB a pipe read gives, but odd so lines straddle chunks.
 pub(crate) const CHUNK: usize = 32 * 1024 - 3;
+
+/// The longest a synthetic runner waits for its upload's marker: longer
+/// than a client's gate waits (three request timeouts of a minute).
+pub(crate) const MARKER_WAIT: Duration = Duration::from_secs(240);
+
+/// Waits, as the runner's gate does (`upload_gate`), until `marker` exists
+/// in the sandbox: looking as often as the gate looks, so that what a
+/// benchmark measures includes its wait. `None` once it does (or when
+/// there is no marker); otherwise the gate's last words: its message on
+/// stderr and its exit code, after [`MARKER_WAIT`] or once the sandbox is
+/// gone.
+pub(crate) async fn await_marker(entry: &Entry, marker: Option<&str>) -> Option<[ProcessEvent; 2]> {
+    let marker = marker?;
+    let start = Instant::now();
+    let mut poll = upload_gate::POLL;
+    loop {
+        match entry.sandbox.read(marker.to_owned()).await {
+            Ok(_) => return None,
+            Err(FsError::NotFound { .. }) if start.elapsed() < MARKER_WAIT => {}
+            Err(_) => break,
+        }
+        if start.elapsed() >= upload_gate::FAST_FOR {
+            poll = upload_gate::SLOW_POLL;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    Some([
+        ProcessEvent::Stderr(Bytes::from(format!(
+            "sandstorm: the upload's last file {marker} did not land, so the process was not started\n"
+        ))),
+        ProcessEvent::Exited(ExitStatus {
+            code: Some(upload_gate::GAVE_UP_CODE),
+            status: format!("exit status {}", upload_gate::GAVE_UP_CODE),
+        }),
+    ])
+}
 
 /// Whether a start request runs the agent runner.
 pub(crate) fn is_runner(cmd: &str, args: &[String]) -> bool {

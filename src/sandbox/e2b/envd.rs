@@ -75,7 +75,15 @@ impl E2bSandbox {
     /// One multipart `POST /files` for every file: with more than one part
     /// envd takes each part's filename as its full destination path, and
     /// with exactly one the `path` query must name it (as the SDKs send).
-    pub(super) async fn upload_files(&self, files: Vec<SandboxFile>) -> Result<(), SandboxError> {
+    /// `landed`, when given, is the upload's last file, whose presence
+    /// means the whole upload was written (see `launch`): an attempt whose
+    /// answer was lost but which wrote it is not repeated, since a process
+    /// may already be reading the files.
+    pub(super) async fn upload_files(
+        &self,
+        files: Vec<SandboxFile>,
+        landed: Option<&str>,
+    ) -> Result<(), SandboxError> {
         if files.is_empty() {
             return Ok(());
         }
@@ -118,6 +126,12 @@ impl E2bSandbox {
         // earns one more try; an answer from envd is final.
         let answer = match send().await {
             Err(SandboxError::Transport { message, .. }) => {
+                if let Some(last) = landed
+                    && self.download(last).await.is_ok()
+                {
+                    tracing::warn!(sandbox = %self.id, error = %message, "upload's answer was lost, but every file landed");
+                    return Ok(());
+                }
                 tracing::warn!(sandbox = %self.id, error = %message, "upload failed, retrying once");
                 send().await?
             }

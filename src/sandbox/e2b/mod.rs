@@ -3,9 +3,10 @@
 //! streams through a hyper client of their own that reads no further ahead
 //! than a small buffer (see `stream_client`).
 //!
-//! A run costs three round trips before the agent starts: create
-//! (`POST /v2/sandboxes`), one multipart upload carrying every file, and the
-//! process start whose answer is the output stream. The control-plane
+//! A run costs two round trips before the agent starts: create
+//! (`POST /v2/sandboxes`), then one multipart upload carrying every file
+//! and the process start whose answer is the output stream, sent at once
+//! (see `launch`). The control-plane
 //! calls retry with bounded backoff, as the SDKs decide (see `retry`):
 //! create is made safe to repeat by an `Idempotency-Key` shared by all its
 //! attempts, the others are idempotent. envd's calls do not retry (an
@@ -57,6 +58,7 @@ mod control;
 mod envd;
 mod http;
 mod keyless;
+mod launch;
 mod options;
 #[cfg(test)]
 mod padded_download_tests;
@@ -367,7 +369,15 @@ impl Sandbox for E2bSandbox {
     }
 
     async fn upload(&self, files: Vec<SandboxFile>) -> Result<(), SandboxError> {
-        self.upload_files(files).await
+        self.upload_files(files, None).await
+    }
+
+    async fn upload_and_start(
+        &self,
+        files: Vec<SandboxFile>,
+        process: ProcessSpec,
+    ) -> Result<ProcessStream, SandboxError> {
+        launch::upload_and_start(self, files, process).await
     }
 
     async fn start(&self, process: ProcessSpec) -> Result<ProcessStream, SandboxError> {

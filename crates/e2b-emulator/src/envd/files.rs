@@ -45,6 +45,21 @@ pub(super) async fn upload(
     request: Request,
 ) -> Response {
     emulator.inner.stats.request(route::UPLOAD);
+    let (fails, delay) = {
+        let mut knobs = emulator.knobs();
+        (knobs.take_upload_failure(), knobs.upload_delay_ms)
+    };
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    if fails {
+        // envd's words for a full disk.
+        return EmulatorError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "not enough disk space available",
+        )
+        .into_response();
+    }
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)

@@ -26,7 +26,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use sandstorm::runs::log::EVENT_LOG;
 use sandstorm::sandbox::local::{FsError, Signal};
-use sandstorm::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, SandboxError};
+use sandstorm::sandbox::{ExitStatus, ProcessEvent, ProcessSpec, SandboxError, upload_gate};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -79,6 +79,9 @@ pub(super) async fn start(
         tokio::time::sleep(Duration::from_millis(runner_delay)).await;
     }
     let is_synthetic = synthetic.is_some() && synthetic::is_runner(&config.cmd, &config.args);
+    // A runner started beside its upload waits for the upload's marker
+    // (see `upload_gate`); a synthetic one, which runs no shell, does too.
+    let marker = upload_gate::marker_of(&config.envs).map(str::to_owned);
     // A detached run's wrapper: its runner writes the event log, not stdout.
     let records = config
         .envs
@@ -87,16 +90,28 @@ pub(super) async fn start(
     let (pid, events): (u32, Events) = match synthetic {
         Some(spec) if is_synthetic && records => {
             // What the runner in record mode and its wrapper would leave in
-            // the log, written at once; followers read it back for real.
-            let log = synthetic::records(spec);
-            if let Err(e) = entry.sandbox.write(EVENT_LOG.to_owned(), log).await {
-                return stream_error("internal", e.to_string());
-            }
-            let exited = ProcessEvent::Exited(ExitStatus {
-                code: Some(0),
-                status: "exit status 0".to_owned(),
-            });
-            let events = futures::stream::iter([Ok(exited)]).boxed();
+            // the log, written at once once its files are in; followers
+            // read it back for real.
+            let entry = entry.clone();
+            let events = futures::stream::once(async move {
+                if let Some(gave_up) = synthetic::await_marker(&entry, marker.as_deref()).await {
+                    return futures::stream::iter(gave_up.map(Ok)).boxed();
+                }
+                let log = synthetic::records(spec);
+                let ended = match entry.sandbox.write(EVENT_LOG.to_owned(), log).await {
+                    Ok(()) => Ok(ProcessEvent::Exited(ExitStatus {
+                        code: Some(0),
+                        status: "exit status 0".to_owned(),
+                    })),
+                    Err(e) => Err(SandboxError::Other {
+                        op: "synthetic runner",
+                        message: e.to_string(),
+                    }),
+                };
+                futures::stream::iter([ended]).boxed()
+            })
+            .flatten()
+            .boxed();
             (SYNTHETIC_PID.fetch_add(1, Ordering::Relaxed), events)
         }
         Some(spec) if is_synthetic && via_process => {
@@ -118,6 +133,11 @@ pub(super) async fn start(
                 stdin: false,
                 ..ProcessSpec::default()
             };
+            // Behind the same gate as the runner it stands in for.
+            let spec = match &marker {
+                Some(marker) => upload_gate::gated(spec, marker, synthetic::MARKER_WAIT),
+                None => spec,
+            };
             match entry.sandbox.spawn(spec) {
                 Ok((pid, events, _control)) => (pid, events),
                 Err(e) => return stream_error("internal", e.to_string()),
@@ -128,10 +148,18 @@ pub(super) async fn start(
                 code: Some(0),
                 status: "exit status 0".to_owned(),
             });
-            let events = synthetic::output(spec)
-                .map(|chunk| Ok(ProcessEvent::Stdout(chunk)))
-                .chain(futures::stream::iter([Ok(exited)]))
-                .boxed();
+            let entry = entry.clone();
+            let events = futures::stream::once(async move {
+                if let Some(gave_up) = synthetic::await_marker(&entry, marker.as_deref()).await {
+                    return futures::stream::iter(gave_up.map(Ok)).boxed();
+                }
+                synthetic::output(spec)
+                    .map(|chunk| Ok(ProcessEvent::Stdout(chunk)))
+                    .chain(futures::stream::iter([Ok(exited)]))
+                    .boxed()
+            })
+            .flatten()
+            .boxed();
             (SYNTHETIC_PID.fetch_add(1, Ordering::Relaxed), events)
         }
         _ if as_root => {
