@@ -182,6 +182,13 @@ def busy_note(run: dict, cores: int) -> str:
 # --- evidence on file -------------------------------------------------------------
 
 
+def belongs(note_key: str, miss_key: str) -> bool:
+    """Whether an evidence section is about a miss: its key is the miss's,
+    or the miss's followed by `_` and more (`stalled_after` for `stalled`),
+    so one miss can have several sections, in the file's order."""
+    return note_key == miss_key or note_key.startswith(miss_key + "_")
+
+
 def evidence(repo) -> dict[str, tuple[str, str]]:
     """bench/evidence.md, by key: (title, markdown). Its sections start
     `## key: Title`; the profiles and hand measurements that explain a
@@ -302,13 +309,12 @@ def render(r: dict, repo=None) -> str:
             d.p()
             d.p(body)
             d.p()
-            if key in notes:
-                d.p(f"**Evidence on file ({notes[key][0]}, `bench/evidence.md`):**")
+            for title_on_file, body_on_file in (v for k, v in notes.items() if belongs(k, key)):
+                d.p(f"**Evidence on file ({title_on_file}, `bench/evidence.md`):**")
                 d.p()
-                d.p(notes[key][1])
+                d.p(body_on_file)
                 d.p()
-    shown = {key for key, _, _ in misses}
-    rest = [(k, v) for k, v in notes.items() if k not in shown]
+    rest = [(k, v) for k, v in notes.items() if not any(belongs(k, key) for key, _, _ in misses)]
     if rest:
         d.p("## Profiles and hand measurements on file")
         d.p()
