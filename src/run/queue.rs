@@ -61,10 +61,12 @@ impl<'a> Queue<'a> {
                 break;
             }
             // Until the reader takes one more event: one slot more free
-            // than now. The slots are given back at once.
-            let in_channel = self.tx.max_capacity() - self.tx.capacity();
-            let free = self.tx.max_capacity() - in_channel;
-            if self.tx.reserve_many(free + 1).await.is_err() {
+            // than now. The slots are given back at once. The reader may
+            // have emptied the channel since `forget_taken` looked: then
+            // every slot is free, and asking for more than the channel has
+            // would fail as if the reader were gone.
+            let want = (self.tx.capacity() + 1).min(self.tx.max_capacity());
+            if self.tx.reserve_many(want).await.is_err() {
                 return Err(mpsc::error::SendError(event));
             }
         }
