@@ -434,18 +434,31 @@ async fn kill(State(emulator): State<Emulator>, Path(id): Path<String>) -> Respo
     let Some(entry) = lock(&emulator.inner.sandboxes).remove(&id) else {
         return not_found(&id).into_response();
     };
-    destroy(&entry).await;
-    emulator.inner.stats.killed();
-    webhooks::publish(
-        &emulator,
-        &entry,
-        events::KILLED,
-        Details {
-            kill_reason: Some(events::KILL_REASON_REQUEST),
-            ..Details::default()
-        },
-    );
-    StatusCode::NO_CONTENT.into_response()
+    // The kill finishes on a task of its own, as E2B's does whatever the
+    // caller does next: a caller that hangs up (a server shutting down)
+    // drops this handler, and the sandbox, already out of the map, would
+    // otherwise be left half destroyed and never counted killed.
+    let killing = tokio::spawn(async move {
+        destroy(&entry).await;
+        emulator.inner.stats.killed();
+        webhooks::publish(
+            &emulator,
+            &entry,
+            events::KILLED,
+            Details {
+                kill_reason: Some(events::KILL_REASON_REQUEST),
+                ..Details::default()
+            },
+        );
+    });
+    match killing.await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => EmulatorError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the kill failed: {e}"),
+        )
+        .into_response(),
+    }
 }
 
 /// Ends a sandbox through the same entry point a run uses.
