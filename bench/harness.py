@@ -48,6 +48,8 @@ SIDES: tuple[str, ...] = ("ours", *ORIGINALS)
 
 # Workloads (the synthetic runner's output per query).
 SMALL = dict(lines=10, bytes_=500)  # per-query overhead, round trips
+# How long the reattach servers keep a finished run's sandbox (seconds).
+REATTACH_LINGER = 5
 RELAY = dict(lines=100_000, bytes_=500)  # relay throughput
 # Concurrency, two workloads: a short agent run's worth of output (the
 # growth curve's), and more than all the buffers between runner and client
@@ -419,7 +421,7 @@ async def detached(setup: Setup, emu: Emulator, runs: int) -> dict:
     out: dict = {
         mode: {"relay_s": [], "lines": [], "cpu_s": [], "total_s": []} for mode in ("attached", "detached")
     }
-    out["reattach"] = {"first_event_s": [], "first_replayed_s": [], "end_s": []}
+    out["reattach"] = {"first_event_s": [], "first_replayed_s": [], "end_s": [], "linger_s": REATTACH_LINGER}
     try:
         # Both through one real process: the attached run's output comes
         # from `cat`'s stdout, as a runner's would; the detached run's
@@ -449,8 +451,20 @@ async def detached(setup: Setup, emu: Emulator, runs: int) -> dict:
                 f"detached {out['detached']['relay_s'][-1]:.3f} s"
             )
         emu.configure(**SMALL)
+        emu.wait_idle()
+        # Reattach reads a run that may already have ended: a 10-line run
+        # ends within milliseconds of its `run` event. A finished run's
+        # sandbox is kept for SANDSTORM_RUN_LINGER so that every reader can
+        # still read its end (60 s by default); with the 0 above, the first
+        # server destroyed it while the second was replaying. These two
+        # keep it REATTACH_LINGER s, as a deployment keeps it, and the
+        # sandboxes are counted gone once, after the last reattach.
+        first.stop()
+        second.stop()
+        linger = {"SANDSTORM_RUN_LINGER": str(REATTACH_LINGER)}
+        first = setup.start_server("ours", emu.url, linger)
+        second = setup.start_server("ours", emu.url, linger)
         for i in range(max(runs, 9)):
-            emu.wait_idle()
             run_id = await start_detached(HOST, first.port, query())
             r = await stream_get(HOST, second.port, f"/runs/{run_id}/events")
             rr = out["reattach"]
@@ -466,6 +480,7 @@ async def detached(setup: Setup, emu: Emulator, runs: int) -> dict:
             rr["first_replayed_s"].append(r.first_line - r.sent)
             rr["end_s"].append(r.total)
         log(f"reattach: first replayed event after {report.med(out['reattach']['first_replayed_s'])} s")
+        emu.wait_idle(timeout=REATTACH_LINGER + 60)
     finally:
         first.stop()
         second.stop()

@@ -801,7 +801,10 @@ def detached_section(d, r):
         "Reattach: a detached run of 10 lines is started on one `ds serve` and left after its "
         "`run` event; a second `ds serve`, which shares nothing with the first but the emulator, "
         "is asked for `GET /runs/{id}/events`. It lists the sandboxes by the run's digest, "
-        "connects, reads the run's config, starts a follower and replays the log."
+        "connects, reads the run's config, starts a follower and replays the log. Both keep a "
+        f"finished run's sandbox {rr.get('linger_s', 0)} s (`SANDSTORM_RUN_LINGER`, 60 s by default), as a deployment "
+        "does: a 10-line run ends within milliseconds of its `run` event, and its sandbox must "
+        "still be there for the second server to read its end."
     )
     d.p()
     d.table(
