@@ -374,6 +374,17 @@ async fn invocation_response(
     StatusCode::ACCEPTED
 }
 
+/// What Lambda tells a function about itself and its Runtime API, which
+/// listens at `runtime_api` (host:port).
+fn lambda_env(runtime_api: String) -> [(&'static str, String); 4] {
+    [
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api),
+        ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".to_owned()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+    ]
+}
+
 /// A Function URL event (API Gateway payload 2.0) for `POST /query`.
 fn function_url_event(body: &serde_json::Value) -> serde_json::Value {
     serde_json::json!({
@@ -432,12 +443,7 @@ async fn a_short_invocation_deadline_ends_the_run_with_a_timeout_event() {
         .expect("queue the invocation");
 
     let mut env = door_env(&e2b);
-    env.extend([
-        ("AWS_LAMBDA_RUNTIME_API", runtime_api),
-        ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".to_owned()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
-    ]);
+    env.extend(lambda_env(runtime_api));
     let started = Instant::now();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"));
     command.current_dir(manifest_dir());
@@ -523,8 +529,9 @@ fn find_index(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// algorithm (patches/lambda_runtime_api_client): with it on, a streamed
 /// response's first chunk waited for the ACK of the request head, which the
 /// Runtime API's kernel delays 40 ms. `strace` shows the socket options the
-/// process sets; the door answers one invocation, so the poll's connection
-/// and the streamed response's are both seen.
+/// process sets; the door answers one invocation, so the connections that
+/// carry the poll and the streamed response are both seen (one, reused,
+/// when the invocation comes while the poll waits).
 #[tokio::test]
 async fn the_runtime_api_connections_send_without_nagle() {
     let strace = std::env::var_os("PATH")
@@ -539,30 +546,11 @@ async fn the_runtime_api_connections_send_without_nagle() {
         .rsplit_once(':')
         .and_then(|(_, port)| port.parse::<u16>().ok())
         .expect("the Runtime API listens on host:port");
-    let far = SystemTime::now() + Duration::from_secs(600);
-    let deadline_ms = u64::try_from(
-        far.duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis(),
-    )
-    .expect("milliseconds since 1970 fit in u64");
-    queue
-        .send((
-            "1c7e3f0a-9b2d-4e6f-8a1b-3c5d7e9f0a2b".to_owned(),
-            deadline_ms,
-            function_url_event(&serde_json::json!({"prompt": "go"})),
-        ))
-        .expect("queue the invocation");
 
     let dir = tempfile::tempdir().expect("a folder for the trace");
     let trace = dir.path().join("strace.txt");
     let mut env = door_env(&e2b);
-    env.extend([
-        ("AWS_LAMBDA_RUNTIME_API", runtime_api),
-        ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".to_owned()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
-    ]);
+    env.extend(lambda_env(runtime_api));
     let mut command = std::process::Command::new(strace);
     command
         .args(["-f", "-qq", "-e", "trace=connect,setsockopt,close", "-o"])
@@ -571,21 +559,17 @@ async fn the_runtime_api_connections_send_without_nagle() {
         .current_dir(manifest_dir());
     let function = spawn_quiet(command, &env);
 
-    let (_, mut body) = tokio::time::timeout(Duration::from_secs(30), responses.recv())
-        .await
-        .expect("the function answers within 30 s")
-        .expect("a response");
-    let mut raw = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), body.recv())
-        .await
-        .expect("the response ends")
-    {
-        raw.extend_from_slice(&chunk);
-    }
+    let (_, body) = invoke_raw(
+        &queue,
+        &mut responses,
+        function_url_event(&serde_json::json!({"prompt": "go"})),
+        Duration::from_secs(60),
+    )
+    .await;
     assert!(
-        find_index(&raw, br#""type":"done""#).is_some(),
+        find_index(&body, br#""type":"done""#).is_some(),
         "the run streamed to its end: {}",
-        String::from_utf8_lossy(&raw)
+        String::from_utf8_lossy(&body)
     );
     // Stopping strace (and with it the door) writes out the whole trace.
     drop(function);
@@ -593,8 +577,8 @@ async fn the_runtime_api_connections_send_without_nagle() {
     let trace = std::fs::read_to_string(&trace).expect("strace's output");
     let connections = runtime_api_nodelay(&trace, port);
     assert!(
-        connections.len() >= 2,
-        "the door connected to the Runtime API to poll and to answer: {connections:?}\n{trace}"
+        !connections.is_empty(),
+        "the door connected to the Runtime API: {connections:?}\n{trace}"
     );
     assert!(
         connections.iter().all(|nodelay| *nodelay == Some(true)),
@@ -757,11 +741,8 @@ async fn a_detached_run_outlives_invocations_and_later_ones_read_every_event_onc
     env.extend([
         ("ANTHROPIC_BASE_URL", model.url()),
         ("SANDSTORM_RUN_LINGER", "5".to_owned()),
-        ("AWS_LAMBDA_RUNTIME_API", runtime_api),
-        ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".to_owned()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
     ]);
+    env.extend(lambda_env(runtime_api));
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"));
     command.current_dir(manifest_dir());
     let function = spawn_quiet(command, &env);
@@ -884,16 +865,11 @@ async fn bootstrap_with_history_and(
     let mut env = door_env(e2b);
     env.extend(extra.iter().cloned());
     env.extend(common::moto::aws_env(aws));
-    env.extend([
-        (
-            "SANDSTORM_HISTORY_TABLE",
-            common::moto::HISTORY_TABLE.to_owned(),
-        ),
-        ("AWS_LAMBDA_RUNTIME_API", runtime_api),
-        ("AWS_LAMBDA_FUNCTION_NAME", "sandstorm".to_owned()),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024".to_owned()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
-    ]);
+    env.extend([(
+        "SANDSTORM_HISTORY_TABLE",
+        common::moto::HISTORY_TABLE.to_owned(),
+    )]);
+    env.extend(lambda_env(runtime_api));
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"));
     command.current_dir(manifest_dir());
     (spawn_quiet(command, &env), queue, responses)
