@@ -40,6 +40,7 @@ mod error;
 mod events;
 pub mod exit_watch;
 mod health;
+mod hex;
 mod history;
 mod json_field;
 pub mod keys;

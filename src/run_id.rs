@@ -43,7 +43,7 @@ impl RunId {
         SystemRandom::new()
             .fill(&mut bytes)
             .map_err(|_| RunIdError::NoRandomness)?;
-        Ok(RunId(format!("{PREFIX}{}", hex(&bytes))))
+        Ok(RunId(format!("{PREFIX}{}", crate::hex::encode(&bytes))))
     }
 
     /// An id as a client sends it back: exactly `run_` and 32 lowercase hex
@@ -159,13 +159,17 @@ pub fn seal(run: &RunId, key: &Secret) -> Result<String, RunIdError> {
             &mut sealed,
         )
         .map_err(|_| RunIdError::NoRandomness)?;
-    Ok(format!("{}{}", hex(&nonce), hex(&sealed)))
+    Ok(format!(
+        "{}{}",
+        crate::hex::encode(&nonce),
+        crate::hex::encode(&sealed)
+    ))
 }
 
 /// The run id [`seal`] sealed under `key` for the run whose digest is
 /// `digest`; `None` for anything else.
 pub fn unseal(sealed: &str, digest: &str, key: &Secret) -> Option<RunId> {
-    let bytes = unhex(sealed)?;
+    let bytes = crate::hex::decode(sealed)?;
     let (nonce, ciphertext) = bytes.split_at_checked(NONCE_LEN)?;
     let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
     let mut buffer = ciphertext.to_vec();
@@ -188,27 +192,13 @@ fn seal_key(key: &Secret) -> LessSafeKey {
     LessSafeKey::new(unbound)
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// What the sandbox's metadata keeps of the credential that made a run.
 pub fn owner_digest(owner: &Secret) -> String {
     sha256_hex(owner.expose().as_bytes())
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    hex(digest(&SHA256, bytes).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(digest(&SHA256, bytes).as_ref())
 }
 
 #[cfg(test)]

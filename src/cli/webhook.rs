@@ -225,9 +225,7 @@ fn new_secret() -> Result<Secret, Fatal> {
         code: exit::RUN_FAILED,
         message: "the system's random number generator is unavailable".into(),
     })?;
-    Ok(Secret::new(
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-    ))
+    Ok(Secret::new(crate::hex::encode(&bytes)))
 }
 
 async fn register(cwd: &Path, env: &EnvVars, args: RegisterArgs) -> Result<u8, Fatal> {

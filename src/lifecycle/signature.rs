@@ -49,10 +49,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
     if text.len() != 64 {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    crate::hex::decode(text)
 }
 
 /// 0.9.2's signature of `body`, as its `ds webhook test` made it: for tests.
@@ -60,8 +57,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 pub(crate) fn hmac_header(secret: &Secret, body: &[u8]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes());
     let tag = hmac::sign(&key, body);
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", crate::hex::encode(tag.as_ref()))
 }
 
 #[cfg(test)]

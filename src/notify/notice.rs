@@ -341,11 +341,7 @@ pub(crate) fn notice_id(run_id: &str, turn: u32) -> String {
         &aws_lc_rs::digest::SHA256,
         format!("sandstorm-notice\0{run_id}\0{turn}").as_bytes(),
     );
-    let hex: String = digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("msg_{hex}")
+    format!("msg_{}", crate::hex::encode(&digest.as_ref()[..16]))
 }
 
 #[cfg(test)]

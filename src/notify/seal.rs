@@ -33,13 +33,17 @@ pub(crate) fn seal_url(secret: &WebhookSecret, digest: &str, url: &str) -> Optio
             &mut sealed,
         )
         .ok()?;
-    Some(format!("{}{}", hex(&nonce), hex(&sealed)))
+    Some(format!(
+        "{}{}",
+        crate::hex::encode(&nonce),
+        crate::hex::encode(&sealed)
+    ))
 }
 
 /// The URL [`seal_url`] sealed for `digest`; `None` for anything else (a
 /// value sealed under another secret, or for another run).
 pub(crate) fn unseal_url(secret: &WebhookSecret, digest: &str, sealed: &str) -> Option<String> {
-    let bytes = unhex(sealed)?;
+    let bytes = crate::hex::decode(sealed)?;
     let (nonce, ciphertext) = bytes.split_at_checked(NONCE_LEN)?;
     let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
     let mut buffer = ciphertext.to_vec();
@@ -51,7 +55,7 @@ pub(crate) fn unseal_url(secret: &WebhookSecret, digest: &str, sealed: &str) -> 
 
 /// The token run `run_id`'s sandbox calls back with.
 pub(crate) fn callback_token(secret: &WebhookSecret, run_id: &str) -> String {
-    hex(&secret.tag(&format!("sandstorm run ended v1\0{run_id}")))
+    crate::hex::encode(&secret.tag(&format!("sandstorm run ended v1\0{run_id}")))
 }
 
 /// Whether `token` is run `run_id`'s call-back token, compared in constant
@@ -85,20 +89,6 @@ fn key(secret: &WebhookSecret) -> LessSafeKey {
     let unbound = UnboundKey::new(&AES_256_GCM, &derived)
         .unwrap_or_else(|_| unreachable!("a 32-byte key is an AES-256 key"));
     LessSafeKey::new(unbound)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub fn check(secret: &Secret, headers: &HeaderMap, body: &[u8]) -> Result<(), Re
 /// it after `sha256=`.
 pub fn github_signature(key: &[u8], body: &[u8]) -> String {
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), body);
-    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(tag.as_ref())
 }
 
 #[cfg(test)]
