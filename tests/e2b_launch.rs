@@ -33,6 +33,7 @@ const UPLOAD_DELAY_MS: u64 = 1500;
 
 const START: &str = "POST /process.Process/Start";
 const UPLOAD: &str = "POST /files";
+const CREATE: &str = "POST /v2/sandboxes";
 
 /// Where in the emulator's call log `call` first reached `moment`.
 fn position(stats: &Snapshot, call: &str, moment: emulator::Moment) -> usize {
@@ -236,4 +237,59 @@ async fn a_detached_synthetic_run_behind_a_slow_upload_is_read_whole() {
     assert_eq!(detached.last()["type"], "result");
     let stats = e2b.settled(Duration::from_secs(5)).await;
     assert_eq!((stats.created, stats.killed, stats.alive), (1, 1, 0));
+}
+
+/// A burst of runs past `SANDSTORM_E2B_MAX_STARTING` waits its turn (see
+/// `src/sandbox/e2b/starting.rs`): in the emulator's call log, no more
+/// creates have arrived than the bound plus the starts answered so far,
+/// the bound is reached (the starts do overlap), and every run completes
+/// with its sandbox destroyed.
+#[tokio::test]
+async fn a_burst_waits_for_start_slots_and_every_run_completes() {
+    const RUNS: usize = 6;
+    const MAX_STARTING: usize = 2;
+    let mut knobs = synthetic(5, 50);
+    // Every call takes this long, so starts in flight overlap.
+    knobs.latency_ms = 100;
+    let e2b = emulator::start(knobs).await;
+    let server = DsServe::e2b(&e2b)
+        .env("SANDSTORM_E2B_MAX_STARTING", MAX_STARTING.to_string())
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    let streams = futures::future::join_all((0..RUNS).map(|k| {
+        read_stream(
+            client
+                .post(format!("{}/query", server.url))
+                .json(&json!({"prompt": format!("run {k}")})),
+        )
+    }))
+    .await;
+    for stream in &streams {
+        assert_eq!(stream.last()["type"], "result", "{:?}", stream.events);
+    }
+    let stats = e2b.settled(Duration::from_secs(10)).await;
+    assert_eq!(
+        (stats.created, stats.killed, stats.alive),
+        (RUNS as u64, RUNS as u64, 0)
+    );
+
+    // A start answered frees a slot; the model proxy's starts count too,
+    // which only makes the bound checked here looser than the real one.
+    let (mut created, mut started, mut most_starting) = (0, 0, 0);
+    for call in &stats.calls {
+        match (call.call.as_str(), call.moment) {
+            (CREATE, emulator::Moment::Arrived) => created += 1,
+            (START, emulator::Moment::Answered) => started += 1,
+            _ => continue,
+        }
+        assert!(
+            created <= MAX_STARTING + started,
+            "{created} creates arrived with {started} starts answered: {:?}",
+            stats.calls
+        );
+        most_starting = most_starting.max(created.saturating_sub(started));
+    }
+    assert_eq!(created, RUNS, "{:?}", stats.calls);
+    assert_eq!(most_starting, MAX_STARTING, "{:?}", stats.calls);
 }

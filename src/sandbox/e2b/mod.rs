@@ -65,6 +65,7 @@ mod padded_download_tests;
 mod process;
 mod process_frames;
 mod retry;
+mod starting;
 mod stream_client;
 pub mod webhooks;
 
@@ -110,6 +111,8 @@ struct Shared {
     /// Vertex service accounts, parsed once each to check a run's before
     /// its model proxy gets it (see `keyless`).
     vertex: crate::model_proxy::Accounts,
+    /// The slots sandboxes start in (see `starting`).
+    starting: starting::StartSlots,
 }
 
 /// Creates E2B sandboxes. Cheap to clone; clones share one connection pool.
@@ -136,11 +139,12 @@ impl E2bProvider {
         let streams = stream_client::StreamClient::new(&options, tls, http.clone());
         Ok(E2bProvider {
             shared: Arc::new(Shared {
-                options,
                 http,
                 files,
                 streams,
                 vertex: crate::model_proxy::Accounts::default(),
+                starting: starting::StartSlots::new(options.max_starting),
+                options,
             }),
         })
     }
@@ -176,9 +180,13 @@ impl SandboxProvider for E2bProvider {
                 access_token: None,
                 api_key,
                 extender: None,
+                starting: starting::Starting::none(),
                 shared: self.shared.clone(),
             }));
         }
+        // Held until the sandbox's first process has started: see
+        // `starting`.
+        let slot = self.shared.starting.enter().await;
         let created = control::create(
             &self.shared.http,
             options,
@@ -189,7 +197,7 @@ impl SandboxProvider for E2bProvider {
         )
         .await?;
         tracing::debug!(sandbox = %created.sandbox_id, envd = %created.envd_version, "e2b sandbox created");
-        Ok(self.sandbox(created, api_key, lifetime))
+        Ok(self.sandbox(created, api_key, lifetime, slot))
     }
 
     fn can_pause(&self) -> bool {
@@ -213,7 +221,7 @@ impl SandboxProvider for E2bProvider {
         let connected =
             control::connect(&self.shared.http, options, &api_key, id, lifetime).await?;
         tracing::debug!(sandbox = %connected.sandbox_id, "e2b sandbox connected");
-        Ok(self.sandbox(connected, api_key, lifetime))
+        Ok(self.sandbox(connected, api_key, lifetime, starting::Starting::none()))
     }
 
     async fn list(
@@ -257,11 +265,14 @@ impl E2bProvider {
     /// The sandbox create or connect answered with, kept alive for
     /// `lifetime`: the call asked for at most the plan's limit, so a longer
     /// run is kept alive by set-timeout calls until its lifetime is used.
+    /// A created sandbox keeps its start slot until its first process
+    /// starts.
     fn sandbox(
         &self,
         answer: e2b_wire::control::Sandbox,
         api_key: Secret,
         lifetime: Duration,
+        starting: starting::Starting,
     ) -> Arc<dyn Sandbox> {
         let options = &self.shared.options;
         let extender = (lifetime > options.max_timeout).then(|| {
@@ -282,6 +293,7 @@ impl E2bProvider {
                 .map(|token| Secret::new(token.into_string())),
             api_key,
             extender,
+            starting,
             shared: self.shared.clone(),
         })
     }
@@ -332,6 +344,8 @@ pub(crate) struct E2bSandbox {
     api_key: Secret,
     /// The task extending the lifetime past the plan's limit, if needed.
     extender: Option<tokio::task::AbortHandle>,
+    /// Its start slot until its first process starts (see `starting`).
+    starting: starting::Starting,
     shared: Arc<Shared>,
 }
 
@@ -377,15 +391,19 @@ impl Sandbox for E2bSandbox {
         files: Vec<SandboxFile>,
         process: ProcessSpec,
     ) -> Result<ProcessStream, SandboxError> {
-        launch::upload_and_start(self, files, process).await
+        let started = launch::upload_and_start(self, files, process).await;
+        self.starting.started();
+        started
     }
 
     async fn start(&self, process: ProcessSpec) -> Result<ProcessStream, SandboxError> {
-        if self.shared.options.model_proxy {
+        let started = if self.shared.options.model_proxy {
             keyless::start(self, process).await
         } else {
             self.start_process(process).await
-        }
+        };
+        self.starting.started();
+        started
     }
 
     async fn read_file(&self, path: &str) -> Result<Bytes, SandboxError> {
@@ -433,6 +451,9 @@ impl Sandbox for E2bSandbox {
     }
 
     async fn destroy(&self) -> Result<(), SandboxError> {
+        // A sandbox destroyed before its process started (the run was
+        // abandoned) lets the next one start.
+        self.starting.started();
         if let Some(extender) = &self.extender {
             extender.abort();
         }
@@ -466,6 +487,7 @@ mod tests {
             access_token: Some(Secret::new("envd_token_value")),
             api_key: Secret::new("e2b_request_key"),
             extender: None,
+            starting: starting::Starting::none(),
             shared: provider.shared.clone(),
         };
         let shown = format!("{provider:?} {sandbox:?}");

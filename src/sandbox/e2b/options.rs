@@ -23,12 +23,21 @@ pub(super) const VARIABLES: &[&str] = &[
     "E2B_MAX_TIMEOUT",
     "SANDSTORM_TEMPLATE",
     MODEL_PROXY_VARIABLE,
+    MAX_STARTING_VARIABLE,
 ];
 
 /// `0` turns off the template's model proxy, which is on by default: the
 /// model key then enters the sandbox, and runs may not have spending caps.
 /// The proxy needs a template built from this version's `template/`.
 pub(crate) const MODEL_PROXY_VARIABLE: &str = "SANDSTORM_E2B_MODEL_PROXY";
+
+/// How many sandboxes may be starting at once (see `starting`).
+pub(crate) const MAX_STARTING_VARIABLE: &str = "SANDSTORM_E2B_MAX_STARTING";
+
+/// The default of [`MAX_STARTING_VARIABLE`]: enough starts in flight to
+/// keep E2B busy (at a few hundred milliseconds each, hundreds a second),
+/// few enough that a burst holds little while they wait.
+pub(crate) const DEFAULT_MAX_STARTING: usize = 64;
 
 /// E2B's limit on a sandbox's lifetime on the Pro plan: one hour. The
 /// Hobby plan allows less; `E2B_MAX_TIMEOUT` says what the plan allows.
@@ -84,6 +93,10 @@ pub struct E2bOptions {
     /// model proxy beside each process that holds a model key, and give the
     /// process only a placeholder (see `keyless`).
     pub model_proxy: bool,
+    /// `SANDSTORM_E2B_MAX_STARTING`: how many sandboxes may be between
+    /// their create call and their first process's start at once; the
+    /// rest wait their turn (see `starting`).
+    pub max_starting: usize,
 }
 
 /// Bounded exponential backoff with jitter, within a budget of waiting.
@@ -135,6 +148,12 @@ impl E2bOptions {
             options.max_timeout = parse_max_timeout(raw)?;
         }
         options.model_proxy = model_proxy(settings)?;
+        if let Some(raw) = settings
+            .get(MAX_STARTING_VARIABLE)
+            .filter(|v| !v.is_empty())
+        {
+            options.max_starting = parse_max_starting(raw)?;
+        }
         Ok(options)
     }
 
@@ -166,6 +185,7 @@ impl E2bOptions {
             stream_idle_timeout: Duration::from_secs(120),
             retry: RetryPolicy::default(),
             model_proxy: true,
+            max_starting: DEFAULT_MAX_STARTING,
         }
     }
 
@@ -227,6 +247,17 @@ fn parse_max_timeout(raw: &str) -> Result<Duration, String> {
     }
 }
 
+/// `SANDSTORM_E2B_MAX_STARTING`: a whole number, at least 1.
+fn parse_max_starting(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse::<usize>() {
+        Ok(max) if max >= 1 => Ok(max),
+        _ => Err(format!(
+            "{MAX_STARTING_VARIABLE} must be a whole number, at least 1 (how many sandboxes \
+             may be starting at once; default {DEFAULT_MAX_STARTING}); got {raw:?}"
+        )),
+    }
+}
+
 fn trim_slash(mut url: String) -> String {
     while url.ends_with('/') {
         url.pop();
@@ -250,6 +281,17 @@ mod tests {
 
     fn options(pairs: &[(&str, &str)]) -> E2bOptions {
         try_options(pairs).expect("valid settings")
+    }
+
+    #[test]
+    fn max_starting_defaults_to_64_and_a_bad_value_names_the_variable() {
+        assert_eq!(options(&[]).max_starting, DEFAULT_MAX_STARTING);
+        assert_eq!(options(&[(MAX_STARTING_VARIABLE, "8")]).max_starting, 8);
+        for bad in ["0", "-1", "many", "2.5"] {
+            let err = try_options(&[(MAX_STARTING_VARIABLE, bad)]).expect_err(bad);
+            assert!(err.contains(MAX_STARTING_VARIABLE), "{err}");
+            assert!(err.contains(bad), "{err}");
+        }
     }
 
     #[test]

@@ -148,6 +148,7 @@ fn reading_through_the_shared_client(provider: &E2bProvider) -> E2bProvider {
             files: shared.http.clone(),
             streams: shared.streams.clone(),
             vertex: crate::model_proxy::Accounts::default(),
+            starting: shared.starting.clone(),
         }),
     }
 }
