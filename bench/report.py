@@ -825,7 +825,7 @@ def otel_section(d, r):
     if not otel:
         return
     w = r["workloads"]["small"]
-    d.p("## 7. OpenTelemetry export (issue 18)")
+    d.p("## 8. OpenTelemetry export (issue 18)")
     d.p()
     d.p(
         f"Ours only. The same query ({w['lines']} lines of {w['bytes_']} bytes, no added E2B "
