@@ -6,12 +6,12 @@
 //! each call in flight (create; then the upload and the start side by
 //! side), each with its buffers, while E2B does the slow part. A burst of a
 //! thousand queries would otherwise hold a thousand of those at once for
-//! as long as E2B takes, several times what the same runs hold once their
-//! agents stream. Past [`E2bOptions::max_starting`], a run waits its turn
-//! (first come, first served) before its create goes out, holding nothing
-//! but its request. E2B limits how fast an account may create sandboxes
-//! anyway, so the bound costs a burst little time; BENCHMARKS.md has the
-//! figures (1,000 stalled clients).
+//! as long as E2B takes: against the emulator, twice what the same runs
+//! hold once their agents stream. Past [`E2bOptions::max_starting`], a run
+//! waits its turn (first come, first served: tokio's semaphore is fair)
+//! before its create goes out, holding nothing but its request. Starts in
+//! turns also finished sooner there than a thousand at once competing for
+//! the same cores; bench/evidence.md has the figures (`stalled_slots`).
 //!
 //! [`E2bOptions::max_starting`]: super::options::E2bOptions::max_starting
 
