@@ -355,18 +355,23 @@ async fn forget_when_expired(emulator: Emulator, entry: Arc<Entry>) {
             }
         };
         if removed {
-            emulator.inner.stats.killed();
-            webhooks::publish(
-                &emulator,
-                &entry,
-                events::KILLED,
-                Details {
-                    kill_reason: Some(events::KILL_REASON_TIMEOUT),
-                    ..Details::default()
-                },
-            );
+            killed(&emulator, &entry, events::KILL_REASON_TIMEOUT);
         }
     }
+}
+
+/// Counts a sandbox killed and tells the lifecycle webhooks why.
+fn killed(emulator: &Emulator, entry: &Entry, reason: &'static str) {
+    emulator.inner.stats.killed();
+    webhooks::publish(
+        emulator,
+        entry,
+        events::KILLED,
+        Details {
+            kill_reason: Some(reason),
+            ..Details::default()
+        },
+    );
 }
 
 /// Create's and connect's answer.
@@ -440,16 +445,7 @@ async fn kill(State(emulator): State<Emulator>, Path(id): Path<String>) -> Respo
     // otherwise be left half destroyed and never counted killed.
     let killing = tokio::spawn(async move {
         destroy(&entry).await;
-        emulator.inner.stats.killed();
-        webhooks::publish(
-            &emulator,
-            &entry,
-            events::KILLED,
-            Details {
-                kill_reason: Some(events::KILL_REASON_REQUEST),
-                ..Details::default()
-            },
-        );
+        killed(&emulator, &entry, events::KILL_REASON_REQUEST);
     });
     match killing.await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
