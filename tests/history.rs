@@ -342,6 +342,112 @@ async fn a_detached_run_is_recorded_with_its_own_id_and_end() {
     assert_eq!(runs[0]["run_id"], run_id.as_str());
 }
 
+/// `GET /runs/{id}` on a server of [`Product::another_instance`].
+async fn record_on(server: &common::serve::Server, run_id: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("{}/runs/{run_id}", server.url))
+        .await
+        .expect("GET");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn an_attached_run_of_a_killed_server_is_recorded_interrupted_by_the_next() {
+    use rustix::process::Signal;
+    // A run that is still in its tool when its server is killed (in an
+    // `if`, as Claude Code refuses a bare long sleep).
+    let model = ModelServer::start(Script::Bash {
+        command: "if true; then sleep 60; fi; echo later".to_owned(),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("h.db");
+    // On the emulator, so that what the killed server leaves behind is a
+    // sandbox in a process this test owns.
+    let product = Serve::new(Chain::E2b, &model)
+        .env("SANDSTORM_HISTORY_PATH", &db.display().to_string())
+        .start()
+        .await;
+    let mut first = product.another_instance(&[], &[]).await;
+    let url = format!("{}/query", first.url);
+    let client = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"prompt": "sleep a while", "team_id": "blue"}))
+            .send()
+            .await?;
+        response.text().await
+    });
+    // The run is recorded, and its agent is in its tool.
+    let mut run_id = None;
+    for _ in 0..300 {
+        let (runs, _) = listed(&product, "/runs").await;
+        if !model.message_requests().is_empty()
+            && let Some(run) = runs.first()
+        {
+            run_id = run["run_id"].as_str().map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let run_id = run_id.unwrap_or_else(|| panic!("no run recorded:\n{}", first.log()));
+
+    // Another server starting on the file while the first lives leaves the
+    // run alone: its relay is alive.
+    let second = product.another_instance(&[], &[]).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (status, record) = record_on(&second, &run_id).await;
+    assert_eq!(status, 200, "{}", brief(&record));
+    assert_eq!(record["status"], "running", "{}", brief(&record));
+
+    // Killed, as the OOM killer or a lost machine would: no word of the
+    // run's end is written.
+    first.process.signal(Signal::KILL);
+    assert!(
+        first
+            .process
+            .wait_for_exit(std::time::Duration::from_secs(10))
+            .is_some(),
+        "the first server outlived SIGKILL"
+    );
+    let _ = client.await;
+    let (_, record) = record_on(&second, &run_id).await;
+    assert_eq!(
+        record["status"],
+        "running",
+        "nothing ends it until a check: {}",
+        brief(&record)
+    );
+
+    // The next server to start on the file ends it as interrupted, at once.
+    let third = product.another_instance(&[], &[]).await;
+    let mut record = Value::Null;
+    for _ in 0..100 {
+        record = record_on(&third, &run_id).await.1;
+        if record["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        record["status"],
+        "failed",
+        "{}\n{}",
+        brief(&record),
+        third.log()
+    );
+    assert_eq!(record["error_type"], "interrupted", "{}", brief(&record));
+    assert!(record.get("ended_at").is_none(), "{}", brief(&record));
+    assert_eq!(record["labels"], json!({"team_id": "blue"}));
+    let (runs, _) = listed(&product, "/runs?status=failed").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(
+        third.log().contains("interrupted"),
+        "the log says what it did:\n{}",
+        third.log()
+    );
+}
+
 #[tokio::test]
 async fn a_ds_run_is_recorded_before_ds_exits_and_ds_runs_shows_it() {
     let model = ModelServer::start(Script::bash_write_file()).await;

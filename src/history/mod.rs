@@ -30,6 +30,7 @@ pub(crate) mod dynamodb;
 pub(crate) mod events;
 pub(crate) mod expiry;
 pub(crate) mod record;
+mod recorders;
 pub(crate) mod sqlite;
 pub(crate) mod tap;
 
@@ -110,6 +111,14 @@ pub(crate) trait RunStore: Send + Sync + std::fmt::Debug {
         run_id: &str,
         ending: &RunEnding,
     ) -> Result<Option<RunRecord>, StoreError>;
+    /// Ends as `failed`, error type `interrupted`, each attached run still
+    /// `running` whose relaying process is gone for sure (killed or crashed
+    /// before it could write the end); how many. A store that cannot tell
+    /// leaves them: on the serverless doors a run's end is written before
+    /// its `done` (see [`History::settling_ends`]).
+    async fn end_interrupted(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 /// How many writes may wait for the store before new ones are dropped
@@ -121,6 +130,10 @@ const QUEUE: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the writer sweeps out runs past the retention.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How often the writer looks for runs whose relaying process is gone
+/// (first when it starts): how long a killed server's runs may still say
+/// `running` while another serves.
+const INTERRUPTED_EVERY: Duration = Duration::from_secs(60);
 /// How many bytes of events may wait for the store: [`QUEUE`] writes of a
 /// whole capped run each would be hundreds of megabytes.
 const QUEUED_EVENT_BYTES: usize = 64 << 20;
@@ -343,6 +356,13 @@ pub(crate) fn open(settings: &crate::settings::HistorySettings) -> History {
     };
     match sqlite::SqliteStore::open(path) {
         Ok(store) => {
+            let store = match store.clone().recording() {
+                Ok(recording) => recording,
+                Err(e) => {
+                    tracing::warn!(error = %e, "run history: runs this process relays cannot be told interrupted should it be killed");
+                    store
+                }
+            };
             tracing::info!(path = %path.display(), events = settings.store_events.is_some(), "run history: recording runs");
             History::spawn(Arc::new(store), settings.retention)
                 .storing_events(settings.store_events)
@@ -362,8 +382,14 @@ async fn write(
     retention: Option<Duration>,
 ) {
     let mut sweeps = tokio::time::interval(SWEEP_EVERY);
+    let mut interrupted = tokio::time::interval(INTERRUPTED_EVERY);
+    interrupted.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let write = tokio::select! {
+            _ = interrupted.tick() => {
+                end_interrupted(store.as_ref()).await;
+                continue;
+            }
             write = queue.recv() => match write {
                 Some(write) => write,
                 None => return,
@@ -409,6 +435,22 @@ async fn write(
                 timeout = ?WRITE_TIMEOUT,
                 "run history: the store did not answer a write in time; the run goes on"
             ),
+        }
+    }
+}
+
+async fn end_interrupted(store: &dyn RunStore) {
+    match tokio::time::timeout(WRITE_TIMEOUT, store.end_interrupted()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(ended)) => tracing::warn!(
+            ended,
+            "run history: runs whose process was gone before they ended are recorded failed (interrupted)"
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "run history: the check for interrupted runs failed")
+        }
+        Err(_) => {
+            tracing::warn!("run history: the check for interrupted runs did not finish in time")
         }
     }
 }

@@ -21,12 +21,17 @@ pub(crate) const PROMPT_CAP: usize = 64 * 1024;
 /// two runs' answers apart in a list or a replay's report.
 pub(crate) const RESULT_CAP: usize = 4 * 1024;
 
+/// The error type of a run whose relaying process was gone before the run
+/// ended (see [`RunRecord::interrupt`]).
+pub(crate) const INTERRUPTED: &str = "interrupted";
+
 /// Where a recorded run is. The live ones say what `GET /runs/{id}` says;
 /// a finished one says how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum RecordStatus {
-    /// Started, not ended (or the server stopped before it could say).
+    /// Started, not ended. A run whose process was killed before it could
+    /// say is ended `failed` (`interrupted`) once another finds it gone.
     Running,
     /// A detached run's turn is over and its sandbox is kept for a
     /// follow-up.
@@ -221,6 +226,14 @@ impl RunRecord {
         self.session_id = ending.session_id.or(self.session_id.take());
         self.error_type = ending.error_type;
         self.result = ending.result.or(self.result.take());
+    }
+
+    /// The record of a run whose relaying process was gone before it could
+    /// write the run's end (killed, or crashed): `failed`, with error type
+    /// [`INTERRUPTED`]. When it ended is not known, so it says no time.
+    pub(crate) fn interrupt(&mut self) {
+        self.status = RecordStatus::Failed;
+        self.error_type = Some(INTERRUPTED.to_owned());
     }
 
     /// When it started, in milliseconds since the epoch: the order of the

@@ -19,6 +19,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use super::recorders::{self, Recorder};
 use super::{Filter, Page, RunEnding, RunRecord, RunStore, StoreError};
 
 /// How long a write waits for another process's (`ds runs` reading while
@@ -43,6 +44,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         run_id TEXT PRIMARY KEY NOT NULL,
         events BLOB NOT NULL
     );",
+    // The process relaying an attached run (`recorders`), so that another
+    // can end the run when that process is gone; the index holds only the
+    // runs still going.
+    "ALTER TABLE runs ADD COLUMN recorder TEXT;
+    CREATE INDEX runs_recorded_running ON runs (recorder) WHERE status = 'running';",
 ];
 
 /// Run records in an SQLite file.
@@ -50,6 +56,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
 pub(crate) struct SqliteStore {
     path: PathBuf,
     connection: Arc<Mutex<Connection>>,
+    /// This process, when it records runs (see [`SqliteStore::recording`]).
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -98,7 +106,25 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_owned(),
             connection: Arc::new(Mutex::new(connection)),
+            recorder: None,
         })
+    }
+
+    /// The same store, with this process registered as a recorder (see
+    /// [`recorders`]): the attached runs it records name it, so that
+    /// another process can end them as `interrupted` once this one is
+    /// gone.
+    ///
+    /// # Errors
+    /// When the recorders' folder beside the file cannot be made, or this
+    /// process's lock cannot be taken.
+    pub(crate) fn recording(mut self) -> Result<Self, StoreError> {
+        let folder = recorders::folder_of(&self.path);
+        let recorder = Recorder::register(&folder).map_err(|e| {
+            StoreError::Backend(format!("cannot register in {}: {e}", folder.display()))
+        })?;
+        self.recorder = Some(Arc::new(recorder));
+        Ok(self)
     }
 
     /// Runs `work` on the connection, on the blocking pool.
@@ -217,17 +243,23 @@ fn update(
 impl RunStore for SqliteStore {
     async fn started(&self, record: &RunRecord) -> Result<(), StoreError> {
         let record = record.clone();
+        // A detached run lives in its sandbox, and any process may read it
+        // to its end: only an attached one is this process's to relay.
+        let recorder = (!record.detached)
+            .then(|| self.recorder.as_ref().map(|r| r.id().to_owned()))
+            .flatten();
         self.with(move |connection| {
             connection
                 .execute(
-                    "INSERT OR REPLACE INTO runs (run_id, owner, created_ms, status, record)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR REPLACE INTO runs (run_id, owner, created_ms, status, record, recorder)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![
                         record.run_id,
                         record.owner,
                         to_i64(record.created_ms()),
                         record.status.as_str(),
-                        encode(&record)?
+                        encode(&record)?,
+                        recorder
                     ],
                 )
                 .map_err(backend)?;
@@ -437,4 +469,61 @@ impl RunStore for SqliteStore {
         })
         .await
     }
+
+    async fn end_interrupted(&self) -> Result<u64, StoreError> {
+        let folder = recorders::folder_of(&self.path);
+        let me = self.recorder.as_ref().map(|r| r.id().to_owned());
+        self.with(move |connection| {
+            let named: Vec<String> = {
+                let mut statement = connection
+                    .prepare(
+                        "SELECT DISTINCT recorder FROM runs
+                         WHERE status = 'running' AND recorder IS NOT NULL",
+                    )
+                    .map_err(backend)?;
+                let rows = statement.query_map([], |row| row.get(0)).map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)?
+            };
+            let mut ended = 0;
+            for gone in named
+                .iter()
+                .filter(|id| Some(id.as_str()) != me.as_deref())
+                .filter(|id| recorders::is_gone(&folder, id))
+            {
+                ended += end_runs_of(connection, gone)?;
+            }
+            recorders::remove_gone(&folder, me.as_deref());
+            Ok(ended)
+        })
+        .await
+    }
+}
+
+/// Ends the runs still `running` that the gone recorder `recorder`
+/// relayed, each as `interrupted`; how many.
+fn end_runs_of(connection: &mut Connection, recorder: &str) -> Result<u64, StoreError> {
+    let tx = connection.transaction().map_err(backend)?;
+    let found: Vec<(String, String)> = {
+        let mut statement = tx
+            .prepare("SELECT owner, record FROM runs WHERE status = 'running' AND recorder = ?1")
+            .map_err(backend)?;
+        let rows = statement
+            .query_map(params![recorder], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)?
+    };
+    let mut ended = 0;
+    for (owner, text) in found {
+        let mut record = row_record(owner, &text)?;
+        record.interrupt();
+        ended += tx
+            .execute(
+                "UPDATE runs SET status = ?2, record = ?3
+                 WHERE run_id = ?1 AND status = 'running'",
+                params![record.run_id, record.status.as_str(), encode(&record)?],
+            )
+            .map_err(backend)? as u64;
+    }
+    tx.commit().map_err(backend)?;
+    Ok(ended)
 }

@@ -169,6 +169,88 @@ async fn the_sweep_deletes_only_runs_past_the_retention() {
     assert!(store.get("me", "run_new").await.expect("get").is_some());
 }
 
+#[tokio::test]
+async fn an_attached_run_whose_process_is_gone_is_ended_interrupted_and_no_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("history.db");
+    // Two processes recording into one file: the first relays an attached
+    // run, a detached one and one that ends; a third run has no recorder
+    // (written before recorders were).
+    let first = SqliteStore::open(&path)
+        .and_then(SqliteStore::recording)
+        .expect("open");
+    let second = SqliteStore::open(&path)
+        .and_then(SqliteStore::recording)
+        .expect("open");
+    first
+        .started(&record("run_attached", "me", 1_000))
+        .await
+        .expect("start");
+    let mut detached = record("run_detached", "me", 2_000);
+    detached.detached = true;
+    first.started(&detached).await.expect("start");
+    first
+        .started(&record("run_ends", "me", 3_000))
+        .await
+        .expect("start");
+    let ending = RunEnding {
+        status: Some(RecordStatus::Succeeded),
+        ended_at: "2026-01-01T00:00:04.000Z".into(),
+        duration_ms: 1_000,
+        ..RunEnding::default()
+    };
+    first.ended("run_ends", &ending).await.expect("end");
+    SqliteStore::open(&path)
+        .expect("open")
+        .started(&record("run_unnamed", "me", 4_000))
+        .await
+        .expect("start");
+    let status = |store: &SqliteStore, run_id: &'static str| {
+        let store = store.clone();
+        async move {
+            let record = store
+                .get("me", run_id)
+                .await
+                .expect("get")
+                .expect("a record");
+            (record.status, record.error_type, record.ended_at)
+        }
+    };
+
+    // The first is alive: its runs go on, whoever looks.
+    assert_eq!(second.end_interrupted().await.expect("check"), 0);
+    assert_eq!(first.end_interrupted().await.expect("check"), 0);
+    assert_eq!(
+        status(&second, "run_attached").await.0,
+        RecordStatus::Running
+    );
+
+    // Gone (its lock released, as the kernel does for a killed process).
+    drop(first);
+    assert_eq!(second.end_interrupted().await.expect("check"), 1);
+    assert_eq!(
+        status(&second, "run_attached").await,
+        (
+            RecordStatus::Failed,
+            Some(record::INTERRUPTED.to_owned()),
+            None
+        )
+    );
+    for (run_id, wanted) in [
+        ("run_detached", RecordStatus::Running),
+        ("run_ends", RecordStatus::Succeeded),
+        ("run_unnamed", RecordStatus::Running),
+    ] {
+        assert_eq!(status(&second, run_id).await.0, wanted, "{run_id}");
+    }
+    // Once is enough; and the gone recorder's file is gone too.
+    assert_eq!(second.end_interrupted().await.expect("check"), 0);
+    let files = std::fs::read_dir(dir.path().join("history.db-recorders"))
+        .expect("the recorders' folder")
+        .count();
+    assert_eq!(files, 1, "only the second's file is left");
+}
+
 #[test]
 fn the_file_is_readable_by_its_owner_alone() {
     use std::os::unix::fs::PermissionsExt as _;
