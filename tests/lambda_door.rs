@@ -953,6 +953,24 @@ async fn the_lambda_door_records_its_runs_in_dynamodb_and_answers_from_there() {
     assert!(record["sandbox_id"].is_string(), "{record}");
     assert!(record.get("owner").is_none(), "the owner is never shown");
 
+    // The dashboard that reads this history is served by the same door,
+    // page and script, as on `ds serve`.
+    for (path, kind, holds) in [
+        ("/", "text/html", "<title>Sandstorm runs</title>"),
+        ("/dashboard/app.js", "javascript", "/runs"),
+    ] {
+        let request = function_url_request("GET", path, &[], None);
+        let (prelude, body) =
+            invoke_raw(&queue, &mut responses, request, Duration::from_secs(30)).await;
+        assert_eq!(prelude["statusCode"], 200, "{path}: {prelude}");
+        let content_type = prelude["headers"]["content-type"].as_str().unwrap_or_default();
+        assert!(content_type.contains(kind), "{path}: {prelude}");
+        assert!(
+            String::from_utf8_lossy(&body).contains(holds),
+            "{path} lacks {holds:?}"
+        );
+    }
+
     // In the table: one item, whose TTL is the door's default retention
     // (30 days) after its start.
     let item = dynamodb
