@@ -963,7 +963,9 @@ async fn the_lambda_door_records_its_runs_in_dynamodb_and_answers_from_there() {
         let (prelude, body) =
             invoke_raw(&queue, &mut responses, request, Duration::from_secs(30)).await;
         assert_eq!(prelude["statusCode"], 200, "{path}: {prelude}");
-        let content_type = prelude["headers"]["content-type"].as_str().unwrap_or_default();
+        let content_type = prelude["headers"]["content-type"]
+            .as_str()
+            .unwrap_or_default();
         assert!(content_type.contains(kind), "{path}: {prelude}");
         assert!(
             String::from_utf8_lossy(&body).contains(holds),
