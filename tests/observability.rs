@@ -412,3 +412,226 @@ async fn a_query_through_ds_serve_is_one_trace_under_the_callers_span() {
     );
     assert!(!traced.contains(common::keys::ANTHROPIC_KEY), "{traced}");
 }
+
+/// What the agent's command prints: the telemetry variables its process got.
+const PRINT_AGENT_TELEMETRY: &str = "env | grep -E \
+     '^(OTEL_|CLAUDE_CODE_ENABLE_TELEMETRY|CLAUDE_CODE_ENHANCED_TELEMETRY_BETA|TRACEPARENT)' | sort";
+
+/// The agent's own telemetry, `SANDSTORM_AGENT_TELEMETRY=1`, in two halves
+/// joined by what the agent printed. No sandbox can reach a collector on
+/// this machine's loopback (each has only its own `lo`), so one run cannot
+/// show both:
+/// 1. a run through `ds serve` hands its agent Claude Code's switches and
+///    the run's `TRACEPARENT`, which names the run's `sandstorm.run` span,
+///    and never the server's OTLP headers. (Claude Code keeps the `OTEL_*`
+///    variables from the commands it runs, so the exporters the runner
+///    gets are pinned by `telemetry::agent`'s unit tests instead.)
+/// 2. the runner, given those variables and the exporters as
+///    docs/observability.md lists them, and nothing else of the run, has
+///    Claude Code export its own spans into the run's trace, under the
+///    run's span.
+#[tokio::test]
+async fn the_agents_own_spans_join_the_runs_trace_under_its_run_span() {
+    use common::model_server::{ModelServer, Script};
+    let collector = common::otlp::Receiver::start().await;
+    let model = ModelServer::start(Script::Bash {
+        command: PRINT_AGENT_TELEMETRY.to_owned(),
+    })
+    .await;
+    let product = common::product::Serve::new(common::product::Chain::E2b, &model)
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            &format!("{}/v1/traces", collector.url),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "x-ingest-key=the-servers-own")
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env("SANDSTORM_AGENT_TELEMETRY", "1")
+        .env("SANDSTORM_AGENT_OTLP_ENDPOINT", &collector.url)
+        .start()
+        .await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/query", product.url()))
+        .header(
+            "traceparent",
+            format!("00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"),
+        )
+        .json(&json!({"prompt": "print your telemetry settings"}))
+        .send()
+        .await
+        .expect("POST /query");
+    let events = common::sse::json_events(&response.text().await.expect("the stream"));
+    assert!(
+        events.iter().any(|e| e["type"] == "result"),
+        "{events:?}\n{}",
+        product.log()
+    );
+
+    // 1. What the agent's process got, from its command's output.
+    let printed = events
+        .iter()
+        .filter(|e| e["type"] == "user")
+        .flat_map(|e| {
+            e["message"]["content"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|c| c["type"] == "tool_result")
+        .map(|c| match &c["content"] {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+        .collect::<String>();
+    let agent_env: BTreeMap<String, String> = printed
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    for (name, value) in [
+        ("CLAUDE_CODE_ENABLE_TELEMETRY", "1"),
+        ("CLAUDE_CODE_ENHANCED_TELEMETRY_BETA", "1"),
+    ] {
+        assert_eq!(
+            agent_env.get(name).map(String::as_str),
+            Some(value),
+            "{name} in the agent's environment: {printed}"
+        );
+    }
+    assert!(
+        !printed.contains("the-servers-own"),
+        "the server's OTLP headers reached the agent: {printed}"
+    );
+    let traceparent = agent_env
+        .get("TRACEPARENT")
+        .unwrap_or_else(|| panic!("no TRACEPARENT in the agent's environment: {printed}"));
+    let run_span_id = traceparent
+        .strip_prefix(&format!("00-{CALLER_TRACE_ID}-"))
+        .and_then(|rest| rest.split('-').next())
+        .unwrap_or_else(|| panic!("the agent's TRACEPARENT is not the run's trace: {traceparent}"))
+        .to_owned();
+    // It names the run's own span, which the server exported.
+    let arrived = collector
+        .wait_for(ARRIVE_WITHIN, |c| {
+            c.spans().iter().any(|(_, s)| s["name"] == "sandstorm.run")
+        })
+        .await;
+    assert!(arrived, "no sandstorm.run span: {:?}", collector.spans());
+    let spans = collector.spans();
+    let run_span = spans
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| span["name"] == "sandstorm.run")
+        .expect("the run's span");
+    assert_eq!(run_span["spanId"], run_span_id.as_str(), "{run_span}");
+    let server_spans = spans.len();
+
+    // 2. The runner with just those variables: Claude Code's own span.
+    let dirs = common::runner::RunDirs::new();
+    let mut runner = common::runner::RunnerCommand::new(
+        json!({"prompt": "print your telemetry settings", "cwd": dirs.work()}),
+        &model.url(),
+    );
+    let exporters = [
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_METRICS_EXPORTER", "otlp"),
+        ("OTEL_LOGS_EXPORTER", "otlp"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_SERVICE_NAME", "sandstorm-agent"),
+    ];
+    for (name, value) in agent_env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .chain(exporters)
+    {
+        runner = runner.env(name, value);
+    }
+    let out = runner.run(&dirs).await;
+    assert!(out.status.success(), "{}", out.dump());
+    let joined = collector
+        .wait_for(ARRIVE_WITHIN, |c| {
+            c.spans().iter().skip(server_spans).any(|(_, s)| {
+                s["name"]
+                    .as_str()
+                    .is_some_and(|name| name.starts_with("claude_code."))
+            })
+        })
+        .await;
+    let agent_spans: Vec<serde_json::Value> = collector
+        .spans()
+        .into_iter()
+        .map(|(_, span)| span)
+        .filter(|span| {
+            span["name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("claude_code."))
+        })
+        .collect();
+    assert!(
+        joined,
+        "Claude Code exported no span: {:?}",
+        collector.exports()
+    );
+    for span in &agent_spans {
+        assert_eq!(span["traceId"], CALLER_TRACE_ID, "{span}");
+    }
+    // Claude Code's interaction is a child of the run's span, and its model
+    // calls and tool calls are children of the interaction.
+    let interaction = agent_spans
+        .iter()
+        .find(|span| span["name"] == "claude_code.interaction")
+        .unwrap_or_else(|| panic!("no claude_code.interaction: {agent_spans:#?}"));
+    assert_eq!(
+        interaction["parentSpanId"],
+        run_span_id.as_str(),
+        "the agent's interaction is not a child of the run's span: {agent_spans:#?}"
+    );
+    for name in ["claude_code.llm_request", "claude_code.tool"] {
+        assert!(
+            agent_spans
+                .iter()
+                .any(|s| s["name"] == name && s["parentSpanId"] == interaction["spanId"]),
+            "no {name} under the interaction: {agent_spans:#?}"
+        );
+    }
+    // Its metrics and log events too, under the agent's service name.
+    let agent_service = |export: &common::otlp::Export| {
+        let key = match export.signal {
+            "metrics" => "resourceMetrics",
+            "logs" => "resourceLogs",
+            _ => return false,
+        };
+        export.body[key].as_array().is_some_and(|resources| {
+            resources.iter().any(|r| {
+                r["resource"]["attributes"]
+                    .as_array()
+                    .is_some_and(|attributes| {
+                        attributes.iter().any(|a| {
+                            a["key"] == "service.name"
+                                && a["value"]["stringValue"] == "sandstorm-agent"
+                        })
+                    })
+            })
+        })
+    };
+    let both = collector
+        .wait_for(ARRIVE_WITHIN, |c| {
+            let exports = c.exports();
+            ["metrics", "logs"].iter().all(|signal| {
+                exports
+                    .iter()
+                    .any(|e| e.signal == *signal && agent_service(e))
+            })
+        })
+        .await;
+    assert!(
+        both,
+        "the agent's metrics and logs: {:?}",
+        collector
+            .exports()
+            .iter()
+            .map(|e| e.signal)
+            .collect::<Vec<_>>()
+    );
+}

@@ -1,7 +1,7 @@
 //! A plain OTLP/HTTP receiver on loopback, for what Arize Phoenix does not
 //! take (metrics) and for when an export arrived: it accepts the
 //! `http/json` encoding of the OTLP spec (`POST /v1/traces`,
-//! `POST /v1/metrics`), keeps each request's body and the instant it came,
+//! `POST /v1/metrics`, `POST /v1/logs`), keeps each request's body and the instant it came,
 //! and answers `200 {}` as a collector does.
 
 use std::sync::{Arc, Mutex};
@@ -47,6 +47,7 @@ impl Receiver {
         let router = Router::new()
             .route("/v1/traces", post(keep("traces")))
             .route("/v1/metrics", post(keep("metrics")))
+            .route("/v1/logs", post(keep("logs")))
             .with_state(exports.clone());
         let url = super::http::serve_router(router).await;
         Receiver { exports, url }
