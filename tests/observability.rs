@@ -635,3 +635,97 @@ async fn the_agents_own_spans_join_the_runs_trace_under_its_run_span() {
             .collect::<Vec<_>>()
     );
 }
+
+/// `sandstorm.proxy.denied`: a local sandbox's agent asks its egress proxy
+/// for a port on this machine's loopback that this test holds; the proxy
+/// answers 403 without connecting, and the server's metric counts the
+/// refusal by its kind. Nothing reaches the port.
+#[tokio::test]
+async fn a_connection_the_egress_proxy_refuses_is_counted() {
+    use common::model_server::{ModelServer, Script};
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    held.set_nonblocking(true).expect("nonblocking");
+    let port = held.local_addr().expect("address").port();
+    let collector = common::otlp::Receiver::start().await;
+    let model = ModelServer::start(Script::Bash {
+        command: format!(
+            "curl -sS -m 10 -o /dev/null -w 'status=%{{http_code}}' --noproxy '' \
+             -x http://127.0.0.1:3128 http://127.0.0.1:{port}/"
+        ),
+    })
+    .await;
+    let product = common::product::Serve::new(common::product::Chain::Local, &model)
+        .env(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            &format!("{}/v1/metrics", collector.url),
+        )
+        .env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .start()
+        .await;
+    let events = common::stream::query(product.url(), json!({"prompt": "fetch it"})).await;
+    let printed = events
+        .iter()
+        .filter(|e| e["type"] == "user")
+        .map(ToString::to_string)
+        .collect::<String>();
+    assert!(
+        printed.contains("status=403"),
+        "the proxy did not refuse: {printed}\n{}",
+        product.log()
+    );
+
+    // The refusals counted, by kind: a sum over the exports' points.
+    let denied = |c: &common::otlp::Receiver| -> Vec<(String, u64)> {
+        c.exports()
+            .into_iter()
+            .filter(|e| e.signal == "metrics")
+            .flat_map(|e| {
+                e.body["resourceMetrics"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .flat_map(|r| r["scopeMetrics"].as_array().cloned().unwrap_or_default())
+            .flat_map(|s| s["metrics"].as_array().cloned().unwrap_or_default())
+            .filter(|m| m["name"] == "sandstorm.proxy.denied")
+            .flat_map(|m| {
+                m["sum"]["dataPoints"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|point| {
+                let kind = common::otlp::attribute(&point, "sandstorm.egress.kind")
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let value = point["asInt"]
+                    .as_str()
+                    .and_then(|n| n.parse().ok())
+                    .or_else(|| point["asInt"].as_u64())
+                    .unwrap_or(0);
+                (kind, value)
+            })
+            .collect()
+    };
+    let counted = collector
+        .wait_for(Duration::from_secs(20), |c| {
+            denied(c).iter().any(|(_, n)| *n >= 1)
+        })
+        .await;
+    assert!(
+        counted,
+        "no sandstorm.proxy.denied point: {:?}",
+        collector.metric_names()
+    );
+    let points = denied(&collector);
+    assert!(
+        points.iter().all(|(kind, _)| kind == "http"),
+        "a plain-HTTP request is counted as kind http: {points:?}"
+    );
+    assert!(
+        matches!(held.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the held port saw a connection"
+    );
+}
