@@ -678,17 +678,8 @@ async fn a_connection_the_egress_proxy_refuses_is_counted() {
 
     // The refusals counted, by kind: a sum over the exports' points.
     let denied = |c: &common::otlp::Receiver| -> Vec<(String, u64)> {
-        c.exports()
+        c.metrics()
             .into_iter()
-            .filter(|e| e.signal == "metrics")
-            .flat_map(|e| {
-                e.body["resourceMetrics"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .flat_map(|r| r["scopeMetrics"].as_array().cloned().unwrap_or_default())
-            .flat_map(|s| s["metrics"].as_array().cloned().unwrap_or_default())
             .filter(|m| m["name"] == "sandstorm.proxy.denied")
             .flat_map(|m| {
                 m["sum"]["dataPoints"]

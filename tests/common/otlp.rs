@@ -76,8 +76,10 @@ impl Receiver {
             .collect()
     }
 
-    /// The names of every metric received so far.
-    pub fn metric_names(&self) -> Vec<String> {
+    /// Every metric received so far, one per export that carried it, as
+    /// OTLP/JSON (`name`, and `sum`, `histogram` or `gauge` with its
+    /// `dataPoints`).
+    pub fn metrics(&self) -> Vec<Value> {
         self.exports()
             .into_iter()
             .filter(|e| e.signal == "metrics")
@@ -89,6 +91,13 @@ impl Receiver {
             })
             .flat_map(|r| r["scopeMetrics"].as_array().cloned().unwrap_or_default())
             .flat_map(|s| s["metrics"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// The names of every metric received so far.
+    pub fn metric_names(&self) -> Vec<String> {
+        self.metrics()
+            .into_iter()
             .filter_map(|m| m["name"].as_str().map(str::to_owned))
             .collect()
     }
