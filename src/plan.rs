@@ -222,16 +222,16 @@ pub(crate) async fn prepare(
                 .metadata
                 .insert(crate::notify::seal::URL_KEY.to_owned(), sealed);
         }
-        // Nothing of a serverless door is alive when the turn ends: the
-        // sandbox says it.
-        if !settings.stays_after_response {
-            plan.process.callback = crate::notify::seal::callback(
-                settings,
-                &notice.target.secret,
-                detach.run.as_str(),
-                1,
-            );
-        }
+    }
+    // Nothing of a serverless door is alive when the turn ends: the sandbox
+    // says it, for the notice and for the history.
+    if let Some(detach) = &plan.detach {
+        plan.process.callback = crate::notify::seal::turn_callback(
+            settings,
+            plan.notice.is_some(),
+            detach.run.as_str(),
+            1,
+        );
     }
     plan.record = crate::history::tap::planned(&plan, &query, owner_digest);
     if crate::telemetry::Telemetry::active().traces_prompts() {
@@ -905,6 +905,46 @@ mod tests {
                 .metadata
                 .contains_key(crate::notify::seal::URL_KEY)
         );
+    }
+
+    #[tokio::test]
+    async fn without_a_notice_a_serverless_sandbox_calls_back_only_for_a_history_table() {
+        let owner = Secret::new("owner");
+        let unwatched = query(&serde_json::json!({"prompt": "p", "detach": true}));
+        let plan_with = |table: Option<&str>| {
+            let mut settings = settings(
+                "e2b",
+                &[
+                    WEBHOOK_SECRET,
+                    ("SANDSTORM_PUBLIC_URL", "https://f.example"),
+                    ("E2B_API_KEY", "e2b_test"),
+                    ("ANTHROPIC_API_KEY", "sk-ant-test"),
+                ],
+            );
+            settings.stays_after_response = false;
+            settings.history.table = table.map(str::to_owned);
+            let query = unwatched.clone();
+            let owner = owner.clone();
+            async move {
+                prepare(&settings, query, "r".into(), None, Some(&owner))
+                    .await
+                    .expect("planned")
+            }
+        };
+        // Nothing to tell and nowhere to record: nobody is called.
+        let plan = plan_with(None).await;
+        assert!(plan.notice.is_none());
+        assert!(plan.process.callback.is_none());
+        // The history table would learn the end only from a later reader:
+        // the sandbox calls back for it, with the run's own token.
+        let plan = plan_with(Some("runs")).await;
+        let run = plan.detach.as_ref().expect("detached").run.clone();
+        let callback = plan.process.callback.as_ref().expect("a call-back");
+        assert_eq!(
+            callback.url,
+            format!("https://f.example/runs/{run}/ended?turn=1")
+        );
+        assert!(plan.notice.is_none());
     }
 
     #[tokio::test]

@@ -449,6 +449,74 @@ fn authority(url: &str) -> String {
     )
 }
 
+/// The Vercel door, in this process, on the E2B emulator, at an address its
+/// sandboxes may call (as a function URL is open to an E2B VM), with
+/// `SANDSTORM_PUBLIC_URL` set to it and `extra` beside the usual settings:
+/// its URL, and a count of the calls the runs' sandboxes make to it.
+struct ServerlessDoor {
+    url: String,
+    ended_calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _e2b: emulator::RunningEmulator,
+    _cwd: tempfile::TempDir,
+}
+
+impl ServerlessDoor {
+    async fn start(model: &ModelServer, extra: &[(&str, String)]) -> ServerlessDoor {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the door");
+        let door = format!("http://{}", listener.local_addr().expect("an address"));
+        let mut options = emulator::options();
+        options.egress_open = Some(format!("{},{}", authority(&model.url()), authority(&door)));
+        let e2b = emulator::start_with(options).await;
+        let mut env: Vec<(String, String)> = common::product::offline_env();
+        env.extend(e2b.env().into_iter().map(|(k, v)| (k.to_owned(), v)));
+        env.extend(
+            [
+                ("ANTHROPIC_BASE_URL", model.url().as_str()),
+                ("SANDSTORM_ALLOW_ANONYMOUS", "1"),
+                ("SANDSTORM_WEBHOOK_SECRET", SECRET),
+                ("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "1"),
+                ("SANDSTORM_PUBLIC_URL", door.as_str()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let cwd = tempfile::tempdir().expect("the function's folder");
+        let router = sandstorm::doors::serverless_app(
+            sandstorm::env::EnvVars::from_pairs(env),
+            cwd.path(),
+            sandstorm::doors::Platform::Vercel,
+        )
+        .await
+        .expect("the Vercel door");
+        let ended_calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = ended_calls.clone();
+        let router = router.layer(axum::middleware::map_request(
+            move |request: axum::extract::Request| {
+                let counted = counted.clone();
+                async move {
+                    if request.uri().path().ends_with("/ended") {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    request
+                }
+            },
+        ));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        ServerlessDoor {
+            url: door,
+            ended_calls,
+            _e2b: e2b,
+            _cwd: cwd,
+        }
+    }
+
+    fn ended_calls(&self) -> usize {
+        self.ended_calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[tokio::test]
 async fn a_serverless_detached_run_s_sandbox_calls_back_and_its_notice_goes_out() {
     let model = ModelServer::start(Script::Bash {
@@ -456,53 +524,11 @@ async fn a_serverless_detached_run_s_sandbox_calls_back_and_its_notice_goes_out(
     })
     .await;
     let receiver = Receiver::start(Vec::new()).await;
-    // The door's address, known before its sandboxes are: the emulator
-    // opens it to them, as a function URL is open to an E2B VM.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the door");
-    let door = format!("http://{}", listener.local_addr().expect("an address"));
-    let mut options = emulator::options();
-    options.egress_open = Some(format!("{},{}", authority(&model.url()), authority(&door)));
-    let e2b = emulator::start_with(options).await;
-    let mut env: Vec<(String, String)> = common::product::offline_env();
-    env.extend(e2b.env().into_iter().map(|(k, v)| (k.to_owned(), v)));
-    env.extend(
-        [
-            ("ANTHROPIC_BASE_URL", model.url().as_str()),
-            ("SANDSTORM_ALLOW_ANONYMOUS", "1"),
-            ("SANDSTORM_WEBHOOK_SECRET", SECRET),
-            ("SANDSTORM_WEBHOOK_ALLOW_PRIVATE", "1"),
-            ("SANDSTORM_PUBLIC_URL", door.as_str()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    );
-    let cwd = tempfile::tempdir().expect("the function's folder");
-    let router = sandstorm::doors::serverless_app(
-        sandstorm::env::EnvVars::from_pairs(env),
-        cwd.path(),
-        sandstorm::doors::Platform::Vercel,
-    )
-    .await
-    .expect("the Vercel door");
-    // Counts the calls the run's sandbox makes.
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = calls.clone();
-    let router = router.layer(axum::middleware::map_request(
-        move |request: axum::extract::Request| {
-            let counted = counted.clone();
-            async move {
-                if request.uri().path().ends_with("/ended") {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                request
-            }
-        },
-    ));
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let function = ServerlessDoor::start(&model, &[]).await;
+    let door = function.url.as_str();
 
     let run_id = start_and_leave(
-        &door,
+        door,
         json!({"prompt": "go", "detach": true, "webhook_url": receiver.url()}),
     )
     .await;
@@ -512,7 +538,7 @@ async fn a_serverless_detached_run_s_sandbox_calls_back_and_its_notice_goes_out(
     assert_eq!(notice["data"]["run_id"], run_id.as_str(), "{notice}");
     assert_eq!(notice["data"]["status"], "succeeded", "{notice}");
     assert_eq!(notice["data"]["result"], FINAL_TEXT, "{notice}");
-    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(function.ended_calls() >= 1);
 
     // A call with another run's token, or none, is refused, and tells
     // nothing.
@@ -525,4 +551,56 @@ async fn a_serverless_detached_run_s_sandbox_calls_back_and_its_notice_goes_out(
     assert_eq!(forged.status(), 401);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(receiver.received().len(), 1);
+}
+
+/// A detached run on a serverless door with no webhook, that nobody reads
+/// to its end: nothing of the door is alive when it ends, so its record in
+/// the history table would say `running` until a reader came. Its sandbox
+/// calls the door back for the record alone.
+#[cfg(feature = "aws-dynamodb")]
+#[tokio::test]
+async fn a_serverless_detached_run_without_a_webhook_is_recorded_ended_by_its_sandbox() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let model = ModelServer::start(Script::Bash {
+        command: "sleep 2 && echo later > later.txt".to_owned(),
+    })
+    .await;
+    let moto = common::moto::start().await;
+    let dynamodb = common::moto::create_history_table(&moto.url).await;
+    let mut extra = common::moto::aws_env(&moto.url);
+    extra.push((
+        "SANDSTORM_HISTORY_TABLE",
+        common::moto::HISTORY_TABLE.to_owned(),
+    ));
+    let function = ServerlessDoor::start(&model, &extra).await;
+    let run_id = start_and_leave(&function.url, json!({"prompt": "go", "detach": true})).await;
+
+    // The record in the table, as the door's store left it: no reader of
+    // the run and no list lays anything over it.
+    let status = || async {
+        let item = dynamodb
+            .get_item()
+            .table_name(common::moto::HISTORY_TABLE)
+            .key("run_id", AttributeValue::S(run_id.clone()))
+            .send()
+            .await
+            .expect("get the item");
+        match item.item().and_then(|item| item.get("status")) {
+            Some(AttributeValue::S(status)) => status.clone(),
+            _ => String::new(),
+        }
+    };
+    let deadline = std::time::Instant::now() + ARRIVES_WITHIN;
+    let mut last = status().await;
+    while last != "succeeded" && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        last = status().await;
+    }
+    assert_eq!(
+        last,
+        "succeeded",
+        "the record of {run_id} was never ended; the sandbox called back {} times",
+        function.ended_calls()
+    );
+    assert!(function.ended_calls() >= 1);
 }

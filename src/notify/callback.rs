@@ -7,7 +7,9 @@
 //! sandbox. Nothing in the call is taken as the run's state. The server
 //! finds the run by its id with its own sandbox credential, reads the
 //! turn's end from the run's log as any reader does, records it in the
-//! history, and makes the notice's attempt. It answers 2xx once the
+//! history, and makes the notice's attempt, if the run has a notice: a run
+//! without one calls back when the door keeps a history table, for the
+//! record alone (`seal::turn_callback`). It answers 2xx once the
 //! receiver took the notice, 5xx when it did not (the proxy calls again),
 //! and 409 while the log does not show the turn's end yet.
 //!
@@ -65,9 +67,10 @@ pub(crate) async fn turn_ended(
         return Err(ApiError::Unauthorized);
     }
     let found = runs::find_for_callback(settings, provider, registry, &run).await?;
-    let Some(plan) = found.follow.notice.clone() else {
+    let notice_plan = found.follow.notice.clone();
+    if notice_plan.is_none() && history.store().is_none() {
         return Ok(Told { told: true });
-    };
+    }
     let log = found
         .sandbox
         .read_file(EVENT_LOG)
@@ -93,6 +96,9 @@ pub(crate) async fn turn_ended(
         history.ended(run.as_str(), ending);
         history.settle(SETTLE_HISTORY).await;
     }
+    let Some(plan) = notice_plan else {
+        return Ok(Told { told: true });
+    };
     if plan.attempt_once(&notice).await {
         Ok(Told { told: true })
     } else {

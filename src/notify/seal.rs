@@ -82,6 +82,28 @@ pub(crate) fn callback(
     })
 }
 
+/// The call a detached run's sandbox makes when turn `turn` ends, on a
+/// door that stays for nothing after its response (Lambda, Vercel): nothing
+/// of the door is alive then to see the end. Wanted when the run has a
+/// notice to tell (`has_notice`), or when the door keeps a history table,
+/// whose record would otherwise learn the end only from a later reader.
+/// `None` on a door that stays, or without the webhook secret the call is
+/// signed under, or without `SANDSTORM_PUBLIC_URL`.
+pub(crate) fn turn_callback(
+    settings: &crate::settings::Settings,
+    has_notice: bool,
+    run_id: &str,
+    turn: u32,
+) -> Option<crate::sandbox::Callback> {
+    if settings.stays_after_response || !(has_notice || settings.history.table.is_some()) {
+        return None;
+    }
+    let Some(Ok(secret)) = &settings.notify.secret else {
+        return None;
+    };
+    callback(settings, secret, run_id, turn)
+}
+
 /// The sealing key: the secret's HMAC of a label no notice signs (a
 /// notice's signed content holds two dots before its body).
 fn key(secret: &WebhookSecret) -> LessSafeKey {

@@ -145,13 +145,12 @@ pub(crate) async fn follow_up(
     let session = tally.session_id.as_deref().filter(|s| is_session_id(s));
     let (share, redactor) = TurnFiles::of(plan);
     // On a serverless door the turn's sandbox says when it ends.
-    let callback = follow
-        .notice
-        .as_ref()
-        .filter(|_| !context.settings.stays_after_response)
-        .and_then(|n| {
-            crate::notify::seal::callback(context.settings, &n.target.secret, &run_id, turn)
-        });
+    let callback = crate::notify::seal::turn_callback(
+        context.settings,
+        follow.notice.is_some(),
+        &run_id,
+        turn,
+    );
     let started = start_runner(&sandbox, share, turn, session, overrides, timeout, callback);
     if let Err(e) = started.await {
         let message = format!("could not start turn {turn}: {e}");
