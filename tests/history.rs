@@ -20,9 +20,12 @@ fn serve(model: &ModelServer, db: &std::path::Path) -> Serve {
 
 /// `GET path` on the server: its status and JSON body.
 async fn get(product: &Product, path: &str) -> (u16, Value) {
-    let response = reqwest::get(format!("{}{path}", product.url()))
-        .await
-        .expect("GET");
+    get_at(product.url(), path).await
+}
+
+/// `GET path` on the server at `base`: its status and JSON body.
+async fn get_at(base: &str, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("{base}{path}")).await.expect("GET");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or_default())
 }
@@ -344,11 +347,7 @@ async fn a_detached_run_is_recorded_with_its_own_id_and_end() {
 
 /// `GET /runs/{id}` on a server of [`Product::another_instance`].
 async fn record_on(server: &common::serve::Server, run_id: &str) -> (u16, Value) {
-    let response = reqwest::get(format!("{}/runs/{run_id}", server.url))
-        .await
-        .expect("GET");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
+    get_at(&server.url, &format!("/runs/{run_id}")).await
 }
 
 #[tokio::test]
